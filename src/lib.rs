@@ -1,0 +1,2 @@
+//! Runnel: a SQL-first streaming database.
+pub mod storage;

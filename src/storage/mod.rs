@@ -1,0 +1,469 @@
+//! The partitioned log: topics, partitions, segments, durability, recovery, retention.
+//!
+//! ```text
+//!  append(batches) ──► writer thread (group commit)
+//!                        1. frames appended to each touched partition's active segment
+//!                        2. each touched partition fsynced
+//!                        3. one commit record (new end offsets) appended to commit.log, fsynced
+//!                        4. new snapshot of committed end offsets published, writers acked
+//!  snapshot() / reader(…) ◄── readers: only offsets below the snapshot's ends are read
+//! ```
+//!
+//! Invariants:
+//! - A record is visible to readers only once it is durable (steps 1–3 done).
+//! - A commit record is the unit of atomicity: an append touching several partitions is
+//!   visible whole or not at all, also across a crash (recovery cuts every partition back to
+//!   its last committed end).
+//! - Only the writer thread writes files; readers use positioned reads on their own handles.
+//!
+//! The storage layer knows Arrow (it is a columnar log) but nothing of SQL: a topic is a name,
+//! an id, a partition count, a storage schema (value columns plus [`TIMESTAMP_COLUMN`] and
+//! [`KEY_COLUMN`]) and options.
+
+mod commit_log;
+pub mod frame;
+pub mod index;
+pub mod partition;
+pub mod segment;
+pub mod types;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use commit_log::CommitLog;
+pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
+pub use types::{Compression, Offset, PartitionId, TopicId};
+use writer::Writer;
+
+/// The record timestamp column every topic stores (ms since the epoch).
+pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+/// The record key column every topic stores (nullable bytes).
+pub const KEY_COLUMN: &str = "_key";
+
+/// The schema the log stores for a topic whose records have `value_fields`.
+pub fn storage_schema(value_fields: &Fields) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = value_fields.iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        TIMESTAMP_COLUMN,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    )));
+    fields.push(Arc::new(Field::new(KEY_COLUMN, DataType::Binary, true)));
+    Arc::new(Schema::new(fields))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt log data in {path} at byte {position}: {reason}")]
+    Corruption {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("topic {0} does not exist")]
+    UnknownTopic(TopicId),
+    #[error("partition {partition} does not exist in topic {topic} (it has {partitions})")]
+    UnknownPartition {
+        topic: String,
+        partition: PartitionId,
+        partitions: u32,
+    },
+    #[error("invalid records: {0}")]
+    InvalidBatch(String),
+    #[error(
+        "the log stopped accepting writes after an I/O failure ({0}); restart the server to recover"
+    )]
+    Failed(String),
+    #[error("the log is shut down")]
+    ShutDown,
+}
+
+impl StorageError {
+    pub fn io(path: &Path, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corruption(path: &Path, position: u64, reason: impl ToString) -> StorageError {
+        StorageError::Corruption {
+            path: path.to_path_buf(),
+            position,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Settings of one topic.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub id: TopicId,
+    pub name: String,
+    pub partitions: u32,
+    /// What frames hold: value columns, then [`TIMESTAMP_COLUMN`], then [`KEY_COLUMN`].
+    pub schema: SchemaRef,
+    pub compression: Compression,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes_max: u64,
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    pub spec: TopicSpec,
+    pub dir: PathBuf,
+    pub partitions: Vec<Arc<Partition>>,
+    timestamp_column: usize,
+}
+
+impl Topic {
+    pub fn partition(&self, id: PartitionId) -> Result<&Arc<Partition>, StorageError> {
+        self.partitions
+            .get(id.0 as usize)
+            .ok_or_else(|| StorageError::UnknownPartition {
+                topic: self.spec.name.clone(),
+                partition: id,
+                partitions: self.spec.partitions,
+            })
+    }
+}
+
+/// Settings of the log as a whole.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// Approximate size of one frame's uncompressed Arrow data.
+    pub frame_bytes_target: u64,
+    /// The commit log is compacted into one snapshot record past this size.
+    pub commit_log_bytes_max: u64,
+    /// How often retention limits are checked.
+    pub retention_check_interval: Duration,
+    /// Appends waiting for the writer before further appenders wait for room.
+    pub queue_depth: usize,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> LogConfig {
+        LogConfig {
+            dir: dir.into(),
+            frame_bytes_target: 1024 * 1024,
+            commit_log_bytes_max: 16 * 1024 * 1024,
+            retention_check_interval: Duration::from_secs(30),
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// Committed end offsets (high watermarks) of every topic, as of one commit. Readers take
+/// one snapshot per query, so a query sees each multi-partition write whole or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    ends: HashMap<TopicId, Arc<Vec<Offset>>>,
+}
+
+impl Snapshot {
+    pub fn high_watermark(&self, topic: TopicId, partition: PartitionId) -> Offset {
+        self.ends
+            .get(&topic)
+            .and_then(|e| e.get(partition.0 as usize).copied())
+            .unwrap_or_default()
+    }
+
+    pub fn high_watermarks(&self, topic: TopicId) -> Vec<Offset> {
+        self.ends
+            .get(&topic)
+            .map(|e| e.to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// Records to append to one partition, in the topic's storage schema.
+#[derive(Debug, Clone)]
+pub struct PartitionBatch {
+    pub topic: TopicId,
+    pub partition: PartitionId,
+    pub records: RecordBatch,
+}
+
+/// Where an append put the records of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRange {
+    pub topic: TopicId,
+    pub partition: PartitionId,
+    pub base_offset: Offset,
+    pub record_count: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+enum Command {
+    Append {
+        batches: Vec<PartitionBatch>,
+        reply: Reply<Vec<AppendedRange>>,
+    },
+    CreateTopic {
+        spec: TopicSpec,
+        reply: Reply<()>,
+    },
+    DropTopic {
+        id: TopicId,
+        reply: Reply<()>,
+    },
+    Retention {
+        reply: Option<Reply<usize>>,
+    },
+}
+
+struct Shared {
+    config: LogConfig,
+    topics: RwLock<HashMap<TopicId, Arc<Topic>>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Bumped after every commit; readers waiting for new records watch it.
+    commits: watch::Sender<u64>,
+    failed: Mutex<Option<String>>,
+}
+
+/// The log of a data directory. Cheap to share behind an `Arc`.
+pub struct Log {
+    shared: Arc<Shared>,
+    /// `None` once shut down.
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    retention_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+fn topic_dir(root: &Path, spec: &TopicSpec) -> PathBuf {
+    root.join("topics")
+        .join(format!("{}-{}", spec.name, spec.id.0))
+}
+
+fn partition_dir(topic_dir: &Path, partition: u32) -> PathBuf {
+    topic_dir.join(partition.to_string())
+}
+
+fn timestamp_column(schema: &Schema) -> Result<usize, StorageError> {
+    let index = schema.index_of(TIMESTAMP_COLUMN).map_err(|_| {
+        StorageError::InvalidBatch(format!("topic schema lacks {TIMESTAMP_COLUMN}"))
+    })?;
+    let expected = DataType::Timestamp(TimeUnit::Millisecond, None);
+    if schema.field(index).data_type() != &expected {
+        return Err(StorageError::InvalidBatch(format!(
+            "{TIMESTAMP_COLUMN} must be {expected}"
+        )));
+    }
+    Ok(index)
+}
+
+impl Log {
+    /// Opens the log in `config.dir`, recovering every topic in `topics` (the catalog's list)
+    /// to its last commit. Topic directories not in `topics` are leftovers of a `CREATE`
+    /// that never committed or a `DROP` that did, and are removed.
+    pub fn open(config: LogConfig, topics: Vec<TopicSpec>) -> Result<Log, StorageError> {
+        let root = config.dir.clone();
+        let topics_root = root.join("topics");
+        std::fs::create_dir_all(&topics_root).map_err(|e| StorageError::io(&topics_root, e))?;
+        let (commit_log, ends) = CommitLog::open(&root)?;
+
+        let mut live = HashMap::new();
+        let mut snapshot = Snapshot::default();
+        for spec in topics {
+            let dir = topic_dir(&root, &spec);
+            if !dir.is_dir() {
+                return Err(StorageError::corruption(
+                    &dir,
+                    0,
+                    "topic directory is missing",
+                ));
+            }
+            let mut partitions = Vec::with_capacity(spec.partitions as usize);
+            let mut topic_ends = Vec::with_capacity(spec.partitions as usize);
+            for p in 0..spec.partitions {
+                let end = ends
+                    .get(&(spec.id, PartitionId(p)))
+                    .copied()
+                    .unwrap_or_default();
+                partitions.push(Arc::new(Partition::open(
+                    &partition_dir(&dir, p),
+                    PartitionId(p),
+                    end,
+                )?));
+                topic_ends.push(end);
+            }
+            snapshot.ends.insert(spec.id, Arc::new(topic_ends));
+            let timestamp_column = timestamp_column(&spec.schema)?;
+            live.insert(
+                spec.id,
+                Arc::new(Topic {
+                    spec,
+                    dir,
+                    partitions,
+                    timestamp_column,
+                }),
+            );
+        }
+        remove_orphans(&topics_root, &live)?;
+
+        let (commands_tx, commands_rx) = mpsc::channel(config.queue_depth);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            topics: RwLock::new(live),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            commits: watch::channel(0).0,
+            failed: Mutex::new(None),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            commit_log,
+        };
+        let handle = std::thread::Builder::new()
+            .name("runnel-log-writer".into())
+            .spawn(move || writer.run(commands_rx))
+            .map_err(|e| StorageError::io(&root, e))?;
+
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let ticks = commands_tx.clone();
+        let interval = config.retention_check_interval;
+        std::thread::Builder::new()
+            .name("runnel-retention".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(interval)
+                {
+                    if ticks
+                        .blocking_send(Command::Retention { reply: None })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| StorageError::io(&root, e))?;
+
+        Ok(Log {
+            shared,
+            commands: Mutex::new(Some(commands_tx)),
+            writer: Mutex::new(Some(handle)),
+            retention_stop: Mutex::new(Some(stop_tx)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.config.dir
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let commands = self.commands.lock().expect("commands lock").clone();
+        let commands = commands.ok_or(StorageError::ShutDown)?;
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(make(tx))
+            .await
+            .map_err(|_| StorageError::ShutDown)?;
+        rx.await.map_err(|_| StorageError::ShutDown)?
+    }
+
+    /// Creates a topic's directories and first segments, durably.
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<(), StorageError> {
+        self.request(|reply| Command::CreateTopic { spec, reply })
+            .await
+    }
+
+    /// Removes a topic and its files.
+    pub async fn drop_topic(&self, id: TopicId) -> Result<(), StorageError> {
+        self.request(|reply| Command::DropTopic { id, reply }).await
+    }
+
+    /// Appends records, atomically across all the partitions named, and returns once they are
+    /// durable and visible.
+    pub async fn append(
+        &self,
+        batches: Vec<PartitionBatch>,
+    ) -> Result<Vec<AppendedRange>, StorageError> {
+        if batches.iter().all(|b| b.records.num_rows() == 0) {
+            return Ok(vec![]);
+        }
+        self.request(|reply| Command::Append { batches, reply })
+            .await
+    }
+
+    /// Applies retention now (it also runs periodically); returns the segments deleted.
+    pub async fn enforce_retention(&self) -> Result<usize, StorageError> {
+        self.request(|reply| Command::Retention { reply: Some(reply) })
+            .await
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    pub fn topic(&self, id: TopicId) -> Option<Arc<Topic>> {
+        self.shared
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(&id)
+            .cloned()
+    }
+
+    /// A receiver that changes after every commit, for readers that wait for new records.
+    pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
+        self.shared.commits.subscribe()
+    }
+
+    /// Stops the writer after it has finished every append already queued.
+    pub fn shutdown(&self) {
+        if let Some(stop) = self.retention_stop.lock().expect("lock").take() {
+            let _ = stop.send(());
+        }
+        // Dropping the last sender lets the writer drain the queue and exit (the retention
+        // thread drops its clone when it sees the stop signal).
+        self.commands.lock().expect("commands lock").take();
+        let handle = self.writer.lock().expect("writer handle lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn remove_orphans(
+    topics_root: &Path,
+    live: &HashMap<TopicId, Arc<Topic>>,
+) -> Result<(), StorageError> {
+    for entry in std::fs::read_dir(topics_root).map_err(|e| StorageError::io(topics_root, e))? {
+        let entry = entry.map_err(|e| StorageError::io(topics_root, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let id = name
+            .rsplit_once('-')
+            .and_then(|(_, id)| id.parse::<u64>().ok());
+        let known = id.is_some_and(|id| live.contains_key(&TopicId(id)));
+        if !known {
+            tracing::info!(dir = %entry.path().display(), "removing topic directory not in the catalog");
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| StorageError::io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}

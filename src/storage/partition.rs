@@ -1,0 +1,469 @@
+//! A partition: an ordered list of segments, the last of which is active.
+//!
+//! Readers take a snapshot of the segment list and read frames by offset range (optionally
+//! skipping frames by timestamp). The log's writer thread is the only writer: it appends
+//! frames to the active segment, rolls to a new segment by size, deletes old segments for
+//! retention, and after a failed group commit puts the partition back to its last committed
+//! state with the same code that recovers it at start-up.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::StorageError;
+use super::frame::{self, FrameHeader};
+use super::segment::{self, Segment, SegmentWriter};
+use super::types::{Offset, PartitionId};
+
+#[derive(Debug)]
+pub struct Partition {
+    pub id: PartitionId,
+    pub dir: PathBuf,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    /// The append side; locked only by the writer thread (and by recovery).
+    writer: Mutex<PartitionWriter>,
+}
+
+#[derive(Debug)]
+struct PartitionWriter {
+    active: SegmentWriter,
+    /// Offset the next appended record gets.
+    next_offset: Offset,
+}
+
+/// Size and positions of a partition, as `sys.partitions` shows them.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionStats {
+    pub log_start_offset: Offset,
+    pub size_bytes: u64,
+    pub segments: usize,
+}
+
+impl Partition {
+    /// Creates a new, empty partition directory with its first segment.
+    pub fn create(dir: &Path, id: PartitionId) -> Result<Partition, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let (segment, active) = SegmentWriter::create(dir, Offset(0))?;
+        Ok(Partition {
+            id,
+            dir: dir.to_path_buf(),
+            segments: RwLock::new(vec![Arc::new(segment)]),
+            writer: Mutex::new(PartitionWriter {
+                active,
+                next_offset: Offset(0),
+            }),
+        })
+    }
+
+    /// Opens a partition and recovers it to `committed_end`: segments that start after it
+    /// are deleted, the active segment is cut back to it, and it must be reachable through
+    /// intact frames (otherwise the error names the corrupt file and position).
+    pub fn open(
+        dir: &Path,
+        id: PartitionId,
+        committed_end: Offset,
+    ) -> Result<Partition, StorageError> {
+        let (segments, writer) = recover(dir, committed_end)?;
+        Ok(Partition {
+            id,
+            dir: dir.to_path_buf(),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// Puts the partition back to `committed_end` after a failed group commit.
+    pub fn roll_back(&self, committed_end: Offset) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock().expect("partition writer lock");
+        let mut segments = self.segments.write().expect("segments lock");
+        let (recovered, recovered_writer) = recover(&self.dir, committed_end)?;
+        *segments = recovered;
+        *writer = recovered_writer;
+        Ok(())
+    }
+
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().expect("segments lock").clone()
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.segments.read().expect("segments lock")[0].base_offset
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let segments = self.segments.read().expect("segments lock");
+        PartitionStats {
+            log_start_offset: segments[0].base_offset,
+            size_bytes: segments.iter().map(|s| s.size_bytes()).sum(),
+            segments: segments.len(),
+        }
+    }
+
+    /// Encodes `batch` as frames of at most about `frame_bytes_target` each and appends them,
+    /// rolling to a new segment when the active one would pass `segment_bytes_max`. Returns
+    /// the offset of the first record. Not durable until [`Partition::sync`].
+    pub fn append(
+        &self,
+        batch: &RecordBatch,
+        timestamp_column: usize,
+        options: &AppendOptions,
+    ) -> Result<Offset, StorageError> {
+        let mut writer = self.writer.lock().expect("partition writer lock");
+        let first = writer.next_offset;
+        let rows = batch.num_rows();
+        let bytes = batch.get_array_memory_size().max(1);
+        let rows_per_frame = ((options.frame_bytes_target as u128 * rows as u128 / bytes as u128)
+            as usize)
+            .clamp(1, rows.max(1));
+        let mut start = 0;
+        let mut pending: Vec<u8> = vec![];
+        let mut headers: Vec<FrameHeader> = vec![];
+        while start < rows {
+            let len = rows_per_frame.min(rows - start);
+            let slice = batch.slice(start, len);
+            let timestamps = slice
+                .column(timestamp_column)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+                .ok_or_else(|| {
+                    StorageError::InvalidBatch(
+                        "record timestamp column is not Timestamp(ms)".into(),
+                    )
+                })?;
+            let frame = frame::encode_frame(
+                &slice,
+                timestamps,
+                writer.next_offset,
+                options.schema_version,
+                options.compression,
+            )
+            .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            let header = frame::decode_header(&frame).expect("a frame just encoded decodes");
+            let active_len = writer.active.position + pending.len() as u64;
+            if active_len > 0 && active_len + frame.len() as u64 > options.segment_bytes_max {
+                self.flush_pending(&mut writer, &mut pending, &mut headers)?;
+                self.roll(&mut writer)?;
+            }
+            pending.extend_from_slice(&frame);
+            headers.push(header);
+            writer.next_offset = header.end_offset();
+            start += len;
+        }
+        self.flush_pending(&mut writer, &mut pending, &mut headers)?;
+        Ok(first)
+    }
+
+    fn flush_pending(
+        &self,
+        writer: &mut PartitionWriter,
+        pending: &mut Vec<u8>,
+        headers: &mut Vec<FrameHeader>,
+    ) -> Result<(), StorageError> {
+        if headers.is_empty() {
+            return Ok(());
+        }
+        let segment = self.active_segment();
+        writer.active.append(&segment, pending, headers)?;
+        pending.clear();
+        headers.clear();
+        Ok(())
+    }
+
+    fn active_segment(&self) -> Arc<Segment> {
+        self.segments
+            .read()
+            .expect("segments lock")
+            .last()
+            .expect("a partition always has a segment")
+            .clone()
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&self, writer: &mut PartitionWriter) -> Result<(), StorageError> {
+        let sealed = self.active_segment();
+        let (segment, active) = SegmentWriter::create(&self.dir, writer.next_offset)?;
+        let old = std::mem::replace(&mut writer.active, active);
+        old.seal(&sealed)?;
+        self.segments
+            .write()
+            .expect("segments lock")
+            .push(Arc::new(segment));
+        tracing::debug!(partition = %self.dir.display(), base = %writer.next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable (the active segment; rolled segments were
+    /// synced when sealed).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let writer = self.writer.lock().expect("partition writer lock");
+        writer.active.sync(&self.active_segment())
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.writer
+            .lock()
+            .expect("partition writer lock")
+            .next_offset
+    }
+
+    /// Deletes sealed segments that fall outside the retention limits: the oldest ones while
+    /// the partition would still hold at least `retention_bytes` without them, and those whose
+    /// newest record is older than `min_timestamp_ms`. The active segment is never deleted.
+    /// Returns the number of segments deleted.
+    pub fn enforce_retention(
+        &self,
+        retention_bytes: Option<u64>,
+        min_timestamp_ms: Option<i64>,
+    ) -> Result<usize, StorageError> {
+        let segments = self.segments();
+        let mut total: u64 = segments.iter().map(|s| s.size_bytes()).sum();
+        let mut doomed = 0;
+        for segment in &segments[..segments.len() - 1] {
+            let size = segment.size_bytes();
+            let over_size = retention_bytes.is_some_and(|limit| total - size >= limit);
+            let too_old = match min_timestamp_ms {
+                Some(min) => segment.max_timestamp_exact()? < min,
+                None => false,
+            };
+            if !(over_size || too_old) {
+                break;
+            }
+            total -= size;
+            doomed += 1;
+        }
+        if doomed == 0 {
+            return Ok(0);
+        }
+        let removed: Vec<Arc<Segment>> = self
+            .segments
+            .write()
+            .expect("segments lock")
+            .drain(..doomed)
+            .collect();
+        for segment in &removed {
+            tracing::info!(segment = %segment.path.display(), "deleting segment past retention");
+            segment::delete_segment_files(&self.dir, segment.base_offset)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Reads committed records in `range` (clamped to the log start). Blocking: run it on a
+    /// blocking thread.
+    pub fn reader(self: &Arc<Self>, range: Range<Offset>, options: ReadOptions) -> PartitionReader {
+        let segments = self.segments();
+        let start = range.start.max(segments[0].base_offset);
+        PartitionReader {
+            segments,
+            segment_index: None,
+            position: 0,
+            next: start,
+            end: range.end,
+            options,
+        }
+    }
+}
+
+fn recover(
+    dir: &Path,
+    committed_end: Offset,
+) -> Result<(Vec<Arc<Segment>>, PartitionWriter), StorageError> {
+    let mut bases = segment::list_segments(dir)?;
+    if bases.is_empty() {
+        if committed_end != Offset(0) {
+            return Err(StorageError::corruption(
+                dir,
+                0,
+                format!(
+                    "partition has no segments but offsets up to {committed_end} were committed"
+                ),
+            ));
+        }
+        let (segment, active) = SegmentWriter::create(dir, Offset(0))?;
+        return Ok((
+            vec![Arc::new(segment)],
+            PartitionWriter {
+                active,
+                next_offset: Offset(0),
+            },
+        ));
+    }
+    if bases[0] > committed_end {
+        return Err(StorageError::corruption(
+            &segment::log_path(dir, bases[0]),
+            0,
+            format!("first segment starts after the committed end offset {committed_end}"),
+        ));
+    }
+    // Segments rolled for appends that never committed.
+    while bases.len() > 1 && *bases.last().expect("non-empty") > committed_end {
+        let base = bases.pop().expect("non-empty");
+        tracing::info!(segment = %segment::log_path(dir, base).display(), "deleting uncommitted segment");
+        segment::delete_segment_files(dir, base)?;
+    }
+    let active_base = bases.pop().expect("non-empty");
+    let mut segments = Vec::with_capacity(bases.len() + 1);
+    for base in bases {
+        segments.push(Arc::new(Segment::open_sealed(dir, base)?));
+    }
+    let (segment, active) = SegmentWriter::recover(dir, active_base, committed_end)?;
+    segments.push(Arc::new(segment));
+    Ok((
+        segments,
+        PartitionWriter {
+            active,
+            next_offset: committed_end,
+        },
+    ))
+}
+
+#[derive(Debug, Clone)]
+pub struct AppendOptions {
+    pub schema_version: u32,
+    pub compression: super::types::Compression,
+    pub frame_bytes_target: u64,
+    pub segment_bytes_max: u64,
+}
+
+/// What a read decodes and which frames it may skip.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    pub schema: SchemaRef,
+    /// Columns of `schema` to decode (all when `None`).
+    pub projection: Option<Vec<usize>>,
+    /// Frames whose records are all older than this (ms) are skipped.
+    pub min_timestamp_ms: Option<i64>,
+    /// Frames whose records are all newer than this (ms) are skipped.
+    pub max_timestamp_ms: Option<i64>,
+}
+
+/// Records read from the log: `batch` holds the records at offsets
+/// `base_offset .. base_offset + batch.num_rows()`.
+#[derive(Debug)]
+pub struct ReadBatch {
+    pub base_offset: Offset,
+    pub batch: RecordBatch,
+}
+
+/// A blocking iterator over the record batches of a range of one partition.
+pub struct PartitionReader {
+    segments: Vec<Arc<Segment>>,
+    segment_index: Option<usize>,
+    position: u64,
+    next: Offset,
+    end: Offset,
+    options: ReadOptions,
+}
+
+impl PartitionReader {
+    /// Positions the reader in segment `i` at the frame at or before `self.next`, or at the
+    /// first frame that may hold a timestamp at or after the lower bound.
+    fn enter_segment(&mut self, i: usize) {
+        let segment = &self.segments[i];
+        let state = segment.state.read().expect("segment lock");
+        let mut position = state
+            .index
+            .position_for_offset(segment.base_offset, self.next);
+        if let Some(min_ts) = self.options.min_timestamp_ms {
+            let (ts_position, ts_offset) =
+                state.index.start_for_timestamp(segment.base_offset, min_ts);
+            // Every record before `ts_offset` is older than the bound: skip them.
+            if ts_offset > self.next {
+                position = ts_position;
+                self.next = ts_offset;
+            }
+        }
+        self.segment_index = Some(i);
+        self.position = position;
+    }
+
+    fn next_batch(&mut self) -> Result<Option<ReadBatch>, StorageError> {
+        loop {
+            if self.next >= self.end {
+                return Ok(None);
+            }
+            let i = match self.segment_index {
+                Some(i) => i,
+                None => {
+                    // The last segment starting at or before `next`.
+                    let i = self
+                        .segments
+                        .partition_point(|s| s.base_offset <= self.next)
+                        .saturating_sub(1);
+                    self.enter_segment(i);
+                    i
+                }
+            };
+            let segment = self.segments[i].clone();
+            let Some(header) = segment.header_at(self.position)? else {
+                if i + 1 >= self.segments.len() {
+                    return Err(StorageError::corruption(
+                        &segment.path,
+                        self.position,
+                        format!("log ends before committed offset {}", self.end),
+                    ));
+                }
+                self.next = self.next.max(self.segments[i + 1].base_offset);
+                self.enter_segment(i + 1);
+                continue;
+            };
+            let frame_end = header.end_offset();
+            let position = self.position;
+            self.position += header.length as u64;
+            if header.base_offset >= self.end {
+                return Ok(None);
+            }
+            if frame_end <= self.next {
+                continue;
+            }
+            let skip = self
+                .options
+                .min_timestamp_ms
+                .is_some_and(|t| header.max_timestamp_ms < t)
+                || self
+                    .options
+                    .max_timestamp_ms
+                    .is_some_and(|t| header.min_timestamp_ms > t);
+            if skip {
+                self.next = frame_end;
+                continue;
+            }
+            let bytes = segment.frame_at(position, &header)?;
+            let batch = frame::decode_batch(
+                &bytes,
+                &header,
+                &self.options.schema,
+                self.options.projection.as_deref(),
+            )
+            .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
+            let from = self.next.max(header.base_offset);
+            let to = self.end.min(frame_end);
+            let batch = batch.slice(
+                (from.0 - header.base_offset.0) as usize,
+                (to.0 - from.0) as usize,
+            );
+            self.next = to;
+            return Ok(Some(ReadBatch {
+                base_offset: from,
+                batch,
+            }));
+        }
+    }
+}
+
+impl Iterator for PartitionReader {
+    type Item = Result<ReadBatch, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_batch() {
+            Ok(Some(batch)) => Some(Ok(batch)),
+            Ok(None) => None,
+            Err(e) => {
+                self.next = self.end; // an error ends the read
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! One segment of a partition: `<base>.log` with its `<base>.index` and `<base>.timeindex`.
+//!
+//! A segment is appended only by the partition's writer (the log's writer thread) and read by
+//! any number of readers through positioned reads. Readers never look past the committed high
+//! watermark, so bytes they read are complete, checksummed and fsynced; they verify every
+//! frame's checksum anyway, because a sealed segment can still rot on disk.
+//!
+//! Recovery of the active (last) segment is here too: it walks frames from the last trusted
+//! index entry up to the committed end offset and cuts the file there. A bad frame *before*
+//! the committed end is corruption and is reported with its file and position, never skipped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use arrow::buffer::{Buffer, MutableBuffer};
+
+use super::StorageError;
+use super::frame::{self, FRAME_HEADER_LEN, FrameHeader};
+use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
+use super::types::Offset;
+
+pub fn log_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.log", base.0))
+}
+
+fn offset_index_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.index", base.0))
+}
+
+fn time_index_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.timeindex", base.0))
+}
+
+/// Base offsets of the segments in a partition directory, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<Offset>, StorageError> {
+    let mut bases = vec![];
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log")
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(Offset(base));
+        }
+    }
+    bases.sort();
+    Ok(bases)
+}
+
+/// Removes a segment's files. Missing files are fine: deletion may be resumed after a crash.
+pub fn delete_segment_files(dir: &Path, base: Offset) -> Result<(), StorageError> {
+    for path in [
+        log_path(dir, base),
+        offset_index_path(dir, base),
+        time_index_path(dir, base),
+    ] {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// What readers and the retention policy know of a segment.
+#[derive(Debug)]
+pub struct SegmentState {
+    pub index: SegmentIndex,
+    /// Bytes of frames written (committed or not; readers are bounded by offsets instead).
+    pub size_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: Offset,
+    pub path: PathBuf,
+    file: File,
+    pub state: RwLock<SegmentState>,
+}
+
+impl Segment {
+    pub fn size_bytes(&self) -> u64 {
+        self.state.read().expect("segment lock").size_bytes
+    }
+
+    /// Reads the frame header at `position`. `Ok(None)` at the end of the file.
+    pub fn header_at(&self, position: u64) -> Result<Option<FrameHeader>, StorageError> {
+        let mut buf = [0u8; FRAME_HEADER_LEN];
+        let n = read_full_at(&self.file, &mut buf, position)
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        frame::decode_header(&buf[..n])
+            .map(Some)
+            .map_err(|e| StorageError::corruption(&self.path, position, e))
+    }
+
+    /// Reads the whole frame at `position` and verifies its checksum.
+    pub fn frame_at(&self, position: u64, header: &FrameHeader) -> Result<Buffer, StorageError> {
+        let len = header.length as usize;
+        let mut buf = MutableBuffer::from_len_zeroed(len);
+        let n = read_full_at(&self.file, buf.as_slice_mut(), position)
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        let verified = frame::decode_frame(&buf.as_slice()[..n])
+            .map_err(|e| StorageError::corruption(&self.path, position, e))?;
+        if verified != *header {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                "frame changed between reads",
+            ));
+        }
+        Ok(buf.into())
+    }
+
+    /// The last frame that ends at or before `end_position`, found by walking headers from
+    /// the last offset index entry before it.
+    pub fn last_frame_before(
+        &self,
+        end_position: u64,
+    ) -> Result<Option<OffsetEntry>, StorageError> {
+        let start = {
+            let state = self.state.read().expect("segment lock");
+            state
+                .index
+                .offsets
+                .iter()
+                .rev()
+                .find(|e| (e.position as u64) < end_position)
+                .copied()
+        };
+        let Some(mut entry) = start else {
+            return Ok(None);
+        };
+        let mut position = entry.position as u64;
+        while position < end_position {
+            let Some(header) = self.header_at(position)? else {
+                break;
+            };
+            entry = OffsetEntry {
+                relative_offset: (header.base_offset.0 - self.base_offset.0) as u32,
+                position: position as u32,
+            };
+            position += header.length as u64;
+        }
+        Ok(Some(entry))
+    }
+
+    /// The largest record timestamp in the segment, exactly: the time index bounds every
+    /// frame up to its last entry, and the headers of the frames after it are read.
+    pub fn max_timestamp_exact(&self) -> Result<i64, StorageError> {
+        let (mut max, mut position, size) = {
+            let state = self.state.read().expect("segment lock");
+            let last = state.index.times.last();
+            (
+                last.map_or(i64::MIN, |t| t.max_timestamp_ms),
+                last.map_or(0, |t| t.position as u64),
+                state.size_bytes,
+            )
+        };
+        while position < size {
+            let Some(header) = self.header_at(position)? else {
+                break;
+            };
+            max = max.max(header.max_timestamp_ms);
+            position += header.length as u64;
+        }
+        Ok(max)
+    }
+
+    /// Opens a sealed segment: loads its indexes, rebuilding them from the frames if they are
+    /// missing or malformed (they are hints; the frames are the truth).
+    pub fn open_sealed(dir: &Path, base: Offset) -> Result<Segment, StorageError> {
+        let path = log_path(dir, base);
+        let file = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let size_bytes = file
+            .metadata()
+            .map_err(|e| StorageError::io(&path, e))?
+            .len();
+        let offsets = fs::read(offset_index_path(dir, base))
+            .ok()
+            .and_then(|b| index::decode_offset_index(&b));
+        let times = fs::read(time_index_path(dir, base))
+            .ok()
+            .and_then(|b| index::decode_time_index(&b));
+        let plausible = |o: &Vec<OffsetEntry>, t: &Vec<TimeEntry>| {
+            !o.is_empty()
+                && o[0].position == 0
+                && o.last().is_some_and(|e| (e.position as u64) < size_bytes)
+                && t.last().is_none_or(|e| (e.position as u64) < size_bytes)
+        };
+        let segment = Segment {
+            base_offset: base,
+            path,
+            file,
+            state: RwLock::new(SegmentState {
+                index: SegmentIndex::new(),
+                size_bytes,
+            }),
+        };
+        match (offsets, times) {
+            (Some(o), Some(t)) if plausible(&o, &t) => {
+                segment.state.write().expect("segment lock").index =
+                    SegmentIndex::from_entries(o, t);
+            }
+            _ => {
+                tracing::warn!(segment = %segment.path.display(), "rebuilding segment index");
+                let (index, end, _) = segment.scan(0, base, None, u64::MAX)?;
+                if end != size_bytes {
+                    return Err(StorageError::corruption(
+                        &segment.path,
+                        end,
+                        "sealed segment has trailing bytes that are not a frame",
+                    ));
+                }
+                write_file_synced(&offset_index_path(dir, base), &index.encode_offsets())?;
+                write_file_synced(&time_index_path(dir, base), &index.encode_times())?;
+                segment.state.write().expect("segment lock").index = index;
+            }
+        }
+        Ok(segment)
+    }
+
+    /// Walks frames from `position` (the frame there starts at `offset`), verifying each one,
+    /// until `stop_at` (an offset) or the end of the file. Returns the index rebuilt from
+    /// `start_index` plus the frames walked, the position after the last good frame, and the
+    /// offset there. Frames are verified whole, so this reads every byte it walks.
+    fn scan(
+        &self,
+        mut position: u64,
+        mut offset: Offset,
+        start_index: Option<SegmentIndex>,
+        stop_at: u64,
+    ) -> Result<(SegmentIndex, u64, Offset), StorageError> {
+        let mut index = start_index.unwrap_or_default();
+        while offset.0 < stop_at {
+            let Some(header) = self.header_at(position)? else {
+                break;
+            };
+            if header.base_offset != offset {
+                return Err(StorageError::corruption(
+                    &self.path,
+                    position,
+                    format!(
+                        "frame starts at offset {}, expected {offset}",
+                        header.base_offset
+                    ),
+                ));
+            }
+            self.frame_at(position, &header)?;
+            index.on_frame(
+                (offset.0 - self.base_offset.0) as u32,
+                position as u32,
+                header.length,
+                header.max_timestamp_ms,
+                INDEX_INTERVAL_BYTES,
+            );
+            position += header.length as u64;
+            offset = header.end_offset();
+        }
+        Ok((index, position, offset))
+    }
+}
+
+/// Bytes of log between sparse index entries.
+pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], position + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let mut file = File::create(path).map_err(|e| StorageError::io(path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StorageError::io(path, e))?;
+    file.sync_data().map_err(|e| StorageError::io(path, e))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+/// The append side of the active segment. Owned by the partition's writer.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    pub base_offset: Offset,
+    log: File,
+    offset_index: File,
+    time_index: File,
+    /// Where the next frame goes.
+    pub position: u64,
+    /// Position of the last frame written, for the seal's final time entry.
+    last_frame: Option<OffsetEntry>,
+}
+
+impl SegmentWriter {
+    /// Creates a new, empty segment starting at `base`.
+    pub fn create(dir: &Path, base: Offset) -> Result<(Segment, SegmentWriter), StorageError> {
+        let path = log_path(dir, base);
+        // Leftovers of an uncommitted roll are emptied: the segment starts empty.
+        let create = |p: &Path, append: bool| {
+            OpenOptions::new()
+                .create(true)
+                .write(!append)
+                .append(append)
+                .open(p)
+                .and_then(|f| f.set_len(0).map(|()| f))
+                .map_err(|e| StorageError::io(p, e))
+        };
+        let log = create(&path, false)?;
+        let offset_index = create(&offset_index_path(dir, base), true)?;
+        let time_index = create(&time_index_path(dir, base), true)?;
+        sync_dir(dir)?;
+        let read = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let segment = Segment {
+            base_offset: base,
+            path,
+            file: read,
+            state: RwLock::new(SegmentState {
+                index: SegmentIndex::new(),
+                size_bytes: 0,
+            }),
+        };
+        let writer = SegmentWriter {
+            base_offset: base,
+            log,
+            offset_index,
+            time_index,
+            position: 0,
+            last_frame: None,
+        };
+        Ok((segment, writer))
+    }
+
+    /// Recovers the active segment of a partition whose committed end offset is
+    /// `committed_end`: frames up to it must all be present and valid; everything after it
+    /// (an unacknowledged or torn write) is cut off.
+    pub fn recover(
+        dir: &Path,
+        base: Offset,
+        committed_end: Offset,
+    ) -> Result<(Segment, SegmentWriter), StorageError> {
+        let path = log_path(dir, base);
+        let log = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, e))?;
+        let read = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let size = log
+            .metadata()
+            .map_err(|e| StorageError::io(&path, e))?
+            .len();
+        let segment = Segment {
+            base_offset: base,
+            path: path.clone(),
+            file: read,
+            state: RwLock::new(SegmentState {
+                index: SegmentIndex::new(),
+                size_bytes: size,
+            }),
+        };
+
+        // Start from the last index entry that points at a real frame at or before the
+        // committed end; the index files were not fsynced with the frames, so check.
+        let offsets = fs::read(offset_index_path(dir, base))
+            .ok()
+            .and_then(|b| index::decode_offset_index(&b))
+            .unwrap_or_default();
+        let times = fs::read(time_index_path(dir, base))
+            .ok()
+            .and_then(|b| index::decode_time_index(&b))
+            .unwrap_or_default();
+        let mut start = (0u64, base, SegmentIndex::new());
+        for (i, entry) in offsets.iter().enumerate().rev() {
+            let offset = base.plus(entry.relative_offset as u64);
+            if offset > committed_end || (entry.position as u64) >= size {
+                continue;
+            }
+            let ok = matches!(segment.header_at(entry.position as u64), Ok(Some(h)) if h.base_offset == offset);
+            if ok {
+                let mut index = SegmentIndex::from_entries(
+                    offsets[..i].to_vec(),
+                    times
+                        .iter()
+                        .copied()
+                        .filter(|t| t.position < entry.position)
+                        .collect(),
+                );
+                index.truncate_to(entry.position as u64);
+                start = (entry.position as u64, offset, index);
+                break;
+            }
+        }
+        let (position, offset, index) = start;
+        let (index, end_position, end_offset) =
+            match segment.scan(position, offset, Some(index), committed_end.0) {
+                Ok(done) => done,
+                Err(StorageError::Corruption {
+                    position, reason, ..
+                }) => {
+                    return Err(StorageError::corruption(
+                        &path,
+                        position,
+                        format!("{reason} (before the committed end offset {committed_end})"),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+        if end_offset != committed_end {
+            return Err(StorageError::corruption(
+                &path,
+                end_position,
+                format!(
+                    "log ends at offset {end_offset} but offsets up to {committed_end} were committed"
+                ),
+            ));
+        }
+        if end_position < size {
+            tracing::info!(
+                segment = %path.display(),
+                cut_bytes = size - end_position,
+                "truncating uncommitted tail"
+            );
+            log.set_len(end_position)
+                .map_err(|e| StorageError::io(&path, e))?;
+            log.sync_all().map_err(|e| StorageError::io(&path, e))?;
+        }
+        let offset_index_path = offset_index_path(dir, base);
+        let time_index_path = time_index_path(dir, base);
+        write_file_synced(&offset_index_path, &index.encode_offsets())?;
+        write_file_synced(&time_index_path, &index.encode_times())?;
+        {
+            let mut state = segment.state.write().expect("segment lock");
+            state.index = index;
+            state.size_bytes = end_position;
+        }
+        let last_frame = segment.last_frame_before(end_position)?;
+        let append = |p: &Path| {
+            OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map_err(|e| StorageError::io(p, e))
+        };
+        let writer = SegmentWriter {
+            base_offset: base,
+            log,
+            offset_index: append(&offset_index_path)?,
+            time_index: append(&time_index_path)?,
+            position: end_position,
+            last_frame,
+        };
+        Ok((segment, writer))
+    }
+
+    /// Appends encoded frames (contiguous in `bytes`, described by `headers`) and updates
+    /// the segment's index. Not durable until [`SegmentWriter::sync`].
+    pub fn append(
+        &mut self,
+        segment: &Segment,
+        bytes: &[u8],
+        headers: &[FrameHeader],
+    ) -> Result<(), StorageError> {
+        write_all_at(&self.log, bytes, self.position)
+            .map_err(|e| StorageError::io(&segment.path, e))?;
+        let mut offset_entries = vec![];
+        let mut time_entries = vec![];
+        let mut state = segment.state.write().expect("segment lock");
+        let mut position = self.position;
+        for header in headers {
+            let relative = (header.base_offset.0 - self.base_offset.0) as u32;
+            let (o, t) = state.index.on_frame(
+                relative,
+                position as u32,
+                header.length,
+                header.max_timestamp_ms,
+                INDEX_INTERVAL_BYTES,
+            );
+            if let Some(o) = o {
+                o.encode(&mut offset_entries);
+            }
+            if let Some(t) = t {
+                t.encode(&mut time_entries);
+            }
+            self.last_frame = Some(OffsetEntry {
+                relative_offset: relative,
+                position: position as u32,
+            });
+            position += header.length as u64;
+        }
+        debug_assert_eq!(position, self.position + bytes.len() as u64);
+        self.position = position;
+        state.size_bytes = position;
+        drop(state);
+        if !offset_entries.is_empty() {
+            self.offset_index
+                .write_all(&offset_entries)
+                .map_err(|e| StorageError::io(&segment.path, e))?;
+        }
+        if !time_entries.is_empty() {
+            self.time_index
+                .write_all(&time_entries)
+                .map_err(|e| StorageError::io(&segment.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the appended frames durable.
+    pub fn sync(&self, segment: &Segment) -> Result<(), StorageError> {
+        self.log
+            .sync_data()
+            .map_err(|e| StorageError::io(&segment.path, e))
+    }
+
+    /// Seals the segment: final time entry, and the frames and both indexes made durable.
+    pub fn seal(mut self, segment: &Segment) -> Result<(), StorageError> {
+        if let Some(last) = self.last_frame {
+            let entry = segment
+                .state
+                .write()
+                .expect("segment lock")
+                .index
+                .seal_entry(last);
+            if let Some(entry) = entry {
+                let mut bytes = vec![];
+                entry.encode(&mut bytes);
+                self.time_index
+                    .write_all(&bytes)
+                    .map_err(|e| StorageError::io(&segment.path, e))?;
+            }
+        }
+        for file in [&self.log, &self.offset_index, &self.time_index] {
+            file.sync_data()
+                .map_err(|e| StorageError::io(&segment.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the segment back to `position` (undoing appends that were never committed).
+    pub fn truncate(&mut self, segment: &Segment, position: u64) -> Result<(), StorageError> {
+        self.log
+            .set_len(position)
+            .map_err(|e| StorageError::io(&segment.path, e))?;
+        let mut state = segment.state.write().expect("segment lock");
+        state.index.truncate_to(position);
+        state.size_bytes = position;
+        let offsets = state.index.encode_offsets();
+        let times = state.index.encode_times();
+        drop(state);
+        self.last_frame = segment.last_frame_before(position)?;
+        for (file, bytes) in [(&self.offset_index, offsets), (&self.time_index, times)] {
+            file.set_len(0)
+                .and_then(|()| (&*file).write_all(&bytes))
+                .map_err(|e| StorageError::io(&segment.path, e))?;
+        }
+        self.position = position;
+        Ok(())
+    }
+}
+
+fn write_all_at(file: &File, bytes: &[u8], position: u64) -> std::io::Result<()> {
+    file.write_all_at(bytes, position)
+}

@@ -1,0 +1,496 @@
+//! Tests of the log as a whole: appends, reads, restart, recovery, retention.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Fields};
+
+use super::*;
+
+fn value_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("url", DataType::Utf8, true),
+    ])
+}
+
+fn spec(id: u64, partitions: u32) -> TopicSpec {
+    TopicSpec {
+        id: TopicId(id),
+        name: format!("t{id}"),
+        partitions,
+        schema: storage_schema(&value_fields()),
+        compression: Compression::None,
+        retention_ms: None,
+        retention_bytes: None,
+        segment_bytes_max: 1 << 30,
+    }
+}
+
+/// Rows `from..to`, with timestamps `ts0 + i`.
+fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordBatch {
+    let ids = Int64Array::from_iter_values(from..to);
+    let urls = StringArray::from_iter_values((from..to).map(|i| format!("/p/{}", i % 10)));
+    let ts = TimestampMillisecondArray::from_iter_values((from..to).map(|i| ts0 + i));
+    let keys = BinaryArray::from_iter((from..to).map(|_| None::<&[u8]>));
+    RecordBatch::try_new(
+        spec.schema.clone(),
+        vec![Arc::new(ids), Arc::new(urls), Arc::new(ts), Arc::new(keys)],
+    )
+    .unwrap()
+}
+
+fn open(dir: &Path, specs: Vec<TopicSpec>) -> Log {
+    let mut config = LogConfig::new(dir);
+    config.frame_bytes_target = 4096;
+    Log::open(config, specs).unwrap()
+}
+
+fn read_ids(log: &Log, spec: &TopicSpec, partition: u32) -> Result<Vec<i64>, StorageError> {
+    let topic = log.topic(spec.id).unwrap();
+    let hw = log
+        .snapshot()
+        .high_watermark(spec.id, PartitionId(partition));
+    let reader = topic.partitions[partition as usize].reader(
+        Offset(0)..hw,
+        ReadOptions {
+            schema: spec.schema.clone(),
+            projection: Some(vec![0]),
+            min_timestamp_ms: None,
+            max_timestamp_ms: None,
+        },
+    );
+    let mut ids = vec![];
+    for batch in reader {
+        let batch = batch?;
+        let col = batch
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        ids.extend(col.values().iter().copied());
+    }
+    Ok(ids)
+}
+
+async fn append(log: &Log, spec: &TopicSpec, partition: u32, from: i64, to: i64) -> AppendedRange {
+    let ranges = log
+        .append(vec![PartitionBatch {
+            topic: spec.id,
+            partition: PartitionId(partition),
+            records: records(spec, from, to, 1_000),
+        }])
+        .await
+        .unwrap();
+    ranges[0]
+}
+
+fn active_log_file(dir: &Path, spec: &TopicSpec, partition: u32) -> PathBuf {
+    let pdir = topic_dir(dir, spec).join(partition.to_string());
+    let bases = segment::list_segments(&pdir).unwrap();
+    segment::log_path(&pdir, *bases.last().unwrap())
+}
+
+#[tokio::test]
+async fn appended_records_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 2);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        let r = append(&log, &s, 0, 0, 1000).await;
+        assert_eq!((r.base_offset, r.record_count), (Offset(0), 1000));
+        let r = append(&log, &s, 0, 1000, 1500).await;
+        assert_eq!(r.base_offset, Offset(1000));
+        append(&log, &s, 1, 0, 10).await;
+        log.shutdown();
+    }
+    let log = open(dir.path(), vec![s.clone()]);
+    assert_eq!(
+        log.snapshot().high_watermarks(s.id),
+        vec![Offset(1500), Offset(10)]
+    );
+    assert_eq!(
+        read_ids(&log, &s, 0).unwrap(),
+        (0..1500).collect::<Vec<_>>()
+    );
+    assert_eq!(read_ids(&log, &s, 1).unwrap(), (0..10).collect::<Vec<_>>());
+    let r = append(&log, &s, 0, 1500, 1501).await;
+    assert_eq!(
+        r.base_offset,
+        Offset(1500),
+        "offsets continue after a restart"
+    );
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_to_last_good_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 1);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 100).await;
+        log.shutdown();
+    }
+    let path = active_log_file(dir.path(), &s, 0);
+    let good_len = std::fs::metadata(&path).unwrap().len();
+    // Half a frame: a crash in the middle of a write.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&frame::FRAME_MAGIC).unwrap();
+    file.write_all(&[0x55; 300]).unwrap();
+    drop(file);
+
+    let log = open(dir.path(), vec![s.clone()]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+    assert_eq!(read_ids(&log, &s, 0).unwrap(), (0..100).collect::<Vec<_>>());
+    append(&log, &s, 0, 100, 110).await;
+    assert_eq!(read_ids(&log, &s, 0).unwrap(), (0..110).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn frames_without_a_commit_record_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 2);
+    let commit_log = dir.path().join("commit.log");
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 50).await;
+        log.shutdown();
+    }
+    let committed = std::fs::read(&commit_log).unwrap();
+    {
+        // A multi-partition write whose frames are on disk but whose commit record is not.
+        let log = open(dir.path(), vec![s.clone()]);
+        log.append(vec![
+            PartitionBatch {
+                topic: s.id,
+                partition: PartitionId(0),
+                records: records(&s, 50, 80, 0),
+            },
+            PartitionBatch {
+                topic: s.id,
+                partition: PartitionId(1),
+                records: records(&s, 0, 30, 0),
+            },
+        ])
+        .await
+        .unwrap();
+        log.shutdown();
+    }
+    std::fs::write(&commit_log, committed).unwrap();
+    let log = open(dir.path(), vec![s.clone()]);
+    assert_eq!(
+        log.snapshot().high_watermarks(s.id),
+        vec![Offset(50), Offset(0)]
+    );
+    assert_eq!(read_ids(&log, &s, 0).unwrap(), (0..50).collect::<Vec<_>>());
+    assert!(read_ids(&log, &s, 1).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 16 * 1024;
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        for i in 0..20 {
+            append(&log, &s, 0, i * 100, (i + 1) * 100).await;
+        }
+        log.shutdown();
+    }
+    let pdir = topic_dir(dir.path(), &s).join("0");
+    let bases = segment::list_segments(&pdir).unwrap();
+    assert!(bases.len() > 2, "segments rolled by size: {bases:?}");
+    let sealed = segment::log_path(&pdir, bases[0]);
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    bytes[200] ^= 0x01;
+    std::fs::write(&sealed, &bytes).unwrap();
+
+    // Recovery only walks the active segment, so the log opens; the read finds the damage.
+    let log = open(dir.path(), vec![s.clone()]);
+    let err = read_ids(&log, &s, 0).unwrap_err();
+    match &err {
+        StorageError::Corruption { path, position, .. } => {
+            assert_eq!(path, &sealed);
+            assert_eq!(*position, 0, "the frame holding byte 200 starts at 0");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert!(err.to_string().contains(&sealed.display().to_string()));
+    // Reads past the damaged frame still work.
+    let topic = log.topic(s.id).unwrap();
+    let later: usize = topic.partitions[0]
+        .reader(
+            bases[1]..Offset(2000),
+            ReadOptions {
+                schema: s.schema.clone(),
+                projection: None,
+                min_timestamp_ms: None,
+                max_timestamp_ms: None,
+            },
+        )
+        .map(|b| b.unwrap().batch.num_rows())
+        .sum();
+    assert_eq!(later as u64, 2000 - bases[1].0);
+}
+
+#[tokio::test]
+async fn corruption_before_the_committed_end_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 1);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 100).await;
+        append(&log, &s, 0, 100, 200).await;
+        log.shutdown();
+    }
+    let path = active_log_file(dir.path(), &s, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    // Remove the index so recovery walks from the start of the segment.
+    std::fs::remove_file(path.with_extension("index")).unwrap();
+    let err = Log::open(LogConfig::new(dir.path()), vec![s.clone()])
+        .err()
+        .expect("refused");
+    match err {
+        StorageError::Corruption {
+            path: p, position, ..
+        } => {
+            assert_eq!(p, path);
+            assert_eq!(position, 0);
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_size = spec(1, 1);
+    by_size.segment_bytes_max = 8 * 1024;
+    by_size.retention_bytes = Some(20 * 1024);
+    let mut by_time = spec(2, 1);
+    by_time.segment_bytes_max = 8 * 1024;
+    by_time.retention_ms = Some(60_000);
+    let log = open(dir.path(), vec![]);
+    log.create_topic(by_size.clone()).await.unwrap();
+    log.create_topic(by_time.clone()).await.unwrap();
+    for i in 0..40 {
+        append(&log, &by_size, 0, i * 50, (i + 1) * 50).await;
+        // Timestamps around 1970: far older than the retention period.
+        append(&log, &by_time, 0, i * 50, (i + 1) * 50).await;
+    }
+    let size_topic = log.topic(by_size.id).unwrap();
+    let before = size_topic.partitions[0].stats();
+    assert!(before.segments > 4, "{before:?}");
+    let deleted = log.enforce_retention().await.unwrap();
+    assert!(deleted > 0);
+
+    let after = size_topic.partitions[0].stats();
+    assert!(
+        after.size_bytes >= 20 * 1024,
+        "keeps at least retention_bytes: {after:?}"
+    );
+    assert!(after.size_bytes < before.size_bytes);
+    assert!(after.log_start_offset > Offset(0));
+    let ids = read_ids(&log, &by_size, 0).unwrap();
+    assert_eq!(
+        ids.first().copied(),
+        Some(after.log_start_offset.0 as i64),
+        "reads start at the log start"
+    );
+    assert_eq!(ids.last().copied(), Some(1999));
+
+    let time_topic = log.topic(by_time.id).unwrap();
+    let stats = time_topic.partitions[0].stats();
+    assert_eq!(
+        stats.segments, 1,
+        "every sealed segment is past the retention time"
+    );
+    assert_eq!(
+        read_ids(&log, &by_time, 0).unwrap().last().copied(),
+        Some(1999)
+    );
+}
+
+#[tokio::test]
+async fn reads_by_timestamp_skip_older_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 1);
+    let log = open(dir.path(), vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..100 {
+        // Record i has timestamp 1000 + i.
+        append(&log, &s, 0, i * 10, (i + 1) * 10).await;
+    }
+    let topic = log.topic(s.id).unwrap();
+    let read = |min, max| -> Vec<i64> {
+        topic.partitions[0]
+            .reader(
+                Offset(0)..Offset(1000),
+                ReadOptions {
+                    schema: s.schema.clone(),
+                    projection: Some(vec![0]),
+                    min_timestamp_ms: min,
+                    max_timestamp_ms: max,
+                },
+            )
+            .flat_map(|b| {
+                let b = b.unwrap().batch;
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    // Frames hold 10 records each; a bound skips whole frames outside it.
+    assert_eq!(read(Some(1_950), None), (950..1000).collect::<Vec<_>>());
+    assert_eq!(read(None, Some(1_009)), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        read(Some(1_955), Some(1_965)),
+        (950..970).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_commits_and_get_disjoint_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 4);
+    let log = Arc::new(open(dir.path(), vec![]));
+    log.create_topic(s.clone()).await.unwrap();
+    let mut tasks = vec![];
+    for w in 0..8i64 {
+        let log = log.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = vec![];
+            for i in 0..50i64 {
+                let base = (w * 50 + i) * 4;
+                let batches = (0..4u32)
+                    .map(|p| PartitionBatch {
+                        topic: s.id,
+                        partition: PartitionId(p),
+                        records: records(&s, base + p as i64, base + p as i64 + 1, 0),
+                    })
+                    .collect();
+                got.extend(log.append(batches).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut ranges = vec![];
+    for t in tasks {
+        ranges.extend(t.await.unwrap());
+    }
+    for p in 0..4u32 {
+        let mut offsets: Vec<u64> = ranges
+            .iter()
+            .filter(|r| r.partition == PartitionId(p))
+            .map(|r| r.base_offset.0)
+            .collect();
+        offsets.sort();
+        assert_eq!(offsets, (0..400).collect::<Vec<_>>(), "partition {p}");
+        let mut ids = read_ids(&log, &s, p).unwrap();
+        ids.sort();
+        assert_eq!(ids.len(), 400);
+        assert!(ids.iter().all(|id| id % 4 == p as i64));
+    }
+}
+
+#[tokio::test]
+async fn compressed_topics_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for (id, compression) in [(1, Compression::Lz4), (2, Compression::Zstd)] {
+        let mut s = spec(id, 1);
+        s.compression = compression;
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 5000).await;
+        log.shutdown();
+        drop(log);
+        let log = open(dir.path(), vec![s.clone()]);
+        assert_eq!(
+            read_ids(&log, &s, 0).unwrap(),
+            (0..5000).collect::<Vec<_>>()
+        );
+        log.shutdown();
+        std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
+        std::fs::remove_file(dir.path().join("commit.log")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dropped_and_uncataloged_topics_leave_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spec(1, 1);
+    let b = spec(2, 1);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(a.clone()).await.unwrap();
+        log.create_topic(b.clone()).await.unwrap();
+        log.drop_topic(a.id).await.unwrap();
+        assert!(!topic_dir(dir.path(), &a).exists());
+        log.shutdown();
+    }
+    // `b` was created but (as after a crash before the catalog recorded it) is not listed.
+    let log = open(dir.path(), vec![]);
+    assert!(!topic_dir(dir.path(), &b).exists());
+    drop(log);
+}
+
+#[tokio::test]
+async fn wrong_schema_and_unknown_partitions_are_rejected_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 2);
+    let log = open(dir.path(), vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    let err = log
+        .append(vec![PartitionBatch {
+            topic: s.id,
+            partition: PartitionId(7),
+            records: records(&s, 0, 1, 0),
+        }])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("partition 7 does not exist"),
+        "{err}"
+    );
+    let other = storage_schema(&Fields::from(vec![Field::new("x", DataType::Int64, false)]));
+    let wrong = RecordBatch::try_new(
+        other,
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(TimestampMillisecondArray::from(vec![1])),
+            Arc::new(BinaryArray::from(vec![None::<&[u8]>])),
+        ],
+    )
+    .unwrap();
+    assert!(
+        log.append(vec![PartitionBatch {
+            topic: s.id,
+            partition: PartitionId(0),
+            records: wrong
+        }])
+        .await
+        .is_err()
+    );
+    append(&log, &s, 0, 0, 3).await;
+    assert_eq!(read_ids(&log, &s, 0).unwrap(), vec![0, 1, 2]);
+    assert!(log.topic(s.id).unwrap().partitions[0].stats().size_bytes > 0);
+    let _ = BinaryArray::from(vec![None::<&[u8]>]).len();
+}
