@@ -1,2 +1,5 @@
 //! Runnel: a SQL-first streaming database.
+pub mod catalog;
+pub mod error;
+pub mod ingest;
 pub mod storage;

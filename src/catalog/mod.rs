@@ -1,0 +1,331 @@
+//! The catalog: streams, topics and external tables, durable across crashes.
+//!
+//! The whole catalog is one JSON document (`catalog.json`), replaced atomically on every DDL
+//! (write a new file, fsync, rename, fsync the directory): a `CREATE` or `DROP` is there
+//! whole after a crash or not at all. DDL statements are serialised by [`Catalog::ddl_lock`];
+//! readers take an immutable snapshot.
+//!
+//! Relation names (streams, schemaless topics, external tables) share one namespace, as
+//! tables do in a PostgreSQL schema. Topic names have their own namespace, as in Kafka: a
+//! stream `clicks` is backed by a topic, by default also named `clicks`.
+//!
+//! The DataFusion side of the catalog — how these objects look to SQL — is in
+//! [`provider`], [`stream_table`] and [`system`].
+
+pub mod provider;
+pub mod scan;
+pub mod stream_table;
+pub mod system;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow::datatypes::{DataType, Field, Fields, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::{self, Compression, TopicId, TopicSpec};
+pub use types::SqlType;
+
+const FORMAT_VERSION: u32 = 1;
+
+/// The column a schemaless topic stores its record values in.
+pub const VALUE_COLUMN: &str = "_value";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub sql_type: SqlType,
+    pub nullable: bool,
+}
+
+/// How a stream's records are encoded at the edges (COPY … FORMAT default, Kafka produce and
+/// fetch). The log itself always stores Arrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    Json,
+    Csv,
+    Raw,
+}
+
+impl ValueFormat {
+    pub fn parse(s: &str) -> Option<ValueFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Some(ValueFormat::Json),
+            "csv" | "delimited" => Some(ValueFormat::Csv),
+            "raw" => Some(ValueFormat::Raw),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueFormat::Json => "json",
+            ValueFormat::Csv => "csv",
+            ValueFormat::Raw => "raw",
+        }
+    }
+}
+
+/// `WATERMARK FOR column AS expression`, kept as written for the continuous query engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkDef {
+    pub column: String,
+    pub expression: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDef {
+    pub name: String,
+    /// Name of the topic holding the records.
+    pub topic: String,
+    pub columns: Vec<ColumnDef>,
+    /// Names of the KEY columns, in declaration order.
+    pub key_columns: Vec<String>,
+    pub value_format: ValueFormat,
+    /// Column whose value is the record timestamp; append time when `None`.
+    pub timestamp_column: Option<String>,
+    pub watermark: Option<WatermarkDef>,
+}
+
+impl StreamDef {
+    pub fn column(&self, name: &str) -> Option<(usize, &ColumnDef)> {
+        self.columns.iter().enumerate().find(|(_, c)| c.name == name)
+    }
+
+    /// The stream's declared columns as Arrow fields (what `INSERT` and `COPY` produce).
+    pub fn value_fields(&self) -> Fields {
+        self.columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.sql_type.arrow(), c.nullable))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDef {
+    pub id: TopicId,
+    pub name: String,
+    pub partitions: u32,
+    pub compression: Compression,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: u64,
+    /// The stream whose records this topic holds; `None` for a schemaless topic.
+    pub stream: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// `CREATE EXTERNAL TABLE`, kept as its SQL and replayed at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalTableDef {
+    pub name: String,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogData {
+    pub format_version: u32,
+    pub next_topic_id: u64,
+    pub topics: BTreeMap<String, TopicDef>,
+    pub streams: BTreeMap<String, StreamDef>,
+    pub external_tables: BTreeMap<String, ExternalTableDef>,
+}
+
+impl Default for CatalogData {
+    fn default() -> CatalogData {
+        CatalogData {
+            format_version: FORMAT_VERSION,
+            next_topic_id: 1,
+            topics: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            external_tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a relation name refers to.
+#[derive(Debug, Clone)]
+pub enum Relation<'a> {
+    Stream(&'a StreamDef, &'a TopicDef),
+    /// A schemaless topic: columns `_key` and `_value`.
+    Topic(&'a TopicDef),
+    External(&'a ExternalTableDef),
+}
+
+impl CatalogData {
+    pub fn relation(&self, name: &str) -> Option<Relation<'_>> {
+        if let Some(stream) = self.streams.get(name) {
+            let topic = self.topics.get(&stream.topic).expect("a stream's topic exists");
+            return Some(Relation::Stream(stream, topic));
+        }
+        if let Some(topic) = self.topics.get(name)
+            && topic.stream.is_none()
+        {
+            return Some(Relation::Topic(topic));
+        }
+        self.external_tables.get(name).map(Relation::External)
+    }
+
+    /// Names of every relation, sorted.
+    pub fn relation_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .streams
+            .keys()
+            .chain(self.topics.values().filter(|t| t.stream.is_none()).map(|t| &t.name))
+            .chain(self.external_tables.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn stream_of_topic(&self, topic: &TopicDef) -> Option<&StreamDef> {
+        topic.stream.as_ref().and_then(|s| self.streams.get(s))
+    }
+
+    /// The value columns the log stores for `topic`.
+    pub fn value_fields(&self, topic: &TopicDef) -> Fields {
+        match self.stream_of_topic(topic) {
+            Some(stream) => stream.value_fields(),
+            None => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Binary, true)]),
+        }
+    }
+
+    pub fn storage_schema(&self, topic: &TopicDef) -> SchemaRef {
+        storage::storage_schema(&self.value_fields(topic))
+    }
+
+    pub fn topic_spec(&self, topic: &TopicDef) -> TopicSpec {
+        TopicSpec {
+            id: topic.id,
+            name: topic.name.clone(),
+            partitions: topic.partitions,
+            schema: self.storage_schema(topic),
+            compression: topic.compression,
+            retention_ms: topic.retention_ms,
+            retention_bytes: topic.retention_bytes,
+            segment_bytes_max: topic.segment_bytes,
+        }
+    }
+}
+
+/// Checks a name that becomes a topic name (and a directory name): Kafka's rule, which
+/// also keeps path characters out of the data directory.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let legal = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if legal {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(format!(
+            "invalid {kind} name \"{name}\": names may contain only ASCII letters, digits, '_', '-' and '.' (at most 249), as Kafka topic names"
+        )))
+    }
+}
+
+/// The durable catalog of a data directory.
+pub struct Catalog {
+    path: PathBuf,
+    data: RwLock<Arc<CatalogData>>,
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl Catalog {
+    /// Loads `catalog.json` from `dir`, or starts an empty catalog.
+    pub fn open(dir: &Path) -> Result<Catalog> {
+        let path = dir.join("catalog.json");
+        let _ = std::fs::remove_file(dir.join("catalog.json.new"));
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let data: CatalogData = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Internal(format!("catalog {} is unreadable: {e}", path.display()))
+                })?;
+                if data.format_version != FORMAT_VERSION {
+                    return Err(Error::Internal(format!(
+                        "catalog {} has format version {}, this build reads {FORMAT_VERSION}",
+                        path.display(),
+                        data.format_version
+                    )));
+                }
+                data
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogData::default(),
+            Err(e) => return Err(storage::StorageError::io(&path, e).into()),
+        };
+        Ok(Catalog {
+            path,
+            data: RwLock::new(Arc::new(data)),
+            ddl: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<CatalogData> {
+        self.data.read().expect("catalog lock").clone()
+    }
+
+    /// Serialises DDL: hold the guard from validation to [`Catalog::commit`].
+    pub async fn ddl_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.ddl.lock().await
+    }
+
+    /// Makes `data` the catalog, durably. Call with the DDL lock held.
+    pub fn commit(&self, data: CatalogData) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&data).map_err(|e| Error::Internal(e.to_string()))?;
+        let dir = self.path.parent().expect("catalog lives in a directory");
+        let tmp = dir.join("catalog.json.new");
+        let io = |p: &Path, e: std::io::Error| Error::from(storage::StorageError::io(p, e));
+        let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        file.write_all(&bytes).map_err(|e| io(&tmp, e))?;
+        file.sync_all().map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))?;
+        storage::segment::sync_dir(dir)?;
+        *self.data.write().expect("catalog lock") = Arc::new(data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_path_characters_are_refused() {
+        for bad in ["../x", "a/b", "..", ".", "", "x y", "é"] {
+            let e = validate_name("stream", bad).unwrap_err();
+            assert_eq!(e.sqlstate(), "42602", "{bad}");
+        }
+        for good in ["clicks", "Clicks_2", "a.b-c"] {
+            validate_name("stream", good).unwrap();
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let mut data = (*catalog.snapshot()).clone();
+        data.next_topic_id = 7;
+        data.external_tables.insert(
+            "lines".into(),
+            ExternalTableDef {
+                name: "lines".into(),
+                sql: "CREATE EXTERNAL TABLE lines STORED AS TEXT LOCATION 'x'".into(),
+            },
+        );
+        catalog.commit(data.clone()).unwrap();
+        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(*reopened.snapshot(), data);
+    }
+}

@@ -1,0 +1,194 @@
+//! The column types a stream can declare, their PostgreSQL names and their Arrow storage.
+//!
+//! A closed set on purpose: every type here has a fixed Arrow representation in the log, a
+//! PostgreSQL name for `DESCRIBE` and clients, and a key encoding (see `ingest::key`).
+
+use std::fmt;
+
+use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::{DataType as Ast, ExactNumberInfo, TimezoneInfo};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum SqlType {
+    Boolean,
+    SmallInt,
+    Integer,
+    BigInt,
+    Real,
+    Double,
+    Numeric { precision: u8, scale: i8 },
+    Text,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Interval,
+    Json,
+}
+
+/// `numeric` without a declared precision: the widest Arrow decimal with a useful scale.
+const NUMERIC_DEFAULT: SqlType = SqlType::Numeric {
+    precision: 38,
+    scale: 10,
+};
+
+impl SqlType {
+    /// The type of a column definition, from the parser's AST.
+    pub fn from_ast(ast: &Ast) -> Result<SqlType> {
+        let numeric = |info: &ExactNumberInfo| -> Result<SqlType> {
+            match *info {
+                ExactNumberInfo::None => Ok(NUMERIC_DEFAULT),
+                ExactNumberInfo::Precision(p) => numeric_of(p, 0),
+                ExactNumberInfo::PrecisionAndScale(p, s) => numeric_of(p, s),
+            }
+        };
+        Ok(match ast {
+            Ast::Bool | Ast::Boolean => SqlType::Boolean,
+            Ast::SmallInt(_) | Ast::Int2(_) => SqlType::SmallInt,
+            Ast::Int(_) | Ast::Integer(_) | Ast::Int4(_) => SqlType::Integer,
+            Ast::BigInt(_) | Ast::Int8(_) => SqlType::BigInt,
+            Ast::Real | Ast::Float4 => SqlType::Real,
+            Ast::DoublePrecision | Ast::Float8 | Ast::Double(ExactNumberInfo::None) => SqlType::Double,
+            Ast::Float(info) => match info {
+                ExactNumberInfo::Precision(p) if *p <= 24 => SqlType::Real,
+                _ => SqlType::Double,
+            },
+            Ast::Numeric(info) | Ast::Decimal(info) | Ast::Dec(info) => numeric(info)?,
+            Ast::Text
+            | Ast::Varchar(_)
+            | Ast::CharacterVarying(_)
+            | Ast::CharVarying(_)
+            | Ast::Char(_)
+            | Ast::Character(_)
+            | Ast::String(_) => SqlType::Text,
+            Ast::Bytea => SqlType::Bytea,
+            Ast::Date => SqlType::Date,
+            Ast::Time(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => SqlType::Time,
+            Ast::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => SqlType::Timestamp,
+            Ast::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => SqlType::TimestampTz,
+            Ast::Interval { .. } => SqlType::Interval,
+            Ast::JSON | Ast::JSONB => SqlType::Json,
+            Ast::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
+                "timestamptz" => SqlType::TimestampTz,
+                "int2" => SqlType::SmallInt,
+                "int4" => SqlType::Integer,
+                "int8" => SqlType::BigInt,
+                "float4" => SqlType::Real,
+                "float8" => SqlType::Double,
+                "bool" => SqlType::Boolean,
+                "string" => SqlType::Text,
+                other => return Err(Error::plan("42704", format!("type \"{other}\" does not exist"))),
+            },
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "columns of type {other} are not supported in streams"
+                )));
+            }
+        })
+    }
+
+    /// How the log stores the column.
+    pub fn arrow(self) -> DataType {
+        match self {
+            SqlType::Boolean => DataType::Boolean,
+            SqlType::SmallInt => DataType::Int16,
+            SqlType::Integer => DataType::Int32,
+            SqlType::BigInt => DataType::Int64,
+            SqlType::Real => DataType::Float32,
+            SqlType::Double => DataType::Float64,
+            SqlType::Numeric { precision, scale } => DataType::Decimal128(precision, scale),
+            SqlType::Text | SqlType::Json => DataType::Utf8,
+            SqlType::Bytea => DataType::Binary,
+            SqlType::Date => DataType::Date32,
+            SqlType::Time => DataType::Time64(TimeUnit::Microsecond),
+            SqlType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            SqlType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            SqlType::Interval => DataType::Interval(IntervalUnit::MonthDayNano),
+        }
+    }
+
+    pub fn is_temporal(self) -> bool {
+        matches!(
+            self,
+            SqlType::Date | SqlType::Time | SqlType::Timestamp | SqlType::TimestampTz | SqlType::Interval
+        )
+    }
+}
+
+fn numeric_of(precision: u64, scale: i64) -> Result<SqlType> {
+    if !(1..=38).contains(&precision) {
+        return Err(Error::data(
+            "22023",
+            format!("NUMERIC precision {precision} must be between 1 and 38"),
+        ));
+    }
+    if scale < 0 || scale as u64 > precision {
+        return Err(Error::data(
+            "22023",
+            format!("NUMERIC scale {scale} must be between 0 and precision {precision}"),
+        ));
+    }
+    Ok(SqlType::Numeric {
+        precision: precision as u8,
+        scale: scale as i8,
+    })
+}
+
+/// The PostgreSQL name, as `DESCRIBE` and `information_schema` show it.
+impl fmt::Display for SqlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqlType::Boolean => write!(f, "boolean"),
+            SqlType::SmallInt => write!(f, "smallint"),
+            SqlType::Integer => write!(f, "integer"),
+            SqlType::BigInt => write!(f, "bigint"),
+            SqlType::Real => write!(f, "real"),
+            SqlType::Double => write!(f, "double precision"),
+            SqlType::Numeric { precision, scale } => write!(f, "numeric({precision},{scale})"),
+            SqlType::Text => write!(f, "text"),
+            SqlType::Json => write!(f, "json"),
+            SqlType::Bytea => write!(f, "bytea"),
+            SqlType::Date => write!(f, "date"),
+            SqlType::Time => write!(f, "time"),
+            SqlType::Timestamp => write!(f, "timestamp"),
+            SqlType::TimestampTz => write!(f, "timestamp with time zone"),
+            SqlType::Interval => write!(f, "interval"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn parse(s: &str) -> Result<SqlType> {
+        let dialect = PostgreSqlDialect {};
+        let ty = Parser::new(&dialect).try_with_sql(s).unwrap().parse_data_type().unwrap();
+        SqlType::from_ast(&ty)
+    }
+
+    #[test]
+    fn postgres_spellings_map_to_one_type() {
+        assert_eq!(parse("BIGINT").unwrap(), SqlType::BigInt);
+        assert_eq!(parse("int8").unwrap(), SqlType::BigInt);
+        assert_eq!(parse("varchar(20)").unwrap(), SqlType::Text);
+        assert_eq!(parse("double precision").unwrap(), SqlType::Double);
+        assert_eq!(parse("timestamptz").unwrap(), SqlType::TimestampTz);
+        assert_eq!(parse("timestamp with time zone").unwrap(), SqlType::TimestampTz);
+        assert_eq!(parse("numeric(10,2)").unwrap(), SqlType::Numeric { precision: 10, scale: 2 });
+        assert_eq!(parse("numeric(10,2)").unwrap().to_string(), "numeric(10,2)");
+    }
+
+    #[test]
+    fn unknown_and_unsupported_types_are_errors() {
+        assert_eq!(parse("frobnicate").unwrap_err().sqlstate(), "42704");
+        assert_eq!(parse("numeric(50,2)").unwrap_err().sqlstate(), "22023");
+    }
+}
