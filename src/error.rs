@@ -104,9 +104,8 @@ impl Error {
             DataFusionError::Context(_, inner) => Error::from_datafusion(*inner),
             DataFusionError::Diagnostic(_, inner) => Error::from_datafusion(*inner),
             DataFusionError::Shared(inner) => {
-                let inner = std::sync::Arc::try_unwrap(inner).unwrap_or_else(|shared| {
-                    DataFusionError::Execution(shared.to_string())
-                });
+                let inner = std::sync::Arc::try_unwrap(inner)
+                    .unwrap_or_else(|shared| DataFusionError::Execution(shared.to_string()));
                 Error::from_datafusion(inner)
             }
             DataFusionError::External(inner) => match inner.downcast::<Error>() {
@@ -114,7 +113,9 @@ impl Error {
                 Err(other) => match other.downcast::<DataFusionError>() {
                     Ok(df) => Error::from_datafusion(*df),
                     Err(other) => match other.downcast::<ArrowError>() {
-                        Ok(arrow) => Error::from_datafusion(DataFusionError::ArrowError(arrow, None)),
+                        Ok(arrow) => {
+                            Error::from_datafusion(DataFusionError::ArrowError(arrow, None))
+                        }
                         Err(other) => Error::Internal(other.to_string()),
                     },
                 },
@@ -135,7 +136,9 @@ impl Error {
             DataFusionError::ArrowError(e, _) => match *e {
                 ArrowError::DivideByZero => Error::data("22012", "division by zero"),
                 ArrowError::ArithmeticOverflow(m) => Error::data("22003", m),
-                ArrowError::CastError(m) | ArrowError::ParseError(m) => Error::data(cast_code(&m), m),
+                ArrowError::CastError(m) | ArrowError::ParseError(m) => {
+                    Error::data(cast_code(&m), m)
+                }
                 ArrowError::ExternalError(inner) => match inner.downcast::<Error>() {
                     Ok(ours) => *ours,
                     Err(other) => Error::Internal(other.to_string()),
@@ -158,7 +161,8 @@ impl Error {
 /// 22007 for date/time values, 22P02 for the rest (PostgreSQL's split).
 fn cast_code(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
-    if m.contains("timestamp") || m.contains("date") || m.contains("time") || m.contains("interval") {
+    if m.contains("timestamp") || m.contains("date") || m.contains("time") || m.contains("interval")
+    {
         "22007"
     } else {
         "22P02"
@@ -169,7 +173,9 @@ fn cast_code(message: &str) -> &'static str {
 /// the SQLSTATE PostgreSQL would give.
 fn classify_plan_message(m: String) -> Error {
     let lower = m.to_ascii_lowercase();
-    if lower.contains("table '") && lower.contains("not found") || lower.contains("table not found") {
+    if let Some(name) = missing_table(&m) {
+        Error::UnknownRelation(format!("relation \"{name}\" does not exist"))
+    } else if lower.contains("table not found") {
         Error::UnknownRelation(m)
     } else if lower.contains("invalid function") || lower.contains("no function matches") {
         Error::plan("42883", m)
@@ -178,16 +184,32 @@ fn classify_plan_message(m: String) -> Error {
         || lower.contains("has more expressions than target columns")
     {
         Error::plan("42601", m)
-    } else if lower.contains("cannot cast") || lower.contains("cannot coerce") || lower.contains("cannot infer common") {
+    } else if lower.contains("cannot cast")
+        || lower.contains("cannot coerce")
+        || lower.contains("cannot infer common")
+    {
         Error::plan("42804", m)
     } else {
         Error::plan("42601", m)
     }
 }
 
+/// The table name in DataFusion's "table 'runnel.public.x' not found".
+fn missing_table(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("table '")?;
+    let (qualified, tail) = rest.split_once('\'')?;
+    if !tail.starts_with(" not found") {
+        return None;
+    }
+    Some(qualified.rsplit('.').next().unwrap_or(qualified))
+}
+
 fn classify_execution_message(m: String) -> Error {
     let lower = m.to_ascii_lowercase();
-    if lower.contains("cannot cast") || lower.contains("could not cast") || lower.contains("invalid input") {
+    if lower.contains("cannot cast")
+        || lower.contains("could not cast")
+        || lower.contains("invalid input")
+    {
         Error::data(cast_code(&m), m)
     } else if lower.contains("divide by zero") || lower.contains("division by zero") {
         Error::data("22012", m)

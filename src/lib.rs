@@ -1,5 +1,13 @@
 //! Runnel: a SQL-first streaming database.
 pub mod catalog;
+pub mod config;
+pub mod db;
 pub mod error;
 pub mod ingest;
+pub mod pgwire;
+pub mod server;
+pub mod sql;
 pub mod storage;
+
+/// The PostgreSQL version Runnel reports to clients (they adapt their SQL to it).
+pub const SERVER_VERSION: &str = "16.0";

@@ -1,1 +1,51 @@
-fn main() {}
+//! `runnel`: parse flags, set up logging, run the server until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use runnel::config::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.server;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid --log filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    config.validate().map_err(anyhow::Error::msg)?;
+    match cli.command.unwrap_or(Command::Server) {
+        Command::Server => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("runnel")
+                .build()
+                .context("starting the async runtime")?;
+            let data_dir = config.data_dir.clone();
+            runtime
+                .block_on(runnel::server::run(
+                    config,
+                    |addr| {
+                        tracing::info!(
+                            "Runnel {} listening for Postgres clients on {addr}, data in {}",
+                            env!("CARGO_PKG_VERSION"),
+                            data_dir.display()
+                        )
+                    },
+                    shutdown_signal(),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

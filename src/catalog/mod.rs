@@ -16,6 +16,7 @@ pub mod provider;
 pub mod scan;
 pub mod stream_table;
 pub mod system;
+pub mod text_table;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -95,7 +96,10 @@ pub struct StreamDef {
 
 impl StreamDef {
     pub fn column(&self, name: &str) -> Option<(usize, &ColumnDef)> {
-        self.columns.iter().enumerate().find(|(_, c)| c.name == name)
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
     }
 
     /// The stream's declared columns as Arrow fields (what `INSERT` and `COPY` produce).
@@ -161,7 +165,10 @@ pub enum Relation<'a> {
 impl CatalogData {
     pub fn relation(&self, name: &str) -> Option<Relation<'_>> {
         if let Some(stream) = self.streams.get(name) {
-            let topic = self.topics.get(&stream.topic).expect("a stream's topic exists");
+            let topic = self
+                .topics
+                .get(&stream.topic)
+                .expect("a stream's topic exists");
             return Some(Relation::Stream(stream, topic));
         }
         if let Some(topic) = self.topics.get(name)
@@ -177,7 +184,12 @@ impl CatalogData {
         let mut names: Vec<String> = self
             .streams
             .keys()
-            .chain(self.topics.values().filter(|t| t.stream.is_none()).map(|t| &t.name))
+            .chain(
+                self.topics
+                    .values()
+                    .filter(|t| t.stream.is_none())
+                    .map(|t| &t.name),
+            )
             .chain(self.external_tables.keys())
             .cloned()
             .collect();

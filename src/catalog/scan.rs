@@ -1,1 +1,523 @@
-//! TODO
+//! Bounded scans of a stream: which offset ranges to read, and the plan node that reads them.
+//!
+//! [`ScanBounds`] turns the filters DataFusion pushes down into ranges: predicates on
+//! `_partition` choose partitions, on `_offset` an offset range, on `_timestamp` a time range
+//! (the time index finds where to start; frames entirely outside it are skipped). Filters it
+//! does not understand are left to DataFusion, which applies every filter anyway.
+//!
+//! [`StreamScanExec`] reads one output partition per log partition, each on a blocking
+//! thread, decoding only the projected columns of each frame.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions,
+};
+
+use super::stream_table::{OFFSET_COLUMN, PARTITION_COLUMN};
+use crate::error::Error;
+use crate::storage::{Offset, PartitionId, ReadOptions, Snapshot, TIMESTAMP_COLUMN, Topic};
+
+/// Where a table column comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableColumn {
+    /// A column of the topic's storage schema, by index.
+    Stored(usize),
+    /// `_partition`, constant per log partition.
+    Partition,
+    /// `_offset`, the record's position.
+    Offset,
+}
+
+/// What the filters of a scan allow it to skip.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanBounds {
+    /// `None`: every partition.
+    pub partitions: Option<BTreeSet<u32>>,
+    pub offsets: Range<u64>,
+    /// Inclusive bounds on the record timestamp, in ms.
+    pub min_timestamp_ms: Option<i64>,
+    pub max_timestamp_ms: Option<i64>,
+}
+
+impl ScanBounds {
+    fn all() -> ScanBounds {
+        ScanBounds {
+            partitions: None,
+            offsets: 0..u64::MAX,
+            min_timestamp_ms: None,
+            max_timestamp_ms: None,
+        }
+    }
+
+    /// Bounds from the conjuncts of `filters` on the hidden columns. A partition named by
+    /// `=` or `IN` that the stream does not have is an error, not an empty result: it is
+    /// almost always a mistake.
+    pub fn from_filters(
+        filters: &[Expr],
+        schema: &Schema,
+        stream: &str,
+        partitions: u32,
+    ) -> Result<ScanBounds, Error> {
+        let mut bounds = ScanBounds::all();
+        let known = |c: &str| schema.field_with_name(c).is_ok();
+        for expr in filters.iter().flat_map(|f| split_conjunction(f)) {
+            match expr {
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                    let (column, op, value) = match (
+                        column_of(left),
+                        literal_of(right),
+                        column_of(right),
+                        literal_of(left),
+                    ) {
+                        (Some(c), Some(v), _, _) => (c, *op, v),
+                        (_, _, Some(c), Some(v)) => match op.swap() {
+                            Some(op) => (c, op, v),
+                            None => continue,
+                        },
+                        _ => continue,
+                    };
+                    if !known(column) {
+                        continue;
+                    }
+                    bounds.apply(column, op, &value, stream, partitions)?;
+                }
+                Expr::Between(between) if !between.negated => {
+                    if let (Some(c), Some(lo), Some(hi)) = (
+                        column_of(&between.expr),
+                        literal_of(&between.low),
+                        literal_of(&between.high),
+                    ) && known(c)
+                    {
+                        bounds.apply(c, Operator::GtEq, &lo, stream, partitions)?;
+                        bounds.apply(c, Operator::LtEq, &hi, stream, partitions)?;
+                    }
+                }
+                Expr::InList(list)
+                    if !list.negated
+                        && column_of(&list.expr) == Some(PARTITION_COLUMN)
+                        && known(PARTITION_COLUMN) =>
+                {
+                    let values: Option<Vec<i64>> = list
+                        .list
+                        .iter()
+                        .map(|e| literal_of(e).and_then(|v| as_i64(&v)))
+                        .collect();
+                    if let Some(values) = values {
+                        let mut set = BTreeSet::new();
+                        for v in values {
+                            set.insert(check_partition(v, stream, partitions)?);
+                        }
+                        bounds.restrict_partitions(set);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(bounds)
+    }
+
+    fn restrict_partitions(&mut self, set: BTreeSet<u32>) {
+        self.partitions = Some(match self.partitions.take() {
+            Some(old) => old.intersection(&set).copied().collect(),
+            None => set,
+        });
+    }
+
+    fn apply(
+        &mut self,
+        column: &str,
+        op: Operator,
+        value: &ScalarValue,
+        stream: &str,
+        partitions: u32,
+    ) -> Result<(), Error> {
+        match column {
+            PARTITION_COLUMN => {
+                let Some(v) = as_i64(value) else {
+                    return Ok(());
+                };
+                let all = 0..partitions as i64;
+                let keep: BTreeSet<u32> = match op {
+                    Operator::Eq => BTreeSet::from([check_partition(v, stream, partitions)?]),
+                    Operator::Lt => all.filter(|p| *p < v).map(|p| p as u32).collect(),
+                    Operator::LtEq => all.filter(|p| *p <= v).map(|p| p as u32).collect(),
+                    Operator::Gt => all.filter(|p| *p > v).map(|p| p as u32).collect(),
+                    Operator::GtEq => all.filter(|p| *p >= v).map(|p| p as u32).collect(),
+                    _ => return Ok(()),
+                };
+                self.restrict_partitions(keep);
+            }
+            OFFSET_COLUMN => {
+                let Some(v) = as_i64(value) else {
+                    return Ok(());
+                };
+                let v = v.max(-1);
+                let (lo, hi) = match op {
+                    Operator::Eq => (v, v.saturating_add(1)),
+                    Operator::Lt => (0, v),
+                    Operator::LtEq => (0, v.saturating_add(1)),
+                    Operator::Gt => (v.saturating_add(1), i64::MAX),
+                    Operator::GtEq => (v, i64::MAX),
+                    _ => return Ok(()),
+                };
+                let (lo, hi) = (lo.max(0) as u64, hi.max(0) as u64);
+                self.offsets = self.offsets.start.max(lo)..self.offsets.end.min(hi);
+            }
+            TIMESTAMP_COLUMN => {
+                // Conservative: round outward to whole milliseconds.
+                let Some((floor, ceil)) = timestamp_ms(value) else {
+                    return Ok(());
+                };
+                let (lo, hi) = match op {
+                    Operator::Eq => (Some(floor), Some(ceil)),
+                    Operator::Gt | Operator::GtEq => (Some(floor), None),
+                    Operator::Lt | Operator::LtEq => (None, Some(ceil)),
+                    _ => return Ok(()),
+                };
+                if let Some(lo) = lo {
+                    self.min_timestamp_ms = Some(self.min_timestamp_ms.map_or(lo, |m| m.max(lo)));
+                }
+                if let Some(hi) = hi {
+                    self.max_timestamp_ms = Some(self.max_timestamp_ms.map_or(hi, |m| m.min(hi)));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_partition(v: i64, stream: &str, partitions: u32) -> Result<u32, Error> {
+    if v < 0 || v >= partitions as i64 {
+        return Err(Error::data(
+            "22023",
+            format!("partition {v} does not exist in stream \"{stream}\" (it has {partitions})"),
+        ));
+    }
+    Ok(v as u32)
+}
+
+/// The column an expression reads, looking through casts DataFusion adds for comparisons.
+fn column_of(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(c) => Some(c.name.as_str()),
+        Expr::Cast(c) => column_of(&c.expr),
+        Expr::TryCast(c) => column_of(&c.expr),
+        _ => None,
+    }
+}
+
+fn literal_of(expr: &Expr) -> Option<ScalarValue> {
+    match expr {
+        Expr::Literal(v, _) if !v.is_null() => Some(v.clone()),
+        Expr::Cast(c) => literal_of(&c.expr).and_then(|v| v.cast_to(c.field.data_type()).ok()),
+        _ => None,
+    }
+}
+
+fn as_i64(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Int8(Some(x)) => Some(*x as i64),
+        ScalarValue::Int16(Some(x)) => Some(*x as i64),
+        ScalarValue::Int32(Some(x)) => Some(*x as i64),
+        ScalarValue::Int64(Some(x)) => Some(*x),
+        ScalarValue::UInt8(Some(x)) => Some(*x as i64),
+        ScalarValue::UInt16(Some(x)) => Some(*x as i64),
+        ScalarValue::UInt32(Some(x)) => Some(*x as i64),
+        ScalarValue::UInt64(Some(x)) => i64::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+/// A timestamp literal as (floor, ceil) milliseconds since the epoch.
+fn timestamp_ms(v: &ScalarValue) -> Option<(i64, i64)> {
+    let (value, per_ms) = match v {
+        ScalarValue::TimestampSecond(Some(x), _) => return Some((x * 1000, x * 1000)),
+        ScalarValue::TimestampMillisecond(Some(x), _) => return Some((*x, *x)),
+        ScalarValue::TimestampMicrosecond(Some(x), _) => (*x, 1_000),
+        ScalarValue::TimestampNanosecond(Some(x), _) => (*x, 1_000_000),
+        _ => return None,
+    };
+    Some((
+        value.div_euclid(per_ms),
+        (value + per_ms - 1).div_euclid(per_ms),
+    ))
+}
+
+/// Reads offset ranges of a stream's partitions.
+#[derive(Debug)]
+pub struct StreamScanExec {
+    stream: String,
+    topic: Arc<Topic>,
+    columns: Vec<TableColumn>,
+    schema: SchemaRef,
+    /// Storage columns to decode, ascending.
+    decode: Vec<usize>,
+    ranges: Vec<(PartitionId, Range<Offset>)>,
+    bounds: ScanBounds,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl StreamScanExec {
+    pub fn try_new(
+        stream: String,
+        topic: Arc<Topic>,
+        snapshot: &Snapshot,
+        schema: SchemaRef,
+        columns: Vec<TableColumn>,
+        bounds: ScanBounds,
+        limit: Option<usize>,
+    ) -> DfResult<StreamScanExec> {
+        let mut ranges = vec![];
+        for partition in &topic.partitions {
+            if bounds
+                .partitions
+                .as_ref()
+                .is_some_and(|set| !set.contains(&partition.id.0))
+            {
+                continue;
+            }
+            let high = snapshot.high_watermark(topic.spec.id, partition.id);
+            let start = Offset(bounds.offsets.start).max(partition.log_start_offset());
+            let end = Offset(bounds.offsets.end).min(high);
+            if start < end {
+                ranges.push((partition.id, start..end));
+            }
+        }
+        let mut decode: Vec<usize> = columns
+            .iter()
+            .filter_map(|c| match c {
+                TableColumn::Stored(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        decode.sort();
+        decode.dedup();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(ranges.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(StreamScanExec {
+            stream,
+            topic,
+            columns,
+            schema,
+            decode,
+            ranges,
+            bounds,
+            limit,
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for StreamScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamScanExec: stream={}, ranges=[", self.stream)?;
+        for (i, (p, r)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{}:{}..{}", p.0, r.start, r.end)?;
+        }
+        write!(f, "]")?;
+        if self.bounds.min_timestamp_ms.is_some() || self.bounds.max_timestamp_ms.is_some() {
+            let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+            write!(
+                f,
+                ", timestamp_ms=[{}, {}]",
+                show(self.bounds.min_timestamp_ms),
+                show(self.bounds.max_timestamp_ms)
+            )?;
+        }
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        write!(f, ", projection=[{}]", names.join(", "))?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for StreamScanExec {
+    fn name(&self) -> &str {
+        "StreamScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, i: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let Some((partition_id, range)) = self.ranges.get(i).cloned() else {
+            return Ok(builder.build()); // no ranges: one empty partition
+        };
+        let partition = self.topic.partitions[partition_id.0 as usize].clone();
+        let options = ReadOptions {
+            schema: self.topic.spec.schema.clone(),
+            projection: Some(self.decode.clone()),
+            min_timestamp_ms: self.bounds.min_timestamp_ms,
+            max_timestamp_ms: self.bounds.max_timestamp_ms,
+        };
+        let schema = self.schema.clone();
+        let columns = self.columns.clone();
+        let decode = self.decode.clone();
+        let mut remaining = self.limit.unwrap_or(usize::MAX);
+        let tx = builder.tx();
+        builder.spawn_blocking(move || {
+            for read in partition.reader(range, options) {
+                let read = read.map_err(Error::from)?;
+                let rows = read.batch.num_rows();
+                let out: Vec<ArrayRef> = columns
+                    .iter()
+                    .map(|c| match c {
+                        TableColumn::Stored(s) => {
+                            let at = decode
+                                .binary_search(s)
+                                .expect("decoded columns include every stored one");
+                            read.batch.column(at).clone()
+                        }
+                        TableColumn::Partition => {
+                            Arc::new(Int32Array::from_value(partition_id.0 as i32, rows))
+                        }
+                        TableColumn::Offset => Arc::new(Int64Array::from_iter_values(
+                            (read.base_offset.0..read.base_offset.0 + rows as u64)
+                                .map(|o| o as i64),
+                        )),
+                    })
+                    .collect();
+                let options = RecordBatchOptions::new().with_row_count(Some(rows));
+                let batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
+                let batch = if rows > remaining {
+                    batch.slice(0, remaining)
+                } else {
+                    batch
+                };
+                remaining -= batch.num_rows();
+                if tx.blocking_send(Ok(batch)).is_err() || remaining == 0 {
+                    break; // the consumer went away, or the limit is reached
+                }
+            }
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, TimeUnit};
+    use datafusion::logical_expr::{col, lit};
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("url", DataType::Utf8, true),
+            Field::new(PARTITION_COLUMN, DataType::Int32, false),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+            Field::new(
+                TIMESTAMP_COLUMN,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])
+    }
+
+    fn bounds(filters: Vec<Expr>) -> Result<ScanBounds, Error> {
+        ScanBounds::from_filters(&filters, &schema(), "clicks", 3)
+    }
+
+    #[test]
+    fn partition_and_offset_predicates_narrow_the_scan() {
+        let b = bounds(vec![
+            col(PARTITION_COLUMN)
+                .eq(lit(0i32))
+                .and(col(OFFSET_COLUMN).gt_eq(lit(100i64))),
+        ])
+        .unwrap();
+        assert_eq!(b.partitions, Some(BTreeSet::from([0])));
+        assert_eq!(b.offsets, 100..u64::MAX);
+        let b = bounds(vec![
+            col(OFFSET_COLUMN).lt(lit(10i64)),
+            lit(5i64).lt(col(OFFSET_COLUMN)),
+        ])
+        .unwrap();
+        assert_eq!(b.offsets, 6..10);
+        let b = bounds(vec![
+            col(PARTITION_COLUMN).in_list(vec![lit(1i32), lit(2i32)], false),
+            col(PARTITION_COLUMN).lt(lit(2i32)),
+        ])
+        .unwrap();
+        assert_eq!(b.partitions, Some(BTreeSet::from([1])));
+    }
+
+    #[test]
+    fn a_missing_partition_is_an_error() {
+        let err = bounds(vec![col(PARTITION_COLUMN).eq(lit(7i32))]).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+        assert_eq!(
+            err.to_string(),
+            "partition 7 does not exist in stream \"clicks\" (it has 3)"
+        );
+    }
+
+    #[test]
+    fn timestamp_predicates_bound_the_time_range() {
+        let t = ScalarValue::TimestampNanosecond(Some(1_500_000_001), Some("+00:00".into()));
+        let b = bounds(vec![col(TIMESTAMP_COLUMN).gt_eq(Expr::Literal(t, None))]).unwrap();
+        assert_eq!(b.min_timestamp_ms, Some(1_500));
+        let b = bounds(vec![col("url").eq(lit("/x"))]).unwrap();
+        assert_eq!(b, ScanBounds::all(), "other columns do not bound the scan");
+    }
+}

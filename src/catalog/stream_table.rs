@@ -1,1 +1,279 @@
-//! TODO
+//! Streams and topics as DataFusion tables.
+//!
+//! [`StreamTable`] is what `SELECT … FROM clicks` reads: the declared columns, then the
+//! hidden columns `_partition`, `_offset`, `_timestamp`, `_key` (left out of `SELECT *` by
+//! the planner's rewrite, selectable by name). Every scan is bounded: it reads each
+//! partition up to the high watermark of the statement's log snapshot.
+//!
+//! [`StreamSinkTable`] is the same relation as an `INSERT` target: only the declared columns,
+//! written through [`RowWriter`] as one atomic append per statement.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+
+use super::scan::{ScanBounds, StreamScanExec, TableColumn};
+use super::{CatalogData, Relation, TopicDef, VALUE_COLUMN};
+use crate::error::Error;
+use crate::ingest::WriteTarget;
+use crate::ingest::writer::{PendingWrite, RowWriter};
+use crate::storage::{KEY_COLUMN, Log, Snapshot, TIMESTAMP_COLUMN};
+
+pub const PARTITION_COLUMN: &str = "_partition";
+pub const OFFSET_COLUMN: &str = "_offset";
+
+/// Hidden columns of every stream, in the order they follow the declared columns.
+pub const HIDDEN_COLUMNS: [&str; 4] = [
+    PARTITION_COLUMN,
+    OFFSET_COLUMN,
+    TIMESTAMP_COLUMN,
+    KEY_COLUMN,
+];
+
+/// The log snapshot a statement reads, set on the session before planning so that every
+/// scan in the statement sees the same committed offsets.
+#[derive(Debug, Clone)]
+pub struct StatementSnapshot(pub Arc<Snapshot>);
+
+/// A stream or schemaless topic, for reading.
+#[derive(Debug)]
+pub struct StreamTable {
+    pub name: String,
+    topic: TopicDef,
+    schema: SchemaRef,
+    columns: Vec<TableColumn>,
+    log: Arc<Log>,
+}
+
+impl StreamTable {
+    /// `None` for relations that are not streams or topics.
+    pub fn of(
+        catalog: &CatalogData,
+        relation: &Relation<'_>,
+        log: Arc<Log>,
+    ) -> Option<StreamTable> {
+        let (name, topic) = match relation {
+            Relation::Stream(stream, topic) => (stream.name.clone(), (*topic).clone()),
+            Relation::Topic(topic) => (topic.name.clone(), (*topic).clone()),
+            Relation::External(_) => return None,
+        };
+        let values = catalog.value_fields(&topic);
+        let n = values.len();
+        let mut fields: Vec<Field> = vec![];
+        let mut columns = vec![];
+        let stream = matches!(relation, Relation::Stream(..));
+        if !stream {
+            // A schemaless topic shows its key and value.
+            fields.push(Field::new(KEY_COLUMN, DataType::Binary, true));
+            columns.push(TableColumn::Stored(n + 1));
+            fields.push(Field::new(VALUE_COLUMN, DataType::Binary, true));
+            columns.push(TableColumn::Stored(0));
+        } else {
+            for (i, f) in values.iter().enumerate() {
+                fields.push(f.as_ref().clone().with_nullable(true));
+                columns.push(TableColumn::Stored(i));
+            }
+        }
+        fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
+        columns.push(TableColumn::Partition);
+        fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+        columns.push(TableColumn::Offset);
+        fields.push(Field::new(
+            TIMESTAMP_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ));
+        columns.push(TableColumn::Stored(n));
+        if stream {
+            fields.push(Field::new(KEY_COLUMN, DataType::Binary, true));
+            columns.push(TableColumn::Stored(n + 1));
+        }
+        Some(StreamTable {
+            name,
+            topic,
+            schema: Arc::new(Schema::new(fields)),
+            columns,
+            log,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // The scan narrows what it reads by the filters on hidden columns it understands;
+        // DataFusion still applies every filter to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = state
+            .config()
+            .get_extension::<StatementSnapshot>()
+            .map(|s| s.0.clone())
+            .unwrap_or_else(|| self.log.snapshot());
+        let topic = self.log.topic(self.topic.id).ok_or_else(|| {
+            Error::UnknownRelation(format!("stream \"{}\" was dropped", self.name))
+        })?;
+        let bounds =
+            ScanBounds::from_filters(filters, &self.schema, &self.name, self.topic.partitions)?;
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.columns.len()).collect(),
+        };
+        let exec = StreamScanExec::try_new(
+            self.name.clone(),
+            topic,
+            &snapshot,
+            Arc::new(self.schema.project(&projection)?),
+            projection.iter().map(|i| self.columns[*i]).collect(),
+            bounds,
+            limit,
+        )?;
+        Ok(Arc::new(exec))
+    }
+}
+
+/// A stream or topic as an `INSERT` target: its declared columns only.
+#[derive(Debug)]
+pub struct StreamSinkTable {
+    target: WriteTarget,
+    writer: Arc<RowWriter>,
+    chunk_bytes: usize,
+}
+
+impl StreamSinkTable {
+    pub fn new(target: WriteTarget, writer: Arc<RowWriter>, chunk_bytes: usize) -> StreamSinkTable {
+        StreamSinkTable {
+            target,
+            writer,
+            chunk_bytes,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamSinkTable {
+    fn schema(&self) -> SchemaRef {
+        self.target.row_schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(Error::Internal(format!(
+            "the insert target \"{}\" is not readable",
+            self.target.relation
+        ))
+        .into())
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(Error::Unsupported(format!(
+                "streams are append-only: {insert_op} into \"{}\" is not supported",
+                self.target.relation
+            ))
+            .into());
+        }
+        let sink = StreamSink {
+            target: self.target.clone(),
+            writer: self.writer.clone(),
+            chunk_bytes: self.chunk_bytes,
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Collects an `INSERT`'s rows and appends them as one atomic write (or, past
+/// `chunk_bytes`, in atomic chunks of about that size).
+struct StreamSink {
+    target: WriteTarget,
+    writer: Arc<RowWriter>,
+    chunk_bytes: usize,
+}
+
+impl fmt::Debug for StreamSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamSink({})", self.target.relation)
+    }
+}
+
+impl DisplayAs for StreamSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamSink: stream={}", self.target.relation)
+    }
+}
+
+#[async_trait]
+impl DataSink for StreamSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.target.row_schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let mut pending = PendingWrite::default();
+        let mut written = 0;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            // Rows arrive in the sink's schema, possibly with other field names or
+            // nullability; the columns are what count.
+            let rows = arrow::array::RecordBatch::try_new(
+                self.target.row_schema.clone(),
+                batch.columns().to_vec(),
+            )
+            .map_err(|e| Error::Internal(format!("rows for \"{}\": {e}", self.target.relation)))?;
+            self.writer.stage(&self.target, &rows, &mut pending)?;
+            if pending.bytes() >= self.chunk_bytes {
+                written += self.writer.commit(std::mem::take(&mut pending)).await?;
+            }
+        }
+        written += self.writer.commit(pending).await?;
+        Ok(written)
+    }
+}

@@ -53,7 +53,9 @@ impl SqlType {
             Ast::Int(_) | Ast::Integer(_) | Ast::Int4(_) => SqlType::Integer,
             Ast::BigInt(_) | Ast::Int8(_) => SqlType::BigInt,
             Ast::Real | Ast::Float4 => SqlType::Real,
-            Ast::DoublePrecision | Ast::Float8 | Ast::Double(ExactNumberInfo::None) => SqlType::Double,
+            Ast::DoublePrecision | Ast::Float8 | Ast::Double(ExactNumberInfo::None) => {
+                SqlType::Double
+            }
             Ast::Float(info) => match info {
                 ExactNumberInfo::Precision(p) if *p <= 24 => SqlType::Real,
                 _ => SqlType::Double,
@@ -69,8 +71,12 @@ impl SqlType {
             Ast::Bytea => SqlType::Bytea,
             Ast::Date => SqlType::Date,
             Ast::Time(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => SqlType::Time,
-            Ast::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => SqlType::Timestamp,
-            Ast::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => SqlType::TimestampTz,
+            Ast::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+                SqlType::Timestamp
+            }
+            Ast::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
+                SqlType::TimestampTz
+            }
             Ast::Interval { .. } => SqlType::Interval,
             Ast::JSON | Ast::JSONB => SqlType::Json,
             Ast::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
@@ -82,7 +88,12 @@ impl SqlType {
                 "float8" => SqlType::Double,
                 "bool" => SqlType::Boolean,
                 "string" => SqlType::Text,
-                other => return Err(Error::plan("42704", format!("type \"{other}\" does not exist"))),
+                other => {
+                    return Err(Error::plan(
+                        "42704",
+                        format!("type \"{other}\" does not exist"),
+                    ));
+                }
             },
             other => {
                 return Err(Error::Unsupported(format!(
@@ -115,7 +126,11 @@ impl SqlType {
     pub fn is_temporal(self) -> bool {
         matches!(
             self,
-            SqlType::Date | SqlType::Time | SqlType::Timestamp | SqlType::TimestampTz | SqlType::Interval
+            SqlType::Date
+                | SqlType::Time
+                | SqlType::Timestamp
+                | SqlType::TimestampTz
+                | SqlType::Interval
         )
     }
 }
@@ -170,7 +185,11 @@ mod tests {
 
     fn parse(s: &str) -> Result<SqlType> {
         let dialect = PostgreSqlDialect {};
-        let ty = Parser::new(&dialect).try_with_sql(s).unwrap().parse_data_type().unwrap();
+        let ty = Parser::new(&dialect)
+            .try_with_sql(s)
+            .unwrap()
+            .parse_data_type()
+            .unwrap();
         SqlType::from_ast(&ty)
     }
 
@@ -181,8 +200,17 @@ mod tests {
         assert_eq!(parse("varchar(20)").unwrap(), SqlType::Text);
         assert_eq!(parse("double precision").unwrap(), SqlType::Double);
         assert_eq!(parse("timestamptz").unwrap(), SqlType::TimestampTz);
-        assert_eq!(parse("timestamp with time zone").unwrap(), SqlType::TimestampTz);
-        assert_eq!(parse("numeric(10,2)").unwrap(), SqlType::Numeric { precision: 10, scale: 2 });
+        assert_eq!(
+            parse("timestamp with time zone").unwrap(),
+            SqlType::TimestampTz
+        );
+        assert_eq!(
+            parse("numeric(10,2)").unwrap(),
+            SqlType::Numeric {
+                precision: 10,
+                scale: 2
+            }
+        );
         assert_eq!(parse("numeric(10,2)").unwrap().to_string(), "numeric(10,2)");
     }
 

@@ -101,7 +101,12 @@ pub struct CopyDecoder {
 }
 
 impl CopyDecoder {
-    pub fn new(relation: &str, options: CopyOptions, columns: Vec<CopyColumn>, row_schema: SchemaRef) -> CopyDecoder {
+    pub fn new(
+        relation: &str,
+        options: CopyOptions,
+        columns: Vec<CopyColumn>,
+        row_schema: SchemaRef,
+    ) -> CopyDecoder {
         let csv = CsvReaderBuilder::new()
             .delimiter(options.delimiter)
             .quote(options.quote)
@@ -287,10 +292,18 @@ impl CopyDecoder {
         } else {
             "extra data after last expected column".to_string()
         };
-        Error::data("22P04", format!("COPY {}, line {line}: {message}", self.relation))
+        Error::data(
+            "22P04",
+            format!("COPY {}, line {line}: {message}", self.relation),
+        )
     }
 
-    fn row(&mut self, line: u64, fields: &[Option<&[u8]>], out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn row(
+        &mut self,
+        line: u64,
+        fields: &[Option<&[u8]>],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
         if self.header_pending {
             self.header_pending = false;
             return Ok(());
@@ -330,7 +343,12 @@ impl CopyDecoder {
             .map_err(|e| Error::Internal(format!("building COPY rows: {e}")))
     }
 
-    fn type_column(&self, column: &CopyColumn, raw: &BinaryArray, target: &DataType) -> Result<ArrayRef> {
+    fn type_column(
+        &self,
+        column: &CopyColumn,
+        raw: &BinaryArray,
+        target: &DataType,
+    ) -> Result<ArrayRef> {
         if *target == DataType::Binary {
             return decode_bytea(raw).map_err(|row| self.bad_value(column, raw, row));
         }
@@ -366,7 +384,11 @@ impl CopyDecoder {
 
     fn bad_value(&self, column: &CopyColumn, raw: &BinaryArray, row: usize) -> Error {
         let value = String::from_utf8_lossy(raw.value(row));
-        let code = if column.sql_type.is_temporal() { "22007" } else { "22P02" };
+        let code = if column.sql_type.is_temporal() {
+            "22007"
+        } else {
+            "22P02"
+        };
         Error::data(
             code,
             format!(
@@ -448,7 +470,10 @@ fn decode_bytea(raw: &BinaryArray) -> std::result::Result<ArrayRef, usize> {
                 if digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
                     return Err(i);
                 }
-                let bytes: Vec<u8> = digits.chunks(2).map(|p| hex(p[0]) * 16 + hex(p[1])).collect();
+                let bytes: Vec<u8> = digits
+                    .chunks(2)
+                    .map(|p| hex(p[0]) * 16 + hex(p[1]))
+                    .collect();
                 out.append_value(bytes);
             }
             None => out.append_value(v),
@@ -470,9 +495,21 @@ mod tests {
             Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
         ]));
         let columns = vec![
-            CopyColumn { name: "id".into(), sql_type: SqlType::BigInt, index: 0 },
-            CopyColumn { name: "url".into(), sql_type: SqlType::Text, index: 1 },
-            CopyColumn { name: "ts".into(), sql_type: SqlType::Timestamp, index: 2 },
+            CopyColumn {
+                name: "id".into(),
+                sql_type: SqlType::BigInt,
+                index: 0,
+            },
+            CopyColumn {
+                name: "url".into(),
+                sql_type: SqlType::Text,
+                index: 1,
+            },
+            CopyColumn {
+                name: "ts".into(),
+                sql_type: SqlType::Timestamp,
+                index: 2,
+            },
         ];
         let mut options = CopyOptions::new(format);
         options.header = header;
@@ -497,7 +534,10 @@ mod tests {
             let batches = decode_all(&mut d, &[&input[..cut], &input[cut..]]).unwrap();
             let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
             assert_eq!(batch.num_rows(), 3, "cut at {cut}");
-            assert_eq!(batch.column(0).as_primitive::<Int64Type>().values(), &[1, 2, 3]);
+            assert_eq!(
+                batch.column(0).as_primitive::<Int64Type>().values(),
+                &[1, 2, 3]
+            );
             let urls = batch.column(1).as_string::<i32>();
             assert_eq!(urls.value(1), "/a,\"b\"");
             assert!(urls.is_null(2));
@@ -508,7 +548,8 @@ mod tests {
     #[test]
     fn text_format_unescapes_and_reads_nulls() {
         let mut d = decoder(CopyFormat::Text, false);
-        let batches = decode_all(&mut d, &[b"1\ta\\tb\\\\c\t\\N\n2\t\\N\t2026-01-01\n\\.\n"]).unwrap();
+        let batches =
+            decode_all(&mut d, &[b"1\ta\\tb\\\\c\t\\N\n2\t\\N\t2026-01-01\n\\.\n"]).unwrap();
         let batch = &batches[0];
         assert_eq!(batch.num_rows(), 2);
         let urls = batch.column(1).as_string::<i32>();
@@ -520,7 +561,11 @@ mod tests {
     #[test]
     fn bad_values_name_line_column_and_value() {
         let mut d = decoder(CopyFormat::Csv, false);
-        let err = decode_all(&mut d, &[b"1,/a,2026-01-01\n2,/b,2026-01-01\nx7,/c,2026-01-01\n"]).unwrap_err();
+        let err = decode_all(
+            &mut d,
+            &[b"1,/a,2026-01-01\n2,/b,2026-01-01\nx7,/c,2026-01-01\n"],
+        )
+        .unwrap_err();
         assert_eq!(err.sqlstate(), "22P02");
         assert_eq!(
             err.to_string(),
@@ -537,7 +582,11 @@ mod tests {
         let mut d = decoder(CopyFormat::Csv, false);
         let err = decode_all(&mut d, &[b"1,/a,2026-01-01\n2,/b\n"]).unwrap_err();
         assert_eq!(err.sqlstate(), "22P04");
-        assert!(err.to_string().contains("line 2: missing data for column \"ts\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("line 2: missing data for column \"ts\""),
+            "{err}"
+        );
         let mut d = decoder(CopyFormat::Text, false);
         let err = decode_all(&mut d, &[b"1\ta\t2026-01-01\tx\n"]).unwrap_err();
         assert!(err.to_string().contains("extra data"), "{err}");
@@ -553,7 +602,11 @@ mod tests {
         let batches = decode_all(&mut d, &input.chunks(8192).collect::<Vec<_>>()).unwrap();
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].num_rows(), BATCH_ROWS);
-        let ids = batches[1].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let ids = batches[1]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(ids.value(9), (BATCH_ROWS + 9) as i64);
     }
 
@@ -565,6 +618,9 @@ mod tests {
         assert_eq!(out.value(0), &[10, 255]);
         assert!(out.is_null(1));
         assert_eq!(out.value(2), b"abc");
-        assert_eq!(decode_bytea(&BinaryArray::from(vec![&b"\\xZZ"[..]])).unwrap_err(), 0);
+        assert_eq!(
+            decode_bytea(&BinaryArray::from(vec![&b"\\xZZ"[..]])).unwrap_err(),
+            0
+        );
     }
 }

@@ -4,5 +4,6 @@
 pub mod copy;
 pub mod key;
 pub mod records;
+pub mod writer;
 
 pub use records::WriteTarget;

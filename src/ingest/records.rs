@@ -82,8 +82,16 @@ impl WriteTarget {
                 partitions: topic.partitions,
                 storage_schema: catalog.storage_schema(topic),
                 row_schema: Arc::new(Schema::new(vec![
-                    arrow::datatypes::Field::new(crate::storage::KEY_COLUMN, DataType::Binary, true),
-                    arrow::datatypes::Field::new(crate::catalog::VALUE_COLUMN, DataType::Binary, true),
+                    arrow::datatypes::Field::new(
+                        crate::storage::KEY_COLUMN,
+                        DataType::Binary,
+                        true,
+                    ),
+                    arrow::datatypes::Field::new(
+                        crate::catalog::VALUE_COLUMN,
+                        DataType::Binary,
+                        true,
+                    ),
                 ])),
                 not_null: vec![false, false],
                 shape: Shape::Topic,
@@ -112,7 +120,13 @@ impl WriteTarget {
                 self.row_schema.fields().len()
             )));
         }
-        for ((field, column), not_null) in self.row_schema.fields().iter().zip(rows.columns()).zip(&self.not_null) {
+        for ((field, column), not_null) in self
+            .row_schema
+            .fields()
+            .iter()
+            .zip(rows.columns())
+            .zip(&self.not_null)
+        {
             if column.data_type() != field.data_type() {
                 return Err(Error::Internal(format!(
                     "column \"{}\" of \"{}\" written as {}, stored as {}",
@@ -210,10 +224,16 @@ fn timestamps_from(column: &ArrayRef, now_ms: i64) -> Result<ArrayRef> {
             .map_err(|e| Error::Internal(e.to_string()))?,
         DataType::Timestamp(_, Some(_)) => {
             // An instant: drop the zone, keep the UTC value.
-            let utc = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())))
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let utc = cast(
+                column,
+                &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
             let values = utc.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-            Arc::new(TimestampMillisecondArray::new(values.values().clone(), values.nulls().cloned()))
+            Arc::new(TimestampMillisecondArray::new(
+                values.values().clone(),
+                values.nulls().cloned(),
+            ))
         }
         _ => cast(column, &ms).map_err(|e| Error::Internal(e.to_string()))?,
     };
@@ -239,9 +259,21 @@ mod tests {
             name: "clicks".into(),
             topic: "clicks".into(),
             columns: vec![
-                ColumnDef { name: "user_id".into(), sql_type: SqlType::BigInt, nullable: true },
-                ColumnDef { name: "url".into(), sql_type: SqlType::Text, nullable: false },
-                ColumnDef { name: "ts".into(), sql_type: SqlType::Timestamp, nullable: true },
+                ColumnDef {
+                    name: "user_id".into(),
+                    sql_type: SqlType::BigInt,
+                    nullable: true,
+                },
+                ColumnDef {
+                    name: "url".into(),
+                    sql_type: SqlType::Text,
+                    nullable: false,
+                },
+                ColumnDef {
+                    name: "ts".into(),
+                    sql_type: SqlType::Timestamp,
+                    nullable: true,
+                },
             ],
             key_columns: if key { vec!["user_id".into()] } else { vec![] },
             value_format: ValueFormat::Json,
@@ -292,8 +324,14 @@ mod tests {
             for key in keys.iter() {
                 assert_eq!(key::partition_for_key(key.unwrap(), 4), part.partition.0);
             }
-            let ts = part.records.column(3).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-            assert!(ts.values().iter().all(|t| *t == 5_000), "record timestamp from ts, in ms");
+            let ts = part
+                .records
+                .column(3)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            assert!(
+                ts.values().iter().all(|t| *t == 5_000),
+                "record timestamp from ts, in ms"
+            );
         }
     }
 
@@ -308,7 +346,11 @@ mod tests {
         assert_eq!(sizes, vec![3, 3, 2, 2]);
         let parts = target.partition(&batch, &counter, 1).unwrap();
         let sizes: Vec<usize> = parts.iter().map(|p| p.records.num_rows()).collect();
-        assert_eq!(sizes, vec![2, 2, 3, 3], "the counter carries over between writes");
+        assert_eq!(
+            sizes,
+            vec![2, 2, 3, 3],
+            "the counter carries over between writes"
+        );
     }
 
     #[test]

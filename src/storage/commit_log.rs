@@ -74,8 +74,8 @@ fn decode_record(bytes: &[u8]) -> Decoded {
         };
     }
     let length = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    let plausible =
-        (HEADER_LEN..=RECORD_LEN_MAX).contains(&length) && (length - HEADER_LEN).is_multiple_of(ENTRY_LEN);
+    let plausible = (HEADER_LEN..=RECORD_LEN_MAX).contains(&length)
+        && (length - HEADER_LEN).is_multiple_of(ENTRY_LEN);
     if !plausible {
         return Decoded::Invalid {
             claimed_length: None,

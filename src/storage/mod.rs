@@ -442,6 +442,14 @@ impl Log {
     }
 }
 
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.shared.config.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
         self.shutdown();

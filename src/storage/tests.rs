@@ -260,9 +260,7 @@ async fn corruption_before_the_committed_end_refuses_to_open() {
     std::fs::write(&path, &bytes).unwrap();
     // Remove the index so recovery walks from the start of the segment.
     std::fs::remove_file(path.with_extension("index")).unwrap();
-    let err = Log::open(LogConfig::new(dir.path()), vec![s.clone()])
-        .err()
-        .expect("refused");
+    let err = Log::open(LogConfig::new(dir.path()), vec![s.clone()]).expect_err("refused");
     match err {
         StorageError::Corruption {
             path: p, position, ..

@@ -1,0 +1,91 @@
+//! Settings: defaults < environment (`RUNNEL_…`) < command-line flags, validated once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::db::DbConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "runnel", version, about = "A SQL-first streaming database", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Server,
+}
+
+/// Everything `runnel server` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConfig {
+    /// Directory holding the log, the catalog and everything else Runnel stores.
+    #[arg(
+        long,
+        env = "RUNNEL_DATA_DIR",
+        default_value = "./runnel-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Address the Postgres wire protocol listens on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "RUNNEL_PG_ADDR",
+        default_value = "127.0.0.1:5433",
+        global = true
+    )]
+    pub pg_addr: SocketAddr,
+    /// COPY and INSERT … SELECT are atomic up to this many bytes of input; larger inputs
+    /// commit in chunks of this size.
+    #[arg(long, env = "RUNNEL_COPY_CHUNK_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]
+    pub copy_chunk_bytes: u64,
+    /// Connections served at once; further ones are refused.
+    #[arg(
+        long,
+        env = "RUNNEL_MAX_CONNECTIONS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections: usize,
+    /// How often time and size retention are applied, in milliseconds.
+    #[arg(
+        long,
+        env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub retention_check_interval_ms: u64,
+    /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
+    #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl ServerConfig {
+    pub fn db_config(&self) -> DbConfig {
+        let mut config = DbConfig::new(&self.data_dir);
+        config.copy_chunk_bytes = self.copy_chunk_bytes;
+        config.retention_check_interval =
+            Duration::from_millis(self.retention_check_interval_ms.max(1));
+        config
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.copy_chunk_bytes < 1024 * 1024 {
+            return Err(format!(
+                "--copy-chunk-bytes must be at least 1 MiB, not {}",
+                self.copy_chunk_bytes
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! Appending rows to a stream or topic: the one place rows turn into an append.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+
+use super::WriteTarget;
+use crate::error::Result;
+use crate::storage::{Log, PartitionBatch, TopicId};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Writes rows to the log. Shared by every session.
+#[derive(Debug)]
+pub struct RowWriter {
+    log: Arc<Log>,
+    /// Per topic, the round-robin position for records without a key.
+    round_robin: Mutex<HashMap<TopicId, Arc<AtomicU64>>>,
+}
+
+/// Rows partitioned and waiting to be appended in one atomic write.
+#[derive(Default)]
+pub struct PendingWrite {
+    batches: Vec<PartitionBatch>,
+    rows: u64,
+    bytes: usize,
+}
+
+impl PendingWrite {
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl RowWriter {
+    pub fn new(log: Arc<Log>) -> RowWriter {
+        RowWriter {
+            log,
+            round_robin: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counter(&self, topic: TopicId) -> Arc<AtomicU64> {
+        self.round_robin
+            .lock()
+            .expect("round robin lock")
+            .entry(topic)
+            .or_default()
+            .clone()
+    }
+
+    /// Partitions `rows` into `pending` (no I/O).
+    pub fn stage(
+        &self,
+        target: &WriteTarget,
+        rows: &RecordBatch,
+        pending: &mut PendingWrite,
+    ) -> Result<()> {
+        let counter = self.counter(target.topic);
+        let batches = target.partition(rows, &counter, now_ms())?;
+        pending.rows += rows.num_rows() as u64;
+        pending.bytes += batches
+            .iter()
+            .map(|b| b.records.get_array_memory_size())
+            .sum::<usize>();
+        pending.batches.extend(batches);
+        Ok(())
+    }
+
+    /// Appends everything staged, atomically, once it is durable. Returns the row count.
+    pub async fn commit(&self, pending: PendingWrite) -> Result<u64> {
+        let rows = pending.rows;
+        self.log.append(pending.batches).await?;
+        Ok(rows)
+    }
+}

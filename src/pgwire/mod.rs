@@ -1,0 +1,340 @@
+//! The Postgres wire protocol front end (pgwire crate): simple and extended query protocol,
+//! `COPY … FROM STDIN`, cancel requests.
+//!
+//! One [`Handler`] per connection owns the connection's [`Session`]; pgwire calls it one
+//! message at a time. This module only translates: SQL and COPY data go to the session,
+//! [`Output`]s and [`Error`]s come back as protocol messages. Rows are encoded by arrow-pg
+//! in the text or binary format each client asks for.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::NoticeResponse;
+use tokio::sync::Mutex;
+
+use crate::db::{Described, Output, Session};
+use crate::error::Error;
+
+/// The handlers of one connection.
+pub struct Connection {
+    handler: Arc<Handler>,
+    manager: Arc<ConnectionManager>,
+}
+
+impl Connection {
+    pub fn new(session: Session, manager: Arc<ConnectionManager>) -> Connection {
+        let session = Arc::new(Mutex::new(session));
+        Connection {
+            handler: Arc::new(Handler {
+                session: session.clone(),
+                parser: Arc::new(StatementParser { session }),
+                manager: manager.clone(),
+            }),
+            manager,
+        }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.handler.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.handler.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.manager.clone()))
+    }
+}
+
+pub struct Handler {
+    session: Arc<Mutex<Session>>,
+    parser: Arc<StatementParser>,
+    manager: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Handler {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.manager.clone())
+    }
+}
+
+/// A statement prepared with the extended protocol: its text (planned again, with the
+/// parameter values, at every Execute) and what it takes and returns.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    sql: String,
+    described: Described,
+}
+
+pub struct StatementParser {
+    session: Arc<Mutex<Session>>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let described = self
+            .session
+            .lock()
+            .await
+            .describe(sql)
+            .await
+            .map_err(pg_error)?;
+        Ok(Some(Prepared {
+            sql: sql.to_string(),
+            described,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        stmt.described
+            .parameters
+            .iter()
+            .map(|t| match t {
+                Some(t) => into_pg_type(t),
+                None => Ok(Type::UNKNOWN),
+            })
+            .collect()
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.described.schema {
+            Some(schema) => {
+                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+            }
+            None => Ok(vec![]),
+        }
+    }
+}
+
+/// An error as the client sees it.
+pub fn pg_error(e: Error) -> PgWireError {
+    if matches!(e, Error::Internal(_) | Error::Storage(_)) {
+        tracing::error!(error = %e, "statement failed");
+    } else {
+        tracing::debug!(error = %e, "statement failed");
+    }
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        e.sqlstate().into(),
+        e.to_string(),
+    )))
+}
+
+fn response(output: Output, format: &Format) -> PgWireResult<Response> {
+    Ok(match output {
+        Output::Rows(stream) => {
+            let fields = Arc::new(arrow_schema_to_pg_fields(
+                stream.schema().as_ref(),
+                format,
+                None,
+            )?);
+            let encode_fields = fields.clone();
+            let rows = stream
+                .map(move |batch| match batch {
+                    Ok(batch) => {
+                        stream::iter(encode_recordbatch(encode_fields.clone(), batch)).left_stream()
+                    }
+                    Err(e) => {
+                        stream::iter(std::iter::once(Err(pg_error(Error::from_datafusion(e)))))
+                            .right_stream()
+                    }
+                })
+                .flatten();
+            Response::Query(QueryResponse::new(fields, rows))
+        }
+        Output::Command { tag, rows } => {
+            let mut t = Tag::new(tag);
+            if tag == "INSERT" {
+                t = t.with_oid(0);
+            }
+            if let Some(rows) = rows {
+                t = t.with_rows(rows as usize);
+            }
+            Response::Execution(t)
+        }
+        Output::CopyIn { columns, .. } => {
+            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
+        }
+        Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+        Output::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
+        Output::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+    })
+}
+
+async fn send_notices<C>(client: &mut C, notices: Vec<String>) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for notice in notices {
+        let info = ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
+        client
+            .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                info,
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut session = self.session.lock().await;
+        let outputs = session.execute(query).await;
+        send_notices(client, session.take_notices()).await?;
+        let mut responses = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            match output {
+                Ok(output) => responses.push(response(output, &Format::UnifiedText)?),
+                Err(e) => {
+                    let PgWireError::UserError(info) = pg_error(e) else {
+                        unreachable!()
+                    };
+                    responses.push(Response::Error(info));
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handler {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let types: Vec<Option<&DataType>> = prepared
+            .described
+            .parameters
+            .iter()
+            .map(|t| t.as_ref())
+            .collect();
+        let params = deserialize_parameters(portal, &types)?;
+        let mut session = self.session.lock().await;
+        let output = session.execute_one(&prepared.sql, params).await;
+        send_notices(client, session.take_notices()).await?;
+        response(output.map_err(pg_error)?, &portal.result_column_format)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Handler {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.session
+            .lock()
+            .await
+            .copy_data(&data.data)
+            .await
+            .map_err(pg_error)
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let output = self
+            .session
+            .lock()
+            .await
+            .copy_done()
+            .await
+            .map_err(pg_error)?;
+        if let Output::Command { rows, .. } = output {
+            let tag = Tag::new("COPY").with_rows(rows.unwrap_or(0) as usize);
+            client
+                .send(PgWireBackendMessage::CommandComplete(tag.into()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.session.lock().await.copy_fail();
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "57014".into(),
+            format!("COPY from stdin failed: {}", fail.message),
+        )))
+    }
+}

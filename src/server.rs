@@ -1,0 +1,70 @@
+//! Wiring: open the database, listen for Postgres clients, shut down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pgwire::api::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::ServerConfig;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::pgwire::Connection;
+
+/// Runs the server until `shutdown` completes. `on_listening` is told the bound address
+/// (useful with port 0).
+pub async fn run(
+    config: ServerConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let db = Database::open(config.db_config()).await?;
+    let listener = TcpListener::bind(config.pg_addr)
+        .await
+        .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
+    on_listening(addr);
+    let manager = Arc::new(ConnectionManager::new());
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection");
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many clients");
+                    drop(socket);
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let connection = Connection::new(db.session(), manager.clone());
+                tokio::spawn(async move {
+                    tracing::debug!(%peer, "connection opened");
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing queued writes");
+    drop(listener);
+    let db_for_shutdown = db.clone();
+    tokio::task::spawn_blocking(move || db_for_shutdown.shutdown())
+        .await
+        .map_err(|e| Error::Internal(format!("shutdown: {e}")))?;
+    tracing::info!("shut down");
+    Ok(())
+}

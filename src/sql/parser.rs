@@ -1,0 +1,714 @@
+//! Parsing: Runnel's statements, and everything else handed to DataFusion's parser.
+//!
+//! A statement is one of ours if it starts with words only Runnel gives meaning to
+//! (`CREATE STREAM`, `SHOW TOPICS`, `COPY t FROM STDIN`, …); those are parsed here with
+//! sqlparser's PostgreSQL dialect. Everything else goes to DataFusion's parser, which knows
+//! `CREATE EXTERNAL TABLE` and `COPY (query) TO`. Both share one token stream, so a string
+//! with several statements mixes them freely.
+
+use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DfStatement};
+use sqlparser::ast::{
+    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, Ident, ObjectName,
+    Statement as SqlStatement, UnaryOperator, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
+
+use crate::catalog::SqlType;
+use crate::error::{Error, Result};
+use crate::ingest::copy::{CopyFormat, CopyOptions};
+
+/// A parsed statement.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    CreateStream(CreateStream),
+    CreateTopic(CreateTopic),
+    Drop(Drop),
+    ShowStreams,
+    ShowTopics,
+    Describe(String),
+    CopyFrom(CopyFrom),
+    /// `SET name = value`, `SET name TO value`, `RESET name`, `RESET ALL`.
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    /// `SHOW name` / `SHOW ALL`.
+    ShowVariable(String),
+    Begin,
+    Commit,
+    Rollback,
+    /// Planned by DataFusion: queries, INSERT, EXPLAIN, CREATE EXTERNAL TABLE, COPY … TO, …
+    DataFusion(Box<DfStatement>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub sql_type: SqlType,
+    pub nullable: bool,
+    pub key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateStream {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnSpec>,
+    /// `WATERMARK FOR column AS expression`.
+    pub watermark: Option<(String, String)>,
+    pub options: Vec<(String, OptionValue)>,
+    /// `CREATE STREAM … AS SELECT`.
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateTopic {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub options: Vec<(String, OptionValue)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Stream,
+    Topic,
+    Table,
+}
+
+impl ObjectKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Stream => "STREAM",
+            ObjectKind::Topic => "TOPIC",
+            ObjectKind::Table => "TABLE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Drop {
+    pub kind: ObjectKind,
+    pub if_exists: bool,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyFrom {
+    pub target: String,
+    pub columns: Vec<String>,
+    pub options: CopyOptions,
+}
+
+/// The value of a `WITH (key = value)` option.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    Number(String),
+    String(String),
+    Word(String),
+}
+
+impl OptionValue {
+    pub fn as_text(&self) -> &str {
+        match self {
+            OptionValue::Number(s) | OptionValue::String(s) | OptionValue::Word(s) => s,
+        }
+    }
+}
+
+/// Splits `sql` into statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .build()
+        .map_err(Error::from_datafusion)?;
+    let mut statements = vec![];
+    let mut expecting_delimiter = false;
+    loop {
+        while parser.parser.consume_token(&Token::SemiColon) {
+            expecting_delimiter = false;
+        }
+        if parser.parser.peek_token() == Token::EOF {
+            break;
+        }
+        if expecting_delimiter {
+            let found = parser.parser.peek_token();
+            return Err(Error::Syntax(format!(
+                "syntax error at or near \"{found}\": expected end of statement"
+            )));
+        }
+        statements.push(parse_statement(&mut parser)?);
+        expecting_delimiter = true;
+    }
+    Ok(statements)
+}
+
+fn syntax(e: ParserError) -> Error {
+    Error::Syntax(match e {
+        ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
+        ParserError::RecursionLimitExceeded => "statement nests too deeply".into(),
+    })
+}
+
+fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
+    let start = df.parser.index();
+    let p = &mut df.parser;
+    if p.parse_keywords(&[Keyword::CREATE, Keyword::STREAM]) {
+        return parse_create_stream(p).map(Statement::CreateStream);
+    }
+    if p.parse_keyword(Keyword::CREATE) {
+        if word_is(p, "TOPIC") {
+            p.next_token();
+            return parse_create_topic(p).map(Statement::CreateTopic);
+        }
+        p.prev_token();
+    }
+    if p.parse_keyword(Keyword::DROP) {
+        let kind = if p.parse_keyword(Keyword::STREAM) {
+            Some(ObjectKind::Stream)
+        } else if word_is(p, "TOPIC") {
+            p.next_token();
+            Some(ObjectKind::Topic)
+        } else if p.parse_keyword(Keyword::TABLE) {
+            Some(ObjectKind::Table)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return parse_drop(p, kind).map(Statement::Drop);
+        }
+        p.prev_token();
+    }
+    if p.parse_keyword(Keyword::SHOW) {
+        if word_is(p, "STREAMS") {
+            p.next_token();
+            return Ok(Statement::ShowStreams);
+        }
+        if word_is(p, "TOPICS") {
+            p.next_token();
+            return Ok(Statement::ShowTopics);
+        }
+        // SHOW name, SHOW ALL, SHOW TRANSACTION ISOLATION LEVEL
+        let mut words = vec![parse_variable_name(p)?];
+        while let Token::Word(w) = &p.peek_token().token {
+            words.push(w.value.to_lowercase());
+            p.next_token();
+        }
+        return Ok(Statement::ShowVariable(words.join(" ")));
+    }
+    if p.parse_keyword(Keyword::DESCRIBE) || p.parse_keyword(Keyword::DESC) {
+        let name = parse_relation_name(p)?;
+        return Ok(Statement::Describe(name));
+    }
+    if p.parse_keyword(Keyword::SET) {
+        if p.parse_keyword(Keyword::SESSION) || p.parse_keyword(Keyword::LOCAL) {
+            // SET SESSION / SET LOCAL: the same for us.
+        }
+        if p.peek_keyword(Keyword::TRANSACTION) || p.peek_keyword(Keyword::CHARACTERISTICS) {
+            while !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
+                p.next_token();
+            }
+            return Ok(Statement::Set {
+                name: "transaction".into(),
+                value: Some(String::new()),
+            });
+        }
+        let name = parse_variable_name(p)?;
+        if !p.consume_token(&Token::Eq) && !p.parse_keyword(Keyword::TO) {
+            return Err(Error::Syntax(format!(
+                "syntax error at or near \"{}\"",
+                p.peek_token()
+            )));
+        }
+        let value = parse_set_value(p)?;
+        return Ok(Statement::Set { name, value });
+    }
+    if p.parse_keyword(Keyword::RESET) {
+        let name = parse_variable_name(p)?;
+        return Ok(Statement::Set { name, value: None });
+    }
+    if p.parse_keyword(Keyword::BEGIN) || p.parse_keywords(&[Keyword::START, Keyword::TRANSACTION])
+    {
+        skip_to_end(p);
+        return Ok(Statement::Begin);
+    }
+    if p.parse_keyword(Keyword::COMMIT) || p.parse_keyword(Keyword::END) {
+        skip_to_end(p);
+        return Ok(Statement::Commit);
+    }
+    if p.parse_keyword(Keyword::ROLLBACK) || p.parse_keyword(Keyword::ABORT) {
+        skip_to_end(p);
+        return Ok(Statement::Rollback);
+    }
+    if p.peek_keyword(Keyword::COPY) && !matches!(p.peek_nth_token(1).token, Token::LParen) {
+        // COPY table FROM STDIN is ours; COPY (query) TO and COPY table TO go to DataFusion.
+        let statement = p.parse_statement().map_err(syntax)?;
+        if let SqlStatement::Copy {
+            source:
+                CopySource::Table {
+                    table_name,
+                    columns,
+                },
+            to: false,
+            target,
+            options,
+            legacy_options,
+            ..
+        } = statement
+        {
+            if !matches!(target, CopyTarget::Stdin) {
+                return Err(Error::Unsupported(
+                    "COPY … FROM a server file is not supported; use COPY … FROM STDIN (psql's \\copy)".into(),
+                ));
+            }
+            return Ok(Statement::CopyFrom(CopyFrom {
+                target: relation_name(&table_name)?,
+                columns: columns.iter().map(normalize).collect(),
+                options: copy_options(&options, &legacy_options)?,
+            }));
+        }
+        // Re-parse from the start with DataFusion's parser (COPY table TO 'file').
+        while df.parser.index() > start {
+            df.parser.prev_token();
+        }
+    }
+    df.parse_statement()
+        .map(|s| Statement::DataFusion(Box::new(s)))
+        .map_err(Error::from_datafusion)
+}
+
+fn skip_to_end(p: &mut Parser<'_>) {
+    while !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
+        p.next_token();
+    }
+}
+
+fn word_is(p: &Parser<'_>, word: &str) -> bool {
+    matches!(&p.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted ones fold to lower case.
+pub fn normalize(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// A relation name, which may be qualified with the schema `public` (or catalog `runnel`).
+pub fn relation_name(name: &ObjectName) -> Result<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(normalize)
+                .ok_or_else(|| Error::Syntax(format!("invalid name {name}")))
+        })
+        .collect::<Result<_>>()?;
+    match parts.as_slice() {
+        [name] => Ok(name.clone()),
+        [schema, name] if schema == "public" => Ok(name.clone()),
+        [catalog, schema, name] if catalog == "runnel" && schema == "public" => Ok(name.clone()),
+        _ => Err(Error::plan(
+            "3F000",
+            format!("{name}: streams and topics live in the schema \"public\""),
+        )),
+    }
+}
+
+fn parse_relation_name(p: &mut Parser<'_>) -> Result<String> {
+    let name = p.parse_object_name(false).map_err(syntax)?;
+    relation_name(&name)
+}
+
+fn parse_variable_name(p: &mut Parser<'_>) -> Result<String> {
+    let mut parts = vec![];
+    loop {
+        let token = p.next_token();
+        match token.token {
+            Token::Word(w) => parts.push(w.value.to_lowercase()),
+            _ => return p.expected("a setting name", token).map_err(syntax),
+        }
+        if !p.consume_token(&Token::Period) {
+            break;
+        }
+    }
+    Ok(parts.join("."))
+}
+
+/// The value of `SET name = …`: a word, string, number or comma-separated list of them.
+fn parse_set_value(p: &mut Parser<'_>) -> Result<Option<String>> {
+    let mut values = vec![];
+    loop {
+        let token = p.next_token();
+        let value = match token.token {
+            Token::Word(w) if w.keyword == Keyword::DEFAULT => return Ok(None),
+            Token::Word(w) => w.value,
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Minus => match p.next_token().token {
+                Token::Number(n, _) => format!("-{n}"),
+                _ => return p.expected("a number", token).map_err(syntax),
+            },
+            _ => return p.expected("a value", token).map_err(syntax),
+        };
+        values.push(value);
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    Ok(Some(values.join(", ")))
+}
+
+fn parse_if_not_exists(p: &mut Parser<'_>) -> bool {
+    p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS])
+}
+
+fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_relation_name(p)?;
+    let mut columns = vec![];
+    let mut watermark = None;
+    if p.consume_token(&Token::LParen) {
+        loop {
+            if word_is(p, "WATERMARK") {
+                p.next_token();
+                p.expect_keyword(Keyword::FOR).map_err(syntax)?;
+                let column = normalize(&p.parse_identifier().map_err(syntax)?);
+                p.expect_keyword(Keyword::AS).map_err(syntax)?;
+                let expr = p.parse_expr().map_err(syntax)?;
+                watermark = Some((column, expr.to_string()));
+            } else {
+                columns.push(parse_column(p)?);
+            }
+            if p.consume_token(&Token::Comma) {
+                continue;
+            }
+            p.expect_token(&Token::RParen).map_err(syntax)?;
+            break;
+        }
+    }
+    let options = parse_with_options(p)?;
+    let query = if p.parse_keyword(Keyword::AS) {
+        Some(p.parse_query().map_err(syntax)?.to_string())
+    } else {
+        None
+    };
+    Ok(CreateStream {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+        query,
+    })
+}
+
+fn parse_column(p: &mut Parser<'_>) -> Result<ColumnSpec> {
+    let name = normalize(&p.parse_identifier().map_err(syntax)?);
+    let data_type = p.parse_data_type().map_err(syntax)?;
+    let sql_type = SqlType::from_ast(&data_type)?;
+    let mut column = ColumnSpec {
+        name,
+        sql_type,
+        nullable: true,
+        key: false,
+    };
+    loop {
+        if p.parse_keyword(Keyword::KEY) || p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            column.key = true;
+        } else if p.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+            column.nullable = false;
+        } else if p.parse_keyword(Keyword::NULL) {
+            column.nullable = true;
+        } else {
+            return Ok(column);
+        }
+    }
+}
+
+fn parse_create_topic(p: &mut Parser<'_>) -> Result<CreateTopic> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_relation_name(p)?;
+    let options = parse_with_options(p)?;
+    Ok(CreateTopic {
+        name,
+        if_not_exists,
+        options,
+    })
+}
+
+/// `WITH (key = value, …)`; keys may be any word (`timestamp`, `partitions` are keywords).
+fn parse_with_options(p: &mut Parser<'_>) -> Result<Vec<(String, OptionValue)>> {
+    let mut options = vec![];
+    if !p.parse_keyword(Keyword::WITH) {
+        return Ok(options);
+    }
+    p.expect_token(&Token::LParen).map_err(syntax)?;
+    loop {
+        let token = p.next_token();
+        let key = match token.token {
+            Token::Word(w) => w.value.to_lowercase(),
+            Token::SingleQuotedString(s) => s.to_lowercase(),
+            _ => return p.expected("an option name", token).map_err(syntax),
+        };
+        p.expect_token(&Token::Eq).map_err(syntax)?;
+        let expr = p.parse_expr().map_err(syntax)?;
+        let value = match expr {
+            Expr::Value(v) => match v.value {
+                Value::Number(n, _) => OptionValue::Number(n),
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                    OptionValue::String(s)
+                }
+                Value::Boolean(b) => OptionValue::Word(b.to_string()),
+                other => {
+                    return Err(Error::Syntax(format!(
+                        "unsupported value {other} for option {key}"
+                    )));
+                }
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match *expr {
+                Expr::Value(v) => match v.value {
+                    Value::Number(n, _) => OptionValue::Number(format!("-{n}")),
+                    other => {
+                        return Err(Error::Syntax(format!(
+                            "unsupported value -{other} for option {key}"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(Error::Syntax(format!(
+                        "unsupported value -{other} for option {key}"
+                    )));
+                }
+            },
+            Expr::Identifier(ident) => OptionValue::Word(ident.value),
+            other => {
+                return Err(Error::Syntax(format!(
+                    "unsupported value {other} for option {key}"
+                )));
+            }
+        };
+        options.push((key, value));
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen).map_err(syntax)?;
+        return Ok(options);
+    }
+}
+
+fn parse_drop(p: &mut Parser<'_>, kind: ObjectKind) -> Result<Drop> {
+    let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let mut names = vec![parse_relation_name(p)?];
+    while p.consume_token(&Token::Comma) {
+        names.push(parse_relation_name(p)?);
+    }
+    // PostgreSQL's CASCADE / RESTRICT: nothing depends on streams yet.
+    let _ = p.parse_keyword(Keyword::CASCADE) || p.parse_keyword(Keyword::RESTRICT);
+    Ok(Drop {
+        kind,
+        if_exists,
+        names,
+    })
+}
+
+fn one_byte(option: &str, c: char) -> Result<u8> {
+    if c.is_ascii() {
+        Ok(c as u8)
+    } else {
+        Err(Error::data(
+            "22023",
+            format!("COPY {option} must be a single one-byte character"),
+        ))
+    }
+}
+
+fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyOptions> {
+    let mut format = CopyFormat::Text;
+    for o in options {
+        if let CopyOption::Format(name) = o {
+            format = match name.value.to_lowercase().as_str() {
+                "text" => CopyFormat::Text,
+                "csv" => CopyFormat::Csv,
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "COPY format \"{other}\" is not supported (text, csv)"
+                    )));
+                }
+            };
+        }
+    }
+    for o in legacy {
+        if let CopyLegacyOption::Csv(_) = o {
+            format = CopyFormat::Csv;
+        }
+    }
+    let mut out = CopyOptions::new(format);
+    for o in options {
+        match o {
+            CopyOption::Format(_) | CopyOption::Freeze(_) | CopyOption::Encoding(_) => {}
+            CopyOption::Delimiter(c) => out.delimiter = one_byte("delimiter", *c)?,
+            CopyOption::Null(s) => out.null = s.clone(),
+            CopyOption::Header(h) => out.header = *h,
+            CopyOption::Quote(c) => out.quote = one_byte("quote", *c)?,
+            CopyOption::Escape(c) => out.escape = one_byte("escape", *c)?,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "COPY option {other} is not supported"
+                )));
+            }
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Csv(_) => {}
+            CopyLegacyOption::Delimiter(c) => out.delimiter = one_byte("delimiter", *c)?,
+            CopyLegacyOption::Null(s) => out.null = s.clone(),
+            CopyLegacyOption::Header => out.header = true,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "COPY option {other} is not supported"
+                )));
+            }
+        }
+    }
+    if out.delimiter == b'\n' || out.delimiter == b'\r' {
+        return Err(Error::data(
+            "22023",
+            "COPY delimiter cannot be newline or carriage return",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut s = parse(sql).unwrap();
+        assert_eq!(s.len(), 1, "{sql}");
+        s.pop().unwrap()
+    }
+
+    #[test]
+    fn create_stream_as_sql_md_writes_it() {
+        let sql = "CREATE STREAM clicks (
+            user_id  BIGINT KEY,
+            url      TEXT,
+            ts       TIMESTAMP,
+            WATERMARK FOR ts AS ts - INTERVAL '5 seconds'
+        ) WITH (
+            partitions   = 4,
+            value_format = 'json',
+            timestamp    = 'ts',
+            retention    = '7 days',
+            retention_bytes = 1073741824,
+            compression  = 'lz4',
+            topic        = 'clicks'
+        );";
+        let Statement::CreateStream(c) = one(sql) else {
+            panic!()
+        };
+        assert_eq!(c.name, "clicks");
+        assert_eq!(c.columns.len(), 3);
+        assert!(c.columns[0].key && !c.columns[1].key);
+        assert_eq!(c.columns[2].sql_type, SqlType::Timestamp);
+        assert_eq!(
+            c.watermark,
+            Some(("ts".into(), "ts - INTERVAL '5 seconds'".into()))
+        );
+        assert_eq!(c.options.len(), 7);
+        assert_eq!(
+            c.options[0],
+            ("partitions".into(), OptionValue::Number("4".into()))
+        );
+        assert_eq!(
+            c.options[2],
+            ("timestamp".into(), OptionValue::String("ts".into()))
+        );
+    }
+
+    #[test]
+    fn statements_mix_ours_and_datafusion() {
+        let s = parse("CREATE TOPIC raw WITH (partitions = 3); SELECT 1; SHOW STREAMS; DROP TOPIC IF EXISTS raw; COPY clicks FROM STDIN WITH (FORMAT csv, HEADER)").unwrap();
+        assert!(matches!(s[0], Statement::CreateTopic(_)));
+        assert!(matches!(s[1], Statement::DataFusion(_)));
+        assert!(matches!(s[2], Statement::ShowStreams));
+        assert!(matches!(&s[3], Statement::Drop(d) if d.if_exists && d.kind == ObjectKind::Topic));
+        let Statement::CopyFrom(c) = &s[4] else {
+            panic!()
+        };
+        assert_eq!(c.options.format, CopyFormat::Csv);
+        assert!(c.options.header);
+    }
+
+    #[test]
+    fn names_follow_postgres_case_rules() {
+        let Statement::Describe(n) = one("DESCRIBE Clicks") else {
+            panic!()
+        };
+        assert_eq!(n, "clicks");
+        let Statement::Describe(n) = one("DESCRIBE \"Clicks\"") else {
+            panic!()
+        };
+        assert_eq!(n, "Clicks");
+        let Statement::Describe(n) = one("DESCRIBE public.clicks") else {
+            panic!()
+        };
+        assert_eq!(n, "clicks");
+        assert_eq!(
+            parse("DESCRIBE other.clicks").unwrap_err().sqlstate(),
+            "42601"
+        );
+    }
+
+    #[test]
+    fn copy_to_and_queries_go_to_datafusion() {
+        assert!(matches!(
+            one("COPY (SELECT 1) TO 'x.csv'"),
+            Statement::DataFusion(_)
+        ));
+        assert!(matches!(
+            one("COPY clicks TO 'x.csv'"),
+            Statement::DataFusion(_)
+        ));
+        assert!(matches!(
+            one("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION 'x.csv'"),
+            Statement::DataFusion(_)
+        ));
+        assert!(matches!(
+            one("SET client_encoding = 'UTF8'"),
+            Statement::Set { .. }
+        ));
+        assert!(matches!(
+            one("show transaction isolation level"),
+            Statement::ShowVariable(_)
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_are_42601() {
+        for bad in [
+            "CREATE STREAM (",
+            "SELEC 1",
+            "CREATE STREAM s (a frobnicate)",
+            "SELECT 1 2",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                matches!(e.sqlstate(), "42601" | "42704"),
+                "{bad}: {e} {}",
+                e.sqlstate()
+            );
+        }
+    }
+}

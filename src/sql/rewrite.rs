@@ -1,0 +1,292 @@
+//! Rewrites of the SQL syntax tree before DataFusion plans it.
+//!
+//! - Hidden columns: `*` over a stream leaves out `_partition`, `_offset`, `_timestamp`,
+//!   `_key` (DataFusion has no notion of hidden columns; `EXCLUDE` gives it one). With one
+//!   relation in `FROM`, the wildcard gets an `EXCLUDE`; with several, `*` becomes one
+//!   qualified wildcard per relation, each stream's with its `EXCLUDE`. A `USING` or
+//!   `NATURAL` join keeps its `*` as written, hidden columns included, because expanding it
+//!   would change which join columns appear.
+//! - Inserts: `INSERT INTO clicks` becomes `INSERT INTO __write.clicks`, the stream as an
+//!   insert target (declared columns only), so DataFusion types the inserted values against
+//!   the stream's columns.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    ExcludeSelectItem, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
+    VisitMut, VisitorMut, WildcardAdditionalOptions,
+};
+
+use super::parser::relation_name;
+use crate::catalog::provider::WRITE_SCHEMA;
+
+/// What the rewrite needs to know about a relation name: the columns `*` leaves out of it
+/// (`None` for relations that are not streams or topics).
+pub trait HiddenColumns {
+    fn hidden_columns(&self, relation: &str) -> Option<&'static [&'static str]>;
+}
+
+pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) {
+    if let Statement::Insert(insert) = statement
+        && let TableObject::TableName(name) = &mut insert.table
+        && let Ok(relation) = relation_name(name)
+        && catalog.hidden_columns(&relation).is_some()
+    {
+        *name = ObjectName(vec![
+            ObjectNamePart::Identifier(Ident::with_quote('"', WRITE_SCHEMA)),
+            ObjectNamePart::Identifier(Ident::with_quote('"', relation)),
+        ]);
+    }
+    let _ = statement.visit(&mut Wildcards { catalog });
+}
+
+struct Wildcards<'a> {
+    catalog: &'a dyn HiddenColumns,
+}
+
+impl VisitorMut for Wildcards<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        self.set_expr(&mut query.body);
+        ControlFlow::Continue(())
+    }
+}
+
+/// A relation of a `FROM` clause: the name `*` qualifies it by, and its hidden columns.
+struct FromRelation {
+    qualifier: ObjectName,
+    hidden: Option<&'static [&'static str]>,
+}
+
+impl Wildcards<'_> {
+    fn set_expr(&self, body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                let mut relations = vec![];
+                let mut using = false;
+                for table in &select.from {
+                    relations.push(self.relation(&table.relation));
+                    for join in &table.joins {
+                        relations.push(self.relation(&join.relation));
+                        using |= join_uses_columns(&join.join_operator);
+                    }
+                }
+                let mut projection = Vec::with_capacity(select.projection.len());
+                for item in select.projection.drain(..) {
+                    match item {
+                        SelectItem::Wildcard(options) => {
+                            if relations.len() == 1 {
+                                let mut options = options;
+                                if let Some(hidden) = relations[0].hidden {
+                                    exclude(&mut options, hidden);
+                                }
+                                projection.push(SelectItem::Wildcard(options));
+                            } else if using
+                                || relations.iter().all(|r| r.hidden.is_none())
+                                || !plain(&options)
+                            {
+                                projection.push(SelectItem::Wildcard(options));
+                            } else {
+                                for r in &relations {
+                                    let mut options = WildcardAdditionalOptions::default();
+                                    if let Some(hidden) = r.hidden {
+                                        exclude(&mut options, hidden);
+                                    }
+                                    projection.push(SelectItem::QualifiedWildcard(
+                                        SelectItemQualifiedWildcardKind::ObjectName(
+                                            r.qualifier.clone(),
+                                        ),
+                                        options,
+                                    ));
+                                }
+                            }
+                        }
+                        SelectItem::QualifiedWildcard(
+                            SelectItemQualifiedWildcardKind::ObjectName(name),
+                            mut options,
+                        ) => {
+                            let hidden = relations
+                                .iter()
+                                .find(|r| same_name(&r.qualifier, &name))
+                                .and_then(|r| r.hidden);
+                            if let Some(hidden) = hidden {
+                                exclude(&mut options, hidden);
+                            }
+                            projection.push(SelectItem::QualifiedWildcard(
+                                SelectItemQualifiedWildcardKind::ObjectName(name),
+                                options,
+                            ));
+                        }
+                        other => projection.push(other),
+                    }
+                }
+                select.projection = projection;
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            _ => {}
+        }
+    }
+
+    fn relation(&self, factor: &TableFactor) -> FromRelation {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                let hidden = relation_name(name)
+                    .ok()
+                    .and_then(|r| self.catalog.hidden_columns(&r));
+                let qualifier = match alias {
+                    Some(alias) => ObjectName(vec![ObjectNamePart::Identifier(alias.name.clone())]),
+                    None => name.clone(),
+                };
+                FromRelation { qualifier, hidden }
+            }
+            TableFactor::Derived { alias, .. } | TableFactor::Table { alias, .. } => FromRelation {
+                qualifier: alias
+                    .as_ref()
+                    .map(|a| ObjectName(vec![ObjectNamePart::Identifier(a.name.clone())]))
+                    .unwrap_or(ObjectName(vec![])),
+                hidden: None,
+            },
+            _ => FromRelation {
+                qualifier: ObjectName(vec![]),
+                hidden: None,
+            },
+        }
+    }
+}
+
+/// A wildcard with no options of its own (only then can `*` be split per relation).
+fn plain(options: &WildcardAdditionalOptions) -> bool {
+    options.opt_exclude.is_none()
+        && options.opt_except.is_none()
+        && options.opt_ilike.is_none()
+        && options.opt_replace.is_none()
+        && options.opt_rename.is_none()
+        && options.opt_alias.is_none()
+}
+
+fn exclude(options: &mut WildcardAdditionalOptions, hidden: &[&str]) {
+    let mut names: Vec<ObjectName> = match options.opt_exclude.take() {
+        Some(ExcludeSelectItem::Single(name)) => vec![name],
+        Some(ExcludeSelectItem::Multiple(names)) => names,
+        None => vec![],
+    };
+    for column in hidden {
+        let already = names
+            .iter()
+            .any(|n| n.to_string().trim_matches('"') == *column);
+        if !already {
+            names.push(ObjectName(vec![ObjectNamePart::Identifier(Ident::new(
+                *column,
+            ))]));
+        }
+    }
+    options.opt_exclude = Some(ExcludeSelectItem::Multiple(names));
+}
+
+fn same_name(a: &ObjectName, b: &ObjectName) -> bool {
+    let last = |n: &ObjectName| {
+        n.0.last()
+            .and_then(|p| p.as_ident())
+            .map(super::parser::normalize)
+    };
+    !a.0.is_empty() && last(a) == last(b)
+}
+
+fn join_uses_columns(op: &JoinOperator) -> bool {
+    let constraint = match op {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::RightOuter(c)
+        | JoinOperator::FullOuter(c)
+        | JoinOperator::CrossJoin(c)
+        | JoinOperator::Semi(c)
+        | JoinOperator::LeftSemi(c)
+        | JoinOperator::RightSemi(c)
+        | JoinOperator::Anti(c)
+        | JoinOperator::LeftAnti(c)
+        | JoinOperator::RightAnti(c)
+        | JoinOperator::StraightJoin(c) => c,
+        _ => return false,
+    };
+    matches!(
+        constraint,
+        JoinConstraint::Using(_) | JoinConstraint::Natural
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    struct Streams;
+
+    impl HiddenColumns for Streams {
+        fn hidden_columns(&self, relation: &str) -> Option<&'static [&'static str]> {
+            matches!(relation, "clicks" | "users").then_some(&["_partition", "_offset"][..])
+        }
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&mut statement, &Streams);
+        statement.to_string()
+    }
+
+    #[test]
+    fn star_over_one_stream_excludes_hidden_columns() {
+        assert_eq!(
+            rewritten("SELECT * FROM clicks"),
+            "SELECT * EXCLUDE (_partition, _offset) FROM clicks"
+        );
+        assert_eq!(rewritten("SELECT * FROM other"), "SELECT * FROM other");
+        assert_eq!(
+            rewritten("SELECT * FROM (SELECT * FROM clicks) AS c"),
+            "SELECT * FROM (SELECT * EXCLUDE (_partition, _offset) FROM clicks) AS c"
+        );
+    }
+
+    #[test]
+    fn star_over_joins_expands_per_relation() {
+        assert_eq!(
+            rewritten("SELECT * FROM clicks c JOIN other o ON c.id = o.id"),
+            "SELECT c.* EXCLUDE (_partition, _offset), o.* FROM clicks c JOIN other o ON c.id = o.id"
+        );
+        assert_eq!(
+            rewritten("SELECT c.*, u.name FROM clicks c JOIN users u ON c.id = u.id"),
+            "SELECT c.* EXCLUDE (_partition, _offset), u.name FROM clicks c JOIN users u ON c.id = u.id"
+        );
+    }
+
+    #[test]
+    fn inserts_target_the_write_schema() {
+        assert_eq!(
+            rewritten("INSERT INTO clicks VALUES (1)"),
+            "INSERT INTO \"__write\".\"clicks\" VALUES (1)"
+        );
+        assert_eq!(
+            rewritten("INSERT INTO clicks SELECT * FROM clicks"),
+            "INSERT INTO \"__write\".\"clicks\" SELECT * EXCLUDE (_partition, _offset) FROM clicks"
+        );
+        assert_eq!(
+            rewritten("INSERT INTO other VALUES (1)"),
+            "INSERT INTO other VALUES (1)"
+        );
+    }
+}
