@@ -164,20 +164,17 @@ impl ScanBounds {
                 self.restrict_partitions(keep);
             }
             OFFSET_COLUMN => {
-                let Some(v) = as_i64(value) else {
-                    return Ok(());
-                };
-                let v = v.max(-1);
+                let Some(v) = as_i64(value) else { return Ok(()) };
+                let at_least = |v: i64| v.max(0) as u64;
                 let (lo, hi) = match op {
-                    Operator::Eq => (v, v.saturating_add(1)),
-                    Operator::Lt => (0, v),
-                    Operator::LtEq => (0, v.saturating_add(1)),
-                    Operator::Gt => (v.saturating_add(1), i64::MAX),
-                    Operator::GtEq => (v, i64::MAX),
+                    Operator::Eq => (at_least(v), Some(at_least(v.saturating_add(1)))),
+                    Operator::Lt => (0, Some(at_least(v))),
+                    Operator::LtEq => (0, Some(at_least(v.saturating_add(1)))),
+                    Operator::Gt => (at_least(v.saturating_add(1)), None),
+                    Operator::GtEq => (at_least(v), None),
                     _ => return Ok(()),
                 };
-                let (lo, hi) = (lo.max(0) as u64, hi.max(0) as u64);
-                self.offsets = self.offsets.start.max(lo)..self.offsets.end.min(hi);
+                self.offsets = self.offsets.start.max(lo)..hi.map_or(self.offsets.end, |hi| self.offsets.end.min(hi));
             }
             TIMESTAMP_COLUMN => {
                 // Conservative: round outward to whole milliseconds.

@@ -667,7 +667,7 @@ mod tests {
         assert_eq!(n, "clicks");
         assert_eq!(
             parse("DESCRIBE other.clicks").unwrap_err().sqlstate(),
-            "42601"
+            "3F000"
         );
     }
 
