@@ -158,10 +158,16 @@ impl Error {
     }
 }
 
-/// 22007 for date/time values, 22P02 for the rest (PostgreSQL's split).
+/// 22003 for values out of the type's range, 22007 for date/time values, 22P02 for the rest
+/// (PostgreSQL's split).
 fn cast_code(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
-    if m.contains("timestamp") || m.contains("date") || m.contains("time") || m.contains("interval")
+    if m.starts_with("can't cast value") || m.contains("out of range") || m.contains("overflow") {
+        "22003"
+    } else if m.contains("timestamp")
+        || m.contains("date")
+        || m.contains("time")
+        || m.contains("interval")
     {
         "22007"
     } else {

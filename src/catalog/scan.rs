@@ -77,6 +77,17 @@ impl ScanBounds {
         let mut bounds = ScanBounds::all();
         let known = |c: &str| schema.field_with_name(c).is_ok();
         for expr in filters.iter().flat_map(|f| split_conjunction(f)) {
+            // `_partition IN (…)` arrives as an OR of equalities once simplified.
+            if let Some(values) = partition_alternatives(expr)
+                && known(PARTITION_COLUMN)
+            {
+                let mut set = BTreeSet::new();
+                for v in values {
+                    set.insert(check_partition(v, stream, partitions)?);
+                }
+                bounds.restrict_partitions(set);
+                continue;
+            }
             match expr {
                 Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                     let (column, op, value) = match (
@@ -164,7 +175,9 @@ impl ScanBounds {
                 self.restrict_partitions(keep);
             }
             OFFSET_COLUMN => {
-                let Some(v) = as_i64(value) else { return Ok(()) };
+                let Some(v) = as_i64(value) else {
+                    return Ok(());
+                };
                 let at_least = |v: i64| v.max(0) as u64;
                 let (lo, hi) = match op {
                     Operator::Eq => (at_least(v), Some(at_least(v.saturating_add(1)))),
@@ -174,7 +187,8 @@ impl ScanBounds {
                     Operator::GtEq => (at_least(v), None),
                     _ => return Ok(()),
                 };
-                self.offsets = self.offsets.start.max(lo)..hi.map_or(self.offsets.end, |hi| self.offsets.end.min(hi));
+                self.offsets = self.offsets.start.max(lo)
+                    ..hi.map_or(self.offsets.end, |hi| self.offsets.end.min(hi));
             }
             TIMESTAMP_COLUMN => {
                 // Conservative: round outward to whole milliseconds.
@@ -197,6 +211,36 @@ impl ScanBounds {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The partitions of `_partition = a OR _partition = b OR …`, if that is what `expr` is.
+fn partition_alternatives(expr: &Expr) -> Option<Vec<i64>> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut values = partition_alternatives(left)?;
+            values.extend(partition_alternatives(right)?);
+            Some(values)
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            let (column, value) = match (column_of(left), column_of(right)) {
+                (Some(c), None) => (c, literal_of(right)?),
+                (None, Some(c)) => (c, literal_of(left)?),
+                _ => return None,
+            };
+            (column == PARTITION_COLUMN)
+                .then_some(as_i64(&value)?)
+                .map(|v| vec![v])
+        }
+        _ => None,
     }
 }
 
@@ -497,6 +541,29 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(b.partitions, Some(BTreeSet::from([1])));
+    }
+
+    #[test]
+    fn in_lists_simplified_to_ors_still_choose_partitions() {
+        let either = col(PARTITION_COLUMN)
+            .eq(lit(0i32))
+            .or(col(PARTITION_COLUMN).eq(lit(2i32)));
+        assert_eq!(
+            bounds(vec![either]).unwrap().partitions,
+            Some(BTreeSet::from([0, 2]))
+        );
+        let bad = col(PARTITION_COLUMN)
+            .eq(lit(0i32))
+            .or(col(PARTITION_COLUMN).eq(lit(5i32)));
+        assert_eq!(bounds(vec![bad]).unwrap_err().sqlstate(), "22023");
+        let mixed = col(PARTITION_COLUMN)
+            .eq(lit(0i32))
+            .or(col("url").eq(lit("/")));
+        assert_eq!(
+            bounds(vec![mixed]).unwrap().partitions,
+            None,
+            "not only partitions: no pruning"
+        );
     }
 
     #[test]
