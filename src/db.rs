@@ -1377,6 +1377,9 @@ impl Session {
         }
         copy.input_since_commit += copy.decoder.take_input_bytes();
         if copy.input_since_commit > chunk {
+            if let Some(batch) = copy.decoder.take_rows()? {
+                writer.stage(&copy.target, &batch, &mut copy.pending)?;
+            }
             copy.committed_rows += writer.commit(std::mem::take(&mut copy.pending)).await?;
             copy.input_since_commit = 0;
         }

@@ -103,11 +103,14 @@ impl Error {
         match e {
             DataFusionError::Context(_, inner) => Error::from_datafusion(*inner),
             DataFusionError::Diagnostic(_, inner) => Error::from_datafusion(*inner),
-            DataFusionError::Shared(inner) => {
-                let inner = std::sync::Arc::try_unwrap(inner)
-                    .unwrap_or_else(|shared| DataFusionError::Execution(shared.to_string()));
-                Error::from_datafusion(inner)
-            }
+            DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+                Ok(inner) => Error::from_datafusion(inner),
+                // Several consumers hold it (a repartitioned plan): keep its SQLSTATE and text.
+                Err(shared) => match find_ours(&shared) {
+                    Some(ours) => Error::plan(ours.sqlstate(), ours.to_string()),
+                    None => Error::from_datafusion(DataFusionError::Execution(shared.to_string())),
+                },
+            },
             DataFusionError::External(inner) => match inner.downcast::<Error>() {
                 Ok(ours) => *ours,
                 Err(other) => match other.downcast::<DataFusionError>() {
@@ -155,6 +158,18 @@ impl Error {
             DataFusionError::Substrait(m) | DataFusionError::Internal(m) => Error::Internal(m),
             other => Error::Internal(other.to_string()),
         }
+    }
+}
+
+/// A Runnel error somewhere inside a DataFusion error.
+fn find_ours(e: &DataFusionError) -> Option<&Error> {
+    match e {
+        DataFusionError::External(inner) => inner.downcast_ref::<Error>(),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            find_ours(inner)
+        }
+        DataFusionError::Shared(inner) => find_ours(inner),
+        _ => None,
     }
 }
 

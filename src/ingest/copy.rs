@@ -324,6 +324,15 @@ impl CopyDecoder {
         Ok(())
     }
 
+    /// The rows collected so far, typed, even if fewer than a full batch (so a chunk
+    /// commit covers all the input consumed).
+    pub fn take_rows(&mut self) -> Result<Option<RecordBatch>> {
+        if self.row_lines.is_empty() {
+            return Ok(None);
+        }
+        self.flush().map(Some)
+    }
+
     /// Types the collected rows into a record batch of the row schema.
     fn flush(&mut self) -> Result<RecordBatch> {
         let rows = self.row_lines.len();

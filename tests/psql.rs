@@ -1,0 +1,136 @@
+//! psql itself against the real server: the README's quickstart, `COPY … FROM STDIN` as
+//! psql sends it, and errors that leave the session usable.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
+fn psql(server: &common::Server, args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new("psql")
+        .args([
+            "-h",
+            &server.addr.ip().to_string(),
+            "-p",
+            &server.addr.port().to_string(),
+        ])
+        .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (.ci/run installs postgresql-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn quickstart_as_the_readme_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let script = "
+CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP) WITH (partitions = 4);
+INSERT INTO clicks VALUES (1, '/home', '2026-01-01 10:00:00'), (2, '/cart', now());
+SELECT user_id, url FROM clicks ORDER BY user_id;
+SELECT url, count(*) AS n FROM clicks GROUP BY url ORDER BY url;
+";
+    let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "psql failed: {err}\n{out}");
+    assert!(out.contains("CREATE STREAM"), "{out}");
+    assert!(out.contains("INSERT 0 2"), "{out}");
+    assert!(out.contains("       1 | /home"), "{out}");
+    assert!(out.contains("       2 | /cart"), "{out}");
+    assert!(out.contains(" /cart | 1"), "{out}");
+    server.stop();
+}
+
+#[test]
+fn copy_from_stdin_through_psql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let (ok, _, err) = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP) WITH (partitions = 4)",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+
+    // CSV with a header, as \copy and COPY … FROM STDIN send it.
+    let mut csv = String::from("user_id,url,ts\n");
+    for i in 0..10_000 {
+        csv.push_str(&format!(
+            "{},/page/{},2026-01-01 00:00:{:02}\n",
+            i % 100,
+            i % 7,
+            i % 60
+        ));
+    }
+    let (ok, out, err) = psql(
+        &server,
+        &["-c", "COPY clicks FROM STDIN WITH (FORMAT csv, HEADER)"],
+        &csv,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 10000"), "{out}");
+
+    // The text format, ended by \. as psql scripts write it.
+    let script = "COPY clicks (user_id, url) FROM STDIN;\n500\t/tab\\tbed\n501\t\\N\n\\.\nSELECT count(*) FROM clicks WHERE user_id >= 500;\n";
+    let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 2"), "{out}");
+    assert!(out.contains("     2\n"), "{out}");
+
+    // A malformed line: the error names it, and none of that COPY's rows are visible.
+    let bad = "1,/ok,2026-01-01 00:00:00\n2,/ok,2026-01-01 00:00:00\nthree,/bad,2026-01-01 00:00:00\n4,/ok,2026-01-01 00:00:00\n";
+    let (ok, _, err) = psql(
+        &server,
+        &["-c", "COPY clicks FROM STDIN WITH (FORMAT csv)"],
+        bad,
+    );
+    assert!(!ok);
+    assert!(err.contains("line 3, column user_id"), "{err}");
+    assert!(err.contains("\"three\""), "{err}");
+    let (ok, out, err) = psql(&server, &["-c", "SELECT count(*) FROM clicks"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("10002"), "{out}");
+    server.stop();
+}
+
+#[test]
+fn errors_in_a_psql_session_leave_it_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let script = "
+\\set VERBOSITY verbose
+SELECT * FROM no_such_stream;
+CREATE STREAM \"../escape\" (a INT);
+CREATE STREAM s (a INT);
+INSERT INTO s VALUES ('not a number');
+INSERT INTO s VALUES (41), (42);
+SELECT sum(a) FROM s;
+";
+    let (_, out, err) = psql(&server, &[], script);
+    assert!(err.contains("ERROR:  42P01"), "{err}");
+    assert!(err.contains("ERROR:  42602"), "{err}");
+    assert!(err.contains("ERROR:  22P02"), "{err}");
+    assert!(out.contains("83"), "the session carried on: {out}");
+    // Nothing was written outside the data directory.
+    assert!(!dir.path().join("..").join("escape").exists());
+    server.stop();
+}
