@@ -1147,6 +1147,13 @@ impl Session {
         statement: DfStatement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
+        if params.is_none()
+            && let DfStatement::Statement(s) = &statement
+            && let sqlparser::ast::Statement::Insert(insert) = s.as_ref()
+            && let Some(output) = self.insert_literals(insert).await
+        {
+            return output;
+        }
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
         let mut state = self.state.clone();
@@ -1208,6 +1215,37 @@ impl Session {
         }
         let stream = DataFrame::new(state, plan).execute_stream().await?;
         Ok(Output::Rows(stream))
+    }
+
+    /// `INSERT INTO stream VALUES` of plain literals, written without a query plan; `None`
+    /// when the statement needs planning.
+    async fn insert_literals(&self, insert: &sqlparser::ast::Insert) -> Option<Result<Output>> {
+        let sqlparser::ast::TableObject::TableName(name) = &insert.table else {
+            return None;
+        };
+        let name = sql::parser::relation_name(name).ok()?;
+        let data = self.db.tables.catalog.snapshot();
+        let relation = data.relation(&name)?;
+        let target = WriteTarget::of(&data, &relation)?;
+        let types: Vec<SqlType> = match &relation {
+            Relation::Stream(stream, _) => stream.columns.iter().map(|c| c.sql_type).collect(),
+            _ => vec![SqlType::Bytea, SqlType::Bytea],
+        };
+        let rows = match crate::ingest::values::literal_rows(insert, &target, &types)? {
+            Ok(rows) => rows,
+            Err(e) => return Some(Err(e)),
+        };
+        let writer = &self.db.tables.writer;
+        let mut pending = PendingWrite::default();
+        let result = async {
+            writer.stage(&target, &rows, &mut pending)?;
+            let rows = writer.commit(pending).await?;
+            Ok(Output::Command {
+                tag: "INSERT",
+                rows: Some(rows),
+            })
+        };
+        Some(result.await)
     }
 
     fn set(&mut self, name: String, value: Option<String>) -> Result<Output> {

@@ -1,6 +1,11 @@
 //! `runnel`: parse flags, set up logging, run the server until SIGINT or SIGTERM.
 
 use anyhow::Context;
+
+/// The server allocates and frees large buffers at a high rate (query batches, COPY input,
+/// frames); mimalloc keeps freed memory for reuse instead of returning it page by page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use runnel::config::{Cli, Command};
 

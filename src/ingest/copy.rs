@@ -12,10 +12,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, new_null_array};
-use arrow::compute::CastOptions;
-use arrow::compute::kernels::cast::cast_with_options;
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::util::display::FormatOptions;
 use csv_core::{ReadRecordResult, Reader as CsvReader, ReaderBuilder as CsvReaderBuilder};
 
 use crate::catalog::SqlType;
@@ -373,38 +370,16 @@ impl CopyDecoder {
                 ),
             )
         })?;
-        if *target == DataType::Utf8 {
-            return Ok(Arc::new(text));
-        }
-        let options = CastOptions {
-            safe: true,
-            format_options: FormatOptions::default(),
-        };
-        let typed = cast_with_options(&text, target, &options)
-            .map_err(|e| Error::Internal(format!("casting COPY column {}: {e}", column.name)))?;
-        if typed.null_count() != text.null_count() {
-            let row = (0..text.len())
-                .find(|&i| text.is_valid(i) && typed.is_null(i))
-                .expect("a value failed to cast");
-            return Err(self.bad_value(column, raw, row));
-        }
-        Ok(typed)
+        super::values::typed_column(&text, target).map_err(|row| self.bad_value(column, raw, row))
     }
 
     fn bad_value(&self, column: &CopyColumn, raw: &BinaryArray, row: usize) -> Error {
         let value = String::from_utf8_lossy(raw.value(row));
-        let code = if column.sql_type.is_temporal() {
-            "22007"
-        } else {
-            "22P02"
-        };
-        Error::data(
-            code,
-            format!(
-                "COPY {}, line {}, column {}: invalid input syntax for type {}: \"{value}\"",
-                self.relation, self.row_lines[row], column.name, column.sql_type
-            ),
-        )
+        let context = format!(
+            "COPY {}, line {}, column {}: ",
+            self.relation, self.row_lines[row], column.name
+        );
+        super::values::invalid_value(column.sql_type, &value, &context)
     }
 }
 

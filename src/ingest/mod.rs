@@ -1,9 +1,11 @@
 //! The write path from rows to records: keys and partitions ([`key`]), the records a
-//! stream's rows become ([`records`]), and `COPY … FROM STDIN` input decoding ([`copy`]).
+//! stream's rows become ([`records`]), `COPY … FROM STDIN` input decoding ([`copy`]), literal
+//! `INSERT … VALUES` rows ([`values`]), and the append itself ([`writer`]).
 
 pub mod copy;
 pub mod key;
 pub mod records;
+pub mod values;
 pub mod writer;
 
 pub use records::WriteTarget;

@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::StorageError;
-use super::frame::{self, FrameHeader};
+use super::frame;
 use super::segment::{self, Segment, SegmentWriter};
 use super::types::{Offset, PartitionId};
 
@@ -102,73 +102,114 @@ impl Partition {
         }
     }
 
-    /// Encodes `batch` as frames of at most about `frame_bytes_target` each and appends them,
-    /// rolling to a new segment when the active one would pass `segment_bytes_max`. Returns
-    /// the offset of the first record. Not durable until [`Partition::sync`].
+    /// Appends `batches` (in the topic's storage schema) as frames of about
+    /// `frame_bytes_target` each: small batches are coalesced into one frame, large ones
+    /// split. Rolls to a new segment when the active one would pass `segment_bytes_max`.
+    /// Returns the offset of the first record. Not durable until [`Partition::sync`].
     pub fn append(
         &self,
-        batch: &RecordBatch,
+        batches: &[&RecordBatch],
         timestamp_column: usize,
         options: &AppendOptions,
     ) -> Result<Offset, StorageError> {
         let mut writer = self.writer.lock().expect("partition writer lock");
         let first = writer.next_offset;
+        let target = options.frame_bytes_target as usize;
+        let mut small: Vec<&RecordBatch> = vec![];
+        let mut small_bytes = 0;
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let bytes = batch.get_array_memory_size();
+            if bytes >= target {
+                self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
+                small.clear();
+                small_bytes = 0;
+                self.append_split(&mut writer, batch, timestamp_column, options)?;
+                continue;
+            }
+            small.push(batch);
+            small_bytes += bytes;
+            if small_bytes >= target {
+                self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
+                small.clear();
+                small_bytes = 0;
+            }
+        }
+        self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
+        Ok(first)
+    }
+
+    /// Small batches (together under the frame target) as one frame.
+    fn append_coalesced(
+        &self,
+        writer: &mut PartitionWriter,
+        batches: &[&RecordBatch],
+        timestamp_column: usize,
+        options: &AppendOptions,
+    ) -> Result<(), StorageError> {
+        match batches {
+            [] => Ok(()),
+            [one] => self.append_frame(writer, one, timestamp_column, options),
+            many => {
+                let merged =
+                    arrow::compute::concat_batches(&many[0].schema(), many.iter().copied())
+                        .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+                self.append_frame(writer, &merged, timestamp_column, options)
+            }
+        }
+    }
+
+    /// A large batch as frames of about the frame target each.
+    fn append_split(
+        &self,
+        writer: &mut PartitionWriter,
+        batch: &RecordBatch,
+        timestamp_column: usize,
+        options: &AppendOptions,
+    ) -> Result<(), StorageError> {
         let rows = batch.num_rows();
         let bytes = batch.get_array_memory_size().max(1);
         let rows_per_frame = ((options.frame_bytes_target as u128 * rows as u128 / bytes as u128)
             as usize)
-            .clamp(1, rows.max(1));
+            .clamp(1, rows);
         let mut start = 0;
-        let mut pending: Vec<u8> = vec![];
-        let mut headers: Vec<FrameHeader> = vec![];
         while start < rows {
             let len = rows_per_frame.min(rows - start);
-            let slice = batch.slice(start, len);
-            let timestamps = slice
-                .column(timestamp_column)
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-                .ok_or_else(|| {
-                    StorageError::InvalidBatch(
-                        "record timestamp column is not Timestamp(ms)".into(),
-                    )
-                })?;
-            let frame = frame::encode_frame(
-                &slice,
-                timestamps,
-                writer.next_offset,
-                options.schema_version,
-                options.compression,
-            )
-            .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
-            let header = frame::decode_header(&frame).expect("a frame just encoded decodes");
-            let active_len = writer.active.position + pending.len() as u64;
-            if active_len > 0 && active_len + frame.len() as u64 > options.segment_bytes_max {
-                self.flush_pending(&mut writer, &mut pending, &mut headers)?;
-                self.roll(&mut writer)?;
-            }
-            pending.extend_from_slice(&frame);
-            headers.push(header);
-            writer.next_offset = header.end_offset();
+            self.append_frame(writer, &batch.slice(start, len), timestamp_column, options)?;
             start += len;
         }
-        self.flush_pending(&mut writer, &mut pending, &mut headers)?;
-        Ok(first)
+        Ok(())
     }
 
-    fn flush_pending(
+    fn append_frame(
         &self,
         writer: &mut PartitionWriter,
-        pending: &mut Vec<u8>,
-        headers: &mut Vec<FrameHeader>,
+        batch: &RecordBatch,
+        timestamp_column: usize,
+        options: &AppendOptions,
     ) -> Result<(), StorageError> {
-        if headers.is_empty() {
-            return Ok(());
+        let timestamps = batch
+            .column(timestamp_column)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .ok_or_else(|| {
+                StorageError::InvalidBatch("record timestamp column is not Timestamp(ms)".into())
+            })?;
+        let frame = frame::encode_frame(
+            batch,
+            timestamps,
+            writer.next_offset,
+            options.schema_version,
+            options.compression,
+        )
+        .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+        let header = frame::decode_header(&frame).expect("a frame just encoded decodes");
+        let position = writer.active.position;
+        if position > 0 && position + frame.len() as u64 > options.segment_bytes_max {
+            self.roll(writer)?;
         }
         let segment = self.active_segment();
-        writer.active.append(&segment, pending, headers)?;
-        pending.clear();
-        headers.clear();
+        writer.active.append(&segment, &frame, &[header])?;
+        writer.next_offset = header.end_offset();
         Ok(())
     }
 

@@ -150,20 +150,14 @@ impl Writer {
                 let partition = topic.partitions[key.1.0 as usize].clone();
                 touched.push((topic.clone(), partition.clone()));
                 let parts = &by_partition[key];
-                let batch = if parts.len() == 1 {
-                    parts[0].1.clone()
-                } else {
-                    let all: Vec<&RecordBatch> = parts.iter().map(|(_, b)| *b).collect();
-                    arrow::compute::concat_batches(&topic.spec.schema, all)
-                        .map_err(|e| StorageError::InvalidBatch(e.to_string()))?
-                };
+                let batches: Vec<&RecordBatch> = parts.iter().map(|(_, b)| *b).collect();
                 let options = AppendOptions {
                     schema_version: 0,
                     compression: topic.spec.compression,
                     frame_bytes_target: self.shared.config.frame_bytes_target,
                     segment_bytes_max: topic.spec.segment_bytes_max,
                 };
-                let mut offset = partition.append(&batch, topic.timestamp_column, &options)?;
+                let mut offset = partition.append(&batches, topic.timestamp_column, &options)?;
                 for (i, records) in parts {
                     let n = records.num_rows() as u64;
                     ranges[*i].push(AppendedRange {

@@ -1,0 +1,389 @@
+//! Durable ingest and scan-aggregate, Runnel side by side with PostgreSQL, in one run.
+//!
+//! ```text
+//! cargo bench --bench ingest                  # 1,000,000 rows
+//! RUNNEL_BENCH_ROWS=200000 cargo bench --bench ingest
+//! ```
+//! Both servers run on this machine with their default durable settings (Runnel: fsync
+//! before acknowledging; PostgreSQL: fsync = on, synchronous_commit = on), on fresh data
+//! directories under `RUNNEL_BENCH_DIR` (default: the system temp directory). The same
+//! client code loads both: `COPY … FROM STDIN` (CSV) from one connection, then multi-row
+//! `INSERT`s of 1,000 rows from 4 concurrent connections, then
+//! `SELECT url, count(*) … GROUP BY url`. PostgreSQL is found on `PATH` or under
+//! `/usr/lib/postgresql/*/bin`; as root it runs as the `postgres` user. Without it, only
+//! Runnel's figures are printed.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+use tokio_postgres::{Client, NoTls};
+
+const INSERT_ROWS: usize = 1000;
+const INSERT_CONNECTIONS: usize = 4;
+
+/// About 100 bytes per row: user_id, url, ts, amount, agent.
+fn csv_rows(n: usize) -> Vec<String> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            let user = next() % 100_000;
+            let page = next() % 1_000;
+            format!(
+                "{user},/products/category-{:02}/item-{page:04},2026-01-01 {:02}:{:02}:{:02}.{:03},{}.{:02},Mozilla/5.0 (X11; Linux)\n",
+                page % 50,
+                (i / 3600) % 24,
+                (i / 60) % 60,
+                i % 60,
+                i % 1000,
+                next() % 500,
+                next() % 100
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn connect(port: u16, user: &str) -> Client {
+    let conn = format!("host=127.0.0.1 port={port} user={user} dbname=postgres");
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+struct Figures {
+    copy: Duration,
+    insert: Duration,
+    aggregate: Duration,
+    groups: usize,
+}
+
+/// Loads and queries one server; `table_ddl` creates the target.
+async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures {
+    let client = connect(port, user).await;
+    client.batch_execute(table_ddl).await.expect("create table");
+
+    let start = Instant::now();
+    let sink = client
+        .copy_in("COPY bench FROM STDIN WITH (FORMAT csv)")
+        .await
+        .expect("copy");
+    futures::pin_mut!(sink);
+    let mut buf = String::with_capacity(1 << 20);
+    for row in rows {
+        buf.push_str(row);
+        if buf.len() >= 1 << 16 {
+            sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                .await
+                .expect("copy data");
+        }
+    }
+    sink.send(bytes::Bytes::from(buf)).await.expect("copy data");
+    let copied = sink.finish().await.expect("copy done");
+    let copy = start.elapsed();
+    assert_eq!(copied as usize, rows.len());
+
+    let statements: Vec<String> = rows
+        .chunks(INSERT_ROWS)
+        .map(|chunk| {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|r| {
+                    let f: Vec<&str> = r.trim_end().splitn(5, ',').collect();
+                    format!("({},'{}','{}',{},'{}')", f[0], f[1], f[2], f[3], f[4])
+                })
+                .collect();
+            format!("INSERT INTO bench_i VALUES {}", values.join(","))
+        })
+        .collect();
+    let ddl_i = table_ddl.replace("bench", "bench_i");
+    client
+        .batch_execute(&ddl_i)
+        .await
+        .expect("create insert table");
+    let mut connections = vec![];
+    for _ in 0..INSERT_CONNECTIONS {
+        connections.push(connect(port, user).await);
+    }
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, c) in connections.into_iter().enumerate() {
+        let mine: Vec<String> = statements
+            .iter()
+            .skip(i)
+            .step_by(INSERT_CONNECTIONS)
+            .cloned()
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for s in mine {
+                c.simple_query(&s).await.expect("insert");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let insert = start.elapsed();
+
+    // Best of three, after one warm-up.
+    let sql = "SELECT url, count(*) FROM bench GROUP BY url";
+    client.simple_query(sql).await.expect("aggregate");
+    let mut aggregate = Duration::MAX;
+    let mut groups = 0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let out = client.simple_query(sql).await.expect("aggregate");
+        aggregate = aggregate.min(start.elapsed());
+        groups = out
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+    }
+    Figures {
+        copy,
+        insert,
+        aggregate,
+        groups,
+    }
+}
+
+struct Runnel {
+    child: Child,
+    port: u16,
+}
+
+fn start_runnel(dir: &Path) -> Runnel {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runnel");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines.next().expect("runnel exited").unwrap();
+        if let Some(rest) = line.split("listening for Postgres clients on ").nth(1) {
+            let addr = rest.split(',').next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Runnel { child, port }
+}
+
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn find() -> Option<PathBuf> {
+        let on_path = Command::new("sh")
+            .args(["-c", "command -v initdb"])
+            .output()
+            .ok()?;
+        if on_path.status.success() {
+            let p = PathBuf::from(String::from_utf8_lossy(&on_path.stdout).trim());
+            return std::fs::canonicalize(p)
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf);
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn start(base: &Path) -> Option<Postgres> {
+        let bin = Postgres::find()?;
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let data = base.join("pg");
+        std::fs::create_dir_all(&data).ok()?;
+        if as_postgres {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(base)
+                .status()
+                .ok()?;
+        }
+        let pg = Postgres {
+            bin,
+            data,
+            port: free_port(),
+            as_postgres,
+        };
+        let ok = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(&pg.data)
+            .args(["-U", "postgres", "--auth=trust"])
+            .stdout(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        let log = pg.data.join("server.log");
+        let ok = pg
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&pg.data)
+            .args(["-l"])
+            .arg(&log)
+            .args([
+                "-o",
+                &format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1",
+                    pg.port,
+                    pg.data.display()
+                ),
+            ])
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(pg)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn line(name: &str, rows: usize, bytes: usize, d: Duration) -> String {
+    let s = d.as_secs_f64();
+    format!(
+        "{name:<28} {:>10.0} rows/s {:>8.1} MB/s {:>8.3} s",
+        rows as f64 / s,
+        bytes as f64 / s / 1e6,
+        s
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let n: usize = std::env::var("RUNNEL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let base = std::env::var("RUNNEL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let work = base.join(format!("runnel-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let rows = csv_rows(n);
+    let bytes: usize = rows.iter().map(|r| r.len()).sum();
+    println!(
+        "{n} rows, {:.1} MB of CSV ({:.0} bytes/row)",
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runnel = start_runnel(&work.join("runnel"));
+    let ddl = "CREATE STREAM bench (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4)";
+    let r = runtime.block_on(run(runnel.port, "runnel", ddl, &rows));
+    let _ = runnel.child.kill();
+    let _ = runnel.child.wait();
+
+    let pg = Postgres::start(&work);
+    let p = pg.as_ref().map(|pg| {
+        let ddl = "CREATE TABLE bench (user_id BIGINT, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT)";
+        runtime.block_on(run(pg.port, "postgres", ddl, &rows))
+    });
+    drop(pg);
+
+    println!();
+    println!("{}", line("Runnel COPY", n, bytes, r.copy));
+    println!("{}", line("Runnel INSERT x4", n, bytes, r.insert));
+    println!("{}", line("Runnel scan-aggregate", n, bytes, r.aggregate));
+    match &p {
+        Some(p) => {
+            println!("{}", line("PostgreSQL COPY", n, bytes, p.copy));
+            println!("{}", line("PostgreSQL INSERT x4", n, bytes, p.insert));
+            println!(
+                "{}",
+                line("PostgreSQL scan-aggregate", n, bytes, p.aggregate)
+            );
+            assert_eq!(r.groups, p.groups, "both aggregates find the same groups");
+            println!();
+            let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
+            println!(
+                "Runnel COPY / PostgreSQL COPY:                 {:.2}x",
+                ratio(r.copy, p.copy)
+            );
+            println!(
+                "Runnel INSERT x4 / PostgreSQL INSERT x4:       {:.2}x",
+                ratio(r.insert, p.insert)
+            );
+            println!(
+                "Runnel INSERT x4 / PostgreSQL COPY:            {:.2}x",
+                ratio(r.insert, p.copy)
+            );
+            println!(
+                "Runnel aggregate / PostgreSQL aggregate:       {:.2}x",
+                ratio(r.aggregate, p.aggregate)
+            );
+        }
+        None => println!("PostgreSQL not found: no side-by-side figures"),
+    }
+    println!("groups: {}", r.groups);
+    let _ = std::fs::remove_dir_all(&work);
+}
