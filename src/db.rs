@@ -32,7 +32,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
-use crate::ingest::copy::{CopyColumn, CopyDecoder, CopyFormat};
+use crate::ingest::copy::{CopyColumn, CopyDecoder, CopyFormat, RawRows};
 use crate::ingest::writer::{PendingWrite, RowWriter, now_ms};
 use crate::sql::parser::{CopyFrom, CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::sql::{self, Statement};
@@ -973,12 +973,52 @@ fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<Output> {
 }
 
 /// An in-progress `COPY … FROM STDIN`.
+///
+/// The connection's task splits input into rows; typing and partitioning them runs on
+/// blocking threads, at most [`COPY_TYPING_AHEAD`] batches ahead, so a large `COPY` uses a
+/// second core. Results are merged in input order.
 struct CopyIn {
     target: WriteTarget,
     decoder: CopyDecoder,
+    typing: std::collections::VecDeque<tokio::task::JoinHandle<Result<PendingWrite>>>,
     pending: PendingWrite,
     input_since_commit: u64,
     committed_rows: u64,
+}
+
+const COPY_TYPING_AHEAD: usize = 2;
+
+impl CopyIn {
+    async fn type_rows(&mut self, rows: RawRows, writer: &Arc<RowWriter>) -> Result<()> {
+        while self.typing.len() >= COPY_TYPING_AHEAD {
+            self.merge_oldest().await?;
+        }
+        let target = self.target.clone();
+        let writer = writer.clone();
+        self.typing.push_back(tokio::task::spawn_blocking(move || {
+            let mut pending = PendingWrite::default();
+            writer.stage(&target, &rows.typed()?, &mut pending)?;
+            Ok(pending)
+        }));
+        Ok(())
+    }
+
+    async fn merge_oldest(&mut self) -> Result<()> {
+        let handle = self.typing.pop_front().expect("something is being typed");
+        let typed = handle
+            .await
+            .map_err(|e| Error::Internal(format!("typing COPY rows: {e}")))??;
+        self.pending.extend(typed);
+        Ok(())
+    }
+
+    /// Waits for every batch being typed; afterwards `pending` holds all input so far.
+    async fn settle(&mut self) -> Result<()> {
+        while !self.typing.is_empty() {
+            self.merge_oldest().await?;
+        }
+        Ok(())
+    }
 }
 
 /// What a prepared statement takes and returns, for the extended protocol's Describe.
@@ -1030,6 +1070,13 @@ impl Session {
     /// Runs every statement of `sql` in order, stopping at the first error (which is the
     /// last element).
     pub async fn execute(&mut self, sql: &str) -> Vec<Result<Output>> {
+        if self.copy.is_none()
+            && let Some((name, literals)) = sql::literal_insert::scan(sql)
+            && let Ok(name) = sql::parser::relation_name_parts(&name)
+            && let Some(output) = self.insert_literals(&name, &literals).await
+        {
+            return vec![output];
+        }
         let statements = match sql::parse(sql) {
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
@@ -1150,7 +1197,10 @@ impl Session {
         if params.is_none()
             && let DfStatement::Statement(s) = &statement
             && let sqlparser::ast::Statement::Insert(insert) = s.as_ref()
-            && let Some(output) = self.insert_literals(insert).await
+            && let sqlparser::ast::TableObject::TableName(name) = &insert.table
+            && let Ok(name) = sql::parser::relation_name(name)
+            && let Some(literals) = crate::ingest::values::LiteralInsert::from_ast(insert)
+            && let Some(output) = self.insert_literals(&name, &literals).await
         {
             return output;
         }
@@ -1219,13 +1269,13 @@ impl Session {
 
     /// `INSERT INTO stream VALUES` of plain literals, written without a query plan; `None`
     /// when the statement needs planning.
-    async fn insert_literals(&self, insert: &sqlparser::ast::Insert) -> Option<Result<Output>> {
-        let sqlparser::ast::TableObject::TableName(name) = &insert.table else {
-            return None;
-        };
-        let name = sql::parser::relation_name(name).ok()?;
+    async fn insert_literals(
+        &self,
+        name: &str,
+        insert: &crate::ingest::values::LiteralInsert<'_>,
+    ) -> Option<Result<Output>> {
         let data = self.db.tables.catalog.snapshot();
-        let relation = data.relation(&name)?;
+        let relation = data.relation(name)?;
         let target = WriteTarget::of(&data, &relation)?;
         let types: Vec<SqlType> = match &relation {
             Relation::Stream(stream, _) => stream.columns.iter().map(|c| c.sql_type).collect(),
@@ -1383,6 +1433,7 @@ impl Session {
         self.copy = Some(CopyIn {
             target,
             decoder,
+            typing: Default::default(),
             pending: PendingWrite::default(),
             input_since_commit: 0,
             committed_rows: 0,
@@ -1410,14 +1461,15 @@ impl Session {
             .copy
             .as_mut()
             .ok_or_else(|| Error::Protocol("COPY data without a COPY".into()))?;
-        for batch in copy.decoder.push(data)? {
-            writer.stage(&copy.target, &batch, &mut copy.pending)?;
+        for rows in copy.decoder.push(data)? {
+            copy.type_rows(rows, &writer).await?;
         }
         copy.input_since_commit += copy.decoder.take_input_bytes();
         if copy.input_since_commit > chunk {
-            if let Some(batch) = copy.decoder.take_rows()? {
-                writer.stage(&copy.target, &batch, &mut copy.pending)?;
+            if let Some(rows) = copy.decoder.take_rows() {
+                copy.type_rows(rows, &writer).await?;
             }
+            copy.settle().await?;
             copy.committed_rows += writer.commit(std::mem::take(&mut copy.pending)).await?;
             copy.input_since_commit = 0;
         }
@@ -1431,9 +1483,10 @@ impl Session {
             .take()
             .ok_or_else(|| Error::Protocol("COPY done without a COPY".into()))?;
         let writer = self.db.tables.writer.clone();
-        for batch in copy.decoder.finish()? {
-            writer.stage(&copy.target, &batch, &mut copy.pending)?;
+        for rows in copy.decoder.finish()? {
+            copy.type_rows(rows, &writer).await?;
         }
+        copy.settle().await?;
         let rows = copy.committed_rows + writer.commit(copy.pending).await?;
         Ok(Output::Command {
             tag: "COPY",

@@ -69,13 +69,90 @@ pub struct CopyColumn {
     pub index: usize,
 }
 
-pub struct CopyDecoder {
+/// What the rows of one `COPY` look like: shared by the tokenizer and by the typing of its
+/// raw rows (which may run on another thread).
+#[derive(Debug)]
+pub struct CopyShape {
     relation: String,
-    options: CopyOptions,
     /// The columns the input has, in input order.
     columns: Vec<CopyColumn>,
     /// The rows produced: the relation's row schema (columns not in the input are NULL).
     row_schema: SchemaRef,
+}
+
+/// Rows split into fields but not yet typed: each input column's values as raw bytes.
+pub struct RawRows {
+    shape: Arc<CopyShape>,
+    columns: Vec<BinaryArray>,
+    /// Input line on which each row starts.
+    lines: Vec<u64>,
+}
+
+impl RawRows {
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Types the rows into a record batch of the row schema.
+    pub fn typed(self) -> Result<RecordBatch> {
+        let shape = &self.shape;
+        let rows = self.lines.len();
+        let mut columns: Vec<ArrayRef> = shape
+            .row_schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), rows))
+            .collect();
+        for (column, raw) in shape.columns.iter().zip(&self.columns) {
+            let target = shape.row_schema.field(column.index).data_type();
+            columns[column.index] = self.type_column(column, raw, target)?;
+        }
+        RecordBatch::try_new(shape.row_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building COPY rows: {e}")))
+    }
+
+    fn type_column(
+        &self,
+        column: &CopyColumn,
+        raw: &BinaryArray,
+        target: &DataType,
+    ) -> Result<ArrayRef> {
+        if *target == DataType::Binary {
+            return decode_bytea(raw).map_err(|row| self.bad_value(column, raw, row));
+        }
+        let text = arrow::array::StringArray::try_from_binary(raw.clone()).map_err(|_| {
+            let row = (0..raw.len())
+                .find(|&i| raw.is_valid(i) && std::str::from_utf8(raw.value(i)).is_err())
+                .unwrap_or(0);
+            Error::data(
+                "22021",
+                format!(
+                    "COPY {}, line {}, column {}: invalid byte sequence for encoding \"UTF8\"",
+                    self.shape.relation, self.lines[row], column.name
+                ),
+            )
+        })?;
+        super::values::typed_column(&text, target).map_err(|row| self.bad_value(column, raw, row))
+    }
+
+    fn bad_value(&self, column: &CopyColumn, raw: &BinaryArray, row: usize) -> Error {
+        let value = String::from_utf8_lossy(raw.value(row));
+        let context = format!(
+            "COPY {}, line {}, column {}: ",
+            self.shape.relation, self.lines[row], column.name
+        );
+        super::values::invalid_value(column.sql_type, &value, &context)
+    }
+}
+
+/// Splits `COPY` input into rows of raw fields, as it arrives.
+pub struct CopyDecoder {
+    shape: Arc<CopyShape>,
+    options: CopyOptions,
     raw: Vec<BinaryBuilder>,
     /// Input line on which each collected row starts.
     row_lines: Vec<u64>,
@@ -92,8 +169,9 @@ pub struct CopyDecoder {
     csv_record_line: u64,
     /// Text format: the incomplete last line, carried to the next chunk.
     partial_line: Vec<u8>,
-    /// Text format: the unescaped fields of the current line.
+    /// Text format: the unescaped fields of the current line, and which are NULL.
     unescaped: Vec<Vec<u8>>,
+    nulls: Vec<bool>,
     input_bytes: u64,
 }
 
@@ -112,15 +190,18 @@ impl CopyDecoder {
             .build();
         let raw = columns
             .iter()
-            .map(|_| BinaryBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
+            .map(|_| BinaryBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
             .collect();
         let unescaped = columns.iter().map(|_| vec![]).collect();
+        let nulls = vec![false; columns.len()];
         CopyDecoder {
-            relation: relation.to_string(),
+            shape: Arc::new(CopyShape {
+                relation: relation.to_string(),
+                columns,
+                row_schema,
+            }),
             header_pending: options.header,
             options,
-            columns,
-            row_schema,
             raw,
             row_lines: Vec::with_capacity(BATCH_ROWS),
             line: 1,
@@ -133,6 +214,7 @@ impl CopyDecoder {
             csv_record_line: 1,
             partial_line: vec![],
             unescaped,
+            nulls,
             input_bytes: 0,
         }
     }
@@ -142,8 +224,8 @@ impl CopyDecoder {
         std::mem::take(&mut self.input_bytes)
     }
 
-    /// Feeds a chunk of input; returns the batches it completed.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<RecordBatch>> {
+    /// Feeds a chunk of input; returns the row batches it completed.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<RawRows>> {
         self.input_bytes += data.len() as u64;
         let mut out = vec![];
         match self.options.format {
@@ -153,8 +235,8 @@ impl CopyDecoder {
         Ok(out)
     }
 
-    /// Ends the input; returns the last batches.
-    pub fn finish(&mut self) -> Result<Vec<RecordBatch>> {
+    /// Ends the input; returns the last rows.
+    pub fn finish(&mut self) -> Result<Vec<RawRows>> {
         let mut out = vec![];
         match self.options.format {
             CopyFormat::Csv => self.push_csv(&[], true, &mut out)?,
@@ -165,13 +247,24 @@ impl CopyDecoder {
                 }
             }
         }
-        if !self.row_lines.is_empty() {
-            out.push(self.flush()?);
-        }
+        out.extend(self.take_rows());
         Ok(out)
     }
 
-    fn push_csv(&mut self, mut data: &[u8], eof: bool, out: &mut Vec<RecordBatch>) -> Result<()> {
+    /// The rows collected so far, even if fewer than a full batch (so that a chunk commit
+    /// covers all the input consumed).
+    pub fn take_rows(&mut self) -> Option<RawRows> {
+        if self.row_lines.is_empty() {
+            return None;
+        }
+        Some(RawRows {
+            shape: self.shape.clone(),
+            columns: self.raw.iter_mut().map(|b| b.finish()).collect(),
+            lines: std::mem::replace(&mut self.row_lines, Vec::with_capacity(BATCH_ROWS)),
+        })
+    }
+
+    fn push_csv(&mut self, mut data: &[u8], eof: bool, out: &mut Vec<RawRows>) -> Result<()> {
         loop {
             let (result, n_in, n_out, n_ends) = self.csv.read_record(
                 data,
@@ -197,36 +290,41 @@ impl CopyDecoder {
                     self.csv_ends.resize(len * 2, 0);
                 }
                 ReadRecordResult::Record => {
-                    let bytes = std::mem::take(&mut self.csv_bytes);
-                    let ends = std::mem::take(&mut self.csv_ends);
                     let line = self.csv_record_line;
-                    let blank = self.csv_ends_len == 1 && ends[0] == 0;
-                    let result = if blank || self.ended {
-                        Ok(())
-                    } else {
-                        let null = self.options.null.as_bytes().to_vec();
-                        let mut start = 0;
-                        let fields = ends[..self.csv_ends_len].iter().map(|&end| {
-                            let field = &bytes[start..end];
-                            start = end;
-                            (field != null.as_slice()).then_some(field)
-                        });
-                        let fields: Vec<Option<&[u8]>> = fields.collect();
-                        self.row(line, &fields, out)
-                    };
-                    self.csv_bytes = bytes;
-                    self.csv_ends = ends;
+                    let fields = self.csv_ends_len;
+                    let blank = fields == 1 && self.csv_ends[0] == 0;
                     self.csv_bytes_len = 0;
                     self.csv_ends_len = 0;
                     self.csv_record_line = self.line;
-                    result?;
+                    if blank || self.ended {
+                        continue;
+                    }
+                    if self.header_pending {
+                        self.header_pending = false;
+                        continue;
+                    }
+                    if fields != self.shape.columns.len() {
+                        return Err(self.column_count_error(line, fields));
+                    }
+                    let null = self.options.null.as_bytes();
+                    let mut start = 0;
+                    for (builder, &end) in self.raw.iter_mut().zip(&self.csv_ends[..fields]) {
+                        let field = &self.csv_bytes[start..end];
+                        if field == null {
+                            builder.append_null();
+                        } else {
+                            builder.append_value(field);
+                        }
+                        start = end;
+                    }
+                    self.row_done(line, out);
                 }
                 ReadRecordResult::End => return Ok(()),
             }
         }
     }
 
-    fn push_text(&mut self, data: &[u8], out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn push_text(&mut self, data: &[u8], out: &mut Vec<RawRows>) -> Result<()> {
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             let mut line = &rest[..nl];
@@ -249,7 +347,7 @@ impl CopyDecoder {
         Ok(())
     }
 
-    fn text_line(&mut self, line: &[u8], out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn text_line(&mut self, line: &[u8], out: &mut Vec<RawRows>) -> Result<()> {
         let number = self.line;
         self.line += 1;
         if self.ended {
@@ -259,127 +357,52 @@ impl CopyDecoder {
             self.ended = true;
             return Ok(());
         }
-        let mut unescaped = std::mem::take(&mut self.unescaped);
-        let mut nulls = Vec::with_capacity(unescaped.len());
+        if self.header_pending {
+            self.header_pending = false;
+            return Ok(());
+        }
         let mut count = 0;
         for raw in line.split(|b| *b == self.options.delimiter) {
-            if count < unescaped.len() {
-                nulls.push(raw == self.options.null.as_bytes());
-                unescape_text(raw, &mut unescaped[count]);
+            if count < self.unescaped.len() {
+                self.nulls[count] = raw == self.options.null.as_bytes();
+                unescape_text(raw, &mut self.unescaped[count]);
             }
             count += 1;
         }
-        let result = if count != self.columns.len() {
-            Err(self.column_count_error(number, count))
-        } else {
-            let fields: Vec<Option<&[u8]>> = unescaped
-                .iter()
-                .zip(&nulls)
-                .map(|(f, null)| (!null).then_some(f.as_slice()))
-                .collect();
-            self.row(number, &fields, out)
-        };
-        self.unescaped = unescaped;
-        result
+        if count != self.shape.columns.len() {
+            return Err(self.column_count_error(number, count));
+        }
+        for ((builder, value), null) in self.raw.iter_mut().zip(&self.unescaped).zip(&self.nulls) {
+            if *null {
+                builder.append_null();
+            } else {
+                builder.append_value(value);
+            }
+        }
+        self.row_done(number, out);
+        Ok(())
+    }
+
+    fn row_done(&mut self, line: u64, out: &mut Vec<RawRows>) {
+        self.row_lines.push(line);
+        if self.row_lines.len() >= BATCH_ROWS {
+            out.extend(self.take_rows());
+        }
     }
 
     fn column_count_error(&self, line: u64, got: usize) -> Error {
-        let message = if got < self.columns.len() {
-            format!("missing data for column \"{}\"", self.columns[got].name)
+        let message = if got < self.shape.columns.len() {
+            format!(
+                "missing data for column \"{}\"",
+                self.shape.columns[got].name
+            )
         } else {
             "extra data after last expected column".to_string()
         };
         Error::data(
             "22P04",
-            format!("COPY {}, line {line}: {message}", self.relation),
+            format!("COPY {}, line {line}: {message}", self.shape.relation),
         )
-    }
-
-    fn row(
-        &mut self,
-        line: u64,
-        fields: &[Option<&[u8]>],
-        out: &mut Vec<RecordBatch>,
-    ) -> Result<()> {
-        if self.header_pending {
-            self.header_pending = false;
-            return Ok(());
-        }
-        if fields.len() != self.columns.len() {
-            return Err(self.column_count_error(line, fields.len()));
-        }
-        for (builder, field) in self.raw.iter_mut().zip(fields) {
-            match field {
-                Some(value) => builder.append_value(value),
-                None => builder.append_null(),
-            }
-        }
-        self.row_lines.push(line);
-        if self.row_lines.len() >= BATCH_ROWS {
-            out.push(self.flush()?);
-        }
-        Ok(())
-    }
-
-    /// The rows collected so far, typed, even if fewer than a full batch (so a chunk
-    /// commit covers all the input consumed).
-    pub fn take_rows(&mut self) -> Result<Option<RecordBatch>> {
-        if self.row_lines.is_empty() {
-            return Ok(None);
-        }
-        self.flush().map(Some)
-    }
-
-    /// Types the collected rows into a record batch of the row schema.
-    fn flush(&mut self) -> Result<RecordBatch> {
-        let rows = self.row_lines.len();
-        let mut columns: Vec<ArrayRef> = self
-            .row_schema
-            .fields()
-            .iter()
-            .map(|f| new_null_array(f.data_type(), rows))
-            .collect();
-        let raws: Vec<BinaryArray> = self.raw.iter_mut().map(|b| b.finish()).collect();
-        for (column, raw) in self.columns.iter().zip(&raws) {
-            let target = self.row_schema.field(column.index).data_type().clone();
-            columns[column.index] = self.type_column(column, raw, &target)?;
-        }
-        self.row_lines.clear();
-        RecordBatch::try_new(self.row_schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building COPY rows: {e}")))
-    }
-
-    fn type_column(
-        &self,
-        column: &CopyColumn,
-        raw: &BinaryArray,
-        target: &DataType,
-    ) -> Result<ArrayRef> {
-        if *target == DataType::Binary {
-            return decode_bytea(raw).map_err(|row| self.bad_value(column, raw, row));
-        }
-        let text = arrow::array::StringArray::try_from_binary(raw.clone()).map_err(|_| {
-            let row = (0..raw.len())
-                .find(|&i| raw.is_valid(i) && std::str::from_utf8(raw.value(i)).is_err())
-                .unwrap_or(0);
-            Error::data(
-                "22021",
-                format!(
-                    "COPY {}, line {}, column {}: invalid byte sequence for encoding \"UTF8\"",
-                    self.relation, self.row_lines[row], column.name
-                ),
-            )
-        })?;
-        super::values::typed_column(&text, target).map_err(|row| self.bad_value(column, raw, row))
-    }
-
-    fn bad_value(&self, column: &CopyColumn, raw: &BinaryArray, row: usize) -> Error {
-        let value = String::from_utf8_lossy(raw.value(row));
-        let context = format!(
-            "COPY {}, line {}, column {}: ",
-            self.relation, self.row_lines[row], column.name
-        );
-        super::values::invalid_value(column.sql_type, &value, &context)
     }
 }
 
@@ -501,12 +524,12 @@ mod tests {
     }
 
     fn decode_all(d: &mut CopyDecoder, chunks: &[&[u8]]) -> Result<Vec<RecordBatch>> {
-        let mut out = vec![];
+        let mut raw = vec![];
         for c in chunks {
-            out.extend(d.push(c)?);
+            raw.extend(d.push(c)?);
         }
-        out.extend(d.finish()?);
-        Ok(out)
+        raw.extend(d.finish()?);
+        raw.into_iter().map(RawRows::typed).collect()
     }
 
     #[test]

@@ -42,6 +42,13 @@ impl PendingWrite {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Adds `other`'s records after these.
+    pub fn extend(&mut self, other: PendingWrite) {
+        self.batches.extend(other.batches);
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+    }
 }
 
 impl RowWriter {

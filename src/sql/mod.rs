@@ -2,6 +2,7 @@
 //! adapts the syntax tree to streams, and [`plan`] has DataFusion turn it into a logical
 //! plan. Nothing here executes anything.
 
+pub mod literal_insert;
 pub mod parser;
 pub mod rewrite;
 

@@ -309,13 +309,21 @@ pub fn relation_name(name: &ObjectName) -> Result<String> {
                 .ok_or_else(|| Error::Syntax(format!("invalid name {name}")))
         })
         .collect::<Result<_>>()?;
-    match parts.as_slice() {
+    relation_name_parts(&parts)
+}
+
+/// [`relation_name`] of an already normalized name.
+pub fn relation_name_parts(parts: &[String]) -> Result<String> {
+    match parts {
         [name] => Ok(name.clone()),
         [schema, name] if schema == "public" => Ok(name.clone()),
         [catalog, schema, name] if catalog == "runnel" && schema == "public" => Ok(name.clone()),
         _ => Err(Error::plan(
             "3F000",
-            format!("{name}: streams and topics live in the schema \"public\""),
+            format!(
+                "{}: streams and topics live in the schema \"public\"",
+                parts.join(".")
+            ),
         )),
     }
 }
