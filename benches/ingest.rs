@@ -7,9 +7,10 @@
 //! Both servers run on this machine with their default durable settings (Runnel: fsync
 //! before acknowledging; PostgreSQL: fsync = on, synchronous_commit = on), on fresh data
 //! directories under `RUNNEL_BENCH_DIR` (default: the system temp directory). The same
-//! client code loads both: `COPY … FROM STDIN` (CSV) from one connection, then multi-row
-//! `INSERT`s of 1,000 rows from 4 concurrent connections, then
-//! `SELECT url, count(*) … GROUP BY url`. PostgreSQL is found on `PATH` or under
+//! client code loads both: `COPY … FROM STDIN` (CSV) from one connection, and multi-row
+//! `INSERT`s of 1,000 rows from 4 concurrent connections, each three times into a fresh
+//! table (the median is reported); then `SELECT url, count(*) … GROUP BY url` (best of three
+//! after a warm-up). PostgreSQL is found on `PATH` or under
 //! `/usr/lib/postgresql/*/bin`; as root it runs as the `postgres` user. Without it, only
 //! Runnel's figures are printed.
 
@@ -78,14 +79,17 @@ struct Figures {
     groups: usize,
 }
 
-/// Loads and queries one server; `table_ddl` creates the target.
-async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures {
-    let client = connect(port, user).await;
-    client.batch_execute(table_ddl).await.expect("create table");
+const RUNS: usize = 3;
 
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+async fn copy_into(client: &Client, table: &str, rows: &[String]) -> Duration {
     let start = Instant::now();
     let sink = client
-        .copy_in("COPY bench FROM STDIN WITH (FORMAT csv)")
+        .copy_in(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)"))
         .await
         .expect("copy");
     futures::pin_mut!(sink);
@@ -100,9 +104,44 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
     }
     sink.send(bytes::Bytes::from(buf)).await.expect("copy data");
     let copied = sink.finish().await.expect("copy done");
-    let copy = start.elapsed();
     assert_eq!(copied as usize, rows.len());
+    start.elapsed()
+}
 
+async fn insert_into(port: u16, user: &str, table: &str, statements: &[String]) -> Duration {
+    let mut connections = vec![];
+    for _ in 0..INSERT_CONNECTIONS {
+        connections.push(connect(port, user).await);
+    }
+    let shares: Vec<Vec<String>> = (0..INSERT_CONNECTIONS)
+        .map(|i| {
+            statements
+                .iter()
+                .skip(i)
+                .step_by(INSERT_CONNECTIONS)
+                .map(|s| s.replacen("{table}", table, 1))
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (c, mine) in connections.into_iter().zip(shares) {
+        tasks.push(tokio::spawn(async move {
+            for s in mine {
+                c.simple_query(&s).await.expect("insert");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Loads and queries one server, each load `RUNS` times into a fresh table (median
+/// reported); `table_ddl` creates a table named `{table}`.
+async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures {
+    let client = connect(port, user).await;
     let statements: Vec<String> = rows
         .chunks(INSERT_ROWS)
         .map(|chunk| {
@@ -113,40 +152,26 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
                     format!("({},'{}','{}',{},'{}')", f[0], f[1], f[2], f[3], f[4])
                 })
                 .collect();
-            format!("INSERT INTO bench_i VALUES {}", values.join(","))
+            format!("INSERT INTO {{table}} VALUES {}", values.join(","))
         })
         .collect();
-    let ddl_i = table_ddl.replace("bench", "bench_i");
-    client
-        .batch_execute(&ddl_i)
-        .await
-        .expect("create insert table");
-    let mut connections = vec![];
-    for _ in 0..INSERT_CONNECTIONS {
-        connections.push(connect(port, user).await);
+    let mut copies = vec![];
+    let mut inserts = vec![];
+    for run in 0..RUNS {
+        let copy_table = format!("bench_copy_{run}");
+        let insert_table = format!("bench_insert_{run}");
+        for table in [&copy_table, &insert_table] {
+            client
+                .batch_execute(&table_ddl.replace("{table}", table))
+                .await
+                .expect("create table");
+        }
+        copies.push(copy_into(&client, &copy_table, rows).await);
+        inserts.push(insert_into(port, user, &insert_table, &statements).await);
     }
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for (i, c) in connections.into_iter().enumerate() {
-        let mine: Vec<String> = statements
-            .iter()
-            .skip(i)
-            .step_by(INSERT_CONNECTIONS)
-            .cloned()
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            for s in mine {
-                c.simple_query(&s).await.expect("insert");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let insert = start.elapsed();
 
     // Best of three, after one warm-up.
-    let sql = "SELECT url, count(*) FROM bench GROUP BY url";
+    let sql = "SELECT url, count(*) FROM bench_copy_0 GROUP BY url";
     client.simple_query(sql).await.expect("aggregate");
     let mut aggregate = Duration::MAX;
     let mut groups = 0;
@@ -160,8 +185,8 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
             .count();
     }
     Figures {
-        copy,
-        insert,
+        copy: median(copies),
+        insert: median(inserts),
         aggregate,
         groups,
     }
@@ -338,14 +363,14 @@ fn main() {
         .build()
         .unwrap();
     let mut runnel = start_runnel(&work.join("runnel"));
-    let ddl = "CREATE STREAM bench (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4)";
+    let ddl = "CREATE STREAM {table} (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4)";
     let r = runtime.block_on(run(runnel.port, "runnel", ddl, &rows));
     let _ = runnel.child.kill();
     let _ = runnel.child.wait();
 
     let pg = Postgres::start(&work);
     let p = pg.as_ref().map(|pg| {
-        let ddl = "CREATE TABLE bench (user_id BIGINT, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT)";
+        let ddl = "CREATE TABLE {table} (user_id BIGINT, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT)";
         runtime.block_on(run(pg.port, "postgres", ddl, &rows))
     });
     drop(pg);

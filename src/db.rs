@@ -978,6 +978,7 @@ fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<Output> {
 /// blocking threads, at most [`COPY_TYPING_AHEAD`] batches ahead, so a large `COPY` uses a
 /// second core. Results are merged in input order.
 struct CopyIn {
+    started: std::time::Instant,
     target: WriteTarget,
     decoder: CopyDecoder,
     typing: std::collections::VecDeque<tokio::task::JoinHandle<Result<PendingWrite>>>,
@@ -1431,6 +1432,7 @@ impl Session {
         let count = columns.len();
         let decoder = CopyDecoder::new(&c.target, c.options, columns, target.row_schema.clone());
         self.copy = Some(CopyIn {
+            started: std::time::Instant::now(),
             target,
             decoder,
             typing: Default::default(),
@@ -1487,7 +1489,15 @@ impl Session {
             copy.type_rows(rows, &writer).await?;
         }
         copy.settle().await?;
+        let typed = copy.started.elapsed();
         let rows = copy.committed_rows + writer.commit(copy.pending).await?;
+        tracing::debug!(
+            stream = %copy.target.relation,
+            rows,
+            read_ms = typed.as_millis() as u64,
+            total_ms = copy.started.elapsed().as_millis() as u64,
+            "COPY committed"
+        );
         Ok(Output::Command {
             tag: "COPY",
             rows: Some(rows),

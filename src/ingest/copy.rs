@@ -257,9 +257,23 @@ impl CopyDecoder {
         if self.row_lines.is_empty() {
             return None;
         }
+        // The next batch's builders get room for what this one held, so they do not grow by
+        // reallocation (and fresh pages) on the way.
+        let columns = self
+            .raw
+            .iter_mut()
+            .map(|b| {
+                let values = b.values_slice().len();
+                std::mem::replace(
+                    b,
+                    BinaryBuilder::with_capacity(BATCH_ROWS, values + values / 8),
+                )
+                .finish()
+            })
+            .collect();
         Some(RawRows {
             shape: self.shape.clone(),
-            columns: self.raw.iter_mut().map(|b| b.finish()).collect(),
+            columns,
             lines: std::mem::replace(&mut self.row_lines, Vec::with_capacity(BATCH_ROWS)),
         })
     }

@@ -159,6 +159,37 @@ pub fn decode_frame(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     Ok(header)
 }
 
+/// A frame ready to write, in pieces: the fixed header with the IPC metadata, then the
+/// body exactly as the IPC encoder produced it (so it is not copied once more), then zero
+/// padding.
+pub struct EncodedFrame {
+    pub header: FrameHeader,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    padding: usize,
+}
+
+const ZEROS: [u8; 8] = [0; 8];
+
+impl EncodedFrame {
+    pub fn len(&self) -> usize {
+        self.header.length as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The frame's bytes, in order.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [&self.head, &self.body, &ZEROS[..self.padding]]
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.parts().concat()
+    }
+}
+
 /// Encodes one record batch as a frame. `timestamps` is the batch's record timestamp
 /// column, used for the header's min/max.
 pub fn encode_frame(
@@ -167,7 +198,7 @@ pub fn encode_frame(
     base_offset: Offset,
     schema_version: u32,
     compression: Compression,
-) -> Result<Vec<u8>, FrameError> {
+) -> Result<EncodedFrame, FrameError> {
     assert!(batch.num_rows() > 0, "a frame holds at least one record");
     assert_eq!(timestamps.len(), batch.num_rows());
     let options = ipc_write_options(compression)?;
@@ -190,30 +221,46 @@ pub fn encode_frame(
     if length > FRAME_LEN_MAX as usize {
         return Err(FrameError::BadLength(length as u32));
     }
-    let min_ts = arrow::compute::min(timestamps).unwrap_or(0);
-    let max_ts = arrow::compute::max(timestamps).unwrap_or(0);
-
-    let mut out = Vec::with_capacity(length);
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.extend_from_slice(&(length as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc32, filled in below
-    out.push(FRAME_VERSION);
-    out.extend_from_slice(&[0; 3]);
-    out.extend_from_slice(&base_offset.0.to_le_bytes());
-    out.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
-    out.extend_from_slice(&schema_version.to_le_bytes());
-    out.extend_from_slice(&min_ts.to_le_bytes());
-    out.extend_from_slice(&max_ts.to_le_bytes());
-    out.extend_from_slice(&(metadata_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    debug_assert_eq!(out.len(), FRAME_HEADER_LEN);
-    out.extend_from_slice(&encoded.ipc_message);
-    out.resize(FRAME_HEADER_LEN + metadata_len, 0);
-    out.extend_from_slice(&encoded.arrow_data);
-    out.resize(length, 0);
-    let crc = crc32fast::hash(&out[12..]);
-    out[8..12].copy_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    let header = FrameHeader {
+        length: length as u32,
+        crc32: 0,
+        base_offset,
+        record_count: batch.num_rows() as u32,
+        schema_version,
+        min_timestamp_ms: arrow::compute::min(timestamps).unwrap_or(0),
+        max_timestamp_ms: arrow::compute::max(timestamps).unwrap_or(0),
+        metadata_len: metadata_len as u32,
+    };
+    let mut head = Vec::with_capacity(FRAME_HEADER_LEN + metadata_len);
+    head.extend_from_slice(&FRAME_MAGIC);
+    head.extend_from_slice(&header.length.to_le_bytes());
+    head.extend_from_slice(&[0; 4]); // crc32, filled in below
+    head.push(FRAME_VERSION);
+    head.extend_from_slice(&[0; 3]);
+    head.extend_from_slice(&base_offset.0.to_le_bytes());
+    head.extend_from_slice(&header.record_count.to_le_bytes());
+    head.extend_from_slice(&schema_version.to_le_bytes());
+    head.extend_from_slice(&header.min_timestamp_ms.to_le_bytes());
+    head.extend_from_slice(&header.max_timestamp_ms.to_le_bytes());
+    head.extend_from_slice(&header.metadata_len.to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(head.len(), FRAME_HEADER_LEN);
+    head.extend_from_slice(&encoded.ipc_message);
+    head.resize(FRAME_HEADER_LEN + metadata_len, 0);
+    let mut frame = EncodedFrame {
+        header,
+        head,
+        body: encoded.arrow_data,
+        padding: length - unpadded,
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame.head[12..]);
+    crc.update(&frame.body);
+    crc.update(&ZEROS[..frame.padding]);
+    let crc = crc.finalize();
+    frame.head[8..12].copy_from_slice(&crc.to_le_bytes());
+    frame.header.crc32 = crc;
+    Ok(frame)
 }
 
 fn ipc_write_options(compression: Compression) -> Result<IpcWriteOptions, FrameError> {
@@ -301,7 +348,9 @@ mod tests {
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .unwrap();
-        encode_frame(batch, ts, Offset(42), 3, compression).unwrap()
+        encode_frame(batch, ts, Offset(42), 3, compression)
+            .unwrap()
+            .to_bytes()
     }
 
     #[test]

@@ -202,14 +202,13 @@ impl Partition {
             options.compression,
         )
         .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
-        let header = frame::decode_header(&frame).expect("a frame just encoded decodes");
         let position = writer.active.position;
         if position > 0 && position + frame.len() as u64 > options.segment_bytes_max {
             self.roll(writer)?;
         }
         let segment = self.active_segment();
-        writer.active.append(&segment, &frame, &[header])?;
-        writer.next_offset = header.end_offset();
+        writer.active.append(&segment, &frame)?;
+        writer.next_offset = frame.header.end_offset();
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use std::sync::RwLock;
 use arrow::buffer::{Buffer, MutableBuffer};
 
 use super::StorageError;
-use super::frame::{self, FRAME_HEADER_LEN, FrameHeader};
+use super::frame::{self, EncodedFrame, FRAME_HEADER_LEN, FrameHeader};
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
 use super::types::Offset;
 
@@ -470,53 +470,45 @@ impl SegmentWriter {
         Ok((segment, writer))
     }
 
-    /// Appends encoded frames (contiguous in `bytes`, described by `headers`) and updates
-    /// the segment's index. Not durable until [`SegmentWriter::sync`].
-    pub fn append(
-        &mut self,
-        segment: &Segment,
-        bytes: &[u8],
-        headers: &[FrameHeader],
-    ) -> Result<(), StorageError> {
-        write_all_at(&self.log, bytes, self.position)
-            .map_err(|e| StorageError::io(&segment.path, e))?;
-        let mut offset_entries = vec![];
-        let mut time_entries = vec![];
-        let mut state = segment.state.write().expect("segment lock");
-        let mut position = self.position;
-        for header in headers {
-            let relative = (header.base_offset.0 - self.base_offset.0) as u32;
-            let (o, t) = state.index.on_frame(
+    /// Appends one encoded frame and updates the segment's index. Not durable until
+    /// [`SegmentWriter::sync`].
+    pub fn append(&mut self, segment: &Segment, frame: &EncodedFrame) -> Result<(), StorageError> {
+        let mut at = self.position;
+        for part in frame.parts() {
+            write_all_at(&self.log, part, at).map_err(|e| StorageError::io(&segment.path, e))?;
+            at += part.len() as u64;
+        }
+        let header = &frame.header;
+        let relative = (header.base_offset.0 - self.base_offset.0) as u32;
+        let (offset_entry, time_entry) = {
+            let mut state = segment.state.write().expect("segment lock");
+            let entries = state.index.on_frame(
                 relative,
-                position as u32,
+                self.position as u32,
                 header.length,
                 header.max_timestamp_ms,
                 INDEX_INTERVAL_BYTES,
             );
-            if let Some(o) = o {
-                o.encode(&mut offset_entries);
-            }
-            if let Some(t) = t {
-                t.encode(&mut time_entries);
-            }
-            self.last_frame = Some(OffsetEntry {
-                relative_offset: relative,
-                position: position as u32,
-            });
-            position += header.length as u64;
-        }
-        debug_assert_eq!(position, self.position + bytes.len() as u64);
-        self.position = position;
-        state.size_bytes = position;
-        drop(state);
-        if !offset_entries.is_empty() {
+            state.size_bytes = at;
+            entries
+        };
+        self.last_frame = Some(OffsetEntry {
+            relative_offset: relative,
+            position: self.position as u32,
+        });
+        self.position = at;
+        if let Some(entry) = offset_entry {
+            let mut bytes = Vec::with_capacity(index::OFFSET_ENTRY_LEN);
+            entry.encode(&mut bytes);
             self.offset_index
-                .write_all(&offset_entries)
+                .write_all(&bytes)
                 .map_err(|e| StorageError::io(&segment.path, e))?;
         }
-        if !time_entries.is_empty() {
+        if let Some(entry) = time_entry {
+            let mut bytes = Vec::with_capacity(index::TIME_ENTRY_LEN);
+            entry.encode(&mut bytes);
             self.time_index
-                .write_all(&time_entries)
+                .write_all(&bytes)
                 .map_err(|e| StorageError::io(&segment.path, e))?;
         }
         Ok(())
