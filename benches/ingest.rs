@@ -75,6 +75,8 @@ async fn connect(port: u16, user: &str) -> Client {
 struct Figures {
     copy: Duration,
     insert: Duration,
+    copy_runs: Vec<Duration>,
+    insert_runs: Vec<Duration>,
     aggregate: Duration,
     groups: usize,
 }
@@ -185,8 +187,10 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
             .count();
     }
     Figures {
-        copy: median(copies),
-        insert: median(inserts),
+        copy: median(copies.clone()),
+        insert: median(inserts.clone()),
+        copy_runs: copies,
+        insert_runs: inserts,
         aggregate,
         groups,
     }
@@ -408,6 +412,25 @@ fn main() {
             );
         }
         None => println!("PostgreSQL not found: no side-by-side figures"),
+    }
+    let runs = |d: &[Duration]| {
+        d.iter()
+            .map(|d| format!("{:.3}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!();
+    println!(
+        "runs (s): Runnel COPY {} | INSERT {}",
+        runs(&r.copy_runs),
+        runs(&r.insert_runs)
+    );
+    if let Some(p) = &p {
+        println!(
+            "runs (s): PostgreSQL COPY {} | INSERT {}",
+            runs(&p.copy_runs),
+            runs(&p.insert_runs)
+        );
     }
     println!("groups: {}", r.groups);
     let _ = std::fs::remove_dir_all(&work);

@@ -109,7 +109,6 @@ impl Partition {
     pub fn append(
         &self,
         batches: &[&RecordBatch],
-        timestamp_column: usize,
         options: &AppendOptions,
     ) -> Result<Offset, StorageError> {
         let mut writer = self.writer.lock().expect("partition writer lock");
@@ -120,21 +119,19 @@ impl Partition {
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let bytes = batch.get_array_memory_size();
             if bytes >= target {
-                self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
-                small.clear();
+                self.append_coalesced(&mut writer, &std::mem::take(&mut small), options)?;
                 small_bytes = 0;
-                self.append_split(&mut writer, batch, timestamp_column, options)?;
+                self.append_split(&mut writer, batch, options)?;
                 continue;
             }
             small.push(batch);
             small_bytes += bytes;
             if small_bytes >= target {
-                self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
-                small.clear();
+                self.append_coalesced(&mut writer, &std::mem::take(&mut small), options)?;
                 small_bytes = 0;
             }
         }
-        self.append_coalesced(&mut writer, &small, timestamp_column, options)?;
+        self.append_coalesced(&mut writer, &small, options)?;
         Ok(first)
     }
 
@@ -143,17 +140,16 @@ impl Partition {
         &self,
         writer: &mut PartitionWriter,
         batches: &[&RecordBatch],
-        timestamp_column: usize,
         options: &AppendOptions,
     ) -> Result<(), StorageError> {
         match batches {
             [] => Ok(()),
-            [one] => self.append_frame(writer, one, timestamp_column, options),
+            [one] => self.append_frame(writer, one, options),
             many => {
                 let merged =
                     arrow::compute::concat_batches(&many[0].schema(), many.iter().copied())
                         .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
-                self.append_frame(writer, &merged, timestamp_column, options)
+                self.append_frame(writer, &merged, options)
             }
         }
     }
@@ -163,7 +159,6 @@ impl Partition {
         &self,
         writer: &mut PartitionWriter,
         batch: &RecordBatch,
-        timestamp_column: usize,
         options: &AppendOptions,
     ) -> Result<(), StorageError> {
         let rows = batch.num_rows();
@@ -174,7 +169,7 @@ impl Partition {
         let mut start = 0;
         while start < rows {
             let len = rows_per_frame.min(rows - start);
-            self.append_frame(writer, &batch.slice(start, len), timestamp_column, options)?;
+            self.append_frame(writer, &batch.slice(start, len), options)?;
             start += len;
         }
         Ok(())
@@ -184,11 +179,10 @@ impl Partition {
         &self,
         writer: &mut PartitionWriter,
         batch: &RecordBatch,
-        timestamp_column: usize,
         options: &AppendOptions,
     ) -> Result<(), StorageError> {
         let timestamps = batch
-            .column(timestamp_column)
+            .column(options.timestamp_column)
             .as_any()
             .downcast_ref::<arrow::array::TimestampMillisecondArray>()
             .ok_or_else(|| {
@@ -361,6 +355,8 @@ fn recover(
 
 #[derive(Debug, Clone)]
 pub struct AppendOptions {
+    /// Index of the record timestamp column in the storage schema.
+    pub timestamp_column: usize,
     pub schema_version: u32,
     pub compression: super::types::Compression,
     pub frame_bytes_target: u64,

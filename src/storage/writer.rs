@@ -154,12 +154,13 @@ impl Writer {
                 let parts = &by_partition[key];
                 let batches: Vec<&RecordBatch> = parts.iter().map(|(_, b)| *b).collect();
                 let options = AppendOptions {
+                    timestamp_column: topic.timestamp_column,
                     schema_version: 0,
                     compression: topic.spec.compression,
                     frame_bytes_target: self.shared.config.frame_bytes_target,
                     segment_bytes_max: topic.spec.segment_bytes_max,
                 };
-                let mut offset = partition.append(&batches, topic.timestamp_column, &options)?;
+                let mut offset = partition.append(&batches, &options)?;
                 for (i, records) in parts {
                     let n = records.num_rows() as u64;
                     ranges[*i].push(AppendedRange {
