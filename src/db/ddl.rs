@@ -1,0 +1,780 @@
+//! DDL: creating and dropping streams, topics and external tables, and the statements that
+//! show them. Files are created before the catalog names them and removed after it stops
+//! naming them.
+
+use datafusion::execution::context::SessionState;
+use std::collections::BTreeMap;
+
+use super::{
+    DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Database, MAX_PARTITIONS, Output, command, rows,
+    strings,
+};
+use crate::catalog::provider::PUBLIC_SCHEMA;
+use crate::catalog::stream_table::HIDDEN_COLUMNS;
+use crate::catalog::{
+    CatalogData, ColumnDef, ExternalTableDef, Relation, SqlType, StreamDef, TopicDef, VALUE_COLUMN,
+    ValueFormat, WatermarkDef, validate_name,
+};
+use crate::error::{Error, Result};
+use crate::ingest::writer::now_ms;
+use crate::sql::parser::{CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
+use crate::storage::{Compression, KEY_COLUMN, TopicId};
+
+impl Database {
+    pub(super) async fn create_stream(
+        &self,
+        c: CreateStream,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
+        if c.query.is_some() {
+            return Err(Error::Unsupported(
+                "CREATE STREAM … AS SELECT (a continuous query) is not supported yet".into(),
+            ));
+        }
+        validate_name("stream", &c.name)?;
+        if c.columns.is_empty() {
+            return Err(Error::plan(
+                "42601",
+                format!("stream \"{}\" needs at least one column", c.name),
+            ));
+        }
+        let mut columns: Vec<ColumnDef> = vec![];
+        for spec in &c.columns {
+            if HIDDEN_COLUMNS.contains(&spec.name.as_str()) {
+                return Err(Error::plan(
+                    "42701",
+                    format!(
+                        "column name \"{}\" conflicts with a system column name",
+                        spec.name
+                    ),
+                ));
+            }
+            if columns.iter().any(|c| c.name == spec.name) {
+                return Err(Error::plan(
+                    "42701",
+                    format!("column \"{}\" specified more than once", spec.name),
+                ));
+            }
+            columns.push(ColumnDef {
+                name: spec.name.clone(),
+                sql_type: spec.sql_type,
+                nullable: spec.nullable,
+            });
+        }
+        let key_columns: Vec<String> = c
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| c.name.clone())
+            .collect();
+        let mut options = TopicOptions::parse(&c.options, &["value_format", "timestamp", "topic"])?;
+        let value_format = match options.take("value_format") {
+            None => ValueFormat::Json,
+            Some(v) => ValueFormat::parse(v.as_text()).ok_or_else(|| {
+                Error::data(
+                    "22023",
+                    format!("invalid value_format \"{}\" (json, csv, raw)", v.as_text()),
+                )
+            })?,
+        };
+        let column_type = |name: &str, what: &str| -> Result<SqlType> {
+            columns
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.sql_type)
+                .ok_or_else(|| {
+                    Error::plan(
+                        "42703",
+                        format!(
+                            "{what} column \"{name}\" does not exist in stream \"{}\"",
+                            c.name
+                        ),
+                    )
+                })
+        };
+        let timestamp_column = match options.take("timestamp") {
+            None => None,
+            Some(v) => {
+                let name = v.as_text().to_string();
+                let t = column_type(&name, "timestamp")?;
+                if !matches!(
+                    t,
+                    SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date | SqlType::BigInt
+                ) {
+                    return Err(Error::plan(
+                        "42804",
+                        format!(
+                            "timestamp column \"{name}\" is {t}; it must be a timestamp, date or bigint (ms since the epoch)"
+                        ),
+                    ));
+                }
+                Some(name)
+            }
+        };
+        let watermark = match &c.watermark {
+            None => None,
+            Some((column, expression)) => {
+                let t = column_type(column, "watermark")?;
+                if !matches!(t, SqlType::Timestamp | SqlType::TimestampTz) {
+                    return Err(Error::plan(
+                        "42804",
+                        format!("watermark column \"{column}\" is {t}; it must be a timestamp"),
+                    ));
+                }
+                Some(WatermarkDef {
+                    column: column.clone(),
+                    expression: expression.clone(),
+                })
+            }
+        };
+        if value_format == ValueFormat::Raw {
+            let values: Vec<&ColumnDef> = columns
+                .iter()
+                .filter(|c| !key_columns.contains(&c.name))
+                .collect();
+            if values.len() != 1 || !matches!(values[0].sql_type, SqlType::Text | SqlType::Bytea) {
+                return Err(Error::data(
+                    "22023",
+                    "value_format 'raw' needs exactly one non-KEY column, of type text or bytea",
+                ));
+            }
+        }
+        let topic_name = match options.take("topic") {
+            Some(v) => v.as_text().to_string(),
+            None => c.name.clone(),
+        };
+        validate_name("topic", &topic_name)?;
+
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        if let Some(existing) = data.relation(&c.name) {
+            if c.if_not_exists {
+                notices.push(format!(
+                    "{} \"{}\" already exists, skipping",
+                    kind_name(&existing),
+                    c.name
+                ));
+                return Ok(command("CREATE STREAM"));
+            }
+            return Err(Error::AlreadyExists(format!(
+                "{} \"{}\" already exists",
+                kind_name(&existing),
+                c.name
+            )));
+        }
+        if data.topics.contains_key(&topic_name) {
+            return Err(Error::AlreadyExists(format!(
+                "topic \"{topic_name}\" already exists"
+            )));
+        }
+        let mut new = (*data).clone();
+        let topic = options.topic_def(
+            TopicId(new.next_topic_id),
+            &topic_name,
+            Some(c.name.clone()),
+        );
+        new.next_topic_id += 1;
+        new.streams.insert(
+            c.name.clone(),
+            StreamDef {
+                name: c.name.clone(),
+                topic: topic_name.clone(),
+                columns,
+                key_columns,
+                value_format,
+                timestamp_column,
+                watermark,
+            },
+        );
+        new.topics.insert(topic_name, topic.clone());
+        self.create_topic_files(&new, &topic).await?;
+        self.commit_or_undo(new, topic.id).await?;
+        Ok(command("CREATE STREAM"))
+    }
+
+    pub(super) async fn create_topic(
+        &self,
+        c: CreateTopic,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
+        validate_name("topic", &c.name)?;
+        let options = TopicOptions::parse(&c.options, &[])?;
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        let taken = data
+            .relation(&c.name)
+            .map(|r| kind_name(&r))
+            .or(data.topics.contains_key(&c.name).then_some("topic"));
+        if let Some(kind) = taken {
+            if c.if_not_exists {
+                notices.push(format!("{kind} \"{}\" already exists, skipping", c.name));
+                return Ok(command("CREATE TOPIC"));
+            }
+            return Err(Error::AlreadyExists(format!(
+                "{kind} \"{}\" already exists",
+                c.name
+            )));
+        }
+        let mut new = (*data).clone();
+        let topic = options.topic_def(TopicId(new.next_topic_id), &c.name, None);
+        new.next_topic_id += 1;
+        new.topics.insert(c.name.clone(), topic.clone());
+        self.create_topic_files(&new, &topic).await?;
+        self.commit_or_undo(new, topic.id).await?;
+        Ok(command("CREATE TOPIC"))
+    }
+
+    async fn create_topic_files(&self, data: &CatalogData, topic: &TopicDef) -> Result<()> {
+        self.tables.log.create_topic(data.topic_spec(topic)).await?;
+        Ok(())
+    }
+
+    /// Commits a catalog with a new topic; if that fails, removes the topic's files.
+    async fn commit_or_undo(&self, data: CatalogData, topic: TopicId) -> Result<()> {
+        if let Err(e) = self.tables.catalog.commit(data) {
+            if let Err(undo) = self.tables.log.drop_topic(topic).await {
+                tracing::error!(error = %undo, "removing the files of a topic whose creation failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_external_table(
+        &self,
+        state: &SessionState,
+        cmd: &datafusion::logical_expr::CreateExternalTable,
+        sql: String,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
+        let name = cmd.name.table().to_string();
+        if let Some(schema) = cmd.name.schema()
+            && schema != PUBLIC_SCHEMA
+        {
+            return Err(Error::plan(
+                "3F000",
+                format!("schema \"{schema}\" does not exist"),
+            ));
+        }
+        let provider = self.external_provider(state, cmd).await?;
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        if let Some(existing) = data.relation(&name) {
+            if cmd.if_not_exists {
+                notices.push(format!(
+                    "{} \"{name}\" already exists, skipping",
+                    kind_name(&existing)
+                ));
+                return Ok(command("CREATE EXTERNAL TABLE"));
+            }
+            return Err(Error::AlreadyExists(format!(
+                "{} \"{name}\" already exists",
+                kind_name(&existing)
+            )));
+        }
+        let mut new = (*data).clone();
+        new.external_tables.insert(
+            name.clone(),
+            ExternalTableDef {
+                name: name.clone(),
+                sql,
+            },
+        );
+        self.tables.catalog.commit(new)?;
+        self.tables
+            .external
+            .write()
+            .expect("lock")
+            .insert(name, provider);
+        Ok(command("CREATE EXTERNAL TABLE"))
+    }
+
+    pub(super) async fn drop_objects(&self, d: Drop, notices: &mut Vec<String>) -> Result<Output> {
+        let tag = match d.kind {
+            ObjectKind::Stream => "DROP STREAM",
+            ObjectKind::Topic => "DROP TOPIC",
+            ObjectKind::Table => "DROP TABLE",
+        };
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        let mut new = (*data).clone();
+        let mut doomed_topics = vec![];
+        let mut doomed_tables = vec![];
+        for name in &d.names {
+            let wrong = |kind: &str, verb: &str| {
+                Error::plan(
+                    "42809",
+                    format!(
+                        "\"{name}\" is a {kind}, not a {}; use {verb}",
+                        d.kind.name().to_lowercase()
+                    ),
+                )
+            };
+            match d.kind {
+                ObjectKind::Stream => match data.relation(name) {
+                    Some(Relation::Stream(stream, topic)) => {
+                        new.streams.remove(&stream.name);
+                        new.topics.remove(&topic.name);
+                        doomed_topics.push(topic.id);
+                    }
+                    Some(Relation::Topic(_)) => return Err(wrong("topic", "DROP TOPIC")),
+                    Some(Relation::External(_)) => return Err(wrong("table", "DROP TABLE")),
+                    None if d.if_exists => {
+                        notices.push(format!("stream \"{name}\" does not exist, skipping"))
+                    }
+                    None => {
+                        return Err(Error::UnknownRelation(format!(
+                            "stream \"{name}\" does not exist"
+                        )));
+                    }
+                },
+                ObjectKind::Topic => match data.topics.get(name) {
+                    Some(topic) => {
+                        if let Some(stream) = &topic.stream {
+                            return Err(Error::Dependent(format!(
+                                "topic \"{name}\" holds the records of stream \"{stream}\"; use DROP STREAM {stream}"
+                            )));
+                        }
+                        new.topics.remove(name);
+                        doomed_topics.push(topic.id);
+                    }
+                    None if d.if_exists => {
+                        notices.push(format!("topic \"{name}\" does not exist, skipping"))
+                    }
+                    None => {
+                        return Err(Error::UnknownRelation(format!(
+                            "topic \"{name}\" does not exist"
+                        )));
+                    }
+                },
+                ObjectKind::Table => match data.relation(name) {
+                    Some(Relation::External(table)) => {
+                        new.external_tables.remove(&table.name);
+                        doomed_tables.push(table.name.clone());
+                    }
+                    Some(Relation::Stream(..)) => return Err(wrong("stream", "DROP STREAM")),
+                    Some(Relation::Topic(_)) => return Err(wrong("topic", "DROP TOPIC")),
+                    None if d.if_exists => {
+                        notices.push(format!("table \"{name}\" does not exist, skipping"))
+                    }
+                    None => {
+                        return Err(Error::UnknownRelation(format!(
+                            "table \"{name}\" does not exist"
+                        )));
+                    }
+                },
+            }
+        }
+        self.tables.catalog.commit(new)?;
+        for name in doomed_tables {
+            self.tables.external.write().expect("lock").remove(&name);
+        }
+        for id in doomed_topics {
+            // The catalog no longer has the topic; if deleting its files fails now, start-up
+            // removes them.
+            if let Err(e) = self.tables.log.drop_topic(id).await {
+                tracing::warn!(topic = %id, error = %e, "deleting a dropped topic's files");
+            }
+        }
+        Ok(command(tag))
+    }
+
+    pub(super) fn show_streams(&self) -> Result<Output> {
+        let data = self.tables.catalog.snapshot();
+        let streams: Vec<&StreamDef> = data.streams.values().collect();
+        let topic = |s: &StreamDef| &data.topics[&s.topic];
+        rows(vec![
+            (
+                "name",
+                strings(streams.iter().map(|s| Some(s.name.clone()))),
+            ),
+            (
+                "topic",
+                strings(streams.iter().map(|s| Some(s.topic.clone()))),
+            ),
+            (
+                "partitions",
+                strings(
+                    streams
+                        .iter()
+                        .map(|s| Some(topic(s).partitions.to_string())),
+                ),
+            ),
+            (
+                "key",
+                strings(
+                    streams
+                        .iter()
+                        .map(|s| (!s.key_columns.is_empty()).then(|| s.key_columns.join(", "))),
+                ),
+            ),
+            (
+                "value_format",
+                strings(
+                    streams
+                        .iter()
+                        .map(|s| Some(s.value_format.name().to_string())),
+                ),
+            ),
+            (
+                "timestamp",
+                strings(streams.iter().map(|s| s.timestamp_column.clone())),
+            ),
+        ])
+    }
+
+    pub(super) fn show_topics(&self) -> Result<Output> {
+        let data = self.tables.catalog.snapshot();
+        let topics: Vec<&TopicDef> = data.topics.values().collect();
+        rows(vec![
+            ("name", strings(topics.iter().map(|t| Some(t.name.clone())))),
+            ("stream", strings(topics.iter().map(|t| t.stream.clone()))),
+            (
+                "partitions",
+                strings(topics.iter().map(|t| Some(t.partitions.to_string()))),
+            ),
+            (
+                "compression",
+                strings(
+                    topics
+                        .iter()
+                        .map(|t| Some(t.compression.name().to_string())),
+                ),
+            ),
+            (
+                "retention",
+                strings(topics.iter().map(|t| t.retention_ms.map(format_ms))),
+            ),
+            (
+                "retention_bytes",
+                strings(
+                    topics
+                        .iter()
+                        .map(|t| t.retention_bytes.map(|b| b.to_string())),
+                ),
+            ),
+        ])
+    }
+
+    pub(super) async fn describe(&self, name: &str) -> Result<Output> {
+        let data = self.tables.catalog.snapshot();
+        let relation = data
+            .relation(name)
+            .ok_or_else(|| Error::UnknownRelation(format!("relation \"{name}\" does not exist")))?;
+        let mut lines: Vec<(String, String, String)> = vec![];
+        let topic = match &relation {
+            Relation::Stream(stream, topic) => {
+                for c in &stream.columns {
+                    let mut extra = vec![];
+                    if stream.key_columns.contains(&c.name) {
+                        extra.push("key".to_string());
+                    }
+                    if !c.nullable {
+                        extra.push("not null".to_string());
+                    }
+                    if stream.timestamp_column.as_ref() == Some(&c.name) {
+                        extra.push("record timestamp".to_string());
+                    }
+                    if let Some(w) = stream.watermark.as_ref().filter(|w| w.column == c.name) {
+                        extra.push(format!("watermark {}", w.expression));
+                    }
+                    lines.push((c.name.clone(), c.sql_type.to_string(), extra.join(", ")));
+                }
+                for (column, t) in [
+                    ("_partition", "integer"),
+                    ("_offset", "bigint"),
+                    ("_timestamp", "timestamp"),
+                    ("_key", "bytea"),
+                ] {
+                    lines.push((column.into(), t.into(), "hidden".into()));
+                }
+                Some(*topic)
+            }
+            Relation::Topic(topic) => {
+                lines.push((KEY_COLUMN.into(), "bytea".into(), "key".into()));
+                lines.push((VALUE_COLUMN.into(), "bytea".into(), String::new()));
+                for (column, t) in [
+                    ("_partition", "integer"),
+                    ("_offset", "bigint"),
+                    ("_timestamp", "timestamp"),
+                ] {
+                    lines.push((column.into(), t.into(), "hidden".into()));
+                }
+                Some(*topic)
+            }
+            Relation::External(table) => {
+                let provider = self
+                    .tables
+                    .external
+                    .read()
+                    .expect("lock")
+                    .get(&table.name)
+                    .cloned();
+                if let Some(provider) = provider {
+                    for f in provider.schema().fields() {
+                        lines.push((f.name().clone(), f.data_type().to_string(), String::new()));
+                    }
+                }
+                lines.push((
+                    "(definition)".into(),
+                    table.sql.clone(),
+                    "external table".into(),
+                ));
+                None
+            }
+        };
+        if let Some(topic) = topic {
+            let stream = data.stream_of_topic(topic);
+            let mut options = vec![
+                ("topic", topic.name.clone()),
+                ("partitions", topic.partitions.to_string()),
+            ];
+            if let Some(stream) = stream {
+                options.push(("value_format", stream.value_format.name().to_string()));
+                if let Some(ts) = &stream.timestamp_column {
+                    options.push(("timestamp", ts.clone()));
+                }
+            }
+            options.push(("compression", topic.compression.name().to_string()));
+            options.push((
+                "retention",
+                topic.retention_ms.map_or("forever".to_string(), format_ms),
+            ));
+            if let Some(b) = topic.retention_bytes {
+                options.push(("retention_bytes", b.to_string()));
+            }
+            options.push(("segment_bytes", topic.segment_bytes.to_string()));
+            for (k, v) in options {
+                lines.push((k.to_string(), v, "option".to_string()));
+            }
+        }
+        rows(vec![
+            ("name", strings(lines.iter().map(|l| Some(l.0.clone())))),
+            ("type", strings(lines.iter().map(|l| Some(l.1.clone())))),
+            ("extra", strings(lines.iter().map(|l| Some(l.2.clone())))),
+        ])
+    }
+}
+
+fn kind_name(relation: &Relation<'_>) -> &'static str {
+    match relation {
+        Relation::Stream(..) => "stream",
+        Relation::Topic(_) => "topic",
+        Relation::External(_) => "table",
+    }
+}
+
+fn format_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (604_800_000, "week"),
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1000, "second"),
+    ];
+    for (size, unit) in UNITS {
+        if ms >= size && ms.is_multiple_of(size) {
+            let n = ms / size;
+            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{ms} ms")
+}
+
+/// Parses a duration such as `'7 days'`, `'1 hour 30 minutes'`, `'500ms'`, or a number of ms.
+/// `None` for `-1` / `'forever'` (no limit).
+fn parse_duration_ms(text: &str) -> Result<Option<u64>> {
+    let bad = || {
+        Error::data(
+            "22007",
+            format!("invalid duration \"{text}\" (for example '7 days', '12 hours', '30 s')"),
+        )
+    };
+    let t = text.trim().to_ascii_lowercase();
+    if t == "-1" || t == "forever" || t == "infinite" || t == "none" {
+        return Ok(None);
+    }
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(Some(ms));
+    }
+    let mut total: u64 = 0;
+    let mut rest = t.as_str();
+    let mut any = false;
+    while !rest.trim().is_empty() {
+        rest = rest.trim_start();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let ms = match unit {
+            "ms" | "millisecond" | "milliseconds" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            "w" | "week" | "weeks" => 604_800_000,
+            _ => return Err(bad()),
+        };
+        total = total
+            .checked_add(n.checked_mul(ms).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        any = true;
+    }
+    if any { Ok(Some(total)) } else { Err(bad()) }
+}
+
+/// `WITH (…)` options that configure a topic, plus the stream-only ones the caller takes.
+struct TopicOptions {
+    partitions: u32,
+    compression: Compression,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    segment_bytes: u64,
+    rest: BTreeMap<String, OptionValue>,
+}
+
+impl TopicOptions {
+    fn parse(options: &[(String, OptionValue)], extra: &[&str]) -> Result<TopicOptions> {
+        let mut out = TopicOptions {
+            partitions: DEFAULT_PARTITIONS,
+            compression: Compression::None,
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            rest: BTreeMap::new(),
+        };
+        let number = |key: &str, v: &OptionValue| -> Result<i64> {
+            v.as_text().parse::<i64>().map_err(|_| {
+                Error::data(
+                    "22023",
+                    format!(
+                        "option {key} must be a whole number, not \"{}\"",
+                        v.as_text()
+                    ),
+                )
+            })
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in options {
+            if !seen.insert(key.clone()) {
+                return Err(Error::plan(
+                    "42601",
+                    format!("option {key} given more than once"),
+                ));
+            }
+            match key.as_str() {
+                "partitions" => {
+                    let n = number(key, value)?;
+                    if n < 1 || n > MAX_PARTITIONS as i64 {
+                        return Err(Error::data(
+                            "22023",
+                            format!("partitions must be between 1 and {MAX_PARTITIONS}, not {n}"),
+                        ));
+                    }
+                    out.partitions = n as u32;
+                }
+                "compression" => {
+                    out.compression = Compression::parse(value.as_text()).ok_or_else(|| {
+                        Error::data(
+                            "22023",
+                            format!(
+                                "invalid compression \"{}\" (none, lz4, zstd)",
+                                value.as_text()
+                            ),
+                        )
+                    })?;
+                }
+                "retention" | "retention_ms" => {
+                    out.retention_ms = match value {
+                        OptionValue::Number(n) if key == "retention_ms" || n.starts_with('-') => {
+                            parse_duration_ms(n)?
+                        }
+                        other => parse_duration_ms(other.as_text())?,
+                    };
+                }
+                "retention_bytes" => {
+                    let n = number(key, value)?;
+                    out.retention_bytes = if n < 0 { None } else { Some(n as u64) };
+                }
+                "segment_bytes" => {
+                    let n = number(key, value)?;
+                    if n < 4096 {
+                        return Err(Error::data(
+                            "22023",
+                            format!("segment_bytes must be at least 4096, not {n}"),
+                        ));
+                    }
+                    out.segment_bytes = n as u64;
+                }
+                k if extra.contains(&k) => {
+                    out.rest.insert(key.clone(), value.clone());
+                }
+                _ => {
+                    let mut known = vec![
+                        "partitions",
+                        "compression",
+                        "retention",
+                        "retention_bytes",
+                        "segment_bytes",
+                    ];
+                    known.extend_from_slice(extra);
+                    return Err(Error::data(
+                        "22023",
+                        format!("unknown option \"{key}\" (known: {})", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn take(&mut self, key: &str) -> Option<OptionValue> {
+        self.rest.remove(key)
+    }
+
+    fn topic_def(&self, id: TopicId, name: &str, stream: Option<String>) -> TopicDef {
+        TopicDef {
+            id,
+            name: name.to_string(),
+            partitions: self.partitions,
+            compression: self.compression,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            segment_bytes: self.segment_bytes,
+            stream,
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_kafka_and_spark_users_write_them() {
+        assert_eq!(parse_duration_ms("7 days").unwrap(), Some(7 * 86_400_000));
+        assert_eq!(
+            parse_duration_ms("1 hour 30 minutes").unwrap(),
+            Some(5_400_000)
+        );
+        assert_eq!(parse_duration_ms("500ms").unwrap(), Some(500));
+        assert_eq!(parse_duration_ms("60000").unwrap(), Some(60_000));
+        assert_eq!(parse_duration_ms("forever").unwrap(), None);
+        assert_eq!(
+            parse_duration_ms("7 fortnights").unwrap_err().sqlstate(),
+            "22007"
+        );
+        assert_eq!(format_ms(7 * 86_400_000), "1 week");
+        assert_eq!(format_ms(2 * 86_400_000), "2 days");
+    }
+}

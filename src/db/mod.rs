@@ -1,0 +1,235 @@
+//! The one door in: a [`Database`] opened on a data directory, and [`Session`]s that run SQL.
+//!
+//! Front ends (pgwire today) hand SQL text and `COPY` data to a session and get back
+//! [`Output`]s; nothing below this module knows which protocol a request came from.
+//! DDL is coordinated here: the log creates or deletes a topic's files and the catalog
+//! commit makes the change real, in an order that leaves nothing half-made after a crash
+//! (files first on create, catalog first on drop; leftovers are removed at start-up).
+
+mod copy;
+mod ddl;
+mod session;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::SessionConfig;
+
+use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA, RunnelCatalog, Tables};
+use crate::catalog::text_table::TextTableFactory;
+use crate::catalog::{Catalog, CatalogData};
+use crate::error::{Error, Result};
+use crate::ingest::copy::CopyFormat;
+use crate::ingest::writer::RowWriter;
+use crate::sql::{self, Statement};
+use crate::storage::{Log, LogConfig};
+pub use session::{Described, Session};
+
+/// Settings of a database, from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub data_dir: PathBuf,
+    /// `COPY` and `INSERT … SELECT` commit atomically up to about this many bytes of input,
+    /// and in chunks of that size beyond it.
+    pub copy_chunk_bytes: u64,
+    /// Threads a query may use.
+    pub target_partitions: usize,
+    pub retention_check_interval: std::time::Duration,
+}
+
+impl DbConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> DbConfig {
+        DbConfig {
+            data_dir: data_dir.into(),
+            copy_chunk_bytes: 256 * 1024 * 1024,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            retention_check_interval: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+pub const DEFAULT_PARTITIONS: u32 = 1;
+pub const MAX_PARTITIONS: u32 = 10_000;
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+
+pub struct Database {
+    tables: Arc<Tables>,
+    state: SessionState,
+    config: DbConfig,
+}
+
+/// What a statement produced.
+pub enum Output {
+    Rows(SendableRecordBatchStream),
+    /// A command and, for those that report one, its row count (`INSERT 0 n`, `COPY n`).
+    Command {
+        tag: &'static str,
+        rows: Option<u64>,
+    },
+    /// The client should now send `COPY` data with this many columns.
+    CopyIn {
+        columns: usize,
+        format: CopyFormat,
+    },
+    Begin,
+    Commit,
+    Rollback,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+            Output::CopyIn { columns, format } => write!(f, "CopyIn({columns}, {format:?})"),
+            Output::Begin => write!(f, "Begin"),
+            Output::Commit => write!(f, "Commit"),
+            Output::Rollback => write!(f, "Rollback"),
+        }
+    }
+}
+
+fn command(tag: &'static str) -> Output {
+    Output::Command { tag, rows: None }
+}
+
+impl Database {
+    /// Opens (creating if needed) the data directory, recovering the log to its last commit.
+    pub async fn open(config: DbConfig) -> Result<Arc<Database>> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| crate::storage::StorageError::io(dir, e))?;
+        let catalog = Arc::new(Catalog::open(dir)?);
+        let data = catalog.snapshot();
+        let specs = data.topics.values().map(|t| data.topic_spec(t)).collect();
+        let mut log_config = LogConfig::new(dir);
+        log_config.retention_check_interval = config.retention_check_interval;
+        let log = Arc::new(Log::open(log_config, specs)?);
+        let tables = Arc::new(Tables {
+            catalog,
+            writer: Arc::new(RowWriter::new(log.clone())),
+            log,
+            external: Default::default(),
+            insert_chunk_bytes: config.copy_chunk_bytes as usize,
+        });
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_target_partitions(config.target_partitions);
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_default_features()
+            .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
+            .build();
+        state.catalog_list().register_catalog(
+            CATALOG_NAME.into(),
+            Arc::new(RunnelCatalog::new(tables.clone())),
+        );
+        let db = Arc::new(Database {
+            tables,
+            state,
+            config,
+        });
+        db.restore_external_tables().await;
+        Ok(db)
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.tables.log
+    }
+
+    pub fn session(self: &Arc<Self>) -> Session {
+        Session {
+            db: self.clone(),
+            state: self.state.clone(),
+            vars: BTreeMap::new(),
+            copy: None,
+            notices: vec![],
+        }
+    }
+
+    /// Finishes every write already queued and stops the log.
+    pub fn shutdown(&self) {
+        self.tables.log.shutdown();
+    }
+
+    /// Recreates the providers of external tables from their SQL.
+    async fn restore_external_tables(&self) {
+        let data = self.tables.catalog.snapshot();
+        for table in data.external_tables.values() {
+            let result = async {
+                let statement = sql::parse(&table.sql)?
+                    .pop()
+                    .ok_or_else(|| Error::Internal("empty".into()))?;
+                let Statement::DataFusion(statement) = statement else {
+                    return Err(Error::Internal("not a CREATE EXTERNAL TABLE".into()));
+                };
+                let plan = sql::plan(&self.state, *statement, &CatalogData::default()).await?;
+                let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = plan else {
+                    return Err(Error::Internal("not a CREATE EXTERNAL TABLE".into()));
+                };
+                self.external_provider(&self.state, &cmd).await
+            }
+            .await;
+            match result {
+                Ok(provider) => {
+                    self.tables
+                        .external
+                        .write()
+                        .expect("lock")
+                        .insert(table.name.clone(), provider);
+                }
+                Err(e) => {
+                    tracing::error!(table = %table.name, error = %e, "external table unavailable")
+                }
+            }
+        }
+    }
+
+    async fn external_provider(
+        &self,
+        state: &SessionState,
+        cmd: &datafusion::logical_expr::CreateExternalTable,
+    ) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
+        let file_type = cmd.file_type.to_uppercase();
+        let factory = state
+            .table_factories()
+            .get(file_type.as_str())
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "STORED AS {file_type} is not supported (CSV, PARQUET, JSON, TEXT, ARROW, AVRO)"
+                ))
+            })?;
+        Ok(factory.create(state, cmd).await?)
+    }
+}
+
+fn strings(values: impl Iterator<Item = Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(values))
+}
+
+/// A small result set of text columns.
+fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<Output> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Output::Rows(Box::pin(
+        MemoryStream::try_new(vec![batch], schema, None).map_err(Error::from_datafusion)?,
+    )))
+}

@@ -1,0 +1,410 @@
+//! A client's session: statement dispatch, settings, and the extended protocol's prepare.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::common::ParamValues;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DfStatement;
+use futures::StreamExt;
+
+use super::copy::CopyIn;
+use super::{Database, Output, command, rows, strings};
+use crate::catalog::provider::WRITE_SCHEMA;
+use crate::catalog::stream_table::StatementSnapshot;
+use crate::catalog::{Relation, SqlType};
+use crate::error::{Error, Result};
+use crate::ingest::WriteTarget;
+use crate::ingest::writer::PendingWrite;
+use crate::sql::{self, Statement};
+
+/// What a prepared statement takes and returns, for the extended protocol's Describe.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Types of `$1`, `$2`, … (`None` where the query does not determine one).
+    pub parameters: Vec<Option<DataType>>,
+    /// Columns of the rows it returns; `None` if it returns none.
+    pub schema: Option<SchemaRef>,
+}
+
+/// One client's session: its settings and any `COPY` in progress.
+pub struct Session {
+    pub(super) db: Arc<Database>,
+    pub(super) state: SessionState,
+    pub(super) vars: BTreeMap<String, String>,
+    pub(super) copy: Option<CopyIn>,
+    pub(super) notices: Vec<String>,
+}
+
+/// PostgreSQL settings clients ask for, with the values Runnel behaves by.
+const DEFAULT_VARS: [(&str, &str); 14] = [
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("default_transaction_isolation", "read committed"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", crate::SERVER_VERSION),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "read committed"),
+];
+
+impl Session {
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Notices raised by the statements run since the last call (e.g. `IF EXISTS` skips).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Runs every statement of `sql` in order, stopping at the first error (which is the
+    /// last element).
+    pub async fn execute(&mut self, sql: &str) -> Vec<Result<Output>> {
+        if self.copy.is_none()
+            && let Some((name, literals)) = sql::literal_insert::scan(sql)
+            && let Ok(name) = sql::parser::relation_name_parts(&name)
+            && let Some(output) = self.insert_literals(&name, &literals).await
+        {
+            return vec![output];
+        }
+        let statements = match sql::parse(sql) {
+            Ok(s) => s,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut out = vec![];
+        for statement in statements {
+            let result = self.run(statement, None).await;
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Runs one statement with parameter values (the extended protocol's Execute).
+    pub async fn execute_one(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
+        let mut statements = sql::parse(sql)?;
+        if statements.len() != 1 {
+            return Err(Error::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        self.run(statements.pop().expect("one"), Some(params)).await
+    }
+
+    /// What a statement takes and returns, without running it (the extended protocol's
+    /// Parse and Describe).
+    pub async fn describe(&mut self, sql: &str) -> Result<Described> {
+        let mut statements = sql::parse(sql)?;
+        if statements.len() != 1 {
+            return Err(Error::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        let text = |names: &[&str]| {
+            Some(Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            )))
+        };
+        let schema = match statements.pop().expect("one") {
+            Statement::ShowStreams => text(&[
+                "name",
+                "topic",
+                "partitions",
+                "key",
+                "value_format",
+                "timestamp",
+            ]),
+            Statement::ShowTopics => text(&[
+                "name",
+                "stream",
+                "partitions",
+                "compression",
+                "retention",
+                "retention_bytes",
+            ]),
+            Statement::Describe(_) => text(&["name", "type", "extra"]),
+            Statement::ShowVariable(name) => {
+                if name == "all" {
+                    text(&["name", "setting"])
+                } else {
+                    text(&[name.as_str()])
+                }
+            }
+            Statement::DataFusion(statement) => {
+                let catalog = self.db.tables.catalog.snapshot();
+                let plan = sql::plan(&self.state, *statement, &catalog).await?;
+                let parameters = parameter_types(&plan)?;
+                let schema = match &plan {
+                    LogicalPlan::Ddl(_)
+                    | LogicalPlan::Dml(_)
+                    | LogicalPlan::Copy(_)
+                    | LogicalPlan::Statement(_) => None,
+                    _ => Some(Arc::new(plan.schema().as_arrow().clone())),
+                };
+                return Ok(Described { parameters, schema });
+            }
+            _ => None,
+        };
+        Ok(Described {
+            parameters: vec![],
+            schema,
+        })
+    }
+
+    async fn run(&mut self, statement: Statement, params: Option<ParamValues>) -> Result<Output> {
+        if self.copy.is_some() {
+            return Err(Error::Protocol("a COPY is in progress".into()));
+        }
+        let db = self.db.clone();
+        match statement {
+            Statement::CreateStream(c) => db.create_stream(c, &mut self.notices).await,
+            Statement::CreateTopic(c) => db.create_topic(c, &mut self.notices).await,
+            Statement::Drop(d) => db.drop_objects(d, &mut self.notices).await,
+            Statement::ShowStreams => db.show_streams(),
+            Statement::ShowTopics => db.show_topics(),
+            Statement::Describe(name) => db.describe(&name).await,
+            Statement::CopyFrom(c) => self.start_copy(c),
+            Statement::Set { name, value } => self.set(name, value),
+            Statement::ShowVariable(name) => self.show(&name),
+            Statement::Begin => Ok(Output::Begin),
+            Statement::Commit => Ok(Output::Commit),
+            Statement::Rollback => Ok(Output::Rollback),
+            Statement::DataFusion(statement) => self.run_datafusion(*statement, params).await,
+        }
+    }
+
+    async fn run_datafusion(
+        &mut self,
+        statement: DfStatement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        if params.is_none()
+            && let DfStatement::Statement(s) = &statement
+            && let sqlparser::ast::Statement::Insert(insert) = s.as_ref()
+            && let sqlparser::ast::TableObject::TableName(name) = &insert.table
+            && let Ok(name) = sql::parser::relation_name(name)
+            && let Some(literals) = crate::ingest::values::LiteralInsert::from_ast(insert)
+            && let Some(output) = self.insert_literals(&name, &literals).await
+        {
+            return output;
+        }
+        let definition =
+            matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
+        let mut state = self.state.clone();
+        state.mark_start_execution(); // now() and friends: one instant per statement
+        state
+            .config_mut()
+            .set_extension(Arc::new(StatementSnapshot(self.db.tables.log.snapshot())));
+        let catalog = self.db.tables.catalog.snapshot();
+        let mut plan = sql::plan(&state, statement, &catalog).await?;
+        if let Some(params) = params {
+            plan = plan.with_param_values(params)?;
+        }
+        match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+                let sql = definition.expect("a CREATE EXTERNAL TABLE statement");
+                return self
+                    .db
+                    .create_external_table(&state, cmd, sql, &mut self.notices)
+                    .await;
+            }
+            LogicalPlan::Ddl(ddl) => {
+                return Err(Error::Unsupported(format!(
+                    "{} is not supported: Runnel stores streams (CREATE STREAM) and reads files (CREATE EXTERNAL TABLE)",
+                    ddl.name()
+                )));
+            }
+            LogicalPlan::Dml(dml) => {
+                if !matches!(dml.op, WriteOp::Insert(_)) {
+                    return Err(Error::Unsupported(format!(
+                        "{} is not supported: streams are append-only",
+                        dml.op.name()
+                    )));
+                }
+                // The rewrite points inserts into streams and topics at the write schema;
+                // anything else is a file (external table), which SQL never writes.
+                if dml.table_name.schema() != Some(WRITE_SCHEMA) {
+                    return Err(Error::Unsupported(format!(
+                        "cannot insert into \"{}\": external tables are read-only; write files with COPY (query) TO 'file'",
+                        dml.table_name.table()
+                    )));
+                }
+                let rows = count(DataFrame::new(state, plan)).await?;
+                return Ok(Output::Command {
+                    tag: "INSERT",
+                    rows: Some(rows),
+                });
+            }
+            LogicalPlan::Copy(_) => {
+                let rows = count(DataFrame::new(state, plan)).await?;
+                return Ok(Output::Command {
+                    tag: "COPY",
+                    rows: Some(rows),
+                });
+            }
+            LogicalPlan::Statement(s) => {
+                return Err(Error::Unsupported(format!("{} is not supported", s.name())));
+            }
+            _ => {}
+        }
+        let stream = DataFrame::new(state, plan).execute_stream().await?;
+        Ok(Output::Rows(stream))
+    }
+
+    /// `INSERT INTO stream VALUES` of plain literals, written without a query plan; `None`
+    /// when the statement needs planning.
+    async fn insert_literals(
+        &self,
+        name: &str,
+        insert: &crate::ingest::values::LiteralInsert<'_>,
+    ) -> Option<Result<Output>> {
+        let data = self.db.tables.catalog.snapshot();
+        let relation = data.relation(name)?;
+        let target = WriteTarget::of(&data, &relation)?;
+        let types: Vec<SqlType> = match &relation {
+            Relation::Stream(stream, _) => stream.columns.iter().map(|c| c.sql_type).collect(),
+            _ => vec![SqlType::Bytea, SqlType::Bytea],
+        };
+        let rows = match crate::ingest::values::literal_rows(insert, &target, &types)? {
+            Ok(rows) => rows,
+            Err(e) => return Some(Err(e)),
+        };
+        let writer = &self.db.tables.writer;
+        let mut pending = PendingWrite::default();
+        let result = async {
+            writer.stage(&target, &rows, &mut pending)?;
+            let rows = writer.commit(pending).await?;
+            Ok(Output::Command {
+                tag: "INSERT",
+                rows: Some(rows),
+            })
+        };
+        Some(result.await)
+    }
+
+    fn set(&mut self, name: String, value: Option<String>) -> Result<Output> {
+        if name.starts_with("datafusion.") {
+            let value = value.ok_or_else(|| {
+                Error::Unsupported("RESET of datafusion settings is not supported".into())
+            })?;
+            self.state
+                .config_mut()
+                .options_mut()
+                .set(&name, &value)
+                .map_err(Error::from_datafusion)?;
+            return Ok(command("SET"));
+        }
+        if name == "all" && value.is_none() {
+            self.vars.clear();
+            return Ok(command("RESET"));
+        }
+        match value {
+            Some(v) => {
+                self.vars.insert(name, v);
+                Ok(command("SET"))
+            }
+            None => {
+                self.vars.remove(&name);
+                Ok(command("RESET"))
+            }
+        }
+    }
+
+    fn variable(&self, name: &str) -> Option<String> {
+        let name = match name {
+            "transaction isolation level" => "transaction_isolation",
+            other => other,
+        };
+        if let Some(v) = self.vars.get(name) {
+            return Some(v.clone());
+        }
+        if name.starts_with("datafusion.") {
+            return self
+                .state
+                .config_options()
+                .entries()
+                .into_iter()
+                .find(|e| e.key == name)
+                .map(|e| e.value.unwrap_or_default());
+        }
+        DEFAULT_VARS
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    fn show(&self, name: &str) -> Result<Output> {
+        if name == "all" {
+            let mut all: BTreeMap<String, String> = DEFAULT_VARS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            all.extend(self.vars.clone());
+            return rows(vec![
+                ("name", strings(all.keys().map(|k| Some(k.clone())))),
+                ("setting", strings(all.values().map(|v| Some(v.clone())))),
+            ]);
+        }
+        let value = self.variable(name).ok_or_else(|| {
+            Error::plan(
+                "42704",
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        })?;
+        rows(vec![(name, strings(std::iter::once(Some(value))))])
+    }
+}
+
+/// Runs a plan that returns one row with a `count` column (INSERT, COPY … TO).
+async fn count(frame: DataFrame) -> Result<u64> {
+    let mut stream = frame.execute_stream().await?;
+    let mut total = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_columns() > 0 && batch.num_rows() > 0 {
+            total += batch
+                .column(0)
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .sum::<u64>();
+        }
+    }
+    Ok(total)
+}
+
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types().map_err(Error::from_datafusion)?;
+    let mut out = vec![None; types.len()];
+    for (name, t) in types {
+        let index: usize = name
+            .trim_start_matches('$')
+            .parse()
+            .map_err(|_| Error::Unsupported(format!("named parameter {name}; use $1, $2, …")))?;
+        if index == 0 || index > out.len() {
+            return Err(Error::Syntax(format!(
+                "parameters must be numbered $1 to ${}",
+                out.len()
+            )));
+        }
+        out[index - 1] = t;
+    }
+    Ok(out)
+}
