@@ -155,6 +155,10 @@ impl Error {
             DataFusionError::IoError(e) => Error::plan("58030", e.to_string()),
             DataFusionError::ObjectStore(e) => Error::plan("58030", e.to_string()),
             DataFusionError::ParquetError(e) => Error::data("22000", e.to_string()),
+            // DataFusion reports some unreadable files as internal errors; they are the data's.
+            DataFusionError::Internal(m) if m.starts_with("Failed to parse") => {
+                Error::data("22000", m)
+            }
             DataFusionError::Substrait(m) | DataFusionError::Internal(m) => Error::Internal(m),
             other => Error::Internal(other.to_string()),
         }
@@ -227,7 +231,10 @@ fn missing_table(message: &str) -> Option<&str> {
 
 fn classify_execution_message(m: String) -> Error {
     let lower = m.to_ascii_lowercase();
-    if lower.contains("cannot cast")
+    if lower.contains("failed to parse") || lower.contains("does not contain correct footer") {
+        // A file that is not in the format its table says.
+        Error::data("22000", m)
+    } else if lower.contains("cannot cast")
         || lower.contains("could not cast")
         || lower.contains("invalid input")
     {

@@ -57,6 +57,8 @@ impl DbConfig {
 }
 
 pub const DEFAULT_PARTITIONS: u32 = 1;
+/// File formats of `CREATE EXTERNAL TABLE … STORED AS`.
+pub const EXTERNAL_FORMATS: [&str; 5] = ["CSV", "JSON", "PARQUET", "ARROW", "TEXT"];
 pub const MAX_PARTITIONS: u32 = 10_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
@@ -203,9 +205,11 @@ impl Database {
         let factory = state
             .table_factories()
             .get(file_type.as_str())
+            .filter(|_| EXTERNAL_FORMATS.contains(&file_type.as_str()))
             .ok_or_else(|| {
                 Error::Unsupported(format!(
-                    "STORED AS {file_type} is not supported (CSV, PARQUET, JSON, TEXT, ARROW, AVRO)"
+                    "STORED AS {file_type} is not supported ({})",
+                    EXTERNAL_FORMATS.join(", ")
                 ))
             })?;
         Ok(factory.create(state, cmd).await?)
