@@ -6,8 +6,8 @@ use datafusion::execution::context::SessionState;
 use std::collections::BTreeMap;
 
 use super::{
-    DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Database, MAX_PARTITIONS, Output, command, rows,
-    strings,
+    DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
+    SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command, text_rows,
 };
 use crate::catalog::provider::PUBLIC_SCHEMA;
 use crate::catalog::stream_table::HIDDEN_COLUMNS;
@@ -381,79 +381,40 @@ impl Database {
 
     pub(super) fn show_streams(&self) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
-        let streams: Vec<&StreamDef> = data.streams.values().collect();
-        let topic = |s: &StreamDef| &data.topics[&s.topic];
-        rows(vec![
-            (
-                "name",
-                strings(streams.iter().map(|s| Some(s.name.clone()))),
-            ),
-            (
-                "topic",
-                strings(streams.iter().map(|s| Some(s.topic.clone()))),
-            ),
-            (
-                "partitions",
-                strings(
-                    streams
-                        .iter()
-                        .map(|s| Some(topic(s).partitions.to_string())),
-                ),
-            ),
-            (
-                "key",
-                strings(
-                    streams
-                        .iter()
-                        .map(|s| (!s.key_columns.is_empty()).then(|| s.key_columns.join(", "))),
-                ),
-            ),
-            (
-                "value_format",
-                strings(
-                    streams
-                        .iter()
-                        .map(|s| Some(s.value_format.name().to_string())),
-                ),
-            ),
-            (
-                "timestamp",
-                strings(streams.iter().map(|s| s.timestamp_column.clone())),
-            ),
-        ])
+        let rows = data
+            .streams
+            .values()
+            .map(|s| {
+                vec![
+                    Some(s.name.clone()),
+                    Some(s.topic.clone()),
+                    Some(data.topics[&s.topic].partitions.to_string()),
+                    (!s.key_columns.is_empty()).then(|| s.key_columns.join(", ")),
+                    Some(s.value_format.name().to_string()),
+                    s.timestamp_column.clone(),
+                ]
+            })
+            .collect();
+        text_rows(&SHOW_STREAMS_COLUMNS, rows)
     }
 
     pub(super) fn show_topics(&self) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
-        let topics: Vec<&TopicDef> = data.topics.values().collect();
-        rows(vec![
-            ("name", strings(topics.iter().map(|t| Some(t.name.clone())))),
-            ("stream", strings(topics.iter().map(|t| t.stream.clone()))),
-            (
-                "partitions",
-                strings(topics.iter().map(|t| Some(t.partitions.to_string()))),
-            ),
-            (
-                "compression",
-                strings(
-                    topics
-                        .iter()
-                        .map(|t| Some(t.compression.name().to_string())),
-                ),
-            ),
-            (
-                "retention",
-                strings(topics.iter().map(|t| t.retention_ms.map(format_ms))),
-            ),
-            (
-                "retention_bytes",
-                strings(
-                    topics
-                        .iter()
-                        .map(|t| t.retention_bytes.map(|b| b.to_string())),
-                ),
-            ),
-        ])
+        let rows = data
+            .topics
+            .values()
+            .map(|t| {
+                vec![
+                    Some(t.name.clone()),
+                    t.stream.clone(),
+                    Some(t.partitions.to_string()),
+                    Some(t.compression.name().to_string()),
+                    t.retention_ms.map(format_ms),
+                    t.retention_bytes.map(|b| b.to_string()),
+                ]
+            })
+            .collect();
+        text_rows(&SHOW_TOPICS_COLUMNS, rows)
     }
 
     pub(super) async fn describe(&self, name: &str) -> Result<Output> {
@@ -548,11 +509,11 @@ impl Database {
                 lines.push((k.to_string(), v, "option".to_string()));
             }
         }
-        rows(vec![
-            ("name", strings(lines.iter().map(|l| Some(l.0.clone())))),
-            ("type", strings(lines.iter().map(|l| Some(l.1.clone())))),
-            ("extra", strings(lines.iter().map(|l| Some(l.2.clone())))),
-        ])
+        let rows = lines
+            .into_iter()
+            .map(|(n, t, e)| vec![Some(n), Some(t), Some(e)])
+            .collect();
+        text_rows(&DESCRIBE_COLUMNS, rows)
     }
 }
 

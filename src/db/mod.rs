@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -216,23 +216,44 @@ impl Database {
     }
 }
 
-fn strings(values: impl Iterator<Item = Option<String>>) -> ArrayRef {
-    Arc::new(StringArray::from_iter(values))
+/// Columns of `SHOW STREAMS`, `SHOW TOPICS` and `DESCRIBE`; the extended protocol describes
+/// them before they run.
+pub const SHOW_STREAMS_COLUMNS: [&str; 6] = [
+    "name",
+    "topic",
+    "partitions",
+    "key",
+    "value_format",
+    "timestamp",
+];
+pub const SHOW_TOPICS_COLUMNS: [&str; 6] = [
+    "name",
+    "stream",
+    "partitions",
+    "compression",
+    "retention",
+    "retention_bytes",
+];
+pub const DESCRIBE_COLUMNS: [&str; 3] = ["name", "type", "extra"];
+
+/// The schema of a result of text columns.
+fn text_schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
-/// A small result set of text columns.
-fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<Output> {
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .map_err(|e| Error::Internal(e.to_string()))?;
+/// A small result of text columns, given row by row.
+fn text_rows(names: &[&str], rows: Vec<Vec<Option<String>>>) -> Result<Output> {
+    let schema = text_schema(names);
+    let columns: Vec<ArrayRef> = (0..names.len())
+        .map(|c| Arc::new(StringArray::from_iter(rows.iter().map(|r| r[c].as_deref()))) as ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(Output::Rows(Box::pin(
         MemoryStream::try_new(vec![batch], schema, None).map_err(Error::from_datafusion)?,
     )))

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, SchemaRef, UInt64Type};
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
@@ -13,7 +13,10 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
 use super::copy::CopyIn;
-use super::{Database, Output, command, rows, strings};
+use super::{
+    DESCRIBE_COLUMNS, Database, Output, SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command,
+    text_rows, text_schema,
+};
 use crate::catalog::provider::WRITE_SCHEMA;
 use crate::catalog::stream_table::StatementSnapshot;
 use crate::catalog::{Relation, SqlType};
@@ -59,10 +62,6 @@ const DEFAULT_VARS: [(&str, &str); 14] = [
 ];
 
 impl Session {
-    pub fn db(&self) -> &Arc<Database> {
-        &self.db
-    }
-
     /// Notices raised by the statements run since the last call (e.g. `IF EXISTS` skips).
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -114,39 +113,14 @@ impl Session {
                 "cannot insert multiple commands into a prepared statement".into(),
             ));
         }
-        let text = |names: &[&str]| {
-            Some(Arc::new(Schema::new(
-                names
-                    .iter()
-                    .map(|n| Field::new(*n, DataType::Utf8, true))
-                    .collect::<Vec<_>>(),
-            )))
-        };
         let schema = match statements.pop().expect("one") {
-            Statement::ShowStreams => text(&[
-                "name",
-                "topic",
-                "partitions",
-                "key",
-                "value_format",
-                "timestamp",
-            ]),
-            Statement::ShowTopics => text(&[
-                "name",
-                "stream",
-                "partitions",
-                "compression",
-                "retention",
-                "retention_bytes",
-            ]),
-            Statement::Describe(_) => text(&["name", "type", "extra"]),
-            Statement::ShowVariable(name) => {
-                if name == "all" {
-                    text(&["name", "setting"])
-                } else {
-                    text(&[name.as_str()])
-                }
+            Statement::ShowStreams => Some(text_schema(&SHOW_STREAMS_COLUMNS)),
+            Statement::ShowTopics => Some(text_schema(&SHOW_TOPICS_COLUMNS)),
+            Statement::Describe(_) => Some(text_schema(&DESCRIBE_COLUMNS)),
+            Statement::ShowVariable(name) if name == "all" => {
+                Some(text_schema(&["name", "setting"]))
             }
+            Statement::ShowVariable(name) => Some(text_schema(&[name.as_str()])),
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 let plan = sql::plan(&self.state, *statement, &catalog).await?;
@@ -357,10 +331,11 @@ impl Session {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             all.extend(self.vars.clone());
-            return rows(vec![
-                ("name", strings(all.keys().map(|k| Some(k.clone())))),
-                ("setting", strings(all.values().map(|v| Some(v.clone())))),
-            ]);
+            let rows = all
+                .into_iter()
+                .map(|(k, v)| vec![Some(k), Some(v)])
+                .collect();
+            return text_rows(&["name", "setting"], rows);
         }
         let value = self.variable(name).ok_or_else(|| {
             Error::plan(
@@ -368,7 +343,7 @@ impl Session {
                 format!("unrecognized configuration parameter \"{name}\""),
             )
         })?;
-        rows(vec![(name, strings(std::iter::once(Some(value))))])
+        text_rows(&[name], vec![vec![Some(value)]])
     }
 }
 
