@@ -12,6 +12,7 @@
 //! The DataFusion side of the catalog — how these objects look to SQL — is in
 //! [`provider`], [`stream_table`] and [`system`].
 
+pub mod blocking_scan;
 pub mod provider;
 pub mod scan;
 pub mod stream_table;

@@ -16,19 +16,11 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions,
-};
 
+use super::blocking_scan::{BlockingScanExec, BlockingSource};
 use super::stream_table::{OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::error::Error;
 use crate::storage::{Offset, PartitionId, ReadOptions, Snapshot, TIMESTAMP_COLUMN, Topic};
@@ -301,31 +293,30 @@ fn timestamp_ms(v: &ScalarValue) -> Option<(i64, i64)> {
     ))
 }
 
-/// Reads offset ranges of a stream's partitions.
+/// A stream scan: offset ranges of a stream's partitions.
+pub type StreamScanExec = BlockingScanExec<StreamScan>;
+
+/// What a [`StreamScanExec`] reads: one offset range per partition.
 #[derive(Debug)]
-pub struct StreamScanExec {
+pub struct StreamScan {
     stream: String,
     topic: Arc<Topic>,
     columns: Vec<TableColumn>,
-    schema: SchemaRef,
     /// Storage columns to decode, ascending.
     decode: Vec<usize>,
     ranges: Vec<(PartitionId, Range<Offset>)>,
     bounds: ScanBounds,
-    limit: Option<usize>,
-    properties: Arc<PlanProperties>,
 }
 
-impl StreamScanExec {
-    pub fn try_new(
+impl StreamScan {
+    /// The ranges of `topic` that `bounds` select, below the high watermarks of `snapshot`.
+    pub fn new(
         stream: String,
         topic: Arc<Topic>,
         snapshot: &Snapshot,
-        schema: SchemaRef,
         columns: Vec<TableColumn>,
         bounds: ScanBounds,
-        limit: Option<usize>,
-    ) -> DfResult<StreamScanExec> {
+    ) -> StreamScan {
         let mut ranges = vec![];
         for partition in &topic.partitions {
             if bounds
@@ -351,29 +342,24 @@ impl StreamScanExec {
             .collect();
         decode.sort();
         decode.dedup();
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(ranges.len().max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Ok(StreamScanExec {
+        StreamScan {
             stream,
             topic,
             columns,
-            schema,
             decode,
             ranges,
             bounds,
-            limit,
-            properties: Arc::new(properties),
-        })
+        }
     }
 }
 
-impl DisplayAs for StreamScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StreamScanExec: stream={}, ranges=[", self.stream)?;
+impl BlockingSource for StreamScan {
+    fn name(&self) -> &'static str {
+        "StreamScanExec"
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream={}, ranges=[", self.stream)?;
         for (i, (p, r)) in self.ranges.iter().enumerate() {
             if i > 0 {
                 write!(f, ", ")?;
@@ -390,109 +376,56 @@ impl DisplayAs for StreamScanExec {
                 show(self.bounds.max_timestamp_ms)
             )?;
         }
-        let names: Vec<&str> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
-        write!(f, ", projection=[{}]", names.join(", "))?;
-        if let Some(limit) = self.limit {
-            write!(f, ", limit={limit}")?;
-        }
         Ok(())
     }
-}
 
-impl ExecutionPlan for StreamScanExec {
-    fn name(&self) -> &str {
-        "StreamScanExec"
+    fn partitions(&self) -> usize {
+        self.ranges.len()
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
+    fn read(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(&self, i: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let Some((partition_id, range)) = self.ranges.get(i).cloned() else {
-            return Ok(builder.build()); // no ranges: one empty partition
-        };
-        let partition = self.topic.partitions[partition_id.0 as usize].clone();
+        i: usize,
+        schema: &SchemaRef,
+        emit: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> DfResult<()> {
+        let (partition_id, range) = self.ranges[i].clone();
+        let partition = &self.topic.partitions[partition_id.0 as usize];
         let options = ReadOptions {
             schema: self.topic.spec.schema.clone(),
             projection: Some(self.decode.clone()),
             min_timestamp_ms: self.bounds.min_timestamp_ms,
             max_timestamp_ms: self.bounds.max_timestamp_ms,
         };
-        let schema = self.schema.clone();
-        let columns = self.columns.clone();
-        let decode = self.decode.clone();
-        let mut remaining = self.limit.unwrap_or(usize::MAX);
-        let tx = builder.tx();
-        builder.spawn_blocking(move || {
-            for read in partition.reader(range, options) {
-                let read = read.map_err(Error::from)?;
-                let rows = read.batch.num_rows();
-                let out: Vec<ArrayRef> = columns
-                    .iter()
-                    .map(|c| match c {
-                        TableColumn::Stored(s) => {
-                            let at = decode
-                                .binary_search(s)
-                                .expect("decoded columns include every stored one");
-                            read.batch.column(at).clone()
-                        }
-                        TableColumn::Partition => {
-                            Arc::new(Int32Array::from_value(partition_id.0 as i32, rows))
-                        }
-                        TableColumn::Offset => Arc::new(Int64Array::from_iter_values(
-                            (read.base_offset.0..read.base_offset.0 + rows as u64)
-                                .map(|o| o as i64),
-                        )),
-                    })
-                    .collect();
-                let options = RecordBatchOptions::new().with_row_count(Some(rows));
-                let batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
-                let batch = if rows > remaining {
-                    batch.slice(0, remaining)
-                } else {
-                    batch
-                };
-                remaining -= batch.num_rows();
-                if tx.blocking_send(Ok(batch)).is_err() || remaining == 0 {
-                    break; // the consumer went away, or the limit is reached
-                }
+        for read in partition.reader(range, options) {
+            let read = read.map_err(Error::from)?;
+            let rows = read.batch.num_rows();
+            let out: Vec<ArrayRef> = self
+                .columns
+                .iter()
+                .map(|c| match c {
+                    TableColumn::Stored(s) => {
+                        let at = self
+                            .decode
+                            .binary_search(s)
+                            .expect("decoded columns include every stored one");
+                        read.batch.column(at).clone()
+                    }
+                    TableColumn::Partition => {
+                        Arc::new(Int32Array::from_value(partition_id.0 as i32, rows))
+                    }
+                    TableColumn::Offset => Arc::new(Int64Array::from_iter_values(
+                        (read.base_offset.0..read.base_offset.0 + rows as u64).map(|o| o as i64),
+                    )),
+                })
+                .collect();
+            let options = RecordBatchOptions::new().with_row_count(Some(rows));
+            let batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
+            if !emit(batch) {
+                break;
             }
-            Ok(())
-        });
-        Ok(builder.build())
+        }
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
-use super::scan::{ScanBounds, StreamScanExec, TableColumn};
+use super::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn};
 use super::{CatalogData, Relation, TopicDef, VALUE_COLUMN};
 use crate::error::Error;
 use crate::ingest::WriteTarget;
@@ -149,15 +149,14 @@ impl TableProvider for StreamTable {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
-        let exec = StreamScanExec::try_new(
+        let scan = StreamScan::new(
             self.name.clone(),
             topic,
             &snapshot,
-            Arc::new(self.schema.project(&projection)?),
             projection.iter().map(|i| self.columns[*i]).collect(),
             bounds,
-            limit,
-        )?;
+        );
+        let exec = StreamScanExec::new(scan, Arc::new(self.schema.project(&projection)?), limit);
         Ok(Arc::new(exec))
     }
 }

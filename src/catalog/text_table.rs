@@ -13,19 +13,12 @@ use arrow::array::{RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProviderFactory};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::ExecutionPlan;
 
+use super::blocking_scan::{BlockingScanExec, BlockingSource};
 use crate::error::Error;
 
 const BATCH_LINES: usize = 8192;
@@ -118,120 +111,89 @@ impl TableProvider for TextTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(self.files.len().max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Ok(Arc::new(TextScanExec {
-            schema,
+        let scan = TextScan {
             files: self.files.clone(),
-            limit,
-            properties: Arc::new(properties),
-        }))
+        };
+        Ok(Arc::new(BlockingScanExec::new(scan, schema, limit)))
     }
 }
 
+/// Reads text files, one partition per file.
 #[derive(Debug)]
-struct TextScanExec {
-    /// One column, or none when only the row count is needed.
-    schema: SchemaRef,
+struct TextScan {
     files: Vec<PathBuf>,
-    limit: Option<usize>,
-    properties: Arc<PlanProperties>,
 }
 
-impl DisplayAs for TextScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TextScanExec: files={}", self.files.len())
-    }
-}
-
-impl ExecutionPlan for TextScanExec {
-    fn name(&self) -> &str {
+impl BlockingSource for TextScan {
+    fn name(&self) -> &'static str {
         "TextScanExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "files={}", self.files.len())
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+    fn partitions(&self) -> usize {
+        self.files.len()
     }
 
-    fn apply_expressions(
+    fn read(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(&self, i: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let Some(path) = self.files.get(i).cloned() else {
-            return Ok(builder.build());
+        i: usize,
+        schema: &SchemaRef,
+        emit: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> DfResult<()> {
+        let path = &self.files[i];
+        let io = |e: std::io::Error| {
+            Error::plan("58030", format!("reading \"{}\": {e}", path.display()))
         };
-        let schema = self.schema.clone();
-        let mut remaining = self.limit.unwrap_or(usize::MAX);
-        let tx = builder.tx();
-        builder.spawn_blocking(move || {
-            let io = |e: std::io::Error| Error::plan("58030", format!("reading \"{}\": {e}", path.display()));
-            let mut reader = BufReader::with_capacity(1 << 20, File::open(&path).map_err(io)?);
-            let mut line = Vec::new();
-            let mut number = 0u64;
-            loop {
-                let mut lines = StringBuilder::with_capacity(BATCH_LINES, BATCH_LINES * 64);
-                let mut rows = 0;
-                while rows < BATCH_LINES.min(remaining) {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
-                        break;
-                    }
-                    number += 1;
-                    if line.last() == Some(&b'\n') {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            let mut lines = StringBuilder::with_capacity(BATCH_LINES, BATCH_LINES * 64);
+            let mut rows = 0;
+            while rows < BATCH_LINES {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                    break;
+                }
+                number += 1;
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
                         line.pop();
-                        if line.last() == Some(&b'\r') {
-                            line.pop();
-                        }
                     }
-                    let text = std::str::from_utf8(&line).map_err(|_| {
-                        Error::data(
-                            "22021",
-                            format!("\"{}\", line {number}: invalid byte sequence for encoding \"UTF8\"", path.display()),
-                        )
-                    })?;
-                    lines.append_value(text);
-                    rows += 1;
                 }
-                if rows == 0 {
-                    return Ok(());
-                }
-                remaining -= rows;
-                let columns = if schema.fields().is_empty() { vec![] } else { vec![Arc::new(lines.finish()) as _] };
-                let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
-                let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
-                if tx.blocking_send(Ok(batch)).is_err() || remaining == 0 {
-                    return Ok(());
-                }
+                let text = std::str::from_utf8(&line).map_err(|_| {
+                    Error::data(
+                        "22021",
+                        format!(
+                            "\"{}\", line {number}: invalid byte sequence for encoding \"UTF8\"",
+                            path.display()
+                        ),
+                    )
+                })?;
+                lines.append_value(text);
+                rows += 1;
             }
-        });
-        Ok(builder.build())
+            if rows == 0 {
+                return Ok(());
+            }
+            // With an empty projection (count(*)), only the row count is needed.
+            let columns = if schema.fields().is_empty() {
+                vec![]
+            } else {
+                vec![Arc::new(lines.finish()) as _]
+            };
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+            if !emit(RecordBatch::try_new_with_options(
+                schema.clone(),
+                columns,
+                &options,
+            )?) {
+                return Ok(());
+            }
+        }
     }
 }
