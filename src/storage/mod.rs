@@ -41,7 +41,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use commit_log::CommitLog;
+pub use commit_log::MetaUpdate;
+use commit_log::{CommitLog, CommittedMeta};
 pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
 pub use types::{Compression, Offset, PartitionId, TopicId};
 use writer::Writer;
@@ -176,9 +177,21 @@ impl LogConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     ends: HashMap<TopicId, Arc<Vec<Offset>>>,
+    /// The latest committed value of every metadata key (continuous queries' checkpoints).
+    meta: CommittedMeta,
 }
 
 impl Snapshot {
+    /// The committed value of a metadata key.
+    pub fn meta(&self, key: u64) -> Option<&Arc<Vec<u8>>> {
+        self.meta.get(&key)
+    }
+
+    /// Every committed metadata key and value.
+    pub fn metas(&self) -> impl Iterator<Item = (u64, &Arc<Vec<u8>>)> {
+        self.meta.iter().map(|(k, v)| (*k, v))
+    }
+
     pub fn high_watermark(&self, topic: TopicId, partition: PartitionId) -> Offset {
         self.ends
             .get(&topic)
@@ -216,7 +229,14 @@ type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 enum Command {
     Append {
         batches: Vec<PartitionBatch>,
+        meta: Vec<MetaUpdate>,
         reply: Reply<Vec<AppendedRange>>,
+    },
+    TruncateBefore {
+        topic: TopicId,
+        partition: PartitionId,
+        offset: Offset,
+        reply: Reply<usize>,
     },
     CreateTopic {
         spec: TopicSpec,
@@ -279,10 +299,14 @@ impl Log {
         let root = config.dir.clone();
         let topics_root = root.join("topics");
         std::fs::create_dir_all(&topics_root).map_err(|e| StorageError::io(&topics_root, e))?;
-        let (commit_log, ends) = CommitLog::open(&root)?;
+        let (commit_log, replayed) = CommitLog::open(&root)?;
+        let ends = replayed.ends;
 
         let mut live = HashMap::new();
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            ends: HashMap::new(),
+            meta: replayed.meta,
+        };
         for spec in topics {
             let dir = topic_dir(&root, &spec);
             if !dir.is_dir() {
@@ -399,8 +423,45 @@ impl Log {
         if batches.iter().all(|b| b.records.num_rows() == 0) {
             return Ok(vec![]);
         }
-        self.request(|reply| Command::Append { batches, reply })
-            .await
+        self.request(|reply| Command::Append {
+            batches,
+            meta: vec![],
+            reply,
+        })
+        .await
+    }
+
+    /// Appends records and changes metadata keys in one commit: all of it becomes durable and
+    /// visible together, or none of it. A commit of metadata alone is fine (no records).
+    pub async fn commit(
+        &self,
+        batches: Vec<PartitionBatch>,
+        meta: Vec<MetaUpdate>,
+    ) -> Result<Vec<AppendedRange>, StorageError> {
+        self.request(|reply| Command::Append {
+            batches,
+            meta,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes the sealed segments of a partition that hold only records before `offset`
+    /// (for logs whose older records a newer snapshot has made redundant). Returns the
+    /// segments deleted; the log start offset becomes at most `offset`.
+    pub async fn truncate_before(
+        &self,
+        topic: TopicId,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<usize, StorageError> {
+        self.request(|reply| Command::TruncateBefore {
+            topic,
+            partition,
+            offset,
+            reply,
+        })
+        .await
     }
 
     /// Applies retention now (it also runs periodically); returns the segments deleted.

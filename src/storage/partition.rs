@@ -284,6 +284,30 @@ impl Partition {
         Ok(doomed)
     }
 
+    /// Deletes the sealed segments all of whose records are before `offset`; the active
+    /// segment is never deleted. Returns the number deleted.
+    pub fn delete_segments_before(&self, offset: Offset) -> Result<usize, StorageError> {
+        let segments = self.segments();
+        // A sealed segment ends where the next one starts.
+        let doomed = segments
+            .windows(2)
+            .take_while(|w| w[1].base_offset <= offset)
+            .count();
+        if doomed == 0 {
+            return Ok(0);
+        }
+        let removed: Vec<Arc<Segment>> = self
+            .segments
+            .write()
+            .expect("segments lock")
+            .drain(..doomed)
+            .collect();
+        for segment in &removed {
+            segment::delete_segment_files(&self.dir, segment.base_offset)?;
+        }
+        Ok(doomed)
+    }
+
     /// Reads committed records in `range` (clamped to the log start). Blocking: run it on a
     /// blocking thread.
     pub fn reader(self: &Arc<Self>, range: Range<Offset>, options: ReadOptions) -> PartitionReader {

@@ -492,3 +492,69 @@ async fn wrong_schema_and_unknown_partitions_are_rejected_alone() {
     assert!(log.topic(s.id).unwrap().partitions[0].stats().size_bytes > 0);
     let _ = BinaryArray::from(vec![None::<&[u8]>]).len();
 }
+
+#[tokio::test]
+async fn metadata_commits_with_records_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 2);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        let batch = PartitionBatch {
+            topic: s.id,
+            partition: PartitionId(1),
+            records: records(&s, 0, 5, 0),
+        };
+        log.commit(vec![batch], vec![(42, Some(b"checkpoint 1".to_vec()))])
+            .await
+            .unwrap();
+        assert_eq!(log.snapshot().meta(42).unwrap().as_slice(), b"checkpoint 1");
+        // Metadata alone commits too.
+        log.commit(
+            vec![],
+            vec![(42, Some(b"checkpoint 2".to_vec())), (43, Some(vec![]))],
+        )
+        .await
+        .unwrap();
+        log.commit(vec![], vec![(43, None)]).await.unwrap();
+        log.shutdown();
+    }
+    let log = open(dir.path(), vec![s.clone()]);
+    let snapshot = log.snapshot();
+    assert_eq!(snapshot.meta(42).unwrap().as_slice(), b"checkpoint 2");
+    assert!(snapshot.meta(43).is_none());
+    assert_eq!(snapshot.high_watermarks(s.id), vec![Offset(0), Offset(5)]);
+}
+
+#[tokio::test]
+async fn truncation_deletes_only_whole_segments_before_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 8 * 1024;
+    let log = open(dir.path(), vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..20 {
+        append(&log, &s, 0, i * 50, (i + 1) * 50).await;
+    }
+    let partition = log.topic(s.id).unwrap().partitions[0].clone();
+    let bases: Vec<Offset> = partition.segments().iter().map(|s| s.base_offset).collect();
+    assert!(bases.len() > 3, "{bases:?}");
+    // An offset inside the third segment: the first two go, the third stays.
+    let inside = bases[2].plus(1);
+    assert_eq!(
+        log.truncate_before(s.id, PartitionId(0), inside)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(partition.log_start_offset(), bases[2]);
+    assert_eq!(
+        read_ids(&log, &s, 0).unwrap().first().copied(),
+        Some(bases[2].0 as i64)
+    );
+    // Never the active segment.
+    log.truncate_before(s.id, PartitionId(0), Offset(u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(partition.segments().len(), 1);
+}

@@ -24,15 +24,20 @@ use super::partition::{AppendOptions, Partition};
 use super::segment::sync_dir;
 use super::types::{Offset, PartitionId};
 use super::{
-    AppendedRange, Command, PartitionBatch, Reply, Shared, Snapshot, StorageError, Topic, TopicId,
-    TopicSpec, partition_dir, timestamp_column, topic_dir,
+    AppendedRange, Command, MetaUpdate, PartitionBatch, Reply, Shared, Snapshot, StorageError,
+    Topic, TopicId, TopicSpec, partition_dir, timestamp_column, topic_dir,
 };
 
 /// Bound on the records one group commit takes, so one group's memory stays bounded and
 /// early appenders are not held back by a flood behind them.
 const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-type AppendRequest = (Vec<PartitionBatch>, Reply<Vec<AppendedRange>>);
+/// Records to append, metadata to change, and where to send the outcome.
+struct AppendRequest {
+    batches: Vec<PartitionBatch>,
+    meta: Vec<MetaUpdate>,
+    reply: Reply<Vec<AppendedRange>>,
+}
 
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
@@ -47,12 +52,20 @@ impl Writer {
             let mut next = Some(command);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append { batches, reply } => {
+                    Command::Append {
+                        batches,
+                        meta,
+                        reply,
+                    } => {
                         group_bytes += batches
                             .iter()
                             .map(|b| b.records.get_array_memory_size())
                             .sum::<usize>();
-                        group.push((batches, reply));
+                        group.push(AppendRequest {
+                            batches,
+                            meta,
+                            reply,
+                        });
                     }
                     other => {
                         self.commit_group(std::mem::take(&mut group));
@@ -78,6 +91,24 @@ impl Writer {
             }
             Command::DropTopic { id, reply } => {
                 let _ = reply.send(self.drop_topic(id));
+            }
+            Command::TruncateBefore {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => {
+                let result = self
+                    .shared
+                    .topics
+                    .read()
+                    .expect("topics lock")
+                    .get(&topic)
+                    .cloned()
+                    .ok_or(StorageError::UnknownTopic(topic))
+                    .and_then(|t| t.partition(partition).cloned())
+                    .and_then(|p| p.delete_segments_before(offset));
+                let _ = reply.send(result);
             }
             Command::Retention { reply } => {
                 let result = self.enforce_retention();
@@ -105,8 +136,10 @@ impl Writer {
             return;
         }
         if let Some(reason) = self.failed() {
-            for (_, reply) in requests {
-                let _ = reply.send(Err(StorageError::Failed(reason.clone())));
+            for request in requests {
+                let _ = request
+                    .reply
+                    .send(Err(StorageError::Failed(reason.clone())));
             }
             return;
         }
@@ -115,11 +148,11 @@ impl Writer {
         // Requests that name an unknown topic or partition, or carry records of the wrong
         // shape, fail alone; the rest form the group.
         let mut accepted: Vec<AppendRequest> = Vec::with_capacity(requests.len());
-        for (batches, reply) in requests {
-            match validate(&topics, &batches) {
-                Ok(()) => accepted.push((batches, reply)),
+        for request in requests {
+            match validate(&topics, &request.batches) {
+                Ok(()) => accepted.push(request),
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    let _ = request.reply.send(Err(e));
                 }
             }
         }
@@ -128,8 +161,8 @@ impl Writer {
         let mut order: Vec<(TopicId, PartitionId)> = vec![];
         let mut by_partition: HashMap<(TopicId, PartitionId), Vec<(usize, &RecordBatch)>> =
             HashMap::new();
-        for (i, (batches, _)) in accepted.iter().enumerate() {
-            for b in batches.iter().filter(|b| b.records.num_rows() > 0) {
+        for (i, request) in accepted.iter().enumerate() {
+            for b in request.batches.iter().filter(|b| b.records.num_rows() > 0) {
                 let key = (b.topic, b.partition);
                 by_partition
                     .entry(key)
@@ -200,8 +233,8 @@ impl Writer {
                 }
             }
             let message = error.to_string();
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(match &error {
+            for request in accepted {
+                let _ = request.reply.send(Err(match &error {
                     StorageError::InvalidBatch(m) => StorageError::InvalidBatch(m.clone()),
                     _ => StorageError::Failed(message.clone()),
                 }));
@@ -209,12 +242,18 @@ impl Writer {
             return;
         }
 
-        if let Err(error) = self.commit_log.commit(&ends) {
+        let meta: Vec<MetaUpdate> = accepted
+            .iter()
+            .flat_map(|r| r.meta.iter().cloned())
+            .collect();
+        if let Err(error) = self.commit_log.commit(&ends, &meta) {
             // Whether the record reached the disk is unknown, and the commit log may now end
             // in a partial record: only recovery at the next start can tell what committed.
             self.fail(format!("writing the commit log: {error}"));
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(StorageError::Failed(error.to_string())));
+            for request in accepted {
+                let _ = request
+                    .reply
+                    .send(Err(StorageError::Failed(error.to_string())));
             }
             return;
         }
@@ -223,9 +262,9 @@ impl Writer {
             commit_us = synced_at.elapsed().as_micros() as u64,
             "group committed"
         );
-        self.publish(&ends);
-        for ((_, reply), ranges) in accepted.into_iter().zip(ranges) {
-            let _ = reply.send(Ok(ranges));
+        self.publish(&ends, meta);
+        for (request, ranges) in accepted.into_iter().zip(ranges) {
+            let _ = request.reply.send(Ok(ranges));
         }
         if self.commit_log.size_bytes() > self.shared.config.commit_log_bytes_max
             && let Err(e) = self.compact_commit_log()
@@ -234,14 +273,20 @@ impl Writer {
         }
     }
 
-    /// Makes newly committed offsets visible: one new snapshot for the whole group.
-    fn publish(&self, ends: &[(TopicId, PartitionId, Offset)]) {
+    /// Makes newly committed offsets and metadata visible: one new snapshot for the group.
+    fn publish(&self, ends: &[(TopicId, PartitionId, Offset)], meta: Vec<MetaUpdate>) {
         let mut snapshot_lock = self.shared.snapshot.write().expect("snapshot lock");
         let mut snapshot: Snapshot = (**snapshot_lock).clone();
         for (topic, partition, end) in ends {
             if let Some(topic_ends) = snapshot.ends.get_mut(topic) {
                 Arc::make_mut(topic_ends)[partition.0 as usize] = *end;
             }
+        }
+        for (key, value) in meta {
+            match value {
+                Some(v) => snapshot.meta.insert(key, Arc::new(v)),
+                None => snapshot.meta.remove(&key),
+            };
         }
         *snapshot_lock = Arc::new(snapshot);
         drop(snapshot_lock);
@@ -256,7 +301,7 @@ impl Writer {
                 ends.insert((*topic, PartitionId(p as u32)), *end);
             }
         }
-        self.commit_log.rewrite(&ends)
+        self.commit_log.rewrite(&ends, &snapshot.meta)
     }
 
     fn create_topic(&mut self, spec: TopicSpec) -> Result<(), StorageError> {
