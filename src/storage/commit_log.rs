@@ -45,6 +45,9 @@ pub type CommittedMeta = HashMap<u64, Arc<Vec<u8>>>;
 /// A metadata change: a new value for a key, or `None` to delete it.
 pub type MetaUpdate = (u64, Option<Vec<u8>>);
 
+/// A partition's committed end offset, as a commit record names it.
+type EndEntry = (TopicId, PartitionId, Offset);
+
 #[derive(Debug)]
 pub struct CommitLog {
     path: PathBuf,
@@ -98,7 +101,7 @@ enum Decoded {
     Record {
         length: usize,
         sequence: u64,
-        entries: Vec<(TopicId, PartitionId, Offset)>,
+        entries: Vec<EndEntry>,
         meta: Vec<MetaUpdate>,
     },
     /// Not a valid record. `claimed_length` is the record length the bytes claim, if it is
@@ -137,7 +140,7 @@ fn decode_record(bytes: &[u8]) -> Decoded {
 }
 
 /// The entries and metadata of a checksummed record; `None` if its layout is inconsistent.
-fn parse_body(record: &[u8]) -> Option<(Vec<(TopicId, PartitionId, Offset)>, Vec<MetaUpdate>)> {
+fn parse_body(record: &[u8]) -> Option<(Vec<EndEntry>, Vec<MetaUpdate>)> {
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(record.get(at..at + 4)?.try_into().ok()?))
     };
