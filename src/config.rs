@@ -62,6 +62,23 @@ pub struct ServerConfig {
         global = true
     )]
     pub retention_check_interval_ms: u64,
+    /// Epochs of one continuous query start at most this often, in milliseconds: new data
+    /// within the interval waits for the next epoch.
+    #[arg(
+        long,
+        env = "RUNNEL_EPOCH_INTERVAL_MS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub epoch_interval_ms: u64,
+    /// Input records one epoch of a continuous query reads at most (bounds its memory).
+    #[arg(
+        long,
+        env = "RUNNEL_EPOCH_MAX_RECORDS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub epoch_max_records: u64,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -73,6 +90,8 @@ impl ServerConfig {
         config.copy_chunk_bytes = self.copy_chunk_bytes;
         config.retention_check_interval =
             Duration::from_millis(self.retention_check_interval_ms.max(1));
+        config.engine.min_interval = Duration::from_millis(self.epoch_interval_ms);
+        config.engine.max_epoch_rows = self.epoch_max_records;
         config
     }
 
@@ -82,6 +101,9 @@ impl ServerConfig {
                 "--copy-chunk-bytes must be at least 1 MiB, not {}",
                 self.copy_chunk_bytes
             ));
+        }
+        if self.epoch_max_records == 0 {
+            return Err("--epoch-max-records must be at least 1".into());
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());

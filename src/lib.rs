@@ -2,6 +2,7 @@
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod engine;
 pub mod error;
 pub mod ingest;
 pub mod pgwire;

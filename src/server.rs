@@ -61,10 +61,7 @@ pub async fn run(
     }
     tracing::info!("shutting down: finishing queued writes");
     drop(listener);
-    let db_for_shutdown = db.clone();
-    tokio::task::spawn_blocking(move || db_for_shutdown.shutdown())
-        .await
-        .map_err(|e| Error::Internal(format!("shutdown: {e}")))?;
+    db.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }

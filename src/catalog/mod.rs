@@ -19,6 +19,7 @@ pub mod stream_table;
 pub mod system;
 pub mod text_table;
 pub mod types;
+pub mod view_table;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -124,6 +125,86 @@ pub struct TopicDef {
     /// The stream whose records this topic holds; `None` for a schemaless topic.
     pub stream: Option<String>,
     pub created_at_ms: i64,
+    /// For a topic a continuous query keeps for itself (a materialized view's state
+    /// changelog): the query, and the columns of its records. Such a topic is not a relation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<InternalTopic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InternalTopic {
+    pub query: QueryId,
+    pub columns: arrow_schema::Fields,
+}
+
+/// A continuous query's identity; also the key of its checkpoint in the commit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QueryId(pub u64);
+
+impl std::fmt::Display for QueryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a continuous query starts reading its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// What a continuous query maintains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum QueryTarget {
+    /// `CREATE STREAM name AS SELECT`: a stream it creates and fills.
+    Stream { stream: String },
+    /// `CREATE MATERIALIZED VIEW name AS SELECT`: a view it keeps up to date.
+    View { view: String },
+    /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: an existing stream it
+    /// appends to; `columns` empty means all of them, in order.
+    Insert {
+        stream: String,
+        columns: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryDef {
+    pub id: QueryId,
+    /// How `SHOW QUERIES` names it: the stream or view it maintains, or `insert_into_<stream>_<id>`.
+    pub name: String,
+    pub target: QueryTarget,
+    /// The `SELECT`, as written.
+    pub sql: String,
+    /// The streams and topics it reads.
+    pub inputs: Vec<String>,
+    pub start: StartPosition,
+    /// The internal topic it keeps its state in: the changelog of an aggregation's groups,
+    /// or the rows of a view without one. `None` for a stateless query writing a stream.
+    pub state_topic: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl QueryDef {
+    /// The stream or topic its output records go to (none for a view).
+    pub fn output_stream(&self) -> Option<&str> {
+        match &self.target {
+            QueryTarget::Stream { stream } | QueryTarget::Insert { stream, .. } => Some(stream),
+            QueryTarget::View { .. } => None,
+        }
+    }
+}
+
+/// A materialized view: the columns it shows, kept by a continuous query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDef {
+    pub name: String,
+    pub query: QueryId,
+    pub columns: arrow_schema::Fields,
 }
 
 /// `CREATE EXTERNAL TABLE`, kept as its SQL and replayed at start-up.
@@ -140,6 +221,16 @@ pub struct CatalogData {
     pub topics: BTreeMap<String, TopicDef>,
     pub streams: BTreeMap<String, StreamDef>,
     pub external_tables: BTreeMap<String, ExternalTableDef>,
+    #[serde(default = "first_query_id")]
+    pub next_query_id: u64,
+    #[serde(default)]
+    pub queries: BTreeMap<QueryId, QueryDef>,
+    #[serde(default)]
+    pub views: BTreeMap<String, ViewDef>,
+}
+
+fn first_query_id() -> u64 {
+    1
 }
 
 impl Default for CatalogData {
@@ -150,6 +241,9 @@ impl Default for CatalogData {
             topics: BTreeMap::new(),
             streams: BTreeMap::new(),
             external_tables: BTreeMap::new(),
+            next_query_id: first_query_id(),
+            queries: BTreeMap::new(),
+            views: BTreeMap::new(),
         }
     }
 }
@@ -161,6 +255,7 @@ pub enum Relation<'a> {
     /// A schemaless topic: columns `_key` and `_value`.
     Topic(&'a TopicDef),
     External(&'a ExternalTableDef),
+    View(&'a ViewDef),
 }
 
 impl CatalogData {
@@ -174,10 +269,31 @@ impl CatalogData {
         }
         if let Some(topic) = self.topics.get(name)
             && topic.stream.is_none()
+            && topic.internal.is_none()
         {
             return Some(Relation::Topic(topic));
         }
+        if let Some(view) = self.views.get(name) {
+            return Some(Relation::View(view));
+        }
         self.external_tables.get(name).map(Relation::External)
+    }
+
+    /// The continuous queries reading `relation`.
+    pub fn readers_of(&self, relation: &str) -> Vec<&QueryDef> {
+        self.queries
+            .values()
+            .filter(|q| q.inputs.iter().any(|i| i == relation))
+            .collect()
+    }
+
+    /// The continuous query maintaining `relation` (a derived stream or a view), if any.
+    pub fn query_maintaining(&self, relation: &str) -> Option<&QueryDef> {
+        self.queries.values().find(|q| match &q.target {
+            QueryTarget::Stream { stream } => stream == relation,
+            QueryTarget::View { view, .. } => view == relation,
+            QueryTarget::Insert { .. } => false,
+        })
     }
 
     /// Names of every relation, sorted.
@@ -188,9 +304,10 @@ impl CatalogData {
             .chain(
                 self.topics
                     .values()
-                    .filter(|t| t.stream.is_none())
+                    .filter(|t| t.stream.is_none() && t.internal.is_none())
                     .map(|t| &t.name),
             )
+            .chain(self.views.keys())
             .chain(self.external_tables.keys())
             .cloned()
             .collect();
@@ -205,6 +322,9 @@ impl CatalogData {
 
     /// The value columns the log stores for `topic`.
     pub fn value_fields(&self, topic: &TopicDef) -> Fields {
+        if let Some(internal) = &topic.internal {
+            return internal.columns.clone();
+        }
         match self.stream_of_topic(topic) {
             Some(stream) => stream.value_fields(),
             None => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Binary, true)]),

@@ -6,7 +6,7 @@
 //! next statement of every session without registering anything.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider};
@@ -14,7 +14,9 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
 
 use super::stream_table::{StreamSinkTable, StreamTable};
+use super::view_table::ViewTable;
 use super::{Catalog, Relation, system};
+use crate::engine::Engine;
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::RowWriter;
 use crate::storage::Log;
@@ -33,6 +35,15 @@ pub struct Tables {
     pub external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
     /// `INSERT … SELECT` commits in atomic chunks of about this many bytes.
     pub insert_chunk_bytes: usize,
+    /// The continuous query engine, once started: materialized views and `sys.queries`
+    /// read it.
+    pub engine: OnceLock<Weak<Engine>>,
+}
+
+impl Tables {
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.get().and_then(Weak::upgrade)
+    }
 }
 
 impl std::fmt::Debug for Tables {
@@ -87,6 +98,14 @@ impl SchemaProvider for PublicSchema {
         let Some(relation) = data.relation(name) else {
             return Ok(None);
         };
+        if let Relation::View(view) = relation {
+            let schema = Arc::new(arrow::datatypes::Schema::new(view.columns.clone()));
+            return Ok(Some(Arc::new(ViewTable::new(
+                view.name.clone(),
+                schema,
+                self.0.clone(),
+            ))));
+        }
         if let Relation::External(_) = relation {
             return Ok(self
                 .0
@@ -130,10 +149,18 @@ impl SchemaProvider for WriteSchema {
         let Some(relation) = data.relation(name) else {
             return Ok(None);
         };
-        if let Relation::External(_) = relation {
-            return Err(DataFusionError::NotImplemented(format!(
-                "external table \"{name}\" is read-only; write files with COPY (query) TO 'file'"
-            )));
+        match relation {
+            Relation::External(_) => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "external table \"{name}\" is read-only; write files with COPY (query) TO 'file'"
+                )));
+            }
+            Relation::View(_) => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "materialized view \"{name}\" is read-only: its query maintains it; insert into the stream it reads"
+                )));
+            }
+            Relation::Stream(..) | Relation::Topic(_) => {}
         }
         let target = WriteTarget::of(&data, &relation).expect("streams and topics are writable");
         Ok(Some(Arc::new(StreamSinkTable::new(

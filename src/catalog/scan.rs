@@ -48,7 +48,7 @@ pub struct ScanBounds {
 }
 
 impl ScanBounds {
-    fn all() -> ScanBounds {
+    pub fn all() -> ScanBounds {
         ScanBounds {
             partitions: None,
             offsets: 0..u64::MAX,
@@ -304,9 +304,14 @@ pub struct StreamScan {
     columns: Vec<TableColumn>,
     /// Storage columns to decode, ascending.
     decode: Vec<usize>,
-    ranges: Vec<(PartitionId, Range<Offset>)>,
+    ranges: Ranges,
     bounds: ScanBounds,
+    /// Read every range in order in one partition rather than one partition per range.
+    one_partition: bool,
 }
+
+/// Offset ranges to read, one per partition.
+pub type Ranges = Vec<(PartitionId, Range<Offset>)>;
 
 impl StreamScan {
     /// The ranges of `topic` that `bounds` select, below the high watermarks of `snapshot`.
@@ -333,6 +338,32 @@ impl StreamScan {
                 ranges.push((partition.id, start..end));
             }
         }
+        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, false)
+    }
+
+    /// Exactly `ranges` (a continuous query's epoch), read in order in one partition: an
+    /// epoch's plan is small and runs on one thread.
+    pub fn of_epoch(
+        stream: String,
+        topic: Arc<Topic>,
+        columns: Vec<TableColumn>,
+        ranges: Ranges,
+    ) -> StreamScan {
+        let ranges = ranges
+            .into_iter()
+            .filter(|(_, r)| r.start < r.end)
+            .collect();
+        StreamScan::of_ranges(stream, topic, columns, ranges, ScanBounds::all(), true)
+    }
+
+    fn of_ranges(
+        stream: String,
+        topic: Arc<Topic>,
+        columns: Vec<TableColumn>,
+        ranges: Ranges,
+        bounds: ScanBounds,
+        one_partition: bool,
+    ) -> StreamScan {
         let mut decode: Vec<usize> = columns
             .iter()
             .filter_map(|c| match c {
@@ -349,47 +380,16 @@ impl StreamScan {
             decode,
             ranges,
             bounds,
+            one_partition,
         }
     }
-}
 
-impl BlockingSource for StreamScan {
-    fn name(&self) -> &'static str {
-        "StreamScanExec"
-    }
-
-    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stream={}, ranges=[", self.stream)?;
-        for (i, (p, r)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                write!(f, ", ")?;
-            }
-            write!(f, "{}:{}..{}", p.0, r.start, r.end)?;
-        }
-        write!(f, "]")?;
-        if self.bounds.min_timestamp_ms.is_some() || self.bounds.max_timestamp_ms.is_some() {
-            let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-            write!(
-                f,
-                ", timestamp_ms=[{}, {}]",
-                show(self.bounds.min_timestamp_ms),
-                show(self.bounds.max_timestamp_ms)
-            )?;
-        }
-        Ok(())
-    }
-
-    fn partitions(&self) -> usize {
-        self.ranges.len()
-    }
-
-    fn read(
+    fn read_range(
         &self,
-        i: usize,
+        (partition_id, range): (PartitionId, Range<Offset>),
         schema: &SchemaRef,
         emit: &mut dyn FnMut(RecordBatch) -> bool,
-    ) -> DfResult<()> {
-        let (partition_id, range) = self.ranges[i].clone();
+    ) -> DfResult<bool> {
         let partition = &self.topic.partitions[partition_id.0 as usize];
         let options = ReadOptions {
             schema: self.topic.spec.schema.clone(),
@@ -422,8 +422,61 @@ impl BlockingSource for StreamScan {
             let options = RecordBatchOptions::new().with_row_count(Some(rows));
             let batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
             if !emit(batch) {
-                break;
+                return Ok(false);
             }
+        }
+        Ok(true)
+    }
+}
+
+impl BlockingSource for StreamScan {
+    fn name(&self) -> &'static str {
+        "StreamScanExec"
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream={}, ranges=[", self.stream)?;
+        for (i, (p, r)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{}:{}..{}", p.0, r.start, r.end)?;
+        }
+        write!(f, "]")?;
+        if self.bounds.min_timestamp_ms.is_some() || self.bounds.max_timestamp_ms.is_some() {
+            let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+            write!(
+                f,
+                ", timestamp_ms=[{}, {}]",
+                show(self.bounds.min_timestamp_ms),
+                show(self.bounds.max_timestamp_ms)
+            )?;
+        }
+        Ok(())
+    }
+
+    fn partitions(&self) -> usize {
+        if self.one_partition {
+            1
+        } else {
+            self.ranges.len()
+        }
+    }
+
+    fn read(
+        &self,
+        i: usize,
+        schema: &SchemaRef,
+        emit: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> DfResult<()> {
+        if self.one_partition {
+            for range in &self.ranges {
+                if !self.read_range(range.clone(), schema, emit)? {
+                    break;
+                }
+            }
+        } else {
+            self.read_range(self.ranges[i].clone(), schema, emit)?;
         }
         Ok(())
     }

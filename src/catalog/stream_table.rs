@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
-use super::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn};
+use super::scan::{Ranges, ScanBounds, StreamScan, StreamScanExec, TableColumn};
 use super::{CatalogData, Relation, TopicDef, VALUE_COLUMN};
 use crate::error::Error;
 use crate::ingest::WriteTarget;
@@ -54,7 +54,13 @@ pub struct StreamTable {
     schema: SchemaRef,
     columns: Vec<TableColumn>,
     log: Arc<Log>,
+    /// For a continuous query: the ranges its current epoch reads, instead of a snapshot.
+    epoch: Option<Arc<EpochRanges>>,
 }
+
+/// The offset ranges of one epoch of a continuous query, set before it is planned.
+#[derive(Debug, Default)]
+pub struct EpochRanges(pub std::sync::Mutex<Ranges>);
 
 impl StreamTable {
     /// `None` for relations that are not streams or topics.
@@ -66,7 +72,7 @@ impl StreamTable {
         let (name, topic) = match relation {
             Relation::Stream(stream, topic) => (stream.name.clone(), (*topic).clone()),
             Relation::Topic(topic) => (topic.name.clone(), (*topic).clone()),
-            Relation::External(_) => return None,
+            Relation::External(_) | Relation::View(_) => return None,
         };
         let values = catalog.value_fields(&topic);
         let n = values.len();
@@ -105,7 +111,14 @@ impl StreamTable {
             schema: Arc::new(Schema::new(fields)),
             columns,
             log,
+            epoch: None,
         })
+    }
+
+    /// The same relation for a continuous query: its scans read the epoch's `ranges`.
+    pub fn for_epochs(mut self, ranges: Arc<EpochRanges>) -> StreamTable {
+        self.epoch = Some(ranges);
+        self
     }
 }
 
@@ -143,19 +156,26 @@ impl TableProvider for StreamTable {
         let topic = self.log.topic(self.topic.id).ok_or_else(|| {
             Error::UnknownRelation(format!("stream \"{}\" was dropped", self.name))
         })?;
-        let bounds =
-            ScanBounds::from_filters(filters, &self.schema, &self.name, self.topic.partitions)?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
-        let scan = StreamScan::new(
-            self.name.clone(),
-            topic,
-            &snapshot,
-            projection.iter().map(|i| self.columns[*i]).collect(),
-            bounds,
-        );
+        let columns = projection.iter().map(|i| self.columns[*i]).collect();
+        let scan = match &self.epoch {
+            Some(epoch) => {
+                let ranges = epoch.0.lock().expect("epoch ranges lock").clone();
+                StreamScan::of_epoch(self.name.clone(), topic, columns, ranges)
+            }
+            None => {
+                let bounds = ScanBounds::from_filters(
+                    filters,
+                    &self.schema,
+                    &self.name,
+                    self.topic.partitions,
+                )?;
+                StreamScan::new(self.name.clone(), topic, &snapshot, columns, bounds)
+            }
+        };
         let exec = StreamScanExec::new(scan, Arc::new(self.schema.project(&projection)?), limit);
         Ok(Arc::new(exec))
     }

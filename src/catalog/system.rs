@@ -2,14 +2,18 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::Result as DfResult;
 
 use super::provider::Tables;
+use crate::engine::QueryStatus;
 
-pub const TABLES: [&str; 2] = ["topics", "partitions"];
+pub const TABLES: [&str; 3] = ["topics", "partitions", "queries"];
 
 /// One row per partition of every topic, as of now.
 struct PartitionRow {
@@ -50,6 +54,7 @@ pub fn table(name: &str, tables: &Tables) -> DfResult<Option<Arc<dyn TableProvid
     let batch = match name {
         "partitions" => partitions(tables)?,
         "topics" => topics(tables)?,
+        "queries" => queries(tables)?,
         _ => return Ok(None),
     };
     Ok(Some(Arc::new(MemTable::try_new(
@@ -145,6 +150,63 @@ fn topics(tables: &Tables) -> DfResult<RecordBatch> {
         Arc::new(Int64Array::from_iter_values(
             topics.iter().map(|t| sum(&t.name, &|r| r.segments as i64)),
         )),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+fn queries(tables: &Tables) -> DfResult<RecordBatch> {
+    let queries = tables.engine().map(|e| e.statuses()).unwrap_or_default();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("input", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, false),
+        Field::new("rows_in", DataType::Int64, false),
+        Field::new("rows_out", DataType::Int64, false),
+        Field::new("rows_per_sec", DataType::Float64, false),
+        Field::new(
+            "last_checkpoint",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("sql", DataType::Utf8, false),
+    ]));
+    let text = |f: &dyn Fn(&QueryStatus) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(queries.iter().map(f)))
+    };
+    let number = |f: &dyn Fn(&QueryStatus) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            queries.iter().map(|q| f(q) as i64),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        number(&|q| q.id.0),
+        text(&|q| &q.name),
+        text(&|q| q.kind),
+        text(&|q| &q.target),
+        text(&|q| &q.input),
+        text(&|q| q.state),
+        number(&|q| q.epoch),
+        number(&|q| q.lag),
+        number(&|q| q.rows_in),
+        number(&|q| q.rows_out),
+        Arc::new(Float64Array::from_iter_values(
+            queries.iter().map(|q| q.rows_per_sec),
+        )),
+        Arc::new(TimestampMicrosecondArray::from_iter(
+            queries
+                .iter()
+                .map(|q| q.last_checkpoint_ms.map(|ms| ms * 1000)),
+        )),
+        Arc::new(StringArray::from_iter(
+            queries.iter().map(|q| q.error.as_deref()),
+        )),
+        text(&|q| &q.sql),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -123,6 +123,45 @@ impl SqlType {
         }
     }
 
+    /// The column type that holds values of Arrow type `t` (for the columns of a derived
+    /// stream, which come from its query); `None` for types a stream cannot store.
+    pub fn from_arrow(t: &DataType) -> Option<SqlType> {
+        Some(match t {
+            DataType::Boolean => SqlType::Boolean,
+            DataType::Int8 | DataType::Int16 | DataType::UInt8 => SqlType::SmallInt,
+            DataType::Int32 | DataType::UInt16 => SqlType::Integer,
+            DataType::Int64 | DataType::UInt32 => SqlType::BigInt,
+            DataType::UInt64 => SqlType::Numeric {
+                precision: 20,
+                scale: 0,
+            },
+            DataType::Float16 | DataType::Float32 => SqlType::Real,
+            DataType::Float64 => SqlType::Double,
+            DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s)
+                if *s >= 0 && s.unsigned_abs() <= *p =>
+            {
+                SqlType::Numeric {
+                    precision: (*p).min(38),
+                    scale: *s,
+                }
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+                SqlType::Text
+            }
+            DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_) => SqlType::Bytea,
+            DataType::Date32 | DataType::Date64 => SqlType::Date,
+            DataType::Time32(_) | DataType::Time64(_) => SqlType::Time,
+            DataType::Timestamp(_, None) => SqlType::Timestamp,
+            DataType::Timestamp(_, Some(_)) => SqlType::TimestampTz,
+            DataType::Interval(_) | DataType::Duration(_) => SqlType::Interval,
+            DataType::Dictionary(_, values) => return SqlType::from_arrow(values),
+            _ => return None,
+        })
+    }
+
     pub fn is_temporal(self) -> bool {
         matches!(
             self,

@@ -12,8 +12,8 @@ use super::{
 use crate::catalog::provider::PUBLIC_SCHEMA;
 use crate::catalog::stream_table::HIDDEN_COLUMNS;
 use crate::catalog::{
-    CatalogData, ColumnDef, ExternalTableDef, Relation, SqlType, StreamDef, TopicDef, VALUE_COLUMN,
-    ValueFormat, WatermarkDef, validate_name,
+    CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
+    TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
 };
 use crate::error::{Error, Result};
 use crate::ingest::writer::now_ms;
@@ -26,10 +26,8 @@ impl Database {
         c: CreateStream,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
-        if c.query.is_some() {
-            return Err(Error::Unsupported(
-                "CREATE STREAM … AS SELECT (a continuous query) is not supported yet".into(),
-            ));
+        if let Some(query) = c.query.clone() {
+            return self.create_stream_as(c, query, notices).await;
         }
         validate_name("stream", &c.name)?;
         if c.columns.is_empty() {
@@ -294,14 +292,35 @@ impl Database {
             ObjectKind::Stream => "DROP STREAM",
             ObjectKind::Topic => "DROP TOPIC",
             ObjectKind::Table => "DROP TABLE",
+            ObjectKind::View => "DROP MATERIALIZED VIEW",
+            ObjectKind::Query => "DROP QUERY",
         };
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
         let mut new = (*data).clone();
         let mut doomed_topics = vec![];
         let mut doomed_tables = vec![];
+        let mut doomed_queries: Vec<QueryId> = vec![];
+        // The persistent inserts into a dropped stream or topic go with it.
+        let drop_writers = |target: &str, doomed: &mut Vec<QueryId>, notices: &mut Vec<String>| {
+            for q in data.queries.values() {
+                if matches!(&q.target, QueryTarget::Insert { stream, .. } if stream == target) {
+                    notices.push(format!(
+                        "dropping continuous query \"{}\", which writes to \"{target}\"",
+                        q.name
+                    ));
+                    doomed.push(q.id);
+                }
+            }
+        };
         for name in &d.names {
-            let wrong = |kind: &str, verb: &str| {
+            let wrong = |relation: &Relation<'_>| {
+                let (kind, verb) = match relation {
+                    Relation::Stream(..) => ("stream", "DROP STREAM"),
+                    Relation::Topic(_) => ("topic", "DROP TOPIC"),
+                    Relation::External(_) => ("table", "DROP TABLE"),
+                    Relation::View(_) => ("materialized view", "DROP MATERIALIZED VIEW"),
+                };
                 Error::plan(
                     "42809",
                     format!(
@@ -310,23 +329,29 @@ impl Database {
                     ),
                 )
             };
+            let missing = |what: &str, notices: &mut Vec<String>| {
+                if d.if_exists {
+                    notices.push(format!("{what} \"{name}\" does not exist, skipping"));
+                    Ok(())
+                } else {
+                    Err(Error::UnknownRelation(format!(
+                        "{what} \"{name}\" does not exist"
+                    )))
+                }
+            };
             match d.kind {
                 ObjectKind::Stream => match data.relation(name) {
                     Some(Relation::Stream(stream, topic)) => {
                         new.streams.remove(&stream.name);
                         new.topics.remove(&topic.name);
                         doomed_topics.push(topic.id);
+                        if let Some(q) = data.query_maintaining(&stream.name) {
+                            doomed_queries.push(q.id);
+                        }
+                        drop_writers(&stream.name, &mut doomed_queries, notices);
                     }
-                    Some(Relation::Topic(_)) => return Err(wrong("topic", "DROP TOPIC")),
-                    Some(Relation::External(_)) => return Err(wrong("table", "DROP TABLE")),
-                    None if d.if_exists => {
-                        notices.push(format!("stream \"{name}\" does not exist, skipping"))
-                    }
-                    None => {
-                        return Err(Error::UnknownRelation(format!(
-                            "stream \"{name}\" does not exist"
-                        )));
-                    }
+                    Some(other) => return Err(wrong(&other)),
+                    None => missing("stream", notices)?,
                 },
                 ObjectKind::Topic => match data.topics.get(name) {
                     Some(topic) => {
@@ -335,37 +360,95 @@ impl Database {
                                 "topic \"{name}\" holds the records of stream \"{stream}\"; use DROP STREAM {stream}"
                             )));
                         }
+                        if let Some(internal) = &topic.internal {
+                            let owner = data
+                                .queries
+                                .get(&internal.query)
+                                .map_or("?", |q| q.name.as_str());
+                            return Err(Error::Dependent(format!(
+                                "topic \"{name}\" holds the state of continuous query \"{owner}\"; drop that instead"
+                            )));
+                        }
                         new.topics.remove(name);
                         doomed_topics.push(topic.id);
+                        drop_writers(name, &mut doomed_queries, notices);
                     }
-                    None if d.if_exists => {
-                        notices.push(format!("topic \"{name}\" does not exist, skipping"))
-                    }
-                    None => {
-                        return Err(Error::UnknownRelation(format!(
-                            "topic \"{name}\" does not exist"
-                        )));
-                    }
+                    None => missing("topic", notices)?,
                 },
                 ObjectKind::Table => match data.relation(name) {
                     Some(Relation::External(table)) => {
                         new.external_tables.remove(&table.name);
                         doomed_tables.push(table.name.clone());
                     }
-                    Some(Relation::Stream(..)) => return Err(wrong("stream", "DROP STREAM")),
-                    Some(Relation::Topic(_)) => return Err(wrong("topic", "DROP TOPIC")),
-                    None if d.if_exists => {
-                        notices.push(format!("table \"{name}\" does not exist, skipping"))
+                    Some(other) => return Err(wrong(&other)),
+                    None => missing("table", notices)?,
+                },
+                ObjectKind::View => match data.relation(name) {
+                    Some(Relation::View(view)) => {
+                        new.views.remove(&view.name);
+                        doomed_queries.push(view.query);
                     }
-                    None => {
-                        return Err(Error::UnknownRelation(format!(
-                            "table \"{name}\" does not exist"
-                        )));
-                    }
+                    Some(other) => return Err(wrong(&other)),
+                    None => missing("materialized view", notices)?,
+                },
+                ObjectKind::Query => match data.queries.values().find(|q| &q.name == name) {
+                    Some(q) => match &q.target {
+                        QueryTarget::Insert { .. } => doomed_queries.push(q.id),
+                        QueryTarget::Stream { stream } => {
+                            return Err(Error::plan(
+                                "42809",
+                                format!(
+                                    "query \"{name}\" maintains stream \"{stream}\"; use DROP STREAM {stream}"
+                                ),
+                            ));
+                        }
+                        QueryTarget::View { view } => {
+                            return Err(Error::plan(
+                                "42809",
+                                format!(
+                                    "query \"{name}\" maintains materialized view \"{view}\"; use DROP MATERIALIZED VIEW {view}"
+                                ),
+                            ));
+                        }
+                    },
+                    None => missing("query", notices)?,
                 },
             }
         }
-        self.tables.catalog.commit(new)?;
+        for id in &doomed_queries {
+            if let Some(query) = new.queries.remove(id)
+                && let Some(state) = query.state_topic
+                && let Some(topic) = new.topics.remove(&state)
+            {
+                doomed_topics.push(topic.id);
+            }
+        }
+        // What stays must keep its inputs.
+        for query in new.queries.values() {
+            if let Some(input) = query.inputs.iter().find(|i| new.relation(i).is_none()) {
+                return Err(Error::Dependent(format!(
+                    "cannot drop \"{input}\": continuous query \"{}\" reads it; drop that first",
+                    query.name
+                )));
+            }
+        }
+        for id in &doomed_queries {
+            self.engine.stop(*id).await;
+        }
+        if let Err(e) = self.tables.catalog.commit(new) {
+            for id in &doomed_queries {
+                if let Some(def) = data.queries.get(id) {
+                    self.engine.start(def.clone()).await;
+                }
+            }
+            return Err(e);
+        }
+        for id in doomed_queries {
+            // Start-up removes a checkpoint left behind if this fails.
+            if let Err(e) = self.engine.forget(id).await {
+                tracing::warn!(query = %id, error = %e, "deleting a dropped query's checkpoint");
+            }
+        }
         for name in doomed_tables {
             self.tables.external.write().expect("lock").remove(&name);
         }
@@ -449,6 +532,13 @@ impl Database {
                 ] {
                     lines.push((column.into(), t.into(), "hidden".into()));
                 }
+                if let Some(query) = data.query_maintaining(&stream.name) {
+                    lines.push((
+                        "(definition)".into(),
+                        query.sql.clone(),
+                        "derived stream".into(),
+                    ));
+                }
                 Some(*topic)
             }
             Relation::Topic(topic) => {
@@ -462,6 +552,21 @@ impl Database {
                     lines.push((column.into(), t.into(), "hidden".into()));
                 }
                 Some(*topic)
+            }
+            Relation::View(view) => {
+                for f in view.columns.iter() {
+                    let t = SqlType::from_arrow(f.data_type())
+                        .map_or_else(|| f.data_type().to_string(), |t| t.to_string());
+                    lines.push((f.name().clone(), t, String::new()));
+                }
+                if let Some(query) = data.queries.get(&view.query) {
+                    lines.push((
+                        "(definition)".into(),
+                        query.sql.clone(),
+                        "materialized view".into(),
+                    ));
+                }
+                None
             }
             Relation::External(table) => {
                 let provider = self
@@ -517,11 +622,12 @@ impl Database {
     }
 }
 
-fn kind_name(relation: &Relation<'_>) -> &'static str {
+pub(super) fn kind_name(relation: &Relation<'_>) -> &'static str {
     match relation {
         Relation::Stream(..) => "stream",
         Relation::Topic(_) => "topic",
         Relation::External(_) => "table",
+        Relation::View(_) => "materialized view",
     }
 }
 
@@ -594,7 +700,7 @@ fn parse_duration_ms(text: &str) -> Result<Option<u64>> {
 }
 
 /// `WITH (…)` options that configure a topic, plus the stream-only ones the caller takes.
-struct TopicOptions {
+pub(super) struct TopicOptions {
     partitions: u32,
     compression: Compression,
     retention_ms: Option<u64>,
@@ -604,7 +710,7 @@ struct TopicOptions {
 }
 
 impl TopicOptions {
-    fn parse(options: &[(String, OptionValue)], extra: &[&str]) -> Result<TopicOptions> {
+    pub(super) fn parse(options: &[(String, OptionValue)], extra: &[&str]) -> Result<TopicOptions> {
         let mut out = TopicOptions {
             partitions: DEFAULT_PARTITIONS,
             compression: Compression::None,
@@ -698,11 +804,11 @@ impl TopicOptions {
         Ok(out)
     }
 
-    fn take(&mut self, key: &str) -> Option<OptionValue> {
+    pub(super) fn take(&mut self, key: &str) -> Option<OptionValue> {
         self.rest.remove(key)
     }
 
-    fn topic_def(&self, id: TopicId, name: &str, stream: Option<String>) -> TopicDef {
+    pub(super) fn topic_def(&self, id: TopicId, name: &str, stream: Option<String>) -> TopicDef {
         TopicDef {
             id,
             name: name.to_string(),
@@ -713,6 +819,7 @@ impl TopicOptions {
             segment_bytes: self.segment_bytes,
             stream,
             created_at_ms: now_ms(),
+            internal: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! commit makes the change real, in an order that leaves nothing half-made after a crash
 //! (files first on create, catalog first on drop; leftovers are removed at start-up).
 
+mod continuous;
 mod copy;
 mod ddl;
 mod session;
@@ -26,6 +27,7 @@ use datafusion::prelude::SessionConfig;
 use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA, RunnelCatalog, Tables};
 use crate::catalog::text_table::TextTableFactory;
 use crate::catalog::{Catalog, CatalogData};
+use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
@@ -43,6 +45,7 @@ pub struct DbConfig {
     /// Threads a query may use.
     pub target_partitions: usize,
     pub retention_check_interval: std::time::Duration,
+    pub engine: EngineConfig,
 }
 
 impl DbConfig {
@@ -52,6 +55,7 @@ impl DbConfig {
             copy_chunk_bytes: 256 * 1024 * 1024,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retention_check_interval: std::time::Duration::from_secs(30),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Database {
     tables: Arc<Tables>,
     state: SessionState,
     config: DbConfig,
+    engine: Arc<Engine>,
 }
 
 /// What a statement produced.
@@ -120,6 +125,7 @@ impl Database {
             log,
             external: Default::default(),
             insert_chunk_bytes: config.copy_chunk_bytes as usize,
+            engine: Default::default(),
         });
         let session_config = SessionConfig::new()
             .with_information_schema(true)
@@ -135,12 +141,16 @@ impl Database {
             CATALOG_NAME.into(),
             Arc::new(RunnelCatalog::new(tables.clone())),
         );
+        let engine = Engine::new(tables.clone(), state.clone(), config.engine.clone());
+        let _ = tables.engine.set(Arc::downgrade(&engine));
         let db = Arc::new(Database {
             tables,
             state,
             config,
+            engine,
         });
         db.restore_external_tables().await;
+        db.engine.start_all().await?;
         Ok(db)
     }
 
@@ -158,9 +168,14 @@ impl Database {
         }
     }
 
-    /// Finishes every write already queued and stops the log.
-    pub fn shutdown(&self) {
-        self.tables.log.shutdown();
+    /// Stops the continuous queries (each after its current epoch), finishes every write
+    /// already queued and stops the log.
+    pub async fn shutdown(&self) {
+        self.engine.shutdown().await;
+        let log = self.tables.log.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || log.shutdown()).await {
+            tracing::error!(error = %e, "stopping the log");
+        }
     }
 
     /// Recreates the providers of external tables from their SQL.

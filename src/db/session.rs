@@ -121,6 +121,10 @@ impl Session {
                 Some(text_schema(&["name", "setting"]))
             }
             Statement::ShowVariable(name) => Some(text_schema(&[name.as_str()])),
+            s @ (Statement::ShowQueries | Statement::ShowViews) => {
+                let sql = show_sql(&s).expect("a SHOW over system tables");
+                return Box::pin(self.describe(sql)).await;
+            }
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 let plan = sql::plan(&self.state, *statement, &catalog).await?;
@@ -150,6 +154,16 @@ impl Session {
         match statement {
             Statement::CreateStream(c) => db.create_stream(c, &mut self.notices).await,
             Statement::CreateTopic(c) => db.create_topic(c, &mut self.notices).await,
+            Statement::CreateView(v) => db.create_view(v, &mut self.notices).await,
+            Statement::InsertContinuous(i) => db.insert_continuous(i).await,
+            Statement::Flush => db.flush().await,
+            Statement::ShowQueries | Statement::ShowViews => {
+                let sql = show_sql(&statement).expect("a SHOW over system tables");
+                let Some(Statement::DataFusion(s)) = sql::parse(sql)?.pop() else {
+                    return Err(Error::Internal("SHOW query".into()));
+                };
+                self.run_datafusion(*s, None).await
+            }
             Statement::Drop(d) => db.drop_objects(d, &mut self.notices).await,
             Statement::ShowStreams => db.show_streams(),
             Statement::ShowTopics => db.show_topics(),
@@ -215,6 +229,15 @@ impl Session {
                 // The rewrite points inserts into streams and topics at the write schema;
                 // anything else is a file (external table), which SQL never writes.
                 if dml.table_name.schema() != Some(WRITE_SCHEMA) {
+                    if let Some(Relation::View(_)) = catalog.relation(dml.table_name.table()) {
+                        return Err(Error::plan(
+                            "42809",
+                            format!(
+                                "cannot insert into materialized view \"{}\": its query maintains it",
+                                dml.table_name.table()
+                            ),
+                        ));
+                    }
                     return Err(Error::Unsupported(format!(
                         "cannot insert into \"{}\": external tables are read-only; write files with COPY (query) TO 'file'",
                         dml.table_name.table()
@@ -344,6 +367,21 @@ impl Session {
             )
         })?;
         text_rows(&[name], vec![vec![Some(value)]])
+    }
+}
+
+/// The query over system tables a `SHOW` statement runs.
+fn show_sql(statement: &Statement) -> Option<&'static str> {
+    match statement {
+        Statement::ShowQueries => Some(
+            "SELECT name, kind, input, state, epoch, lag, rows_per_sec, last_checkpoint, error \
+             FROM sys.queries ORDER BY id",
+        ),
+        Statement::ShowViews => Some(
+            "SELECT target AS name, state, epoch, lag, last_checkpoint, sql AS definition \
+             FROM sys.queries WHERE kind = 'view' ORDER BY target",
+        ),
+        _ => None,
     }
 }
 

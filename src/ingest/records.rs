@@ -96,7 +96,7 @@ impl WriteTarget {
                 not_null: vec![false, false],
                 shape: Shape::Topic,
             }),
-            Relation::External(_) => None,
+            Relation::External(_) | Relation::View(_) => None,
         }
     }
 
@@ -292,6 +292,7 @@ mod tests {
                 segment_bytes: 1 << 30,
                 stream: Some("clicks".into()),
                 created_at_ms: 0,
+                internal: None,
             },
         );
         data.streams.insert("clicks".into(), stream);

@@ -376,6 +376,7 @@ mod tests {
                 segment_bytes: 1 << 30,
                 stream: Some("s".into()),
                 created_at_ms: 0,
+                internal: None,
             },
         );
         (

@@ -43,6 +43,11 @@ impl PendingWrite {
         self.bytes
     }
 
+    /// The records, per partition, for a commit that carries more than rows.
+    pub fn into_batches(self) -> Vec<PartitionBatch> {
+        self.batches
+    }
+
     /// Adds `other`'s records after these.
     pub fn extend(&mut self, other: PendingWrite) {
         self.batches.extend(other.batches);

@@ -25,7 +25,7 @@ impl HiddenColumns for CatalogData {
         match self.relation(relation)? {
             Relation::Stream(..) => Some(&HIDDEN_COLUMNS),
             Relation::Topic(_) => Some(&TOPIC_HIDDEN_COLUMNS),
-            Relation::External(_) => None,
+            Relation::External(_) | Relation::View(_) => None,
         }
     }
 }

@@ -14,7 +14,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use crate::catalog::SqlType;
 use crate::error::{Error, Result};
@@ -40,6 +40,14 @@ pub enum Statement {
     Begin,
     Commit,
     Rollback,
+    /// `CREATE MATERIALIZED VIEW name [WITH (…)] AS SELECT …`.
+    CreateView(CreateView),
+    /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: a persistent insert.
+    InsertContinuous(InsertContinuous),
+    /// Waits until every continuous query has processed everything appended before it.
+    Flush,
+    ShowQueries,
+    ShowViews,
     /// Planned by DataFusion: queries, INSERT, EXPLAIN, CREATE EXTERNAL TABLE, COPY … TO, …
     DataFusion(Box<DfStatement>),
 }
@@ -65,6 +73,21 @@ pub struct CreateStream {
 }
 
 #[derive(Debug, Clone)]
+pub struct CreateView {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub options: Vec<(String, OptionValue)>,
+    pub query: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InsertContinuous {
+    pub target: String,
+    pub columns: Vec<String>,
+    pub query: String,
+}
+
+#[derive(Debug, Clone)]
 pub struct CreateTopic {
     pub name: String,
     pub if_not_exists: bool,
@@ -76,6 +99,9 @@ pub enum ObjectKind {
     Stream,
     Topic,
     Table,
+    View,
+    /// A persistent `INSERT … EMIT CHANGES`, by the name `SHOW QUERIES` gives it.
+    Query,
 }
 
 impl ObjectKind {
@@ -84,6 +110,8 @@ impl ObjectKind {
             ObjectKind::Stream => "STREAM",
             ObjectKind::Topic => "TOPIC",
             ObjectKind::Table => "TABLE",
+            ObjectKind::View => "MATERIALIZED VIEW",
+            ObjectKind::Query => "QUERY",
         }
     }
 }
@@ -154,10 +182,35 @@ fn syntax(e: ParserError) -> Error {
 }
 
 fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
+    // Where the statement's first token is (past any whitespace), to come back to.
+    df.parser.next_token();
+    df.parser.prev_token();
     let start = df.parser.index();
     let p = &mut df.parser;
     if p.parse_keywords(&[Keyword::CREATE, Keyword::STREAM]) {
         return parse_create_stream(p).map(Statement::CreateStream);
+    }
+    if p.parse_keywords(&[Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW]) {
+        return parse_create_view(p).map(Statement::CreateView);
+    }
+    if word_is(p, "FLUSH") {
+        p.next_token();
+        return Ok(Statement::Flush);
+    }
+    if p.peek_keyword(Keyword::INSERT) {
+        // `… EMIT CHANGES` makes an INSERT continuous; the general parser would read EMIT
+        // as a table alias, so the statement's tokens are taken apart first.
+        let mut tokens = statement_tokens(p);
+        if strip_emit_changes(&mut tokens) {
+            return parse_insert_continuous(tokens).map(Statement::InsertContinuous);
+        }
+        while df.parser.index() > start {
+            df.parser.prev_token();
+        }
+        return df
+            .parse_statement()
+            .map(|s| Statement::DataFusion(Box::new(s)))
+            .map_err(Error::from_datafusion);
     }
     if p.parse_keyword(Keyword::CREATE) {
         if word_is(p, "TOPIC") {
@@ -174,6 +227,11 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
             Some(ObjectKind::Topic)
         } else if p.parse_keyword(Keyword::TABLE) {
             Some(ObjectKind::Table)
+        } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+            Some(ObjectKind::View)
+        } else if word_is(p, "QUERY") {
+            p.next_token();
+            Some(ObjectKind::Query)
         } else {
             None
         };
@@ -190,6 +248,13 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         if word_is(p, "TOPICS") {
             p.next_token();
             return Ok(Statement::ShowTopics);
+        }
+        if word_is(p, "QUERIES") {
+            p.next_token();
+            return Ok(Statement::ShowQueries);
+        }
+        if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS]) {
+            return Ok(Statement::ShowViews);
         }
         // SHOW name, SHOW ALL, SHOW TRANSACTION ISOLATION LEVEL
         let mut words = vec![parse_variable_name(p)?];
@@ -402,7 +467,7 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
     }
     let options = parse_with_options(p)?;
     let query = if p.parse_keyword(Keyword::AS) {
-        Some(p.parse_query().map_err(syntax)?.to_string())
+        Some(parse_continuous_query(p)?)
     } else {
         None
     };
@@ -414,6 +479,94 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
         options,
         query,
     })
+}
+
+fn parse_create_view(p: &mut Parser<'_>) -> Result<CreateView> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = parse_relation_name(p)?;
+    let options = parse_with_options(p)?;
+    p.expect_keyword(Keyword::AS).map_err(syntax)?;
+    let query = parse_continuous_query(p)?;
+    Ok(CreateView {
+        name,
+        if_not_exists,
+        options,
+        query,
+    })
+}
+
+/// The `SELECT` of a continuous query, with an optional trailing `EMIT CHANGES` (updates
+/// every epoch: what a continuous query does anyway).
+fn parse_continuous_query(p: &mut Parser<'_>) -> Result<String> {
+    let mut tokens = statement_tokens(p);
+    strip_emit_changes(&mut tokens);
+    let mut sub = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
+    let query = sub.parse_query().map_err(syntax)?;
+    if sub.peek_token() != Token::EOF {
+        return Err(Error::Syntax(format!(
+            "syntax error at or near \"{}\"",
+            sub.peek_token()
+        )));
+    }
+    Ok(query.to_string())
+}
+
+fn parse_insert_continuous(tokens: Vec<TokenWithSpan>) -> Result<InsertContinuous> {
+    let mut p = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
+    p.expect_keyword(Keyword::INSERT).map_err(syntax)?;
+    p.expect_keyword(Keyword::INTO).map_err(syntax)?;
+    let target = parse_relation_name(&mut p)?;
+    let mut columns = vec![];
+    if p.consume_token(&Token::LParen) {
+        loop {
+            columns.push(normalize(&p.parse_identifier().map_err(syntax)?));
+            if p.consume_token(&Token::RParen) {
+                break;
+            }
+            p.expect_token(&Token::Comma).map_err(syntax)?;
+        }
+    }
+    let query = p.parse_query().map_err(syntax)?;
+    if p.peek_token() != Token::EOF {
+        return Err(Error::Syntax(format!(
+            "syntax error at or near \"{}\"",
+            p.peek_token()
+        )));
+    }
+    Ok(InsertContinuous {
+        target,
+        columns,
+        query: query.to_string(),
+    })
+}
+
+/// The tokens of the statement at the parser's position, up to its `;` or the end.
+fn statement_tokens(p: &mut Parser<'_>) -> Vec<TokenWithSpan> {
+    let mut depth = 0usize;
+    let mut tokens = vec![];
+    loop {
+        match &p.peek_token().token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        tokens.push(p.next_token());
+    }
+    tokens
+}
+
+/// Removes a trailing `EMIT CHANGES`; whether there was one.
+fn strip_emit_changes(tokens: &mut Vec<TokenWithSpan>) -> bool {
+    let is = |t: &TokenWithSpan, word: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let n = tokens.len();
+    if n >= 2 && is(&tokens[n - 2], "EMIT") && is(&tokens[n - 1], "CHANGES") {
+        tokens.truncate(n - 2);
+        true
+    } else {
+        false
+    }
 }
 
 fn parse_column(p: &mut Parser<'_>) -> Result<ColumnSpec> {
@@ -657,6 +810,80 @@ mod tests {
         };
         assert_eq!(c.options.format, CopyFormat::Csv);
         assert!(c.options.header);
+    }
+
+    #[test]
+    fn continuous_statements_as_sql_md_writes_them() {
+        let Statement::CreateStream(c) = one("CREATE STREAM cart_clicks WITH (partitions = 2) AS
+            SELECT user_id, ts FROM clicks WHERE url = '/cart';")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            c.query.as_deref(),
+            Some("SELECT user_id, ts FROM clicks WHERE url = '/cart'")
+        );
+        assert_eq!(
+            c.options,
+            vec![("partitions".into(), OptionValue::Number("2".into()))]
+        );
+        let Statement::CreateView(v) = one("CREATE MATERIALIZED VIEW clicks_per_user AS
+            SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id")
+        else {
+            panic!()
+        };
+        assert_eq!(v.name, "clicks_per_user");
+        assert!(
+            v.query
+                .starts_with("SELECT user_id, count(*) AS n FROM clicks")
+        );
+        let Statement::InsertContinuous(i) = one(
+            "INSERT INTO alerts SELECT user_id, url FROM clicks WHERE url LIKE '/admin%' EMIT CHANGES;",
+        ) else {
+            panic!()
+        };
+        assert_eq!(i.target, "alerts");
+        assert_eq!(
+            i.query,
+            "SELECT user_id, url FROM clicks WHERE url LIKE '/admin%'"
+        );
+        // EMIT would otherwise be an alias of clicks.
+        let Statement::InsertContinuous(i) =
+            one("INSERT INTO a (x) SELECT x FROM clicks EMIT CHANGES")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (i.columns, i.query.as_str()),
+            (vec!["x".to_string()], "SELECT x FROM clicks")
+        );
+        assert!(matches!(
+            one("INSERT INTO a SELECT 1"),
+            Statement::DataFusion(_)
+        ));
+        assert!(matches!(one("FLUSH"), Statement::Flush));
+        assert!(matches!(one("SHOW QUERIES"), Statement::ShowQueries));
+        assert!(matches!(
+            one("SHOW MATERIALIZED VIEWS"),
+            Statement::ShowViews
+        ));
+        assert!(
+            matches!(one("DROP MATERIALIZED VIEW IF EXISTS v"), Statement::Drop(d) if d.kind == ObjectKind::View)
+        );
+        assert!(
+            matches!(one("DROP QUERY insert_into_alerts_3"), Statement::Drop(d) if d.kind == ObjectKind::Query)
+        );
+        let several =
+            parse("CREATE MATERIALIZED VIEW v AS SELECT count(*) FROM t; FLUSH; SELECT * FROM v")
+                .unwrap();
+        assert_eq!(several.len(), 3);
+    }
+
+    #[test]
+    fn statements_after_others_reparse_from_their_own_start() {
+        let s = parse("SELECT 1;\n  INSERT INTO t VALUES (1);\n\n  COPY t TO 'x.csv';  INSERT INTO u SELECT 2").unwrap();
+        assert_eq!(s.len(), 4);
+        assert!(s.iter().all(|s| matches!(s, Statement::DataFusion(_))));
     }
 
     #[test]

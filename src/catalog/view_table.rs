@@ -1,0 +1,78 @@
+//! Materialized views as DataFusion tables: a `SELECT` reads the view's contents as of its
+//! last committed epoch, which the engine keeps.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
+
+use super::provider::Tables;
+use super::stream_table::StatementSnapshot;
+use crate::error::Error;
+
+#[derive(Debug)]
+pub struct ViewTable {
+    name: String,
+    schema: SchemaRef,
+    tables: Arc<Tables>,
+}
+
+impl ViewTable {
+    pub fn new(name: String, schema: SchemaRef, tables: Arc<Tables>) -> ViewTable {
+        ViewTable {
+            name,
+            schema,
+            tables,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = state
+            .config()
+            .get_extension::<StatementSnapshot>()
+            .map(|s| s.0.clone())
+            .unwrap_or_else(|| self.tables.log.snapshot());
+        let engine = self.tables.engine().ok_or_else(|| {
+            Error::plan(
+                "55000",
+                format!("materialized view \"{}\" is starting", self.name),
+            )
+        })?;
+        let plan = engine.view_plan(&self.name, &snapshot)?;
+        let Some(projection) = projection else {
+            return Ok(plan);
+        };
+        let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = projection
+            .iter()
+            .map(|i| {
+                let name = self.schema.field(*i).name().clone();
+                (Arc::new(Column::new(&name, *i)) as _, name)
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}

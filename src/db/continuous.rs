@@ -1,0 +1,564 @@
+//! DDL of continuous queries: `CREATE STREAM … AS SELECT`, `CREATE MATERIALIZED VIEW`,
+//! `INSERT … SELECT … EMIT CHANGES`, and `FLUSH`.
+//!
+//! Creating one plans its `SELECT` (refusing what cannot run incrementally), creates the
+//! topics it writes (its output stream's, and an internal one for its state), commits its
+//! starting checkpoint, then commits the catalog, and starts it. A crash before the catalog
+//! commit leaves an unnamed topic and checkpoint, which start-up removes.
+
+use std::collections::BTreeSet;
+
+use arrow::compute::can_cast_types;
+use arrow::datatypes::Fields;
+
+use super::ddl::{TopicOptions, kind_name};
+use super::{Database, Output, command};
+use crate::catalog::stream_table::HIDDEN_COLUMNS;
+use crate::catalog::{
+    CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
+    StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
+};
+use crate::engine::plan::{Kind, QueryPlan};
+use crate::error::{Error, Result};
+use crate::ingest::writer::now_ms;
+use crate::sql::parser::{CreateStream, CreateView, InsertContinuous, OptionValue};
+use crate::storage::{Compression, TopicId};
+
+/// Segment size of an aggregation's state changelog: small, so that segments a snapshot
+/// has made redundant are soon sealed and deleted.
+const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Database {
+    pub(super) async fn create_stream_as(
+        &self,
+        c: CreateStream,
+        query: String,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
+        validate_name("stream", &c.name)?;
+        if !c.columns.is_empty() || c.watermark.is_some() {
+            return Err(Error::plan(
+                "42601",
+                "CREATE STREAM … AS SELECT takes its columns from the query; leave out the column list",
+            ));
+        }
+        let mut options = TopicOptions::parse(&c.options, &["timestamp", "topic", "start"])?;
+        let start = start_position(options.take("start"))?;
+        let topic_name = match options.take("topic") {
+            Some(v) => v.as_text().to_string(),
+            None => c.name.clone(),
+        };
+        validate_name("topic", &topic_name)?;
+
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        if let Some(done) = taken(&data, &c.name, c.if_not_exists, notices, "CREATE STREAM")? {
+            return Ok(done);
+        }
+        if data.topics.contains_key(&topic_name) {
+            return Err(Error::AlreadyExists(format!(
+                "topic \"{topic_name}\" already exists"
+            )));
+        }
+        let plan = self.engine.plan(&query, &data).await?;
+        let columns = stream_columns(&plan)?;
+        let key_columns = match &plan.kind {
+            Kind::Stateless => vec![],
+            Kind::Aggregate {
+                group_outputs,
+                filtered,
+                ..
+            } => {
+                if *filtered {
+                    return Err(Error::Unsupported(
+                        "a derived stream cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
+                            .into(),
+                    ));
+                }
+                group_outputs
+                    .iter()
+                    .map(|o| o.map(|i| columns[i].name.clone()))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or_else(|| {
+                        Error::Unsupported(
+                            "a grouped derived stream must select every GROUP BY column as it is: they are the key of its upsert records"
+                                .into(),
+                        )
+                    })?
+            }
+        };
+        let timestamp_column = match options.take("timestamp") {
+            None => None,
+            Some(v) => {
+                let name = v.as_text().to_string();
+                let column = columns.iter().find(|c| c.name == name).ok_or_else(|| {
+                    Error::plan(
+                        "42703",
+                        format!("timestamp column \"{name}\" is not a column of the query"),
+                    )
+                })?;
+                if !matches!(
+                    column.sql_type,
+                    SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date | SqlType::BigInt
+                ) {
+                    return Err(Error::plan(
+                        "42804",
+                        format!(
+                            "timestamp column \"{name}\" is {}; it must be a timestamp, date or bigint (ms since the epoch)",
+                            column.sql_type
+                        ),
+                    ));
+                }
+                Some(name)
+            }
+        };
+
+        let mut new = (*data).clone();
+        let id = QueryId(new.next_query_id);
+        new.next_query_id += 1;
+        let topic = options.topic_def(
+            TopicId(new.next_topic_id),
+            &topic_name,
+            Some(c.name.clone()),
+        );
+        new.next_topic_id += 1;
+        new.topics.insert(topic_name.clone(), topic.clone());
+        new.streams.insert(
+            c.name.clone(),
+            StreamDef {
+                name: c.name.clone(),
+                topic: topic_name,
+                columns,
+                key_columns,
+                value_format: ValueFormat::Json,
+                timestamp_column,
+                watermark: None,
+            },
+        );
+        let state_topic = match &plan.kind {
+            Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
+                &mut new,
+                &c.name,
+                id,
+                state_schema.fields().clone(),
+                CHANGELOG_SEGMENT_BYTES,
+            )?),
+            Kind::Stateless => None,
+        };
+        let def = QueryDef {
+            id,
+            name: c.name.clone(),
+            target: QueryTarget::Stream { stream: c.name },
+            sql: query,
+            inputs: vec![plan.input_name.clone()],
+            start,
+            state_topic: state_topic.as_ref().map(|t| t.name.clone()),
+            created_at_ms: now_ms(),
+        };
+        let topics: Vec<TopicDef> = [Some(topic), state_topic].into_iter().flatten().collect();
+        self.create_query(new, def, &plan, topics).await?;
+        Ok(command("CREATE STREAM"))
+    }
+
+    pub(super) async fn create_view(
+        &self,
+        v: CreateView,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
+        validate_name("materialized view", &v.name)?;
+        let mut start = StartPosition::default();
+        for (key, value) in &v.options {
+            match key.as_str() {
+                "start" => start = start_position(Some(value.clone()))?,
+                other => {
+                    return Err(Error::data(
+                        "22023",
+                        format!(
+                            "unknown option \"{other}\" for a materialized view (known: start)"
+                        ),
+                    ));
+                }
+            }
+        }
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        if let Some(done) = taken(
+            &data,
+            &v.name,
+            v.if_not_exists,
+            notices,
+            "CREATE MATERIALIZED VIEW",
+        )? {
+            return Ok(done);
+        }
+        let plan = self.engine.plan(&v.query, &data).await?;
+        let mut seen = BTreeSet::new();
+        for field in plan.schema.fields() {
+            if !seen.insert(field.name()) {
+                return Err(Error::plan(
+                    "42701",
+                    format!(
+                        "column \"{}\" appears twice in the view; give one an alias",
+                        field.name()
+                    ),
+                ));
+            }
+        }
+        let mut new = (*data).clone();
+        let id = QueryId(new.next_query_id);
+        new.next_query_id += 1;
+        let (state_fields, segment_bytes) = match &plan.kind {
+            Kind::Aggregate { state_schema, .. } => {
+                (state_schema.fields().clone(), CHANGELOG_SEGMENT_BYTES)
+            }
+            Kind::Stateless => (plan.schema.fields().clone(), super::DEFAULT_SEGMENT_BYTES),
+        };
+        let state_topic = state_topic_def(&mut new, &v.name, id, state_fields, segment_bytes)?;
+        new.views.insert(
+            v.name.clone(),
+            crate::catalog::ViewDef {
+                name: v.name.clone(),
+                query: id,
+                columns: plan.schema.fields().clone(),
+            },
+        );
+        let def = QueryDef {
+            id,
+            name: v.name.clone(),
+            target: QueryTarget::View { view: v.name },
+            sql: v.query,
+            inputs: vec![plan.input_name.clone()],
+            start,
+            state_topic: Some(state_topic.name.clone()),
+            created_at_ms: now_ms(),
+        };
+        self.create_query(new, def, &plan, vec![state_topic])
+            .await?;
+        Ok(command("CREATE MATERIALIZED VIEW"))
+    }
+
+    pub(super) async fn insert_continuous(&self, i: InsertContinuous) -> Result<Output> {
+        let _ddl = self.tables.catalog.ddl_lock().await;
+        let data = self.tables.catalog.snapshot();
+        let relation = data.relation(&i.target).ok_or_else(|| {
+            Error::UnknownRelation(format!("relation \"{}\" does not exist", i.target))
+        })?;
+        let target_fields: Fields = match &relation {
+            Relation::Stream(stream, _) => stream.value_fields(),
+            Relation::Topic(topic) => {
+                crate::ingest::WriteTarget::of(&data, &Relation::Topic(topic))
+                    .expect("topics are writable")
+                    .row_schema
+                    .fields()
+                    .clone()
+            }
+            Relation::View(_) => {
+                return Err(Error::plan(
+                    "42809",
+                    format!(
+                        "cannot insert into materialized view \"{}\": its query maintains it",
+                        i.target
+                    ),
+                ));
+            }
+            Relation::External(_) => {
+                return Err(Error::Unsupported(format!(
+                    "cannot insert into \"{}\": external tables are read-only",
+                    i.target
+                )));
+            }
+        };
+        let plan = self.engine.plan(&i.query, &data).await?;
+        if let Kind::Aggregate { filtered: true, .. } = plan.kind {
+            return Err(Error::Unsupported(
+                "a persistent INSERT cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
+                    .into(),
+            ));
+        }
+        // Which target column each query column goes to, as PostgreSQL's INSERT does it.
+        let produced = plan.schema.fields();
+        let targets: Vec<usize> = if i.columns.is_empty() {
+            (0..produced.len()).collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            i.columns
+                .iter()
+                .map(|c| {
+                    if !seen.insert(c) {
+                        return Err(Error::plan(
+                            "42701",
+                            format!("column \"{c}\" specified more than once"),
+                        ));
+                    }
+                    target_fields
+                        .iter()
+                        .position(|f| f.name() == c)
+                        .ok_or_else(|| {
+                            Error::plan(
+                                "42703",
+                                format!(
+                                    "column \"{c}\" of relation \"{}\" does not exist",
+                                    i.target
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?
+        };
+        let listed = if i.columns.is_empty() {
+            target_fields.len()
+        } else {
+            targets.len()
+        };
+        if produced.len() > listed {
+            return Err(Error::plan(
+                "42601",
+                "INSERT has more expressions than target columns",
+            ));
+        }
+        if produced.len() < targets.len() {
+            return Err(Error::plan(
+                "42601",
+                "INSERT has more target columns than expressions",
+            ));
+        }
+        for (field, at) in produced.iter().zip(&targets) {
+            let target = &target_fields[*at];
+            if !can_cast_types(field.data_type(), target.data_type()) {
+                return Err(Error::plan(
+                    "42804",
+                    format!(
+                        "column \"{}\" is of type {} but expression \"{}\" is of type {}",
+                        target.name(),
+                        target.data_type(),
+                        field.name(),
+                        field.data_type()
+                    ),
+                ));
+            }
+        }
+        for (at, target) in target_fields.iter().enumerate() {
+            if !target.is_nullable() && !targets.contains(&at) {
+                return Err(Error::plan(
+                    "23502",
+                    format!(
+                        "null value in column \"{}\" of relation \"{}\": the query does not provide it",
+                        target.name(),
+                        i.target
+                    ),
+                ));
+            }
+        }
+        if feeds(&data, &i.target, &plan.input_name) {
+            return Err(Error::Unsupported(format!(
+                "INSERT INTO {} … EMIT CHANGES would read its own output (through \"{}\")",
+                i.target, plan.input_name
+            )));
+        }
+        let mut new = (*data).clone();
+        let id = QueryId(new.next_query_id);
+        new.next_query_id += 1;
+        let name = format!("insert_into_{}_{}", i.target, id);
+        let state_topic = match &plan.kind {
+            Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
+                &mut new,
+                &name,
+                id,
+                state_schema.fields().clone(),
+                CHANGELOG_SEGMENT_BYTES,
+            )?),
+            Kind::Stateless => None,
+        };
+        let columns = if i.columns.is_empty() {
+            target_fields
+                .iter()
+                .take(produced.len())
+                .map(|f| f.name().clone())
+                .collect()
+        } else {
+            i.columns
+        };
+        let def = QueryDef {
+            id,
+            name,
+            target: QueryTarget::Insert {
+                stream: i.target,
+                columns,
+            },
+            sql: i.query,
+            inputs: vec![plan.input_name.clone()],
+            start: StartPosition::default(),
+            state_topic: state_topic.as_ref().map(|t| t.name.clone()),
+            created_at_ms: now_ms(),
+        };
+        self.create_query(new, def, &plan, state_topic.into_iter().collect())
+            .await?;
+        Ok(command("CREATE QUERY"))
+    }
+
+    /// Creates `topics`, commits the query's first checkpoint and the catalog `new` that
+    /// names them, and starts the query. Undoes the topics if the catalog commit fails.
+    async fn create_query(
+        &self,
+        mut new: CatalogData,
+        def: QueryDef,
+        plan: &QueryPlan,
+        topics: Vec<TopicDef>,
+    ) -> Result<()> {
+        new.queries.insert(def.id, def.clone());
+        let undo = |created: Vec<TopicId>| async move {
+            for id in created {
+                if let Err(e) = self.tables.log.drop_topic(id).await {
+                    tracing::error!(error = %e, "removing the files of a topic whose creation failed");
+                }
+            }
+        };
+        let mut created = vec![];
+        for topic in &topics {
+            if let Err(e) = self.tables.log.create_topic(new.topic_spec(topic)).await {
+                undo(created).await;
+                return Err(e.into());
+            }
+            created.push(topic.id);
+        }
+        let committed = async {
+            self.engine
+                .create_checkpoint(def.id, plan, def.start)
+                .await?;
+            self.tables.catalog.commit(new)
+        };
+        if let Err(e) = committed.await {
+            undo(created).await;
+            let _ = self.engine.forget(def.id).await;
+            return Err(e);
+        }
+        self.engine.start(def).await;
+        Ok(())
+    }
+
+    pub(super) async fn flush(&self) -> Result<Output> {
+        self.engine.flush().await?;
+        Ok(command("FLUSH"))
+    }
+}
+
+/// `None` if `name` is free; a notice and the command's tag with `IF NOT EXISTS`.
+fn taken(
+    data: &CatalogData,
+    name: &str,
+    if_not_exists: bool,
+    notices: &mut Vec<String>,
+    tag: &'static str,
+) -> Result<Option<Output>> {
+    let Some(existing) = data.relation(name) else {
+        return Ok(None);
+    };
+    let message = format!("{} \"{name}\" already exists", kind_name(&existing));
+    if if_not_exists {
+        notices.push(format!("{message}, skipping"));
+        return Ok(Some(command(tag)));
+    }
+    Err(Error::AlreadyExists(message))
+}
+
+fn start_position(value: Option<OptionValue>) -> Result<StartPosition> {
+    match value
+        .as_ref()
+        .map(|v| v.as_text().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("earliest") => Ok(StartPosition::Earliest),
+        Some("latest") => Ok(StartPosition::Latest),
+        Some(other) => Err(Error::data(
+            "22023",
+            format!("invalid start \"{other}\" (earliest, latest)"),
+        )),
+    }
+}
+
+/// The columns of a derived stream, from its query's output.
+fn stream_columns(plan: &QueryPlan) -> Result<Vec<ColumnDef>> {
+    let mut columns: Vec<ColumnDef> = vec![];
+    for field in plan.schema.fields() {
+        let name = field.name();
+        if HIDDEN_COLUMNS.contains(&name.as_str()) {
+            return Err(Error::plan(
+                "42701",
+                format!(
+                    "column name \"{name}\" conflicts with a system column name; give it an alias"
+                ),
+            ));
+        }
+        if columns.iter().any(|c| &c.name == name) {
+            return Err(Error::plan(
+                "42701",
+                format!("column \"{name}\" appears twice in the query; give one an alias"),
+            ));
+        }
+        let sql_type = SqlType::from_arrow(field.data_type()).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "column \"{name}\" is of type {}, which a stream cannot store; cast it, or use a materialized view",
+                field.data_type()
+            ))
+        })?;
+        // As PostgreSQL's CREATE TABLE AS: no NOT NULL from a query's inferred nullability.
+        columns.push(ColumnDef {
+            name: name.clone(),
+            sql_type,
+            nullable: true,
+        });
+    }
+    Ok(columns)
+}
+
+/// Adds the internal topic a query keeps its state in to `new`.
+fn state_topic_def(
+    new: &mut CatalogData,
+    owner: &str,
+    id: QueryId,
+    columns: Fields,
+    segment_bytes: u64,
+) -> Result<TopicDef> {
+    let name = format!("__state_{owner}_{id}");
+    if new.topics.contains_key(&name) {
+        return Err(Error::AlreadyExists(format!(
+            "topic \"{name}\" already exists"
+        )));
+    }
+    let topic = TopicDef {
+        id: TopicId(new.next_topic_id),
+        name: name.clone(),
+        partitions: 1,
+        compression: Compression::Lz4,
+        retention_ms: None,
+        retention_bytes: None,
+        segment_bytes,
+        stream: None,
+        created_at_ms: now_ms(),
+        internal: Some(InternalTopic { query: id, columns }),
+    };
+    new.next_topic_id += 1;
+    new.topics.insert(name, topic.clone());
+    Ok(topic)
+}
+
+/// Whether records appended to `from` reach `to` through continuous queries (or `from`
+/// is `to`).
+fn feeds(data: &CatalogData, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut frontier = vec![from.to_string()];
+    while let Some(next) = frontier.pop() {
+        if next == to {
+            return true;
+        }
+        if !seen.insert(next.clone()) {
+            continue;
+        }
+        for query in data.readers_of(&next) {
+            if let Some(out) = query.output_stream() {
+                frontier.push(out.to_string());
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,248 @@
+//! Checkpoints and the decisions made from them. Pure: no I/O, no clocks.
+//!
+//! A continuous query's checkpoint is a metadata value in the commit log (key: the query id),
+//! committed in the same record as the output of the epoch it describes. It says which epoch
+//! was committed last, where each input partition was read up to, and where the state of a
+//! view starts in its changelog. Before an epoch runs, the checkpoint is committed once more
+//! with the epoch's plan (its input end offsets): after a crash the planned epoch is run again
+//! over exactly the same input, so it produces the same output, once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Offset, PartitionId, TopicId};
+
+/// Where one input partition has been read up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputOffset {
+    pub topic: TopicId,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// An epoch recorded before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Planned {
+    pub epoch: u64,
+    /// The input end offsets it reads up to (exclusive); it starts at the committed ones.
+    pub ends: Vec<InputOffset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last epoch committed; 0 before the first.
+    pub epoch: u64,
+    /// Per input partition, the offset input has been processed up to (exclusive).
+    pub inputs: Vec<InputOffset>,
+    /// For a view: the changelog offset its state is replayed from.
+    pub state_from: Offset,
+    /// For a view: changelog records at or after `state_from` (what a replay reads).
+    pub state_records: u64,
+    /// The epoch running now, if one was planned and has not committed.
+    pub planned: Option<Planned>,
+}
+
+impl Checkpoint {
+    /// The checkpoint of a query that has not run yet, reading from `starts`.
+    pub fn initial(starts: Vec<InputOffset>) -> Checkpoint {
+        Checkpoint {
+            epoch: 0,
+            inputs: starts,
+            state_from: Offset(0),
+            state_records: 0,
+            planned: None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a checkpoint serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("unreadable checkpoint: {e}"))
+    }
+
+    /// Where `topic`/`partition` has been read up to.
+    pub fn position(&self, topic: TopicId, partition: PartitionId) -> Option<Offset> {
+        self.inputs
+            .iter()
+            .find(|i| i.topic == topic && i.partition == partition)
+            .map(|i| i.offset)
+    }
+
+    /// Records behind the inputs' high watermarks.
+    pub fn lag(&self, high: &[InputOffset]) -> u64 {
+        high.iter()
+            .map(|h| {
+                h.offset
+                    .0
+                    .saturating_sub(self.position(h.topic, h.partition).map_or(0, |o| o.0))
+            })
+            .sum()
+    }
+}
+
+/// The input of one epoch: per partition, the offset range to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochPlan {
+    pub epoch: u64,
+    pub ranges: Vec<(InputOffset, Offset)>,
+    /// True when this replays an epoch planned before a restart.
+    pub replay: bool,
+}
+
+impl EpochPlan {
+    pub fn rows(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|(from, to)| to.0 - from.offset.0)
+            .sum()
+    }
+
+    pub fn ends(&self) -> Vec<InputOffset> {
+        self.ranges
+            .iter()
+            .map(|(from, to)| InputOffset {
+                offset: *to,
+                ..*from
+            })
+            .collect()
+    }
+}
+
+/// The next epoch: the planned one if there is one (exactly its ranges), otherwise from the
+/// committed positions up to the high watermarks, at most `max_rows` records in all (split
+/// evenly over the partitions that have any). `None` when there is nothing to read.
+pub fn next_epoch(
+    checkpoint: &Checkpoint,
+    high: &[InputOffset],
+    max_rows: u64,
+) -> Option<EpochPlan> {
+    let start = |h: &InputOffset| InputOffset {
+        offset: checkpoint
+            .position(h.topic, h.partition)
+            .unwrap_or(Offset(0)),
+        ..*h
+    };
+    if let Some(planned) = &checkpoint.planned {
+        let ranges = planned
+            .ends
+            .iter()
+            .map(|end| (start(end), end.offset))
+            .collect();
+        return Some(EpochPlan {
+            epoch: planned.epoch,
+            ranges,
+            replay: true,
+        });
+    }
+    let behind: Vec<(InputOffset, u64)> = high
+        .iter()
+        .map(|h| {
+            let from = start(h);
+            (from, h.offset.0.saturating_sub(from.offset.0))
+        })
+        .collect();
+    let busy = behind.iter().filter(|(_, n)| *n > 0).count() as u64;
+    if busy == 0 {
+        return None;
+    }
+    let share = (max_rows / busy).max(1);
+    let ranges = behind
+        .into_iter()
+        .map(|(from, n)| {
+            let end = from.offset.plus(n.min(share));
+            (from, end)
+        })
+        .collect();
+    Some(EpochPlan {
+        epoch: checkpoint.epoch + 1,
+        ranges,
+        replay: false,
+    })
+}
+
+/// Whether a view's changelog should start over with a full snapshot of its state: when
+/// replaying it would read more than twice the live groups (and enough to matter).
+pub fn snapshot_due(state_records: u64, live_groups: u64) -> bool {
+    state_records > 10_000 && state_records > 2 * live_groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: u32, offset: u64) -> InputOffset {
+        InputOffset {
+            topic: TopicId(1),
+            partition: PartitionId(partition),
+            offset: Offset(offset),
+        }
+    }
+
+    #[test]
+    fn epochs_read_from_the_committed_positions_to_the_high_watermarks() {
+        let cp = Checkpoint::initial(vec![at(0, 10), at(1, 0)]);
+        let plan = next_epoch(&cp, &[at(0, 15), at(1, 3)], 1_000).unwrap();
+        assert_eq!(plan.epoch, 1);
+        assert_eq!(
+            plan.ranges,
+            vec![(at(0, 10), Offset(15)), (at(1, 0), Offset(3))]
+        );
+        assert_eq!(plan.rows(), 8);
+        assert!(
+            next_epoch(&cp, &[at(0, 10), at(1, 0)], 1_000).is_none(),
+            "nothing new"
+        );
+    }
+
+    #[test]
+    fn epochs_are_capped_and_share_the_cap() {
+        let cp = Checkpoint::initial(vec![]);
+        let plan = next_epoch(&cp, &[at(0, 1_000), at(1, 10), at(2, 0)], 100).unwrap();
+        // Two partitions have records: 50 each at most.
+        assert_eq!(plan.ranges[0], (at(0, 0), Offset(50)));
+        assert_eq!(plan.ranges[1], (at(1, 0), Offset(10)));
+        assert_eq!(plan.ranges[2], (at(2, 0), Offset(0)));
+    }
+
+    #[test]
+    fn a_planned_epoch_is_replayed_exactly() {
+        let mut cp = Checkpoint::initial(vec![at(0, 5)]);
+        cp.epoch = 3;
+        cp.planned = Some(Planned {
+            epoch: 4,
+            ends: vec![at(0, 9)],
+        });
+        // More has arrived since, but the replay reads what the plan said.
+        let plan = next_epoch(&cp, &[at(0, 100)], 1_000).unwrap();
+        assert_eq!((plan.epoch, plan.replay), (4, true));
+        assert_eq!(plan.ranges, vec![(at(0, 5), Offset(9))]);
+        assert_eq!(plan.ends(), vec![at(0, 9)]);
+    }
+
+    #[test]
+    fn partitions_new_to_the_checkpoint_start_at_zero() {
+        let cp = Checkpoint::initial(vec![at(0, 5)]);
+        let plan = next_epoch(&cp, &[at(0, 5), at(1, 2)], 1_000).unwrap();
+        assert_eq!(plan.ranges[1], (at(1, 0), Offset(2)));
+        assert_eq!(cp.lag(&[at(0, 7), at(1, 2)]), 4);
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_garbage_is_an_error() {
+        let mut cp = Checkpoint::initial(vec![at(0, 5)]);
+        cp.planned = Some(Planned {
+            epoch: 1,
+            ends: vec![at(0, 6)],
+        });
+        assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
+        assert!(Checkpoint::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn snapshots_when_replay_would_read_far_more_than_the_state() {
+        assert!(!snapshot_due(5_000, 100), "too small to matter");
+        assert!(snapshot_due(50_000, 100));
+        assert!(!snapshot_due(50_000, 40_000));
+    }
+}

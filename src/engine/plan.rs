@@ -1,0 +1,498 @@
+//! A continuous query's SQL, planned for epochs.
+//!
+//! The query is planned by DataFusion like any other, in a session whose only table is its
+//! input stream, read through the epoch's offset ranges. Each epoch plans it again (so
+//! `now()` means the epoch's start) and takes the physical plan apart:
+//!
+//! - **stateless**: projections, filters, `unnest` over the scan. The plan runs as it is and
+//!   its rows are the epoch's output.
+//! - **aggregate**: `[projections/filters] → Final aggregate → Partial aggregate → stateless`.
+//!   The `Partial` aggregate (with everything below it) runs over the epoch's records; a
+//!   `PartialReduce` aggregate merges its output with the stored state of the groups it
+//!   touched; the `Final` aggregate turns merged state into values, and the nodes above it
+//!   (`HAVING`, the `SELECT` list) run over those values. Every DataFusion aggregate keeps
+//!   its partial state this way, so every one is incremental.
+//!
+//! Anything else (sorts, limits, joins, window functions, nested aggregates) cannot be run
+//! incrementally this way, and the query is refused when created, naming the part.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::sql::parser::Statement as DfStatement;
+
+use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA};
+use crate::catalog::scan::{Ranges, StreamScanExec};
+use crate::catalog::stream_table::{EpochRanges, StreamTable};
+use crate::catalog::{CatalogData, Relation, TopicDef};
+use crate::error::{Error, Result};
+use crate::sql::{self, Statement};
+use crate::storage::Log;
+
+/// Logical rules that would turn one aggregate into two stacked ones.
+const LOGICAL_RULES_OFF: [&str; 1] = ["single_distinct_aggregation_to_group_by"];
+/// Physical rules that would hide the Partial/Final split or answer from statistics.
+const PHYSICAL_RULES_OFF: [&str; 4] = [
+    "CombinePartialFinalAggregate",
+    "aggregate_statistics",
+    "LimitedDistinctAggregation",
+    "LimitAggregation",
+];
+
+/// A continuous query's SQL, planned against its one input.
+pub struct QueryPlan {
+    state: SessionState,
+    logical: LogicalPlan,
+    ranges: Arc<EpochRanges>,
+    /// The stream or topic it reads.
+    pub input: TopicDef,
+    pub input_name: String,
+    /// What the query returns.
+    pub schema: SchemaRef,
+    pub kind: Kind,
+}
+
+/// The shape of a query, fixed when it is created.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Stateless,
+    Aggregate {
+        /// The partial state of a group: group columns, then each aggregate's state.
+        state_schema: SchemaRef,
+        /// The leading columns of `state_schema` that form the group key.
+        groups: usize,
+        /// What the `Final` aggregate returns: group columns, then values.
+        final_schema: SchemaRef,
+        /// Per group column: the output column that passes it through unchanged, if any.
+        group_outputs: Vec<Option<usize>>,
+        /// Whether nodes above the aggregate filter its groups (`HAVING`).
+        filtered: bool,
+    },
+}
+
+/// One epoch's physical plan, taken apart.
+pub enum EpochPlan {
+    Stateless(Arc<dyn ExecutionPlan>),
+    Aggregate(Aggregation),
+}
+
+/// The pieces of an aggregate query's plan.
+#[derive(Clone)]
+pub struct Aggregation {
+    /// The `Partial` aggregate over the epoch's records.
+    partial: Arc<dyn ExecutionPlan>,
+    /// The `Final` aggregate; its input is replaced by merged state.
+    final_: Arc<dyn ExecutionPlan>,
+    /// The nodes above `final_`, top first; each one's input is the next.
+    above: Vec<Arc<dyn ExecutionPlan>>,
+}
+
+impl QueryPlan {
+    /// Plans `sql` (a `SELECT`) for a continuous query; refuses, with SQLSTATE `0A000`,
+    /// what cannot run incrementally.
+    pub async fn new(
+        base: &SessionState,
+        catalog: &CatalogData,
+        log: Arc<Log>,
+        sql: &str,
+    ) -> Result<QueryPlan> {
+        let statement = query_statement(sql)?;
+        let references = base
+            .resolve_table_references(&statement)
+            .map_err(Error::from_datafusion)?;
+        let mut names: Vec<String> = vec![];
+        for reference in &references {
+            if let Some(schema) = reference.schema()
+                && schema != PUBLIC_SCHEMA
+            {
+                return Err(Error::Unsupported(format!(
+                    "a continuous query reads one stream; \"{reference}\" is not one"
+                )));
+            }
+            let name = reference.table().to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let input_name = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(Error::Unsupported(
+                    "a continuous query must read a stream (FROM stream)".into(),
+                ));
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "a continuous query reads one stream; joins and unions of several ({}) are not supported yet",
+                    names.join(", ")
+                )));
+            }
+        };
+        let relation = catalog.relation(&input_name).ok_or_else(|| {
+            Error::UnknownRelation(format!("relation \"{input_name}\" does not exist"))
+        })?;
+        let input = match &relation {
+            Relation::Stream(_, topic) | Relation::Topic(topic) => (*topic).clone(),
+            Relation::View(_) => {
+                return Err(Error::Unsupported(format!(
+                    "\"{input_name}\" is a materialized view; continuous queries over views are not supported yet (read the stream it is built from)"
+                )));
+            }
+            Relation::External(_) => {
+                return Err(Error::Unsupported(format!(
+                    "\"{input_name}\" is an external table (files); a continuous query reads a stream"
+                )));
+            }
+        };
+        let ranges = Arc::new(EpochRanges::default());
+        let table = StreamTable::of(catalog, &relation, log)
+            .expect("streams and topics are tables")
+            .for_epochs(ranges.clone());
+        let state = epoch_state(base, &input_name, Arc::new(table))?;
+        let logical = sql::plan(&state, statement, catalog).await?;
+        let schema = Arc::new(logical.schema().as_arrow().clone());
+        let mut plan = QueryPlan {
+            state,
+            logical,
+            ranges,
+            input,
+            input_name,
+            schema,
+            kind: Kind::Stateless,
+        };
+        let (epoch, _) = plan.plan_epoch(vec![]).await?;
+        plan.kind = match &epoch {
+            EpochPlan::Stateless(p) => {
+                plan.schema = p.schema();
+                Kind::Stateless
+            }
+            EpochPlan::Aggregate(a) => {
+                plan.schema = a.above.first().unwrap_or(&a.final_).schema();
+                let groups = a
+                    .partial
+                    .downcast_ref::<AggregateExec>()
+                    .expect("a partial aggregate")
+                    .group_expr()
+                    .num_group_exprs();
+                Kind::Aggregate {
+                    state_schema: a.partial.schema(),
+                    groups,
+                    final_schema: a.final_.schema(),
+                    group_outputs: group_outputs(&a.above, groups),
+                    filtered: a.above.iter().any(|n| n.name() == "FilterExec"),
+                }
+            }
+        };
+        Ok(plan)
+    }
+
+    /// Plans the epoch that reads `ranges` of the input.
+    pub async fn plan_epoch(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
+        *self.ranges.0.lock().expect("epoch ranges lock") = ranges;
+        let mut state = self.state.clone();
+        state.mark_start_execution();
+        let physical = state
+            .create_physical_plan(&self.logical)
+            .await
+            .map_err(Error::from_datafusion)?;
+        Ok((take_apart(physical)?, state.task_ctx()))
+    }
+}
+
+/// The one `SELECT` of `sql`.
+fn query_statement(sql: &str) -> Result<DfStatement> {
+    let mut statements = sql::parse(sql)?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(Statement::DataFusion(s)), true) if matches!(&*s, DfStatement::Statement(q) if matches!(**q, sqlparser::ast::Statement::Query(_))) => {
+            Ok(*s)
+        }
+        _ => Err(Error::Syntax(format!(
+            "a continuous query is one SELECT, not \"{sql}\""
+        ))),
+    }
+}
+
+/// A session like `base` whose only table is `table`, planning one-threaded plans with
+/// aggregates split in two.
+fn epoch_state(
+    base: &SessionState,
+    name: &str,
+    table: Arc<dyn datafusion::datasource::TableProvider>,
+) -> Result<SessionState> {
+    let schema = Arc::new(MemorySchemaProvider::new());
+    schema
+        .register_table(name.to_string(), table)
+        .map_err(Error::from_datafusion)?;
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    catalog
+        .register_schema(PUBLIC_SCHEMA, schema)
+        .map_err(Error::from_datafusion)?;
+    let catalogs = Arc::new(MemoryCatalogProviderList::new());
+    catalogs.register_catalog(CATALOG_NAME.into(), catalog);
+    let logical = base
+        .optimizers()
+        .iter()
+        .filter(|r| !LOGICAL_RULES_OFF.contains(&r.name()))
+        .cloned()
+        .collect();
+    let physical = base
+        .physical_optimizers()
+        .iter()
+        .filter(|r| !PHYSICAL_RULES_OFF.contains(&r.name()))
+        .cloned()
+        .collect();
+    let config = base.config().clone().with_target_partitions(1);
+    Ok(SessionStateBuilder::new_from_existing(base.clone())
+        .with_config(config)
+        .with_catalog_list(catalogs)
+        .with_optimizer_rules(logical)
+        .with_physical_optimizer_rules(physical)
+        .build())
+}
+
+/// Nodes that pass rows through one at a time: fine anywhere in a continuous plan.
+fn is_row_wise(plan: &dyn ExecutionPlan) -> bool {
+    matches!(
+        plan.name(),
+        "ProjectionExec"
+            | "FilterExec"
+            | "UnnestExec"
+            | "CoalesceBatchesExec"
+            | "CoalescePartitionsExec"
+            | "RepartitionExec"
+            | "CooperativeExec"
+    )
+}
+
+/// Why a node cannot be part of a continuous query, in the user's words.
+fn refusal(plan: &dyn ExecutionPlan) -> Error {
+    let what = match plan.name() {
+        "SortExec" | "SortPreservingMergeExec" | "PartialSortExec" => {
+            "ORDER BY (the output of a continuous query has no end to sort; sort when reading it)"
+                .to_string()
+        }
+        "GlobalLimitExec" | "LocalLimitExec" => {
+            "LIMIT/OFFSET (a continuous query has no end to count from)".to_string()
+        }
+        "WindowAggExec" | "BoundedWindowAggExec" => {
+            "window functions (OVER …) are not supported in continuous queries yet".to_string()
+        }
+        "UnionExec" | "InterleaveExec" => "UNION is not supported in continuous queries yet".into(),
+        "AggregateExec" => {
+            "an aggregate over an aggregate (nested GROUP BY or DISTINCT) is not supported in continuous queries yet"
+                .into()
+        }
+        name if name.contains("Join") => {
+            "joins are not supported in continuous queries yet".into()
+        }
+        name => format!("the plan step {name} cannot run incrementally"),
+    };
+    Error::Unsupported(format!("this query cannot run continuously: {what}"))
+}
+
+/// Checks that `plan` is row-wise down to the input scan.
+fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    if plan.downcast_ref::<StreamScanExec>().is_some() || plan.name() == "EmptyExec" {
+        return Ok(());
+    }
+    if !is_row_wise(plan.as_ref()) {
+        return Err(refusal(plan.as_ref()));
+    }
+    plan.children().into_iter().try_for_each(check_stateless)
+}
+
+/// Below a partial aggregate, a sort is fine too: it orders one epoch's records for an
+/// order-sensitive aggregate (`array_agg(x ORDER BY y)`), whose state merges in order.
+fn check_partial_input(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    if plan.name() == "SortExec" {
+        return plan
+            .children()
+            .into_iter()
+            .try_for_each(check_partial_input);
+    }
+    if plan.downcast_ref::<StreamScanExec>().is_some() || plan.name() == "EmptyExec" {
+        return Ok(());
+    }
+    if !is_row_wise(plan.as_ref()) {
+        return Err(refusal(plan.as_ref()));
+    }
+    plan.children()
+        .into_iter()
+        .try_for_each(check_partial_input)
+}
+
+fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    match plan.children().as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => Err(refusal(plan.as_ref())),
+    }
+}
+
+fn take_apart(plan: Arc<dyn ExecutionPlan>) -> Result<EpochPlan> {
+    let mut above = vec![];
+    let mut node = plan.clone();
+    loop {
+        if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+            return aggregation(&node, agg, above).map(EpochPlan::Aggregate);
+        }
+        if !is_row_wise(node.as_ref()) {
+            check_stateless(&node)?;
+            return Ok(EpochPlan::Stateless(plan));
+        }
+        above.push(node.clone());
+        node = only_child(&node)?;
+    }
+}
+
+fn aggregation(
+    node: &Arc<dyn ExecutionPlan>,
+    agg: &AggregateExec,
+    above: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<Aggregation> {
+    if *agg.mode() != AggregateMode::Final && *agg.mode() != AggregateMode::FinalPartitioned {
+        return Err(Error::Internal(format!(
+            "a continuous aggregate was planned as {:?}, not Final over Partial",
+            agg.mode()
+        )));
+    }
+    let mut partial = only_child(node)?;
+    while partial.downcast_ref::<AggregateExec>().is_none() && is_row_wise(partial.as_ref()) {
+        partial = only_child(&partial)?;
+    }
+    match partial.downcast_ref::<AggregateExec>() {
+        Some(p) if *p.mode() == AggregateMode::Partial => check_partial_input(p.input())?,
+        _ => return Err(refusal(partial.as_ref())),
+    }
+    Ok(Aggregation {
+        partial,
+        final_: node.clone(),
+        above,
+    })
+}
+
+/// For each of the first `groups` columns of the aggregate's output, the column of the
+/// query's output that is that group column unchanged (through projections and filters).
+fn group_outputs(above: &[Arc<dyn ExecutionPlan>], groups: usize) -> Vec<Option<usize>> {
+    let mut at: Vec<Option<usize>> = (0..groups).map(Some).collect();
+    for node in above.iter().rev() {
+        let map = |i: usize| -> Option<usize> {
+            if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+                p.expr().iter().position(|e| {
+                    e.expr
+                        .downcast_ref::<Column>()
+                        .is_some_and(|c| c.index() == i)
+                })
+            } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+                match f.projection() {
+                    Some(p) => p.iter().position(|c| *c == i),
+                    None => Some(i),
+                }
+            } else {
+                Some(i)
+            }
+        };
+        at = at.into_iter().map(|i| i.and_then(map)).collect();
+    }
+    at
+}
+
+fn df(e: datafusion::error::DataFusionError) -> Error {
+    Error::from_datafusion(e)
+}
+
+/// `plan` reading `child` instead of its input.
+fn replace_child(
+    plan: Arc<dyn ExecutionPlan>,
+    child: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+    plan.replace_children(vec![child], options).map_err(df)
+}
+
+fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn ExecutionPlan>> {
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    MemorySourceConfig::try_new_exec(&[batches], schema, None)
+        .map(|e| e as Arc<dyn ExecutionPlan>)
+        .map_err(df)
+}
+
+impl Aggregation {
+    /// The epoch's records, aggregated into partial state (a group may appear more than
+    /// once).
+    pub async fn partial(&self, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+        collect(self.partial.clone(), ctx).await.map_err(df)
+    }
+
+    /// Merges partial states into one row per group.
+    pub async fn reduce(
+        &self,
+        states: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let partial = self
+            .partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial aggregate");
+        let reduce = AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            partial.group_expr().as_final(),
+            partial.aggr_expr().to_vec(),
+            partial.filter_expr().to_vec(),
+            memory(states, self.partial.schema())?,
+            partial.input_schema(),
+        )
+        .map_err(df)?;
+        collect(Arc::new(reduce), ctx).await.map_err(df)
+    }
+
+    /// The aggregates' values for groups in merged state.
+    pub async fn finalize(
+        &self,
+        state: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let input = memory(state, self.partial.schema())?;
+        let plan = replace_child(self.final_.clone(), input)?;
+        collect(plan, ctx).await.map_err(df)
+    }
+
+    /// The query's rows for final values (`HAVING` and the `SELECT` list applied).
+    pub fn output_plan(&self, finals: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut plan = memory(finals, self.final_.schema())?;
+        for node in self.above.iter().rev() {
+            plan = replace_child(node.clone(), plan)?;
+        }
+        Ok(plan)
+    }
+
+    pub async fn output(
+        &self,
+        finals: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        collect(self.output_plan(finals)?, ctx).await.map_err(df)
+    }
+}
+
+/// The latest [`Aggregation`] of a query, for reading its view between epochs.
+pub type SharedAggregation = Arc<Mutex<Option<Aggregation>>>;
+
+pub async fn run(plan: Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+    collect(plan, ctx).await.map_err(df)
+}

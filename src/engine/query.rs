@@ -1,0 +1,534 @@
+//! One continuous query's task: epoch after epoch, from its checkpoint on.
+//!
+//! An epoch (DESIGN §5): pick the input ranges from the committed positions to the high
+//! watermarks (capped), commit that plan, run the bounded plan over exactly those ranges,
+//! and commit, in one write to the log, the output records, the changed state (an
+//! aggregation's changed groups, appended to its state topic) and the checkpoint. A crash
+//! anywhere in between leaves the last committed epoch in place, and the planned epoch is
+//! run again over the same input; since output and checkpoint commit together, its output
+//! is appended once.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::execution::context::SessionState;
+use tokio::sync::watch;
+
+use super::checkpoint::{self, Checkpoint, InputOffset, Planned};
+use super::plan::{EpochPlan, Kind, QueryPlan, run};
+use super::state::GroupState;
+use super::{EngineConfig, Shared, State, ViewContents, ViewGroups, ViewSource};
+use crate::catalog::provider::Tables;
+use crate::catalog::{CatalogData, QueryDef, QueryTarget};
+use crate::error::{Error, Result};
+use crate::ingest::WriteTarget;
+use crate::ingest::writer::{PendingWrite, now_ms};
+use crate::storage::{PartitionBatch, PartitionId, ReadOptions, TopicId};
+
+pub(super) struct QueryTask {
+    def: QueryDef,
+    plan: QueryPlan,
+    tables: Arc<Tables>,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    checkpoint: Checkpoint,
+    output: Option<Output>,
+    state_topic: Option<StateTopic>,
+    /// An aggregation's partial state per group.
+    groups: Option<GroupState>,
+}
+
+/// The stream a query appends to, and where each of its columns comes from.
+struct Output {
+    target: WriteTarget,
+    /// Per column of the stream: the query's output column, or `None` for NULL.
+    columns: Vec<Option<usize>>,
+}
+
+/// The internal topic a query keeps its state in.
+struct StateTopic {
+    id: TopicId,
+    storage_schema: SchemaRef,
+}
+
+impl QueryTask {
+    /// Plans the query, loads its checkpoint and restores its state.
+    pub(super) async fn start(
+        def: QueryDef,
+        data: &CatalogData,
+        base: &SessionState,
+        tables: Arc<Tables>,
+        config: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Result<QueryTask> {
+        let plan = QueryPlan::new(base, data, tables.log.clone(), &def.sql).await?;
+        let snapshot = tables.log.snapshot();
+        let checkpoint = match snapshot.meta(def.id.0) {
+            Some(bytes) => Checkpoint::decode(bytes).map_err(Error::Internal)?,
+            None => {
+                tracing::warn!(query = %def.name, "no checkpoint; starting from the beginning");
+                Checkpoint::initial(vec![])
+            }
+        };
+        if let Some(other) = checkpoint.inputs.iter().find(|i| i.topic != plan.input.id) {
+            return Err(Error::Internal(format!(
+                "the checkpoint of query \"{}\" is for topic {}, not its input \"{}\"",
+                def.name, other.topic, plan.input_name
+            )));
+        }
+        let output = match &def.target {
+            QueryTarget::Stream { stream } => Some(output_of(data, stream, &[], &plan)?),
+            QueryTarget::Insert { stream, columns } => {
+                Some(output_of(data, stream, columns, &plan)?)
+            }
+            QueryTarget::View { .. } => None,
+        };
+        let state_topic = match &def.state_topic {
+            None => None,
+            Some(name) => {
+                let topic = data.topics.get(name).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the state topic \"{name}\" of \"{}\" is missing",
+                        def.name
+                    ))
+                })?;
+                let stored = data.value_fields(topic);
+                let wanted = match &plan.kind {
+                    Kind::Aggregate { state_schema, .. } => state_schema.fields().clone(),
+                    Kind::Stateless => plan.schema.fields().clone(),
+                };
+                let same = stored.len() == wanted.len()
+                    && stored
+                        .iter()
+                        .zip(wanted.iter())
+                        .all(|(a, b)| a.data_type() == b.data_type());
+                if !same {
+                    return Err(Error::Internal(format!(
+                        "the stored state of \"{}\" does not match its plan; drop and recreate it",
+                        def.name
+                    )));
+                }
+                Some(StateTopic {
+                    id: topic.id,
+                    storage_schema: data.storage_schema(topic),
+                })
+            }
+        };
+        let mut task = QueryTask {
+            def,
+            plan,
+            tables,
+            config,
+            shared,
+            checkpoint,
+            output,
+            state_topic,
+            groups: None,
+        };
+        task.restore().await?;
+        {
+            let mut status = task.shared.status.lock().expect("status lock");
+            status.state = State::Running;
+            status.epoch = task.checkpoint.epoch;
+        }
+        let positions = task.checkpoint.inputs.clone();
+        task.shared
+            .progress
+            .send_modify(|p| p.positions = positions);
+        Ok(task)
+    }
+
+    /// Rebuilds an aggregation's state from its changelog, and a view's contents.
+    async fn restore(&mut self) -> Result<()> {
+        let contents = match &self.plan.kind {
+            Kind::Stateless => self
+                .state_topic
+                .as_ref()
+                .map(|t| ViewSource::Rows { topic: t.id }),
+            Kind::Aggregate {
+                state_schema,
+                groups,
+                final_schema,
+                ..
+            } => {
+                let mut state = GroupState::new(state_schema.clone(), *groups)?;
+                if let Some(topic) = &self.state_topic {
+                    state = self.replay_changelog(topic.id, state).await?;
+                }
+                let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
+                let EpochPlan::Aggregate(aggregation) = epoch else {
+                    return Err(Error::Internal(
+                        "an aggregate query planned without its aggregate".into(),
+                    ));
+                };
+                if *groups == 0 && state.is_empty() {
+                    // A global aggregate has its one group before any input (count 0).
+                    for batch in aggregation.partial(ctx.clone()).await? {
+                        state.upsert(batch)?;
+                    }
+                }
+                let source = if matches!(self.def.target, QueryTarget::View { .. }) {
+                    let mut finals = GroupState::new(final_schema.clone(), *groups)?;
+                    let all = state.rows()?.into_iter().collect();
+                    for batch in aggregation.finalize(all, ctx).await? {
+                        finals.upsert(batch)?;
+                    }
+                    Some(ViewSource::Groups(Box::new(ViewGroups {
+                        finals: RwLock::new(finals),
+                        aggregation: Mutex::new(aggregation),
+                    })))
+                } else {
+                    None
+                };
+                self.groups = Some(state);
+                source
+            }
+        };
+        if let (QueryTarget::View { view }, Some(source)) = (&self.def.target, contents) {
+            let contents = Arc::new(ViewContents {
+                name: view.clone(),
+                schema: self.plan.schema.clone(),
+                source,
+            });
+            let _ = self.shared.view.set(contents);
+        }
+        Ok(())
+    }
+
+    async fn replay_changelog(&self, topic: TopicId, mut state: GroupState) -> Result<GroupState> {
+        let log_topic = self
+            .tables
+            .log
+            .topic(topic)
+            .ok_or_else(|| Error::Internal(format!("state topic {topic} is missing")))?;
+        let end = self
+            .tables
+            .log
+            .snapshot()
+            .high_watermark(topic, PartitionId(0));
+        let from = self.checkpoint.state_from;
+        let schema = state.schema().clone();
+        tokio::task::spawn_blocking(move || -> Result<GroupState> {
+            let partition = log_topic.partition(PartitionId(0))?.clone();
+            let options = ReadOptions {
+                schema: log_topic.spec.schema.clone(),
+                projection: Some((0..schema.fields().len()).collect()),
+                min_timestamp_ms: None,
+                max_timestamp_ms: None,
+            };
+            for read in partition.reader(from..end, options) {
+                let read = read?;
+                let batch = RecordBatch::try_new(schema.clone(), read.batch.columns().to_vec())
+                    .map_err(|e| Error::Internal(format!("reading aggregate state: {e}")))?;
+                state.upsert(batch)?;
+            }
+            Ok(state)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("restoring state: {e}")))?
+    }
+
+    /// Runs epochs until told to stop or an epoch fails.
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let outcome = self.epochs(&mut stop).await;
+        match outcome {
+            Ok(()) => {
+                self.shared.status.lock().expect("status lock").state = State::Stopped;
+                self.shared.progress.send_modify(|p| p.stopped = true);
+            }
+            Err(e) => self.shared.fail(&self.def, &e),
+        }
+    }
+
+    async fn epochs(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        let mut commits = self.tables.log.subscribe_commits();
+        let mut last_start: Option<Instant> = None;
+        loop {
+            if *stop.borrow_and_update() {
+                return Ok(());
+            }
+            commits.borrow_and_update();
+            let snapshot = self.tables.log.snapshot();
+            let input = self.plan.input.id;
+            let high: Vec<InputOffset> = snapshot
+                .high_watermarks(input)
+                .into_iter()
+                .enumerate()
+                .map(|(p, offset)| InputOffset {
+                    topic: input,
+                    partition: PartitionId(p as u32),
+                    offset,
+                })
+                .collect();
+            let Some(epoch) =
+                checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
+            else {
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            if let Some(started) = last_start {
+                let since = started.elapsed();
+                if since < self.config.min_interval && !epoch.replay {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.min_interval - since) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
+            last_start = Some(Instant::now());
+            self.run_epoch(epoch).await?;
+        }
+    }
+
+    async fn run_epoch(&mut self, epoch: checkpoint::EpochPlan) -> Result<()> {
+        let key = self.def.id.0;
+        if !epoch.replay {
+            self.checkpoint.planned = Some(Planned {
+                epoch: epoch.epoch,
+                ends: epoch.ends(),
+            });
+            self.tables
+                .log
+                .commit(vec![], vec![(key, Some(self.checkpoint.encode()))])
+                .await?;
+        }
+        let ranges = epoch
+            .ranges
+            .iter()
+            .map(|(from, to)| (from.partition, from.offset..*to))
+            .collect();
+        let (plan, ctx) = self.plan.plan_epoch(ranges).await?;
+        let mut pending = PendingWrite::default();
+        let mut state_rows: Vec<RecordBatch> = vec![];
+        let mut changed: Option<(RecordBatch, Vec<RecordBatch>)> = None;
+        let rows_out;
+        match plan {
+            EpochPlan::Stateless(plan) => {
+                let out = run(plan, ctx).await?;
+                rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
+                if self.output.is_some() {
+                    self.stage_output(&out, &mut pending)?;
+                } else {
+                    state_rows = out;
+                }
+            }
+            EpochPlan::Aggregate(aggregation) => {
+                let groups = self.groups.as_ref().expect("an aggregation has state");
+                let partial = aggregation.partial(ctx.clone()).await?;
+                let touched = concat(groups.schema(), &partial)?;
+                let mut states: Vec<RecordBatch> = groups.lookup(&touched)?.into_iter().collect();
+                states.push(touched);
+                let merged = concat(
+                    groups.schema(),
+                    &aggregation.reduce(states, ctx.clone()).await?,
+                )?;
+                let finals = aggregation
+                    .finalize(vec![merged.clone()], ctx.clone())
+                    .await?;
+                if self.output.is_some() {
+                    let out = aggregation.output(finals.clone(), ctx).await?;
+                    rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
+                    self.stage_output(&out, &mut pending)?;
+                } else {
+                    rows_out = merged.num_rows() as u64;
+                }
+                if let Some(contents) = self.shared.view.get()
+                    && let ViewSource::Groups(view) = &contents.source
+                {
+                    *view.aggregation.lock().expect("view lock") = aggregation;
+                }
+                state_rows = vec![merged.clone()];
+                changed = Some((merged, finals));
+            }
+        }
+        let mut batches = pending.into_batches();
+        if let Some(topic) = &self.state_topic {
+            let records = state_records(topic, &state_rows)?;
+            self.checkpoint.state_records += records
+                .iter()
+                .map(|b| b.records.num_rows() as u64)
+                .sum::<u64>();
+            batches.extend(records);
+        }
+        for end in epoch.ends() {
+            match self
+                .checkpoint
+                .inputs
+                .iter_mut()
+                .find(|i| i.topic == end.topic && i.partition == end.partition)
+            {
+                Some(at) => at.offset = end.offset,
+                None => self.checkpoint.inputs.push(end),
+            }
+        }
+        self.checkpoint.epoch = epoch.epoch;
+        self.checkpoint.planned = None;
+        self.tables
+            .log
+            .commit(batches, vec![(key, Some(self.checkpoint.encode()))])
+            .await?;
+
+        // Committed: what readers see moves to this epoch.
+        if let Some((merged, finals)) = changed {
+            let groups = self.groups.as_mut().expect("an aggregation has state");
+            groups.upsert(merged)?;
+            if let Some(contents) = self.shared.view.get()
+                && let ViewSource::Groups(view) = &contents.source
+            {
+                let mut view = view.finals.write().expect("view lock");
+                for batch in finals {
+                    view.upsert(batch)?;
+                }
+            }
+        }
+        self.shared
+            .status
+            .lock()
+            .expect("status lock")
+            .record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
+        let positions = self.checkpoint.inputs.clone();
+        self.shared
+            .progress
+            .send_modify(|p| p.positions = positions);
+        self.maybe_snapshot().await
+    }
+
+    /// Appends the query's rows to its output stream's pending write.
+    fn stage_output(&self, out: &[RecordBatch], pending: &mut PendingWrite) -> Result<()> {
+        let output = self.output.as_ref().expect("a query with an output stream");
+        let options = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        for batch in out.iter().filter(|b| b.num_rows() > 0) {
+            let columns = output
+                .target
+                .row_schema
+                .fields()
+                .iter()
+                .zip(&output.columns)
+                .map(|(field, source)| match source {
+                    Some(i) => cast_with_options(batch.column(*i), field.data_type(), &options)
+                        .map_err(|e| {
+                            Error::data(
+                                "22P02",
+                                format!(
+                                    "a row of \"{}\" does not fit column \"{}\" of \"{}\": {e}",
+                                    self.def.name,
+                                    field.name(),
+                                    output.target.relation
+                                ),
+                            )
+                        }),
+                    None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let rows = RecordBatch::try_new(output.target.row_schema.clone(), columns)
+                .map_err(|e| Error::Internal(format!("output of \"{}\": {e}", self.def.name)))?;
+            self.tables.writer.stage(&output.target, &rows, pending)?;
+        }
+        Ok(())
+    }
+
+    /// Starts an aggregation's changelog over with a snapshot of its state once replaying
+    /// it would read far more records than there are groups, and drops what came before.
+    async fn maybe_snapshot(&mut self) -> Result<()> {
+        let (Some(groups), Some(topic)) = (&self.groups, &self.state_topic) else {
+            return Ok(());
+        };
+        if !checkpoint::snapshot_due(self.checkpoint.state_records, groups.len() as u64) {
+            return Ok(());
+        }
+        let from = self
+            .tables
+            .log
+            .snapshot()
+            .high_watermark(topic.id, PartitionId(0));
+        let rows: Vec<RecordBatch> = groups.rows()?.into_iter().collect();
+        let records = state_records(topic, &rows)?;
+        let mut next = self.checkpoint.clone();
+        next.state_from = from;
+        next.state_records = groups.len() as u64;
+        self.tables
+            .log
+            .commit(records, vec![(self.def.id.0, Some(next.encode()))])
+            .await?;
+        self.checkpoint = next;
+        let topic = topic.id;
+        let dropped = self
+            .tables
+            .log
+            .truncate_before(topic, PartitionId(0), from)
+            .await?;
+        tracing::debug!(query = %self.def.name, groups = groups.len(), segments = dropped, "state snapshot");
+        Ok(())
+    }
+}
+
+fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    concat_batches(schema, batches).map_err(|e| Error::Internal(format!("aggregate state: {e}")))
+}
+
+/// Rows as records of a state topic (append time, no key).
+fn state_records(topic: &StateTopic, rows: &[RecordBatch]) -> Result<Vec<PartitionBatch>> {
+    let now = now_ms();
+    rows.iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let n = b.num_rows();
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(TimestampMillisecondArray::from_value(now, n)));
+            columns.push(new_null_array(&DataType::Binary, n));
+            let records = RecordBatch::try_new(topic.storage_schema.clone(), columns)
+                .map_err(|e| Error::Internal(format!("state records: {e}")))?;
+            Ok(PartitionBatch {
+                topic: topic.id,
+                partition: PartitionId(0),
+                records,
+            })
+        })
+        .collect()
+}
+
+/// Where the columns of `stream` come from in the query's output: `columns` names them in
+/// the order the query returns them (all of them, in order, when empty).
+fn output_of(
+    data: &CatalogData,
+    stream: &str,
+    columns: &[String],
+    plan: &QueryPlan,
+) -> Result<Output> {
+    let relation = data
+        .relation(stream)
+        .ok_or_else(|| Error::UnknownRelation(format!("stream \"{stream}\" does not exist")))?;
+    let target = WriteTarget::of(data, &relation)
+        .ok_or_else(|| Error::Unsupported(format!("\"{stream}\" is not a stream or topic")))?;
+    let produced = plan.schema.fields().len();
+    let names: Vec<String> = target
+        .row_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let sources = if columns.is_empty() {
+        (0..names.len())
+            .map(|i| (i < produced).then_some(i))
+            .collect()
+    } else {
+        names
+            .iter()
+            .map(|n| columns.iter().position(|c| c == n))
+            .collect()
+    };
+    Ok(Output {
+        target,
+        columns: sources,
+    })
+}

@@ -1,0 +1,252 @@
+//! The state of an incremental aggregation: one row per group, in the aggregate's partial
+//! state schema (group columns, then each aggregate's state columns).
+//!
+//! Rows live in Arrow batches; an index maps each group's key (its group columns in Arrow's
+//! row format) to its live row. An epoch looks up the rows of the groups it touched, merges
+//! them with the epoch's partial state, and upserts the results: new rows are appended and
+//! the old ones become garbage, compacted away once garbage outweighs live rows. Reads copy
+//! the live rows out, so they cost O(groups) per read, not per epoch.
+
+use std::collections::HashMap;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::interleave_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+
+use crate::error::{Error, Result};
+
+pub struct GroupState {
+    schema: SchemaRef,
+    /// The leading columns of `schema` that form the group key.
+    groups: usize,
+    converter: Option<RowConverter>,
+    batches: Vec<RecordBatch>,
+    index: HashMap<Box<[u8]>, (usize, usize)>,
+    garbage: usize,
+}
+
+impl std::fmt::Debug for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupState")
+            .field("groups", &self.index.len())
+            .field("garbage", &self.garbage)
+            .finish()
+    }
+}
+
+fn internal(e: arrow::error::ArrowError) -> Error {
+    Error::Internal(format!("aggregate state: {e}"))
+}
+
+impl GroupState {
+    pub fn new(schema: SchemaRef, groups: usize) -> Result<GroupState> {
+        let converter = if groups == 0 {
+            None
+        } else {
+            let fields = schema.fields()[..groups]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            Some(RowConverter::new(fields).map_err(internal)?)
+        };
+        Ok(GroupState {
+            schema,
+            groups,
+            converter,
+            batches: vec![],
+            index: HashMap::new(),
+            garbage: 0,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Live groups.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The group keys of `rows` (which have this state's schema), in row order.
+    fn keys(&self, rows: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+        match &self.converter {
+            None => Ok(vec![Box::from(&[][..]); rows.num_rows()]),
+            Some(converter) => {
+                let columns: Vec<ArrayRef> = rows.columns()[..self.groups].to_vec();
+                let converted = converter.convert_columns(&columns).map_err(internal)?;
+                Ok(converted.iter().map(|r| Box::from(r.as_ref())).collect())
+            }
+        }
+    }
+
+    /// The current rows of the groups that appear in `rows`, if any do.
+    pub fn lookup(&self, rows: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let mut found: Vec<(usize, usize)> = vec![];
+        for key in self.keys(rows)? {
+            if let Some(at) = self.index.get(&key) {
+                found.push(*at);
+            }
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        // One group may appear in `rows` several times; its old row is wanted once.
+        found.sort_unstable();
+        found.dedup();
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        interleave_record_batch(&batches, &found)
+            .map(Some)
+            .map_err(internal)
+    }
+
+    /// Makes `rows` the current rows of their groups (at most one row per group).
+    pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = self.keys(&rows)?;
+        let at = self.batches.len();
+        self.batches.push(rows);
+        for (row, key) in keys.into_iter().enumerate() {
+            if self.index.insert(key, (at, row)).is_some() {
+                self.garbage += 1;
+            }
+        }
+        if self.garbage > self.index.len().max(1024) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Every live row, in one batch (none when empty).
+    pub fn rows(&self) -> Result<Option<RecordBatch>> {
+        if self.index.is_empty() {
+            return Ok(None);
+        }
+        let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
+        live.sort_unstable();
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        interleave_record_batch(&batches, &live)
+            .map(Some)
+            .map_err(internal)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        let live = self.rows()?;
+        self.batches.clear();
+        self.index.clear();
+        self.garbage = 0;
+        if let Some(live) = live {
+            self.upsert(live)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("count", DataType::Int64, false),
+        ]))
+    }
+
+    fn rows(keys: &[Option<&str>], counts: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(counts.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn contents(state: &GroupState) -> Vec<(Option<String>, i64)> {
+        let Some(rows) = state.rows().unwrap() else {
+            return vec![];
+        };
+        let keys = rows.column(0).as_string::<i32>();
+        let counts = rows.column(1).as_primitive::<Int64Type>();
+        let mut out: Vec<_> = (0..rows.num_rows())
+            .map(|i| {
+                (
+                    keys.is_valid(i).then(|| keys.value(i).to_string()),
+                    counts.value(i),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    use arrow::array::Array;
+
+    #[test]
+    fn upserts_replace_groups_and_lookups_find_them() {
+        let mut state = GroupState::new(schema(), 1).unwrap();
+        state
+            .upsert(rows(&[Some("a"), Some("b"), None], &[1, 2, 3]))
+            .unwrap();
+        state.upsert(rows(&[Some("b")], &[20])).unwrap();
+        assert_eq!(state.len(), 3);
+        assert_eq!(
+            contents(&state),
+            vec![(None, 3), (Some("a".into()), 1), (Some("b".into()), 20)]
+        );
+        let found = state
+            .lookup(&rows(
+                &[Some("b"), Some("zzz"), Some("b"), None],
+                &[0, 0, 0, 0],
+            ))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.num_rows(), 2, "b once, NULL once, zzz absent");
+        assert!(state.lookup(&rows(&[Some("zzz")], &[0])).unwrap().is_none());
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_live_rows() {
+        let mut state = GroupState::new(schema(), 1).unwrap();
+        for round in 0..50 {
+            let keys: Vec<String> = (0..100).map(|k| format!("k{k}")).collect();
+            let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+            state.upsert(rows(&keys, &[round; 100])).unwrap();
+        }
+        assert_eq!(state.len(), 100);
+        assert!(state.garbage <= 1024, "compacted: {}", state.garbage);
+        assert!(contents(&state).iter().all(|(_, c)| *c == 49));
+    }
+
+    #[test]
+    fn a_global_aggregate_has_one_group() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "count",
+            DataType::Int64,
+            false,
+        )]));
+        let mut state = GroupState::new(schema.clone(), 0).unwrap();
+        let one = |n: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
+        };
+        state.upsert(one(5)).unwrap();
+        state.upsert(one(7)).unwrap();
+        assert_eq!(state.len(), 1);
+        let rows = state.rows().unwrap().unwrap();
+        assert_eq!(rows.column(0).as_primitive::<Int64Type>().value(0), 7);
+        assert!(state.lookup(&one(0)).unwrap().is_some());
+    }
+}
