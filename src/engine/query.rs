@@ -508,8 +508,12 @@ fn output_of(
     let relation = data
         .relation(stream)
         .ok_or_else(|| Error::UnknownRelation(format!("stream \"{stream}\" does not exist")))?;
-    let target = WriteTarget::of(data, &relation)
+    let mut target = WriteTarget::of(data, &relation)
         .ok_or_else(|| Error::Unsupported(format!("\"{stream}\" is not a stream or topic")))?;
+    if matches!(plan.kind, Kind::Aggregate { .. }) {
+        // Upsert records: every update of a key, the NULL key too, in one partition.
+        target.null_key_partition = Some(0);
+    }
     let produced = plan.schema.fields().len();
     let names: Vec<String> = target
         .row_schema

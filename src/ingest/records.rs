@@ -31,6 +31,10 @@ pub struct WriteTarget {
     /// Per row column: declared NOT NULL.
     not_null: Vec<bool>,
     shape: Shape,
+    /// Where records whose key is NULL go: round-robin when `None` (Kafka's way for
+    /// records without a key); a fixed partition for upsert records, so the updates of
+    /// the NULL group stay in order like any other key's.
+    pub null_key_partition: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +78,7 @@ impl WriteTarget {
                         key_columns,
                         timestamp_column,
                     },
+                    null_key_partition: None,
                 })
             }
             Relation::Topic(topic) => Some(WriteTarget {
@@ -95,6 +100,7 @@ impl WriteTarget {
                 ])),
                 not_null: vec![false, false],
                 shape: Shape::Topic,
+                null_key_partition: None,
             }),
             Relation::External(_) | Relation::View(_) => None,
         }
@@ -181,14 +187,21 @@ impl WriteTarget {
             }]);
         }
         let keys = keys.as_binary::<i32>();
-        let unkeyed = keys.null_count() as u64;
+        let unkeyed = match self.null_key_partition {
+            Some(_) => 0,
+            None => keys.null_count() as u64,
+        };
         let mut next_round_robin = round_robin.fetch_add(unkeyed, Ordering::Relaxed);
         let mut rows_of: Vec<Vec<u32>> = vec![vec![]; self.partitions as usize];
         for i in 0..n {
             let p = if keys.is_null(i) {
-                let p = (next_round_robin % self.partitions as u64) as u32;
-                next_round_robin += 1;
-                p
+                if let Some(p) = self.null_key_partition {
+                    p % self.partitions
+                } else {
+                    let p = (next_round_robin % self.partitions as u64) as u32;
+                    next_round_robin += 1;
+                    p
+                }
             } else {
                 key::partition_for_key(keys.value(i), self.partitions)
             };
