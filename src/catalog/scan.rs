@@ -256,7 +256,8 @@ fn column_of(expr: &Expr) -> Option<&str> {
     }
 }
 
-fn literal_of(expr: &Expr) -> Option<ScalarValue> {
+/// A non-null literal, through casts DataFusion puts on it.
+pub(crate) fn literal_of(expr: &Expr) -> Option<ScalarValue> {
     match expr {
         Expr::Literal(v, _) if !v.is_null() => Some(v.clone()),
         Expr::Cast(c) => literal_of(&c.expr).and_then(|v| v.cast_to(c.field.data_type()).ok()),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -44,11 +44,20 @@ impl TableProvider for ViewTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Equalities on group columns turn a scan into key lookups; every filter is still
+        // applied to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = state
@@ -62,7 +71,7 @@ impl TableProvider for ViewTable {
                 format!("materialized view \"{}\" is starting", self.name),
             )
         })?;
-        let plan = engine.view_plan(&self.name, &snapshot)?;
+        let plan = engine.view_plan(&self.name, &snapshot, filters)?;
         let Some(projection) = projection else {
             return Ok(plan);
         };

@@ -15,14 +15,18 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::catalog::provider::Tables;
-use crate::catalog::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn};
+use crate::catalog::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
@@ -211,10 +215,99 @@ enum ViewSource {
 struct ViewGroups {
     finals: RwLock<GroupState>,
     aggregation: Mutex<Aggregation>,
+    /// Per group column: the view column that shows it unchanged, if any.
+    group_outputs: Vec<Option<usize>>,
+}
+
+/// Most keys a filter may name for a view to look them up instead of reading every group.
+const MAX_LOOKUP_KEYS: usize = 1024;
+
+impl ViewGroups {
+    /// The key columns of the groups `filters` can match, when they pin every group column
+    /// to literals (`user_id = 42`, `k IN (1, 2)`); `None` when all groups must be read.
+    fn lookup_keys(
+        &self,
+        filters: &[Expr],
+        schema: &Schema,
+        final_schema: &Schema,
+    ) -> Option<Vec<ArrayRef>> {
+        let mut pinned: Vec<Option<Vec<ScalarValue>>> = vec![None; self.group_outputs.len()];
+        if pinned.is_empty() {
+            return None;
+        }
+        for filter in filters.iter().flat_map(|f| split_conjunction(f)) {
+            // Only a plain column: a cast of the column could match keys the literal does not.
+            let (column, values) = match filter {
+                Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op: Operator::Eq,
+                    right,
+                }) => match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), other) | (other, Expr::Column(c)) => {
+                        match literal_of(other) {
+                            Some(v) => (c, vec![v]),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                },
+                Expr::InList(list) if !list.negated => match list.expr.as_ref() {
+                    Expr::Column(c) => {
+                        match list.list.iter().map(literal_of).collect::<Option<Vec<_>>>() {
+                            Some(values) => (c, values),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let Ok(at) = schema.index_of(&column.name) else {
+                continue;
+            };
+            if let Some(group) = self.group_outputs.iter().position(|o| *o == Some(at)) {
+                pinned[group] = Some(values);
+            }
+        }
+        let pinned: Vec<Vec<ScalarValue>> = pinned.into_iter().collect::<Option<_>>()?;
+        let combinations = pinned
+            .iter()
+            .try_fold(1usize, |n, v| n.checked_mul(v.len()))?;
+        if combinations == 0 || combinations > MAX_LOOKUP_KEYS {
+            return None;
+        }
+        // Every combination of the pinned values, one row each.
+        let mut columns = vec![];
+        let mut repeat = 1;
+        for (group, values) in pinned.iter().enumerate() {
+            let data_type = final_schema.field(group).data_type();
+            let values: Vec<ScalarValue> = values
+                .iter()
+                .map(|v| v.cast_to(data_type).ok())
+                .collect::<Option<_>>()?;
+            let cycle = combinations / (repeat * values.len());
+            let column = (0..cycle)
+                .flat_map(|_| {
+                    values
+                        .iter()
+                        .flat_map(|v| std::iter::repeat_n(v.clone(), repeat))
+                })
+                .collect::<Vec<_>>();
+            columns.push(ScalarValue::iter_to_array(column).ok()?);
+            repeat *= values.len();
+        }
+        Some(columns)
+    }
 }
 
 impl ViewContents {
-    fn plan(&self, tables: &Tables, snapshot: &Snapshot) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The view's rows; `filters` (applied again by the caller) may narrow what is read.
+    fn plan(
+        &self,
+        tables: &Tables,
+        snapshot: &Snapshot,
+        filters: &[Expr],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         match &self.source {
             ViewSource::Rows { topic } => {
                 let topic = tables.log.topic(*topic).ok_or_else(|| {
@@ -237,12 +330,13 @@ impl ViewContents {
                 )))
             }
             ViewSource::Groups(groups) => {
-                let ViewGroups {
-                    finals,
-                    aggregation,
-                } = groups.as_ref();
-                let rows = finals.read().expect("view lock").rows()?;
-                let aggregation = aggregation.lock().expect("view lock").clone();
+                let aggregation = groups.aggregation.lock().expect("view lock").clone();
+                let finals = groups.finals.read().expect("view lock");
+                let rows = match groups.lookup_keys(filters, &self.schema, finals.schema()) {
+                    Some(keys) => finals.lookup_columns(&keys)?,
+                    None => finals.rows()?,
+                };
+                drop(finals);
                 aggregation.output_plan(rows.into_iter().collect())
             }
         }
@@ -494,7 +588,12 @@ impl Engine {
     }
 
     /// The plan that reads a materialized view's current contents.
-    pub fn view_plan(&self, view: &str, snapshot: &Snapshot) -> Result<Arc<dyn ExecutionPlan>> {
+    pub fn view_plan(
+        &self,
+        view: &str,
+        snapshot: &Snapshot,
+        filters: &[Expr],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let running = self
             .queries
             .lock()
@@ -510,7 +609,7 @@ impl Engine {
         };
         let running = running.ok_or_else(|| unavailable("its query is not running".into()))?;
         match running.shared.view.get() {
-            Some(contents) => contents.plan(&self.tables, snapshot),
+            Some(contents) => contents.plan(&self.tables, snapshot, filters),
             None => {
                 let status = running.shared.status.lock().expect("status lock").clone();
                 Err(unavailable(

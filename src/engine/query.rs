@@ -152,6 +152,7 @@ impl QueryTask {
                 state_schema,
                 groups,
                 final_schema,
+                group_outputs,
                 ..
             } => {
                 let mut state = GroupState::new(state_schema.clone(), *groups)?;
@@ -179,6 +180,7 @@ impl QueryTask {
                     Some(ViewSource::Groups(Box::new(ViewGroups {
                         finals: RwLock::new(finals),
                         aggregation: Mutex::new(aggregation),
+                        group_outputs: group_outputs.clone(),
                     })))
                 } else {
                     None

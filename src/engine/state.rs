@@ -87,8 +87,21 @@ impl GroupState {
 
     /// The current rows of the groups that appear in `rows`, if any do.
     pub fn lookup(&self, rows: &RecordBatch) -> Result<Option<RecordBatch>> {
+        self.lookup_keys(self.keys(rows)?)
+    }
+
+    /// The current rows of the groups whose key columns are `keys`, if any exist.
+    pub fn lookup_columns(&self, keys: &[ArrayRef]) -> Result<Option<RecordBatch>> {
+        let Some(converter) = &self.converter else {
+            return self.rows();
+        };
+        let converted = converter.convert_columns(keys).map_err(internal)?;
+        self.lookup_keys(converted.iter().map(|r| Box::from(r.as_ref())).collect())
+    }
+
+    fn lookup_keys(&self, keys: Vec<Box<[u8]>>) -> Result<Option<RecordBatch>> {
         let mut found: Vec<(usize, usize)> = vec![];
-        for key in self.keys(rows)? {
+        for key in keys {
             if let Some(at) = self.index.get(&key) {
                 found.push(*at);
             }
