@@ -46,6 +46,14 @@ CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP) WITH (partitio
 INSERT INTO clicks VALUES (1, '/home', '2026-01-01 10:00:00'), (2, '/cart', now());
 SELECT user_id, url FROM clicks ORDER BY user_id;
 SELECT url, count(*) AS n FROM clicks GROUP BY url ORDER BY url;
+CREATE STREAM cart_clicks AS SELECT user_id, ts FROM clicks WHERE url = '/cart';
+CREATE MATERIALIZED VIEW clicks_per_user AS
+    SELECT user_id, count(*) AS n, max(ts) AS last_seen FROM clicks GROUP BY user_id;
+INSERT INTO clicks VALUES (2, '/cart', now()), (3, '/home', now());
+FLUSH;
+SELECT count(*) AS cart_rows FROM cart_clicks;
+SELECT user_id, n FROM clicks_per_user WHERE user_id = 2;
+SHOW QUERIES;
 ";
     let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], script);
     assert!(ok, "psql failed: {err}\n{out}");
@@ -54,6 +62,22 @@ SELECT url, count(*) AS n FROM clicks GROUP BY url ORDER BY url;
     assert!(out.contains("       1 | /home"), "{out}");
     assert!(out.contains("       2 | /cart"), "{out}");
     assert!(out.contains(" /cart | 1"), "{out}");
+    // The continuous part: both /cart clicks in the derived stream, user 2 counted twice.
+    assert!(out.contains("CREATE MATERIALIZED VIEW"), "{out}");
+    assert!(out.contains("FLUSH"), "{out}");
+    assert!(
+        out.contains(" cart_rows \n-----------\n         2\n"),
+        "{out}"
+    );
+    assert!(out.contains("       2 | 2\n"), "{out}");
+    assert!(
+        out.contains(" clicks_per_user | view   | clicks | running"),
+        "{out}"
+    );
+    assert!(
+        out.contains(" cart_clicks     | stream | clicks | running"),
+        "{out}"
+    );
     server.stop();
 }
 
