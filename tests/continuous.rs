@@ -521,3 +521,96 @@ async fn show_statements_describe_queries_and_views() {
     assert_eq!(n, 1);
     server.stop();
 }
+
+/// What cannot run continuously is refused at `CREATE` with `0A000` and a message naming the
+/// part and why; a query that fails while running names itself and its error in `FLUSH`,
+/// `sys.queries` and the server log. (The `.slt` files assert these by SQLSTATE, so that the
+/// stock runner, which does not show messages, runs them too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_failures_say_what_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION);
+             CREATE STREAM other (user_id BIGINT KEY);
+             INSERT INTO clicks VALUES (1, '/a', 1), (42, '/b', 2);",
+        )
+        .await
+        .unwrap();
+    let refused = [
+        ("SELECT * FROM clicks ORDER BY amount", "ORDER BY"),
+        ("SELECT * FROM clicks LIMIT 3", "LIMIT/OFFSET"),
+        (
+            "SELECT user_id, row_number() OVER (ORDER BY amount) FROM clicks",
+            "window functions",
+        ),
+        (
+            "SELECT n, count(*) FROM (SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id) GROUP BY n",
+            "an aggregate over an aggregate",
+        ),
+        (
+            "SELECT c.user_id FROM clicks c JOIN other o ON c.user_id = o.user_id",
+            "reads one stream",
+        ),
+        (
+            "SELECT user_id FROM clicks UNION ALL SELECT user_id FROM clicks",
+            "UNION",
+        ),
+    ];
+    for (query, part) in refused {
+        let e = client
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW v AS {query}"))
+            .await
+            .expect_err(query);
+        assert_eq!(common::sqlstate(&e), "0A000", "{query}: {e:?}");
+        let message = e.as_db_error().unwrap().message();
+        assert!(message.contains(part), "{query}: {message}");
+    }
+    let e = client
+        .batch_execute(
+            "CREATE STREAM s AS SELECT user_id, sum(amount) AS t FROM clicks GROUP BY user_id HAVING sum(amount) > 1",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e), "0A000");
+    let message = e.as_db_error().unwrap().message();
+    assert!(
+        message.contains("HAVING") && message.contains("retracted"),
+        "{message}"
+    );
+
+    client
+        .batch_execute(
+            "CREATE STREAM ratios AS SELECT user_id, 100 / (user_id - 42) AS r FROM clicks",
+        )
+        .await
+        .unwrap();
+    let e = client.batch_execute("FLUSH").await.unwrap_err();
+    assert_eq!(common::sqlstate(&e), "55000");
+    let message = e.as_db_error().unwrap().message();
+    assert!(
+        message.contains("\"ratios\"") && message.contains("division by zero"),
+        "{message}"
+    );
+    let status = rows(
+        &client,
+        "SELECT state, error FROM sys.queries WHERE name = 'ratios'",
+    )
+    .await;
+    assert_eq!(status[0][0].as_deref(), Some("failed"));
+    assert!(
+        status[0][1]
+            .as_deref()
+            .unwrap()
+            .contains("division by zero")
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("ratios") && l.contains("division by zero")),
+        "{log}"
+    );
+    server.stop();
+}
