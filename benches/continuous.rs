@@ -20,15 +20,18 @@
 //!    `start()` to the end, session start-up and the Parquet conversion excluded. It runs if
 //!    `RUNNEL_BENCH_PYTHON` (default `python3`) can import pyspark.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+mod common;
+use common::start_runnel;
 
 const USERS: u64 = 100_000;
 const URLS: [&str; 8] = [
@@ -72,54 +75,8 @@ fn csv_chunk(from: u64, to: u64) -> String {
     out
 }
 
-struct Runnel {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Runnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_runnel(dir: &Path) -> Runnel {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start runnel");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines.next().expect("runnel exited").unwrap();
-        if let Some(rest) = line.split("listening for Postgres clients on ").nth(1) {
-            let addr = rest.split(',').next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("runnel: {line}");
-            }
-        }
-    });
-    Runnel { child, port }
-}
-
 async fn connect(port: u16) -> Client {
-    let conn = format!("host=127.0.0.1 port={port} user=bench dbname=runnel");
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::connect(port, "bench", "runnel").await
 }
 
 async fn load(client: &Client, rows: u64) -> Duration {

@@ -14,14 +14,16 @@
 //! `/usr/lib/postgresql/*/bin`; as root it runs as the `postgres` user. Without it, only
 //! Runnel's figures are printed.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+mod common;
+use common::start_runnel;
 
 const INSERT_ROWS: usize = 1000;
 const INSERT_CONNECTIONS: usize = 4;
@@ -62,14 +64,7 @@ fn free_port() -> u16 {
 }
 
 async fn connect(port: u16, user: &str) -> Client {
-    let conn = format!("host=127.0.0.1 port={port} user={user} dbname=postgres");
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::connect(port, user, "postgres").await
 }
 
 struct Figures {
@@ -194,32 +189,6 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
         aggregate,
         groups,
     }
-}
-
-struct Runnel {
-    child: Child,
-    port: u16,
-}
-
-fn start_runnel(dir: &Path) -> Runnel {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start runnel");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines.next().expect("runnel exited").unwrap();
-        if let Some(rest) = line.split("listening for Postgres clients on ").nth(1) {
-            let addr = rest.split(',').next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Runnel { child, port }
 }
 
 struct Postgres {
@@ -366,11 +335,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runnel = start_runnel(&work.join("runnel"));
+    let runnel = start_runnel(&work.join("runnel"));
     let ddl = "CREATE STREAM {table} (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4)";
     let r = runtime.block_on(run(runnel.port, "runnel", ddl, &rows));
-    let _ = runnel.child.kill();
-    let _ = runnel.child.wait();
+    drop(runnel);
 
     let pg = Postgres::start(&work);
     let p = pg.as_ref().map(|pg| {

@@ -7,60 +7,16 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use common::{Rng, rows};
 
 type Rows = Vec<Vec<Option<String>>>;
-
-async fn rows(client: &tokio_postgres::Client, sql: &str) -> Rows {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
 
 async fn sorted(client: &tokio_postgres::Client, sql: &str) -> Rows {
     let mut r = rows(client, sql).await;
     r.sort();
     r
-}
-
-/// A small deterministic generator; each test prints its seed so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("RUNNEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("{test} seed: {seed} (replay with RUNNEL_SEED={seed})");
-    seed
 }
 
 /// Views of `events`, each compared with its own SQL run as a bounded query.
@@ -195,7 +151,7 @@ async fn create_queries(client: &tokio_postgres::Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_results_equal_bounded_queries() {
-    let mut rng = Rng(seed("differential"));
+    let mut rng = Rng::seeded("differential");
     for round in 0..3 {
         // Small epochs and a random pace put epoch boundaries at random places.
         let max_records = (1 + rng.below(60)).to_string();
@@ -290,7 +246,7 @@ const ROWS_PER_INSERT: i64 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_queries_run_keeps_them_exactly_once() {
-    let mut rng = Rng(seed("continuous crash"));
+    let mut rng = Rng::seeded("continuous crash");
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--epoch-max-records", "50"];
     {

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Offset, PartitionId, TopicId};
+use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
 
 /// Where one input partition has been read up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,22 +63,44 @@ impl Checkpoint {
 
     /// Where `topic`/`partition` has been read up to.
     pub fn position(&self, topic: TopicId, partition: PartitionId) -> Option<Offset> {
-        self.inputs
-            .iter()
-            .find(|i| i.topic == topic && i.partition == partition)
-            .map(|i| i.offset)
+        position(&self.inputs, topic, partition)
     }
+}
 
-    /// Records behind the inputs' high watermarks.
-    pub fn lag(&self, high: &[InputOffset]) -> u64 {
-        high.iter()
-            .map(|h| {
-                h.offset
-                    .0
-                    .saturating_sub(self.position(h.topic, h.partition).map_or(0, |o| o.0))
-            })
-            .sum()
-    }
+/// Where `topic`/`partition` has been read up to, according to `positions`.
+pub fn position(
+    positions: &[InputOffset],
+    topic: TopicId,
+    partition: PartitionId,
+) -> Option<Offset> {
+    positions
+        .iter()
+        .find(|i| i.topic == topic && i.partition == partition)
+        .map(|i| i.offset)
+}
+
+/// Records below the high watermarks `high` that `positions` have not reached.
+pub fn lag(positions: &[InputOffset], high: &[InputOffset]) -> u64 {
+    high.iter()
+        .map(|h| {
+            let at = position(positions, h.topic, h.partition).map_or(0, |o| o.0);
+            h.offset.0.saturating_sub(at)
+        })
+        .sum()
+}
+
+/// The high watermark of every partition of `topic` in `snapshot`.
+pub fn high_watermarks(snapshot: &Snapshot, topic: TopicId) -> Vec<InputOffset> {
+    snapshot
+        .high_watermarks(topic)
+        .into_iter()
+        .enumerate()
+        .map(|(p, offset)| InputOffset {
+            topic,
+            partition: PartitionId(p as u32),
+            offset,
+        })
+        .collect()
 }
 
 /// The input of one epoch: per partition, the offset range to read.
@@ -225,7 +247,7 @@ mod tests {
         let cp = Checkpoint::initial(vec![at(0, 5)]);
         let plan = next_epoch(&cp, &[at(0, 5), at(1, 2)], 1_000).unwrap();
         assert_eq!(plan.ranges[1], (at(1, 0), Offset(2)));
-        assert_eq!(cp.lag(&[at(0, 7), at(1, 2)]), 4);
+        assert_eq!(lag(&cp.inputs, &[at(0, 7), at(1, 2)]), 4);
     }
 
     #[test]

@@ -87,14 +87,7 @@ struct Progress {
 
 impl Progress {
     fn covers(&self, targets: &[InputOffset]) -> bool {
-        targets.iter().all(|t| {
-            let at = self
-                .positions
-                .iter()
-                .find(|p| p.topic == t.topic && p.partition == t.partition)
-                .map_or(0, |p| p.offset.0);
-            at >= t.offset.0
-        })
+        checkpoint::lag(&self.positions, targets) == 0
     }
 }
 
@@ -479,32 +472,25 @@ impl Engine {
         }
     }
 
-    /// Waits until every query has processed everything appended to its input before now,
-    /// including what queries it reads from produce on the way. Fails if a query has
-    /// failed or stopped before getting there.
-    pub async fn flush(&self) -> Result<()> {
-        let running: Vec<Arc<Running>> = self
-            .queries
+    fn running(&self) -> Vec<Arc<Running>> {
+        self.queries
             .lock()
             .expect("queries lock")
             .values()
             .cloned()
-            .collect();
-        for query in topological(running) {
+            .collect()
+    }
+
+    /// Waits until every query has processed everything appended to its input before now,
+    /// including what queries it reads from produce on the way. Fails if a query has
+    /// failed or stopped before getting there.
+    pub async fn flush(&self) -> Result<()> {
+        for query in topological(self.running()) {
             let snapshot = self.tables.log.snapshot();
             let Some(input) = query.shared.input_topic() else {
                 continue;
             };
-            let targets: Vec<InputOffset> = snapshot
-                .high_watermarks(input)
-                .into_iter()
-                .enumerate()
-                .map(|(p, offset)| InputOffset {
-                    topic: input,
-                    partition: PartitionId(p as u32),
-                    offset,
-                })
-                .collect();
+            let targets = checkpoint::high_watermarks(&snapshot, input);
             let mut progress = query.shared.progress.subscribe();
             let outcome = progress
                 .wait_for(|p| p.failed.is_some() || p.stopped || p.covers(&targets))
@@ -531,32 +517,16 @@ impl Engine {
 
     pub fn statuses(&self) -> Vec<QueryStatus> {
         let snapshot = self.tables.log.snapshot();
-        let running: Vec<Arc<Running>> = self
-            .queries
-            .lock()
-            .expect("queries lock")
-            .values()
-            .cloned()
-            .collect();
-        running
+        self.running()
             .iter()
             .map(|r| {
                 let status = r.shared.status.lock().expect("status lock").clone();
                 let progress = r.shared.progress.borrow().clone();
                 let lag = r.shared.input_topic().map_or(0, |topic| {
-                    snapshot
-                        .high_watermarks(topic)
-                        .into_iter()
-                        .enumerate()
-                        .map(|(p, high)| {
-                            let at = progress
-                                .positions
-                                .iter()
-                                .find(|i| i.topic == topic && i.partition.0 == p as u32)
-                                .map_or(0, |i| i.offset.0);
-                            high.0.saturating_sub(at)
-                        })
-                        .sum()
+                    checkpoint::lag(
+                        &progress.positions,
+                        &checkpoint::high_watermarks(&snapshot, topic),
+                    )
                 });
                 let (kind, target) = match &r.def.target {
                     QueryTarget::Stream { stream } => ("stream", stream.clone()),

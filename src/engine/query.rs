@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::context::SessionState;
 use tokio::sync::watch;
 
-use super::checkpoint::{self, Checkpoint, InputOffset, Planned};
+use super::checkpoint::{self, Checkpoint, Planned};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
 use super::state::GroupState;
 use super::{EngineConfig, Shared, State, ViewContents, ViewGroups, ViewSource};
@@ -254,17 +254,7 @@ impl QueryTask {
             }
             commits.borrow_and_update();
             let snapshot = self.tables.log.snapshot();
-            let input = self.plan.input.id;
-            let high: Vec<InputOffset> = snapshot
-                .high_watermarks(input)
-                .into_iter()
-                .enumerate()
-                .map(|(p, offset)| InputOffset {
-                    topic: input,
-                    partition: PartitionId(p as u32),
-                    offset,
-                })
-                .collect();
+            let high = checkpoint::high_watermarks(&snapshot, self.plan.input.id);
             let Some(epoch) =
                 checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
             else {

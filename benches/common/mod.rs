@@ -1,0 +1,62 @@
+//! What the benchmarks share: the release `runnel` binary on a port of its choosing, and
+//! client connections to a Postgres-protocol server.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use tokio_postgres::{Client, NoTls};
+
+/// A running `runnel` process; killed when dropped.
+pub struct Runnel {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Runnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `runnel` on `dir` and waits until it listens. Its warnings and errors are
+/// printed as they come.
+pub fn start_runnel(dir: &Path) -> Runnel {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runnel");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines.next().expect("runnel exited").unwrap();
+        if let Some(rest) = line.split("listening for Postgres clients on ").nth(1) {
+            let addr = rest.split(',').next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("runnel: {line}");
+            }
+        }
+    });
+    Runnel { child, port }
+}
+
+/// A connection to the server on `port` as `user`, driven on the current runtime.
+pub async fn connect(port: u16, user: &str, database: &str) -> Client {
+    let conn = format!("host=127.0.0.1 port={port} user={user} dbname={database}");
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
