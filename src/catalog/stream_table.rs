@@ -46,6 +46,17 @@ pub const HIDDEN_COLUMNS: [&str; 4] = [
 #[derive(Debug, Clone)]
 pub struct StatementSnapshot(pub Arc<Snapshot>);
 
+impl StatementSnapshot {
+    /// The snapshot of the statement `state` plans, or the log's latest outside a statement.
+    pub fn of(state: &dyn Session, log: &Log) -> Arc<Snapshot> {
+        state
+            .config()
+            .get_extension::<StatementSnapshot>()
+            .map(|s| s.0.clone())
+            .unwrap_or_else(|| log.snapshot())
+    }
+}
+
 /// A stream or schemaless topic, for reading.
 #[derive(Debug)]
 pub struct StreamTable {
@@ -148,11 +159,7 @@ impl TableProvider for StreamTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let snapshot = state
-            .config()
-            .get_extension::<StatementSnapshot>()
-            .map(|s| s.0.clone())
-            .unwrap_or_else(|| self.log.snapshot());
+        let snapshot = StatementSnapshot::of(state, &self.log);
         let topic = self.log.topic(self.topic.id).ok_or_else(|| {
             Error::UnknownRelation(format!("stream \"{}\" was dropped", self.name))
         })?;

@@ -60,11 +60,7 @@ impl TableProvider for ViewTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let snapshot = state
-            .config()
-            .get_extension::<StatementSnapshot>()
-            .map(|s| s.0.clone())
-            .unwrap_or_else(|| self.tables.log.snapshot());
+        let snapshot = StatementSnapshot::of(state, &self.tables.log);
         let engine = self.tables.engine().ok_or_else(|| {
             Error::plan(
                 "55000",
