@@ -8,8 +8,9 @@
 
 use std::collections::BTreeSet;
 
+use arrow::array::RecordBatch;
 use arrow::compute::can_cast_types;
-use arrow::datatypes::Fields;
+use arrow::datatypes::{Fields, SchemaRef};
 
 use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
@@ -18,9 +19,11 @@ use crate::catalog::{
     CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
 };
+use crate::engine::PushQuery;
 use crate::engine::plan::{Kind, QueryPlan};
 use crate::error::{Error, Result};
 use crate::ingest::writer::now_ms;
+use crate::sql;
 use crate::sql::parser::{CreateStream, CreateView, InsertContinuous, OptionValue};
 use crate::storage::{Compression, TopicId};
 
@@ -561,4 +564,64 @@ fn feeds(data: &CatalogData, from: &str, to: &str) -> bool {
         }
     }
     false
+}
+
+/// The rows of a push query (`SELECT … EMIT CHANGES`), epoch by epoch.
+pub struct PushRows {
+    query: PushQuery,
+    /// Rows still to return, if the query has a `LIMIT`.
+    remaining: Option<u64>,
+}
+
+impl PushRows {
+    pub fn schema(&self) -> SchemaRef {
+        self.query.schema()
+    }
+
+    /// The next epoch's rows (waiting for them as long as it takes); `None` once the
+    /// `LIMIT` is reached.
+    pub async fn next(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        if self.remaining == Some(0) {
+            return Ok(None);
+        }
+        let mut rows = self.query.next().await?;
+        if rows.is_empty() {
+            return Ok(None); // the server is shutting down
+        }
+        if let Some(remaining) = &mut self.remaining {
+            let mut kept = vec![];
+            for batch in rows {
+                if *remaining == 0 {
+                    break;
+                }
+                let n = (batch.num_rows() as u64).min(*remaining);
+                kept.push(batch.slice(0, n as usize));
+                *remaining -= n;
+            }
+            rows = kept;
+        }
+        Ok(Some(rows))
+    }
+}
+
+impl Database {
+    /// Starts a push query: from the end of its input, or its beginning if `earliest`.
+    pub(super) async fn push_query(
+        &self,
+        q: sql::parser::PushQuery,
+        earliest: bool,
+    ) -> Result<Output> {
+        let data = self.tables.catalog.snapshot();
+        let query = PushQuery::new(&self.engine, &q.query, &data, earliest).await?;
+        Ok(Output::Push(Box::new(PushRows {
+            query,
+            remaining: q.limit,
+        })))
+    }
+
+    /// The columns a push query returns.
+    pub(super) async fn push_schema(&self, q: &sql::parser::PushQuery) -> Result<SchemaRef> {
+        let data = self.tables.catalog.snapshot();
+        Ok(self.engine.plan(&q.query, &data).await?.schema)
+    }
 }

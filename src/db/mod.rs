@@ -33,6 +33,7 @@ use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
 use crate::storage::{Log, LogConfig};
+pub use continuous::PushRows;
 pub use session::{Described, Session};
 
 /// Settings of a database, from the server's configuration.
@@ -86,6 +87,8 @@ pub enum Output {
         columns: usize,
         format: CopyFormat,
     },
+    /// A push query's rows, epoch by epoch, until its `LIMIT` or a cancel.
+    Push(Box<PushRows>),
     Begin,
     Commit,
     Rollback,
@@ -97,6 +100,7 @@ impl std::fmt::Debug for Output {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::CopyIn { columns, format } => write!(f, "CopyIn({columns}, {format:?})"),
+            Output::Push(p) => write!(f, "Push({:?})", p.schema()),
             Output::Begin => write!(f, "Begin"),
             Output::Commit => write!(f, "Commit"),
             Output::Rollback => write!(f, "Rollback"),

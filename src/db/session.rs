@@ -35,6 +35,9 @@ pub struct Described {
 }
 
 /// One client's session: its settings and any `COPY` in progress.
+/// The setting that decides where push queries start.
+const AUTO_OFFSET_RESET: &str = "auto_offset_reset";
+
 pub struct Session {
     pub(super) db: Arc<Database>,
     pub(super) state: SessionState,
@@ -44,8 +47,9 @@ pub struct Session {
 }
 
 /// PostgreSQL settings clients ask for, with the values Runnel behaves by.
-const DEFAULT_VARS: [(&str, &str); 14] = [
+const DEFAULT_VARS: [(&str, &str); 15] = [
     ("application_name", ""),
+    (AUTO_OFFSET_RESET, "latest"),
     ("client_encoding", "UTF8"),
     ("datestyle", "ISO, MDY"),
     ("default_transaction_isolation", "read committed"),
@@ -125,6 +129,7 @@ impl Session {
                 let sql = show_sql(&s).expect("a SHOW over system tables");
                 return Box::pin(self.describe(sql)).await;
             }
+            Statement::Push(q) => Some(self.db.push_schema(&q).await?),
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 let plan = sql::plan(&self.state, *statement, &catalog).await?;
@@ -157,6 +162,16 @@ impl Session {
             Statement::CreateView(v) => db.create_view(v, &mut self.notices).await,
             Statement::InsertContinuous(i) => db.insert_continuous(i).await,
             Statement::Flush => db.flush().await,
+            Statement::Push(q) => {
+                if matches!(&params, Some(ParamValues::List(v)) if !v.is_empty())
+                    || matches!(&params, Some(ParamValues::Map(m)) if !m.is_empty())
+                {
+                    return Err(Error::Unsupported(
+                        "push queries (EMIT CHANGES) do not take parameters yet".into(),
+                    ));
+                }
+                db.push_query(q, self.push_starts_earliest()).await
+            }
             Statement::ShowQueries | Statement::ShowViews => {
                 let sql = show_sql(&statement).expect("a SHOW over system tables");
                 let Some(Statement::DataFusion(s)) = sql::parse(sql)?.pop() else {
@@ -312,6 +327,16 @@ impl Session {
             self.vars.clear();
             return Ok(command("RESET"));
         }
+        if name == AUTO_OFFSET_RESET
+            && let Some(v) = &value
+            && v != "earliest"
+            && v != "latest"
+        {
+            return Err(Error::plan(
+                "22023",
+                format!("invalid value for {AUTO_OFFSET_RESET}: \"{v}\" (earliest or latest)"),
+            ));
+        }
         match value {
             Some(v) => {
                 self.vars.insert(name, v);
@@ -322,6 +347,12 @@ impl Session {
                 Ok(command("RESET"))
             }
         }
+    }
+
+    /// Whether push queries start at the beginning of their input (`SET auto_offset_reset =
+    /// 'earliest'`, Kafka's consumer setting) rather than its end.
+    fn push_starts_earliest(&self) -> bool {
+        self.vars.get(AUTO_OFFSET_RESET).map(String::as_str) == Some("earliest")
     }
 
     fn variable(&self, name: &str) -> Option<String> {

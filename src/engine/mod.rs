@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod plan;
+mod push;
 mod query;
 pub mod state;
 
@@ -32,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
 use checkpoint::{Checkpoint, InputOffset};
 use plan::{Aggregation, QueryPlan};
+pub use push::PushQuery;
 use state::GroupState;
 
 /// How epochs are paced and sized.

@@ -37,6 +37,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
+use super::state::GroupState;
 use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::scan::{Ranges, StreamScanExec};
 use crate::catalog::stream_table::{EpochRanges, StreamTable};
@@ -472,6 +473,23 @@ impl Aggregation {
         collect(plan, ctx).await.map_err(df)
     }
 
+    /// Runs the epoch's partial aggregate and merges it with the stored state of the groups
+    /// it touched: the merged state of every changed group (one row each), and their values.
+    pub async fn merge(
+        &self,
+        groups: &GroupState,
+        ctx: Arc<TaskContext>,
+    ) -> Result<(RecordBatch, Vec<RecordBatch>)> {
+        let schema = groups.schema();
+        let partial = self.partial(ctx.clone()).await?;
+        let touched = concat(schema, &partial)?;
+        let mut states: Vec<RecordBatch> = groups.lookup(&touched)?.into_iter().collect();
+        states.push(touched);
+        let merged = concat(schema, &self.reduce(states, ctx.clone()).await?)?;
+        let finals = self.finalize(vec![merged.clone()], ctx).await?;
+        Ok((merged, finals))
+    }
+
     /// The query's rows for final values (`HAVING` and the `SELECT` list applied).
     pub fn output_plan(&self, finals: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>> {
         let mut plan = memory(finals, self.final_.schema())?;
@@ -492,6 +510,11 @@ impl Aggregation {
 
 /// The latest [`Aggregation`] of a query, for reading its view between epochs.
 pub type SharedAggregation = Arc<Mutex<Option<Aggregation>>>;
+
+fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow::compute::concat_batches(schema, batches)
+        .map_err(|e| Error::Internal(format!("aggregate state: {e}")))
+}
 
 pub async fn run(plan: Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
     collect(plan, ctx).await.map_err(df)

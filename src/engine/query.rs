@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
-use arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::context::SessionState;
 use tokio::sync::watch;
@@ -313,17 +313,7 @@ impl QueryTask {
             }
             EpochPlan::Aggregate(aggregation) => {
                 let groups = self.groups.as_ref().expect("an aggregation has state");
-                let partial = aggregation.partial(ctx.clone()).await?;
-                let touched = concat(groups.schema(), &partial)?;
-                let mut states: Vec<RecordBatch> = groups.lookup(&touched)?.into_iter().collect();
-                states.push(touched);
-                let merged = concat(
-                    groups.schema(),
-                    &aggregation.reduce(states, ctx.clone()).await?,
-                )?;
-                let finals = aggregation
-                    .finalize(vec![merged.clone()], ctx.clone())
-                    .await?;
+                let (merged, finals) = aggregation.merge(groups, ctx.clone()).await?;
                 if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
@@ -462,10 +452,6 @@ impl QueryTask {
         tracing::debug!(query = %self.def.name, groups = groups.len(), segments = dropped, "state snapshot");
         Ok(())
     }
-}
-
-fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
-    concat_batches(schema, batches).map_err(|e| Error::Internal(format!("aggregate state: {e}")))
 }
 
 /// Rows as records of a state topic (append time, no key).

@@ -18,7 +18,10 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_describe_response};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response,
+    send_query_response,
+};
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{Entry, PortalStore};
@@ -28,12 +31,12 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::data::{NoData, ParameterDescription};
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::NoticeResponse;
 use tokio::sync::Mutex;
 
-use crate::db::{Described, Output, Session};
+use crate::db::{Described, Output, PushRows, Session};
 use crate::error::Error;
 
 /// The handlers of one connection.
@@ -203,6 +206,7 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
         Output::CopyIn { columns, .. } => {
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
+        Output::Push(_) => unreachable!("push queries are streamed by `stream_push`"),
         Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Output::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
         Output::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -226,6 +230,82 @@ where
     Ok(())
 }
 
+/// Streams a push query's rows to the client, flushing after every epoch, until its
+/// `LIMIT` or an error. A cancel request ends it too: pgwire drops this future and answers
+/// `57014`. The extended protocol described the columns already; the simple one sends them
+/// first (`describe`).
+async fn stream_push<C>(
+    client: &mut C,
+    mut rows: Box<PushRows>,
+    format: &Format,
+    describe: bool,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        rows.schema().as_ref(),
+        format,
+        None,
+    )?);
+    if describe {
+        let description = RowDescription::new(fields.iter().map(Into::into).collect());
+        client
+            .send(PgWireBackendMessage::RowDescription(description))
+            .await?;
+    }
+    let mut sent = 0;
+    loop {
+        let Some(batches) = rows.next().await.map_err(pg_error)? else {
+            break;
+        };
+        for batch in batches {
+            for row in encode_recordbatch(fields.clone(), batch) {
+                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                sent += 1;
+            }
+        }
+        client.flush().await?;
+    }
+    Ok(Response::Execution(Tag::new("SELECT").with_rows(sent)))
+}
+
+/// Sends what a simple query produced before a push query, ahead of its rows (pgwire sends
+/// the responses `do_query` returns only once it has returned).
+async fn send_responses<C>(
+    client: &mut C,
+    responses: impl Iterator<Item = Response>,
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for response in responses {
+        match response {
+            Response::Query(results) => send_query_response(client, results, true).await?,
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::Error(e) => {
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                    .await?
+            }
+            _ => {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "0A000".into(),
+                    "a push query cannot follow COPY in the same query string".into(),
+                ))));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Handler {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -241,6 +321,15 @@ impl SimpleQueryHandler for Handler {
         let mut responses = Vec::with_capacity(outputs.len());
         for output in outputs {
             match output {
+                Ok(Output::Push(rows)) => {
+                    // Responses so far go first; the push query's rows follow them.
+                    send_responses(client, responses.drain(..)).await?;
+                    match stream_push(client, rows, &Format::UnifiedText, true).await {
+                        Ok(done) => responses.push(done),
+                        Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
+                        Err(e) => return Err(e),
+                    }
+                }
                 Ok(output) => responses.push(response(output, &Format::UnifiedText)?),
                 Err(e) => {
                     let PgWireError::UserError(info) = pg_error(e) else {
@@ -318,7 +407,13 @@ impl ExtendedQueryHandler for Handler {
         let mut session = self.session.lock().await;
         let output = session.execute_one(&prepared.sql, params).await;
         send_notices(client, session.take_notices()).await?;
-        response(output.map_err(pg_error)?, &portal.result_column_format)
+        match output.map_err(pg_error)? {
+            Output::Push(rows) => {
+                drop(session);
+                stream_push(client, rows, &portal.result_column_format, false).await
+            }
+            output => response(output, &portal.result_column_format),
+        }
     }
 }
 

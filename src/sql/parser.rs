@@ -44,6 +44,8 @@ pub enum Statement {
     CreateView(CreateView),
     /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: a persistent insert.
     InsertContinuous(InsertContinuous),
+    /// `SELECT … FROM stream EMIT CHANGES [LIMIT n]`: a push query, whose rows keep coming.
+    Push(PushQuery),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
     ShowQueries,
@@ -85,6 +87,14 @@ pub struct InsertContinuous {
     pub target: String,
     pub columns: Vec<String>,
     pub query: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PushQuery {
+    /// The `SELECT`, without `EMIT CHANGES` and its `LIMIT`.
+    pub query: String,
+    /// Ends the query after this many rows.
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +206,21 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if word_is(p, "FLUSH") {
         p.next_token();
         return Ok(Statement::Flush);
+    }
+    if p.peek_keyword(Keyword::SELECT) || p.peek_keyword(Keyword::WITH) {
+        // `… EMIT CHANGES [LIMIT n]` makes a SELECT a push query; as for INSERT, the
+        // general parser would read EMIT as an alias.
+        let mut tokens = statement_tokens(p);
+        if let Some(limit) = strip_emit_changes_limit(&mut tokens)? {
+            return parse_push_query(tokens, limit).map(Statement::Push);
+        }
+        while df.parser.index() > start {
+            df.parser.prev_token();
+        }
+        return df
+            .parse_statement()
+            .map(|s| Statement::DataFusion(Box::new(s)))
+            .map_err(Error::from_datafusion);
     }
     if p.peek_keyword(Keyword::INSERT) {
         // `… EMIT CHANGES` makes an INSERT continuous; the general parser would read EMIT
@@ -557,6 +582,48 @@ fn statement_tokens(p: &mut Parser<'_>) -> Vec<TokenWithSpan> {
     tokens
 }
 
+/// Removes a trailing `EMIT CHANGES [LIMIT n]`; `Some(limit)` if there was one.
+fn strip_emit_changes_limit(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Option<u64>>> {
+    let is = |t: &TokenWithSpan, word: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let n = tokens.len();
+    if n >= 4
+        && is(&tokens[n - 4], "EMIT")
+        && is(&tokens[n - 3], "CHANGES")
+        && is(&tokens[n - 2], "LIMIT")
+    {
+        let limit = match &tokens[n - 1].token {
+            Token::Number(v, _) => v.parse::<u64>().map_err(|_| {
+                Error::Syntax(format!(
+                    "LIMIT of a push query must be a non-negative integer, not {v}"
+                ))
+            })?,
+            other => {
+                return Err(Error::Syntax(format!(
+                    "LIMIT of a push query must be a non-negative integer, not {other}"
+                )));
+            }
+        };
+        tokens.truncate(n - 4);
+        return Ok(Some(Some(limit)));
+    }
+    Ok(strip_emit_changes(tokens).then_some(None))
+}
+
+fn parse_push_query(tokens: Vec<TokenWithSpan>, limit: Option<u64>) -> Result<PushQuery> {
+    let mut p = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
+    let query = p.parse_query().map_err(syntax)?;
+    if p.peek_token() != Token::EOF {
+        return Err(Error::Syntax(format!(
+            "syntax error at or near \"{}\"",
+            p.peek_token()
+        )));
+    }
+    Ok(PushQuery {
+        query: query.to_string(),
+        limit,
+    })
+}
+
 /// Removes a trailing `EMIT CHANGES`; whether there was one.
 fn strip_emit_changes(tokens: &mut Vec<TokenWithSpan>) -> bool {
     let is = |t: &TokenWithSpan, word: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
@@ -758,6 +825,30 @@ mod tests {
         let mut s = parse(sql).unwrap();
         assert_eq!(s.len(), 1, "{sql}");
         s.pop().unwrap()
+    }
+
+    #[test]
+    fn push_queries_end_in_emit_changes_and_an_optional_limit() {
+        let Statement::Push(q) = one("SELECT * FROM clicks WHERE x > 1 EMIT CHANGES LIMIT 3;")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (q.query.as_str(), q.limit),
+            ("SELECT * FROM clicks WHERE x > 1", Some(3))
+        );
+        let Statement::Push(q) = one("select url, count(*) from clicks group by url emit changes")
+        else {
+            panic!()
+        };
+        assert_eq!(q.limit, None);
+        // Without EMIT CHANGES a SELECT is DataFusion's, also next to other statements.
+        assert!(matches!(one("SELECT 1 AS emit"), Statement::DataFusion(_)));
+        assert_eq!(parse("SELECT 1; SELECT 2").unwrap().len(), 2);
+        assert!(matches!(
+            parse("SELECT * FROM clicks EMIT CHANGES LIMIT -1"),
+            Err(Error::Syntax(_))
+        ));
     }
 
     #[test]

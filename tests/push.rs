@@ -1,0 +1,158 @@
+//! Push queries (`SELECT … EMIT CHANGES`) over the real server: rows reach the client as
+//! they are inserted, not when the query ends; a cancel request ends the query with `57014`
+//! and the connection carries on.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// The next data row of a push query, within a generous bound (it should take milliseconds).
+async fn next_row(
+    stream: &mut (
+             impl futures::Stream<Item = Result<SimpleQueryMessage, tokio_postgres::Error>> + Unpin
+         ),
+) -> Vec<Option<String>> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("a row within 20 s")
+            .expect("the query goes on")
+            .expect("no error");
+        if let SimpleQueryMessage::Row(row) = message {
+            return (0..row.len())
+                .map(|i| row.get(i).map(str::to_string))
+                .collect();
+        }
+    }
+}
+
+/// Sends a push query and waits until the server has started it (its columns arrive first):
+/// rows inserted from then on are the query's.
+async fn start_push(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    columns: &[&str],
+) -> std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>> {
+    let mut rows = Box::pin(client.simple_query_raw(sql).await.unwrap());
+    match rows.next().await.unwrap().unwrap() {
+        SimpleQueryMessage::RowDescription(described) => {
+            let names: Vec<&str> = described.iter().map(|c| c.name()).collect();
+            assert_eq!(names, columns);
+        }
+        other => panic!("expected the columns first, got {other:?}"),
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arrive_as_they_are_inserted_and_cancel_ends_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let reader = server.connect().await;
+    let writer = server.connect().await;
+    writer
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT) WITH (partitions = 3);
+             INSERT INTO clicks VALUES (0, '/before');",
+        )
+        .await
+        .unwrap();
+
+    // From the end of the stream (the default): the row inserted before is not returned.
+    let mut rows = start_push(
+        &reader,
+        "SELECT user_id, upper(url) AS url FROM clicks EMIT CHANGES",
+        &["user_id", "url"],
+    )
+    .await;
+    for i in 1..=3 {
+        writer
+            .batch_execute(&format!("INSERT INTO clicks VALUES ({i}, '/page/{i}')"))
+            .await
+            .unwrap();
+        // Each row arrives while the query is still running.
+        let row = next_row(&mut rows).await;
+        assert_eq!(
+            row,
+            [Some(i.to_string()), Some(format!("/PAGE/{i}"))],
+            "row {i}"
+        );
+    }
+
+    // Cancel, as psql's Ctrl-C does: the query ends with 57014.
+    reader.cancel_token().cancel_query(NoTls).await.unwrap();
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(20), rows.next())
+            .await
+            .expect("the cancel takes effect")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the query ended without an error"),
+        }
+    };
+    assert_eq!(common::sqlstate(&error), "57014", "{error:?}");
+    drop(rows);
+
+    // The connection is still usable, and so is the server.
+    let n = common::rows(&reader, "SELECT count(*) FROM clicks").await;
+    assert_eq!(n[0][0].as_deref(), Some("4"));
+
+    // An aggregate push query streams the groups that change.
+    let mut groups = start_push(
+        &reader,
+        "SELECT url, count(*) AS n FROM clicks GROUP BY url EMIT CHANGES LIMIT 2",
+        &["url", "n"],
+    )
+    .await;
+    writer
+        .batch_execute("INSERT INTO clicks VALUES (5, '/x'), (6, '/x')")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_row(&mut groups).await,
+        [Some("/x".to_string()), Some("2".to_string())]
+    );
+    writer
+        .batch_execute("INSERT INTO clicks VALUES (7, '/x')")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_row(&mut groups).await,
+        [Some("/x".to_string()), Some("3".to_string())]
+    );
+    // LIMIT 2 reached: the query completes.
+    let mut completed = false;
+    while let Some(message) = groups.next().await {
+        if let SimpleQueryMessage::CommandComplete(n) = message.unwrap() {
+            assert_eq!(n, 2);
+            completed = true;
+        }
+    }
+    assert!(completed);
+
+    // Through the extended protocol (prepared, as drivers such as pgjdbc send it), from the
+    // beginning of the stream.
+    reader
+        .batch_execute("SET auto_offset_reset = 'earliest'")
+        .await
+        .unwrap();
+    let statement = reader
+        .prepare("SELECT user_id FROM clicks WHERE url = '/x' EMIT CHANGES LIMIT 3")
+        .await
+        .unwrap();
+    let ids: Vec<i64> = reader
+        .query(&statement, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(ids, [5, 6, 7]);
+    server.stop();
+}
