@@ -48,7 +48,8 @@ pub async fn run(
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                let connection = Connection::new(db.session(), manager.clone());
+                let watch = second_handle(&socket);
+                let connection = Connection::new(db.session(), manager.clone(), watch);
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "connection opened");
                     if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
@@ -64,4 +65,13 @@ pub async fn run(
     db.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// A second handle on a connection's socket. pgwire reads the socket only between
+/// statements; while a push query waits for rows, this one notices the client leaving.
+fn second_handle(socket: &tokio::net::TcpStream) -> Option<tokio::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = socket.as_fd().try_clone_to_owned().ok()?;
+    // The clone shares the socket's open file description, non-blocking already.
+    tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).ok()
 }

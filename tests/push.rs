@@ -156,3 +156,48 @@ async fn rows_arrive_as_they_are_inserted_and_cancel_ends_the_query() {
     assert_eq!(ids, [5, 6, 7]);
     server.stop();
 }
+
+/// A client that goes away while its push query waits for rows ends the query at once,
+/// without waiting for a row to fail to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_ends_its_push_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let setup = server.connect().await;
+    setup
+        .batch_execute("CREATE STREAM quiet (x BIGINT)")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (client, connection) = tokio_postgres::connect(&server.connection_string(), NoTls)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let rows = start_push(&client, "SELECT x FROM quiet EMIT CHANGES", &["x"]).await;
+        // The client goes away as a killed process would: its socket closes, no Terminate.
+        connection.abort();
+        let _ = connection.await;
+        drop(rows);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ended = server
+            .log()
+            .lines()
+            .filter(|l| l.contains("client left during a push query"))
+            .count();
+        if ended == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "push queries still running after their clients left:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server goes on.
+    let n = common::rows(&setup, "SELECT count(*) FROM quiet").await;
+    assert_eq!(n[0][0].as_deref(), Some("0"));
+    server.stop();
+}

@@ -34,6 +34,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::NoticeResponse;
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::db::{Described, Output, PushRows, Session};
@@ -46,13 +47,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(session: Session, manager: Arc<ConnectionManager>) -> Connection {
+    /// `socket` is a second handle on the connection's socket, if there is one, to notice a
+    /// client that leaves during a push query.
+    pub fn new(
+        session: Session,
+        manager: Arc<ConnectionManager>,
+        socket: Option<TcpStream>,
+    ) -> Connection {
         let session = Arc::new(Mutex::new(session));
         Connection {
             handler: Arc::new(Handler {
                 session: session.clone(),
                 parser: Arc::new(StatementParser { session }),
                 manager: manager.clone(),
+                socket,
             }),
             manager,
         }
@@ -85,6 +93,24 @@ pub struct Handler {
     session: Arc<Mutex<Session>>,
     parser: Arc<StatementParser>,
     manager: Arc<ConnectionManager>,
+    socket: Option<TcpStream>,
+}
+
+impl Handler {
+    /// Resolves once the client has gone: its end of the socket is closed, or it sent
+    /// Terminate. Never resolves if that cannot be told (no second handle, or the client
+    /// sent something else, which pgwire reads after the statement).
+    async fn client_gone(&self) {
+        if let Some(socket) = &self.socket {
+            let mut first = [0u8; 1];
+            match socket.peek(&mut first).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if first[0] == b'X' => return,
+                Ok(_) => {}
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 #[async_trait]
@@ -239,6 +265,7 @@ async fn stream_push<C>(
     mut rows: Box<PushRows>,
     format: &Format,
     describe: bool,
+    gone: impl Future<Output = ()>,
 ) -> PgWireResult<Response>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -257,8 +284,19 @@ where
             .await?;
     }
     let mut sent = 0;
+    let mut gone = std::pin::pin!(gone);
     loop {
-        let Some(batches) = rows.next().await.map_err(pg_error)? else {
+        let next = tokio::select! {
+            next = rows.next() => next,
+            () = &mut gone => {
+                tracing::info!(sent, "client left during a push query; ending it");
+                return Err(PgWireError::IoError(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the client left during a push query",
+                )));
+            }
+        };
+        let Some(batches) = next.map_err(pg_error)? else {
             break;
         };
         for batch in batches {
@@ -324,7 +362,9 @@ impl SimpleQueryHandler for Handler {
                 Ok(Output::Push(rows)) => {
                     // Responses so far go first; the push query's rows follow them.
                     send_responses(client, responses.drain(..)).await?;
-                    match stream_push(client, rows, &Format::UnifiedText, true).await {
+                    match stream_push(client, rows, &Format::UnifiedText, true, self.client_gone())
+                        .await
+                    {
                         Ok(done) => responses.push(done),
                         Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
                         Err(e) => return Err(e),
@@ -410,7 +450,14 @@ impl ExtendedQueryHandler for Handler {
         match output.map_err(pg_error)? {
             Output::Push(rows) => {
                 drop(session);
-                stream_push(client, rows, &portal.result_column_format, false).await
+                stream_push(
+                    client,
+                    rows,
+                    &portal.result_column_format,
+                    false,
+                    self.client_gone(),
+                )
+                .await
             }
             output => response(output, &portal.result_column_format),
         }
