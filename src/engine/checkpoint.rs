@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::scan::Ranges;
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
 
 /// Where one input partition has been read up to.
@@ -118,6 +119,14 @@ impl EpochPlan {
             .iter()
             .map(|(from, to)| to.0 - from.offset.0)
             .sum()
+    }
+
+    /// The offsets to read, per partition.
+    pub fn partition_ranges(&self) -> Ranges {
+        self.ranges
+            .iter()
+            .map(|(from, to)| (from.partition, from.offset..*to))
+            .collect()
     }
 
     pub fn ends(&self) -> Vec<InputOffset> {

@@ -85,12 +85,7 @@ impl PushQuery {
                 }
                 continue;
             };
-            let ranges = epoch
-                .ranges
-                .iter()
-                .map(|(from, to)| (from.partition, from.offset..*to))
-                .collect();
-            let (plan, ctx) = self.plan.plan_epoch(ranges).await?;
+            let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
             let rows = match plan {
                 EpochPlan::Stateless(plan) => run(plan, ctx).await?,
                 EpochPlan::Aggregate(aggregation) => {

@@ -291,12 +291,7 @@ impl QueryTask {
                 .commit(vec![], vec![(key, Some(self.checkpoint.encode()))])
                 .await?;
         }
-        let ranges = epoch
-            .ranges
-            .iter()
-            .map(|(from, to)| (from.partition, from.offset..*to))
-            .collect();
-        let (plan, ctx) = self.plan.plan_epoch(ranges).await?;
+        let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
         let mut pending = PendingWrite::default();
         let mut state_rows: Vec<RecordBatch> = vec![];
         let mut changed: Option<(RecordBatch, Vec<RecordBatch>)> = None;

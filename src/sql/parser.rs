@@ -191,6 +191,16 @@ fn syntax(e: ParserError) -> Error {
     })
 }
 
+/// Goes back to the statement's first token (at `start`) and lets DataFusion parse it.
+fn reparse_from(df: &mut DFParser<'_>, start: usize) -> Result<Statement> {
+    while df.parser.index() > start {
+        df.parser.prev_token();
+    }
+    df.parse_statement()
+        .map(|s| Statement::DataFusion(Box::new(s)))
+        .map_err(Error::from_datafusion)
+}
+
 fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     // Where the statement's first token is (past any whitespace), to come back to.
     df.parser.next_token();
@@ -214,13 +224,7 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         if let Some(limit) = strip_emit_changes_limit(&mut tokens)? {
             return parse_push_query(tokens, limit).map(Statement::Push);
         }
-        while df.parser.index() > start {
-            df.parser.prev_token();
-        }
-        return df
-            .parse_statement()
-            .map(|s| Statement::DataFusion(Box::new(s)))
-            .map_err(Error::from_datafusion);
+        return reparse_from(df, start);
     }
     if p.peek_keyword(Keyword::INSERT) {
         // `… EMIT CHANGES` makes an INSERT continuous; the general parser would read EMIT
@@ -229,13 +233,7 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         if strip_emit_changes(&mut tokens) {
             return parse_insert_continuous(tokens).map(Statement::InsertContinuous);
         }
-        while df.parser.index() > start {
-            df.parser.prev_token();
-        }
-        return df
-            .parse_statement()
-            .map(|s| Statement::DataFusion(Box::new(s)))
-            .map_err(Error::from_datafusion);
+        return reparse_from(df, start);
     }
     if p.parse_keyword(Keyword::CREATE) {
         if word_is(p, "TOPIC") {
