@@ -177,6 +177,9 @@ async fn continuous_results_equal_bounded_queries() {
         // Some input before the queries exist, some after.
         let mut id = 0;
         let mut insert = async |rng: &mut Rng, n: u64| {
+            if n == 0 {
+                return;
+            }
             let values: Vec<String> = (0..n)
                 .map(|_| {
                     id += 1;

@@ -158,3 +158,73 @@ SELECT sum(a) FROM s;
     assert!(!dir.path().join("..").join("escape").exists());
     server.stop();
 }
+
+/// `COPY (SUBSCRIBE …) TO STDOUT` in psql prints rows as they are inserted, and Ctrl-C
+/// (SIGINT: psql sends a cancel request) ends it. psql's stdout is made unbuffered with
+/// `stdbuf`, as a terminal would have it.
+#[test]
+fn copy_subscribe_prints_rows_as_they_happen() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let (ok, _, err) = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE STREAM s (x BIGINT, t TEXT)",
+            "-c",
+            "INSERT INTO s VALUES (1, 'before')",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let mut child = Command::new("stdbuf")
+        .args(["-o0", "psql"])
+        .args(["-h", &server.addr.ip().to_string()])
+        .args(["-p", &server.addr.port().to_string()])
+        .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
+        .args(["-c", "COPY (SUBSCRIBE s WITH (snapshot = true)) TO STDOUT"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stdbuf (coreutils) and psql");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line = || {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a row while the COPY runs")
+    };
+    // The snapshot first: the subscription is running.
+    assert_eq!(next_line(), "1\tbefore");
+    for (x, t) in [(2, "after"), (3, "tab\there")] {
+        let (ok, _, err) = psql(
+            &server,
+            &[
+                "-c",
+                &format!("INSERT INTO s VALUES ({x}, E'{}')", t.replace('\t', "\\t")),
+            ],
+            "",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(next_line(), format!("{x}\t{}", t.replace('\t', "\\t")));
+    }
+    // Ctrl-C.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    server.stop();
+}

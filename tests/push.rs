@@ -134,6 +134,36 @@ async fn rows_arrive_as_they_are_inserted_and_cancel_ends_the_query() {
     }
     assert!(completed);
 
+    // SUBSCRIBE: the stream's columns, every record with snapshot = true, then new ones.
+    let mut subscription = start_push(
+        &reader,
+        "SUBSCRIBE clicks WITH (snapshot = true)",
+        &["user_id", "url"],
+    )
+    .await;
+    let mut seen = vec![];
+    for _ in 0..7 {
+        seen.push(next_row(&mut subscription).await[0].clone().unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2", "3", "5", "6", "7"]);
+    writer
+        .batch_execute("INSERT INTO clicks VALUES (9, '/z')")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_row(&mut subscription).await,
+        [Some("9".to_string()), Some("/z".to_string())]
+    );
+    reader.cancel_token().cancel_query(NoTls).await.unwrap();
+    while let Some(message) = subscription.next().await {
+        if let Err(e) = message {
+            assert_eq!(common::sqlstate(&e), "57014");
+            break;
+        }
+    }
+    drop(subscription);
+
     // Through the extended protocol (prepared, as drivers such as pgjdbc send it), from the
     // beginning of the stream.
     reader

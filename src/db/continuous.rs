@@ -566,11 +566,13 @@ fn feeds(data: &CatalogData, from: &str, to: &str) -> bool {
     false
 }
 
-/// The rows of a push query (`SELECT … EMIT CHANGES`), epoch by epoch.
+/// The rows of a push query (`SELECT … EMIT CHANGES`) or subscription, epoch by epoch.
 pub struct PushRows {
     query: PushQuery,
     /// Rows still to return, if the query has a `LIMIT`.
     remaining: Option<u64>,
+    /// Sent as `COPY … TO STDOUT` data rather than as rows.
+    pub copy: bool,
 }
 
 impl PushRows {
@@ -616,6 +618,7 @@ impl Database {
         Ok(Output::Push(Box::new(PushRows {
             query,
             remaining: q.limit,
+            copy: false,
         })))
     }
 
@@ -623,5 +626,64 @@ impl Database {
     pub(super) async fn push_schema(&self, q: &sql::parser::PushQuery) -> Result<SchemaRef> {
         let data = self.tables.catalog.snapshot();
         Ok(self.engine.plan(&q.query, &data).await?.schema)
+    }
+}
+
+impl Database {
+    /// `SUBSCRIBE stream [WITH (snapshot = …)]`: the stream's new records (all of them with
+    /// `snapshot = true`), as a push query of its columns.
+    pub(super) async fn subscribe(&self, s: sql::parser::Subscribe) -> Result<Output> {
+        let data = self.tables.catalog.snapshot();
+        let mut snapshot = false;
+        for (key, value) in &s.options {
+            match key.as_str() {
+                "snapshot" => {
+                    snapshot = match value.as_text().to_ascii_lowercase().as_str() {
+                        "true" | "on" | "1" => true,
+                        "false" | "off" | "0" => false,
+                        other => {
+                            return Err(Error::plan(
+                                "22023",
+                                format!("snapshot must be true or false, not \"{other}\""),
+                            ));
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::plan(
+                        "22023",
+                        format!("unknown SUBSCRIBE option \"{other}\" (snapshot)"),
+                    ));
+                }
+            }
+        }
+        match data.relation(&s.relation) {
+            Some(Relation::Stream(..) | Relation::Topic(_)) => {}
+            Some(Relation::View(_)) => {
+                return Err(Error::Unsupported(format!(
+                    "SUBSCRIBE to materialized view \"{}\" is not supported yet; SUBSCRIBE to the stream it reads, or SELECT from the view",
+                    s.relation
+                )));
+            }
+            Some(Relation::External(_)) => {
+                return Err(Error::Unsupported(format!(
+                    "\"{}\" is an external table (files); it does not change, SELECT from it",
+                    s.relation
+                )));
+            }
+            None => {
+                return Err(Error::UnknownRelation(format!(
+                    "relation \"{}\" does not exist",
+                    s.relation
+                )));
+            }
+        }
+        let sql = format!("SELECT * FROM \"{}\"", s.relation);
+        let query = PushQuery::new(&self.engine, &sql, &data, snapshot).await?;
+        Ok(Output::Push(Box::new(PushRows {
+            query,
+            remaining: None,
+            copy: s.copy,
+        })))
     }
 }

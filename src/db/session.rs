@@ -130,6 +130,13 @@ impl Session {
                 return Box::pin(self.describe(sql)).await;
             }
             Statement::Push(q) => Some(self.db.push_schema(&q).await?),
+            Statement::Subscribe(s) if !s.copy => {
+                let q = sql::parser::PushQuery {
+                    query: format!("SELECT * FROM \"{}\"", s.relation),
+                    limit: None,
+                };
+                Some(self.db.push_schema(&q).await?)
+            }
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 let plan = sql::plan(&self.state, *statement, &catalog).await?;
@@ -162,6 +169,7 @@ impl Session {
             Statement::CreateView(v) => db.create_view(v, &mut self.notices).await,
             Statement::InsertContinuous(i) => db.insert_continuous(i).await,
             Statement::Flush => db.flush().await,
+            Statement::Subscribe(s) => db.subscribe(s).await,
             Statement::Push(q) => {
                 if matches!(&params, Some(ParamValues::List(v)) if !v.is_empty())
                     || matches!(&params, Some(ParamValues::Map(m)) if !m.is_empty())

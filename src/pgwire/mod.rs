@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::encoder::encode_value;
 use async_trait::async_trait;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::noop::NoopStartupHandler;
@@ -22,7 +23,9 @@ use pgwire::api::query::{
     ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response,
     send_query_response,
 };
-use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
@@ -30,7 +33,7 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::NoticeResponse;
@@ -272,6 +275,9 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
+    if rows.copy {
+        return stream_copy_out(client, rows, gone).await;
+    }
     let fields = Arc::new(arrow_schema_to_pg_fields(
         rows.schema().as_ref(),
         format,
@@ -308,6 +314,68 @@ where
         client.flush().await?;
     }
     Ok(Response::Execution(Tag::new("SELECT").with_rows(sent)))
+}
+
+/// `COPY (SUBSCRIBE …) TO STDOUT`: the rows as COPY text data, flushed after every epoch,
+/// so that psql prints them as they happen.
+async fn stream_copy_out<C>(
+    client: &mut C,
+    mut rows: Box<PushRows>,
+    gone: impl Future<Output = ()>,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let schema = rows.schema();
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        schema.as_ref(),
+        &Format::UnifiedText,
+        None,
+    )?);
+    let columns = fields.len();
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            0,
+            columns as i16,
+            vec![0; columns],
+        )))
+        .await?;
+    let mut encoder = CopyEncoder::new_text(fields.clone(), CopyTextOptions::default());
+    let mut sent = 0;
+    let mut gone = std::pin::pin!(gone);
+    loop {
+        let next = tokio::select! {
+            next = rows.next() => next,
+            () = &mut gone => {
+                tracing::info!(sent, "client left during a push query; ending it");
+                return Err(PgWireError::IoError(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the client left during a push query",
+                )));
+            }
+        };
+        let Some(batches) = next.map_err(pg_error)? else {
+            break;
+        };
+        for batch in batches {
+            for row in 0..batch.num_rows() {
+                for (i, field) in fields.iter().enumerate() {
+                    encode_value(&mut encoder, batch.column(i), row, schema.field(i), field)?;
+                }
+                client
+                    .feed(PgWireBackendMessage::CopyData(encoder.take_copy()))
+                    .await?;
+                sent += 1;
+            }
+        }
+        client.flush().await?;
+    }
+    client
+        .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(Response::Execution(Tag::new("COPY").with_rows(sent)))
 }
 
 /// Sends what a simple query produced before a push query, ahead of its rows (pgwire sends

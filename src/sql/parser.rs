@@ -46,6 +46,8 @@ pub enum Statement {
     InsertContinuous(InsertContinuous),
     /// `SELECT … FROM stream EMIT CHANGES [LIMIT n]`: a push query, whose rows keep coming.
     Push(PushQuery),
+    /// `SUBSCRIBE name [WITH (…)]`, or `COPY (SUBSCRIBE …) TO STDOUT`.
+    Subscribe(Subscribe),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
     ShowQueries,
@@ -95,6 +97,14 @@ pub struct PushQuery {
     pub query: String,
     /// Ends the query after this many rows.
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscribe {
+    pub relation: String,
+    pub options: Vec<(String, OptionValue)>,
+    /// Inside `COPY (…) TO STDOUT`: rows go out as COPY data.
+    pub copy: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +341,32 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         skip_to_end(p);
         return Ok(Statement::Rollback);
     }
+    if word_is(p, "SUBSCRIBE") {
+        p.next_token();
+        return parse_subscribe(p, false).map(Statement::Subscribe);
+    }
+    if p.peek_keyword(Keyword::COPY)
+        && p.peek_nth_token(1).token == Token::LParen
+        && matches!(&p.peek_nth_token(2).token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("SUBSCRIBE"))
+    {
+        p.next_token();
+        p.next_token();
+        p.next_token();
+        let subscribe = parse_subscribe(p, true)?;
+        p.expect_token(&Token::RParen).map_err(syntax)?;
+        p.expect_keyword(Keyword::TO).map_err(syntax)?;
+        if !p.parse_keyword(Keyword::STDOUT) {
+            return Err(Error::Unsupported(
+                "COPY (SUBSCRIBE …) goes TO STDOUT only".into(),
+            ));
+        }
+        if p.parse_keyword(Keyword::WITH) || p.consume_token(&Token::LParen) {
+            return Err(Error::Unsupported(
+                "COPY (SUBSCRIBE …) TO STDOUT takes no options: it sends the text format".into(),
+            ));
+        }
+        return Ok(Statement::Subscribe(subscribe));
+    }
     if p.peek_keyword(Keyword::COPY) && !matches!(p.peek_nth_token(1).token, Token::LParen) {
         // COPY table FROM STDIN is ours; COPY (query) TO and COPY table TO go to DataFusion.
         let statement = p.parse_statement().map_err(syntax)?;
@@ -414,6 +450,18 @@ pub fn relation_name_parts(parts: &[String]) -> Result<String> {
             ),
         )),
     }
+}
+
+/// `[TO] name [WITH (…)]` after `SUBSCRIBE`.
+fn parse_subscribe(p: &mut Parser<'_>, copy: bool) -> Result<Subscribe> {
+    let _ = p.parse_keyword(Keyword::TO); // SUBSCRIBE TO name, as Materialize also reads it
+    let relation = parse_relation_name(p)?;
+    let options = parse_with_options(p)?;
+    Ok(Subscribe {
+        relation,
+        options,
+        copy,
+    })
 }
 
 fn parse_relation_name(p: &mut Parser<'_>) -> Result<String> {
