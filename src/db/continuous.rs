@@ -627,9 +627,7 @@ impl Database {
         let data = self.tables.catalog.snapshot();
         Ok(self.engine.plan(&q.query, &data).await?.schema)
     }
-}
 
-impl Database {
     /// `SUBSCRIBE stream [WITH (snapshot = …)]`: the stream's new records (all of them with
     /// `snapshot = true`), as a push query of its columns.
     pub(super) async fn subscribe(&self, s: sql::parser::Subscribe) -> Result<Output> {

@@ -34,10 +34,10 @@ pub struct Described {
     pub schema: Option<SchemaRef>,
 }
 
-/// One client's session: its settings and any `COPY` in progress.
 /// The setting that decides where push queries start.
 const AUTO_OFFSET_RESET: &str = "auto_offset_reset";
 
+/// One client's session: its settings and any `COPY` in progress.
 pub struct Session {
     pub(super) db: Arc<Database>,
     pub(super) state: SessionState,
