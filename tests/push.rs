@@ -231,3 +231,61 @@ async fn a_client_that_leaves_ends_its_push_query() {
     assert_eq!(n[0][0].as_deref(), Some("0"));
     server.stop();
 }
+
+/// `SUBSCRIBE view`: the view's rows with `_diff = 1`, then per epoch the changed rows as
+/// `-1` (before) and `+1` (after). Adding up the diffs gives the view's contents at every
+/// step, also when `HAVING` takes groups out and puts them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_subscription_adds_up_to_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with(dir.path(), &["--epoch-max-records", "7"]);
+    let reader = server.connect().await;
+    let writer = server.connect().await;
+    writer
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT) WITH (partitions = 2);
+             INSERT INTO clicks VALUES (1, '/a'), (2, '/b');
+             CREATE MATERIALIZED VIEW few AS
+                 SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id HAVING count(*) % 3 <> 0;
+             FLUSH;",
+        )
+        .await
+        .unwrap();
+    let mut rows = start_push(&reader, "SUBSCRIBE few", &["_diff", "user_id", "n"]).await;
+    let mut contents: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    let mut rng = common::Rng::seeded("view subscription");
+    for round in 0..6 {
+        let values: Vec<String> = (0..1 + rng.below(20))
+            .map(|_| format!("({}, '/x')", rng.below(6)))
+            .collect();
+        writer
+            .batch_execute(&format!(
+                "INSERT INTO clicks VALUES {}; FLUSH",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        let expected: std::collections::BTreeMap<(String, String), i64> =
+            common::rows(&writer, "SELECT user_id, n FROM few")
+                .await
+                .into_iter()
+                .map(|r| ((r[0].clone().unwrap(), r[1].clone().unwrap()), 1))
+                .collect();
+        while contents != expected {
+            let row = next_row(&mut rows).await;
+            let diff: i64 = row[0].as_deref().unwrap().parse().unwrap();
+            assert!(diff == 1 || diff == -1, "{row:?}");
+            let key = (row[1].clone().unwrap(), row[2].clone().unwrap());
+            let count = contents.entry(key.clone()).or_default();
+            *count += diff;
+            assert!(
+                *count == 0 || *count == 1,
+                "round {round}: {key:?} counted {count}"
+            );
+            if *count == 0 {
+                contents.remove(&key);
+            }
+        }
+    }
+    server.stop();
+}

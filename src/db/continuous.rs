@@ -7,10 +7,12 @@
 //! commit leaves an unnamed topic and checkpoint, which start-up removes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::can_cast_types;
-use arrow::datatypes::{Fields, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use tokio::sync::broadcast;
 
 use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
@@ -19,8 +21,8 @@ use crate::catalog::{
     CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
 };
-use crate::engine::PushQuery;
 use crate::engine::plan::{Kind, QueryPlan};
+use crate::engine::{PushQuery, SUBSCRIBER_EPOCHS, ViewSubscription};
 use crate::error::{Error, Result};
 use crate::ingest::writer::now_ms;
 use crate::sql;
@@ -568,16 +570,30 @@ fn feeds(data: &CatalogData, from: &str, to: &str) -> bool {
 
 /// The rows of a push query (`SELECT … EMIT CHANGES`) or subscription, epoch by epoch.
 pub struct PushRows {
-    query: PushQuery,
+    source: PushSource,
     /// Rows still to return, if the query has a `LIMIT`.
     remaining: Option<u64>,
     /// Sent as `COPY … TO STDOUT` data rather than as rows.
     pub copy: bool,
 }
 
+enum PushSource {
+    Query(Box<PushQuery>),
+    /// A view's rows, then its changes, with `_diff` first.
+    View {
+        name: String,
+        schema: SchemaRef,
+        subscription: ViewSubscription,
+        snapshot_sent: bool,
+    },
+}
+
 impl PushRows {
     pub fn schema(&self) -> SchemaRef {
-        self.query.schema()
+        match &self.source {
+            PushSource::Query(q) => q.schema(),
+            PushSource::View { schema, .. } => schema.clone(),
+        }
     }
 
     /// The next epoch's rows (waiting for them as long as it takes); `None` once the
@@ -586,8 +602,45 @@ impl PushRows {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        let mut rows = self.query.next().await?;
-        if rows.is_empty() {
+        let mut rows = match &mut self.source {
+            PushSource::Query(q) => q.next().await?,
+            PushSource::View {
+                name,
+                schema,
+                subscription,
+                snapshot_sent,
+            } => {
+                if !*snapshot_sent {
+                    *snapshot_sent = true;
+                    let snapshot = std::mem::take(&mut subscription.snapshot);
+                    with_diff(schema, &snapshot, 1)?
+                } else {
+                    loop {
+                        let change = match subscription.changes.recv().await {
+                            Ok(change) => change,
+                            Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                return Err(Error::plan(
+                                    "53400",
+                                    format!(
+                                        "this subscription fell more than {SUBSCRIBER_EPOCHS} epochs behind view \"{name}\" and was ended; subscribe again"
+                                    ),
+                                ));
+                            }
+                        };
+                        if change.epoch <= subscription.epoch {
+                            continue; // already in the snapshot
+                        }
+                        let mut rows = with_diff(schema, &change.removed, -1)?;
+                        rows.extend(with_diff(schema, &change.added, 1)?);
+                        if !rows.is_empty() {
+                            break rows;
+                        }
+                    }
+                }
+            }
+        };
+        if rows.is_empty() && matches!(self.source, PushSource::Query(_)) {
             return Ok(None); // the server is shutting down
         }
         if let Some(remaining) = &mut self.remaining {
@@ -616,7 +669,7 @@ impl Database {
         let data = self.tables.catalog.snapshot();
         let query = PushQuery::new(&self.engine, &q.query, &data, earliest).await?;
         Ok(Output::Push(Box::new(PushRows {
-            query,
+            source: PushSource::Query(Box::new(query)),
             remaining: q.limit,
             copy: false,
         })))
@@ -628,14 +681,33 @@ impl Database {
         Ok(self.engine.plan(&q.query, &data).await?.schema)
     }
 
+    /// The columns a `SUBSCRIBE` returns.
+    pub(super) async fn subscribe_schema(&self, s: &sql::parser::Subscribe) -> Result<SchemaRef> {
+        let is_view = matches!(
+            self.tables.catalog.snapshot().relation(&s.relation),
+            Some(Relation::View(_))
+        );
+        if is_view {
+            let subscription = self.engine.subscribe_view(&s.relation).await?;
+            return Ok(view_subscription_schema(&subscription.schema));
+        }
+        let q = sql::parser::PushQuery {
+            query: format!("SELECT * FROM \"{}\"", s.relation),
+            limit: None,
+        };
+        self.push_schema(&q).await
+    }
+
     /// `SUBSCRIBE stream [WITH (snapshot = …)]`: the stream's new records (all of them with
     /// `snapshot = true`), as a push query of its columns.
     pub(super) async fn subscribe(&self, s: sql::parser::Subscribe) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
         let mut snapshot = false;
+        let mut snapshot_given = false;
         for (key, value) in &s.options {
             match key.as_str() {
                 "snapshot" => {
+                    snapshot_given = true;
                     snapshot = match value.as_text().to_ascii_lowercase().as_str() {
                         "true" | "on" | "1" => true,
                         "false" | "off" | "0" => false,
@@ -658,10 +730,24 @@ impl Database {
         match data.relation(&s.relation) {
             Some(Relation::Stream(..) | Relation::Topic(_)) => {}
             Some(Relation::View(_)) => {
-                return Err(Error::Unsupported(format!(
-                    "SUBSCRIBE to materialized view \"{}\" is not supported yet; SUBSCRIBE to the stream it reads, or SELECT from the view",
-                    s.relation
-                )));
+                if snapshot_given {
+                    return Err(Error::plan(
+                        "22023",
+                        "a view's subscription always starts with its contents; snapshot applies to streams",
+                    ));
+                }
+                let subscription = self.engine.subscribe_view(&s.relation).await?;
+                let schema = view_subscription_schema(&subscription.schema);
+                return Ok(Output::Push(Box::new(PushRows {
+                    source: PushSource::View {
+                        name: s.relation,
+                        schema,
+                        subscription,
+                        snapshot_sent: false,
+                    },
+                    remaining: None,
+                    copy: s.copy,
+                })));
             }
             Some(Relation::External(_)) => {
                 return Err(Error::Unsupported(format!(
@@ -679,9 +765,30 @@ impl Database {
         let sql = format!("SELECT * FROM \"{}\"", s.relation);
         let query = PushQuery::new(&self.engine, &sql, &data, snapshot).await?;
         Ok(Output::Push(Box::new(PushRows {
-            query,
+            source: PushSource::Query(Box::new(query)),
             remaining: None,
             copy: s.copy,
         })))
     }
+}
+
+/// A view subscription's columns: `_diff` (+1 a row added, -1 a row removed), then the view's.
+pub(super) fn view_subscription_schema(view: &SchemaRef) -> SchemaRef {
+    let mut fields = vec![Arc::new(Field::new("_diff", DataType::Int64, false))];
+    fields.extend(view.fields().iter().cloned());
+    Arc::new(Schema::new(fields))
+}
+
+/// `rows` with a leading `_diff` column of `diff`.
+fn with_diff(schema: &SchemaRef, rows: &[RecordBatch], diff: i64) -> Result<Vec<RecordBatch>> {
+    rows.iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let mut columns: Vec<ArrayRef> =
+                vec![Arc::new(Int64Array::from_value(diff, b.num_rows()))];
+            columns.extend(b.columns().iter().cloned());
+            RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| Error::Internal(format!("view subscription rows: {e}")))
+        })
+        .collect()
 }

@@ -130,13 +130,7 @@ impl Session {
                 return Box::pin(self.describe(sql)).await;
             }
             Statement::Push(q) => Some(self.db.push_schema(&q).await?),
-            Statement::Subscribe(s) if !s.copy => {
-                let q = sql::parser::PushQuery {
-                    query: format!("SELECT * FROM \"{}\"", s.relation),
-                    limit: None,
-                };
-                Some(self.db.push_schema(&q).await?)
-            }
+            Statement::Subscribe(s) if !s.copy => Some(self.db.subscribe_schema(&s).await?),
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 let plan = sql::plan(&self.state, *statement, &catalog).await?;

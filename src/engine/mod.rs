@@ -13,17 +13,18 @@ mod query;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_plan::ExecutionPlan;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::provider::Tables;
@@ -77,7 +78,20 @@ pub(crate) struct Shared {
     progress: watch::Sender<Progress>,
     /// The contents of a materialized view, once its state is restored.
     view: std::sync::OnceLock<Arc<ViewContents>>,
+    /// Each committed epoch's changes to a grouped view, while someone subscribes.
+    changes: broadcast::Sender<Arc<ViewChange>>,
 }
+
+/// One committed epoch's changes to a grouped view's rows: the rows of its changed groups
+/// before the epoch (`removed`) and after it (`added`), in the view's columns.
+pub struct ViewChange {
+    pub epoch: u64,
+    pub removed: Vec<RecordBatch>,
+    pub added: Vec<RecordBatch>,
+}
+
+/// Epochs a view's subscriber may fall behind before it is dropped.
+pub const SUBSCRIBER_EPOCHS: usize = 1024;
 
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -209,6 +223,8 @@ enum ViewSource {
 
 struct ViewGroups {
     finals: RwLock<GroupState>,
+    /// The epoch `finals` are as of (changed only under `finals`' write lock).
+    applied: AtomicU64,
     aggregation: Mutex<Aggregation>,
     /// Per group column: the view column that shows it unchanged, if any.
     group_outputs: Vec<Option<usize>>,
@@ -338,7 +354,54 @@ impl ViewContents {
     }
 }
 
+/// A subscription to a grouped view: its rows as of one epoch, then every later epoch's
+/// changes.
+pub struct ViewSubscription {
+    pub schema: SchemaRef,
+    pub snapshot: Vec<RecordBatch>,
+    /// The epoch `snapshot` is as of; changes up to it are already in it.
+    pub epoch: u64,
+    pub changes: broadcast::Receiver<Arc<ViewChange>>,
+}
+
 impl Engine {
+    /// Subscribes to the grouped materialized view `view`.
+    pub async fn subscribe_view(&self, view: &str) -> Result<ViewSubscription> {
+        let running = self
+            .running()
+            .into_iter()
+            .find(|r| matches!(&r.def.target, QueryTarget::View { view: v } if v == view))
+            .ok_or_else(|| Error::UnknownRelation(format!("view \"{view}\" does not exist")))?;
+        let not_yet = || {
+            Error::plan(
+                "55000",
+                format!("view \"{view}\" is not running; see sys.queries"),
+            )
+        };
+        let contents = running.shared.view.get().ok_or_else(not_yet)?;
+        let ViewSource::Groups(groups) = &contents.source else {
+            return Err(Error::Unsupported(format!(
+                "SUBSCRIBE to view \"{view}\" without aggregation is not supported yet; SUBSCRIBE to the stream it reads"
+            )));
+        };
+        // Subscribe first, then read: a change committed in between is in the snapshot or
+        // after its epoch, never lost.
+        let changes = running.shared.changes.subscribe();
+        let aggregation = groups.aggregation.lock().expect("view lock").clone();
+        let (rows, epoch) = {
+            let finals = groups.finals.read().expect("view lock");
+            (finals.rows()?, groups.applied.load(Ordering::Acquire))
+        };
+        let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.base));
+        let snapshot = aggregation.output(rows.into_iter().collect(), ctx).await?;
+        Ok(ViewSubscription {
+            schema: contents.schema.clone(),
+            snapshot,
+            epoch,
+            changes,
+        })
+    }
+
     pub fn new(tables: Arc<Tables>, base: SessionState, config: EngineConfig) -> Arc<Engine> {
         Arc::new(Engine {
             tables,
@@ -418,6 +481,7 @@ impl Engine {
             status: Mutex::new(Status::new()),
             progress,
             view: std::sync::OnceLock::new(),
+            changes: broadcast::channel(SUBSCRIBER_EPOCHS).0,
         });
         let (stop, stopped) = watch::channel(false);
         let running = Arc::new(Running {

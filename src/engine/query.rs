@@ -8,6 +8,7 @@
 //! run again over the same input; since output and checkpoint commit together, its output
 //! is appended once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use super::checkpoint::{self, Checkpoint, Planned};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
 use super::state::GroupState;
-use super::{EngineConfig, Shared, State, ViewContents, ViewGroups, ViewSource};
+use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
 use crate::catalog::provider::Tables;
 use crate::catalog::{CatalogData, QueryDef, QueryTarget};
 use crate::error::{Error, Result};
@@ -179,6 +180,7 @@ impl QueryTask {
                     }
                     Some(ViewSource::Groups(Box::new(ViewGroups {
                         finals: RwLock::new(finals),
+                        applied: AtomicU64::new(self.checkpoint.epoch),
                         aggregation: Mutex::new(aggregation),
                         group_outputs: group_outputs.clone(),
                     })))
@@ -295,6 +297,7 @@ impl QueryTask {
         let mut pending = PendingWrite::default();
         let mut state_rows: Vec<RecordBatch> = vec![];
         let mut changed: Option<(RecordBatch, Vec<RecordBatch>)> = None;
+        let mut view_change: Option<ViewChange> = None;
         let rows_out;
         match plan {
             EpochPlan::Stateless(plan) => {
@@ -310,7 +313,7 @@ impl QueryTask {
                 let groups = self.groups.as_ref().expect("an aggregation has state");
                 let (merged, finals) = aggregation.merge(groups, ctx.clone()).await?;
                 if self.output.is_some() {
-                    let out = aggregation.output(finals.clone(), ctx).await?;
+                    let out = aggregation.output(finals.clone(), ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
                     self.stage_output(&out, &mut pending)?;
                 } else {
@@ -319,6 +322,22 @@ impl QueryTask {
                 if let Some(contents) = self.shared.view.get()
                     && let ViewSource::Groups(view) = &contents.source
                 {
+                    if self.shared.changes.receiver_count() > 0 {
+                        // The changed groups' rows before and after, for subscribers.
+                        let before = {
+                            let finals_now = view.finals.read().expect("view lock");
+                            let mut before = vec![];
+                            for batch in &finals {
+                                before.extend(finals_now.lookup(batch)?);
+                            }
+                            before
+                        };
+                        view_change = Some(ViewChange {
+                            epoch: epoch.epoch,
+                            removed: aggregation.output(before, ctx.clone()).await?,
+                            added: aggregation.output(finals.clone(), ctx.clone()).await?,
+                        });
+                    }
                     *view.aggregation.lock().expect("view lock") = aggregation;
                 }
                 state_rows = vec![merged.clone()];
@@ -359,9 +378,15 @@ impl QueryTask {
             if let Some(contents) = self.shared.view.get()
                 && let ViewSource::Groups(view) = &contents.source
             {
-                let mut view = view.finals.write().expect("view lock");
+                let mut finals_now = view.finals.write().expect("view lock");
                 for batch in finals {
-                    view.upsert(batch)?;
+                    finals_now.upsert(batch)?;
+                }
+                view.applied.store(epoch.epoch, Ordering::Release);
+                if let Some(change) = view_change {
+                    // Sent under the lock: a subscriber reading the view sees this epoch
+                    // either in its snapshot or as a change, not both.
+                    let _ = self.shared.changes.send(Arc::new(change));
                 }
             }
         }
