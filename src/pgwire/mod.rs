@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
@@ -292,17 +293,7 @@ where
     let mut sent = 0;
     let mut gone = std::pin::pin!(gone);
     loop {
-        let next = tokio::select! {
-            next = rows.next() => next,
-            () = &mut gone => {
-                tracing::info!(sent, "client left during a push query; ending it");
-                return Err(PgWireError::IoError(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the client left during a push query",
-                )));
-            }
-        };
-        let Some(batches) = next.map_err(pg_error)? else {
+        let Some(batches) = next_or_gone(&mut rows, gone.as_mut(), sent).await? else {
             break;
         };
         for batch in batches {
@@ -314,6 +305,24 @@ where
         client.flush().await?;
     }
     Ok(Response::Execution(Tag::new("SELECT").with_rows(sent)))
+}
+
+/// The push query's next epoch; an error once the client has left (`gone`).
+async fn next_or_gone(
+    rows: &mut PushRows,
+    gone: std::pin::Pin<&mut impl Future<Output = ()>>,
+    sent: usize,
+) -> PgWireResult<Option<Vec<RecordBatch>>> {
+    tokio::select! {
+        next = rows.next() => next.map_err(pg_error),
+        () = gone => {
+            tracing::info!(sent, "client left during a push query; ending it");
+            Err(PgWireError::IoError(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client left during a push query",
+            )))
+        }
+    }
 }
 
 /// `COPY (SUBSCRIBE …) TO STDOUT`: the rows as COPY text data, flushed after every epoch,
@@ -346,17 +355,7 @@ where
     let mut sent = 0;
     let mut gone = std::pin::pin!(gone);
     loop {
-        let next = tokio::select! {
-            next = rows.next() => next,
-            () = &mut gone => {
-                tracing::info!(sent, "client left during a push query; ending it");
-                return Err(PgWireError::IoError(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the client left during a push query",
-                )));
-            }
-        };
-        let Some(batches) = next.map_err(pg_error)? else {
+        let Some(batches) = next_or_gone(&mut rows, gone.as_mut(), sent).await? else {
             break;
         };
         for batch in batches {
