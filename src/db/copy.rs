@@ -81,12 +81,7 @@ impl Session {
             Relation::Stream(stream, _) => stream.columns.iter().map(|c| c.sql_type).collect(),
             _ => vec![SqlType::Bytea, SqlType::Bytea],
         };
-        let names: Vec<String> = target
-            .row_schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let names = target.column_names();
         let mut columns = vec![];
         if c.columns.is_empty() {
             for (index, name) in names.iter().enumerate() {

@@ -513,12 +513,7 @@ fn output_of(
         target.null_key_partition = Some(0);
     }
     let produced = plan.schema.fields().len();
-    let names: Vec<String> = target
-        .row_schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let names = target.column_names();
     let sources = if columns.is_empty() {
         (0..names.len())
             .map(|i| (i < produced).then_some(i))

@@ -48,6 +48,15 @@ enum Shape {
 }
 
 impl WriteTarget {
+    /// The names of the columns a row written here has, in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.row_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
     /// The write target of a stream or schemaless topic; `None` for other relations.
     pub fn of(catalog: &CatalogData, relation: &Relation<'_>) -> Option<WriteTarget> {
         match relation {
