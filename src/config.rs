@@ -79,6 +79,16 @@ pub struct ServerConfig {
         global = true
     )]
     pub epoch_max_records: u64,
+    /// Epochs a subscriber to a view (`SUBSCRIBE view`) may fall behind the view before it
+    /// is ended with an error (SQLSTATE 53400); a subscriber to a stream reads the log at
+    /// its own pace and is never ended.
+    #[arg(
+        long,
+        env = "RUNNEL_SUBSCRIBER_MAX_LAG_EPOCHS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub subscriber_max_lag_epochs: usize,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -92,6 +102,7 @@ impl ServerConfig {
             Duration::from_millis(self.retention_check_interval_ms.max(1));
         config.engine.min_interval = Duration::from_millis(self.epoch_interval_ms);
         config.engine.max_epoch_rows = self.epoch_max_records;
+        config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;
         config
     }
 
@@ -104,6 +115,9 @@ impl ServerConfig {
         }
         if self.epoch_max_records == 0 {
             return Err("--epoch-max-records must be at least 1".into());
+        }
+        if self.subscriber_max_lag_epochs == 0 {
+            return Err("--subscriber-max-lag-epochs must be at least 1".into());
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());

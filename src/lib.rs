@@ -4,6 +4,7 @@ pub mod config;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod groups;
 pub mod ingest;
 pub mod pgwire;
 pub mod server;

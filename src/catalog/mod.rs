@@ -208,6 +208,18 @@ pub struct ViewDef {
 }
 
 /// `CREATE EXTERNAL TABLE`, kept as its SQL and replayed at start-up.
+/// `CREATE SUBSCRIPTION name FROM stream`: a consumer group reading one stream (or
+/// schemaless topic). Its committed offsets are in the log, not here (see [`crate::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionDef {
+    pub name: String,
+    /// The stream or topic it reads.
+    pub relation: String,
+    /// Where it started (`earliest`, `latest` or a timestamp), as given.
+    pub start: String,
+    pub created_at_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalTableDef {
     pub name: String,
@@ -227,6 +239,9 @@ pub struct CatalogData {
     pub queries: BTreeMap<QueryId, QueryDef>,
     #[serde(default)]
     pub views: BTreeMap<String, ViewDef>,
+    /// Subscriptions (consumer groups), by name; their own namespace, as Kafka's group ids.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, SubscriptionDef>,
 }
 
 fn first_query_id() -> u64 {
@@ -244,6 +259,7 @@ impl Default for CatalogData {
             next_query_id: first_query_id(),
             queries: BTreeMap::new(),
             views: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
         }
     }
 }
@@ -277,6 +293,14 @@ impl CatalogData {
             return Some(Relation::View(view));
         }
         self.external_tables.get(name).map(Relation::External)
+    }
+
+    /// The subscriptions reading `relation`.
+    pub fn subscriptions_of(&self, relation: &str) -> Vec<&SubscriptionDef> {
+        self.subscriptions
+            .values()
+            .filter(|s| s.relation == relation)
+            .collect()
     }
 
     /// The continuous queries reading `relation`.

@@ -17,6 +17,7 @@ use super::stream_table::{StreamSinkTable, StreamTable};
 use super::view_table::ViewTable;
 use super::{Catalog, Relation, system};
 use crate::engine::Engine;
+use crate::groups::Groups;
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::RowWriter;
 use crate::storage::Log;
@@ -31,6 +32,8 @@ pub struct Tables {
     pub catalog: Arc<Catalog>,
     pub log: Arc<Log>,
     pub writer: Arc<RowWriter>,
+    /// Consumer groups' committed offsets.
+    pub groups: Groups,
     /// Providers of external tables, by name (rebuilt from their SQL at start-up).
     pub external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
     /// `INSERT … SELECT` commits in atomic chunks of about this many bytes.

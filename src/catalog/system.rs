@@ -3,17 +3,20 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::{MemTable, TableProvider};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 
+use super::Relation;
 use super::provider::Tables;
 use crate::engine::QueryStatus;
+use crate::groups::Groups;
+use crate::storage::PartitionId;
 
-pub const TABLES: [&str; 3] = ["topics", "partitions", "queries"];
+pub const TABLES: [&str; 4] = ["topics", "partitions", "queries", "consumer_groups"];
 
 /// One row per partition of every topic, as of now.
 struct PartitionRow {
@@ -55,6 +58,7 @@ pub fn table(name: &str, tables: &Tables) -> DfResult<Option<Arc<dyn TableProvid
         "partitions" => partitions(tables)?,
         "topics" => topics(tables)?,
         "queries" => queries(tables)?,
+        "consumer_groups" => consumer_groups(tables)?,
         _ => return Ok(None),
     };
     Ok(Some(Arc::new(MemTable::try_new(
@@ -207,6 +211,74 @@ fn queries(tables: &Tables) -> DfResult<RecordBatch> {
             queries.iter().map(|q| q.error.as_deref()),
         )),
         text(&|q| &q.sql),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// One row per partition of every subscription's stream: where the group is, where the
+/// stream ends, and the records between (its lag).
+fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
+    let data = tables.catalog.snapshot();
+    let snapshot = tables.log.snapshot();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("group", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("committed", DataType::Int64, true),
+        Field::new("high", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, true),
+        Field::new("reading", DataType::Boolean, false),
+        Field::new(
+            "committed_at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+    ]));
+    let mut group = vec![];
+    let mut stream = vec![];
+    let mut partition = vec![];
+    let mut committed = vec![];
+    let mut high = vec![];
+    let mut reading = vec![];
+    let mut committed_at = vec![];
+    for sub in data.subscriptions.values() {
+        let Some(Relation::Stream(_, topic) | Relation::Topic(topic)) =
+            data.relation(&sub.relation)
+        else {
+            continue;
+        };
+        let offsets = Groups::committed_in(&snapshot, &sub.name)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        for p in 0..topic.partitions {
+            let p = PartitionId(p);
+            group.push(sub.name.clone());
+            stream.push(sub.relation.clone());
+            partition.push(p.0 as i32);
+            committed.push(
+                offsets
+                    .as_ref()
+                    .and_then(|o| o.offsets.get(&(topic.id, p)))
+                    .map(|o| o.0 as i64),
+            );
+            high.push(snapshot.high_watermark(topic.id, p).0 as i64);
+            reading.push(tables.groups.is_reading(&sub.name));
+            committed_at.push(offsets.as_ref().map(|o| o.committed_at_ms * 1000));
+        }
+    }
+    let lag: Int64Array = committed
+        .iter()
+        .zip(&high)
+        .map(|(c, h)| c.map(|c| (h - c).max(0)))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(group)),
+        Arc::new(StringArray::from_iter_values(stream)),
+        Arc::new(Int32Array::from_iter_values(partition)),
+        Arc::new(Int64Array::from(committed)),
+        Arc::new(Int64Array::from_iter_values(high)),
+        Arc::new(lag),
+        Arc::new(BooleanArray::from(reading)),
+        Arc::new(TimestampMicrosecondArray::from(committed_at)),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -22,7 +22,7 @@ use crate::catalog::{
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
 };
 use crate::engine::plan::{Kind, QueryPlan};
-use crate::engine::{PushQuery, SUBSCRIBER_EPOCHS, ViewSubscription};
+use crate::engine::{PushQuery, ViewSubscription};
 use crate::error::{Error, Result};
 use crate::ingest::writer::now_ms;
 use crate::sql;
@@ -623,7 +623,8 @@ impl PushRows {
                                 return Err(Error::plan(
                                     "53400",
                                     format!(
-                                        "this subscription fell more than {SUBSCRIBER_EPOCHS} epochs behind view \"{name}\" and was ended; subscribe again"
+                                        "this subscription fell more than {} epochs behind view \"{name}\" and was ended (--subscriber-max-lag-epochs); subscribe again",
+                                        subscription.max_lag_epochs
                                     ),
                                 ));
                             }

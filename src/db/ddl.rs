@@ -294,6 +294,7 @@ impl Database {
             ObjectKind::Table => "DROP TABLE",
             ObjectKind::View => "DROP MATERIALIZED VIEW",
             ObjectKind::Query => "DROP QUERY",
+            ObjectKind::Subscription => return self.drop_subscriptions(d, notices).await,
         };
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
@@ -413,6 +414,7 @@ impl Database {
                     },
                     None => missing("query", notices)?,
                 },
+                ObjectKind::Subscription => unreachable!("dropped by drop_subscriptions"),
             }
         }
         for id in &doomed_queries {
@@ -431,6 +433,16 @@ impl Database {
                     query.name
                 )));
             }
+        }
+        if let Some(sub) = new
+            .subscriptions
+            .values()
+            .find(|s| new.relation(&s.relation).is_none())
+        {
+            return Err(Error::Dependent(format!(
+                "cannot drop \"{}\": subscription \"{}\" reads it; drop that first (DROP SUBSCRIPTION)",
+                sub.relation, sub.name
+            )));
         }
         for id in &doomed_queries {
             self.engine.stop(*id).await;

@@ -8,8 +8,10 @@
 
 mod continuous;
 mod copy;
+mod cursor;
 mod ddl;
 mod session;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,11 +31,13 @@ use crate::catalog::text_table::TextTableFactory;
 use crate::catalog::{Catalog, CatalogData};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::groups::Groups;
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
 use crate::storage::{Log, LogConfig};
 pub use continuous::PushRows;
+use session::Transaction;
 pub use session::{Described, Session};
 
 /// Settings of a database, from the server's configuration.
@@ -89,6 +93,13 @@ pub enum Output {
     },
     /// A push query's rows, epoch by epoch, until its `LIMIT` or a cancel.
     Push(Box<PushRows>),
+    /// The rows of a `FETCH`.
+    Fetched {
+        schema: SchemaRef,
+        rows: Vec<RecordBatch>,
+    },
+    /// A cursor was declared; the session is in a transaction block now.
+    Declared,
     Begin,
     Commit,
     Rollback,
@@ -101,6 +112,8 @@ impl std::fmt::Debug for Output {
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::CopyIn { columns, format } => write!(f, "CopyIn({columns}, {format:?})"),
             Output::Push(p) => write!(f, "Push({:?})", p.schema()),
+            Output::Fetched { rows, .. } => write!(f, "Fetched({} batches)", rows.len()),
+            Output::Declared => write!(f, "Declared"),
             Output::Begin => write!(f, "Begin"),
             Output::Commit => write!(f, "Commit"),
             Output::Rollback => write!(f, "Rollback"),
@@ -126,6 +139,7 @@ impl Database {
         let tables = Arc::new(Tables {
             catalog,
             writer: Arc::new(RowWriter::new(log.clone())),
+            groups: Groups::new(log.clone()),
             log,
             external: Default::default(),
             insert_chunk_bytes: config.copy_chunk_bytes as usize,
@@ -169,6 +183,8 @@ impl Database {
             vars: BTreeMap::new(),
             copy: None,
             notices: vec![],
+            cursors: BTreeMap::new(),
+            transaction: Transaction::Idle,
         }
     }
 

@@ -13,6 +13,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
 use super::copy::CopyIn;
+use super::cursor::Cursor;
 use super::{
     DESCRIBE_COLUMNS, Database, Output, SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command,
     text_rows, text_schema,
@@ -23,6 +24,7 @@ use crate::catalog::{Relation, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
+use crate::sql::parser::{CursorQuery, Declare, Fetch};
 use crate::sql::{self, Statement};
 
 /// What a prepared statement takes and returns, for the extended protocol's Describe.
@@ -37,13 +39,29 @@ pub struct Described {
 /// The setting that decides where push queries start.
 const AUTO_OFFSET_RESET: &str = "auto_offset_reset";
 
-/// One client's session: its settings and any `COPY` in progress.
+/// One client's session: its settings, cursors, and any `COPY` in progress.
 pub struct Session {
     pub(super) db: Arc<Database>,
     pub(super) state: SessionState,
     pub(super) vars: BTreeMap<String, String>,
     pub(super) copy: Option<CopyIn>,
     pub(super) notices: Vec<String>,
+    /// Open cursors, by name; they end with the transaction block.
+    pub(super) cursors: BTreeMap<String, Cursor>,
+    pub(super) transaction: Transaction,
+}
+
+/// Where the session is in a transaction block. Statements take effect as they run (there
+/// is nothing to roll back but cursors); a block bounds cursors, and `COMMIT` commits what
+/// subscription cursors have fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transaction {
+    Idle,
+    /// After `BEGIN`, or a `DECLARE` outside a block (which opens one).
+    Open,
+    /// A statement in the block failed: the rest is refused until `COMMIT` or `ROLLBACK`,
+    /// which both roll back.
+    Failed,
 }
 
 /// PostgreSQL settings clients ask for, with the values Runnel behaves by.
@@ -130,6 +148,25 @@ impl Session {
                 return Box::pin(self.describe(sql)).await;
             }
             Statement::Push(q) => Some(self.db.push_schema(&q).await?),
+            Statement::Fetch(f) => Some(self.cursor(&f.cursor)?.schema()),
+            Statement::Declare(Declare {
+                query: CursorQuery::Statement(query),
+                ..
+            }) => {
+                // Its parameters are those of its query (psycopg binds a named cursor's).
+                let Statement::DataFusion(statement) = *query else {
+                    return Ok(Described {
+                        parameters: vec![],
+                        schema: None,
+                    });
+                };
+                let catalog = self.db.tables.catalog.snapshot();
+                let plan = sql::plan(&self.state, *statement, &catalog).await?;
+                return Ok(Described {
+                    parameters: parameter_types(&plan)?,
+                    schema: None,
+                });
+            }
             Statement::Subscribe(s) if !s.copy => Some(self.db.subscribe_schema(&s).await?),
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
@@ -156,6 +193,26 @@ impl Session {
         if self.copy.is_some() {
             return Err(Error::Protocol("a COPY is in progress".into()));
         }
+        if self.transaction == Transaction::Failed
+            && !matches!(statement, Statement::Commit | Statement::Rollback)
+        {
+            return Err(Error::plan(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let result = self.dispatch(statement, params).await;
+        if result.is_err() && self.transaction == Transaction::Open {
+            self.transaction = Transaction::Failed;
+        }
+        result
+    }
+
+    async fn dispatch(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         let db = self.db.clone();
         match statement {
             Statement::CreateStream(c) => db.create_stream(c, &mut self.notices).await,
@@ -188,9 +245,33 @@ impl Session {
             Statement::CopyFrom(c) => self.start_copy(c),
             Statement::Set { name, value } => self.set(name, value),
             Statement::ShowVariable(name) => self.show(&name),
-            Statement::Begin => Ok(Output::Begin),
-            Statement::Commit => Ok(Output::Commit),
-            Statement::Rollback => Ok(Output::Rollback),
+            Statement::Begin => {
+                if self.transaction == Transaction::Idle {
+                    self.transaction = Transaction::Open;
+                } else {
+                    self.notices
+                        .push("there is already a transaction in progress".into());
+                }
+                Ok(Output::Begin)
+            }
+            Statement::Commit => self.commit().await,
+            Statement::Rollback => {
+                self.end_transaction();
+                Ok(Output::Rollback)
+            }
+            Statement::Declare(d) => self.declare(d, params).await,
+            Statement::Fetch(f) => self.fetch(f).await,
+            Statement::Close(name) => {
+                match name {
+                    Some(name) => {
+                        self.cursors.remove(&name).ok_or_else(|| no_cursor(&name))?;
+                    }
+                    None => self.cursors.clear(),
+                }
+                Ok(command("CLOSE CURSOR"))
+            }
+            Statement::CreateSubscription(c) => db.create_subscription(c, &mut self.notices).await,
+            Statement::ResetSubscription { name, to } => db.reset_subscription(&name, to).await,
             Statement::DataFusion(statement) => self.run_datafusion(*statement, params).await,
         }
     }
@@ -313,6 +394,95 @@ impl Session {
         Some(result.await)
     }
 
+    /// `COMMIT`: commits the offsets subscription cursors have fetched up to, then ends the
+    /// block (a failed block is rolled back instead).
+    async fn commit(&mut self) -> Result<Output> {
+        match self.transaction {
+            Transaction::Idle => {
+                self.notices
+                    .push("there is no transaction in progress".into());
+                Ok(Output::Commit)
+            }
+            Transaction::Failed => {
+                self.end_transaction();
+                Ok(Output::Rollback)
+            }
+            Transaction::Open => {
+                let positions: Vec<_> = self
+                    .cursors
+                    .values()
+                    .filter_map(|c| c.group_position())
+                    .map(|(group, offsets)| (group.to_string(), offsets))
+                    .collect();
+                let mut result = Ok(Output::Commit);
+                for (group, offsets) in positions {
+                    if let Err(e) = self.db.tables.groups.commit(&group, offsets).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                self.end_transaction();
+                result
+            }
+        }
+    }
+
+    /// Closes every cursor and leaves the transaction block.
+    fn end_transaction(&mut self) {
+        self.cursors.clear();
+        self.transaction = Transaction::Idle;
+    }
+
+    async fn declare(&mut self, d: Declare, params: Option<ParamValues>) -> Result<Output> {
+        if self.cursors.contains_key(&d.name) {
+            return Err(Error::plan(
+                "42P03",
+                format!("cursor \"{}\" already exists", d.name),
+            ));
+        }
+        let cursor = match d.query {
+            CursorQuery::Subscription(group) => self.db.subscription_cursor(&group).await?,
+            CursorQuery::Statement(statement) => {
+                let output = match *statement {
+                    Statement::DataFusion(s) => self.run_datafusion(*s, params).await?,
+                    Statement::Push(q) => {
+                        self.db.push_query(q, self.push_starts_earliest()).await?
+                    }
+                    Statement::Subscribe(s) => self.db.subscribe(s).await?,
+                    other => {
+                        return Err(Error::Internal(format!("a cursor over {other:?}")));
+                    }
+                };
+                match output {
+                    Output::Rows(stream) => Cursor::rows(stream),
+                    Output::Push(rows) => Cursor::push(rows),
+                    other => {
+                        return Err(Error::Internal(format!("a cursor over {other:?}")));
+                    }
+                }
+            }
+        };
+        self.cursors.insert(d.name, cursor);
+        self.transaction = Transaction::Open;
+        Ok(Output::Declared)
+    }
+
+    async fn fetch(&mut self, f: Fetch) -> Result<Output> {
+        let cursor = self
+            .cursors
+            .get_mut(&f.cursor)
+            .ok_or_else(|| no_cursor(&f.cursor))?;
+        let rows = cursor.fetch(f.count, f.timeout).await?;
+        Ok(Output::Fetched {
+            schema: cursor.schema(),
+            rows,
+        })
+    }
+
+    fn cursor(&self, name: &str) -> Result<&Cursor> {
+        self.cursors.get(name).ok_or_else(|| no_cursor(name))
+    }
+
     fn set(&mut self, name: String, value: Option<String>) -> Result<Output> {
         if name.starts_with("datafusion.") {
             let value = value.ok_or_else(|| {
@@ -401,6 +571,10 @@ impl Session {
         })?;
         text_rows(&[name], vec![vec![Some(value)]])
     }
+}
+
+fn no_cursor(name: &str) -> Error {
+    Error::plan("34000", format!("cursor \"{name}\" does not exist"))
 }
 
 /// The query over system tables a `SHOW` statement runs.

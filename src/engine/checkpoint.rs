@@ -173,23 +173,52 @@ pub fn next_epoch(
             (from, h.offset.0.saturating_sub(from.offset.0))
         })
         .collect();
-    let busy = behind.iter().filter(|(_, n)| *n > 0).count() as u64;
-    if busy == 0 {
+    let epoch = checkpoint.epoch + 1;
+    let backlogs: Vec<u64> = behind.iter().map(|(_, n)| *n).collect();
+    let takes = share_out(&backlogs, max_rows, epoch as usize);
+    if takes.iter().all(|n| *n == 0) {
         return None;
     }
-    let share = (max_rows / busy).max(1);
     let ranges = behind
         .into_iter()
-        .map(|(from, n)| {
-            let end = from.offset.plus(n.min(share));
-            (from, end)
-        })
+        .zip(takes)
+        .map(|((from, _), n)| (from, from.offset.plus(n)))
         .collect();
     Some(EpochPlan {
-        epoch: checkpoint.epoch + 1,
+        epoch,
         ranges,
         replay: false,
     })
+}
+
+/// How many of each partition's `backlogs` records to read, `max` in all at most: an equal
+/// share each, with what a partition has no use for going to the others. When there are
+/// fewer records to give than partitions with a backlog, they go one each, starting at
+/// partition `first` (modulo their number), so that no partition waits for ever.
+fn share_out(backlogs: &[u64], max: u64, first: usize) -> Vec<u64> {
+    let mut takes = vec![0; backlogs.len()];
+    let n = backlogs.len().max(1);
+    let mut open: Vec<usize> = (0..backlogs.len())
+        .map(|i| (i + first) % n)
+        .filter(|&i| backlogs[i] > 0)
+        .collect();
+    let mut left = max;
+    while !open.is_empty() && left > 0 {
+        let share = left / open.len() as u64;
+        if share == 0 {
+            for &i in open.iter().take(left as usize) {
+                takes[i] += 1;
+            }
+            break;
+        }
+        open.retain(|&i| {
+            let give = share.min(backlogs[i] - takes[i]);
+            takes[i] += give;
+            left -= give;
+            takes[i] < backlogs[i]
+        });
+    }
+    takes
 }
 
 /// Whether a view's changelog should start over with a full snapshot of its state: when
@@ -230,10 +259,22 @@ mod tests {
     fn epochs_are_capped_and_share_the_cap() {
         let cp = Checkpoint::initial(vec![]);
         let plan = next_epoch(&cp, &[at(0, 1_000), at(1, 10), at(2, 0)], 100).unwrap();
-        // Two partitions have records: 50 each at most.
-        assert_eq!(plan.ranges[0], (at(0, 0), Offset(50)));
+        // Two partitions have records: 50 each, and what partition 1 cannot use goes to 0.
+        assert_eq!(plan.ranges[0], (at(0, 0), Offset(90)));
         assert_eq!(plan.ranges[1], (at(1, 0), Offset(10)));
         assert_eq!(plan.ranges[2], (at(2, 0), Offset(0)));
+        assert_eq!(plan.rows(), 100);
+    }
+
+    #[test]
+    fn a_small_cap_is_met_exactly_and_goes_round() {
+        assert_eq!(share_out(&[5, 5, 5], 7, 0), vec![3, 2, 2]);
+        assert_eq!(share_out(&[5, 5, 5], 2, 0), vec![1, 1, 0]);
+        assert_eq!(share_out(&[5, 5, 5], 2, 1), vec![0, 1, 1]);
+        assert_eq!(share_out(&[5, 0, 5], 1, 1), vec![0, 0, 1]);
+        assert_eq!(share_out(&[1, 2, 3], 100, 0), vec![1, 2, 3]);
+        assert_eq!(share_out(&[0, 0], 10, 0), vec![0, 0]);
+        assert_eq!(share_out(&[4, 4], 0, 0), vec![0, 0]);
     }
 
     #[test]

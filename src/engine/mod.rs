@@ -31,6 +31,7 @@ use crate::catalog::provider::Tables;
 use crate::catalog::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
+use crate::groups;
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
 use checkpoint::{Checkpoint, InputOffset};
 use plan::{Aggregation, QueryPlan};
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub min_interval: Duration,
     /// Input records one epoch reads at most (over all its partitions).
     pub max_epoch_rows: u64,
+    /// Epochs a view's subscriber may fall behind before it is dropped.
+    pub subscriber_max_lag_epochs: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +54,7 @@ impl Default for EngineConfig {
         EngineConfig {
             min_interval: Duration::from_millis(10),
             max_epoch_rows: 1_000_000,
+            subscriber_max_lag_epochs: 1024,
         }
     }
 }
@@ -89,9 +93,6 @@ pub struct ViewChange {
     pub removed: Vec<RecordBatch>,
     pub added: Vec<RecordBatch>,
 }
-
-/// Epochs a view's subscriber may fall behind before it is dropped.
-pub const SUBSCRIBER_EPOCHS: usize = 1024;
 
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -362,6 +363,8 @@ pub struct ViewSubscription {
     /// The epoch `snapshot` is as of; changes up to it are already in it.
     pub epoch: u64,
     pub changes: broadcast::Receiver<Arc<ViewChange>>,
+    /// Epochs it may fall behind before it is ended.
+    pub max_lag_epochs: usize,
 }
 
 impl Engine {
@@ -395,6 +398,7 @@ impl Engine {
         let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.base));
         let snapshot = aggregation.output(rows.into_iter().collect(), ctx).await?;
         Ok(ViewSubscription {
+            max_lag_epochs: self.config.subscriber_max_lag_epochs,
             schema: contents.schema.clone(),
             snapshot,
             epoch,
@@ -412,20 +416,32 @@ impl Engine {
     }
 
     /// Starts every query of the catalog from its checkpoint (views' state restored before
-    /// this returns), and forgets checkpoints of queries the catalog no longer has.
+    /// this returns), and forgets checkpoints of queries the catalog no longer has (and
+    /// committed offsets of subscriptions it no longer has).
     pub async fn start_all(self: &Arc<Self>) -> Result<()> {
         let data = self.tables.catalog.snapshot();
         let snapshot = self.tables.log.snapshot();
+        let live_groups: BTreeSet<u64> = data
+            .subscriptions
+            .keys()
+            .map(|name| groups::group_key(name))
+            .collect();
         let orphans: Vec<_> = snapshot
             .metas()
             .map(|(key, _)| key)
-            .filter(|key| !data.queries.contains_key(&QueryId(*key)))
+            .filter(|key| {
+                if groups::is_group_key(*key) {
+                    !live_groups.contains(key)
+                } else {
+                    !data.queries.contains_key(&QueryId(*key))
+                }
+            })
             .map(|key| (key, None))
             .collect();
         if !orphans.is_empty() {
             tracing::info!(
                 count = orphans.len(),
-                "removing checkpoints of dropped queries"
+                "removing checkpoints of dropped queries and offsets of dropped subscriptions"
             );
             self.tables.log.commit(vec![], orphans).await?;
         }
@@ -481,7 +497,7 @@ impl Engine {
             status: Mutex::new(Status::new()),
             progress,
             view: std::sync::OnceLock::new(),
-            changes: broadcast::channel(SUBSCRIBER_EPOCHS).0,
+            changes: broadcast::channel(self.config.subscriber_max_lag_epochs.max(1)).0,
         });
         let (stop, stopped) = watch::channel(false);
         let running = Arc::new(Running {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::checkpoint::{self, Checkpoint, InputOffset};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
@@ -38,14 +39,27 @@ impl PushQuery {
         catalog: &CatalogData,
         earliest: bool,
     ) -> Result<PushQuery> {
+        Self::starting_at(engine, sql, catalog, |end| {
+            if earliest { Offset(0) } else { end.offset }
+        })
+        .await
+    }
+
+    /// Plans `sql`; it reads each input partition from `start(its high watermark now)`.
+    /// (Reads start at the log start offset when retention has deleted before it.)
+    pub async fn starting_at(
+        engine: &Engine,
+        sql: &str,
+        catalog: &CatalogData,
+        start: impl Fn(&InputOffset) -> Offset,
+    ) -> Result<PushQuery> {
         let plan = engine.plan(sql, catalog).await?;
         let log = engine.tables.log.clone();
         let snapshot = log.snapshot();
         let starts = checkpoint::high_watermarks(&snapshot, plan.input.id)
             .into_iter()
             .map(|end| InputOffset {
-                // Reads start at the log start offset when retention has deleted before it.
-                offset: if earliest { Offset(0) } else { end.offset },
+                offset: start(&end),
                 ..end
             })
             .collect();
@@ -71,15 +85,41 @@ impl PushQuery {
         self.plan.schema.clone()
     }
 
+    /// Where each input partition has been read up to (the next offset to read).
+    pub fn positions(&self) -> &[InputOffset] {
+        &self.positions.inputs
+    }
+
     /// The rows of the next epoch that has any; waits for new records as long as it takes.
+    /// No rows: the server is shutting down.
     pub async fn next(&mut self) -> Result<Vec<RecordBatch>> {
+        self.read(self.config.max_epoch_rows, None).await
+    }
+
+    /// The rows of the next epoch that has any, reading `max_records` input records at
+    /// most; waits for new records until `deadline` (no rows once it has passed). If the
+    /// future is dropped, the records it was reading are read again by the next call.
+    pub async fn read(
+        &mut self,
+        max_records: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<RecordBatch>> {
+        if max_records == 0 {
+            return Ok(vec![]);
+        }
         loop {
             self.commits.borrow_and_update();
             let high = checkpoint::high_watermarks(&self.log.snapshot(), self.plan.input.id);
-            let Some(epoch) =
-                checkpoint::next_epoch(&self.positions, &high, self.config.max_epoch_rows)
-            else {
-                if self.commits.changed().await.is_err() {
+            let Some(epoch) = checkpoint::next_epoch(&self.positions, &high, max_records) else {
+                let changed = self.commits.changed();
+                let changed = match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
+                        Ok(changed) => changed,
+                        Err(_) => return Ok(vec![]),
+                    },
+                    None => changed.await,
+                };
+                if changed.is_err() {
                     // The log is shutting down.
                     return Ok(vec![]);
                 }
@@ -91,8 +131,10 @@ impl PushQuery {
                 EpochPlan::Aggregate(aggregation) => {
                     let groups = self.groups.as_mut().expect("an aggregation has state");
                     let (merged, finals) = aggregation.merge(groups, ctx.clone()).await?;
+                    // Output before the state changes, so that a dropped future changes nothing.
+                    let rows = aggregation.output(finals, ctx).await?;
                     groups.upsert(merged)?;
-                    aggregation.output(finals, ctx).await?
+                    rows
                 }
             };
             for end in epoch.ends() {

@@ -236,6 +236,17 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
         Output::CopyIn { columns, .. } => {
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
+        Output::Fetched { schema, rows } => {
+            let fields = Arc::new(arrow_schema_to_pg_fields(schema.as_ref(), format, None)?);
+            let encode_fields = fields.clone();
+            let rows = stream::iter(rows).flat_map(move |batch| {
+                stream::iter(encode_recordbatch(encode_fields.clone(), batch))
+            });
+            let mut response = QueryResponse::new(fields, rows);
+            response.set_command_tag("FETCH");
+            Response::Query(response)
+        }
+        Output::Declared => Response::TransactionStart(Tag::new("DECLARE CURSOR")),
         Output::Push(_) => unreachable!("push queries are streamed by `stream_push`"),
         Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Output::Commit => Response::TransactionEnd(Tag::new("COMMIT")),

@@ -48,6 +48,19 @@ pub enum Statement {
     Push(PushQuery),
     /// `SUBSCRIBE name [WITH (…)]`, or `COPY (SUBSCRIBE …) TO STDOUT`.
     Subscribe(Subscribe),
+    /// `DECLARE name CURSOR FOR …` / `DECLARE name SUBSCRIPTION CURSOR FOR subscription`.
+    Declare(Declare),
+    /// `FETCH [n | ALL | NEXT | FORWARD …] [FROM] cursor [WITH (timeout = …)]`.
+    Fetch(Fetch),
+    /// `CLOSE name`; `None` is `CLOSE ALL`.
+    Close(Option<String>),
+    /// `CREATE SUBSCRIPTION name FROM stream [WITH (start = …)]`: a consumer group.
+    CreateSubscription(CreateSubscription),
+    /// `ALTER SUBSCRIPTION name RESET TO EARLIEST | LATEST | TIMESTAMP '…'`.
+    ResetSubscription {
+        name: String,
+        to: StartAt,
+    },
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
     ShowQueries,
@@ -108,6 +121,85 @@ pub struct Subscribe {
 }
 
 #[derive(Debug, Clone)]
+pub struct Declare {
+    pub name: String,
+    pub query: CursorQuery,
+}
+
+/// What a cursor reads.
+#[derive(Debug, Clone)]
+pub enum CursorQuery {
+    /// A query: a bounded `SELECT`, a push query or a `SUBSCRIBE`.
+    Statement(Box<Statement>),
+    /// A subscription (consumer group), from its committed offsets.
+    Subscription(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub cursor: String,
+    /// Rows at most; `None` for `ALL`.
+    pub count: Option<u64>,
+    /// How long to wait for a first row when none is ready; `None` waits as long as it takes.
+    pub timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSubscription {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub relation: String,
+    pub options: Vec<(String, OptionValue)>,
+}
+
+/// Where a consumer group starts reading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    /// The first record at or after this time (milliseconds since the epoch), per partition.
+    Timestamp(i64),
+}
+
+impl StartAt {
+    /// `earliest`, `latest` or a timestamp, as `WITH (start = …)` gives it.
+    pub fn parse(text: &str) -> Result<StartAt> {
+        match text.to_ascii_lowercase().as_str() {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            _ => parse_timestamp_ms(text).map(StartAt::Timestamp),
+        }
+    }
+}
+
+impl std::fmt::Display for StartAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartAt::Earliest => write!(f, "earliest"),
+            StartAt::Latest => write!(f, "latest"),
+            StartAt::Timestamp(ms) => match chrono::DateTime::from_timestamp_millis(*ms) {
+                Some(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.3f")),
+                None => write!(f, "{ms}"),
+            },
+        }
+    }
+}
+
+/// A timestamp literal as milliseconds since the epoch (UTC unless it names a zone).
+fn parse_timestamp_ms(text: &str) -> Result<i64> {
+    arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            Error::data(
+                "22007",
+                format!(
+                    "invalid start \"{text}\": expected earliest, latest or a timestamp such as '2026-01-31 12:00:00'"
+                ),
+            )
+        })
+}
+
+#[derive(Debug, Clone)]
 pub struct CreateTopic {
     pub name: String,
     pub if_not_exists: bool,
@@ -122,6 +214,8 @@ pub enum ObjectKind {
     View,
     /// A persistent `INSERT … EMIT CHANGES`, by the name `SHOW QUERIES` gives it.
     Query,
+    /// A consumer group (`CREATE SUBSCRIPTION`).
+    Subscription,
 }
 
 impl ObjectKind {
@@ -132,6 +226,7 @@ impl ObjectKind {
             ObjectKind::Table => "TABLE",
             ObjectKind::View => "MATERIALIZED VIEW",
             ObjectKind::Query => "QUERY",
+            ObjectKind::Subscription => "SUBSCRIPTION",
         }
     }
 }
@@ -265,6 +360,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         } else if word_is(p, "QUERY") {
             p.next_token();
             Some(ObjectKind::Query)
+        } else if word_is(p, "SUBSCRIPTION") {
+            p.next_token();
+            Some(ObjectKind::Subscription)
         } else {
             None
         };
@@ -344,6 +442,60 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if word_is(p, "SUBSCRIBE") {
         p.next_token();
         return parse_subscribe(p, false).map(Statement::Subscribe);
+    }
+    if p.parse_keyword(Keyword::DECLARE) {
+        return parse_declare(df).map(Statement::Declare);
+    }
+    if p.parse_keyword(Keyword::FETCH) {
+        return parse_fetch(p).map(Statement::Fetch);
+    }
+    if p.parse_keyword(Keyword::CLOSE) {
+        if p.parse_keyword(Keyword::ALL) {
+            return Ok(Statement::Close(None));
+        }
+        let name = normalize(&p.parse_identifier().map_err(syntax)?);
+        return Ok(Statement::Close(Some(name)));
+    }
+    if p.parse_keyword(Keyword::CREATE) {
+        if word_is(p, "SUBSCRIPTION") {
+            p.next_token();
+            return parse_create_subscription(p).map(Statement::CreateSubscription);
+        }
+        p.prev_token();
+    }
+    if p.parse_keyword(Keyword::ALTER) {
+        if word_is(p, "SUBSCRIPTION") {
+            p.next_token();
+            let name = normalize(&p.parse_identifier().map_err(syntax)?);
+            if !(word_is(p, "RESET") && {
+                p.next_token();
+                p.parse_keyword(Keyword::TO)
+            }) {
+                return Err(Error::Syntax(format!(
+                    "syntax error at or near \"{}\": ALTER SUBSCRIPTION name RESET TO EARLIEST | LATEST | TIMESTAMP '…'",
+                    p.peek_token()
+                )));
+            }
+            let to = if word_is(p, "EARLIEST") {
+                p.next_token();
+                StartAt::Earliest
+            } else if word_is(p, "LATEST") {
+                p.next_token();
+                StartAt::Latest
+            } else if p.parse_keyword(Keyword::TIMESTAMP) {
+                let token = p.next_token();
+                let Token::SingleQuotedString(text) = token.token else {
+                    return p.expected("a timestamp string", token).map_err(syntax);
+                };
+                StartAt::Timestamp(parse_timestamp_ms(&text)?)
+            } else {
+                return p
+                    .expected("EARLIEST, LATEST or TIMESTAMP", p.peek_token())
+                    .map_err(syntax);
+            };
+            return Ok(Statement::ResetSubscription { name, to });
+        }
+        p.prev_token();
     }
     if p.peek_keyword(Keyword::COPY)
         && p.peek_nth_token(1).token == Token::LParen
@@ -461,6 +613,163 @@ fn parse_subscribe(p: &mut Parser<'_>, copy: bool) -> Result<Subscribe> {
         relation,
         options,
         copy,
+    })
+}
+
+/// `DECLARE name [BINARY] [NO SCROLL] CURSOR [WITHOUT HOLD] FOR query`, or
+/// `DECLARE name SUBSCRIPTION CURSOR FOR subscription`, after `DECLARE`.
+fn parse_declare(df: &mut DFParser<'_>) -> Result<Declare> {
+    let p = &mut df.parser;
+    let name = normalize(&p.parse_identifier().map_err(syntax)?);
+    if word_is(p, "SUBSCRIPTION") {
+        p.next_token();
+        p.expect_keyword(Keyword::CURSOR).map_err(syntax)?;
+        p.expect_keyword(Keyword::FOR).map_err(syntax)?;
+        let group = normalize(&p.parse_identifier().map_err(syntax)?);
+        return Ok(Declare {
+            name,
+            query: CursorQuery::Subscription(group),
+        });
+    }
+    loop {
+        if p.parse_keyword(Keyword::BINARY) {
+            return Err(Error::Unsupported(
+                "binary cursors are not supported; the extended protocol can ask for binary results".into(),
+            ));
+        }
+        if p.parse_keyword(Keyword::SCROLL) {
+            return Err(Error::Unsupported(
+                "cursors only move forward (NO SCROLL)".into(),
+            ));
+        }
+        if p.parse_keyword(Keyword::INSENSITIVE)
+            || p.parse_keyword(Keyword::ASENSITIVE)
+            || p.parse_keywords(&[Keyword::NO, Keyword::SCROLL])
+        {
+            continue;
+        }
+        break;
+    }
+    p.expect_keyword(Keyword::CURSOR).map_err(syntax)?;
+    if p.parse_keywords(&[Keyword::WITH, Keyword::HOLD]) {
+        return Err(Error::Unsupported(
+            "WITH HOLD cursors are not supported: a cursor ends with its transaction".into(),
+        ));
+    }
+    let _ = p.parse_keywords(&[Keyword::WITHOUT, Keyword::HOLD]);
+    p.expect_keyword(Keyword::FOR).map_err(syntax)?;
+    let statement = parse_statement(df)?;
+    let readable = match &statement {
+        Statement::Push(_) => true,
+        Statement::Subscribe(s) => !s.copy,
+        Statement::DataFusion(s) => matches!(
+            s.as_ref(),
+            DfStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Query(_))
+        ),
+        _ => false,
+    };
+    if !readable {
+        return Err(Error::Syntax(
+            "DECLARE … CURSOR FOR takes a SELECT, a SELECT … EMIT CHANGES or a SUBSCRIBE".into(),
+        ));
+    }
+    Ok(Declare {
+        name,
+        query: CursorQuery::Statement(Box::new(statement)),
+    })
+}
+
+/// `[NEXT | n | ALL | FORWARD [n | ALL]] [FROM | IN] name [WITH (timeout = …)]`, after
+/// `FETCH`.
+fn parse_fetch(p: &mut Parser<'_>) -> Result<Fetch> {
+    let backwards = [
+        Keyword::PRIOR,
+        Keyword::FIRST,
+        Keyword::LAST,
+        Keyword::ABSOLUTE,
+        Keyword::RELATIVE,
+        Keyword::BACKWARD,
+    ];
+    if let Some(k) = p.parse_one_of_keywords(&backwards) {
+        return Err(Error::Unsupported(format!(
+            "FETCH {k:?}: cursors only move forward (FETCH n, NEXT, ALL, FORWARD)"
+        )));
+    }
+    let count_of = |p: &mut Parser<'_>| -> Result<Option<Option<u64>>> {
+        if p.parse_keyword(Keyword::ALL) {
+            return Ok(Some(None));
+        }
+        if let Token::Number(n, _) = &p.peek_token().token {
+            let n = n.parse::<u64>().map_err(|_| {
+                Error::Syntax(format!(
+                    "FETCH count must be a non-negative integer, not {n}"
+                ))
+            })?;
+            p.next_token();
+            return Ok(Some(Some(n)));
+        }
+        Ok(None)
+    };
+    let count = if p.parse_keyword(Keyword::NEXT) {
+        Some(1)
+    } else {
+        let _ = p.parse_keyword(Keyword::FORWARD);
+        count_of(p)?.unwrap_or(Some(1))
+    };
+    let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
+    let cursor = normalize(&p.parse_identifier().map_err(syntax)?);
+    let mut timeout = None;
+    for (key, value) in parse_with_options(p)? {
+        match key.as_str() {
+            "timeout" => timeout = Some(parse_duration(value.as_text())?),
+            other => {
+                return Err(Error::plan(
+                    "22023",
+                    format!("unknown FETCH option \"{other}\" (timeout)"),
+                ));
+            }
+        }
+    }
+    Ok(Fetch {
+        cursor,
+        count,
+        timeout,
+    })
+}
+
+/// A duration such as `'1s'`, `'250ms'` or `'2 minutes'`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let bad = || {
+        Error::data(
+            "22007",
+            format!("invalid duration \"{text}\": expected e.g. '1s', '250ms' or '2 minutes'"),
+        )
+    };
+    if let Ok(seconds) = text.trim().parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(seconds).map_err(|_| bad());
+    }
+    let interval = arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text)
+        .map_err(|_| bad())?;
+    if interval.months != 0 || interval.days < 0 || interval.nanoseconds < 0 {
+        return Err(bad());
+    }
+    let nanos = i128::from(interval.days) * 86_400_000_000_000 + i128::from(interval.nanoseconds);
+    Ok(std::time::Duration::from_nanos(
+        u64::try_from(nanos).map_err(|_| bad())?,
+    ))
+}
+
+fn parse_create_subscription(p: &mut Parser<'_>) -> Result<CreateSubscription> {
+    let if_not_exists = parse_if_not_exists(p);
+    let name = normalize(&p.parse_identifier().map_err(syntax)?);
+    p.expect_keyword(Keyword::FROM).map_err(syntax)?;
+    let relation = parse_relation_name(p)?;
+    let options = parse_with_options(p)?;
+    Ok(CreateSubscription {
+        name,
+        if_not_exists,
+        relation,
+        options,
     })
 }
 

@@ -1,0 +1,274 @@
+//! Consumer groups: the offsets each group has committed, per topic partition.
+//!
+//! A group is a name, in one namespace: a SQL subscription (`CREATE SUBSCRIPTION billing`)
+//! is the group `billing`, and so will be a Kafka client's `group.id = billing`. A group's
+//! committed offsets are one metadata value in the commit log (see
+//! [`crate::storage::commit_log`]), so a commit is one fsynced commit record: durable across a
+//! crash, and atomic over every partition it names. As in Kafka, a committed offset is the
+//! next record to read.
+//!
+//! The value's key is derived from the group's name, with the top bit set so it never meets
+//! a continuous query's checkpoint key (query ids count up from 1). The value names its group,
+//! so two names whose keys collide are told apart and refused, never mixed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ingest::writer::now_ms;
+use crate::storage::{Log, Offset, PartitionId, Snapshot, TopicId};
+
+/// A partition of a topic, and an offset in it.
+pub type PartitionOffset = (TopicId, PartitionId, Offset);
+
+/// Set in every group's metadata key, and in no continuous query's.
+const GROUP_KEY_BIT: u64 = 1 << 63;
+
+/// The commit-log metadata key of a group's offsets.
+pub fn group_key(group: &str) -> u64 {
+    // FNV-1a: stable across builds and versions, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in group.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    GROUP_KEY_BIT | hash
+}
+
+/// Whether a metadata key holds a group's offsets (rather than a query's checkpoint).
+pub fn is_group_key(key: u64) -> bool {
+    key & GROUP_KEY_BIT != 0
+}
+
+/// What a group has committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsets {
+    pub group: String,
+    /// Per topic partition, the next offset to read.
+    pub offsets: BTreeMap<(TopicId, PartitionId), Offset>,
+    pub committed_at_ms: i64,
+}
+
+/// The stored form: JSON, with the map as a list (JSON keys are strings).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    group: String,
+    offsets: Vec<PartitionOffset>,
+    committed_at_ms: i64,
+}
+
+impl GroupOffsets {
+    fn encode(&self) -> Vec<u8> {
+        let stored = Stored {
+            group: self.group.clone(),
+            offsets: self
+                .offsets
+                .iter()
+                .map(|((t, p), o)| (*t, *p, *o))
+                .collect(),
+            committed_at_ms: self.committed_at_ms,
+        };
+        serde_json::to_vec(&stored).expect("offsets serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<GroupOffsets> {
+        let stored: Stored = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Internal(format!("unreadable consumer group offsets: {e}")))?;
+        Ok(GroupOffsets {
+            group: stored.group,
+            offsets: stored
+                .offsets
+                .into_iter()
+                .map(|(t, p, o)| ((t, p), o))
+                .collect(),
+            committed_at_ms: stored.committed_at_ms,
+        })
+    }
+
+    /// The committed offsets of one topic, by partition.
+    pub fn of_topic(&self, topic: TopicId) -> impl Iterator<Item = (PartitionId, Offset)> + '_ {
+        self.offsets
+            .range((topic, PartitionId(0))..=(topic, PartitionId(u32::MAX)))
+            .map(|((_, p), o)| (*p, *o))
+    }
+}
+
+/// The offsets store, and which groups have a consumer reading now.
+pub struct Groups {
+    log: Arc<Log>,
+    /// Serialises commits, each a read-modify-write of its group's value.
+    commits: tokio::sync::Mutex<()>,
+    reading: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Groups {
+    pub fn new(log: Arc<Log>) -> Groups {
+        Groups {
+            log,
+            commits: tokio::sync::Mutex::new(()),
+            reading: Default::default(),
+        }
+    }
+
+    /// What `group` has committed, as of `snapshot`.
+    pub fn committed_in(snapshot: &Snapshot, group: &str) -> Result<Option<GroupOffsets>> {
+        let Some(bytes) = snapshot.meta(group_key(group)) else {
+            return Ok(None);
+        };
+        let offsets = GroupOffsets::decode(bytes)?;
+        if offsets.group != group {
+            return Err(key_collision(group, &offsets.group));
+        }
+        Ok(Some(offsets))
+    }
+
+    /// What `group` has committed now.
+    pub fn committed(&self, group: &str) -> Result<Option<GroupOffsets>> {
+        Self::committed_in(&self.log.snapshot(), group)
+    }
+
+    /// Every group with committed offsets.
+    pub fn all(&self) -> Vec<GroupOffsets> {
+        self.log
+            .snapshot()
+            .metas()
+            .filter(|(key, _)| is_group_key(*key))
+            .filter_map(|(_, bytes)| GroupOffsets::decode(bytes).ok())
+            .collect()
+    }
+
+    /// Commits offsets of `group`: those named replace the committed ones, the others stay.
+    /// Durable when this returns.
+    pub async fn commit(
+        &self,
+        group: &str,
+        offsets: impl IntoIterator<Item = PartitionOffset>,
+    ) -> Result<()> {
+        let _one_at_a_time = self.commits.lock().await;
+        let mut value = self.committed(group)?.unwrap_or_else(|| GroupOffsets {
+            group: group.to_string(),
+            offsets: BTreeMap::new(),
+            committed_at_ms: 0,
+        });
+        value
+            .offsets
+            .extend(offsets.into_iter().map(|(t, p, o)| ((t, p), o)));
+        value.committed_at_ms = now_ms();
+        self.store(group, Some(value.encode())).await
+    }
+
+    /// Replaces every committed offset of `group` (a new subscription, or a reset).
+    pub async fn replace(
+        &self,
+        group: &str,
+        offsets: impl IntoIterator<Item = PartitionOffset>,
+    ) -> Result<()> {
+        let _one_at_a_time = self.commits.lock().await;
+        self.committed(group)?; // refuses a name whose key another group holds
+        let value = GroupOffsets {
+            group: group.to_string(),
+            offsets: offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            committed_at_ms: now_ms(),
+        };
+        self.store(group, Some(value.encode())).await
+    }
+
+    /// Forgets `group`'s offsets.
+    pub async fn delete(&self, group: &str) -> Result<()> {
+        let _one_at_a_time = self.commits.lock().await;
+        if self.committed(group)?.is_none() {
+            return Ok(());
+        }
+        self.store(group, None).await
+    }
+
+    async fn store(&self, group: &str, value: Option<Vec<u8>>) -> Result<()> {
+        self.log
+            .commit(vec![], vec![(group_key(group), value)])
+            .await?;
+        Ok(())
+    }
+
+    /// Marks `group` as being read, until the returned guard is dropped; an error if a
+    /// consumer reads it already. (One consumer per group: Kafka would share its partitions
+    /// out among several; SQL cursors do not yet.)
+    pub fn start_reading(&self, group: &str) -> Result<Reading> {
+        let mut reading = self.reading.lock().expect("lock");
+        if !reading.insert(group.to_string()) {
+            return Err(Error::plan(
+                "55006",
+                format!(
+                    "subscription \"{group}\" is being read by another session; a group has one consumer at a time"
+                ),
+            ));
+        }
+        Ok(Reading {
+            group: group.to_string(),
+            reading: self.reading.clone(),
+        })
+    }
+
+    /// Whether a consumer is reading `group` now.
+    pub fn is_reading(&self, group: &str) -> bool {
+        self.reading.lock().expect("lock").contains(group)
+    }
+}
+
+/// A group being read; dropping it lets another consumer read the group.
+#[derive(Debug)]
+pub struct Reading {
+    group: String,
+    reading: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.reading.lock().expect("lock").remove(&self.group);
+    }
+}
+
+fn key_collision(group: &str, other: &str) -> Error {
+    Error::plan(
+        "42710",
+        format!(
+            "consumer group name \"{group}\" cannot be used: its offsets would share storage with group \"{other}\"; choose another name"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_apart_from_query_ids() {
+        assert!(is_group_key(group_key("billing")));
+        assert!(!is_group_key(1) && !is_group_key(u64::from(u32::MAX)));
+        assert_eq!(group_key("billing"), group_key("billing"));
+        assert_ne!(group_key("billing"), group_key("billinh"));
+        // A changed hash would orphan every stored offset: pin it.
+        assert_eq!(group_key(""), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn offsets_round_trip() {
+        let value = GroupOffsets {
+            group: "g".into(),
+            offsets: [
+                ((TopicId(3), PartitionId(0)), Offset(7)),
+                ((TopicId(3), PartitionId(1)), Offset(0)),
+                ((TopicId(4), PartitionId(0)), Offset(1)),
+            ]
+            .into(),
+            committed_at_ms: 5,
+        };
+        assert_eq!(GroupOffsets::decode(&value.encode()).unwrap(), value);
+        let topic3: Vec<_> = value.of_topic(TopicId(3)).collect();
+        assert_eq!(
+            topic3,
+            vec![(PartitionId(0), Offset(7)), (PartitionId(1), Offset(0))]
+        );
+    }
+}
