@@ -228,3 +228,92 @@ fn copy_subscribe_prints_rows_as_they_happen() {
     );
     server.stop();
 }
+
+/// psql's describe commands read pg_catalog: streams are tables, materialized views are
+/// materialized views, `sys` is a schema of its own.
+#[test]
+fn psql_describe_commands_list_streams_and_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let setup = "
+CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP) WITH (partitions = 2);
+CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id;
+";
+    let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], setup);
+    assert!(ok, "psql failed: {err}\n{out}");
+    let describe = |command: &str| {
+        let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1", "-c", command], "");
+        assert!(ok, "{command} failed: {err}\n{out}");
+        assert!(!err.contains("ERROR"), "{command}: {err}");
+        out + &err
+    };
+    let row = |out: &str, cells: &[&str]| {
+        out.lines().any(|line| {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            fields.len() >= cells.len() && fields[..cells.len()] == *cells
+        })
+    };
+
+    let all = describe("\\d");
+    assert!(row(&all, &["public", "clicks", "table"]), "\\d:\n{all}");
+    assert!(
+        row(&all, &["public", "clicks_per_user", "materialized view"]),
+        "\\d:\n{all}"
+    );
+    assert!(
+        !all.contains("sys "),
+        "sys is not on the search path:\n{all}"
+    );
+
+    let tables = describe("\\dt");
+    assert!(
+        row(&tables, &["public", "clicks", "table"]),
+        "\\dt:\n{tables}"
+    );
+    assert!(!tables.contains("clicks_per_user"), "\\dt:\n{tables}");
+    let views = describe("\\dm");
+    assert!(
+        row(&views, &["public", "clicks_per_user", "materialized view"]),
+        "\\dm:\n{views}"
+    );
+    let plain_views = describe("\\dv");
+    assert!(
+        !plain_views.contains("clicks_per_user"),
+        "\\dv:\n{plain_views}"
+    );
+    let system = describe("\\dt sys.*");
+    assert!(
+        row(&system, &["sys", "queries", "table"]),
+        "\\dt sys.*:\n{system}"
+    );
+
+    let columns = describe("\\d clicks");
+    assert!(
+        columns.contains("Table \"public.clicks\""),
+        "\\d clicks:\n{columns}"
+    );
+    assert!(
+        row(&columns, &["user_id", "bigint"]),
+        "\\d clicks:\n{columns}"
+    );
+    assert!(row(&columns, &["url", "text"]), "\\d clicks:\n{columns}");
+    assert!(
+        row(&columns, &["ts", "timestamp without time zone"]),
+        "\\d clicks:\n{columns}"
+    );
+    let view = describe("\\d clicks_per_user");
+    assert!(
+        view.contains("Materialized view \"public.clicks_per_user\""),
+        "\\d clicks_per_user:\n{view}"
+    );
+    assert!(row(&view, &["n", "bigint"]), "\\d clicks_per_user:\n{view}");
+
+    let schemas = describe("\\dn");
+    assert!(
+        row(&schemas, &["public"]) && row(&schemas, &["sys"]),
+        "\\dn:\n{schemas}"
+    );
+    let databases = describe("\\l");
+    assert!(row(&databases, &["runnel"]), "\\l:\n{databases}");
+    server.stop();
+}

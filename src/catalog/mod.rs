@@ -13,6 +13,7 @@
 //! [`provider`], [`stream_table`] and [`system`].
 
 pub mod blocking_scan;
+pub mod pg;
 pub mod provider;
 pub mod scan;
 pub mod stream_table;

@@ -60,6 +60,8 @@ pub struct RunnelCatalog {
     public: Arc<PublicSchema>,
     sys: Arc<SysSchema>,
     write: Arc<WriteSchema>,
+    /// Schemas registered at start-up: `pg_catalog`, for PostgreSQL clients.
+    registered: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl RunnelCatalog {
@@ -68,13 +70,16 @@ impl RunnelCatalog {
             public: Arc::new(PublicSchema(tables.clone())),
             sys: Arc::new(SysSchema(tables.clone())),
             write: Arc::new(WriteSchema(tables)),
+            registered: RwLock::default(),
         }
     }
 }
 
 impl CatalogProvider for RunnelCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![PUBLIC_SCHEMA.into(), SYS_SCHEMA.into()]
+        let mut names = vec![PUBLIC_SCHEMA.to_string(), SYS_SCHEMA.to_string()];
+        names.extend(self.registered.read().expect("lock").keys().cloned());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
@@ -82,8 +87,25 @@ impl CatalogProvider for RunnelCatalog {
             PUBLIC_SCHEMA => Some(self.public.clone()),
             SYS_SCHEMA => Some(self.sys.clone()),
             WRITE_SCHEMA => Some(self.write.clone()),
-            _ => None,
+            _ => self.registered.read().expect("lock").get(name).cloned(),
         }
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if [PUBLIC_SCHEMA, SYS_SCHEMA, WRITE_SCHEMA].contains(&name) {
+            return Err(DataFusionError::Plan(format!(
+                "schema \"{name}\" already exists"
+            )));
+        }
+        Ok(self
+            .registered
+            .write()
+            .expect("lock")
+            .insert(name.to_string(), schema))
     }
 }
 

@@ -41,7 +41,7 @@ impl TableProvider for ViewTable {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        TableType::View
     }
 
     fn supports_filters_pushdown(

@@ -159,6 +159,7 @@ impl Database {
             CATALOG_NAME.into(),
             Arc::new(RunnelCatalog::new(tables.clone())),
         );
+        let state = crate::catalog::pg::install(state, tables.clone()).await?;
         let engine = Engine::new(tables.clone(), state.clone(), config.engine.clone());
         let _ = tables.engine.set(Arc::downgrade(&engine));
         let db = Arc::new(Database {

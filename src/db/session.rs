@@ -24,7 +24,7 @@ use crate::catalog::{Relation, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
-use crate::sql::parser::{CursorQuery, Declare, Fetch};
+use crate::sql::parser::{CursorQuery, Declare, Fetch, SavepointOp};
 use crate::sql::{self, Statement};
 
 /// What a prepared statement takes and returns, for the extended protocol's Describe.
@@ -99,7 +99,7 @@ impl Session {
         {
             return vec![output];
         }
-        let statements = match sql::parse(sql) {
+        let statements = match parse(sql) {
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
         };
@@ -117,7 +117,7 @@ impl Session {
 
     /// Runs one statement with parameter values (the extended protocol's Execute).
     pub async fn execute_one(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
-        let mut statements = sql::parse(sql)?;
+        let mut statements = parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(
                 "cannot insert multiple commands into a prepared statement".into(),
@@ -129,7 +129,7 @@ impl Session {
     /// What a statement takes and returns, without running it (the extended protocol's
     /// Parse and Describe).
     pub async fn describe(&mut self, sql: &str) -> Result<Described> {
-        let mut statements = sql::parse(sql)?;
+        let mut statements = parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(
                 "cannot insert multiple commands into a prepared statement".into(),
@@ -194,7 +194,12 @@ impl Session {
             return Err(Error::Protocol("a COPY is in progress".into()));
         }
         if self.transaction == Transaction::Failed
-            && !matches!(statement, Statement::Commit | Statement::Rollback)
+            && !matches!(
+                statement,
+                Statement::Commit
+                    | Statement::Rollback
+                    | Statement::Savepoint(SavepointOp::RollbackTo)
+            )
         {
             return Err(Error::plan(
                 "25P02",
@@ -258,6 +263,24 @@ impl Session {
             Statement::Rollback => {
                 self.end_transaction();
                 Ok(Output::Rollback)
+            }
+            Statement::Savepoint(op) => {
+                if self.transaction == Transaction::Idle {
+                    return Err(Error::plan(
+                        "25P01",
+                        "savepoints can only be used in transaction blocks",
+                    ));
+                }
+                // Statements take effect as they run, so a savepoint has nothing to keep;
+                // rolling back to one ends a failure, as in PostgreSQL.
+                Ok(command(match op {
+                    SavepointOp::Set => "SAVEPOINT",
+                    SavepointOp::Release => "RELEASE",
+                    SavepointOp::RollbackTo => {
+                        self.transaction = Transaction::Open;
+                        "ROLLBACK"
+                    }
+                }))
             }
             Statement::Declare(d) => self.declare(d, params).await,
             Statement::Fetch(f) => self.fetch(f).await,
@@ -573,6 +596,27 @@ impl Session {
     }
 }
 
+/// Splits and parses `sql`. Queries of the system catalogs (what psql's `\d`, pgjdbc's
+/// `DatabaseMetaData` and BI tools send) get PostgreSQL compatibility rewrites.
+fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let statements = sql::parse(sql)?;
+    let all_queries = statements.iter().all(|s| {
+        matches!(s, Statement::DataFusion(s)
+            if matches!(s.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), sqlparser::ast::Statement::Query(_))))
+    });
+    if all_queries
+        && crate::catalog::pg::reads_system_catalogs(sql)
+        && let Some(rewritten) = crate::catalog::pg::parse_catalog_queries(sql)
+        && rewritten.len() == statements.len()
+    {
+        return Ok(rewritten
+            .into_iter()
+            .map(|s| Statement::DataFusion(Box::new(DfStatement::Statement(Box::new(s)))))
+            .collect());
+    }
+    Ok(statements)
+}
+
 fn no_cursor(name: &str) -> Error {
     Error::plan("34000", format!("cursor \"{name}\" does not exist"))
 }
@@ -612,18 +656,20 @@ async fn count(frame: DataFrame) -> Result<u64> {
 
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let types = plan.get_parameter_types().map_err(Error::from_datafusion)?;
-    let mut out = vec![None; types.len()];
+    let mut numbered = vec![];
     for (name, t) in types {
         let index: usize = name
             .trim_start_matches('$')
             .parse()
             .map_err(|_| Error::Unsupported(format!("named parameter {name}; use $1, $2, …")))?;
-        if index == 0 || index > out.len() {
-            return Err(Error::Syntax(format!(
-                "parameters must be numbered $1 to ${}",
-                out.len()
-            )));
+        if index == 0 {
+            return Err(Error::Syntax("parameters are numbered from $1".into()));
         }
+        numbered.push((index, t));
+    }
+    // A parameter the plan does not use (a rewrite took out its expression) has no type.
+    let mut out = vec![None; numbered.iter().map(|(i, _)| *i).max().unwrap_or(0)];
+    for (index, t) in numbered {
         out[index - 1] = t;
     }
     Ok(out)

@@ -40,6 +40,9 @@ pub enum Statement {
     Begin,
     Commit,
     Rollback,
+    /// `SAVEPOINT`, `RELEASE [SAVEPOINT]`, `ROLLBACK TO [SAVEPOINT]`: accepted for clients
+    /// that nest transactions (SQLAlchemy, psycopg's `transaction()`).
+    Savepoint(SavepointOp),
     /// `CREATE MATERIALIZED VIEW name [WITH (…)] AS SELECT …`.
     CreateView(CreateView),
     /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: a persistent insert.
@@ -118,6 +121,13 @@ pub struct Subscribe {
     pub options: Vec<(String, OptionValue)>,
     /// Inside `COPY (…) TO STDOUT`: rows go out as COPY data.
     pub copy: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointOp {
+    Set,
+    Release,
+    RollbackTo,
 }
 
 #[derive(Debug, Clone)]
@@ -436,8 +446,22 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         return Ok(Statement::Commit);
     }
     if p.parse_keyword(Keyword::ROLLBACK) || p.parse_keyword(Keyword::ABORT) {
+        let _ = p.parse_keyword(Keyword::WORK) || p.parse_keyword(Keyword::TRANSACTION);
+        let to = p.parse_keyword(Keyword::TO);
         skip_to_end(p);
-        return Ok(Statement::Rollback);
+        return Ok(if to {
+            Statement::Savepoint(SavepointOp::RollbackTo)
+        } else {
+            Statement::Rollback
+        });
+    }
+    if p.parse_keyword(Keyword::SAVEPOINT) {
+        skip_to_end(p);
+        return Ok(Statement::Savepoint(SavepointOp::Set));
+    }
+    if p.parse_keyword(Keyword::RELEASE) {
+        skip_to_end(p);
+        return Ok(Statement::Savepoint(SavepointOp::Release));
     }
     if word_is(p, "SUBSCRIBE") {
         p.next_token();

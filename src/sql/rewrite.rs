@@ -6,6 +6,9 @@
 //!   qualified wildcard per relation, each stream's with its `EXCLUDE`. A `USING` or
 //!   `NATURAL` join keeps its `*` as written, hidden columns included, because expanding it
 //!   would change which join columns appear.
+//! - `LIKE`/`ILIKE … ESCAPE 'c'`: DataFusion escapes with `\\` only, so a pattern with another
+//!   escape character is translated when it is evaluated, by `like_escape(pattern, 'c')`
+//!   (SQLAlchemy's catalog queries use `ESCAPE '/'`).
 //! - Inserts: `INSERT INTO clicks` becomes `INSERT INTO __write.clicks`, the stream as an
 //!   insert target (declared columns only), so DataFusion types the inserted values against
 //!   the stream's columns.
@@ -17,6 +20,10 @@ use sqlparser::ast::{
     SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
     VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
+use sqlparser::ast::{Expr, Value, visit_expressions_mut};
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 
 use super::parser::relation_name;
 use crate::catalog::provider::WRITE_SCHEMA;
@@ -39,6 +46,28 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) {
         ]);
     }
     let _ = statement.visit(&mut Wildcards { catalog });
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Like {
+            pattern,
+            escape_char,
+            ..
+        }
+        | Expr::ILike {
+            pattern,
+            escape_char,
+            ..
+        } = expr
+            && let Some(escape) = escape_char
+            && !matches!(&escape.value, Value::SingleQuotedString(s) if s == "\\")
+            && let Ok(translated) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!("like_escape({pattern}, {escape})"))
+                .and_then(|mut p| p.parse_expr())
+        {
+            **pattern = translated;
+            *escape_char = None;
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 struct Wildcards<'a> {

@@ -1,4 +1,6 @@
-// Drives Runnel with pgjdbc: prepared statements with parameters, typed results, errors.
+// Drives Runnel with pgjdbc: prepared statements with parameters, typed results, errors,
+// DatabaseMetaData (what DBeaver, Metabase and other JDBC tools call on connect), and a
+// subscription read through a cursor.
 // Usage: java -cp postgresql.jar:. JdbcSmoke <port>
 import java.sql.*;
 
@@ -60,7 +62,87 @@ public class JdbcSmoke {
                     check(rs.next() && rs.getLong(1) == 20, "the connection carries on");
                 }
             }
+            metadata(c);
+            cursors(c);
         }
         System.out.println("jdbc ok");
+    }
+
+    static java.util.List<String> column(ResultSet rs, String name) throws SQLException {
+        java.util.List<String> values = new java.util.ArrayList<>();
+        try (rs) {
+            while (rs.next()) values.add(rs.getString(name));
+        }
+        return values;
+    }
+
+    static void metadata(Connection c) throws SQLException {
+        try (Statement s = c.createStatement()) {
+            s.execute("CREATE MATERIALIZED VIEW per_url AS SELECT url, count(*) AS n FROM clicks GROUP BY url");
+        }
+        DatabaseMetaData md = c.getMetaData();
+        check(md.getDatabaseProductVersion().startsWith("16"), "server version " + md.getDatabaseProductVersion());
+        java.util.List<String> schemas = column(md.getSchemas(), "TABLE_SCHEM");
+        check(schemas.contains("public") && schemas.contains("sys"), "schemas " + schemas);
+        java.util.List<String> tables = column(md.getTables(null, "public", "%", new String[] {"TABLE"}), "TABLE_NAME");
+        check(tables.equals(java.util.List.of("clicks")), "tables " + tables);
+        java.util.List<String> views = column(md.getTables(null, "public", "%", new String[] {"MATERIALIZED VIEW"}), "TABLE_NAME");
+        check(views.equals(java.util.List.of("per_url")), "materialized views " + views);
+        java.util.List<String> all = column(md.getTables(null, null, "%", null), "TABLE_NAME");
+        check(all.contains("clicks") && all.contains("per_url") && all.contains("queries"), "all relations " + all);
+        try (ResultSet rs = md.getColumns(null, "public", "clicks", "%")) {
+            java.util.Map<String, Integer> types = new java.util.LinkedHashMap<>();
+            while (rs.next()) types.put(rs.getString("COLUMN_NAME"), rs.getInt("DATA_TYPE"));
+            check(types.get("user_id") == Types.BIGINT, "user_id column " + types);
+            check(types.get("url") == Types.VARCHAR, "url column " + types);
+            check(types.get("amount") == Types.DOUBLE, "amount column " + types);
+            check(types.get("ts") == Types.TIMESTAMP, "ts column " + types);
+            check(new java.util.ArrayList<>(types.keySet()).subList(0, 4).equals(java.util.List.of("user_id", "url", "amount", "ts")), "column order " + types);
+        }
+        java.util.List<String> viewColumns = column(md.getColumns(null, "public", "per_url", "%"), "COLUMN_NAME");
+        check(viewColumns.equals(java.util.List.of("url", "n")), "view columns " + viewColumns);
+        // A stream is append-only: its key columns place records, they are not unique.
+        check(column(md.getPrimaryKeys(null, "public", "clicks"), "COLUMN_NAME").isEmpty(), "no primary key");
+    }
+
+    static void cursors(Connection c) throws SQLException {
+        c.setAutoCommit(false);
+        try (Statement s = c.createStatement()) {
+            s.execute("DECLARE sub CURSOR FOR SUBSCRIBE clicks WITH (snapshot = true)");
+            int seen = 0;
+            try (ResultSet rs = s.executeQuery("FETCH 100 sub WITH (timeout = '1s')")) {
+                while (rs.next()) seen++;
+            }
+            check(seen == 20, "the stream's 20 records, got " + seen);
+            try (ResultSet rs = s.executeQuery("FETCH 100 sub WITH (timeout = '100ms')")) {
+                check(!rs.next(), "nothing new");
+            }
+            s.execute("INSERT INTO clicks VALUES (100, '/new', 1.0, NULL)");
+            try (ResultSet rs = s.executeQuery("FETCH 100 sub WITH (timeout = '10s')")) {
+                check(rs.next() && rs.getLong("user_id") == 100 && !rs.next(), "the new record");
+            }
+        }
+        c.commit();
+        // A consumer group: read some, commit, and the next cursor goes on from there.
+        try (Statement s = c.createStatement()) {
+            s.execute("CREATE SUBSCRIPTION audit FROM clicks WITH (start = 'earliest')");
+            c.commit();
+            long total = 0;
+            for (int round = 0; round < 3; round++) {
+                s.execute("DECLARE cur SUBSCRIPTION CURSOR FOR audit");
+                try (PreparedStatement p = c.prepareStatement("FETCH 8 FROM cur WITH (timeout = '1s')")) {
+                    try (ResultSet rs = p.executeQuery()) {
+                        while (rs.next()) total++;
+                    }
+                }
+                c.commit();
+            }
+            check(total == 21, "21 records over three cursors, got " + total);
+            try (ResultSet rs = s.executeQuery("SELECT sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'audit'")) {
+                check(rs.next() && rs.getLong(1) == 0, "no lag after the commits");
+            }
+            c.commit();
+        }
+        c.setAutoCommit(true);
     }
 }

@@ -1,0 +1,605 @@
+//! What PostgreSQL clients look for besides their data: the `pg_catalog` schema (from
+//! datafusion-pg-catalog, built from the catalog on each query), the functions drivers and
+//! BI tools call on connect (`version()`, `current_database()`, `current_schema()`,
+//! `pg_table_is_visible()`, …), and the rewrites that let DataFusion plan their catalog
+//! queries (`'x'::regclass`, `OPERATOR(pg_catalog.~)`, psql's `\d` sub-queries).
+//!
+//! DataFusion's own `information_schema` (tables, columns, views, schemata) is on too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::error::DataFusionError;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    create_udf,
+};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem,
+    SetExpr, Statement, visit_expressions_mut,
+};
+
+use super::provider::{CATALOG_NAME, Tables};
+use crate::error::{Error, Result};
+
+/// Adds `pg_catalog` to the catalog `runnel` of `state`, and the functions clients call.
+pub async fn install(state: SessionState, tables: Arc<Tables>) -> Result<SessionState> {
+    let ctx = SessionContext::new_with_state(state);
+    let internal =
+        |e: Box<dyn std::fmt::Display>| Error::Internal(format!("setting up pg_catalog: {e}"));
+    datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+        .map_err(|e| internal(Box::new(e)))?;
+    let catalog = ctx
+        .catalog(CATALOG_NAME)
+        .ok_or_else(|| internal(Box::new("no catalog")))?;
+    let inner = catalog
+        .schema(PG_CATALOG)
+        .ok_or_else(|| internal(Box::new("no pg_catalog")))?;
+    catalog
+        .register_schema(PG_CATALOG, Arc::new(PgCatalogSchema::new(inner, tables)))
+        .map_err(|e| internal(Box::new(e)))?;
+    ctx.register_udf(version());
+    ctx.register_udf(like_escape());
+    // Runnel has no sequences (SQLAlchemy asks for each column it reflects), and the only
+    // collations are pg_catalog's.
+    ctx.register_udf(Constant::udf(
+        "pg_get_serial_sequence",
+        2,
+        ScalarValue::Utf8(None),
+    ));
+    ctx.register_udf(Constant::udf(
+        "pg_collation_is_visible",
+        1,
+        ScalarValue::Boolean(Some(true)),
+    ));
+    ctx.register_udf(ScalarUDF::from(JsonBuildObject::default()));
+    ctx.register_udf(to_regtype(&ctx).await?);
+    Ok(ctx.state())
+}
+
+/// `like_escape(pattern, escape)`: `pattern`, whose escape character is `escape`, as a
+/// pattern whose escape character is `\` (see [`crate::sql::rewrite`]).
+fn like_escape() -> ScalarUDF {
+    let translate = |args: &[ColumnarValue]| {
+        let rows = args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Array(a) => a.len(),
+                ColumnarValue::Scalar(_) => 1,
+            })
+            .max()
+            .unwrap_or(1);
+        let patterns = cast(&args[0].to_array(rows)?, &DataType::Utf8)?;
+        let escapes = cast(&args[1].to_array(rows)?, &DataType::Utf8)?;
+        let (patterns, escapes) = (patterns.as_string::<i32>(), escapes.as_string::<i32>());
+        let out: StringArray = (0..rows)
+            .map(|i| {
+                if patterns.is_null(i) || escapes.is_null(i) {
+                    return None;
+                }
+                let escape = escapes.value(i).chars().next();
+                let mut out = String::new();
+                let mut chars = patterns.value(i).chars();
+                while let Some(c) = chars.next() {
+                    if Some(c) == escape {
+                        if let Some(next) = chars.next() {
+                            out.push('\\');
+                            out.push(next);
+                        }
+                    } else if c == '\\' {
+                        out.push_str("\\\\");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                Some(out)
+            })
+            .collect();
+        let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(Arc::new(out))
+        })
+    };
+    create_udf(
+        "like_escape",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(translate),
+    )
+}
+
+/// `to_regtype(name)`: the oid of the type named so in `pg_type`, or NULL (psycopg looks
+/// types up with it on connect).
+async fn to_regtype(ctx: &SessionContext) -> Result<ScalarUDF> {
+    let batches = ctx
+        .sql("SELECT typname, CAST(oid AS BIGINT) FROM pg_catalog.pg_type")
+        .await?
+        .collect()
+        .await?;
+    let mut oids = HashMap::new();
+    for batch in &batches {
+        let names = cast(batch.column(0), &DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("reading pg_type: {e}")))?;
+        let names = names.as_string::<i32>();
+        let values = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            if names.is_valid(row) && values.is_valid(row) {
+                oids.insert(names.value(row).to_string(), values.value(row) as i32);
+            }
+        }
+    }
+    let lookup = move |args: &[ColumnarValue]| {
+        let names = cast(&args[0].to_array(1)?, &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let found: Int32Array = names
+            .iter()
+            .map(|n| n.and_then(|n| oids.get(n.trim_start_matches("pg_catalog.")).copied()))
+            .collect();
+        Ok(match &args[0] {
+            ColumnarValue::Scalar(_) => {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&found, 0)?)
+            }
+            ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(found)),
+        })
+    };
+    Ok(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(lookup),
+    ))
+}
+
+const PG_CATALOG: &str = "pg_catalog";
+
+/// `version()`: clients parse the PostgreSQL version out of it, so it leads with the one
+/// Runnel speaks, then says what it is.
+fn version() -> ScalarUDF {
+    let text = format!(
+        "PostgreSQL {} on {}-{} (Runnel {}), 64-bit",
+        crate::SERVER_VERSION,
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION")
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+/// Whether `sql` looks at the system catalogs, so that it is worth parsing with the
+/// PostgreSQL compatibility rewrites.
+pub fn reads_system_catalogs(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    [
+        "pg_",
+        "information_schema",
+        "current_user",
+        "session_user",
+        "regclass",
+        "regtype",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
+/// `sql` parsed and rewritten for DataFusion as datafusion-postgres does it, if it is only
+/// queries (catalog queries are); `None` otherwise, or if it does not parse that way.
+pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
+    thread_local! {
+        static PARSER: PostgresCompatibilityParser = PostgresCompatibilityParser::new();
+    }
+    let sql = regproc_literals_as_names(sql);
+    let statements = PARSER.with(|p| p.parse(&sql)).ok()?;
+    if statements.is_empty() || !statements.iter().all(|s| matches!(s, Statement::Query(_))) {
+        return None;
+    }
+    Some(
+        statements
+            .into_iter()
+            .map(index_queries_found_empty)
+            .map(visibility_by_search_path)
+            .map(absent_column_details)
+            .map(scalar_subqueries_aggregated)
+            .collect(),
+    )
+}
+
+/// `CASE WHEN … THEN (SELECT … FROM pg_attrdef | pg_sequence | pg_collation …) ELSE NULL
+/// END` as NULL: Runnel's columns have no defaults, no identity sequences and no collation of
+/// their own, so these look-ups (SQLAlchemy's column reflection) find nothing; and DataFusion
+/// cannot plan a correlated sub-query inside `CASE`.
+fn absent_column_details(mut statement: Statement) -> Statement {
+    let looks_up_details = |e: &SqlExpr| {
+        let SqlExpr::Subquery(q) = e else {
+            return false;
+        };
+        let text = q.to_string().to_ascii_lowercase();
+        ["pg_attrdef", "pg_sequence", "pg_collation"]
+            .iter()
+            .any(|t| text.contains(t))
+    };
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Case {
+            conditions,
+            else_result,
+            ..
+        } = expr
+            && !conditions.is_empty()
+            && conditions.iter().all(|w| looks_up_details(&w.result))
+            && else_result.as_deref().is_none_or(
+                |e| matches!(e, SqlExpr::Value(v) if v.value == sqlparser::ast::Value::Null),
+            )
+        {
+            *expr = SqlExpr::Value(sqlparser::ast::Value::Null.into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// A scalar sub-query of a catalog query, `(SELECT e FROM … WHERE …)`, as
+/// `(SELECT max(e) FROM … WHERE …)`: DataFusion plans a correlated one only if it is
+/// aggregated. The catalog rows these look up (a column's default, its collation, a type)
+/// are one at most, so the answer is the same. (SQLAlchemy's column reflection has three.)
+fn scalar_subqueries_aggregated(mut statement: Statement) -> Statement {
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Subquery(query) = expr
+            && let SetExpr::Select(select) = query.body.as_mut()
+            && matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+            && let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
+                select.projection.as_mut_slice()
+            && !is_aggregate(item)
+            && let Ok(aggregated) =
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .try_with_sql(&format!("max({item})"))
+                    .and_then(|mut p| p.parse_expr())
+        {
+            *item = aggregated;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+fn is_aggregate(expr: &SqlExpr) -> bool {
+    const AGGREGATES: [&str; 9] = [
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "bool_and",
+        "bool_or",
+    ];
+    matches!(expr, SqlExpr::Function(f)
+    if f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+        AGGREGATES.contains(&i.value.to_ascii_lowercase().as_str())
+    }))
+}
+
+/// `pg_table_is_visible(c.oid)` as PostgreSQL means it: the relation is in a schema on the
+/// search path (`public`, and `pg_catalog`), so `\dt` and SQLAlchemy's default-schema
+/// listings leave out `sys`. (datafusion-pg-catalog's function says yes to everything.)
+fn visibility_by_search_path(mut statement: Statement) -> Statement {
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Function(f) = expr
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_table_is_visible"))
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::CompoundIdentifier(parts)))] =
+                list.args.as_slice()
+            && parts
+                .last()
+                .is_some_and(|p| p.value.eq_ignore_ascii_case("oid"))
+        {
+            let mut namespace = parts.clone();
+            namespace.last_mut().expect("not empty").value = "relnamespace".into();
+            let namespace = SqlExpr::CompoundIdentifier(namespace);
+            let sql = format!(
+                "{namespace} IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('public', 'pg_catalog'))"
+            );
+            if let Ok(visible) =
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .try_with_sql(&sql)
+                    .and_then(|mut p| p.parse_expr())
+            {
+                *expr = visible;
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// `'pg_catalog.f'::regproc` as `'f'`: `pg_type`'s `typinput` and friends hold function
+/// names here, so a comparison with one (DBeaver's array-type probe) compares names.
+fn regproc_literals_as_names(sql: &str) -> std::borrow::Cow<'_, str> {
+    const CAST: &str = "'::regproc";
+    if !sql.contains(CAST) {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(end) = rest.find(CAST) {
+        let literal_start = rest[..end].rfind('\'').map_or(0, |i| i + 1);
+        let name = &rest[literal_start..end];
+        let name = name.rsplit('.').next().unwrap_or(name);
+        out.push_str(&rest[..literal_start]);
+        out.push_str(name);
+        out.push('\'');
+        rest = &rest[end + CAST.len()..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// A query that expands index or constraint keys (`information_schema._pg_expandarray(
+/// i.indkey)` in pgjdbc's `getPrimaryKeys` and `getIndexInfo`, `unnest(conkey)` in
+/// SQLAlchemy's constraint reflection) as what it returns: no rows, since Runnel has no
+/// indexes or constraints (`pg_index` and `pg_constraint` are empty). DataFusion cannot
+/// plan those set-returning calls, which would never be made.
+fn index_queries_found_empty(statement: Statement) -> Statement {
+    let Statement::Query(query) = &statement else {
+        return statement;
+    };
+    let text = statement.to_string().to_ascii_lowercase();
+    let expands_keys = text.contains("_pg_expandarray")
+        || (text.contains("unnest(") && (text.contains("indkey") || text.contains("conkey")));
+    if !expands_keys {
+        return statement;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return statement;
+    };
+    let columns: Vec<String> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+            SelectItem::UnnamedExpr(SqlExpr::Identifier(ident)) => ident.value.clone(),
+            SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
+                parts.last().map_or_else(String::new, |p| p.value.clone())
+            }
+            other => other.to_string(),
+        })
+        .collect();
+    let projection = columns
+        .iter()
+        .map(|c| format!("CAST(NULL AS TEXT) AS \"{}\"", c.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let empty = format!("SELECT {projection} WHERE false");
+    match sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, &empty) {
+        Ok(mut parsed) if parsed.len() == 1 => parsed.pop().expect("one statement"),
+        _ => statement,
+    }
+}
+
+/// `pg_catalog` as datafusion-pg-catalog builds it, except that `pg_class` calls Runnel's
+/// materialized views what they are (`relkind = 'm'`: psql's `\dm`, pgjdbc's
+/// "MATERIALIZED VIEW"); DataFusion only knows tables and views.
+#[derive(Debug)]
+pub struct PgCatalogSchema {
+    inner: Arc<dyn SchemaProvider>,
+    tables: Arc<Tables>,
+}
+
+impl PgCatalogSchema {
+    pub fn new(inner: Arc<dyn SchemaProvider>, tables: Arc<Tables>) -> PgCatalogSchema {
+        PgCatalogSchema { inner, tables }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalogSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let table = self.inner.table(name).await?;
+        match table {
+            Some(inner) if name.eq_ignore_ascii_case("pg_class") => {
+                let views = self
+                    .tables
+                    .catalog
+                    .snapshot()
+                    .views
+                    .keys()
+                    .cloned()
+                    .collect();
+                Ok(Some(Arc::new(PgClass { inner, views })))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+#[derive(Debug)]
+struct PgClass {
+    inner: Arc<dyn TableProvider>,
+    views: BTreeSet<String>,
+}
+
+#[async_trait]
+impl TableProvider for PgClass {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let all = self.inner.scan(state, None, &[], None).await?;
+        let batches = collect(all, state.task_ctx()).await?;
+        let schema = self.schema();
+        let name = schema.index_of("relname")?;
+        let kind = schema.index_of("relkind")?;
+        let fixed = batches
+            .into_iter()
+            .map(|batch| {
+                let names = batch.column(name).as_string::<i32>();
+                let kinds = batch.column(kind).as_string::<i32>();
+                let relkind: StringArray = (0..batch.num_rows())
+                    .map(|row| {
+                        let k = kinds.is_valid(row).then(|| kinds.value(row));
+                        match k {
+                            Some("v") if self.views.contains(names.value(row)) => Some("m"),
+                            other => other,
+                        }
+                    })
+                    .collect();
+                let mut columns = batch.columns().to_vec();
+                columns[kind] = Arc::new(relkind);
+                RecordBatch::try_new(schema.clone(), columns)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        MemTable::try_new(schema, vec![fixed])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column
+/// reflection builds identity and collation details with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl Default for JsonBuildObject {
+    fn default() -> Self {
+        JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return Err(DataFusionError::Plan(
+                "json_build_object takes pairs of keys and values".into(),
+            ));
+        }
+        let rows = args.number_rows;
+        let columns = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts = columns
+            .iter()
+            .map(|c| cast(c, &DataType::Utf8))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let out: StringArray = (0..rows)
+            .map(|row| {
+                let mut object = serde_json::Map::new();
+                for pair in 0..columns.len() / 2 {
+                    let (k, v) = (&texts[2 * pair], &texts[2 * pair + 1]);
+                    let key = k.as_string::<i32>();
+                    if key.is_null(row) {
+                        return None;
+                    }
+                    let value = if v.is_null(row) {
+                        serde_json::Value::Null
+                    } else {
+                        let text = v.as_string::<i32>().value(row);
+                        match columns[2 * pair + 1].data_type() {
+                            t if t.is_numeric() || *t == DataType::Boolean => {
+                                serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+                            }
+                            _ => serde_json::Value::String(text.to_string()),
+                        }
+                    };
+                    object.insert(key.value(row).to_string(), value);
+                }
+                Some(serde_json::Value::Object(object).to_string())
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// A catalog function whose answer is the same for every argument in Runnel.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Constant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl Constant {
+    fn udf(name: &'static str, arity: usize, value: ScalarValue) -> ScalarUDF {
+        ScalarUDF::from(Constant {
+            name,
+            value,
+            signature: Signature::any(arity, Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Constant {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}

@@ -1,0 +1,97 @@
+"""Drives Runnel with psycopg 3, SQLAlchemy and pandas, as a Python user would.
+
+Usage: python clients.py <port>. Prints "python ok" when every check passed.
+"""
+
+import sys
+
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+
+port = int(sys.argv[1])
+dsn = f"host=127.0.0.1 port={port} user=runnel dbname=runnel"
+
+
+def check(ok, what):
+    if not ok:
+        raise AssertionError(what)
+
+
+with psycopg.connect(dsn, autocommit=True) as conn:
+    conn.execute(
+        "CREATE STREAM orders (id BIGINT KEY, customer TEXT, amount BIGINT) "
+        "WITH (partitions = 2)"
+    )
+    with conn.cursor() as cur:
+        # psycopg binds parameters server-side ($1, $2, … with the extended protocol).
+        cur.executemany(
+            "INSERT INTO orders VALUES (%s, %s, %s)",
+            [(i, f"c{i % 3}", i * 10) for i in range(30)],
+        )
+        cur.execute(
+            "SELECT id, amount FROM orders WHERE customer = %s AND amount >= %s ORDER BY id",
+            ("c1", 100),
+        )
+        rows = cur.fetchall()
+        check(rows == [(i, i * 10) for i in range(10, 30) if i % 3 == 1], f"rows {rows}")
+        check(cur.description[0].name == "id", "column names")
+    conn.execute(
+        "CREATE MATERIALIZED VIEW per_customer AS "
+        "SELECT customer, count(*) AS n, sum(amount) AS total FROM orders GROUP BY customer"
+    )
+    conn.execute("FLUSH")
+
+    # A consumer group: read part, commit, reconnect, and go on after the commit.
+    conn.execute("CREATE SUBSCRIPTION billing FROM orders WITH (start = 'earliest')")
+
+seen = []
+for attempt in range(2):
+    with psycopg.connect(dsn) as conn:  # not autocommit: psycopg opens a transaction
+        conn.execute("DECLARE cur SUBSCRIPTION CURSOR FOR billing")
+        got = conn.execute("FETCH 12 FROM cur").fetchall()
+        check(len(got) == 12, f"twelve records, got {len(got)}")
+        seen += [row[0] for row in got]
+        if attempt == 0:
+            conn.commit()
+        else:
+            # Leaves without committing (psycopg would commit at the end of the block):
+            # these records come again.
+            conn.rollback()
+with psycopg.connect(dsn) as conn:
+    conn.execute("DECLARE cur SUBSCRIPTION CURSOR FOR billing")
+    rest = [row[0] for row in conn.execute("FETCH ALL FROM cur").fetchall()]
+    conn.commit()
+    check(len(rest) == 18, f"the 18 records after the commit, got {len(rest)}")
+    check(sorted(seen[:12] + rest) == list(range(30)), "every record once after the commit")
+    check(set(seen[12:]) <= set(rest), "the uncommitted read came again")
+    lag = conn.execute(
+        "SELECT sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'billing'"
+    ).fetchone()[0]
+    check(lag == 0, f"lag {lag}")
+
+# SQLAlchemy's inspector, which BI tools and pandas users lean on.
+engine = sa.create_engine(f"postgresql+psycopg://runnel@127.0.0.1:{port}/runnel")
+inspector = sa.inspect(engine)
+check("public" in inspector.get_schema_names(), "schemas")
+check(inspector.get_table_names() == ["orders"], f"tables {inspector.get_table_names()}")
+matviews = inspector.get_materialized_view_names()
+check(matviews == ["per_customer"], f"materialized views {matviews}")
+columns = {c["name"]: c["type"] for c in inspector.get_columns("orders")}
+check(isinstance(columns["id"], sa.BigInteger), f"orders columns {columns}")
+check(isinstance(columns["customer"], sa.Text), f"orders columns {columns}")
+view_columns = [c["name"] for c in inspector.get_columns("per_customer")]
+check(view_columns == ["customer", "n", "total"], f"view columns {view_columns}")
+check(inspector.get_pk_constraint("orders")["constrained_columns"] == [], "no primary key")
+
+with engine.connect() as conn:
+    total = conn.execute(
+        sa.text("SELECT sum(amount) FROM orders WHERE customer = :c"), {"c": "c2"}
+    ).scalar_one()
+    check(total == sum(i * 10 for i in range(30) if i % 3 == 2), f"sum {total}")
+
+frame = pd.read_sql("SELECT * FROM per_customer ORDER BY customer", engine)
+check(list(frame["customer"]) == ["c0", "c1", "c2"], f"view through pandas: {frame}")
+check(list(frame["n"]) == [10, 10, 10], f"view through pandas: {frame}")
+engine.dispose()
+print("python ok")
