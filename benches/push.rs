@@ -1,6 +1,7 @@
-//! Push queries (`SELECT … EMIT CHANGES`): end-to-end latency from `INSERT` acknowledged to
-//! the row arriving at the push client, at a low and a high insert rate; and how fast one
-//! push client drains a long stream from its beginning.
+//! Subscriptions and push queries: end-to-end latency from `INSERT` acknowledged to the row
+//! arriving at a `SUBSCRIBE` client, at a low and a high insert rate; and how fast one
+//! push client drains a long stream from its beginning, and how fast one consumer group
+//! drains it with `FETCH`.
 //!
 //! ```text
 //! cargo bench --bench push                            # 1,000 and 50,000 rows/s; 10,000,000 to drain
@@ -9,11 +10,13 @@
 //!
 //! Latency: 4 connections insert at the given rate (multi-row `INSERT`s, 10 per second per
 //! connection at 1,000 rows/s, 50 at 50,000) for 10 s while one client runs
-//! `SELECT id FROM events EMIT CHANGES`. Each row's latency is its arrival at the push client
+//! `SUBSCRIBE events` (new records only). Each row's latency is its arrival at that client
 //! minus the moment its `INSERT` was acknowledged to the writer (zero if it arrived first).
 //! Drain: `COPY` loads the rows (untimed), then a new session with `auto_offset_reset =
 //! 'earliest'` runs `SELECT * FROM events EMIT CHANGES LIMIT <rows>`; timed from sending the
-//! query to the last row received, text format, decoded by tokio-postgres.
+//! query to the last row received, text format, decoded by tokio-postgres. Then a
+//! subscription (`start = 'earliest'`) reads the same rows with `FETCH 10000 FROM c`,
+//! committing every ten fetches; timed from the first `DECLARE` to the last `COMMIT`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,11 +50,9 @@ async fn latency(port: u16, rate: u64, first_id: u64) -> (u64, Vec<Duration>) {
     let reader = connect(port).await;
     let mut rows = Box::pin(
         reader
-            .simple_query_raw(&format!(
-                "SELECT id FROM events WHERE id >= {first_id} EMIT CHANGES"
-            ))
+            .simple_query_raw("SUBSCRIBE events")
             .await
-            .expect("push query"),
+            .expect("subscription"),
     );
     match rows.next().await {
         Some(Ok(SimpleQueryMessage::RowDescription(_))) => {}
@@ -169,6 +170,45 @@ async fn drain(port: u16, rows: u64) -> Duration {
     elapsed
 }
 
+/// A consumer group reading the same stream with `FETCH`: `FETCH 10000` at a time in
+/// transactions of ten fetches, each ended by `COMMIT` (which fsyncs the offsets).
+async fn fetch_drain(port: u16, rows: u64) -> Duration {
+    const FETCH: u64 = 10_000;
+    let client = connect(port).await;
+    client
+        .batch_execute("CREATE SUBSCRIPTION drain FROM clicks WITH (start = 'earliest')")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut received = 0u64;
+    while received < rows {
+        client
+            .batch_execute("BEGIN; DECLARE c SUBSCRIPTION CURSOR FOR drain")
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let mut stream = Box::pin(
+                client
+                    .simple_query_raw(&format!("FETCH {FETCH} FROM c"))
+                    .await
+                    .unwrap(),
+            );
+            while let Some(message) = stream.next().await {
+                if let SimpleQueryMessage::Row(_) = message.unwrap() {
+                    received += 1;
+                }
+            }
+            if received >= rows {
+                break;
+            }
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(received, rows);
+    elapsed
+}
+
 fn main() {
     let rows: u64 = std::env::var("RUNNEL_BENCH_ROWS")
         .ok()
@@ -196,7 +236,7 @@ fn main() {
             let (received, l) = latency(runnel.port, rate, first_id).await;
             first_id += rate * SECONDS;
             println!(
-                "latency at {rate} rows/s ({WRITERS} writers), INSERT acknowledged -> row at the push client: p50 {}  p99 {}  p99.9 {}  max {}  ({received} rows)",
+                "latency at {rate} rows/s ({WRITERS} writers), INSERT acknowledged -> row at the SUBSCRIBE client: p50 {}  p99 {}  p99.9 {}  max {}  ({received} rows)",
                 ms(percentile(&l, 0.5)),
                 ms(percentile(&l, 0.99)),
                 ms(percentile(&l, 0.999)),
@@ -206,6 +246,12 @@ fn main() {
         let elapsed = drain(runnel.port, rows).await;
         println!(
             "drain: one push client read {rows} rows (3 columns, text) in {:.2} s: {:.2}M rows/s",
+            elapsed.as_secs_f64(),
+            rows as f64 / elapsed.as_secs_f64() / 1e6
+        );
+        let elapsed = fetch_drain(runnel.port, rows).await;
+        println!(
+            "drain: one consumer group read {rows} rows with FETCH 10000 (COMMIT every 10) in {:.2} s: {:.2}M rows/s",
             elapsed.as_secs_f64(),
             rows as f64 / elapsed.as_secs_f64() / 1e6
         );

@@ -54,6 +54,11 @@ FLUSH;
 SELECT count(*) AS cart_rows FROM cart_clicks;
 SELECT user_id, n FROM clicks_per_user WHERE user_id = 2;
 SHOW QUERIES;
+CREATE SUBSCRIPTION billing FROM clicks WITH (start = 'earliest');
+DECLARE cur SUBSCRIPTION CURSOR FOR billing;
+FETCH 2 FROM cur;
+COMMIT;
+SELECT sum(committed) AS consumed, sum(lag) AS left_over FROM sys.consumer_groups;
 ";
     let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], script);
     assert!(ok, "psql failed: {err}\n{out}");
@@ -77,6 +82,30 @@ SHOW QUERIES;
     assert!(
         out.contains(" cart_clicks     | stream | clicks | running"),
         "{out}"
+    );
+    // The consumer group: two of the four clicks consumed and committed.
+    assert!(
+        out.contains(
+            "DECLARE CURSOR
+"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "(2 rows)
+
+COMMIT
+"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "        2 |         2
+"
+        ),
+        "consumed 2, 2 left:\n{out}"
     );
     server.stop();
 }
