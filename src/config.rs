@@ -89,6 +89,16 @@ pub struct ServerConfig {
         global = true
     )]
     pub subscriber_max_lag_epochs: usize,
+    /// TLS certificate chain (PEM) for Postgres clients; with `--tls-key`, clients may use
+    /// TLS (`sslmode=require`).
+    #[arg(long, env = "RUNNEL_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RUNNEL_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS.
+    #[arg(long, env = "RUNNEL_TLS_REQUIRED", global = true)]
+    pub tls_required: bool,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -121,6 +131,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_required && self.tls_cert.is_none() {
+            return Err("--tls-required needs --tls-cert and --tls-key".into());
         }
         Ok(())
     }

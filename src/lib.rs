@@ -10,6 +10,7 @@ pub mod pgwire;
 pub mod server;
 pub mod sql;
 pub mod storage;
+pub mod tls;
 
 /// The PostgreSQL version Runnel reports to clients (they adapt their SQL to it).
 pub const SERVER_VERSION: &str = "16.0";

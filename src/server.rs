@@ -20,6 +20,12 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::acceptor(cert, key).map_err(|e| Error::plan("F0000", e))?)
+        }
+        _ => None,
+    };
     let db = Database::open(config.db_config()).await?;
     let listener = TcpListener::bind(config.pg_addr)
         .await
@@ -49,10 +55,11 @@ pub async fn run(
                 };
                 let _ = socket.set_nodelay(true);
                 let watch = second_handle(&socket);
-                let connection = Connection::new(db.session(), manager.clone(), watch);
+                let connection = Connection::new(db.session(), manager.clone(), watch, config.tls_required);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "connection opened");
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, connection).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     drop(slot);

@@ -53,10 +53,12 @@ pub struct Connection {
 impl Connection {
     /// `socket` is a second handle on the connection's socket, if there is one, to notice a
     /// client that leaves during a push query.
+    /// `tls_required` refuses a client that did not start TLS.
     pub fn new(
         session: Session,
         manager: Arc<ConnectionManager>,
         socket: Option<TcpStream>,
+        tls_required: bool,
     ) -> Connection {
         let session = Arc::new(Mutex::new(session));
         Connection {
@@ -65,6 +67,7 @@ impl Connection {
                 parser: Arc::new(StatementParser { session }),
                 manager: manager.clone(),
                 socket,
+                tls_required,
             }),
             manager,
         }
@@ -98,6 +101,7 @@ pub struct Handler {
     parser: Arc<StatementParser>,
     manager: Arc<ConnectionManager>,
     socket: Option<TcpStream>,
+    tls_required: bool,
 }
 
 impl Handler {
@@ -121,6 +125,27 @@ impl Handler {
 impl NoopStartupHandler for Handler {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.manager.clone())
+    }
+
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if self.tls_required && !client.is_secure() {
+            tracing::warn!(peer = %client.socket_addr(), "refused a client without TLS (--tls-required)");
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server requires TLS: connect with sslmode=require".into(),
+            ))));
+        }
+        Ok(())
     }
 }
 
