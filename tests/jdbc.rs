@@ -4,34 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
 fn pgjdbc_prepared_statements_and_types() {
-    let jar = std::env::var("RUNNEL_PGJDBC_JAR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/share/java/postgresql.jar"));
-    assert!(
-        jar.exists(),
-        "pgjdbc not found at {} (apt-get install libpostgresql-jdbc-java)",
-        jar.display()
-    );
-    let classes = tempfile::tempdir().unwrap();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/jdbc/JdbcSmoke.java");
-    let status = Command::new("javac")
-        .arg("-d")
-        .arg(classes.path())
-        .arg("-cp")
-        .arg(&jar)
-        .arg(&source)
-        .status()
-        .expect("javac must be installed (apt-get install default-jdk-headless)");
-    assert!(status.success(), "javac failed");
-
+    let (classpath, _classes) = common::compile_java("JdbcSmoke");
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
-    let classpath = format!("{}:{}", jar.display(), classes.path().display());
     let out = Command::new("java")
         .args([
             "-cp",

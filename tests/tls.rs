@@ -17,6 +17,22 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A server with a fresh certificate, and `extra` flags; also returns what must outlive it.
+fn tls_server(extra: &[&str]) -> (common::Server, PathBuf, [tempfile::TempDir; 2]) {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(certs.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    flags.extend(extra);
+    let server = common::start_with(dir.path(), &flags);
+    (server, cert, [certs, dir])
+}
+
 /// psql with a connection string; (success, stdout, stderr).
 fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
@@ -33,19 +49,7 @@ fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
 
 #[test]
 fn clients_connect_over_tls_and_tls_required_refuses_plaintext() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(certs.path());
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start_with(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-required",
-        ],
-    );
+    let (server, cert, _dirs) = tls_server(&["--tls-required"]);
     let port = server.addr.port();
     let base = format!("host=localhost port={port} user=runnel dbname=runnel");
 
@@ -67,21 +71,7 @@ fn clients_connect_over_tls_and_tls_required_refuses_plaintext() {
     );
 
     // pgjdbc with ssl=true verifies the certificate against the root it is given.
-    let jar = std::env::var("RUNNEL_PGJDBC_JAR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/share/java/postgresql.jar"));
-    let classes = tempfile::tempdir().unwrap();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/jdbc/JdbcTls.java");
-    let status = Command::new("javac")
-        .arg("-d")
-        .arg(classes.path())
-        .arg("-cp")
-        .arg(&jar)
-        .arg(&source)
-        .status()
-        .expect("javac");
-    assert!(status.success(), "javac failed");
-    let classpath = format!("{}:{}", jar.display(), classes.path().display());
+    let (classpath, _classes) = common::compile_java("JdbcTls");
     let url = format!(
         "jdbc:postgresql://localhost:{port}/runnel?ssl=true&sslmode=verify-full&sslrootcert={}",
         cert.display()
@@ -101,18 +91,7 @@ fn clients_connect_over_tls_and_tls_required_refuses_plaintext() {
 
 #[test]
 fn tls_is_optional_unless_required() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(certs.path());
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start_with(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (server, _cert, _dirs) = tls_server(&[]);
     let base = format!(
         "host=localhost port={} user=runnel dbname=runnel",
         server.addr.port()

@@ -188,3 +188,32 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Compiles `tests/jdbc/<class>.java` with the machine's `javac` against pgjdbc (Debian's
+/// `libpostgresql-jdbc-java`, or the jar `RUNNEL_PGJDBC_JAR` names). Returns the classpath
+/// to run it with, and the directory of the classes, which lives as long as it is held.
+pub fn compile_java(class: &str) -> (String, tempfile::TempDir) {
+    let jar = std::env::var("RUNNEL_PGJDBC_JAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/share/java/postgresql.jar"));
+    assert!(
+        jar.exists(),
+        "pgjdbc not found at {} (apt-get install libpostgresql-jdbc-java)",
+        jar.display()
+    );
+    let classes = tempfile::tempdir().unwrap();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/jdbc/{class}.java"));
+    let status = Command::new("javac")
+        .arg("-d")
+        .arg(classes.path())
+        .arg("-cp")
+        .arg(&jar)
+        .arg(&source)
+        .status()
+        .expect("javac must be installed (apt-get install default-jdk-headless)");
+    assert!(status.success(), "javac failed on {}", source.display());
+    (
+        format!("{}:{}", jar.display(), classes.path().display()),
+        classes,
+    )
+}
