@@ -89,6 +89,17 @@ pub struct ServerConfig {
         global = true
     )]
     pub subscriber_max_lag_epochs: usize,
+    /// How clients prove who they are: `trust` accepts every user name; `password` checks
+    /// passwords with SCRAM-SHA-256 (the superuser `runnel` gets its password from
+    /// `RUNNEL_PASSWORD` the first time).
+    #[arg(
+        long,
+        env = "RUNNEL_AUTH",
+        value_enum,
+        default_value = "trust",
+        global = true
+    )]
+    pub auth: crate::auth::AuthMode,
     /// TLS certificate chain (PEM) for Postgres clients; with `--tls-key`, clients may use
     /// TLS (`sslmode=require`).
     #[arg(long, env = "RUNNEL_TLS_CERT", global = true)]
@@ -113,6 +124,7 @@ impl ServerConfig {
         config.engine.min_interval = Duration::from_millis(self.epoch_interval_ms);
         config.engine.max_epoch_rows = self.epoch_max_records;
         config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;
+        config.password_auth = self.auth == crate::auth::AuthMode::Password;
         config
     }
 

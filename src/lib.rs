@@ -1,4 +1,5 @@
 //! Runnel: a SQL-first streaming database.
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod db;

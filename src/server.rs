@@ -8,6 +8,7 @@ use pgwire::api::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::auth::{Auth, AuthMode, SUPERUSER};
 use crate::config::ServerConfig;
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -27,6 +28,10 @@ pub async fn run(
         _ => None,
     };
     let db = Database::open(config.db_config()).await?;
+    if config.auth == AuthMode::Password {
+        ensure_superuser(&db).await?;
+    }
+    let auth = Auth::new(config.auth, config.tls_required, db.catalog().clone())?;
     let listener = TcpListener::bind(config.pg_addr)
         .await
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
@@ -55,7 +60,7 @@ pub async fn run(
                 };
                 let _ = socket.set_nodelay(true);
                 let watch = second_handle(&socket);
-                let connection = Connection::new(db.session(), manager.clone(), watch, config.tls_required);
+                let connection = Connection::new(db.session(), manager.clone(), watch, &auth);
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "connection opened");
@@ -71,6 +76,33 @@ pub async fn run(
     drop(listener);
     db.shutdown().await;
     tracing::info!("shut down");
+    Ok(())
+}
+
+/// In password mode the superuser must exist: made from `RUNNEL_PASSWORD` the first time.
+async fn ensure_superuser(db: &Database) -> Result<()> {
+    let catalog = db.catalog();
+    let _ddl = catalog.ddl_lock().await;
+    let mut data = (*catalog.snapshot()).clone();
+    if data.users.contains_key(SUPERUSER) {
+        return Ok(());
+    }
+    let password = std::env::var("RUNNEL_PASSWORD").unwrap_or_default();
+    if password.is_empty() {
+        return Err(Error::plan(
+            "28P01",
+            format!(
+                "--auth password: set RUNNEL_PASSWORD to the password of the superuser \"{SUPERUSER}\" for this first start in password mode"
+            ),
+        ));
+    }
+    data.users
+        .insert(SUPERUSER.into(), crate::auth::user(SUPERUSER, &password)?);
+    catalog.commit(data)?;
+    tracing::info!(
+        user = SUPERUSER,
+        "created the superuser from RUNNEL_PASSWORD"
+    );
     Ok(())
 }
 

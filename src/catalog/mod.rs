@@ -221,6 +221,18 @@ pub struct SubscriptionDef {
     pub created_at_ms: i64,
 }
 
+/// A user and what SCRAM-SHA-256 needs to check their password: the salt, the iteration
+/// count, and the salted password (`Hi(password, salt, iterations)`, PBKDF2-HMAC-SHA-256),
+/// hex-encoded. Never the password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDef {
+    pub name: String,
+    pub salt: String,
+    pub iterations: u32,
+    pub salted_password: String,
+    pub created_at_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalTableDef {
     pub name: String,
@@ -243,6 +255,9 @@ pub struct CatalogData {
     /// Subscriptions (consumer groups), by name; their own namespace, as Kafka's group ids.
     #[serde(default)]
     pub subscriptions: BTreeMap<String, SubscriptionDef>,
+    /// Users who may log in with a password (`--auth password`).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserDef>,
 }
 
 fn first_query_id() -> u64 {
@@ -261,6 +276,7 @@ impl Default for CatalogData {
             queries: BTreeMap::new(),
             views: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            users: BTreeMap::new(),
         }
     }
 }

@@ -568,6 +568,11 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
+/// A function of no arguments that returns `value` (a session's `session_user()`).
+pub fn constant_text(name: &'static str, value: &str) -> ScalarUDF {
+    Constant::udf(name, 0, ScalarValue::Utf8(Some(value.to_string())))
+}
+
 /// A catalog function whose answer is the same for every argument in Runnel.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Constant {
@@ -581,7 +586,11 @@ impl Constant {
         ScalarUDF::from(Constant {
             name,
             value,
-            signature: Signature::any(arity, Volatility::Stable),
+            signature: if arity == 0 {
+                Signature::nullary(Volatility::Stable)
+            } else {
+                Signature::any(arity, Volatility::Stable)
+            },
         })
     }
 }

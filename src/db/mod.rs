@@ -12,6 +12,7 @@ mod cursor;
 mod ddl;
 mod session;
 mod subscriptions;
+mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct DbConfig {
     pub target_partitions: usize,
     pub retention_check_interval: std::time::Duration,
     pub engine: EngineConfig,
+    /// Clients log in with passwords: only the superuser manages users.
+    pub password_auth: bool,
 }
 
 impl DbConfig {
@@ -61,6 +64,7 @@ impl DbConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retention_check_interval: std::time::Duration::from_secs(30),
             engine: EngineConfig::default(),
+            password_auth: false,
         }
     }
 }
@@ -173,6 +177,10 @@ impl Database {
         Ok(db)
     }
 
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.tables.catalog
+    }
+
     pub fn log(&self) -> &Arc<Log> {
         &self.tables.log
     }
@@ -186,6 +194,7 @@ impl Database {
             notices: vec![],
             cursors: BTreeMap::new(),
             transaction: Transaction::Idle,
+            user: None,
         }
     }
 

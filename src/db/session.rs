@@ -49,6 +49,8 @@ pub struct Session {
     /// Open cursors, by name; they end with the transaction block.
     pub(super) cursors: BTreeMap<String, Cursor>,
     pub(super) transaction: Transaction,
+    /// Who logged in, as the client named itself at start-up.
+    pub(super) user: Option<String>,
 }
 
 /// Where the session is in a transaction block. Statements take effect as they run (there
@@ -84,6 +86,20 @@ const DEFAULT_VARS: [(&str, &str); 15] = [
 ];
 
 impl Session {
+    /// Records who the client logged in as (the front end knows after start-up).
+    pub fn set_user(&mut self, user: &str) {
+        if self.user.as_deref() != Some(user) {
+            self.user = Some(user.to_string());
+            // session_user() and current_user (which clients' catalog queries call) name them.
+            for name in ["session_user", "current_user"] {
+                let _ = datafusion::execution::FunctionRegistry::register_udf(
+                    &mut self.state,
+                    Arc::new(crate::catalog::pg::constant_text(name, user)),
+                );
+            }
+        }
+    }
+
     /// Notices raised by the statements run since the last call (e.g. `IF EXISTS` skips).
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -295,6 +311,10 @@ impl Session {
             }
             Statement::CreateSubscription(c) => db.create_subscription(c, &mut self.notices).await,
             Statement::ResetSubscription { name, to } => db.reset_subscription(&name, to).await,
+            Statement::User(u) => {
+                db.manage_user(u, self.user.as_deref(), &mut self.notices)
+                    .await
+            }
             Statement::DataFusion(statement) => self.run_datafusion(*statement, params).await,
         }
     }

@@ -41,34 +41,37 @@ use pgwire::messages::response::NoticeResponse;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use crate::auth::{Auth, Gate};
 use crate::db::{Described, Output, PushRows, Session};
 use crate::error::Error;
 
 /// The handlers of one connection.
 pub struct Connection {
     handler: Arc<Handler>,
+    gate: Arc<Gate<Handler>>,
     manager: Arc<ConnectionManager>,
 }
 
 impl Connection {
     /// `socket` is a second handle on the connection's socket, if there is one, to notice a
     /// client that leaves during a push query.
-    /// `tls_required` refuses a client that did not start TLS.
+    /// `auth` decides who gets in.
     pub fn new(
         session: Session,
         manager: Arc<ConnectionManager>,
         socket: Option<TcpStream>,
-        tls_required: bool,
+        auth: &Auth,
     ) -> Connection {
         let session = Arc::new(Mutex::new(session));
+        let handler = Arc::new(Handler {
+            session: session.clone(),
+            parser: Arc::new(StatementParser { session }),
+            manager: manager.clone(),
+            socket,
+        });
         Connection {
-            handler: Arc::new(Handler {
-                session: session.clone(),
-                parser: Arc::new(StatementParser { session }),
-                manager: manager.clone(),
-                socket,
-                tls_required,
-            }),
+            gate: Arc::new(auth.gate(handler.clone(), manager.clone())),
+            handler,
             manager,
         }
     }
@@ -84,7 +87,7 @@ impl PgWireServerHandlers for Connection {
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.handler.clone()
+        self.gate.clone()
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -101,7 +104,6 @@ pub struct Handler {
     parser: Arc<StatementParser>,
     manager: Arc<ConnectionManager>,
     socket: Option<TcpStream>,
-    tls_required: bool,
 }
 
 impl Handler {
@@ -125,27 +127,6 @@ impl Handler {
 impl NoopStartupHandler for Handler {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.manager.clone())
-    }
-
-    async fn post_startup<C>(
-        &self,
-        client: &mut C,
-        _message: pgwire::messages::PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        if self.tls_required && !client.is_secure() {
-            tracing::warn!(peer = %client.socket_addr(), "refused a client without TLS (--tls-required)");
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28000".into(),
-                "this server requires TLS: connect with sslmode=require".into(),
-            ))));
-        }
-        Ok(())
     }
 }
 
@@ -457,6 +438,9 @@ impl SimpleQueryHandler for Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut session = self.session.lock().await;
+        if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
+            session.set_user(user);
+        }
         let outputs = session.execute(query).await;
         send_notices(client, session.take_notices()).await?;
         let mut responses = Vec::with_capacity(outputs.len());
@@ -548,6 +532,9 @@ impl ExtendedQueryHandler for Handler {
             .collect();
         let params = deserialize_parameters(portal, &types)?;
         let mut session = self.session.lock().await;
+        if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
+            session.set_user(user);
+        }
         let output = session.execute_one(&prepared.sql, params).await;
         send_notices(client, session.take_notices()).await?;
         match output.map_err(pg_error)? {

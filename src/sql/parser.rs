@@ -64,6 +64,8 @@ pub enum Statement {
         name: String,
         to: StartAt,
     },
+    /// `CREATE USER`, `ALTER USER … PASSWORD`, `DROP USER`.
+    User(UserStatement),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
     ShowQueries,
@@ -121,6 +123,34 @@ pub struct Subscribe {
     pub options: Vec<(String, OptionValue)>,
     /// Inside `COPY (…) TO STDOUT`: rows go out as COPY data.
     pub copy: bool,
+}
+
+/// What a user statement does. (`Debug` leaves passwords out.)
+#[derive(Clone)]
+pub enum UserStatement {
+    Create {
+        name: String,
+        if_not_exists: bool,
+        password: String,
+    },
+    Alter {
+        name: String,
+        password: String,
+    },
+    Drop {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+}
+
+impl std::fmt::Debug for UserStatement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserStatement::Create { name, .. } => write!(f, "CREATE USER {name}"),
+            UserStatement::Alter { name, .. } => write!(f, "ALTER USER {name}"),
+            UserStatement::Drop { names, .. } => write!(f, "DROP USER {names:?}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +387,14 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         }
         p.prev_token();
     }
+    if p.parse_keywords(&[Keyword::DROP, Keyword::USER]) {
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let mut names = vec![normalize(&p.parse_identifier().map_err(syntax)?)];
+        while p.consume_token(&Token::Comma) {
+            names.push(normalize(&p.parse_identifier().map_err(syntax)?));
+        }
+        return Ok(Statement::User(UserStatement::Drop { names, if_exists }));
+    }
     if p.parse_keyword(Keyword::DROP) {
         let kind = if p.parse_keyword(Keyword::STREAM) {
             Some(ObjectKind::Stream)
@@ -481,6 +519,16 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         return Ok(Statement::Close(Some(name)));
     }
     if p.parse_keyword(Keyword::CREATE) {
+        if p.parse_keyword(Keyword::USER) {
+            let if_not_exists = parse_if_not_exists(p);
+            let name = normalize(&p.parse_identifier().map_err(syntax)?);
+            let password = parse_password(p)?;
+            return Ok(Statement::User(UserStatement::Create {
+                name,
+                if_not_exists,
+                password,
+            }));
+        }
         if word_is(p, "SUBSCRIPTION") {
             p.next_token();
             return parse_create_subscription(p).map(Statement::CreateSubscription);
@@ -488,6 +536,11 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         p.prev_token();
     }
     if p.parse_keyword(Keyword::ALTER) {
+        if p.parse_keyword(Keyword::USER) {
+            let name = normalize(&p.parse_identifier().map_err(syntax)?);
+            let password = parse_password(p)?;
+            return Ok(Statement::User(UserStatement::Alter { name, password }));
+        }
         if word_is(p, "SUBSCRIPTION") {
             p.next_token();
             let name = normalize(&p.parse_identifier().map_err(syntax)?);
@@ -781,6 +834,19 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_nanos(
         u64::try_from(nanos).map_err(|_| bad())?,
     ))
+}
+
+/// `[WITH] PASSWORD 'secret'`.
+fn parse_password(p: &mut Parser<'_>) -> Result<String> {
+    let _ = p.parse_keyword(Keyword::WITH);
+    p.expect_keyword(Keyword::PASSWORD).map_err(syntax)?;
+    let token = p.next_token();
+    match token.token {
+        Token::SingleQuotedString(s) => Ok(s),
+        _ => p
+            .expected("a password in single quotes", token)
+            .map_err(syntax),
+    }
 }
 
 fn parse_create_subscription(p: &mut Parser<'_>) -> Result<CreateSubscription> {

@@ -22,11 +22,17 @@ pub fn start(data_dir: &Path) -> Server {
 }
 
 pub fn start_with(data_dir: &Path, flags: &[&str]) -> Server {
+    start_with_env(data_dir, flags, &[])
+}
+
+/// [`start_with`], with environment variables (e.g. `RUNNEL_PASSWORD`).
+pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "info"])
         .args(flags)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
