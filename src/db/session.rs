@@ -522,6 +522,11 @@ impl Session {
         })
     }
 
+    /// The columns of the open cursor `name`, if there is one.
+    pub fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.cursors.get(name).map(Cursor::schema)
+    }
+
     fn cursor(&self, name: &str) -> Result<&Cursor> {
         self.cursors.get(name).ok_or_else(|| no_cursor(name))
     }

@@ -36,7 +36,9 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
-use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
+use pgwire::messages::extendedquery::{
+    Describe, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::NoticeResponse;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -507,6 +509,20 @@ impl ExtendedQueryHandler for Handler {
                 }
                 return send_describe_response(client, &response).await;
             }
+        }
+        // A cursor made with DECLARE is also a portal of its name, as in PostgreSQL
+        // (psycopg describes its named cursors that way).
+        if message.target_type == TARGET_TYPE_BYTE_PORTAL
+            && let Some(name) = message.name.as_deref()
+            && client.portal_store().get_portal(name).is_none()
+            && let Some(schema) = self.session.lock().await.cursor_schema(name)
+        {
+            let fields = arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?;
+            let description = RowDescription::new(fields.iter().map(Into::into).collect());
+            return client
+                .send(PgWireBackendMessage::RowDescription(description))
+                .await
+                .map_err(Into::into);
         }
         self._on_describe(client, message).await
     }

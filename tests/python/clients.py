@@ -70,6 +70,20 @@ with psycopg.connect(dsn) as conn:
     ).fetchone()[0]
     check(lag == 0, f"lag {lag}")
 
+# psycopg's server-side (named) cursors are DECLARE/FETCH: over a query with parameters, and
+# over a subscription, read a few rows at a time.
+with psycopg.connect(dsn) as conn:
+    with conn.cursor(name="big") as cur:
+        cur.itersize = 7
+        cur.execute("SELECT id FROM orders WHERE amount >= %s ORDER BY id", (150,))
+        check([r[0] for r in cur] == list(range(15, 30)), "named cursor rows")
+    conn.commit()
+    with conn.cursor(name="live") as cur:
+        cur.execute("SUBSCRIBE orders WITH (snapshot = true)")
+        first = cur.fetchmany(10)
+        check(len(first) == 10, f"ten rows of the subscription, got {len(first)}")
+    conn.rollback()
+
 # SQLAlchemy's inspector, which BI tools and pandas users lean on.
 engine = sa.create_engine(f"postgresql+psycopg://runnel@127.0.0.1:{port}/runnel")
 inspector = sa.inspect(engine)
