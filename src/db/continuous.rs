@@ -579,6 +579,11 @@ pub struct PushRows {
 
 enum PushSource {
     Query(Box<PushQuery>),
+    /// A view without aggregation: its query's rows, each with `_diff = 1`.
+    Appended {
+        query: Box<PushQuery>,
+        schema: SchemaRef,
+    },
     /// A view's rows, then its changes, with `_diff` first.
     View {
         name: String,
@@ -592,7 +597,7 @@ impl PushRows {
     pub fn schema(&self) -> SchemaRef {
         match &self.source {
             PushSource::Query(q) => q.schema(),
-            PushSource::View { schema, .. } => schema.clone(),
+            PushSource::View { schema, .. } | PushSource::Appended { schema, .. } => schema.clone(),
         }
     }
 
@@ -604,6 +609,13 @@ impl PushRows {
         }
         let mut rows = match &mut self.source {
             PushSource::Query(q) => q.next().await?,
+            PushSource::Appended { query, schema } => {
+                let rows = query.next().await?;
+                if rows.is_empty() {
+                    return Ok(None); // the server is shutting down
+                }
+                with_diff(schema, &rows, 1)?
+            }
             PushSource::View {
                 name,
                 schema,
@@ -684,11 +696,12 @@ impl Database {
 
     /// The columns a `SUBSCRIBE` returns.
     pub(super) async fn subscribe_schema(&self, s: &sql::parser::Subscribe) -> Result<SchemaRef> {
-        let is_view = matches!(
-            self.tables.catalog.snapshot().relation(&s.relation),
-            Some(Relation::View(_))
-        );
+        let data = self.tables.catalog.snapshot();
+        let is_view = matches!(data.relation(&s.relation), Some(Relation::View(_)));
         if is_view {
+            if let Some(query) = self.rows_view_query(&data, &s.relation).await? {
+                return Ok(view_subscription_schema(&query.schema()));
+            }
             let subscription = self.engine.subscribe_view(&s.relation).await?;
             return Ok(view_subscription_schema(&subscription.schema));
         }
@@ -737,6 +750,17 @@ impl Database {
                         "a view's subscription always starts with its contents; snapshot applies to streams",
                     ));
                 }
+                if let Some(query) = self.rows_view_query(&data, &s.relation).await? {
+                    let schema = view_subscription_schema(&query.schema());
+                    return Ok(Output::Push(Box::new(PushRows {
+                        source: PushSource::Appended {
+                            query: Box::new(query),
+                            schema,
+                        },
+                        remaining: None,
+                        copy: s.copy,
+                    })));
+                }
                 let subscription = self.engine.subscribe_view(&s.relation).await?;
                 let schema = view_subscription_schema(&subscription.schema);
                 return Ok(Output::Push(Box::new(PushRows {
@@ -770,6 +794,29 @@ impl Database {
             remaining: None,
             copy: s.copy,
         })))
+    }
+}
+
+impl Database {
+    /// For a view without aggregation, its query as a push query from the beginning of its
+    /// input: such a view holds every row its query gives, so the query's rows are the view's
+    /// rows so far, then each new one. `None` for a grouped view.
+    async fn rows_view_query(&self, data: &CatalogData, view: &str) -> Result<Option<PushQuery>> {
+        let def = data
+            .query_maintaining(view)
+            .ok_or_else(|| Error::UnknownRelation(format!("view \"{view}\" does not exist")))?;
+        let plan = self.engine.plan(&def.sql, data).await?;
+        if !matches!(plan.kind, Kind::Stateless) {
+            return Ok(None);
+        }
+        if def.start != StartPosition::Earliest {
+            return Err(Error::Unsupported(format!(
+                "SUBSCRIBE to view \"{view}\" without aggregation that started at 'latest' is not supported yet; SUBSCRIBE to the stream it reads"
+            )));
+        }
+        Ok(Some(
+            PushQuery::new(&self.engine, &def.sql, data, true).await?,
+        ))
     }
 }
 
