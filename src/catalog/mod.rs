@@ -221,15 +221,16 @@ pub struct SubscriptionDef {
     pub created_at_ms: i64,
 }
 
-/// A user and what SCRAM-SHA-256 needs to check their password: the salt, the iteration
-/// count, and the salted password (`Hi(password, salt, iterations)`, PBKDF2-HMAC-SHA-256),
-/// hex-encoded. Never the password itself.
+/// A user and their SCRAM-SHA-256 verifier, as PostgreSQL stores it: the salt, the
+/// iteration count, `StoredKey` and `ServerKey` (base64). From these a server can check a
+/// password proof and prove itself, but nobody can log in or recover the password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserDef {
     pub name: String,
     pub salt: String,
     pub iterations: u32,
-    pub salted_password: String,
+    pub stored_key: String,
+    pub server_key: String,
     pub created_at_ms: i64,
 }
 

@@ -72,7 +72,7 @@ impl Connection {
             socket,
         });
         Connection {
-            gate: Arc::new(auth.gate(handler.clone(), manager.clone())),
+            gate: Arc::new(auth.gate(handler.clone())),
             handler,
             manager,
         }
