@@ -344,10 +344,7 @@ fn spark(dir: &Path, rows: u64) -> Option<(f64, f64)> {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("RUNNEL_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let rows = common::bench_rows(10_000_000);
     let base = std::env::var("RUNNEL_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());

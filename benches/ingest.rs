@@ -313,10 +313,7 @@ fn line(name: &str, rows: usize, bytes: usize, d: Duration) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let n: usize = std::env::var("RUNNEL_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = common::bench_rows(1_000_000) as usize;
     let base = std::env::var("RUNNEL_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());

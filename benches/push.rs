@@ -210,10 +210,7 @@ async fn fetch_drain(port: u16, rows: u64) -> Duration {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("RUNNEL_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let rows = common::bench_rows(10_000_000);
     let dir = tempfile::tempdir().expect("bench dir");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -60,3 +60,11 @@ pub async fn connect(port: u16, user: &str, database: &str) -> Client {
     });
     client
 }
+
+/// How many rows a benchmark loads: `RUNNEL_BENCH_ROWS`, or `default`.
+pub fn bench_rows(default: u64) -> u64 {
+    std::env::var("RUNNEL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
