@@ -27,7 +27,7 @@ use ring::{digest, hmac, pbkdf2};
 
 use crate::catalog::{Catalog, UserDef};
 use crate::error::{Error, Result};
-use crate::ingest::writer::now_ms;
+use crate::storage::now_ms;
 
 /// The superuser, who exists in password mode and may manage users.
 pub const SUPERUSER: &str = "runnel";

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ingest::writer::now_ms;
+use crate::storage::now_ms;
 use crate::storage::{Log, Offset, PartitionId, Snapshot, TopicId};
 
 /// A partition of a topic, and an offset in it.

@@ -1,4 +1,23 @@
 //! Runnel: a SQL-first streaming database.
+//!
+//! Modules follow the life of a statement, front ends on top, the log at the bottom; each
+//! uses only those below it:
+//!
+//! ```text
+//!  pgwire/            Postgres wire protocol ⇄ sessions            (server: wiring, auth, tls)
+//!     │
+//!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY
+//!     │
+//!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
+//!     │               push queries; implements tables::Continuous
+//!  tables/            DataFusion bindings: streams, views, files and sys tables as table
+//!     │               providers, scans, sinks, pg_catalog; reads the engine through a trait
+//!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
+//!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding
+//!  groups, catalog/   consumer groups' offsets; streams, topics, views, queries, users:
+//!     │               durable metadata only
+//!  storage/           the partitioned log: frames, segments, commit log, recovery, retention
+//! ```
 pub mod auth;
 pub mod catalog;
 pub mod config;
@@ -11,6 +30,7 @@ pub mod pgwire;
 pub mod server;
 pub mod sql;
 pub mod storage;
+pub mod tables;
 pub mod tls;
 
 /// The PostgreSQL version Runnel reports to clients (they adapt their SQL to it).

@@ -9,18 +9,10 @@
 //! tables do in a PostgreSQL schema. Topic names have their own namespace, as in Kafka: a
 //! stream `clicks` is backed by a topic, by default also named `clicks`.
 //!
-//! The DataFusion side of the catalog — how these objects look to SQL — is in
-//! [`provider`], [`stream_table`] and [`system`].
+//! This module is metadata only. How these objects look to SQL — table providers, scans,
+//! sinks, system tables — is [`crate::tables`], a layer above it.
 
-pub mod blocking_scan;
-pub mod pg;
-pub mod provider;
-pub mod scan;
-pub mod stream_table;
-pub mod system;
-pub mod text_table;
 pub mod types;
-pub mod view_table;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -39,6 +31,35 @@ const FORMAT_VERSION: u32 = 1;
 
 /// The column a schemaless topic stores its record values in.
 pub const VALUE_COLUMN: &str = "_value";
+
+/// The catalog's name in SQL (`runnel.public.clicks`).
+pub const CATALOG_NAME: &str = "runnel";
+/// The schema holding streams, topics, views and external tables.
+pub const PUBLIC_SCHEMA: &str = "public";
+/// The schema of the system tables (`sys.queries`, …).
+pub const SYS_SCHEMA: &str = "sys";
+/// The unlisted schema of write targets: the planner points `INSERT INTO x` at `__write.x`.
+pub const WRITE_SCHEMA: &str = "__write";
+
+/// A record's partition, a hidden column of every stream.
+pub const PARTITION_COLUMN: &str = "_partition";
+/// A record's offset in its partition, a hidden column of every stream.
+pub const OFFSET_COLUMN: &str = "_offset";
+/// Hidden columns of every stream, in the order they follow the declared columns.
+pub const HIDDEN_COLUMNS: [&str; 4] = [
+    PARTITION_COLUMN,
+    OFFSET_COLUMN,
+    storage::TIMESTAMP_COLUMN,
+    storage::KEY_COLUMN,
+];
+
+/// An identifier as PostgreSQL reads it: folded to lower case unless quoted.
+pub fn normalize(ident: &sqlparser::ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnDef {

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
-use crate::catalog::stream_table::HIDDEN_COLUMNS;
+use crate::catalog::HIDDEN_COLUMNS;
 use crate::catalog::{
     CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
@@ -24,9 +24,9 @@ use crate::catalog::{
 use crate::engine::plan::{Kind, QueryPlan};
 use crate::engine::{PushQuery, ViewSubscription};
 use crate::error::{Error, Result};
-use crate::ingest::writer::now_ms;
 use crate::sql;
 use crate::sql::parser::{CreateStream, CreateView, InsertContinuous, OptionValue};
+use crate::storage::now_ms;
 use crate::storage::{Compression, TopicId};
 
 /// Segment size of an aggregation's state changelog: small, so that segments a snapshot

@@ -9,15 +9,15 @@ use super::{
     DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
     SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command, text_rows,
 };
-use crate::catalog::provider::PUBLIC_SCHEMA;
-use crate::catalog::stream_table::HIDDEN_COLUMNS;
+use crate::catalog::HIDDEN_COLUMNS;
+use crate::catalog::PUBLIC_SCHEMA;
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
 };
 use crate::error::{Error, Result};
-use crate::ingest::writer::now_ms;
 use crate::sql::parser::{CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
+use crate::storage::now_ms;
 use crate::storage::{Compression, KEY_COLUMN, TopicId};
 
 impl Database {

@@ -16,7 +16,7 @@ mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -27,9 +27,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::SessionConfig;
 
-use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA, RunnelCatalog, Tables};
-use crate::catalog::text_table::TextTableFactory;
-use crate::catalog::{Catalog, CatalogData};
+use crate::catalog::{CATALOG_NAME, Catalog, CatalogData, PUBLIC_SCHEMA};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::groups::Groups;
@@ -37,6 +35,10 @@ use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
 use crate::storage::{Log, LogConfig};
+use crate::tables::pg::PgTypes;
+use crate::tables::provider::RunnelCatalog;
+use crate::tables::text_table::TextTableFactory;
+use crate::tables::{Continuous, Tables};
 pub use continuous::PushRows;
 use session::Transaction;
 pub use session::{Described, Session};
@@ -147,28 +149,18 @@ impl Database {
             log,
             external: Default::default(),
             insert_chunk_bytes: config.copy_chunk_bytes as usize,
-            engine: Default::default(),
         });
-        let session_config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC_SCHEMA)
-            .with_create_default_catalog_and_schema(false)
-            .with_target_partitions(config.target_partitions);
-        let state = SessionStateBuilder::new()
-            .with_config(session_config)
-            .with_default_features()
-            .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
-            .build();
-        state.catalog_list().register_catalog(
-            CATALOG_NAME.into(),
-            Arc::new(RunnelCatalog::new(tables.clone())),
-        );
-        let state = crate::catalog::pg::install(state, tables.clone()).await?;
-        let engine = Engine::new(tables.clone(), state.clone(), config.engine.clone());
-        let _ = tables.engine.set(Arc::downgrade(&engine));
+        let pg_types = PgTypes::load().await?;
+        // The engine plans its queries with the session state, whose catalog reads views
+        // and query statuses from the engine: the catalog holds it weakly.
+        let engine = Arc::new_cyclic(|engine: &Weak<Engine>| {
+            let continuous: Weak<dyn Continuous> = engine.clone();
+            let state = session_state(&tables, continuous, &pg_types, config.target_partitions);
+            Engine::new(tables.clone(), state, config.engine.clone())
+        });
         let db = Arc::new(Database {
+            state: engine.base().clone(),
             tables,
-            state,
             config,
             engine,
         });
@@ -259,6 +251,32 @@ impl Database {
             })?;
         Ok(factory.create(state, cmd).await?)
     }
+}
+
+/// The session state every session starts from: DataFusion's defaults, the catalog `runnel`
+/// and `pg_catalog`.
+fn session_state(
+    tables: &Arc<Tables>,
+    continuous: Weak<dyn Continuous>,
+    pg_types: &PgTypes,
+    target_partitions: usize,
+) -> SessionState {
+    let session_config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_target_partitions(target_partitions);
+    let state = SessionStateBuilder::new()
+        .with_config(session_config)
+        .with_default_features()
+        .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
+        .build();
+    state.catalog_list().register_catalog(
+        CATALOG_NAME.into(),
+        Arc::new(RunnelCatalog::new(tables.clone(), continuous)),
+    );
+    crate::tables::pg::install(state, tables.clone(), pg_types)
+        .expect("pg_catalog installs into a new catalog")
 }
 
 /// Columns of `SHOW STREAMS`, `SHOW TOPICS` and `DESCRIBE`; the extended protocol describes

@@ -18,14 +18,14 @@ use super::{
     DESCRIBE_COLUMNS, Database, Output, SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command,
     text_rows, text_schema,
 };
-use crate::catalog::provider::WRITE_SCHEMA;
-use crate::catalog::stream_table::StatementSnapshot;
+use crate::catalog::WRITE_SCHEMA;
 use crate::catalog::{Relation, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
 use crate::sql::parser::{CursorQuery, Declare, Fetch, SavepointOp};
 use crate::sql::{self, Statement};
+use crate::tables::stream_table::StatementSnapshot;
 
 /// What a prepared statement takes and returns, for the extended protocol's Describe.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ impl Session {
             for name in ["session_user", "current_user"] {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(
                     &mut self.state,
-                    Arc::new(crate::catalog::pg::constant_text(name, user)),
+                    Arc::new(crate::tables::pg::constant_text(name, user)),
                 );
             }
         }
@@ -630,8 +630,8 @@ fn parse(sql: &str) -> Result<Vec<Statement>> {
             if matches!(s.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), sqlparser::ast::Statement::Query(_))))
     });
     if all_queries
-        && crate::catalog::pg::reads_system_catalogs(sql)
-        && let Some(rewritten) = crate::catalog::pg::parse_catalog_queries(sql)
+        && crate::tables::pg::reads_system_catalogs(sql)
+        && let Some(rewritten) = crate::tables::pg::parse_catalog_queries(sql)
         && rewritten.len() == statements.len()
     {
         return Ok(rewritten

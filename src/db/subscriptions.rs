@@ -15,15 +15,15 @@ use datafusion::dataframe::DataFrame;
 
 use super::cursor::{Cursor, GroupCursor};
 use super::{Database, Output, command};
-use crate::catalog::stream_table::StatementSnapshot;
 use crate::catalog::{CatalogData, Relation, SubscriptionDef, TopicDef, validate_name};
 use crate::engine::PushQuery;
 use crate::error::{Error, Result};
 use crate::groups::PartitionOffset;
-use crate::ingest::writer::now_ms;
 use crate::sql::parser::{CreateSubscription, Drop, StartAt};
 use crate::sql::{self, Statement};
+use crate::storage::now_ms;
 use crate::storage::{Offset, PartitionId};
+use crate::tables::stream_table::StatementSnapshot;
 
 impl Database {
     pub(super) async fn create_subscription(

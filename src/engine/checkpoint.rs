@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::scan::Ranges;
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
+use crate::tables::scan::Ranges;
 
 /// Where one input partition has been read up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,12 +27,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::catalog::provider::Tables;
-use crate::catalog::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
 use crate::groups;
 use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
+use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
+use crate::tables::{Continuous, QueryStatus, Tables};
 use checkpoint::{Checkpoint, InputOffset};
 use plan::{Aggregation, QueryPlan};
 pub use push::PushQuery;
@@ -183,28 +183,6 @@ impl Status {
         let rate = (self.rows_in - rows) as f64 / (now - at).as_secs_f64().max(1.0);
         (rate * 10.0).round() / 10.0
     }
-}
-
-/// A continuous query as `sys.queries` shows it.
-#[derive(Debug, Clone)]
-pub struct QueryStatus {
-    pub id: QueryId,
-    pub name: String,
-    /// `stream`, `view` or `insert`.
-    pub kind: &'static str,
-    /// The stream or view it maintains or writes.
-    pub target: String,
-    pub input: String,
-    pub state: &'static str,
-    pub epoch: u64,
-    /// Input records not processed yet.
-    pub lag: u64,
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub rows_per_sec: f64,
-    pub last_checkpoint_ms: Option<i64>,
-    pub error: Option<String>,
-    pub sql: String,
 }
 
 /// What a materialized view's `SELECT` reads.
@@ -406,13 +384,18 @@ impl Engine {
         })
     }
 
-    pub fn new(tables: Arc<Tables>, base: SessionState, config: EngineConfig) -> Arc<Engine> {
-        Arc::new(Engine {
+    pub fn new(tables: Arc<Tables>, base: SessionState, config: EngineConfig) -> Engine {
+        Engine {
             tables,
             base,
             config,
             queries: Mutex::new(BTreeMap::new()),
-        })
+        }
+    }
+
+    /// The session state queries plan in (a copy each).
+    pub fn base(&self) -> &SessionState {
+        &self.base
     }
 
     /// Starts every query of the catalog from its checkpoint (views' state restored before
@@ -596,8 +579,10 @@ impl Engine {
         }
         Ok(())
     }
+}
 
-    pub fn statuses(&self) -> Vec<QueryStatus> {
+impl Continuous for Engine {
+    fn statuses(&self) -> Vec<QueryStatus> {
         let snapshot = self.tables.log.snapshot();
         self.running()
             .iter()
@@ -639,8 +624,7 @@ impl Engine {
             .collect()
     }
 
-    /// The plan that reads a materialized view's current contents.
-    pub fn view_plan(
+    fn view_plan(
         &self,
         view: &str,
         snapshot: &Snapshot,

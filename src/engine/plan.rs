@@ -38,13 +38,13 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use super::state::GroupState;
-use crate::catalog::provider::{CATALOG_NAME, PUBLIC_SCHEMA};
-use crate::catalog::scan::{Ranges, StreamScanExec};
-use crate::catalog::stream_table::{EpochRanges, StreamTable};
+use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Relation, TopicDef};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement};
 use crate::storage::Log;
+use crate::tables::scan::{Ranges, StreamScanExec};
+use crate::tables::stream_table::{EpochRanges, StreamTable};
 
 /// Logical rules that would turn one aggregate into two stacked ones.
 const LOGICAL_RULES_OFF: [&str; 1] = ["single_distinct_aggregation_to_group_by"];

@@ -22,12 +22,13 @@ use super::checkpoint::{self, Checkpoint, Planned};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
 use super::state::GroupState;
 use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
-use crate::catalog::provider::Tables;
 use crate::catalog::{CatalogData, QueryDef, QueryTarget};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
-use crate::ingest::writer::{PendingWrite, now_ms};
+use crate::ingest::writer::PendingWrite;
+use crate::storage::now_ms;
 use crate::storage::{PartitionBatch, PartitionId, ReadOptions, TopicId};
+use crate::tables::Tables;
 
 pub(super) struct QueryTask {
     def: QueryDef,

@@ -66,7 +66,7 @@ impl<'a> LiteralInsert<'a> {
             .map(|c| {
                 c.0.last()
                     .and_then(|p| p.as_ident())
-                    .map(crate::sql::parser::normalize)
+                    .map(crate::catalog::normalize)
             })
             .collect::<Option<Vec<_>>>()?;
         let rows = values

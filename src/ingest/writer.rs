@@ -3,20 +3,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 
 use super::WriteTarget;
 use crate::error::Result;
-use crate::storage::{Log, PartitionBatch, TopicId};
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
+use crate::storage::{Log, PartitionBatch, TopicId, now_ms};
 
 /// Writes rows to the log. Shared by every session.
 #[derive(Debug)]

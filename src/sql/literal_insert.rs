@@ -260,7 +260,7 @@ mod tests {
         let name = name
             .0
             .iter()
-            .map(|p| crate::sql::parser::normalize(p.as_ident().unwrap()))
+            .map(|p| crate::catalog::normalize(p.as_ident().unwrap()))
             .collect();
         let literal = LiteralInsert::from_ast(&insert)?;
         Some((name, literal.columns.clone(), render(&literal)))

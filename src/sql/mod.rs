@@ -10,8 +10,8 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 
-use crate::catalog::stream_table::{HIDDEN_COLUMNS, OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::catalog::{CatalogData, Relation};
+use crate::catalog::{HIDDEN_COLUMNS, OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::error::{Error, Result};
 use crate::storage::TIMESTAMP_COLUMN;
 pub use parser::{Statement, parse};

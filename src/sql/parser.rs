@@ -8,7 +8,7 @@
 
 use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DfStatement};
 use sqlparser::ast::{
-    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, Ident, ObjectName,
+    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, ObjectName,
     Statement as SqlStatement, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -643,13 +643,7 @@ fn word_is(p: &Parser<'_>, word: &str) -> bool {
     matches!(&p.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
-/// An identifier as PostgreSQL resolves it: unquoted ones fold to lower case.
-pub fn normalize(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
-}
+pub use crate::catalog::normalize;
 
 /// A relation name, which may be qualified with the schema `public` (or catalog `runnel`).
 pub fn relation_name(name: &ObjectName) -> Result<String> {

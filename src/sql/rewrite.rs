@@ -26,7 +26,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::parser::relation_name;
-use crate::catalog::provider::WRITE_SCHEMA;
+use crate::catalog::WRITE_SCHEMA;
 
 /// What the rewrite needs to know about a relation name: the columns `*` leaves out of it
 /// (`None` for relations that are not streams or topics).

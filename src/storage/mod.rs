@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use commit_log::MetaUpdate;
 use commit_log::{CommitLog, CommittedMeta};
 pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
-pub use types::{Compression, Offset, PartitionId, TopicId};
+pub use types::{Compression, Offset, PartitionId, TopicId, now_ms};
 use writer::Writer;
 
 /// The record timestamp column every topic stores (ms since the epoch).

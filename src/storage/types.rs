@@ -72,3 +72,11 @@ impl Compression {
         }
     }
 }
+
+/// The wall clock, in milliseconds since the Unix epoch (record append times, `committed_at`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}

@@ -1,7 +1,7 @@
 //! Materialized views as DataFusion tables: a `SELECT` reads the view's contents as of its
 //! last committed epoch, which the engine keeps.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -13,23 +13,36 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
 
-use super::provider::Tables;
+use super::Continuous;
 use super::stream_table::StatementSnapshot;
 use crate::error::Error;
+use crate::storage::Log;
 
-#[derive(Debug)]
 pub struct ViewTable {
     name: String,
     schema: SchemaRef,
-    tables: Arc<Tables>,
+    log: Arc<Log>,
+    continuous: Weak<dyn Continuous>,
+}
+
+impl std::fmt::Debug for ViewTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ViewTable({})", self.name)
+    }
 }
 
 impl ViewTable {
-    pub fn new(name: String, schema: SchemaRef, tables: Arc<Tables>) -> ViewTable {
+    pub fn new(
+        name: String,
+        schema: SchemaRef,
+        log: Arc<Log>,
+        continuous: Weak<dyn Continuous>,
+    ) -> ViewTable {
         ViewTable {
             name,
             schema,
-            tables,
+            log,
+            continuous,
         }
     }
 }
@@ -60,8 +73,8 @@ impl TableProvider for ViewTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let snapshot = StatementSnapshot::of(state, &self.tables.log);
-        let engine = self.tables.engine().ok_or_else(|| {
+        let snapshot = StatementSnapshot::of(state, &self.log);
+        let engine = self.continuous.upgrade().ok_or_else(|| {
             Error::plan(
                 "55000",
                 format!("materialized view \"{}\" is starting", self.name),

@@ -21,7 +21,7 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 
 use super::blocking_scan::{BlockingScanExec, BlockingSource};
-use super::stream_table::{OFFSET_COLUMN, PARTITION_COLUMN};
+use crate::catalog::{OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::error::Error;
 use crate::storage::{Offset, PartitionId, ReadOptions, Snapshot, TIMESTAMP_COLUMN, Topic};
 

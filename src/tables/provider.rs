@@ -6,7 +6,7 @@
 //! next statement of every session without registering anything.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider};
@@ -15,45 +15,9 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 
 use super::stream_table::{StreamSinkTable, StreamTable};
 use super::view_table::ViewTable;
-use super::{Catalog, Relation, system};
-use crate::engine::Engine;
-use crate::groups::Groups;
+use super::{Continuous, Tables, system};
+use crate::catalog::{PUBLIC_SCHEMA, Relation, SYS_SCHEMA, WRITE_SCHEMA};
 use crate::ingest::WriteTarget;
-use crate::ingest::writer::RowWriter;
-use crate::storage::Log;
-
-pub const CATALOG_NAME: &str = "runnel";
-pub const PUBLIC_SCHEMA: &str = "public";
-pub const SYS_SCHEMA: &str = "sys";
-pub const WRITE_SCHEMA: &str = "__write";
-
-/// Everything the SQL side of the catalog reads.
-pub struct Tables {
-    pub catalog: Arc<Catalog>,
-    pub log: Arc<Log>,
-    pub writer: Arc<RowWriter>,
-    /// Consumer groups' committed offsets.
-    pub groups: Groups,
-    /// Providers of external tables, by name (rebuilt from their SQL at start-up).
-    pub external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
-    /// `INSERT … SELECT` commits in atomic chunks of about this many bytes.
-    pub insert_chunk_bytes: usize,
-    /// The continuous query engine, once started: materialized views and `sys.queries`
-    /// read it.
-    pub engine: OnceLock<Weak<Engine>>,
-}
-
-impl Tables {
-    pub fn engine(&self) -> Option<Arc<Engine>> {
-        self.engine.get().and_then(Weak::upgrade)
-    }
-}
-
-impl std::fmt::Debug for Tables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tables").finish_non_exhaustive()
-    }
-}
 
 #[derive(Debug)]
 pub struct RunnelCatalog {
@@ -65,10 +29,18 @@ pub struct RunnelCatalog {
 }
 
 impl RunnelCatalog {
-    pub fn new(tables: Arc<Tables>) -> RunnelCatalog {
+    /// `continuous` is the engine that keeps materialized views and reports on queries
+    /// (weak: the engine plans with this catalog).
+    pub fn new(tables: Arc<Tables>, continuous: Weak<dyn Continuous>) -> RunnelCatalog {
         RunnelCatalog {
-            public: Arc::new(PublicSchema(tables.clone())),
-            sys: Arc::new(SysSchema(tables.clone())),
+            public: Arc::new(PublicSchema {
+                tables: tables.clone(),
+                continuous: continuous.clone(),
+            }),
+            sys: Arc::new(SysSchema {
+                tables: tables.clone(),
+                continuous,
+            }),
             write: Arc::new(WriteSchema(tables)),
             registered: RwLock::default(),
         }
@@ -109,17 +81,25 @@ impl CatalogProvider for RunnelCatalog {
     }
 }
 
-#[derive(Debug)]
-struct PublicSchema(Arc<Tables>);
+struct PublicSchema {
+    tables: Arc<Tables>,
+    continuous: Weak<dyn Continuous>,
+}
+
+impl std::fmt::Debug for PublicSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublicSchema")
+    }
+}
 
 #[async_trait]
 impl SchemaProvider for PublicSchema {
     fn table_names(&self) -> Vec<String> {
-        self.0.catalog.snapshot().relation_names()
+        self.tables.catalog.snapshot().relation_names()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let data = self.0.catalog.snapshot();
+        let data = self.tables.catalog.snapshot();
         let Some(relation) = data.relation(name) else {
             return Ok(None);
         };
@@ -128,25 +108,26 @@ impl SchemaProvider for PublicSchema {
             return Ok(Some(Arc::new(ViewTable::new(
                 view.name.clone(),
                 schema,
-                self.0.clone(),
+                self.tables.log.clone(),
+                self.continuous.clone(),
             ))));
         }
         if let Relation::External(_) = relation {
             return Ok(self
-                .0
+                .tables
                 .external
                 .read()
                 .expect("external tables lock")
                 .get(name)
                 .cloned());
         }
-        let table = StreamTable::of(&data, &relation, self.0.log.clone())
+        let table = StreamTable::of(&data, &relation, self.tables.log.clone())
             .expect("streams and topics are tables");
         Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.0.catalog.snapshot().relation(name).is_some()
+        self.tables.catalog.snapshot().relation(name).is_some()
     }
 
     fn register_table(
@@ -200,8 +181,16 @@ impl SchemaProvider for WriteSchema {
     }
 }
 
-#[derive(Debug)]
-struct SysSchema(Arc<Tables>);
+struct SysSchema {
+    tables: Arc<Tables>,
+    continuous: Weak<dyn Continuous>,
+}
+
+impl std::fmt::Debug for SysSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SysSchema")
+    }
+}
 
 #[async_trait]
 impl SchemaProvider for SysSchema {
@@ -210,7 +199,7 @@ impl SchemaProvider for SysSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        system::table(name, &self.0)
+        system::table(name, &self.tables, &self.continuous)
     }
 
     fn table_exist(&self, name: &str) -> bool {

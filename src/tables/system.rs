@@ -1,6 +1,6 @@
 //! System tables (`sys.*`): the log's state as relations, built when a query names them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -10,9 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
-use super::Relation;
-use super::provider::Tables;
-use crate::engine::QueryStatus;
+use super::{Continuous, QueryStatus, Tables};
+use crate::catalog::Relation;
 use crate::groups::Groups;
 use crate::storage::PartitionId;
 
@@ -53,11 +52,15 @@ fn partition_rows(tables: &Tables) -> Vec<PartitionRow> {
     rows
 }
 
-pub fn table(name: &str, tables: &Tables) -> DfResult<Option<Arc<dyn TableProvider>>> {
+pub fn table(
+    name: &str,
+    tables: &Tables,
+    continuous: &Weak<dyn Continuous>,
+) -> DfResult<Option<Arc<dyn TableProvider>>> {
     let batch = match name {
         "partitions" => partitions(tables)?,
         "topics" => topics(tables)?,
-        "queries" => queries(tables)?,
+        "queries" => queries(continuous)?,
         "consumer_groups" => consumer_groups(tables)?,
         _ => return Ok(None),
     };
@@ -158,8 +161,11 @@ fn topics(tables: &Tables) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-fn queries(tables: &Tables) -> DfResult<RecordBatch> {
-    let queries = tables.engine().map(|e| e.statuses()).unwrap_or_default();
+fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
+    let queries = continuous
+        .upgrade()
+        .map(|e| e.statuses())
+        .unwrap_or_default();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("name", DataType::Utf8, false),

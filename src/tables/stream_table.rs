@@ -24,22 +24,13 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
 use super::scan::{Ranges, ScanBounds, StreamScan, StreamScanExec, TableColumn};
-use super::{CatalogData, Relation, TopicDef, VALUE_COLUMN};
+use crate::catalog::{
+    CatalogData, OFFSET_COLUMN, PARTITION_COLUMN, Relation, TopicDef, VALUE_COLUMN,
+};
 use crate::error::Error;
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::{PendingWrite, RowWriter};
 use crate::storage::{KEY_COLUMN, Log, Snapshot, TIMESTAMP_COLUMN};
-
-pub const PARTITION_COLUMN: &str = "_partition";
-pub const OFFSET_COLUMN: &str = "_offset";
-
-/// Hidden columns of every stream, in the order they follow the declared columns.
-pub const HIDDEN_COLUMNS: [&str; 4] = [
-    PARTITION_COLUMN,
-    OFFSET_COLUMN,
-    TIMESTAMP_COLUMN,
-    KEY_COLUMN,
-];
 
 /// The log snapshot a statement reads, set on the session before planning so that every
 /// scan in the statement sees the same committed offsets.

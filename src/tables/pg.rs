@@ -32,11 +32,50 @@ use sqlparser::ast::{
     SetExpr, Statement, visit_expressions_mut,
 };
 
-use super::provider::{CATALOG_NAME, Tables};
+use super::Tables;
+use crate::catalog::CATALOG_NAME;
 use crate::error::{Error, Result};
 
-/// Adds `pg_catalog` to the catalog `runnel` of `state`, and the functions clients call.
-pub async fn install(state: SessionState, tables: Arc<Tables>) -> Result<SessionState> {
+/// What `pg_catalog`'s functions need to know before a database starts: the OID of every
+/// type in `pg_type` (for `to_regtype`), read once from a scratch context.
+pub struct PgTypes(HashMap<String, i32>);
+
+impl PgTypes {
+    pub async fn load() -> Result<PgTypes> {
+        let ctx = SessionContext::new();
+        let catalog = ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_catalog
+            .clone();
+        datafusion_pg_catalog::setup_pg_catalog(&ctx, &catalog, EmptyContextProvider)
+            .map_err(|e| Error::Internal(format!("setting up pg_catalog: {e}")))?;
+        let batches = ctx
+            .sql("SELECT typname, CAST(oid AS BIGINT) FROM pg_catalog.pg_type")
+            .await?
+            .collect()
+            .await?;
+        let mut oids = HashMap::new();
+        for batch in &batches {
+            let names = cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| Error::Internal(format!("reading pg_type: {e}")))?;
+            let names = names.as_string::<i32>();
+            let values = batch.column(1).as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                if names.is_valid(row) && values.is_valid(row) {
+                    oids.insert(names.value(row).to_string(), values.value(row) as i32);
+                }
+            }
+        }
+        Ok(PgTypes(oids))
+    }
+}
+
+/// Adds `pg_catalog` to the catalog `runnel` of `state`, and the PostgreSQL functions
+/// clients call.
+pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Result<SessionState> {
     let ctx = SessionContext::new_with_state(state);
     let internal =
         |e: Box<dyn std::fmt::Display>| Error::Internal(format!("setting up pg_catalog: {e}"));
@@ -66,7 +105,7 @@ pub async fn install(state: SessionState, tables: Arc<Tables>) -> Result<Session
         ScalarValue::Boolean(Some(true)),
     ));
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::default()));
-    ctx.register_udf(to_regtype(&ctx).await?);
+    ctx.register_udf(to_regtype(types));
     Ok(ctx.state())
 }
 
@@ -126,24 +165,8 @@ fn like_escape() -> ScalarUDF {
 
 /// `to_regtype(name)`: the oid of the type named so in `pg_type`, or NULL (psycopg looks
 /// types up with it on connect).
-async fn to_regtype(ctx: &SessionContext) -> Result<ScalarUDF> {
-    let batches = ctx
-        .sql("SELECT typname, CAST(oid AS BIGINT) FROM pg_catalog.pg_type")
-        .await?
-        .collect()
-        .await?;
-    let mut oids = HashMap::new();
-    for batch in &batches {
-        let names = cast(batch.column(0), &DataType::Utf8)
-            .map_err(|e| Error::Internal(format!("reading pg_type: {e}")))?;
-        let names = names.as_string::<i32>();
-        let values = batch.column(1).as_primitive::<Int64Type>();
-        for row in 0..batch.num_rows() {
-            if names.is_valid(row) && values.is_valid(row) {
-                oids.insert(names.value(row).to_string(), values.value(row) as i32);
-            }
-        }
-    }
+fn to_regtype(types: &PgTypes) -> ScalarUDF {
+    let oids = types.0.clone();
     let lookup = move |args: &[ColumnarValue]| {
         let names = cast(&args[0].to_array(1)?, &DataType::Utf8)?;
         let names = names.as_string::<i32>();
@@ -158,13 +181,13 @@ async fn to_regtype(ctx: &SessionContext) -> Result<ScalarUDF> {
             ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(found)),
         })
     };
-    Ok(create_udf(
+    create_udf(
         "to_regtype",
         vec![DataType::Utf8],
         DataType::Int32,
         Volatility::Stable,
         Arc::new(lookup),
-    ))
+    )
 }
 
 const PG_CATALOG: &str = "pg_catalog";

@@ -1,0 +1,86 @@
+//! The catalog as DataFusion sees it: streams, topics, views, external tables and system
+//! tables as table providers, their scans and sinks, and `pg_catalog` for PostgreSQL
+//! clients.
+//!
+//! This layer sits above the durable catalog ([`crate::catalog`], metadata only) and the log,
+//! and below the engine: materialized views and `sys.queries` read the continuous query
+//! engine through the [`Continuous`] trait, which the engine implements, so nothing here
+//! imports it.
+
+pub mod blocking_scan;
+pub mod pg;
+pub mod provider;
+pub mod scan;
+pub mod stream_table;
+pub mod system;
+pub mod text_table;
+pub mod view_table;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::datasource::TableProvider;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::catalog::{Catalog, QueryId};
+use crate::error::Result;
+use crate::groups::Groups;
+use crate::ingest::writer::RowWriter;
+use crate::storage::{Log, Snapshot};
+
+/// What every table provider of a database shares: the catalog, the log and its writer.
+pub struct Tables {
+    pub catalog: Arc<Catalog>,
+    pub log: Arc<Log>,
+    pub writer: Arc<RowWriter>,
+    /// Consumer groups' committed offsets.
+    pub groups: Groups,
+    /// Providers of external tables, by name (rebuilt from their SQL at start-up).
+    pub external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+    /// `INSERT … SELECT` commits in atomic chunks of about this many bytes.
+    pub insert_chunk_bytes: usize,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables").finish_non_exhaustive()
+    }
+}
+
+/// What SQL reads of the continuous query engine.
+pub trait Continuous: Send + Sync {
+    /// The plan that reads a materialized view's current contents; `filters` (applied
+    /// again above it) may narrow what is read.
+    fn view_plan(
+        &self,
+        view: &str,
+        snapshot: &Snapshot,
+        filters: &[Expr],
+    ) -> Result<Arc<dyn ExecutionPlan>>;
+
+    /// Every continuous query, as `sys.queries` shows it.
+    fn statuses(&self) -> Vec<QueryStatus>;
+}
+
+/// A continuous query as `sys.queries` shows it.
+#[derive(Debug, Clone)]
+pub struct QueryStatus {
+    pub id: QueryId,
+    pub name: String,
+    /// `stream`, `view` or `insert`.
+    pub kind: &'static str,
+    /// The stream or view it maintains or writes.
+    pub target: String,
+    pub input: String,
+    pub state: &'static str,
+    pub epoch: u64,
+    /// Input records not processed yet.
+    pub lag: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_per_sec: f64,
+    pub last_checkpoint_ms: Option<i64>,
+    pub error: Option<String>,
+    pub sql: String,
+}
