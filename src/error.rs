@@ -90,6 +90,7 @@ impl Error {
                 StorageError::UnknownPartition { .. } => "22023",
                 StorageError::InvalidBatch(_) => "22000",
                 StorageError::ShutDown => "57P01",
+                StorageError::Locked { .. } => "55006",
             },
             Error::Internal(_) => "XX000",
         }

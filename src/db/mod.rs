@@ -34,6 +34,7 @@ use crate::groups::Groups;
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
+use crate::storage::lock::DataDirLock;
 use crate::storage::{Log, LogConfig};
 use crate::tables::pg::PgTypes;
 use crate::tables::provider::RunnelCatalog;
@@ -78,6 +79,8 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub struct Database {
+    /// Held while the database is open: no second server uses the directory.
+    _lock: DataDirLock,
     tables: Arc<Tables>,
     state: SessionState,
     config: DbConfig,
@@ -136,6 +139,7 @@ impl Database {
     pub async fn open(config: DbConfig) -> Result<Arc<Database>> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| crate::storage::StorageError::io(dir, e))?;
+        let lock = DataDirLock::acquire(dir)?;
         let catalog = Arc::new(Catalog::open(dir)?);
         let data = catalog.snapshot();
         let specs = data.topics.values().map(|t| data.topic_spec(t)).collect();
@@ -159,6 +163,7 @@ impl Database {
             Engine::new(tables.clone(), state, config.engine.clone())
         });
         let db = Arc::new(Database {
+            _lock: lock,
             state: engine.base().clone(),
             tables,
             config,

@@ -23,6 +23,7 @@
 mod commit_log;
 pub mod frame;
 pub mod index;
+pub mod lock;
 pub mod partition;
 pub mod segment;
 pub mod types;
@@ -93,6 +94,8 @@ pub enum StorageError {
     Failed(String),
     #[error("the log is shut down")]
     ShutDown,
+    #[error("{}", lock::describe_holder(dir, *holder))]
+    Locked { dir: PathBuf, holder: Option<u32> },
 }
 
 impl StorageError {

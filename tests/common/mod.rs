@@ -75,7 +75,67 @@ pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> 
     }
 }
 
+/// Starts `runnel` on `data_dir` expecting it to refuse: returns its exit status and what
+/// it wrote to stderr. Panics if it is still running after 60 s.
+pub fn start_refused(data_dir: &Path, flags: &[&str]) -> (std::process::ExitStatus, String) {
+    let port: &[&str] = if flags.contains(&"--pg-addr") {
+        &[]
+    } else {
+        &["--pg-addr", "127.0.0.1:0"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(port)
+        .args(["--log", "info"])
+        .args(flags)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting runnel");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for runnel") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("runnel kept running on {}", data_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// Every file under `dir` with its size and modification time, to show a run changed
+/// nothing.
+pub fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn connection_string(&self) -> String {
         format!(
             "host={} port={} user=runnel dbname=runnel",
