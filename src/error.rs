@@ -85,7 +85,17 @@ impl Error {
             Error::Cancelled => "57014",
             Error::Storage(e) => match e {
                 StorageError::Corruption { .. } => "XX001",
+                StorageError::Io { source, .. }
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ) =>
+                {
+                    "53100"
+                }
                 StorageError::Io { .. } | StorageError::Failed(_) => "58030",
+                StorageError::Refused(_) => "55000",
+                StorageError::TooLarge(_) => "54000",
                 StorageError::UnknownTopic(_) => "42P01",
                 StorageError::UnknownPartition { .. } => "22023",
                 StorageError::InvalidBatch(_) => "22000",

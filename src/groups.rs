@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::storage::now_ms;
-use crate::storage::{Log, Offset, PartitionId, Snapshot, TopicId};
+use crate::storage::{Log, MetaUpdate, Offset, PartitionId, Snapshot, TopicId};
 
 /// A partition of a topic, and an offset in it.
 pub type PartitionOffset = (TopicId, PartitionId, Offset);
@@ -159,7 +159,29 @@ impl Groups {
         self.store(group, Some(value.encode())).await
     }
 
-    /// Replaces every committed offset of `group` (a new subscription, or a reset).
+    /// The change that sets `group`'s offsets to `offsets` (and nothing else), to commit
+    /// with the catalog of a new subscription. Refuses a name whose key another group holds.
+    pub fn initial(
+        &self,
+        group: &str,
+        offsets: impl IntoIterator<Item = PartitionOffset>,
+    ) -> Result<MetaUpdate> {
+        self.committed(group)?;
+        let value = GroupOffsets {
+            group: group.to_string(),
+            offsets: offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            committed_at_ms: now_ms(),
+        };
+        Ok((group_key(group), Some(value.encode())))
+    }
+
+    /// The change that forgets `group`'s offsets, to commit with the catalog that drops
+    /// its subscription.
+    pub fn forget(group: &str) -> MetaUpdate {
+        (group_key(group), None)
+    }
+
+    /// Replaces every committed offset of `group` (a reset).
     pub async fn replace(
         &self,
         group: &str,
@@ -173,15 +195,6 @@ impl Groups {
             committed_at_ms: now_ms(),
         };
         self.store(group, Some(value.encode())).await
-    }
-
-    /// Forgets `group`'s offsets.
-    pub async fn delete(&self, group: &str) -> Result<()> {
-        let _one_at_a_time = self.commits.lock().await;
-        if self.committed(group)?.is_none() {
-            return Ok(());
-        }
-        self.store(group, None).await
     }
 
     async fn store(&self, group: &str, value: Option<Vec<u8>>) -> Result<()> {

@@ -98,7 +98,7 @@ async fn ensure_superuser(db: &Database) -> Result<()> {
     }
     data.users
         .insert(SUPERUSER.into(), crate::auth::user(SUPERUSER, &password)?);
-    catalog.commit(data)?;
+    catalog.commit(data, vec![]).await?;
     tracing::info!(
         user = SUPERUSER,
         "created the superuser from RUNNEL_PASSWORD"

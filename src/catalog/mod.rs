@@ -1,8 +1,12 @@
-//! The catalog: streams, topics and external tables, durable across crashes.
+//! The catalog: streams, topics, views, queries, subscriptions and users, durable across
+//! crashes.
 //!
-//! The whole catalog is one JSON document (`catalog.json`), replaced atomically on every DDL
-//! (write a new file, fsync, rename, fsync the directory): a `CREATE` or `DROP` is there
-//! whole after a crash or not at all. DDL statements are serialised by [`Catalog::ddl_lock`];
+//! The whole catalog is one JSON document (versioned by `format_version`), committed through
+//! the commit log as a metadata value under [`CATALOG_KEY`]: a DDL statement is one commit
+//! record, holding the new catalog together with whatever else the statement changes (a
+//! query's first checkpoint, a subscription's offsets), checksummed like every record. So
+//! the catalog, the log and the offsets can never disagree, and there is no second file that
+//! could go missing on its own. DDL statements are serialised by [`Catalog::ddl_lock`];
 //! readers take an immutable snapshot.
 //!
 //! Relation names (streams, schemaless topics, external tables) share one namespace, as
@@ -15,19 +19,26 @@
 pub mod types;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use arrow::datatypes::{DataType, Field, Fields, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::storage::{self, Compression, TopicId, TopicSpec};
+use crate::storage::{
+    self, Compression, Log, MetaUpdate, Opening, StorageError, TopicId, TopicSpec,
+};
 pub use types::SqlType;
 
 const FORMAT_VERSION: u32 = 1;
+
+/// The commit-log metadata key of the catalog (query checkpoints use their ids, from 1;
+/// consumer groups keys with the top bit set).
+pub const CATALOG_KEY: u64 = 0;
+
+/// Where the catalog of the first storage format lived; imported into the commit log once.
+const LEGACY_CATALOG_FILE: &str = "catalog.json";
 
 /// The column a schemaless topic stores its record values in.
 pub const VALUE_COLUMN: &str = "_value";
@@ -433,38 +444,98 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 
 /// The durable catalog of a data directory.
 pub struct Catalog {
-    path: PathBuf,
+    log: Arc<Log>,
     data: RwLock<Arc<CatalogData>>,
     ddl: tokio::sync::Mutex<()>,
 }
 
-impl Catalog {
-    /// Loads `catalog.json` from `dir`, or starts an empty catalog.
-    pub fn open(dir: &Path) -> Result<Catalog> {
-        let path = dir.join("catalog.json");
-        let _ = std::fs::remove_file(dir.join("catalog.json.new"));
-        let data = match std::fs::read(&path) {
+/// The catalog a data directory's commit log holds, read before the log is opened (it names
+/// the topics to recover).
+pub struct Loaded {
+    pub data: CatalogData,
+    /// A first-format `catalog.json` this catalog came from, to commit and set aside.
+    imported_from: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Reads the catalog from `opening`. A commit log that has committed records but holds
+    /// no catalog, or a catalog this build cannot read, refuses the start, naming the file:
+    /// opening the log without its catalog would treat every topic as unknown.
+    pub fn read(opening: &Opening) -> Result<Loaded> {
+        let commit_log = opening.dir().join(storage::COMMIT_LOG_FILE);
+        if let Some(bytes) = opening.meta(CATALOG_KEY) {
+            let data = decode(bytes).map_err(|why| {
+                StorageError::Refused(format!(
+                    "the catalog in {} is unreadable: {why}; restore the data directory from a backup",
+                    commit_log.display()
+                ))
+            })?;
+            return Ok(Loaded {
+                data,
+                imported_from: None,
+            });
+        }
+        let legacy = opening.dir().join(LEGACY_CATALOG_FILE);
+        match std::fs::read(&legacy) {
             Ok(bytes) => {
-                let data: CatalogData = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Internal(format!("catalog {} is unreadable: {e}", path.display()))
+                let data = decode(&bytes).map_err(|why| {
+                    StorageError::Refused(format!(
+                        "{} is unreadable: {why}; restore it from a backup",
+                        legacy.display()
+                    ))
                 })?;
-                if data.format_version != FORMAT_VERSION {
-                    return Err(Error::Internal(format!(
-                        "catalog {} has format version {}, this build reads {FORMAT_VERSION}",
-                        path.display(),
-                        data.format_version
-                    )));
-                }
-                data
+                return Ok(Loaded {
+                    data,
+                    imported_from: Some(legacy),
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogData::default(),
-            Err(e) => return Err(storage::StorageError::io(&path, e).into()),
-        };
-        Ok(Catalog {
-            path,
-            data: RwLock::new(Arc::new(data)),
-            ddl: tokio::sync::Mutex::new(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(&legacy, e).into()),
+        }
+        if opening.commits() > 0 {
+            return Err(StorageError::Refused(format!(
+                "{} has committed records but no catalog: the streams and topics they belong to are unknown, so Runnel will not start; restore the data directory from a backup",
+                commit_log.display()
+            ))
+            .into());
+        }
+        Ok(Loaded {
+            data: CatalogData::default(),
+            imported_from: None,
         })
+    }
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<CatalogData, String> {
+    let data: CatalogData = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if data.format_version != FORMAT_VERSION {
+        return Err(format!(
+            "it has format version {}, this build reads {FORMAT_VERSION}",
+            data.format_version
+        ));
+    }
+    Ok(data)
+}
+
+impl Catalog {
+    /// The catalog `loaded` from the commit log of `log`. A catalog imported from a
+    /// first-format `catalog.json` is committed to the log now, and the file renamed to
+    /// `catalog.json.imported` (kept, not deleted).
+    pub async fn open(loaded: Loaded, log: Arc<Log>) -> Result<Catalog> {
+        let catalog = Catalog {
+            log,
+            data: RwLock::new(Arc::new(loaded.data.clone())),
+            ddl: tokio::sync::Mutex::new(()),
+        };
+        if let Some(path) = loaded.imported_from {
+            catalog.commit(loaded.data, vec![]).await?;
+            let kept = path.with_extension("json.imported");
+            std::fs::rename(&path, &kept).map_err(|e| StorageError::io(&path, e))?;
+            // The temporary file of an interrupted first-format catalog write.
+            let _ = std::fs::remove_file(path.with_extension("json.new"));
+            tracing::info!(from = %path.display(), kept = %kept.display(), "imported the catalog into the commit log");
+        }
+        Ok(catalog)
     }
 
     pub fn snapshot(&self) -> Arc<CatalogData> {
@@ -476,17 +547,12 @@ impl Catalog {
         self.ddl.lock().await
     }
 
-    /// Makes `data` the catalog, durably. Call with the DDL lock held.
-    pub fn commit(&self, data: CatalogData) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&data).map_err(|e| Error::Internal(e.to_string()))?;
-        let dir = self.path.parent().expect("catalog lives in a directory");
-        let tmp = dir.join("catalog.json.new");
-        let io = |p: &Path, e: std::io::Error| Error::from(storage::StorageError::io(p, e));
-        let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        file.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-        file.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| io(&self.path, e))?;
-        storage::segment::sync_dir(dir)?;
+    /// Makes `data` the catalog, durably, in one commit record with `meta` (the checkpoints
+    /// and offsets the statement creates or deletes). Call with the DDL lock held.
+    pub async fn commit(&self, data: CatalogData, mut meta: Vec<MetaUpdate>) -> Result<()> {
+        let bytes = serde_json::to_vec(&data).map_err(|e| Error::Internal(e.to_string()))?;
+        meta.push((CATALOG_KEY, Some(bytes)));
+        self.log.commit(vec![], meta).await?;
         *self.data.write().expect("catalog lock") = Arc::new(data);
         Ok(())
     }
@@ -508,11 +574,11 @@ mod tests {
     }
 
     #[test]
-    fn commits_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(dir.path()).unwrap();
-        let mut data = (*catalog.snapshot()).clone();
-        data.next_topic_id = 7;
+    fn the_catalog_round_trips_through_its_encoding() {
+        let mut data = CatalogData {
+            next_topic_id: 7,
+            ..CatalogData::default()
+        };
         data.external_tables.insert(
             "lines".into(),
             ExternalTableDef {
@@ -520,8 +586,12 @@ mod tests {
                 sql: "CREATE EXTERNAL TABLE lines STORED AS TEXT LOCATION 'x'".into(),
             },
         );
-        catalog.commit(data.clone()).unwrap();
-        let reopened = Catalog::open(dir.path()).unwrap();
-        assert_eq!(*reopened.snapshot(), data);
+        let bytes = serde_json::to_vec(&data).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), data);
+        let mut other = data.clone();
+        other.format_version = 99;
+        let err = decode(&serde_json::to_vec(&other).unwrap()).unwrap_err();
+        assert!(err.contains("format version 99"), "{err}");
+        assert!(decode(b"{not json").is_err());
     }
 }

@@ -401,8 +401,9 @@ impl Database {
         Ok(command("CREATE QUERY"))
     }
 
-    /// Creates `topics`, commits the query's first checkpoint and the catalog `new` that
-    /// names them, and starts the query. Undoes the topics if the catalog commit fails.
+    /// Creates `topics`, commits the catalog `new` that names them with the query's first
+    /// checkpoint (one commit record), and starts the query. Undoes the topics if the commit
+    /// fails.
     async fn create_query(
         &self,
         mut new: CatalogData,
@@ -426,15 +427,9 @@ impl Database {
             }
             created.push(topic.id);
         }
-        let committed = async {
-            self.engine
-                .create_checkpoint(def.id, plan, def.start)
-                .await?;
-            self.tables.catalog.commit(new)
-        };
-        if let Err(e) = committed.await {
+        let checkpoint = self.engine.initial_checkpoint(def.id, plan, def.start);
+        if let Err(e) = self.tables.catalog.commit(new, vec![checkpoint]).await {
             undo(created).await;
-            let _ = self.engine.forget(def.id).await;
             return Err(e);
         }
         self.engine.start(def).await;

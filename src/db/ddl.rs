@@ -15,6 +15,7 @@ use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
 };
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sql::parser::{CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::storage::now_ms;
@@ -229,7 +230,7 @@ impl Database {
 
     /// Commits a catalog with a new topic; if that fails, removes the topic's files.
     async fn commit_or_undo(&self, data: CatalogData, topic: TopicId) -> Result<()> {
-        if let Err(e) = self.tables.catalog.commit(data) {
+        if let Err(e) = self.tables.catalog.commit(data, vec![]).await {
             if let Err(undo) = self.tables.log.drop_topic(topic).await {
                 tracing::error!(error = %undo, "removing the files of a topic whose creation failed");
             }
@@ -278,7 +279,7 @@ impl Database {
                 sql,
             },
         );
-        self.tables.catalog.commit(new)?;
+        self.tables.catalog.commit(new, vec![]).await?;
         self.tables
             .external
             .write()
@@ -447,7 +448,11 @@ impl Database {
         for id in &doomed_queries {
             self.engine.stop(*id).await;
         }
-        if let Err(e) = self.tables.catalog.commit(new) {
+        let forgotten = doomed_queries
+            .iter()
+            .map(|id| Engine::forget(*id))
+            .collect();
+        if let Err(e) = self.tables.catalog.commit(new, forgotten).await {
             for id in &doomed_queries {
                 if let Some(def) = data.queries.get(id) {
                     self.engine.start(def.clone()).await;
@@ -455,18 +460,12 @@ impl Database {
             }
             return Err(e);
         }
-        for id in doomed_queries {
-            // Start-up removes a checkpoint left behind if this fails.
-            if let Err(e) = self.engine.forget(id).await {
-                tracing::warn!(query = %id, error = %e, "deleting a dropped query's checkpoint");
-            }
-        }
         for name in doomed_tables {
             self.tables.external.write().expect("lock").remove(&name);
         }
         for id in doomed_topics {
             // The catalog no longer has the topic; if deleting its files fails now, start-up
-            // removes them.
+            // finishes it (the topic's id was issued, and the catalog no longer names it).
             if let Err(e) = self.tables.log.drop_topic(id).await {
                 tracing::warn!(topic = %id, error = %e, "deleting a dropped topic's files");
             }

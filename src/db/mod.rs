@@ -27,15 +27,14 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::SessionConfig;
 
-use crate::catalog::{CATALOG_NAME, Catalog, CatalogData, PUBLIC_SCHEMA};
+use crate::catalog::{self, CATALOG_NAME, Catalog, CatalogData, PUBLIC_SCHEMA};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
-use crate::storage::lock::DataDirLock;
-use crate::storage::{Log, LogConfig};
+use crate::storage::{Log, LogConfig, TopicId};
 use crate::tables::pg::PgTypes;
 use crate::tables::provider::RunnelCatalog;
 use crate::tables::text_table::TextTableFactory;
@@ -79,8 +78,6 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub struct Database {
-    /// Held while the database is open: no second server uses the directory.
-    _lock: DataDirLock,
     tables: Arc<Tables>,
     state: SessionState,
     config: DbConfig,
@@ -137,15 +134,20 @@ fn command(tag: &'static str) -> Output {
 impl Database {
     /// Opens (creating if needed) the data directory, recovering the log to its last commit.
     pub async fn open(config: DbConfig) -> Result<Arc<Database>> {
-        let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| crate::storage::StorageError::io(dir, e))?;
-        let lock = DataDirLock::acquire(dir)?;
-        let catalog = Arc::new(Catalog::open(dir)?);
-        let data = catalog.snapshot();
-        let specs = data.topics.values().map(|t| data.topic_spec(t)).collect();
-        let mut log_config = LogConfig::new(dir);
+        let mut log_config = LogConfig::new(&config.data_dir);
         log_config.retention_check_interval = config.retention_check_interval;
-        let log = Arc::new(Log::open(log_config, specs)?);
+        // Locked and read, nothing changed yet: the catalog says which topics to recover.
+        let opening = Log::begin_open(log_config)?;
+        let loaded = catalog::Loaded::read(&opening)?;
+        let specs = loaded
+            .data
+            .topics
+            .values()
+            .map(|t| loaded.data.topic_spec(t))
+            .collect();
+        let issued = TopicId(loaded.data.next_topic_id);
+        let log = Arc::new(opening.open(specs, issued)?);
+        let catalog = Arc::new(Catalog::open(loaded, log.clone()).await?);
         let tables = Arc::new(Tables {
             catalog,
             writer: Arc::new(RowWriter::new(log.clone())),
@@ -163,7 +165,6 @@ impl Database {
             Engine::new(tables.clone(), state, config.engine.clone())
         });
         let db = Arc::new(Database {
-            _lock: lock,
             state: engine.base().clone(),
             tables,
             config,

@@ -18,7 +18,7 @@ use super::{Database, Output, command};
 use crate::catalog::{CatalogData, Relation, SubscriptionDef, TopicDef, validate_name};
 use crate::engine::PushQuery;
 use crate::error::{Error, Result};
-use crate::groups::PartitionOffset;
+use crate::groups::{Groups, PartitionOffset};
 use crate::sql::parser::{CreateSubscription, Drop, StartAt};
 use crate::sql::{self, Statement};
 use crate::storage::now_ms;
@@ -56,7 +56,7 @@ impl Database {
         }
         let topic = readable_topic(&data, &c.relation)?;
         let offsets = self.offsets_at(&data, &c.relation, topic, &start).await?;
-        self.tables.groups.replace(&c.name, offsets).await?;
+        let offsets = self.tables.groups.initial(&c.name, offsets)?;
         let mut new = (*data).clone();
         new.subscriptions.insert(
             c.name.clone(),
@@ -67,7 +67,7 @@ impl Database {
                 created_at_ms: now_ms(),
             },
         );
-        self.tables.catalog.commit(new)?;
+        self.tables.catalog.commit(new, vec![offsets]).await?;
         Ok(command("CREATE SUBSCRIPTION"))
     }
 
@@ -108,13 +108,8 @@ impl Database {
             }
             doomed.push(name.clone());
         }
-        self.tables.catalog.commit(new)?;
-        for name in doomed {
-            if let Err(e) = self.tables.groups.delete(&name).await {
-                // Start-up deletes them if this fails.
-                tracing::warn!(subscription = %name, error = %e, "deleting a dropped subscription's offsets");
-            }
-        }
+        let forgotten = doomed.iter().map(|name| Groups::forget(name)).collect();
+        self.tables.catalog.commit(new, forgotten).await?;
         Ok(command("DROP SUBSCRIPTION"))
     }
 

@@ -64,7 +64,7 @@ impl Database {
                 "DROP ROLE"
             }
         };
-        self.tables.catalog.commit(data)?;
+        self.tables.catalog.commit(data, vec![]).await?;
         Ok(command(tag))
     }
 }

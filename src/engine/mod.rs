@@ -29,8 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
-use crate::groups;
-use crate::storage::{Offset, PartitionId, Snapshot, TopicId};
+use crate::storage::{MetaUpdate, Offset, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::tables::{Continuous, QueryStatus, Tables};
 use checkpoint::{Checkpoint, InputOffset};
@@ -399,35 +398,9 @@ impl Engine {
     }
 
     /// Starts every query of the catalog from its checkpoint (views' state restored before
-    /// this returns), and forgets checkpoints of queries the catalog no longer has (and
-    /// committed offsets of subscriptions it no longer has).
+    /// this returns).
     pub async fn start_all(self: &Arc<Self>) -> Result<()> {
         let data = self.tables.catalog.snapshot();
-        let snapshot = self.tables.log.snapshot();
-        let live_groups: BTreeSet<u64> = data
-            .subscriptions
-            .keys()
-            .map(|name| groups::group_key(name))
-            .collect();
-        let orphans: Vec<_> = snapshot
-            .metas()
-            .map(|(key, _)| key)
-            .filter(|key| {
-                if groups::is_group_key(*key) {
-                    !live_groups.contains(key)
-                } else {
-                    !data.queries.contains_key(&QueryId(*key))
-                }
-            })
-            .map(|key| (key, None))
-            .collect();
-        if !orphans.is_empty() {
-            tracing::info!(
-                count = orphans.len(),
-                "removing checkpoints of dropped queries and offsets of dropped subscriptions"
-            );
-            self.tables.log.commit(vec![], orphans).await?;
-        }
         for def in data.queries.values() {
             self.start(def.clone()).await;
         }
@@ -439,13 +412,13 @@ impl Engine {
         QueryPlan::new(&self.base, catalog, self.tables.log.clone(), sql).await
     }
 
-    /// Commits the checkpoint a new query starts from (before the catalog names it).
-    pub async fn create_checkpoint(
+    /// The checkpoint a new query starts from, to commit with the catalog that names it.
+    pub fn initial_checkpoint(
         &self,
         id: QueryId,
         plan: &QueryPlan,
         start: StartPosition,
-    ) -> Result<()> {
+    ) -> MetaUpdate {
         let snapshot = self.tables.log.snapshot();
         let starts = (0..plan.input.partitions)
             .map(|p| InputOffset {
@@ -457,18 +430,12 @@ impl Engine {
                 },
             })
             .collect();
-        let checkpoint = Checkpoint::initial(starts);
-        self.tables
-            .log
-            .commit(vec![], vec![(id.0, Some(checkpoint.encode()))])
-            .await?;
-        Ok(())
+        (id.0, Some(Checkpoint::initial(starts).encode()))
     }
 
-    /// Deletes a dropped query's checkpoint.
-    pub async fn forget(&self, id: QueryId) -> Result<()> {
-        self.tables.log.commit(vec![], vec![(id.0, None)]).await?;
-        Ok(())
+    /// The change that deletes a dropped query's checkpoint, to commit with the catalog.
+    pub fn forget(id: QueryId) -> MetaUpdate {
+        (id.0, None)
     }
 
     /// Starts a query of the catalog. A query that cannot start is kept as failed, with

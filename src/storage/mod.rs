@@ -42,9 +42,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use commit_log::MetaUpdate;
-use commit_log::{CommitLog, CommittedMeta};
+pub use commit_log::{COMMIT_LOG_FILE, Identity, MetaUpdate, RECORD_LEN_MAX, VALUE_LEN_MAX};
+use commit_log::{CommitLog, CommittedEnds, CommittedMeta, OnDisk};
 pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
+use segment::sync_dir;
 pub use types::{Compression, Offset, PartitionId, TopicId, now_ms};
 use writer::Writer;
 
@@ -96,6 +97,12 @@ pub enum StorageError {
     ShutDown,
     #[error("{}", lock::describe_holder(dir, *holder))]
     Locked { dir: PathBuf, holder: Option<u32> },
+    /// The data directory cannot be started from as it is; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// A write over a size limit of the log.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl StorageError {
@@ -155,7 +162,8 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Approximate size of one frame's uncompressed Arrow data.
     pub frame_bytes_target: u64,
-    /// The commit log is compacted into one snapshot record past this size.
+    /// The commit log is rewritten as a snapshot of the live state once it is past this
+    /// size and twice its size after the last rewrite.
     pub commit_log_bytes_max: u64,
     /// How often retention limits are checked.
     pub retention_check_interval: Duration,
@@ -179,7 +187,7 @@ impl LogConfig {
 /// one snapshot per query, so a query sees each multi-partition write whole or not at all.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    ends: HashMap<TopicId, Arc<Vec<Offset>>>,
+    ends: imbl::HashMap<TopicId, Arc<Vec<Offset>>>,
     /// The latest committed value of every metadata key (continuous queries' checkpoints).
     meta: CommittedMeta,
 }
@@ -256,6 +264,7 @@ enum Command {
 
 struct Shared {
     config: LogConfig,
+    identity: Identity,
     topics: RwLock<HashMap<TopicId, Arc<Topic>>>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Bumped after every commit; readers waiting for new records watch it.
@@ -266,6 +275,8 @@ struct Shared {
 /// The log of a data directory. Cheap to share behind an `Arc`.
 pub struct Log {
     shared: Arc<Shared>,
+    /// Held for as long as the log is open: one server per data directory.
+    _lock: lock::DataDirLock,
     /// `None` once shut down.
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -294,21 +305,79 @@ fn timestamp_column(schema: &Schema) -> Result<usize, StorageError> {
     Ok(index)
 }
 
-impl Log {
-    /// Opens the log in `config.dir`, recovering every topic in `topics` (the catalog's list)
-    /// to its last commit. Topic directories not in `topics` are leftovers of a `CREATE`
-    /// that never committed or a `DROP` that did, and are removed.
-    pub fn open(config: LogConfig, topics: Vec<TopicSpec>) -> Result<Log, StorageError> {
+/// The directory, under the data directory, that start-up moves files it cannot account
+/// for into (never deleting them).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// A data directory being opened: locked, its commit log read, nothing changed yet. The
+/// caller reads the catalog from it ([`Opening::meta`]) and then opens the log with the
+/// topics the catalog names.
+pub struct Opening {
+    config: LogConfig,
+    lock: lock::DataDirLock,
+    found: OnDisk,
+}
+
+impl Opening {
+    /// The committed value of a metadata key.
+    pub fn meta(&self, key: u64) -> Option<&Arc<Vec<u8>>> {
+        self.replayed().and_then(|r| r.meta.get(&key))
+    }
+
+    /// Whether the directory has no commit log yet (a new data directory).
+    pub fn is_new(&self) -> bool {
+        matches!(self.found, OnDisk::Missing | OnDisk::Empty)
+    }
+
+    /// Commit records replayed: zero for a log that has never committed anything.
+    pub fn commits(&self) -> u64 {
+        self.replayed().map_or(0, |r| r.commits)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    fn replayed(&self) -> Option<&commit_log::Replayed> {
+        match &self.found {
+            OnDisk::Current { replayed, .. } | OnDisk::Legacy { replayed } => Some(replayed),
+            OnDisk::Missing | OnDisk::Empty => None,
+        }
+    }
+
+    /// Opens the log, recovering each topic of `topics` (the catalog's) to its last commit.
+    /// Topic directories the catalog does not name are dealt with by their id: one below
+    /// `issued` was dropped (its deletion is finished); anything else is moved to
+    /// [`QUARANTINE_DIR`].
+    pub fn open(self, topics: Vec<TopicSpec>, issued: TopicId) -> Result<Log, StorageError> {
+        let Opening {
+            config,
+            lock,
+            found,
+        } = self;
         let root = config.dir.clone();
         let topics_root = root.join("topics");
+        let (commit_log, replayed) = match found {
+            OnDisk::Missing | OnDisk::Empty => {
+                (CommitLog::create(&root)?, commit_log::Replayed::default())
+            }
+            OnDisk::Current {
+                identity,
+                replayed,
+                valid_len,
+                sequence,
+            } => (
+                CommitLog::resume(&root, identity, valid_len, sequence)?,
+                replayed,
+            ),
+            OnDisk::Legacy { replayed } => (CommitLog::migrate(&root, &replayed)?, replayed),
+        };
         std::fs::create_dir_all(&topics_root).map_err(|e| StorageError::io(&topics_root, e))?;
-        let (commit_log, replayed) = CommitLog::open(&root)?;
-        let ends = replayed.ends;
 
         let mut live = HashMap::new();
         let mut snapshot = Snapshot {
-            ends: HashMap::new(),
-            meta: replayed.meta,
+            ends: imbl::HashMap::new(),
+            meta: replayed.meta.clone(),
         };
         for spec in topics {
             let dir = topic_dir(&root, &spec);
@@ -316,19 +385,22 @@ impl Log {
                 return Err(StorageError::corruption(
                     &dir,
                     0,
-                    "topic directory is missing",
+                    format!(
+                        "the directory of topic \"{}\" is missing (restore the data directory from a backup)",
+                        spec.name
+                    ),
                 ));
             }
             let mut partitions = Vec::with_capacity(spec.partitions as usize);
             let mut topic_ends = Vec::with_capacity(spec.partitions as usize);
             for p in 0..spec.partitions {
-                let end = ends
-                    .get(&(spec.id, PartitionId(p)))
-                    .copied()
-                    .unwrap_or_default();
+                let key = (spec.id, PartitionId(p));
+                let end = replayed.ends.get(&key).copied().unwrap_or_default();
+                let start = replayed.starts.get(&key).copied().unwrap_or_default();
                 partitions.push(Arc::new(Partition::open(
                     &partition_dir(&dir, p),
                     PartitionId(p),
+                    start,
                     end,
                 )?));
                 topic_ends.push(end);
@@ -345,11 +417,17 @@ impl Log {
                 }),
             );
         }
-        remove_orphans(&topics_root, &live)?;
+        settle_unknown_topics(&root, &live, issued)?;
+        let starts: CommittedEnds = replayed
+            .starts
+            .into_iter()
+            .filter(|((topic, _), _)| live.contains_key(topic))
+            .collect();
 
         let (commands_tx, commands_rx) = mpsc::channel(config.queue_depth);
         let shared = Arc::new(Shared {
             config: config.clone(),
+            identity: commit_log.identity(),
             topics: RwLock::new(live),
             snapshot: RwLock::new(Arc::new(snapshot)),
             commits: watch::channel(0).0,
@@ -358,6 +436,7 @@ impl Log {
         let writer = Writer {
             shared: shared.clone(),
             commit_log,
+            starts,
         };
         let handle = std::thread::Builder::new()
             .name("runnel-log-writer".into())
@@ -385,14 +464,56 @@ impl Log {
 
         Ok(Log {
             shared,
+            _lock: lock,
             commands: Mutex::new(Some(commands_tx)),
             writer: Mutex::new(Some(handle)),
             retention_stop: Mutex::new(Some(stop_tx)),
         })
     }
+}
+
+impl Log {
+    /// Starts opening the data directory `config.dir` (created if missing): takes its lock
+    /// and reads its commit log, changing nothing. A directory that holds data but no
+    /// commit log is refused: without it nothing there can be trusted or recovered.
+    pub fn begin_open(config: LogConfig) -> Result<Opening, StorageError> {
+        let root = config.dir.clone();
+        std::fs::create_dir_all(&root).map_err(|e| StorageError::io(&root, e))?;
+        let lock = lock::DataDirLock::acquire(&root)?;
+        let found = commit_log::read(&root)?;
+        if matches!(found, OnDisk::Missing | OnDisk::Empty)
+            && let Some(data) = data_without_commit_log(&root)?
+        {
+            let path = root.join(commit_log::COMMIT_LOG_FILE);
+            let what = if matches!(found, OnDisk::Missing) {
+                "is missing"
+            } else {
+                "is empty"
+            };
+            return Err(StorageError::Refused(format!(
+                "{} {what}, but the data directory holds data ({}): without the commit log \
+                 Runnel cannot tell what was committed, so it will not start. Restore the \
+                 data directory (commit.log with it) from a backup, or move {} aside to start \
+                 with an empty one",
+                path.display(),
+                data,
+                root.display()
+            )));
+        }
+        Ok(Opening {
+            config,
+            lock,
+            found,
+        })
+    }
 
     pub fn dir(&self) -> &Path {
         &self.shared.config.dir
+    }
+
+    /// Which data directory this is.
+    pub fn identity(&self) -> Identity {
+        self.shared.identity
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
@@ -520,22 +641,72 @@ impl Drop for Log {
     }
 }
 
-fn remove_orphans(
-    topics_root: &Path,
+/// What a data directory without a commit log holds that only a commit log could account
+/// for, if anything.
+fn data_without_commit_log(root: &Path) -> Result<Option<String>, StorageError> {
+    let mut found = vec![];
+    let topics = root.join("topics");
+    if topics.is_dir() {
+        let entries = std::fs::read_dir(&topics).map_err(|e| StorageError::io(&topics, e))?;
+        if entries.count() > 0 {
+            found.push("topics/");
+        }
+    }
+    if root.join("catalog.json").exists() {
+        found.push("catalog.json");
+    }
+    Ok((!found.is_empty()).then(|| found.join(", ")))
+}
+
+/// Deals with topic directories the catalog does not name: a topic with an id below
+/// `issued` was dropped (a crash came between the catalog commit and the deletion of its
+/// files), so its deletion is finished; anything else is moved to the quarantine directory.
+fn settle_unknown_topics(
+    root: &Path,
     live: &HashMap<TopicId, Arc<Topic>>,
+    issued: TopicId,
 ) -> Result<(), StorageError> {
-    for entry in std::fs::read_dir(topics_root).map_err(|e| StorageError::io(topics_root, e))? {
-        let entry = entry.map_err(|e| StorageError::io(topics_root, e))?;
+    let topics_root = root.join("topics");
+    for entry in std::fs::read_dir(&topics_root).map_err(|e| StorageError::io(&topics_root, e))? {
+        let entry = entry.map_err(|e| StorageError::io(&topics_root, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
         let id = name
             .rsplit_once('-')
-            .and_then(|(_, id)| id.parse::<u64>().ok());
-        let known = id.is_some_and(|id| live.contains_key(&TopicId(id)));
-        if !known {
-            tracing::info!(dir = %entry.path().display(), "removing topic directory not in the catalog");
-            std::fs::remove_dir_all(entry.path())
-                .map_err(|e| StorageError::io(&entry.path(), e))?;
+            .and_then(|(_, id)| id.parse::<u64>().ok())
+            .map(TopicId);
+        match id {
+            Some(id) if live.contains_key(&id) => {}
+            Some(id) if id < issued && entry.path().is_dir() => {
+                tracing::info!(dir = %entry.path().display(), "finishing the deletion of a dropped topic");
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| StorageError::io(&entry.path(), e))?;
+            }
+            _ => {
+                quarantine(root, &entry.path())?;
+            }
         }
     }
-    Ok(())
+    sync_dir(&topics_root)
+}
+
+/// Moves `path` (inside the data directory) to `quarantine/<time>/<same relative path>`.
+pub fn quarantine(root: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    let target = root
+        .join(QUARANTINE_DIR)
+        .join(now_ms().to_string())
+        .join(relative);
+    let parent = target.parent().expect("a path inside the quarantine");
+    std::fs::create_dir_all(parent).map_err(|e| StorageError::io(parent, e))?;
+    std::fs::rename(path, &target).map_err(|e| StorageError::io(path, e))?;
+    sync_dir(parent)?;
+    if let Some(from) = path.parent() {
+        sync_dir(from)?;
+    }
+    tracing::warn!(
+        from = %path.display(),
+        to = %target.display(),
+        "moved what the catalog does not account for into the quarantine; nothing was deleted"
+    );
+    Ok(target)
 }

@@ -60,13 +60,16 @@ impl Partition {
 
     /// Opens a partition and recovers it to `committed_end`: segments that start after it
     /// are deleted, the active segment is cut back to it, and it must be reachable through
-    /// intact frames (otherwise the error names the corrupt file and position).
+    /// intact frames (otherwise the error names the corrupt file and position). Every
+    /// record from `log_start` (where retention last committed the partition starts) to
+    /// the committed end must be in a segment: a missing or short segment is an error.
     pub fn open(
         dir: &Path,
         id: PartitionId,
+        log_start: Offset,
         committed_end: Offset,
     ) -> Result<Partition, StorageError> {
-        let (segments, writer) = recover(dir, committed_end)?;
+        let (segments, writer) = recover(dir, log_start, committed_end)?;
         Ok(Partition {
             id,
             dir: dir.to_path_buf(),
@@ -79,7 +82,8 @@ impl Partition {
     pub fn roll_back(&self, committed_end: Offset) -> Result<(), StorageError> {
         let mut writer = self.writer.lock().expect("partition writer lock");
         let mut segments = self.segments.write().expect("segments lock");
-        let (recovered, recovered_writer) = recover(&self.dir, committed_end)?;
+        let log_start = segments[0].base_offset;
+        let (recovered, recovered_writer) = recover(&self.dir, log_start, committed_end)?;
         *segments = recovered;
         *writer = recovered_writer;
         Ok(())
@@ -243,15 +247,15 @@ impl Partition {
             .next_offset
     }
 
-    /// Deletes sealed segments that fall outside the retention limits: the oldest ones while
-    /// the partition would still hold at least `retention_bytes` without them, and those whose
-    /// newest record is older than `min_timestamp_ms`. The active segment is never deleted.
-    /// Returns the number of segments deleted.
-    pub fn enforce_retention(
+    /// Where the partition would start if the sealed segments outside the retention limits
+    /// were deleted: the oldest ones while the partition would still hold at least
+    /// `retention_bytes` without them, and those whose newest record is older than
+    /// `min_timestamp_ms`. The active segment is never deleted. `None` if none would be.
+    pub fn retention_start(
         &self,
         retention_bytes: Option<u64>,
         min_timestamp_ms: Option<i64>,
-    ) -> Result<usize, StorageError> {
+    ) -> Result<Option<Offset>, StorageError> {
         let segments = self.segments();
         let mut total: u64 = segments.iter().map(|s| s.size_bytes()).sum();
         let mut doomed = 0;
@@ -268,44 +272,39 @@ impl Partition {
             total -= size;
             doomed += 1;
         }
-        if doomed == 0 {
-            return Ok(0);
-        }
-        let removed: Vec<Arc<Segment>> = self
-            .segments
-            .write()
-            .expect("segments lock")
-            .drain(..doomed)
-            .collect();
-        for segment in &removed {
-            tracing::info!(segment = %segment.path.display(), "deleting segment past retention");
-            segment::delete_segment_files(&self.dir, segment.base_offset)?;
-        }
-        Ok(doomed)
+        Ok((doomed > 0).then(|| segments[doomed].base_offset))
     }
 
-    /// Deletes the sealed segments all of whose records are before `offset`; the active
-    /// segment is never deleted. Returns the number deleted.
-    pub fn delete_segments_before(&self, offset: Offset) -> Result<usize, StorageError> {
+    /// Where the partition would start if the sealed segments holding only records before
+    /// `offset` were deleted; `None` if there are none.
+    pub fn start_after_deleting_before(&self, offset: Offset) -> Option<Offset> {
         let segments = self.segments();
         // A sealed segment ends where the next one starts.
         let doomed = segments
             .windows(2)
             .take_while(|w| w[1].base_offset <= offset)
             .count();
-        if doomed == 0 {
-            return Ok(0);
-        }
-        let removed: Vec<Arc<Segment>> = self
-            .segments
-            .write()
-            .expect("segments lock")
-            .drain(..doomed)
-            .collect();
+        (doomed > 0).then(|| segments[doomed].base_offset)
+    }
+
+    /// Deletes the segments before the one starting at `start` (a start committed by
+    /// [`Partition::retention_start`] or [`Partition::start_after_deleting_before`]).
+    /// Returns the number deleted.
+    pub fn delete_segments_before(&self, start: Offset) -> Result<usize, StorageError> {
+        let removed: Vec<Arc<Segment>> = {
+            let mut segments = self.segments.write().expect("segments lock");
+            let doomed = segments
+                .iter()
+                .take_while(|s| s.base_offset < start)
+                .count()
+                .min(segments.len() - 1);
+            segments.drain(..doomed).collect()
+        };
         for segment in &removed {
+            tracing::info!(segment = %segment.path.display(), "deleting segment before the log start");
             segment::delete_segment_files(&self.dir, segment.base_offset)?;
         }
-        Ok(doomed)
+        Ok(removed.len())
     }
 
     /// Reads committed records in `range` (clamped to the log start). Blocking: run it on a
@@ -326,16 +325,17 @@ impl Partition {
 
 fn recover(
     dir: &Path,
+    log_start: Offset,
     committed_end: Offset,
 ) -> Result<(Vec<Arc<Segment>>, PartitionWriter), StorageError> {
     let mut bases = segment::list_segments(dir)?;
     if bases.is_empty() {
-        if committed_end != Offset(0) {
+        if committed_end != Offset(0) || log_start != Offset(0) {
             return Err(StorageError::corruption(
                 dir,
                 0,
                 format!(
-                    "partition has no segments but offsets up to {committed_end} were committed"
+                    "partition has no segments but offsets {log_start}..{committed_end} were committed"
                 ),
             ));
         }
@@ -348,23 +348,46 @@ fn recover(
             },
         ));
     }
-    if bases[0] > committed_end {
-        return Err(StorageError::corruption(
-            &segment::log_path(dir, bases[0]),
-            0,
-            format!("first segment starts after the committed end offset {committed_end}"),
-        ));
-    }
     // Segments rolled for appends that never committed.
     while bases.len() > 1 && *bases.last().expect("non-empty") > committed_end {
         let base = bases.pop().expect("non-empty");
         tracing::info!(segment = %segment::log_path(dir, base).display(), "deleting uncommitted segment");
         segment::delete_segment_files(dir, base)?;
     }
+    // Segments retention committed the deletion of, when the files outlived the commit.
+    while bases.len() > 1 && bases[1] <= log_start {
+        let base = bases.remove(0);
+        tracing::info!(segment = %segment::log_path(dir, base).display(), "finishing the deletion of a segment past retention");
+        segment::delete_segment_files(dir, base)?;
+    }
+    if bases[0] > log_start {
+        return Err(StorageError::corruption(
+            &segment::log_path(dir, bases[0]),
+            0,
+            format!(
+                "the partition starts at offset {log_start}, but its first segment starts at {}: the segments holding offsets {log_start}..{} are missing",
+                bases[0], bases[0]
+            ),
+        ));
+    }
     let active_base = bases.pop().expect("non-empty");
     let mut segments = Vec::with_capacity(bases.len() + 1);
-    for base in bases {
-        segments.push(Arc::new(Segment::open_sealed(dir, base)?));
+    for (i, base) in bases.iter().enumerate() {
+        let segment = Segment::open_sealed(dir, *base)?;
+        let next = bases.get(i + 1).copied().unwrap_or(active_base);
+        let end = segment.end_offset()?;
+        if end != next {
+            return Err(StorageError::corruption(
+                &segment.path,
+                segment.size_bytes(),
+                format!(
+                    "the segment ends at offset {end} but the next one starts at {next}: offsets {}..{} are missing",
+                    end.min(next),
+                    end.max(next)
+                ),
+            ));
+        }
+        segments.push(Arc::new(segment));
     }
     let (segment, active) = SegmentWriter::recover(dir, active_base, committed_end)?;
     segments.push(Arc::new(segment));
@@ -458,14 +481,25 @@ impl PartitionReader {
             };
             let segment = self.segments[i].clone();
             let Some(header) = segment.header_at(self.position)? else {
-                if i + 1 >= self.segments.len() {
+                let Some(following) = self.segments.get(i + 1) else {
                     return Err(StorageError::corruption(
                         &segment.path,
                         self.position,
                         format!("log ends before committed offset {}", self.end),
                     ));
+                };
+                // A sealed segment ends where the next starts; ending early means records
+                // are missing, which is an error, never a gap to step over.
+                if self.next < following.base_offset {
+                    return Err(StorageError::corruption(
+                        &segment.path,
+                        self.position,
+                        format!(
+                            "the segment ends at offset {} but the next one starts at {}: offsets {}..{} are missing",
+                            self.next, following.base_offset, self.next, following.base_offset
+                        ),
+                    ));
                 }
-                self.next = self.next.max(self.segments[i + 1].base_offset);
                 self.enter_segment(i + 1);
                 continue;
             };

@@ -174,6 +174,55 @@ impl Segment {
         Ok(max)
     }
 
+    /// The offset after the segment's last record, found by walking frame headers from the
+    /// last index entry. The frames must end exactly at the end of the file: a sealed
+    /// segment cut short (or grown) is corruption.
+    pub fn end_offset(&self) -> Result<Offset, StorageError> {
+        let (mut position, size) = {
+            let state = self.state.read().expect("segment lock");
+            let last = state.index.offsets.last().copied();
+            (last.map_or(0, |e| e.position as u64), state.size_bytes)
+        };
+        let mut end = self.base_offset;
+        if let Some(entry) = self
+            .state
+            .read()
+            .expect("segment lock")
+            .index
+            .offsets
+            .last()
+        {
+            end = self.base_offset.plus(entry.relative_offset as u64);
+        }
+        while position < size {
+            let Some(header) = self.header_at(position)? else {
+                break;
+            };
+            if header.base_offset != end {
+                return Err(StorageError::corruption(
+                    &self.path,
+                    position,
+                    format!(
+                        "frame starts at offset {}, expected {end}",
+                        header.base_offset
+                    ),
+                ));
+            }
+            position += header.length as u64;
+            end = header.end_offset();
+        }
+        if position != size {
+            return Err(StorageError::corruption(
+                &self.path,
+                position.min(size),
+                format!(
+                    "sealed segment is {size} bytes but its frames end at byte {position}: the file was cut short or changed"
+                ),
+            ));
+        }
+        Ok(end)
+    }
+
     /// Opens a sealed segment: loads its indexes, rebuilding them from the frames if they are
     /// missing or malformed (they are hints; the frames are the truth).
     pub fn open_sealed(dir: &Path, base: Offset) -> Result<Segment, StorageError> {

@@ -45,9 +45,16 @@ fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordBatch {
 }
 
 fn open(dir: &Path, specs: Vec<TopicSpec>) -> Log {
+    try_open(dir, specs).unwrap()
+}
+
+/// Opens the log as the database does, with `specs` as the catalog's topics and every id
+/// up to the largest of them issued.
+fn try_open(dir: &Path, specs: Vec<TopicSpec>) -> Result<Log, StorageError> {
     let mut config = LogConfig::new(dir);
     config.frame_bytes_target = 4096;
-    Log::open(config, specs).unwrap()
+    let issued = TopicId(specs.iter().map(|s| s.id.0 + 1).max().unwrap_or(1));
+    Log::begin_open(config)?.open(specs, issued)
 }
 
 fn read_ids(log: &Log, spec: &TopicSpec, partition: u32) -> Result<Vec<i64>, StorageError> {
@@ -260,7 +267,7 @@ async fn corruption_before_the_committed_end_refuses_to_open() {
     std::fs::write(&path, &bytes).unwrap();
     // Remove the index so recovery walks from the start of the segment.
     std::fs::remove_file(path.with_extension("index")).unwrap();
-    let err = Log::open(LogConfig::new(dir.path()), vec![s.clone()]).expect_err("refused");
+    let err = try_open(dir.path(), vec![s.clone()]).expect_err("refused");
     match err {
         StorageError::Corruption {
             path: p, position, ..
@@ -432,22 +439,218 @@ async fn compressed_topics_round_trip() {
 }
 
 #[tokio::test]
-async fn dropped_and_uncataloged_topics_leave_no_files() {
+async fn dropped_topics_are_deleted_and_unknown_ones_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let a = spec(1, 1);
     let b = spec(2, 1);
+    let c = spec(3, 1);
     {
         let log = open(dir.path(), vec![]);
-        log.create_topic(a.clone()).await.unwrap();
-        log.create_topic(b.clone()).await.unwrap();
+        for s in [&a, &b, &c] {
+            log.create_topic(s.clone()).await.unwrap();
+        }
+        append(&log, &c, 0, 0, 10).await;
         log.drop_topic(a.id).await.unwrap();
         assert!(!topic_dir(dir.path(), &a).exists());
         log.shutdown();
     }
-    // `b` was created but (as after a crash before the catalog recorded it) is not listed.
-    let log = open(dir.path(), vec![]);
-    assert!(!topic_dir(dir.path(), &b).exists());
+    // The catalog issued ids up to 2 and names neither 1 nor 2: `b` was dropped, and its
+    // files outlived the drop (a crash in between). It does not know `c` at all (as after a
+    // crash before a CREATE committed, or with a catalog older than the data).
+    let mut config = LogConfig::new(dir.path());
+    config.frame_bytes_target = 4096;
+    let log = Log::begin_open(config)
+        .unwrap()
+        .open(vec![], TopicId(3))
+        .unwrap();
+    assert!(!topic_dir(dir.path(), &b).exists(), "the drop is finished");
+    assert!(!topic_dir(dir.path(), &c).exists());
+    let quarantined: Vec<_> = std::fs::read_dir(dir.path().join(QUARANTINE_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("topics").join("t3-3"))
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0]
+            .join("0")
+            .join("00000000000000000000.log")
+            .is_file(),
+        "moved whole, not deleted: {quarantined:?}"
+    );
     drop(log);
+}
+
+#[tokio::test]
+async fn data_without_a_commit_log_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(1, 2);
+    {
+        let log = open(dir.path(), vec![]);
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 100).await;
+        log.shutdown();
+    }
+    let commit_log = dir.path().join(COMMIT_LOG_FILE);
+    for damage in ["missing", "empty"] {
+        match damage {
+            "missing" => std::fs::rename(&commit_log, dir.path().join("kept")).unwrap(),
+            _ => std::fs::write(&commit_log, b"").unwrap(),
+        }
+        let segment = active_log_file(dir.path(), &s, 0);
+        let before = std::fs::metadata(&segment).unwrap().len();
+        let err = try_open(dir.path(), vec![s.clone()]).expect_err("refused");
+        assert!(
+            matches!(&err, StorageError::Refused(m) if m.contains(&format!("commit.log is {damage}")) && m.contains("topics/")),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), before);
+    }
+    std::fs::rename(dir.path().join("kept"), &commit_log).unwrap();
+    let log = open(dir.path(), vec![s.clone()]);
+    assert_eq!(read_ids(&log, &s, 0).unwrap().len(), 100);
+}
+
+/// A topic of `segment_bytes` segments with 20 appends of 50 records; returns the bases of
+/// its segments.
+async fn segmented(dir: &Path, s: &TopicSpec) -> Vec<Offset> {
+    let log = open(dir, vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..20 {
+        append(&log, s, 0, i * 50, (i + 1) * 50).await;
+    }
+    let bases = log.topic(s.id).unwrap().partitions[0]
+        .segments()
+        .iter()
+        .map(|s| s.base_offset)
+        .collect();
+    log.shutdown();
+    bases
+}
+
+#[tokio::test]
+async fn a_missing_or_short_sealed_segment_is_an_error_never_a_gap() {
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 8 * 1024;
+    for damage in ["first missing", "middle missing", "middle cut short"] {
+        let dir = tempfile::tempdir().unwrap();
+        let bases = segmented(dir.path(), &s).await;
+        assert!(bases.len() > 3, "{bases:?}");
+        let partition = topic_dir(dir.path(), &s).join("0");
+        let victim = match damage {
+            "first missing" => bases[0],
+            _ => bases[1],
+        };
+        let path = segment::log_path(&partition, victim);
+        match damage {
+            "middle cut short" => {
+                let len = std::fs::metadata(&path).unwrap().len();
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            }
+            _ => std::fs::remove_file(&path).unwrap(),
+        }
+        let err = try_open(dir.path(), vec![s.clone()]).expect_err("refused");
+        let StorageError::Corruption {
+            path: named,
+            reason,
+            ..
+        } = &err
+        else {
+            panic!("{damage}: expected corruption, got {err}");
+        };
+        assert!(
+            ["missing", "cut short", "truncated"]
+                .iter()
+                .any(|w| reason.contains(w)),
+            "{damage}: {err}"
+        );
+        let expected = match damage {
+            "first missing" => segment::log_path(&partition, bases[1]),
+            "middle missing" => segment::log_path(&partition, bases[0]),
+            _ => path.clone(),
+        };
+        assert_eq!(named, &expected, "{damage}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_segment_cut_short_while_running_fails_the_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 8 * 1024;
+    let log = open(dir.path(), vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..20 {
+        append(&log, &s, 0, i * 50, (i + 1) * 50).await;
+    }
+    let partition = log.topic(s.id).unwrap().partitions[0].clone();
+    let second = partition.segments()[1].clone();
+    // Cut at a frame boundary: every frame left is intact, but records are missing.
+    let cut = second.state.read().unwrap().index.offsets[0].position as u64;
+    let cut = if cut == 0 {
+        second.header_at(0).unwrap().unwrap().length as u64
+    } else {
+        cut
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(&second.path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let err = read_ids(&log, &s, 0).expect_err("a read over the gap fails");
+    assert!(
+        matches!(&err, StorageError::Corruption { path, reason, .. } if *path == second.path && reason.contains("missing")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn retention_commits_the_log_start_before_deleting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 8 * 1024;
+    s.retention_bytes = Some(16 * 1024);
+    let bases = segmented(dir.path(), &s).await;
+    let partition = topic_dir(dir.path(), &s).join("0");
+    // Keep copies of what retention deletes.
+    let saved = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&partition).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), saved.path().join(entry.file_name())).unwrap();
+    }
+    let log = open(dir.path(), vec![s.clone()]);
+    assert!(log.enforce_retention().await.unwrap() > 0);
+    let start = log.topic(s.id).unwrap().partitions[0].log_start_offset();
+    assert!(start > bases[0]);
+    log.shutdown();
+    drop(log);
+    // As if the deletion had not reached the disk before a crash: the files are back, and
+    // the next start deletes them again, since the commit log says where the log starts.
+    for entry in std::fs::read_dir(saved.path()).unwrap() {
+        let entry = entry.unwrap();
+        let target = partition.join(entry.file_name());
+        if !target.exists() {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+    let log = open(dir.path(), vec![s.clone()]);
+    let partition_now = log.topic(s.id).unwrap().partitions[0].clone();
+    assert_eq!(partition_now.log_start_offset(), start);
+    assert_eq!(
+        read_ids(&log, &s, 0).unwrap().first().copied(),
+        Some(start.0 as i64)
+    );
+    log.shutdown();
+    drop(log);
+    // And a segment missing after the committed start is an error.
+    std::fs::remove_file(segment::log_path(&partition, start)).unwrap();
+    let err = try_open(dir.path(), vec![s.clone()]).expect_err("refused");
+    assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
 }
 
 #[tokio::test]

@@ -1,36 +1,44 @@
 //! The log's writer thread: group commit.
 //!
-//! Every append, topic creation and deletion goes through one thread, in arrival order. The
-//! thread takes everything queued at once: consecutive appends form one group, whose frames
-//! are written (appends to the same partition coalesced into shared frames), each touched
-//! partition fsynced once, and one commit record written and fsynced for the whole group.
-//! While that runs, new appends queue up and form the next group, so the cost of an fsync is
-//! shared by every writer waiting on it: durability costs latency, not throughput.
+//! Every append, topic creation and deletion, and retention goes through one thread, in
+//! arrival order. The thread takes everything queued at once: consecutive appends form one
+//! group, whose frames are written (appends to the same partition coalesced into shared
+//! frames), each touched partition fsynced once, and one commit record written and fsynced
+//! for the whole group. While that runs, new appends queue up and form the next group, so
+//! the cost of an fsync is shared by every writer waiting on it: durability costs latency,
+//! not throughput.
 //!
-//! A failure while writing a group undoes the group (every touched partition is put back to
-//! its committed end, exactly as recovery would) and fails all its appends; nothing of it
-//! becomes visible. A failure that cannot be undone stops the log from taking writes until
-//! a restart recovers it.
+//! Failures, by what they leave behind:
+//! - A write that fails (a full disk, say) undoes the group: every touched partition is put
+//!   back to its committed end, exactly as recovery would, and all its appends fail. Nothing
+//!   of it becomes visible, and later groups are tried as usual.
+//! - An fsync that fails leaves unknown what is on disk, and the kernel may already have
+//!   dropped the pages it could not write: retrying would report success for data that is
+//!   gone (PostgreSQL's fsync lesson). The log stops acknowledging writes until a restart
+//!   recovers it from what really is on disk.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 use tokio::sync::mpsc;
 
-use super::commit_log::{CommitLog, CommittedEnds};
+use super::commit_log::{Commit, CommitError, CommitLog, CommittedEnds};
 use super::partition::{AppendOptions, Partition};
 use super::segment::sync_dir;
-use super::types::{Offset, PartitionId};
+use super::types::{Offset, PartitionId, now_ms};
 use super::{
-    AppendedRange, Command, MetaUpdate, PartitionBatch, Reply, Shared, Snapshot, StorageError,
-    Topic, TopicId, TopicSpec, partition_dir, timestamp_column, topic_dir,
+    AppendedRange, Command, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared, Snapshot,
+    StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir, timestamp_column,
+    topic_dir,
 };
 
 /// Bound on the records one group commit takes, so one group's memory stays bounded and
 /// early appenders are not held back by a flood behind them.
 const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bound on the metadata one group's commit record carries; the rest of
+/// [`RECORD_LEN_MAX`] is left for end offsets.
+const GROUP_META_BYTES_MAX: usize = RECORD_LEN_MAX / 2;
 
 /// Records to append, metadata to change, and where to send the outcome.
 struct AppendRequest {
@@ -39,15 +47,27 @@ struct AppendRequest {
     reply: Reply<Vec<AppendedRange>>,
 }
 
+impl AppendRequest {
+    fn meta_bytes(&self) -> usize {
+        self.meta
+            .iter()
+            .map(|(_, v)| 12 + v.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) commit_log: CommitLog,
+    /// Log start offsets committed so far (partitions not named start at 0).
+    pub(super) starts: CommittedEnds,
 }
 
 impl Writer {
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut group: Vec<AppendRequest> = vec![];
         let mut group_bytes = 0usize;
+        let mut group_meta_bytes = 0usize;
         while let Some(command) = commands.blocking_recv() {
             let mut next = Some(command);
             while let Some(command) = next.take() {
@@ -57,19 +77,32 @@ impl Writer {
                         meta,
                         reply,
                     } => {
-                        group_bytes += batches
-                            .iter()
-                            .map(|b| b.records.get_array_memory_size())
-                            .sum::<usize>();
-                        group.push(AppendRequest {
+                        let request = AppendRequest {
                             batches,
                             meta,
                             reply,
-                        });
+                        };
+                        if let Err(e) = check_meta(&request) {
+                            let _ = request.reply.send(Err(e));
+                        } else {
+                            if group_meta_bytes + request.meta_bytes() > GROUP_META_BYTES_MAX {
+                                self.commit_group(std::mem::take(&mut group));
+                                group_bytes = 0;
+                                group_meta_bytes = 0;
+                            }
+                            group_bytes += request
+                                .batches
+                                .iter()
+                                .map(|b| b.records.get_array_memory_size())
+                                .sum::<usize>();
+                            group_meta_bytes += request.meta_bytes();
+                            group.push(request);
+                        }
                     }
                     other => {
                         self.commit_group(std::mem::take(&mut group));
                         group_bytes = 0;
+                        group_meta_bytes = 0;
                         self.execute(other);
                     }
                 }
@@ -79,6 +112,7 @@ impl Writer {
             }
             self.commit_group(std::mem::take(&mut group));
             group_bytes = 0;
+            group_meta_bytes = 0;
         }
         tracing::debug!("log writer stopped");
     }
@@ -98,16 +132,12 @@ impl Writer {
                 offset,
                 reply,
             } => {
-                let result = self
-                    .shared
-                    .topics
-                    .read()
-                    .expect("topics lock")
-                    .get(&topic)
-                    .cloned()
-                    .ok_or(StorageError::UnknownTopic(topic))
-                    .and_then(|t| t.partition(partition).cloned())
-                    .and_then(|p| p.delete_segments_before(offset));
+                let result = self.partition(topic, partition).and_then(|p| {
+                    match p.start_after_deleting_before(offset) {
+                        Some(start) => self.move_starts(vec![(topic, p, start)]),
+                        None => Ok(0),
+                    }
+                });
                 let _ = reply.send(result);
             }
             Command::Retention { reply } => {
@@ -122,13 +152,45 @@ impl Writer {
         }
     }
 
+    fn partition(
+        &self,
+        topic: TopicId,
+        partition: PartitionId,
+    ) -> Result<Arc<Partition>, StorageError> {
+        self.shared
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(&topic)
+            .cloned()
+            .ok_or(StorageError::UnknownTopic(topic))
+            .and_then(|t| t.partition(partition).cloned())
+    }
+
     fn failed(&self) -> Option<String> {
         self.shared.failed.lock().expect("failed lock").clone()
     }
 
     fn fail(&self, reason: String) {
-        tracing::error!(%reason, "the log stops accepting writes");
+        tracing::error!(%reason, "the log stops accepting writes until a restart");
         *self.shared.failed.lock().expect("failed lock") = Some(reason);
+    }
+
+    /// Commits a record with no records: new log start offsets or metadata alone. A failure
+    /// to write it fails the operation; a failed fsync fails the log.
+    fn commit_alone(&mut self, commit: Commit) -> Result<(), StorageError> {
+        if let Some(reason) = self.failed() {
+            return Err(StorageError::Failed(reason));
+        }
+        match self.commit_log.commit(&commit) {
+            Ok(()) => Ok(()),
+            Err(CommitError::NotWritten(e)) => Err(e),
+            Err(CommitError::Unknown(e)) => {
+                let message = e.to_string();
+                self.fail(format!("syncing the commit log: {message}"));
+                Err(StorageError::Failed(message))
+            }
+        }
     }
 
     fn commit_group(&mut self, requests: Vec<AppendRequest>) {
@@ -178,7 +240,7 @@ impl Writer {
         let mut touched: Vec<(Arc<Topic>, Arc<Partition>)> = vec![];
         let mut ends = vec![];
         let started = std::time::Instant::now();
-        let mut synced_at = started;
+        let mut written_at = started;
         let written = (|| -> Result<(), StorageError> {
             for key in &order {
                 let topic = topics[&key.0].clone();
@@ -206,70 +268,97 @@ impl Writer {
                 }
                 ends.push((key.0, key.1, offset));
             }
-            let written_at = std::time::Instant::now();
-            sync_all(&touched)?;
-            synced_at = std::time::Instant::now();
-            tracing::trace!(
-                requests = accepted.len(),
-                partitions = touched.len(),
-                write_us = (written_at - started).as_micros() as u64,
-                sync_us = (synced_at - written_at).as_micros() as u64,
-                "group written"
-            );
+            written_at = std::time::Instant::now();
             Ok(())
         })();
 
         if let Err(error) = written {
             // No commit record was written: put the partitions back and fail the group.
             tracing::error!(%error, "writing a group failed; undoing it");
-            let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
-            for (topic, partition) in &touched {
-                let end = snapshot.high_watermark(topic.spec.id, partition.id);
-                if let Err(e) = partition.roll_back(end) {
-                    self.fail(format!(
-                        "undoing a failed append in {}: {e}",
-                        partition.dir.display()
-                    ));
-                }
-            }
-            let message = error.to_string();
+            self.undo(&touched);
             for request in accepted {
-                let _ = request.reply.send(Err(match &error {
-                    StorageError::InvalidBatch(m) => StorageError::InvalidBatch(m.clone()),
-                    _ => StorageError::Failed(message.clone()),
-                }));
+                let _ = request.reply.send(Err(copy_error(&error)));
             }
             return;
         }
-
-        let meta: Vec<MetaUpdate> = accepted
-            .iter()
-            .flat_map(|r| r.meta.iter().cloned())
-            .collect();
-        if let Err(error) = self.commit_log.commit(&ends, &meta) {
-            // Whether the record reached the disk is unknown, and the commit log may now end
-            // in a partial record: only recovery at the next start can tell what committed.
-            self.fail(format!("writing the commit log: {error}"));
+        if let Err(error) = sync_all(&touched) {
+            self.fail(format!("syncing written records: {error}"));
+            let message = error.to_string();
             for request in accepted {
                 let _ = request
                     .reply
-                    .send(Err(StorageError::Failed(error.to_string())));
+                    .send(Err(StorageError::Failed(message.clone())));
             }
             return;
+        }
+        let synced_at = std::time::Instant::now();
+        tracing::trace!(
+            requests = accepted.len(),
+            partitions = touched.len(),
+            write_us = (written_at - started).as_micros() as u64,
+            sync_us = (synced_at - written_at).as_micros() as u64,
+            "group written"
+        );
+
+        let commit = Commit {
+            ends,
+            starts: vec![],
+            meta: accepted
+                .iter()
+                .flat_map(|r| r.meta.iter().cloned())
+                .collect(),
+        };
+        match self.commit_log.commit(&commit) {
+            Ok(()) => {}
+            Err(CommitError::NotWritten(error)) => {
+                tracing::error!(%error, "writing a commit record failed; undoing the group");
+                self.undo(&touched);
+                for request in accepted {
+                    let _ = request.reply.send(Err(copy_error(&error)));
+                }
+                return;
+            }
+            Err(CommitError::Unknown(error)) => {
+                // Whether the record reached the disk is unknown: only recovery at the next
+                // start can tell what committed.
+                self.fail(format!("writing the commit log: {error}"));
+                for request in accepted {
+                    let _ = request
+                        .reply
+                        .send(Err(StorageError::Failed(error.to_string())));
+                }
+                return;
+            }
         }
 
         tracing::trace!(
             commit_us = synced_at.elapsed().as_micros() as u64,
             "group committed"
         );
-        self.publish(&ends, meta);
+        self.publish(&commit.ends, commit.meta);
         for (request, ranges) in accepted.into_iter().zip(ranges) {
             let _ = request.reply.send(Ok(ranges));
         }
-        if self.commit_log.size_bytes() > self.shared.config.commit_log_bytes_max
-            && let Err(e) = self.compact_commit_log()
+        if self
+            .commit_log
+            .rewrite_due(self.shared.config.commit_log_bytes_max)
+            && let Err(e) = self.rewrite_commit_log()
         {
-            self.fail(format!("compacting the commit log: {e}"));
+            self.fail(format!("rewriting the commit log: {e}"));
+        }
+    }
+
+    /// Puts the touched partitions back to their committed ends after a failed write.
+    fn undo(&self, touched: &[(Arc<Topic>, Arc<Partition>)]) {
+        let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
+        for (topic, partition) in touched {
+            let end = snapshot.high_watermark(topic.spec.id, partition.id);
+            if let Err(e) = partition.roll_back(end) {
+                self.fail(format!(
+                    "undoing a failed append in {}: {e}",
+                    partition.dir.display()
+                ));
+            }
         }
     }
 
@@ -293,7 +382,7 @@ impl Writer {
         self.shared.commits.send_modify(|n| *n += 1);
     }
 
-    fn compact_commit_log(&mut self) -> Result<(), StorageError> {
+    fn rewrite_commit_log(&mut self) -> Result<(), StorageError> {
         let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
         let mut ends = CommittedEnds::new();
         for (topic, topic_ends) in &snapshot.ends {
@@ -301,14 +390,23 @@ impl Writer {
                 ends.insert((*topic, PartitionId(p as u32)), *end);
             }
         }
-        self.commit_log.rewrite(&ends, &snapshot.meta)
+        let meta: Vec<_> = snapshot.meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let started = std::time::Instant::now();
+        self.commit_log.rewrite(&ends, &self.starts, &meta)?;
+        tracing::debug!(
+            bytes = self.commit_log.size_bytes(),
+            ms = started.elapsed().as_millis() as u64,
+            "rewrote the commit log"
+        );
+        Ok(())
     }
 
     fn create_topic(&mut self, spec: TopicSpec) -> Result<(), StorageError> {
         let root = self.shared.config.dir.clone();
         let dir = topic_dir(&root, &spec);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+            // Topic ids are never reused, so this is not a topic of the catalog's.
+            super::quarantine(&root, &dir)?;
         }
         let timestamp_column = timestamp_column(&spec.schema)?;
         let created = (|| {
@@ -362,15 +460,38 @@ impl Writer {
             snapshot.ends.remove(&id);
             *snapshot_lock = Arc::new(snapshot);
         }
+        self.starts.retain(|(topic, _), _| *topic != id);
         std::fs::remove_dir_all(&topic.dir).map_err(|e| StorageError::io(&topic.dir, e))?;
         sync_dir(&self.shared.config.dir.join("topics"))
     }
 
+    /// Moves the log start of partitions forward: commits the new starts, then deletes the
+    /// segments before them. Returns the segments deleted.
+    fn move_starts(
+        &mut self,
+        moves: Vec<(TopicId, Arc<Partition>, Offset)>,
+    ) -> Result<usize, StorageError> {
+        if moves.is_empty() {
+            return Ok(0);
+        }
+        let starts = moves
+            .iter()
+            .map(|(topic, partition, start)| (*topic, partition.id, *start))
+            .collect();
+        self.commit_alone(Commit {
+            starts,
+            ..Commit::default()
+        })?;
+        let mut deleted = 0;
+        for (topic, partition, start) in moves {
+            self.starts.insert((topic, partition.id), start);
+            deleted += partition.delete_segments_before(start)?;
+        }
+        Ok(deleted)
+    }
+
     fn enforce_retention(&mut self) -> Result<usize, StorageError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as i64;
+        let now_ms = now_ms();
         let topics: Vec<Arc<Topic>> = self
             .shared
             .topics
@@ -379,7 +500,7 @@ impl Writer {
             .values()
             .cloned()
             .collect();
-        let mut deleted = 0;
+        let mut moves = vec![];
         for topic in topics {
             let spec = &topic.spec;
             if spec.retention_bytes.is_none() && spec.retention_ms.is_none() {
@@ -387,10 +508,47 @@ impl Writer {
             }
             let min_timestamp_ms = spec.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
             for partition in &topic.partitions {
-                deleted += partition.enforce_retention(spec.retention_bytes, min_timestamp_ms)?;
+                if let Some(start) =
+                    partition.retention_start(spec.retention_bytes, min_timestamp_ms)?
+                {
+                    moves.push((spec.id, partition.clone(), start));
+                }
             }
         }
-        Ok(deleted)
+        self.move_starts(moves)
+    }
+}
+
+/// Refuses a request whose metadata could never fit a commit record.
+fn check_meta(request: &AppendRequest) -> Result<(), StorageError> {
+    if let Some((key, Some(value))) = request
+        .meta
+        .iter()
+        .find(|(_, v)| v.as_ref().is_some_and(|v| v.len() > VALUE_LEN_MAX))
+    {
+        return Err(StorageError::TooLarge(format!(
+            "a metadata value of {} bytes (key {key}) is over the limit of {VALUE_LEN_MAX}",
+            value.len()
+        )));
+    }
+    if request.meta_bytes() > GROUP_META_BYTES_MAX {
+        return Err(StorageError::TooLarge(format!(
+            "{} bytes of metadata in one commit are over the limit of {GROUP_META_BYTES_MAX}",
+            request.meta_bytes()
+        )));
+    }
+    Ok(())
+}
+
+/// A copy of `error` for each request of a failed group.
+fn copy_error(error: &StorageError) -> StorageError {
+    match error {
+        StorageError::Io { path, source } => StorageError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StorageError::InvalidBatch(m) => StorageError::InvalidBatch(m.clone()),
+        other => StorageError::Failed(other.to_string()),
     }
 }
 

@@ -111,7 +111,7 @@ pub fn start_refused(data_dir: &Path, flags: &[&str]) -> (std::process::ExitStat
 }
 
 /// Every file under `dir` with its size and modification time, to show a run changed
-/// nothing.
+/// nothing (but the lock file, which a server that takes the lock writes its PID to).
 pub fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     let mut out = vec![];
     let mut pending = vec![dir.to_path_buf()];
@@ -121,7 +121,7 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
             let meta = entry.metadata().unwrap();
             if meta.is_dir() {
                 pending.push(entry.path());
-            } else {
+            } else if entry.file_name() != "runnel.lock" {
                 out.push((entry.path(), meta.len(), meta.modified().unwrap()));
             }
         }
