@@ -134,6 +134,11 @@ impl Error {
                     },
                 },
             },
+            DataFusionError::SQL(e, _)
+                if matches!(*e, sqlparser::parser::ParserError::RecursionLimitExceeded) =>
+            {
+                crate::sql::depth::nested_too_deeply()
+            }
             DataFusionError::SQL(e, _) => Error::Syntax(e.to_string()),
             DataFusionError::NotImplemented(m) => Error::Unsupported(m),
             DataFusionError::SchemaError(e, _) => {

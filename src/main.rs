@@ -20,11 +20,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     config.validate().map_err(anyhow::Error::msg)?;
+    runnel::server::install_panic_hook();
     match cli.command.unwrap_or(Command::Server) {
         Command::Server => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("runnel")
+                // Statements nest up to sql::depth::MAX_EXPR_DEPTH; not every recursion over
+                // them can grow the stack, so every thread that plans or runs one gets room
+                // for a statement at that limit (only the pages used are ever touched).
+                .thread_stack_size(runnel::sql::depth::THREAD_STACK_BYTES)
                 .build()
                 .context("starting the async runtime")?;
             let data_dir = config.data_dir.clone();

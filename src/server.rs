@@ -1,9 +1,12 @@
 //! Wiring: open the database, listen for Postgres clients, shut down cleanly.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use pgwire::api::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -62,13 +65,21 @@ pub async fn run(
                 let watch = second_handle(&socket);
                 let connection = Connection::new(db.session(), manager.clone(), watch, &auth);
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                tokio::spawn(CONNECTION_PANIC.scope(RefCell::new(None), async move {
                     tracing::debug!(%peer, "connection opened");
-                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, connection).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    let served = AssertUnwindSafe(pgwire::tokio::process_socket(socket, tls, connection))
+                        .catch_unwind()
+                        .await;
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                        Err(_) => {
+                            let what = CONNECTION_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+                            tracing::warn!(%peer, what, "closed a connection whose task failed (a malformed message can do this)");
+                        }
                     }
                     drop(slot);
-                });
+                }));
             }
         }
     }
@@ -77,6 +88,36 @@ pub async fn run(
     db.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+tokio::task_local! {
+    /// Set while a connection's task runs: a panic there (pgwire's decoders panic on some
+    /// malformed messages) ends that connection only, and is logged as one line.
+    static CONNECTION_PANIC: RefCell<Option<String>>;
+}
+
+/// Installs the process's panic hook: a panic in a connection's task is recorded for the
+/// connection to log when it closes; any other panic is reported as usual.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = || {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            match info.location() {
+                Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
+                None => message,
+            }
+        };
+        let recorded = CONNECTION_PANIC.try_with(|slot| *slot.borrow_mut() = Some(what()));
+        if recorded.is_err() {
+            default(info);
+        }
+    }));
 }
 
 /// In password mode the superuser must exist: made from `RUNNEL_PASSWORD` the first time.

@@ -3,39 +3,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
-fn psql(server: &common::Server, args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = Command::new("psql")
-        .args([
-            "-h",
-            &server.addr.ip().to_string(),
-            "-p",
-            &server.addr.port().to_string(),
-        ])
-        .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql must be installed (.ci/run installs postgresql-client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use common::psql;
 
 #[test]
 fn quickstart_as_the_readme_writes_it() {

@@ -108,6 +108,10 @@ impl Session {
     /// Runs every statement of `sql` in order, stopping at the first error (which is the
     /// last element).
     pub async fn execute(&mut self, sql: &str) -> Vec<Result<Output>> {
+        sql::cpu_bound(self.execute_statements(sql)).await
+    }
+
+    async fn execute_statements(&mut self, sql: &str) -> Vec<Result<Output>> {
         if self.copy.is_none()
             && let Some((name, literals)) = sql::literal_insert::scan(sql)
             && let Ok(name) = sql::parser::relation_name_parts(&name)
@@ -133,6 +137,10 @@ impl Session {
 
     /// Runs one statement with parameter values (the extended protocol's Execute).
     pub async fn execute_one(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
+        sql::cpu_bound(self.execute_prepared(sql, params)).await
+    }
+
+    async fn execute_prepared(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
         let mut statements = parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(
@@ -145,6 +153,10 @@ impl Session {
     /// What a statement takes and returns, without running it (the extended protocol's
     /// Parse and Describe).
     pub async fn describe(&mut self, sql: &str) -> Result<Described> {
+        sql::cpu_bound(self.describe_statement(sql)).await
+    }
+
+    async fn describe_statement(&mut self, sql: &str) -> Result<Described> {
         let mut statements = parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(

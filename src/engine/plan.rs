@@ -205,6 +205,10 @@ impl QueryPlan {
 
     /// Plans the epoch that reads `ranges` of the input.
     pub async fn plan_epoch(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
+        sql::cpu_bound(self.plan_epoch_now(ranges)).await
+    }
+
+    async fn plan_epoch_now(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
         *self.ranges.0.lock().expect("epoch ranges lock") = ranges;
         let mut state = self.state.clone();
         state.mark_start_execution();

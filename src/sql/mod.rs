@@ -2,6 +2,7 @@
 //! adapts the syntax tree to streams, and [`plan`] has DataFusion turn it into a logical
 //! plan. Nothing here executes anything.
 
+pub mod depth;
 pub mod literal_insert;
 pub mod parser;
 pub mod rewrite;
@@ -16,6 +17,28 @@ use crate::error::{Error, Result};
 use crate::storage::TIMESTAMP_COLUMN;
 pub use parser::{Statement, parse};
 use rewrite::HiddenColumns;
+
+/// Runs `work` — parsing and planning a statement, which is CPU work DataFusion does
+/// without yielding — telling the runtime that this thread may be busy for a while, so
+/// that other connections, cancel requests and the log's replies are not held up behind
+/// a long plan. Inside such work already, or on a runtime that cannot hand its work over
+/// (a single-threaded one, in tests), it simply runs.
+pub async fn cpu_bound<F: std::future::Future>(work: F) -> F::Output {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let handle = Handle::current();
+    if INSIDE.get() || handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return work.await;
+    }
+    tokio::task::block_in_place(move || {
+        INSIDE.set(true);
+        let out = handle.block_on(work);
+        INSIDE.set(false);
+        out
+    })
+}
 
 /// A schemaless topic shows `_key`; its other system columns are hidden.
 const TOPIC_HIDDEN_COLUMNS: [&str; 3] = [PARTITION_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN];

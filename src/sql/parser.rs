@@ -303,9 +303,11 @@ impl OptionValue {
 
 /// Splits `sql` into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    super::depth::check_tokens(sql)?;
     let dialect = PostgreSqlDialect {};
     let mut parser = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
+        .with_recursion_limit(super::depth::MAX_PARSER_RECURSION)
         .build()
         .map_err(Error::from_datafusion)?;
     let mut statements = vec![];
@@ -323,17 +325,32 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 "syntax error at or near \"{found}\": expected end of statement"
             )));
         }
-        statements.push(parse_statement(&mut parser)?);
+        let statement = parse_statement(&mut parser)?;
+        check_depth(&statement)?;
+        statements.push(statement);
         expecting_delimiter = true;
     }
     Ok(statements)
 }
 
+/// Refuses a statement whose expressions nest too deep (statements that carry a query as
+/// text are checked when that text is parsed).
+fn check_depth(statement: &Statement) -> Result<()> {
+    match statement {
+        Statement::DataFusion(s) => super::depth::check_statement(s),
+        Statement::Declare(Declare {
+            query: CursorQuery::Statement(s),
+            ..
+        }) => check_depth(s),
+        _ => Ok(()),
+    }
+}
+
 fn syntax(e: ParserError) -> Error {
-    Error::Syntax(match e {
-        ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
-        ParserError::RecursionLimitExceeded => "statement nests too deeply".into(),
-    })
+    match e {
+        ParserError::ParserError(m) | ParserError::TokenizerError(m) => Error::Syntax(m),
+        ParserError::RecursionLimitExceeded => super::depth::nested_too_deeply(),
+    }
 }
 
 /// Goes back to the statement's first token (at `start`) and lets DataFusion parse it.

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,13 +27,19 @@ pub fn start_with(data_dir: &Path, flags: &[&str]) -> Server {
 
 /// [`start_with`], with environment variables (e.g. `RUNNEL_PASSWORD`).
 pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
+    start_in(data_dir, Path::new(env!("CARGO_MANIFEST_DIR")), flags, env)
+}
+
+/// [`start_with_env`] with `cwd` as the server's working directory (where relative file
+/// paths in SQL point).
+pub fn start_in(data_dir: &Path, cwd: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "info"])
         .args(flags)
         .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(cwd)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,6 +137,13 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 }
 
 impl Server {
+    /// Whether the process is still running (it has not crashed or exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("waiting for runnel").is_none())
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -198,6 +211,37 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
+pub fn psql(server: &Server, args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new("psql")
+        .args([
+            "-h",
+            &server.addr.ip().to_string(),
+            "-p",
+            &server.addr.port().to_string(),
+        ])
+        .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (.ci/run installs postgresql-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// The SQLSTATE of a failed statement.
