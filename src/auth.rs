@@ -29,8 +29,7 @@ use crate::catalog::{Catalog, UserDef};
 use crate::error::{Error, Result};
 use crate::storage::now_ms;
 
-/// The superuser, who exists in password mode and may manage users.
-pub const SUPERUSER: &str = "runnel";
+pub use crate::catalog::access::SUPERUSER;
 
 /// SCRAM's iteration count for new passwords (PostgreSQL's default).
 const ITERATIONS: u32 = 4096;
@@ -91,6 +90,9 @@ impl Verifier {
     }
 
     fn of(user: &UserDef) -> Option<Verifier> {
+        if user.stored_key.is_empty() {
+            return None; // no password: nothing matches
+        }
         Some(Verifier {
             salt: BASE64.decode(&user.salt).ok()?,
             iterations: user.iterations,
@@ -101,19 +103,30 @@ impl Verifier {
 }
 
 /// A new user's catalog entry for `password`.
-pub fn user(name: &str, password: &str) -> Result<UserDef> {
-    if password.is_empty() {
-        return Err(Error::plan("28P01", "a password may not be empty"));
-    }
-    let v = Verifier::new(password, random::<16>()?.to_vec(), ITERATIONS);
-    Ok(UserDef {
+/// A new user's catalog entry for `password`; with none, the user cannot log in with a
+/// password (`--auth trust` lets them in by name).
+pub fn user(name: &str, password: Option<&str>) -> Result<UserDef> {
+    let mut user = UserDef {
         name: name.to_string(),
-        salt: BASE64.encode(&v.salt),
-        iterations: v.iterations,
-        stored_key: BASE64.encode(&v.stored_key),
-        server_key: BASE64.encode(&v.server_key),
+        salt: String::new(),
+        iterations: ITERATIONS,
+        stored_key: String::new(),
+        server_key: String::new(),
         created_at_ms: now_ms(),
-    })
+        superuser: false,
+        roles: Default::default(),
+    };
+    if let Some(password) = password {
+        if password.is_empty() {
+            return Err(Error::plan("28P01", "a password may not be empty"));
+        }
+        let v = Verifier::new(password, random::<16>()?.to_vec(), ITERATIONS);
+        user.salt = BASE64.encode(&v.salt);
+        user.iterations = v.iterations;
+        user.stored_key = BASE64.encode(&v.stored_key);
+        user.server_key = BASE64.encode(&v.server_key);
+    }
+    Ok(user)
 }
 
 /// Failed logins in a row, per user name.
@@ -446,10 +459,10 @@ mod tests {
 
     #[test]
     fn users_keep_a_verifier_and_salts_differ() {
-        let a = user("ann", "secret").unwrap();
-        let b = user("bob", "secret").unwrap();
+        let a = user("ann", Some("secret")).unwrap();
+        let b = user("bob", Some("secret")).unwrap();
         assert_ne!(a.salt, b.salt);
         assert_ne!(a.stored_key, b.stored_key);
-        assert!(user("ann", "").is_err());
+        assert!(user("ann", Some("")).is_err());
     }
 }

@@ -110,6 +110,10 @@ pub struct ServerConfig {
     /// Refuse clients that do not use TLS.
     #[arg(long, env = "RUNNEL_TLS_REQUIRED", global = true)]
     pub tls_required: bool,
+    /// Confine the server files SQL may read and write (`CREATE EXTERNAL TABLE`, `COPY …
+    /// TO 'file'`) to this directory. Files inside the data directory are refused always.
+    #[arg(long, env = "RUNNEL_FILE_ROOT", global = true)]
+    pub file_root: Option<PathBuf>,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -125,6 +129,7 @@ impl ServerConfig {
         config.engine.max_epoch_rows = self.epoch_max_records;
         config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;
         config.password_auth = self.auth == crate::auth::AuthMode::Password;
+        config.file_root = self.file_root.clone();
         config
     }
 

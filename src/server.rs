@@ -137,8 +137,9 @@ async fn ensure_superuser(db: &Database) -> Result<()> {
             ),
         ));
     }
-    data.users
-        .insert(SUPERUSER.into(), crate::auth::user(SUPERUSER, &password)?);
+    let mut superuser = crate::auth::user(SUPERUSER, Some(&password))?;
+    superuser.superuser = true;
+    data.users.insert(SUPERUSER.into(), superuser);
     catalog.commit(data, vec![]).await?;
     tracing::info!(
         user = SUPERUSER,

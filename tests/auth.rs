@@ -141,6 +141,15 @@ async fn scram_passwords_and_users() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
+    let e = ann
+        .batch_execute("CREATE STREAM notes (body TEXT)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "creating needs CREATE on the schema");
+    admin
+        .batch_execute("GRANT CREATE ON SCHEMA public TO ann")
+        .await
+        .unwrap();
     ann.batch_execute("CREATE STREAM notes (body TEXT); INSERT INTO notes VALUES ('hi')")
         .await
         .unwrap();
@@ -172,13 +181,18 @@ async fn scram_passwords_and_users() {
     login(&server, "ann", "battery staple")
         .await
         .expect("ann after a restart");
-    admin.batch_execute("DROP USER ann").await.unwrap();
+    let notes = rows(&admin, "SELECT body FROM notes").await;
+    assert_eq!(notes[0][0].as_deref(), Some("hi"));
+    let e = admin.batch_execute("DROP USER ann").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "2BP01", "ann owns notes");
+    admin
+        .batch_execute("DROP STREAM notes; DROP USER ann")
+        .await
+        .unwrap();
     assert_eq!(
         sqlstate(&login(&server, "ann", "battery staple").await.err().unwrap()),
         "28P01"
     );
-    let notes = rows(&admin, "SELECT body FROM notes").await;
-    assert_eq!(notes[0][0].as_deref(), Some("hi"));
     server.stop();
 }
 

@@ -16,9 +16,10 @@
 //! This module is metadata only. How these objects look to SQL — table providers, scans,
 //! sinks, system tables — is [`crate::tables`], a layer above it.
 
+pub mod access;
 pub mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::storage::{
     self, Compression, Log, MetaUpdate, Opening, StorageError, TopicId, TopicSpec,
 };
+pub use access::{Access, ObjectClass, Principal, Privilege};
 pub use types::SqlType;
 
 const FORMAT_VERSION: u32 = 1;
@@ -127,6 +129,9 @@ pub struct StreamDef {
     /// Column whose value is the record timestamp; append time when `None`.
     pub timestamp_column: Option<String>,
     pub watermark: Option<WatermarkDef>,
+    /// Its owner, and what others were granted on it.
+    #[serde(default)]
+    pub access: Access,
 }
 
 impl StreamDef {
@@ -162,6 +167,9 @@ pub struct TopicDef {
     /// changelog): the query, and the columns of its records. Such a topic is not a relation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal: Option<InternalTopic>,
+    /// Its owner, and what others were granted on it.
+    #[serde(default)]
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +228,9 @@ pub struct QueryDef {
     /// or the rows of a view without one. `None` for a stateless query writing a stream.
     pub state_topic: Option<String>,
     pub created_at_ms: i64,
+    /// Whose rights it runs with: its creator's.
+    #[serde(default = "superuser")]
+    pub owner: String,
 }
 
 impl QueryDef {
@@ -238,6 +249,9 @@ pub struct ViewDef {
     pub name: String,
     pub query: QueryId,
     pub columns: arrow_schema::Fields,
+    /// Its owner, and what others were granted on it.
+    #[serde(default)]
+    pub access: Access,
 }
 
 /// `CREATE EXTERNAL TABLE`, kept as its SQL and replayed at start-up.
@@ -251,6 +265,9 @@ pub struct SubscriptionDef {
     /// Where it started (`earliest`, `latest` or a timestamp), as given.
     pub start: String,
     pub created_at_ms: i64,
+    /// Its owner, and what others were granted on it.
+    #[serde(default)]
+    pub access: Access,
 }
 
 /// A user and their SCRAM-SHA-256 verifier, as PostgreSQL stores it: the salt, the
@@ -264,12 +281,21 @@ pub struct UserDef {
     pub stored_key: String,
     pub server_key: String,
     pub created_at_ms: i64,
+    /// May do anything, as PostgreSQL's superusers.
+    #[serde(default)]
+    pub superuser: bool,
+    /// Predefined roles granted to them (`pg_read_server_files`, …).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub roles: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalTableDef {
     pub name: String,
     pub sql: String,
+    /// Its owner, and what others were granted on it.
+    #[serde(default)]
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,10 +317,17 @@ pub struct CatalogData {
     /// Users who may log in with a password (`--auth password`).
     #[serde(default)]
     pub users: BTreeMap<String, UserDef>,
+    /// Who owns the schema `public`, and who may create objects in it.
+    #[serde(default)]
+    pub schema: Access,
 }
 
 fn first_query_id() -> u64 {
     1
+}
+
+fn superuser() -> String {
+    access::SUPERUSER.to_string()
 }
 
 impl Default for CatalogData {
@@ -310,6 +343,7 @@ impl Default for CatalogData {
             views: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             users: BTreeMap::new(),
+            schema: Access::default(),
         }
     }
 }
@@ -324,7 +358,68 @@ pub enum Relation<'a> {
     View(&'a ViewDef),
 }
 
+impl Relation<'_> {
+    /// Its owner and grants.
+    pub fn access(&self) -> &Access {
+        match self {
+            Relation::Stream(stream, _) => &stream.access,
+            Relation::Topic(topic) => &topic.access,
+            Relation::External(table) => &table.access,
+            Relation::View(view) => &view.access,
+        }
+    }
+
+    /// What PostgreSQL clients call it (`permission denied for stream clicks`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Relation::Stream(..) => "stream",
+            Relation::Topic(_) => "topic",
+            Relation::External(_) => "external table",
+            Relation::View(_) => "materialized view",
+        }
+    }
+}
+
 impl CatalogData {
+    /// Who `user` is, and what they may do beyond grants. A name the catalog does not
+    /// have is a superuser when logins are trusted (anyone may log in as anyone, as with
+    /// PostgreSQL's `trust`), and has no rights at all otherwise.
+    pub fn principal(&self, user: &str, trusted: bool) -> Principal {
+        match self.users.get(user) {
+            Some(u) => Principal {
+                name: u.name.clone(),
+                superuser: u.superuser || u.name == access::SUPERUSER,
+                roles: u.roles.clone(),
+            },
+            None => Principal {
+                name: user.to_string(),
+                superuser: trusted,
+                roles: BTreeSet::new(),
+            },
+        }
+    }
+
+    /// 42501 unless `who` may use `privilege` on relation `name` (which must exist).
+    pub fn check(&self, who: &Principal, privilege: Privilege, name: &str) -> Result<()> {
+        let relation = self
+            .relation(name)
+            .ok_or_else(|| Error::UnknownRelation(format!("relation \"{name}\" does not exist")))?;
+        if relation.access().allows(who, privilege) {
+            Ok(())
+        } else {
+            Err(access::denied(privilege, relation.kind(), name))
+        }
+    }
+
+    /// 42501 unless `who` may create objects in the schema `public`.
+    pub fn check_create(&self, who: &Principal) -> Result<()> {
+        if self.schema.allows(who, Privilege::Create) {
+            Ok(())
+        } else {
+            Err(access::denied(Privilege::Create, "schema", "public"))
+        }
+    }
+
     pub fn relation(&self, name: &str) -> Option<Relation<'_>> {
         if let Some(stream) = self.streams.get(name) {
             let topic = self
@@ -433,13 +528,35 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-    if legal {
-        Ok(())
-    } else {
-        Err(Error::InvalidName(format!(
+    if !legal {
+        return Err(Error::InvalidName(format!(
             "invalid {kind} name \"{name}\": names may contain only ASCII letters, digits, '_', '-' and '.' (at most 249), as Kafka topic names"
-        )))
+        )));
     }
+    if is_reserved(name) {
+        return Err(Error::plan(
+            "42939",
+            format!(
+                "{kind} name \"{name}\" is reserved: names beginning with \"__\" are the server's own (query state, Kafka's internal topics), and \"{SYS_SCHEMA}\", \"pg_catalog\" and \"information_schema\" name its schemas"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Names users cannot give: the server's internal topics (`__state_…`, Kafka's
+/// `__consumer_offsets`) and its schemas (alone or as a dotted prefix).
+fn is_reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("__")
+        || [SYS_SCHEMA, "pg_catalog", "information_schema"]
+            .iter()
+            .any(|schema| {
+                lower == *schema
+                    || lower
+                        .strip_prefix(schema)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
 }
 
 /// The durable catalog of a data directory.
@@ -568,8 +685,18 @@ mod tests {
             let e = validate_name("stream", bad).unwrap_err();
             assert_eq!(e.sqlstate(), "42602", "{bad}");
         }
-        for good in ["clicks", "Clicks_2", "a.b-c"] {
+        for good in ["clicks", "Clicks_2", "a.b-c", "_x", "system", "sys_log"] {
             validate_name("stream", good).unwrap();
+        }
+        for reserved in [
+            "__state_v_1",
+            "__consumer_offsets",
+            "sys",
+            "SYS.queries",
+            "pg_catalog",
+        ] {
+            let e = validate_name("stream", reserved).unwrap_err();
+            assert_eq!(e.sqlstate(), "42939", "{reserved}");
         }
     }
 
@@ -584,6 +711,7 @@ mod tests {
             ExternalTableDef {
                 name: "lines".into(),
                 sql: "CREATE EXTERNAL TABLE lines STORED AS TEXT LOCATION 'x'".into(),
+                access: Access::default(),
             },
         );
         let bytes = serde_json::to_vec(&data).unwrap();

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
-use crate::catalog::HIDDEN_COLUMNS;
+use crate::catalog::{Access, HIDDEN_COLUMNS, Principal, Privilege};
 use crate::catalog::{
     CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
@@ -38,6 +38,7 @@ impl Database {
         &self,
         c: CreateStream,
         query: String,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         validate_name("stream", &c.name)?;
@@ -57,6 +58,7 @@ impl Database {
 
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check_create(who)?;
         if let Some(done) = taken(&data, &c.name, c.if_not_exists, notices, "CREATE STREAM")? {
             return Ok(done);
         }
@@ -66,6 +68,7 @@ impl Database {
             )));
         }
         let plan = self.engine.plan(&query, &data).await?;
+        data.check(who, Privilege::Select, &plan.input_name)?;
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
             Kind::Stateless => vec![],
@@ -125,6 +128,7 @@ impl Database {
             TopicId(new.next_topic_id),
             &topic_name,
             Some(c.name.clone()),
+            &who.name,
         );
         new.next_topic_id += 1;
         new.topics.insert(topic_name.clone(), topic.clone());
@@ -138,6 +142,7 @@ impl Database {
                 value_format: ValueFormat::Json,
                 timestamp_column,
                 watermark: None,
+                access: Access::owned_by(&who.name),
             },
         );
         let state_topic = match &plan.kind {
@@ -159,6 +164,7 @@ impl Database {
             start,
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             created_at_ms: now_ms(),
+            owner: who.name.clone(),
         };
         let topics: Vec<TopicDef> = [Some(topic), state_topic].into_iter().flatten().collect();
         self.create_query(new, def, &plan, topics).await?;
@@ -168,6 +174,7 @@ impl Database {
     pub(super) async fn create_view(
         &self,
         v: CreateView,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         validate_name("materialized view", &v.name)?;
@@ -187,6 +194,7 @@ impl Database {
         }
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check_create(who)?;
         if let Some(done) = taken(
             &data,
             &v.name,
@@ -197,6 +205,7 @@ impl Database {
             return Ok(done);
         }
         let plan = self.engine.plan(&v.query, &data).await?;
+        data.check(who, Privilege::Select, &plan.input_name)?;
         let mut seen = BTreeSet::new();
         for field in plan.schema.fields() {
             if !seen.insert(field.name()) {
@@ -225,6 +234,7 @@ impl Database {
                 name: v.name.clone(),
                 query: id,
                 columns: plan.schema.fields().clone(),
+                access: Access::owned_by(&who.name),
             },
         );
         let def = QueryDef {
@@ -236,15 +246,21 @@ impl Database {
             start,
             state_topic: Some(state_topic.name.clone()),
             created_at_ms: now_ms(),
+            owner: who.name.clone(),
         };
         self.create_query(new, def, &plan, vec![state_topic])
             .await?;
         Ok(command("CREATE MATERIALIZED VIEW"))
     }
 
-    pub(super) async fn insert_continuous(&self, i: InsertContinuous) -> Result<Output> {
+    pub(super) async fn insert_continuous(
+        &self,
+        i: InsertContinuous,
+        who: &Principal,
+    ) -> Result<Output> {
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check(who, Privilege::Insert, &i.target)?;
         let relation = data.relation(&i.target).ok_or_else(|| {
             Error::UnknownRelation(format!("relation \"{}\" does not exist", i.target))
         })?;
@@ -274,6 +290,7 @@ impl Database {
             }
         };
         let plan = self.engine.plan(&i.query, &data).await?;
+        data.check(who, Privilege::Select, &plan.input_name)?;
         if let Kind::Aggregate { filtered: true, .. } = plan.kind {
             return Err(Error::Unsupported(
                 "a persistent INSERT cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
@@ -395,6 +412,7 @@ impl Database {
             start: StartPosition::default(),
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             created_at_ms: now_ms(),
+            owner: who.name.clone(),
         };
         self.create_query(new, def, &plan, state_topic.into_iter().collect())
             .await?;
@@ -536,6 +554,7 @@ fn state_topic_def(
         stream: None,
         created_at_ms: now_ms(),
         internal: Some(InternalTopic { query: id, columns }),
+        access: Access::default(),
     };
     new.next_topic_id += 1;
     new.topics.insert(name, topic.clone());
@@ -672,10 +691,12 @@ impl Database {
     pub(super) async fn push_query(
         &self,
         q: sql::parser::PushQuery,
+        who: &Principal,
         earliest: bool,
     ) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
         let query = PushQuery::new(&self.engine, &q.query, &data, earliest).await?;
+        data.check(who, Privilege::Select, query.input_name())?;
         Ok(Output::Push(Box::new(PushRows {
             source: PushSource::Query(Box::new(query)),
             remaining: q.limit,
@@ -709,8 +730,13 @@ impl Database {
 
     /// `SUBSCRIBE stream [WITH (snapshot = …)]`: the stream's new records (all of them with
     /// `snapshot = true`), as a push query of its columns.
-    pub(super) async fn subscribe(&self, s: sql::parser::Subscribe) -> Result<Output> {
+    pub(super) async fn subscribe(
+        &self,
+        s: sql::parser::Subscribe,
+        who: &Principal,
+    ) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
+        data.check(who, Privilege::Select, &s.relation)?;
         let mut snapshot = false;
         let mut snapshot_given = false;
         for (key, value) in &s.options {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Output, Session};
-use crate::catalog::{Relation, SqlType};
+use crate::catalog::{Principal, Privilege, Relation, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::copy::{CopyColumn, CopyDecoder, RawRows};
@@ -63,11 +63,12 @@ impl CopyIn {
 }
 
 impl Session {
-    pub(super) fn start_copy(&mut self, c: CopyFrom) -> Result<Output> {
+    pub(super) fn start_copy(&mut self, c: CopyFrom, who: &Principal) -> Result<Output> {
         let data = self.db.tables.catalog.snapshot();
         let relation = data.relation(&c.target).ok_or_else(|| {
             Error::UnknownRelation(format!("relation \"{}\" does not exist", c.target))
         })?;
+        data.check(who, Privilege::Insert, &c.target)?;
         let target = WriteTarget::of(&data, &relation).ok_or_else(|| {
             Error::plan(
                 "42809",

@@ -9,8 +9,9 @@ use super::{
     DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
     SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command, text_rows,
 };
-use crate::catalog::HIDDEN_COLUMNS;
 use crate::catalog::PUBLIC_SCHEMA;
+use crate::catalog::access;
+use crate::catalog::{Access, HIDDEN_COLUMNS, Principal};
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
@@ -25,10 +26,11 @@ impl Database {
     pub(super) async fn create_stream(
         &self,
         c: CreateStream,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         if let Some(query) = c.query.clone() {
-            return self.create_stream_as(c, query, notices).await;
+            return self.create_stream_as(c, query, who, notices).await;
         }
         validate_name("stream", &c.name)?;
         if c.columns.is_empty() {
@@ -146,6 +148,7 @@ impl Database {
 
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check_create(who)?;
         if let Some(existing) = data.relation(&c.name) {
             if c.if_not_exists {
                 notices.push(format!(
@@ -171,6 +174,7 @@ impl Database {
             TopicId(new.next_topic_id),
             &topic_name,
             Some(c.name.clone()),
+            &who.name,
         );
         new.next_topic_id += 1;
         new.streams.insert(
@@ -183,6 +187,7 @@ impl Database {
                 value_format,
                 timestamp_column,
                 watermark,
+                access: Access::owned_by(&who.name),
             },
         );
         new.topics.insert(topic_name, topic.clone());
@@ -194,12 +199,14 @@ impl Database {
     pub(super) async fn create_topic(
         &self,
         c: CreateTopic,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         validate_name("topic", &c.name)?;
         let options = TopicOptions::parse(&c.options, &[])?;
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check_create(who)?;
         let taken = data
             .relation(&c.name)
             .map(|r| kind_name(&r))
@@ -215,7 +222,7 @@ impl Database {
             )));
         }
         let mut new = (*data).clone();
-        let topic = options.topic_def(TopicId(new.next_topic_id), &c.name, None);
+        let topic = options.topic_def(TopicId(new.next_topic_id), &c.name, None, &who.name);
         new.next_topic_id += 1;
         new.topics.insert(c.name.clone(), topic.clone());
         self.create_topic_files(&new, &topic).await?;
@@ -244,6 +251,7 @@ impl Database {
         state: &SessionState,
         cmd: &datafusion::logical_expr::CreateExternalTable,
         sql: String,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         let name = cmd.name.table().to_string();
@@ -255,6 +263,8 @@ impl Database {
                 format!("schema \"{schema}\" does not exist"),
             ));
         }
+        validate_name("external table", &name)?;
+        self.tables.catalog.snapshot().check_create(who)?;
         let provider = self.external_provider(state, cmd).await?;
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
@@ -277,6 +287,7 @@ impl Database {
             ExternalTableDef {
                 name: name.clone(),
                 sql,
+                access: Access::owned_by(&who.name),
             },
         );
         self.tables.catalog.commit(new, vec![]).await?;
@@ -288,14 +299,19 @@ impl Database {
         Ok(command("CREATE EXTERNAL TABLE"))
     }
 
-    pub(super) async fn drop_objects(&self, d: Drop, notices: &mut Vec<String>) -> Result<Output> {
+    pub(super) async fn drop_objects(
+        &self,
+        d: Drop,
+        who: &Principal,
+        notices: &mut Vec<String>,
+    ) -> Result<Output> {
         let tag = match d.kind {
             ObjectKind::Stream => "DROP STREAM",
             ObjectKind::Topic => "DROP TOPIC",
             ObjectKind::Table => "DROP TABLE",
             ObjectKind::View => "DROP MATERIALIZED VIEW",
             ObjectKind::Query => "DROP QUERY",
-            ObjectKind::Subscription => return self.drop_subscriptions(d, notices).await,
+            ObjectKind::Subscription => return self.drop_subscriptions(d, who, notices).await,
         };
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
@@ -313,6 +329,13 @@ impl Database {
                     ));
                     doomed.push(q.id);
                 }
+            }
+        };
+        let owns = |access: &Access, kind: &str, name: &str| {
+            if who.superuser || access.owner == who.name {
+                Ok(())
+            } else {
+                Err(access::not_owner(kind, name))
             }
         };
         for name in &d.names {
@@ -344,6 +367,7 @@ impl Database {
             match d.kind {
                 ObjectKind::Stream => match data.relation(name) {
                     Some(Relation::Stream(stream, topic)) => {
+                        owns(&stream.access, "stream", name)?;
                         new.streams.remove(&stream.name);
                         new.topics.remove(&topic.name);
                         doomed_topics.push(topic.id);
@@ -371,6 +395,7 @@ impl Database {
                                 "topic \"{name}\" holds the state of continuous query \"{owner}\"; drop that instead"
                             )));
                         }
+                        owns(&topic.access, "topic", name)?;
                         new.topics.remove(name);
                         doomed_topics.push(topic.id);
                         drop_writers(name, &mut doomed_queries, notices);
@@ -379,6 +404,7 @@ impl Database {
                 },
                 ObjectKind::Table => match data.relation(name) {
                     Some(Relation::External(table)) => {
+                        owns(&table.access, "table", name)?;
                         new.external_tables.remove(&table.name);
                         doomed_tables.push(table.name.clone());
                     }
@@ -387,6 +413,7 @@ impl Database {
                 },
                 ObjectKind::View => match data.relation(name) {
                     Some(Relation::View(view)) => {
+                        owns(&view.access, "materialized view", name)?;
                         new.views.remove(&view.name);
                         doomed_queries.push(view.query);
                     }
@@ -395,7 +422,10 @@ impl Database {
                 },
                 ObjectKind::Query => match data.queries.values().find(|q| &q.name == name) {
                     Some(q) => match &q.target {
-                        QueryTarget::Insert { .. } => doomed_queries.push(q.id),
+                        QueryTarget::Insert { .. } => {
+                            owns(&Access::owned_by(&q.owner), "query", name)?;
+                            doomed_queries.push(q.id)
+                        }
                         QueryTarget::Stream { stream } => {
                             return Err(Error::plan(
                                 "42809",
@@ -819,7 +849,13 @@ impl TopicOptions {
         self.rest.remove(key)
     }
 
-    pub(super) fn topic_def(&self, id: TopicId, name: &str, stream: Option<String>) -> TopicDef {
+    pub(super) fn topic_def(
+        &self,
+        id: TopicId,
+        name: &str,
+        stream: Option<String>,
+        owner: &str,
+    ) -> TopicDef {
         TopicDef {
             id,
             name: name.to_string(),
@@ -831,6 +867,7 @@ impl TopicOptions {
             stream,
             created_at_ms: now_ms(),
             internal: None,
+            access: Access::owned_by(owner),
         }
     }
 }

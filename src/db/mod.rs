@@ -10,6 +10,8 @@ mod continuous;
 mod copy;
 mod cursor;
 mod ddl;
+mod files;
+mod grants;
 mod session;
 mod subscriptions;
 mod users;
@@ -40,6 +42,7 @@ use crate::tables::provider::RunnelCatalog;
 use crate::tables::text_table::TextTableFactory;
 use crate::tables::{Continuous, Tables};
 pub use continuous::PushRows;
+use files::{FileUse, ServerFiles};
 use session::Transaction;
 pub use session::{Described, Session};
 
@@ -54,8 +57,11 @@ pub struct DbConfig {
     pub target_partitions: usize,
     pub retention_check_interval: std::time::Duration,
     pub engine: EngineConfig,
-    /// Clients log in with passwords: only the superuser manages users.
+    /// Clients log in with passwords (otherwise any name may log in, and a name the catalog
+    /// does not have is a superuser, as with PostgreSQL's `trust`).
     pub password_auth: bool,
+    /// Server files that SQL may read or write must be under this directory.
+    pub file_root: Option<PathBuf>,
 }
 
 impl DbConfig {
@@ -67,6 +73,7 @@ impl DbConfig {
             retention_check_interval: std::time::Duration::from_secs(30),
             engine: EngineConfig::default(),
             password_auth: false,
+            file_root: None,
         }
     }
 }
@@ -79,6 +86,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub struct Database {
     tables: Arc<Tables>,
+    /// Which server files SQL may touch.
+    files: ServerFiles,
     state: SessionState,
     config: DbConfig,
     engine: Arc<Engine>,
@@ -162,9 +171,15 @@ impl Database {
         let engine = Arc::new_cyclic(|engine: &Weak<Engine>| {
             let continuous: Weak<dyn Continuous> = engine.clone();
             let state = session_state(&tables, continuous, &pg_types, config.target_partitions);
-            Engine::new(tables.clone(), state, config.engine.clone())
+            let engine_config = EngineConfig {
+                trusted_logins: !config.password_auth,
+                ..config.engine.clone()
+            };
+            Engine::new(tables.clone(), state, engine_config)
         });
+        let files = ServerFiles::new(&config.data_dir, config.file_root.as_deref())?;
         let db = Arc::new(Database {
+            files,
             state: engine.base().clone(),
             tables,
             config,

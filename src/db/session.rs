@@ -12,6 +12,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
+use super::FileUse;
 use super::copy::CopyIn;
 use super::cursor::Cursor;
 use super::{
@@ -19,7 +20,8 @@ use super::{
     text_rows, text_schema,
 };
 use crate::catalog::WRITE_SCHEMA;
-use crate::catalog::{Relation, SqlType};
+use crate::catalog::access::{READ_SERVER_FILES, SUPERUSER, WRITE_SERVER_FILES};
+use crate::catalog::{CatalogData, PUBLIC_SCHEMA, Principal, Privilege, Relation, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
@@ -98,6 +100,16 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// Who runs this session's statements, as the catalog has them now.
+    pub(super) fn principal(&self) -> Principal {
+        let name = self.user.as_deref().unwrap_or(SUPERUSER);
+        self.db
+            .tables
+            .catalog
+            .snapshot()
+            .principal(name, !self.db.config.password_auth)
     }
 
     /// Notices raised by the statements run since the last call (e.g. `IF EXISTS` skips).
@@ -247,13 +259,14 @@ impl Session {
         params: Option<ParamValues>,
     ) -> Result<Output> {
         let db = self.db.clone();
+        let who = self.principal();
         match statement {
-            Statement::CreateStream(c) => db.create_stream(c, &mut self.notices).await,
-            Statement::CreateTopic(c) => db.create_topic(c, &mut self.notices).await,
-            Statement::CreateView(v) => db.create_view(v, &mut self.notices).await,
-            Statement::InsertContinuous(i) => db.insert_continuous(i).await,
+            Statement::CreateStream(c) => db.create_stream(c, &who, &mut self.notices).await,
+            Statement::CreateTopic(c) => db.create_topic(c, &who, &mut self.notices).await,
+            Statement::CreateView(v) => db.create_view(v, &who, &mut self.notices).await,
+            Statement::InsertContinuous(i) => db.insert_continuous(i, &who).await,
             Statement::Flush => db.flush().await,
-            Statement::Subscribe(s) => db.subscribe(s).await,
+            Statement::Subscribe(s) => db.subscribe(s, &who).await,
             Statement::Push(q) => {
                 if matches!(&params, Some(ParamValues::List(v)) if !v.is_empty())
                     || matches!(&params, Some(ParamValues::Map(m)) if !m.is_empty())
@@ -262,7 +275,7 @@ impl Session {
                         "push queries (EMIT CHANGES) do not take parameters yet".into(),
                     ));
                 }
-                db.push_query(q, self.push_starts_earliest()).await
+                db.push_query(q, &who, self.push_starts_earliest()).await
             }
             Statement::ShowQueries | Statement::ShowViews => {
                 let sql = show_sql(&statement).expect("a SHOW over system tables");
@@ -271,11 +284,11 @@ impl Session {
                 };
                 self.run_datafusion(*s, None).await
             }
-            Statement::Drop(d) => db.drop_objects(d, &mut self.notices).await,
+            Statement::Drop(d) => db.drop_objects(d, &who, &mut self.notices).await,
             Statement::ShowStreams => db.show_streams(),
             Statement::ShowTopics => db.show_topics(),
             Statement::Describe(name) => db.describe(&name).await,
-            Statement::CopyFrom(c) => self.start_copy(c),
+            Statement::CopyFrom(c) => self.start_copy(c, &who),
             Statement::Set { name, value } => self.set(name, value),
             Statement::ShowVariable(name) => self.show(&name),
             Statement::Begin => {
@@ -321,12 +334,14 @@ impl Session {
                 }
                 Ok(command("CLOSE CURSOR"))
             }
-            Statement::CreateSubscription(c) => db.create_subscription(c, &mut self.notices).await,
-            Statement::ResetSubscription { name, to } => db.reset_subscription(&name, to).await,
-            Statement::User(u) => {
-                db.manage_user(u, self.user.as_deref(), &mut self.notices)
-                    .await
+            Statement::CreateSubscription(c) => {
+                db.create_subscription(c, &who, &mut self.notices).await
             }
+            Statement::ResetSubscription { name, to } => {
+                db.reset_subscription(&name, to, &who).await
+            }
+            Statement::User(u) => db.manage_user(u, &who, &mut self.notices).await,
+            Statement::Grant(g) => db.grant(g, &who).await,
             Statement::DataFusion(statement) => self.run_datafusion(*statement, params).await,
         }
     }
@@ -358,12 +373,14 @@ impl Session {
         if let Some(params) = params {
             plan = plan.with_param_values(params)?;
         }
+        let who = self.principal();
+        self.authorize(&plan, &catalog, &who)?;
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
                 let sql = definition.expect("a CREATE EXTERNAL TABLE statement");
                 return self
                     .db
-                    .create_external_table(&state, cmd, sql, &mut self.notices)
+                    .create_external_table(&state, cmd, sql, &who, &mut self.notices)
                     .await;
             }
             LogicalPlan::Ddl(ddl) => {
@@ -418,6 +435,43 @@ impl Session {
         Ok(Output::Rows(stream))
     }
 
+    /// Refuses a planned statement that reads, writes or touches what `who` may not: every
+    /// relation it scans needs SELECT, its insert target INSERT, and server files the
+    /// predefined roles and a path outside the data directory.
+    fn authorize(&self, plan: &LogicalPlan, catalog: &CatalogData, who: &Principal) -> Result<()> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut denied = Ok(());
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && matches!(scan.table_name.schema(), None | Some(PUBLIC_SCHEMA))
+                && catalog.relation(scan.table_name.table()).is_some()
+                && let Err(e) = catalog.check(who, Privilege::Select, scan.table_name.table())
+            {
+                denied = Err(e);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        denied?;
+        match plan {
+            LogicalPlan::Dml(dml) if dml.table_name.schema() == Some(WRITE_SCHEMA) => {
+                catalog.check(who, Privilege::Insert, dml.table_name.table())
+            }
+            LogicalPlan::Copy(copy) => {
+                who.require_role(WRITE_SERVER_FILES, "write server files")?;
+                self.db.files.check(&copy.output_url, FileUse::Write)
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+                who.require_role(READ_SERVER_FILES, "read server files")?;
+                for location in &cmd.locations {
+                    self.db.files.check(location, FileUse::Read)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `INSERT INTO stream VALUES` of plain literals, written without a query plan; `None`
     /// when the statement needs planning.
     async fn insert_literals(
@@ -428,6 +482,9 @@ impl Session {
         let data = self.db.tables.catalog.snapshot();
         let relation = data.relation(name)?;
         let target = WriteTarget::of(&data, &relation)?;
+        if let Err(e) = data.check(&self.principal(), Privilege::Insert, name) {
+            return Some(Err(e));
+        }
         let types: Vec<SqlType> = match &relation {
             Relation::Stream(stream, _) => stream.columns.iter().map(|c| c.sql_type).collect(),
             _ => vec![SqlType::Bytea, SqlType::Bytea],
@@ -496,14 +553,21 @@ impl Session {
             ));
         }
         let cursor = match d.query {
-            CursorQuery::Subscription(group) => self.db.subscription_cursor(&group).await?,
+            CursorQuery::Subscription(group) => {
+                self.db
+                    .subscription_cursor(&group, &self.principal())
+                    .await?
+            }
             CursorQuery::Statement(statement) => {
                 let output = match *statement {
                     Statement::DataFusion(s) => self.run_datafusion(*s, params).await?,
                     Statement::Push(q) => {
-                        self.db.push_query(q, self.push_starts_earliest()).await?
+                        let who = self.principal();
+                        self.db
+                            .push_query(q, &who, self.push_starts_earliest())
+                            .await?
                     }
-                    Statement::Subscribe(s) => self.db.subscribe(s).await?,
+                    Statement::Subscribe(s) => self.db.subscribe(s, &self.principal()).await?,
                     other => {
                         return Err(Error::Internal(format!("a cursor over {other:?}")));
                     }

@@ -15,7 +15,10 @@ use datafusion::dataframe::DataFrame;
 
 use super::cursor::{Cursor, GroupCursor};
 use super::{Database, Output, command};
-use crate::catalog::{CatalogData, Relation, SubscriptionDef, TopicDef, validate_name};
+use crate::catalog::access;
+use crate::catalog::{
+    Access, CatalogData, Principal, Privilege, Relation, SubscriptionDef, TopicDef, validate_name,
+};
 use crate::engine::PushQuery;
 use crate::error::{Error, Result};
 use crate::groups::{Groups, PartitionOffset};
@@ -25,10 +28,20 @@ use crate::storage::now_ms;
 use crate::storage::{Offset, PartitionId};
 use crate::tables::stream_table::StatementSnapshot;
 
+/// 42501 unless `who` owns the subscription (or is a superuser).
+fn owns(sub: &SubscriptionDef, who: &Principal) -> Result<()> {
+    if who.superuser || sub.access.owner == who.name {
+        Ok(())
+    } else {
+        Err(access::not_owner("subscription", &sub.name))
+    }
+}
+
 impl Database {
     pub(super) async fn create_subscription(
         &self,
         c: CreateSubscription,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         validate_name("subscription", &c.name)?;
@@ -46,6 +59,7 @@ impl Database {
         }
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
+        data.check_create(who)?;
         if data.subscriptions.contains_key(&c.name) {
             let message = format!("subscription \"{}\" already exists", c.name);
             if c.if_not_exists {
@@ -55,6 +69,7 @@ impl Database {
             return Err(Error::plan("42710", message));
         }
         let topic = readable_topic(&data, &c.relation)?;
+        data.check(who, Privilege::Select, &c.relation)?;
         let offsets = self.offsets_at(&data, &c.relation, topic, &start).await?;
         let offsets = self.tables.groups.initial(&c.name, offsets)?;
         let mut new = (*data).clone();
@@ -65,6 +80,7 @@ impl Database {
                 relation: c.relation,
                 start: start.to_string(),
                 created_at_ms: now_ms(),
+                access: Access::owned_by(&who.name),
             },
         );
         self.tables.catalog.commit(new, vec![offsets]).await?;
@@ -73,10 +89,16 @@ impl Database {
 
     /// `ALTER SUBSCRIPTION name RESET TO …`: moves the group's committed offsets, as Kafka's
     /// `kafka-consumer-groups --reset-offsets` does, and like it only while no one reads.
-    pub(super) async fn reset_subscription(&self, name: &str, to: StartAt) -> Result<Output> {
+    pub(super) async fn reset_subscription(
+        &self,
+        name: &str,
+        to: StartAt,
+        who: &Principal,
+    ) -> Result<Output> {
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
         let sub = subscription(&data, name)?;
+        owns(sub, who)?;
         let topic = readable_topic(&data, &sub.relation)?;
         if self.tables.groups.is_reading(name) {
             return Err(in_use(name, "reset"));
@@ -89,6 +111,7 @@ impl Database {
     pub(super) async fn drop_subscriptions(
         &self,
         d: Drop,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
         let _ddl = self.tables.catalog.ddl_lock().await;
@@ -96,6 +119,9 @@ impl Database {
         let mut new = (*data).clone();
         let mut doomed = vec![];
         for name in &d.names {
+            if let Some(sub) = data.subscriptions.get(name) {
+                owns(sub, who)?;
+            }
             if new.subscriptions.remove(name).is_none() {
                 if d.if_exists {
                     notices.push(format!("subscription \"{name}\" does not exist, skipping"));
@@ -115,9 +141,13 @@ impl Database {
 
     /// `DECLARE c SUBSCRIPTION CURSOR FOR name`: a cursor reading the subscription's stream
     /// from the group's committed offsets.
-    pub(super) async fn subscription_cursor(&self, name: &str) -> Result<Cursor> {
+    pub(super) async fn subscription_cursor(&self, name: &str, who: &Principal) -> Result<Cursor> {
         let data = self.tables.catalog.snapshot();
         let sub = subscription(&data, name)?;
+        if !sub.access.allows(who, Privilege::Usage) && !sub.access.allows(who, Privilege::Select) {
+            return Err(access::denied(Privilege::Usage, "subscription", name));
+        }
+        data.check(who, Privilege::Select, &sub.relation)?;
         let topic = readable_topic(&data, &sub.relation)?;
         let reading = self.tables.groups.start_reading(name)?;
         let committed = self.tables.groups.committed(name)?;

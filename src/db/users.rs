@@ -1,21 +1,28 @@
-//! `CREATE USER`, `ALTER USER … PASSWORD` and `DROP USER`: who may log in with a password.
+//! `CREATE USER`, `ALTER USER` and `DROP USER` (and their `ROLE` spellings): who may log in,
+//! with what password, and whether as a superuser.
 
+use super::grants::{no_role, owned_by};
 use super::{Database, Output, command};
-use crate::auth::{self, SUPERUSER};
+use crate::auth;
+use crate::catalog::Principal;
+use crate::catalog::access::{PREDEFINED_ROLES, PUBLIC, SUPERUSER};
 use crate::error::{Error, Result};
-use crate::sql::parser::UserStatement;
+use crate::sql::parser::{UserOptions, UserStatement};
 
 impl Database {
     pub(super) async fn manage_user(
         &self,
         statement: UserStatement,
-        current: Option<&str>,
+        who: &Principal,
         notices: &mut Vec<String>,
     ) -> Result<Output> {
-        if self.config.password_auth && current != Some(SUPERUSER) {
+        // Users change their own password; everything else is for superusers.
+        let own_password = matches!(&statement, UserStatement::Alter { name, options }
+            if *name == who.name && options.superuser.is_none());
+        if !(who.superuser || own_password) {
             return Err(Error::plan(
                 "42501",
-                format!("only the superuser \"{SUPERUSER}\" may create, change or drop users"),
+                "permission denied to create, change or drop users: only superusers may",
             ));
         }
         let _ddl = self.tables.catalog.ddl_lock().await;
@@ -24,8 +31,14 @@ impl Database {
             UserStatement::Create {
                 name,
                 if_not_exists,
-                password,
+                options,
             } => {
+                if name.eq_ignore_ascii_case(PUBLIC) || PREDEFINED_ROLES.contains(&name.as_str()) {
+                    return Err(Error::plan(
+                        "42939",
+                        format!("role name \"{name}\" is reserved"),
+                    ));
+                }
                 if data.users.contains_key(&name) {
                     let message = format!("role \"{name}\" already exists");
                     if if_not_exists {
@@ -34,16 +47,39 @@ impl Database {
                     }
                     return Err(Error::plan("42710", message));
                 }
-                data.users
-                    .insert(name.clone(), auth::user(&name, &password)?);
+                let mut user = auth::user(&name, options.password.clone().flatten().as_deref())?;
+                user.superuser = options.superuser.unwrap_or(false);
+                data.users.insert(name, user);
                 "CREATE ROLE"
             }
-            UserStatement::Alter { name, password } => {
-                if !data.users.contains_key(&name) {
+            UserStatement::Alter { name, options } => {
+                let Some(existing) = data.users.get(&name).cloned() else {
                     return Err(no_role(&name));
+                };
+                let UserOptions {
+                    password,
+                    superuser,
+                } = options;
+                let mut user = match password {
+                    Some(password) => {
+                        let mut fresh = auth::user(&name, password.as_deref())?;
+                        fresh.created_at_ms = existing.created_at_ms;
+                        fresh.superuser = existing.superuser;
+                        fresh.roles = existing.roles.clone();
+                        fresh
+                    }
+                    None => existing,
+                };
+                if let Some(superuser) = superuser {
+                    if name == SUPERUSER && !superuser {
+                        return Err(Error::plan(
+                            "42501",
+                            format!("the bootstrap superuser \"{SUPERUSER}\" stays a superuser"),
+                        ));
+                    }
+                    user.superuser = superuser;
                 }
-                data.users
-                    .insert(name.clone(), auth::user(&name, &password)?);
+                data.users.insert(name, user);
                 "ALTER ROLE"
             }
             UserStatement::Drop { names, if_exists } => {
@@ -54,11 +90,23 @@ impl Database {
                             format!("the superuser \"{SUPERUSER}\" cannot be dropped"),
                         ));
                     }
-                    if data.users.remove(&name).is_none() {
+                    if !data.users.contains_key(&name) {
                         if !if_exists {
                             return Err(no_role(&name));
                         }
                         notices.push(format!("role \"{name}\" does not exist, skipping"));
+                        continue;
+                    }
+                    let owned = owned_by(&data, &name);
+                    if !owned.is_empty() {
+                        return Err(Error::Dependent(format!(
+                            "role \"{name}\" cannot be dropped because it owns {}; drop those first",
+                            owned.join(", ")
+                        )));
+                    }
+                    data.users.remove(&name);
+                    for stripped in strip_grants(&mut data, &name) {
+                        notices.push(format!("revoked the privileges {name} had on {stripped}"));
                     }
                 }
                 "DROP ROLE"
@@ -69,6 +117,29 @@ impl Database {
     }
 }
 
-fn no_role(name: &str) -> Error {
-    Error::plan("42704", format!("role \"{name}\" does not exist"))
+/// Removes a dropped user's grants; returns the objects they had any on.
+fn strip_grants(data: &mut crate::catalog::CatalogData, user: &str) -> Vec<String> {
+    let mut stripped = vec![];
+    let mut strip = |access: &mut crate::catalog::Access, what: String| {
+        if access.grants.remove(user).is_some() {
+            stripped.push(what);
+        }
+    };
+    for s in data.streams.values_mut() {
+        strip(&mut s.access, format!("stream {}", s.name));
+    }
+    for t in data.topics.values_mut() {
+        strip(&mut t.access, format!("topic {}", t.name));
+    }
+    for v in data.views.values_mut() {
+        strip(&mut v.access, format!("materialized view {}", v.name));
+    }
+    for t in data.external_tables.values_mut() {
+        strip(&mut t.access, format!("table {}", t.name));
+    }
+    for s in data.subscriptions.values_mut() {
+        strip(&mut s.access, format!("subscription {}", s.name));
+    }
+    strip(&mut data.schema, "schema public".to_string());
+    stripped
 }

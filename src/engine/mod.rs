@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub max_epoch_rows: u64,
     /// Epochs a view's subscriber may fall behind before it is dropped.
     pub subscriber_max_lag_epochs: usize,
+    /// Logins are trusted: a query owner the catalog does not have is a superuser.
+    pub trusted_logins: bool,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +56,7 @@ impl Default for EngineConfig {
             min_interval: Duration::from_millis(10),
             max_epoch_rows: 1_000_000,
             subscriber_max_lag_epochs: 1024,
+            trusted_logins: true,
         }
     }
 }

@@ -31,6 +31,11 @@ pub struct PushQuery {
 }
 
 impl PushQuery {
+    /// The stream or topic it reads.
+    pub fn input_name(&self) -> &str {
+        &self.plan.input_name
+    }
+
     /// Plans `sql`; it reads from the first record of its input if `earliest`, otherwise
     /// from its end now.
     pub async fn new(

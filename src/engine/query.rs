@@ -22,7 +22,7 @@ use super::checkpoint::{self, Checkpoint, Planned};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
 use super::state::GroupState;
 use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
-use crate::catalog::{CatalogData, QueryDef, QueryTarget};
+use crate::catalog::{CatalogData, Privilege, QueryDef, QueryTarget};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
@@ -56,6 +56,27 @@ struct StateTopic {
     storage_schema: SchemaRef,
 }
 
+/// A continuous query runs with its owner's rights, as the catalog has them now: it needs
+/// SELECT on its input and INSERT on the stream it appends to. A query whose owner lost
+/// them fails, saying so, rather than reading on.
+fn owner_may_run(def: &QueryDef, data: &CatalogData, input: &str, trusted: bool) -> Result<()> {
+    let owner = data.principal(&def.owner, trusted);
+    data.check(&owner, Privilege::Select, input)
+        .and_then(|()| match def.output_stream() {
+            Some(stream) => data.check(&owner, Privilege::Insert, stream),
+            None => Ok(()),
+        })
+        .map_err(|e| {
+            Error::plan(
+                e.sqlstate(),
+                format!(
+                    "continuous query \"{}\" runs with the rights of its owner {}: {e}",
+                    def.name, def.owner
+                ),
+            )
+        })
+}
+
 impl QueryTask {
     /// Plans the query, loads its checkpoint and restores its state.
     pub(super) async fn start(
@@ -67,6 +88,7 @@ impl QueryTask {
         shared: Arc<Shared>,
     ) -> Result<QueryTask> {
         let plan = QueryPlan::new(base, data, tables.log.clone(), &def.sql).await?;
+        owner_may_run(&def, data, &plan.input_name, config.trusted_logins)?;
         let snapshot = tables.log.snapshot();
         let checkpoint = match snapshot.meta(def.id.0) {
             Some(bytes) => Checkpoint::decode(bytes).map_err(Error::Internal)?,
@@ -285,6 +307,12 @@ impl QueryTask {
     async fn run_epoch(&mut self, epoch: checkpoint::EpochPlan) -> Result<()> {
         let key = self.def.id.0;
         if !epoch.replay {
+            owner_may_run(
+                &self.def,
+                &self.tables.catalog.snapshot(),
+                &self.plan.input_name,
+                self.config.trusted_logins,
+            )?;
             self.checkpoint.planned = Some(Planned {
                 epoch: epoch.epoch,
                 ends: epoch.ends(),

@@ -301,6 +301,7 @@ mod tests {
             value_format: ValueFormat::Json,
             timestamp_column: Some("ts".into()),
             watermark: None,
+            access: Default::default(),
         };
         data.topics.insert(
             "clicks".into(),
@@ -315,6 +316,7 @@ mod tests {
                 stream: Some("clicks".into()),
                 created_at_ms: 0,
                 internal: None,
+                access: Default::default(),
             },
         );
         data.streams.insert("clicks".into(), stream);

@@ -362,6 +362,7 @@ mod tests {
                 value_format: ValueFormat::Json,
                 timestamp_column: None,
                 watermark: None,
+                access: Default::default(),
             },
         );
         data.topics.insert(
@@ -377,6 +378,7 @@ mod tests {
                 stream: Some("s".into()),
                 created_at_ms: 0,
                 internal: None,
+                access: Default::default(),
             },
         );
         (

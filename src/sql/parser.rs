@@ -16,7 +16,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
-use crate::catalog::SqlType;
+use crate::catalog::{ObjectClass, Privilege, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::copy::{CopyFormat, CopyOptions};
 
@@ -66,6 +66,8 @@ pub enum Statement {
     },
     /// `CREATE USER`, `ALTER USER … PASSWORD`, `DROP USER`.
     User(UserStatement),
+    /// `GRANT` and `REVOKE`.
+    Grant(GrantStatement),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
     ShowQueries,
@@ -125,17 +127,50 @@ pub struct Subscribe {
     pub copy: bool,
 }
 
+/// `[WITH] [PASSWORD '…' | PASSWORD NULL] [SUPERUSER | NOSUPERUSER] [LOGIN | NOLOGIN]`.
+#[derive(Clone, Default)]
+pub struct UserOptions {
+    /// `Some(None)`: `PASSWORD NULL`, no password.
+    pub password: Option<Option<String>>,
+    pub superuser: Option<bool>,
+}
+
+/// `GRANT`/`REVOKE` of privileges on objects, or of roles to users.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrantStatement {
+    Privileges {
+        grant: bool,
+        /// `None` for `ALL [PRIVILEGES]`.
+        privileges: Option<Vec<Privilege>>,
+        class: ObjectClass,
+        /// `ON ALL TABLES IN SCHEMA public` names no objects but all of them.
+        objects: GrantTargets,
+        grantees: Vec<String>,
+    },
+    Roles {
+        grant: bool,
+        roles: Vec<String>,
+        users: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrantTargets {
+    Named(Vec<String>),
+    AllInSchema,
+}
+
 /// What a user statement does. (`Debug` leaves passwords out.)
 #[derive(Clone)]
 pub enum UserStatement {
     Create {
         name: String,
         if_not_exists: bool,
-        password: String,
+        options: UserOptions,
     },
     Alter {
         name: String,
-        password: String,
+        options: UserOptions,
     },
     Drop {
         names: Vec<String>,
@@ -404,7 +439,12 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         }
         p.prev_token();
     }
-    if p.parse_keywords(&[Keyword::DROP, Keyword::USER]) {
+    if p.peek_keyword(Keyword::GRANT) || p.peek_keyword(Keyword::REVOKE) {
+        return parse_grant(p).map(Statement::Grant);
+    }
+    if p.parse_keywords(&[Keyword::DROP, Keyword::USER])
+        || p.parse_keywords(&[Keyword::DROP, Keyword::ROLE])
+    {
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         let mut names = vec![normalize(&p.parse_identifier().map_err(syntax)?)];
         while p.consume_token(&Token::Comma) {
@@ -536,14 +576,14 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         return Ok(Statement::Close(Some(name)));
     }
     if p.parse_keyword(Keyword::CREATE) {
-        if p.parse_keyword(Keyword::USER) {
+        if p.parse_keyword(Keyword::USER) || p.parse_keyword(Keyword::ROLE) {
             let if_not_exists = parse_if_not_exists(p);
             let name = normalize(&p.parse_identifier().map_err(syntax)?);
-            let password = parse_password(p)?;
+            let options = parse_user_options(p)?;
             return Ok(Statement::User(UserStatement::Create {
                 name,
                 if_not_exists,
-                password,
+                options,
             }));
         }
         if word_is(p, "SUBSCRIPTION") {
@@ -553,10 +593,10 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         p.prev_token();
     }
     if p.parse_keyword(Keyword::ALTER) {
-        if p.parse_keyword(Keyword::USER) {
+        if p.parse_keyword(Keyword::USER) || p.parse_keyword(Keyword::ROLE) {
             let name = normalize(&p.parse_identifier().map_err(syntax)?);
-            let password = parse_password(p)?;
-            return Ok(Statement::User(UserStatement::Alter { name, password }));
+            let options = parse_user_options(p)?;
+            return Ok(Statement::User(UserStatement::Alter { name, options }));
         }
         if word_is(p, "SUBSCRIPTION") {
             p.next_token();
@@ -848,16 +888,182 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
 }
 
 /// `[WITH] PASSWORD 'secret'`.
-fn parse_password(p: &mut Parser<'_>) -> Result<String> {
+fn parse_user_options(p: &mut Parser<'_>) -> Result<UserOptions> {
     let _ = p.parse_keyword(Keyword::WITH);
-    p.expect_keyword(Keyword::PASSWORD).map_err(syntax)?;
-    let token = p.next_token();
-    match token.token {
-        Token::SingleQuotedString(s) => Ok(s),
-        _ => p
-            .expected("a password in single quotes", token)
-            .map_err(syntax),
+    let mut options = UserOptions::default();
+    loop {
+        if p.parse_keyword(Keyword::PASSWORD) {
+            let token = p.next_token();
+            options.password = Some(match token.token {
+                Token::SingleQuotedString(s) => Some(s),
+                Token::Word(w) if w.keyword == Keyword::NULL => None,
+                _ => {
+                    return p
+                        .expected("a password in single quotes, or NULL", token)
+                        .map_err(syntax);
+                }
+            });
+        } else if word_is(p, "SUPERUSER") {
+            p.next_token();
+            options.superuser = Some(true);
+        } else if word_is(p, "NOSUPERUSER") {
+            p.next_token();
+            options.superuser = Some(false);
+        } else if word_is(p, "LOGIN") || word_is(p, "NOLOGIN") {
+            // Every user may log in; roles without login are not a Runnel concept.
+            p.next_token();
+        } else {
+            return Ok(options);
+        }
     }
+}
+
+/// `GRANT privileges ON objects TO grantees`, `REVOKE … FROM …`, `GRANT role TO user`.
+fn parse_grant(p: &mut Parser<'_>) -> Result<GrantStatement> {
+    let grant = p.parse_keyword(Keyword::GRANT);
+    if !grant {
+        p.expect_keyword(Keyword::REVOKE).map_err(syntax)?;
+        if p.parse_keywords(&[Keyword::GRANT, Keyword::OPTION, Keyword::FOR]) {
+            return Err(Error::Unsupported(
+                "grant options are not supported: only owners and superusers grant".into(),
+            ));
+        }
+    }
+    let to = if grant { Keyword::TO } else { Keyword::FROM };
+    // Privilege or role names, up to ON (privileges) or TO/FROM (roles).
+    let mut words = vec![];
+    let mut all = false;
+    loop {
+        if p.parse_keyword(Keyword::ALL) {
+            let _ = p.parse_keyword(Keyword::PRIVILEGES);
+            all = true;
+        } else {
+            let token = p.next_token();
+            match &token.token {
+                Token::Word(w) => words.push(w.value.clone()),
+                _ => return p.expected("a privilege or a role", token).map_err(syntax),
+            }
+            if p.peek_token().token == Token::LParen {
+                return Err(Error::Unsupported(
+                    "column privileges are not supported; grant on the whole stream".into(),
+                ));
+            }
+        }
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    let names = |p: &mut Parser<'_>| -> Result<Vec<String>> {
+        let mut names = vec![];
+        loop {
+            let name = p.parse_identifier().map_err(syntax)?;
+            names.push(
+                if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("public") {
+                    crate::catalog::access::PUBLIC.to_string()
+                } else {
+                    normalize(&name)
+                },
+            );
+            if !p.consume_token(&Token::Comma) {
+                return Ok(names);
+            }
+        }
+    };
+    if !p.parse_keyword(Keyword::ON) {
+        if all {
+            return p.expected("ON", p.peek_token()).map_err(syntax);
+        }
+        p.expect_keyword(to).map_err(syntax)?;
+        let users = names(p)?;
+        if p.parse_keywords(&[Keyword::WITH, Keyword::ADMIN, Keyword::OPTION]) {
+            return Err(Error::Unsupported(
+                "WITH ADMIN OPTION is not supported".into(),
+            ));
+        }
+        return Ok(GrantStatement::Roles {
+            grant,
+            roles: words.iter().map(|w| w.to_lowercase()).collect(),
+            users,
+        });
+    }
+    let privileges = if all {
+        None
+    } else {
+        Some(
+            words
+                .iter()
+                .map(|w| {
+                    Privilege::parse(w).ok_or_else(|| {
+                        Error::plan("42601", format!("unrecognized privilege type \"{w}\""))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    let class = if word_is(p, "SUBSCRIPTION") {
+        p.next_token();
+        ObjectClass::Subscription
+    } else if p.parse_keyword(Keyword::SCHEMA) {
+        ObjectClass::Schema
+    } else {
+        // TABLE, STREAM, TOPIC, VIEW, MATERIALIZED VIEW, or nothing: a relation.
+        let _ = p.parse_keyword(Keyword::TABLE)
+            || p.parse_keyword(Keyword::STREAM)
+            || p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW])
+            || p.parse_keyword(Keyword::VIEW)
+            || (word_is(p, "TOPIC") && {
+                p.next_token();
+                true
+            });
+        ObjectClass::Relation
+    };
+    let objects = if class == ObjectClass::Relation && p.parse_keyword(Keyword::ALL) {
+        if !(p.parse_keyword(Keyword::TABLES)
+            || word_is(p, "STREAMS") && {
+                p.next_token();
+                true
+            })
+        {
+            return p.expected("TABLES", p.peek_token()).map_err(syntax);
+        }
+        p.expect_keywords(&[Keyword::IN, Keyword::SCHEMA])
+            .map_err(syntax)?;
+        let schema = normalize(&p.parse_identifier().map_err(syntax)?);
+        if schema != crate::catalog::PUBLIC_SCHEMA {
+            return Err(Error::plan(
+                "3F000",
+                format!("schema \"{schema}\" does not exist"),
+            ));
+        }
+        GrantTargets::AllInSchema
+    } else {
+        let mut objects = vec![];
+        loop {
+            objects.push(match class {
+                ObjectClass::Relation => parse_relation_name(p)?,
+                _ => normalize(&p.parse_identifier().map_err(syntax)?),
+            });
+            if !p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        GrantTargets::Named(objects)
+    };
+    p.expect_keyword(to).map_err(syntax)?;
+    let grantees = names(p)?;
+    if grant && p.parse_keywords(&[Keyword::WITH, Keyword::GRANT, Keyword::OPTION]) {
+        return Err(Error::Unsupported(
+            "WITH GRANT OPTION is not supported: only owners and superusers grant".into(),
+        ));
+    }
+    let _ = p.parse_keyword(Keyword::CASCADE) || p.parse_keyword(Keyword::RESTRICT);
+    Ok(GrantStatement::Privileges {
+        grant,
+        privileges,
+        class,
+        objects,
+        grantees,
+    })
 }
 
 fn parse_create_subscription(p: &mut Parser<'_>) -> Result<CreateSubscription> {

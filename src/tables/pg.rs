@@ -10,9 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int32Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, AsArray, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session};
 use datafusion::common::ScalarValue;
@@ -33,7 +35,7 @@ use sqlparser::ast::{
 };
 
 use super::Tables;
-use crate::catalog::CATALOG_NAME;
+use crate::catalog::{CATALOG_NAME, CatalogData, ObjectClass, PUBLIC_SCHEMA, Relation};
 use crate::error::{Error, Result};
 
 /// What `pg_catalog`'s functions need to know before a database starts: the OID of every
@@ -244,6 +246,7 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
             .map(index_queries_found_empty)
             .map(visibility_by_search_path)
             .map(absent_column_details)
+            .map(absent_column_privileges_and_policies)
             .map(scalar_subqueries_aggregated)
             .collect(),
     )
@@ -276,6 +279,34 @@ fn absent_column_details(mut statement: Statement) -> Statement {
             )
         {
             *expr = SqlExpr::Value(sqlparser::ast::Value::Null.into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// `array_to_string(ARRAY(SELECT … attacl … | … FROM pg_policy …), sep)` as `''`: Runnel
+/// grants on relations, not on columns, and has no row security policies, so these lists
+/// (psql's `\dp` columns "Column privileges" and "Policies") are empty; and DataFusion
+/// cannot plan an `ARRAY(sub-query)`.
+fn absent_column_privileges_and_policies(mut statement: Statement) -> Statement {
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Function(f) = expr
+            && f.name
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("array_to_string")
+            && let FunctionArguments::List(list) = &f.args
+            && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Function(array)))) =
+                list.args.first()
+            && array.name.to_string().eq_ignore_ascii_case("array")
+            && let FunctionArguments::Subquery(query) = &array.args
+        {
+            let text = query.to_string().to_ascii_lowercase();
+            if text.contains("attacl") || text.contains("pg_policy") {
+                *expr =
+                    SqlExpr::Value(sqlparser::ast::Value::SingleQuotedString(String::new()).into());
+            }
         }
         ControlFlow::<()>::Continue(())
     });
@@ -427,7 +458,8 @@ fn index_queries_found_empty(statement: Statement) -> Statement {
 
 /// `pg_catalog` as datafusion-pg-catalog builds it, except that `pg_class` calls Runnel's
 /// materialized views what they are (`relkind = 'm'`: psql's `\dm`, pgjdbc's
-/// "MATERIALIZED VIEW"); DataFusion only knows tables and views.
+/// "MATERIALIZED VIEW"; DataFusion only knows tables and views) and has `relacl`, each
+/// relation's privileges (psql's `\dp`).
 #[derive(Debug)]
 pub struct PgCatalogSchema {
     inner: Arc<dyn SchemaProvider>,
@@ -450,15 +482,21 @@ impl SchemaProvider for PgCatalogSchema {
         let table = self.inner.table(name).await?;
         match table {
             Some(inner) if name.eq_ignore_ascii_case("pg_class") => {
-                let views = self
-                    .tables
-                    .catalog
-                    .snapshot()
-                    .views
-                    .keys()
-                    .cloned()
-                    .collect();
-                Ok(Some(Arc::new(PgClass { inner, views })))
+                let mut fields = inner.schema().fields().to_vec();
+                fields.push(Arc::new(Field::new(
+                    "relacl",
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                    true,
+                )));
+                let namespaces = self.inner.table("pg_namespace").await?.ok_or_else(|| {
+                    DataFusionError::Internal("pg_catalog has no pg_namespace".into())
+                })?;
+                Ok(Some(Arc::new(PgClass {
+                    inner,
+                    namespaces,
+                    schema: Arc::new(Schema::new(fields)),
+                    catalog: self.tables.catalog.snapshot(),
+                })))
             }
             other => Ok(other),
         }
@@ -472,13 +510,17 @@ impl SchemaProvider for PgCatalogSchema {
 #[derive(Debug)]
 struct PgClass {
     inner: Arc<dyn TableProvider>,
-    views: BTreeSet<String>,
+    /// `pg_namespace`, to tell Runnel's relations (in `public`) from the system's.
+    namespaces: Arc<dyn TableProvider>,
+    /// The inner table's columns and `relacl`.
+    schema: SchemaRef,
+    catalog: Arc<CatalogData>,
 }
 
 #[async_trait]
 impl TableProvider for PgClass {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -494,32 +536,78 @@ impl TableProvider for PgClass {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let all = self.inner.scan(state, None, &[], None).await?;
         let batches = collect(all, state.task_ctx()).await?;
-        let schema = self.schema();
-        let name = schema.index_of("relname")?;
-        let kind = schema.index_of("relkind")?;
+        let inner = self.inner.schema();
+        let name = inner.index_of("relname")?;
+        let kind = inner.index_of("relkind")?;
+        let namespace = inner.index_of("relnamespace")?;
+        let public = public_namespace_oids(self.namespaces.as_ref(), state).await?;
         let fixed = batches
             .into_iter()
             .map(|batch| {
                 let names = batch.column(name).as_string::<i32>();
                 let kinds = batch.column(kind).as_string::<i32>();
+                let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
+                let namespaces = namespaces.as_primitive::<Int64Type>();
+                let ours = |row: usize| {
+                    (namespaces.is_valid(row) && public.contains(&namespaces.value(row)))
+                        .then(|| self.catalog.relation(names.value(row)))
+                        .flatten()
+                };
                 let relkind: StringArray = (0..batch.num_rows())
                     .map(|row| {
                         let k = kinds.is_valid(row).then(|| kinds.value(row));
-                        match k {
-                            Some("v") if self.views.contains(names.value(row)) => Some("m"),
-                            other => other,
+                        match (k, ours(row)) {
+                            (Some("v"), Some(Relation::View(_))) => Some("m"),
+                            (other, _) => other,
                         }
                     })
                     .collect();
+                // NULL, as PostgreSQL has it, until something is granted.
+                let mut relacl = ListBuilder::new(StringBuilder::new());
+                for row in 0..batch.num_rows() {
+                    match ours(row).map(|r| r.access().clone()) {
+                        Some(access) if !access.grants.is_empty() => {
+                            for item in access.acl(ObjectClass::Relation) {
+                                relacl.values().append_value(item);
+                            }
+                            relacl.append(true);
+                        }
+                        _ => relacl.append_null(),
+                    }
+                }
                 let mut columns = batch.columns().to_vec();
                 columns[kind] = Arc::new(relkind);
-                RecordBatch::try_new(schema.clone(), columns)
+                columns.push(Arc::new(relacl.finish()));
+                RecordBatch::try_new(self.schema.clone(), columns)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        MemTable::try_new(schema, vec![fixed])?
+        MemTable::try_new(self.schema.clone(), vec![fixed])?
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// The OIDs `pg_namespace` gives schemas named `public`.
+async fn public_namespace_oids(
+    namespaces: &dyn TableProvider,
+    state: &dyn Session,
+) -> DfResult<BTreeSet<i64>> {
+    let all = namespaces.scan(state, None, &[], None).await?;
+    let schema = all.schema();
+    let (oid, name) = (schema.index_of("oid")?, schema.index_of("nspname")?);
+    let mut oids = BTreeSet::new();
+    for batch in collect(all, state.task_ctx()).await? {
+        let names = cast(batch.column(name), &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let values = cast(batch.column(oid), &DataType::Int64)?;
+        let values = values.as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            if names.is_valid(row) && names.value(row) == PUBLIC_SCHEMA && values.is_valid(row) {
+                oids.insert(values.value(row));
+            }
+        }
+    }
+    Ok(oids)
 }
 
 /// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column
