@@ -18,6 +18,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::StartupHandler;
+
+use crate::admission::Ticket;
 use pgwire::api::{ClientInfo, METADATA_USER, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::{Authentication, Startup};
@@ -168,13 +170,28 @@ impl Auth {
         })
     }
 
-    /// A connection's gate; `trusted` lets it in once it may enter.
-    pub fn gate<H>(&self, trusted: Arc<H>) -> Gate<H> {
+    /// A connection's gate; `trusted` lets it in once it may enter, into a session slot of
+    /// `ticket`.
+    pub fn gate<H>(&self, trusted: Arc<H>, ticket: Arc<Ticket>) -> Gate<H> {
         Gate {
             auth: self.clone(),
             trusted,
+            ticket,
             exchange: Mutex::new(Exchange::Idle),
         }
+    }
+
+    /// Takes a session slot for `user`, who has proven who they are: 53300 when none is
+    /// free for them (superusers may take the reserved ones).
+    fn admit(&self, ticket: &Ticket, user: &str) -> PgWireResult<()> {
+        let who = self
+            .catalog
+            .snapshot()
+            .principal(user, self.mode == AuthMode::Trust);
+        ticket.admit(who.superuser).map_err(|message| {
+            tracing::warn!(user, message, "refused a client: no connection slot");
+            fatal("53300", message)
+        })
     }
 
     /// The verifier of `name`, or, for a name that is not a user, one that no password
@@ -222,6 +239,7 @@ enum Exchange {
 pub struct Gate<H> {
     auth: Auth,
     trusted: Arc<H>,
+    ticket: Arc<Ticket>,
     exchange: Mutex<Exchange>,
 }
 
@@ -248,6 +266,10 @@ impl<H: StartupHandler> StartupHandler for Gate<H> {
             ));
         }
         if self.auth.mode == AuthMode::Trust {
+            if let PgWireFrontendMessage::Startup(startup) = &message {
+                let user = startup.parameters.get("user").cloned().unwrap_or_default();
+                self.auth.admit(&self.ticket, &user)?;
+            }
             return self.trusted.on_startup(client, message).await;
         }
         let user = client
@@ -267,6 +289,7 @@ impl<H: StartupHandler> StartupHandler for Gate<H> {
             }
         };
         self.auth.failures.succeeded(&user);
+        self.auth.admit(&self.ticket, &user)?;
         // In: the rest of start-up (keys, parameters, ReadyForQuery) as without a password.
         self.trusted
             .on_startup(client, PgWireFrontendMessage::Startup(admitted))

@@ -46,7 +46,7 @@ pub struct ServerConfig {
     /// commit in chunks of this size.
     #[arg(long, env = "RUNNEL_COPY_CHUNK_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]
     pub copy_chunk_bytes: u64,
-    /// Connections served at once; further ones are refused.
+    /// Sessions served at once; a client beyond them is refused with SQLSTATE 53300.
     #[arg(
         long,
         env = "RUNNEL_MAX_CONNECTIONS",
@@ -54,6 +54,23 @@ pub struct ServerConfig {
         global = true
     )]
     pub max_connections: usize,
+    /// Of --max-connections, how many only superusers may take (at most all but one).
+    #[arg(
+        long,
+        env = "RUNNEL_SUPERUSER_RESERVED_CONNECTIONS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub superuser_reserved_connections: usize,
+    /// A client must finish start-up (TLS, password) within this many milliseconds, or its
+    /// socket is closed.
+    #[arg(
+        long,
+        env = "RUNNEL_STARTUP_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub startup_timeout_ms: u64,
     /// How often time and size retention are applied, in milliseconds.
     #[arg(
         long,
@@ -148,6 +165,9 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.startup_timeout_ms == 0 {
+            return Err("--startup-timeout-ms must be at least 1".into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());

@@ -62,6 +62,11 @@ impl Error {
         }
     }
 
+    /// The same error (and SQLSTATE), its message followed by `note`.
+    pub fn noting(self, note: &str) -> Error {
+        Error::plan(self.sqlstate(), format!("{self}; {note}"))
+    }
+
     pub fn data(code: &'static str, message: impl Into<String>) -> Error {
         Error::Data {
             code,
@@ -155,6 +160,9 @@ impl Error {
             DataFusionError::ArrowError(e, _) => match *e {
                 ArrowError::DivideByZero => Error::data("22012", "division by zero"),
                 ArrowError::ArithmeticOverflow(m) => Error::data("22003", m),
+                ArrowError::ComputeError(m) if m.to_ascii_lowercase().contains("overflow") => {
+                    Error::data("22003", m)
+                }
                 ArrowError::CastError(m) | ArrowError::ParseError(m) => {
                     Error::data(cast_code(&m), m)
                 }

@@ -18,6 +18,7 @@
 //!     │               durable metadata only
 //!  storage/           the partitioned log: frames, segments, commit log, recovery, retention
 //! ```
+pub mod admission;
 pub mod auth;
 pub mod catalog;
 pub mod config;

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use pgwire::api::ConnectionManager;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
+use crate::admission::{self, Slots};
 use crate::auth::{Auth, AuthMode, SUPERUSER};
 use crate::config::ServerConfig;
 use crate::db::Database;
@@ -43,9 +45,16 @@ pub async fn run(
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
     on_listening(addr);
     let manager = Arc::new(ConnectionManager::new());
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = Slots::new(
+        config.max_connections,
+        config.superuser_reserved_connections,
+    );
+    let startup_timeout = Duration::from_millis(config.startup_timeout_ms);
+    let (closing, closed) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
@@ -56,35 +65,55 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, max = config.max_connections, "refusing connection: too many clients");
-                    drop(socket);
+                let Some(ticket) = slots.arrive() else {
+                    tracing::warn!(%peer, max = config.max_connections, "refusing a connection: too many clients starting up");
+                    connections.spawn(refuse(socket, admission::TOO_MANY));
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                let watch = second_handle(&socket);
-                let connection = Connection::new(db.session(), manager.clone(), watch, &auth);
+                let watch = second_handle(&socket).map(Arc::new);
+                let connection = Connection::new(db.session(), manager.clone(), watch.clone(), &auth, ticket.clone());
                 let tls = tls.clone();
-                tokio::spawn(CONNECTION_PANIC.scope(RefCell::new(None), async move {
+                let mut closed = closed.clone();
+                connections.spawn(CONNECTION_PANIC.scope(RefCell::new(None), async move {
                     tracing::debug!(%peer, "connection opened");
-                    let served = AssertUnwindSafe(pgwire::tokio::process_socket(socket, tls, connection))
-                        .catch_unwind()
-                        .await;
-                    match served {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-                        Err(_) => {
-                            let what = CONNECTION_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
-                            tracing::warn!(%peer, what, "closed a connection whose task failed (a malformed message can do this)");
+                    let served = AssertUnwindSafe(pgwire::tokio::process_socket(socket, tls.clone(), connection))
+                        .catch_unwind();
+                    let late = async {
+                        if tokio::time::timeout(startup_timeout, ticket.admitted()).await.is_ok() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        served = served => match served {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                            Err(_) => {
+                                let what = CONNECTION_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+                                tracing::warn!(%peer, what, "closed a connection whose task failed (a malformed message can do this)");
+                            }
+                        },
+                        _ = late => tracing::info!(%peer, ms = startup_timeout.as_millis() as u64, "closed a connection that did not finish start-up in time"),
+                        _ = async { let _ = closed.wait_for(|c| *c).await; } => {
+                            // A client on plain TCP is told why (TLS connections just close).
+                            if let (Some(socket), None) = (&watch, &tls) {
+                                write_all(socket, &admission::fatal_response("57P01", "terminating connection due to administrator command")).await;
+                            }
                         }
                     }
-                    drop(slot);
+                    drop(ticket);
                 }));
             }
         }
     }
-    tracing::info!("shutting down: finishing queued writes");
+    // Every client is told, and its connection closed, before the writes drain.
     drop(listener);
+    closing.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    tracing::info!("shutting down: finishing queued writes");
     db.shutdown().await;
     tracing::info!("shut down");
     Ok(())
@@ -150,6 +179,43 @@ async fn ensure_superuser(db: &Database) -> Result<()> {
 
 /// A second handle on a connection's socket. pgwire reads the socket only between
 /// statements; while a push query waits for rows, this one notices the client leaving.
+/// Refuses a socket before start-up, as PostgreSQL does when it is full: its start-up message
+/// is read (after answering "no" to a TLS or GSS request, so that the client shows the
+/// message), then a FATAL 53300 is sent, and the socket closed once the client has read it.
+async fn refuse(mut socket: tokio::net::TcpStream, message: &'static str) {
+    use tokio::io::AsyncReadExt;
+    const ENCRYPTION_REQUESTS: [u32; 2] = [80877103, 80877104];
+    let mut first = [0u8; 1024];
+    for _ in 0..2 {
+        let read = tokio::time::timeout(Duration::from_secs(1), socket.read(&mut first)).await;
+        let Ok(Ok(n)) = read else { return };
+        let code = (n == 8).then(|| u32::from_be_bytes([first[4], first[5], first[6], first[7]]));
+        if !code.is_some_and(|c| ENCRYPTION_REQUESTS.contains(&c)) {
+            break;
+        }
+        write_all(&socket, b"N").await;
+    }
+    write_all(&socket, &admission::fatal_response("53300", message)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.read(&mut first)).await;
+}
+
+/// Writes `bytes` to a socket someone else may also hold, for at most a second.
+async fn write_all(socket: &tokio::net::TcpStream, mut bytes: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while !bytes.is_empty() {
+            if socket.writable().await.is_err() {
+                return;
+            }
+            match socket.try_write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
 fn second_handle(socket: &tokio::net::TcpStream) -> Option<tokio::net::TcpStream> {
     use std::os::fd::AsFd;
     let fd = socket.as_fd().try_clone_to_owned().ok()?;

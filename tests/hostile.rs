@@ -101,3 +101,43 @@ async fn statements_nested_too_deep_get_54001_and_the_server_carries_on() {
     let log = server.log();
     assert!(!log.contains("overflow"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_text_is_22021_and_overflow_is_22003() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE STREAM notes (n INT, body TEXT)")
+        .await
+        .unwrap();
+    // NUL through a bound parameter, a function, and COPY: refused, nothing written.
+    let e = client
+        .execute(
+            "INSERT INTO notes VALUES (1, $1)",
+            &[&"before\0after".to_string()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22021", "{e}");
+    let e = client
+        .batch_execute("INSERT INTO notes SELECT 2, 'a' || chr(0) || 'b'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22021", "{e}");
+    // Values out of range of their type, and arithmetic past it.
+    for sql in [
+        "INSERT INTO notes VALUES (99999999999, 'x')",
+        "INSERT INTO notes SELECT 99999999999, 'x'",
+        "SELECT abs(-9223372036854775808)",
+        "SELECT 100000::smallint",
+    ] {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22003", "{sql}: {e}");
+    }
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM notes").await[0][0].as_deref(),
+        Some("0")
+    );
+    server.stop();
+}

@@ -205,8 +205,13 @@ async fn copy_is_atomic_and_larger_copies_commit_in_chunks() {
     // documented; the rows after the last full chunk are not.
     let mut lines: Vec<String> = (0..30_000).map(line).collect();
     lines.push("oops,bad\n".into());
-    send(lines).await.unwrap_err();
+    let err = send(lines).await.unwrap_err();
     let visible = count(&client).await - 5_000;
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains(&format!("{visible} rows of this COPY were committed")),
+        "the error says what was committed ({visible} rows): {message}"
+    );
     assert!(
         visible > 0 && visible < 30_000,
         "{visible} rows of the chunked COPY are visible"
@@ -216,6 +221,85 @@ async fn copy_is_atomic_and_larger_copies_commit_in_chunks() {
         0,
         "whole CopyData messages are committed: {visible}"
     );
+    server.stop();
+}
+
+/// A PostgreSQL message: its type byte, length and body.
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads messages until ReadyForQuery; returns their type bytes and the text of any error.
+fn until_ready(raw: &mut TcpStream) -> (Vec<u8>, String) {
+    let (mut kinds, mut errors) = (vec![], String::new());
+    loop {
+        let mut head = [0u8; 5];
+        raw.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        raw.read_exact(&mut body).unwrap();
+        kinds.push(head[0]);
+        if head[0] == b'E' {
+            errors.push_str(&String::from_utf8_lossy(&body));
+        }
+        if head[0] == b'Z' {
+            return (kinds, errors);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_must_supply_every_parameter_and_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let mut raw = TcpStream::connect(server.addr).unwrap();
+    let params = b"user\0runnel\0database\0runnel\0\0";
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    raw.write_all(&startup).unwrap();
+    until_ready(&mut raw);
+    raw.write_all(
+        &[
+            frame(b'P', b"s1\0SELECT $1::BIGINT + 1 AS x\0\0\0"),
+            frame(b'S', b""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (kinds, errors) = until_ready(&mut raw);
+    assert_eq!(kinds, b"1Z", "{errors}");
+    let bind = |values: &[&[u8]]| {
+        let mut body = b"\0s1\0\0\0".to_vec();
+        body.extend_from_slice(&(values.len() as u16).to_be_bytes());
+        for v in values {
+            body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(&0u16.to_be_bytes());
+        [
+            frame(b'B', &body),
+            frame(b'E', b"\0\0\0\0\0"),
+            frame(b'S', b""),
+        ]
+        .concat()
+    };
+    for values in [&[][..], &[b"5".as_slice(), b"6".as_slice()][..]] {
+        raw.write_all(&bind(values)).unwrap();
+        let (kinds, errors) = until_ready(&mut raw);
+        assert_eq!(kinds, b"EZ", "refused at Bind: {errors}");
+        assert!(errors.contains("08P01"), "{errors}");
+        assert!(
+            errors.contains(&format!("supplies {} parameters", values.len())),
+            "{errors}"
+        );
+    }
+    raw.write_all(&bind(&[b"5"])).unwrap();
+    let (kinds, errors) = until_ready(&mut raw);
+    assert_eq!(kinds, b"2DCZ", "{errors}");
     server.stop();
 }
 

@@ -138,10 +138,11 @@ impl Session {
     /// was not already committed in an earlier chunk is written.
     pub async fn copy_data(&mut self, data: &[u8]) -> Result<()> {
         let result = self.copy_data_inner(data).await;
-        if result.is_err() {
-            self.copy = None;
+        if let Err(e) = result {
+            let copy = self.copy.take();
+            return Err(committed_before(e, copy.as_ref()));
         }
-        result
+        Ok(())
     }
 
     async fn copy_data_inner(&mut self, data: &[u8]) -> Result<()> {
@@ -173,16 +174,20 @@ impl Session {
             .take()
             .ok_or_else(|| Error::Protocol("COPY done without a COPY".into()))?;
         let writer = self.db.tables.writer.clone();
-        for rows in copy.decoder.finish()? {
-            copy.type_rows(rows, &writer).await?;
-        }
-        copy.settle().await?;
-        let typed = copy.started.elapsed();
-        let rows = copy.committed_rows + writer.commit(copy.pending).await?;
+        let rest = async {
+            for rows in copy.decoder.finish()? {
+                copy.type_rows(rows, &writer).await?;
+            }
+            copy.settle().await?;
+            writer.commit(std::mem::take(&mut copy.pending)).await
+        };
+        let rows = match rest.await {
+            Ok(rows) => copy.committed_rows + rows,
+            Err(e) => return Err(committed_before(e, Some(&copy))),
+        };
         tracing::debug!(
             stream = %copy.target.relation,
             rows,
-            read_ms = typed.as_millis() as u64,
             total_ms = copy.started.elapsed().as_millis() as u64,
             "COPY committed"
         );
@@ -192,8 +197,19 @@ impl Session {
         })
     }
 
-    /// The client abandoned the `COPY`: nothing not already committed is written.
+    /// The client abandoned the `COPY`: nothing not already committed is written (the
+    /// client is not told how much was: it asked for the end).
     pub fn copy_fail(&mut self) {
         self.copy = None;
+    }
+}
+
+/// A failed `COPY`'s error, saying how many of its rows earlier chunks committed (they stay).
+fn committed_before(e: Error, copy: Option<&CopyIn>) -> Error {
+    match copy.map(|c| c.committed_rows) {
+        Some(rows) if rows > 0 => e.noting(&format!(
+            "{rows} rows of this COPY were committed before the error (each --copy-chunk-bytes of input commits on its own); the rows after them were not"
+        )),
+        _ => e,
     }
 }

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, GenericStringArray, OffsetSizeTrait, RecordBatch};
+use arrow::datatypes::DataType;
 
 use super::WriteTarget;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::{Log, PartitionBatch, TopicId, now_ms};
 
 /// Writes rows to the log. Shared by every session.
@@ -72,6 +73,7 @@ impl RowWriter {
         rows: &RecordBatch,
         pending: &mut PendingWrite,
     ) -> Result<()> {
+        refuse_nul(target, rows)?;
         let counter = self.counter(target.topic);
         let batches = target.partition(rows, &counter, now_ms())?;
         pending.rows += rows.num_rows() as u64;
@@ -89,4 +91,39 @@ impl RowWriter {
         self.log.append(pending.batches).await?;
         Ok(rows)
     }
+}
+
+/// 22021 if a text column of `rows` holds a NUL character, which PostgreSQL's text cannot
+/// (and its clients, reading C strings, would cut the value at).
+fn refuse_nul(target: &WriteTarget, rows: &RecordBatch) -> Result<()> {
+    for (field, column) in rows.schema().fields().iter().zip(rows.columns()) {
+        let nul = match field.data_type() {
+            DataType::Utf8 => has_nul(column.as_string::<i32>()),
+            DataType::LargeUtf8 => has_nul(column.as_string::<i64>()),
+            DataType::Utf8View => column
+                .as_string_view()
+                .iter()
+                .flatten()
+                .any(|v| v.contains('\0')),
+            _ => false,
+        };
+        if nul {
+            return Err(Error::data(
+                "22021",
+                format!(
+                    "invalid byte sequence for encoding \"UTF8\": 0x00 (a NUL character in column \"{}\" of \"{}\"): text may not contain NUL",
+                    field.name(),
+                    target.relation
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether any value of `strings` (only its own slice of the shared buffer) has a NUL.
+fn has_nul<O: OffsetSizeTrait>(strings: &GenericStringArray<O>) -> bool {
+    let offsets = strings.value_offsets();
+    let (first, last) = (offsets[0].as_usize(), offsets[offsets.len() - 1].as_usize());
+    strings.values()[first..last].contains(&0)
 }

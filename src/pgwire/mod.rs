@@ -37,12 +37,13 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Describe, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+    Bind, BindComplete, Describe, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
 use pgwire::messages::response::NoticeResponse;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use crate::admission::Ticket;
 use crate::auth::{Auth, Gate};
 use crate::db::{Described, Output, PushRows, Session};
 use crate::error::Error;
@@ -61,8 +62,9 @@ impl Connection {
     pub fn new(
         session: Session,
         manager: Arc<ConnectionManager>,
-        socket: Option<TcpStream>,
+        socket: Option<Arc<TcpStream>>,
         auth: &Auth,
+        ticket: Arc<Ticket>,
     ) -> Connection {
         let session = Arc::new(Mutex::new(session));
         let handler = Arc::new(Handler {
@@ -72,7 +74,7 @@ impl Connection {
             socket,
         });
         Connection {
-            gate: Arc::new(auth.gate(handler.clone())),
+            gate: Arc::new(auth.gate(handler.clone(), ticket)),
             handler,
             manager,
         }
@@ -105,7 +107,7 @@ pub struct Handler {
     session: Arc<Mutex<Session>>,
     parser: Arc<StatementParser>,
     manager: Arc<ConnectionManager>,
-    socket: Option<TcpStream>,
+    socket: Option<Arc<TcpStream>>,
 }
 
 impl Handler {
@@ -479,6 +481,52 @@ impl ExtendedQueryHandler for Handler {
 
     fn query_parser(&self) -> Arc<StatementParser> {
         self.parser.clone()
+    }
+
+    /// A Bind must supply exactly the parameters its statement takes, as PostgreSQL checks
+    /// (pgwire ignores extra values, and a missing one would fail only at Execute).
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let statement = match client.portal_store().get_statement(name) {
+            Some(Entry::Value(statement)) => Some(statement),
+            Some(Entry::Empty) => None,
+            None => return Err(PgWireError::StatementNotFound(name.to_owned())),
+        };
+        let takes = statement.as_ref().map_or(0, |s| {
+            s.parameter_types
+                .len()
+                .max(s.statement.described.parameters.len())
+        });
+        let supplied = message.parameters.len();
+        if supplied != takes {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "08P01".into(),
+                format!(
+                    "bind message supplies {supplied} parameters, but prepared statement \"{name}\" requires {takes}"
+                ),
+            ))));
+        }
+        match statement {
+            Some(statement) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            None => {
+                let portal = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+                client.portal_store().put_empty_portal(portal);
+            }
+        }
+        client
+            .send(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
     }
 
     /// pgwire answers a statement with parameters but no result columns with an empty

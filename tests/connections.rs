@@ -1,0 +1,123 @@
+//! Connection slots against the real server: over the limit a client gets SQLSTATE 53300 as
+//! an ErrorResponse, superusers keep reserved slots, sockets that never finish start-up are
+//! closed after the start-up timeout and cannot lock logins out, and shutdown tells every
+//! client 57P01.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sqlstate;
+use tokio::io::AsyncReadExt;
+
+async fn login(
+    server: &common::Server,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conninfo = format!(
+        "host={} port={} user={user} password='{password}' dbname=runnel connect_timeout=10",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_reserved_for_superusers_and_a_start_up_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with_env(
+        dir.path(),
+        &[
+            "--auth",
+            "password",
+            "--max-connections",
+            "3",
+            "--superuser-reserved-connections",
+            "1",
+            "--startup-timeout-ms",
+            "1000",
+        ],
+        &[("RUNNEL_PASSWORD", "admin-pw")],
+    );
+    let admin = login(&server, "runnel", "admin-pw").await.unwrap();
+    admin
+        .batch_execute("CREATE USER ann WITH PASSWORD 'ann-pw'")
+        .await
+        .unwrap();
+    let _ann = login(&server, "ann", "ann-pw").await.unwrap();
+
+    // Two sessions are taken; the last slot is the superusers'.
+    let e = login(&server, "ann", "ann-pw")
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    assert!(message(&e).contains("reserved"), "{}", message(&e));
+    let _admin2 = login(&server, "runnel", "admin-pw").await.unwrap();
+    let e = login(&server, "runnel", "admin-pw")
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    assert_eq!(sqlstate(&e), "53300");
+    assert!(message(&e).contains("too many clients"), "{}", message(&e));
+    drop(_admin2);
+
+    // Sockets that connect and say nothing hold start-up slots, not sessions; over their
+    // limit a client is told so; after the timeout they are closed.
+    let mut idle = vec![];
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = login(&server, "runnel", "admin-pw")
+        .await
+        .map(|_| ())
+        .expect_err("refused while the idle sockets start up");
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    let started = Instant::now();
+    for socket in &mut idle {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("closed by the start-up timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "an idle socket is closed, not answered");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    login(&server, "runnel", "admin-pw")
+        .await
+        .expect("in again once the idle sockets are gone");
+    // The sessions logged in all along still work.
+    admin.batch_execute("SELECT 1").await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_57p01() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let (client, connection) =
+        tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let ended = tokio::spawn(connection);
+    client.batch_execute("SELECT 1").await.unwrap();
+    server.stop();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    let e = outcome.expect_err("ended by the server");
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+}
