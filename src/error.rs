@@ -99,7 +99,7 @@ impl Error {
                     "53100"
                 }
                 StorageError::Io { .. } | StorageError::Failed(_) => "58030",
-                StorageError::Refused(_) => "55000",
+                StorageError::Refused(_) | StorageError::Removed { .. } => "55000",
                 StorageError::TooLarge(_) => "54000",
                 StorageError::UnknownTopic(_) => "42P01",
                 StorageError::UnknownPartition { .. } => "22023",

@@ -157,10 +157,12 @@ impl Database {
                 .and_then(|c| c.offsets.get(&(topic.id, p)).copied())
         };
         let sql = format!("SELECT * FROM \"{}\"", sub.relation);
-        // A partition the group has no offset for starts at the beginning (Kafka's
-        // auto.offset.reset = earliest); retention may have moved that on.
+        // A partition the group has no offset for starts at its first record (Kafka's
+        // auto.offset.reset = earliest). A committed offset retention has deleted since
+        // fails the FETCH, until the subscription is reset.
+        let log = self.tables.log.clone();
         let query = PushQuery::starting_at(&self.engine, &sql, &data, |end| {
-            position(end.partition).unwrap_or(Offset(0))
+            position(end.partition).unwrap_or_else(|| log.log_start(topic.id, end.partition))
         })
         .await?;
         Ok(Cursor::group(GroupCursor {

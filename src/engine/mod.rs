@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
-use crate::storage::{MetaUpdate, Offset, PartitionId, Snapshot, TopicId};
+use crate::storage::{MetaUpdate, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::tables::{Continuous, QueryStatus, Tables};
 use checkpoint::{Checkpoint, InputOffset};
@@ -428,7 +428,9 @@ impl Engine {
                 topic: plan.input.id,
                 partition: PartitionId(p),
                 offset: match start {
-                    StartPosition::Earliest => Offset(0),
+                    StartPosition::Earliest => {
+                        self.tables.log.log_start(plan.input.id, PartitionId(p))
+                    }
                     StartPosition::Latest => snapshot.high_watermark(plan.input.id, PartitionId(p)),
                 },
             })

@@ -44,14 +44,19 @@ impl PushQuery {
         catalog: &CatalogData,
         earliest: bool,
     ) -> Result<PushQuery> {
+        let log = engine.tables.log.clone();
         Self::starting_at(engine, sql, catalog, |end| {
-            if earliest { Offset(0) } else { end.offset }
+            if earliest {
+                log.log_start(end.topic, end.partition)
+            } else {
+                end.offset
+            }
         })
         .await
     }
 
-    /// Plans `sql`; it reads each input partition from `start(its high watermark now)`.
-    /// (Reads start at the log start offset when retention has deleted before it.)
+    /// Plans `sql`; it reads each input partition from `start(its high watermark now)`. An
+    /// offset retention has deleted fails the read (`StorageError::Removed`).
     pub async fn starting_at(
         engine: &Engine,
         sql: &str,

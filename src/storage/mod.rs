@@ -103,6 +103,15 @@ pub enum StorageError {
     /// A write over a size limit of the log.
     #[error("{0}")]
     TooLarge(String),
+    /// A reader asked for records that retention has deleted: it would skip them.
+    #[error(
+        "offsets {from}..{to} of partition {partition} were deleted by retention before they were read (the partition now starts at {to}); nothing after them is read, so as not to skip them silently"
+    )]
+    Removed {
+        partition: PartitionId,
+        from: Offset,
+        to: Offset,
+    },
 }
 
 impl StorageError {
@@ -605,6 +614,13 @@ impl Log {
             .expect("topics lock")
             .get(&id)
             .cloned()
+    }
+
+    /// The first offset a partition still holds (0 for one the log does not have).
+    pub fn log_start(&self, topic: TopicId, partition: PartitionId) -> Offset {
+        self.topic(topic)
+            .and_then(|t| t.partition(partition).ok().map(|p| p.log_start_offset()))
+            .unwrap_or(Offset(0))
     }
 
     /// A receiver that changes after every commit, for readers that wait for new records.

@@ -307,18 +307,27 @@ impl Partition {
         Ok(removed.len())
     }
 
-    /// Reads committed records in `range` (clamped to the log start). Blocking: run it on a
-    /// blocking thread.
+    /// Reads committed records in exactly `range`: if retention has deleted its start, the
+    /// reader's first item is [`StorageError::Removed`] (a reader that may start later,
+    /// such as a bounded scan, asks from the log start). Blocking: run it on a blocking
+    /// thread.
     pub fn reader(self: &Arc<Self>, range: Range<Offset>, options: ReadOptions) -> PartitionReader {
         let segments = self.segments();
-        let start = range.start.max(segments[0].base_offset);
+        let first = segments[0].base_offset;
+        let removed =
+            (range.start < range.end && range.start < first).then(|| StorageError::Removed {
+                partition: self.id,
+                from: range.start,
+                to: first,
+            });
         PartitionReader {
             segments,
             segment_index: None,
             position: 0,
-            next: start,
+            next: range.start.max(first),
             end: range.end,
             options,
+            removed,
         }
     }
 }
@@ -438,6 +447,8 @@ pub struct PartitionReader {
     next: Offset,
     end: Offset,
     options: ReadOptions,
+    /// What retention deleted of the range asked for: the first thing read.
+    removed: Option<StorageError>,
 }
 
 impl PartitionReader {
@@ -463,6 +474,10 @@ impl PartitionReader {
     }
 
     fn next_batch(&mut self) -> Result<Option<ReadBatch>, StorageError> {
+        if let Some(removed) = self.removed.take() {
+            self.next = self.end;
+            return Err(removed);
+        }
         loop {
             if self.next >= self.end {
                 return Ok(None);

@@ -57,13 +57,24 @@ fn try_open(dir: &Path, specs: Vec<TopicSpec>) -> Result<Log, StorageError> {
     Log::begin_open(config)?.open(specs, issued)
 }
 
+/// The ids of a partition's records, from its log start (as a bounded scan reads).
 fn read_ids(log: &Log, spec: &TopicSpec, partition: u32) -> Result<Vec<i64>, StorageError> {
+    let start = log.log_start(spec.id, PartitionId(partition));
+    read_ids_from(log, spec, partition, start)
+}
+
+fn read_ids_from(
+    log: &Log,
+    spec: &TopicSpec,
+    partition: u32,
+    start: Offset,
+) -> Result<Vec<i64>, StorageError> {
     let topic = log.topic(spec.id).unwrap();
     let hw = log
         .snapshot()
         .high_watermark(spec.id, PartitionId(partition));
     let reader = topic.partitions[partition as usize].reader(
-        Offset(0)..hw,
+        start..hw,
         ReadOptions {
             schema: spec.schema.clone(),
             projection: Some(vec![0]),
@@ -316,6 +327,13 @@ async fn retention_deletes_whole_sealed_segments() {
         "reads start at the log start"
     );
     assert_eq!(ids.last().copied(), Some(1999));
+    // A reader asking for what retention deleted is told so, not given the rest.
+    match read_ids_from(&log, &by_size, 0, Offset(0)) {
+        Err(StorageError::Removed { from, to, .. }) => {
+            assert_eq!((from, to), (Offset(0), after.log_start_offset));
+        }
+        other => panic!("expected Removed, got {other:?}"),
+    }
 
     let time_topic = log.topic(by_time.id).unwrap();
     let stats = time_topic.partitions[0].stats();
