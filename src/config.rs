@@ -79,6 +79,16 @@ pub struct ServerConfig {
         global = true
     )]
     pub retention_check_interval_ms: u64,
+    /// Per partition, how many bytes beyond a stream's retention limits are kept for
+    /// continuous queries and subscriptions that have not read them yet; past it, retention
+    /// deletes them and those readers fail, naming the offsets lost.
+    #[arg(
+        long,
+        env = "RUNNEL_MAX_RETENTION_HOLD_BYTES",
+        default_value_t = crate::storage::DEFAULT_MAX_HOLD_BYTES,
+        global = true
+    )]
+    pub max_retention_hold_bytes: u64,
     /// Epochs of one continuous query start at most this often, in milliseconds: new data
     /// within the interval waits for the next epoch.
     #[arg(
@@ -142,6 +152,7 @@ impl ServerConfig {
         config.copy_chunk_bytes = self.copy_chunk_bytes;
         config.retention_check_interval =
             Duration::from_millis(self.retention_check_interval_ms.max(1));
+        config.max_retention_hold_bytes = self.max_retention_hold_bytes;
         config.engine.min_interval = Duration::from_millis(self.epoch_interval_ms);
         config.engine.max_epoch_rows = self.epoch_max_records;
         config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;

@@ -1,7 +1,8 @@
-//! Retention never silently skips a reader, against the real server: a consumer group whose
-//! committed offsets retention deleted, and a continuous query that fell behind it, both
-//! fail loudly, naming the lost offsets, instead of reading on from what is left; a reset
-//! subscription reads again from the first record kept.
+//! Retention never silently skips a reader, against the real server: continuous queries and
+//! subscriptions hold the records they have not read (`sys.partitions` shows it), and past
+//! the maximum hold a consumer group whose committed offsets retention deleted, and a
+//! continuous query that fell behind it, both fail loudly, naming the lost offsets, instead of
+//! reading on from what is left; a reset subscription reads again from the first record kept.
 
 mod common;
 
@@ -47,7 +48,65 @@ async fn log_start_moves(client: &tokio_postgres::Client, stream: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readers_behind_retention_fail_loudly() {
+async fn lagging_readers_hold_what_they_have_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with(
+        dir.path(),
+        &[
+            "--retention-check-interval-ms",
+            "100",
+            "--epoch-interval-ms",
+            "2000",
+        ],
+    );
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM orders (n BIGINT, pad TEXT) WITH (segment_bytes = 4096, retention_bytes = 4096);
+             CREATE SUBSCRIPTION billing FROM orders WITH (start = 'earliest');
+             CREATE MATERIALIZED VIEW order_count AS SELECT count(*) AS n FROM orders;
+             INSERT INTO orders VALUES (0, 'first')",
+        )
+        .await
+        .unwrap();
+    fill(&client, "orders", 30).await;
+    // Retention runs every 100 ms; the subscription has read nothing, so it keeps it all.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let held = rows(
+        &client,
+        "SELECT log_start_offset, held_from, held_by, segments FROM sys.partitions WHERE stream = 'orders'",
+    )
+    .await;
+    assert_eq!(held[0][0].as_deref(), Some("0"), "{held:?}");
+    assert_eq!(held[0][1].as_deref(), Some("0"), "{held:?}");
+    assert_eq!(
+        held[0][2].as_deref(),
+        Some("subscription billing"),
+        "{held:?}"
+    );
+    assert!(held[0][3].as_deref().unwrap().parse::<i64>().unwrap() > 2);
+    client
+        .batch_execute("BEGIN; DECLARE c SUBSCRIPTION CURSOR FOR billing")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, "FETCH 100000 FROM c").await.len(), 601);
+    client.batch_execute("COMMIT").await.unwrap();
+    // The view, which runs an epoch at most every 2 s, counts every row all the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(&client, "SELECT n FROM order_count").await[0][0].as_deref() != Some("601") {
+        assert!(
+            Instant::now() < deadline,
+            "the view never counted every row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once both have read, retention goes ahead.
+    log_start_moves(&client, "orders").await;
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_past_the_maximum_hold_fail_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start_with(
         dir.path(),
@@ -56,6 +115,8 @@ async fn readers_behind_retention_fail_loudly() {
             "100",
             "--epoch-interval-ms",
             "3000",
+            "--max-retention-hold-bytes",
+            "4096",
         ],
     );
     let client = server.connect().await;
@@ -148,5 +209,6 @@ async fn readers_behind_retention_fail_loudly() {
         error.contains("offsets 1..") && error.contains("deleted by retention"),
         "{error}"
     );
+    assert!(server.log().contains("held more than the maximum"));
     server.stop();
 }

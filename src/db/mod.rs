@@ -36,7 +36,7 @@ use crate::groups::Groups;
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
-use crate::storage::{Log, LogConfig, TopicId};
+use crate::storage::{Hold, Log, LogConfig, TopicId};
 use crate::tables::pg::PgTypes;
 use crate::tables::provider::RunnelCatalog;
 use crate::tables::text_table::TextTableFactory;
@@ -56,6 +56,8 @@ pub struct DbConfig {
     /// Threads a query may use.
     pub target_partitions: usize,
     pub retention_check_interval: std::time::Duration,
+    /// Per partition, bytes beyond the retention limits kept for readers that lag.
+    pub max_retention_hold_bytes: u64,
     pub engine: EngineConfig,
     /// Clients log in with passwords (otherwise any name may log in, and a name the catalog
     /// does not have is a superuser, as with PostgreSQL's `trust`).
@@ -71,6 +73,7 @@ impl DbConfig {
             copy_chunk_bytes: 256 * 1024 * 1024,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retention_check_interval: std::time::Duration::from_secs(30),
+            max_retention_hold_bytes: crate::storage::DEFAULT_MAX_HOLD_BYTES,
             engine: EngineConfig::default(),
             password_auth: false,
             file_root: None,
@@ -145,6 +148,7 @@ impl Database {
     pub async fn open(config: DbConfig) -> Result<Arc<Database>> {
         let mut log_config = LogConfig::new(&config.data_dir);
         log_config.retention_check_interval = config.retention_check_interval;
+        log_config.max_hold_bytes = config.max_retention_hold_bytes;
         // Locked and read, nothing changed yet: the catalog says which topics to recover.
         let opening = Log::begin_open(log_config)?;
         let loaded = catalog::Loaded::read(&opening)?;
@@ -185,9 +189,36 @@ impl Database {
             config,
             engine,
         });
+        let weak = Arc::downgrade(&db);
+        db.tables.log.set_hold_source(Arc::new(move || {
+            weak.upgrade().map(|db| db.holds()).unwrap_or_default()
+        }));
         db.restore_external_tables().await;
         db.engine.start_all().await?;
         Ok(db)
+    }
+
+    /// What readers still need, for retention to keep: every continuous query's input from
+    /// its checkpoint on, and every subscription's stream from its committed offsets on.
+    fn holds(&self) -> Vec<Hold> {
+        let data = self.tables.catalog.snapshot();
+        let mut holds = self.engine.holds(&data);
+        for name in data.subscriptions.keys() {
+            if let Ok(Some(committed)) = self.tables.groups.committed(name) {
+                holds.extend(
+                    committed
+                        .offsets
+                        .iter()
+                        .map(|(&(topic, partition), &offset)| Hold {
+                            topic,
+                            partition,
+                            offset,
+                            holder: format!("subscription {name}"),
+                        }),
+                );
+            }
+        }
+        holds
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {

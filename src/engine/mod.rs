@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
-use crate::storage::{MetaUpdate, PartitionId, Snapshot, TopicId};
+use crate::storage::{Hold, MetaUpdate, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::tables::{Continuous, QueryStatus, Tables};
 use checkpoint::{Checkpoint, InputOffset};
@@ -408,6 +408,28 @@ impl Engine {
             self.start(def.clone()).await;
         }
         Ok(())
+    }
+
+    /// Where each continuous query of `data` still has to read its input from: its
+    /// checkpoint (the start of an epoch that was planned and not committed).
+    pub fn holds(&self, data: &CatalogData) -> Vec<Hold> {
+        let snapshot = self.tables.log.snapshot();
+        let mut holds = vec![];
+        for def in data.queries.values() {
+            let Some(checkpoint) = snapshot
+                .meta(def.id.0)
+                .and_then(|b| Checkpoint::decode(b).ok())
+            else {
+                continue;
+            };
+            holds.extend(checkpoint.inputs.iter().map(|input| Hold {
+                topic: input.topic,
+                partition: input.partition,
+                offset: input.offset,
+                holder: format!("query {}", def.name),
+            }));
+        }
+        holds
     }
 
     /// Plans a continuous query's `SELECT`, refusing what cannot run incrementally.

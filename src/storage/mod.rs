@@ -166,6 +166,23 @@ impl Topic {
 }
 
 /// Settings of the log as a whole.
+/// [`LogConfig::max_hold_bytes`] unless configured: 1 GiB per partition.
+pub const DEFAULT_MAX_HOLD_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// A reader's claim on a partition: it has not yet read from `offset` on, so retention keeps
+/// those records (up to [`LogConfig::max_hold_bytes`]), as a replication slot holds WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub topic: TopicId,
+    pub partition: PartitionId,
+    pub offset: Offset,
+    /// Who holds it, for logs and `sys.partitions` (`query clicks_per_user`).
+    pub holder: String,
+}
+
+/// Where the log learns the readers' holds: the layers above know their readers.
+pub type HoldSource = Arc<dyn Fn() -> Vec<Hold> + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub dir: PathBuf,
@@ -178,6 +195,9 @@ pub struct LogConfig {
     pub retention_check_interval: Duration,
     /// Appends waiting for the writer before further appenders wait for room.
     pub queue_depth: usize,
+    /// Per partition, how many bytes beyond its retention limits retention keeps for
+    /// readers that have not read them ([`Hold`]s).
+    pub max_hold_bytes: u64,
 }
 
 impl LogConfig {
@@ -188,6 +208,7 @@ impl LogConfig {
             commit_log_bytes_max: 16 * 1024 * 1024,
             retention_check_interval: Duration::from_secs(30),
             queue_depth: 1024,
+            max_hold_bytes: DEFAULT_MAX_HOLD_BYTES,
         }
     }
 }
@@ -279,6 +300,15 @@ struct Shared {
     /// Bumped after every commit; readers waiting for new records watch it.
     commits: watch::Sender<u64>,
     failed: Mutex<Option<String>>,
+    holds: RwLock<Option<HoldSource>>,
+}
+
+impl Shared {
+    /// The readers' holds now (none until a source is set).
+    fn holds(&self) -> Vec<Hold> {
+        let source = self.holds.read().expect("holds lock").clone();
+        source.map(|source| source()).unwrap_or_default()
+    }
 }
 
 /// The log of a data directory. Cheap to share behind an `Arc`.
@@ -441,6 +471,7 @@ impl Opening {
             snapshot: RwLock::new(Arc::new(snapshot)),
             commits: watch::channel(0).0,
             failed: Mutex::new(None),
+            holds: RwLock::new(None),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -614,6 +645,16 @@ impl Log {
             .expect("topics lock")
             .get(&id)
             .cloned()
+    }
+
+    /// Sets where retention learns which records readers still need.
+    pub fn set_hold_source(&self, source: HoldSource) {
+        *self.shared.holds.write().expect("holds lock") = Some(source);
+    }
+
+    /// The readers' holds now, for `sys.partitions`.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.shared.holds()
     }
 
     /// The first offset a partition still holds (0 for one the log does not have).

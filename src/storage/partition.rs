@@ -250,11 +250,16 @@ impl Partition {
     /// Where the partition would start if the sealed segments outside the retention limits
     /// were deleted: the oldest ones while the partition would still hold at least
     /// `retention_bytes` without them, and those whose newest record is older than
-    /// `min_timestamp_ms`. The active segment is never deleted. `None` if none would be.
+    /// `min_timestamp_ms`; but not those holding records at or after `hold` (the first
+    /// offset a reader still needs), unless keeping them would keep more than
+    /// `max_hold_bytes` beyond the limits. The active segment is never deleted. `None` if
+    /// none would be.
     pub fn retention_start(
         &self,
         retention_bytes: Option<u64>,
         min_timestamp_ms: Option<i64>,
+        hold: Option<Offset>,
+        max_hold_bytes: u64,
     ) -> Result<Option<Offset>, StorageError> {
         let segments = self.segments();
         let mut total: u64 = segments.iter().map(|s| s.size_bytes()).sum();
@@ -271,6 +276,22 @@ impl Partition {
             }
             total -= size;
             doomed += 1;
+        }
+        if let Some(hold) = hold {
+            // A sealed segment ends where the next one starts: those wholly before the hold
+            // may go; the rest are kept while they fit in `max_hold_bytes`.
+            let free = segments[..doomed]
+                .iter()
+                .zip(&segments[1..])
+                .take_while(|(_, next)| next.base_offset <= hold)
+                .count();
+            let mut held: u64 = segments[free..doomed].iter().map(|s| s.size_bytes()).sum();
+            let mut allowed = free;
+            while held > max_hold_bytes && allowed < doomed {
+                held -= segments[allowed].size_bytes();
+                allowed += 1;
+            }
+            doomed = allowed;
         }
         Ok((doomed > 0).then(|| segments[doomed].base_offset))
     }

@@ -28,9 +28,9 @@ use super::partition::{AppendOptions, Partition};
 use super::segment::sync_dir;
 use super::types::{Offset, PartitionId, now_ms};
 use super::{
-    AppendedRange, Command, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared, Snapshot,
-    StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir, timestamp_column,
-    topic_dir,
+    AppendedRange, Command, Hold, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared,
+    Snapshot, StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir,
+    timestamp_column, topic_dir,
 };
 
 /// Bound on the records one group commit takes, so one group's memory stays bounded and
@@ -500,6 +500,8 @@ impl Writer {
             .values()
             .cloned()
             .collect();
+        let holds = self.shared.holds();
+        let max_hold_bytes = self.shared.config.max_hold_bytes;
         let mut moves = vec![];
         for topic in topics {
             let spec = &topic.spec;
@@ -508,11 +510,32 @@ impl Writer {
             }
             let min_timestamp_ms = spec.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
             for partition in &topic.partitions {
-                if let Some(start) =
-                    partition.retention_start(spec.retention_bytes, min_timestamp_ms)?
-                {
-                    moves.push((spec.id, partition.clone(), start));
+                let holders: Vec<&Hold> = holds
+                    .iter()
+                    .filter(|h| h.topic == spec.id && h.partition == partition.id)
+                    .collect();
+                let hold = holders.iter().map(|h| h.offset).min();
+                let Some(start) = partition.retention_start(
+                    spec.retention_bytes,
+                    min_timestamp_ms,
+                    hold,
+                    max_hold_bytes,
+                )?
+                else {
+                    continue;
+                };
+                for lost in holders.iter().filter(|h| h.offset < start) {
+                    tracing::warn!(
+                        topic = %spec.name,
+                        partition = partition.id.0,
+                        holder = %lost.holder,
+                        from = lost.offset.0,
+                        to = start.0,
+                        max_hold_bytes,
+                        "retention deletes records a reader has not read: it held more than the maximum; the reader fails when it reaches them"
+                    );
                 }
+                moves.push((spec.id, partition.clone(), start));
             }
         }
         self.move_starts(moves)

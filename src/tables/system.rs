@@ -26,11 +26,15 @@ struct PartitionRow {
     high_watermark: i64,
     bytes: i64,
     segments: i32,
+    /// The first offset a reader still needs, and who (the furthest behind).
+    held_from: Option<i64>,
+    held_by: Option<String>,
 }
 
 fn partition_rows(tables: &Tables) -> Vec<PartitionRow> {
     let data = tables.catalog.snapshot();
     let snapshot = tables.log.snapshot();
+    let holds = tables.log.holds();
     let mut rows = vec![];
     for topic in data.topics.values() {
         let Some(log_topic) = tables.log.topic(topic.id) else {
@@ -38,7 +42,21 @@ fn partition_rows(tables: &Tables) -> Vec<PartitionRow> {
         };
         for partition in &log_topic.partitions {
             let stats = partition.stats();
+            let mine: Vec<_> = holds
+                .iter()
+                .filter(|h| h.topic == topic.id && h.partition == partition.id)
+                .collect();
+            let held_from = mine.iter().map(|h| h.offset).min();
+            let mut held_by: Vec<&str> = mine
+                .iter()
+                .filter(|h| Some(h.offset) == held_from)
+                .map(|h| h.holder.as_str())
+                .collect();
+            held_by.sort();
+            held_by.dedup();
             rows.push(PartitionRow {
+                held_from: held_from.map(|o| o.0 as i64),
+                held_by: (!held_by.is_empty()).then(|| held_by.join(", ")),
                 topic: topic.name.clone(),
                 stream: topic.stream.clone(),
                 partition: partition.id.0 as i32,
@@ -81,6 +99,8 @@ fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
         Field::new("records", DataType::Int64, false),
         Field::new("bytes", DataType::Int64, false),
         Field::new("segments", DataType::Int32, false),
+        Field::new("held_from", DataType::Int64, true),
+        Field::new("held_by", DataType::Utf8, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.topic))),
@@ -102,6 +122,10 @@ fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.bytes))),
         Arc::new(Int32Array::from_iter_values(
             rows.iter().map(|r| r.segments),
+        )),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.held_from))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.held_by.as_deref()),
         )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
