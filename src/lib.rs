@@ -4,7 +4,7 @@
 //! uses only those below it:
 //!
 //! ```text
-//!  pgwire/            Postgres wire protocol ⇄ sessions            (server: wiring, auth, tls)
+//!  pgwire/            Postgres wire protocol ⇄ sessions   (server: wiring, admission, auth, tls)
 //!     │
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY
 //!     │

@@ -108,7 +108,10 @@ async fn nul_in_text_is_22021_and_overflow_is_22003() {
     let server = common::start(dir.path());
     let client = server.connect().await;
     client
-        .batch_execute("CREATE STREAM notes (n INT, body TEXT)")
+        .batch_execute(
+            "CREATE STREAM notes (n INT, body TEXT);
+             CREATE STREAM nums (n BIGINT); INSERT INTO nums VALUES (5)",
+        )
         .await
         .unwrap();
     // NUL through a bound parameter, a function, and COPY: refused, nothing written.
@@ -131,6 +134,12 @@ async fn nul_in_text_is_22021_and_overflow_is_22003() {
         "INSERT INTO notes SELECT 99999999999, 'x'",
         "SELECT abs(-9223372036854775808)",
         "SELECT 100000::smallint",
+        "SELECT 9223372036854775807 + 1",
+        "SELECT -9223372036854775807 - 2",
+        "SELECT 4611686018427387904 * 2",
+        "SELECT 1 WHERE 9223372036854775807 + 1 > 0",
+        "SELECT n * 9223372036854775807 FROM nums",
+        "SELECT count(*) FROM nums WHERE n * 9223372036854775807 > 0",
     ] {
         let e = client.batch_execute(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e), "22003", "{sql}: {e}");

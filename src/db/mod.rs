@@ -322,6 +322,8 @@ fn session_state(
         .with_config(session_config)
         .with_default_features()
         .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
+        .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))
+        .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
         .build();
     state.catalog_list().register_catalog(
         CATALOG_NAME.into(),

@@ -4,6 +4,7 @@
 
 pub mod depth;
 pub mod literal_insert;
+pub mod overflow;
 pub mod parser;
 pub mod rewrite;
 

@@ -500,7 +500,15 @@ impl Writer {
             .values()
             .cloned()
             .collect();
-        let holds = self.shared.holds();
+        let limited =
+            |t: &Arc<Topic>| t.spec.retention_bytes.is_some() || t.spec.retention_ms.is_some();
+        // Asked only when retention could delete something: reading every reader's
+        // position is not free, and this runs on the writer's thread.
+        let holds = if topics.iter().any(limited) {
+            self.shared.holds()
+        } else {
+            vec![]
+        };
         let max_hold_bytes = self.shared.config.max_hold_bytes;
         let mut moves = vec![];
         for topic in topics {
