@@ -46,7 +46,7 @@ async fn slots_reserved_for_superusers_and_a_start_up_timeout() {
             "--superuser-reserved-connections",
             "1",
             "--startup-timeout-ms",
-            "1000",
+            "3000",
         ],
         &[("RUNNEL_PASSWORD", "admin-pw")],
     );
@@ -79,7 +79,7 @@ async fn slots_reserved_for_superusers_and_a_start_up_timeout() {
     for _ in 0..3 {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let e = login(&server, "runnel", "admin-pw")
         .await
         .map(|_| ())
