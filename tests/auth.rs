@@ -7,24 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{rows, sqlstate};
-
-async fn login(
-    server: &common::Server,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let conninfo = format!(
-        "host={} port={} user={user} password='{password}' dbname=runnel",
-        server.addr.ip(),
-        server.addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
+use common::{login, rows, sqlstate};
 
 const PASSWORD: [&str; 2] = ["--auth", "password"];
 
@@ -80,12 +63,7 @@ async fn scram_passwords_and_users() {
     let _ = login(&server, "runnel", "again-wrong")
         .await
         .expect_err("wrong");
-    // The log is read on a thread of its own: give it a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.log().contains("in_a_row=2") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(server.log().contains("in_a_row=2"), "{}", server.log());
+    server.wait_for_log("in_a_row=2");
 
     // No password, no entry (what trust would have let in).
     let conninfo = format!(

@@ -6,25 +6,15 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::{rows, sqlstate};
 
 const ADMIN_PASSWORD: &str = "s3cret-admin";
 
 async fn login(server: &common::Server, user: &str, password: &str) -> tokio_postgres::Client {
-    let conninfo = format!(
-        "host={} port={} user={user} password='{password}' dbname=runnel",
-        server.addr.ip(),
-        server.addr.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+    common::login(server, user, password)
         .await
-        .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+        .unwrap_or_else(|e| panic!("{user} logs in: {e}"))
 }
 
 /// The SQLSTATE `sql` fails with (panics if it succeeds).
@@ -211,22 +201,7 @@ async fn server_files_owners_and_grants() {
         .batch_execute("INSERT INTO secrets VALUES (3, 'later')")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let error = loop {
-        let status = rows(
-            &admin,
-            "SELECT state, error FROM sys.queries WHERE name = 'per_body'",
-        )
-        .await;
-        if status[0][0].as_deref() == Some("failed") {
-            break status[0][1].clone().unwrap_or_default();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the view kept running: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = common::query_failure(&admin, "per_body").await;
     assert!(error.contains("owner ann"), "{error}");
     assert!(!psql_dp(&server).contains("ann=r/runnel"));
 

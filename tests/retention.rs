@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{rows, sqlstate};
+use common::{eventually, query_failure, rows, sqlstate};
 
 /// Inserts `statements` INSERTs of 20 rows of about 200 bytes each.
 async fn fill(client: &tokio_postgres::Client, stream: &str, statements: usize) {
@@ -26,25 +24,35 @@ async fn fill(client: &tokio_postgres::Client, stream: &str, statements: usize) 
     }
 }
 
+/// The log start offset of `stream`'s (only) partition.
+async fn log_start(client: &tokio_postgres::Client, stream: &str) -> i64 {
+    rows(
+        client,
+        &format!("SELECT log_start_offset FROM sys.partitions WHERE stream = '{stream}'"),
+    )
+    .await[0][0]
+        .as_deref()
+        .expect("a log start")
+        .parse()
+        .expect("a number")
+}
+
 /// Waits until retention has moved the start of `stream`'s partition past 0; returns it.
 async fn log_start_moves(client: &tokio_postgres::Client, stream: &str) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let start: i64 = rows(
-            client,
-            &format!("SELECT log_start_offset FROM sys.partitions WHERE stream = '{stream}'"),
-        )
-        .await[0][0]
-            .as_deref()
-            .unwrap()
-            .parse()
-            .unwrap();
-        if start > 0 {
-            return start;
-        }
-        assert!(Instant::now() < deadline, "retention never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("retention deleting from {stream}"), || async {
+        let start = log_start(client, stream).await;
+        (start > 0).then_some(start)
+    })
+    .await
+}
+
+/// Waits until view `name` shows `n` in its one row.
+async fn view_counts(client: &tokio_postgres::Client, name: &str, n: &str) {
+    eventually(&format!("{name} counting {n}"), || async {
+        let shown = rows(client, &format!("SELECT n FROM {name}")).await;
+        (shown.first().and_then(|r| r[0].as_deref()) == Some(n)).then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,9 +77,21 @@ async fn lagging_readers_hold_what_they_have_not_read() {
         )
         .await
         .unwrap();
+    // The view's first epoch runs at once (its next waits 2 s): it holds from offset 1 on,
+    // the subscription from 0.
+    view_counts(&client, "order_count", "1").await;
+    // A stream like it that no one reads: once retention has deleted from it, retention has
+    // run over both.
+    client
+        .batch_execute(
+            "CREATE STREAM unread (n BIGINT, pad TEXT) WITH (segment_bytes = 4096, retention_bytes = 4096)",
+        )
+        .await
+        .unwrap();
     fill(&client, "orders", 30).await;
-    // Retention runs every 100 ms; the subscription has read nothing, so it keeps it all.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fill(&client, "unread", 30).await;
+    log_start_moves(&client, "unread").await;
+    // The subscription has read nothing, so orders keeps it all.
     let held = rows(
         &client,
         "SELECT log_start_offset, held_from, held_by, segments FROM sys.partitions WHERE stream = 'orders'",
@@ -92,14 +112,7 @@ async fn lagging_readers_hold_what_they_have_not_read() {
     assert_eq!(rows(&client, "FETCH 100000 FROM c").await.len(), 601);
     client.batch_execute("COMMIT").await.unwrap();
     // The view, which runs an epoch at most every 2 s, counts every row all the same.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rows(&client, "SELECT n FROM order_count").await[0][0].as_deref() != Some("601") {
-        assert!(
-            Instant::now() < deadline,
-            "the view never counted every row"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    view_counts(&client, "order_count", "601").await;
     // Once both have read, retention goes ahead.
     log_start_moves(&client, "orders").await;
     server.stop();
@@ -131,7 +144,19 @@ async fn readers_past_the_maximum_hold_fail_loudly() {
         .await
         .unwrap();
     fill(&client, "orders", 30).await;
-    let start = log_start_moves(&client, "orders").await;
+    // Retention deletes as it goes; a pass after the last INSERT (seen on a stream filled
+    // later) leaves orders as it stays.
+    client
+        .batch_execute(&format!("CREATE STREAM later (n BIGINT, pad TEXT) {small}"))
+        .await
+        .unwrap();
+    fill(&client, "later", 30).await;
+    log_start_moves(&client, "later").await;
+    let start = log_start(&client, "orders").await;
+    assert!(
+        start > 0,
+        "retention deleted from orders past the maximum hold"
+    );
     let e = client
         .batch_execute("BEGIN; DECLARE c SUBSCRIPTION CURSOR FOR billing; FETCH 10 FROM c")
         .await
@@ -173,43 +198,14 @@ async fn readers_past_the_maximum_hold_fail_loudly() {
         .await
         .unwrap();
     // Its first epoch runs at once; the next waits for --epoch-interval-ms.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rows(&client, "SELECT n FROM click_count")
-        .await
-        .first()
-        .and_then(|r| r[0].clone())
-        .as_deref()
-        != Some("1")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the view never counted its first row"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    view_counts(&client, "click_count", "1").await;
     fill(&client, "clicks", 30).await;
     log_start_moves(&client, "clicks").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let error = loop {
-        let status = rows(
-            &client,
-            "SELECT state, error FROM sys.queries WHERE name = 'click_count'",
-        )
-        .await;
-        if status[0][0].as_deref() == Some("failed") {
-            break status[0][1].clone().unwrap_or_default();
-        }
-        let shown = rows(&client, "SELECT n FROM click_count").await;
-        assert!(
-            Instant::now() < deadline,
-            "the view read on past the deleted records: {status:?}, count {shown:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = query_failure(&client, "click_count").await;
     assert!(
         error.contains("offsets 1..") && error.contains("deleted by retention"),
         "{error}"
     );
-    assert!(server.log().contains("held more than the maximum"));
+    server.wait_for_log("held more than the maximum");
     server.stop();
 }

@@ -64,18 +64,7 @@ fn clients_connect_over_tls_and_tls_required_refuses_plaintext() {
     let (ok, _, err) = psql(&format!("{base} sslmode=disable"), "SELECT 1");
     assert!(!ok, "a client without TLS got in");
     assert!(err.contains("requires TLS"), "{err}");
-    // The log is read on a thread of its own: give it a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.log().contains("refused a client without TLS")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(
-        server.log().contains("refused a client without TLS"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("refused a client without TLS");
 
     // pgjdbc with ssl=true verifies the certificate against the root it is given.
     let (classpath, _classes) = common::compile_java("JdbcTls");

@@ -246,9 +246,19 @@ pub fn denied(privilege: Privilege, kind: &str, object: &str) -> Error {
     )
 }
 
-/// 42501 for something only an object's owner may do.
-pub fn not_owner(kind: &str, object: &str) -> Error {
-    Error::plan("42501", format!("must be owner of {kind} {object}"))
+impl Principal {
+    /// 42501 unless they are `owner` or a superuser: for what only an object's owner may do
+    /// (drop it, reset it, grant on it).
+    pub fn require_owner(&self, owner: &str, kind: &str, object: &str) -> Result<()> {
+        if self.superuser || self.name == owner {
+            Ok(())
+        } else {
+            Err(Error::plan(
+                "42501",
+                format!("must be owner of {kind} {object} (it belongs to {owner})"),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

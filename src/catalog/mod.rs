@@ -399,6 +399,84 @@ impl CatalogData {
         }
     }
 
+    /// Every object with an owner and grants, named as messages name it (`stream clicks`):
+    /// streams, schemaless topics, materialized views, external tables, subscriptions, and
+    /// the schema `public`. (A stream's topic and a query's state topic are not objects of
+    /// their own.)
+    pub fn accesses(&self) -> Vec<(String, &Access)> {
+        let mut out: Vec<(String, &Access)> = vec![];
+        out.extend(
+            self.streams
+                .values()
+                .map(|s| (format!("stream {}", s.name), &s.access)),
+        );
+        out.extend(
+            self.topics
+                .values()
+                .filter(|t| t.stream.is_none() && t.internal.is_none())
+                .map(|t| (format!("topic {}", t.name), &t.access)),
+        );
+        out.extend(
+            self.views
+                .values()
+                .map(|v| (format!("materialized view {}", v.name), &v.access)),
+        );
+        out.extend(
+            self.external_tables
+                .values()
+                .map(|t| (format!("external table {}", t.name), &t.access)),
+        );
+        out.extend(
+            self.subscriptions
+                .values()
+                .map(|s| (format!("subscription {}", s.name), &s.access)),
+        );
+        out.push((format!("schema {PUBLIC_SCHEMA}"), &self.schema));
+        out
+    }
+
+    /// [`CatalogData::accesses`], to change.
+    pub fn accesses_mut(&mut self) -> Vec<(String, &mut Access)> {
+        let CatalogData {
+            streams,
+            topics,
+            views,
+            external_tables,
+            subscriptions,
+            schema,
+            ..
+        } = self;
+        let mut out: Vec<(String, &mut Access)> = vec![];
+        out.extend(
+            streams
+                .values_mut()
+                .map(|s| (format!("stream {}", s.name), &mut s.access)),
+        );
+        out.extend(
+            topics
+                .values_mut()
+                .filter(|t| t.stream.is_none() && t.internal.is_none())
+                .map(|t| (format!("topic {}", t.name), &mut t.access)),
+        );
+        out.extend(
+            views
+                .values_mut()
+                .map(|v| (format!("materialized view {}", v.name), &mut v.access)),
+        );
+        out.extend(
+            external_tables
+                .values_mut()
+                .map(|t| (format!("external table {}", t.name), &mut t.access)),
+        );
+        out.extend(
+            subscriptions
+                .values_mut()
+                .map(|s| (format!("subscription {}", s.name), &mut s.access)),
+        );
+        out.push((format!("schema {PUBLIC_SCHEMA}"), schema));
+        out
+    }
+
     /// 42501 unless `who` may use `privilege` on relation `name` (which must exist).
     pub fn check(&self, who: &Principal, privilege: Privilege, name: &str) -> Result<()> {
         let relation = self

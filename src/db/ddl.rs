@@ -10,7 +10,6 @@ use super::{
     SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command, text_rows,
 };
 use crate::catalog::PUBLIC_SCHEMA;
-use crate::catalog::access;
 use crate::catalog::{Access, HIDDEN_COLUMNS, Principal};
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
@@ -331,13 +330,6 @@ impl Database {
                 }
             }
         };
-        let owns = |access: &Access, kind: &str, name: &str| {
-            if who.superuser || access.owner == who.name {
-                Ok(())
-            } else {
-                Err(access::not_owner(kind, name))
-            }
-        };
         for name in &d.names {
             let wrong = |relation: &Relation<'_>| {
                 let (kind, verb) = match relation {
@@ -367,7 +359,7 @@ impl Database {
             match d.kind {
                 ObjectKind::Stream => match data.relation(name) {
                     Some(Relation::Stream(stream, topic)) => {
-                        owns(&stream.access, "stream", name)?;
+                        who.require_owner(&stream.access.owner, "stream", name)?;
                         new.streams.remove(&stream.name);
                         new.topics.remove(&topic.name);
                         doomed_topics.push(topic.id);
@@ -395,7 +387,7 @@ impl Database {
                                 "topic \"{name}\" holds the state of continuous query \"{owner}\"; drop that instead"
                             )));
                         }
-                        owns(&topic.access, "topic", name)?;
+                        who.require_owner(&topic.access.owner, "topic", name)?;
                         new.topics.remove(name);
                         doomed_topics.push(topic.id);
                         drop_writers(name, &mut doomed_queries, notices);
@@ -404,7 +396,7 @@ impl Database {
                 },
                 ObjectKind::Table => match data.relation(name) {
                     Some(Relation::External(table)) => {
-                        owns(&table.access, "table", name)?;
+                        who.require_owner(&table.access.owner, "external table", name)?;
                         new.external_tables.remove(&table.name);
                         doomed_tables.push(table.name.clone());
                     }
@@ -413,7 +405,7 @@ impl Database {
                 },
                 ObjectKind::View => match data.relation(name) {
                     Some(Relation::View(view)) => {
-                        owns(&view.access, "materialized view", name)?;
+                        who.require_owner(&view.access.owner, "materialized view", name)?;
                         new.views.remove(&view.name);
                         doomed_queries.push(view.query);
                     }
@@ -423,7 +415,7 @@ impl Database {
                 ObjectKind::Query => match data.queries.values().find(|q| &q.name == name) {
                     Some(q) => match &q.target {
                         QueryTarget::Insert { .. } => {
-                            owns(&Access::owned_by(&q.owner), "query", name)?;
+                            who.require_owner(&q.owner, "query", name)?;
                             doomed_queries.push(q.id)
                         }
                         QueryTarget::Stream { stream } => {

@@ -75,15 +75,7 @@ impl Database {
                 };
                 for name in &names {
                     let (access, kind) = access_mut(&mut new, class, name)?;
-                    if !(who.superuser || access.owner == who.name) {
-                        return Err(Error::plan(
-                            "42501",
-                            format!(
-                                "permission denied for {kind} {name}: only its owner ({}) and superusers grant on it",
-                                access.owner
-                            ),
-                        ));
-                    }
+                    who.require_owner(&access.owner, kind, name)?;
                     for grantee in &grantees {
                         if grant {
                             access.grant(grantee, &privileges);
@@ -140,26 +132,15 @@ pub(super) fn no_role(name: &str) -> Error {
 
 /// What a user owns, for refusing to drop them while they do (as PostgreSQL does).
 pub(super) fn owned_by(data: &CatalogData, user: &str) -> Vec<String> {
-    let mut owned = vec![];
-    for name in data.relation_names() {
-        if let Some(relation) = data.relation(&name)
-            && relation.access().owner == user
-        {
-            owned.push(format!("{} {name}", relation.kind()));
-        }
-    }
-    for sub in data.subscriptions.values() {
-        if sub.access.owner == user {
-            owned.push(format!("subscription {}", sub.name));
-        }
-    }
-    for query in data.queries.values() {
-        if query.owner == user {
-            owned.push(format!("continuous query {}", query.name));
-        }
-    }
-    if data.schema.owner == user {
-        owned.push("schema public".into());
-    }
-    owned
+    let objects = data
+        .accesses()
+        .into_iter()
+        .filter(|(_, access)| access.owner == user)
+        .map(|(what, _)| what);
+    let queries = data
+        .queries
+        .values()
+        .filter(|q| q.owner == user)
+        .map(|q| format!("continuous query {}", q.name));
+    objects.chain(queries).collect()
 }

@@ -28,15 +28,6 @@ use crate::storage::now_ms;
 use crate::storage::{Offset, PartitionId};
 use crate::tables::stream_table::StatementSnapshot;
 
-/// 42501 unless `who` owns the subscription (or is a superuser).
-fn owns(sub: &SubscriptionDef, who: &Principal) -> Result<()> {
-    if who.superuser || sub.access.owner == who.name {
-        Ok(())
-    } else {
-        Err(access::not_owner("subscription", &sub.name))
-    }
-}
-
 impl Database {
     pub(super) async fn create_subscription(
         &self,
@@ -98,7 +89,7 @@ impl Database {
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
         let sub = subscription(&data, name)?;
-        owns(sub, who)?;
+        who.require_owner(&sub.access.owner, "subscription", &sub.name)?;
         let topic = readable_topic(&data, &sub.relation)?;
         if self.tables.groups.is_reading(name) {
             return Err(in_use(name, "reset"));
@@ -120,7 +111,7 @@ impl Database {
         let mut doomed = vec![];
         for name in &d.names {
             if let Some(sub) = data.subscriptions.get(name) {
-                owns(sub, who)?;
+                who.require_owner(&sub.access.owner, "subscription", &sub.name)?;
             }
             if new.subscriptions.remove(name).is_none() {
                 if d.if_exists {

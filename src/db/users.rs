@@ -119,27 +119,8 @@ impl Database {
 
 /// Removes a dropped user's grants; returns the objects they had any on.
 fn strip_grants(data: &mut crate::catalog::CatalogData, user: &str) -> Vec<String> {
-    let mut stripped = vec![];
-    let mut strip = |access: &mut crate::catalog::Access, what: String| {
-        if access.grants.remove(user).is_some() {
-            stripped.push(what);
-        }
-    };
-    for s in data.streams.values_mut() {
-        strip(&mut s.access, format!("stream {}", s.name));
-    }
-    for t in data.topics.values_mut() {
-        strip(&mut t.access, format!("topic {}", t.name));
-    }
-    for v in data.views.values_mut() {
-        strip(&mut v.access, format!("materialized view {}", v.name));
-    }
-    for t in data.external_tables.values_mut() {
-        strip(&mut t.access, format!("table {}", t.name));
-    }
-    for s in data.subscriptions.values_mut() {
-        strip(&mut s.access, format!("subscription {}", s.name));
-    }
-    strip(&mut data.schema, "schema public".to_string());
-    stripped
+    data.accesses_mut()
+        .into_iter()
+        .filter_map(|(what, access)| access.grants.remove(user).map(|_| what))
+        .collect()
 }

@@ -183,6 +183,52 @@ pub struct Hold {
 /// Where the log learns the readers' holds: the layers above know their readers.
 pub type HoldSource = Arc<dyn Fn() -> Vec<Hold> + Send + Sync>;
 
+/// The readers' holds, by partition (looked up once per partition by retention and
+/// `sys.partitions`, with perhaps a hold per group per partition).
+#[derive(Debug, Default)]
+pub struct Holds(HashMap<(TopicId, PartitionId), Vec<Hold>>);
+
+impl FromIterator<Hold> for Holds {
+    fn from_iter<I: IntoIterator<Item = Hold>>(holds: I) -> Holds {
+        let mut by_partition: HashMap<(TopicId, PartitionId), Vec<Hold>> = HashMap::new();
+        for hold in holds {
+            by_partition
+                .entry((hold.topic, hold.partition))
+                .or_default()
+                .push(hold);
+        }
+        Holds(by_partition)
+    }
+}
+
+impl Holds {
+    /// The holds on one partition.
+    pub fn of(&self, topic: TopicId, partition: PartitionId) -> &[Hold] {
+        self.0
+            .get(&(topic, partition))
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The first offset a reader of the partition still needs, and who needs it (every
+    /// reader that far behind, sorted).
+    pub fn furthest_behind(
+        &self,
+        topic: TopicId,
+        partition: PartitionId,
+    ) -> Option<(Offset, Vec<&str>)> {
+        let holds = self.of(topic, partition);
+        let start = holds.iter().map(|h| h.offset).min()?;
+        let mut holders: Vec<&str> = holds
+            .iter()
+            .filter(|h| h.offset == start)
+            .map(|h| h.holder.as_str())
+            .collect();
+        holders.sort_unstable();
+        holders.dedup();
+        Some((start, holders))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub dir: PathBuf,
@@ -305,9 +351,11 @@ struct Shared {
 
 impl Shared {
     /// The readers' holds now (none until a source is set).
-    fn holds(&self) -> Vec<Hold> {
+    fn holds(&self) -> Holds {
         let source = self.holds.read().expect("holds lock").clone();
-        source.map(|source| source()).unwrap_or_default()
+        source
+            .map(|source| source().into_iter().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -653,7 +701,7 @@ impl Log {
     }
 
     /// The readers' holds now, for `sys.partitions`.
-    pub fn holds(&self) -> Vec<Hold> {
+    pub fn holds(&self) -> Holds {
         self.shared.holds()
     }
 

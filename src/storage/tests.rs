@@ -779,3 +779,42 @@ async fn truncation_deletes_only_whole_segments_before_the_offset() {
         .unwrap();
     assert_eq!(partition.segments().len(), 1);
 }
+
+#[tokio::test]
+async fn retention_keeps_what_a_reader_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 8 * 1024;
+    s.retention_bytes = Some(20 * 1024);
+    let log = open(dir.path(), vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..40 {
+        append(&log, &s, 0, i * 50, (i + 1) * 50).await;
+    }
+    let held = Arc::new(std::sync::Mutex::new(Offset(0)));
+    let source = held.clone();
+    let topic = s.id;
+    log.set_hold_source(Arc::new(move || {
+        vec![Hold {
+            topic,
+            partition: PartitionId(0),
+            offset: *source.lock().unwrap(),
+            holder: "query q".into(),
+        }]
+    }));
+    // A reader at offset 0: nothing goes, however far over the limit.
+    assert_eq!(log.enforce_retention().await.unwrap(), 0);
+    assert_eq!(log.log_start(topic, PartitionId(0)), Offset(0));
+    let holds = log.holds();
+    assert_eq!(
+        holds.furthest_behind(topic, PartitionId(0)),
+        Some((Offset(0), vec!["query q"]))
+    );
+    // It reads on: the segments wholly before it go, and what it needs stays readable.
+    *held.lock().unwrap() = Offset(1000);
+    assert!(log.enforce_retention().await.unwrap() > 0);
+    let start = log.log_start(topic, PartitionId(0));
+    assert!(start > Offset(0) && start <= Offset(1000), "{start:?}");
+    let ids = read_ids_from(&log, &s, 0, Offset(1000)).unwrap();
+    assert_eq!(ids.first().copied(), Some(1000));
+}

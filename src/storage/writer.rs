@@ -28,7 +28,7 @@ use super::partition::{AppendOptions, Partition};
 use super::segment::sync_dir;
 use super::types::{Offset, PartitionId, now_ms};
 use super::{
-    AppendedRange, Command, Hold, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared,
+    AppendedRange, Command, Holds, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared,
     Snapshot, StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir,
     timestamp_column, topic_dir,
 };
@@ -507,7 +507,7 @@ impl Writer {
         let holds = if topics.iter().any(limited) {
             self.shared.holds()
         } else {
-            vec![]
+            Holds::default()
         };
         let max_hold_bytes = self.shared.config.max_hold_bytes;
         let mut moves = vec![];
@@ -518,10 +518,7 @@ impl Writer {
             }
             let min_timestamp_ms = spec.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
             for partition in &topic.partitions {
-                let holders: Vec<&Hold> = holds
-                    .iter()
-                    .filter(|h| h.topic == spec.id && h.partition == partition.id)
-                    .collect();
+                let holders = holds.of(spec.id, partition.id);
                 let hold = holders.iter().map(|h| h.offset).min();
                 let Some(start) = partition.retention_start(
                     spec.retention_bytes,

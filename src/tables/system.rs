@@ -13,7 +13,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use super::{Continuous, QueryStatus, Tables};
 use crate::catalog::Relation;
 use crate::groups::Groups;
-use crate::storage::PartitionId;
+use crate::storage::{Holds, PartitionId};
 
 pub const TABLES: [&str; 4] = ["topics", "partitions", "queries", "consumer_groups"];
 
@@ -31,10 +31,10 @@ struct PartitionRow {
     held_by: Option<String>,
 }
 
-fn partition_rows(tables: &Tables) -> Vec<PartitionRow> {
+/// Each partition's row; with `holds`, who holds what of it (`sys.partitions`).
+fn partition_rows(tables: &Tables, holds: Option<&Holds>) -> Vec<PartitionRow> {
     let data = tables.catalog.snapshot();
     let snapshot = tables.log.snapshot();
-    let holds = tables.log.holds();
     let mut rows = vec![];
     for topic in data.topics.values() {
         let Some(log_topic) = tables.log.topic(topic.id) else {
@@ -42,21 +42,10 @@ fn partition_rows(tables: &Tables) -> Vec<PartitionRow> {
         };
         for partition in &log_topic.partitions {
             let stats = partition.stats();
-            let mine: Vec<_> = holds
-                .iter()
-                .filter(|h| h.topic == topic.id && h.partition == partition.id)
-                .collect();
-            let held_from = mine.iter().map(|h| h.offset).min();
-            let mut held_by: Vec<&str> = mine
-                .iter()
-                .filter(|h| Some(h.offset) == held_from)
-                .map(|h| h.holder.as_str())
-                .collect();
-            held_by.sort();
-            held_by.dedup();
+            let held = holds.and_then(|h| h.furthest_behind(topic.id, partition.id));
             rows.push(PartitionRow {
-                held_from: held_from.map(|o| o.0 as i64),
-                held_by: (!held_by.is_empty()).then(|| held_by.join(", ")),
+                held_from: held.as_ref().map(|(offset, _)| offset.0 as i64),
+                held_by: held.map(|(_, holders)| holders.join(", ")),
                 topic: topic.name.clone(),
                 stream: topic.stream.clone(),
                 partition: partition.id.0 as i32,
@@ -89,7 +78,7 @@ pub fn table(
 }
 
 fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
-    let rows = partition_rows(tables);
+    let rows = partition_rows(tables, Some(&tables.log.holds()));
     let schema = Arc::new(Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("stream", DataType::Utf8, true),
@@ -133,7 +122,7 @@ fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
 
 fn topics(tables: &Tables) -> DfResult<RecordBatch> {
     let data = tables.catalog.snapshot();
-    let rows = partition_rows(tables);
+    let rows = partition_rows(tables, None);
     let topics: Vec<_> = data.topics.values().collect();
     let sum = |name: &str, f: &dyn Fn(&PartitionRow) -> i64| -> i64 {
         rows.iter().filter(|r| r.topic == name).map(f).sum()

@@ -172,6 +172,20 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits (at most 10 s) until the server has logged a line containing `text`: its log is
+    /// read on a thread of its own, a moment behind what it sent the client.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged \"{text}\"; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: the process gets no chance to flush or clean up.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -256,7 +270,12 @@ pub async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<
     client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| {
+            let detail = e
+                .as_db_error()
+                .map(|d| format!("{} {}", d.code().code(), d.message()));
+            panic!("{sql}: {e} {}", detail.unwrap_or_default())
+        })
         .into_iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -326,4 +345,53 @@ pub fn compile_java(class: &str) -> (String, tempfile::TempDir) {
         format!("{}:{}", jar.display(), classes.path().display()),
         classes,
     )
+}
+
+/// Logs in to `server` as `user` with `password` (`--auth password`).
+pub async fn login(
+    server: &Server,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conninfo = format!(
+        "host={} port={} user={user} password='{password}' dbname=runnel connect_timeout=10",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Polls `check` until it gives `Some`, for at most 30 s; panics saying `what` did not
+/// happen otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until continuous query `name` has failed; its error.
+pub async fn query_failure(client: &tokio_postgres::Client, name: &str) -> String {
+    eventually(&format!("query {name} failing"), || async {
+        let status = rows(
+            client,
+            &format!("SELECT state, error FROM sys.queries WHERE name = '{name}'"),
+        )
+        .await;
+        (status[0][0].as_deref() == Some("failed"))
+            .then(|| status[0][1].clone().unwrap_or_default())
+    })
+    .await
 }
