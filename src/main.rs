@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     runnel::server::install_panic_hook();
     match cli.command.unwrap_or(Command::Server) {
         Command::Server => {
+            runnel::storage::disk::raise_open_files_limit();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("runnel")

@@ -34,13 +34,12 @@
 //! [| metas]`) are read and rewritten in this one ([`read`] reports them as legacy).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::StorageError;
-use super::segment::sync_dir;
+use super::disk::Disk;
 use super::types::{Offset, PartitionId, TopicId};
 
 pub const COMMIT_LOG_FILE: &str = "commit.log";
@@ -459,7 +458,7 @@ fn check_torn_tail(
 #[derive(Debug)]
 pub struct CommitLog {
     path: PathBuf,
-    file: File,
+    disk: Disk,
     identity: Identity,
     sequence: u64,
     size_bytes: u64,
@@ -469,20 +468,27 @@ pub struct CommitLog {
 
 impl CommitLog {
     /// Creates the commit log of a new data directory: a header, fsynced with its directory.
-    pub fn create(dir: &Path) -> Result<CommitLog, StorageError> {
+    pub fn create(disk: &Disk, dir: &Path) -> Result<CommitLog, StorageError> {
         let path = dir.join(COMMIT_LOG_FILE);
         let identity = Identity::new();
         let header = encode_header(1, &identity);
         let tmp = dir.join(format!("{COMMIT_LOG_FILE}.new"));
-        write_synced(&tmp, &[&header])?;
-        fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
-        sync_dir(dir)?;
+        disk.write_file(&tmp, &[&header])?;
+        disk.rename(&tmp, &path)?;
+        disk.sync_dir(dir)?;
         tracing::info!(data_dir = %dir.display(), id = identity.hex(), "created a new data directory");
-        Self::append_to(path, identity, 1, header.len() as u64)
+        Ok(CommitLog::append_to(
+            disk,
+            path,
+            identity,
+            1,
+            header.len() as u64,
+        ))
     }
 
     /// Opens the commit log [`read`] found, cutting a torn last record off.
     pub fn resume(
+        disk: &Disk,
         dir: &Path,
         identity: Identity,
         valid_len: u64,
@@ -494,22 +500,19 @@ impl CommitLog {
             .len();
         if len > valid_len {
             tracing::info!(path = %path.display(), position = valid_len, cut_bytes = len - valid_len, "truncating torn commit log tail");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| StorageError::io(&path, e))?;
-            file.set_len(valid_len)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| StorageError::io(&path, e))?;
+            disk.set_len(&path, valid_len)?;
+            disk.sync(&path)?;
         }
-        Self::append_to(path, identity, sequence, valid_len)
+        Ok(CommitLog::append_to(
+            disk, path, identity, sequence, valid_len,
+        ))
     }
 
     /// Replaces a commit log of the first format with one in this format holding `state`.
-    pub fn migrate(dir: &Path, state: &Replayed) -> Result<CommitLog, StorageError> {
+    pub fn migrate(disk: &Disk, dir: &Path, state: &Replayed) -> Result<CommitLog, StorageError> {
         let path = dir.join(COMMIT_LOG_FILE);
         let mut log = CommitLog {
-            file: File::open(&path).map_err(|e| StorageError::io(&path, e))?,
+            disk: disk.clone(),
             path,
             identity: Identity::new(),
             sequence: 0,
@@ -524,23 +527,20 @@ impl CommitLog {
     }
 
     fn append_to(
+        disk: &Disk,
         path: PathBuf,
         identity: Identity,
         sequence: u64,
         size_bytes: u64,
-    ) -> Result<CommitLog, StorageError> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, e))?;
-        Ok(CommitLog {
+    ) -> CommitLog {
+        CommitLog {
             path,
-            file,
+            disk: disk.clone(),
             identity,
             sequence,
             size_bytes,
             rewritten_bytes: size_bytes,
-        })
+        }
     }
 
     pub fn identity(&self) -> Identity {
@@ -559,17 +559,14 @@ impl CommitLog {
             ))));
         }
         let record = encode_commit(self.sequence + 1, commit);
-        if let Err(e) = self.file.write_all(&record) {
-            let error = StorageError::io(&self.path, e);
+        if let Err(error) = self.disk.write_at(&self.path, &record, self.size_bytes) {
             // A partial record must not stay in front of the next one.
-            return match self.file.set_len(self.size_bytes) {
+            return match self.disk.set_len(&self.path, self.size_bytes) {
                 Ok(()) => Err(CommitError::NotWritten(error)),
                 Err(_) => Err(CommitError::Unknown(error)),
             };
         }
-        self.file
-            .sync_data()
-            .map_err(|e| CommitError::Unknown(StorageError::io(&self.path, e)))?;
+        self.disk.sync(&self.path).map_err(CommitError::Unknown)?;
         self.sequence += 1;
         self.size_bytes += record.len() as u64;
         Ok(())
@@ -607,13 +604,9 @@ impl CommitLog {
             records.push(encode_commit(sequence, &commit));
         }
         let parts: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        write_synced(&tmp, &parts)?;
-        fs::rename(&tmp, &self.path).map_err(|e| StorageError::io(&self.path, e))?;
-        sync_dir(&dir)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| StorageError::io(&self.path, e))?;
+        self.disk.write_file(&tmp, &parts)?;
+        self.disk.rename(&tmp, &self.path)?;
+        self.disk.sync_dir(&dir)?;
         self.sequence = sequence;
         self.size_bytes = records.iter().map(|r| r.len() as u64).sum();
         self.rewritten_bytes = self.size_bytes;
@@ -672,15 +665,6 @@ fn snapshot_commits(
     }
     flush(&mut current, &mut commits);
     commits
-}
-
-fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), StorageError> {
-    let mut file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-    for part in parts {
-        file.write_all(part)
-            .map_err(|e| StorageError::io(path, e))?;
-    }
-    file.sync_all().map_err(|e| StorageError::io(path, e))
 }
 
 /// The first format: records without a header or a kind, and no log start offsets.
@@ -779,6 +763,7 @@ mod legacy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn end(t: u64, p: u32, o: u64) -> PartitionOffset {
         (TopicId(t), PartitionId(p), Offset(o))
@@ -799,7 +784,7 @@ mod tests {
                 valid_len,
                 sequence,
             } => (
-                CommitLog::resume(dir, identity, valid_len, sequence).unwrap(),
+                CommitLog::resume(&Disk::default(), dir, identity, valid_len, sequence).unwrap(),
                 replayed,
             ),
             _ => panic!("expected a current commit log"),
@@ -810,7 +795,9 @@ mod tests {
     fn a_new_log_is_a_header_and_replays_empty() {
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(read(d.path()).unwrap(), OnDisk::Missing));
-        let created = CommitLog::create(d.path()).unwrap().identity();
+        let created = CommitLog::create(&Disk::default(), d.path())
+            .unwrap()
+            .identity();
         let (log, replayed) = reopen(d.path());
         assert_eq!(log.identity(), created);
         assert_eq!(replayed.commits, 0);
@@ -826,7 +813,7 @@ mod tests {
     #[test]
     fn replay_keeps_the_latest_end_start_and_value() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         log.commit(&Commit {
             ends: vec![end(1, 0, 10), end(1, 1, 5)],
             starts: vec![],
@@ -860,7 +847,7 @@ mod tests {
     #[test]
     fn torn_last_record_is_cut_off() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         log.commit(&ends(&[end(1, 0, 10)])).unwrap();
         let good = log.size_bytes();
         log.commit(&Commit {
@@ -886,7 +873,7 @@ mod tests {
     #[test]
     fn corruption_before_the_tail_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         let header = log.size_bytes() as usize;
         for e in 1..=3 {
             log.commit(&ends(&[end(1, 0, e)])).unwrap();
@@ -906,7 +893,7 @@ mod tests {
     #[test]
     fn more_garbage_than_one_record_is_corruption_not_a_torn_tail() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         log.commit(&ends(&[end(1, 0, 1)])).unwrap();
         drop(log);
         let path = d.path().join(COMMIT_LOG_FILE);
@@ -922,7 +909,7 @@ mod tests {
     #[test]
     fn a_record_over_the_limit_is_refused_and_the_log_goes_on() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         let huge = Commit {
             meta: vec![(1, Some(vec![0; RECORD_LEN_MAX]))],
             ..Commit::default()
@@ -976,7 +963,7 @@ mod tests {
     #[test]
     fn rewrite_splits_the_snapshot_and_is_due_when_the_file_doubles() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = CommitLog::create(d.path()).unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
         let mut ends_now = CommittedEnds::new();
         let mut meta = vec![];
         for g in 0..40u64 {
@@ -1028,7 +1015,7 @@ mod tests {
             panic!("a legacy log");
         };
         assert_eq!(replayed.ends[&(TopicId(1), PartitionId(0))], Offset(12));
-        CommitLog::migrate(d.path(), &replayed).unwrap();
+        CommitLog::migrate(&Disk::default(), d.path(), &replayed).unwrap();
         let (_, again) = reopen(d.path());
         assert_eq!(again.ends, replayed.ends);
         assert_eq!(again.meta[&5].as_slice(), b"v");

@@ -21,6 +21,7 @@
 //! [`KEY_COLUMN`]) and options.
 
 mod commit_log;
+pub mod disk;
 pub mod frame;
 pub mod index;
 pub mod lock;
@@ -29,6 +30,8 @@ pub mod segment;
 pub mod types;
 mod writer;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,8 +47,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use commit_log::{COMMIT_LOG_FILE, Identity, MetaUpdate, RECORD_LEN_MAX, VALUE_LEN_MAX};
 use commit_log::{CommitLog, CommittedEnds, CommittedMeta, OnDisk};
+pub use disk::{Disk, Faults};
 pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
-use segment::sync_dir;
 pub use types::{Compression, Offset, PartitionId, TopicId, now_ms};
 use writer::Writer;
 
@@ -244,6 +247,8 @@ pub struct LogConfig {
     /// Per partition, how many bytes beyond its retention limits retention keeps for
     /// readers that have not read them ([`Hold`]s).
     pub max_hold_bytes: u64,
+    /// The files, through a bounded set of open handles (and, in tests, faults).
+    pub disk: Disk,
 }
 
 impl LogConfig {
@@ -255,6 +260,7 @@ impl LogConfig {
             retention_check_interval: Duration::from_secs(30),
             queue_depth: 1024,
             max_hold_bytes: DEFAULT_MAX_HOLD_BYTES,
+            disk: Disk::default(),
         }
     }
 }
@@ -443,21 +449,23 @@ impl Opening {
             found,
         } = self;
         let root = config.dir.clone();
+        let disk = &config.disk;
         let topics_root = root.join("topics");
         let (commit_log, replayed) = match found {
-            OnDisk::Missing | OnDisk::Empty => {
-                (CommitLog::create(&root)?, commit_log::Replayed::default())
-            }
+            OnDisk::Missing | OnDisk::Empty => (
+                CommitLog::create(disk, &root)?,
+                commit_log::Replayed::default(),
+            ),
             OnDisk::Current {
                 identity,
                 replayed,
                 valid_len,
                 sequence,
             } => (
-                CommitLog::resume(&root, identity, valid_len, sequence)?,
+                CommitLog::resume(disk, &root, identity, valid_len, sequence)?,
                 replayed,
             ),
-            OnDisk::Legacy { replayed } => (CommitLog::migrate(&root, &replayed)?, replayed),
+            OnDisk::Legacy { replayed } => (CommitLog::migrate(disk, &root, &replayed)?, replayed),
         };
         std::fs::create_dir_all(&topics_root).map_err(|e| StorageError::io(&topics_root, e))?;
 
@@ -485,6 +493,7 @@ impl Opening {
                 let end = replayed.ends.get(&key).copied().unwrap_or_default();
                 let start = replayed.starts.get(&key).copied().unwrap_or_default();
                 partitions.push(Arc::new(Partition::open(
+                    disk,
                     &partition_dir(&dir, p),
                     PartitionId(p),
                     start,
@@ -504,7 +513,7 @@ impl Opening {
                 }),
             );
         }
-        settle_unknown_topics(&root, &live, issued)?;
+        settle_unknown_topics(disk, &root, &live, issued)?;
         let starts: CommittedEnds = replayed
             .starts
             .into_iter()
@@ -767,6 +776,7 @@ fn data_without_commit_log(root: &Path) -> Result<Option<String>, StorageError> 
 /// `issued` was dropped (a crash came between the catalog commit and the deletion of its
 /// files), so its deletion is finished; anything else is moved to the quarantine directory.
 fn settle_unknown_topics(
+    disk: &Disk,
     root: &Path,
     live: &HashMap<TopicId, Arc<Topic>>,
     issued: TopicId,
@@ -783,19 +793,18 @@ fn settle_unknown_topics(
             Some(id) if live.contains_key(&id) => {}
             Some(id) if id < issued && entry.path().is_dir() => {
                 tracing::info!(dir = %entry.path().display(), "finishing the deletion of a dropped topic");
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| StorageError::io(&entry.path(), e))?;
+                disk.remove_dir_all(&entry.path())?;
             }
             _ => {
-                quarantine(root, &entry.path())?;
+                quarantine(disk, root, &entry.path())?;
             }
         }
     }
-    sync_dir(&topics_root)
+    disk.sync_dir(&topics_root)
 }
 
 /// Moves `path` (inside the data directory) to `quarantine/<time>/<same relative path>`.
-pub fn quarantine(root: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+pub fn quarantine(disk: &Disk, root: &Path, path: &Path) -> Result<PathBuf, StorageError> {
     let relative = path.strip_prefix(root).unwrap_or(path);
     let target = root
         .join(QUARANTINE_DIR)
@@ -803,10 +812,11 @@ pub fn quarantine(root: &Path, path: &Path) -> Result<PathBuf, StorageError> {
         .join(relative);
     let parent = target.parent().expect("a path inside the quarantine");
     std::fs::create_dir_all(parent).map_err(|e| StorageError::io(parent, e))?;
+    disk.forget_under(path);
     std::fs::rename(path, &target).map_err(|e| StorageError::io(path, e))?;
-    sync_dir(parent)?;
+    disk.sync_dir(parent)?;
     if let Some(from) = path.parent() {
-        sync_dir(from)?;
+        disk.sync_dir(from)?;
     }
     tracing::warn!(
         from = %path.display(),

@@ -14,6 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::StorageError;
+use super::disk::Disk;
 use super::frame;
 use super::segment::{self, Segment, SegmentWriter};
 use super::types::{Offset, PartitionId};
@@ -22,6 +23,7 @@ use super::types::{Offset, PartitionId};
 pub struct Partition {
     pub id: PartitionId,
     pub dir: PathBuf,
+    disk: Disk,
     segments: RwLock<Vec<Arc<Segment>>>,
     /// The append side; locked only by the writer thread (and by recovery).
     writer: Mutex<PartitionWriter>,
@@ -44,12 +46,13 @@ pub struct PartitionStats {
 
 impl Partition {
     /// Creates a new, empty partition directory with its first segment.
-    pub fn create(dir: &Path, id: PartitionId) -> Result<Partition, StorageError> {
+    pub fn create(disk: &Disk, dir: &Path, id: PartitionId) -> Result<Partition, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        let (segment, active) = SegmentWriter::create(dir, Offset(0))?;
+        let (segment, active) = SegmentWriter::create(disk, dir, Offset(0))?;
         Ok(Partition {
             id,
             dir: dir.to_path_buf(),
+            disk: disk.clone(),
             segments: RwLock::new(vec![Arc::new(segment)]),
             writer: Mutex::new(PartitionWriter {
                 active,
@@ -64,15 +67,17 @@ impl Partition {
     /// record from `log_start` (where retention last committed the partition starts) to
     /// the committed end must be in a segment: a missing or short segment is an error.
     pub fn open(
+        disk: &Disk,
         dir: &Path,
         id: PartitionId,
         log_start: Offset,
         committed_end: Offset,
     ) -> Result<Partition, StorageError> {
-        let (segments, writer) = recover(dir, log_start, committed_end)?;
+        let (segments, writer) = recover(disk, dir, log_start, committed_end)?;
         Ok(Partition {
             id,
             dir: dir.to_path_buf(),
+            disk: disk.clone(),
             segments: RwLock::new(segments),
             writer: Mutex::new(writer),
         })
@@ -83,7 +88,8 @@ impl Partition {
         let mut writer = self.writer.lock().expect("partition writer lock");
         let mut segments = self.segments.write().expect("segments lock");
         let log_start = segments[0].base_offset;
-        let (recovered, recovered_writer) = recover(&self.dir, log_start, committed_end)?;
+        let (recovered, recovered_writer) =
+            recover(&self.disk, &self.dir, log_start, committed_end)?;
         *segments = recovered;
         *writer = recovered_writer;
         Ok(())
@@ -222,7 +228,7 @@ impl Partition {
     /// Seals the active segment and starts a new one at the next offset.
     fn roll(&self, writer: &mut PartitionWriter) -> Result<(), StorageError> {
         let sealed = self.active_segment();
-        let (segment, active) = SegmentWriter::create(&self.dir, writer.next_offset)?;
+        let (segment, active) = SegmentWriter::create(&self.disk, &self.dir, writer.next_offset)?;
         let old = std::mem::replace(&mut writer.active, active);
         old.seal(&sealed)?;
         self.segments
@@ -237,7 +243,7 @@ impl Partition {
     /// synced when sealed).
     pub fn sync(&self) -> Result<(), StorageError> {
         let writer = self.writer.lock().expect("partition writer lock");
-        writer.active.sync(&self.active_segment())
+        writer.active.sync()
     }
 
     pub fn next_offset(&self) -> Offset {
@@ -323,7 +329,7 @@ impl Partition {
         };
         for segment in &removed {
             tracing::info!(segment = %segment.path.display(), "deleting segment before the log start");
-            segment::delete_segment_files(&self.dir, segment.base_offset)?;
+            segment::delete_segment_files(&self.disk, &self.dir, segment.base_offset)?;
         }
         Ok(removed.len())
     }
@@ -354,6 +360,7 @@ impl Partition {
 }
 
 fn recover(
+    disk: &Disk,
     dir: &Path,
     log_start: Offset,
     committed_end: Offset,
@@ -369,7 +376,7 @@ fn recover(
                 ),
             ));
         }
-        let (segment, active) = SegmentWriter::create(dir, Offset(0))?;
+        let (segment, active) = SegmentWriter::create(disk, dir, Offset(0))?;
         return Ok((
             vec![Arc::new(segment)],
             PartitionWriter {
@@ -382,13 +389,13 @@ fn recover(
     while bases.len() > 1 && *bases.last().expect("non-empty") > committed_end {
         let base = bases.pop().expect("non-empty");
         tracing::info!(segment = %segment::log_path(dir, base).display(), "deleting uncommitted segment");
-        segment::delete_segment_files(dir, base)?;
+        segment::delete_segment_files(disk, dir, base)?;
     }
     // Segments retention committed the deletion of, when the files outlived the commit.
     while bases.len() > 1 && bases[1] <= log_start {
         let base = bases.remove(0);
         tracing::info!(segment = %segment::log_path(dir, base).display(), "finishing the deletion of a segment past retention");
-        segment::delete_segment_files(dir, base)?;
+        segment::delete_segment_files(disk, dir, base)?;
     }
     if bases[0] > log_start {
         return Err(StorageError::corruption(
@@ -403,7 +410,7 @@ fn recover(
     let active_base = bases.pop().expect("non-empty");
     let mut segments = Vec::with_capacity(bases.len() + 1);
     for (i, base) in bases.iter().enumerate() {
-        let segment = Segment::open_sealed(dir, *base)?;
+        let segment = Segment::open_sealed(disk, dir, *base)?;
         let next = bases.get(i + 1).copied().unwrap_or(active_base);
         let end = segment.end_offset()?;
         if end != next {
@@ -419,7 +426,7 @@ fn recover(
         }
         segments.push(Arc::new(segment));
     }
-    let (segment, active) = SegmentWriter::recover(dir, active_base, committed_end)?;
+    let (segment, active) = SegmentWriter::recover(disk, dir, active_base, committed_end)?;
     segments.push(Arc::new(segment));
     Ok((
         segments,

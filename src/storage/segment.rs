@@ -9,15 +9,14 @@
 //! index entry up to the committed end offset and cuts the file there. A bad frame *before*
 //! the committed end is corruption and is reported with its file and position, never skipped.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use arrow::buffer::{Buffer, MutableBuffer};
 
 use super::StorageError;
+use super::disk::Disk;
 use super::frame::{self, EncodedFrame, FRAME_HEADER_LEN, FrameHeader};
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
 use super::types::Offset;
@@ -52,17 +51,13 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Offset>, StorageError> {
 }
 
 /// Removes a segment's files. Missing files are fine: deletion may be resumed after a crash.
-pub fn delete_segment_files(dir: &Path, base: Offset) -> Result<(), StorageError> {
+pub fn delete_segment_files(disk: &Disk, dir: &Path, base: Offset) -> Result<(), StorageError> {
     for path in [
         log_path(dir, base),
         offset_index_path(dir, base),
         time_index_path(dir, base),
     ] {
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io(&path, e)),
-        }
+        disk.remove(&path)?;
     }
     Ok(())
 }
@@ -79,7 +74,7 @@ pub struct SegmentState {
 pub struct Segment {
     pub base_offset: Offset,
     pub path: PathBuf,
-    file: File,
+    disk: Disk,
     pub state: RwLock<SegmentState>,
 }
 
@@ -91,7 +86,9 @@ impl Segment {
     /// Reads the frame header at `position`. `Ok(None)` at the end of the file.
     pub fn header_at(&self, position: u64) -> Result<Option<FrameHeader>, StorageError> {
         let mut buf = [0u8; FRAME_HEADER_LEN];
-        let n = read_full_at(&self.file, &mut buf, position)
+        let n = self
+            .disk
+            .read_at(&self.path, &mut buf, position)
             .map_err(|e| StorageError::io(&self.path, e))?;
         if n == 0 {
             return Ok(None);
@@ -105,7 +102,9 @@ impl Segment {
     pub fn frame_at(&self, position: u64, header: &FrameHeader) -> Result<Buffer, StorageError> {
         let len = header.length as usize;
         let mut buf = MutableBuffer::from_len_zeroed(len);
-        let n = read_full_at(&self.file, buf.as_slice_mut(), position)
+        let n = self
+            .disk
+            .read_at(&self.path, buf.as_slice_mut(), position)
             .map_err(|e| StorageError::io(&self.path, e))?;
         let verified = frame::decode_frame(&buf.as_slice()[..n])
             .map_err(|e| StorageError::corruption(&self.path, position, e))?;
@@ -225,13 +224,9 @@ impl Segment {
 
     /// Opens a sealed segment: loads its indexes, rebuilding them from the frames if they are
     /// missing or malformed (they are hints; the frames are the truth).
-    pub fn open_sealed(dir: &Path, base: Offset) -> Result<Segment, StorageError> {
+    pub fn open_sealed(disk: &Disk, dir: &Path, base: Offset) -> Result<Segment, StorageError> {
         let path = log_path(dir, base);
-        let file = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
-        let size_bytes = file
-            .metadata()
-            .map_err(|e| StorageError::io(&path, e))?
-            .len();
+        let size_bytes = disk.len(&path)?;
         let offsets = fs::read(offset_index_path(dir, base))
             .ok()
             .and_then(|b| index::decode_offset_index(&b));
@@ -247,7 +242,7 @@ impl Segment {
         let segment = Segment {
             base_offset: base,
             path,
-            file,
+            disk: disk.clone(),
             state: RwLock::new(SegmentState {
                 index: SegmentIndex::new(),
                 size_bytes,
@@ -268,8 +263,8 @@ impl Segment {
                         "sealed segment has trailing bytes that are not a frame",
                     ));
                 }
-                write_file_synced(&offset_index_path(dir, base), &index.encode_offsets())?;
-                write_file_synced(&time_index_path(dir, base), &index.encode_times())?;
+                disk.write_file(&offset_index_path(dir, base), &[&index.encode_offsets()])?;
+                disk.write_file(&time_index_path(dir, base), &[&index.encode_times()])?;
                 segment.state.write().expect("segment lock").index = index;
             }
         }
@@ -317,72 +312,80 @@ impl Segment {
     }
 }
 
+/// Makes `path` hold the index `bytes`, durably. Recovery mostly cuts an index back to a
+/// prefix of itself: then the file is only cut, which needs no space (a full disk must not
+/// stop an uncommitted append from being undone).
+fn write_index(disk: &Disk, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    match fs::read(path) {
+        Ok(old) if old.starts_with(bytes) => {
+            if old.len() > bytes.len() {
+                disk.set_len(path, bytes.len() as u64)?;
+                disk.sync(path)?;
+            }
+            Ok(())
+        }
+        _ => disk.write_file(path, &[bytes]),
+    }
+}
+
 /// Bytes of log between sparse index entries.
 pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], position: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], position + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let mut file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-    file.write_all(bytes)
-        .map_err(|e| StorageError::io(path, e))?;
-    file.sync_data().map_err(|e| StorageError::io(path, e))
-}
-
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
-}
 
 /// The append side of the active segment. Owned by the partition's writer.
 #[derive(Debug)]
 pub struct SegmentWriter {
     pub base_offset: Offset,
-    log: File,
-    offset_index: File,
-    time_index: File,
+    disk: Disk,
+    log: PathBuf,
+    offset_index: IndexFile,
+    time_index: IndexFile,
     /// Where the next frame goes.
     pub position: u64,
     /// Position of the last frame written, for the seal's final time entry.
     last_frame: Option<OffsetEntry>,
 }
 
+/// An index file being appended to.
+#[derive(Debug)]
+struct IndexFile {
+    path: PathBuf,
+    len: u64,
+}
+
+impl IndexFile {
+    fn append(&mut self, disk: &Disk, bytes: &[u8]) -> Result<(), StorageError> {
+        disk.write_at(&self.path, bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file's entries with `bytes`.
+    fn reset(&mut self, disk: &Disk, bytes: &[u8]) -> Result<(), StorageError> {
+        disk.set_len(&self.path, 0)?;
+        self.len = 0;
+        self.append(disk, bytes)
+    }
+}
+
 impl SegmentWriter {
     /// Creates a new, empty segment starting at `base`.
-    pub fn create(dir: &Path, base: Offset) -> Result<(Segment, SegmentWriter), StorageError> {
+    pub fn create(
+        disk: &Disk,
+        dir: &Path,
+        base: Offset,
+    ) -> Result<(Segment, SegmentWriter), StorageError> {
         let path = log_path(dir, base);
         // Leftovers of an uncommitted roll are emptied: the segment starts empty.
-        let create = |p: &Path, append: bool| {
-            OpenOptions::new()
-                .create(true)
-                .write(!append)
-                .append(append)
-                .open(p)
-                .and_then(|f| f.set_len(0).map(|()| f))
-                .map_err(|e| StorageError::io(p, e))
-        };
-        let log = create(&path, false)?;
-        let offset_index = create(&offset_index_path(dir, base), true)?;
-        let time_index = create(&time_index_path(dir, base), true)?;
-        sync_dir(dir)?;
-        let read = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let offset_index = offset_index_path(dir, base);
+        let time_index = time_index_path(dir, base);
+        for p in [&path, &offset_index, &time_index] {
+            disk.create(p)?;
+        }
+        disk.sync_dir(dir)?;
         let segment = Segment {
             base_offset: base,
-            path,
-            file: read,
+            path: path.clone(),
+            disk: disk.clone(),
             state: RwLock::new(SegmentState {
                 index: SegmentIndex::new(),
                 size_bytes: 0,
@@ -390,9 +393,16 @@ impl SegmentWriter {
         };
         let writer = SegmentWriter {
             base_offset: base,
-            log,
-            offset_index,
-            time_index,
+            disk: disk.clone(),
+            log: path,
+            offset_index: IndexFile {
+                path: offset_index,
+                len: 0,
+            },
+            time_index: IndexFile {
+                path: time_index,
+                len: 0,
+            },
             position: 0,
             last_frame: None,
         };
@@ -403,30 +413,22 @@ impl SegmentWriter {
     /// `committed_end`: frames up to it must all be present and valid; everything after it
     /// (an unacknowledged or torn write) is cut off.
     pub fn recover(
+        disk: &Disk,
         dir: &Path,
         base: Offset,
         committed_end: Offset,
     ) -> Result<(Segment, SegmentWriter), StorageError> {
         let path = log_path(dir, base);
-        let log = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, e))?;
-        let read = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
-        let size = log
-            .metadata()
-            .map_err(|e| StorageError::io(&path, e))?
-            .len();
+        let size = disk.len(&path)?;
         let segment = Segment {
             base_offset: base,
             path: path.clone(),
-            file: read,
+            disk: disk.clone(),
             state: RwLock::new(SegmentState {
                 index: SegmentIndex::new(),
                 size_bytes: size,
             }),
         };
-
         // Start from the last index entry that points at a real frame at or before the
         // committed end; the index files were not fsynced with the frames, so check.
         let offsets = fs::read(offset_index_path(dir, base))
@@ -488,31 +490,33 @@ impl SegmentWriter {
                 cut_bytes = size - end_position,
                 "truncating uncommitted tail"
             );
-            log.set_len(end_position)
-                .map_err(|e| StorageError::io(&path, e))?;
-            log.sync_all().map_err(|e| StorageError::io(&path, e))?;
+            disk.set_len(&path, end_position)?;
+            disk.sync(&path)?;
         }
-        let offset_index_path = offset_index_path(dir, base);
-        let time_index_path = time_index_path(dir, base);
-        write_file_synced(&offset_index_path, &index.encode_offsets())?;
-        write_file_synced(&time_index_path, &index.encode_times())?;
+        let offsets = index.encode_offsets();
+        let times = index.encode_times();
+        let offset_index = IndexFile {
+            path: offset_index_path(dir, base),
+            len: offsets.len() as u64,
+        };
+        let time_index = IndexFile {
+            path: time_index_path(dir, base),
+            len: times.len() as u64,
+        };
+        write_index(disk, &offset_index.path, &offsets)?;
+        write_index(disk, &time_index.path, &times)?;
         {
             let mut state = segment.state.write().expect("segment lock");
             state.index = index;
             state.size_bytes = end_position;
         }
         let last_frame = segment.last_frame_before(end_position)?;
-        let append = |p: &Path| {
-            OpenOptions::new()
-                .append(true)
-                .open(p)
-                .map_err(|e| StorageError::io(p, e))
-        };
         let writer = SegmentWriter {
             base_offset: base,
-            log,
-            offset_index: append(&offset_index_path)?,
-            time_index: append(&time_index_path)?,
+            disk: disk.clone(),
+            log: path,
+            offset_index,
+            time_index,
             position: end_position,
             last_frame,
         };
@@ -524,7 +528,7 @@ impl SegmentWriter {
     pub fn append(&mut self, segment: &Segment, frame: &EncodedFrame) -> Result<(), StorageError> {
         let mut at = self.position;
         for part in frame.parts() {
-            write_all_at(&self.log, part, at).map_err(|e| StorageError::io(&segment.path, e))?;
+            self.disk.write_at(&self.log, part, at)?;
             at += part.len() as u64;
         }
         let header = &frame.header;
@@ -549,25 +553,19 @@ impl SegmentWriter {
         if let Some(entry) = offset_entry {
             let mut bytes = Vec::with_capacity(index::OFFSET_ENTRY_LEN);
             entry.encode(&mut bytes);
-            self.offset_index
-                .write_all(&bytes)
-                .map_err(|e| StorageError::io(&segment.path, e))?;
+            self.offset_index.append(&self.disk, &bytes)?;
         }
         if let Some(entry) = time_entry {
             let mut bytes = Vec::with_capacity(index::TIME_ENTRY_LEN);
             entry.encode(&mut bytes);
-            self.time_index
-                .write_all(&bytes)
-                .map_err(|e| StorageError::io(&segment.path, e))?;
+            self.time_index.append(&self.disk, &bytes)?;
         }
         Ok(())
     }
 
     /// Makes the appended frames durable.
-    pub fn sync(&self, segment: &Segment) -> Result<(), StorageError> {
-        self.log
-            .sync_data()
-            .map_err(|e| StorageError::io(&segment.path, e))
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.disk.sync(&self.log)
     }
 
     /// Seals the segment: final time entry, and the frames and both indexes made durable.
@@ -582,23 +580,18 @@ impl SegmentWriter {
             if let Some(entry) = entry {
                 let mut bytes = vec![];
                 entry.encode(&mut bytes);
-                self.time_index
-                    .write_all(&bytes)
-                    .map_err(|e| StorageError::io(&segment.path, e))?;
+                self.time_index.append(&self.disk, &bytes)?;
             }
         }
-        for file in [&self.log, &self.offset_index, &self.time_index] {
-            file.sync_data()
-                .map_err(|e| StorageError::io(&segment.path, e))?;
+        for path in [&self.log, &self.offset_index.path, &self.time_index.path] {
+            self.disk.sync(path)?;
         }
         Ok(())
     }
 
     /// Cuts the segment back to `position` (undoing appends that were never committed).
     pub fn truncate(&mut self, segment: &Segment, position: u64) -> Result<(), StorageError> {
-        self.log
-            .set_len(position)
-            .map_err(|e| StorageError::io(&segment.path, e))?;
+        self.disk.set_len(&self.log, position)?;
         let mut state = segment.state.write().expect("segment lock");
         state.index.truncate_to(position);
         state.size_bytes = position;
@@ -606,16 +599,9 @@ impl SegmentWriter {
         let times = state.index.encode_times();
         drop(state);
         self.last_frame = segment.last_frame_before(position)?;
-        for (file, bytes) in [(&self.offset_index, offsets), (&self.time_index, times)] {
-            file.set_len(0)
-                .and_then(|()| (&*file).write_all(&bytes))
-                .map_err(|e| StorageError::io(&segment.path, e))?;
-        }
+        self.offset_index.reset(&self.disk, &offsets)?;
+        self.time_index.reset(&self.disk, &times)?;
         self.position = position;
         Ok(())
     }
-}
-
-fn write_all_at(file: &File, bytes: &[u8], position: u64) -> std::io::Result<()> {
-    file.write_all_at(bytes, position)
 }

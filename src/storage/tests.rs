@@ -11,14 +11,14 @@ use arrow::datatypes::{DataType, Field, Fields};
 
 use super::*;
 
-fn value_fields() -> Fields {
+pub(super) fn value_fields() -> Fields {
     Fields::from(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("url", DataType::Utf8, true),
     ])
 }
 
-fn spec(id: u64, partitions: u32) -> TopicSpec {
+pub(super) fn spec(id: u64, partitions: u32) -> TopicSpec {
     TopicSpec {
         id: TopicId(id),
         name: format!("t{id}"),
@@ -32,7 +32,7 @@ fn spec(id: u64, partitions: u32) -> TopicSpec {
 }
 
 /// Rows `from..to`, with timestamps `ts0 + i`.
-fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordBatch {
+pub(super) fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordBatch {
     let ids = Int64Array::from_iter_values(from..to);
     let urls = StringArray::from_iter_values((from..to).map(|i| format!("/p/{}", i % 10)));
     let ts = TimestampMillisecondArray::from_iter_values((from..to).map(|i| ts0 + i));
@@ -44,26 +44,40 @@ fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordBatch {
     .unwrap()
 }
 
-fn open(dir: &Path, specs: Vec<TopicSpec>) -> Log {
+pub(super) fn open(dir: &Path, specs: Vec<TopicSpec>) -> Log {
     try_open(dir, specs).unwrap()
 }
 
 /// Opens the log as the database does, with `specs` as the catalog's topics and every id
 /// up to the largest of them issued.
 fn try_open(dir: &Path, specs: Vec<TopicSpec>) -> Result<Log, StorageError> {
+    try_open_on(dir, specs, Disk::default())
+}
+
+/// [`try_open`] with the files behind `disk`.
+pub(super) fn try_open_on(
+    dir: &Path,
+    specs: Vec<TopicSpec>,
+    disk: Disk,
+) -> Result<Log, StorageError> {
     let mut config = LogConfig::new(dir);
     config.frame_bytes_target = 4096;
+    config.disk = disk;
     let issued = TopicId(specs.iter().map(|s| s.id.0 + 1).max().unwrap_or(1));
     Log::begin_open(config)?.open(specs, issued)
 }
 
 /// The ids of a partition's records, from its log start (as a bounded scan reads).
-fn read_ids(log: &Log, spec: &TopicSpec, partition: u32) -> Result<Vec<i64>, StorageError> {
+pub(super) fn read_ids(
+    log: &Log,
+    spec: &TopicSpec,
+    partition: u32,
+) -> Result<Vec<i64>, StorageError> {
     let start = log.log_start(spec.id, PartitionId(partition));
     read_ids_from(log, spec, partition, start)
 }
 
-fn read_ids_from(
+pub(super) fn read_ids_from(
     log: &Log,
     spec: &TopicSpec,
     partition: u32,
@@ -96,7 +110,13 @@ fn read_ids_from(
     Ok(ids)
 }
 
-async fn append(log: &Log, spec: &TopicSpec, partition: u32, from: i64, to: i64) -> AppendedRange {
+pub(super) async fn append(
+    log: &Log,
+    spec: &TopicSpec,
+    partition: u32,
+    from: i64,
+    to: i64,
+) -> AppendedRange {
     let ranges = log
         .append(vec![PartitionBatch {
             topic: spec.id,

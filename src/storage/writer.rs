@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 
 use super::commit_log::{Commit, CommitError, CommitLog, CommittedEnds};
 use super::partition::{AppendOptions, Partition};
-use super::segment::sync_dir;
 use super::types::{Offset, PartitionId, now_ms};
 use super::{
     AppendedRange, Command, Holds, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared,
@@ -403,10 +402,11 @@ impl Writer {
 
     fn create_topic(&mut self, spec: TopicSpec) -> Result<(), StorageError> {
         let root = self.shared.config.dir.clone();
+        let disk = &self.shared.config.disk;
         let dir = topic_dir(&root, &spec);
         if dir.exists() {
             // Topic ids are never reused, so this is not a topic of the catalog's.
-            super::quarantine(&root, &dir)?;
+            super::quarantine(disk, &root, &dir)?;
         }
         let timestamp_column = timestamp_column(&spec.schema)?;
         let created = (|| {
@@ -414,18 +414,19 @@ impl Writer {
             let mut partitions = vec![];
             for p in 0..spec.partitions {
                 partitions.push(Arc::new(Partition::create(
+                    disk,
                     &partition_dir(&dir, p),
                     PartitionId(p),
                 )?));
             }
-            sync_dir(&dir)?;
-            sync_dir(&root.join("topics"))?;
+            disk.sync_dir(&dir)?;
+            disk.sync_dir(&root.join("topics"))?;
             Ok(partitions)
         })();
         let partitions = match created {
             Ok(p) => p,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = disk.remove_dir_all(&dir);
                 return Err(e);
             }
         };
@@ -461,8 +462,9 @@ impl Writer {
             *snapshot_lock = Arc::new(snapshot);
         }
         self.starts.retain(|(topic, _), _| *topic != id);
-        std::fs::remove_dir_all(&topic.dir).map_err(|e| StorageError::io(&topic.dir, e))?;
-        sync_dir(&self.shared.config.dir.join("topics"))
+        let disk = &self.shared.config.disk;
+        disk.remove_dir_all(&topic.dir)?;
+        disk.sync_dir(&self.shared.config.dir.join("topics"))
     }
 
     /// Moves the log start of partitions forward: commits the new starts, then deletes the
@@ -580,24 +582,33 @@ fn copy_error(error: &StorageError) -> StorageError {
     }
 }
 
+/// Threads that fsync the partitions of one group side by side.
+const SYNC_THREADS: usize = 8;
+
 /// fsyncs the touched partitions, concurrently when there are several: each is a separate
-/// file, and the device serves the flushes side by side.
+/// file, and the device serves the flushes side by side. At most [`SYNC_THREADS`] at once,
+/// however many partitions a group touched.
 fn sync_all(touched: &[(Arc<Topic>, Arc<Partition>)]) -> Result<(), StorageError> {
-    match touched {
-        [] => Ok(()),
-        [(_, only)] => only.sync(),
-        [(_, first), rest @ ..] => std::thread::scope(|scope| {
-            let others: Vec<_> = rest.iter().map(|(_, p)| scope.spawn(|| p.sync())).collect();
-            let mut result = first.sync();
-            for other in others {
-                let synced = other.join().expect("an fsync thread does not panic");
-                if result.is_ok() {
-                    result = synced;
-                }
-            }
-            result
-        }),
+    let sync_each = |chunk: &[(Arc<Topic>, Arc<Partition>)]| {
+        chunk.iter().try_for_each(|(_, partition)| partition.sync())
+    };
+    if touched.len() < 2 {
+        return sync_each(touched);
     }
+    let per_thread = touched.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let mut chunks = touched.chunks(per_thread);
+        let first = chunks.next().expect("two or more partitions");
+        let others: Vec<_> = chunks.map(|c| scope.spawn(move || sync_each(c))).collect();
+        let mut result = sync_each(first);
+        for other in others {
+            let synced = other.join().expect("an fsync thread does not panic");
+            if result.is_ok() {
+                result = synced;
+            }
+        }
+        result
+    })
 }
 
 fn validate(

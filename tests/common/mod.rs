@@ -33,7 +33,40 @@ pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> 
 /// [`start_with_env`] with `cwd` as the server's working directory (where relative file
 /// paths in SQL point).
 pub fn start_in(data_dir: &Path, cwd: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+    start_wrapped(&[], data_dir, cwd, flags, env)
+}
+
+/// Starts the server through `wrapper`, a command that ends by exec-ing its arguments (the
+/// server's path and flags follow it), so the server keeps the process and its PID: e.g.
+/// `["sh", "-c", "ulimit -n 4096 && exec \"$@\"", "sh"]`.
+pub fn start_through(wrapper: &[&str], data_dir: &Path, flags: &[&str]) -> Server {
+    start_wrapped(
+        wrapper,
+        data_dir,
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        flags,
+        &[],
+    )
+}
+
+/// Starts `runnel` as the last argument of `wrapper` (which must exec it), or directly.
+fn start_wrapped(
+    wrapper: &[&str],
+    data_dir: &Path,
+    cwd: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
+    let runnel = env!("CARGO_BIN_EXE_runnel");
+    let mut command = match wrapper {
+        [] => Command::new(runnel),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(runnel);
+            command
+        }
+    };
+    let mut child = command
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "info"])
