@@ -148,5 +148,16 @@ async fn nul_in_text_is_22021_and_overflow_is_22003() {
         rows(&client, "SELECT count(*) FROM notes").await[0][0].as_deref(),
         Some("0")
     );
+    // A result the wire encoding cannot represent (arrays of arrays) is refused as
+    // unsupported, through both protocols, not reported as an internal error.
+    let nested = "SELECT ARRAY[ARRAY[1, 2], ARRAY[3, 4]]";
+    let e = client.batch_execute(nested).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    let e = client.query(nested, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    assert_eq!(
+        rows(&client, "SELECT 1").await,
+        vec![vec![Some("1".into())]]
+    );
     server.stop();
 }

@@ -10,9 +10,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Schema};
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
 use arrow_pg::encoder::encode_value;
 use async_trait::async_trait;
 use futures::{Sink, SinkExt, StreamExt, stream};
@@ -189,12 +189,29 @@ impl QueryParser for StatementParser {
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.described.schema {
-            Some(schema) => {
-                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
-            }
+            Some(schema) => pg_fields(schema, format.unwrap_or(&Format::UnifiedText)),
             None => Ok(vec![]),
         }
     }
+}
+
+/// The result columns as the client is told of them. A column type the wire encoding has no
+/// PostgreSQL type for (a list of lists, say) is refused with 0A000, saying which: the query
+/// cannot be answered correctly, which is not an internal error.
+fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None).map_err(|e| match e {
+        PgWireError::UserError(info) if info.code == "XX000" => {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "0A000".into(),
+                format!(
+                    "a result column's type cannot be sent to PostgreSQL clients: {}",
+                    info.message
+                ),
+            )))
+        }
+        other => other,
+    })
 }
 
 /// An error as the client sees it.
@@ -214,11 +231,7 @@ pub fn pg_error(e: Error) -> PgWireError {
 fn response(output: Output, format: &Format) -> PgWireResult<Response> {
     Ok(match output {
         Output::Rows(stream) => {
-            let fields = Arc::new(arrow_schema_to_pg_fields(
-                stream.schema().as_ref(),
-                format,
-                None,
-            )?);
+            let fields = Arc::new(pg_fields(stream.schema().as_ref(), format)?);
             let encode_fields = fields.clone();
             let rows = stream
                 .map(move |batch| match batch {
@@ -247,7 +260,7 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
         Output::Fetched { schema, rows } => {
-            let fields = Arc::new(arrow_schema_to_pg_fields(schema.as_ref(), format, None)?);
+            let fields = Arc::new(pg_fields(schema.as_ref(), format)?);
             let encode_fields = fields.clone();
             let rows = stream::iter(rows).flat_map(move |batch| {
                 stream::iter(encode_recordbatch(encode_fields.clone(), batch))
@@ -300,11 +313,7 @@ where
     if rows.copy {
         return stream_copy_out(client, rows, gone).await;
     }
-    let fields = Arc::new(arrow_schema_to_pg_fields(
-        rows.schema().as_ref(),
-        format,
-        None,
-    )?);
+    let fields = Arc::new(pg_fields(rows.schema().as_ref(), format)?);
     if describe {
         let description = RowDescription::new(fields.iter().map(Into::into).collect());
         client
@@ -359,11 +368,7 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let schema = rows.schema();
-    let fields = Arc::new(arrow_schema_to_pg_fields(
-        schema.as_ref(),
-        &Format::UnifiedText,
-        None,
-    )?);
+    let fields = Arc::new(pg_fields(schema.as_ref(), &Format::UnifiedText)?);
     let columns = fields.len();
     client
         .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
@@ -565,7 +570,7 @@ impl ExtendedQueryHandler for Handler {
             && client.portal_store().get_portal(name).is_none()
             && let Some(schema) = self.session.lock().await.cursor_schema(name)
         {
-            let fields = arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?;
+            let fields = pg_fields(&schema, &Format::UnifiedText)?;
             let description = RowDescription::new(fields.iter().map(Into::into).collect());
             return client
                 .send(PgWireBackendMessage::RowDescription(description))
