@@ -141,6 +141,11 @@ pub struct ServerConfig {
     /// TO 'file'`) to this directory. Files inside the data directory are refused always.
     #[arg(long, env = "RUNNEL_FILE_ROOT", global = true)]
     pub file_root: Option<PathBuf>,
+    /// Memory the server's queries may hold at once (e.g. `4GiB`): sorts, aggregations and
+    /// joins spill to disk beyond it or fail with SQLSTATE 53200. Default: half the
+    /// machine's (or the container's) memory.
+    #[arg(long, env = "RUNNEL_MEMORY_LIMIT", value_parser = crate::memory::parse_size, global = true)]
+    pub memory_limit: Option<u64>,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -158,6 +163,9 @@ impl ServerConfig {
         config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;
         config.password_auth = self.auth == crate::auth::AuthMode::Password;
         config.file_root = self.file_root.clone();
+        config.memory_limit = self
+            .memory_limit
+            .unwrap_or_else(crate::memory::default_memory_limit);
         config
     }
 
@@ -179,6 +187,14 @@ impl ServerConfig {
         }
         if self.startup_timeout_ms == 0 {
             return Err("--startup-timeout-ms must be at least 1".into());
+        }
+        if let Some(limit) = self.memory_limit
+            && limit < crate::memory::MIN_MEMORY_LIMIT
+        {
+            return Err(format!(
+                "--memory-limit must be at least {} MiB, not {limit} bytes",
+                crate::memory::MIN_MEMORY_LIMIT >> 20
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());

@@ -168,13 +168,21 @@ impl Error {
                 }
                 ArrowError::ExternalError(inner) => match inner.downcast::<Error>() {
                     Ok(ours) => *ours,
-                    Err(other) => Error::Internal(other.to_string()),
+                    Err(other) => match other.downcast::<DataFusionError>() {
+                        // A DataFusion error passed through an Arrow stream (an operator
+                        // out of memory, say) keeps its own class.
+                        Ok(df) => Error::from_datafusion(*df),
+                        Err(other) => Error::Internal(other.to_string()),
+                    },
                 },
                 other => Error::Internal(other.to_string()),
             },
             DataFusionError::Plan(m) => classify_plan_message(m),
             DataFusionError::Execution(m) => classify_execution_message(m),
-            DataFusionError::ResourcesExhausted(m) => Error::plan("53200", m),
+            DataFusionError::ResourcesExhausted(m) => Error::plan(
+                "53200",
+                format!("out of memory: the query needs more than --memory-limit allows ({m})"),
+            ),
             DataFusionError::Configuration(m) => Error::plan("22023", m),
             DataFusionError::IoError(e) => Error::plan("58030", e.to_string()),
             DataFusionError::ObjectStore(e) => Error::plan("58030", e.to_string()),

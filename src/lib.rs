@@ -6,8 +6,8 @@
 //! ```text
 //!  pgwire/            Postgres wire protocol ⇄ sessions   (server: wiring, admission, auth, tls)
 //!     │
-//!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY
-//!     │
+//!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY;
+//!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
 //!     │               push queries; implements tables::Continuous
 //!  tables/            DataFusion bindings: streams, views, files and sys tables as table
@@ -27,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod groups;
 pub mod ingest;
+pub mod memory;
 pub mod pgwire;
 pub mod server;
 pub mod sql;

@@ -24,6 +24,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::memory::MemoryStream;
@@ -64,6 +65,8 @@ pub struct DbConfig {
     pub password_auth: bool,
     /// Server files that SQL may read or write must be under this directory.
     pub file_root: Option<PathBuf>,
+    /// Bytes queries may hold at once ([`crate::memory`]).
+    pub memory_limit: u64,
 }
 
 impl DbConfig {
@@ -77,6 +80,7 @@ impl DbConfig {
             engine: EngineConfig::default(),
             password_auth: false,
             file_root: None,
+            memory_limit: crate::memory::default_memory_limit(),
         }
     }
 }
@@ -170,11 +174,18 @@ impl Database {
             insert_chunk_bytes: config.copy_chunk_bytes as usize,
         });
         let pg_types = PgTypes::load().await?;
+        let runtime = crate::memory::runtime(&config.data_dir, config.memory_limit)?;
         // The engine plans its queries with the session state, whose catalog reads views
         // and query statuses from the engine: the catalog holds it weakly.
         let engine = Arc::new_cyclic(|engine: &Weak<Engine>| {
             let continuous: Weak<dyn Continuous> = engine.clone();
-            let state = session_state(&tables, continuous, &pg_types, config.target_partitions);
+            let state = session_state(
+                &tables,
+                continuous,
+                &pg_types,
+                runtime,
+                config.target_partitions,
+            );
             let engine_config = EngineConfig {
                 trusted_logins: !config.password_auth,
                 ..config.engine.clone()
@@ -311,6 +322,7 @@ fn session_state(
     tables: &Arc<Tables>,
     continuous: Weak<dyn Continuous>,
     pg_types: &PgTypes,
+    runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
 ) -> SessionState {
     let session_config = SessionConfig::new()
@@ -320,6 +332,7 @@ fn session_state(
         .with_target_partitions(target_partitions);
     let state = SessionStateBuilder::new()
         .with_config(session_config)
+        .with_runtime_env(runtime)
         .with_default_features()
         .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
         .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))

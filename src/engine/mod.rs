@@ -325,11 +325,11 @@ impl ViewContents {
                 let aggregation = groups.aggregation.lock().expect("view lock").clone();
                 let finals = groups.finals.read().expect("view lock");
                 let rows = match groups.lookup_keys(filters, &self.schema, finals.schema()) {
-                    Some(keys) => finals.lookup_columns(&keys)?,
+                    Some(keys) => finals.lookup_columns(&keys)?.into_iter().collect(),
                     None => finals.rows()?,
                 };
                 drop(finals);
-                aggregation.output_plan(rows.into_iter().collect())
+                aggregation.output_plan(rows)
             }
         }
     }
@@ -376,7 +376,7 @@ impl Engine {
             (finals.rows()?, groups.applied.load(Ordering::Acquire))
         };
         let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.base));
-        let snapshot = aggregation.output(rows.into_iter().collect(), ctx).await?;
+        let snapshot = aggregation.output(rows, ctx).await?;
         Ok(ViewSubscription {
             max_lag_epochs: self.config.subscriber_max_lag_epochs,
             schema: contents.schema.clone(),

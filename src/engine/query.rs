@@ -16,6 +16,7 @@ use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_ar
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Checkpoint, Planned};
@@ -41,6 +42,8 @@ pub(super) struct QueryTask {
     state_topic: Option<StateTopic>,
     /// An aggregation's partial state per group.
     groups: Option<GroupState>,
+    /// What the query's state holds, reserved in the memory pool every query shares.
+    memory: MemoryReservation,
 }
 
 /// The stream a query appends to, and where each of its columns comes from.
@@ -141,7 +144,10 @@ impl QueryTask {
                 })
             }
         };
+        let memory = MemoryConsumer::new(format!("state of continuous query \"{}\"", def.name))
+            .register(&base.runtime_env().memory_pool);
         let mut task = QueryTask {
+            memory,
             def,
             plan,
             tables,
@@ -153,6 +159,7 @@ impl QueryTask {
             groups: None,
         };
         task.restore().await?;
+        task.account_memory()?;
         {
             let mut status = task.shared.status.lock().expect("status lock");
             status.state = State::Running;
@@ -197,7 +204,7 @@ impl QueryTask {
                 }
                 let source = if matches!(self.def.target, QueryTarget::View { .. }) {
                     let mut finals = GroupState::new(final_schema.clone(), *groups)?;
-                    let all = state.rows()?.into_iter().collect();
+                    let all = state.rows()?;
                     for batch in aggregation.finalize(all, ctx).await? {
                         finals.upsert(batch)?;
                     }
@@ -424,11 +431,35 @@ impl QueryTask {
             .lock()
             .expect("status lock")
             .record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
+        self.account_memory()?;
         let positions = self.checkpoint.inputs.clone();
         self.shared
             .progress
             .send_modify(|p| p.positions = positions);
         self.maybe_snapshot().await
+    }
+
+    /// Resizes the query's reservation to what its state holds now (an aggregation's partial
+    /// state and a view's rows). State cannot spill: when the pool cannot give it the room,
+    /// the query fails with 53200, saying how much it needs, and the rest of the server
+    /// goes on.
+    fn account_memory(&mut self) -> Result<()> {
+        let mut bytes = self.groups.as_ref().map_or(0, GroupState::memory_bytes);
+        if let Some(contents) = self.shared.view.get()
+            && let ViewSource::Groups(view) = &contents.source
+        {
+            bytes += view.finals.read().expect("view lock").memory_bytes();
+        }
+        self.memory.try_resize(bytes).map_err(|e| {
+            Error::plan(
+                "53200",
+                format!(
+                    "out of memory: the state of \"{}\" holds {} MiB, more than --memory-limit leaves it ({e})",
+                    self.def.name,
+                    bytes >> 20
+                ),
+            )
+        })
     }
 
     /// Appends the query's rows to its output stream's pending write.
@@ -482,7 +513,7 @@ impl QueryTask {
             .log
             .snapshot()
             .high_watermark(topic.id, PartitionId(0));
-        let rows: Vec<RecordBatch> = groups.rows()?.into_iter().collect();
+        let rows = groups.rows()?;
         let records = state_records(topic, &rows)?;
         let mut next = self.checkpoint.clone();
         next.state_from = from;

@@ -5,7 +5,10 @@
 //! row format) to its live row. An epoch looks up the rows of the groups it touched, merges
 //! them with the epoch's partial state, and upserts the results: new rows are appended and
 //! the old ones become garbage, compacted away once garbage outweighs live rows. Reads copy
-//! the live rows out, so they cost O(groups) per read, not per epoch.
+//! the live rows out, so they cost O(groups) per read, not per epoch; they come out (and
+//! compaction rebuilds the state) in batches of at most [`STATE_BATCH_ROWS`] rows, so no
+//! single array has to hold every group (Arrow's 32-bit offsets end at 2 GiB of text).
+//! [`GroupState::memory_bytes`] is what the state holds, for the memory pool.
 
 use std::collections::HashMap;
 
@@ -16,6 +19,13 @@ use arrow::row::{RowConverter, SortField};
 
 use crate::error::{Error, Result};
 
+/// Rows per batch of state read out or rebuilt.
+pub const STATE_BATCH_ROWS: usize = 8192;
+
+/// What one index entry costs beyond its key bytes: the boxed key's pointer and length, the
+/// row position, and the hash table's slot and control byte.
+const INDEX_ENTRY_BYTES: usize = 16 + 16 + 8;
+
 pub struct GroupState {
     schema: SchemaRef,
     /// The leading columns of `schema` that form the group key.
@@ -23,6 +33,10 @@ pub struct GroupState {
     converter: Option<RowConverter>,
     batches: Vec<RecordBatch>,
     index: HashMap<Box<[u8]>, (usize, usize)>,
+    /// Bytes of the keys in `index`.
+    key_bytes: usize,
+    /// Bytes of `batches`.
+    batch_bytes: usize,
     garbage: usize,
 }
 
@@ -56,8 +70,15 @@ impl GroupState {
             converter,
             batches: vec![],
             index: HashMap::new(),
+            key_bytes: 0,
+            batch_bytes: 0,
             garbage: 0,
         })
+    }
+
+    /// Memory the state holds: its rows (live and not yet compacted) and its index.
+    pub fn memory_bytes(&self) -> usize {
+        self.batch_bytes + self.key_bytes + self.index.capacity() * INDEX_ENTRY_BYTES
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -93,7 +114,7 @@ impl GroupState {
     /// The current rows of the groups whose key columns are `keys`, if any exist.
     pub fn lookup_columns(&self, keys: &[ArrayRef]) -> Result<Option<RecordBatch>> {
         let Some(converter) = &self.converter else {
-            return self.rows();
+            return Ok(self.rows()?.pop());
         };
         let converted = converter.convert_columns(keys).map_err(internal)?;
         self.lookup_keys(converted.iter().map(|r| Box::from(r.as_ref())).collect())
@@ -123,41 +144,51 @@ impl GroupState {
         if rows.num_rows() == 0 {
             return Ok(());
         }
-        let keys = self.keys(&rows)?;
-        let at = self.batches.len();
-        self.batches.push(rows);
-        for (row, key) in keys.into_iter().enumerate() {
-            if self.index.insert(key, (at, row)).is_some() {
-                self.garbage += 1;
-            }
-        }
+        self.insert(rows)?;
         if self.garbage > self.index.len().max(1024) {
             self.compact()?;
         }
         Ok(())
     }
 
-    /// Every live row, in one batch (none when empty).
-    pub fn rows(&self) -> Result<Option<RecordBatch>> {
-        if self.index.is_empty() {
-            return Ok(None);
+    fn insert(&mut self, rows: RecordBatch) -> Result<()> {
+        let keys = self.keys(&rows)?;
+        let at = self.batches.len();
+        self.batch_bytes += rows.get_array_memory_size();
+        self.batches.push(rows);
+        for (row, key) in keys.into_iter().enumerate() {
+            let len = key.len();
+            if self.index.insert(key, (at, row)).is_some() {
+                self.garbage += 1;
+            } else {
+                self.key_bytes += len;
+            }
         }
+        Ok(())
+    }
+
+    /// Every live row, in batches of at most [`STATE_BATCH_ROWS`] (none when empty).
+    pub fn rows(&self) -> Result<Vec<RecordBatch>> {
         let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
         live.sort_unstable();
         let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        interleave_record_batch(&batches, &live)
-            .map(Some)
-            .map_err(internal)
+        live.chunks(STATE_BATCH_ROWS)
+            .map(|chunk| interleave_record_batch(&batches, chunk).map_err(internal))
+            .collect()
     }
 
+    /// Drops the rows no group points at any more, rebuilding the state in bounded batches.
     fn compact(&mut self) -> Result<()> {
         let live = self.rows()?;
         self.batches.clear();
         self.index.clear();
+        self.key_bytes = 0;
+        self.batch_bytes = 0;
         self.garbage = 0;
-        if let Some(live) = live {
-            self.upsert(live)?;
+        for batch in live {
+            self.insert(batch)?;
         }
+        self.index.shrink_to_fit();
         Ok(())
     }
 }
@@ -189,19 +220,18 @@ mod tests {
     }
 
     fn contents(state: &GroupState) -> Vec<(Option<String>, i64)> {
-        let Some(rows) = state.rows().unwrap() else {
-            return vec![];
-        };
-        let keys = rows.column(0).as_string::<i32>();
-        let counts = rows.column(1).as_primitive::<Int64Type>();
-        let mut out: Vec<_> = (0..rows.num_rows())
-            .map(|i| {
+        let mut out = vec![];
+        for rows in state.rows().unwrap() {
+            assert!(rows.num_rows() <= STATE_BATCH_ROWS);
+            let keys = rows.column(0).as_string::<i32>();
+            let counts = rows.column(1).as_primitive::<Int64Type>();
+            out.extend((0..rows.num_rows()).map(|i| {
                 (
                     keys.is_valid(i).then(|| keys.value(i).to_string()),
                     counts.value(i),
                 )
-            })
-            .collect();
+            }));
+        }
         out.sort();
         out
     }
@@ -245,6 +275,30 @@ mod tests {
     }
 
     #[test]
+    fn many_groups_come_out_in_bounded_batches_and_memory_is_counted() {
+        let mut state = GroupState::new(schema(), 1).unwrap();
+        let empty = state.memory_bytes();
+        let n = STATE_BATCH_ROWS * 2 + 10;
+        let keys: Vec<String> = (0..n).map(|k| format!("key-{k:08}")).collect();
+        let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+        state.upsert(rows(&keys, &vec![1; n])).unwrap();
+        let held = state.memory_bytes();
+        assert!(held > empty + n * 12, "{held}");
+        let sizes: Vec<usize> = state.rows().unwrap().iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, vec![STATE_BATCH_ROWS, STATE_BATCH_ROWS, 10]);
+        // Rewriting every group twice leaves garbage; compaction gives its memory back.
+        state.upsert(rows(&keys, &vec![2; n])).unwrap();
+        state.upsert(rows(&keys, &vec![3; n])).unwrap();
+        assert_eq!(state.len(), n);
+        assert!(
+            state.memory_bytes() < held * 2,
+            "{} vs {held}",
+            state.memory_bytes()
+        );
+        assert!(contents(&state).iter().all(|(_, c)| *c == 3));
+    }
+
+    #[test]
     fn a_global_aggregate_has_one_group() {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "count",
@@ -258,8 +312,9 @@ mod tests {
         state.upsert(one(5)).unwrap();
         state.upsert(one(7)).unwrap();
         assert_eq!(state.len(), 1);
-        let rows = state.rows().unwrap().unwrap();
-        assert_eq!(rows.column(0).as_primitive::<Int64Type>().value(0), 7);
+        let rows = state.rows().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().value(0), 7);
         assert!(state.lookup(&one(0)).unwrap().is_some());
     }
 }
