@@ -53,6 +53,21 @@ fn internal(e: arrow::error::ArrowError) -> Error {
     Error::Internal(format!("aggregate state: {e}"))
 }
 
+/// `rows` in buffers of its own. Aggregations hand out their groups as slices of larger
+/// arrays; a slice kept in the state would keep the whole array alive (and be counted as
+/// all of it), so one much smaller than its buffers is copied out of them.
+fn owned(rows: RecordBatch) -> Result<RecordBatch> {
+    let mut used = 0;
+    for column in rows.columns() {
+        used += column.to_data().get_slice_memory_size().map_err(internal)?;
+    }
+    if rows.get_array_memory_size() <= 2 * used.max(4096) {
+        return Ok(rows);
+    }
+    let all = arrow::array::UInt32Array::from_iter_values(0..rows.num_rows() as u32);
+    arrow::compute::take_record_batch(&rows, &all).map_err(internal)
+}
+
 impl GroupState {
     pub fn new(schema: SchemaRef, groups: usize) -> Result<GroupState> {
         let converter = if groups == 0 {
@@ -154,6 +169,7 @@ impl GroupState {
     fn insert(&mut self, rows: RecordBatch) -> Result<()> {
         let keys = self.keys(&rows)?;
         let at = self.batches.len();
+        let rows = owned(rows)?;
         self.batch_bytes += rows.get_array_memory_size();
         self.batches.push(rows);
         for (row, key) in keys.into_iter().enumerate() {
@@ -296,6 +312,26 @@ mod tests {
             state.memory_bytes()
         );
         assert!(contents(&state).iter().all(|(_, c)| *c == 3));
+    }
+
+    #[test]
+    fn slices_of_larger_arrays_are_held_and_counted_as_their_own_rows() {
+        let n = 100_000;
+        let keys: Vec<String> = (0..n).map(|k| format!("key-{k:08}")).collect();
+        let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+        let big = rows(&keys, &vec![1; n]);
+        let mut state = GroupState::new(schema(), 1).unwrap();
+        for start in (0..n).step_by(10_000) {
+            state.upsert(big.slice(start, 10_000)).unwrap();
+        }
+        // Ten slices of one batch: counted once, not ten times.
+        assert!(
+            state.memory_bytes() < 3 * big.get_array_memory_size(),
+            "{} vs {}",
+            state.memory_bytes(),
+            big.get_array_memory_size()
+        );
+        assert_eq!(state.len(), n);
     }
 
     #[test]
