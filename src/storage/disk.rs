@@ -297,6 +297,13 @@ impl Disk {
             last_used: AtomicU64::new(self.inner.clock.fetch_add(1, Ordering::Relaxed)),
         });
         let mut open = self.inner.open.write().expect("disk lock");
+        // Another thread may have opened the file meanwhile: a handle that does as much
+        // stays (it may have been written through), ours is closed unused.
+        if let Some(existing) = open.get(path)
+            && (existing.writable || !writable)
+        {
+            return existing.clone();
+        }
         if let Some(old) = open.insert(path.to_path_buf(), handle.clone()) {
             self.close(path, &old);
         }
