@@ -83,9 +83,13 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
         peak <= idle + LIMIT_MIB + SLACK_MIB,
         "peak {peak} MiB over idle {idle} MiB + limit {LIMIT_MIB} + slack {SLACK_MIB}"
     );
-    // Nothing is left in the spill directory once the queries are done.
-    let left: Vec<_> = walk(&dir.path().join("tmp"));
-    assert!(left.is_empty(), "{left:?}");
+    // Nothing is left in the spill directory once the queries are done (a failed query's
+    // operators may still be dropping theirs just after the error reached the client).
+    let spill = dir.path().join("tmp");
+    eventually("the spill files removed", || async {
+        walk(&spill).is_empty().then_some(())
+    })
+    .await;
     server.stop();
 }
 

@@ -1,6 +1,8 @@
 //! What the benchmarks share: the release `runnel` binary on a port of its choosing, and
 //! client connections to a Postgres-protocol server.
 
+#![allow(dead_code)] // each benchmark uses a different part of this module
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +15,12 @@ pub struct Runnel {
     pub port: u16,
 }
 
+impl Runnel {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Runnel {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -23,10 +31,16 @@ impl Drop for Runnel {
 /// Starts `runnel` on `dir` and waits until it listens. Its warnings and errors are
 /// printed as they come.
 pub fn start_runnel(dir: &Path) -> Runnel {
+    start_runnel_with(dir, &[])
+}
+
+/// [`start_runnel`] with extra flags.
+pub fn start_runnel_with(dir: &Path, flags: &[&str]) -> Runnel {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
+        .args(flags)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start runnel");
