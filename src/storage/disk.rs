@@ -138,10 +138,7 @@ impl Disk {
         let room = self
             .before_write(path, bytes.len())
             .map_err(|e| StorageError::io(path, e))?;
-        let handle = self
-            .handle(path, true)
-            .map_err(|e| StorageError::io(path, e))?;
-        handle.dirty.store(true, Ordering::Release);
+        let handle = self.to_write(path)?;
         // A disk that fills up mid-write takes part of it, as a real one does.
         handle
             .file
@@ -158,12 +155,8 @@ impl Disk {
 
     /// Cuts `path` to `len` bytes.
     pub fn set_len(&self, path: &Path, len: u64) -> Result<(), StorageError> {
-        self.before(path).map_err(|e| StorageError::io(path, e))?;
-        let handle = self
-            .handle(path, true)
-            .map_err(|e| StorageError::io(path, e))?;
-        handle.dirty.store(true, Ordering::Release);
-        handle
+        self.before().map_err(|e| StorageError::io(path, e))?;
+        self.to_write(path)?
             .file
             .set_len(len)
             .map_err(|e| StorageError::io(path, e))
@@ -226,7 +219,7 @@ impl Disk {
 
     /// Renames `from` over `to` (durable once their directory is synced).
     pub fn rename(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
-        self.before(from).map_err(|e| StorageError::io(from, e))?;
+        self.before().map_err(|e| StorageError::io(from, e))?;
         self.forget(from);
         self.forget(to);
         std::fs::rename(from, to).map_err(|e| StorageError::io(to, e))?;
@@ -238,7 +231,7 @@ impl Disk {
 
     /// Removes a file; a missing one is fine (a deletion may be resumed after a crash).
     pub fn remove(&self, path: &Path) -> Result<(), StorageError> {
-        self.before(path).map_err(|e| StorageError::io(path, e))?;
+        self.before().map_err(|e| StorageError::io(path, e))?;
         self.forget(path);
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -249,7 +242,7 @@ impl Disk {
 
     /// Removes a directory and everything in it.
     pub fn remove_dir_all(&self, dir: &Path) -> Result<(), StorageError> {
-        self.before(dir).map_err(|e| StorageError::io(dir, e))?;
+        self.before().map_err(|e| StorageError::io(dir, e))?;
         self.forget_under(dir);
         std::fs::remove_dir_all(dir).map_err(|e| StorageError::io(dir, e))
     }
@@ -275,6 +268,15 @@ impl Disk {
         if let Some(handle) = handle {
             self.close(path, &handle);
         }
+    }
+
+    /// A writable handle of `path`, marked as written since its last fsync.
+    fn to_write(&self, path: &Path) -> Result<Arc<Handle>, StorageError> {
+        let handle = self
+            .handle(path, true)
+            .map_err(|e| StorageError::io(path, e))?;
+        handle.dirty.store(true, Ordering::Release);
+        Ok(handle)
     }
 
     fn handle(&self, path: &Path, write: bool) -> io::Result<Arc<Handle>> {
@@ -353,11 +355,8 @@ impl Disk {
         }
     }
 
-    fn before(&self, path: &Path) -> io::Result<()> {
-        self.inner
-            .faults
-            .as_ref()
-            .map_or(Ok(()), |f| f.before(path))
+    fn before(&self) -> io::Result<()> {
+        self.inner.faults.as_ref().map_or(Ok(()), |f| f.before())
     }
 
     /// How much of a write of `len` bytes fits (all of it but with faults).
@@ -496,7 +495,8 @@ impl Faults {
         self.state.lock().expect("faults lock")
     }
 
-    fn before(&self, _path: &Path) -> io::Result<()> {
+    /// Counts one operation towards a power cut; fails once the power is off.
+    fn before(&self) -> io::Result<()> {
         let mut state = self.state();
         if state.power_off {
             return Err(io::Error::other("the power is off"));
@@ -512,7 +512,7 @@ impl Faults {
     }
 
     fn before_write(&self, path: &Path, len: usize) -> io::Result<usize> {
-        self.before(path)?;
+        self.before()?;
         let mut state = self.state();
         if !state.durable_len.contains_key(path) {
             let len = std::fs::metadata(path).map_or(0, |m| m.len());
@@ -526,7 +526,7 @@ impl Faults {
     }
 
     fn before_sync(&self, path: &Path) -> io::Result<()> {
-        self.before(path)?;
+        self.before()?;
         if matches(&self.state().failing_syncs, path) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }

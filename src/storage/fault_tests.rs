@@ -225,15 +225,12 @@ async fn a_power_cut_loses_nothing_acknowledged() {
                     (false, false) => "failed and gone",
                 })
                 .or_default() += 1;
+            // Expected: every acknowledged append, and the unacknowledged ones recovery
+            // kept. An acknowledged append that was lost makes `found` differ below.
             if attempt.acknowledged || present[0] {
                 for &(p, from, to) in &attempt.parts {
                     expected.entry((*t, p)).or_default().extend(from..to);
                 }
-            } else {
-                assert!(
-                    !attempt.acknowledged,
-                    "seed {seed} round {round}: an acknowledged append was lost"
-                );
             }
         }
         for (key, ids) in &found {

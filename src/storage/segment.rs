@@ -358,13 +358,6 @@ impl IndexFile {
         self.len += bytes.len() as u64;
         Ok(())
     }
-
-    /// Replaces the file's entries with `bytes`.
-    fn reset(&mut self, disk: &Disk, bytes: &[u8]) -> Result<(), StorageError> {
-        disk.set_len(&self.path, 0)?;
-        self.len = 0;
-        self.append(disk, bytes)
-    }
 }
 
 impl SegmentWriter {
@@ -586,22 +579,6 @@ impl SegmentWriter {
         for path in [&self.log, &self.offset_index.path, &self.time_index.path] {
             self.disk.sync(path)?;
         }
-        Ok(())
-    }
-
-    /// Cuts the segment back to `position` (undoing appends that were never committed).
-    pub fn truncate(&mut self, segment: &Segment, position: u64) -> Result<(), StorageError> {
-        self.disk.set_len(&self.log, position)?;
-        let mut state = segment.state.write().expect("segment lock");
-        state.index.truncate_to(position);
-        state.size_bytes = position;
-        let offsets = state.index.encode_offsets();
-        let times = state.index.encode_times();
-        drop(state);
-        self.last_frame = segment.last_frame_before(position)?;
-        self.offset_index.reset(&self.disk, &offsets)?;
-        self.time_index.reset(&self.disk, &times)?;
-        self.position = position;
         Ok(())
     }
 }
