@@ -119,6 +119,16 @@ async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
         error.contains("out of memory") && error.contains("every"),
         "{error}"
     );
+    // A push query grouping the same words holds as much, and its client is told so.
+    client
+        .batch_execute("SET auto_offset_reset = 'earliest'")
+        .await
+        .unwrap();
+    let push = client
+        .batch_execute("SELECT w, count(*) FROM words GROUP BY w EMIT CHANGES LIMIT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&push), "53200", "{push:?}");
     // The other view, bounded queries and writes go on.
     client
         .batch_execute("INSERT INTO words VALUES ('x')")

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -79,7 +80,11 @@ impl PushQuery {
                 state_schema,
                 groups,
                 ..
-            } => Some(GroupState::new(state_schema.clone(), *groups)?),
+            } => {
+                let memory = MemoryConsumer::new("state of a push query")
+                    .register(&engine.base.runtime_env().memory_pool);
+                Some(GroupState::new(state_schema.clone(), *groups, memory)?)
+            }
         };
         Ok(PushQuery {
             plan,

@@ -16,7 +16,7 @@ use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_ar
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::context::SessionState;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Checkpoint, Planned};
@@ -42,8 +42,8 @@ pub(super) struct QueryTask {
     state_topic: Option<StateTopic>,
     /// An aggregation's partial state per group.
     groups: Option<GroupState>,
-    /// What the query's state holds, reserved in the memory pool every query shares.
-    memory: MemoryReservation,
+    /// The memory pool every query shares, which its state is reserved in.
+    memory: Arc<dyn MemoryPool>,
 }
 
 /// The stream a query appends to, and where each of its columns comes from.
@@ -144,8 +144,7 @@ impl QueryTask {
                 })
             }
         };
-        let memory = MemoryConsumer::new(format!("state of continuous query \"{}\"", def.name))
-            .register(&base.runtime_env().memory_pool);
+        let memory = base.runtime_env().memory_pool.clone();
         let mut task = QueryTask {
             memory,
             def,
@@ -159,7 +158,6 @@ impl QueryTask {
             groups: None,
         };
         task.restore().await?;
-        task.account_memory()?;
         {
             let mut status = task.shared.status.lock().expect("status lock");
             status.state = State::Running;
@@ -186,7 +184,8 @@ impl QueryTask {
                 group_outputs,
                 ..
             } => {
-                let mut state = GroupState::new(state_schema.clone(), *groups)?;
+                let mut state =
+                    GroupState::new(state_schema.clone(), *groups, self.reservation("state"))?;
                 if let Some(topic) = &self.state_topic {
                     state = self.replay_changelog(topic.id, state).await?;
                 }
@@ -198,16 +197,13 @@ impl QueryTask {
                 };
                 if *groups == 0 && state.is_empty() {
                     // A global aggregate has its one group before any input (count 0).
-                    for batch in aggregation.partial(ctx.clone()).await? {
-                        state.upsert(batch)?;
-                    }
+                    state.upsert_all(aggregation.partial(ctx.clone()).await?)?;
                 }
                 let source = if matches!(self.def.target, QueryTarget::View { .. }) {
-                    let mut finals = GroupState::new(final_schema.clone(), *groups)?;
+                    let mut finals =
+                        GroupState::new(final_schema.clone(), *groups, self.reservation("rows"))?;
                     let all = state.rows()?;
-                    for batch in aggregation.finalize(all, ctx).await? {
-                        finals.upsert(batch)?;
-                    }
+                    finals.upsert_all(aggregation.finalize(all, ctx).await?)?;
                     Some(ViewSource::Groups(Box::new(ViewGroups {
                         finals: RwLock::new(finals),
                         applied: AtomicU64::new(self.checkpoint.epoch),
@@ -415,15 +411,16 @@ impl QueryTask {
                 && let ViewSource::Groups(view) = &contents.source
             {
                 let mut finals_now = view.finals.write().expect("view lock");
-                for batch in finals {
-                    finals_now.upsert(batch)?;
-                }
+                // Applied whole even past the memory limit (then the query fails after it),
+                // so that readers never see half an epoch.
+                let applied = finals_now.upsert_all(finals);
                 view.applied.store(epoch.epoch, Ordering::Release);
                 if let Some(change) = view_change {
                     // Sent under the lock: a subscriber reading the view sees this epoch
                     // either in its snapshot or as a change, not both.
                     let _ = self.shared.changes.send(Arc::new(change));
                 }
+                applied?;
             }
         }
         self.shared
@@ -431,7 +428,6 @@ impl QueryTask {
             .lock()
             .expect("status lock")
             .record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
-        self.account_memory()?;
         let positions = self.checkpoint.inputs.clone();
         self.shared
             .progress
@@ -439,27 +435,10 @@ impl QueryTask {
         self.maybe_snapshot().await
     }
 
-    /// Resizes the query's reservation to what its state holds now (an aggregation's partial
-    /// state and a view's rows). State cannot spill: when the pool cannot give it the room,
-    /// the query fails with 53200, saying how much it needs, and the rest of the server
-    /// goes on.
-    fn account_memory(&mut self) -> Result<()> {
-        let mut bytes = self.groups.as_ref().map_or(0, GroupState::memory_bytes);
-        if let Some(contents) = self.shared.view.get()
-            && let ViewSource::Groups(view) = &contents.source
-        {
-            bytes += view.finals.read().expect("view lock").memory_bytes();
-        }
-        self.memory.try_resize(bytes).map_err(|e| {
-            Error::plan(
-                "53200",
-                format!(
-                    "out of memory: the state of \"{}\" holds {} MiB, more than --memory-limit leaves it ({e})",
-                    self.def.name,
-                    bytes >> 20
-                ),
-            )
-        })
+    /// A reservation in the shared memory pool for the query's `what`.
+    fn reservation(&self, what: &str) -> MemoryReservation {
+        MemoryConsumer::new(format!("{what} of continuous query \"{}\"", self.def.name))
+            .register(&self.memory)
     }
 
     /// Appends the query's rows to its output stream's pending write.

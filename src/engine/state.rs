@@ -8,7 +8,9 @@
 //! the live rows out, so they cost O(groups) per read, not per epoch; they come out (and
 //! compaction rebuilds the state) in batches of at most [`STATE_BATCH_ROWS`] rows, so no
 //! single array has to hold every group (Arrow's 32-bit offsets end at 2 GiB of text).
-//! [`GroupState::memory_bytes`] is what the state holds, for the memory pool.
+//! What the state holds ([`GroupState::memory_bytes`]) is reserved in the server's memory
+//! pool after every change; state cannot spill, so a change that the pool has no room for
+//! fails with 53200, whoever holds the state (a continuous query, a view, a push query).
 
 use std::collections::HashMap;
 
@@ -16,6 +18,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
+use datafusion::execution::memory_pool::MemoryReservation;
 
 use crate::error::{Error, Result};
 
@@ -38,6 +41,8 @@ pub struct GroupState {
     /// Bytes of `batches`.
     batch_bytes: usize,
     garbage: usize,
+    /// What the state holds, reserved in the memory pool.
+    memory: MemoryReservation,
 }
 
 impl std::fmt::Debug for GroupState {
@@ -69,7 +74,8 @@ fn owned(rows: RecordBatch) -> Result<RecordBatch> {
 }
 
 impl GroupState {
-    pub fn new(schema: SchemaRef, groups: usize) -> Result<GroupState> {
+    /// An empty state whose memory `memory` reserves (its consumer's name says whose).
+    pub fn new(schema: SchemaRef, groups: usize, memory: MemoryReservation) -> Result<GroupState> {
         let converter = if groups == 0 {
             None
         } else {
@@ -88,6 +94,7 @@ impl GroupState {
             key_bytes: 0,
             batch_bytes: 0,
             garbage: 0,
+            memory,
         })
     }
 
@@ -156,14 +163,34 @@ impl GroupState {
 
     /// Makes `rows` the current rows of their groups (at most one row per group).
     pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
+        self.upsert_all([rows])
+    }
+
+    /// Makes each batch's rows the current rows of their groups, all of them, then reserves
+    /// what the state holds: over the memory limit, the state is whole and the error says so.
+    pub fn upsert_all(&mut self, batches: impl IntoIterator<Item = RecordBatch>) -> Result<()> {
+        for rows in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            self.insert(rows)?;
+            if self.garbage > self.index.len().max(1024) {
+                self.compact()?;
+            }
         }
-        self.insert(rows)?;
-        if self.garbage > self.index.len().max(1024) {
-            self.compact()?;
-        }
-        Ok(())
+        self.reserve()
+    }
+
+    /// Resizes the reservation to what the state holds now.
+    fn reserve(&mut self) -> Result<()> {
+        let bytes = self.memory_bytes();
+        self.memory.try_resize(bytes).map_err(|e| {
+            Error::plan(
+                "53200",
+                format!(
+                    "out of memory: the {} holds {} MiB, more than --memory-limit leaves it ({e})",
+                    self.memory.consumer().name(),
+                    bytes >> 20
+                ),
+            )
+        })
     }
 
     fn insert(&mut self, rows: RecordBatch) -> Result<()> {
@@ -216,12 +243,20 @@ mod tests {
 
     use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::execution::memory_pool::{
+        GreedyMemoryPool, MemoryConsumer, MemoryPool, UnboundedMemoryPool,
+    };
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
             Field::new("count", DataType::Int64, false),
         ]))
+    }
+
+    fn unbounded() -> MemoryReservation {
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        MemoryConsumer::new("state").register(&pool)
     }
 
     fn rows(keys: &[Option<&str>], counts: &[i64]) -> RecordBatch {
@@ -256,7 +291,7 @@ mod tests {
 
     #[test]
     fn upserts_replace_groups_and_lookups_find_them() {
-        let mut state = GroupState::new(schema(), 1).unwrap();
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
         state
             .upsert(rows(&[Some("a"), Some("b"), None], &[1, 2, 3]))
             .unwrap();
@@ -279,7 +314,7 @@ mod tests {
 
     #[test]
     fn compaction_keeps_exactly_the_live_rows() {
-        let mut state = GroupState::new(schema(), 1).unwrap();
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
         for round in 0..50 {
             let keys: Vec<String> = (0..100).map(|k| format!("k{k}")).collect();
             let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
@@ -292,7 +327,7 @@ mod tests {
 
     #[test]
     fn many_groups_come_out_in_bounded_batches_and_memory_is_counted() {
-        let mut state = GroupState::new(schema(), 1).unwrap();
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
         let empty = state.memory_bytes();
         let n = STATE_BATCH_ROWS * 2 + 10;
         let keys: Vec<String> = (0..n).map(|k| format!("key-{k:08}")).collect();
@@ -320,7 +355,7 @@ mod tests {
         let keys: Vec<String> = (0..n).map(|k| format!("key-{k:08}")).collect();
         let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
         let big = rows(&keys, &vec![1; n]);
-        let mut state = GroupState::new(schema(), 1).unwrap();
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
         for start in (0..n).step_by(10_000) {
             state.upsert(big.slice(start, 10_000)).unwrap();
         }
@@ -335,13 +370,27 @@ mod tests {
     }
 
     #[test]
+    fn a_state_the_pool_has_no_room_for_is_refused_with_53200() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64 * 1024));
+        let memory = MemoryConsumer::new("state of continuous query \"q\"").register(&pool);
+        let mut state = GroupState::new(schema(), 1, memory).unwrap();
+        state.upsert(rows(&[Some("a")], &[1])).unwrap();
+        assert_eq!(pool.reserved(), state.memory_bytes());
+        let keys: Vec<String> = (0..10_000).map(|k| format!("key-{k:08}")).collect();
+        let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+        let error = state.upsert(rows(&keys, &vec![1; keys.len()])).unwrap_err();
+        assert_eq!(error.sqlstate(), "53200");
+        assert!(error.to_string().contains("query \"q\""), "{error}");
+    }
+
+    #[test]
     fn a_global_aggregate_has_one_group() {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "count",
             DataType::Int64,
             false,
         )]));
-        let mut state = GroupState::new(schema.clone(), 0).unwrap();
+        let mut state = GroupState::new(schema.clone(), 0, unbounded()).unwrap();
         let one = |n: i64| {
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
         };
