@@ -134,8 +134,8 @@ async fn groupby_case(keys: u64) {
 /// restarted once more; the time and resident memory of each step.
 async fn view_case(groups: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let runnel = start_runnel_with(dir.path(), &[]);
-    let client = common::connect(runnel.port, "bench", "runnel").await;
+    let mut runnel = start_runnel_with(dir.path(), &[]);
+    let mut client = common::connect(runnel.port, "bench", "runnel").await;
     client
         .batch_execute(
             "CREATE STREAM words (w TEXT);
@@ -148,43 +148,33 @@ async fn view_case(groups: u64) {
          FROM generate_series(1, {groups})"
     );
     println!("materialized view with {groups} groups of 100-byte keys (release build)");
-    let step = |what: &str, started: Instant, pid: u32| {
+    // Each step: whether the server is killed and started again first, whether every word
+    // is inserted (again), and how often each word is then counted.
+    let steps = [
+        ("insert and build", false, true, 1),
+        ("restart (state replayed)", true, false, 1),
+        ("every group again (compaction)", false, true, 2),
+        ("restart again", true, false, 2),
+    ];
+    for (what, restart, again, each) in steps {
+        let started = Instant::now();
+        if restart {
+            runnel.kill();
+            runnel = start_runnel_with(dir.path(), &[]);
+            client = common::connect(runnel.port, "bench", "runnel").await;
+        }
+        if again {
+            client.batch_execute(&insert).await.unwrap();
+        }
+        client.batch_execute("FLUSH").await.unwrap();
         println!(
             "  {what:<38} {:>7.1} s  resident {} MiB (peak {} MiB)",
             started.elapsed().as_secs_f64(),
-            status_mib(pid, "VmRSS:"),
-            status_mib(pid, "VmHWM:")
-        )
-    };
-    let started = Instant::now();
-    client.batch_execute(&insert).await.unwrap();
-    client.batch_execute("FLUSH").await.unwrap();
-    step("insert and build", started, runnel.pid());
-    check_view(&client, groups, 1).await;
-    drop(client);
-    drop(runnel);
-
-    let started = Instant::now();
-    let runnel = start_runnel_with(dir.path(), &[]);
-    let client = common::connect(runnel.port, "bench", "runnel").await;
-    client.batch_execute("FLUSH").await.unwrap();
-    step("restart (state replayed)", started, runnel.pid());
-    check_view(&client, groups, 1).await;
-
-    let started = Instant::now();
-    client.batch_execute(&insert).await.unwrap();
-    client.batch_execute("FLUSH").await.unwrap();
-    step("every group again (compaction)", started, runnel.pid());
-    check_view(&client, groups, 2).await;
-    drop(client);
-    drop(runnel);
-
-    let started = Instant::now();
-    let runnel = start_runnel_with(dir.path(), &[]);
-    let client = common::connect(runnel.port, "bench", "runnel").await;
-    client.batch_execute("FLUSH").await.unwrap();
-    step("restart again", started, runnel.pid());
-    check_view(&client, groups, 2).await;
+            status_mib(runnel.pid(), "VmRSS:"),
+            status_mib(runnel.pid(), "VmHWM:")
+        );
+        check_view(&client, groups, each).await;
+    }
 }
 
 async fn check_view(client: &tokio_postgres::Client, groups: u64, each: i64) {

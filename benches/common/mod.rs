@@ -19,12 +19,18 @@ impl Runnel {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGKILL, and wait for the process to be gone (before another server takes its
+    /// data directory).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Runnel {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
