@@ -106,11 +106,11 @@ async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
         )
         .await
         .unwrap();
-    // 150,000 distinct 100-byte words: the view keyed by word holds far more than 32 MiB.
+    // 250,000 distinct 100-byte words: the view keyed by word holds well over 32 MiB.
     client
         .batch_execute(
             "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT)
-             FROM generate_series(1, 150000)",
+             FROM generate_series(1, 250000)",
         )
         .await
         .unwrap();
@@ -137,7 +137,7 @@ async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
     // (FLUSH would fail naming the failed view, so wait for the other one's answer.)
     let expected = vec![
         vec![Some("1".to_string()), Some("1".to_string())],
-        vec![Some("100".to_string()), Some("150000".to_string())],
+        vec![Some("100".to_string()), Some("250000".to_string())],
     ];
     eventually("the other view catching up", || async {
         (rows(&client, "SELECT len, n FROM few ORDER BY len").await == expected).then_some(())
@@ -147,7 +147,58 @@ async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
     assert_eq!(sqlstate(&flush), "55000", "{flush:?}");
     assert_eq!(
         rows(&client, "SELECT count(*) FROM words").await[0][0].as_deref(),
-        Some("150001")
+        Some("250001")
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_views_groups_are_held_once_and_counted_in_sys_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM words (w TEXT);
+             CREATE MATERIALIZED VIEW every AS SELECT w, count(*) AS n FROM words GROUP BY w;
+             INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value % 50000 AS TEXT)
+             FROM generate_series(1, 100000);
+             FLUSH",
+        )
+        .await
+        .unwrap();
+    // One row per group: its 100-byte key once (not again in an index, not again for the
+    // view's final values), its partial count and its final count, and its index slot.
+    let size = "SELECT groups, state_bytes FROM sys.queries WHERE name = 'every'";
+    let held = |r: Vec<Vec<Option<String>>>| -> (u64, u64) {
+        let number = |i: usize| r[0][i].as_deref().unwrap().parse::<u64>().unwrap();
+        (number(0), number(1))
+    };
+    let (groups, bytes) = held(rows(&client, size).await);
+    assert_eq!(groups, 50_000);
+    assert!(bytes / groups < 250, "{} bytes per group", bytes / groups);
+    let counts = "SELECT count(*), min(n), max(n) FROM every";
+    let expected = vec![vec![
+        Some("50000".to_string()),
+        Some("2".to_string()),
+        Some("2".to_string()),
+    ]];
+    assert_eq!(rows(&client, counts).await, expected);
+    // Restored from its changelog, the view is held the same way and reads the same.
+    server.stop();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    let (groups, bytes) = held(rows(&client, size).await);
+    assert_eq!(groups, 50_000);
+    assert!(bytes / groups < 250, "{} bytes per group", bytes / groups);
+    assert_eq!(rows(&client, counts).await, expected);
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT n FROM every WHERE w = repeat('w', 94) || '100007'"
+        )
+        .await,
+        vec![vec![Some("2".to_string())]]
     );
     server.stop();
 }

@@ -14,7 +14,7 @@ pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, RecordBatch};
@@ -35,7 +35,7 @@ use crate::tables::{Continuous, QueryStatus, Tables};
 use checkpoint::{Checkpoint, InputOffset};
 use plan::{Aggregation, QueryPlan};
 pub use push::PushQuery;
-use state::GroupState;
+use state::Groups;
 
 /// How epochs are paced and sized.
 #[derive(Debug, Clone)]
@@ -137,6 +137,9 @@ struct Status {
     rows_out: u64,
     last_checkpoint_ms: Option<i64>,
     error: Option<String>,
+    /// An aggregation's live groups, and the memory its state holds.
+    groups: Option<u64>,
+    state_bytes: u64,
     /// `(when, rows_in)` after recent epochs, for the input rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -153,6 +156,8 @@ impl Status {
             rows_out: 0,
             last_checkpoint_ms: None,
             error: None,
+            groups: None,
+            state_bytes: 0,
             samples: [(Instant::now(), 0)].into(),
         }
     }
@@ -203,8 +208,9 @@ enum ViewSource {
 }
 
 struct ViewGroups {
-    finals: RwLock<GroupState>,
-    /// The epoch `finals` are as of (changed only under `finals`' write lock).
+    /// The groups, with their final values.
+    groups: Arc<Groups>,
+    /// The epoch `groups` are as of (changed only under their write lock).
     applied: AtomicU64,
     aggregation: Mutex<Aggregation>,
     /// Per group column: the view column that shows it unchanged, if any.
@@ -215,6 +221,13 @@ struct ViewGroups {
 const MAX_LOOKUP_KEYS: usize = 1024;
 
 impl ViewGroups {
+    fn finals(&self) -> Result<&state::Columns> {
+        self.groups
+            .finals
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a view's groups without final values".into()))
+    }
+
     /// The key columns of the groups `filters` can match, when they pin every group column
     /// to literals (`user_id = 42`, `k IN (1, 2)`); `None` when all groups must be read.
     fn lookup_keys(
@@ -323,12 +336,19 @@ impl ViewContents {
             }
             ViewSource::Groups(groups) => {
                 let aggregation = groups.aggregation.lock().expect("view lock").clone();
-                let finals = groups.finals.read().expect("view lock");
-                let rows = match groups.lookup_keys(filters, &self.schema, finals.schema()) {
-                    Some(keys) => finals.lookup_columns(&keys)?.into_iter().collect(),
-                    None => finals.rows()?,
+                let columns = groups.finals()?;
+                let state = groups.groups.read();
+                let rows = match groups.lookup_keys(filters, &self.schema, columns.schema()) {
+                    Some(keys) => {
+                        let n = keys.first().map_or(0, |k| k.len());
+                        state
+                            .lookup_columns(&keys, n, columns)?
+                            .into_iter()
+                            .collect()
+                    }
+                    None => state.rows(columns)?,
                 };
-                drop(finals);
+                drop(state);
                 aggregation.output_plan(rows)
             }
         }
@@ -372,8 +392,11 @@ impl Engine {
         let changes = running.shared.changes.subscribe();
         let aggregation = groups.aggregation.lock().expect("view lock").clone();
         let (rows, epoch) = {
-            let finals = groups.finals.read().expect("view lock");
-            (finals.rows()?, groups.applied.load(Ordering::Acquire))
+            let state = groups.groups.read();
+            (
+                state.rows(groups.finals()?)?,
+                groups.applied.load(Ordering::Acquire),
+            )
         };
         let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.base));
         let snapshot = aggregation.output(rows, ctx).await?;
@@ -611,6 +634,8 @@ impl Continuous for Engine {
                         0.0
                     },
                     last_checkpoint_ms: status.last_checkpoint_ms,
+                    groups: status.groups,
+                    state_bytes: status.state_bytes,
                     error: status.error.clone(),
                     sql: r.def.sql.clone(),
                 }

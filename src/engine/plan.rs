@@ -37,7 +37,6 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
-use super::state::GroupState;
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Relation, TopicDef};
 use crate::error::{Error, Result};
@@ -478,18 +477,19 @@ impl Aggregation {
     }
 
     /// Runs the epoch's partial aggregate and merges it with the stored state of the groups
-    /// it touched: the merged state of every changed group (one row each), and their values.
+    /// it touched (`stored` looks them up): the merged state of every changed group (one
+    /// row each), and their values.
     pub async fn merge(
         &self,
-        groups: &GroupState,
+        stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
         ctx: Arc<TaskContext>,
     ) -> Result<(RecordBatch, Vec<RecordBatch>)> {
-        let schema = groups.schema();
+        let schema = self.partial.schema();
         let partial = self.partial(ctx.clone()).await?;
-        let touched = concat(schema, &partial)?;
-        let mut states: Vec<RecordBatch> = groups.lookup(&touched)?.into_iter().collect();
+        let touched = concat(&schema, &partial)?;
+        let mut states: Vec<RecordBatch> = stored(&touched)?.into_iter().collect();
         states.push(touched);
-        let merged = concat(schema, &self.reduce(states, ctx.clone()).await?)?;
+        let merged = concat(&schema, &self.reduce(states, ctx.clone()).await?)?;
         let finals = self.finalize(vec![merged.clone()], ctx).await?;
         Ok((merged, finals))
     }

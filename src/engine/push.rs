@@ -145,7 +145,10 @@ impl PushQuery {
                 EpochPlan::Stateless(plan) => run(plan, ctx).await?,
                 EpochPlan::Aggregate(aggregation) => {
                     let groups = self.groups.as_mut().expect("an aggregation has state");
-                    let (merged, finals) = aggregation.merge(groups, ctx.clone()).await?;
+                    let all = groups.all_columns();
+                    let (merged, finals) = aggregation
+                        .merge(|touched| groups.lookup(touched, &all), ctx.clone())
+                        .await?;
                     // Output before the state changes, so that a dropped future changes nothing.
                     let rows = aggregation.output(finals, ctx).await?;
                     groups.upsert(merged)?;

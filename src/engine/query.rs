@@ -9,19 +9,20 @@
 //! is appended once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Checkpoint, Planned};
-use super::plan::{EpochPlan, Kind, QueryPlan, run};
-use super::state::GroupState;
+use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
+use super::state::Groups;
 use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
 use crate::catalog::{CatalogData, Privilege, QueryDef, QueryTarget};
 use crate::error::{Error, Result};
@@ -40,8 +41,8 @@ pub(super) struct QueryTask {
     checkpoint: Checkpoint,
     output: Option<Output>,
     state_topic: Option<StateTopic>,
-    /// An aggregation's partial state per group.
-    groups: Option<GroupState>,
+    /// An aggregation's groups (shared with its view's readers, if it has a view).
+    groups: Option<Arc<Groups>>,
     /// The memory pool every query shares, which its state is reserved in.
     memory: Arc<dyn MemoryPool>,
 }
@@ -162,6 +163,7 @@ impl QueryTask {
             let mut status = task.shared.status.lock().expect("status lock");
             status.state = State::Running;
             status.epoch = task.checkpoint.epoch;
+            task.publish_state_size(&mut status);
         }
         let positions = task.checkpoint.inputs.clone();
         task.shared
@@ -184,37 +186,38 @@ impl QueryTask {
                 group_outputs,
                 ..
             } => {
-                let mut state =
-                    GroupState::new(state_schema.clone(), *groups, self.reservation("state"))?;
-                if let Some(topic) = &self.state_topic {
-                    state = self.replay_changelog(topic.id, state).await?;
-                }
+                let view = matches!(self.def.target, QueryTarget::View { .. });
                 let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
                 let EpochPlan::Aggregate(aggregation) = epoch else {
                     return Err(Error::Internal(
                         "an aggregate query planned without its aggregate".into(),
                     ));
                 };
-                if *groups == 0 && state.is_empty() {
-                    // A global aggregate has its one group before any input (count 0).
-                    state.upsert_all(aggregation.partial(ctx.clone()).await?)?;
+                let state = Arc::new(Groups::new(
+                    state_schema,
+                    view.then_some(final_schema),
+                    *groups,
+                    self.reservation("state"),
+                )?);
+                if let Some(topic) = &self.state_topic {
+                    self.replay_changelog(topic.id, &state, &aggregation, &ctx)
+                        .await?;
                 }
-                let source = if matches!(self.def.target, QueryTarget::View { .. }) {
-                    let mut finals =
-                        GroupState::new(final_schema.clone(), *groups, self.reservation("rows"))?;
-                    let all = state.rows()?;
-                    finals.upsert_all(aggregation.finalize(all, ctx).await?)?;
-                    Some(ViewSource::Groups(Box::new(ViewGroups {
-                        finals: RwLock::new(finals),
+                if *groups == 0 && state.read().is_empty() {
+                    // A global aggregate has its one group before any input (count 0).
+                    let (merged, finals) = aggregation.merge(|_| Ok(None), ctx.clone()).await?;
+                    let rows = state.to_store(&merged, &finals)?;
+                    state.write().upsert(rows)?;
+                }
+                self.groups = Some(state.clone());
+                view.then(|| {
+                    ViewSource::Groups(Box::new(ViewGroups {
+                        groups: state,
                         applied: AtomicU64::new(self.checkpoint.epoch),
                         aggregation: Mutex::new(aggregation),
                         group_outputs: group_outputs.clone(),
-                    })))
-                } else {
-                    None
-                };
-                self.groups = Some(state);
-                source
+                    }))
+                })
             }
         };
         if let (QueryTarget::View { view }, Some(source)) = (&self.def.target, contents) {
@@ -228,7 +231,15 @@ impl QueryTask {
         Ok(())
     }
 
-    async fn replay_changelog(&self, topic: TopicId, mut state: GroupState) -> Result<GroupState> {
+    /// Replays the changelog of `groups` from the checkpoint's snapshot on; a view's final
+    /// values are computed as each batch of groups comes back.
+    async fn replay_changelog(
+        &self,
+        topic: TopicId,
+        groups: &Arc<Groups>,
+        aggregation: &Aggregation,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<()> {
         let log_topic = self
             .tables
             .log
@@ -240,8 +251,10 @@ impl QueryTask {
             .snapshot()
             .high_watermark(topic, PartitionId(0));
         let from = self.checkpoint.state_from;
-        let schema = state.schema().clone();
-        tokio::task::spawn_blocking(move || -> Result<GroupState> {
+        let (groups, aggregation, ctx) = (groups.clone(), aggregation.clone(), ctx.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let schema = groups.partial.schema().clone();
             let partition = log_topic.partition(PartitionId(0))?.clone();
             let options = ReadOptions {
                 schema: log_topic.spec.schema.clone(),
@@ -253,9 +266,16 @@ impl QueryTask {
                 let read = read?;
                 let batch = RecordBatch::try_new(schema.clone(), read.batch.columns().to_vec())
                     .map_err(|e| Error::Internal(format!("reading aggregate state: {e}")))?;
-                state.upsert(batch)?;
+                let finals = match groups.finals {
+                    Some(_) => {
+                        runtime.block_on(aggregation.finalize(vec![batch.clone()], ctx.clone()))?
+                    }
+                    None => vec![],
+                };
+                let rows = groups.to_store(&batch, &finals)?;
+                groups.write().upsert(rows)?;
             }
-            Ok(state)
+            Ok(())
         })
         .await
         .map_err(|e| Error::Internal(format!("restoring state: {e}")))?
@@ -343,7 +363,9 @@ impl QueryTask {
             }
             EpochPlan::Aggregate(aggregation) => {
                 let groups = self.groups.as_ref().expect("an aggregation has state");
-                let (merged, finals) = aggregation.merge(groups, ctx.clone()).await?;
+                let (merged, finals) = aggregation
+                    .merge(|touched| groups.lookup_partial(touched), ctx.clone())
+                    .await?;
                 if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
@@ -357,10 +379,11 @@ impl QueryTask {
                     if self.shared.changes.receiver_count() > 0 {
                         // The changed groups' rows before and after, for subscribers.
                         let before = {
-                            let finals_now = view.finals.read().expect("view lock");
+                            let state = groups.read();
+                            let columns = groups.finals.as_ref().expect("a view has final values");
                             let mut before = vec![];
                             for batch in &finals {
-                                before.extend(finals_now.lookup(batch)?);
+                                before.extend(state.lookup(batch, columns)?);
                             }
                             before
                         };
@@ -405,34 +428,44 @@ impl QueryTask {
 
         // Committed: what readers see moves to this epoch.
         if let Some((merged, finals)) = changed {
-            let groups = self.groups.as_mut().expect("an aggregation has state");
-            groups.upsert(merged)?;
+            let groups = self.groups.as_ref().expect("an aggregation has state");
+            let rows = groups.to_store(&merged, &finals)?;
+            let mut state = groups.write();
+            // Applied whole even past the memory limit (then the query fails after it),
+            // so that a view's readers never see half an epoch.
+            let applied = state.upsert(rows);
             if let Some(contents) = self.shared.view.get()
                 && let ViewSource::Groups(view) = &contents.source
             {
-                let mut finals_now = view.finals.write().expect("view lock");
-                // Applied whole even past the memory limit (then the query fails after it),
-                // so that readers never see half an epoch.
-                let applied = finals_now.upsert_all(finals);
                 view.applied.store(epoch.epoch, Ordering::Release);
                 if let Some(change) = view_change {
                     // Sent under the lock: a subscriber reading the view sees this epoch
                     // either in its snapshot or as a change, not both.
                     let _ = self.shared.changes.send(Arc::new(change));
                 }
-                applied?;
             }
+            drop(state);
+            applied?;
         }
-        self.shared
-            .status
-            .lock()
-            .expect("status lock")
-            .record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
+            self.publish_state_size(&mut status);
+        }
         let positions = self.checkpoint.inputs.clone();
         self.shared
             .progress
             .send_modify(|p| p.positions = positions);
         self.maybe_snapshot().await
+    }
+
+    /// How many groups the query's state has and what it holds, for `sys.queries`.
+    fn publish_state_size(&self, status: &mut super::Status) {
+        if let Some(groups) = &self.groups {
+            let state = groups.read();
+            status.groups = Some(state.len() as u64);
+            status.state_bytes = state.memory_bytes() as u64;
+        }
     }
 
     /// A reservation in the shared memory pool for the query's `what`.
@@ -484,19 +517,22 @@ impl QueryTask {
         let (Some(groups), Some(topic)) = (&self.groups, &self.state_topic) else {
             return Ok(());
         };
-        if !checkpoint::snapshot_due(self.checkpoint.state_records, groups.len() as u64) {
-            return Ok(());
-        }
+        let (rows, live) = {
+            let state = groups.read();
+            if !checkpoint::snapshot_due(self.checkpoint.state_records, state.len() as u64) {
+                return Ok(());
+            }
+            (state.rows(&groups.partial)?, state.len() as u64)
+        };
         let from = self
             .tables
             .log
             .snapshot()
             .high_watermark(topic.id, PartitionId(0));
-        let rows = groups.rows()?;
         let records = state_records(topic, &rows)?;
         let mut next = self.checkpoint.clone();
         next.state_from = from;
-        next.state_records = groups.len() as u64;
+        next.state_records = live;
         self.tables
             .log
             .commit(records, vec![(self.def.id.0, Some(next.encode()))])
@@ -508,7 +544,7 @@ impl QueryTask {
             .log
             .truncate_before(topic, PartitionId(0), from)
             .await?;
-        tracing::debug!(query = %self.def.name, groups = groups.len(), segments = dropped, "state snapshot");
+        tracing::debug!(query = %self.def.name, groups = live, segments = dropped, "state snapshot");
         Ok(())
     }
 }

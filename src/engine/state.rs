@@ -1,45 +1,107 @@
-//! The state of an incremental aggregation: one row per group, in the aggregate's partial
-//! state schema (group columns, then each aggregate's state columns).
+//! The state of an incremental aggregation: one row per group, held once.
 //!
-//! Rows live in Arrow batches; an index maps each group's key (its group columns in Arrow's
-//! row format) to its live row. An epoch looks up the rows of the groups it touched, merges
-//! them with the epoch's partial state, and upserts the results: new rows are appended and
-//! the old ones become garbage, compacted away once garbage outweighs live rows. Reads copy
-//! the live rows out, so they cost O(groups) per read, not per epoch; they come out (and
-//! compaction rebuilds the state) in batches of at most [`STATE_BATCH_ROWS`] rows, so no
-//! single array has to hold every group (Arrow's 32-bit offsets end at 2 GiB of text).
-//! What the state holds ([`GroupState::memory_bytes`]) is reserved in the server's memory
-//! pool after every change; state cannot spill, so a change that the pool has no room for
-//! fails with 53200, whoever holds the state (a continuous query, a view, a push query).
+//! A row is the group's key (its group columns) and its values: the aggregates' partial
+//! state, and for a materialized view the final values next to it, so that a view's
+//! groups are not kept a second time to be read. Keys are kept only in Arrow's row format,
+//! which is what the index compares and hashes; the index itself holds just where each
+//! group's live row is. Group columns are decoded from the keys when rows are read.
+//!
+//! An epoch looks up the rows of the groups it touched, merges them with the epoch's
+//! partial state, and upserts the results: new rows are appended in chunks of at most
+//! [`STATE_BATCH_ROWS`] and the old ones become garbage. The small chunks epochs leave at
+//! the end are merged as they pile up, and the whole state is compacted (chunk by chunk,
+//! so a compaction never holds the state twice) once garbage outweighs half the live rows.
+//! Reads copy the live rows out in batches of at most [`STATE_BATCH_ROWS`],
+//! so no single array has to hold every group (Arrow's 32-bit offsets end at 2 GiB of
+//! text). What the state holds ([`GroupState::memory_bytes`]) is reserved in the server's
+//! memory pool after every change; state cannot spill, so a change that the pool has no
+//! room for fails with 53200, whoever holds the state (a continuous query, a view, a push
+//! query).
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::interleave_record_batch;
-use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::compute::{interleave, take};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use crate::error::{Error, Result};
 
-/// Rows per batch of state read out or rebuilt.
+/// Rows per chunk of state, and per batch read out.
 pub const STATE_BATCH_ROWS: usize = 8192;
 
-/// What one index entry costs beyond its key bytes: the boxed key's pointer and length, the
-/// row position, and the hash table's slot and control byte.
-const INDEX_ENTRY_BYTES: usize = 16 + 16 + 8;
+/// What one slot of the index costs: its position and its control byte.
+const INDEX_SLOT_BYTES: usize = std::mem::size_of::<Slot>() + 1;
+
+/// Small chunks at the end of the state that are merged into full ones.
+const TAIL_CHUNKS: usize = 16;
+
+/// What a chunk costs besides its rows: its arrays' and keys' headers.
+const CHUNK_BYTES: usize = 512;
+
+/// Where a group's live row is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    chunk: u32,
+    row: u32,
+}
+
+/// Rows appended together: their keys and their values.
+struct Chunk {
+    /// The group keys in Arrow's row format (`None` without group columns: one group).
+    keys: Option<Rows>,
+    /// The columns after the group columns.
+    values: RecordBatch,
+}
+
+impl Chunk {
+    fn key(&self, row: u32) -> &[u8] {
+        match &self.keys {
+            Some(keys) => keys.row(row as usize).data(),
+            None => &[],
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.as_ref().map_or(0, Rows::size) + self.values.get_array_memory_size() + CHUNK_BYTES
+    }
+}
+
+fn key_at(chunks: &[Chunk], slot: Slot) -> &[u8] {
+    chunks[slot.chunk as usize].key(slot.row)
+}
+
+/// Some of a state's columns, read out as `schema`: every group column, then `values`
+/// (positions among the columns after the group columns).
+#[derive(Clone, Debug)]
+pub struct Columns {
+    schema: SchemaRef,
+    values: Vec<usize>,
+}
+
+impl Columns {
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+}
 
 pub struct GroupState {
     schema: SchemaRef,
     /// The leading columns of `schema` that form the group key.
     groups: usize,
+    /// The schema of a chunk's values.
+    values: SchemaRef,
     converter: Option<RowConverter>,
-    batches: Vec<RecordBatch>,
-    index: HashMap<Box<[u8]>, (usize, usize)>,
-    /// Bytes of the keys in `index`.
-    key_bytes: usize,
-    /// Bytes of `batches`.
-    batch_bytes: usize,
+    chunks: Vec<Chunk>,
+    index: HashTable<Slot>,
+    hasher: RandomState,
+    /// Bytes of `chunks`.
+    chunk_bytes: usize,
     garbage: usize,
     /// What the state holds, reserved in the memory pool.
     memory: MemoryReservation,
@@ -49,6 +111,7 @@ impl std::fmt::Debug for GroupState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupState")
             .field("groups", &self.index.len())
+            .field("chunks", &self.chunks.len())
             .field("garbage", &self.garbage)
             .finish()
     }
@@ -69,8 +132,20 @@ fn owned(rows: RecordBatch) -> Result<RecordBatch> {
     if rows.get_array_memory_size() <= 2 * used.max(4096) {
         return Ok(rows);
     }
-    let all = arrow::array::UInt32Array::from_iter_values(0..rows.num_rows() as u32);
-    arrow::compute::take_record_batch(&rows, &all).map_err(internal)
+    let all = UInt32Array::from_iter_values(0..rows.num_rows() as u32);
+    take_rows(&rows, &all)
+}
+
+/// The rows of `batch` at `indices` (a batch without columns too, which Arrow's
+/// `take_record_batch` refuses).
+fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, indices, None).map_err(internal))
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
+    RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(internal)
 }
 
 impl GroupState {
@@ -85,14 +160,16 @@ impl GroupState {
                 .collect();
             Some(RowConverter::new(fields).map_err(internal)?)
         };
+        let values = Arc::new(Schema::new(schema.fields()[groups..].to_vec()));
         Ok(GroupState {
             schema,
             groups,
+            values,
             converter,
-            batches: vec![],
-            index: HashMap::new(),
-            key_bytes: 0,
-            batch_bytes: 0,
+            chunks: vec![],
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            chunk_bytes: 0,
             garbage: 0,
             memory,
         })
@@ -100,7 +177,7 @@ impl GroupState {
 
     /// Memory the state holds: its rows (live and not yet compacted) and its index.
     pub fn memory_bytes(&self) -> usize {
-        self.batch_bytes + self.key_bytes + self.index.capacity() * INDEX_ENTRY_BYTES
+        self.chunk_bytes + self.index.capacity() * INDEX_SLOT_BYTES * 8 / 7
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -116,49 +193,167 @@ impl GroupState {
         self.index.is_empty()
     }
 
-    /// The group keys of `rows` (which have this state's schema), in row order.
-    fn keys(&self, rows: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+    /// The group columns and the value columns at `values` (positions after the group
+    /// columns), read out as `schema`.
+    pub fn columns(&self, schema: SchemaRef, values: Range<usize>) -> Result<Columns> {
+        let values: Vec<usize> = values.collect();
+        let fits = schema.fields().len() == self.groups + values.len()
+            && values.iter().all(|v| *v < self.values.fields().len());
+        if !fits {
+            return Err(Error::Internal(format!(
+                "aggregate state: {} columns cannot be read as {schema:?}",
+                self.schema.fields().len()
+            )));
+        }
+        Ok(Columns { schema, values })
+    }
+
+    /// Every column, as the state's own schema.
+    pub fn all_columns(&self) -> Columns {
+        Columns {
+            schema: self.schema.clone(),
+            values: (0..self.values.fields().len()).collect(),
+        }
+    }
+
+    /// The keys of `key_columns` (`rows` rows of them).
+    fn probe(&self, key_columns: &[ArrayRef], rows: usize) -> Result<Probe> {
         match &self.converter {
-            None => Ok(vec![Box::from(&[][..]); rows.num_rows()]),
-            Some(converter) => {
-                let columns: Vec<ArrayRef> = rows.columns()[..self.groups].to_vec();
-                let converted = converter.convert_columns(&columns).map_err(internal)?;
-                Ok(converted.iter().map(|r| Box::from(r.as_ref())).collect())
-            }
+            None => Ok(Probe::One(rows)),
+            Some(converter) => converter
+                .convert_columns(key_columns)
+                .map(Probe::Rows)
+                .map_err(internal),
         }
     }
 
-    /// The current rows of the groups that appear in `rows`, if any do.
-    pub fn lookup(&self, rows: &RecordBatch) -> Result<Option<RecordBatch>> {
-        self.lookup_keys(self.keys(rows)?)
+    fn find(&self, key: &[u8]) -> Option<Slot> {
+        let hash = self.hasher.hash_one(key);
+        self.index
+            .find(hash, |s| key_at(&self.chunks, *s) == key)
+            .copied()
     }
 
-    /// The current rows of the groups whose key columns are `keys`, if any exist.
-    pub fn lookup_columns(&self, keys: &[ArrayRef]) -> Result<Option<RecordBatch>> {
-        let Some(converter) = &self.converter else {
-            return Ok(self.rows()?.pop());
+    /// The current rows (as `out`) of the groups that appear in `rows`, if any do; `rows`
+    /// begins with the group columns.
+    pub fn lookup(&self, rows: &RecordBatch, out: &Columns) -> Result<Option<RecordBatch>> {
+        self.lookup_columns(&rows.columns()[..self.groups], rows.num_rows(), out)
+    }
+
+    /// The current rows (as `out`) of the groups whose group columns are `keys` (`rows`
+    /// rows), if any exist.
+    pub fn lookup_columns(
+        &self,
+        keys: &[ArrayRef],
+        rows: usize,
+        out: &Columns,
+    ) -> Result<Option<RecordBatch>> {
+        let mut found: Vec<Slot> = match self.probe(keys, rows)? {
+            Probe::One(0) => vec![],
+            Probe::One(_) => self.find(&[]).into_iter().collect(),
+            Probe::Rows(keys) => keys.iter().filter_map(|k| self.find(k.data())).collect(),
         };
-        let converted = converter.convert_columns(keys).map_err(internal)?;
-        self.lookup_keys(converted.iter().map(|r| Box::from(r.as_ref())).collect())
-    }
-
-    fn lookup_keys(&self, keys: Vec<Box<[u8]>>) -> Result<Option<RecordBatch>> {
-        let mut found: Vec<(usize, usize)> = vec![];
-        for key in keys {
-            if let Some(at) = self.index.get(&key) {
-                found.push(*at);
-            }
-        }
         if found.is_empty() {
             return Ok(None);
         }
-        // One group may appear in `rows` several times; its old row is wanted once.
+        // One group may be asked for several times; its row is wanted once.
         found.sort_unstable();
         found.dedup();
-        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        interleave_record_batch(&batches, &found)
-            .map(Some)
-            .map_err(internal)
+        self.gather(&found, out).map(Some)
+    }
+
+    /// The rows at `slots` (sorted), as `out`.
+    fn gather(&self, slots: &[Slot], out: &Columns) -> Result<RecordBatch> {
+        let (chunks, at) = used_chunks(|i| &self.chunks[i as usize], slots);
+        let mut columns: Vec<ArrayRef> = match &self.converter {
+            None => vec![],
+            Some(converter) => converter
+                .convert_rows(at.iter().map(|(c, row)| chunk_key_row(chunks[*c], *row)))
+                .map_err(internal)?,
+        };
+        for value in &out.values {
+            let arrays: Vec<&dyn Array> = chunks
+                .iter()
+                .map(|c| c.values.column(*value).as_ref())
+                .collect();
+            columns.push(interleave(&arrays, &at).map_err(internal)?);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(slots.len()));
+        RecordBatch::try_new_with_options(out.schema.clone(), columns, &options).map_err(internal)
+    }
+
+    /// Every live row (as `out`), in batches of at most [`STATE_BATCH_ROWS`] (none when
+    /// empty).
+    pub fn rows(&self, out: &Columns) -> Result<Vec<RecordBatch>> {
+        self.live()
+            .chunks(STATE_BATCH_ROWS)
+            .map(|slots| self.gather(slots, out))
+            .collect()
+    }
+
+    /// Where every live row is, in order.
+    fn live(&self) -> Vec<Slot> {
+        let mut live: Vec<Slot> = self.index.iter().copied().collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// Rows of this state's schema: each row of `first` (one per group, in its columns),
+    /// then the values of its group's row in `second` (which holds every group of `first`
+    /// once, in any order). A view's rows are its groups' partial state beside their final
+    /// values, which an aggregation computes in an order of its own.
+    pub fn side_by_side(&self, first: &RecordBatch, second: &[RecordBatch]) -> Result<RecordBatch> {
+        let n = first.num_rows();
+        if n == 0 {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        let Some(one) = second.first() else {
+            return Err(Error::Internal(
+                "aggregate state: groups without values".into(),
+            ));
+        };
+        let second = arrow::compute::concat_batches(&one.schema(), second).map_err(internal)?;
+        let at: Vec<u32> = match &self.converter {
+            None if second.num_rows() == 1 => vec![0; n],
+            None => {
+                return Err(Error::Internal(format!(
+                    "aggregate state: {} rows of values for one group",
+                    second.num_rows()
+                )));
+            }
+            Some(converter) => {
+                let theirs = converter
+                    .convert_columns(&second.columns()[..self.groups])
+                    .map_err(internal)?;
+                let position: std::collections::HashMap<&[u8], u32> = theirs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| (key.data(), i as u32))
+                    .collect();
+                let ours = converter
+                    .convert_columns(&first.columns()[..self.groups])
+                    .map_err(internal)?;
+                ours.iter()
+                    .map(|key| {
+                        position.get(key.data()).copied().ok_or_else(|| {
+                            Error::Internal("aggregate state: a group without values".into())
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let values = second
+            .project(&(self.groups..second.num_columns()).collect::<Vec<_>>())
+            .map_err(internal)?;
+        let values = take_rows(&values, &UInt32Array::from(at))?;
+        let mut columns = first.columns().to_vec();
+        columns.extend(values.columns().iter().cloned());
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(internal)
     }
 
     /// Makes `rows` the current rows of their groups (at most one row per group).
@@ -169,13 +364,42 @@ impl GroupState {
     /// Makes each batch's rows the current rows of their groups, all of them, then reserves
     /// what the state holds: over the memory limit, the state is whole and the error says so.
     pub fn upsert_all(&mut self, batches: impl IntoIterator<Item = RecordBatch>) -> Result<()> {
-        for rows in batches.into_iter().filter(|b| b.num_rows() > 0) {
-            self.insert(rows)?;
-            if self.garbage > self.index.len().max(1024) {
+        for rows in batches {
+            let mut start = 0;
+            while start < rows.num_rows() {
+                let len = STATE_BATCH_ROWS.min(rows.num_rows() - start);
+                let piece = rows.slice(start, len);
+                let keys = match &self.converter {
+                    None => None,
+                    Some(converter) => Some(
+                        converter
+                            .convert_columns(&piece.columns()[..self.groups])
+                            .map_err(internal)?,
+                    ),
+                };
+                let values = RecordBatch::try_new_with_options(
+                    self.values.clone(),
+                    piece.columns()[self.groups..].to_vec(),
+                    &RecordBatchOptions::new().with_row_count(Some(len)),
+                )
+                .map_err(internal)?;
+                self.insert(Chunk {
+                    keys,
+                    values: owned(values)?,
+                });
+                self.merge_tail()?;
+                start += len;
+            }
+            if self.compaction_due() {
                 self.compact()?;
             }
         }
         self.reserve()
+    }
+
+    /// Garbage outweighs half the live rows.
+    fn compaction_due(&self) -> bool {
+        self.garbage > (self.index.len() / 2).max(1024)
     }
 
     /// Resizes the reservation to what the state holds now.
@@ -193,47 +417,243 @@ impl GroupState {
         })
     }
 
-    fn insert(&mut self, rows: RecordBatch) -> Result<()> {
-        let keys = self.keys(&rows)?;
-        let at = self.batches.len();
-        let rows = owned(rows)?;
-        self.batch_bytes += rows.get_array_memory_size();
-        self.batches.push(rows);
-        for (row, key) in keys.into_iter().enumerate() {
-            let len = key.len();
-            if self.index.insert(key, (at, row)).is_some() {
-                self.garbage += 1;
-            } else {
-                self.key_bytes += len;
+    /// Appends `chunk` and points its groups at its rows.
+    fn insert(&mut self, chunk: Chunk) {
+        let at = self.chunks.len() as u32;
+        let rows = chunk.values.num_rows();
+        self.chunk_bytes += chunk.bytes();
+        self.chunks.push(chunk);
+        let GroupState {
+            chunks,
+            index,
+            hasher,
+            garbage,
+            ..
+        } = self;
+        for row in 0..rows as u32 {
+            let slot = Slot { chunk: at, row };
+            let key = key_at(chunks, slot);
+            let hash = hasher.hash_one(key);
+            let entry = index.entry(
+                hash,
+                |s| key_at(chunks, *s) == key,
+                |s| hasher.hash_one(key_at(chunks, *s)),
+            );
+            match entry {
+                Entry::Occupied(mut old) => {
+                    *old.get_mut() = slot;
+                    *garbage += 1;
+                }
+                Entry::Vacant(free) => {
+                    free.insert(slot);
+                }
             }
         }
-        Ok(())
     }
 
-    /// Every live row, in batches of at most [`STATE_BATCH_ROWS`] (none when empty).
-    pub fn rows(&self) -> Result<Vec<RecordBatch>> {
-        let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
-        live.sort_unstable();
-        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        live.chunks(STATE_BATCH_ROWS)
-            .map(|chunk| interleave_record_batch(&batches, chunk).map_err(internal))
-            .collect()
-    }
-
-    /// Drops the rows no group points at any more, rebuilding the state in bounded batches.
+    /// Drops the rows no group points at any more, rewriting the live ones into full
+    /// chunks. Each old chunk is freed once its last live row has moved, so the state is
+    /// never held twice.
     fn compact(&mut self) -> Result<()> {
-        let live = self.rows()?;
-        self.batches.clear();
-        self.index.clear();
-        self.key_bytes = 0;
-        self.batch_bytes = 0;
+        let live = self.live();
+        let mut old: Vec<Option<Chunk>> = std::mem::take(&mut self.chunks)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.index = HashTable::with_capacity(live.len());
+        self.chunk_bytes = 0;
         self.garbage = 0;
-        for batch in live {
-            self.insert(batch)?;
+        for slots in live.chunks(STATE_BATCH_ROWS) {
+            let chunk = {
+                let (chunks, at) = used_chunks(
+                    |i| {
+                        old[i as usize]
+                            .as_ref()
+                            .expect("a chunk with live rows is kept")
+                    },
+                    slots,
+                );
+                self.rebuild(&chunks, &at)?
+            };
+            // Every chunk before the last one these rows came from is used up.
+            let last = slots[slots.len() - 1].chunk as usize;
+            old[..last].iter_mut().for_each(|c| *c = None);
+            self.insert(chunk);
         }
-        self.index.shrink_to_fit();
         Ok(())
     }
+
+    /// Merges the small chunks at the end, once there are [`TAIL_CHUNKS`] of them, into
+    /// full ones, dropping their garbage: epochs that each change a few groups leave few
+    /// chunks, at a cost per epoch that does not grow with the state.
+    fn merge_tail(&mut self) -> Result<()> {
+        let start = self
+            .chunks
+            .iter()
+            .rposition(|c| c.values.num_rows() >= STATE_BATCH_ROWS)
+            .map_or(0, |full| full + 1);
+        if self.chunks.len() - start < TAIL_CHUNKS {
+            return Ok(());
+        }
+        // The tail's live rows leave the index first, while every slot is valid.
+        let mut live: Vec<(usize, usize)> = vec![];
+        for (i, chunk) in self.chunks[start..].iter().enumerate() {
+            for row in 0..chunk.values.num_rows() as u32 {
+                let slot = Slot {
+                    chunk: (start + i) as u32,
+                    row,
+                };
+                let hash = self.hasher.hash_one(chunk.key(row));
+                match self.index.find_entry(hash, |s| *s == slot) {
+                    Ok(entry) => {
+                        entry.remove();
+                        live.push((i, row as usize));
+                    }
+                    Err(_) => self.garbage = self.garbage.saturating_sub(1),
+                }
+            }
+        }
+        let tail = self.chunks.split_off(start);
+        self.chunk_bytes -= tail.iter().map(Chunk::bytes).sum::<usize>();
+        let tail: Vec<&Chunk> = tail.iter().collect();
+        for at in live.chunks(STATE_BATCH_ROWS) {
+            let chunk = self.rebuild(&tail, at)?;
+            self.insert(chunk);
+        }
+        Ok(())
+    }
+
+    /// A chunk of the rows `at` of `chunks`.
+    fn rebuild(&self, chunks: &[&Chunk], at: &[(usize, usize)]) -> Result<Chunk> {
+        let keys = self.converter.as_ref().map(|converter| {
+            let bytes = at
+                .iter()
+                .map(|(c, row)| chunks[*c].key(*row as u32).len())
+                .sum();
+            let mut keys = converter.empty_rows(at.len(), bytes);
+            for (c, row) in at {
+                keys.push(chunk_key_row(chunks[*c], *row));
+            }
+            keys
+        });
+        let values = interleave_values(chunks, at, &self.values)?;
+        Ok(Chunk { keys, values })
+    }
+}
+
+/// An aggregation's groups as its task and a view's readers share them: one row per group
+/// holding its partial state (what the next epoch merges into) and, for a view, its final
+/// values beside it (what `SELECT` reads).
+pub struct Groups {
+    pub state: RwLock<GroupState>,
+    /// Each group's partial state, as the aggregation merges it.
+    pub partial: Columns,
+    /// A view's final values of each group, as the aggregation outputs them.
+    pub finals: Option<Columns>,
+}
+
+impl Groups {
+    /// Empty groups of an aggregation whose partial state is `partial` (group columns
+    /// first, `groups` of them) and, for a view, whose final values are `finals`.
+    pub fn new(
+        partial: &SchemaRef,
+        finals: Option<&SchemaRef>,
+        groups: usize,
+        memory: MemoryReservation,
+    ) -> Result<Groups> {
+        let width = partial.fields().len() - groups;
+        let mut fields = partial.fields().to_vec();
+        if let Some(finals) = finals {
+            fields.extend(finals.fields()[groups..].iter().cloned());
+        }
+        let state = GroupState::new(Arc::new(Schema::new(fields)), groups, memory)?;
+        let partial_columns = state.columns(partial.clone(), 0..width)?;
+        let final_columns = match finals {
+            Some(finals) => {
+                let values = finals.fields().len() - groups;
+                Some(state.columns(finals.clone(), width..width + values)?)
+            }
+            None => None,
+        };
+        Ok(Groups {
+            state: RwLock::new(state),
+            partial: partial_columns,
+            finals: final_columns,
+        })
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, GroupState> {
+        self.state.read().expect("state lock")
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, GroupState> {
+        self.state.write().expect("state lock")
+    }
+
+    /// The stored partial state of the groups in `rows`, if any.
+    pub fn lookup_partial(&self, rows: &RecordBatch) -> Result<Option<RecordBatch>> {
+        self.read().lookup(rows, &self.partial)
+    }
+
+    /// What is stored for groups whose merged partial state is `merged` and whose final
+    /// values are `finals`.
+    pub fn to_store(&self, merged: &RecordBatch, finals: &[RecordBatch]) -> Result<RecordBatch> {
+        match self.finals {
+            Some(_) => self.read().side_by_side(merged, finals),
+            None => Ok(merged.clone()),
+        }
+    }
+}
+
+/// The keys of the rows an index is asked about.
+enum Probe {
+    /// Rows of a state without group columns: they are all its one group.
+    One(usize),
+    Rows(Rows),
+}
+
+fn chunk_key_row(chunk: &Chunk, row: usize) -> Row<'_> {
+    chunk
+        .keys
+        .as_ref()
+        .expect("a state with group columns has keys")
+        .row(row)
+}
+
+/// Every value column of the rows `at` of `chunks`, as one batch of `schema`.
+fn interleave_values(
+    chunks: &[&Chunk],
+    at: &[(usize, usize)],
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let columns = (0..schema.fields().len())
+        .map(|i| {
+            let arrays: Vec<&dyn Array> =
+                chunks.iter().map(|c| c.values.column(i).as_ref()).collect();
+            interleave(&arrays, at).map_err(internal)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(at.len()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(internal)
+}
+
+/// The distinct chunks `slots` (sorted) point into, and each slot as (position among
+/// them, row): reading a few rows touches only their chunks.
+fn used_chunks<'a>(
+    chunk: impl Fn(u32) -> &'a Chunk,
+    slots: &[Slot],
+) -> (Vec<&'a Chunk>, Vec<(usize, usize)>) {
+    let mut used: Vec<&Chunk> = vec![];
+    let mut at = Vec::with_capacity(slots.len());
+    let mut previous = None;
+    for slot in slots {
+        if previous != Some(slot.chunk) {
+            used.push(chunk(slot.chunk));
+            previous = Some(slot.chunk);
+        }
+        at.push((used.len() - 1, slot.row as usize));
+    }
+    (used, at)
 }
 
 #[cfg(test)]
@@ -270,9 +690,19 @@ mod tests {
         .unwrap()
     }
 
+    /// Every row is live or counted as garbage, and every group's slot holds its key.
+    fn check(state: &GroupState) {
+        let rows: usize = state.chunks.iter().map(|c| c.values.num_rows()).sum();
+        assert_eq!(rows, state.len() + state.garbage);
+        for slot in state.index.iter() {
+            assert_eq!(state.find(key_at(&state.chunks, *slot)), Some(*slot));
+        }
+    }
+
     fn contents(state: &GroupState) -> Vec<(Option<String>, i64)> {
+        check(state);
         let mut out = vec![];
-        for rows in state.rows().unwrap() {
+        for rows in state.rows(&state.all_columns()).unwrap() {
             assert!(rows.num_rows() <= STATE_BATCH_ROWS);
             let keys = rows.column(0).as_string::<i32>();
             let counts = rows.column(1).as_primitive::<Int64Type>();
@@ -302,14 +732,19 @@ mod tests {
             vec![(None, 3), (Some("a".into()), 1), (Some("b".into()), 20)]
         );
         let found = state
-            .lookup(&rows(
-                &[Some("b"), Some("zzz"), Some("b"), None],
-                &[0, 0, 0, 0],
-            ))
+            .lookup(
+                &rows(&[Some("b"), Some("zzz"), Some("b"), None], &[0, 0, 0, 0]),
+                &state.all_columns(),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(found.num_rows(), 2, "b once, NULL once, zzz absent");
-        assert!(state.lookup(&rows(&[Some("zzz")], &[0])).unwrap().is_none());
+        assert!(
+            state
+                .lookup(&rows(&[Some("zzz")], &[0]), &state.all_columns())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -335,7 +770,12 @@ mod tests {
         state.upsert(rows(&keys, &vec![1; n])).unwrap();
         let held = state.memory_bytes();
         assert!(held > empty + n * 12, "{held}");
-        let sizes: Vec<usize> = state.rows().unwrap().iter().map(|b| b.num_rows()).collect();
+        let sizes: Vec<usize> = state
+            .rows(&state.all_columns())
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .collect();
         assert_eq!(sizes, vec![STATE_BATCH_ROWS, STATE_BATCH_ROWS, 10]);
         // Rewriting every group twice leaves garbage; compaction gives its memory back.
         state.upsert(rows(&keys, &vec![2; n])).unwrap();
@@ -397,9 +837,156 @@ mod tests {
         state.upsert(one(5)).unwrap();
         state.upsert(one(7)).unwrap();
         assert_eq!(state.len(), 1);
-        let rows = state.rows().unwrap();
+        let rows = state.rows(&state.all_columns()).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().value(0), 7);
-        assert!(state.lookup(&one(0)).unwrap().is_some());
+        assert!(
+            state
+                .lookup(&one(0), &state.all_columns())
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_group_is_held_once_with_its_key_in_one_place() {
+        // 100-byte keys: the key is not kept both in the row and in the index.
+        let n = 50_000;
+        let keys: Vec<String> = (0..n).map(|k| format!("{k:0100}")).collect();
+        let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
+        state.upsert(rows(&keys, &vec![1; n])).unwrap();
+        let per_group = state.memory_bytes() / n;
+        assert!(per_group < 200, "{per_group} bytes per group");
+        // Upserting every group again and again, one small chunk at a time, keeps it so.
+        for round in 0..4 {
+            for keys in keys.chunks(500) {
+                state.upsert(rows(keys, &vec![round; keys.len()])).unwrap();
+            }
+        }
+        assert_eq!(state.len(), n);
+        assert!(
+            state.chunks.len() <= 2 * n.div_ceil(STATE_BATCH_ROWS) + TAIL_CHUNKS,
+            "{} chunks",
+            state.chunks.len()
+        );
+        let per_group = state.memory_bytes() / n;
+        assert!(
+            per_group < 300,
+            "{per_group} bytes per group, garbage included"
+        );
+        assert!(contents(&state).iter().all(|(_, c)| *c == 3));
+        let found = state
+            .lookup_columns(
+                &[Arc::new(StringArray::from(vec![keys[7], keys[n - 1]])) as ArrayRef],
+                2,
+                &state.all_columns(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.num_rows(), 2);
+    }
+
+    #[test]
+    fn final_values_are_stored_beside_their_groups_partial_state() {
+        let finals_schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("doubled", DataType::Int64, false),
+        ]));
+        let groups = Groups::new(&schema(), Some(&finals_schema), 1, unbounded()).unwrap();
+        let merged = rows(&[Some("a"), None, Some("c")], &[1, 2, 3]);
+        // The aggregation computes final values in an order of its own.
+        let finals = RecordBatch::try_new(
+            finals_schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("c"), Some("a"), None])),
+                Arc::new(Int64Array::from(vec![6, 2, 4])),
+            ],
+        )
+        .unwrap();
+        let stored = groups
+            .to_store(&merged, &[finals.slice(0, 1), finals.slice(1, 2)])
+            .unwrap();
+        groups.write().upsert(stored).unwrap();
+        let finals = groups.finals.as_ref().unwrap();
+        let state = groups.read();
+        let out = state.rows(finals).unwrap();
+        assert_eq!(out[0].schema(), finals_schema);
+        let keys = out[0].column(0).as_string::<i32>();
+        let values = out[0].column(1).as_primitive::<Int64Type>();
+        let mut pairs: Vec<(Option<&str>, i64)> = (0..3)
+            .map(|i| (keys.is_valid(i).then(|| keys.value(i)), values.value(i)))
+            .collect();
+        pairs.sort();
+        assert_eq!(pairs, vec![(None, 4), (Some("a"), 2), (Some("c"), 6)]);
+        let partial = state.lookup(&merged, &groups.partial).unwrap().unwrap();
+        assert_eq!(partial.schema(), schema());
+        // Values missing for a group are an error, not a row of someone else's values.
+        drop(state);
+        let other = RecordBatch::try_new(
+            finals_schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("zzz")])),
+                Arc::new(Int64Array::from(vec![0])),
+            ],
+        )
+        .unwrap();
+        assert!(
+            groups
+                .to_store(&rows(&[Some("a")], &[1]), &[other])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn epochs_of_few_groups_leave_few_chunks() {
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
+        for i in 0..20_000 {
+            // A new group, and an update of a hot one.
+            let key = format!("k{i}");
+            state
+                .upsert(rows(&[Some(&key), Some("hot")], &[i, i]))
+                .unwrap();
+            if i % 997 == 0 {
+                check(&state);
+            }
+        }
+        assert_eq!(state.len(), 20_001);
+        assert!(
+            state.chunks.len() <= 3 + TAIL_CHUNKS,
+            "{} chunks",
+            state.chunks.len()
+        );
+        let all = contents(&state);
+        assert_eq!(all[all.len() - 1], (Some("k9999".into()), 9999));
+        assert!(all.contains(&(Some("hot".into()), 19_999)));
+    }
+
+    #[test]
+    fn groups_without_aggregate_values_are_held_too() {
+        // `SELECT DISTINCT k` (no aggregate): rows are keys alone, for a view too.
+        let keys = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
+        let groups = Groups::new(&keys, Some(&keys), 1, unbounded()).unwrap();
+        let batch = |k: &[&str]| {
+            RecordBatch::try_new(keys.clone(), vec![Arc::new(StringArray::from(k.to_vec()))])
+                .unwrap()
+        };
+        for round in 0..3 {
+            let merged = batch(&["a", "b", "c"]);
+            let stored = groups
+                .to_store(&merged, &[batch(&["c", "b", "a"])])
+                .unwrap();
+            groups.write().upsert(stored).unwrap();
+            assert_eq!(groups.read().len(), 3, "round {round}");
+        }
+        let state = groups.read();
+        let out = state.rows(groups.finals.as_ref().unwrap()).unwrap();
+        assert_eq!(out[0].num_rows(), 3);
+        assert!(
+            state
+                .lookup(&batch(&["b"]), &groups.partial)
+                .unwrap()
+                .is_some()
+        );
     }
 }

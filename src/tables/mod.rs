@@ -81,6 +81,10 @@ pub struct QueryStatus {
     pub rows_out: u64,
     pub rows_per_sec: f64,
     pub last_checkpoint_ms: Option<i64>,
+    /// An aggregation's live groups.
+    pub groups: Option<u64>,
+    /// Memory its state holds (reserved against `--memory-limit`).
+    pub state_bytes: u64,
     pub error: Option<String>,
     pub sql: String,
 }

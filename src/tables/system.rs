@@ -196,6 +196,8 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
             DataType::Timestamp(TimeUnit::Microsecond, None),
             true,
         ),
+        Field::new("groups", DataType::Int64, true),
+        Field::new("state_bytes", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("sql", DataType::Utf8, false),
     ]));
@@ -226,6 +228,10 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
                 .iter()
                 .map(|q| q.last_checkpoint_ms.map(|ms| ms * 1000)),
         )),
+        Arc::new(Int64Array::from_iter(
+            queries.iter().map(|q| q.groups.map(|g| g as i64)),
+        )),
+        number(&|q| q.state_bytes),
         Arc::new(StringArray::from_iter(
             queries.iter().map(|q| q.error.as_deref()),
         )),
