@@ -83,6 +83,10 @@ async fn server_files_owners_and_grants() {
             "COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
             outside.join("out.csv").display()
         ),
+        format!(
+            "COPY (SELECT 1 AS x) TO '{}'",
+            outside.join("out.log").display()
+        ),
     ] {
         let (code, message) = refused(&ann, &sql).await;
         assert_eq!(code, "42501", "{sql}: {message}");
@@ -93,6 +97,8 @@ async fn server_files_owners_and_grants() {
     for sql in [
         format!("CREATE EXTERNAL TABLE cl STORED AS TEXT LOCATION '{commit_log}'"),
         format!("COPY (SELECT 1 AS x) TO '{commit_log}' STORED AS CSV"),
+        // Refused for the path before anything is said about the file's format.
+        format!("COPY (SELECT 1 AS x) TO '{commit_log}'"),
         format!(
             "COPY (SELECT 1 AS x) TO '{}/topics/x.csv' STORED AS CSV",
             data.display()

@@ -361,6 +361,8 @@ impl Session {
         {
             return output;
         }
+        let who = self.principal();
+        self.authorize_files(&statement, &who)?;
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
         let mut state = self.state.clone();
@@ -373,7 +375,6 @@ impl Session {
         if let Some(params) = params {
             plan = plan.with_param_values(params)?;
         }
-        let who = self.principal();
         self.authorize(&plan, &catalog, &who)?;
         match &plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
@@ -433,6 +434,25 @@ impl Session {
         }
         let stream = DataFrame::new(state, plan).execute_stream().await?;
         Ok(Output::Rows(stream))
+    }
+
+    /// Refuses server-file access `who` may not have before the statement is planned, as
+    /// PostgreSQL checks privileges before anything about the file: what planning would say
+    /// about a path (its format, its contents) is for those who may use it.
+    fn authorize_files(&self, statement: &DfStatement, who: &Principal) -> Result<()> {
+        match statement {
+            DfStatement::CopyTo(copy) => {
+                who.require_role(WRITE_SERVER_FILES, "write server files")?;
+                self.db.files.check(&copy.target, FileUse::Write)
+            }
+            DfStatement::CreateExternalTable(cmd) => {
+                who.require_role(READ_SERVER_FILES, "read server files")?;
+                cmd.locations
+                    .iter()
+                    .try_for_each(|location| self.db.files.check(location, FileUse::Read))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a planned statement that reads, writes or touches what `who` may not: every
