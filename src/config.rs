@@ -42,6 +42,19 @@ pub struct ServerConfig {
         global = true
     )]
     pub pg_addr: SocketAddr,
+    /// Address Kafka clients connect to (`host:port`; every address the host resolves to
+    /// is listened on, port 0 picks a free port); `off` serves no Kafka clients.
+    #[arg(
+        long,
+        env = "RUNNEL_KAFKA_ADDR",
+        default_value = "localhost:9092",
+        global = true
+    )]
+    pub kafka_addr: String,
+    /// Where Kafka clients are told to connect (`host:port`), if not --kafka-addr's host and
+    /// the port it listens on: the name clients outside this machine reach it by.
+    #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED", global = true)]
+    pub kafka_advertised: Option<String>,
     /// COPY and INSERT … SELECT are atomic up to this many bytes of input; larger inputs
     /// commit in chunks of this size.
     #[arg(long, env = "RUNNEL_COPY_CHUNK_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]

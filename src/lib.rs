@@ -4,8 +4,8 @@
 //! uses only those below it:
 //!
 //! ```text
-//!  pgwire/            Postgres wire protocol ⇄ sessions   (server: wiring, admission, auth, tls)
-//!     │
+//!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
+//!     │               codec, handlers)   (server: wiring, admission, auth, tls)
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
@@ -27,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod groups;
 pub mod ingest;
+pub mod kafka;
 pub mod memory;
 pub mod pgwire;
 pub mod server;

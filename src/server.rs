@@ -44,13 +44,14 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
     on_listening(addr);
+    let (closing, closed) = watch::channel(false);
+    let kafka = listen_for_kafka(&config, &db, closed.clone()).await?;
     let manager = Arc::new(ConnectionManager::new());
     let slots = Slots::new(
         config.max_connections,
         config.superuser_reserved_connections,
     );
     let startup_timeout = Duration::from_millis(config.startup_timeout_ms);
-    let (closing, closed) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -113,10 +114,75 @@ pub async fn run(
         while connections.join_next().await.is_some() {}
     })
     .await;
+    if let Some(kafka) = kafka {
+        let _ = kafka.await;
+    }
     tracing::info!("shutting down: finishing queued writes");
     db.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Starts serving Kafka clients on --kafka-addr, unless it is `off`.
+async fn listen_for_kafka(
+    config: &ServerConfig,
+    db: &Arc<Database>,
+    closed: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if config.kafka_addr == "off" {
+        return Ok(None);
+    }
+    if config.auth == AuthMode::Password {
+        // Kafka clients would come in without a password: not until SASL is served.
+        tracing::warn!(
+            "not serving Kafka clients: with --auth password they would need SASL, which is not supported yet (--kafka-addr off silences this)"
+        );
+        return Ok(None);
+    }
+    let cannot = |e: std::io::Error| {
+        Error::plan(
+            "58000",
+            format!(
+                "cannot listen for Kafka clients on {}: {e}",
+                config.kafka_addr
+            ),
+        )
+    };
+    let (listeners, port) = crate::kafka::bind(&config.kafka_addr)
+        .await
+        .map_err(cannot)?;
+    let advertised = match &config.kafka_advertised {
+        Some(at) => parse_host_port(at, port).ok_or_else(|| {
+            Error::plan(
+                "22023",
+                format!("--kafka-advertised {at}: expected host:port"),
+            )
+        })?,
+        None => parse_host_port(&config.kafka_addr, port).expect("an address that was bound"),
+    };
+    tracing::info!(
+        "listening for Kafka clients on {} (advertised as {}:{})",
+        config.kafka_addr,
+        advertised.host,
+        advertised.port
+    );
+    Ok(Some(tokio::spawn(crate::kafka::serve(
+        listeners,
+        db.clone(),
+        advertised,
+        closed,
+    ))))
+}
+
+/// `host:port` (`[v6]:port` too) as advertised, with `bound` for port 0.
+fn parse_host_port(at: &str, bound: u16) -> Option<crate::kafka::Advertised> {
+    let (host, port) = at.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty()).then(|| crate::kafka::Advertised {
+        host: host.to_string(),
+        port: if port == 0 { bound } else { port },
+    })
 }
 
 tokio::task_local! {

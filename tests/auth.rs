@@ -19,7 +19,7 @@ async fn scram_passwords_and_users() {
     let out = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--pg-addr", "127.0.0.1:0"])
+        .args(["--pg-addr", "127.0.0.1:0", "--kafka-addr", "127.0.0.1:0"])
         .args(PASSWORD)
         .env_remove("RUNNEL_PASSWORD")
         .output()

@@ -1,7 +1,7 @@
 //! Fuzzing the real server for a bounded time: the `.slt` corpus mutated and spliced, and
-//! statements generated to be deep, wide or huge, from several connections at once; and
-//! broken Postgres wire frames on raw sockets. Whatever arrives, the server must answer or
-//! close that one connection, and keep running for everyone else.
+//! statements generated to be deep, wide or huge, from several connections at once; broken
+//! Postgres wire frames on raw sockets; and broken Kafka requests. Whatever arrives, the
+//! server must answer or close that one connection, and keep running for everyone else.
 //!
 //! `RUNNEL_FUZZ_SECONDS` sets how long each fuzzer runs (default 20); the seed is printed
 //! and `RUNNEL_SEED` replays it. For a long run: `RUNNEL_FUZZ_SECONDS=600 cargo test
@@ -461,6 +461,131 @@ async fn broken_wire_frames_never_crash_the_server() {
         vec![vec![Some("42".to_string())]]
     );
     eprintln!("frame fuzz: {connections} connections, {frames} frames");
+    assert!(connections > 50, "the fuzzer ran");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// A valid Kafka request frame of an API the server serves, at any version it defines
+/// (served or not).
+fn kafka_request(rng: &mut Rng) -> Vec<u8> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, RequestKind, TopicName,
+    };
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let (key, body) = if rng.below(2) == 0 {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("fuzz"))
+            .with_client_software_version(StrBytes::from_static_str("1"));
+        (ApiKey::ApiVersions, RequestKind::ApiVersions(request))
+    } else {
+        let topics = (0..rng.below(4))
+            .map(|i| {
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(format!("t{i}")))))
+            })
+            .collect();
+        let topics = (rng.below(3) > 0).then_some(topics);
+        (
+            ApiKey::Metadata,
+            RequestKind::Metadata(MetadataRequest::default().with_topics(topics)),
+        )
+    };
+    let versions = key.valid_versions();
+    let version = versions.min + rng.below((versions.max - versions.min + 1) as u64) as i16;
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(rng.next() as i32)
+        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
+    if header
+        .encode(&mut out, key.request_header_version(version))
+        .is_err()
+        || body.encode(&mut out, version).is_err()
+    {
+        return vec![0, 0, 0, 0];
+    }
+    let length = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&length.to_be_bytes());
+    out.to_vec()
+}
+
+/// A Kafka request broken in one way or another: bytes flipped or set to extremes (lengths
+/// and counts become huge or negative), cut short, or under a length that lies.
+fn broken_kafka_frame(rng: &mut Rng) -> Vec<u8> {
+    let mut frame = kafka_request(rng);
+    match rng.below(5) {
+        0 => {}
+        1 | 2 => {
+            for _ in 0..1 + rng.below(4) {
+                let at = 4 + rng.below(frame.len().saturating_sub(4).max(1) as u64) as usize;
+                if at < frame.len() {
+                    frame[at] = [0xff, 0x7f, 0x80, 0, rng.next() as u8][rng.below(5) as usize];
+                }
+            }
+        }
+        3 => frame.truncate(rng.below(frame.len() as u64 + 1) as usize),
+        _ => {
+            let lengths = [i32::MAX, -1, 0, 3, 1 << 30, 200 << 20];
+            let length = lengths[rng.below(lengths.len() as u64) as usize];
+            frame[..4].copy_from_slice(&length.to_be_bytes());
+        }
+    }
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_kafka_requests_never_crash_the_server() {
+    let mut rng = Rng::seeded("kafka fuzz");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TOPIC t1 WITH (partitions = 3)")
+        .await
+        .unwrap();
+    let bootstrap = server.kafka_bootstrap();
+    let deadline = Instant::now() + fuzz_duration();
+    let (mut connections, mut frames) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let mut socket = TcpStream::connect(&bootstrap).await.unwrap();
+        connections += 1;
+        for _ in 0..1 + rng.below(10) {
+            let frame = broken_kafka_frame(&mut rng);
+            frames += 1;
+            if socket.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(10), socket.read(&mut buf)).await;
+        drop(socket);
+        assert!(
+            server.is_running(),
+            "the server exited; its log:\n{}",
+            server.log()
+        );
+    }
+    // A well-formed request is answered (ApiVersions v0: key 18, version 0, correlation
+    // id 1, no client id), and SQL goes on.
+    let mut socket = TcpStream::connect(&bootstrap).await.unwrap();
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    socket.write_all(&request).await.unwrap();
+    let mut answer = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("an answer");
+    assert_eq!(&answer[4..], &[0, 0, 0, 1], "the correlation id");
+    let client = server.connect().await;
+    assert_eq!(
+        common::rows(&client, "SELECT 41 + 1").await,
+        vec![vec![Some("42".to_string())]]
+    );
+    eprintln!("kafka fuzz: {connections} connections, {frames} frames");
     assert!(connections > 50, "the fuzzer ran");
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }

@@ -46,6 +46,7 @@ pub fn start_runnel_with(dir: &Path, flags: &[&str]) -> Runnel {
         .arg("--data-dir")
         .arg(dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
+        .args(["--kafka-addr", "127.0.0.1:0"])
         .args(flags)
         .stderr(Stdio::piped())
         .spawn()

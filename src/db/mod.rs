@@ -12,6 +12,7 @@ mod cursor;
 mod ddl;
 mod files;
 mod grants;
+pub mod kafka;
 mod session;
 mod subscriptions;
 mod users;

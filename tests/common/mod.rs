@@ -70,6 +70,7 @@ fn start_wrapped(
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "info"])
+        .args(kafka_port(flags))
         .args(flags)
         .envs(env.iter().copied())
         .current_dir(cwd)
@@ -114,6 +115,16 @@ fn start_wrapped(
     }
 }
 
+/// A free port for Kafka clients, unless `flags` choose one: tests run servers side by side,
+/// and the default (`localhost:9092`) is one port.
+fn kafka_port(flags: &[&str]) -> &'static [&'static str] {
+    if flags.contains(&"--kafka-addr") {
+        &[]
+    } else {
+        &["--kafka-addr", "127.0.0.1:0"]
+    }
+}
+
 /// Starts `runnel` on `data_dir` expecting it to refuse: returns its exit status and what
 /// it wrote to stderr. Panics if it is still running after 60 s.
 pub fn start_refused(data_dir: &Path, flags: &[&str]) -> (std::process::ExitStatus, String) {
@@ -126,6 +137,7 @@ pub fn start_refused(data_dir: &Path, flags: &[&str]) -> (std::process::ExitStat
         .arg("--data-dir")
         .arg(data_dir)
         .args(port)
+        .args(kafka_port(flags))
         .args(["--log", "info"])
         .args(flags)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -217,6 +229,15 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where Kafka clients connect (`host:port`, as the server advertises it).
+    pub fn kafka_bootstrap(&self) -> String {
+        let marker = "(advertised as ";
+        self.wait_for_log(marker);
+        let log = self.log();
+        let rest = log.split(marker).nth(1).expect("the advertised address");
+        rest.split(')').next().unwrap().to_string()
     }
 
     /// SIGKILL: the process gets no chance to flush or clean up.

@@ -1,0 +1,57 @@
+//! The Kafka APIs Runnel serves and the versions of each, which ApiVersions advertises.
+//!
+//! Only what is implemented and tested with real clients is advertised: a client that sees
+//! an API advertised uses it. Old clients decide features from these ranges, so they are
+//! as wide as what is served (see `docs/kafka.md`).
+
+use std::ops::RangeInclusive;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+/// Each served API and its versions.
+const SERVED: &[(ApiKey, i16, i16)] = &[(ApiKey::ApiVersions, 0, 4), (ApiKey::Metadata, 0, 12)];
+
+/// The served API with this key, and its versions.
+pub fn served(key: i16) -> Option<(ApiKey, RangeInclusive<i16>)> {
+    SERVED
+        .iter()
+        .find(|(api, _, _)| *api as i16 == key)
+        .map(|(api, min, max)| (*api, *min..=*max))
+}
+
+/// The versions of `key` served, if it is.
+pub fn versions(key: ApiKey) -> Option<RangeInclusive<i16>> {
+    served(key as i16).map(|(_, versions)| versions)
+}
+
+/// The ApiVersions table.
+pub fn advertised() -> Vec<ApiVersion> {
+    SERVED
+        .iter()
+        .map(|(api, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*api as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_advertised_range_is_one_the_protocol_defines() {
+        for (api, min, max) in SERVED {
+            let valid = api.valid_versions();
+            assert!(
+                valid.min <= *min && *max <= valid.max,
+                "{api:?} {min}–{max} outside {}–{}",
+                valid.min,
+                valid.max
+            );
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Kafka clients against the real server: framing, headers and versions over a raw socket
+//! (kafka-protocol's own client encoders), bad frames, and kafka-python asking for topics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, RequestKind, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+fn connect(bootstrap: &str) -> TcpStream {
+    let stream = TcpStream::connect(bootstrap).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends one request; the response's body (after its header).
+fn call(stream: &mut TcpStream, key: ApiKey, version: i16, body: RequestKind) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(version as i32 + 100)
+        .with_client_id(Some(StrBytes::from_static_str("runnel-test")))
+        .encode(&mut out, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    let length = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&length.to_be_bytes());
+    stream.write_all(&out).unwrap();
+    let mut response = read_frame(stream).expect("a response");
+    assert_eq!(
+        response.get_i32(),
+        version as i32 + 100,
+        "the correlation id"
+    );
+    if key.response_header_version(version) >= 1 {
+        assert_eq!(response.get_u8(), 0, "no tagged fields in the header");
+    }
+    response
+}
+
+fn read_frame(stream: &mut TcpStream) -> Option<Bytes> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut frame = vec![0u8; i32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut frame).ok()?;
+    Some(Bytes::from(frame))
+}
+
+/// The connection was closed by the server (not timed out).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0))
+        || matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+fn metadata_request(topics: Option<&[&str]>) -> RequestKind {
+    RequestKind::Metadata(MetadataRequest::default().with_topics(topics.map(|names| {
+        names
+            .iter()
+            .map(|n| {
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(n.to_string()))))
+            })
+            .collect()
+    })))
+}
+
+async fn setup(server: &common::Server) {
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT) WITH (partitions = 4);
+             CREATE TOPIC raw_events WITH (partitions = 2);
+             CREATE MATERIALIZED VIEW per_url AS SELECT url, count(*) FROM clicks GROUP BY url",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_and_metadata_in_old_and_new_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    setup(&server).await;
+    let mut kafka = connect(&server.kafka_bootstrap());
+
+    for version in 0..=4 {
+        let mut body = call(
+            &mut kafka,
+            ApiKey::ApiVersions,
+            version,
+            RequestKind::ApiVersions(
+                ApiVersionsRequest::default()
+                    .with_client_software_name(StrBytes::from_static_str("runnel-test"))
+                    .with_client_software_version(StrBytes::from_static_str("1")),
+            ),
+        );
+        let versions = ApiVersionsResponse::decode(&mut body, version).unwrap();
+        assert_eq!(versions.error_code, 0);
+        let metadata = versions
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::Metadata as i16)
+            .expect("Metadata is served");
+        assert_eq!((metadata.min_version, metadata.max_version), (0, 12));
+    }
+    // A newer ApiVersions than served: version 0's answer, error 35, and what is served.
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    out.put_i16(ApiKey::ApiVersions as i16);
+    out.put_i16(9);
+    out.put_i32(77);
+    out.put_i16(-1);
+    out.put_slice(&[0, 0, 0, 0, 0]);
+    let length = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&length.to_be_bytes());
+    kafka.write_all(&out).unwrap();
+    let mut response = read_frame(&mut kafka).unwrap();
+    assert_eq!(response.get_i32(), 77);
+    let versions = ApiVersionsResponse::decode(&mut response, 0).unwrap();
+    assert_eq!(versions.error_code, 35);
+    assert!(!versions.api_keys.is_empty());
+
+    // Every topic and stream, not a view's state topic, each partition led by node 1.
+    for version in [0, 1, 4, 9, 12] {
+        let mut body = call(
+            &mut kafka,
+            ApiKey::Metadata,
+            version,
+            metadata_request(None),
+        );
+        let metadata = MetadataResponse::decode(&mut body, version).unwrap();
+        assert_eq!(metadata.brokers.len(), 1, "v{version}");
+        assert_eq!(metadata.brokers[0].node_id.0, 1);
+        let mut topics: Vec<(String, usize)> = metadata
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len()))
+            .collect();
+        topics.sort();
+        assert_eq!(
+            topics,
+            vec![("clicks".to_string(), 4), ("raw_events".to_string(), 2)],
+            "v{version}"
+        );
+        let partition = &metadata.topics[0].partitions[0];
+        assert_eq!((partition.leader_id.0, partition.isr_nodes.len()), (1, 1));
+        if version >= 2 {
+            assert_eq!(metadata.cluster_id.as_ref().unwrap().len(), 22);
+        }
+    }
+    // Named topics: one known, one not.
+    let mut body = call(
+        &mut kafka,
+        ApiKey::Metadata,
+        12,
+        metadata_request(Some(&["clicks", "nope"])),
+    );
+    let metadata = MetadataResponse::decode(&mut body, 12).unwrap();
+    assert_eq!(metadata.topics[0].error_code, 0);
+    assert!(!metadata.topics[0].topic_id.is_nil());
+    assert_eq!(
+        metadata.topics[1].error_code, 3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_frame_closes_its_connection_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    setup(&server).await;
+    let bootstrap = server.kafka_bootstrap();
+    let mut good = connect(&bootstrap);
+    call(&mut good, ApiKey::Metadata, 1, metadata_request(None));
+
+    let garbage: Vec<Vec<u8>> = vec![
+        // An API that is not served.
+        [&8i32.to_be_bytes()[..], &[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]].concat(),
+        // A version that is not served (Metadata v13).
+        [
+            &12i32.to_be_bytes()[..],
+            &[0, 3, 0, 13, 0, 0, 0, 1, 0xff, 0xff, 0, 0],
+        ]
+        .concat(),
+        // 200 MiB announced.
+        (200 * 1024 * 1024i32).to_be_bytes().to_vec(),
+        // A topic array claiming 2^31 - 1 entries in a 17-byte request.
+        [
+            &17i32.to_be_bytes()[..],
+            &[0, 3, 0, 4, 0, 0, 0, 1, 0xff, 0xff],
+            &i32::MAX.to_be_bytes(),
+            &[1, 0, 0],
+        ]
+        .concat(),
+        // A negative length.
+        (-1i32).to_be_bytes().to_vec(),
+    ];
+    for bytes in &garbage {
+        let mut bad = connect(&bootstrap);
+        bad.write_all(bytes).unwrap();
+        assert!(closed(&mut bad), "{bytes:?} closes its connection");
+    }
+    // The good connection, new ones, and SQL carry on.
+    call(&mut good, ApiKey::Metadata, 12, metadata_request(None));
+    call(
+        &mut connect(&bootstrap),
+        ApiKey::ApiVersions,
+        3,
+        RequestKind::ApiVersions(ApiVersionsRequest::default()),
+    );
+    let client = server.connect().await;
+    client
+        .batch_execute("INSERT INTO clicks VALUES (1, '/')")
+        .await
+        .unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_sees_topics_and_partitions() {
+    let python = std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    setup(&server).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_metadata.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(server.kafka_bootstrap())
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("kafka metadata ok"),
+        "{stdout}\n{stderr}\n--- server ---\n{}",
+        server.log()
+    );
+    server.stop();
+}
