@@ -13,6 +13,7 @@ pub mod apis;
 pub mod codec;
 mod connection;
 mod handler;
+pub mod records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
