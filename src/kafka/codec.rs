@@ -17,6 +17,9 @@ use super::apis;
 /// Frames above this many bytes close the connection (Kafka's `socket.request.max.bytes`).
 pub const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
+/// The most a connection's buffer grows by ahead of the bytes that have arrived.
+const READ_AHEAD_BYTES: usize = 1024 * 1024;
+
 /// Kafka's UNSUPPORTED_VERSION error code.
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
@@ -45,7 +48,9 @@ pub fn next_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Byte
         )));
     }
     if buffer.len() < 4 + length {
-        buffer.reserve(4 + length - buffer.len());
+        // Room for what is still to come, a mebibyte at a time: memory follows the bytes
+        // that arrive, not the length a client announces.
+        buffer.reserve((4 + length - buffer.len()).min(READ_AHEAD_BYTES));
         return Ok(None);
     }
     buffer.advance(4);
@@ -181,6 +186,19 @@ mod tests {
         };
         assert_eq!((request.key, request.version), (ApiKey::ApiVersions, 3));
         assert_eq!(request.header.correlation_id, 7);
+    }
+
+    #[test]
+    fn an_announced_length_does_not_size_the_buffer() {
+        // 100 MiB announced, 10 bytes sent: the buffer grows by what arrives.
+        let mut buffer = BytesMut::from(&(MAX_FRAME_BYTES as i32).to_be_bytes()[..]);
+        buffer.extend_from_slice(&[0; 10]);
+        assert_eq!(next_frame(&mut buffer, MAX_FRAME_BYTES), Ok(None));
+        assert!(
+            buffer.capacity() <= 2 * READ_AHEAD_BYTES,
+            "{}",
+            buffer.capacity()
+        );
     }
 
     #[test]
