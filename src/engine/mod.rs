@@ -210,6 +210,8 @@ enum ViewSource {
 struct ViewGroups {
     /// The groups, with their final values.
     groups: Arc<Groups>,
+    /// Where the final values are in `groups`' rows.
+    finals: state::Columns,
     /// The epoch `groups` are as of (changed only under their write lock).
     applied: AtomicU64,
     aggregation: Mutex<Aggregation>,
@@ -221,13 +223,6 @@ struct ViewGroups {
 const MAX_LOOKUP_KEYS: usize = 1024;
 
 impl ViewGroups {
-    fn finals(&self) -> Result<&state::Columns> {
-        self.groups
-            .finals
-            .as_ref()
-            .ok_or_else(|| Error::Internal("a view's groups without final values".into()))
-    }
-
     /// The key columns of the groups `filters` can match, when they pin every group column
     /// to literals (`user_id = 42`, `k IN (1, 2)`); `None` when all groups must be read.
     fn lookup_keys(
@@ -336,7 +331,7 @@ impl ViewContents {
             }
             ViewSource::Groups(groups) => {
                 let aggregation = groups.aggregation.lock().expect("view lock").clone();
-                let columns = groups.finals()?;
+                let columns = &groups.finals;
                 let state = groups.groups.read();
                 let rows = match groups.lookup_keys(filters, &self.schema, columns.schema()) {
                     Some(keys) => {
@@ -394,7 +389,7 @@ impl Engine {
         let (rows, epoch) = {
             let state = groups.groups.read();
             (
-                state.rows(groups.finals()?)?,
+                state.rows(&groups.finals)?,
                 groups.applied.load(Ordering::Acquire),
             )
         };

@@ -210,9 +210,11 @@ impl QueryTask {
                     state.write().upsert(rows)?;
                 }
                 self.groups = Some(state.clone());
-                view.then(|| {
+                // A view's groups hold final values: that is what makes them a view's.
+                state.finals.clone().map(|finals| {
                     ViewSource::Groups(Box::new(ViewGroups {
                         groups: state,
+                        finals,
                         applied: AtomicU64::new(self.checkpoint.epoch),
                         aggregation: Mutex::new(aggregation),
                         group_outputs: group_outputs.clone(),
@@ -380,10 +382,9 @@ impl QueryTask {
                         // The changed groups' rows before and after, for subscribers.
                         let before = {
                             let state = groups.read();
-                            let columns = groups.finals.as_ref().expect("a view has final values");
                             let mut before = vec![];
                             for batch in &finals {
-                                before.extend(state.lookup(batch, columns)?);
+                                before.extend(state.lookup(batch, &view.finals)?);
                             }
                             before
                         };

@@ -180,10 +180,6 @@ impl GroupState {
         self.chunk_bytes + self.index.capacity() * INDEX_SLOT_BYTES * 8 / 7
     }
 
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     /// Live groups.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -356,43 +352,35 @@ impl GroupState {
         .map_err(internal)
     }
 
-    /// Makes `rows` the current rows of their groups (at most one row per group).
+    /// Makes `rows` the current rows of their groups (at most one row per group), all of
+    /// them, then reserves what the state holds: over the memory limit, the state is whole
+    /// and the error says so.
     pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
-        self.upsert_all([rows])
-    }
-
-    /// Makes each batch's rows the current rows of their groups, all of them, then reserves
-    /// what the state holds: over the memory limit, the state is whole and the error says so.
-    pub fn upsert_all(&mut self, batches: impl IntoIterator<Item = RecordBatch>) -> Result<()> {
-        for rows in batches {
-            let mut start = 0;
-            while start < rows.num_rows() {
-                let len = STATE_BATCH_ROWS.min(rows.num_rows() - start);
-                let piece = rows.slice(start, len);
-                let keys = match &self.converter {
-                    None => None,
-                    Some(converter) => Some(
-                        converter
-                            .convert_columns(&piece.columns()[..self.groups])
-                            .map_err(internal)?,
-                    ),
-                };
-                let values = RecordBatch::try_new_with_options(
-                    self.values.clone(),
-                    piece.columns()[self.groups..].to_vec(),
-                    &RecordBatchOptions::new().with_row_count(Some(len)),
-                )
+        let mut start = 0;
+        while start < rows.num_rows() {
+            let len = STATE_BATCH_ROWS.min(rows.num_rows() - start);
+            let piece = rows.slice(start, len);
+            let keys = self
+                .converter
+                .as_ref()
+                .map(|c| c.convert_columns(&piece.columns()[..self.groups]))
+                .transpose()
                 .map_err(internal)?;
-                self.insert(Chunk {
-                    keys,
-                    values: owned(values)?,
-                });
-                self.merge_tail()?;
-                start += len;
-            }
-            if self.compaction_due() {
-                self.compact()?;
-            }
+            let values = RecordBatch::try_new_with_options(
+                self.values.clone(),
+                piece.columns()[self.groups..].to_vec(),
+                &RecordBatchOptions::new().with_row_count(Some(len)),
+            )
+            .map_err(internal)?;
+            self.insert(Chunk {
+                keys,
+                values: owned(values)?,
+            });
+            self.merge_tail()?;
+            start += len;
+        }
+        if self.compaction_due() {
+            self.compact()?;
         }
         self.reserve()
     }
@@ -545,7 +533,7 @@ impl GroupState {
 /// holding its partial state (what the next epoch merges into) and, for a view, its final
 /// values beside it (what `SELECT` reads).
 pub struct Groups {
-    pub state: RwLock<GroupState>,
+    state: RwLock<GroupState>,
     /// Each group's partial state, as the aggregation merges it.
     pub partial: Columns,
     /// A view's final values of each group, as the aggregation outputs them.
