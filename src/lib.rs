@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
-//!     │               codec, handlers)   (server: wiring, admission, auth, tls)
+//!     │               codec, handlers)   (server: wiring, admission, auth, tls, panics)
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
@@ -29,6 +29,7 @@ pub mod groups;
 pub mod ingest;
 pub mod kafka;
 pub mod memory;
+pub mod panics;
 pub mod pgwire;
 pub mod server;
 pub mod sql;

@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     config.validate().map_err(anyhow::Error::msg)?;
-    runnel::server::install_panic_hook();
+    runnel::panics::install_hook();
     match cli.command.unwrap_or(Command::Server) {
         Command::Server => {
             runnel::storage::disk::raise_open_files_limit();

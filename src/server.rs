@@ -1,12 +1,9 @@
 //! Wiring: open the database, listen for Postgres clients, shut down cleanly.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::FutureExt;
 use pgwire::api::ConnectionManager;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -76,10 +73,9 @@ pub async fn run(
                 let connection = Connection::new(db.session(), manager.clone(), watch.clone(), &auth, ticket.clone());
                 let tls = tls.clone();
                 let mut closed = closed.clone();
-                connections.spawn(CONNECTION_PANIC.scope(RefCell::new(None), async move {
+                connections.spawn(async move {
                     tracing::debug!(%peer, "connection opened");
-                    let served = AssertUnwindSafe(pgwire::tokio::process_socket(socket, tls.clone(), connection))
-                        .catch_unwind();
+                    let served = crate::panics::contain(pgwire::tokio::process_socket(socket, tls.clone(), connection));
                     let late = async {
                         if tokio::time::timeout(startup_timeout, ticket.admitted()).await.is_ok() {
                             std::future::pending::<()>().await;
@@ -89,10 +85,7 @@ pub async fn run(
                         served = served => match served {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-                            Err(_) => {
-                                let what = CONNECTION_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
-                                tracing::warn!(%peer, what, "closed a connection whose task failed (a malformed message can do this)");
-                            }
+                            Err(what) => tracing::warn!(%peer, what, "closed a connection whose task failed (a malformed message can do this)"),
                         },
                         _ = late => tracing::info!(%peer, ms = startup_timeout.as_millis() as u64, "closed a connection that did not finish start-up in time"),
                         _ = async { let _ = closed.wait_for(|c| *c).await; } => {
@@ -103,7 +96,7 @@ pub async fn run(
                         }
                     }
                     drop(ticket);
-                }));
+                });
             }
         }
     }
@@ -151,15 +144,16 @@ async fn listen_for_kafka(
     let (listeners, port) = crate::kafka::bind(&config.kafka_addr)
         .await
         .map_err(cannot)?;
-    let advertised = match &config.kafka_advertised {
-        Some(at) => parse_host_port(at, port).ok_or_else(|| {
-            Error::plan(
-                "22023",
-                format!("--kafka-advertised {at}: expected host:port"),
-            )
-        })?,
-        None => parse_host_port(&config.kafka_addr, port).expect("an address that was bound"),
-    };
+    let at = config
+        .kafka_advertised
+        .as_ref()
+        .unwrap_or(&config.kafka_addr);
+    let advertised = parse_host_port(at, port).ok_or_else(|| {
+        Error::plan(
+            "22023",
+            format!("Kafka clients cannot be told to connect to {at}: expected host:port"),
+        )
+    })?;
     tracing::info!(
         "listening for Kafka clients on {} (advertised as {}:{})",
         config.kafka_addr,
@@ -183,36 +177,6 @@ fn parse_host_port(at: &str, bound: u16) -> Option<crate::kafka::Advertised> {
         host: host.to_string(),
         port: if port == 0 { bound } else { port },
     })
-}
-
-tokio::task_local! {
-    /// Set while a connection's task runs: a panic there (pgwire's decoders panic on some
-    /// malformed messages) ends that connection only, and is logged as one line.
-    static CONNECTION_PANIC: RefCell<Option<String>>;
-}
-
-/// Installs the process's panic hook: a panic in a connection's task is recorded for the
-/// connection to log when it closes; any other panic is reported as usual.
-pub fn install_panic_hook() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let what = || {
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            match info.location() {
-                Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
-                None => message,
-            }
-        };
-        let recorded = CONNECTION_PANIC.try_with(|slot| *slot.borrow_mut() = Some(what()));
-        if recorded.is_err() {
-            default(info);
-        }
-    }));
 }
 
 /// In password mode the superuser must exist: made from `RUNNEL_PASSWORD` the first time.

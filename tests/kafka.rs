@@ -253,3 +253,22 @@ async fn kafka_python_sees_topics_and_partitions() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_passwords_kafka_clients_are_not_served_without_one() {
+    // Kafka clients have no password to give until SASL is served: they would reach every
+    // topic, so the server does not listen for them at all, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with_env(
+        dir.path(),
+        &["--auth", "password"],
+        &[("RUNNEL_PASSWORD", "secret")],
+    );
+    server.wait_for_log("not serving Kafka clients");
+    assert!(
+        !server.log().contains("listening for Kafka clients"),
+        "{}",
+        server.log()
+    );
+    server.stop();
+}

@@ -1,12 +1,10 @@
 //! One Kafka client connection: read frames, answer each in order, close on what Kafka
-//! closes on. A panic while handling a request ends this connection only.
+//! closes on. A panic while handling a request ends this connection only ([`crate::panics`]).
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,13 +13,10 @@ use super::handler::Handler;
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
     tracing::debug!(%peer, "Kafka connection opened");
-    match AssertUnwindSafe(serve(socket, &handler))
-        .catch_unwind()
-        .await
-    {
+    match crate::panics::contain(serve(socket, &handler)).await {
         Ok(Ok(())) => tracing::debug!(%peer, "Kafka connection closed by the client"),
         Ok(Err(Closed(why))) => tracing::info!(%peer, why, "closed a Kafka connection"),
-        Err(_) => tracing::warn!(%peer, "closed a Kafka connection whose request failed"),
+        Err(what) => tracing::warn!(%peer, what, "closed a Kafka connection whose request failed"),
     }
 }
 

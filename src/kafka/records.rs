@@ -14,7 +14,8 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, BinaryArray, BinaryBuilder, ListArray, ListBuilder, StringBuilder, StructBuilder,
+    Array, AsArray, BinaryArray, BinaryBuilder, ListArray, ListBuilder, StringBuilder,
+    StructBuilder,
 };
 use arrow::datatypes::{DataType, Field, Fields};
 use bytes::{BufMut, BytesMut};
@@ -137,11 +138,7 @@ impl BatchHeader {
 /// The Arrow type of a record's headers: a list of (key, value) with UTF-8 keys, as Kafka
 /// has them; a value may be null.
 pub fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::Struct(header_fields()),
-        false,
-    )))
+    headers_builder().finish().data_type().clone()
 }
 
 fn header_fields() -> Fields {
@@ -149,6 +146,13 @@ fn header_fields() -> Fields {
         Field::new("key", DataType::Utf8, false),
         Field::new("value", DataType::Binary, true),
     ])
+}
+
+/// Builds a column of [`headers_type`].
+fn headers_builder() -> ListBuilder<StructBuilder> {
+    ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
+        Field::new("item", DataType::Struct(header_fields()), false),
+    ))
 }
 
 /// A batch's records, as columns (one row per record, in offset order).
@@ -323,9 +327,7 @@ fn decode_records(header: &BatchHeader, bytes: &[u8]) -> Result<Records, BatchEr
     let mut timestamps = Vec::with_capacity(count);
     let mut keys = BinaryBuilder::with_capacity(count, 0);
     let mut values = BinaryBuilder::with_capacity(count, bytes.len());
-    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(
-        Arc::new(Field::new("item", DataType::Struct(header_fields()), false)),
-    );
+    let mut headers = headers_builder();
     let mut reader = Reader { bytes };
     for expected in 0..count as i32 {
         let length = reader.varint()?;
@@ -517,20 +519,14 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
             records.values.is_valid(i).then(|| records.values.value(i)),
         );
         let headers = records.headers.value(i);
-        let headers = headers
-            .as_any()
-            .downcast_ref::<arrow::array::StructArray>()
-            .expect("headers are structs");
+        let headers = headers.as_struct();
         put_varlong(&mut record, headers.len() as i64);
-        let keys = headers
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>();
-        let values = headers.column(1).as_any().downcast_ref::<BinaryArray>();
+        let (keys, values) = (
+            headers.column(0).as_string::<i32>(),
+            headers.column(1).as_binary::<i32>(),
+        );
         for h in 0..headers.len() {
-            let key = keys.expect("string keys").value(h);
-            put_bytes(&mut record, Some(key.as_bytes()));
-            let values = values.expect("binary values");
+            put_bytes(&mut record, Some(keys.value(h).as_bytes()));
             put_bytes(&mut record, values.is_valid(h).then(|| values.value(h)));
         }
         put_varlong(&mut body, record.len() as i64);
@@ -561,10 +557,7 @@ mod tests {
     use super::*;
 
     fn sample(n: usize) -> Records {
-        let mut headers =
-            ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
-                Field::new("item", DataType::Struct(header_fields()), false),
-            ));
+        let mut headers = headers_builder();
         for i in 0..n {
             let entries = headers.values();
             for h in 0..i % 3 {
