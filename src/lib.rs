@@ -31,6 +31,7 @@ pub mod kafka;
 pub mod memory;
 pub mod panics;
 pub mod pgwire;
+pub mod producers;
 pub mod server;
 pub mod sql;
 pub mod storage;

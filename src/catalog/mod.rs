@@ -59,11 +59,12 @@ pub const PARTITION_COLUMN: &str = "_partition";
 /// A record's offset in its partition, a hidden column of every stream.
 pub const OFFSET_COLUMN: &str = "_offset";
 /// Hidden columns of every stream, in the order they follow the declared columns.
-pub const HIDDEN_COLUMNS: [&str; 4] = [
+pub const HIDDEN_COLUMNS: [&str; 5] = [
     PARTITION_COLUMN,
     OFFSET_COLUMN,
     storage::TIMESTAMP_COLUMN,
     storage::KEY_COLUMN,
+    storage::HEADERS_COLUMN,
 ];
 
 /// An identifier as PostgreSQL reads it: folded to lower case unless quoted.

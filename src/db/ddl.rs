@@ -562,6 +562,7 @@ impl Database {
                     ("_offset", "bigint"),
                     ("_timestamp", "timestamp"),
                     ("_key", "bytea"),
+                    ("_headers", "record[]"),
                 ] {
                     lines.push((column.into(), t.into(), "hidden".into()));
                 }
@@ -581,6 +582,7 @@ impl Database {
                     ("_partition", "integer"),
                     ("_offset", "bigint"),
                     ("_timestamp", "timestamp"),
+                    ("_headers", "record[]"),
                 ] {
                     lines.push((column.into(), t.into(), "hidden".into()));
                 }

@@ -1,10 +1,29 @@
-//! What the Kafka front end (`crate::kafka`) asks of the database: the cluster's identity
-//! and its topics as Kafka clients see them. Produce, fetch and groups come through here
-//! too, so that the front end knows nothing below this module.
+//! What the Kafka front end (`crate::kafka`) asks of the database: the cluster's identity,
+//! its topics as Kafka clients see them, produce (with idempotent producers), fetch and
+//! offsets by time. The front end knows nothing below this module.
+//!
+//! A Kafka topic is a Runnel topic: a schemaless one stores each record's key, value,
+//! timestamp and headers as they came; a stream's topic decodes values with the stream's
+//! `value_format` and keys as its KEY columns ([`crate::ingest::formats`]), and encodes them
+//! back on fetch. A producer names the partition, as Kafka's producers do (with Kafka's
+//! murmur2 partitioner, the same key lands where SQL's writes put it).
 
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, ListArray, RecordBatch, TimestampMillisecondArray,
+};
 use base64::Engine as _;
 
 use super::Database;
+use crate::catalog::{CatalogData, Relation, StreamDef, TopicDef};
+use crate::ingest::WriteTarget;
+use crate::ingest::formats;
+use crate::ingest::records::Given;
+use crate::producers::{ProducerBatch, Sequence};
+use crate::storage::{
+    AppendedRange, Offset, PartitionBatch, PartitionId, ReadOptions, StorageError, Topic, now_ms,
+};
 
 /// A topic or stream, as a Kafka topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +32,107 @@ pub struct KafkaTopic {
     /// Stable for the topic's life; a topic dropped and created again gets a new one.
     pub id: [u8; 16],
     pub partitions: u32,
+}
+
+/// Records as Kafka has them, one row per record in offset order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Records {
+    /// Milliseconds since the epoch.
+    pub timestamps: Vec<i64>,
+    pub keys: BinaryArray,
+    pub values: BinaryArray,
+    /// Of [`crate::storage::headers_type`].
+    pub headers: ListArray,
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timestamps.is_empty()
+    }
+
+    /// Bytes of keys, values and headers: about what the records take on the wire.
+    pub fn size(&self) -> usize {
+        self.keys.value_data().len()
+            + self.values.value_data().len()
+            + self.headers.get_buffer_memory_size()
+            + self.len() * 8
+    }
+}
+
+/// Kafka's error codes, as this module answers them.
+pub mod code {
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// One partition's records in a Produce request.
+#[derive(Debug)]
+pub struct ProduceBatch {
+    pub partition: i32,
+    pub records: Records,
+    /// The producer's id, epoch and sequence, for an idempotent producer.
+    pub producer: Option<ProducerBatch>,
+    /// The records take the broker's time (a batch flagged LogAppendTime).
+    pub log_append_time: bool,
+}
+
+/// What became of one partition's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    pub code: i16,
+    pub message: Option<String>,
+    /// The offset of the first record (-1 on error).
+    pub base_offset: i64,
+    /// The append time, for LogAppendTime records (-1 otherwise).
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    /// For INVALID_RECORD: which records (by index in the batch) and why.
+    pub record_errors: Vec<(i32, String)>,
+}
+
+impl Produced {
+    fn failed(code: i16, message: impl Into<String>) -> Produced {
+        Produced {
+            code,
+            message: Some(message.into()),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+            record_errors: vec![],
+        }
+    }
+}
+
+/// One partition's records for a Fetch response.
+#[derive(Debug)]
+pub struct Fetched {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// Record batches in offset order, each with the offset of its first record.
+    pub batches: Vec<(i64, Records)>,
+}
+
+/// A staged batch, with the indexes of its topic and of itself in the request.
+type Indexed = (usize, usize, Staged);
+
+/// The storage batch a produced batch becomes.
+struct Staged {
+    batch: PartitionBatch,
+    producer: Option<ProducerBatch>,
+    now_ms: i64,
+    log_append_time: bool,
 }
 
 impl Database {
@@ -37,6 +157,477 @@ impl Database {
             })
             .collect()
     }
+
+    /// Appends the records of a Produce request, topic by topic and partition by partition;
+    /// each partition's batch is appended whole or refused whole. An idempotent producer's
+    /// batch is checked against what it sent before and appended with its new state in one
+    /// commit; a batch it sent before is answered with the offset it got.
+    pub async fn kafka_produce(
+        &self,
+        topics: Vec<(String, Vec<ProduceBatch>)>,
+    ) -> Vec<Vec<Produced>> {
+        let data = self.catalog().snapshot();
+        let mut answers: Vec<Vec<Produced>> = vec![];
+        let mut staged: Vec<Indexed> = vec![];
+        for (t, (name, batches)) in topics.into_iter().enumerate() {
+            let mut answered = vec![];
+            for (b, batch) in batches.into_iter().enumerate() {
+                match stage(&data, &name, batch) {
+                    Ok(stage) => {
+                        staged.push((t, b, stage));
+                        answered.push(Produced::failed(code::NONE, ""));
+                    }
+                    Err(failed) => answered.push(failed),
+                }
+            }
+            answers.push(answered);
+        }
+        // Batches without a producer in one append; each producer's in one commit.
+        let (plain, idempotent): (Vec<_>, Vec<_>) = staged
+            .into_iter()
+            .partition(|(_, _, s)| s.producer.is_none());
+        if !plain.is_empty() {
+            let batches: Vec<PartitionBatch> =
+                plain.iter().map(|(_, _, s)| s.batch.clone()).collect();
+            let outcome = self.log().append(batches.clone()).await;
+            let offsets = outcome
+                .as_ref()
+                .map(|ranges| base_offsets(&batches, ranges));
+            for (i, (t, b, stage)) in plain.iter().enumerate() {
+                answers[*t][*b] = self.appended(&offsets, i, stage);
+            }
+        }
+        let mut by_producer: Vec<(i64, Vec<Indexed>)> = vec![];
+        for item in idempotent {
+            let id = item.2.producer.expect("idempotent").id;
+            match by_producer.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, items)) => items.push(item),
+                None => by_producer.push((id, vec![item])),
+            }
+        }
+        for (id, items) in by_producer {
+            for ((t, b), answer) in self.produce_idempotent(id, items).await {
+                answers[t][b] = answer;
+            }
+        }
+        answers
+    }
+
+    /// Appends one producer's batches: each checked against its sequences, those that come
+    /// next appended with the producer's new state in one commit.
+    async fn produce_idempotent(
+        &self,
+        id: i64,
+        items: Vec<Indexed>,
+    ) -> Vec<((usize, usize), Produced)> {
+        let mut answers = vec![];
+        let mut locked = match self.producers.lock(id).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                return items
+                    .iter()
+                    .map(|(t, b, _)| {
+                        (
+                            (*t, *b),
+                            Produced::failed(code::UNKNOWN_SERVER_ERROR, e.to_string()),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        let mut next = vec![];
+        for (t, b, stage) in items {
+            let producer = stage.producer.expect("idempotent");
+            let (topic, partition) = (stage.batch.topic, stage.batch.partition);
+            let verdict =
+                crate::producers::check(locked.state.as_ref(), topic, partition, &producer);
+            let answer = match verdict {
+                Sequence::Next => {
+                    let state = locked.state.as_mut().expect("a known producer");
+                    if producer.epoch > state.epoch {
+                        state.epoch = producer.epoch;
+                        state.partitions.clear();
+                    }
+                    next.push((t, b, stage));
+                    continue;
+                }
+                Sequence::Duplicate(offset) => Produced {
+                    code: code::NONE,
+                    message: None,
+                    base_offset: offset.0 as i64,
+                    log_append_time_ms: -1,
+                    log_start_offset: self.log().log_start(topic, partition).0 as i64,
+                    record_errors: vec![],
+                },
+                Sequence::OutOfOrder { expected } => Produced::failed(
+                    code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    format!(
+                        "producer {id} sent sequence {} where {expected} comes next",
+                        producer.first_sequence
+                    ),
+                ),
+                Sequence::Fenced { current } => Produced::failed(
+                    code::INVALID_PRODUCER_EPOCH,
+                    format!(
+                        "producer {id} epoch {} is fenced by epoch {current}",
+                        producer.epoch
+                    ),
+                ),
+                Sequence::Unknown => Produced::failed(
+                    code::UNKNOWN_PRODUCER_ID,
+                    format!("producer id {id} is unknown (never issued, or expired)"),
+                ),
+            };
+            answers.push(((t, b), answer));
+        }
+        if next.is_empty() {
+            return answers;
+        }
+        let batches: Vec<PartitionBatch> = next.iter().map(|(_, _, s)| s.batch.clone()).collect();
+        let sequences = next
+            .iter()
+            .map(|(_, _, s)| {
+                let producer = s.producer.expect("idempotent");
+                (
+                    s.batch.topic,
+                    s.batch.partition,
+                    producer.first_sequence,
+                    producer.last_sequence(),
+                )
+            })
+            .collect();
+        let outcome = self
+            .log()
+            .commit_after(batches.clone(), locked.after_append(sequences))
+            .await;
+        drop(locked);
+        let offsets = outcome
+            .as_ref()
+            .map(|ranges| base_offsets(&batches, ranges));
+        for (i, (t, b, stage)) in next.iter().enumerate() {
+            answers.push(((*t, *b), self.appended(&offsets, i, stage)));
+        }
+        answers
+    }
+
+    /// What an append's outcome means for the `i`th staged batch.
+    fn appended(
+        &self,
+        offsets: &Result<Vec<Offset>, &StorageError>,
+        i: usize,
+        stage: &Staged,
+    ) -> Produced {
+        let (topic, partition) = (stage.batch.topic, stage.batch.partition);
+        match offsets {
+            Ok(offsets) => Produced {
+                code: code::NONE,
+                message: None,
+                base_offset: offsets[i].0 as i64,
+                log_append_time_ms: if stage.log_append_time {
+                    stage.now_ms
+                } else {
+                    -1
+                },
+                log_start_offset: self.log().log_start(topic, partition).0 as i64,
+                record_errors: vec![],
+            },
+            Err(StorageError::TooLarge(why)) => {
+                Produced::failed(code::MESSAGE_TOO_LARGE, why.clone())
+            }
+            Err(e) => Produced::failed(code::KAFKA_STORAGE_ERROR, e.to_string()),
+        }
+    }
+
+    /// Gives a producer its id and epoch (InitProducerId); `current` is the id and epoch
+    /// it has, if it asks for its next epoch.
+    pub async fn kafka_init_producer(
+        &self,
+        current: Option<(i64, i16)>,
+    ) -> crate::error::Result<(i64, i16)> {
+        self.producers.init(current).await
+    }
+
+    /// Records of `topic`'s `partition` from `offset`, about `max_bytes` of them (at least
+    /// one batch if there is one, however large, so a consumer always progresses).
+    pub async fn kafka_fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Fetched, (i16, String)> {
+        let data = self.catalog().snapshot();
+        let (def, stored) = self.kafka_partition(&data, topic, partition)?;
+        let partition_id = PartitionId(partition as u32);
+        let stream = data.stream_of_topic(def).cloned();
+        let log_start = self.log().log_start(def.id, partition_id);
+        let end = self.log().snapshot().high_watermark(def.id, partition_id);
+        let mut fetched = Fetched {
+            high_watermark: end.0 as i64,
+            log_start_offset: log_start.0 as i64,
+            batches: vec![],
+        };
+        if offset < log_start.0 as i64 || offset > end.0 as i64 {
+            return Err((
+                code::OFFSET_OUT_OF_RANGE,
+                format!("offset {offset} is outside {log_start}..={end}"),
+            ));
+        }
+        if offset == end.0 as i64 || max_bytes == 0 {
+            return Ok(fetched);
+        }
+        let partition = stored
+            .partition(partition_id)
+            .map_err(|e| (code::UNKNOWN_TOPIC_OR_PARTITION, e.to_string()))?
+            .clone();
+        let options = ReadOptions {
+            schema: stored.spec.schema.clone(),
+            projection: None,
+            min_timestamp_ms: None,
+            max_timestamp_ms: None,
+        };
+        let from = Offset(offset as u64);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut batches = vec![];
+            let mut bytes = 0;
+            for read in partition.reader(from..end, options) {
+                let read = read?;
+                bytes += read.batch.get_array_memory_size();
+                batches.push(read);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok::<_, StorageError>(batches)
+        })
+        .await
+        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| (code::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        let mut size = 0;
+        for batch in read {
+            let records = to_records(stream.as_ref(), &batch.batch)
+                .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e))?;
+            size += records.size();
+            fetched.batches.push((batch.base_offset.0 as i64, records));
+            if size >= max_bytes {
+                break;
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Kafka's ListOffsets for one partition: the offset of the first record whose
+    /// timestamp is at least `timestamp` (-1: the end; -2: the start; -3: the record with
+    /// the largest timestamp), and that record's timestamp; (-1, -1) if there is none.
+    pub async fn kafka_list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64), (i16, String)> {
+        let data = self.catalog().snapshot();
+        let (def, stored) = self.kafka_partition(&data, topic, partition)?;
+        let partition_id = PartitionId(partition as u32);
+        let log_start = self.log().log_start(def.id, partition_id);
+        let end = self.log().snapshot().high_watermark(def.id, partition_id);
+        match timestamp {
+            -1 => return Ok((end.0 as i64, -1)),
+            -2 => return Ok((log_start.0 as i64, -1)),
+            _ => {}
+        }
+        let partition = stored
+            .partition(partition_id)
+            .map_err(|e| (code::UNKNOWN_TOPIC_OR_PARTITION, e.to_string()))?
+            .clone();
+        let column = stored.spec.schema.fields().len() - 3;
+        let options = ReadOptions {
+            schema: stored.spec.schema.clone(),
+            projection: Some(vec![column]),
+            min_timestamp_ms: (timestamp >= 0).then_some(timestamp),
+            max_timestamp_ms: None,
+        };
+        tokio::task::spawn_blocking(move || {
+            // (offset, timestamp) of the answer so far.
+            let mut found: Option<(i64, i64)> = None;
+            for read in partition.reader(log_start..end, options) {
+                let read = read?;
+                let times = read
+                    .batch
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+                for (i, time) in times.values().iter().enumerate() {
+                    let at = read.base_offset.0 as i64 + i as i64;
+                    if timestamp >= 0 && *time >= timestamp {
+                        return Ok((at, *time));
+                    }
+                    if timestamp == -3 && found.is_none_or(|(_, t)| *time > t) {
+                        found = Some((at, *time));
+                    }
+                }
+            }
+            Ok(found.unwrap_or((-1, -1)))
+        })
+        .await
+        .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?
+        .map_err(|e: StorageError| (code::KAFKA_STORAGE_ERROR, e.to_string()))
+    }
+
+    /// The catalog's topic `name` and the log's, if `partition` is one of its partitions.
+    fn kafka_partition<'a>(
+        &self,
+        data: &'a CatalogData,
+        name: &str,
+        partition: i32,
+    ) -> Result<(&'a TopicDef, Arc<Topic>), (i16, String)> {
+        let unknown = || {
+            (
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("this server does not host partition {partition} of topic \"{name}\""),
+            )
+        };
+        let def = data
+            .topics
+            .get(name)
+            .filter(|t| t.internal.is_none())
+            .ok_or_else(unknown)?;
+        if partition < 0 || partition as u32 >= def.partitions {
+            return Err(unknown());
+        }
+        let stored = self.log().topic(def.id).ok_or_else(unknown)?;
+        Ok((def, stored))
+    }
+}
+
+/// The offset each batch got, from an append's ranges (a partition's ranges are in the
+/// order of its batches).
+fn base_offsets(batches: &[PartitionBatch], ranges: &[AppendedRange]) -> Vec<Offset> {
+    let mut used = vec![false; ranges.len()];
+    batches
+        .iter()
+        .map(|b| {
+            let i = (0..ranges.len()).find(|i| {
+                !used[*i] && ranges[*i].topic == b.topic && ranges[*i].partition == b.partition
+            });
+            i.map_or(Offset(0), |i| {
+                used[i] = true;
+                ranges[i].base_offset
+            })
+        })
+        .collect()
+}
+
+/// A produced batch as records of its topic, or why it is refused.
+fn stage(data: &CatalogData, name: &str, batch: ProduceBatch) -> Result<Staged, Produced> {
+    let unknown = || {
+        Produced::failed(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!(
+                "this server does not host partition {} of topic \"{name}\"",
+                batch.partition
+            ),
+        )
+    };
+    let topic = data
+        .topics
+        .get(name)
+        .filter(|t| t.internal.is_none())
+        .ok_or_else(unknown)?;
+    if batch.partition < 0 || batch.partition as u32 >= topic.partitions {
+        return Err(unknown());
+    }
+    let relation = match data.stream_of_topic(topic) {
+        Some(stream) => Relation::Stream(stream, topic),
+        None => Relation::Topic(topic),
+    };
+    let target = WriteTarget::of(data, &relation).ok_or_else(unknown)?;
+    let records = batch.records;
+    let rows = match &relation {
+        Relation::Stream(stream, _) => formats::decode(stream, &records.keys, &records.values)
+            .map_err(|errors| invalid_records(stream, errors))?,
+        _ => RecordBatch::try_new(
+            target.row_schema.clone(),
+            vec![
+                Arc::new(records.keys.clone()) as ArrayRef,
+                Arc::new(records.values.clone()),
+            ],
+        )
+        .map_err(|e| Produced::failed(code::UNKNOWN_SERVER_ERROR, e.to_string()))?,
+    };
+    let now_ms = now_ms();
+    let timestamps: ArrayRef =
+        Arc::new(TimestampMillisecondArray::from(if batch.log_append_time {
+            vec![now_ms; records.len()]
+        } else {
+            records
+                .timestamps
+                .iter()
+                .map(|t| if *t < 0 { now_ms } else { *t })
+                .collect()
+        }));
+    let given = Given {
+        now_ms,
+        timestamps: Some(timestamps),
+        headers: Some(Arc::new(records.headers.clone())),
+    };
+    crate::ingest::writer::refuse_nul(&target, &rows)
+        .and_then(|()| target.records(&rows, &given))
+        .map(|records| Staged {
+            batch: PartitionBatch {
+                topic: topic.id,
+                partition: PartitionId(batch.partition as u32),
+                records,
+            },
+            producer: batch.producer,
+            now_ms,
+            log_append_time: batch.log_append_time,
+        })
+        .map_err(|e| Produced::failed(code::INVALID_RECORD, e.to_string()))
+}
+
+/// INVALID_RECORD for a batch with records that do not fit `stream`.
+fn invalid_records(stream: &StreamDef, errors: Vec<formats::RecordError>) -> Produced {
+    let first = errors
+        .first()
+        .map_or(String::new(), |(i, why)| format!(": record {i}: {why}"));
+    Produced {
+        record_errors: errors.into_iter().map(|(i, why)| (i as i32, why)).collect(),
+        ..Produced::failed(
+            code::INVALID_RECORD,
+            format!(
+                "records do not fit stream \"{}\"{first}; nothing was appended",
+                stream.name
+            ),
+        )
+    }
+}
+
+/// Stored records as Kafka records: a topic's values as they are, a stream's encoded in
+/// its value format.
+fn to_records(stream: Option<&StreamDef>, batch: &RecordBatch) -> Result<Records, String> {
+    let n = batch.num_columns();
+    let (timestamps, keys, headers) = (
+        batch.column(n - 3),
+        batch.column(n - 2),
+        batch.column(n - 1),
+    );
+    let values = match stream {
+        Some(stream) => {
+            let rows = batch
+                .project(&(0..n - 3).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())?;
+            formats::encode_values(stream, &rows)?
+        }
+        None => batch.column(0).as_binary::<i32>().clone(),
+    };
+    Ok(Records {
+        timestamps: timestamps
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+            .values()
+            .to_vec(),
+        keys: keys.as_binary::<i32>().clone(),
+        values,
+        headers: headers.as_list::<i32>().clone(),
+    })
 }
 
 /// A topic's Kafka id: a version-8 UUID of the data directory's identity and the topic's

@@ -94,6 +94,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub struct Database {
     tables: Arc<Tables>,
+    /// Idempotent Kafka producers' ids and sequences.
+    producers: crate::producers::Producers,
     /// Which server files SQL may touch.
     files: ServerFiles,
     state: SessionState,
@@ -195,6 +197,7 @@ impl Database {
         });
         let files = ServerFiles::new(&config.data_dir, config.file_root.as_deref())?;
         let db = Arc::new(Database {
+            producers: crate::producers::Producers::new(tables.log.clone()),
             files,
             state: engine.base().clone(),
             tables,

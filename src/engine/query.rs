@@ -558,8 +558,10 @@ fn state_records(topic: &StateTopic, rows: &[RecordBatch]) -> Result<Vec<Partiti
         .map(|b| {
             let n = b.num_rows();
             let mut columns = b.columns().to_vec();
-            columns.push(Arc::new(TimestampMillisecondArray::from_value(now, n)));
-            columns.push(new_null_array(&DataType::Binary, n));
+            columns.extend(crate::storage::system_columns(
+                Arc::new(TimestampMillisecondArray::from_value(now, n)),
+                new_null_array(&DataType::Binary, n),
+            ));
             let records = RecordBatch::try_new(topic.storage_schema.clone(), columns)
                 .map_err(|e| Error::Internal(format!("state records: {e}")))?;
             Ok(PartitionBatch {

@@ -3,6 +3,7 @@
 //! `INSERT … VALUES` rows ([`values`]), and the append itself ([`writer`]).
 
 pub mod copy;
+pub mod formats;
 pub mod key;
 pub mod records;
 pub mod values;

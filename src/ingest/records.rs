@@ -127,67 +127,8 @@ impl WriteTarget {
         if n == 0 {
             return Ok(vec![]);
         }
-        if rows.num_columns() != self.row_schema.fields().len() {
-            return Err(Error::Internal(format!(
-                "{} columns written to \"{}\", which has {}",
-                rows.num_columns(),
-                self.relation,
-                self.row_schema.fields().len()
-            )));
-        }
-        for ((field, column), not_null) in self
-            .row_schema
-            .fields()
-            .iter()
-            .zip(rows.columns())
-            .zip(&self.not_null)
-        {
-            if column.data_type() != field.data_type() {
-                return Err(Error::Internal(format!(
-                    "column \"{}\" of \"{}\" written as {}, stored as {}",
-                    field.name(),
-                    self.relation,
-                    column.data_type(),
-                    field.data_type()
-                )));
-            }
-            if *not_null && column.null_count() > 0 {
-                return Err(Error::data(
-                    "23502",
-                    format!(
-                        "null value in column \"{}\" of stream \"{}\" violates not-null constraint",
-                        field.name(),
-                        self.relation
-                    ),
-                ));
-            }
-        }
-
-        let (values, timestamps, keys): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match &self.shape {
-            Shape::Stream {
-                key_columns,
-                timestamp_column,
-            } => {
-                let timestamps = match timestamp_column {
-                    Some(c) => timestamps_from(rows.column(*c), now_ms)?,
-                    None => Arc::new(TimestampMillisecondArray::from_value(now_ms, n)),
-                };
-                let keys = Arc::new(key::encode_keys(rows, key_columns)?);
-                (rows.columns().to_vec(), timestamps, keys)
-            }
-            Shape::Topic => (
-                vec![rows.column(1).clone()],
-                Arc::new(TimestampMillisecondArray::from_value(now_ms, n)),
-                rows.column(0).clone(),
-            ),
-        };
-
-        let mut columns = values;
-        columns.push(timestamps);
-        columns.push(keys.clone());
-        let records = RecordBatch::try_new(self.storage_schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building records: {e}")))?;
-
+        let records = self.records(rows, &Given::append_time(now_ms))?;
+        let keys = records.column(records.num_columns() - 2).clone();
         if self.partitions == 1 {
             return Ok(vec![PartitionBatch {
                 topic: self.topic,
@@ -234,6 +175,104 @@ impl WriteTarget {
             });
         }
         Ok(out)
+    }
+
+    /// Turns rows into records in the topic's storage schema, checking NOT NULL columns and
+    /// deriving each record's key and timestamp.
+    pub fn records(&self, rows: &RecordBatch, given: &Given) -> Result<RecordBatch> {
+        let n = rows.num_rows();
+        if rows.num_columns() != self.row_schema.fields().len() {
+            return Err(Error::Internal(format!(
+                "{} columns written to \"{}\", which has {}",
+                rows.num_columns(),
+                self.relation,
+                self.row_schema.fields().len()
+            )));
+        }
+        for ((field, column), not_null) in self
+            .row_schema
+            .fields()
+            .iter()
+            .zip(rows.columns())
+            .zip(&self.not_null)
+        {
+            if column.data_type() != field.data_type() {
+                return Err(Error::Internal(format!(
+                    "column \"{}\" of \"{}\" written as {}, stored as {}",
+                    field.name(),
+                    self.relation,
+                    column.data_type(),
+                    field.data_type()
+                )));
+            }
+            if *not_null && column.null_count() > 0 {
+                return Err(Error::data(
+                    "23502",
+                    format!(
+                        "null value in column \"{}\" of stream \"{}\" violates not-null constraint",
+                        field.name(),
+                        self.relation
+                    ),
+                ));
+            }
+        }
+
+        let (values, timestamps, keys): (Vec<ArrayRef>, ArrayRef, ArrayRef) = match &self.shape {
+            Shape::Stream {
+                key_columns,
+                timestamp_column,
+            } => {
+                let timestamps = match timestamp_column {
+                    Some(c) => timestamps_from(rows.column(*c), given.now_ms)?,
+                    None => given.timestamps(n),
+                };
+                let keys = Arc::new(key::encode_keys(rows, key_columns)?);
+                (rows.columns().to_vec(), timestamps, keys)
+            }
+            Shape::Topic => (
+                vec![rows.column(1).clone()],
+                given.timestamps(n),
+                rows.column(0).clone(),
+            ),
+        };
+
+        let mut columns = values;
+        columns.extend(crate::storage::system_columns(timestamps, keys));
+        if let Some(headers) = &given.headers {
+            *columns.last_mut().expect("system columns") = headers.clone();
+        }
+        RecordBatch::try_new(self.storage_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building records: {e}")))
+    }
+}
+
+/// What a writer gives of its records besides their rows.
+#[derive(Debug, Clone)]
+pub struct Given {
+    /// The append time (ms): a record's timestamp where nothing else gives one.
+    pub now_ms: i64,
+    /// Each record's own timestamp (a Kafka producer's), used unless the stream takes its
+    /// timestamps from a column.
+    pub timestamps: Option<ArrayRef>,
+    /// Each record's headers, of [`crate::storage::headers_type`].
+    pub headers: Option<ArrayRef>,
+}
+
+impl Given {
+    /// Records timestamped when they are appended, without headers (SQL's writes).
+    pub fn append_time(now_ms: i64) -> Given {
+        Given {
+            now_ms,
+            timestamps: None,
+            headers: None,
+        }
+    }
+
+    fn timestamps(&self, n: usize) -> ArrayRef {
+        match &self.timestamps {
+            Some(given) => given.clone(),
+            None => Arc::new(TimestampMillisecondArray::from_value(self.now_ms, n)),
+        }
     }
 }
 

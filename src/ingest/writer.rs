@@ -95,7 +95,7 @@ impl RowWriter {
 
 /// 22021 if a text column of `rows` holds a NUL character, which PostgreSQL's text cannot
 /// (and its clients, reading C strings, would cut the value at).
-fn refuse_nul(target: &WriteTarget, rows: &RecordBatch) -> Result<()> {
+pub(crate) fn refuse_nul(target: &WriteTarget, rows: &RecordBatch) -> Result<()> {
     for (field, column) in rows.schema().fields().iter().zip(rows.columns()) {
         let nul = match field.data_type() {
             DataType::Utf8 => has_nul(column.as_string::<i32>()),

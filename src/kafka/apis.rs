@@ -10,7 +10,19 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 
 /// Each served API and its versions.
-const SERVED: &[(ApiKey, i16, i16)] = &[(ApiKey::ApiVersions, 0, 4), (ApiKey::Metadata, 0, 12)];
+const SERVED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::InitProducerId, 0, 5),
+];
+
+/// APIs advertised from an older version than served. Produce from 0: librdkafka up to
+/// 2.11.0 compresses batches only if the broker advertises Produce 0 (as Kafka 4 does for
+/// this reason, while refusing Produce 0–2, which close the connection here too).
+const ADVERTISED_FROM: &[(ApiKey, i16)] = &[(ApiKey::Produce, 0)];
 
 /// The served API with this key, and its versions.
 pub fn served(key: i16) -> Option<(ApiKey, RangeInclusive<i16>)> {
@@ -30,9 +42,13 @@ pub fn advertised() -> Vec<ApiVersion> {
     SERVED
         .iter()
         .map(|(api, min, max)| {
+            let min = ADVERTISED_FROM
+                .iter()
+                .find(|(a, _)| a == api)
+                .map_or(*min, |(_, from)| *from);
             ApiVersion::default()
                 .with_api_key(*api as i16)
-                .with_min_version(*min)
+                .with_min_version(min)
                 .with_max_version(*max)
         })
         .collect()

@@ -13,11 +13,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BinaryArray, BinaryBuilder, ListArray, ListBuilder, StringBuilder,
-    StructBuilder,
-};
-use arrow::datatypes::{DataType, Field, Fields};
+use arrow::array::{Array, AsArray, BinaryBuilder, ListBuilder, StringBuilder, StructBuilder};
+use arrow::datatypes::{DataType, Field};
 use bytes::{BufMut, BytesMut};
 
 /// Bytes of a batch's header, up to its first record.
@@ -135,19 +132,6 @@ impl BatchHeader {
     }
 }
 
-/// The Arrow type of a record's headers: a list of (key, value) with UTF-8 keys, as Kafka
-/// has them; a value may be null.
-pub fn headers_type() -> DataType {
-    headers_builder().finish().data_type().clone()
-}
-
-fn header_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Binary, true),
-    ])
-}
-
 /// Builds a column of [`headers_type`].
 fn headers_builder() -> ListBuilder<StructBuilder> {
     ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
@@ -155,26 +139,9 @@ fn headers_builder() -> ListBuilder<StructBuilder> {
     ))
 }
 
-/// A batch's records, as columns (one row per record, in offset order).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Records {
-    /// Milliseconds since the epoch.
-    pub timestamps: Vec<i64>,
-    pub keys: BinaryArray,
-    pub values: BinaryArray,
-    /// Of [`headers_type`].
-    pub headers: ListArray,
-}
+pub use crate::storage::{header_fields, headers_type};
 
-impl Records {
-    pub fn len(&self) -> usize {
-        self.timestamps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.timestamps.is_empty()
-    }
-}
+pub use crate::db::kafka::Records;
 
 /// Reads a batch's fields in order, never past its end.
 struct Reader<'a> {
@@ -555,6 +522,7 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::BinaryArray;
 
     fn sample(n: usize) -> Records {
         let mut headers = headers_builder();

@@ -15,7 +15,7 @@ use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 use crate::catalog::{CatalogData, Relation};
 use crate::catalog::{HIDDEN_COLUMNS, OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::error::{Error, Result};
-use crate::storage::TIMESTAMP_COLUMN;
+use crate::storage::{HEADERS_COLUMN, TIMESTAMP_COLUMN};
 pub use parser::{Statement, parse};
 use rewrite::HiddenColumns;
 
@@ -42,7 +42,12 @@ pub async fn cpu_bound<F: std::future::Future>(work: F) -> F::Output {
 }
 
 /// A schemaless topic shows `_key`; its other system columns are hidden.
-const TOPIC_HIDDEN_COLUMNS: [&str; 3] = [PARTITION_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN];
+const TOPIC_HIDDEN_COLUMNS: [&str; 4] = [
+    PARTITION_COLUMN,
+    OFFSET_COLUMN,
+    TIMESTAMP_COLUMN,
+    HEADERS_COLUMN,
+];
 
 impl HiddenColumns for CatalogData {
     fn hidden_columns(&self, relation: &str) -> Option<&'static [&'static str]> {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -56,8 +56,16 @@ use writer::Writer;
 pub const TIMESTAMP_COLUMN: &str = "_timestamp";
 /// The record key column every topic stores (nullable bytes).
 pub const KEY_COLUMN: &str = "_key";
+/// The record headers column every topic stores (nullable [`headers_type`]).
+pub const HEADERS_COLUMN: &str = "_headers";
 
-/// The schema the log stores for a topic whose records have `value_fields`.
+/// The storage schema's layout frames are written in: version 1 ends with
+/// [`HEADERS_COLUMN`]; version 0 frames, written before it existed, end with [`KEY_COLUMN`]
+/// and read with no headers.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The schema the log stores for a topic whose records have `value_fields`: the values,
+/// then [`TIMESTAMP_COLUMN`], [`KEY_COLUMN`] and [`HEADERS_COLUMN`].
 pub fn storage_schema(value_fields: &Fields) -> SchemaRef {
     let mut fields: Vec<Arc<Field>> = value_fields.iter().cloned().collect();
     fields.push(Arc::new(Field::new(
@@ -66,7 +74,32 @@ pub fn storage_schema(value_fields: &Fields) -> SchemaRef {
         false,
     )));
     fields.push(Arc::new(Field::new(KEY_COLUMN, DataType::Binary, true)));
+    fields.push(Arc::new(Field::new(HEADERS_COLUMN, headers_type(), true)));
     Arc::new(Schema::new(fields))
+}
+
+/// The Arrow type of a record's headers, as Kafka has them: a list of (key, value), keys
+/// UTF-8, values bytes or null.
+pub fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(header_fields()),
+        false,
+    )))
+}
+
+/// The fields of one header.
+pub fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+/// The system columns of `n` records that have timestamps and keys but no headers.
+pub fn system_columns(timestamps: ArrayRef, keys: ArrayRef) -> [ArrayRef; 3] {
+    let n = timestamps.len();
+    [timestamps, keys, new_null_array(&headers_type(), n)]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +173,8 @@ pub struct TopicSpec {
     pub id: TopicId,
     pub name: String,
     pub partitions: u32,
-    /// What frames hold: value columns, then [`TIMESTAMP_COLUMN`], then [`KEY_COLUMN`].
+    /// What frames hold: value columns, then [`TIMESTAMP_COLUMN`], [`KEY_COLUMN`] and
+    /// [`HEADERS_COLUMN`] ([`storage_schema`]).
     pub schema: SchemaRef,
     pub compression: Compression,
     pub retention_ms: Option<u64>,
@@ -319,10 +353,14 @@ pub struct AppendedRange {
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
+/// Metadata changes made from where an append's records went.
+pub type MetaAfter = Box<dyn FnOnce(&[AppendedRange]) -> Vec<MetaUpdate> + Send>;
+
 enum Command {
     Append {
         batches: Vec<PartitionBatch>,
         meta: Vec<MetaUpdate>,
+        meta_after: Option<MetaAfter>,
         reply: Reply<Vec<AppendedRange>>,
     },
     TruncateBefore {
@@ -647,6 +685,7 @@ impl Log {
         self.request(|reply| Command::Append {
             batches,
             meta: vec![],
+            meta_after: None,
             reply,
         })
         .await
@@ -662,6 +701,25 @@ impl Log {
         self.request(|reply| Command::Append {
             batches,
             meta,
+            meta_after: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends records and commits the metadata `meta` derives from where they went (their
+    /// offsets), all in one commit record: state that must name the offsets of the records
+    /// it describes, such as an idempotent producer's, is durable exactly when they are.
+    /// `meta` runs on the log's writer thread; keep it small.
+    pub async fn commit_after(
+        &self,
+        batches: Vec<PartitionBatch>,
+        meta: MetaAfter,
+    ) -> Result<Vec<AppendedRange>, StorageError> {
+        self.request(|reply| Command::Append {
+            batches,
+            meta: vec![],
+            meta_after: Some(meta),
             reply,
         })
         .await

@@ -10,12 +10,13 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{Schema, SchemaRef};
 
 use super::StorageError;
 use super::disk::Disk;
-use super::frame;
+use super::frame::{self, FrameHeader};
 use super::segment::{self, Segment, SegmentWriter};
 use super::types::{Offset, PartitionId};
 
@@ -568,13 +569,8 @@ impl PartitionReader {
                 continue;
             }
             let bytes = segment.frame_at(position, &header)?;
-            let batch = frame::decode_batch(
-                &bytes,
-                &header,
-                &self.options.schema,
-                self.options.projection.as_deref(),
-            )
-            .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
+            let batch = decode_frame(&bytes, &header, &self.options)
+                .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
             let from = self.next.max(header.base_offset);
             let to = self.end.min(frame_end);
             let batch = batch.slice(
@@ -590,6 +586,52 @@ impl PartitionReader {
     }
 }
 
+/// The records of a frame in the schema and projection `options` ask for, whatever the
+/// layout ([`super::SCHEMA_VERSION`]) it was written in.
+fn decode_frame(
+    bytes: &Buffer,
+    header: &FrameHeader,
+    options: &ReadOptions,
+) -> Result<RecordBatch, frame::FrameError> {
+    let projection = options.projection.as_deref();
+    match header.schema_version {
+        super::SCHEMA_VERSION => frame::decode_batch(bytes, header, &options.schema, projection),
+        0 => {
+            // Written before records had headers: the schema without its last column.
+            let schema = &options.schema;
+            let headers = schema.fields().len() - 1;
+            let before = Arc::new(Schema::new(schema.fields()[..headers].to_vec()));
+            let wanted: Vec<usize> = match projection {
+                Some(p) => p.to_vec(),
+                None => (0..=headers).collect(),
+            };
+            let stored: Vec<usize> = wanted.iter().copied().filter(|c| *c < headers).collect();
+            let batch = frame::decode_batch(bytes, header, &before, Some(&stored))?;
+            let rows = batch.num_rows();
+            let mut decoded = batch.columns().iter();
+            let columns: Vec<ArrayRef> = wanted
+                .iter()
+                .map(|c| match c {
+                    c if *c < headers => decoded.next().expect("one per stored column").clone(),
+                    _ => new_null_array(schema.field(headers).data_type(), rows),
+                })
+                .collect();
+            let projected = Arc::new(schema.project(&wanted).map_err(|e| {
+                frame::FrameError::BadPayload(format!("projecting {wanted:?}: {e}"))
+            })?);
+            RecordBatch::try_new_with_options(
+                projected,
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+            )
+            .map_err(|e| frame::FrameError::BadPayload(e.to_string()))
+        }
+        _ => Err(frame::FrameError::BadHeader(
+            "a schema version this build does not read",
+        )),
+    }
+}
+
 impl Iterator for PartitionReader {
     type Item = Result<ReadBatch, StorageError>;
 
@@ -602,5 +644,60 @@ impl Iterator for PartitionReader {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray, BinaryArray, Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Fields};
+
+    use super::*;
+    use crate::storage::types::Compression;
+
+    #[test]
+    fn frames_written_before_headers_read_with_null_headers() {
+        let schema = crate::storage::storage_schema(&Fields::from(vec![Field::new(
+            "id",
+            DataType::Int64,
+            false,
+        )]));
+        let before = Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+        let timestamps = TimestampMillisecondArray::from(vec![10, 11]);
+        let old = RecordBatch::try_new(
+            before,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(timestamps.clone()),
+                Arc::new(BinaryArray::from(vec![Some(&b"k"[..]), None])),
+            ],
+        )
+        .unwrap();
+        let frame =
+            frame::encode_frame(&old, &timestamps, Offset(0), 0, Compression::None).unwrap();
+        let bytes = Buffer::from(frame.to_bytes());
+        let read = |projection: Option<Vec<usize>>| {
+            let options = ReadOptions {
+                schema: schema.clone(),
+                projection,
+                min_timestamp_ms: None,
+                max_timestamp_ms: None,
+            };
+            decode_frame(&bytes, &frame.header, &options).unwrap()
+        };
+        let all = read(None);
+        assert_eq!(all.schema(), schema);
+        assert_eq!(all.column(3).null_count(), 2);
+        assert_eq!(all.column(2).as_binary::<i32>().value(0), b"k");
+        let some = read(Some(vec![3, 0]));
+        assert_eq!(some.num_columns(), 2);
+        assert_eq!(some.column(0).null_count(), 2);
+        assert_eq!(
+            some.column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(1),
+            2
+        );
+        assert_eq!(read(Some(vec![])).num_rows(), 2);
     }
 }

@@ -37,11 +37,9 @@ pub(super) fn records(spec: &TopicSpec, from: i64, to: i64, ts0: i64) -> RecordB
     let urls = StringArray::from_iter_values((from..to).map(|i| format!("/p/{}", i % 10)));
     let ts = TimestampMillisecondArray::from_iter_values((from..to).map(|i| ts0 + i));
     let keys = BinaryArray::from_iter((from..to).map(|_| None::<&[u8]>));
-    RecordBatch::try_new(
-        spec.schema.clone(),
-        vec![Arc::new(ids), Arc::new(urls), Arc::new(ts), Arc::new(keys)],
-    )
-    .unwrap()
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(urls)];
+    columns.extend(system_columns(Arc::new(ts), Arc::new(keys)));
+    RecordBatch::try_new(spec.schema.clone(), columns).unwrap()
 }
 
 pub(super) fn open(dir: &Path, specs: Vec<TopicSpec>) -> Log {
@@ -716,6 +714,7 @@ async fn wrong_schema_and_unknown_partitions_are_rejected_alone() {
             Arc::new(Int64Array::from(vec![1])),
             Arc::new(TimestampMillisecondArray::from(vec![1])),
             Arc::new(BinaryArray::from(vec![None::<&[u8]>])),
+            new_null_array(&headers_type(), 1),
         ],
     )
     .unwrap();

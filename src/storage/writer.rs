@@ -23,6 +23,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use tokio::sync::mpsc;
 
+use super::MetaAfter;
 use super::commit_log::{Commit, CommitError, CommitLog, CommittedEnds};
 use super::partition::{AppendOptions, Partition};
 use super::types::{Offset, PartitionId, now_ms};
@@ -43,6 +44,8 @@ const GROUP_META_BYTES_MAX: usize = RECORD_LEN_MAX / 2;
 struct AppendRequest {
     batches: Vec<PartitionBatch>,
     meta: Vec<MetaUpdate>,
+    /// More metadata, from where the records went (written in the same commit record).
+    meta_after: Option<MetaAfter>,
     reply: Reply<Vec<AppendedRange>>,
 }
 
@@ -74,11 +77,13 @@ impl Writer {
                     Command::Append {
                         batches,
                         meta,
+                        meta_after,
                         reply,
                     } => {
                         let request = AppendRequest {
                             batches,
                             meta,
+                            meta_after,
                             reply,
                         };
                         if let Err(e) = check_meta(&request) {
@@ -249,7 +254,7 @@ impl Writer {
                 let batches: Vec<&RecordBatch> = parts.iter().map(|(_, b)| *b).collect();
                 let options = AppendOptions {
                     timestamp_column: topic.timestamp_column,
-                    schema_version: 0,
+                    schema_version: super::SCHEMA_VERSION,
                     compression: topic.spec.compression,
                     frame_bytes_target: self.shared.config.frame_bytes_target,
                     segment_bytes_max: topic.spec.segment_bytes_max,
@@ -299,13 +304,17 @@ impl Writer {
             "group written"
         );
 
+        let mut meta: Vec<MetaUpdate> = vec![];
+        for (request, ranges) in accepted.iter_mut().zip(&ranges) {
+            meta.append(&mut request.meta);
+            if let Some(after) = request.meta_after.take() {
+                meta.extend(after(ranges));
+            }
+        }
         let commit = Commit {
             ends,
             starts: vec![],
-            meta: accepted
-                .iter()
-                .flat_map(|r| r.meta.iter().cloned())
-                .collect(),
+            meta,
         };
         match self.commit_log.commit(&commit) {
             Ok(()) => {}

@@ -30,7 +30,7 @@ use crate::catalog::{
 use crate::error::Error;
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::{PendingWrite, RowWriter};
-use crate::storage::{KEY_COLUMN, Log, Snapshot, TIMESTAMP_COLUMN};
+use crate::storage::{HEADERS_COLUMN, KEY_COLUMN, Log, Snapshot, TIMESTAMP_COLUMN, headers_type};
 
 /// The log snapshot a statement reads, set on the session before planning so that every
 /// scan in the statement sees the same committed offsets.
@@ -107,6 +107,8 @@ impl StreamTable {
             fields.push(Field::new(KEY_COLUMN, DataType::Binary, true));
             columns.push(TableColumn::Stored(n + 1));
         }
+        fields.push(Field::new(HEADERS_COLUMN, headers_type(), true));
+        columns.push(TableColumn::Stored(n + 2));
         Some(StreamTable {
             name,
             topic,
