@@ -55,6 +55,16 @@ pub struct ServerConfig {
     /// the port it listens on: the name clients outside this machine reach it by.
     #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED", global = true)]
     pub kafka_advertised: Option<String>,
+    /// A Kafka client asking for a topic that does not exist creates it (schemaless, one
+    /// partition), as Kafka's `auto.create.topics.enable` does.
+    #[arg(
+        long,
+        env = "RUNNEL_KAFKA_AUTO_CREATE_TOPICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub kafka_auto_create_topics: bool,
     /// COPY and INSERT … SELECT are atomic up to this many bytes of input; larger inputs
     /// commit in chunks of this size.
     #[arg(long, env = "RUNNEL_COPY_CHUNK_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]

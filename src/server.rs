@@ -160,10 +160,14 @@ async fn listen_for_kafka(
         advertised.host,
         advertised.port
     );
+    let settings = crate::kafka::Settings {
+        advertised,
+        auto_create_topics: config.kafka_auto_create_topics,
+    };
     Ok(Some(tokio::spawn(crate::kafka::serve(
         listeners,
         db.clone(),
-        advertised,
+        settings,
         closed,
     ))))
 }

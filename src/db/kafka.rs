@@ -16,7 +16,8 @@ use arrow::array::{
 use base64::Engine as _;
 
 use super::Database;
-use crate::catalog::{CatalogData, Relation, StreamDef, TopicDef};
+use crate::catalog::{CatalogData, Principal, Relation, StreamDef, TopicDef};
+use crate::sql::parser::{CreateTopic, OptionValue};
 use crate::ingest::WriteTarget;
 use crate::ingest::formats;
 use crate::ingest::records::Given;
@@ -68,7 +69,11 @@ pub mod code {
     pub const NONE: i16 = 0;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const INVALID_GROUP_ID: i16 = 24;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -470,6 +475,133 @@ impl Database {
         .await
         .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e.to_string()))?
         .map_err(|e: StorageError| (code::KAFKA_STORAGE_ERROR, e.to_string()))
+    }
+
+    /// Creates a schemaless topic for a Kafka client (auto-creation or CreateTopics) with
+    /// `partitions` (the default when `None`). An error is a Kafka error code and message.
+    pub async fn kafka_create_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+    ) -> Result<(), (i16, String)> {
+        let mut options = vec![];
+        if let Some(partitions) = partitions {
+            options.push((
+                "partitions".to_string(),
+                OptionValue::Number(partitions.to_string()),
+            ));
+        }
+        let create = CreateTopic {
+            name: name.to_string(),
+            if_not_exists: false,
+            options,
+        };
+        let mut notices = vec![];
+        self.create_topic(create, &Principal::superuser(), &mut notices)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let code = match &e {
+                    crate::error::Error::AlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
+                    e if matches!(e.sqlstate(), "42602" | "42939") => {
+                        code::INVALID_TOPIC_EXCEPTION
+                    }
+                    e if e.sqlstate() == "22023" => code::INVALID_PARTITIONS,
+                    _ => code::UNKNOWN_SERVER_ERROR,
+                };
+                (code, e.to_string())
+            })
+    }
+
+    /// Commits a consumer group's offsets (the next record to read, per partition), in the
+    /// store SQL subscriptions use; one commit record for all of them. The answer has a
+    /// Kafka error code per partition, in order.
+    pub async fn kafka_commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, i64)],
+    ) -> Vec<i16> {
+        let data = self.catalog().snapshot();
+        let mut codes = vec![code::NONE; offsets.len()];
+        let mut valid = vec![];
+        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
+            match data.topics.get(topic).filter(|t| t.internal.is_none()) {
+                Some(def) if *partition >= 0 && (*partition as u32) < def.partitions && *offset >= 0 => {
+                    valid.push((def.id, PartitionId(*partition as u32), Offset(*offset as u64)));
+                }
+                Some(_) if *offset < 0 => codes[i] = code::OFFSET_OUT_OF_RANGE,
+                _ => codes[i] = code::UNKNOWN_TOPIC_OR_PARTITION,
+            }
+        }
+        if !valid.is_empty()
+            && let Err(e) = self.tables.groups.commit(group, valid).await
+        {
+            tracing::warn!(group, error = %e, "committing a Kafka consumer group's offsets");
+            let failed = match e {
+                crate::error::Error::Plan { .. } => code::INVALID_GROUP_ID,
+                _ => code::KAFKA_STORAGE_ERROR,
+            };
+            for c in codes.iter_mut().filter(|c| **c == code::NONE) {
+                *c = failed;
+            }
+        }
+        codes
+    }
+
+    /// A consumer group's committed offsets: of the partitions named, or (`None`) of every
+    /// partition it has committed. -1 for a partition without one.
+    pub fn kafka_committed(
+        &self,
+        group: &str,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Result<Vec<(String, Vec<(i32, i64)>)>, i16> {
+        let data = self.catalog().snapshot();
+        let committed = self.tables.groups.committed(group).map_err(|e| {
+            tracing::warn!(group, error = %e, "reading a consumer group's offsets");
+            code::INVALID_GROUP_ID
+        })?;
+        let offset_of = |topic: &TopicDef, partition: i32| -> i64 {
+            committed
+                .as_ref()
+                .and_then(|c| c.offsets.get(&(topic.id, PartitionId(partition as u32))))
+                .map_or(-1, |o| o.0 as i64)
+        };
+        Ok(match wanted {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let offsets = partitions
+                        .into_iter()
+                        .map(|p| {
+                            let offset = match data.topics.get(&name) {
+                                Some(topic) if p >= 0 => offset_of(topic, p),
+                                _ => -1,
+                            };
+                            (p, offset)
+                        })
+                        .collect();
+                    (name, offsets)
+                })
+                .collect(),
+            None => data
+                .topics
+                .values()
+                .filter(|t| t.internal.is_none())
+                .filter_map(|topic| {
+                    let offsets: Vec<(i32, i64)> = committed
+                        .as_ref()?
+                        .of_topic(topic.id)
+                        .map(|(p, o)| (p.0 as i32, o.0 as i64))
+                        .collect();
+                    (!offsets.is_empty()).then(|| (topic.name.clone(), offsets))
+                })
+                .collect(),
+        })
+    }
+
+    /// The consumer groups with committed offsets (SQL subscriptions among them).
+    pub fn kafka_stored_groups(&self) -> Vec<String> {
+        self.tables.groups.all().into_iter().map(|g| g.group).collect()
     }
 
     /// The catalog's topic `name` and the log's, if `partition` is one of its partitions.

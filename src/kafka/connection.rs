@@ -13,19 +13,19 @@ use super::handler::Handler;
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
     tracing::debug!(%peer, "Kafka connection opened");
-    match crate::panics::contain(serve(socket, &handler)).await {
+    match crate::panics::contain(serve(socket, peer, &handler)).await {
         Ok(Ok(())) => tracing::debug!(%peer, "Kafka connection closed by the client"),
         Ok(Err(Closed(why))) => tracing::info!(%peer, why, "closed a Kafka connection"),
         Err(what) => tracing::warn!(%peer, what, "closed a Kafka connection whose request failed"),
     }
 }
 
-async fn serve(mut socket: TcpStream, handler: &Handler) -> Result<(), Closed> {
+async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Result<(), Closed> {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some(frame) = codec::next_frame(&mut buffer, MAX_FRAME_BYTES)? {
             let response = match codec::decode(frame)? {
-                Decoded::Request(request) => handler.handle(*request).await?,
+                Decoded::Request(request) => handler.handle(*request, peer).await?,
                 Decoded::NewerApiVersions { correlation_id } => {
                     Some(codec::newer_api_versions(correlation_id))
                 }

@@ -14,18 +14,35 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestKind, ResponseKind,
-    TopicName,
+    ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId, RequestKind, ResponseKind,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::codec::{self, Closed, Request};
+use super::coordinator::{self, Coordinator, Join};
 use super::records::{self, Codec};
-use super::{Advertised, NODE_ID, apis};
+use super::{Advertised, NODE_ID, Settings, apis};
 use crate::db::Database;
 use crate::db::kafka::{KafkaTopic, ProduceBatch, Produced, code};
 use crate::producers::ProducerBatch;
@@ -42,25 +59,47 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct Handler {
     db: Arc<Database>,
     advertised: Advertised,
+    auto_create_topics: bool,
+    coordinator: Arc<Coordinator>,
+}
+
+/// Who sent a request: the connection's peer and the header's client id.
+pub struct Client<'a> {
+    pub host: String,
+    pub id: &'a str,
 }
 
 impl Handler {
-    pub fn new(db: Arc<Database>, advertised: Advertised) -> Handler {
-        Handler { db, advertised }
+    /// Needs a Tokio runtime: the group coordinator's deadlines run on it.
+    pub fn new(db: Arc<Database>, settings: Settings) -> Handler {
+        Handler {
+            db,
+            advertised: settings.advertised,
+            auto_create_topics: settings.auto_create_topics,
+            coordinator: Coordinator::start(),
+        }
     }
 
     /// The response frame to `request`, if it gets one.
-    pub async fn handle(&self, request: Request) -> Result<Option<Bytes>, Closed> {
+    pub async fn handle(
+        &self,
+        request: Request,
+        peer: std::net::SocketAddr,
+    ) -> Result<Option<Bytes>, Closed> {
         let Request {
             key,
             version,
             header,
             body,
         } = request;
+        let client = Client {
+            host: format!("/{}", peer.ip()),
+            id: header.client_id.as_deref().unwrap_or(""),
+        };
         let response = match body {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
             RequestKind::Metadata(request) => {
-                ResponseKind::Metadata(self.metadata(&request, version))
+                ResponseKind::Metadata(self.metadata(&request, version).await)
             }
             RequestKind::Produce(request) => {
                 let acks = request.acks;
@@ -77,6 +116,35 @@ impl Handler {
             }
             RequestKind::InitProducerId(request) => {
                 ResponseKind::InitProducerId(self.init_producer_id(request).await)
+            }
+            RequestKind::FindCoordinator(request) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(request, version))
+            }
+            RequestKind::JoinGroup(request) => {
+                ResponseKind::JoinGroup(self.join_group(request, version, &client).await)
+            }
+            RequestKind::SyncGroup(request) => {
+                ResponseKind::SyncGroup(self.sync_group(request).await)
+            }
+            RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(
+                HeartbeatResponse::default().with_error_code(self.coordinator.heartbeat(
+                    &request.group_id.0,
+                    &request.member_id,
+                    request.generation_id,
+                )),
+            ),
+            RequestKind::LeaveGroup(request) => {
+                ResponseKind::LeaveGroup(self.leave_group(request, version))
+            }
+            RequestKind::OffsetCommit(request) => {
+                ResponseKind::OffsetCommit(self.offset_commit(request).await)
+            }
+            RequestKind::OffsetFetch(request) => {
+                ResponseKind::OffsetFetch(self.offset_fetch(request, version))
+            }
+            RequestKind::ListGroups(request) => ResponseKind::ListGroups(self.list_groups(request)),
+            RequestKind::DescribeGroups(request) => {
+                ResponseKind::DescribeGroups(self.describe_groups(request))
             }
             other => {
                 // `codec::decode` lets through only what `apis` serves.
@@ -227,6 +295,327 @@ impl Handler {
         )
     }
 
+    fn find_coordinator(&self, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+        let host = StrBytes::from_string(self.advertised.host.clone());
+        let port = i32::from(self.advertised.port);
+        // Key type 0 is a group; 1, a transactional id, is not served.
+        let error = if request.key_type == 0 {
+            code::NONE
+        } else {
+            TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        };
+        if version >= 4 {
+            let coordinators = request
+                .coordinator_keys
+                .into_iter()
+                .map(|key| {
+                    CoordinatorEntry::default()
+                        .with_key(key)
+                        .with_node_id(BrokerId(NODE_ID))
+                        .with_host(host.clone())
+                        .with_port(port)
+                        .with_error_code(error)
+                })
+                .collect();
+            return FindCoordinatorResponse::default().with_coordinators(coordinators);
+        }
+        FindCoordinatorResponse::default()
+            .with_error_code(error)
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(host)
+            .with_port(port)
+    }
+
+    async fn join_group(
+        &self,
+        request: JoinGroupRequest,
+        version: i16,
+        client: &Client<'_>,
+    ) -> JoinGroupResponse {
+        let session = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
+        // Before version 1 the rebalance timeout is the session timeout.
+        let rebalance = if version >= 1 {
+            Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
+        } else {
+            session
+        };
+        let joined = self
+            .coordinator
+            .join(Join {
+                group: request.group_id.0.to_string(),
+                member_id: request.member_id.to_string(),
+                instance_id: request.group_instance_id.map(|i| i.to_string()),
+                client_id: client.id.to_string(),
+                client_host: client.host.clone(),
+                session_timeout: session,
+                rebalance_timeout: rebalance,
+                protocol_type: request.protocol_type.to_string(),
+                protocols: request
+                    .protocols
+                    .into_iter()
+                    .map(|p| (p.name.to_string(), p.metadata))
+                    .collect(),
+                requires_member_id: version >= 4,
+            })
+            .await;
+        JoinGroupResponse::default()
+            .with_error_code(joined.error)
+            .with_generation_id(joined.generation)
+            .with_protocol_type(joined.protocol_type.map(StrBytes::from_string))
+            .with_protocol_name(Some(StrBytes::from_string(
+                joined.protocol.unwrap_or_default(),
+            )))
+            .with_leader(StrBytes::from_string(joined.leader))
+            .with_member_id(StrBytes::from_string(joined.member_id))
+            .with_members(
+                joined
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        JoinGroupResponseMember::default()
+                            .with_member_id(StrBytes::from_string(m.member_id))
+                            .with_group_instance_id(m.instance_id.map(StrBytes::from_string))
+                            .with_metadata(m.metadata)
+                    })
+                    .collect(),
+            )
+    }
+
+    async fn sync_group(&self, request: SyncGroupRequest) -> SyncGroupResponse {
+        let synced = self
+            .coordinator
+            .sync(
+                &request.group_id.0,
+                &request.member_id,
+                request.generation_id,
+                request
+                    .assignments
+                    .into_iter()
+                    .map(|a| (a.member_id.to_string(), a.assignment))
+                    .collect(),
+            )
+            .await;
+        SyncGroupResponse::default()
+            .with_error_code(synced.error)
+            .with_protocol_type(synced.protocol_type.map(StrBytes::from_string))
+            .with_protocol_name(synced.protocol.map(StrBytes::from_string))
+            .with_assignment(synced.assignment)
+    }
+
+    fn leave_group(&self, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        let group = &request.group_id.0;
+        if version < 3 {
+            let codes = self
+                .coordinator
+                .leave(group, &[request.member_id.to_string()]);
+            return LeaveGroupResponse::default().with_error_code(codes[0]);
+        }
+        let ids: Vec<String> = request
+            .members
+            .iter()
+            .map(|m| m.member_id.to_string())
+            .collect();
+        let codes = self.coordinator.leave(group, &ids);
+        let members = request
+            .members
+            .into_iter()
+            .zip(codes)
+            .map(|(m, code)| {
+                MemberResponse::default()
+                    .with_member_id(m.member_id)
+                    .with_group_instance_id(m.group_instance_id)
+                    .with_error_code(code)
+            })
+            .collect();
+        LeaveGroupResponse::default().with_members(members)
+    }
+
+    async fn offset_commit(&self, request: OffsetCommitRequest) -> OffsetCommitResponse {
+        let group = request.group_id.0.to_string();
+        let allowed = self.coordinator.may_commit(
+            &group,
+            &request.member_id,
+            request.generation_id_or_member_epoch,
+        );
+        let offsets: Vec<(String, i32, i64)> = request
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.0.to_string(), p.partition_index, p.committed_offset))
+            })
+            .collect();
+        let codes = if allowed == code::NONE {
+            self.db.kafka_commit_offsets(&group, &offsets).await
+        } else {
+            vec![allowed; offsets.len()]
+        };
+        let mut codes = codes.into_iter();
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(codes.next().unwrap_or(allowed))
+                    })
+                    .collect();
+                OffsetCommitResponseTopic::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        OffsetCommitResponse::default().with_topics(topics)
+    }
+
+    fn offset_fetch(&self, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        if version >= 8 {
+            let groups = request
+                .groups
+                .into_iter()
+                .map(|g| {
+                    let wanted = g.topics.map(|topics| {
+                        topics
+                            .into_iter()
+                            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                            .collect()
+                    });
+                    match self.db.kafka_committed(&g.group_id.0, wanted) {
+                        Ok(topics) => OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_topics(
+                                topics
+                                    .into_iter()
+                                    .map(|(name, partitions)| {
+                                        OffsetFetchResponseTopics::default()
+                                            .with_name(TopicName(StrBytes::from_string(name)))
+                                            .with_partitions(
+                                                partitions
+                                                    .into_iter()
+                                                    .map(|(p, offset)| {
+                                                        OffsetFetchResponsePartitions::default()
+                                                            .with_partition_index(p)
+                                                            .with_committed_offset(offset)
+                                                            .with_metadata(Some(StrBytes::default()))
+                                                    })
+                                                    .collect(),
+                                            )
+                                    })
+                                    .collect(),
+                            ),
+                        Err(code) => OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_error_code(code),
+                    }
+                })
+                .collect();
+            return OffsetFetchResponse::default().with_groups(groups);
+        }
+        let wanted = request.topics.map(|topics| {
+            topics
+                .into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect()
+        });
+        match self.db.kafka_committed(&request.group_id.0, wanted) {
+            Ok(topics) => OffsetFetchResponse::default().with_topics(
+                topics
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name)))
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|(p, offset)| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_metadata(Some(StrBytes::default()))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+            Err(code) => OffsetFetchResponse::default().with_error_code(code),
+        }
+    }
+
+    fn list_groups(&self, request: ListGroupsRequest) -> ListGroupsResponse {
+        let mut groups: Vec<(String, String, String)> = self
+            .coordinator
+            .list()
+            .into_iter()
+            .map(|(name, state, protocol_type)| (name, state.name().to_string(), protocol_type))
+            .collect();
+        // Groups known only by their committed offsets (SQL subscriptions among them).
+        for name in self.db.kafka_stored_groups() {
+            if !groups.iter().any(|(g, _, _)| *g == name) {
+                groups.push((name, coordinator::State::Empty.name().to_string(), "consumer".into()));
+            }
+        }
+        groups.sort();
+        let listed = groups
+            .into_iter()
+            .filter(|(_, state, _)| {
+                request.states_filter.is_empty()
+                    || request.states_filter.iter().any(|s| s.eq_ignore_ascii_case(state))
+            })
+            .map(|(name, state, protocol_type)| {
+                ListedGroup::default()
+                    .with_group_id(GroupId(StrBytes::from_string(name)))
+                    .with_protocol_type(StrBytes::from_string(protocol_type))
+                    .with_group_state(StrBytes::from_string(state))
+            })
+            .collect();
+        ListGroupsResponse::default().with_groups(listed)
+    }
+
+    fn describe_groups(&self, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+        let stored = self.db.kafka_stored_groups();
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|id| {
+                let described = self.coordinator.describe(&id.0);
+                let state = if described.state == coordinator::State::Dead
+                    && stored.iter().any(|g| *g == *id.0)
+                {
+                    coordinator::State::Empty
+                } else {
+                    described.state
+                };
+                DescribedGroup::default()
+                    .with_group_id(id)
+                    .with_group_state(StrBytes::from_static_str(state.name()))
+                    .with_protocol_type(StrBytes::from_string(described.protocol_type))
+                    .with_protocol_data(StrBytes::from_string(described.protocol))
+                    .with_members(
+                        described
+                            .members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(StrBytes::from_string(m.member_id))
+                                    .with_group_instance_id(m.instance_id.map(StrBytes::from_string))
+                                    .with_client_id(StrBytes::from_string(m.client_id))
+                                    .with_client_host(StrBytes::from_string(m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        DescribeGroupsResponse::default().with_groups(groups)
+    }
+
     async fn list_offsets(&self, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         let mut topics = vec![];
         for topic in request.topics {
@@ -287,8 +676,7 @@ impl Handler {
         }
     }
 
-    fn metadata(&self, request: &MetadataRequest, version: i16) -> MetadataResponse {
-        let topics = self.db.kafka_topics();
+    async fn metadata(&self, request: &MetadataRequest, version: i16) -> MetadataResponse {
         // No topic list (or, before version 1, an empty one) asks for every topic.
         let wanted: Option<Vec<&str>> = match &request.topics {
             None => None,
@@ -299,6 +687,21 @@ impl Handler {
                     .collect(),
             ),
         };
+        // Unknown topics asked for by name are created, if allowed (always before v4).
+        let mut refused: Vec<(String, i16)> = vec![];
+        if let Some(names) = &wanted
+            && self.auto_create_topics
+            && (version < 4 || request.allow_auto_topic_creation)
+        {
+            let known = self.db.kafka_topics();
+            for name in names.iter().filter(|n| !known.iter().any(|t| t.name == **n)) {
+                if let Err((code, message)) = self.db.kafka_create_topic(name, None).await {
+                    tracing::debug!(topic = name, %message, "not auto-creating a topic");
+                    refused.push((name.to_string(), code));
+                }
+            }
+        }
+        let topics = self.db.kafka_topics();
         let topics = match wanted {
             None => topics.iter().map(|t| topic_metadata(t, version)).collect(),
             Some(names) => names
@@ -306,7 +709,12 @@ impl Handler {
                 .map(|name| match topics.iter().find(|t| t.name == name) {
                     Some(topic) => topic_metadata(topic, version),
                     None => MetadataResponseTopic::default()
-                        .with_error_code(UNKNOWN_TOPIC_OR_PARTITION)
+                        .with_error_code(
+                            refused
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map_or(UNKNOWN_TOPIC_OR_PARTITION, |(_, code)| *code),
+                        )
                         .with_name(Some(TopicName(StrBytes::from_string(name.to_string())))),
                 })
                 .collect(),

@@ -12,6 +12,7 @@
 pub mod apis;
 pub mod codec;
 mod connection;
+pub mod coordinator;
 mod handler;
 pub mod records;
 
@@ -31,6 +32,14 @@ pub struct Advertised {
     pub port: u16,
 }
 
+/// How the Kafka front end behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub advertised: Advertised,
+    /// Metadata requests for unknown topics create them (schemaless, one partition).
+    pub auto_create_topics: bool,
+}
+
 /// The node id of this single-node cluster.
 pub const NODE_ID: i32 = 1;
 
@@ -38,10 +47,10 @@ pub const NODE_ID: i32 = 1;
 pub async fn serve(
     listeners: Vec<TcpListener>,
     db: Arc<Database>,
-    advertised: Advertised,
+    settings: Settings,
     mut closing: watch::Receiver<bool>,
 ) {
-    let handler = Arc::new(handler::Handler::new(db, advertised));
+    let handler = Arc::new(handler::Handler::new(db, settings));
     let mut accepting = JoinSet::new();
     for listener in listeners {
         let handler = handler.clone();
