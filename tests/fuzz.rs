@@ -465,31 +465,189 @@ async fn broken_wire_frames_never_crash_the_server() {
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
+/// A record batch of a few records, as kafka-protocol's own (client) encoder writes it.
+fn kafka_batch(rng: &mut Rng) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..1 + rng.below(4))
+        .map(|i| Record {
+            transactional: rng.below(8) == 0,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: if rng.below(2) == 0 {
+                -1
+            } else {
+                rng.below(5) as i64
+            },
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: rng.below(3) as i32,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: (rng.below(2) == 0).then(|| bytes::Bytes::from(format!("k{i}"))),
+            value: Some(bytes::Bytes::from(format!("{{\"v\": {i}}}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    match RecordBatchEncoder::encode(&mut out, records.iter(), &options) {
+        Ok(()) => out.freeze(),
+        Err(_) => bytes::Bytes::new(),
+    }
+}
+
 /// A valid Kafka request frame of an API the server serves, at any version it defines
-/// (served or not).
+/// (served or not): metadata, produce and fetch, offsets, groups.
 fn kafka_request(rng: &mut Rng) -> Vec<u8> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{
-        ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, RequestKind, TopicName,
+        ApiKey, ApiVersionsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+        HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, ListOffsetsRequest,
+        MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader,
+        RequestKind, SyncGroupRequest, TopicName,
     };
     use kafka_protocol::protocol::{Encodable, StrBytes};
-    let (key, body) = if rng.below(2) == 0 {
-        let request = ApiVersionsRequest::default()
-            .with_client_software_name(StrBytes::from_static_str("fuzz"))
-            .with_client_software_version(StrBytes::from_static_str("1"));
-        (ApiKey::ApiVersions, RequestKind::ApiVersions(request))
-    } else {
-        let topics = (0..rng.below(4))
-            .map(|i| {
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(format!("t{i}")))))
-            })
-            .collect();
-        let topics = (rng.below(3) > 0).then_some(topics);
-        (
-            ApiKey::Metadata,
-            RequestKind::Metadata(MetadataRequest::default().with_topics(topics)),
-        )
+    let topic = |rng: &mut Rng| TopicName(StrBytes::from_string(format!("t{}", rng.below(3))));
+    let group = |rng: &mut Rng| GroupId(StrBytes::from_string(format!("g{}", rng.below(2))));
+    let (key, body) = match rng.below(11) {
+        0 => {
+            let request = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("fuzz"))
+                .with_client_software_version(StrBytes::from_static_str("1"));
+            (ApiKey::ApiVersions, RequestKind::ApiVersions(request))
+        }
+        1 => {
+            let topics = (0..rng.below(4))
+                .map(|i| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(format!("t{i}")))))
+                })
+                .collect();
+            let topics = (rng.below(3) > 0).then_some(topics);
+            (
+                ApiKey::Metadata,
+                RequestKind::Metadata(MetadataRequest::default().with_topics(topics)),
+            )
+        }
+        2 | 3 => {
+            let data = PartitionProduceData::default()
+                .with_index(rng.below(4) as i32)
+                .with_records(Some(kafka_batch(rng)));
+            let request = ProduceRequest::default()
+                .with_acks([-1, 0, 1][rng.below(3) as usize])
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(topic(rng))
+                        .with_partition_data(vec![data]),
+                ]);
+            (ApiKey::Produce, RequestKind::Produce(request))
+        }
+        4 => {
+            let partition = FetchPartition::default()
+                .with_partition(rng.below(4) as i32)
+                .with_fetch_offset(rng.below(20) as i64 - 2)
+                .with_partition_max_bytes(1 << rng.below(20));
+            let request = FetchRequest::default()
+                .with_max_wait_ms(rng.below(50) as i32)
+                .with_min_bytes(rng.below(2) as i32)
+                .with_max_bytes(1 << rng.below(24))
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(topic(rng))
+                        .with_partitions(vec![partition]),
+                ]);
+            (ApiKey::Fetch, RequestKind::Fetch(request))
+        }
+        5 => {
+            let request = ListOffsetsRequest::default().with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic(rng))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(rng.below(4) as i32)
+                            .with_timestamp(rng.below(5) as i64 - 3),
+                    ]),
+            ]);
+            (ApiKey::ListOffsets, RequestKind::ListOffsets(request))
+        }
+        6 => {
+            let request = JoinGroupRequest::default()
+                .with_group_id(group(rng))
+                .with_session_timeout_ms(1000 + rng.below(2000) as i32)
+                .with_rebalance_timeout_ms(rng.below(1000) as i32)
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(bytes::Bytes::from_static(b"m")),
+                ]);
+            (ApiKey::JoinGroup, RequestKind::JoinGroup(request))
+        }
+        7 => {
+            let request = SyncGroupRequest::default()
+                .with_group_id(group(rng))
+                .with_generation_id(rng.below(3) as i32)
+                .with_member_id(StrBytes::from_static_str("fuzz-1"));
+            (ApiKey::SyncGroup, RequestKind::SyncGroup(request))
+        }
+        8 => {
+            let request = HeartbeatRequest::default()
+                .with_group_id(group(rng))
+                .with_member_id(StrBytes::from_static_str("fuzz-1"));
+            (ApiKey::Heartbeat, RequestKind::Heartbeat(request))
+        }
+        9 => {
+            let request = OffsetCommitRequest::default()
+                .with_group_id(group(rng))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    OffsetCommitRequestTopic::default()
+                        .with_name(topic(rng))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(rng.below(4) as i32)
+                                .with_committed_offset(rng.below(10) as i64 - 1),
+                        ]),
+                ]);
+            if rng.below(2) == 0 {
+                (ApiKey::OffsetCommit, RequestKind::OffsetCommit(request))
+            } else {
+                let fetch = OffsetFetchRequest::default().with_group_id(group(rng));
+                (ApiKey::OffsetFetch, RequestKind::OffsetFetch(fetch))
+            }
+        }
+        _ => {
+            if rng.below(2) == 0 {
+                let request = FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_static_str("g0"))
+                    .with_key_type(rng.below(2) as i8)
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("g0")]);
+                (
+                    ApiKey::FindCoordinator,
+                    RequestKind::FindCoordinator(request),
+                )
+            } else {
+                let request = InitProducerIdRequest::default()
+                    .with_transaction_timeout_ms(1000)
+                    .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                    .with_producer_epoch(-1);
+                (ApiKey::InitProducerId, RequestKind::InitProducerId(request))
+            }
+        }
     };
     let versions = key.valid_versions();
     let version = versions.min + rng.below((versions.max - versions.min + 1) as u64) as i16;

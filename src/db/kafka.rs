@@ -17,11 +17,11 @@ use base64::Engine as _;
 
 use super::Database;
 use crate::catalog::{CatalogData, Principal, Relation, StreamDef, TopicDef};
-use crate::sql::parser::{CreateTopic, OptionValue};
 use crate::ingest::WriteTarget;
 use crate::ingest::formats;
 use crate::ingest::records::Given;
 use crate::producers::{ProducerBatch, Sequence};
+use crate::sql::parser::{CreateTopic, OptionValue};
 use crate::storage::{
     AppendedRange, Offset, PartitionBatch, PartitionId, ReadOptions, StorageError, Topic, now_ms,
 };
@@ -128,6 +128,9 @@ pub struct Fetched {
     /// Record batches in offset order, each with the offset of its first record.
     pub batches: Vec<(i64, Records)>,
 }
+
+/// A topic's name and, per partition, an offset.
+pub type TopicOffsets = (String, Vec<(i32, i64)>);
 
 /// A staged batch, with the indexes of its topic and of itself in the request.
 type Indexed = (usize, usize, Staged);
@@ -503,9 +506,7 @@ impl Database {
             .map_err(|e| {
                 let code = match &e {
                     crate::error::Error::AlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
-                    e if matches!(e.sqlstate(), "42602" | "42939") => {
-                        code::INVALID_TOPIC_EXCEPTION
-                    }
+                    e if matches!(e.sqlstate(), "42602" | "42939") => code::INVALID_TOPIC_EXCEPTION,
                     e if e.sqlstate() == "22023" => code::INVALID_PARTITIONS,
                     _ => code::UNKNOWN_SERVER_ERROR,
                 };
@@ -526,8 +527,14 @@ impl Database {
         let mut valid = vec![];
         for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
             match data.topics.get(topic).filter(|t| t.internal.is_none()) {
-                Some(def) if *partition >= 0 && (*partition as u32) < def.partitions && *offset >= 0 => {
-                    valid.push((def.id, PartitionId(*partition as u32), Offset(*offset as u64)));
+                Some(def)
+                    if *partition >= 0 && (*partition as u32) < def.partitions && *offset >= 0 =>
+                {
+                    valid.push((
+                        def.id,
+                        PartitionId(*partition as u32),
+                        Offset(*offset as u64),
+                    ));
                 }
                 Some(_) if *offset < 0 => codes[i] = code::OFFSET_OUT_OF_RANGE,
                 _ => codes[i] = code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -554,7 +561,7 @@ impl Database {
         &self,
         group: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<(i32, i64)>)>, i16> {
+    ) -> Result<Vec<TopicOffsets>, i16> {
         let data = self.catalog().snapshot();
         let committed = self.tables.groups.committed(group).map_err(|e| {
             tracing::warn!(group, error = %e, "reading a consumer group's offsets");
@@ -601,7 +608,12 @@ impl Database {
 
     /// The consumer groups with committed offsets (SQL subscriptions among them).
     pub fn kafka_stored_groups(&self) -> Vec<String> {
-        self.tables.groups.all().into_iter().map(|g| g.group).collect()
+        self.tables
+            .groups
+            .all()
+            .into_iter()
+            .map(|g| g.group)
+            .collect()
     }
 
     /// The catalog's topic `name` and the log's, if `partition` is one of its partitions.

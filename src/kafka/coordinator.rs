@@ -210,7 +210,7 @@ impl Group {
     }
 
     /// Starts a rebalance: pending syncs are told to rejoin.
-    fn prepare_rebalance(&mut self, now: Instant) {
+    fn prepare_rebalance(&mut self, now: Instant, initial_delay: Duration) {
         for member in &mut self.members {
             if let Some(sync) = member.syncing.take() {
                 let _ = sync.send(Synced::error(code::REBALANCE_IN_PROGRESS));
@@ -223,7 +223,7 @@ impl Group {
             .max()
             .unwrap_or(Duration::ZERO);
         if self.state == State::Empty {
-            self.initial_until = Some(now + INITIAL_REBALANCE_DELAY.min(longest));
+            self.initial_until = Some(now + initial_delay.min(longest));
         }
         self.state = State::PreparingRebalance;
         self.rebalance_deadline = Some(now + longest);
@@ -327,7 +327,7 @@ impl Group {
     }
 
     /// A member is gone (left, or its session expired).
-    fn remove(&mut self, id: &str, now: Instant) {
+    fn remove(&mut self, id: &str, now: Instant, initial_delay: Duration) {
         let Some(at) = self.members.iter().position(|m| m.id == id) else {
             return;
         };
@@ -348,7 +348,7 @@ impl Group {
                     self.state = State::Empty;
                     self.protocol = None;
                 } else {
-                    self.prepare_rebalance(now);
+                    self.prepare_rebalance(now, initial_delay);
                 }
             }
             State::PreparingRebalance => {
@@ -385,15 +385,22 @@ impl Group {
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     next_member: std::sync::atomic::AtomicU64,
+    initial_delay: Duration,
 }
 
 impl Coordinator {
     /// A coordinator, and the task that enforces its deadlines (it stops when the
     /// coordinator is dropped).
     pub fn start() -> Arc<Coordinator> {
+        Self::start_with(INITIAL_REBALANCE_DELAY)
+    }
+
+    /// [`Coordinator::start`] with another initial rebalance delay.
+    pub fn start_with(initial_delay: Duration) -> Arc<Coordinator> {
         let coordinator = Arc::new(Coordinator {
             groups: Mutex::new(HashMap::new()),
             next_member: std::sync::atomic::AtomicU64::new(1),
+            initial_delay,
         });
         let weak = Arc::downgrade(&coordinator);
         tokio::spawn(async move {
@@ -499,14 +506,14 @@ impl Coordinator {
                         // Another member arrived during the initial delay: wait a while
                         // longer for more, within the rebalance timeout.
                         let deadline = group.rebalance_deadline.unwrap_or(until);
-                        group.initial_until = Some((now + INITIAL_REBALANCE_DELAY).min(deadline));
+                        group.initial_until = Some((now + self.initial_delay).min(deadline));
                     }
                 }
-                State::Empty | State::Dead => group.prepare_rebalance(now),
+                State::Empty | State::Dead => group.prepare_rebalance(now, self.initial_delay),
                 State::CompletingRebalance | State::Stable => {
                     let leader = group.leader.as_deref() == Some(member_id.as_str());
                     if changed || leader {
-                        group.prepare_rebalance(now);
+                        group.prepare_rebalance(now, self.initial_delay);
                     } else {
                         // A follower rejoining unchanged: the current generation stands.
                         let member = group.member(&member_id).expect("joined");
@@ -562,7 +569,11 @@ impl Coordinator {
             match group.state {
                 State::PreparingRebalance => return Synced::error(code::REBALANCE_IN_PROGRESS),
                 State::Stable => {
-                    let assignment = group.member(member_id).expect("a member").assignment.clone();
+                    let assignment = group
+                        .member(member_id)
+                        .expect("a member")
+                        .assignment
+                        .clone();
                     return answer(group, assignment);
                 }
                 State::Empty | State::Dead => return Synced::error(code::UNKNOWN_MEMBER_ID),
@@ -615,7 +626,7 @@ impl Coordinator {
             .iter()
             .map(|id| {
                 if group.members.iter().any(|m| &m.id == id) {
-                    group.remove(id, now);
+                    group.remove(id, now, self.initial_delay);
                     code::NONE
                 } else {
                     code::UNKNOWN_MEMBER_ID
@@ -707,11 +718,13 @@ impl Coordinator {
                 .collect();
             for id in expired {
                 tracing::info!(member = %id, "a consumer group member's session expired");
-                group.remove(&id, now);
+                group.remove(&id, now, self.initial_delay);
             }
             group.try_complete_join(now);
         }
-        groups.retain(|_, g| !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty()));
+        groups.retain(|_, g| {
+            !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
+        });
     }
 }
 
@@ -734,8 +747,8 @@ mod tests {
             instance_id: None,
             client_id: "c".into(),
             client_host: "/127.0.0.1".into(),
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_millis(1000),
+            rebalance_timeout: Duration::from_millis(1500),
             protocol_type: "consumer".into(),
             protocols: protocols
                 .iter()
@@ -745,9 +758,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn members_join_sync_and_rebalance_on_leave() {
-        let coordinator = Coordinator::start();
+        let coordinator = Coordinator::start_with(Duration::from_millis(300));
         let first = coordinator.join(join("", &["range"])).await;
         assert_eq!(first.error, code::MEMBER_ID_REQUIRED);
         let a = first.member_id;
@@ -757,7 +770,10 @@ mod tests {
             async move { c.join(join(&a, &["range", "roundrobin"])).await }
         });
         tokio::task::yield_now().await;
-        let b = coordinator.join(join("", &["roundrobin", "range"])).await.member_id;
+        let b = coordinator
+            .join(join("", &["roundrobin", "range"]))
+            .await
+            .member_id;
         let c = coordinator.clone();
         let b_join = tokio::spawn({
             let b = b.clone();
@@ -782,7 +798,12 @@ mod tests {
         });
         tokio::task::yield_now().await;
         let sa = coordinator
-            .sync("g", &a, 1, vec![(a.clone(), Bytes::from("A")), (b.clone(), Bytes::from("B"))])
+            .sync(
+                "g",
+                &a,
+                1,
+                vec![(a.clone(), Bytes::from("A")), (b.clone(), Bytes::from("B"))],
+            )
             .await;
         assert_eq!(sa.assignment, Bytes::from("A"));
         assert_eq!(b_sync.await.unwrap().assignment, Bytes::from("B"));
@@ -792,27 +813,38 @@ mod tests {
         assert_eq!(coordinator.may_commit("g", "", -1), code::UNKNOWN_MEMBER_ID);
 
         // b leaves: a is told to rejoin, and forms generation 2 alone.
-        assert_eq!(coordinator.leave("g", std::slice::from_ref(&b)), vec![code::NONE]);
-        assert_eq!(coordinator.heartbeat("g", &a, 1), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            coordinator.leave("g", std::slice::from_ref(&b)),
+            vec![code::NONE]
+        );
+        assert_eq!(
+            coordinator.heartbeat("g", &a, 1),
+            code::REBALANCE_IN_PROGRESS
+        );
         let again = coordinator.join(join(&a, &["range"])).await;
         assert_eq!((again.error, again.generation), (0, 2));
         assert_eq!(again.members.len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_silent_member_is_removed_after_its_session() {
-        let coordinator = Coordinator::start();
+        let coordinator = Coordinator::start_with(Duration::from_millis(300));
         let mut j = join("", &["range"]);
         j.requires_member_id = false;
         let a = coordinator.join(j.clone()).await;
         assert_eq!((a.error, a.generation), (0, 1));
         let synced = coordinator
-            .sync("g", &a.member_id, 1, vec![(a.member_id.clone(), Bytes::from("x"))])
+            .sync(
+                "g",
+                &a.member_id,
+                1,
+                vec![(a.member_id.clone(), Bytes::from("x"))],
+            )
             .await;
         assert_eq!(synced.error, 0);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(coordinator.heartbeat("g", &a.member_id, 1), code::NONE);
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
             coordinator.heartbeat("g", &a.member_id, 1),
             code::UNKNOWN_MEMBER_ID
@@ -822,9 +854,9 @@ mod tests {
         assert_eq!(coordinator.may_commit("g", "", -1), code::NONE);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
-        let coordinator = Coordinator::start();
+        let coordinator = Coordinator::start_with(Duration::from_millis(300));
         let mut j = join("", &["range"]);
         j.requires_member_id = false;
         let c = coordinator.clone();
@@ -851,33 +883,29 @@ mod tests {
         assert!(!members.iter().any(|m| m.member_id == jb.member_id));
     }
 
-    #[test]
-    fn incompatible_members_are_refused() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let coordinator = Coordinator::start();
-            let mut j = join("", &["range"]);
-            j.requires_member_id = false;
-            let c = coordinator.clone();
-            let first = tokio::spawn({
-                let j = j.clone();
-                async move { c.join(j).await }
-            });
-            tokio::task::yield_now().await;
-            let mut other = join("", &["sticky"]);
-            other.requires_member_id = false;
-            assert_eq!(
-                coordinator.join(other).await.error,
-                code::INCONSISTENT_GROUP_PROTOCOL
-            );
-            assert_eq!(first.await.unwrap().error, 0);
-            let mut short = join("", &["range"]);
-            short.session_timeout = Duration::from_millis(10);
-            assert_eq!(coordinator.join(short).await.error, code::INVALID_SESSION_TIMEOUT);
+    #[tokio::test]
+    async fn incompatible_members_are_refused() {
+        let coordinator = Coordinator::start_with(Duration::from_millis(300));
+        let mut j = join("", &["range"]);
+        j.requires_member_id = false;
+        let c = coordinator.clone();
+        let first = tokio::spawn({
+            let j = j.clone();
+            async move { c.join(j).await }
         });
+        tokio::task::yield_now().await;
+        let mut other = join("", &["sticky"]);
+        other.requires_member_id = false;
+        assert_eq!(
+            coordinator.join(other).await.error,
+            code::INCONSISTENT_GROUP_PROTOCOL
+        );
+        assert_eq!(first.await.unwrap().error, 0);
+        let mut short = join("", &["range"]);
+        short.session_timeout = Duration::from_millis(10);
+        assert_eq!(
+            coordinator.join(short).await.error,
+            code::INVALID_SESSION_TIMEOUT
+        );
     }
 }

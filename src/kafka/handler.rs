@@ -4,21 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
-};
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
-use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
-use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -26,15 +23,18 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{
     ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
-    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId, RequestKind, ResponseKind,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatResponse,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, ProducerId, RequestKind, ResponseKind, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -295,7 +295,11 @@ impl Handler {
         )
     }
 
-    fn find_coordinator(&self, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+    fn find_coordinator(
+        &self,
+        request: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
         let host = StrBytes::from_string(self.advertised.host.clone());
         let port = i32::from(self.advertised.port);
         // Key type 0 is a group; 1, a transactional id, is not served.
@@ -501,7 +505,9 @@ impl Handler {
                                                         OffsetFetchResponsePartitions::default()
                                                             .with_partition_index(p)
                                                             .with_committed_offset(offset)
-                                                            .with_metadata(Some(StrBytes::default()))
+                                                            .with_metadata(
+                                                                Some(StrBytes::default()),
+                                                            )
                                                     })
                                                     .collect(),
                                             )
@@ -557,7 +563,11 @@ impl Handler {
         // Groups known only by their committed offsets (SQL subscriptions among them).
         for name in self.db.kafka_stored_groups() {
             if !groups.iter().any(|(g, _, _)| *g == name) {
-                groups.push((name, coordinator::State::Empty.name().to_string(), "consumer".into()));
+                groups.push((
+                    name,
+                    coordinator::State::Empty.name().to_string(),
+                    "consumer".into(),
+                ));
             }
         }
         groups.sort();
@@ -565,7 +575,10 @@ impl Handler {
             .into_iter()
             .filter(|(_, state, _)| {
                 request.states_filter.is_empty()
-                    || request.states_filter.iter().any(|s| s.eq_ignore_ascii_case(state))
+                    || request
+                        .states_filter
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(state))
             })
             .map(|(name, state, protocol_type)| {
                 ListedGroup::default()
@@ -603,7 +616,9 @@ impl Handler {
                             .map(|m| {
                                 DescribedGroupMember::default()
                                     .with_member_id(StrBytes::from_string(m.member_id))
-                                    .with_group_instance_id(m.instance_id.map(StrBytes::from_string))
+                                    .with_group_instance_id(
+                                        m.instance_id.map(StrBytes::from_string),
+                                    )
                                     .with_client_id(StrBytes::from_string(m.client_id))
                                     .with_client_host(StrBytes::from_string(m.client_host))
                                     .with_member_metadata(m.metadata)
@@ -694,7 +709,10 @@ impl Handler {
             && (version < 4 || request.allow_auto_topic_creation)
         {
             let known = self.db.kafka_topics();
-            for name in names.iter().filter(|n| !known.iter().any(|t| t.name == **n)) {
+            for name in names
+                .iter()
+                .filter(|n| !known.iter().any(|t| t.name == **n))
+            {
                 if let Err((code, message)) = self.db.kafka_create_topic(name, None).await {
                     tracing::debug!(topic = name, %message, "not auto-creating a topic");
                     refused.push((name.to_string(), code));

@@ -290,6 +290,24 @@ fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
             committed_at.push(offsets.as_ref().map(|o| o.committed_at_ms * 1000));
         }
     }
+    // Groups with no subscription: Kafka consumers' groups, by what they committed.
+    for offsets in tables.groups.all() {
+        if data.subscriptions.contains_key(&offsets.group) {
+            continue;
+        }
+        for (&(topic_id, p), offset) in &offsets.offsets {
+            let Some(topic) = data.topics.values().find(|t| t.id == topic_id) else {
+                continue;
+            };
+            group.push(offsets.group.clone());
+            stream.push(topic.stream.clone().unwrap_or_else(|| topic.name.clone()));
+            partition.push(p.0 as i32);
+            committed.push(Some(offset.0 as i64));
+            high.push(snapshot.high_watermark(topic_id, p).0 as i64);
+            reading.push(false);
+            committed_at.push(Some(offsets.committed_at_ms * 1000));
+        }
+    }
     let lag: Int64Array = committed
         .iter()
         .zip(&high)

@@ -1,0 +1,192 @@
+//! Real Kafka clients (kafka-python) producing to and consuming from Runnel's topics and
+//! streams, side by side with SQL: the project's seed programs, a typed stream, and a
+//! consumer group that loses a member to SIGKILL.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn python() -> String {
+    std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs one of `tests/python`'s scripts with `args`; its output, which must be a success.
+fn run(server: &common::Server, script: &str, args: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out: Output = Command::new(python())
+        .arg(&path)
+        .arg(server.kafka_bootstrap())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed\n{stdout}\n{}\n--- server ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    stdout
+}
+
+async fn query_one(server: &common::Server, sql: &str) -> String {
+    let client = server.connect().await;
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_programs_produce_and_consume_through_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+
+    // The producer's topic does not exist: its Metadata request creates it.
+    run(&server, "kafka_seed_producer.py", &[]);
+    let consumed = run(&server, "kafka_seed_consumer.py", &["8000"]);
+    let lines: Vec<&str> = consumed.lines().collect();
+    assert_eq!(lines.len(), 10, "{consumed}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| *l == r#"b'key' b'{"message": "hello world"}'"#),
+        "{consumed}"
+    );
+    assert_eq!(
+        query_one(&server, "SELECT count(*), min(_key) FROM test_topic").await,
+        "10|\\x6b6579"
+    );
+
+    // The group committed its offsets: a second run reads nothing, also after a crash.
+    // (Each run waits 8 s for records: joining an empty group takes Kafka's initial
+    // rebalance delay of 3 s. The last run, which reads only the SQL row, proves that
+    // these runs read nothing because of the committed offsets.)
+    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"]), "");
+    server.kill();
+    let server = common::start(dir.path());
+    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"]), "");
+
+    // A row inserted with SQL is the next record the group reads.
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "INSERT INTO test_topic (_key, _value) VALUES ('k2'::bytea, 'from sql'::bytea)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        run(&server, "kafka_seed_consumer.py", &["8000"]),
+        "b'k2' b'from sql'\n"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT NOT NULL, ts TIMESTAMP)
+                 WITH (value_format = 'json', partitions = 4);
+             INSERT INTO clicks VALUES (42, '/sql', '2026-01-01 00:00:00')",
+        )
+        .await
+        .unwrap();
+    let out = run(&server, "kafka_typed.py", &[]);
+    assert!(out.contains("typed ok"), "{out}");
+
+    // SQL sees the produced records as typed rows, and nothing of the refused batch.
+    let rows = client
+        .simple_query("SELECT user_id, url, ts::text FROM clicks ORDER BY user_id")
+        .await
+        .unwrap();
+    let rows: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                "{} {} {}",
+                r.get(0).unwrap(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap()
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "7 /k7 2026-01-02T03:04:05",
+            "8 /k8 2026-01-02T03:04:05",
+            "9 /k9 2026-01-02T03:04:05",
+            "42 /sql 2026-01-01T00:00:00"
+        ],
+        "{out}"
+    );
+
+    // The SQL row is fetched as JSON with its key, in the partition it was written to.
+    let sql_partition =
+        query_one(&server, "SELECT _partition FROM clicks WHERE user_id = 42").await;
+    assert!(
+        out.contains(&format!(
+            "fetched {sql_partition} 42 {{\"url\":\"/sql\",\"ts\":\"2026-01-01T00:00:00\"}}"
+        )),
+        "{out}"
+    );
+
+    // The same key lands in the same partition from SQL and from a Kafka producer.
+    for user in [7, 8, 9] {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO clicks VALUES ({user}, '/again', NULL)"
+            ))
+            .await
+            .unwrap();
+        let from_sql = query_one(
+            &server,
+            &format!("SELECT _partition FROM clicks WHERE user_id = {user} AND url = '/again'"),
+        )
+        .await;
+        assert!(
+            out.contains(&format!("sent {user} {from_sql}\n")),
+            "{user}: {out}"
+        );
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_survives_a_member_killed_with_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TOPIC orders WITH (partitions = 6)")
+        .await
+        .unwrap();
+    let out = run(&server, "kafka_groups.py", &[]);
+    assert!(out.contains("groups ok"), "{out}");
+    // The group's offsets are where SQL's subscriptions keep theirs.
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT sum(committed), sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'order-processors'"
+        )
+        .await,
+        "6000|0"
+    );
+    server.stop();
+}
