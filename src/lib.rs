@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
-//!     │               codec, handlers)   (server: wiring, admission, auth, tls, panics)
+//!     │               codec, record batches, handlers, the group coordinator)
+//!     │               (server: wiring, admission, auth, tls, panics)
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
@@ -13,9 +14,10 @@
 //!  tables/            DataFusion bindings: streams, views, files and sys tables as table
 //!     │               providers, scans, sinks, pg_catalog; reads the engine through a trait
 //!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
-//!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding
-//!  groups, catalog/   consumer groups' offsets; streams, topics, views, queries, users:
-//!     │               durable metadata only
+//!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
+//!     │               value formats (JSON, CSV, raw) at the edges
+//!  groups, producers, consumer groups' offsets; idempotent producers' sequences; streams,
+//!  catalog/           topics, views, queries, users: durable metadata only
 //!  storage/           the partitioned log: frames, segments, commit log, recovery, retention
 //! ```
 pub mod admission;

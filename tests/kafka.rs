@@ -163,12 +163,15 @@ async fn api_versions_and_metadata_in_old_and_new_versions() {
             assert_eq!(metadata.cluster_id.as_ref().unwrap().len(), 22);
         }
     }
-    // Named topics: one known, one not.
+    // Named topics: one known, one not, which the client does not want created.
+    let RequestKind::Metadata(no_creation) = metadata_request(Some(&["clicks", "nope"])) else {
+        unreachable!()
+    };
     let mut body = call(
         &mut kafka,
         ApiKey::Metadata,
         12,
-        metadata_request(Some(&["clicks", "nope"])),
+        RequestKind::Metadata(no_creation.with_allow_auto_topic_creation(false)),
     );
     let metadata = MetadataResponse::decode(&mut body, 12).unwrap();
     assert_eq!(metadata.topics[0].error_code, 0);
@@ -176,6 +179,26 @@ async fn api_versions_and_metadata_in_old_and_new_versions() {
     assert_eq!(
         metadata.topics[1].error_code, 3,
         "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    // By default an unknown topic is created (schemaless, one partition); a name SQL could
+    // not use is refused with INVALID_TOPIC_EXCEPTION.
+    let mut body = call(
+        &mut kafka,
+        ApiKey::Metadata,
+        12,
+        metadata_request(Some(&["made_by_kafka", "__reserved", "bad/name"])),
+    );
+    let metadata = MetadataResponse::decode(&mut body, 12).unwrap();
+    let codes: Vec<(i16, usize)> = metadata
+        .topics
+        .iter()
+        .map(|t| (t.error_code, t.partitions.len()))
+        .collect();
+    assert_eq!(codes, [(0, 1), (17, 0), (17, 0)]);
+    let client = server.connect().await;
+    assert_eq!(
+        common::rows(&client, "SELECT count(*) FROM made_by_kafka").await,
+        vec![vec![Some("0".to_string())]]
     );
     server.stop();
 }

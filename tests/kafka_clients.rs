@@ -1,11 +1,13 @@
-//! Real Kafka clients (kafka-python) producing to and consuming from Runnel's topics and
-//! streams, side by side with SQL: the project's seed programs, a typed stream, and a
-//! consumer group that loses a member to SIGKILL.
+//! Real Kafka clients (kafka-python, confluent-kafka) producing to and consuming from
+//! Runnel's topics and streams, side by side with SQL: the project's seed programs, a typed
+//! stream, a consumer group that loses a member to SIGKILL, and an idempotent producer whose
+//! server is killed ten times.
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn python() -> String {
     std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -188,5 +190,116 @@ async fn a_consumer_group_survives_a_member_killed_with_sigkill() {
         .await,
         "6000|0"
     );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
+    const RECORDS: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    // The producer keeps one bootstrap address across restarts: a fixed port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kafka_addr = format!("127.0.0.1:{port}");
+    let flags = ["--kafka-addr", kafka_addr.as_str()];
+    let mut server = common::start_with(dir.path(), &flags);
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TOPIC idempotent WITH (partitions = 3)")
+        .await
+        .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_idempotent.py");
+    let producer = Command::new(python())
+        .arg(&script)
+        .arg(&kafka_addr)
+        .arg("idempotent")
+        .arg(RECORDS.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut appended_at_kills = vec![];
+    for _ in 0..10 {
+        // Let some records in, then kill the server in the middle of whatever it is doing.
+        let before = query_one(&server, "SELECT count(*) FROM idempotent").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while query_one(&server, "SELECT count(*) FROM idempotent").await == before
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        appended_at_kills.push(query_one(&server, "SELECT count(*) FROM idempotent").await);
+        server.kill();
+        server = common::start_with(dir.path(), &flags);
+    }
+    let out = producer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("sent {RECORDS}")),
+        "{stdout}\n{}\n--- server ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT count(*), count(DISTINCT _value) FROM idempotent"
+        )
+        .await,
+        format!("{RECORDS}|{RECORDS}"),
+        "records appended when the server was killed: {appended_at_kills:?}"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_missing_partitions_are_refused_with_kafka_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TOPIC refusals")
+        .await
+        .unwrap();
+    let out = run(&server, "kafka_refusals.py", &[]);
+    assert!(out.contains("refusals ok"), "{out}");
+    assert_eq!(
+        query_one(&server, "SELECT count(*) FROM refusals").await,
+        "0"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_client_creates_lists_and_deletes_topics_and_sees_every_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT);
+             INSERT INTO clicks VALUES (1, '/a'), (2, '/b');
+             CREATE SUBSCRIPTION billing FROM clicks WITH (start = 'earliest');
+             DECLARE cur SUBSCRIPTION CURSOR FOR billing;
+             FETCH 1 FROM cur;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let out = run(&server, "kafka_admin.py", &[]);
+    assert!(out.contains("admin ok"), "{out}");
+    // What the admin client created and deleted is what SQL sees.
+    let error = client
+        .simple_query("SELECT * FROM admin_a")
+        .await
+        .unwrap_err();
+    let error = error.as_db_error().expect("a server error");
+    assert_eq!(error.code().code(), "42P01", "{error:?}");
     server.stop();
 }

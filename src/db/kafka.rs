@@ -21,7 +21,7 @@ use crate::ingest::WriteTarget;
 use crate::ingest::formats;
 use crate::ingest::records::Given;
 use crate::producers::{ProducerBatch, Sequence};
-use crate::sql::parser::{CreateTopic, OptionValue};
+use crate::sql::parser::{CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::storage::{
     AppendedRange, Offset, PartitionBatch, PartitionId, ReadOptions, StorageError, Topic, now_ms,
 };
@@ -74,6 +74,10 @@ pub mod code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const POLICY_VIOLATION: i16 = 44;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -481,11 +485,16 @@ impl Database {
     }
 
     /// Creates a schemaless topic for a Kafka client (auto-creation or CreateTopics) with
-    /// `partitions` (the default when `None`). An error is a Kafka error code and message.
+    /// `partitions` (the default when `None`) and Kafka's topic `configs` that Runnel has
+    /// (`retention.ms`, `retention.bytes`, `segment.bytes`, `compression.type`,
+    /// `cleanup.policy=delete`); others are refused. With `validate_only`, checks and does
+    /// nothing. An error is a Kafka error code and message.
     pub async fn kafka_create_topic(
         &self,
         name: &str,
         partitions: Option<u32>,
+        configs: &[(String, Option<String>)],
+        validate_only: bool,
     ) -> Result<(), (i16, String)> {
         let mut options = vec![];
         if let Some(partitions) = partitions {
@@ -493,6 +502,42 @@ impl Database {
                 "partitions".to_string(),
                 OptionValue::Number(partitions.to_string()),
             ));
+        }
+        for (config, value) in configs {
+            let value = value.as_deref().unwrap_or_default();
+            let option = match (config.as_str(), value) {
+                ("cleanup.policy", "delete") => None,
+                ("retention.ms" | "retention.bytes", "-1") => None,
+                ("retention.ms", ms) => Some(("retention_ms", OptionValue::Number(ms.into()))),
+                ("retention.bytes", b) => Some(("retention_bytes", OptionValue::Number(b.into()))),
+                ("segment.bytes", b) => Some(("segment_bytes", OptionValue::Number(b.into()))),
+                ("compression.type", "producer" | "uncompressed") => None,
+                ("compression.type", codec @ ("lz4" | "zstd")) => {
+                    Some(("compression", OptionValue::String(codec.into())))
+                }
+                _ => {
+                    return Err((
+                        code::INVALID_CONFIG,
+                        format!(
+                            "topic config {config}={value} is not supported (retention.ms, retention.bytes, segment.bytes, compression.type lz4/zstd/producer and cleanup.policy=delete are)"
+                        ),
+                    ));
+                }
+            };
+            if let Some((option, value)) = option {
+                options.push((option.to_string(), value));
+            }
+        }
+        if validate_only {
+            crate::catalog::validate_name("topic", name)
+                .map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+            if self.catalog().snapshot().topics.contains_key(name) {
+                return Err((
+                    code::TOPIC_ALREADY_EXISTS,
+                    format!("topic \"{name}\" already exists"),
+                ));
+            }
+            return Ok(());
         }
         let create = CreateTopic {
             name: name.to_string(),
@@ -503,15 +548,34 @@ impl Database {
         self.create_topic(create, &Principal::superuser(), &mut notices)
             .await
             .map(|_| ())
-            .map_err(|e| {
-                let code = match &e {
-                    crate::error::Error::AlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
-                    e if matches!(e.sqlstate(), "42602" | "42939") => code::INVALID_TOPIC_EXCEPTION,
-                    e if e.sqlstate() == "22023" => code::INVALID_PARTITIONS,
-                    _ => code::UNKNOWN_SERVER_ERROR,
-                };
-                (code, e.to_string())
-            })
+            .map_err(|e| (kafka_code(&e, code::INVALID_CONFIG), e.to_string()))
+    }
+
+    /// Deletes a topic for a Kafka client (DeleteTopics): a schemaless topic as `DROP
+    /// TOPIC` would, a stream's topic as `DROP STREAM` would (refused while views or
+    /// queries read it).
+    pub async fn kafka_delete_topic(&self, name: &str) -> Result<(), (i16, String)> {
+        let data = self.catalog().snapshot();
+        let Some(topic) = data.topics.get(name).filter(|t| t.internal.is_none()) else {
+            return Err((
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic \"{name}\" does not exist"),
+            ));
+        };
+        let (kind, object) = match &topic.stream {
+            Some(stream) => (ObjectKind::Stream, stream.clone()),
+            None => (ObjectKind::Topic, name.to_string()),
+        };
+        let drop = Drop {
+            kind,
+            if_exists: false,
+            names: vec![object],
+        };
+        let mut notices = vec![];
+        self.drop_objects(drop, &Principal::superuser(), &mut notices)
+            .await
+            .map(|_| ())
+            .map_err(|e| (kafka_code(&e, code::POLICY_VIOLATION), e.to_string()))
     }
 
     /// Commits a consumer group's offsets (the next record to read, per partition), in the
@@ -639,6 +703,20 @@ impl Database {
         }
         let stored = self.log().topic(def.id).ok_or_else(unknown)?;
         Ok((def, stored))
+    }
+}
+
+/// The Kafka error code for a DDL error; `otherwise` for refusals without a closer one.
+fn kafka_code(error: &crate::error::Error, otherwise: i16) -> i16 {
+    match error {
+        crate::error::Error::AlreadyExists(_) => code::TOPIC_ALREADY_EXISTS,
+        e if matches!(e.sqlstate(), "42602" | "42939") => code::INVALID_TOPIC_EXCEPTION,
+        e if e.sqlstate() == "22023" => code::INVALID_PARTITIONS,
+        e if e.sqlstate() == "42P01" => code::UNKNOWN_TOPIC_OR_PARTITION,
+        e if e.sqlstate().starts_with("XX") || e.sqlstate().starts_with("58") => {
+            code::KAFKA_STORAGE_ERROR
+        }
+        _ => otherwise,
     }
 }
 

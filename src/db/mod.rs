@@ -214,24 +214,29 @@ impl Database {
     }
 
     /// What readers still need, for retention to keep: every continuous query's input from
-    /// its checkpoint on, and every subscription's stream from its committed offsets on.
+    /// its checkpoint on, and every consumer group's (SQL subscription or Kafka group) topics
+    /// from its committed offsets on. (Beyond the limits, a hold keeps at most
+    /// `--max-retention-hold-bytes` per partition.)
     fn holds(&self) -> Vec<Hold> {
         let data = self.tables.catalog.snapshot();
         let mut holds = self.engine.holds(&data);
-        for name in data.subscriptions.keys() {
-            if let Ok(Some(committed)) = self.tables.groups.committed(name) {
-                holds.extend(
-                    committed
-                        .offsets
-                        .iter()
-                        .map(|(&(topic, partition), &offset)| Hold {
-                            topic,
-                            partition,
-                            offset,
-                            holder: format!("subscription {name}"),
-                        }),
-                );
-            }
+        for committed in self.tables.groups.all() {
+            let holder = if data.subscriptions.contains_key(&committed.group) {
+                format!("subscription {}", committed.group)
+            } else {
+                format!("consumer group {}", committed.group)
+            };
+            holds.extend(
+                committed
+                    .offsets
+                    .iter()
+                    .map(|(&(topic, partition), &offset)| Hold {
+                        topic,
+                        partition,
+                        offset,
+                        holder: holder.clone(),
+                    }),
+            );
         }
         holds
     }

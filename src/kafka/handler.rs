@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
@@ -23,18 +25,22 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
     FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatResponse,
     InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, ProducerId, RequestKind, ResponseKind, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
+    ProducerId, RequestKind, ResponseKind, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -51,6 +57,10 @@ use crate::producers::ProducerBatch;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = code::UNKNOWN_TOPIC_OR_PARTITION;
 /// Kafka's TRANSACTIONAL_ID_AUTHORIZATION_FAILED: transactions are not served.
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// Kafka's UNKNOWN_TOPIC_ID (DeleteTopics by id).
+const UNKNOWN_TOPIC_ID: i16 = 100;
+/// Kafka's FENCED_LEADER_EPOCH: an epoch newer than the partition's (always 0 here).
+const FENCED_LEADER_EPOCH: i16 = 74;
 /// The most a produced batch may decompress to.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// The longest a Fetch waits for records, whatever it asks.
@@ -145,6 +155,15 @@ impl Handler {
             RequestKind::ListGroups(request) => ResponseKind::ListGroups(self.list_groups(request)),
             RequestKind::DescribeGroups(request) => {
                 ResponseKind::DescribeGroups(self.describe_groups(request))
+            }
+            RequestKind::CreateTopics(request) => {
+                ResponseKind::CreateTopics(self.create_topics(request, version).await)
+            }
+            RequestKind::DeleteTopics(request) => {
+                ResponseKind::DeleteTopics(self.delete_topics(request, version).await)
+            }
+            RequestKind::OffsetForLeaderEpoch(request) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(request).await)
             }
             other => {
                 // `codec::decode` lets through only what `apis` serves.
@@ -293,6 +312,156 @@ impl Handler {
             used,
             errors,
         )
+    }
+
+    async fn create_topics(
+        &self,
+        request: CreateTopicsRequest,
+        version: i16,
+    ) -> CreateTopicsResponse {
+        let mut results = vec![];
+        for topic in request.topics {
+            let name = topic.name.0.to_string();
+            let partitions = match topic.num_partitions {
+                -1 => Ok(None),
+                n if n > 0 => Ok(Some(n as u32)),
+                n => Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+            };
+            let outcome = match partitions {
+                Err(e) => Err(e),
+                Ok(_) if !matches!(topic.replication_factor, -1 | 1) => Err((
+                    code::INVALID_REPLICATION_FACTOR,
+                    format!(
+                        "replication factor {}: this is a single node, so 1 (or -1 for the default)",
+                        topic.replication_factor
+                    ),
+                )),
+                Ok(_) if !topic.assignments.is_empty() => Err((
+                    code::INVALID_REQUEST,
+                    "manual replica assignments are not supported".to_string(),
+                )),
+                Ok(partitions) => {
+                    let configs: Vec<(String, Option<String>)> = topic
+                        .configs
+                        .iter()
+                        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                        .collect();
+                    self.db
+                        .kafka_create_topic(&name, partitions, &configs, request.validate_only)
+                        .await
+                }
+            };
+            let mut result = CreatableTopicResult::default().with_name(topic.name);
+            match outcome {
+                Ok(()) => {
+                    if let Some(created) =
+                        self.db.kafka_topics().into_iter().find(|t| t.name == name)
+                    {
+                        result = result
+                            .with_topic_id(Uuid::from_bytes(created.id))
+                            .with_num_partitions(created.partitions as i32);
+                    } else {
+                        result = result.with_num_partitions(topic.num_partitions.max(1));
+                    }
+                    result = result.with_replication_factor(1);
+                }
+                Err((code, message)) => {
+                    result = result
+                        .with_error_code(code)
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1);
+                    if version >= 1 {
+                        result = result.with_error_message(Some(StrBytes::from_string(message)));
+                    }
+                }
+            }
+            results.push(result);
+        }
+        CreateTopicsResponse::default().with_topics(results)
+    }
+
+    async fn delete_topics(
+        &self,
+        request: DeleteTopicsRequest,
+        version: i16,
+    ) -> DeleteTopicsResponse {
+        // Up to v5 topics are named in `topic_names`; from v6, in `topics` (by name or id).
+        let known = self.db.kafka_topics();
+        let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
+            request
+                .topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect()
+        } else {
+            request
+                .topic_names
+                .into_iter()
+                .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+                .collect()
+        };
+        let mut responses = vec![];
+        for (name, id) in wanted {
+            let name = name.or_else(|| {
+                known
+                    .iter()
+                    .find(|t| Uuid::from_bytes(t.id) == id)
+                    .map(|t| t.name.clone())
+            });
+            let topic_id = name
+                .as_ref()
+                .and_then(|n| known.iter().find(|t| t.name == *n))
+                .map_or(id, |t| Uuid::from_bytes(t.id));
+            let outcome = match &name {
+                Some(name) => self.db.kafka_delete_topic(name).await,
+                None => Err((UNKNOWN_TOPIC_ID, format!("no topic has id {id}"))),
+            };
+            let mut result = DeletableTopicResult::default()
+                .with_name(name.map(|n| TopicName(StrBytes::from_string(n))))
+                .with_topic_id(topic_id);
+            if let Err((code, message)) = outcome {
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(StrBytes::from_string(message)));
+            }
+            responses.push(result);
+        }
+        DeleteTopicsResponse::default().with_responses(responses)
+    }
+
+    /// With one leader epoch (0) for every partition, the end of an epoch is the end of
+    /// the log.
+    async fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let mut topics = vec![];
+        for topic in request.topics {
+            let mut partitions = vec![];
+            for wanted in topic.partitions {
+                let mut answer = EpochEndOffset::default().with_partition(wanted.partition);
+                match self
+                    .db
+                    .kafka_list_offset(&topic.topic.0, wanted.partition, -1)
+                    .await
+                {
+                    Ok((end, _)) if wanted.leader_epoch <= 0 => {
+                        answer = answer.with_leader_epoch(0).with_end_offset(end);
+                    }
+                    Ok(_) => {
+                        answer = answer.with_error_code(FENCED_LEADER_EPOCH);
+                    }
+                    Err((code, _)) => answer = answer.with_error_code(code),
+                }
+                partitions.push(answer);
+            }
+            topics.push(
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(topic.topic)
+                    .with_partitions(partitions),
+            );
+        }
+        OffsetForLeaderEpochResponse::default().with_topics(topics)
     }
 
     fn find_coordinator(
@@ -713,7 +882,9 @@ impl Handler {
                 .iter()
                 .filter(|n| !known.iter().any(|t| t.name == **n))
             {
-                if let Err((code, message)) = self.db.kafka_create_topic(name, None).await {
+                if let Err((code, message)) =
+                    self.db.kafka_create_topic(name, None, &[], false).await
+                {
                     tracing::debug!(topic = name, %message, "not auto-creating a topic");
                     refused.push((name.to_string(), code));
                 }
