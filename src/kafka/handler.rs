@@ -50,7 +50,7 @@ use super::coordinator::{self, Coordinator, Join};
 use super::records::{self, Codec};
 use super::{Advertised, NODE_ID, Settings, apis};
 use crate::db::Database;
-use crate::db::kafka::{KafkaTopic, ProduceBatch, Produced, code};
+use crate::db::kafka::{KafkaTopic, ProduceBatch, Produced, TopicOffsets, code};
 use crate::producers::ProducerBatch;
 
 /// Kafka's UNKNOWN_TOPIC_OR_PARTITION error code.
@@ -266,16 +266,12 @@ impl Handler {
         for topic in &request.topics {
             let mut partitions = vec![];
             for wanted in &topic.partitions {
+                // Past the response's size, nothing more is read. A partition given room
+                // gets at least one batch, whatever its size (KIP-74), so the first records
+                // of a response always go out.
                 let room = max_bytes.saturating_sub(used);
                 let limit = (wanted.partition_max_bytes.max(0) as usize).min(room);
                 let mut data = PartitionData::default().with_partition_index(wanted.partition);
-                // Past the response's size, nothing more is read; the first records of the
-                // response are sent whatever their size (KIP-74).
-                let limit = if used == 0 && limit == 0 && wanted.partition_max_bytes > 0 {
-                    1
-                } else {
-                    limit
-                };
                 match self
                     .db
                     .kafka_fetch(&topic.topic.0, wanted.partition, wanted.fetch_offset, limit)
@@ -647,6 +643,7 @@ impl Handler {
     }
 
     fn offset_fetch(&self, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        // From version 8 a request names several groups, each with its topics.
         if version >= 8 {
             let groups = request
                 .groups
@@ -658,35 +655,14 @@ impl Handler {
                             .map(|t| (t.name.0.to_string(), t.partition_indexes))
                             .collect()
                     });
+                    let answer = OffsetFetchResponseGroup::default();
                     match self.db.kafka_committed(&g.group_id.0, wanted) {
-                        Ok(topics) => OffsetFetchResponseGroup::default()
-                            .with_group_id(g.group_id)
-                            .with_topics(
-                                topics
-                                    .into_iter()
-                                    .map(|(name, partitions)| {
-                                        OffsetFetchResponseTopics::default()
-                                            .with_name(TopicName(StrBytes::from_string(name)))
-                                            .with_partitions(
-                                                partitions
-                                                    .into_iter()
-                                                    .map(|(p, offset)| {
-                                                        OffsetFetchResponsePartitions::default()
-                                                            .with_partition_index(p)
-                                                            .with_committed_offset(offset)
-                                                            .with_metadata(
-                                                                Some(StrBytes::default()),
-                                                            )
-                                                    })
-                                                    .collect(),
-                                            )
-                                    })
-                                    .collect(),
-                            ),
-                        Err(code) => OffsetFetchResponseGroup::default()
-                            .with_group_id(g.group_id)
-                            .with_error_code(code),
+                        Ok(topics) => {
+                            answer.with_topics(topics.into_iter().map(group_topic).collect())
+                        }
+                        Err(code) => answer.with_error_code(code),
                     }
+                    .with_group_id(g.group_id)
                 })
                 .collect();
             return OffsetFetchResponse::default().with_groups(groups);
@@ -698,26 +674,8 @@ impl Handler {
                 .collect()
         });
         match self.db.kafka_committed(&request.group_id.0, wanted) {
-            Ok(topics) => OffsetFetchResponse::default().with_topics(
-                topics
-                    .into_iter()
-                    .map(|(name, partitions)| {
-                        OffsetFetchResponseTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name)))
-                            .with_partitions(
-                                partitions
-                                    .into_iter()
-                                    .map(|(p, offset)| {
-                                        OffsetFetchResponsePartition::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(offset)
-                                            .with_metadata(Some(StrBytes::default()))
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
+            Ok(topics) => OffsetFetchResponse::default()
+                .with_topics(topics.into_iter().map(single_group_topic).collect()),
             Err(code) => OffsetFetchResponse::default().with_error_code(code),
         }
     }
@@ -986,6 +944,32 @@ fn produce_response(index: i32, answer: Produced) -> PartitionProduceResponse {
                 })
                 .collect(),
         )
+}
+
+/// A topic's committed offsets, as OffsetFetch v8+ answers for each group.
+fn group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopics {
+    let partitions = partitions.into_iter().map(|(p, offset)| {
+        OffsetFetchResponsePartitions::default()
+            .with_partition_index(p)
+            .with_committed_offset(offset)
+            .with_metadata(Some(StrBytes::default()))
+    });
+    OffsetFetchResponseTopics::default()
+        .with_name(TopicName(StrBytes::from_string(name)))
+        .with_partitions(partitions.collect())
+}
+
+/// A topic's committed offsets, as OffsetFetch before v8 answers for its one group.
+fn single_group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopic {
+    let partitions = partitions.into_iter().map(|(p, offset)| {
+        OffsetFetchResponsePartition::default()
+            .with_partition_index(p)
+            .with_committed_offset(offset)
+            .with_metadata(Some(StrBytes::default()))
+    });
+    OffsetFetchResponseTopic::default()
+        .with_name(TopicName(StrBytes::from_string(name)))
+        .with_partitions(partitions.collect())
 }
 
 fn api_versions() -> ApiVersionsResponse {
