@@ -64,6 +64,31 @@ impl Records {
     }
 }
 
+/// The most a produced batch may take once decompressed (Kafka's `message.max.bytes`, which
+/// Kafka applies to the compressed batch).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One configuration entry as DescribeConfigs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub name: &'static str,
+    pub value: String,
+    /// Not set for this resource: the default (or fixed) value.
+    pub default: bool,
+    pub kind: ConfigType,
+}
+
+/// Kafka's config types (DescribeConfigs v3+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Short = 4,
+    Long = 5,
+    List = 7,
+}
+
 /// Kafka's error codes, as this module answers them.
 pub mod code {
     pub const NONE: i16 = 0;
@@ -576,6 +601,117 @@ impl Database {
             .await
             .map(|_| ())
             .map_err(|e| (kafka_code(&e, code::POLICY_VIOLATION), e.to_string()))
+    }
+
+    /// A topic's configuration as Kafka's DescribeConfigs shows it: Kafka's topic configs,
+    /// with Runnel's values for those it has and the fixed ones a single node implies.
+    pub fn kafka_topic_configs(&self, name: &str) -> Result<Vec<KafkaConfig>, (i16, String)> {
+        let data = self.catalog().snapshot();
+        let topic = data
+            .topics
+            .get(name)
+            .filter(|t| t.internal.is_none())
+            .ok_or_else(|| {
+                (
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic \"{name}\" does not exist"),
+                )
+            })?;
+        let set = |name, value: Option<String>, kind| KafkaConfig {
+            name,
+            default: value.is_none(),
+            value: value.unwrap_or_else(|| "-1".to_string()),
+            kind,
+        };
+        let fixed = |name, value: &str, kind| KafkaConfig {
+            name,
+            value: value.to_string(),
+            default: true,
+            kind,
+        };
+        let limit = |v: Option<u64>| v.map(|v| v.to_string());
+        Ok(vec![
+            fixed("cleanup.policy", "delete", ConfigType::List),
+            match topic.compression {
+                crate::storage::Compression::None => {
+                    fixed("compression.type", "producer", ConfigType::String)
+                }
+                other => set(
+                    "compression.type",
+                    Some(other.name().to_string()),
+                    ConfigType::String,
+                ),
+            },
+            fixed(
+                "max.message.bytes",
+                &MAX_MESSAGE_BYTES.to_string(),
+                ConfigType::Int,
+            ),
+            fixed("message.timestamp.type", "CreateTime", ConfigType::String),
+            fixed("min.insync.replicas", "1", ConfigType::Int),
+            set(
+                "retention.bytes",
+                limit(topic.retention_bytes),
+                ConfigType::Long,
+            ),
+            set("retention.ms", limit(topic.retention_ms), ConfigType::Long),
+            set(
+                "segment.bytes",
+                Some(topic.segment_bytes.to_string()),
+                ConfigType::Int,
+            ),
+            fixed(
+                "unclean.leader.election.enable",
+                "false",
+                ConfigType::Boolean,
+            ),
+        ])
+    }
+
+    /// The node's configuration as Kafka's DescribeConfigs shows a broker's: the settings a
+    /// client or tool asks about, with Runnel's values.
+    pub fn kafka_broker_configs(&self, auto_create_topics: bool) -> Vec<KafkaConfig> {
+        let fixed = |name, value: String, kind| KafkaConfig {
+            name,
+            value,
+            default: true,
+            kind,
+        };
+        vec![
+            fixed(
+                "auto.create.topics.enable",
+                auto_create_topics.to_string(),
+                ConfigType::Boolean,
+            ),
+            fixed("default.replication.factor", "1".into(), ConfigType::Int),
+            fixed(
+                "group.initial.rebalance.delay.ms",
+                "3000".into(),
+                ConfigType::Int,
+            ),
+            fixed("log.retention.ms", "-1".into(), ConfigType::Long),
+            fixed(
+                "message.max.bytes",
+                MAX_MESSAGE_BYTES.to_string(),
+                ConfigType::Int,
+            ),
+            fixed("min.insync.replicas", "1".into(), ConfigType::Int),
+            fixed(
+                "num.partitions",
+                crate::db::DEFAULT_PARTITIONS.to_string(),
+                ConfigType::Int,
+            ),
+            fixed(
+                "offsets.topic.replication.factor",
+                "1".into(),
+                ConfigType::Short,
+            ),
+            fixed(
+                "transaction.state.log.replication.factor",
+                "1".into(),
+                ConfigType::Short,
+            ),
+        ]
     }
 
     /// Commits a consumer group's offsets (the next record to read, per partition), in the

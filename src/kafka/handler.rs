@@ -6,6 +6,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
@@ -33,7 +37,8 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{
     ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
     FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatResponse,
     InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
@@ -57,12 +62,16 @@ use crate::producers::ProducerBatch;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = code::UNKNOWN_TOPIC_OR_PARTITION;
 /// Kafka's TRANSACTIONAL_ID_AUTHORIZATION_FAILED: transactions are not served.
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// Kafka's INVALID_REQUEST.
+const INVALID_REQUEST: i16 = code::INVALID_REQUEST;
+/// Kafka's UNSUPPORTED_ENDPOINT_TYPE (DescribeCluster for controllers).
+const UNSUPPORTED_ENDPOINT_TYPE: i16 = 114;
 /// Kafka's UNKNOWN_TOPIC_ID (DeleteTopics by id).
 const UNKNOWN_TOPIC_ID: i16 = 100;
 /// Kafka's FENCED_LEADER_EPOCH: an epoch newer than the partition's (always 0 here).
 const FENCED_LEADER_EPOCH: i16 = 74;
 /// The most a produced batch may decompress to.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+const MAX_BATCH_BYTES: usize = crate::db::kafka::MAX_MESSAGE_BYTES;
 /// The longest a Fetch waits for records, whatever it asks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -161,6 +170,12 @@ impl Handler {
             }
             RequestKind::DeleteTopics(request) => {
                 ResponseKind::DeleteTopics(self.delete_topics(request, version).await)
+            }
+            RequestKind::DescribeConfigs(request) => {
+                ResponseKind::DescribeConfigs(self.describe_configs(request, version))
+            }
+            RequestKind::DescribeCluster(request) => {
+                ResponseKind::DescribeCluster(self.describe_cluster(request))
             }
             RequestKind::OffsetForLeaderEpoch(request) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(request).await)
@@ -458,6 +473,98 @@ impl Handler {
             );
         }
         OffsetForLeaderEpochResponse::default().with_topics(topics)
+    }
+
+    fn describe_configs(
+        &self,
+        request: DescribeConfigsRequest,
+        version: i16,
+    ) -> DescribeConfigsResponse {
+        const TOPIC: i8 = 2;
+        const BROKER: i8 = 4;
+        let results = request
+            .resources
+            .into_iter()
+            .map(|resource| {
+                let configs = match resource.resource_type {
+                    TOPIC => self.db.kafka_topic_configs(&resource.resource_name),
+                    BROKER
+                        if resource.resource_name.is_empty()
+                            || *resource.resource_name == *NODE_ID.to_string() =>
+                    {
+                        Ok(self.db.kafka_broker_configs(self.auto_create_topics))
+                    }
+                    BROKER => Err((
+                        INVALID_REQUEST,
+                        format!("there is no broker {}", resource.resource_name),
+                    )),
+                    other => Err((
+                        INVALID_REQUEST,
+                        format!(
+                            "resource type {other} has no configs here (topics and the broker do)"
+                        ),
+                    )),
+                };
+                let result = DescribeConfigsResult::default()
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name);
+                match configs {
+                    Ok(configs) => {
+                        let keys = resource.configuration_keys;
+                        let source = if resource.resource_type == TOPIC {
+                            1
+                        } else {
+                            4
+                        };
+                        result.with_configs(
+                            configs
+                                .into_iter()
+                                .filter(|c| {
+                                    keys.as_ref()
+                                        .is_none_or(|k| k.iter().any(|k| **k == *c.name))
+                                })
+                                .map(|c| {
+                                    let mut entry = DescribeConfigsResourceResult::default()
+                                        .with_name(StrBytes::from_static_str(c.name))
+                                        .with_value(Some(StrBytes::from_string(c.value)))
+                                        // AlterConfigs is not served: SQL changes them.
+                                        .with_read_only(true)
+                                        .with_config_source(if c.default { 5 } else { source })
+                                        .with_documentation(None);
+                                    if version >= 3 {
+                                        entry = entry.with_config_type(c.kind as i8);
+                                    }
+                                    entry
+                                })
+                                .collect(),
+                        )
+                    }
+                    Err((code, message)) => result
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(message))),
+                }
+            })
+            .collect();
+        DescribeConfigsResponse::default().with_results(results)
+    }
+
+    fn describe_cluster(&self, request: DescribeClusterRequest) -> DescribeClusterResponse {
+        // Endpoint type 1 is brokers; 2 (controllers) is what KRaft controllers answer.
+        if request.endpoint_type > 1 {
+            return DescribeClusterResponse::default()
+                .with_error_code(UNSUPPORTED_ENDPOINT_TYPE)
+                .with_endpoint_type(request.endpoint_type);
+        }
+        DescribeClusterResponse::default()
+            .with_endpoint_type(1)
+            .with_cluster_id(StrBytes::from_string(self.db.cluster_id()))
+            .with_controller_id(BrokerId(NODE_ID))
+            .with_brokers(vec![
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(NODE_ID))
+                    .with_host(StrBytes::from_string(self.advertised.host.clone()))
+                    .with_port(i32::from(self.advertised.port)),
+            ])
     }
 
     fn find_coordinator(

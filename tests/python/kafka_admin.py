@@ -8,7 +8,7 @@ Usage: python kafka_admin.py <bootstrap>
 import sys
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     InvalidConfigurationError,
     InvalidReplicationFactorError,
@@ -47,6 +47,16 @@ for topic, error in [
         check(False, f'{topic.name} was created')
     except error:
         pass
+
+# Configs as Kafka names them: what the topic was created with, and the node's.
+configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, 'admin_b')], config_filter='all')
+topic_configs = configs['topic']['admin_b']
+check(topic_configs['retention.ms']['value'] == '3600000', f'admin_b configs: {topic_configs}')
+check(topic_configs['cleanup.policy']['value'] == 'delete', f'admin_b configs: {topic_configs}')
+broker = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, '1')], config_filter='all')
+check(broker['broker']['1']['num.partitions']['value'] == '1', f'broker configs: {broker}')
+cluster = admin.describe_cluster()
+check(len(cluster['brokers']) == 1 and cluster['controller_id'] == 1, f'cluster: {cluster}')
 
 # validate_only checks and creates nothing.
 admin.create_topics([NewTopic('admin_e', num_partitions=2, replication_factor=1)], validate_only=True)
