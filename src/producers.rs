@@ -244,13 +244,15 @@ impl Producers {
 
     /// Locks producer `id` and reads its committed state.
     pub async fn lock(&self, id: i64) -> Result<Locked> {
-        let lock = self
-            .locks
-            .lock()
-            .expect("producer locks")
-            .entry(id)
-            .or_default()
-            .clone();
+        let lock = {
+            let mut locks = self.locks.lock().expect("producer locks");
+            // One lock per producer at work: those nobody holds or waits for go, or every
+            // producer id ever issued would keep one.
+            if locks.len() >= 1024 {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(id).or_default().clone()
+        };
         let guard = lock.lock_owned().await;
         let state = Self::state_in(&self.log.snapshot(), id)?;
         Ok(Locked {

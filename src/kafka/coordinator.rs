@@ -842,9 +842,19 @@ mod tests {
             )
             .await;
         assert_eq!(synced.error, 0);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(coordinator.heartbeat("g", &a.member_id, 1), code::NONE);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Heartbeats every quarter of its 1 s session keep it in for twice as long.
+        let mut beats = tokio::time::interval(Duration::from_millis(250));
+        for _ in 0..8 {
+            beats.tick().await;
+            assert_eq!(coordinator.heartbeat("g", &a.member_id, 1), code::NONE);
+        }
+        // Silent, it is removed once its session has passed (at most a few ticks later).
+        let silent = std::time::Instant::now();
+        while coordinator.describe("g").state != State::Dead {
+            assert!(silent.elapsed() < Duration::from_secs(5), "never expired");
+            beats.tick().await;
+        }
+        assert!(silent.elapsed() >= Duration::from_millis(900));
         assert_eq!(
             coordinator.heartbeat("g", &a.member_id, 1),
             code::UNKNOWN_MEMBER_ID
