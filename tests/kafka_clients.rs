@@ -1,7 +1,8 @@
-//! Real Kafka clients (kafka-python, confluent-kafka) producing to and consuming from
-//! Runnel's topics and streams, side by side with SQL: the project's seed programs, a typed
-//! stream, a consumer group that loses a member to SIGKILL, and an idempotent producer whose
-//! server is killed ten times.
+//! Real Kafka clients (kafka-python, confluent-kafka, Apache Kafka's Java client) producing to
+//! and consuming from Runnel's topics and streams, side by side with SQL: the project's seed
+//! programs, a typed stream, every codec, the Java client's admin, producer and group, a
+//! consumer group that loses a member to SIGKILL, and an idempotent producer whose server is
+//! killed ten times.
 
 mod common;
 
@@ -167,6 +168,98 @@ async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
             "{user}: {out}"
         );
     }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_round_trips_100_000_idempotent_records_with_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let out = run(&server, "kafka_codecs.py", &["100000"]);
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        assert!(out.contains(&format!("{codec} ok")), "{out}");
+        // SQL reads what was produced, headers included.
+        assert_eq!(
+            query_one(
+                &server,
+                &format!(
+                    "SELECT count(*), count(_key), count(_value), sum(cardinality(_headers)) \
+                     FROM codec_{codec}"
+                )
+            )
+            .await,
+            "100000|85714|99009|240000"
+        );
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_client_administers_produces_and_consumes_in_a_group() {
+    let classpath = common::kafka_java_classpath();
+    let (classpath, _classes) =
+        common::compile_java_with("tests/kafka-java", "KafkaClients", &classpath);
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION) \
+                 WITH (partitions = 4);
+             INSERT INTO clicks SELECT v AS user_id, '/sql/' || v AS url, \
+                 v::double precision AS amount FROM generate_series(0, 19) AS t(v);",
+        )
+        .await
+        .unwrap();
+    let out = Command::new("java")
+        .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp"])
+        .arg(&classpath)
+        .arg("KafkaClients")
+        .arg(server.kafka_bootstrap())
+        .output()
+        .expect("java");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("java ok"),
+        "{stdout}\n{}\n--- server ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    // What the Java client wrote and committed is what SQL sees.
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT count(*), count(DISTINCT _key), min(_offset) FROM java_events"
+        )
+        .await,
+        "20000|500|0"
+    );
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT count(*), count(*) FILTER (WHERE url LIKE '/java/%'), max(amount) FROM clicks"
+        )
+        .await,
+        "40|20|19.5"
+    );
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT sum(committed), sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'java-group'"
+        )
+        .await,
+        "20000|0"
+    );
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'java_scratch'"
+        )
+        .await,
+        "0"
+    );
     server.stop();
 }
 

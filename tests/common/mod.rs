@@ -384,21 +384,56 @@ pub fn compile_java(class: &str) -> (String, tempfile::TempDir) {
         "pgjdbc not found at {} (apt-get install libpostgresql-jdbc-java)",
         jar.display()
     );
+    compile_java_with("tests/jdbc", class, &jar.display().to_string())
+}
+
+/// Compiles `<dir>/<class>.java` (`dir` relative to the crate) against `classpath`; the
+/// classpath to run it with, and the directory of the classes, which lives as long as it is
+/// held.
+pub fn compile_java_with(dir: &str, class: &str, classpath: &str) -> (String, tempfile::TempDir) {
     let classes = tempfile::tempdir().unwrap();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/jdbc/{class}.java"));
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("{dir}/{class}.java"));
     let status = Command::new("javac")
         .arg("-d")
         .arg(classes.path())
         .arg("-cp")
-        .arg(&jar)
+        .arg(classpath)
         .arg(&source)
         .status()
         .expect("javac must be installed (apt-get install default-jdk-headless)");
     assert!(status.success(), "javac failed on {}", source.display());
-    (
-        format!("{}:{}", jar.display(), classes.path().display()),
-        classes,
-    )
+    (format!("{classpath}:{}", classes.path().display()), classes)
+}
+
+/// The classpath of the jars `tests/kafka-java/pom.xml` names (Apache Kafka's Java client),
+/// copied from Maven once per target directory and again when the pom changes. `.ci/run`
+/// installs Maven and fills its local repository first.
+pub fn kafka_java_classpath() -> String {
+    let pom = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka-java/pom.xml");
+    let libs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kafka-java-libs");
+    let copied_pom = libs.join("pom.xml");
+    let wanted = std::fs::read(&pom).unwrap();
+    // One test binary's tests run in parallel; a lock file keeps them to one copy.
+    std::fs::create_dir_all(&libs).unwrap();
+    let lock = std::fs::File::create(libs.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read(&copied_pom).ok().as_deref() != Some(&wanted[..]) {
+        let jars = libs.join("jars");
+        let _ = std::fs::remove_dir_all(&jars);
+        let status = Command::new("mvn")
+            .args(["-q", "-B", "-f"])
+            .arg(&pom)
+            .arg("dependency:copy-dependencies")
+            .arg(format!("-DoutputDirectory={}", jars.display()))
+            .status()
+            .expect("Maven must be installed (apt-get install maven)");
+        assert!(
+            status.success(),
+            "mvn could not copy the Kafka client's jars"
+        );
+        std::fs::write(&copied_pom, &wanted).unwrap();
+    }
+    format!("{}/*", libs.join("jars").display())
 }
 
 /// Logs in to `server` as `user` with `password` (`--auth password`).
