@@ -1,8 +1,8 @@
-//! Real Kafka clients (kafka-python, confluent-kafka, Apache Kafka's Java client) producing to
-//! and consuming from Runnel's topics and streams, side by side with SQL: the project's seed
-//! programs, a typed stream, every codec, the Java client's admin, producer and group, a
-//! consumer group that loses a member to SIGKILL, and an idempotent producer whose server is
-//! killed ten times.
+//! Real Kafka clients (kafka-python, confluent-kafka, Apache Kafka's Java client, aiokafka,
+//! kafkajs, kcat) producing to and consuming from Runnel's topics and streams, side by side
+//! with SQL: the project's seed programs, a typed stream, every codec, the Java client's admin,
+//! producer and group, the non-flexible protocol versions, a consumer group that loses a
+//! member to SIGKILL, and an idempotent producer whose server is killed ten times.
 
 mod common;
 
@@ -259,6 +259,171 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
         )
         .await,
         "0"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiokafka_and_kafkajs_produce_and_consume_with_non_flexible_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TOPIC aio_events WITH (partitions = 3)")
+        .await
+        .unwrap();
+    let out = run(&server, "kafka_aiokafka.py", &["aio_events", "2000"]);
+    assert!(out.contains("aiokafka ok"), "{out}");
+
+    // kafkajs creates its topic itself.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/kafkajs.js");
+    let out = Command::new("node")
+        .env("NODE_PATH", common::node_modules())
+        .arg(&script)
+        .arg(server.kafka_bootstrap())
+        .args(["kafkajs_events", "2000"])
+        .output()
+        .expect("node must be installed (apt-get install nodejs npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("kafkajs ok"),
+        "{stdout}\n{}\n--- server ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    for topic in ["aio_events", "kafkajs_events"] {
+        assert_eq!(
+            query_one(
+                &server,
+                &format!(
+                    "SELECT count(*), count(DISTINCT _offset || ':' || _partition) FROM {topic}"
+                )
+            )
+            .await,
+            "2000|2000"
+        );
+    }
+    server.stop();
+}
+
+/// Runs Debian's kcat (librdkafka 2.0.2) with `args` and `input`; its stdout and stderr.
+fn kcat(server: &common::Server, args: &[&str], input: &str) -> (String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("kcat")
+        .arg("-b")
+        .arg(server.kafka_bootstrap())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat must be installed (apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed\n{stdout}\n{stderr}\n--- server ---\n{}",
+        server.log()
+    );
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_lists_produces_compressed_consumes_and_joins_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TOPIC kcat_events WITH (partitions = 2)")
+        .await
+        .unwrap();
+    let (listing, _) = kcat(&server, &["-L"], "");
+    assert!(
+        listing.contains("1 brokers:")
+            && listing.contains("topic \"kcat_events\" with 2 partitions:"),
+        "{listing}"
+    );
+
+    kcat(
+        &server,
+        &[
+            "-P",
+            "-t",
+            "kcat_events",
+            "-p",
+            "0",
+            "-K:",
+            "-H",
+            "origin=kcat",
+        ],
+        "k1:v1\nk2:v2\nk3:v3\n",
+    );
+    // Compressible records: librdkafka sends records uncompressed when snappy would not
+    // make them smaller; its debug output names the codec of each batch it sent.
+    let lines: String = (0..200)
+        .map(|i| format!("hello hello hello {i}\n"))
+        .collect();
+    let (_, debug) = kcat(
+        &server,
+        &[
+            "-P",
+            "-t",
+            "kcat_events",
+            "-p",
+            "1",
+            "-z",
+            "snappy",
+            "-d",
+            "msg",
+        ],
+        &lines,
+    );
+    assert!(debug.contains(", snappy)"), "{debug}");
+
+    let (records, _) = kcat(
+        &server,
+        &["-C", "-t", "kcat_events", "-e", "-f", "%p %o %k=%s %h\n"],
+        "",
+    );
+    let records: Vec<&str> = records.lines().collect();
+    assert_eq!(records.len(), 203, "{records:?}");
+    assert!(records.contains(&"0 2 k3=v3 origin=kcat"), "{records:?}");
+    assert!(
+        records.contains(&"1 199 =hello hello hello 199 "),
+        "{records:?}"
+    );
+
+    // A group reads everything once; its next run reads nothing.
+    let group = [
+        "-G",
+        "kcat-group",
+        "-X",
+        "auto.offset.reset=earliest",
+        "-e",
+        "kcat_events",
+    ];
+    let (first, _) = kcat(&server, &group, "");
+    assert_eq!(first.lines().count(), 203, "{first}");
+    let (second, _) = kcat(&server, &group, "");
+    assert_eq!(second, "");
+    assert_eq!(
+        query_one(
+            &server,
+            "SELECT sum(committed) FROM sys.consumer_groups WHERE \"group\" = 'kcat-group'"
+        )
+        .await,
+        "203"
     );
     server.stop();
 }

@@ -884,10 +884,11 @@ impl Handler {
                     .await
                 {
                     Ok((offset, timestamp)) => {
-                        answer = answer
-                            .with_offset(offset)
-                            .with_timestamp(timestamp)
-                            .with_leader_epoch(if offset >= 0 { 0 } else { -1 });
+                        answer = answer.with_offset(offset).with_timestamp(timestamp);
+                        // Leader epochs are version 4's (encoding one earlier is an error).
+                        if offset >= 0 && version >= 4 {
+                            answer = answer.with_leader_epoch(0);
+                        }
                     }
                     Err((code, _)) => answer = answer.with_error_code(code).with_offset(-1),
                 }

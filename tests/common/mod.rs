@@ -406,34 +406,72 @@ pub fn compile_java_with(dir: &str, class: &str, classpath: &str) -> (String, te
 }
 
 /// The classpath of the jars `tests/kafka-java/pom.xml` names (Apache Kafka's Java client),
-/// copied from Maven once per target directory and again when the pom changes. `.ci/run`
-/// installs Maven and fills its local repository first.
+/// copied from Maven's local repository (which `.ci/run` fills).
 pub fn kafka_java_classpath() -> String {
-    let pom = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka-java/pom.xml");
-    let libs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kafka-java-libs");
-    let copied_pom = libs.join("pom.xml");
-    let wanted = std::fs::read(&pom).unwrap();
-    // One test binary's tests run in parallel; a lock file keeps them to one copy.
-    std::fs::create_dir_all(&libs).unwrap();
-    let lock = std::fs::File::create(libs.join(".lock")).unwrap();
-    lock.lock().unwrap();
-    if std::fs::read(&copied_pom).ok().as_deref() != Some(&wanted[..]) {
-        let jars = libs.join("jars");
-        let _ = std::fs::remove_dir_all(&jars);
-        let status = Command::new("mvn")
-            .args(["-q", "-B", "-f"])
-            .arg(&pom)
+    let jars = installed("kafka-java", &["tests/kafka-java/pom.xml"], |dir| {
+        let mut mvn = Command::new("mvn");
+        mvn.args(["-q", "-B", "-f", "tests/kafka-java/pom.xml"])
             .arg("dependency:copy-dependencies")
-            .arg(format!("-DoutputDirectory={}", jars.display()))
+            .arg(format!("-DoutputDirectory={}", dir.display()));
+        mvn
+    });
+    format!("{}/*", jars.display())
+}
+
+/// The `node_modules` directory of `tests/node/package-lock.json` (kafkajs), for `NODE_PATH`.
+pub fn node_modules() -> PathBuf {
+    let dir = installed(
+        "node",
+        &["tests/node/package.json", "tests/node/package-lock.json"],
+        |dir| {
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/node")
+                        .join(file),
+                    dir.join(file),
+                )
+                .unwrap();
+            }
+            let mut npm = Command::new("npm");
+            npm.args(["ci", "--silent", "--no-audit", "--no-fund"])
+                .current_dir(dir);
+            npm
+        },
+    );
+    dir.join("node_modules")
+}
+
+/// A directory under the target directory that `install` (a command run from the crate's
+/// root) filled from `manifests` (paths relative to the crate): made once, and again when a
+/// manifest changes. The tests running in parallel take turns through a lock file.
+fn installed(name: &str, manifests: &[&str], install: impl FnOnce(&Path) -> Command) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-installed"));
+    std::fs::create_dir_all(&base).unwrap();
+    let lock = std::fs::File::create(base.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let wanted: Vec<u8> = manifests
+        .iter()
+        .flat_map(|m| std::fs::read(root.join(m)).unwrap())
+        .collect();
+    let stamp = base.join("manifests");
+    let dir = base.join("contents");
+    if std::fs::read(&stamp).ok().as_deref() != Some(&wanted[..]) {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut command = install(&dir);
+        let program = command.get_program().to_string_lossy().into_owned();
+        if command.get_current_dir().is_none() {
+            command.current_dir(&root);
+        }
+        let status = command
             .status()
-            .expect("Maven must be installed (apt-get install maven)");
-        assert!(
-            status.success(),
-            "mvn could not copy the Kafka client's jars"
-        );
-        std::fs::write(&copied_pom, &wanted).unwrap();
+            .unwrap_or_else(|e| panic!("{program} must be installed (.ci/run installs it): {e}"));
+        assert!(status.success(), "{program} could not install {name}");
+        std::fs::write(&stamp, &wanted).unwrap();
     }
-    format!("{}/*", libs.join("jars").display())
+    dir
 }
 
 /// Logs in to `server` as `user` with `password` (`--auth password`).
