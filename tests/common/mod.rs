@@ -418,6 +418,31 @@ pub fn kafka_java_classpath() -> String {
     format!("{}/*", jars.display())
 }
 
+/// Spark's Kafka source and sink and what they need beyond pyspark's own jars, as Spark's
+/// `spark.jars` takes them (comma-separated), from `tests/spark/pom.xml`.
+pub fn spark_kafka_jars() -> String {
+    let dir = installed("spark-kafka", &["tests/spark/pom.xml"], |dir| {
+        let mut mvn = Command::new("mvn");
+        mvn.args(["-q", "-B", "-f", "tests/spark/pom.xml"])
+            .arg("dependency:copy-dependencies")
+            .arg("-DincludeScope=runtime")
+            .arg(
+                "-DincludeArtifactIds=spark-sql-kafka-0-10_2.13,\
+                 spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2",
+            )
+            .arg(format!("-DoutputDirectory={}", dir.display()));
+        mvn
+    });
+    let mut jars: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".jar"))
+        .collect();
+    jars.sort();
+    assert_eq!(jars.len(), 4, "{jars:?}");
+    jars.join(",")
+}
+
 /// The `node_modules` directory of `tests/node/package-lock.json` (kafkajs), for `NODE_PATH`.
 pub fn node_modules() -> PathBuf {
     let dir = installed(
