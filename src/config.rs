@@ -55,8 +55,8 @@ pub struct ServerConfig {
     /// the port it listens on: the name clients outside this machine reach it by.
     #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED", global = true)]
     pub kafka_advertised: Option<String>,
-    /// A Kafka client asking for a topic that does not exist creates it (schemaless, one
-    /// partition), as Kafka's `auto.create.topics.enable` does.
+    /// A Kafka client asking for a topic that does not exist creates it (schemaless, with
+    /// `--kafka-num-partitions` partitions), as Kafka's `auto.create.topics.enable` does.
     #[arg(
         long,
         env = "RUNNEL_KAFKA_AUTO_CREATE_TOPICS",
@@ -65,6 +65,16 @@ pub struct ServerConfig {
         global = true
     )]
     pub kafka_auto_create_topics: bool,
+    /// The partitions of a topic a Kafka client creates without saying how many: by
+    /// auto-creation, or CreateTopics with -1 (Kafka's `num.partitions`).
+    #[arg(
+        long,
+        env = "RUNNEL_KAFKA_NUM_PARTITIONS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=crate::db::MAX_PARTITIONS as i64),
+        global = true
+    )]
+    pub kafka_num_partitions: u32,
     /// COPY and INSERT … SELECT are atomic up to this many bytes of input; larger inputs
     /// commit in chunks of this size.
     #[arg(long, env = "RUNNEL_COPY_CHUNK_BYTES", default_value_t = 256 * 1024 * 1024, global = true)]

@@ -5,7 +5,8 @@
 //! committed offsets are one metadata value in the commit log (see
 //! [`crate::storage::commit_log`]), so a commit is one fsynced commit record: durable across a
 //! crash, and atomic over every partition it names. As in Kafka, a committed offset is the
-//! next record to read.
+//! next record to read. A Kafka client may commit a metadata string with each offset; it is
+//! kept with the offset, and a commit without one clears it.
 //!
 //! The value's key is derived from the group's name, with the top bit set so it never meets
 //! a continuous query's checkpoint key (query ids count up from 1). The value names its group,
@@ -48,14 +49,19 @@ pub struct GroupOffsets {
     pub group: String,
     /// Per topic partition, the next offset to read.
     pub offsets: BTreeMap<(TopicId, PartitionId), Offset>,
+    /// The metadata committed with an offset, where it was not empty.
+    pub metadata: BTreeMap<(TopicId, PartitionId), String>,
     pub committed_at_ms: i64,
 }
 
-/// The stored form: JSON, with the map as a list (JSON keys are strings).
+/// The stored form: JSON, with the maps as lists (JSON keys are strings). Values written
+/// before commit metadata existed have no `metadata`.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     group: String,
     offsets: Vec<PartitionOffset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    metadata: Vec<(TopicId, PartitionId, String)>,
     committed_at_ms: i64,
 }
 
@@ -67,6 +73,11 @@ impl GroupOffsets {
                 .offsets
                 .iter()
                 .map(|((t, p), o)| (*t, *p, *o))
+                .collect(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|((t, p), m)| (*t, *p, m.clone()))
                 .collect(),
             committed_at_ms: self.committed_at_ms,
         };
@@ -83,8 +94,22 @@ impl GroupOffsets {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect(),
+            metadata: stored
+                .metadata
+                .into_iter()
+                .map(|(t, p, m)| ((t, p), m))
+                .collect(),
             committed_at_ms: stored.committed_at_ms,
         })
+    }
+
+    fn new(group: &str, offsets: impl IntoIterator<Item = PartitionOffset>) -> GroupOffsets {
+        GroupOffsets {
+            group: group.to_string(),
+            offsets: offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            metadata: BTreeMap::new(),
+            committed_at_ms: now_ms(),
+        }
     }
 
     /// The committed offsets of one topic, by partition.
@@ -146,15 +171,29 @@ impl Groups {
         group: &str,
         offsets: impl IntoIterator<Item = PartitionOffset>,
     ) -> Result<()> {
+        self.commit_with_metadata(group, offsets.into_iter().map(|o| (o, String::new())))
+            .await
+    }
+
+    /// Commits offsets of `group` as [`Groups::commit`] does, each with its metadata (a Kafka
+    /// client's string; empty for none).
+    pub async fn commit_with_metadata(
+        &self,
+        group: &str,
+        offsets: impl IntoIterator<Item = (PartitionOffset, String)>,
+    ) -> Result<()> {
         let _one_at_a_time = self.commits.lock().await;
-        let mut value = self.committed(group)?.unwrap_or_else(|| GroupOffsets {
-            group: group.to_string(),
-            offsets: BTreeMap::new(),
-            committed_at_ms: 0,
-        });
-        value
-            .offsets
-            .extend(offsets.into_iter().map(|(t, p, o)| ((t, p), o)));
+        let mut value = self
+            .committed(group)?
+            .unwrap_or_else(|| GroupOffsets::new(group, []));
+        for ((topic, partition, offset), metadata) in offsets {
+            value.offsets.insert((topic, partition), offset);
+            if metadata.is_empty() {
+                value.metadata.remove(&(topic, partition));
+            } else {
+                value.metadata.insert((topic, partition), metadata);
+            }
+        }
         value.committed_at_ms = now_ms();
         self.store(group, Some(value.encode())).await
     }
@@ -167,11 +206,7 @@ impl Groups {
         offsets: impl IntoIterator<Item = PartitionOffset>,
     ) -> Result<MetaUpdate> {
         self.committed(group)?;
-        let value = GroupOffsets {
-            group: group.to_string(),
-            offsets: offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
-            committed_at_ms: now_ms(),
-        };
+        let value = GroupOffsets::new(group, offsets);
         Ok((group_key(group), Some(value.encode())))
     }
 
@@ -189,11 +224,7 @@ impl Groups {
     ) -> Result<()> {
         let _one_at_a_time = self.commits.lock().await;
         self.committed(group)?; // refuses a name whose key another group holds
-        let value = GroupOffsets {
-            group: group.to_string(),
-            offsets: offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
-            committed_at_ms: now_ms(),
-        };
+        let value = GroupOffsets::new(group, offsets);
         self.store(group, Some(value.encode())).await
     }
 
@@ -275,9 +306,15 @@ mod tests {
                 ((TopicId(4), PartitionId(0)), Offset(1)),
             ]
             .into(),
+            metadata: [((TopicId(3), PartitionId(1)), "from a Kafka client".into())].into(),
             committed_at_ms: 5,
         };
         assert_eq!(GroupOffsets::decode(&value.encode()).unwrap(), value);
+        // Values stored before commit metadata existed read with none.
+        let old = br#"{"group":"g","offsets":[[3,0,7]],"committed_at_ms":5}"#;
+        let decoded = GroupOffsets::decode(old).unwrap();
+        assert_eq!(decoded.offsets.len(), 1);
+        assert!(decoded.metadata.is_empty());
         let topic3: Vec<_> = value.of_topic(TopicId(3)).collect();
         assert_eq!(
             topic3,

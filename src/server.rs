@@ -163,6 +163,7 @@ async fn listen_for_kafka(
     let settings = crate::kafka::Settings {
         advertised,
         auto_create_topics: config.kafka_auto_create_topics,
+        num_partitions: config.kafka_num_partitions,
     };
     Ok(Some(tokio::spawn(crate::kafka::serve(
         listeners,

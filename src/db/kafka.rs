@@ -55,6 +55,16 @@ impl Records {
         self.timestamps.is_empty()
     }
 
+    /// The first `n` records.
+    pub fn prefix(&self, n: usize) -> Records {
+        Records {
+            timestamps: self.timestamps[..n].to_vec(),
+            keys: self.keys.slice(0, n),
+            values: self.values.slice(0, n),
+            headers: self.headers.slice(0, n),
+        }
+    }
+
     /// Bytes of keys, values and headers: about what the records take on the wire.
     pub fn size(&self) -> usize {
         self.keys.value_data().len()
@@ -67,6 +77,10 @@ impl Records {
 /// The most a produced batch may take once decompressed (Kafka's `message.max.bytes`, which
 /// Kafka applies to the compressed batch).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The longest metadata string a committed offset may carry (Kafka's
+/// `offset.metadata.max.bytes`).
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
 
 /// One configuration entry as DescribeConfigs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +107,7 @@ pub enum ConfigType {
 pub mod code {
     pub const NONE: i16 = 0;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
@@ -158,8 +173,16 @@ pub struct Fetched {
     pub batches: Vec<(i64, Records)>,
 }
 
-/// A topic's name and, per partition, an offset.
-pub type TopicOffsets = (String, Vec<(i32, i64)>);
+/// A topic's name and, per partition, its committed offset and that offset's metadata.
+pub type TopicOffsets = (String, Vec<(i32, i64, String)>);
+
+/// An offset a Kafka consumer commits.
+pub struct OffsetToCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: Option<String>,
+}
 
 /// A staged batch, with the indexes of its topic and of itself in the request.
 type Indexed = (usize, usize, Staged);
@@ -510,24 +533,21 @@ impl Database {
     }
 
     /// Creates a schemaless topic for a Kafka client (auto-creation or CreateTopics) with
-    /// `partitions` (the default when `None`) and Kafka's topic `configs` that Runnel has
-    /// (`retention.ms`, `retention.bytes`, `segment.bytes`, `compression.type`,
-    /// `cleanup.policy=delete`); others are refused. With `validate_only`, checks and does
+    /// `partitions` and Kafka's topic `configs` that Runnel has (`retention.ms`,
+    /// `retention.bytes`, `segment.bytes`, `compression.type`, `cleanup.policy=delete`);
+    /// others are refused. With `validate_only`, checks and does
     /// nothing. An error is a Kafka error code and message.
     pub async fn kafka_create_topic(
         &self,
         name: &str,
-        partitions: Option<u32>,
+        partitions: u32,
         configs: &[(String, Option<String>)],
         validate_only: bool,
     ) -> Result<(), (i16, String)> {
-        let mut options = vec![];
-        if let Some(partitions) = partitions {
-            options.push((
-                "partitions".to_string(),
-                OptionValue::Number(partitions.to_string()),
-            ));
-        }
+        let mut options = vec![(
+            "partitions".to_string(),
+            OptionValue::Number(partitions.to_string()),
+        )];
         for (config, value) in configs {
             let value = value.as_deref().unwrap_or_default();
             let option = match (config.as_str(), value) {
@@ -670,7 +690,11 @@ impl Database {
 
     /// The node's configuration as Kafka's DescribeConfigs shows a broker's: the settings a
     /// client or tool asks about, with Runnel's values.
-    pub fn kafka_broker_configs(&self, auto_create_topics: bool) -> Vec<KafkaConfig> {
+    pub fn kafka_broker_configs(
+        &self,
+        auto_create_topics: bool,
+        num_partitions: u32,
+    ) -> Vec<KafkaConfig> {
         let fixed = |name, value: String, kind| KafkaConfig {
             name,
             value,
@@ -698,7 +722,7 @@ impl Database {
             fixed("min.insync.replicas", "1".into(), ConfigType::Int),
             fixed(
                 "num.partitions",
-                crate::db::DEFAULT_PARTITIONS.to_string(),
+                num_partitions.to_string(),
                 ConfigType::Int,
             ),
             fixed(
@@ -717,31 +741,33 @@ impl Database {
     /// Commits a consumer group's offsets (the next record to read, per partition), in the
     /// store SQL subscriptions use; one commit record for all of them. The answer has a
     /// Kafka error code per partition, in order.
-    pub async fn kafka_commit_offsets(
-        &self,
-        group: &str,
-        offsets: &[(String, i32, i64)],
-    ) -> Vec<i16> {
+    pub async fn kafka_commit_offsets(&self, group: &str, offsets: &[OffsetToCommit]) -> Vec<i16> {
         let data = self.catalog().snapshot();
         let mut codes = vec![code::NONE; offsets.len()];
         let mut valid = vec![];
-        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
-            match data.topics.get(topic).filter(|t| t.internal.is_none()) {
-                Some(def)
-                    if *partition >= 0 && (*partition as u32) < def.partitions && *offset >= 0 =>
-                {
-                    valid.push((
-                        def.id,
-                        PartitionId(*partition as u32),
-                        Offset(*offset as u64),
-                    ));
+        for (i, wanted) in offsets.iter().enumerate() {
+            let metadata = wanted.metadata.clone().unwrap_or_default();
+            let (partition, offset) = (wanted.partition, wanted.offset);
+            match data
+                .topics
+                .get(&wanted.topic)
+                .filter(|t| t.internal.is_none())
+            {
+                _ if metadata.len() > MAX_OFFSET_METADATA_BYTES => {
+                    codes[i] = code::OFFSET_METADATA_TOO_LARGE
                 }
-                Some(_) if *offset < 0 => codes[i] = code::OFFSET_OUT_OF_RANGE,
+                Some(def)
+                    if partition >= 0 && (partition as u32) < def.partitions && offset >= 0 =>
+                {
+                    let at = (def.id, PartitionId(partition as u32), Offset(offset as u64));
+                    valid.push((at, metadata));
+                }
+                Some(_) if offset < 0 => codes[i] = code::OFFSET_OUT_OF_RANGE,
                 _ => codes[i] = code::UNKNOWN_TOPIC_OR_PARTITION,
             }
         }
         if !valid.is_empty()
-            && let Err(e) = self.tables.groups.commit(group, valid).await
+            && let Err(e) = self.tables.groups.commit_with_metadata(group, valid).await
         {
             tracing::warn!(group, error = %e, "committing a Kafka consumer group's offsets");
             let failed = match e {
@@ -767,11 +793,16 @@ impl Database {
             tracing::warn!(group, error = %e, "reading a consumer group's offsets");
             code::INVALID_GROUP_ID
         })?;
-        let offset_of = |topic: &TopicDef, partition: i32| -> i64 {
-            committed
-                .as_ref()
-                .and_then(|c| c.offsets.get(&(topic.id, PartitionId(partition as u32))))
-                .map_or(-1, |o| o.0 as i64)
+        let offset_of = |topic: &TopicDef, partition: i32| -> (i32, i64, String) {
+            let at = (topic.id, PartitionId(partition as u32));
+            let committed = committed.as_ref();
+            let offset = committed.and_then(|c| c.offsets.get(&at));
+            let metadata = committed.and_then(|c| c.metadata.get(&at));
+            (
+                partition,
+                offset.map_or(-1, |o| o.0 as i64),
+                metadata.cloned().unwrap_or_default(),
+            )
         };
         Ok(match wanted {
             Some(topics) => topics
@@ -779,12 +810,9 @@ impl Database {
                 .map(|(name, partitions)| {
                     let offsets = partitions
                         .into_iter()
-                        .map(|p| {
-                            let offset = match data.topics.get(&name) {
-                                Some(topic) if p >= 0 => offset_of(topic, p),
-                                _ => -1,
-                            };
-                            (p, offset)
+                        .map(|p| match data.topics.get(&name) {
+                            Some(topic) if p >= 0 => offset_of(topic, p),
+                            _ => (p, -1, String::new()),
                         })
                         .collect();
                     (name, offsets)
@@ -795,10 +823,10 @@ impl Database {
                 .values()
                 .filter(|t| t.internal.is_none())
                 .filter_map(|topic| {
-                    let offsets: Vec<(i32, i64)> = committed
+                    let offsets: Vec<(i32, i64, String)> = committed
                         .as_ref()?
                         .of_topic(topic.id)
-                        .map(|(p, o)| (p.0 as i32, o.0 as i64))
+                        .map(|(p, _)| offset_of(topic, p.0 as i32))
                         .collect();
                     (!offsets.is_empty()).then(|| (topic.name.clone(), offsets))
                 })

@@ -55,7 +55,9 @@ use super::coordinator::{self, Coordinator, Join};
 use super::records::{self, Codec};
 use super::{Advertised, NODE_ID, Settings, apis};
 use crate::db::Database;
-use crate::db::kafka::{KafkaTopic, ProduceBatch, Produced, TopicOffsets, code};
+use crate::db::kafka::{
+    KafkaTopic, OffsetToCommit, ProduceBatch, Produced, Records, TopicOffsets, code,
+};
 use crate::producers::ProducerBatch;
 
 /// Kafka's UNKNOWN_TOPIC_OR_PARTITION error code.
@@ -79,6 +81,7 @@ pub struct Handler {
     db: Arc<Database>,
     advertised: Advertised,
     auto_create_topics: bool,
+    num_partitions: u32,
     coordinator: Arc<Coordinator>,
 }
 
@@ -95,6 +98,7 @@ impl Handler {
             db,
             advertised: settings.advertised,
             auto_create_topics: settings.auto_create_topics,
+            num_partitions: settings.num_partitions,
             coordinator: Coordinator::start(),
         }
     }
@@ -281,9 +285,7 @@ impl Handler {
         for topic in &request.topics {
             let mut partitions = vec![];
             for wanted in &topic.partitions {
-                // Past the response's size, nothing more is read. A partition given room
-                // gets at least one batch, whatever its size (KIP-74), so the first records
-                // of a response always go out.
+                // Past the response's size, nothing more is read.
                 let room = max_bytes.saturating_sub(used);
                 let limit = (wanted.partition_max_bytes.max(0) as usize).min(room);
                 let mut data = PartitionData::default().with_partition_index(wanted.partition);
@@ -293,10 +295,7 @@ impl Handler {
                     .await
                 {
                     Ok(fetched) => {
-                        let mut out = BytesMut::new();
-                        for (base, records) in &fetched.batches {
-                            records::encode_batch(&mut out, *base, records, Codec::None);
-                        }
+                        let out = encode_within(&fetched.batches, limit, used == 0);
                         used += out.len();
                         data = data
                             .with_high_watermark(fetched.high_watermark)
@@ -334,8 +333,8 @@ impl Handler {
         for topic in request.topics {
             let name = topic.name.0.to_string();
             let partitions = match topic.num_partitions {
-                -1 => Ok(None),
-                n if n > 0 => Ok(Some(n as u32)),
+                -1 => Ok(self.num_partitions),
+                n if n > 0 => Ok(n as u32),
                 n => Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
             };
             let outcome = match partitions {
@@ -492,7 +491,9 @@ impl Handler {
                         if resource.resource_name.is_empty()
                             || *resource.resource_name == *NODE_ID.to_string() =>
                     {
-                        Ok(self.db.kafka_broker_configs(self.auto_create_topics))
+                        Ok(self
+                            .db
+                            .kafka_broker_configs(self.auto_create_topics, self.num_partitions))
                     }
                     BROKER => Err((
                         INVALID_REQUEST,
@@ -713,13 +714,16 @@ impl Handler {
             &request.member_id,
             request.generation_id_or_member_epoch,
         );
-        let offsets: Vec<(String, i32, i64)> = request
+        let offsets: Vec<OffsetToCommit> = request
             .topics
             .iter()
             .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| (t.name.0.to_string(), p.partition_index, p.committed_offset))
+                t.partitions.iter().map(|p| OffsetToCommit {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                })
             })
             .collect();
         let codes = if allowed == code::NONE {
@@ -948,8 +952,10 @@ impl Handler {
                 .iter()
                 .filter(|n| !known.iter().any(|t| t.name == **n))
             {
-                if let Err((code, message)) =
-                    self.db.kafka_create_topic(name, None, &[], false).await
+                if let Err((code, message)) = self
+                    .db
+                    .kafka_create_topic(name, self.num_partitions, &[], false)
+                    .await
                 {
                     tracing::debug!(topic = name, %message, "not auto-creating a topic");
                     refused.push((name.to_string(), code));
@@ -1054,13 +1060,48 @@ fn produce_response(index: i32, answer: Produced) -> PartitionProduceResponse {
         )
 }
 
+/// Record batches for a Fetch answer, in order, as many as fit in `limit` bytes. Clients
+/// size their receive buffers from what they asked for (librdkafka drops a connection whose
+/// response is larger), so nothing goes past the limit, but for KIP-74's exception: when
+/// `first` (nothing else is in the response yet), the first batch goes out whatever the
+/// limit, so a consumer always progresses. Batches are cut where records allow: that one
+/// is no larger than it must be (one record, at least).
+fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> BytesMut {
+    let mut out = BytesMut::new();
+    for (base, records) in batches {
+        let mut encoded = BytesMut::new();
+        records::encode_batch(&mut encoded, *base, records, Codec::None);
+        if out.len() + encoded.len() <= limit {
+            out.extend_from_slice(&encoded);
+            continue;
+        }
+        if first && out.is_empty() {
+            // The longest prefix that fits, found by halving.
+            let (mut fits, mut fails) = (1, records.len());
+            while fails - fits > 1 {
+                let middle = (fits + fails) / 2;
+                encoded.clear();
+                records::encode_batch(&mut encoded, *base, &records.prefix(middle), Codec::None);
+                if encoded.len() <= limit {
+                    fits = middle;
+                } else {
+                    fails = middle;
+                }
+            }
+            records::encode_batch(&mut out, *base, &records.prefix(fits), Codec::None);
+        }
+        break;
+    }
+    out
+}
+
 /// A topic's committed offsets, as OffsetFetch v8+ answers for each group.
 fn group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopics {
-    let partitions = partitions.into_iter().map(|(p, offset)| {
+    let partitions = partitions.into_iter().map(|(p, offset, metadata)| {
         OffsetFetchResponsePartitions::default()
             .with_partition_index(p)
             .with_committed_offset(offset)
-            .with_metadata(Some(StrBytes::default()))
+            .with_metadata(Some(StrBytes::from_string(metadata)))
     });
     OffsetFetchResponseTopics::default()
         .with_name(TopicName(StrBytes::from_string(name)))
@@ -1069,11 +1110,11 @@ fn group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopics {
 
 /// A topic's committed offsets, as OffsetFetch before v8 answers for its one group.
 fn single_group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopic {
-    let partitions = partitions.into_iter().map(|(p, offset)| {
+    let partitions = partitions.into_iter().map(|(p, offset, metadata)| {
         OffsetFetchResponsePartition::default()
             .with_partition_index(p)
             .with_committed_offset(offset)
-            .with_metadata(Some(StrBytes::default()))
+            .with_metadata(Some(StrBytes::from_string(metadata)))
     });
     OffsetFetchResponseTopic::default()
         .with_name(TopicName(StrBytes::from_string(name)))
@@ -1111,6 +1152,53 @@ mod tests {
     use bytes::Buf;
     use kafka_protocol::messages::ApiKey;
     use kafka_protocol::protocol::Decodable;
+
+    /// `n` records with 100-byte values and no keys or headers.
+    fn records(n: usize) -> Records {
+        let mut headers = records::headers_builder();
+        (0..n).for_each(|_| headers.append(true));
+        Records {
+            timestamps: vec![1_700_000_000_000; n],
+            keys: arrow::array::BinaryArray::from_iter((0..n).map(|_| None::<Vec<u8>>)),
+            values: arrow::array::BinaryArray::from_iter((0..n).map(|i| Some(vec![i as u8; 100]))),
+            headers: headers.finish(),
+        }
+    }
+
+    /// The records of the batches in `bytes`: (first offset, count) per batch.
+    fn batches_in(mut bytes: &[u8]) -> Vec<(i64, usize)> {
+        let mut found = vec![];
+        while !bytes.is_empty() {
+            let (_, length) = records::read_header(bytes).unwrap();
+            let (header, records) = records::decode_batch(&bytes[..length], usize::MAX).unwrap();
+            found.push((header.base_offset, records.len()));
+            bytes = &bytes[length..];
+        }
+        found
+    }
+
+    #[test]
+    fn fetch_answers_stay_within_their_limit_but_the_first_records_always_go() {
+        let batches = vec![(0, records(10)), (10, records(10))];
+        let whole = encode_within(&batches, usize::MAX, true);
+        assert_eq!(batches_in(&whole), vec![(0, 10), (10, 10)]);
+        // Room for one batch and a half: the first only.
+        let one = encode_within(&batches, whole.len() * 3 / 4, false);
+        assert_eq!(batches_in(&one), vec![(0, 10)]);
+        // Room for less than a batch: nothing, unless these are the response's first
+        // records, which are cut to fit.
+        let limit = whole.len() / 4;
+        assert!(encode_within(&batches, limit, false).is_empty());
+        let cut = encode_within(&batches, limit, true);
+        assert!(cut.len() <= limit, "{} > {limit}", cut.len());
+        let found = batches_in(&cut);
+        assert!(
+            found.len() == 1 && (1..10).contains(&found[0].1),
+            "{found:?}"
+        );
+        // Room for no record at all: still one, so the consumer progresses.
+        assert_eq!(batches_in(&encode_within(&batches, 10, true)), vec![(0, 1)]);
+    }
 
     #[test]
     fn metadata_encodes_in_every_served_version_without_tagged_fields() {

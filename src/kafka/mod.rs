@@ -36,8 +36,11 @@ pub struct Advertised {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub advertised: Advertised,
-    /// Metadata requests for unknown topics create them (schemaless, one partition).
+    /// Metadata requests for unknown topics create them (schemaless).
     pub auto_create_topics: bool,
+    /// The partitions of a topic created without a count: auto-created, or by CreateTopics
+    /// with -1 (Kafka's `num.partitions`).
+    pub num_partitions: u32,
 }
 
 /// The node id of this single-node cluster.

@@ -133,7 +133,7 @@ impl BatchHeader {
 }
 
 /// Builds a column of [`headers_type`].
-fn headers_builder() -> ListBuilder<StructBuilder> {
+pub(crate) fn headers_builder() -> ListBuilder<StructBuilder> {
     ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(Arc::new(
         Field::new("item", DataType::Struct(header_fields()), false),
     ))
