@@ -470,7 +470,11 @@ pub fn node_modules() -> PathBuf {
 /// A directory under the target directory that `install` (a command run from the crate's
 /// root) filled from `manifests` (paths relative to the crate): made once, and again when a
 /// manifest changes. The tests running in parallel take turns through a lock file.
-fn installed(name: &str, manifests: &[&str], install: impl FnOnce(&Path) -> Command) -> PathBuf {
+pub fn installed(
+    name: &str,
+    manifests: &[&str],
+    install: impl FnOnce(&Path) -> Command,
+) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-installed"));
     std::fs::create_dir_all(&base).unwrap();
