@@ -51,6 +51,14 @@ async fn query_one(server: &common::Server, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A server on a fresh data directory, after `sql` has run on it.
+async fn started_with(sql: &str) -> (tempfile::TempDir, common::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server.connect().await.batch_execute(sql).await.unwrap();
+    (dir, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_programs_produce_and_consume_through_a_group() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,19 +208,13 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
     let classpath = common::kafka_java_classpath();
     let (classpath, _classes) =
         common::compile_java_with("tests/kafka-java", "KafkaClients", &classpath);
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
-    server
-        .connect()
-        .await
-        .batch_execute(
-            "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION) \
-                 WITH (partitions = 4);
-             INSERT INTO clicks SELECT v AS user_id, '/sql/' || v AS url, \
-                 v::double precision AS amount FROM generate_series(0, 19) AS t(v);",
-        )
-        .await
-        .unwrap();
+    let (_dir, server) = started_with(
+        "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION) \
+             WITH (partitions = 4);
+         INSERT INTO clicks SELECT v AS user_id, '/sql/' || v AS url, \
+             v::double precision AS amount FROM generate_series(0, 19) AS t(v);",
+    )
+    .await;
     let out = Command::new("java")
         .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp"])
         .arg(&classpath)
@@ -265,14 +267,7 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiokafka_and_kafkajs_produce_and_consume_with_non_flexible_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
-    server
-        .connect()
-        .await
-        .batch_execute("CREATE TOPIC aio_events WITH (partitions = 3)")
-        .await
-        .unwrap();
+    let (_dir, server) = started_with("CREATE TOPIC aio_events WITH (partitions = 3)").await;
     let out = run(&server, "kafka_aiokafka.py", &["aio_events", "2000"]);
     assert!(out.contains("aiokafka ok"), "{out}");
 
@@ -309,23 +304,9 @@ async fn aiokafka_and_kafkajs_produce_and_consume_with_non_flexible_versions() {
 
 /// Runs Debian's kcat (librdkafka 2.0.2) with `args` and `input`; its stdout and stderr.
 fn kcat(server: &common::Server, args: &[&str], input: &str) -> (String, String) {
-    use std::io::Write as _;
-    let mut child = Command::new("kcat")
-        .arg("-b")
-        .arg(server.kafka_bootstrap())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat must be installed (apt-get install kcat)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut kcat = Command::new("kcat");
+    kcat.arg("-b").arg(server.kafka_bootstrap()).args(args);
+    let out = common::output_with_input(&mut kcat, input, "kcat");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -340,14 +321,7 @@ fn kcat(server: &common::Server, args: &[&str], input: &str) -> (String, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_lists_produces_compressed_consumes_and_joins_a_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
-    server
-        .connect()
-        .await
-        .batch_execute("CREATE TOPIC kcat_events WITH (partitions = 2)")
-        .await
-        .unwrap();
+    let (_dir, server) = started_with("CREATE TOPIC kcat_events WITH (partitions = 2)").await;
     let (listing, _) = kcat(&server, &["-L"], "");
     assert!(
         listing.contains("1 brokers:")
@@ -519,14 +493,7 @@ async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_and_missing_partitions_are_refused_with_kafka_error_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
-    server
-        .connect()
-        .await
-        .batch_execute("CREATE TOPIC refusals")
-        .await
-        .unwrap();
+    let (_dir, server) = started_with("CREATE TOPIC refusals").await;
     let out = run(&server, "kafka_refusals.py", &[]);
     assert!(out.contains("refusals ok"), "{out}");
     assert_eq!(

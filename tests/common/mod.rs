@@ -281,30 +281,37 @@ impl Drop for Server {
     }
 }
 
-/// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
-pub fn psql(server: &Server, args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = Command::new("psql")
-        .args([
-            "-h",
-            &server.addr.ip().to_string(),
-            "-p",
-            &server.addr.port().to_string(),
-        ])
-        .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "10")
+/// Runs `command` with `input` on its stdin; its output. `what` names the program for the
+/// error when it cannot start.
+pub fn output_with_input(command: &mut Command, input: &str, what: &str) -> std::process::Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("psql must be installed (.ci/run installs postgresql-client)");
+        .unwrap_or_else(|e| panic!("{what} must be installed (.ci/run installs it): {e}"));
     child
         .stdin
         .take()
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
+pub fn psql(server: &Server, args: &[&str], input: &str) -> (bool, String, String) {
+    let mut psql = Command::new("psql");
+    psql.args([
+        "-h",
+        &server.addr.ip().to_string(),
+        "-p",
+        &server.addr.port().to_string(),
+    ])
+    .args(["-U", "runnel", "-d", "runnel", "-X", "--no-psqlrc"])
+    .args(args)
+    .env("PGCONNECT_TIMEOUT", "10");
+    let out = output_with_input(&mut psql, input, "psql");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
