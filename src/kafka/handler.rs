@@ -191,7 +191,11 @@ impl Handler {
         };
         codec::encode(header.correlation_id, key, version, &response)
             .map(Some)
-            .map_err(|e| Closed(format!("encoding a {key:?} v{version} response: {e}")))
+            .map_err(|e| {
+                // A field set that the version lacks: the server's bug, not the client's.
+                tracing::error!(api = ?key, version, error = %e, "a response could not be encoded in its request's version");
+                Closed(format!("encoding a {key:?} v{version} response: {e}"))
+            })
     }
 
     async fn produce(&self, request: ProduceRequest) -> ProduceResponse {
@@ -1069,24 +1073,25 @@ fn produce_response(index: i32, answer: Produced) -> PartitionProduceResponse {
 fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> BytesMut {
     let mut out = BytesMut::new();
     for (base, records) in batches {
-        let mut encoded = BytesMut::new();
-        records::encode_batch(&mut encoded, *base, records, Codec::None);
-        if out.len() + encoded.len() <= limit {
-            out.extend_from_slice(&encoded);
+        // Encoded in place, and taken back if it does not fit.
+        let before = out.len();
+        records::encode_batch(&mut out, *base, records, Codec::None);
+        if out.len() <= limit {
             continue;
         }
+        out.truncate(before);
         if first && out.is_empty() {
             // The longest prefix that fits, found by halving.
             let (mut fits, mut fails) = (1, records.len());
             while fails - fits > 1 {
                 let middle = (fits + fails) / 2;
-                encoded.clear();
-                records::encode_batch(&mut encoded, *base, &records.prefix(middle), Codec::None);
-                if encoded.len() <= limit {
+                records::encode_batch(&mut out, *base, &records.prefix(middle), Codec::None);
+                if out.len() <= limit {
                     fits = middle;
                 } else {
                     fails = middle;
                 }
+                out.clear();
             }
             records::encode_batch(&mut out, *base, &records.prefix(fits), Codec::None);
         }
