@@ -257,7 +257,7 @@ async fn a_bad_frame_closes_its_connection_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_python_sees_topics_and_partitions() {
-    let python = std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
     setup(&server).await;

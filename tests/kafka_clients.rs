@@ -7,48 +7,18 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn python() -> String {
-    std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Runs one of `tests/python`'s scripts with `args`; its output, which must be a success.
-fn run(server: &common::Server, script: &str, args: &[&str]) -> String {
+/// Runs one of `tests/python`'s scripts with `args`; its output, which must be a success
+/// that printed `marker`.
+fn run(server: &common::Server, script: &str, args: &[&str], marker: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let out: Output = Command::new(python())
-        .arg(&path)
-        .arg(server.kafka_bootstrap())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} failed\n{stdout}\n{}\n--- server ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
-    stdout
-}
-
-async fn query_one(server: &common::Server, sql: &str) -> String {
-    let client = server.connect().await;
-    let rows = client.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .unwrap_or_default()
+    let mut python = Command::new(common::python());
+    python.arg(&path).arg(server.kafka_bootstrap()).args(args);
+    common::succeeded(server, &mut python, marker)
 }
 
 /// A server on a fresh data directory, after `sql` has run on it.
@@ -65,8 +35,8 @@ async fn the_seed_programs_produce_and_consume_through_a_group() {
     let server = common::start(dir.path());
 
     // The producer's topic does not exist: its Metadata request creates it.
-    run(&server, "kafka_seed_producer.py", &[]);
-    let consumed = run(&server, "kafka_seed_consumer.py", &["8000"]);
+    run(&server, "kafka_seed_producer.py", &[], "");
+    let consumed = run(&server, "kafka_seed_consumer.py", &["8000"], "");
     let lines: Vec<&str> = consumed.lines().collect();
     assert_eq!(lines.len(), 10, "{consumed}");
     assert!(
@@ -76,7 +46,7 @@ async fn the_seed_programs_produce_and_consume_through_a_group() {
         "{consumed}"
     );
     assert_eq!(
-        query_one(&server, "SELECT count(*), min(_key) FROM test_topic").await,
+        common::first_row(&server, "SELECT count(*), min(_key) FROM test_topic").await,
         "10|\\x6b6579"
     );
 
@@ -84,10 +54,10 @@ async fn the_seed_programs_produce_and_consume_through_a_group() {
     // (Each run waits 8 s for records: joining an empty group takes Kafka's initial
     // rebalance delay of 3 s. The last run, which reads only the SQL row, proves that
     // these runs read nothing because of the committed offsets.)
-    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"]), "");
+    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"], ""), "");
     server.kill();
     let server = common::start(dir.path());
-    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"]), "");
+    assert_eq!(run(&server, "kafka_seed_consumer.py", &["8000"], ""), "");
 
     // A row inserted with SQL is the next record the group reads.
     let client = server.connect().await;
@@ -98,7 +68,7 @@ async fn the_seed_programs_produce_and_consume_through_a_group() {
         .await
         .unwrap();
     assert_eq!(
-        run(&server, "kafka_seed_consumer.py", &["8000"]),
+        run(&server, "kafka_seed_consumer.py", &["8000"], ""),
         "b'k2' b'from sql'\n"
     );
     server.stop();
@@ -117,8 +87,7 @@ async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
         )
         .await
         .unwrap();
-    let out = run(&server, "kafka_typed.py", &[]);
-    assert!(out.contains("typed ok"), "{out}");
+    let out = run(&server, "kafka_typed.py", &[], "typed ok");
 
     // SQL sees the produced records as typed rows, and nothing of the refused batch.
     let rows = client
@@ -150,7 +119,7 @@ async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
 
     // The SQL row is fetched as JSON with its key, in the partition it was written to.
     let sql_partition =
-        query_one(&server, "SELECT _partition FROM clicks WHERE user_id = 42").await;
+        common::first_row(&server, "SELECT _partition FROM clicks WHERE user_id = 42").await;
     assert!(
         out.contains(&format!(
             "fetched {sql_partition} 42 {{\"url\":\"/sql\",\"ts\":\"2026-01-01T00:00:00\"}}"
@@ -166,7 +135,7 @@ async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
             ))
             .await
             .unwrap();
-        let from_sql = query_one(
+        let from_sql = common::first_row(
             &server,
             &format!("SELECT _partition FROM clicks WHERE user_id = {user} AND url = '/again'"),
         )
@@ -183,13 +152,13 @@ async fn a_typed_stream_decodes_produced_json_and_encodes_its_rows() {
 async fn confluent_kafka_round_trips_100_000_idempotent_records_with_every_codec() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
-    let out = run(&server, "kafka_codecs.py", &["100000"]);
+    let out = run(&server, "kafka_codecs.py", &["100000"], "zstd ok");
     let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
     for codec in codecs {
         assert!(out.contains(&format!("{codec} ok")), "{out}");
         // SQL reads what was produced, headers included.
         assert_eq!(
-            query_one(
+            common::first_row(
                 &server,
                 &format!(
                     "SELECT count(*), count(_key), count(_value), sum(cardinality(_headers)) \
@@ -215,23 +184,15 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
              v::double precision AS amount FROM generate_series(0, 19) AS t(v);",
     )
     .await;
-    let out = Command::new("java")
-        .args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp"])
+    let mut java = Command::new("java");
+    java.args(["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp"])
         .arg(&classpath)
         .arg("KafkaClients")
-        .arg(server.kafka_bootstrap())
-        .output()
-        .expect("java");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("java ok"),
-        "{stdout}\n{}\n--- server ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+        .arg(server.kafka_bootstrap());
+    common::succeeded(&server, &mut java, "java ok");
     // What the Java client wrote and committed is what SQL sees.
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT count(*), count(DISTINCT _key), min(_offset) FROM java_events"
         )
@@ -239,7 +200,7 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
         "20000|500|0"
     );
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT count(*), count(*) FILTER (WHERE url LIKE '/java/%'), max(amount) FROM clicks"
         )
@@ -247,7 +208,7 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
         "40|20|19.5"
     );
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT sum(committed), sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'java-group'"
         )
@@ -255,7 +216,7 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
         "20000|0"
     );
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'java_scratch'"
         )
@@ -268,28 +229,24 @@ async fn the_java_client_administers_produces_and_consumes_in_a_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiokafka_and_kafkajs_produce_and_consume_with_non_flexible_versions() {
     let (_dir, server) = started_with("CREATE TOPIC aio_events WITH (partitions = 3)").await;
-    let out = run(&server, "kafka_aiokafka.py", &["aio_events", "2000"]);
-    assert!(out.contains("aiokafka ok"), "{out}");
+    run(
+        &server,
+        "kafka_aiokafka.py",
+        &["aio_events", "2000"],
+        "aiokafka ok",
+    );
 
     // kafkajs creates its topic itself.
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/kafkajs.js");
-    let out = Command::new("node")
-        .env("NODE_PATH", common::node_modules())
+    let mut node = Command::new("node");
+    node.env("NODE_PATH", common::node_modules())
         .arg(&script)
         .arg(server.kafka_bootstrap())
-        .args(["kafkajs_events", "2000"])
-        .output()
-        .expect("node must be installed (apt-get install nodejs npm)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("kafkajs ok"),
-        "{stdout}\n{}\n--- server ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+        .args(["kafkajs_events", "2000"]);
+    common::succeeded(&server, &mut node, "kafkajs ok");
     for topic in ["aio_events", "kafkajs_events"] {
         assert_eq!(
-            query_one(
+            common::first_row(
                 &server,
                 &format!(
                     "SELECT count(*), count(DISTINCT _offset || ':' || _partition) FROM {topic}"
@@ -392,7 +349,7 @@ async fn kcat_lists_produces_compressed_consumes_and_joins_a_group() {
     let (second, _) = kcat(&server, &group, "");
     assert_eq!(second, "");
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT sum(committed) FROM sys.consumer_groups WHERE \"group\" = 'kcat-group'"
         )
@@ -411,11 +368,10 @@ async fn a_consumer_group_survives_a_member_killed_with_sigkill() {
         .batch_execute("CREATE TOPIC orders WITH (partitions = 6)")
         .await
         .unwrap();
-    let out = run(&server, "kafka_groups.py", &[]);
-    assert!(out.contains("groups ok"), "{out}");
+    run(&server, "kafka_groups.py", &[], "groups ok");
     // The group's offsets are where SQL's subscriptions keep theirs.
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT sum(committed), sum(lag) FROM sys.consumer_groups WHERE \"group\" = 'order-processors'"
         )
@@ -445,7 +401,7 @@ async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
         .await
         .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_idempotent.py");
-    let producer = Command::new(python())
+    let producer = Command::new(common::python())
         .arg(&script)
         .arg(&kafka_addr)
         .arg("idempotent")
@@ -457,14 +413,14 @@ async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
     let mut appended_at_kills = vec![];
     for _ in 0..10 {
         // Let some records in, then kill the server in the middle of whatever it is doing.
-        let before = query_one(&server, "SELECT count(*) FROM idempotent").await;
+        let before = common::first_row(&server, "SELECT count(*) FROM idempotent").await;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while query_one(&server, "SELECT count(*) FROM idempotent").await == before
+        while common::first_row(&server, "SELECT count(*) FROM idempotent").await == before
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        appended_at_kills.push(query_one(&server, "SELECT count(*) FROM idempotent").await);
+        appended_at_kills.push(common::first_row(&server, "SELECT count(*) FROM idempotent").await);
         server.kill();
         server = common::start_with(dir.path(), &flags);
     }
@@ -480,7 +436,7 @@ async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
         server.log()
     );
     assert_eq!(
-        query_one(
+        common::first_row(
             &server,
             "SELECT count(*), count(DISTINCT _value) FROM idempotent"
         )
@@ -494,10 +450,9 @@ async fn an_idempotent_producer_appends_each_record_once_across_ten_kill_9s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_and_missing_partitions_are_refused_with_kafka_error_codes() {
     let (_dir, server) = started_with("CREATE TOPIC refusals").await;
-    let out = run(&server, "kafka_refusals.py", &[]);
-    assert!(out.contains("refusals ok"), "{out}");
+    run(&server, "kafka_refusals.py", &[], "refusals ok");
     assert_eq!(
-        query_one(&server, "SELECT count(*) FROM refusals").await,
+        common::first_row(&server, "SELECT count(*) FROM refusals").await,
         "0"
     );
     server.stop();
@@ -519,8 +474,7 @@ async fn the_admin_client_creates_lists_and_deletes_topics_and_sees_every_group(
         )
         .await
         .unwrap();
-    let out = run(&server, "kafka_admin.py", &[]);
-    assert!(out.contains("admin ok"), "{out}");
+    run(&server, "kafka_admin.py", &[], "admin ok");
     // What the admin client created and deleted is what SQL sees.
     let error = client
         .simple_query("SELECT * FROM admin_a")

@@ -9,7 +9,7 @@ use std::process::Command;
 
 #[test]
 fn psycopg_sqlalchemy_and_pandas() {
-    let python = std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let probe = Command::new(&python)
         .args(["-c", "import psycopg, sqlalchemy, pandas"])
         .output()

@@ -7,44 +7,19 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn python() -> String {
-    std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-async fn query_one(server: &common::Server, sql: &str) -> String {
-    let rows = common::rows(&server.connect().await, sql).await;
-    rows[0]
-        .iter()
-        .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
 /// One run of the Spark job over what the topic holds now; how many records it read.
 fn run_job(server: &common::Server, checkpoint: &std::path::Path, jars: &str) -> u64 {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/spark_running_sum.py");
-    let out = Command::new(python())
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
+    let mut job = Command::new(common::python());
+    job.env("SPARK_LOCAL_IP", "127.0.0.1")
         .arg(&script)
         .arg(server.kafka_bootstrap())
         .arg(checkpoint)
-        .arg(jars)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let read = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("spark ok "))
-        .filter(|_| out.status.success());
-    match read {
-        Some(n) => n.parse().unwrap(),
-        None => panic!(
-            "the Spark job failed\n{stdout}\n{}\n--- server ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            server.log()
-        ),
-    }
+        .arg(jars);
+    let stdout = common::succeeded(server, &mut job, "spark ok ");
+    let read = stdout.lines().find_map(|l| l.strip_prefix("spark ok "));
+    read.expect("the number of records read").parse().unwrap()
 }
 
 /// Users whose latest running sum from Spark differs from SQL's sum of their payments (the
@@ -65,41 +40,39 @@ async fn spark_keeps_a_running_sum_from_one_runnel_stream_to_another() {
     client
         .batch_execute(
             "CREATE STREAM payments (user_id TEXT KEY, amount BIGINT) WITH (partitions = 3);
-             CREATE STREAM totals (user_id TEXT KEY, total BIGINT);
-             INSERT INTO payments SELECT 'u' || (v % 10) AS user_id, v AS amount \
-                 FROM generate_series(1, 300) AS t(v);",
+             CREATE STREAM totals (user_id TEXT KEY, total BIGINT);",
         )
         .await
         .unwrap();
-    assert_eq!(run_job(&server, checkpoint.path(), &jars), 300);
-    assert_eq!(query_one(&server, MISMATCHES).await, "0");
-    assert_eq!(
-        query_one(
-            &server,
-            "SELECT count(DISTINCT user_id), count(*) FROM totals"
-        )
-        .await,
-        "10|10"
-    );
-
-    // More payments, one of them from a new user: the job's next run reads only those and
-    // carries its sums on from its checkpoint.
-    client
-        .batch_execute(
-            "INSERT INTO payments SELECT 'u' || (v % 11) AS user_id, v AS amount \
-                 FROM generate_series(1, 100) AS t(v);",
-        )
-        .await
-        .unwrap();
-    assert_eq!(run_job(&server, checkpoint.path(), &jars), 100);
-    assert_eq!(query_one(&server, MISMATCHES).await, "0");
-    assert_eq!(
-        query_one(
-            &server,
-            "SELECT count(DISTINCT user_id), count(*) FROM totals"
-        )
-        .await,
-        "11|21"
-    );
+    // Payments from ten users; then more, one of them from a new user: the job's second run
+    // reads only those and carries its sums on from its checkpoint.
+    let runs = [
+        (
+            "SELECT 'u' || (v % 10) AS user_id, v AS amount FROM generate_series(1, 300) AS t(v)",
+            300,
+            "10|10",
+        ),
+        (
+            "SELECT 'u' || (v % 11) AS user_id, v AS amount FROM generate_series(1, 100) AS t(v)",
+            100,
+            "11|21",
+        ),
+    ];
+    for (payments, read, totals) in runs {
+        client
+            .batch_execute(&format!("INSERT INTO payments {payments}"))
+            .await
+            .unwrap();
+        assert_eq!(run_job(&server, checkpoint.path(), &jars), read);
+        assert_eq!(common::first_row(&server, MISMATCHES).await, "0");
+        assert_eq!(
+            common::first_row(
+                &server,
+                "SELECT count(DISTINCT user_id), count(*) FROM totals"
+            )
+            .await,
+            totals
+        );
+    }
     server.stop();
 }

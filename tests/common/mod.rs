@@ -281,6 +281,40 @@ impl Drop for Server {
     }
 }
 
+/// The Python interpreter with `tests/python/requirements.txt`: `RUNNEL_PYTHON`, else
+/// `python3`.
+pub fn python() -> String {
+    std::env::var("RUNNEL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The first row `sql` returns, its values joined by `|` (NULL as `NULL`).
+pub async fn first_row(server: &Server, sql: &str) -> String {
+    let rows = rows(&server.connect().await, sql).await;
+    let row = rows.first().unwrap_or_else(|| panic!("no rows from {sql}"));
+    row.iter()
+        .map(|v| v.as_deref().unwrap_or("NULL"))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Runs `command`; its stdout, which must be a success that printed `marker`. A failure
+/// shows the program's output and the server's log.
+pub fn succeeded(server: &Server, command: &mut Command, marker: &str) -> String {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (.ci/run installs it): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "{program} {:?} failed\n{stdout}\n{}\n--- server ---\n{}",
+        command.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    stdout
+}
+
 /// Runs `command` with `input` on its stdin; its output. `what` names the program for the
 /// error when it cannot start.
 pub fn output_with_input(command: &mut Command, input: &str, what: &str) -> std::process::Output {
