@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::db::DbConfig;
+use crate::storage::FlushPolicy;
 
 #[derive(Debug, Parser)]
 #[command(name = "runnel", version, about = "A SQL-first streaming database", long_about = None)]
@@ -122,6 +123,27 @@ pub struct ServerConfig {
         global = true
     )]
     pub max_retention_hold_bytes: u64,
+    /// When appended records are fsynced: `always` before an append is acknowledged (nothing
+    /// acknowledged is ever lost); `interval` every `--flush-interval-ms`, acknowledging once
+    /// written to the operating system, as Kafka does: a crash of the machine may lose the
+    /// appends of the last interval (a `kill -9` loses nothing).
+    #[arg(
+        long,
+        env = "RUNNEL_FLUSH_POLICY",
+        value_enum,
+        default_value = "always",
+        global = true
+    )]
+    pub flush_policy: FlushPolicyArg,
+    /// Under `--flush-policy interval`, how often appended records are fsynced, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "RUNNEL_FLUSH_INTERVAL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub flush_interval_ms: u64,
     /// Epochs of one continuous query start at most this often, in milliseconds: new data
     /// within the interval waits for the next epoch.
     #[arg(
@@ -184,6 +206,13 @@ pub struct ServerConfig {
     pub log: String,
 }
 
+/// `--flush-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlushPolicyArg {
+    Always,
+    Interval,
+}
+
 impl ServerConfig {
     pub fn db_config(&self) -> DbConfig {
         let mut config = DbConfig::new(&self.data_dir);
@@ -191,6 +220,12 @@ impl ServerConfig {
         config.retention_check_interval =
             Duration::from_millis(self.retention_check_interval_ms.max(1));
         config.max_retention_hold_bytes = self.max_retention_hold_bytes;
+        config.flush = match self.flush_policy {
+            FlushPolicyArg::Always => FlushPolicy::Always,
+            FlushPolicyArg::Interval => {
+                FlushPolicy::Interval(Duration::from_millis(self.flush_interval_ms))
+            }
+        };
         config.engine.min_interval = Duration::from_millis(self.epoch_interval_ms);
         config.engine.max_epoch_rows = self.epoch_max_records;
         config.engine.subscriber_max_lag_epochs = self.subscriber_max_lag_epochs;
@@ -208,6 +243,9 @@ impl ServerConfig {
                 "--copy-chunk-bytes must be at least 1 MiB, not {}",
                 self.copy_chunk_bytes
             ));
+        }
+        if self.flush_interval_ms == 0 {
+            return Err("--flush-interval-ms must be at least 1".into());
         }
         if self.epoch_max_records == 0 {
             return Err("--epoch-max-records must be at least 1".into());

@@ -38,7 +38,7 @@ use crate::groups::Groups;
 use crate::ingest::copy::CopyFormat;
 use crate::ingest::writer::RowWriter;
 use crate::sql::{self, Statement};
-use crate::storage::{Hold, Log, LogConfig, TopicId};
+use crate::storage::{FlushPolicy, Hold, Log, LogConfig, TopicId};
 use crate::tables::pg::PgTypes;
 use crate::tables::provider::RunnelCatalog;
 use crate::tables::text_table::TextTableFactory;
@@ -60,6 +60,8 @@ pub struct DbConfig {
     pub retention_check_interval: std::time::Duration,
     /// Per partition, bytes beyond the retention limits kept for readers that lag.
     pub max_retention_hold_bytes: u64,
+    /// When appended records are fsynced.
+    pub flush: FlushPolicy,
     pub engine: EngineConfig,
     /// Clients log in with passwords (otherwise any name may log in, and a name the catalog
     /// does not have is a superuser, as with PostgreSQL's `trust`).
@@ -78,6 +80,7 @@ impl DbConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retention_check_interval: std::time::Duration::from_secs(30),
             max_retention_hold_bytes: crate::storage::DEFAULT_MAX_HOLD_BYTES,
+            flush: FlushPolicy::Always,
             engine: EngineConfig::default(),
             password_auth: false,
             file_root: None,
@@ -156,6 +159,7 @@ impl Database {
         let mut log_config = LogConfig::new(&config.data_dir);
         log_config.retention_check_interval = config.retention_check_interval;
         log_config.max_hold_bytes = config.max_retention_hold_bytes;
+        log_config.flush = config.flush;
         // Locked and read, nothing changed yet: the catalog says which topics to recover.
         let opening = Log::begin_open(log_config)?;
         let loaded = catalog::Loaded::read(&opening)?;

@@ -21,6 +21,7 @@
 //! record  := length u32 (whole record) | crc32 u32 (of the rest) | sequence u64 | kind u8 | body
 //! header  := kind 1: magic "RUNNELCL" | format u32 (2) | data directory id [16] | created ms i64
 //! commit  := kind 2: ends | starts | metas
+//! unflushed commit := kind 3: as kind 2, written before its records were fsynced
 //! ends, starts := count u32 | (topic id u64 | partition u32 | offset u64)*
 //! metas   := count u32 | (key u64 | length u32 (0xFFFFFFFF: deleted) | bytes)*
 //! ```
@@ -29,6 +30,15 @@
 //! grown to twice its size after the last rewrite (and past a floor): the cost of a commit
 //! does not grow with the amount of metadata, and no record approaches [`RECORD_LEN_MAX`],
 //! which every write is checked against.
+//!
+//! Under the `interval` flush policy ([`super::FlushPolicy`]) a commit record is written
+//! without waiting for an fsync, as kind 3, and a timer fsyncs the records and then this file.
+//! The log never fsyncs this file before the records its commits name (so every record
+//! up to the last one fsynced names durable records), and each flush ends with an empty
+//! kind 2 commit, fsynced, that marks the kind 3 records before it durable. A power cut may
+//! keep a kind 3 record after the last kind 2 one whose records were lost: recovery keeps
+//! the longest run of them whose records are all on disk ([`read`] returns them as
+//! [`Unflushed`]), so it checks at most one interval's records.
 //!
 //! Files of the first format (no header; records `length | crc | sequence | count | ends
 //! [| metas]`) are read and rewritten in this one ([`read`] reports them as legacy).
@@ -57,6 +67,7 @@ const MAGIC: &[u8; 8] = b"RUNNELCL";
 const FORMAT: u32 = 2;
 const KIND_HEADER: u8 = 1;
 const KIND_COMMIT: u8 = 2;
+const KIND_UNFLUSHED: u8 = 3;
 const HEADER_BODY_LEN: usize = 8 + 4 + 16 + 8;
 
 pub type CommittedEnds = HashMap<(TopicId, PartitionId), Offset>;
@@ -149,10 +160,10 @@ fn encode_header(sequence: u64, identity: &Identity) -> Vec<u8> {
     seal(out)
 }
 
-fn encode_commit(sequence: u64, commit: &Commit) -> Vec<u8> {
+fn encode_commit(sequence: u64, commit: &Commit, kind: u8) -> Vec<u8> {
     let length = commit.record_len();
     let mut out = Vec::with_capacity(length);
-    prefix(&mut out, length, sequence, KIND_COMMIT);
+    prefix(&mut out, length, sequence, kind);
     for entries in [&commit.ends, &commit.starts] {
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for (topic, partition, offset) in entries {
@@ -181,6 +192,8 @@ fn encode_commit(sequence: u64, commit: &Commit) -> Vec<u8> {
 enum Record {
     Header(Identity),
     Commit(Commit),
+    /// A commit written before the records it names were fsynced.
+    Unflushed(Commit),
 }
 
 /// One decoded record, or why the bytes at this position are not one.
@@ -261,6 +274,7 @@ fn decode_record(bytes: &[u8]) -> Decoded {
     let record = match bytes[16] {
         KIND_HEADER => parse_header(&mut body).map(Record::Header),
         KIND_COMMIT => parse_commit(&mut body).map(Record::Commit),
+        KIND_UNFLUSHED => parse_commit(&mut body).map(Record::Unflushed),
         _ => None,
     };
     match record {
@@ -315,7 +329,7 @@ pub struct Replayed {
 }
 
 impl Replayed {
-    fn apply(&mut self, commit: Commit) {
+    pub(super) fn apply(&mut self, commit: Commit) {
         for (topic, partition, end) in commit.ends {
             self.ends.insert((topic, partition), end);
         }
@@ -344,10 +358,24 @@ pub enum OnDisk {
         replayed: Replayed,
         /// Bytes of whole records; a torn record after them is cut when the log is opened.
         valid_len: u64,
+        /// The sequence number of the last record `replayed` holds.
         sequence: u64,
+        /// Commit records after the last one known durable with its records, not in
+        /// `replayed`: the caller keeps those whose records reached the disk.
+        unflushed: Vec<Unflushed>,
     },
     /// A commit log of the first format: read, to be rewritten in this one.
     Legacy { replayed: Replayed },
+}
+
+/// A commit record written before its records were fsynced, after the last record known
+/// durable with its records.
+#[derive(Debug)]
+pub struct Unflushed {
+    /// Where the record starts in the file.
+    pub position: u64,
+    pub sequence: u64,
+    pub commit: Commit,
 }
 
 /// Reads the commit log of `dir` without changing anything.
@@ -380,6 +408,8 @@ pub fn read(dir: &Path) -> Result<OnDisk, StorageError> {
     let mut replayed = Replayed::default();
     let mut position = 0usize;
     let mut sequence: Option<u64> = None;
+    let mut settled_sequence = 0;
+    let mut unflushed: Vec<Unflushed> = vec![];
     while position < bytes.len() {
         match decode_record(&bytes[position..]) {
             Decoded::Record {
@@ -396,7 +426,21 @@ pub fn read(dir: &Path) -> Result<OnDisk, StorageError> {
                 }
                 sequence = Some(s);
                 match record {
-                    Record::Commit(commit) => replayed.apply(commit),
+                    Record::Commit(commit) => {
+                        // The log fsyncs this file only after every record named before
+                        // it: the unflushed commits before a durable one are durable too.
+                        for earlier in unflushed.drain(..) {
+                            replayed.apply(earlier.commit);
+                        }
+                        replayed.apply(commit);
+                        settled_sequence = s;
+                    }
+                    Record::Unflushed(commit) => unflushed.push(Unflushed {
+                        position: position as u64,
+                        sequence: s,
+                        commit,
+                    }),
+                    Record::Header(_) if position == 0 => settled_sequence = s,
                     Record::Header(_) if position == 0 => {}
                     Record::Header(_) => {
                         return Err(StorageError::corruption(
@@ -418,7 +462,8 @@ pub fn read(dir: &Path) -> Result<OnDisk, StorageError> {
         identity,
         replayed,
         valid_len: position as u64,
-        sequence: sequence.unwrap_or(0),
+        sequence: settled_sequence,
+        unflushed,
     })
 }
 
@@ -552,13 +597,35 @@ impl CommitLog {
     /// it was, and the log stays usable ([`CommitError::NotWritten`]); if the fsync fails,
     /// whether the record is on disk is unknown ([`CommitError::Unknown`]).
     pub fn commit(&mut self, commit: &Commit) -> Result<(), CommitError> {
+        self.write_record(commit, KIND_COMMIT)?;
+        self.disk.sync(&self.path).map_err(CommitError::Unknown)?;
+        self.sequence += 1;
+        Ok(())
+    }
+
+    /// Appends a commit record whose records are not fsynced yet, without fsyncing it: it
+    /// is durable after the next [`CommitLog::sync`], which must follow the fsync of its
+    /// records. If the write fails, the file is cut back ([`CommitError::NotWritten`]).
+    pub fn commit_unflushed(&mut self, commit: &Commit) -> Result<(), CommitError> {
+        self.write_record(commit, KIND_UNFLUSHED)?;
+        self.sequence += 1;
+        Ok(())
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.disk.sync(&self.path)
+    }
+
+    /// Writes the next record (not yet counted in the sequence), cutting a failed write back.
+    fn write_record(&mut self, commit: &Commit, kind: u8) -> Result<(), CommitError> {
         let length = commit.record_len();
         if length > RECORD_LEN_MAX {
             return Err(CommitError::NotWritten(StorageError::TooLarge(format!(
                 "a commit record of {length} bytes is over the limit of {RECORD_LEN_MAX}"
             ))));
         }
-        let record = encode_commit(self.sequence + 1, commit);
+        let record = encode_commit(self.sequence + 1, commit, kind);
         if let Err(error) = self.disk.write_at(&self.path, &record, self.size_bytes) {
             // A partial record must not stay in front of the next one.
             return match self.disk.set_len(&self.path, self.size_bytes) {
@@ -566,8 +633,6 @@ impl CommitLog {
                 Err(_) => Err(CommitError::Unknown(error)),
             };
         }
-        self.disk.sync(&self.path).map_err(CommitError::Unknown)?;
-        self.sequence += 1;
         self.size_bytes += record.len() as u64;
         Ok(())
     }
@@ -601,7 +666,7 @@ impl CommitLog {
         let mut records = vec![encode_header(sequence, &self.identity)];
         for commit in snapshot_commits(ends, starts, meta) {
             sequence += 1;
-            records.push(encode_commit(sequence, &commit));
+            records.push(encode_commit(sequence, &commit, KIND_COMMIT));
         }
         let parts: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         self.disk.write_file(&tmp, &parts)?;
@@ -783,6 +848,7 @@ mod tests {
                 replayed,
                 valid_len,
                 sequence,
+                ..
             } => (
                 CommitLog::resume(&Disk::default(), dir, identity, valid_len, sequence).unwrap(),
                 replayed,
@@ -842,6 +908,50 @@ mod tests {
         assert_eq!(again.ends, replayed.ends);
         assert_eq!(again.starts, replayed.starts);
         assert_eq!(again.meta, replayed.meta);
+    }
+
+    #[test]
+    fn unflushed_commits_are_left_to_the_caller_until_a_durable_one_follows() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::create(&Disk::default(), d.path()).unwrap();
+        log.commit(&ends(&[end(1, 0, 10)])).unwrap();
+        let first_unflushed = log.size_bytes();
+        log.commit_unflushed(&ends(&[end(1, 0, 20)])).unwrap();
+        log.commit_unflushed(&ends(&[end(1, 0, 30)])).unwrap();
+        log.sync().unwrap();
+        let OnDisk::Current {
+            replayed,
+            sequence,
+            unflushed,
+            ..
+        } = read(d.path()).unwrap()
+        else {
+            panic!("expected a current commit log")
+        };
+        // Replayed holds the durable prefix; the rest is named with where it starts.
+        assert_eq!(replayed.ends[&(TopicId(1), PartitionId(0))], Offset(10));
+        assert_eq!(sequence, 2);
+        let found: Vec<_> = unflushed
+            .iter()
+            .map(|u| (u.position, u.sequence, u.commit.ends.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (first_unflushed, 3, vec![end(1, 0, 20)]),
+                (
+                    first_unflushed + ends(&[]).record_len() as u64 + ENTRY_LEN as u64,
+                    4,
+                    vec![end(1, 0, 30)]
+                ),
+            ]
+        );
+        // A durable commit after them says they were flushed before it.
+        log.commit(&ends(&[end(2, 0, 5)])).unwrap();
+        let (_, replayed) = reopen(d.path());
+        assert_eq!(replayed.ends[&(TopicId(1), PartitionId(0))], Offset(30));
+        assert_eq!(replayed.ends[&(TopicId(2), PartitionId(0))], Offset(5));
+        assert_eq!(replayed.commits, 4);
     }
 
     #[test]
@@ -930,7 +1040,7 @@ mod tests {
             starts: vec![end(1, 0, 0)],
             meta: vec![(9, Some(vec![7; 16])), (10, None)],
         };
-        let record = encode_commit(1, &commit);
+        let record = encode_commit(1, &commit, KIND_COMMIT);
         match decode_record(&record) {
             Decoded::Record {
                 record: Record::Commit(c),

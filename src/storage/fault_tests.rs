@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::tests::{append, open, read_ids, records, spec, try_open_on};
+use super::tests::{append, open, read_ids, records, spec, try_open_flushing, try_open_on};
 use super::*;
 
 fn batch(s: &TopicSpec, partition: u32, from: i64, to: i64) -> PartitionBatch {
@@ -129,16 +129,28 @@ struct Attempt {
 
 #[tokio::test]
 async fn a_power_cut_loses_nothing_acknowledged() {
-    // Rounds of appends across two topics (multi-partition, small segments so rolls and seals
-    // happen, fewer open handles than files so closing written handles happens), each ended
-    // by a power cut after a random number of disk operations; then what was not fsynced is
-    // dropped (all of it or a torn prefix, maybe zeroed) and the log is recovered. Every
-    // acknowledged append must be there, in order, and every append whole or not at all.
+    power_cut_rounds(FlushPolicy::Always).await;
+}
+
+#[tokio::test]
+async fn a_power_cut_under_the_interval_policy_keeps_a_prefix_of_commits_and_every_flush() {
+    // Flushes come only from `Log::flush`, at random points between appends.
+    power_cut_rounds(FlushPolicy::Interval(std::time::Duration::from_secs(3600))).await;
+}
+
+/// Rounds of appends across two topics (multi-partition, small segments so rolls and seals
+/// happen, fewer open handles than files so closing written handles happens), each ended by
+/// a power cut after a random number of disk operations; then what was not fsynced is
+/// dropped (all of it or a torn prefix, maybe zeroed) and the log is recovered. What the log
+/// holds must be the appends of a prefix of the attempts, each whole, that includes every
+/// append made durable: under `always` every acknowledged one, under `interval` every one
+/// acknowledged before the last flush.
+async fn power_cut_rounds(flush: FlushPolicy) {
     let seed = std::env::var("RUNNEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| now_ms() as u64);
-    println!("power cut seed: {seed} (replay with RUNNEL_SEED={seed})");
+    println!("power cut seed: {seed} (replay with RUNNEL_SEED={seed}), {flush:?}");
     let mut rng = seed | 1;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -164,14 +176,19 @@ async fn a_power_cut_loses_nothing_acknowledged() {
     let mut tally = HashMap::<&str, usize>::new();
     for round in 0..30 {
         let faults = Faults::new();
-        let log = try_open_on(
+        let log = try_open_flushing(
             dir.path(),
             specs.clone(),
             Disk::with_faults(16, faults.clone()),
+            flush,
         )
         .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
         faults.cut_power_after(next(400));
         let mut attempts: Vec<(usize, Attempt)> = vec![];
+        // The acknowledged attempts are all before `acknowledged`; those made durable, all
+        // before `durable`.
+        let mut acknowledged_to = 0;
+        let mut durable = 0;
         while !faults.power_is_off() {
             let t = next(2) as usize;
             let mut parts = vec![];
@@ -194,6 +211,16 @@ async fn a_power_cut_loses_nothing_acknowledged() {
                     acknowledged,
                 },
             ));
+            if acknowledged {
+                acknowledged_to = attempts.len();
+            }
+            let flushed = match flush {
+                FlushPolicy::Always => true,
+                FlushPolicy::Interval(_) => next(6) == 0 && log.flush().await.is_ok(),
+            };
+            if flushed {
+                durable = acknowledged_to;
+            }
         }
         log.shutdown();
         drop(log);
@@ -208,9 +235,10 @@ async fn a_power_cut_loses_nothing_acknowledged() {
                 found.insert((t, p), ids);
             }
         }
-        // Replay the attempts over what the log held: acknowledged ones must be there; the
-        // rest may be, whole.
-        for (t, attempt) in &attempts {
+        // Replay the attempts over what the log held: each whole or absent, the present
+        // ones a prefix, and every durable one present.
+        let mut kept = 0;
+        for (i, (t, attempt)) in attempts.iter().enumerate() {
             let present: Vec<bool> = attempt
                 .parts
                 .iter()
@@ -218,21 +246,33 @@ async fn a_power_cut_loses_nothing_acknowledged() {
                 .collect();
             let whole = present.iter().all(|&b| b) || present.iter().all(|&b| !b);
             assert!(whole, "seed {seed} round {round}: an append was split");
+            if present[0] {
+                assert_eq!(
+                    kept, i,
+                    "seed {seed} round {round}: attempt {i} kept after a lost one"
+                );
+                kept += 1;
+            }
             *tally
                 .entry(match (attempt.acknowledged, present[0]) {
-                    (true, _) => "acknowledged",
+                    (true, true) => "acknowledged",
+                    (true, false) => "acknowledged, unflushed and gone",
                     (false, true) => "failed but recovered",
                     (false, false) => "failed and gone",
                 })
                 .or_default() += 1;
-            // Expected: every acknowledged append, and the unacknowledged ones recovery
-            // kept. An acknowledged append that was lost makes `found` differ below.
-            if attempt.acknowledged || present[0] {
+            // Expected: the kept ones. A durable append that was lost makes `found` differ
+            // below, or `kept` fall short.
+            if present[0] {
                 for &(p, from, to) in &attempt.parts {
                     expected.entry((*t, p)).or_default().extend(from..to);
                 }
             }
         }
+        assert!(
+            kept >= durable,
+            "seed {seed} round {round}: {kept} appends kept, {durable} were durable"
+        );
         for (key, ids) in &found {
             assert_eq!(
                 ids,
@@ -244,6 +284,13 @@ async fn a_power_cut_loses_nothing_acknowledged() {
     }
     println!("power cut appends: {tally:?}");
     assert!(tally["acknowledged"] > 30 && tally["failed and gone"] > 0);
+    if flush != FlushPolicy::Always {
+        // The interval policy's loss window was exercised, not only its happy path.
+        assert!(
+            tally.contains_key("acknowledged, unflushed and gone"),
+            "{tally:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Invariants:
-//! - A record is visible to readers only once it is durable (steps 1–3 done).
+//! - A record is visible to readers only once it is durable (steps 1–3 done) — under the
+//!   `interval` [`FlushPolicy`], once written, with steps 2 and 3's fsyncs left to the next
+//!   flush, which fsyncs the partitions before the commit log.
 //! - A commit record is the unit of atomicity: an append touching several partitions is
 //!   visible whole or not at all, also across a crash (recovery cuts every partition back to
 //!   its last committed end).
@@ -283,6 +285,23 @@ pub struct LogConfig {
     pub max_hold_bytes: u64,
     /// The files, through a bounded set of open handles (and, in tests, faults).
     pub disk: Disk,
+    /// When appended records reach stable storage.
+    pub flush: FlushPolicy,
+}
+
+/// When appended records are fsynced (`--flush-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Before an append is acknowledged (group commit shares one fsync among all waiting
+    /// appends). Nothing acknowledged is lost, even when the machine loses power.
+    Always,
+    /// Every so often: an append is acknowledged once it is written to the operating system,
+    /// as Kafka does by default. A crash of the process (`kill -9`) loses nothing; a crash of
+    /// the machine (power, kernel) may lose what was acknowledged in the last interval, and
+    /// recovery keeps a prefix of the commits (appends stay whole, and a query's output
+    /// stays with its checkpoint). Metadata commits (DDL, consumer group offsets) are still
+    /// fsynced at once, with every record before them.
+    Interval(Duration),
 }
 
 impl LogConfig {
@@ -295,6 +314,7 @@ impl LogConfig {
             queue_depth: 1024,
             max_hold_bytes: DEFAULT_MAX_HOLD_BYTES,
             disk: Disk::default(),
+            flush: FlushPolicy::Always,
         }
     }
 }
@@ -380,6 +400,10 @@ enum Command {
     Retention {
         reply: Option<Reply<usize>>,
     },
+    /// Fsyncs what the `interval` flush policy left unsynced.
+    Flush {
+        reply: Option<Reply<()>>,
+    },
 }
 
 struct Shared {
@@ -411,7 +435,8 @@ pub struct Log {
     /// `None` once shut down.
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    retention_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Stops the threads that send periodic commands (retention, flushes).
+    tickers: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
 fn topic_dir(root: &Path, spec: &TopicSpec) -> PathBuf {
@@ -447,6 +472,8 @@ pub struct Opening {
     config: LogConfig,
     lock: lock::DataDirLock,
     found: OnDisk,
+    /// Whether the commit log ends in commits written ahead of their records' fsync.
+    unflushed: bool,
 }
 
 impl Opening {
@@ -485,6 +512,7 @@ impl Opening {
             config,
             lock,
             found,
+            unflushed,
         } = self;
         let root = config.dir.clone();
         let disk = &config.disk;
@@ -499,10 +527,14 @@ impl Opening {
                 replayed,
                 valid_len,
                 sequence,
-            } => (
-                CommitLog::resume(disk, &root, identity, valid_len, sequence)?,
-                replayed,
-            ),
+                unflushed,
+            } => {
+                debug_assert!(unflushed.is_empty(), "settled by begin_open");
+                (
+                    CommitLog::resume(disk, &root, identity, valid_len, sequence)?,
+                    replayed,
+                )
+            }
             OnDisk::Legacy { replayed } => (CommitLog::migrate(disk, &root, &replayed)?, replayed),
         };
         std::fs::create_dir_all(&topics_root).map_err(|e| StorageError::io(&topics_root, e))?;
@@ -552,6 +584,17 @@ impl Opening {
             );
         }
         settle_unknown_topics(disk, &root, &live, issued)?;
+        if unflushed {
+            // Records a crash of the process left unflushed may be only in the page cache:
+            // make them and the commit log durable before anything is written after them, so
+            // that every commit up to the last one fsynced names durable records.
+            for topic in live.values() {
+                for partition in &topic.partitions {
+                    partition.sync()?;
+                }
+            }
+            commit_log.sync()?;
+        }
         let starts: CommittedEnds = replayed
             .starts
             .into_iter()
@@ -572,37 +615,32 @@ impl Opening {
             shared: shared.clone(),
             commit_log,
             starts,
+            unflushed: HashMap::new(),
+            commit_log_unflushed: false,
         };
         let handle = std::thread::Builder::new()
             .name("runnel-log-writer".into())
             .spawn(move || writer.run(commands_rx))
             .map_err(|e| StorageError::io(&root, e))?;
 
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let ticks = commands_tx.clone();
-        let interval = config.retention_check_interval;
-        std::thread::Builder::new()
-            .name("runnel-retention".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(interval)
-                {
-                    if ticks
-                        .blocking_send(Command::Retention { reply: None })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| StorageError::io(&root, e))?;
+        let mut stops = vec![tick(
+            "runnel-retention",
+            config.retention_check_interval,
+            &commands_tx,
+            || Command::Retention { reply: None },
+        )?];
+        if let FlushPolicy::Interval(every) = config.flush {
+            stops.push(tick("runnel-flush", every, &commands_tx, || {
+                Command::Flush { reply: None }
+            })?);
+        }
 
         Ok(Log {
             shared,
             _lock: lock,
             commands: Mutex::new(Some(commands_tx)),
             writer: Mutex::new(Some(handle)),
-            retention_stop: Mutex::new(Some(stop_tx)),
+            tickers: Mutex::new(stops),
         })
     }
 }
@@ -615,7 +653,8 @@ impl Log {
         let root = config.dir.clone();
         std::fs::create_dir_all(&root).map_err(|e| StorageError::io(&root, e))?;
         let lock = lock::DataDirLock::acquire(&root)?;
-        let found = commit_log::read(&root)?;
+        let mut found = commit_log::read(&root)?;
+        let unflushed = settle_unflushed(&config.disk, &root, &mut found)?;
         if matches!(found, OnDisk::Missing | OnDisk::Empty)
             && let Some(data) = data_without_commit_log(&root)?
         {
@@ -639,6 +678,7 @@ impl Log {
             config,
             lock,
             found,
+            unflushed,
         })
     }
 
@@ -743,6 +783,13 @@ impl Log {
         .await
     }
 
+    /// Makes every acknowledged append durable now (under the `interval` flush policy; under
+    /// `always` they already are).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.request(|reply| Command::Flush { reply: Some(reply) })
+            .await
+    }
+
     /// Applies retention now (it also runs periodically); returns the segments deleted.
     pub async fn enforce_retention(&self) -> Result<usize, StorageError> {
         self.request(|reply| Command::Retention { reply: Some(reply) })
@@ -786,11 +833,11 @@ impl Log {
 
     /// Stops the writer after it has finished every append already queued.
     pub fn shutdown(&self) {
-        if let Some(stop) = self.retention_stop.lock().expect("lock").take() {
+        for stop in self.tickers.lock().expect("lock").drain(..) {
             let _ = stop.send(());
         }
-        // Dropping the last sender lets the writer drain the queue and exit (the retention
-        // thread drops its clone when it sees the stop signal).
+        // Dropping the last sender lets the writer drain the queue, flush and exit (the
+        // tickers drop their clones when they see the stop signal).
         self.commands.lock().expect("commands lock").take();
         let handle = self.writer.lock().expect("writer handle lock").take();
         if let Some(handle) = handle {
@@ -815,6 +862,99 @@ impl Drop for Log {
 
 /// What a data directory without a commit log holds that only a commit log could account
 /// for, if anything.
+/// Sends the writer `command()` every `period` until the returned sender is used or dropped.
+fn tick(
+    name: &str,
+    period: Duration,
+    commands: &mpsc::Sender<Command>,
+    command: fn() -> Command,
+) -> Result<std::sync::mpsc::Sender<()>, StorageError> {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let commands = commands.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(period)
+            {
+                if commands.blocking_send(command()).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StorageError::io(Path::new(name), e))?;
+    Ok(stop_tx)
+}
+
+/// Keeps the commit records written ahead of their records' fsync (the `interval` flush
+/// policy) whose records all reached the disk, in order, up to the first that names records
+/// a crash of the machine lost; that one and every one after it are cut off. Appends stay
+/// whole and a prefix of the commits survives, so a query's output stays with its
+/// checkpoint. Returns whether there were any such records.
+fn settle_unflushed(disk: &Disk, root: &Path, found: &mut OnDisk) -> Result<bool, StorageError> {
+    let OnDisk::Current {
+        replayed,
+        valid_len,
+        sequence,
+        unflushed,
+        ..
+    } = found
+    else {
+        return Ok(false);
+    };
+    if unflushed.is_empty() {
+        return Ok(false);
+    }
+    let topics_root = root.join("topics");
+    let mut topic_dirs: HashMap<TopicId, PathBuf> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir(&topics_root) {
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io(&topics_root, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(id) = name.rsplit_once('-').and_then(|(_, id)| id.parse().ok()) {
+                topic_dirs.insert(TopicId(id), entry.path());
+            }
+        }
+    }
+    // The commits replayed so far are durable with their records: scans start there.
+    let durable = replayed.ends.clone();
+    let mut intact: HashMap<(TopicId, PartitionId), Offset> = HashMap::new();
+    let records = std::mem::take(unflushed);
+    let total = records.len();
+    for (kept, record) in records.into_iter().enumerate() {
+        let mut whole = true;
+        for &(topic, partition, end) in &record.commit.ends {
+            let on_disk = match intact.get(&(topic, partition)) {
+                Some(offset) => *offset,
+                None => {
+                    let from = durable.get(&(topic, partition)).copied();
+                    let offset = match topic_dirs.get(&topic) {
+                        Some(dir) => partition::intact_end(
+                            disk,
+                            &partition_dir(dir, partition.0),
+                            from.unwrap_or_default(),
+                        )?,
+                        None => from.unwrap_or_default(),
+                    };
+                    *intact.entry((topic, partition)).or_insert(offset)
+                }
+            };
+            whole &= end <= on_disk;
+        }
+        if !whole {
+            tracing::warn!(
+                commit_log = %root.join(COMMIT_LOG_FILE).display(),
+                lost_commits = total - kept,
+                "the machine stopped before records written under the interval flush policy                  reached the disk: the commits naming them are cut off"
+            );
+            *valid_len = record.position;
+            return Ok(true);
+        }
+        *sequence = record.sequence;
+        replayed.apply(record.commit);
+    }
+    Ok(true)
+}
+
 fn data_without_commit_log(root: &Path) -> Result<Option<String>, StorageError> {
     let mut found = vec![];
     let topics = root.join("topics");

@@ -360,6 +360,28 @@ impl Partition {
     }
 }
 
+/// Where a partition's intact records end on disk, changing nothing, given that those before
+/// `durable_end` are intact: frames are walked from there, across segment boundaries while
+/// each segment ends where the next one starts, up to the first that is torn or missing.
+/// What a crash of the machine left of records written under the `interval` flush policy.
+pub fn intact_end(disk: &Disk, dir: &Path, durable_end: Offset) -> Result<Offset, StorageError> {
+    if !dir.is_dir() {
+        return Ok(durable_end);
+    }
+    let bases = segment::list_segments(dir)?;
+    let Some(first) = bases.iter().rposition(|base| *base <= durable_end) else {
+        return Ok(durable_end);
+    };
+    let mut end = durable_end;
+    for (i, &base) in bases[first..].iter().enumerate() {
+        if i > 0 && base != end {
+            break;
+        }
+        end = Segment::intact_end(disk, dir, base, end)?;
+    }
+    Ok(end)
+}
+
 fn recover(
     disk: &Disk,
     dir: &Path,

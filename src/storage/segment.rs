@@ -271,6 +271,71 @@ impl Segment {
         Ok(segment)
     }
 
+    /// Where a scan of the frames up to `until` can start: the last index entry that points
+    /// at a real frame at or before it (the index files are not fsynced with the frames, so
+    /// each candidate is checked), with the index before it; else the segment's start.
+    fn resume_point(&self, dir: &Path, until: Offset) -> (u64, Offset, SegmentIndex) {
+        let size = self.size_bytes();
+        let offsets = fs::read(offset_index_path(dir, self.base_offset))
+            .ok()
+            .and_then(|b| index::decode_offset_index(&b))
+            .unwrap_or_default();
+        let times = fs::read(time_index_path(dir, self.base_offset))
+            .ok()
+            .and_then(|b| index::decode_time_index(&b))
+            .unwrap_or_default();
+        for (i, entry) in offsets.iter().enumerate().rev() {
+            let offset = self.base_offset.plus(entry.relative_offset as u64);
+            if offset > until || (entry.position as u64) >= size {
+                continue;
+            }
+            let ok = matches!(self.header_at(entry.position as u64), Ok(Some(h)) if h.base_offset == offset);
+            if ok {
+                let mut index = SegmentIndex::from_entries(
+                    offsets[..i].to_vec(),
+                    times
+                        .iter()
+                        .copied()
+                        .filter(|t| t.position < entry.position)
+                        .collect(),
+                );
+                index.truncate_to(entry.position as u64);
+                return (entry.position as u64, offset, index);
+            }
+        }
+        (0, self.base_offset, SegmentIndex::new())
+    }
+
+    /// Where the intact frames of the segment at `base` end (the offset after the last
+    /// one), changing nothing, scanning from the frame at or before `from` (records known
+    /// intact up to there): what a crash of the machine left of unflushed frames.
+    pub fn intact_end(
+        disk: &Disk,
+        dir: &Path,
+        base: Offset,
+        from: Offset,
+    ) -> Result<Offset, StorageError> {
+        let path = log_path(dir, base);
+        let segment = Segment {
+            base_offset: base,
+            path: path.clone(),
+            disk: disk.clone(),
+            state: RwLock::new(SegmentState {
+                index: SegmentIndex::new(),
+                size_bytes: disk.len(&path)?,
+            }),
+        };
+        let (mut position, mut offset, _) = segment.resume_point(dir, from);
+        while let Ok(Some(header)) = segment.header_at(position) {
+            if header.base_offset != offset || segment.frame_at(position, &header).is_err() {
+                break;
+            }
+            position += header.length as u64;
+            offset = header.end_offset();
+        }
+        Ok(offset)
+    }
+
     /// Walks frames from `position` (the frame there starts at `offset`), verifying each one,
     /// until `stop_at` (an offset) or the end of the file. Returns the index rebuilt from
     /// `start_index` plus the frames walked, the position after the last good frame, and the
@@ -422,38 +487,7 @@ impl SegmentWriter {
                 size_bytes: size,
             }),
         };
-        // Start from the last index entry that points at a real frame at or before the
-        // committed end; the index files were not fsynced with the frames, so check.
-        let offsets = fs::read(offset_index_path(dir, base))
-            .ok()
-            .and_then(|b| index::decode_offset_index(&b))
-            .unwrap_or_default();
-        let times = fs::read(time_index_path(dir, base))
-            .ok()
-            .and_then(|b| index::decode_time_index(&b))
-            .unwrap_or_default();
-        let mut start = (0u64, base, SegmentIndex::new());
-        for (i, entry) in offsets.iter().enumerate().rev() {
-            let offset = base.plus(entry.relative_offset as u64);
-            if offset > committed_end || (entry.position as u64) >= size {
-                continue;
-            }
-            let ok = matches!(segment.header_at(entry.position as u64), Ok(Some(h)) if h.base_offset == offset);
-            if ok {
-                let mut index = SegmentIndex::from_entries(
-                    offsets[..i].to_vec(),
-                    times
-                        .iter()
-                        .copied()
-                        .filter(|t| t.position < entry.position)
-                        .collect(),
-                );
-                index.truncate_to(entry.position as u64);
-                start = (entry.position as u64, offset, index);
-                break;
-            }
-        }
-        let (position, offset, index) = start;
+        let (position, offset, index) = segment.resume_point(dir, committed_end);
         let (index, end_position, end_offset) =
             match segment.scan(position, offset, Some(index), committed_end.0) {
                 Ok(done) => done,

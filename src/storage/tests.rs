@@ -58,9 +58,20 @@ pub(super) fn try_open_on(
     specs: Vec<TopicSpec>,
     disk: Disk,
 ) -> Result<Log, StorageError> {
+    try_open_flushing(dir, specs, disk, FlushPolicy::Always)
+}
+
+/// [`try_open_on`] under the flush policy `flush`.
+pub(super) fn try_open_flushing(
+    dir: &Path,
+    specs: Vec<TopicSpec>,
+    disk: Disk,
+    flush: FlushPolicy,
+) -> Result<Log, StorageError> {
     let mut config = LogConfig::new(dir);
     config.frame_bytes_target = 4096;
     config.disk = disk;
+    config.flush = flush;
     let issued = TopicId(specs.iter().map(|s| s.id.0 + 1).max().unwrap_or(1));
     Log::begin_open(config)?.open(specs, issued)
 }

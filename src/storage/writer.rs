@@ -8,6 +8,12 @@
 //! the cost of an fsync is shared by every writer waiting on it: durability costs latency,
 //! not throughput.
 //!
+//! Under the `interval` flush policy a group's frames and commit record are written but not
+//! fsynced; the writers are acknowledged at once, and the partitions written since are
+//! fsynced every interval, then the commit log. Whatever fsyncs the commit log (a commit of
+//! metadata alone, a rewrite, a flush) first fsyncs every partition written before it, so a
+//! commit the commit log holds durably never names records that are not durable.
+//!
 //! Failures, by what they leave behind:
 //! - A write that fails (a full disk, say) undoes the group: every touched partition is put
 //!   back to its committed end, exactly as recovery would, and all its appends fail. Nothing
@@ -28,8 +34,8 @@ use super::commit_log::{Commit, CommitError, CommitLog, CommittedEnds};
 use super::partition::{AppendOptions, Partition};
 use super::types::{Offset, PartitionId, now_ms};
 use super::{
-    AppendedRange, Command, Holds, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply, Shared,
-    Snapshot, StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir,
+    AppendedRange, Command, FlushPolicy, Holds, MetaUpdate, PartitionBatch, RECORD_LEN_MAX, Reply,
+    Shared, Snapshot, StorageError, Topic, TopicId, TopicSpec, VALUE_LEN_MAX, partition_dir,
     timestamp_column, topic_dir,
 };
 
@@ -50,6 +56,13 @@ struct AppendRequest {
 }
 
 impl AppendRequest {
+    /// Metadata with no records (DDL, a consumer group's offsets): fsynced at once under
+    /// every flush policy.
+    fn is_metadata_alone(&self) -> bool {
+        self.batches.iter().all(|b| b.records.num_rows() == 0)
+            && (!self.meta.is_empty() || self.meta_after.is_some())
+    }
+
     fn meta_bytes(&self) -> usize {
         self.meta
             .iter()
@@ -63,6 +76,10 @@ pub(super) struct Writer {
     pub(super) commit_log: CommitLog,
     /// Log start offsets committed so far (partitions not named start at 0).
     pub(super) starts: CommittedEnds,
+    /// Partitions written since their last fsync (`interval` flush policy).
+    pub(super) unflushed: HashMap<(TopicId, PartitionId), (Arc<Topic>, Arc<Partition>)>,
+    /// Whether the commit log holds records written since its last fsync.
+    pub(super) commit_log_unflushed: bool,
 }
 
 impl Writer {
@@ -118,12 +135,44 @@ impl Writer {
             group_bytes = 0;
             group_meta_bytes = 0;
         }
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "flushing at shutdown failed");
+        }
         tracing::debug!("log writer stopped");
     }
 
     fn execute(&mut self, command: Command) {
+        // Topic files change below: what was written before goes to disk first.
+        if let Err(e) = self.flush() {
+            let error = StorageError::Failed(e.to_string());
+            match command {
+                Command::Append { .. } => unreachable!("appends are grouped"),
+                Command::CreateTopic { reply, .. } | Command::DropTopic { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
+                Command::TruncateBefore { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                }
+                Command::Retention { reply } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                Command::Flush { reply } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            return;
+        }
         match command {
             Command::Append { .. } => unreachable!("appends are grouped"),
+            Command::Flush { reply } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
             Command::CreateTopic { spec, reply } => {
                 let _ = reply.send(self.create_topic(spec));
             }
@@ -180,12 +229,47 @@ impl Writer {
         *self.shared.failed.lock().expect("failed lock") = Some(reason);
     }
 
-    /// Commits a record with no records: new log start offsets or metadata alone. A failure
-    /// to write it fails the operation; a failed fsync fails the log.
-    fn commit_alone(&mut self, commit: Commit) -> Result<(), StorageError> {
+    /// Fsyncs the partitions written since their last fsync, then the commit log (the
+    /// `interval` flush policy's periodic work; under `always` there is nothing to do). A
+    /// failure fails the log: what is on disk is unknown.
+    fn flush(&mut self) -> Result<(), StorageError> {
         if let Some(reason) = self.failed() {
             return Err(StorageError::Failed(reason));
         }
+        if self.unflushed.is_empty() && !self.commit_log_unflushed {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let partitions: Vec<_> = self.unflushed.drain().map(|(_, p)| p).collect();
+        if let Err(error) = sync_all(&partitions) {
+            self.fail(format!("flushing written records: {error}"));
+            return Err(error);
+        }
+        // An empty commit, fsynced: it marks every commit before it durable with its
+        // records, so recovery after a crash of the machine checks one interval at most.
+        let marked = match self.commit_log.commit(&Commit::default()) {
+            // A full disk: the commits are as durable without the mark.
+            Err(CommitError::NotWritten(_)) => self.commit_log.sync(),
+            Err(CommitError::Unknown(error)) => Err(error),
+            Ok(()) => Ok(()),
+        };
+        if let Err(error) = marked {
+            self.fail(format!("flushing the commit log: {error}"));
+            return Err(error);
+        }
+        self.commit_log_unflushed = false;
+        tracing::trace!(
+            partitions = partitions.len(),
+            us = started.elapsed().as_micros() as u64,
+            "flushed"
+        );
+        Ok(())
+    }
+
+    /// Commits a record with no records: new log start offsets or metadata alone. A failure
+    /// to write it fails the operation; a failed fsync fails the log.
+    fn commit_alone(&mut self, commit: Commit) -> Result<(), StorageError> {
+        self.flush()?;
         match self.commit_log.commit(&commit) {
             Ok(()) => Ok(()),
             Err(CommitError::NotWritten(e)) => Err(e),
@@ -285,7 +369,24 @@ impl Writer {
             }
             return;
         }
-        if let Err(error) = sync_all(&touched) {
+        // Under the interval policy, records wait for the next flush, unless a request in
+        // the group commits metadata alone: then everything unflushed is fsynced with it.
+        let later = matches!(self.shared.config.flush, FlushPolicy::Interval(_))
+            && !accepted.iter().any(AppendRequest::is_metadata_alone);
+        if later {
+            for (topic, partition) in &touched {
+                self.unflushed
+                    .entry((topic.spec.id, partition.id))
+                    .or_insert_with(|| (topic.clone(), partition.clone()));
+            }
+        } else {
+            for (key, (topic, partition)) in self.unflushed.drain() {
+                if !order.contains(&key) {
+                    touched.push((topic, partition));
+                }
+            }
+        }
+        if let Err(error) = if later { Ok(()) } else { sync_all(&touched) } {
             self.fail(format!("syncing written records: {error}"));
             let message = error.to_string();
             for request in accepted {
@@ -316,8 +417,13 @@ impl Writer {
             starts: vec![],
             meta,
         };
-        match self.commit_log.commit(&commit) {
-            Ok(()) => {}
+        let committed = if later {
+            self.commit_log.commit_unflushed(&commit)
+        } else {
+            self.commit_log.commit(&commit)
+        };
+        match committed {
+            Ok(()) => self.commit_log_unflushed = later,
             Err(CommitError::NotWritten(error)) => {
                 tracing::error!(%error, "writing a commit record failed; undoing the group");
                 self.undo(&touched);
@@ -391,6 +497,8 @@ impl Writer {
     }
 
     fn rewrite_commit_log(&mut self) -> Result<(), StorageError> {
+        // The rewrite is fsynced: the records it names must be durable first.
+        self.flush()?;
         let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
         let mut ends = CommittedEnds::new();
         for (topic, topic_ends) in &snapshot.ends {
