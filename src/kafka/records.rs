@@ -426,7 +426,7 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>, max_bytes: usize) -> Result<(),
 fn compress(codec: Codec, records: &[u8]) -> Vec<u8> {
     use std::io::Write;
     match codec {
-        Codec::None => records.to_vec(),
+        Codec::None => records.to_vec(), // not called for it: encode_batch writes in place
         Codec::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
             encoder.write_all(records).expect("writing to memory");
@@ -470,39 +470,9 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
     assert!(n > 0, "a batch has records");
     let base_timestamp = records.timestamps.iter().copied().min().expect("records");
     let max_timestamp = records.timestamps.iter().copied().max().expect("records");
-    let mut body = BytesMut::new();
-    let mut record = BytesMut::new();
-    for i in 0..n {
-        record.clear();
-        record.put_i8(0);
-        put_varlong(&mut record, records.timestamps[i] - base_timestamp);
-        put_varlong(&mut record, i as i64);
-        put_bytes(
-            &mut record,
-            records.keys.is_valid(i).then(|| records.keys.value(i)),
-        );
-        put_bytes(
-            &mut record,
-            records.values.is_valid(i).then(|| records.values.value(i)),
-        );
-        let headers = records.headers.value(i);
-        let headers = headers.as_struct();
-        put_varlong(&mut record, headers.len() as i64);
-        let (keys, values) = (
-            headers.column(0).as_string::<i32>(),
-            headers.column(1).as_binary::<i32>(),
-        );
-        for h in 0..headers.len() {
-            put_bytes(&mut record, Some(keys.value(h).as_bytes()));
-            put_bytes(&mut record, values.is_valid(h).then(|| values.value(h)));
-        }
-        put_varlong(&mut body, record.len() as i64);
-        body.put_slice(&record);
-    }
-    let payload = compress(codec, &body);
     let start = out.len();
     out.put_i64(base_offset);
-    out.put_i32((HEADER_BYTES - 12 + payload.len()) as i32);
+    out.put_i32(0); // batch length, below
     out.put_i32(0); // leader epoch
     out.put_i8(2); // magic
     out.put_u32(0); // CRC, below
@@ -514,9 +484,78 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
     out.put_i16(-1); // producer epoch
     out.put_i32(-1); // base sequence
     out.put_i32(n as i32);
-    out.put_slice(&payload);
+    if codec == Codec::None {
+        // Uncompressed (every fetch): the records go straight into `out`.
+        put_records(out, records, base_timestamp);
+    } else {
+        let mut body = BytesMut::new();
+        put_records(&mut body, records, base_timestamp);
+        out.put_slice(&compress(codec, &body));
+    }
+    let batch_length = (out.len() - start - 12) as i32;
+    out[start + 8..start + 12].copy_from_slice(&batch_length.to_be_bytes());
     let crc = crc32c::crc32c(&out[start + CRC_FROM..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The records of a batch, each with its length in front. The headers' list offsets and
+/// columns are read once, not sliced per record.
+fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
+    let header_offsets = records.headers.value_offsets();
+    let entries = records.headers.values().as_struct();
+    let (header_keys, header_values) = (
+        entries.column(0).as_string::<i32>(),
+        entries.column(1).as_binary::<i32>(),
+    );
+    let payload = |a: &arrow::array::BinaryArray| {
+        (a.value_offsets()[a.len()] - a.value_offsets()[0]) as usize
+    };
+    out.reserve(payload(&records.values) + payload(&records.keys) + 16 * records.len());
+    for i in 0..records.len() {
+        let delta = records.timestamps[i] - base_timestamp;
+        let (key, value) = (value_at(&records.keys, i), value_at(&records.values, i));
+        let headers = header_offsets[i] as usize..header_offsets[i + 1] as usize;
+        let header_bytes = |h: usize| {
+            bytes_len(Some(header_keys.value(h).as_bytes())) + bytes_len(value_at(header_values, h))
+        };
+        let length = 1
+            + varlong_len(delta)
+            + varlong_len(i as i64)
+            + bytes_len(key)
+            + bytes_len(value)
+            + varlong_len(headers.len() as i64)
+            + headers.clone().map(header_bytes).sum::<usize>();
+        put_varlong(out, length as i64);
+        out.put_i8(0); // attributes
+        put_varlong(out, delta);
+        put_varlong(out, i as i64);
+        put_bytes(out, key);
+        put_bytes(out, value);
+        put_varlong(out, headers.len() as i64);
+        for h in headers {
+            put_bytes(out, Some(header_keys.value(h).as_bytes()));
+            put_bytes(out, value_at(header_values, h));
+        }
+    }
+}
+
+/// The bytes of row `i`, `None` if it is null.
+fn value_at(array: &arrow::array::BinaryArray, i: usize) -> Option<&[u8]> {
+    array.is_valid(i).then(|| array.value(i))
+}
+
+/// The bytes [`put_varlong`] writes for `value`.
+fn varlong_len(value: i64) -> usize {
+    let raw = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - raw.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The bytes [`put_bytes`] writes for `bytes`.
+fn bytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => 1,
+        Some(bytes) => varlong_len(bytes.len() as i64) + bytes.len(),
+    }
 }
 
 #[cfg(test)]
