@@ -14,7 +14,6 @@
 //! `/usr/lib/postgresql/*/bin`; as root it runs as the `postgres` user. Without it, only
 //! Runnel's figures are printed.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use futures::SinkExt;
 use tokio_postgres::Client;
 
 mod common;
-use common::start_runnel;
+use common::{free_port, start_runnel};
 
 const INSERT_ROWS: usize = 1000;
 const INSERT_CONNECTIONS: usize = 4;
@@ -53,14 +52,6 @@ fn csv_rows(n: usize) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn connect(port: u16, user: &str) -> Client {

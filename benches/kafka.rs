@@ -24,13 +24,13 @@
 //! Kafka's own `kafka-topics` tool for both.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::start_runnel_with;
+use common::{free_port, start_runnel_with};
 
 const RECORDS_100B: u64 = 2_000_000;
 const RECORDS_1K: u64 = 500_000;
@@ -43,14 +43,6 @@ fn scaled(n: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     ((n as f64 * scale) as u64).max(1000)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Where the tools are: fetched and built on first use.

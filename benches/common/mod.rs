@@ -9,6 +9,15 @@ use std::process::{Child, Command, Stdio};
 
 use tokio_postgres::{Client, NoTls};
 
+/// A port no one listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running `runnel` process; killed when dropped.
 pub struct Runnel {
     child: Child,

@@ -79,6 +79,19 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A segment of `size_bytes` with an empty index (to be loaded or rebuilt).
+    fn unindexed(disk: &Disk, path: PathBuf, base: Offset, size_bytes: u64) -> Segment {
+        Segment {
+            base_offset: base,
+            path,
+            disk: disk.clone(),
+            state: RwLock::new(SegmentState {
+                index: SegmentIndex::new(),
+                size_bytes,
+            }),
+        }
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.state.read().expect("segment lock").size_bytes
     }
@@ -239,15 +252,7 @@ impl Segment {
                 && o.last().is_some_and(|e| (e.position as u64) < size_bytes)
                 && t.last().is_none_or(|e| (e.position as u64) < size_bytes)
         };
-        let segment = Segment {
-            base_offset: base,
-            path,
-            disk: disk.clone(),
-            state: RwLock::new(SegmentState {
-                index: SegmentIndex::new(),
-                size_bytes,
-            }),
-        };
+        let segment = Segment::unindexed(disk, path, base, size_bytes);
         match (offsets, times) {
             (Some(o), Some(t)) if plausible(&o, &t) => {
                 segment.state.write().expect("segment lock").index =
@@ -316,15 +321,7 @@ impl Segment {
         from: Offset,
     ) -> Result<Offset, StorageError> {
         let path = log_path(dir, base);
-        let segment = Segment {
-            base_offset: base,
-            path: path.clone(),
-            disk: disk.clone(),
-            state: RwLock::new(SegmentState {
-                index: SegmentIndex::new(),
-                size_bytes: disk.len(&path)?,
-            }),
-        };
+        let segment = Segment::unindexed(disk, path.clone(), base, disk.len(&path)?);
         let (mut position, mut offset, _) = segment.resume_point(dir, from);
         while let Ok(Some(header)) = segment.header_at(position) {
             if header.base_offset != offset || segment.frame_at(position, &header).is_err() {
@@ -440,15 +437,7 @@ impl SegmentWriter {
             disk.create(p)?;
         }
         disk.sync_dir(dir)?;
-        let segment = Segment {
-            base_offset: base,
-            path: path.clone(),
-            disk: disk.clone(),
-            state: RwLock::new(SegmentState {
-                index: SegmentIndex::new(),
-                size_bytes: 0,
-            }),
-        };
+        let segment = Segment::unindexed(disk, path.clone(), base, 0);
         let writer = SegmentWriter {
             base_offset: base,
             disk: disk.clone(),
@@ -478,15 +467,7 @@ impl SegmentWriter {
     ) -> Result<(Segment, SegmentWriter), StorageError> {
         let path = log_path(dir, base);
         let size = disk.len(&path)?;
-        let segment = Segment {
-            base_offset: base,
-            path: path.clone(),
-            disk: disk.clone(),
-            state: RwLock::new(SegmentState {
-                index: SegmentIndex::new(),
-                size_bytes: size,
-            }),
-        };
+        let segment = Segment::unindexed(disk, path.clone(), base, size);
         let (position, offset, index) = segment.resume_point(dir, committed_end);
         let (index, end_position, end_offset) =
             match segment.scan(position, offset, Some(index), committed_end.0) {
