@@ -79,6 +79,8 @@ class Consumer:
 
     def read(self):
         for line in self.process.stdout:
+            if not line.endswith('\n'):
+                break  # the unfinished last line of a consumer killed while it printed
             at, kind, *rest = line.split()
             self.lines.append((float(at), kind, rest))
 
