@@ -441,7 +441,6 @@ pub fn read(dir: &Path) -> Result<OnDisk, StorageError> {
                         commit,
                     }),
                     Record::Header(_) if position == 0 => settled_sequence = s,
-                    Record::Header(_) if position == 0 => {}
                     Record::Header(_) => {
                         return Err(StorageError::corruption(
                             &path,

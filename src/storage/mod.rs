@@ -37,7 +37,7 @@ mod fault_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -472,8 +472,9 @@ pub struct Opening {
     config: LogConfig,
     lock: lock::DataDirLock,
     found: OnDisk,
-    /// Whether the commit log ends in commits written ahead of their records' fsync.
-    unflushed: bool,
+    /// The partitions named by commits kept from those written ahead of their records'
+    /// fsync, if any were kept.
+    unflushed: Option<HashSet<(TopicId, PartitionId)>>,
 }
 
 impl Opening {
@@ -584,12 +585,13 @@ impl Opening {
             );
         }
         settle_unknown_topics(disk, &root, &live, issued)?;
-        if unflushed {
+        if let Some(partitions) = unflushed {
             // Records a crash of the process left unflushed may be only in the page cache:
             // make them and the commit log durable before anything is written after them, so
             // that every commit up to the last one fsynced names durable records.
-            for topic in live.values() {
-                for partition in &topic.partitions {
+            for (topic, partition) in partitions {
+                if let Some(partition) = live.get(&topic).and_then(|t| t.partition(partition).ok())
+                {
                     partition.sync()?;
                 }
             }
@@ -860,8 +862,6 @@ impl Drop for Log {
     }
 }
 
-/// What a data directory without a commit log holds that only a commit log could account
-/// for, if anything.
 /// Sends the writer `command()` every `period` until the returned sender is used or dropped.
 fn tick(
     name: &str,
@@ -889,8 +889,13 @@ fn tick(
 /// policy) whose records all reached the disk, in order, up to the first that names records
 /// a crash of the machine lost; that one and every one after it are cut off. Appends stay
 /// whole and a prefix of the commits survives, so a query's output stays with its
-/// checkpoint. Returns whether there were any such records.
-fn settle_unflushed(disk: &Disk, root: &Path, found: &mut OnDisk) -> Result<bool, StorageError> {
+/// checkpoint. Returns the partitions the kept records name (`None` if none were kept):
+/// their records may be only in the page cache, to be fsynced before anything follows them.
+fn settle_unflushed(
+    disk: &Disk,
+    root: &Path,
+    found: &mut OnDisk,
+) -> Result<Option<HashSet<(TopicId, PartitionId)>>, StorageError> {
     let OnDisk::Current {
         replayed,
         valid_len,
@@ -899,22 +904,15 @@ fn settle_unflushed(disk: &Disk, root: &Path, found: &mut OnDisk) -> Result<bool
         ..
     } = found
     else {
-        return Ok(false);
+        return Ok(None);
     };
     if unflushed.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
-    let topics_root = root.join("topics");
-    let mut topic_dirs: HashMap<TopicId, PathBuf> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir(&topics_root) {
-        for entry in entries {
-            let entry = entry.map_err(|e| StorageError::io(&topics_root, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(id) = name.rsplit_once('-').and_then(|(_, id)| id.parse().ok()) {
-                topic_dirs.insert(TopicId(id), entry.path());
-            }
-        }
-    }
+    let topic_dirs: HashMap<TopicId, PathBuf> = topic_dirs(root)?
+        .into_iter()
+        .filter_map(|dir| Some((topic_id_of(&dir)?, dir)))
+        .collect();
     // The commits replayed so far are durable with their records: scans start there.
     let durable = replayed.ends.clone();
     let mut intact: HashMap<(TopicId, PartitionId), Offset> = HashMap::new();
@@ -923,19 +921,19 @@ fn settle_unflushed(disk: &Disk, root: &Path, found: &mut OnDisk) -> Result<bool
     for (kept, record) in records.into_iter().enumerate() {
         let mut whole = true;
         for &(topic, partition, end) in &record.commit.ends {
-            let on_disk = match intact.get(&(topic, partition)) {
+            let key = (topic, partition);
+            let on_disk = match intact.get(&key) {
                 Some(offset) => *offset,
                 None => {
-                    let from = durable.get(&(topic, partition)).copied();
+                    let from = durable.get(&key).copied().unwrap_or_default();
                     let offset = match topic_dirs.get(&topic) {
-                        Some(dir) => partition::intact_end(
-                            disk,
-                            &partition_dir(dir, partition.0),
-                            from.unwrap_or_default(),
-                        )?,
-                        None => from.unwrap_or_default(),
+                        Some(dir) => {
+                            partition::intact_end(disk, &partition_dir(dir, partition.0), from)?
+                        }
+                        None => from,
                     };
-                    *intact.entry((topic, partition)).or_insert(offset)
+                    intact.insert(key, offset);
+                    offset
                 }
             };
             whole &= end <= on_disk;
@@ -944,17 +942,44 @@ fn settle_unflushed(disk: &Disk, root: &Path, found: &mut OnDisk) -> Result<bool
             tracing::warn!(
                 commit_log = %root.join(COMMIT_LOG_FILE).display(),
                 lost_commits = total - kept,
-                "the machine stopped before records written under the interval flush policy                  reached the disk: the commits naming them are cut off"
+                "the machine stopped before records written under the interval flush policy reached \
+                 the disk: the commits naming them are cut off"
             );
             *valid_len = record.position;
-            return Ok(true);
+            return Ok((kept > 0).then(|| intact.into_keys().collect()));
         }
         *sequence = record.sequence;
         replayed.apply(record.commit);
     }
-    Ok(true)
+    Ok(Some(intact.into_keys().collect()))
 }
 
+/// The directories under `topics/` (none if it does not exist yet).
+fn topic_dirs(root: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let topics_root = root.join("topics");
+    let entries = match std::fs::read_dir(&topics_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(StorageError::io(&topics_root, e)),
+    };
+    entries
+        .map(|entry| {
+            entry
+                .map(|e| e.path())
+                .map_err(|e| StorageError::io(&topics_root, e))
+        })
+        .collect()
+}
+
+/// The topic id a topic directory's name (`<name>-<id>`) carries.
+fn topic_id_of(dir: &Path) -> Option<TopicId> {
+    let name = dir.file_name()?.to_string_lossy();
+    let (_, id) = name.rsplit_once('-')?;
+    id.parse().ok().map(TopicId)
+}
+
+/// What a data directory without a commit log holds that only a commit log could account
+/// for, if anything.
 fn data_without_commit_log(root: &Path) -> Result<Option<String>, StorageError> {
     let mut found = vec![];
     let topics = root.join("topics");
@@ -979,26 +1004,19 @@ fn settle_unknown_topics(
     live: &HashMap<TopicId, Arc<Topic>>,
     issued: TopicId,
 ) -> Result<(), StorageError> {
-    let topics_root = root.join("topics");
-    for entry in std::fs::read_dir(&topics_root).map_err(|e| StorageError::io(&topics_root, e))? {
-        let entry = entry.map_err(|e| StorageError::io(&topics_root, e))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let id = name
-            .rsplit_once('-')
-            .and_then(|(_, id)| id.parse::<u64>().ok())
-            .map(TopicId);
-        match id {
+    for dir in topic_dirs(root)? {
+        match topic_id_of(&dir) {
             Some(id) if live.contains_key(&id) => {}
-            Some(id) if id < issued && entry.path().is_dir() => {
-                tracing::info!(dir = %entry.path().display(), "finishing the deletion of a dropped topic");
-                disk.remove_dir_all(&entry.path())?;
+            Some(id) if id < issued && dir.is_dir() => {
+                tracing::info!(dir = %dir.display(), "finishing the deletion of a dropped topic");
+                disk.remove_dir_all(&dir)?;
             }
             _ => {
-                quarantine(disk, root, &entry.path())?;
+                quarantine(disk, root, &dir)?;
             }
         }
     }
-    disk.sync_dir(&topics_root)
+    disk.sync_dir(&root.join("topics"))
 }
 
 /// Moves `path` (inside the data directory) to `quarantine/<time>/<same relative path>`.

@@ -142,42 +142,21 @@ impl Writer {
     }
 
     fn execute(&mut self, command: Command) {
-        // Topic files change below: what was written before goes to disk first.
-        if let Err(e) = self.flush() {
-            let error = StorageError::Failed(e.to_string());
-            match command {
-                Command::Append { .. } => unreachable!("appends are grouped"),
-                Command::CreateTopic { reply, .. } | Command::DropTopic { reply, .. } => {
-                    let _ = reply.send(Err(error));
-                }
-                Command::TruncateBefore { reply, .. } => {
-                    let _ = reply.send(Err(error));
-                }
-                Command::Retention { reply } => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-                Command::Flush { reply } => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-            }
-            return;
-        }
+        // Topic files change below: what was written before goes to disk first, and nothing
+        // changes if it cannot.
+        let flushed = self.flush();
         match command {
             Command::Append { .. } => unreachable!("appends are grouped"),
             Command::Flush { reply } => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(flushed);
                 }
             }
             Command::CreateTopic { spec, reply } => {
-                let _ = reply.send(self.create_topic(spec));
+                let _ = reply.send(flushed.and_then(|()| self.create_topic(spec)));
             }
             Command::DropTopic { id, reply } => {
-                let _ = reply.send(self.drop_topic(id));
+                let _ = reply.send(flushed.and_then(|()| self.drop_topic(id)));
             }
             Command::TruncateBefore {
                 topic,
@@ -185,16 +164,16 @@ impl Writer {
                 offset,
                 reply,
             } => {
-                let result = self.partition(topic, partition).and_then(|p| {
-                    match p.start_after_deleting_before(offset) {
+                let result = flushed
+                    .and_then(|()| self.partition(topic, partition))
+                    .and_then(|p| match p.start_after_deleting_before(offset) {
                         Some(start) => self.move_starts(vec![(topic, p, start)]),
                         None => Ok(0),
-                    }
-                });
+                    });
                 let _ = reply.send(result);
             }
             Command::Retention { reply } => {
-                let result = self.enforce_retention();
+                let result = flushed.and_then(|()| self.enforce_retention());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "retention failed");
                 }
@@ -381,12 +360,13 @@ impl Writer {
             }
         } else {
             for (key, (topic, partition)) in self.unflushed.drain() {
-                if !order.contains(&key) {
+                if !by_partition.contains_key(&key) {
                     touched.push((topic, partition));
                 }
             }
         }
-        if let Err(error) = if later { Ok(()) } else { sync_all(&touched) } {
+        let synced = if later { Ok(()) } else { sync_all(&touched) };
+        if let Err(error) = synced {
             self.fail(format!("syncing written records: {error}"));
             let message = error.to_string();
             for request in accepted {
