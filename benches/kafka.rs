@@ -195,18 +195,21 @@ fn cpu_seconds(pid: u32) -> f64 {
         .split_whitespace()
         .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = clock_ticks_per_second();
-    ticks as f64 / hz
+    ticks as f64 / clock_ticks_per_second()
 }
 
+/// `getconf CLK_TCK`, asked once.
 fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Runs `rdkafka_performance` and returns its output; fails on a failed run.
@@ -305,16 +308,30 @@ fn latency(tools: &Path, broker: &Broker, topic: &str, rate: u64, dir: &Path) ->
     let file = dir.join(format!("latency-{topic}.txt"));
     let mut consumer = Command::new(tools.join("rdkafka_performance"))
         .args(["-C", "-t", topic, "-p", "0", "-b", &broker.bootstrap])
-        .args(["-o", "end", "-l", "-A"])
+        .args(["-o", "end", "-X", "enable.partition.eof=true", "-l", "-A"])
         .arg(&file)
         .args(["-c", &count.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the latency consumer");
-    // The consumer is at the end of the partition before the first record is sent.
-    let mut lines = BufReader::new(consumer.stdout.take().unwrap()).lines();
-    std::thread::sleep(Duration::from_secs(3));
+    // The first record is sent once the consumer is at the end of the partition (it says so
+    // with partition EOF on); its output is read to the end meanwhile.
+    let stdout = consumer
+        .stdout
+        .take()
+        .expect("the consumer's stdout is piped");
+    let (at_end_tx, at_end) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("reached end of") {
+                let _ = at_end_tx.send(());
+            }
+        }
+    });
+    at_end
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the latency consumer reaches the end of its partition");
     let args = strings(&[
         "-P",
         "-t",
@@ -345,7 +362,6 @@ fn latency(tools: &Path, broker: &Broker, topic: &str, rate: u64, dir: &Path) ->
         assert!(Instant::now() < deadline, "latency consumer did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for _ in lines.by_ref() {}
     let mut micros: Vec<u64> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
@@ -437,44 +453,29 @@ fn main() {
     }
 
     println!();
-    println!(
-        "| | {} |",
-        all.iter().map(|f| f.name).collect::<Vec<_>>().join(" | ")
-    );
+    let row = |label: String, cell: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = all.iter().map(cell).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    row(String::new(), &|f| f.name.to_string());
     println!("|---|{}", "---:|".repeat(all.len()));
     for (i, (label, _)) in all[0].produce.iter().enumerate() {
-        let cells: Vec<String> = all
-            .iter()
-            .map(|f| {
-                let p = &f.produce[i].1;
-                format!(
-                    "{:.0} rec/s, {:.1} MB/s, {:.2} CPU-s/M",
-                    p.records_per_s, p.mb_per_s, p.cpu_s_per_million
-                )
-            })
-            .collect();
-        println!("| produce {label} | {} |", cells.join(" | "));
+        row(format!("produce {label}"), &|f| {
+            let p = &f.produce[i].1;
+            format!(
+                "{:.0} rec/s, {:.1} MB/s, {:.2} CPU-s/M",
+                p.records_per_s, p.mb_per_s, p.cpu_s_per_million
+            )
+        });
     }
-    let cells: Vec<String> = all
-        .iter()
-        .map(|f| format!("{:.0} rec/s", f.consume))
-        .collect();
-    println!(
-        "| consume {} × 100 B | {} |",
-        scaled(RECORDS_CONSUME),
-        cells.join(" | ")
+    row(
+        format!("consume {} × 100 B", scaled(RECORDS_CONSUME)),
+        &|f| format!("{:.0} rec/s", f.consume),
     );
     for (i, (rate, _)) in all[0].latency.iter().enumerate() {
-        let cells: Vec<String> = all
-            .iter()
-            .map(|f| {
-                let l = f.latency[i].1;
-                format!("{:.2} / {:.2} / {:.2} ms", l[0], l[1], l[2])
-            })
-            .collect();
-        println!(
-            "| latency p50 / p99 / p99.9 at {rate}/s | {} |",
-            cells.join(" | ")
-        );
+        row(format!("latency p50 / p99 / p99.9 at {rate}/s"), &|f| {
+            let l = f.latency[i].1;
+            format!("{:.2} / {:.2} / {:.2} ms", l[0], l[1], l[2])
+        });
     }
 }
