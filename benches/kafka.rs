@@ -245,6 +245,11 @@ fn rate(output: &str) -> f64 {
         .unwrap_or_else(|_| panic!("no rate in {line:?}"))
 }
 
+/// `rdkafka_performance`'s arguments for `mode` (`-P`, `-C`) on partition 0 of `topic`.
+fn partition_0(mode: &str, topic: &str, broker: &Broker) -> Vec<String> {
+    strings(&[mode, "-t", topic, "-p", "0", "-b", &broker.bootstrap])
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -286,19 +291,8 @@ fn produce(
 }
 
 fn consume(tools: &Path, broker: &Broker, topic: &str, count: u64) -> f64 {
-    let args = strings(&[
-        "-C",
-        "-t",
-        topic,
-        "-p",
-        "0",
-        "-b",
-        &broker.bootstrap,
-        "-o",
-        "beginning",
-        "-c",
-        &count.to_string(),
-    ]);
+    let mut args = partition_0("-C", topic, broker);
+    args.extend(strings(&["-o", "beginning", "-c", &count.to_string()]));
     rate(&perf(tools, &args))
 }
 
@@ -306,8 +300,11 @@ fn consume(tools: &Path, broker: &Broker, topic: &str, count: u64) -> f64 {
 fn latency(tools: &Path, broker: &Broker, topic: &str, rate: u64, dir: &Path) -> [f64; 3] {
     let count = rate * LATENCY_SECONDS;
     let file = dir.join(format!("latency-{topic}.txt"));
-    let mut consumer = Command::new(tools.join("rdkafka_performance"))
-        .args(["-C", "-t", topic, "-p", "0", "-b", &broker.bootstrap])
+    // Line-buffered: its output is read as it comes.
+    let mut consumer = Command::new("stdbuf")
+        .arg("-oL")
+        .arg(tools.join("rdkafka_performance"))
+        .args(partition_0("-C", topic, broker))
         .args(["-o", "end", "-X", "enable.partition.eof=true", "-l", "-A"])
         .arg(&file)
         .args(["-c", &count.to_string()])
@@ -332,14 +329,8 @@ fn latency(tools: &Path, broker: &Broker, topic: &str, rate: u64, dir: &Path) ->
     at_end
         .recv_timeout(Duration::from_secs(60))
         .expect("the latency consumer reaches the end of its partition");
-    let args = strings(&[
-        "-P",
-        "-t",
-        topic,
-        "-p",
-        "0",
-        "-b",
-        &broker.bootstrap,
+    let mut args = partition_0("-P", topic, broker);
+    args.extend(strings(&[
         "-a",
         "-1",
         "-l",
@@ -347,11 +338,13 @@ fn latency(tools: &Path, broker: &Broker, topic: &str, rate: u64, dir: &Path) ->
         "linger.ms=0",
         "-s",
         "100",
+    ]));
+    args.extend(strings(&[
         "-r",
         &rate.to_string(),
         "-c",
         &count.to_string(),
-    ]);
+    ]));
     perf(tools, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
