@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, MetadataRequest, MetadataResponse,
     RequestHeader, RequestKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -25,20 +25,26 @@ fn connect(bootstrap: &str) -> TcpStream {
     stream
 }
 
-/// Sends one request; the response's body (after its header).
-fn call(stream: &mut TcpStream, key: ApiKey, version: i16, body: RequestKind) -> Bytes {
+/// One request's frame.
+fn request_frame(key: ApiKey, version: i16, correlation_id: i32, body: RequestKind) -> BytesMut {
     let mut out = BytesMut::new();
     out.put_i32(0);
     RequestHeader::default()
         .with_request_api_key(key as i16)
         .with_request_api_version(version)
-        .with_correlation_id(version as i32 + 100)
+        .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_static_str("runnel-test")))
         .encode(&mut out, key.request_header_version(version))
         .unwrap();
     body.encode(&mut out, version).unwrap();
     let length = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// Sends one request; the response's body (after its header).
+fn call(stream: &mut TcpStream, key: ApiKey, version: i16, body: RequestKind) -> Bytes {
+    let out = request_frame(key, version, version as i32 + 100, body);
     stream.write_all(&out).unwrap();
     let mut response = read_frame(stream).expect("a response");
     assert_eq!(
@@ -252,6 +258,107 @@ async fn a_bad_frame_closes_its_connection_only() {
         .batch_execute("INSERT INTO clicks VALUES (1, '/')")
         .await
         .unwrap();
+    server.stop();
+}
+
+/// Requests sent back to back, without waiting: the Produce requests are queued for the log
+/// together and answered in order, with the offsets of their order; a request behind them
+/// sees all their records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_requests_are_answered_in_order() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, ProduceRequest};
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    setup(&server).await;
+    let mut stream = connect(&server.kafka_bootstrap());
+    let topic = || TopicName(StrBytes::from_static_str("raw_events"));
+    let produce = |i: i32, acks: i16| {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(format!("record {i}"))),
+            headers: Default::default(),
+        };
+        let mut batch = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut batch, [record].iter(), &options).unwrap();
+        let data = PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(batch.freeze()));
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic())
+                    .with_partition_data(vec![data]),
+            ]);
+        request_frame(ApiKey::Produce, 7, i, RequestKind::Produce(request))
+    };
+    // 100 Produce requests (every tenth with acks=0: no answer), then a ListOffsets.
+    const PRODUCES: i32 = 100;
+    let mut frames = BytesMut::new();
+    for i in 0..PRODUCES {
+        frames.extend_from_slice(&produce(i, if i % 10 == 9 { 0 } else { -1 }));
+    }
+    let latest = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ]),
+        ]);
+    frames.extend_from_slice(&request_frame(
+        ApiKey::ListOffsets,
+        1,
+        PRODUCES,
+        RequestKind::ListOffsets(latest),
+    ));
+    stream.write_all(&frames).unwrap();
+
+    for i in (0..PRODUCES).filter(|i| i % 10 != 9) {
+        let mut frame = read_frame(&mut stream).expect("a Produce response");
+        let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+        assert_eq!(header.correlation_id, i, "answers come in request order");
+        let response = ProduceResponse::decode(&mut frame, 7).unwrap();
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, 0, "{partition:?}");
+        assert_eq!(
+            partition.base_offset, i as i64,
+            "records are appended in request order"
+        );
+    }
+    let mut frame = read_frame(&mut stream).expect("a ListOffsets response");
+    let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+    assert_eq!(header.correlation_id, PRODUCES);
+    let response = ListOffsetsResponse::decode(&mut frame, 1).unwrap();
+    assert_eq!(
+        response.topics[0].partitions[0].offset, PRODUCES as i64,
+        "the request behind the Produce requests sees every record they sent"
+    );
     server.stop();
 }
 

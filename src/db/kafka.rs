@@ -222,10 +222,15 @@ impl Database {
     /// each partition's batch is appended whole or refused whole. An idempotent producer's
     /// batch is checked against what it sent before and appended with its new state in one
     /// commit; a batch it sent before is answered with the offset it got.
+    ///
+    /// Returns once the appends are queued, behind those of every request before it: the
+    /// future returned resolves to the answers once they are durable. Batches of idempotent
+    /// producers are appended before it returns (their sequences are checked against the
+    /// state the previous batch left).
     pub async fn kafka_produce(
         &self,
         topics: Vec<(String, Vec<ProduceBatch>)>,
-    ) -> Vec<Vec<Produced>> {
+    ) -> impl Future<Output = Vec<Vec<Produced>>> + '_ {
         let data = self.catalog().snapshot();
         let mut answers: Vec<Vec<Produced>> = vec![];
         let mut staged: Vec<Indexed> = vec![];
@@ -246,17 +251,8 @@ impl Database {
         let (plain, idempotent): (Vec<_>, Vec<_>) = staged
             .into_iter()
             .partition(|(_, _, s)| s.producer.is_none());
-        if !plain.is_empty() {
-            let batches: Vec<PartitionBatch> =
-                plain.iter().map(|(_, _, s)| s.batch.clone()).collect();
-            let outcome = self.log().append(batches.clone()).await;
-            let offsets = outcome
-                .as_ref()
-                .map(|ranges| base_offsets(&batches, ranges));
-            for (i, (t, b, stage)) in plain.iter().enumerate() {
-                answers[*t][*b] = self.appended(&offsets, i, stage);
-            }
-        }
+        let batches: Vec<PartitionBatch> = plain.iter().map(|(_, _, s)| s.batch.clone()).collect();
+        let appended = self.log().queue_append(batches.clone()).await;
         let mut by_producer: Vec<(i64, Vec<Indexed>)> = vec![];
         for item in idempotent {
             let id = item.2.producer.expect("idempotent").id;
@@ -270,7 +266,18 @@ impl Database {
                 answers[t][b] = answer;
             }
         }
-        answers
+        async move {
+            if !plain.is_empty() {
+                let outcome = appended.await;
+                let offsets = outcome
+                    .as_ref()
+                    .map(|ranges| base_offsets(&batches, ranges));
+                for (i, (t, b, stage)) in plain.iter().enumerate() {
+                    answers[*t][*b] = self.appended(&offsets, i, stage);
+                }
+            }
+            answers
+        }
     }
 
     /// Appends one producer's batches: each checked against its sequences, those that come

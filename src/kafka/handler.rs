@@ -1,5 +1,6 @@
 //! Answers requests: one function per API, from the request's message to the response's.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,16 +37,17 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
-    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatResponse,
-    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestKind, ResponseKind, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ProducerId, RequestHeader, RequestKind, ResponseKind, SyncGroupRequest, SyncGroupResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -85,6 +87,17 @@ pub struct Handler {
     coordinator: Arc<Coordinator>,
 }
 
+/// What a request gets.
+pub enum Answer<'a> {
+    /// Its response frame, or none (a Produce with acks=0).
+    Now(Option<Bytes>),
+    /// A Produce whose records are queued for the log.
+    Queued(Queued<'a>),
+}
+
+/// The response frame (or none) of a Produce, once the records it queued are durable.
+pub type Queued<'a> = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Closed>> + Send + 'a>>;
+
 /// Who sent a request: the connection's peer and the header's client id.
 pub struct Client<'a> {
     pub host: String,
@@ -103,12 +116,13 @@ impl Handler {
         }
     }
 
-    /// The response frame to `request`, if it gets one.
+    /// The response frame to `request`, if it gets one: at once, or, for a Produce, once
+    /// the records it queued for the log are durable.
     pub async fn handle(
         &self,
         request: Request,
         peer: std::net::SocketAddr,
-    ) -> Result<Option<Bytes>, Closed> {
+    ) -> Result<Answer<'_>, Closed> {
         let Request {
             key,
             version,
@@ -126,12 +140,15 @@ impl Handler {
             }
             RequestKind::Produce(request) => {
                 let acks = request.acks;
-                let response = self.produce(request).await;
-                if acks == 0 {
-                    // A producer with acks=0 reads no response.
-                    return Ok(None);
-                }
-                ResponseKind::Produce(response)
+                let produced = self.produce(request).await;
+                return Ok(Answer::Queued(Box::pin(async move {
+                    let response = produced.await;
+                    if acks == 0 {
+                        // A producer with acks=0 reads no response.
+                        return Ok(None);
+                    }
+                    encode(&header, key, version, &ResponseKind::Produce(response)).map(Some)
+                })));
             }
             RequestKind::Fetch(request) => ResponseKind::Fetch(self.fetch(request).await),
             RequestKind::ListOffsets(request) => {
@@ -189,16 +206,11 @@ impl Handler {
                 return Err(Closed(format!("{key:?} is not handled: {other:?}")));
             }
         };
-        codec::encode(header.correlation_id, key, version, &response)
-            .map(Some)
-            .map_err(|e| {
-                // A field set that the version lacks: the server's bug, not the client's.
-                tracing::error!(api = ?key, version, error = %e, "a response could not be encoded in its request's version");
-                Closed(format!("encoding a {key:?} v{version} response: {e}"))
-            })
+        encode(&header, key, version, &response).map(|frame| Answer::Now(Some(frame)))
     }
 
-    async fn produce(&self, request: ProduceRequest) -> ProduceResponse {
+    /// Queues the appends of a Produce request; the future returned answers it.
+    async fn produce(&self, request: ProduceRequest) -> impl Future<Output = ProduceResponse> {
         let transactional = request.transactional_id.is_some();
         let mut topics = vec![];
         // Per topic, per partition: an early answer, or the index of the batch to append.
@@ -226,32 +238,35 @@ impl Handler {
             topics.push((topic.name.0.to_string(), batches));
             plan.push((topic.name, partitions));
         }
-        let mut produced = self.db.kafka_produce(topics).await.into_iter();
-        let responses = plan
-            .into_iter()
-            .map(|(name, partitions)| {
-                let mut answers: Vec<Option<Produced>> = produced
-                    .next()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Some)
-                    .collect();
-                let partition_responses = partitions
-                    .into_iter()
-                    .map(|(index, planned)| {
-                        let answer = match planned {
-                            Ok(i) => answers[i].take().expect("one answer per batch"),
-                            Err(early) => early,
-                        };
-                        produce_response(index, answer)
-                    })
-                    .collect();
-                TopicProduceResponse::default()
-                    .with_name(name)
-                    .with_partition_responses(partition_responses)
-            })
-            .collect();
-        ProduceResponse::default().with_responses(responses)
+        let produced = self.db.kafka_produce(topics).await;
+        async move {
+            let mut produced = produced.await.into_iter();
+            let responses = plan
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let mut answers: Vec<Option<Produced>> = produced
+                        .next()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(Some)
+                        .collect();
+                    let partition_responses = partitions
+                        .into_iter()
+                        .map(|(index, planned)| {
+                            let answer = match planned {
+                                Ok(i) => answers[i].take().expect("one answer per batch"),
+                                Err(early) => early,
+                            };
+                            produce_response(index, answer)
+                        })
+                        .collect();
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(partition_responses)
+                })
+                .collect();
+            ProduceResponse::default().with_responses(responses)
+        }
     }
 
     /// Answers when records reach `min_bytes`, or after `max_wait_ms`, waking on each
@@ -1004,6 +1019,20 @@ impl Handler {
 /// A partition of a Produce request: an early answer, or the index of its batch among those
 /// the database appends.
 type Planned = (i32, Result<usize, Produced>);
+
+/// The frame of `response` to the request whose header is `header`.
+fn encode(
+    header: &RequestHeader,
+    key: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+) -> Result<Bytes, Closed> {
+    codec::encode(header.correlation_id, key, version, response).map_err(|e| {
+        // A field set that the version lacks: the server's bug, not the client's.
+        tracing::error!(api = ?key, version, error = %e, "a response could not be encoded in its request's version");
+        Closed(format!("encoding a {key:?} v{version} response: {e}"))
+    })
+}
 
 fn refused(code: i16, message: &str) -> Produced {
     Produced {

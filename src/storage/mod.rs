@@ -694,6 +694,16 @@ impl Log {
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let outcome = self.send(make).await?;
+        outcome.await.map_err(|_| StorageError::ShutDown)?
+    }
+
+    /// Queues a command for the writer thread, which takes commands in the order they were
+    /// queued; its outcome comes on the receiver returned.
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T, StorageError>>, StorageError> {
         let commands = self.commands.lock().expect("commands lock").clone();
         let commands = commands.ok_or(StorageError::ShutDown)?;
         let (tx, rx) = oneshot::channel();
@@ -701,7 +711,7 @@ impl Log {
             .send(make(tx))
             .await
             .map_err(|_| StorageError::ShutDown)?;
-        rx.await.map_err(|_| StorageError::ShutDown)?
+        Ok(rx)
     }
 
     /// Creates a topic's directories and first segments, durably.
@@ -721,16 +731,35 @@ impl Log {
         &self,
         batches: Vec<PartitionBatch>,
     ) -> Result<Vec<AppendedRange>, StorageError> {
-        if batches.iter().all(|b| b.records.num_rows() == 0) {
-            return Ok(vec![]);
+        self.queue_append(batches).await.await
+    }
+
+    /// Queues an append behind every append queued before it, and returns what resolves to
+    /// its outcome, as [`Log::append`]'s. A caller that queues appends one after another and
+    /// awaits them later gets them in that order, and their fsyncs shared (one Kafka
+    /// connection's pipelined Produce requests).
+    pub async fn queue_append(
+        &self,
+        batches: Vec<PartitionBatch>,
+    ) -> impl Future<Output = Result<Vec<AppendedRange>, StorageError>> + use<> {
+        let queued = if batches.iter().all(|b| b.records.num_rows() == 0) {
+            Ok(None)
+        } else {
+            self.send(|reply| Command::Append {
+                batches,
+                meta: vec![],
+                meta_after: None,
+                reply,
+            })
+            .await
+            .map(Some)
+        };
+        async move {
+            match queued? {
+                None => Ok(vec![]),
+                Some(outcome) => outcome.await.map_err(|_| StorageError::ShutDown)?,
+            }
         }
-        self.request(|reply| Command::Append {
-            batches,
-            meta: vec![],
-            meta_after: None,
-            reply,
-        })
-        .await
     }
 
     /// Appends records and changes metadata keys in one commit: all of it becomes durable and
