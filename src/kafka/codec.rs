@@ -119,7 +119,12 @@ pub fn encode(
     version: i16,
     body: &ResponseKind,
 ) -> anyhow::Result<Bytes> {
-    let mut out = BytesMut::with_capacity(64);
+    // A Fetch response is mostly its records: sized first, it is copied once, not regrown.
+    let body_size = match body {
+        ResponseKind::Fetch(fetch) => fetch.compute_size(version)?,
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(64 + body_size);
     out.put_i32(0);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)

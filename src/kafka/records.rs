@@ -444,25 +444,6 @@ fn compress(codec: Codec, records: &[u8]) -> Vec<u8> {
     }
 }
 
-fn put_varlong(out: &mut BytesMut, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.put_u8((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.put_u8(raw as u8);
-}
-
-fn put_bytes(out: &mut BytesMut, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varlong(out, -1),
-        Some(bytes) => {
-            put_varlong(out, bytes.len() as i64);
-            out.put_slice(bytes);
-        }
-    }
-}
-
 /// Appends `records` to `out` as one batch whose first offset is `base_offset`, compressed
 /// with `codec`, with no producer (id -1) and create-time timestamps.
 pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, codec: Codec) {
@@ -498,8 +479,9 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The records of a batch, each with its length in front. The headers' list offsets and
-/// columns are read once, not sliced per record.
+/// The records of a batch, each with its length in front. Sized first, so `out` grows once
+/// and each record is written with plain copies; the headers' list offsets and columns are
+/// read once, not sliced per record.
 fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
     let header_offsets = records.headers.value_offsets();
     let entries = records.headers.values().as_struct();
@@ -507,34 +489,87 @@ fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
         entries.column(0).as_string::<i32>(),
         entries.column(1).as_binary::<i32>(),
     );
-    let payload = |a: &arrow::array::BinaryArray| {
-        (a.value_offsets()[a.len()] - a.value_offsets()[0]) as usize
+    let headers = |i: usize| header_offsets[i] as usize..header_offsets[i + 1] as usize;
+    let header = |h: usize| {
+        (
+            Some(header_keys.value(h).as_bytes()),
+            value_at(header_values, h),
+        )
     };
-    out.reserve(payload(&records.values) + payload(&records.keys) + 16 * records.len());
-    for i in 0..records.len() {
-        let delta = records.timestamps[i] - base_timestamp;
-        let (key, value) = (value_at(&records.keys, i), value_at(&records.values, i));
-        let headers = header_offsets[i] as usize..header_offsets[i + 1] as usize;
-        let header_bytes = |h: usize| {
-            bytes_len(Some(header_keys.value(h).as_bytes())) + bytes_len(value_at(header_values, h))
-        };
-        let length = 1
-            + varlong_len(delta)
+    // What follows a record's length: attributes, deltas, key, value, headers.
+    let body_len = |i: usize| {
+        1 + varlong_len(records.timestamps[i] - base_timestamp)
             + varlong_len(i as i64)
-            + bytes_len(key)
-            + bytes_len(value)
-            + varlong_len(headers.len() as i64)
-            + headers.clone().map(header_bytes).sum::<usize>();
-        put_varlong(out, length as i64);
-        out.put_i8(0); // attributes
-        put_varlong(out, delta);
-        put_varlong(out, i as i64);
-        put_bytes(out, key);
-        put_bytes(out, value);
-        put_varlong(out, headers.len() as i64);
-        for h in headers {
-            put_bytes(out, Some(header_keys.value(h).as_bytes()));
-            put_bytes(out, value_at(header_values, h));
+            + bytes_len(value_at(&records.keys, i))
+            + bytes_len(value_at(&records.values, i))
+            + varlong_len(headers(i).len() as i64)
+            + headers(i)
+                .map(|h| {
+                    let (key, value) = header(h);
+                    bytes_len(key) + bytes_len(value)
+                })
+                .sum::<usize>()
+    };
+    let total: usize = (0..records.len())
+        .map(|i| {
+            let body = body_len(i);
+            varlong_len(body as i64) + body
+        })
+        .sum();
+    let start = out.len();
+    out.resize(start + total, 0);
+    let mut to = Cursor {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    for i in 0..records.len() {
+        to.varlong(body_len(i) as i64);
+        to.byte(0); // attributes
+        to.varlong(records.timestamps[i] - base_timestamp);
+        to.varlong(i as i64);
+        to.bytes(value_at(&records.keys, i));
+        to.bytes(value_at(&records.values, i));
+        to.varlong(headers(i).len() as i64);
+        for h in headers(i) {
+            let (key, value) = header(h);
+            to.bytes(key);
+            to.bytes(value);
+        }
+    }
+    debug_assert_eq!(to.at, total, "records are as long as sized");
+}
+
+/// Writes into a buffer sized beforehand.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self, byte: u8) {
+        self.buf[self.at] = byte;
+        self.at += 1;
+    }
+
+    /// A zigzag varint, as Kafka's records write lengths and deltas.
+    fn varlong(&mut self, value: i64) {
+        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+        while raw >= 0x80 {
+            self.byte((raw as u8) | 0x80);
+            raw >>= 7;
+        }
+        self.byte(raw as u8);
+    }
+
+    /// Length-prefixed bytes; length -1 for null.
+    fn bytes(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            None => self.varlong(-1),
+            Some(bytes) => {
+                self.varlong(bytes.len() as i64);
+                self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+                self.at += bytes.len();
+            }
         }
     }
 }
@@ -544,13 +579,13 @@ fn value_at(array: &arrow::array::BinaryArray, i: usize) -> Option<&[u8]> {
     array.is_valid(i).then(|| array.value(i))
 }
 
-/// The bytes [`put_varlong`] writes for `value`.
+/// The bytes [`Cursor::varlong`] writes for `value`.
 fn varlong_len(value: i64) -> usize {
     let raw = ((value << 1) ^ (value >> 63)) as u64;
     (64 - raw.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// The bytes [`put_bytes`] writes for `bytes`.
+/// The bytes [`Cursor::bytes`] writes for `bytes`.
 fn bytes_len(bytes: Option<&[u8]>) -> usize {
     match bytes {
         None => 1,
