@@ -6,8 +6,10 @@
 //!          ◀──                    ◀──                                   ◀──
 //! ```
 //!
-//! Each connection answers its requests one at a time, in order, as Kafka does. What is
-//! served is [`apis`]'s table; see `docs/kafka.md` for what clients can do today.
+//! Each connection answers its requests in order, as Kafka does; its Produce requests are
+//! pipelined (each queued for the log as it is read, answered once durable), so requests in
+//! flight share an fsync. What is served is [`apis`]'s table; see `docs/kafka.md` for what
+//! clients can do today.
 
 pub mod apis;
 pub mod codec;
