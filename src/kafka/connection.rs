@@ -7,10 +7,11 @@
 //! instead of paying one per request. Any other request waits until every Produce before it
 //! is answered, so it sees their records, and answers stay in request order.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::ApiKey;
@@ -21,9 +22,11 @@ use tokio::net::tcp::WriteHalf;
 use super::codec::{self, Closed, Decoded, MAX_FRAME_BYTES};
 use super::handler::{Answer, Handler, Queued};
 
-/// The most Produce requests one connection has queued for the log and not answered; past
-/// it, the connection reads no more until one is answered.
+/// The most Produce requests one connection has queued for the log and not answered...
 const PRODUCES_IN_FLIGHT_MAX: usize = 32;
+/// ...and the most bytes their frames may hold (one request, however large, is always
+/// taken): past either, the connection reads no more until one is answered.
+const PRODUCE_BYTES_IN_FLIGHT_MAX: usize = 32 * 1024 * 1024;
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
     tracing::debug!(%peer, "Kafka connection opened");
@@ -37,14 +40,15 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
 async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Result<(), Closed> {
     let (mut reader, mut writer) = socket.split();
     let mut buffer = BytesMut::with_capacity(64 * 1024);
-    let mut produces = FuturesOrdered::new();
+    let mut produces = InFlight::default();
     loop {
-        while produces.len() < PRODUCES_IN_FLIGHT_MAX
+        while produces.has_room()
             && let Some(frame) = codec::next_frame(&mut buffer, MAX_FRAME_BYTES)?
         {
+            let size = frame.len();
             let decoded = codec::decode(frame)?;
             if !matches!(&decoded, Decoded::Request(r) if r.key == ApiKey::Produce) {
-                answer_all(&mut produces, &mut writer).await?;
+                produces.answer_all(&mut writer).await?;
             }
             let answer = match decoded {
                 Decoded::Request(request) => handler.handle(*request, peer).await?,
@@ -54,18 +58,18 @@ async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Re
             };
             match answer {
                 Answer::Now(response) => respond(&mut writer, response).await?,
-                Answer::Queued(answer) => produces.push_back(answer),
+                Answer::Queued(answer) => produces.push(answer, size),
             }
         }
         tokio::select! {
             Some(answer) = produces.next(), if !produces.is_empty() => {
                 respond(&mut writer, answer?).await?;
             }
-            read = reader.read_buf(&mut buffer), if produces.len() < PRODUCES_IN_FLIGHT_MAX => {
+            read = reader.read_buf(&mut buffer), if produces.has_room() => {
                 let read = read.map_err(|e| Closed(format!("reading: {e}")))?;
                 if read == 0 {
                     // Whatever was queued is answered, in case the client only half closed.
-                    answer_all(&mut produces, &mut writer).await?;
+                    produces.answer_all(&mut writer).await?;
                     return if buffer.is_empty() {
                         Ok(())
                     } else {
@@ -77,18 +81,50 @@ async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Re
     }
 }
 
-/// Writes the answers of every queued Produce, in order.
-async fn answer_all(
-    produces: &mut FuturesOrdered<Queued<'_>>,
-    writer: &mut WriteHalf<'_>,
-) -> Result<(), Closed> {
-    while let Some(answer) = produces.next().await {
-        respond(writer, answer?).await?;
-    }
-    Ok(())
+/// The Produce requests queued for the log and not answered yet, oldest first, with the
+/// sizes of their frames.
+#[derive(Default)]
+struct InFlight<'a> {
+    answers: FuturesOrdered<Queued<'a>>,
+    sizes: VecDeque<usize>,
+    bytes: usize,
 }
 
-async fn respond(writer: &mut WriteHalf<'_>, response: Option<bytes::Bytes>) -> Result<(), Closed> {
+impl<'a> InFlight<'a> {
+    fn push(&mut self, answer: Queued<'a>, size: usize) {
+        self.answers.push_back(answer);
+        self.sizes.push_back(size);
+        self.bytes += size;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// Whether another request may be read.
+    fn has_room(&self) -> bool {
+        self.is_empty()
+            || (self.answers.len() < PRODUCES_IN_FLIGHT_MAX
+                && self.bytes < PRODUCE_BYTES_IN_FLIGHT_MAX)
+    }
+
+    /// The oldest one's response, once it has one.
+    async fn next(&mut self) -> Option<Result<Option<Bytes>, Closed>> {
+        let answer = self.answers.next().await?;
+        self.bytes -= self.sizes.pop_front().expect("a size per answer");
+        Some(answer)
+    }
+
+    /// Writes every one's response, in order.
+    async fn answer_all(&mut self, writer: &mut WriteHalf<'_>) -> Result<(), Closed> {
+        while let Some(answer) = self.next().await {
+            respond(writer, answer?).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn respond(writer: &mut WriteHalf<'_>, response: Option<Bytes>) -> Result<(), Closed> {
     match response {
         Some(frame) => writer
             .write_all(&frame)
