@@ -53,11 +53,11 @@ async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Re
             let answer = match decoded {
                 Decoded::Request(request) => handler.handle(*request, peer).await?,
                 Decoded::NewerApiVersions { correlation_id } => {
-                    Answer::Now(Some(codec::newer_api_versions(correlation_id)))
+                    Answer::Now(codec::newer_api_versions(correlation_id))
                 }
             };
             match answer {
-                Answer::Now(response) => respond(&mut writer, response).await?,
+                Answer::Now(response) => respond(&mut writer, Some(response)).await?,
                 Answer::Queued(answer) => produces.push(answer, size),
             }
         }

@@ -89,8 +89,8 @@ pub struct Handler {
 
 /// What a request gets.
 pub enum Answer<'a> {
-    /// Its response frame, or none (a Produce with acks=0).
-    Now(Option<Bytes>),
+    /// Its response frame.
+    Now(Bytes),
     /// A Produce whose records are queued for the log.
     Queued(Queued<'a>),
 }
@@ -206,7 +206,7 @@ impl Handler {
                 return Err(Closed(format!("{key:?} is not handled: {other:?}")));
             }
         };
-        encode(&header, key, version, &response).map(|frame| Answer::Now(Some(frame)))
+        encode(&header, key, version, &response).map(Answer::Now)
     }
 
     /// Queues the appends of a Produce request; the future returned answers it.
