@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, MetadataRequest, MetadataResponse,
-    RequestHeader, RequestKind, TopicName,
+    ProduceRequest, RequestHeader, RequestKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 fn connect(bootstrap: &str) -> TcpStream {
     let stream = TcpStream::connect(bootstrap).unwrap();
@@ -83,6 +87,47 @@ fn metadata_request(topics: Option<&[&str]>) -> RequestKind {
             })
             .collect()
     })))
+}
+
+/// A Produce request of one batch with `values`, to partition 0 of `topic`.
+fn produce_request(topic: &str, values: &[String], acks: i16) -> RequestKind {
+    let records: Vec<Record> = values
+        .iter()
+        .map(|value| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(value.clone())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut batch, records.iter(), &options).unwrap();
+    let data = PartitionProduceData::default()
+        .with_index(0)
+        .with_records(Some(batch.freeze()));
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![data]),
+            ]),
+    )
 }
 
 async fn setup(server: &common::Server) {
@@ -267,12 +312,8 @@ async fn a_bad_frame_closes_its_connection_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_produce_requests_are_answered_in_order() {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, ProduceRequest};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
     use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
 
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
@@ -280,39 +321,8 @@ async fn pipelined_produce_requests_are_answered_in_order() {
     let mut stream = connect(&server.kafka_bootstrap());
     let topic = || TopicName(StrBytes::from_static_str("raw_events"));
     let produce = |i: i32, acks: i16| {
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("record {i}"))),
-            headers: Default::default(),
-        };
-        let mut batch = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut batch, [record].iter(), &options).unwrap();
-        let data = PartitionProduceData::default()
-            .with_index(0)
-            .with_records(Some(batch.freeze()));
-        let request = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(topic())
-                    .with_partition_data(vec![data]),
-            ]);
-        request_frame(ApiKey::Produce, 7, i, RequestKind::Produce(request))
+        let request = produce_request("raw_events", &[format!("record {i}")], acks);
+        request_frame(ApiKey::Produce, 7, i, request)
     };
     // 100 Produce requests (every tenth with acks=0: no answer), then a ListOffsets.
     const PRODUCES: i32 = 100;
@@ -359,6 +369,115 @@ async fn pipelined_produce_requests_are_answered_in_order() {
         response.topics[0].partitions[0].offset, PRODUCES as i64,
         "the request behind the Produce requests sees every record they sent"
     );
+    server.stop();
+}
+
+/// A Fetch v11 for partition 0 of `topic` from `offset`, at most `max_bytes` of records.
+fn fetch_request(topic: &str, offset: i64, max_bytes: i32) -> RequestKind {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let partition = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(max_bytes);
+    RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partitions(vec![partition]),
+            ]),
+    )
+}
+
+/// The values a Fetch v11 answer holds for its one partition, in order, with their offsets.
+fn fetched(stream: &mut TcpStream, topic: &str, offset: i64, max_bytes: i32) -> Vec<(i64, String)> {
+    use kafka_protocol::messages::FetchResponse;
+    let mut body = call(
+        stream,
+        ApiKey::Fetch,
+        11,
+        fetch_request(topic, offset, max_bytes),
+    );
+    let response = FetchResponse::decode(&mut body, 11).unwrap();
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0, "{partition:?}");
+    let mut records = partition.records.clone().unwrap_or_default();
+    assert!(
+        records.len() <= max_bytes as usize,
+        "{} bytes",
+        records.len()
+    );
+    RecordBatchDecoder::decode_all(&mut records)
+        .unwrap()
+        .into_iter()
+        .flat_map(|set| set.records)
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_read_ahead_answer_exactly_what_was_asked() {
+    // A Fetch that leaves records behind has the next ones read ahead; the next Fetch takes
+    // them only if it asks for them, of the same topic, within its limit.
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let sql = server.connect().await;
+    sql.batch_execute("CREATE TOPIC events WITH (partitions = 1)")
+        .await
+        .unwrap();
+    let mut stream = connect(&server.kafka_bootstrap());
+    let produce = |stream: &mut TcpStream, prefix: &str| {
+        for i in 0..50 {
+            let request = produce_request("events", &[format!("{prefix} {i}")], -1);
+            call(stream, ApiKey::Produce, 7, request);
+        }
+    };
+    produce(&mut stream, "old");
+    let expected = |prefix: &str, offsets: std::ops::Range<i64>| -> Vec<(i64, String)> {
+        offsets.map(|i| (i, format!("{prefix} {i}"))).collect()
+    };
+
+    // Read through in small answers: every record once, in order.
+    let mut offset = 0;
+    let mut all = vec![];
+    while offset < 50 {
+        let got = fetched(&mut stream, "events", offset, 300);
+        assert!(!got.is_empty() && got[0].0 == offset, "{got:?}");
+        offset = got.last().unwrap().0 + 1;
+        all.extend(got);
+    }
+    assert_eq!(all, expected("old", 0..50));
+
+    // A consumer that seeks back, or asks for less room, than was read ahead for.
+    let first = fetched(&mut stream, "events", 0, 300);
+    let next = first.last().unwrap().0 + 1;
+    let back = fetched(&mut stream, "events", 2, 300);
+    assert_eq!(back[0], (2, "old 2".to_string()));
+    let first = fetched(&mut stream, "events", 0, 300);
+    assert_eq!(first.last().unwrap().0 + 1, next);
+    let smaller = fetched(&mut stream, "events", next, 150);
+    assert_eq!(smaller, expected("old", next..next + smaller.len() as i64));
+
+    // The topic dropped and made again under the same name while a read ahead waits: the
+    // next Fetch sees the new topic's records, not the old one's.
+    let first = fetched(&mut stream, "events", 0, 300);
+    let next = first.last().unwrap().0 + 1;
+    sql.batch_execute("DROP TOPIC events; CREATE TOPIC events WITH (partitions = 1)")
+        .await
+        .unwrap();
+    produce(&mut stream, "new");
+    let after = fetched(&mut stream, "events", next, 300);
+    assert_eq!(after, expected("new", next..next + after.len() as i64));
     server.stop();
 }
 

@@ -23,7 +23,8 @@ use crate::ingest::records::Given;
 use crate::producers::{ProducerBatch, Sequence};
 use crate::sql::parser::{CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::storage::{
-    AppendedRange, Offset, PartitionBatch, PartitionId, ReadOptions, StorageError, Topic, now_ms,
+    AppendedRange, Offset, PartitionBatch, PartitionId, ReadOptions, StorageError, Topic, TopicId,
+    now_ms,
 };
 
 /// A topic or stream, as a Kafka topic.
@@ -167,6 +168,8 @@ impl Produced {
 /// One partition's records for a Fetch response.
 #[derive(Debug)]
 pub struct Fetched {
+    /// The topic read (ids are never reused, unlike names).
+    pub topic: TopicId,
     pub high_watermark: i64,
     pub log_start_offset: i64,
     /// Record batches in offset order, each with the offset of its first record.
@@ -216,6 +219,15 @@ impl Database {
                 partitions: t.partitions,
             })
             .collect()
+    }
+
+    /// The id of the topic Kafka clients know as `name`, if there is one.
+    pub fn kafka_topic_id(&self, name: &str) -> Option<TopicId> {
+        let data = self.catalog().snapshot();
+        data.topics
+            .get(name)
+            .filter(|t| t.internal.is_none())
+            .map(|t| t.id)
     }
 
     /// Appends the records of a Produce request, topic by topic and partition by partition;
@@ -430,6 +442,7 @@ impl Database {
         let log_start = self.log().log_start(def.id, partition_id);
         let end = self.log().snapshot().high_watermark(def.id, partition_id);
         let mut fetched = Fetched {
+            topic: def.id,
             high_watermark: end.0 as i64,
             log_start_offset: log_start.0 as i64,
             batches: vec![],

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 
 use super::codec::{self, Closed, Decoded, MAX_FRAME_BYTES};
-use super::handler::{Answer, Handler, Queued};
+use super::handler::{Answer, Handler, Queued, ReadAhead};
 
 /// The most Produce requests one connection has queued for the log and not answered...
 const PRODUCES_IN_FLIGHT_MAX: usize = 32;
@@ -41,6 +41,7 @@ async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Re
     let (mut reader, mut writer) = socket.split();
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut produces = InFlight::default();
+    let mut ahead = ReadAhead::default();
     loop {
         while produces.has_room()
             && let Some(frame) = codec::next_frame(&mut buffer, MAX_FRAME_BYTES)?
@@ -51,7 +52,7 @@ async fn serve(mut socket: TcpStream, peer: SocketAddr, handler: &Handler) -> Re
                 produces.answer_all(&mut writer).await?;
             }
             let answer = match decoded {
-                Decoded::Request(request) => handler.handle(*request, peer).await?,
+                Decoded::Request(request) => handler.handle(*request, peer, &mut ahead).await?,
                 Decoded::NewerApiVersions { correlation_id } => {
                     Answer::Now(codec::newer_api_versions(correlation_id))
                 }

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -12,7 +12,6 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -40,10 +39,10 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatResponse,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
     ProducerId, RequestHeader, RequestKind, ResponseKind, SyncGroupRequest, SyncGroupResponse,
@@ -52,14 +51,16 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+mod fetch;
+
+pub use fetch::ReadAhead;
+
 use super::codec::{self, Closed, Request};
 use super::coordinator::{self, Coordinator, Join};
-use super::records::{self, Codec};
+use super::records;
 use super::{Advertised, NODE_ID, Settings, apis};
 use crate::db::Database;
-use crate::db::kafka::{
-    KafkaTopic, OffsetToCommit, ProduceBatch, Produced, Records, TopicOffsets, code,
-};
+use crate::db::kafka::{KafkaTopic, OffsetToCommit, ProduceBatch, Produced, TopicOffsets, code};
 use crate::producers::ProducerBatch;
 
 /// Kafka's UNKNOWN_TOPIC_OR_PARTITION error code.
@@ -76,8 +77,6 @@ const UNKNOWN_TOPIC_ID: i16 = 100;
 const FENCED_LEADER_EPOCH: i16 = 74;
 /// The most a produced batch may decompress to.
 const MAX_BATCH_BYTES: usize = crate::db::kafka::MAX_MESSAGE_BYTES;
-/// The longest a Fetch waits for records, whatever it asks.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Handler {
     db: Arc<Database>,
@@ -122,6 +121,7 @@ impl Handler {
         &self,
         request: Request,
         peer: std::net::SocketAddr,
+        ahead: &mut ReadAhead,
     ) -> Result<Answer<'_>, Closed> {
         let Request {
             key,
@@ -150,7 +150,7 @@ impl Handler {
                     encode(&header, key, version, &ResponseKind::Produce(response)).map(Some)
                 })));
             }
-            RequestKind::Fetch(request) => ResponseKind::Fetch(self.fetch(request).await),
+            RequestKind::Fetch(request) => ResponseKind::Fetch(self.fetch(request, ahead).await),
             RequestKind::ListOffsets(request) => {
                 ResponseKind::ListOffsets(self.list_offsets(request, version).await)
             }
@@ -267,80 +267,6 @@ impl Handler {
                 .collect();
             ProduceResponse::default().with_responses(responses)
         }
-    }
-
-    /// Answers when records reach `min_bytes`, or after `max_wait_ms`, waking on each
-    /// commit to the log (never polling on a timer).
-    async fn fetch(&self, request: FetchRequest) -> FetchResponse {
-        let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut commits = self.db.log().subscribe_commits();
-        loop {
-            commits.borrow_and_update();
-            let (response, bytes, errors) = self.fetch_once(&request).await;
-            if errors || bytes >= request.min_bytes.max(0) as usize {
-                return response;
-            }
-            tokio::select! {
-                changed = commits.changed() => if changed.is_err() { return response },
-                _ = tokio::time::sleep_until(deadline) => {
-                    return self.fetch_once(&request).await.0;
-                }
-            }
-        }
-    }
-
-    /// One pass over the partitions a Fetch names: the response, its record bytes, and
-    /// whether any partition has an error.
-    async fn fetch_once(&self, request: &FetchRequest) -> (FetchResponse, usize, bool) {
-        let max_bytes = if request.max_bytes > 0 {
-            request.max_bytes as usize
-        } else {
-            usize::MAX
-        };
-        let mut used = 0usize;
-        let mut errors = false;
-        let mut topics = vec![];
-        for topic in &request.topics {
-            let mut partitions = vec![];
-            for wanted in &topic.partitions {
-                // Past the response's size, nothing more is read.
-                let room = max_bytes.saturating_sub(used);
-                let limit = (wanted.partition_max_bytes.max(0) as usize).min(room);
-                let mut data = PartitionData::default().with_partition_index(wanted.partition);
-                match self
-                    .db
-                    .kafka_fetch(&topic.topic.0, wanted.partition, wanted.fetch_offset, limit)
-                    .await
-                {
-                    Ok(fetched) => {
-                        let out = encode_within(&fetched.batches, limit, used == 0);
-                        used += out.len();
-                        data = data
-                            .with_high_watermark(fetched.high_watermark)
-                            .with_last_stable_offset(fetched.high_watermark)
-                            .with_log_start_offset(fetched.log_start_offset)
-                            .with_records(Some(out.freeze()));
-                    }
-                    Err((code, message)) => {
-                        tracing::debug!(topic = %topic.topic.0, partition = wanted.partition, %message, "fetch refused");
-                        errors = true;
-                        data = data.with_error_code(code).with_high_watermark(-1);
-                    }
-                }
-                partitions.push(data);
-            }
-            topics.push(
-                FetchableTopicResponse::default()
-                    .with_topic(topic.topic.clone())
-                    .with_partitions(partitions),
-            );
-        }
-        (
-            FetchResponse::default().with_responses(topics),
-            used,
-            errors,
-        )
     }
 
     async fn create_topics(
@@ -1093,42 +1019,6 @@ fn produce_response(index: i32, answer: Produced) -> PartitionProduceResponse {
         )
 }
 
-/// Record batches for a Fetch answer, in order, as many as fit in `limit` bytes. Clients
-/// size their receive buffers from what they asked for (librdkafka drops a connection whose
-/// response is larger), so nothing goes past the limit, but for KIP-74's exception: when
-/// `first` (nothing else is in the response yet), the first batch goes out whatever the
-/// limit, so a consumer always progresses. Batches are cut where records allow: that one
-/// is no larger than it must be (one record, at least).
-fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> BytesMut {
-    let mut out = BytesMut::new();
-    for (base, records) in batches {
-        // Encoded in place, and taken back if it does not fit.
-        let before = out.len();
-        records::encode_batch(&mut out, *base, records, Codec::None);
-        if out.len() <= limit {
-            continue;
-        }
-        out.truncate(before);
-        if first && out.is_empty() {
-            // The longest prefix that fits, found by halving.
-            let (mut fits, mut fails) = (1, records.len());
-            while fails - fits > 1 {
-                let middle = (fits + fails) / 2;
-                records::encode_batch(&mut out, *base, &records.prefix(middle), Codec::None);
-                if out.len() <= limit {
-                    fits = middle;
-                } else {
-                    fails = middle;
-                }
-                out.clear();
-            }
-            records::encode_batch(&mut out, *base, &records.prefix(fits), Codec::None);
-        }
-        break;
-    }
-    out
-}
-
 /// A topic's committed offsets, as OffsetFetch v8+ answers for each group.
 fn group_topic((name, partitions): TopicOffsets) -> OffsetFetchResponseTopics {
     let partitions = partitions.into_iter().map(|(p, offset, metadata)| {
@@ -1186,53 +1076,6 @@ mod tests {
     use bytes::Buf;
     use kafka_protocol::messages::ApiKey;
     use kafka_protocol::protocol::Decodable;
-
-    /// `n` records with 100-byte values and no keys or headers.
-    fn records(n: usize) -> Records {
-        let mut headers = records::headers_builder();
-        (0..n).for_each(|_| headers.append(true));
-        Records {
-            timestamps: vec![1_700_000_000_000; n],
-            keys: arrow::array::BinaryArray::from_iter((0..n).map(|_| None::<Vec<u8>>)),
-            values: arrow::array::BinaryArray::from_iter((0..n).map(|i| Some(vec![i as u8; 100]))),
-            headers: headers.finish(),
-        }
-    }
-
-    /// The records of the batches in `bytes`: (first offset, count) per batch.
-    fn batches_in(mut bytes: &[u8]) -> Vec<(i64, usize)> {
-        let mut found = vec![];
-        while !bytes.is_empty() {
-            let (_, length) = records::read_header(bytes).unwrap();
-            let (header, records) = records::decode_batch(&bytes[..length], usize::MAX).unwrap();
-            found.push((header.base_offset, records.len()));
-            bytes = &bytes[length..];
-        }
-        found
-    }
-
-    #[test]
-    fn fetch_answers_stay_within_their_limit_but_the_first_records_always_go() {
-        let batches = vec![(0, records(10)), (10, records(10))];
-        let whole = encode_within(&batches, usize::MAX, true);
-        assert_eq!(batches_in(&whole), vec![(0, 10), (10, 10)]);
-        // Room for one batch and a half: the first only.
-        let one = encode_within(&batches, whole.len() * 3 / 4, false);
-        assert_eq!(batches_in(&one), vec![(0, 10)]);
-        // Room for less than a batch: nothing, unless these are the response's first
-        // records, which are cut to fit.
-        let limit = whole.len() / 4;
-        assert!(encode_within(&batches, limit, false).is_empty());
-        let cut = encode_within(&batches, limit, true);
-        assert!(cut.len() <= limit, "{} > {limit}", cut.len());
-        let found = batches_in(&cut);
-        assert!(
-            found.len() == 1 && (1..10).contains(&found[0].1),
-            "{found:?}"
-        );
-        // Room for no record at all: still one, so the consumer progresses.
-        assert_eq!(batches_in(&encode_within(&batches, 10, true)), vec![(0, 1)]);
-    }
 
     #[test]
     fn metadata_encodes_in_every_served_version_without_tagged_fields() {
