@@ -12,7 +12,7 @@
 //! a continuous query's checkpoint key (query ids count up from 1). The value names its group,
 //! so two names whose keys collide are told apart and refused, never mixed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -125,7 +125,7 @@ pub struct Groups {
     log: Arc<Log>,
     /// Serialises commits, each a read-modify-write of its group's value.
     commits: tokio::sync::Mutex<()>,
-    reading: Arc<Mutex<HashSet<String>>>,
+    reading: Arc<Mutex<HashMap<String, Reader>>>,
 }
 
 impl Groups {
@@ -235,28 +235,48 @@ impl Groups {
         Ok(())
     }
 
-    /// Marks `group` as being read, until the returned guard is dropped; an error if a
-    /// consumer reads it already. (One consumer per group: Kafka would share its partitions
-    /// out among several; SQL cursors do not yet.)
-    pub fn start_reading(&self, group: &str) -> Result<Reading> {
+    /// Marks `group` as being read by `reader`, until the returned guard is dropped; an
+    /// error if it is read already. A group is read by one SQL cursor, or by Kafka consumers
+    /// (the coordinator shares its partitions out among them), never by both at once: each
+    /// would commit where it had read, and the other's records would be read twice.
+    pub fn start_reading(&self, group: &str, reader: Reader) -> Result<Reading> {
         let mut reading = self.reading.lock().expect("lock");
-        if !reading.insert(group.to_string()) {
+        if let Some(other) = reading.get(group) {
             return Err(Error::plan(
                 "55006",
                 format!(
-                    "subscription \"{group}\" is being read by another session; a group has one consumer at a time"
+                    "subscription \"{group}\" is being read by {other}; a group is read by one SQL cursor or by Kafka consumers, one at a time"
                 ),
             ));
         }
+        reading.insert(group.to_string(), reader);
         Ok(Reading {
             group: group.to_string(),
             reading: self.reading.clone(),
         })
     }
 
-    /// Whether a consumer is reading `group` now.
-    pub fn is_reading(&self, group: &str) -> bool {
-        self.reading.lock().expect("lock").contains(group)
+    /// Who reads `group` now, if anyone.
+    pub fn reader(&self, group: &str) -> Option<Reader> {
+        self.reading.lock().expect("lock").get(group).copied()
+    }
+}
+
+/// Who reads a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// A subscription cursor in a SQL session.
+    Cursor,
+    /// Members of a Kafka consumer group.
+    Kafka,
+}
+
+impl std::fmt::Display for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reader::Cursor => "a cursor",
+            Reader::Kafka => "Kafka consumers",
+        })
     }
 }
 
@@ -264,7 +284,7 @@ impl Groups {
 #[derive(Debug)]
 pub struct Reading {
     group: String,
-    reading: Arc<Mutex<HashSet<String>>>,
+    reading: Arc<Mutex<HashMap<String, Reader>>>,
 }
 
 impl Drop for Reading {

@@ -482,6 +482,79 @@ async fn fetches_read_ahead_answer_exactly_what_was_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_read_by_kafka_consumers_or_by_a_sql_cursor_not_both() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{GroupId, JoinGroupRequest, JoinGroupResponse};
+    use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let sql = server.connect().await;
+    sql.batch_execute("CREATE TOPIC events; CREATE SUBSCRIPTION billing FROM events")
+        .await
+        .unwrap();
+    let mut kafka = connect(&server.kafka_bootstrap());
+    let join = |stream: &mut TcpStream| {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0")),
+            ]);
+        let mut body = call(
+            stream,
+            ApiKey::JoinGroup,
+            3,
+            RequestKind::JoinGroup(request),
+        );
+        JoinGroupResponse::decode(&mut body, 3).unwrap()
+    };
+    let declare = "BEGIN; DECLARE cur SUBSCRIPTION CURSOR FOR billing";
+
+    // A SQL cursor reads the group: a Kafka consumer joining it is refused at once.
+    sql.batch_execute(declare).await.unwrap();
+    assert_eq!(
+        join(&mut kafka).error_code,
+        23,
+        "INCONSISTENT_GROUP_PROTOCOL"
+    );
+    sql.batch_execute("COMMIT").await.unwrap();
+
+    // A Kafka consumer is in the group: SQL can neither read nor drop it.
+    let joined = join(&mut kafka);
+    assert_eq!(joined.error_code, 0, "{joined:?}");
+    for statement in [declare, "DROP SUBSCRIPTION billing"] {
+        let error = sql.batch_execute(statement).await.unwrap_err();
+        let error = error.as_db_error().expect("a server error");
+        assert_eq!(error.code().code(), "55006", "{statement}: {error:?}");
+        assert!(error.message().contains("Kafka consumers"), "{error:?}");
+        sql.batch_execute("ROLLBACK").await.unwrap();
+    }
+
+    // Once it has left, the group is SQL's again.
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_member_id(joined.member_id.clone());
+    let mut body = call(
+        &mut kafka,
+        ApiKey::LeaveGroup,
+        0,
+        RequestKind::LeaveGroup(leave),
+    );
+    assert_eq!(
+        LeaveGroupResponse::decode(&mut body, 0).unwrap().error_code,
+        0
+    );
+    sql.batch_execute(declare).await.unwrap();
+    sql.batch_execute("COMMIT").await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_python_sees_topics_and_partitions() {
     let python = common::python();
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ use base64::Engine as _;
 
 use super::Database;
 use crate::catalog::{CatalogData, Principal, Relation, StreamDef, TopicDef};
+use crate::groups::Reader;
 use crate::ingest::WriteTarget;
 use crate::ingest::formats;
 use crate::ingest::records::Given;
@@ -219,6 +220,17 @@ impl Database {
                 partitions: t.partitions,
             })
             .collect()
+    }
+
+    /// Claims `group` for Kafka consumers while what this returns is held; `None` if a SQL
+    /// cursor reads it (a group has one kind of consumer at a time).
+    pub fn kafka_claim_group(&self, group: &str) -> Option<Box<dyn std::any::Any + Send>> {
+        let reading = self
+            .tables
+            .groups
+            .start_reading(group, Reader::Kafka)
+            .ok()?;
+        Some(Box::new(reading))
     }
 
     /// The id of the topic Kafka clients know as `name`, if there is one.

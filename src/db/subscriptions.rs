@@ -21,7 +21,7 @@ use crate::catalog::{
 };
 use crate::engine::PushQuery;
 use crate::error::{Error, Result};
-use crate::groups::{Groups, PartitionOffset};
+use crate::groups::{Groups, PartitionOffset, Reader};
 use crate::sql::parser::{CreateSubscription, Drop, StartAt};
 use crate::sql::{self, Statement};
 use crate::storage::now_ms;
@@ -91,8 +91,8 @@ impl Database {
         let sub = subscription(&data, name)?;
         who.require_owner(&sub.access.owner, "subscription", &sub.name)?;
         let topic = readable_topic(&data, &sub.relation)?;
-        if self.tables.groups.is_reading(name) {
-            return Err(in_use(name, "reset"));
+        if let Some(reader) = self.tables.groups.reader(name) {
+            return Err(in_use(name, reader, "reset"));
         }
         let offsets = self.offsets_at(&data, &sub.relation, topic, &to).await?;
         self.tables.groups.replace(name, offsets).await?;
@@ -120,8 +120,8 @@ impl Database {
                 }
                 subscription(&data, name)?;
             }
-            if self.tables.groups.is_reading(name) {
-                return Err(in_use(name, "dropped"));
+            if let Some(reader) = self.tables.groups.reader(name) {
+                return Err(in_use(name, reader, "dropped"));
             }
             doomed.push(name.clone());
         }
@@ -140,7 +140,7 @@ impl Database {
         }
         data.check(who, Privilege::Select, &sub.relation)?;
         let topic = readable_topic(&data, &sub.relation)?;
-        let reading = self.tables.groups.start_reading(name)?;
+        let reading = self.tables.groups.start_reading(name, Reader::Cursor)?;
         let committed = self.tables.groups.committed(name)?;
         let position = |p: PartitionId| {
             committed
@@ -259,11 +259,15 @@ fn readable_topic<'a>(data: &'a CatalogData, relation: &str) -> Result<&'a Topic
     }
 }
 
-fn in_use(name: &str, what: &str) -> Error {
+fn in_use(name: &str, reader: Reader, what: &str) -> Error {
+    let first = match reader {
+        Reader::Cursor => "close the cursor (COMMIT or ROLLBACK)",
+        Reader::Kafka => "stop its Kafka consumers",
+    };
     Error::plan(
         "55006",
         format!(
-            "subscription \"{name}\" is being read by a cursor and cannot be {what}; close the cursor (COMMIT or ROLLBACK) first"
+            "subscription \"{name}\" is being read by {reader} and cannot be {what}; {first} first"
         ),
     )
 }

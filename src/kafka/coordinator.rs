@@ -188,6 +188,9 @@ struct Group {
     rebalance_deadline: Option<Instant>,
     /// The first rebalance of an empty group waits for more members until then.
     initial_until: Option<Instant>,
+    /// Held while the group has members (or ids issued to joiners): a SQL cursor cannot
+    /// read the group meanwhile.
+    claim: Option<Claimed>,
 }
 
 impl Group {
@@ -202,6 +205,14 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: None,
             initial_until: None,
+            claim: None,
+        }
+    }
+
+    /// Lets SQL cursors read the group again once nobody is in it.
+    fn release_if_idle(&mut self) {
+        if self.members.is_empty() && self.pending.is_empty() {
+            self.claim = None;
         }
     }
 
@@ -381,26 +392,34 @@ impl Group {
     }
 }
 
+/// Claims a group for Kafka consumers: `None` if it is read otherwise (a SQL cursor);
+/// the claim lasts until what it returns is dropped.
+pub type Claim = Box<dyn Fn(&str) -> Option<Claimed> + Send + Sync>;
+/// A claim on a group.
+pub type Claimed = Box<dyn std::any::Any + Send>;
+
 /// Every group's membership.
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     next_member: std::sync::atomic::AtomicU64,
     initial_delay: Duration,
+    claim: Claim,
 }
 
 impl Coordinator {
     /// A coordinator, and the task that enforces its deadlines (it stops when the
     /// coordinator is dropped).
-    pub fn start() -> Arc<Coordinator> {
-        Self::start_with(INITIAL_REBALANCE_DELAY)
+    pub fn start(claim: Claim) -> Arc<Coordinator> {
+        Self::start_with(INITIAL_REBALANCE_DELAY, claim)
     }
 
     /// [`Coordinator::start`] with another initial rebalance delay.
-    pub fn start_with(initial_delay: Duration) -> Arc<Coordinator> {
+    pub fn start_with(initial_delay: Duration, claim: Claim) -> Arc<Coordinator> {
         let coordinator = Arc::new(Coordinator {
             groups: Mutex::new(HashMap::new()),
             next_member: std::sync::atomic::AtomicU64::new(1),
             initial_delay,
+            claim,
         });
         let weak = Arc::downgrade(&coordinator);
         tokio::spawn(async move {
@@ -441,6 +460,15 @@ impl Coordinator {
             let group = groups.entry(join.group.clone()).or_insert_with(Group::new);
             if group.state == State::Dead {
                 *group = Group::new();
+            }
+            if group.claim.is_none() {
+                match (self.claim)(&join.group) {
+                    Some(claim) => group.claim = Some(claim),
+                    None => {
+                        // A SQL cursor reads the group: a consumer of another kind.
+                        return Joined::error(code::INCONSISTENT_GROUP_PROTOCOL, &join.member_id);
+                    }
+                }
             }
             if !group.members.is_empty() {
                 let same_type = group.protocol_type.as_deref() == Some(join.protocol_type.as_str());
@@ -622,7 +650,7 @@ impl Coordinator {
         let Some(group) = groups.get_mut(group) else {
             return vec![code::UNKNOWN_MEMBER_ID; members.len()];
         };
-        members
+        let answers = members
             .iter()
             .map(|id| {
                 if group.members.iter().any(|m| &m.id == id) {
@@ -632,7 +660,9 @@ impl Coordinator {
                     code::UNKNOWN_MEMBER_ID
                 }
             })
-            .collect()
+            .collect();
+        group.release_if_idle();
+        answers
     }
 
     /// Whether an offset commit from `member_id` in `generation` is accepted: from a member
@@ -722,6 +752,9 @@ impl Coordinator {
             }
             group.try_complete_join(now);
         }
+        for group in groups.values_mut() {
+            group.release_if_idle();
+        }
         groups.retain(|_, g| {
             !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
         });
@@ -760,7 +793,8 @@ mod tests {
 
     #[tokio::test]
     async fn members_join_sync_and_rebalance_on_leave() {
-        let coordinator = Coordinator::start_with(Duration::from_millis(300));
+        let coordinator =
+            Coordinator::start_with(Duration::from_millis(300), Box::new(|_| Some(Box::new(()))));
         let first = coordinator.join(join("", &["range"])).await;
         assert_eq!(first.error, code::MEMBER_ID_REQUIRED);
         let a = first.member_id;
@@ -828,7 +862,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_member_is_removed_after_its_session() {
-        let coordinator = Coordinator::start_with(Duration::from_millis(300));
+        let coordinator =
+            Coordinator::start_with(Duration::from_millis(300), Box::new(|_| Some(Box::new(()))));
         let mut j = join("", &["range"]);
         j.requires_member_id = false;
         let a = coordinator.join(j.clone()).await;
@@ -866,7 +901,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
-        let coordinator = Coordinator::start_with(Duration::from_millis(300));
+        let coordinator =
+            Coordinator::start_with(Duration::from_millis(300), Box::new(|_| Some(Box::new(()))));
         let mut j = join("", &["range"]);
         j.requires_member_id = false;
         let c = coordinator.clone();
@@ -895,7 +931,8 @@ mod tests {
 
     #[tokio::test]
     async fn incompatible_members_are_refused() {
-        let coordinator = Coordinator::start_with(Duration::from_millis(300));
+        let coordinator =
+            Coordinator::start_with(Duration::from_millis(300), Box::new(|_| Some(Box::new(()))));
         let mut j = join("", &["range"]);
         j.requires_member_id = false;
         let c = coordinator.clone();

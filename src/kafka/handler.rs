@@ -106,12 +106,16 @@ pub struct Client<'a> {
 impl Handler {
     /// Needs a Tokio runtime: the group coordinator's deadlines run on it.
     pub fn new(db: Arc<Database>, settings: Settings) -> Handler {
+        let coordinator = Coordinator::start({
+            let db = db.clone();
+            Box::new(move |group| db.kafka_claim_group(group))
+        });
         Handler {
             db,
             advertised: settings.advertised,
             auto_create_topics: settings.auto_create_topics,
             num_partitions: settings.num_partitions,
-            coordinator: Coordinator::start(),
+            coordinator,
         }
     }
 

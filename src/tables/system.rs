@@ -286,7 +286,7 @@ fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
                     .map(|o| o.0 as i64),
             );
             high.push(snapshot.high_watermark(topic.id, p).0 as i64);
-            reading.push(tables.groups.is_reading(&sub.name));
+            reading.push(tables.groups.reader(&sub.name).is_some());
             committed_at.push(offsets.as_ref().map(|o| o.committed_at_ms * 1000));
         }
     }
