@@ -21,7 +21,9 @@
 //! (user + system, from `/proc`) per million records; consume 10 M × 100 B from the
 //! beginning — records/s; end-to-end latency (producer to consumer, librdkafka's `-l`) at
 //! 1,000 and 10,000 records/s, linger.ms=0 — p50, p99, p99.9. Topics are created with
-//! Kafka's own `kafka-topics` tool for both.
+//! Kafka's own `kafka-topics` tool for both. Before the brokers, the disk's own fsync
+//! latency (2 KiB appended and `fdatasync`ed in a loop for 3 s), with the other vCPUs idle
+//! and with each of them kept busy, since that is the floor under latency with fsync.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -419,6 +421,36 @@ fn measure(tools: &Path, broker: &Broker, dir: &Path) -> Figures {
     }
 }
 
+/// p50, p99, p99.9 and the largest (ms) of appending 2 KiB to a file in `dir` and
+/// `fdatasync`ing it, for 3 s, while `busy` threads spin.
+fn fsync_latency(dir: &Path, busy: usize) -> [f64; 4] {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..busy {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+        let mut micros = vec![];
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            file.write_all(&[7u8; 2048]).unwrap();
+            let started = Instant::now();
+            file.sync_data().unwrap();
+            micros.push(started.elapsed().as_micros() as u64);
+        }
+        stop.store(true, Ordering::Relaxed);
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() as f64 * q) as usize).min(micros.len() - 1)];
+        [at(0.5), at(0.99), at(0.999), micros[micros.len() - 1]].map(|us| us as f64 / 1e3)
+    })
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` asks harness-less benches for nothing
@@ -427,6 +459,13 @@ fn main() {
     let base = std::env::var_os("RUNNEL_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let probe = tempfile::tempdir_in(&base).unwrap();
+    let fsyncs: Vec<(usize, [f64; 4])> = std::collections::BTreeSet::from([0, vcpus - 1])
+        .into_iter()
+        .map(|busy| (busy, fsync_latency(probe.path(), busy)))
+        .collect();
+    drop(probe);
     let mut all = vec![];
     {
         let dir = tempfile::tempdir_in(&base).unwrap();
@@ -470,5 +509,12 @@ fn main() {
             let l = f.latency[i].1;
             format!("{:.2} / {:.2} / {:.2} ms", l[0], l[1], l[2])
         });
+    }
+    println!();
+    for (busy, [p50, p99, p999, max]) in fsyncs {
+        println!(
+            "fsync of 2 KiB appended, {busy} of {vcpus} vCPUs busy: \
+             p50 {p50:.2} / p99 {p99:.2} / p99.9 {p999:.2} / max {max:.2} ms"
+        );
     }
 }

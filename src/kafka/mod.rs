@@ -8,8 +8,10 @@
 //!
 //! Each connection answers its requests in order, as Kafka does; its Produce requests are
 //! pipelined (each queued for the log as it is read, answered once durable), so requests in
-//! flight share an fsync. What is served is [`apis`]'s table; see `docs/kafka.md` for what
-//! clients can do today.
+//! flight share an fsync; and where a Fetch answer leaves records behind, the next ones are
+//! read ahead while the client parses it, so a consumer that is behind and the server work
+//! at once instead of in turn. What is served is [`apis`]'s table; see `docs/kafka.md` for
+//! what clients can do today.
 
 pub mod apis;
 pub mod codec;
