@@ -112,7 +112,11 @@ impl QueryPlan {
         log: Arc<Log>,
         sql: &str,
     ) -> Result<QueryPlan> {
-        let statement = query_statement(sql)?;
+        let mut statement = query_statement(sql)?;
+        // Window table functions stand for derived tables over the stream they name.
+        if let DfStatement::Statement(query) = &mut statement {
+            sql::windows::rewrite(query, catalog)?;
+        }
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;

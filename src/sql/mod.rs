@@ -7,6 +7,7 @@ pub mod literal_insert;
 pub mod overflow;
 pub mod parser;
 pub mod rewrite;
+pub mod windows;
 
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -59,14 +60,19 @@ impl HiddenColumns for CatalogData {
     }
 }
 
-/// Applies Runnel's rewrites to a statement DataFusion will plan.
-pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) {
+/// Applies Runnel's rewrites to a statement DataFusion will plan: window table functions
+/// first (they name the relations the others look at), then the rest.
+pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<()> {
     match statement {
-        DfStatement::Statement(s) => rewrite::rewrite(s, catalog),
-        DfStatement::Explain(explain) => rewrite(&mut explain.statement, catalog),
+        DfStatement::Statement(s) => {
+            windows::rewrite(s, catalog)?;
+            rewrite::rewrite(s, catalog);
+        }
+        DfStatement::Explain(explain) => rewrite(&mut explain.statement, catalog)?,
         DfStatement::CopyTo(copy) => {
             if let CopyToSource::Query(query) = &mut copy.source {
                 let mut s = sqlparser::ast::Statement::Query(query.clone());
+                windows::rewrite(&mut s, catalog)?;
                 rewrite::rewrite(&mut s, catalog);
                 if let sqlparser::ast::Statement::Query(q) = s {
                     *query = q;
@@ -75,6 +81,7 @@ pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) {
         }
         DfStatement::CreateExternalTable(_) | DfStatement::Reset(_) => {}
     }
+    Ok(())
 }
 
 /// Plans a (rewritten) statement with DataFusion.
@@ -83,7 +90,7 @@ pub async fn plan(
     mut statement: DfStatement,
     catalog: &CatalogData,
 ) -> Result<LogicalPlan> {
-    rewrite(&mut statement, catalog);
+    rewrite(&mut statement, catalog)?;
     state
         .statement_to_plan(statement)
         .await

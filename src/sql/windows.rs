@@ -1,0 +1,399 @@
+//! Window table functions: `TUMBLE(stream, col, size [, offset])` and
+//! `HOP(stream, col, slide, size [, offset])` in `FROM`, as RisingWave writes them.
+//!
+//! DataFusion would take the stream argument for a column, so each call is rewritten, before
+//! planning, into a derived table: the relation's rows with `window_start` and `window_end`
+//! added, of the time column's type, windows half-open (`[start, end)`). A tumbling window is
+//! `date_bin(size, col)`; a hopping one gives each row one window per slide that covers it
+//! (size / slide of them, through `unnest`; a row without a time is in none, where a tumble
+//! gives it a NULL window). Sizes are interval literals of days and less
+//! (a month has no fixed length), positive; a hop's size is a whole number of slides.
+//!
+//! ```text
+//! FROM TUMBLE(clicks, ts, INTERVAL '1 minute') AS t
+//!   ⇒ FROM (SELECT *, date_bin(INTERVAL '1 minute', ts) AS window_start,
+//!                     date_bin(INTERVAL '1 minute', ts) + INTERVAL '1 minute' AS window_end
+//!           FROM clicks) AS t
+//! ```
+
+use std::ops::ControlFlow;
+
+use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, Statement, TableAlias, TableFactor, Value, VisitMut,
+    VisitorMut,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::catalog::types::SqlType;
+use crate::catalog::{CatalogData, Relation};
+use crate::error::{Error, Result};
+use crate::storage::TIMESTAMP_COLUMN;
+
+/// The most windows a hop gives each row (size / slide).
+const MAX_HOPS: i64 = 1024;
+
+/// Rewrites every window table function in `statement` into a derived table, checking its
+/// arguments against the streams `catalog` has.
+pub fn rewrite(statement: &mut Statement, catalog: &CatalogData) -> Result<()> {
+    match statement.visit(&mut Windows { catalog }) {
+        ControlFlow::Break(error) => Err(error),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+struct Windows<'a> {
+    catalog: &'a CatalogData,
+}
+
+impl VisitorMut for Windows<'_> {
+    type Break = Error;
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Error> {
+        let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let function = name.to_string().to_ascii_lowercase();
+        if function != "tumble" && function != "hop" {
+            return ControlFlow::Continue(());
+        }
+        match derived(self.catalog, &function, &args.args, alias.take()) {
+            Ok(table) => *factor = table,
+            Err(error) => return ControlFlow::Break(error),
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The derived table a `TUMBLE` or `HOP` call stands for.
+fn derived(
+    catalog: &CatalogData,
+    function: &str,
+    args: &[FunctionArg],
+    alias: Option<TableAlias>,
+) -> Result<TableFactor> {
+    let args: Vec<&Expr> = args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+            _ => Err(Error::plan(
+                "22023",
+                format!(
+                    "{} takes its arguments by position",
+                    function.to_uppercase()
+                ),
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let usage = match function {
+        "tumble" => "TUMBLE(stream, time_column, size [, offset])",
+        _ => "HOP(stream, time_column, slide, size [, offset])",
+    };
+    let wanted = if function == "tumble" { 3..=4 } else { 4..=5 };
+    if !wanted.contains(&args.len()) {
+        return Err(Error::plan(
+            "22023",
+            format!(
+                "{usage} takes {} or {} arguments, not {}",
+                wanted.start(),
+                wanted.end(),
+                args.len()
+            ),
+        ));
+    }
+    let relation = match args[0] {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => args[0].to_string(),
+        other => {
+            return Err(Error::plan(
+                "22023",
+                format!("{usage}: the first argument names a stream, not {other}"),
+            ));
+        }
+    };
+    let column = match args[1] {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => args[1].to_string(),
+        other => {
+            return Err(Error::plan(
+                "22023",
+                format!("{usage}: the second argument names a time column, not {other}"),
+            ));
+        }
+    };
+    check_columns(catalog, usage, args[0], args[1])?;
+    let alias = alias.unwrap_or_else(|| TableAlias {
+        explicit: true,
+        name: match args[0] {
+            Expr::CompoundIdentifier(parts) => parts.last().cloned().expect("a part"),
+            Expr::Identifier(ident) => ident.clone(),
+            _ => unreachable!("checked above"),
+        },
+        columns: vec![],
+        at: None,
+    });
+    let sql = if function == "tumble" {
+        let size = positive(args[2], usage, "size")?;
+        let start = floored(&column, &size.sql, args.get(3).copied(), usage)?;
+        format!(
+            "SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM {relation}",
+            size = size.sql
+        )
+    } else {
+        let slide = positive(args[2], usage, "slide")?;
+        let size = positive(args[3], usage, "size")?;
+        if size.nanos % slide.nanos != 0 {
+            return Err(Error::plan(
+                "22023",
+                format!(
+                    "HOP: the size {} is not a whole number of slides {}",
+                    size.sql, slide.sql
+                ),
+            ));
+        }
+        let hops = size.nanos / slide.nanos;
+        if hops > MAX_HOPS {
+            return Err(Error::plan(
+                "22023",
+                format!(
+                    "HOP: a size of {hops} slides gives each row {hops} windows; at most {MAX_HOPS}"
+                ),
+            ));
+        }
+        let last = floored(&column, &slide.sql, args.get(4).copied(), usage)?;
+        let starts: Vec<String> = (0..hops as i128)
+            .map(|i| match i {
+                0 => last.clone(),
+                i => format!(
+                    "{last} - INTERVAL '{} nanoseconds'",
+                    i * slide.nanos as i128
+                ),
+            })
+            .collect();
+        format!(
+            "SELECT *, window_start + {size} AS window_end FROM \
+             (SELECT *, unnest(make_array({starts})) AS window_start FROM {relation} \
+             WHERE {column} IS NOT NULL)",
+            size = size.sql,
+            starts = starts.join(", ")
+        )
+    };
+    let subquery = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut parser| parser.parse_query())
+        .map_err(|e| Error::plan("42601", format!("{usage}: {e}")))?;
+    Ok(TableFactor::Derived {
+        lateral: false,
+        subquery,
+        alias: Some(alias),
+        sample: None,
+    })
+}
+
+/// The time column must be a timestamp of the stream, which must not have columns named as
+/// the window's. Other relations (views, files) are left to DataFusion.
+fn check_columns(catalog: &CatalogData, usage: &str, relation: &Expr, column: &Expr) -> Result<()> {
+    let name = |e: &Expr| match e {
+        Expr::Identifier(i) => Some(i.clone()),
+        Expr::CompoundIdentifier(parts) => parts.last().cloned(),
+        _ => None,
+    };
+    let (Some(relation), Some(column)) = (name(relation), name(column)) else {
+        return Ok(());
+    };
+    // Unquoted names are folded to lower case, as DataFusion does.
+    let folded = |i: &sqlparser::ast::Ident| match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    };
+    let (relation, column) = (folded(&relation), folded(&column));
+    let columns: Vec<(&str, SqlType)> = match catalog.relation(&relation) {
+        Some(Relation::Stream(stream, _)) => stream
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.sql_type))
+            .collect(),
+        Some(Relation::Topic(_)) => vec![],
+        _ => return Ok(()),
+    };
+    if let Some((taken, _)) = columns
+        .iter()
+        .find(|(c, _)| *c == "window_start" || *c == "window_end")
+    {
+        return Err(Error::plan(
+            "42701",
+            format!(
+                "{usage}: \"{relation}\" has a column named {taken} already, which the window would add"
+            ),
+        ));
+    }
+    if column == TIMESTAMP_COLUMN {
+        return Ok(());
+    }
+    match columns.iter().find(|(c, _)| *c == column) {
+        None => Err(Error::plan(
+            "42703",
+            format!("{usage}: column \"{column}\" of \"{relation}\" does not exist"),
+        )),
+        Some((_, SqlType::Timestamp | SqlType::TimestampTz)) => Ok(()),
+        Some((_, ty)) => Err(Error::plan(
+            "42804",
+            format!("{usage}: the time column \"{column}\" is {ty}, not a timestamp"),
+        )),
+    }
+}
+
+/// An interval argument, as written and in nanoseconds.
+struct Length {
+    sql: String,
+    nanos: i64,
+}
+
+/// A positive interval literal of days and less.
+fn positive(arg: &Expr, usage: &str, what: &str) -> Result<Length> {
+    let length = interval(arg, usage, what)?;
+    if length.nanos <= 0 {
+        return Err(Error::plan(
+            "22023",
+            format!("{usage}: the {what} must be positive, not {}", length.sql),
+        ));
+    }
+    Ok(length)
+}
+
+fn interval(arg: &Expr, usage: &str, what: &str) -> Result<Length> {
+    let not_literal = || {
+        Error::plan(
+            "22023",
+            format!("{usage}: the {what} is an interval literal (INTERVAL '1 minute'), not {arg}"),
+        )
+    };
+    let Expr::Interval(interval) = arg else {
+        return Err(not_literal());
+    };
+    let Expr::Value(value) = interval.value.as_ref() else {
+        return Err(not_literal());
+    };
+    let Value::SingleQuotedString(text) = &value.value else {
+        return Err(not_literal());
+    };
+    if interval.last_field.is_some() || interval.fractional_seconds_precision.is_some() {
+        return Err(not_literal());
+    }
+    let text = match &interval.leading_field {
+        Some(unit) => format!("{text} {unit}"),
+        None => text.clone(),
+    };
+    let parsed = parse_interval_month_day_nano(&text)
+        .map_err(|e| Error::plan("22023", format!("{usage}: the {what} {arg}: {e}")))?;
+    if parsed.months != 0 {
+        return Err(Error::plan(
+            "0A000",
+            format!(
+                "{usage}: the {what} {arg} counts months, whose length varies; windows are days long at most"
+            ),
+        ));
+    }
+    let nanos = (parsed.days as i64)
+        .checked_mul(86_400_000_000_000)
+        .and_then(|days| days.checked_add(parsed.nanoseconds))
+        .ok_or_else(|| Error::plan("22023", format!("{usage}: the {what} {arg} is too long")))?;
+    Ok(Length {
+        sql: arg.to_string(),
+        nanos,
+    })
+}
+
+/// The start of the `size`-long window of `column`, shifted by `offset` if there is one.
+fn floored(column: &str, size: &str, offset: Option<&Expr>, usage: &str) -> Result<String> {
+    Ok(match offset {
+        None => format!("date_bin({size}, {column})"),
+        Some(offset) => {
+            let offset = interval(offset, usage, "offset")?.sql;
+            format!("(date_bin({size}, {column} - {offset}) + {offset})")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(sql: &str) -> Result<String> {
+        let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&mut statement, &CatalogData::default())?;
+        Ok(statement.to_string())
+    }
+
+    #[test]
+    fn tumble_and_hop_become_derived_tables() {
+        let sql = rewritten(
+            "SELECT window_start, count(*) FROM TUMBLE(clicks, ts, INTERVAL '1 minute') GROUP BY 1",
+        )
+        .unwrap();
+        assert!(
+            sql.contains("FROM (SELECT *, date_bin(INTERVAL '1 minute', ts) AS window_start, date_bin(INTERVAL '1 minute', ts) + INTERVAL '1 minute' AS window_end FROM clicks) AS clicks"),
+            "{sql}"
+        );
+        let sql = rewritten(
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '10 seconds', INTERVAL '30 seconds') AS h",
+        )
+        .unwrap();
+        assert!(
+            sql.contains("unnest(make_array(date_bin(INTERVAL '10 seconds', ts), date_bin(INTERVAL '10 seconds', ts) - INTERVAL '10000000000 nanoseconds', date_bin(INTERVAL '10 seconds', ts) - INTERVAL '20000000000 nanoseconds'))"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("AS h"), "{sql}");
+    }
+
+    #[test]
+    fn bad_window_arguments_are_refused() {
+        let refused = |sql: &str, code: &str, says: &str| {
+            let error = rewritten(sql).unwrap_err();
+            assert_eq!(error.sqlstate(), code, "{sql}: {error}");
+            assert!(error.to_string().contains(says), "{sql}: {error}");
+        };
+        refused(
+            "SELECT * FROM TUMBLE(clicks, ts)",
+            "22023",
+            "takes 3 or 4 arguments, not 2",
+        );
+        refused(
+            "SELECT * FROM TUMBLE(clicks, ts, INTERVAL '0 seconds')",
+            "22023",
+            "the size must be positive",
+        );
+        refused(
+            "SELECT * FROM TUMBLE(clicks, ts, 60)",
+            "22023",
+            "an interval literal",
+        );
+        refused(
+            "SELECT * FROM TUMBLE(clicks, ts, INTERVAL '1 month')",
+            "0A000",
+            "counts months",
+        );
+        refused(
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '10 seconds', INTERVAL '25 seconds')",
+            "22023",
+            "not a whole number of slides",
+        );
+        refused(
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '1 second', INTERVAL '1 day')",
+            "22023",
+            "86400 windows",
+        );
+        refused(
+            "SELECT * FROM TUMBLE(1, ts, INTERVAL '1 minute')",
+            "22023",
+            "names a stream",
+        );
+    }
+}
