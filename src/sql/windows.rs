@@ -108,24 +108,8 @@ fn derived(
             ),
         ));
     }
-    let relation = match args[0] {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => args[0].to_string(),
-        other => {
-            return Err(Error::plan(
-                "22023",
-                format!("{usage}: the first argument names a stream, not {other}"),
-            ));
-        }
-    };
-    let column = match args[1] {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => args[1].to_string(),
-        other => {
-            return Err(Error::plan(
-                "22023",
-                format!("{usage}: the second argument names a time column, not {other}"),
-            ));
-        }
-    };
+    let relation = named(args[0], usage, "the first argument names a stream")?;
+    let column = named(args[1], usage, "the second argument names a time column")?;
     check_columns(catalog, usage, args[0], args[1])?;
     let alias = alias.unwrap_or_else(|| TableAlias {
         explicit: true,
@@ -193,6 +177,17 @@ fn derived(
         alias: Some(alias),
         sample: None,
     })
+}
+
+/// An argument that names something (`stream`, `s.ts`), as written.
+fn named(arg: &Expr, usage: &str, what: &str) -> Result<String> {
+    match arg {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(arg.to_string()),
+        other => Err(Error::plan(
+            "22023",
+            format!("{usage}: {what}, not {other}"),
+        )),
+    }
 }
 
 /// The time column must be a timestamp of the stream, which must not have columns named as
