@@ -495,6 +495,7 @@ impl Coordinator {
             } else if group.pending.remove(&member_id).is_none()
                 && group.member(&member_id).is_none()
             {
+                group.release_if_idle();
                 return Joined::error(code::UNKNOWN_MEMBER_ID, &member_id);
             }
             let (sender, receiver) = oneshot::channel();

@@ -36,11 +36,21 @@ pub struct ReadAhead {
     reads: HashMap<(String, i32), Ahead>,
 }
 
+/// A read of one partition: where from, and within what.
+#[derive(Clone)]
+struct Asked {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// The most bytes of records (see [`encode_within`]).
+    limit: usize,
+    /// Whether these are the response's first records.
+    first: bool,
+}
+
 /// One partition read ahead, with what it was read for.
 struct Ahead {
-    offset: i64,
-    limit: usize,
-    first: bool,
+    asked: Asked,
     read: JoinHandle<Result<PartitionRead, (i16, String)>>,
 }
 
@@ -52,18 +62,23 @@ impl Drop for Ahead {
 }
 
 impl Ahead {
-    /// Its records, if they answer a read of `topic` at this offset within `limit`, as
-    /// the response's `first` records or not.
-    async fn take(
-        mut self,
-        db: &Database,
-        topic: &str,
-        limit: usize,
-        first: bool,
-    ) -> Option<PartitionRead> {
+    /// Starts reading what `asked` names.
+    fn start(db: Arc<Database>, asked: Asked) -> Ahead {
+        let read = tokio::spawn(read_partition(db, asked.clone()));
+        Ahead { asked, read }
+    }
+
+    /// Its records, if they answer `asked`: the same topic (by id), partition and offset,
+    /// and within the limit (or read with the same one, as the response's first records).
+    async fn take(mut self, db: &Database, asked: &Asked) -> Option<PartitionRead> {
+        let wanted = self.asked.partition == asked.partition && self.asked.offset == asked.offset;
+        if !wanted {
+            return None;
+        }
         let read = (&mut self.read).await.ok()?.ok()?;
-        let fits = read.records.len() <= limit || (first && self.first && limit == self.limit);
-        let same_topic = db.kafka_topic_id(topic) == Some(read.topic);
+        let fits = read.records.len() <= asked.limit
+            || (asked.first && self.asked.first && asked.limit == self.asked.limit);
+        let same_topic = db.kafka_topic_id(&asked.topic) == Some(read.topic);
         (fits && same_topic && !read.records.is_empty()).then_some(read)
     }
 }
@@ -79,15 +94,6 @@ struct PartitionRead {
     next_offset: i64,
 }
 
-/// A partition a Fetch answer left records behind in: where to read ahead, and how.
-struct Behind {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    limit: usize,
-    first: bool,
-}
-
 /// One pass over the partitions a Fetch names.
 struct Pass {
     response: FetchResponse,
@@ -95,7 +101,8 @@ struct Pass {
     bytes: usize,
     /// Whether any partition has an error.
     errors: bool,
-    behind: Vec<Behind>,
+    /// Where the answer left records behind: the reads to start ahead.
+    behind: Vec<Asked>,
 }
 
 impl Handler {
@@ -126,22 +133,9 @@ impl Handler {
             }
         };
         drop(ready);
-        for behind in pass.behind {
-            let read = tokio::spawn(read_partition(
-                self.db.clone(),
-                behind.topic.clone(),
-                behind.partition,
-                behind.offset,
-                behind.limit,
-                behind.first,
-            ));
-            let next = Ahead {
-                offset: behind.offset,
-                limit: behind.limit,
-                first: behind.first,
-                read,
-            };
-            ahead.reads.insert((behind.topic, behind.partition), next);
+        for next in pass.behind {
+            let key = (next.topic.clone(), next.partition);
+            ahead.reads.insert(key, Ahead::start(self.db.clone(), next));
         }
         pass.response
     }
@@ -168,33 +162,29 @@ impl Handler {
                 // Past the response's size, nothing more is read.
                 let room = max_bytes.saturating_sub(used);
                 let limit = (wanted.partition_max_bytes.max(0) as usize).min(room);
-                let first = used == 0;
-                let offset = wanted.fetch_offset;
-                let early = match ready.remove(&(name.to_string(), wanted.partition)) {
-                    Some(ahead) if ahead.offset == offset => {
-                        ahead.take(&self.db, name, limit, first).await
-                    }
-                    _ => None,
+                let asked = Asked {
+                    topic: name.to_string(),
+                    partition: wanted.partition,
+                    offset: wanted.fetch_offset,
+                    limit,
+                    first: used == 0,
+                };
+                let early = match ready.remove(&(asked.topic.clone(), asked.partition)) {
+                    Some(ahead) => ahead.take(&self.db, &asked).await,
+                    None => None,
                 };
                 let read = match early {
                     Some(read) => Ok(read),
-                    None => {
-                        let db = self.db.clone();
-                        read_partition(db, name.to_string(), wanted.partition, offset, limit, first)
-                            .await
-                    }
+                    None => read_partition(self.db.clone(), asked.clone()).await,
                 };
                 let mut data = PartitionData::default().with_partition_index(wanted.partition);
                 match read {
                     Ok(read) => {
                         used += read.records.len();
                         if !read.records.is_empty() && read.next_offset < read.high_watermark {
-                            behind.push(Behind {
-                                topic: name.to_string(),
-                                partition: wanted.partition,
+                            behind.push(Asked {
                                 offset: read.next_offset,
-                                limit,
-                                first,
+                                ..asked
                             });
                         }
                         data = data
@@ -226,24 +216,18 @@ impl Handler {
     }
 }
 
-/// Reads a partition's records from `offset` and encodes them, within `limit` (see
-/// [`encode_within`] for `first`).
-async fn read_partition(
-    db: Arc<Database>,
-    topic: String,
-    partition: i32,
-    offset: i64,
-    limit: usize,
-    first: bool,
-) -> Result<PartitionRead, (i16, String)> {
-    let fetched = db.kafka_fetch(&topic, partition, offset, limit).await?;
-    let (records, next_offset) = encode_within(&fetched.batches, limit, first);
+/// Reads the records `asked` names and encodes them.
+async fn read_partition(db: Arc<Database>, asked: Asked) -> Result<PartitionRead, (i16, String)> {
+    let fetched = db
+        .kafka_fetch(&asked.topic, asked.partition, asked.offset, asked.limit)
+        .await?;
+    let (records, next_offset) = encode_within(&fetched.batches, asked.limit, asked.first);
     Ok(PartitionRead {
         topic: fetched.topic,
         high_watermark: fetched.high_watermark,
         log_start_offset: fetched.log_start_offset,
         records: records.freeze(),
-        next_offset: next_offset.unwrap_or(offset),
+        next_offset: next_offset.unwrap_or(asked.offset),
     })
 }
 
