@@ -152,6 +152,10 @@ async fn server_files_owners_and_grants() {
         "CREATE MATERIALIZED VIEW leak AS SELECT body, count(*) AS n FROM secrets GROUP BY body",
         "CREATE STREAM leak AS SELECT * FROM secrets",
         "CREATE SUBSCRIPTION leak FROM secrets",
+        "SELECT * FROM TUMBLE(secrets, _timestamp, INTERVAL '1 minute')",
+        "CREATE MATERIALIZED VIEW leak AS SELECT window_start, count(*) AS n
+             FROM HOP(secrets, _timestamp, INTERVAL '1 minute', INTERVAL '2 minutes')
+             GROUP BY window_start",
     ];
     for sql in reads {
         let (code, message) = refused(&ann, sql).await;

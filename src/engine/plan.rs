@@ -113,10 +113,9 @@ impl QueryPlan {
         sql: &str,
     ) -> Result<QueryPlan> {
         let mut statement = query_statement(sql)?;
-        // Window table functions stand for derived tables over the stream they name.
-        if let DfStatement::Statement(query) = &mut statement {
-            sql::windows::rewrite(query, catalog)?;
-        }
+        // Rewritten first: window table functions stand for derived tables over the stream
+        // they name, which is what the query reads.
+        sql::rewrite(&mut statement, catalog)?;
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;
@@ -169,7 +168,7 @@ impl QueryPlan {
             .expect("streams and topics are tables")
             .for_epochs(ranges.clone());
         let state = epoch_state(base, &input_name, Arc::new(table))?;
-        let logical = sql::plan(&state, statement, catalog).await?;
+        let logical = sql::plan_rewritten(&state, statement).await?;
         let schema = Arc::new(logical.schema().as_arrow().clone());
         let mut plan = QueryPlan {
             state,

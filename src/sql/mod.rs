@@ -84,13 +84,18 @@ pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<()>
     Ok(())
 }
 
-/// Plans a (rewritten) statement with DataFusion.
+/// Rewrites a statement and plans it with DataFusion.
 pub async fn plan(
     state: &SessionState,
     mut statement: DfStatement,
     catalog: &CatalogData,
 ) -> Result<LogicalPlan> {
     rewrite(&mut statement, catalog)?;
+    plan_rewritten(state, statement).await
+}
+
+/// Plans a statement [`rewrite`] has been applied to.
+pub async fn plan_rewritten(state: &SessionState, statement: DfStatement) -> Result<LogicalPlan> {
     state
         .statement_to_plan(statement)
         .await

@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 
 use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, Statement, TableAlias, TableFactor, Value, VisitMut,
+    Expr, FunctionArg, FunctionArgExpr, Ident, Statement, TableAlias, TableFactor, Value, VisitMut,
     VisitorMut,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -110,17 +110,14 @@ fn derived(
     }
     let relation = named(args[0], usage, "the first argument names a stream")?;
     let column = named(args[1], usage, "the second argument names a time column")?;
-    check_columns(catalog, usage, args[0], args[1])?;
+    check_columns(catalog, usage, &relation.last, &column.last)?;
     let alias = alias.unwrap_or_else(|| TableAlias {
         explicit: true,
-        name: match args[0] {
-            Expr::CompoundIdentifier(parts) => parts.last().cloned().expect("a part"),
-            Expr::Identifier(ident) => ident.clone(),
-            _ => unreachable!("checked above"),
-        },
+        name: relation.last.clone(),
         columns: vec![],
         at: None,
     });
+    let (relation, column) = (relation.sql, column.sql);
     let sql = if function == "tumble" {
         let size = positive(args[2], usage, "size")?;
         let start = floored(&column, &size.sql, args.get(3).copied(), usage)?;
@@ -179,34 +176,41 @@ fn derived(
     })
 }
 
-/// An argument that names something (`stream`, `s.ts`), as written.
-fn named(arg: &Expr, usage: &str, what: &str) -> Result<String> {
-    match arg {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(arg.to_string()),
-        other => Err(Error::plan(
-            "22023",
-            format!("{usage}: {what}, not {other}"),
-        )),
+/// An argument that names something (`stream`, `s.ts`): as written, and its last part.
+struct Named {
+    sql: String,
+    last: Ident,
+}
+
+fn named(arg: &Expr, usage: &str, what: &str) -> Result<Named> {
+    let last = match arg {
+        Expr::Identifier(ident) => Some(ident),
+        Expr::CompoundIdentifier(parts) => parts.last(),
+        _ => None,
+    };
+    match last {
+        Some(last) => Ok(Named {
+            sql: arg.to_string(),
+            last: last.clone(),
+        }),
+        None => Err(Error::plan("22023", format!("{usage}: {what}, not {arg}"))),
     }
 }
 
 /// The time column must be a timestamp of the stream, which must not have columns named as
 /// the window's. Other relations (views, files) are left to DataFusion.
-fn check_columns(catalog: &CatalogData, usage: &str, relation: &Expr, column: &Expr) -> Result<()> {
-    let name = |e: &Expr| match e {
-        Expr::Identifier(i) => Some(i.clone()),
-        Expr::CompoundIdentifier(parts) => parts.last().cloned(),
-        _ => None,
-    };
-    let (Some(relation), Some(column)) = (name(relation), name(column)) else {
-        return Ok(());
-    };
+fn check_columns(
+    catalog: &CatalogData,
+    usage: &str,
+    relation: &Ident,
+    column: &Ident,
+) -> Result<()> {
     // Unquoted names are folded to lower case, as DataFusion does.
-    let folded = |i: &sqlparser::ast::Ident| match i.quote_style {
+    let folded = |i: &Ident| match i.quote_style {
         Some(_) => i.value.clone(),
         None => i.value.to_lowercase(),
     };
-    let (relation, column) = (folded(&relation), folded(&column));
+    let (relation, column) = (folded(relation), folded(column));
     let columns: Vec<(&str, SqlType)> = match catalog.relation(&relation) {
         Some(Relation::Stream(stream, _)) => stream
             .columns
