@@ -116,6 +116,10 @@ impl ValueFormat {
 pub struct WatermarkDef {
     pub column: String,
     pub expression: String,
+    /// `watermark_idle_timeout`: how long a partition read to its end may stay quiet
+    /// before it stops holding the watermark back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +134,9 @@ pub struct StreamDef {
     /// Column whose value is the record timestamp; append time when `None`.
     pub timestamp_column: Option<String>,
     pub watermark: Option<WatermarkDef>,
+    /// `late_data_topic`: the stream that rows continuous queries drop as late go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_data_topic: Option<String>,
     /// Its owner, and what others were granted on it.
     #[serde(default)]
     pub access: Access,
@@ -232,6 +239,20 @@ pub struct QueryDef {
     /// Whose rights it runs with: its creator's.
     #[serde(default = "superuser")]
     pub owner: String,
+    /// When it emits its rows.
+    #[serde(default)]
+    pub emit: Emit,
+}
+
+/// When a continuous query emits rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Emit {
+    /// Every epoch, the rows that changed (`EMIT CHANGES`, the default).
+    #[default]
+    Changes,
+    /// Once per event-time window, its final rows, when the watermark passes its end
+    /// (`EMIT ON WINDOW CLOSE`).
+    OnWindowClose,
 }
 
 impl QueryDef {

@@ -18,7 +18,7 @@ use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
 use crate::catalog::{Access, HIDDEN_COLUMNS, Principal, Privilege};
 use crate::catalog::{
-    CatalogData, ColumnDef, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
+    CatalogData, ColumnDef, Emit, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
     StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
 };
 use crate::engine::plan::{Kind, QueryPlan};
@@ -32,6 +32,27 @@ use crate::storage::{Compression, TopicId};
 /// Segment size of an aggregation's state changelog: small, so that segments a snapshot
 /// has made redundant are soon sealed and deleted.
 const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
+/// a `TUMBLE` or `HOP` over the column of its stream's watermark.
+fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
+    if emit == Emit::Changes || plan.event_time_state() {
+        return Ok(());
+    }
+    let why = if plan.event_time.is_none() {
+        format!(
+            "\"{}\" has no watermark (declare one: WATERMARK FOR column AS column - INTERVAL '…')",
+            plan.input_name
+        )
+    } else if matches!(plan.kind, Kind::Stateless) {
+        "the query has no windows to close: it must aggregate by window_start or window_end of TUMBLE or HOP".to_string()
+    } else {
+        "its GROUP BY must include window_start or window_end of a TUMBLE or HOP over the column of the stream's watermark".to_string()
+    };
+    Err(Error::Unsupported(format!(
+        "EMIT ON WINDOW CLOSE needs windows that close: {why}"
+    )))
+}
 
 impl Database {
     pub(super) async fn create_stream_as(
@@ -69,6 +90,7 @@ impl Database {
         }
         let plan = self.engine.plan(&query, &data).await?;
         data.check(who, Privilege::Select, &plan.input_name)?;
+        check_emit(&plan, c.emit)?;
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
             Kind::Stateless => vec![],
@@ -77,7 +99,7 @@ impl Database {
                 filtered,
                 ..
             } => {
-                if *filtered {
+                if *filtered && c.emit == Emit::Changes {
                     return Err(Error::Unsupported(
                         "a derived stream cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
                             .into(),
@@ -142,6 +164,7 @@ impl Database {
                 value_format: ValueFormat::Json,
                 timestamp_column,
                 watermark: None,
+                late_data_topic: None,
                 access: Access::owned_by(&who.name),
             },
         );
@@ -165,6 +188,7 @@ impl Database {
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
+            emit: c.emit,
         };
         let topics: Vec<TopicDef> = [Some(topic), state_topic].into_iter().flatten().collect();
         self.create_query(new, def, &plan, topics).await?;
@@ -206,6 +230,13 @@ impl Database {
         }
         let plan = self.engine.plan(&v.query, &data).await?;
         data.check(who, Privilege::Select, &plan.input_name)?;
+        check_emit(&plan, v.emit)?;
+        if v.emit == Emit::OnWindowClose {
+            return Err(Error::Unsupported(
+                "EMIT ON WINDOW CLOSE is not supported for materialized views yet; create a stream with it (CREATE STREAM … AS SELECT … EMIT ON WINDOW CLOSE)"
+                    .into(),
+            ));
+        }
         let mut seen = BTreeSet::new();
         for field in plan.schema.fields() {
             if !seen.insert(field.name()) {
@@ -247,6 +278,7 @@ impl Database {
             state_topic: Some(state_topic.name.clone()),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
+            emit: v.emit,
         };
         self.create_query(new, def, &plan, vec![state_topic])
             .await?;
@@ -291,7 +323,8 @@ impl Database {
         };
         let plan = self.engine.plan(&i.query, &data).await?;
         data.check(who, Privilege::Select, &plan.input_name)?;
-        if let Kind::Aggregate { filtered: true, .. } = plan.kind {
+        check_emit(&plan, i.emit)?;
+        if let (Kind::Aggregate { filtered: true, .. }, Emit::Changes) = (&plan.kind, i.emit) {
             return Err(Error::Unsupported(
                 "a persistent INSERT cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
                     .into(),
@@ -413,6 +446,7 @@ impl Database {
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
+            emit: i.emit,
         };
         self.create_query(new, def, &plan, state_topic.into_iter().collect())
             .await?;

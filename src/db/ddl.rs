@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::sql::parser::{CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::storage::now_ms;
 use crate::storage::{Compression, KEY_COLUMN, TopicId};
+use crate::tables::event_time::watermark_expression;
 
 impl Database {
     pub(super) async fn create_stream(
@@ -67,7 +68,16 @@ impl Database {
             .filter(|c| c.key)
             .map(|c| c.name.clone())
             .collect();
-        let mut options = TopicOptions::parse(&c.options, &["value_format", "timestamp", "topic"])?;
+        let mut options = TopicOptions::parse(
+            &c.options,
+            &[
+                "value_format",
+                "timestamp",
+                "topic",
+                "watermark_idle_timeout",
+                "late_data_topic",
+            ],
+        )?;
         let value_format = match options.take("value_format") {
             None => ValueFormat::Json,
             Some(v) => ValueFormat::parse(v.as_text()).ok_or_else(|| {
@@ -121,12 +131,38 @@ impl Database {
                         format!("watermark column \"{column}\" is {t}; it must be a timestamp"),
                     ));
                 }
+                let field = arrow::datatypes::Field::new(column, t.arrow(), true);
+                let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field]));
+                let session = datafusion::prelude::SessionContext::new().state();
+                watermark_expression(&session, &schema, expression)?;
+                let idle_timeout_ms = match options.take("watermark_idle_timeout") {
+                    None => None,
+                    Some(v) => match parse_duration_ms(v.as_text())? {
+                        Some(ms) if ms > 0 => Some(ms),
+                        _ => {
+                            return Err(Error::data(
+                                "22023",
+                                format!(
+                                    "watermark_idle_timeout must be a positive duration, not \"{}\"",
+                                    v.as_text()
+                                ),
+                            ));
+                        }
+                    },
+                };
                 Some(WatermarkDef {
                     column: column.clone(),
                     expression: expression.clone(),
+                    idle_timeout_ms,
                 })
             }
         };
+        if options.take("watermark_idle_timeout").is_some() {
+            return Err(Error::plan(
+                "42601",
+                "watermark_idle_timeout needs a watermark (WATERMARK FOR column AS …)",
+            ));
+        }
         if value_format == ValueFormat::Raw {
             let values: Vec<&ColumnDef> = columns
                 .iter()
@@ -144,6 +180,26 @@ impl Database {
             None => c.name.clone(),
         };
         validate_name("topic", &topic_name)?;
+        let late = match options.take("late_data_topic") {
+            None => None,
+            Some(v) => {
+                let name = v.as_text().to_string();
+                validate_name("stream", &name)?;
+                if name == c.name || name == topic_name {
+                    return Err(Error::plan(
+                        "42P07",
+                        format!("late_data_topic \"{name}\" cannot be the stream itself"),
+                    ));
+                }
+                Some(late_stream(
+                    &name,
+                    &c.name,
+                    &columns,
+                    &key_columns,
+                    timestamp_column.as_deref(),
+                )?)
+            }
+        };
 
         let _ddl = self.tables.catalog.ddl_lock().await;
         let data = self.tables.catalog.snapshot();
@@ -168,6 +224,14 @@ impl Database {
                 "topic \"{topic_name}\" already exists"
             )));
         }
+        if let Some(late) = &late
+            && (data.relation(&late.name).is_some() || data.topics.contains_key(&late.name))
+        {
+            return Err(Error::AlreadyExists(format!(
+                "late_data_topic \"{}\" already exists; it is created with the stream",
+                late.name
+            )));
+        }
         let mut new = (*data).clone();
         let topic = options.topic_def(
             TopicId(new.next_topic_id),
@@ -176,6 +240,21 @@ impl Database {
             &who.name,
         );
         new.next_topic_id += 1;
+        let mut topics = vec![topic.clone()];
+        let late_data_topic = late.as_ref().map(|l| l.name.clone());
+        if let Some(mut late) = late {
+            let topic = options.topic_def(
+                TopicId(new.next_topic_id),
+                &late.name,
+                Some(late.name.clone()),
+                &who.name,
+            );
+            new.next_topic_id += 1;
+            late.access = Access::owned_by(&who.name);
+            new.topics.insert(late.name.clone(), topic.clone());
+            new.streams.insert(late.name.clone(), late);
+            topics.push(topic);
+        }
         new.streams.insert(
             c.name.clone(),
             StreamDef {
@@ -186,12 +265,21 @@ impl Database {
                 value_format,
                 timestamp_column,
                 watermark,
+                late_data_topic,
                 access: Access::owned_by(&who.name),
             },
         );
         new.topics.insert(topic_name, topic.clone());
-        self.create_topic_files(&new, &topic).await?;
-        self.commit_or_undo(new, topic.id).await?;
+        for (i, topic) in topics.iter().enumerate() {
+            if let Err(e) = self.create_topic_files(&new, topic).await {
+                for made in &topics[..i] {
+                    let _ = self.tables.log.drop_topic(made.id).await;
+                }
+                return Err(e);
+            }
+        }
+        let ids: Vec<TopicId> = topics.iter().map(|t| t.id).collect();
+        self.commit_or_undo(new, &ids).await?;
         Ok(command("CREATE STREAM"))
     }
 
@@ -225,7 +313,7 @@ impl Database {
         new.next_topic_id += 1;
         new.topics.insert(c.name.clone(), topic.clone());
         self.create_topic_files(&new, &topic).await?;
-        self.commit_or_undo(new, topic.id).await?;
+        self.commit_or_undo(new, &[topic.id]).await?;
         Ok(command("CREATE TOPIC"))
     }
 
@@ -234,11 +322,13 @@ impl Database {
         Ok(())
     }
 
-    /// Commits a catalog with a new topic; if that fails, removes the topic's files.
-    async fn commit_or_undo(&self, data: CatalogData, topic: TopicId) -> Result<()> {
+    /// Commits a catalog with new topics; if that fails, removes the topics' files.
+    async fn commit_or_undo(&self, data: CatalogData, topics: &[TopicId]) -> Result<()> {
         if let Err(e) = self.tables.catalog.commit(data, vec![]).await {
-            if let Err(undo) = self.tables.log.drop_topic(topic).await {
-                tracing::error!(error = %undo, "removing the files of a topic whose creation failed");
+            for topic in topics {
+                if let Err(undo) = self.tables.log.drop_topic(*topic).await {
+                    tracing::error!(error = %undo, "removing the files of a topic whose creation failed");
+                }
             }
             return Err(e);
         }
@@ -456,6 +546,16 @@ impl Database {
                     query.name
                 )));
             }
+        }
+        if let Some((stream, late)) = new.streams.values().find_map(|s| {
+            s.late_data_topic
+                .as_ref()
+                .filter(|l| new.relation(l).is_none())
+                .map(|l| (&s.name, l))
+        }) {
+            return Err(Error::Dependent(format!(
+                "cannot drop \"{late}\": stream \"{stream}\" sends its late rows there (late_data_topic); drop that first"
+            )));
         }
         if let Some(sub) = new
             .subscriptions
@@ -864,6 +964,50 @@ impl TopicOptions {
             access: Access::owned_by(owner),
         }
     }
+}
+
+/// The stream the late rows of `stream` go to: its columns, then `query` (the query that
+/// dropped the row), `partition` and `offset` (where the row is in `stream`), keyed and
+/// timed as `stream` is.
+fn late_stream(
+    name: &str,
+    stream: &str,
+    columns: &[ColumnDef],
+    key_columns: &[String],
+    timestamp_column: Option<&str>,
+) -> Result<StreamDef> {
+    let added = [
+        ("query", SqlType::Text),
+        ("partition", SqlType::Integer),
+        ("offset", SqlType::BigInt),
+    ];
+    let mut all = columns.to_vec();
+    for (column, sql_type) in added {
+        if columns.iter().any(|c| c.name == column) {
+            return Err(Error::plan(
+                "42701",
+                format!(
+                    "late_data_topic adds a column \"{column}\", which \"{stream}\" has already"
+                ),
+            ));
+        }
+        all.push(ColumnDef {
+            name: column.into(),
+            sql_type,
+            nullable: false,
+        });
+    }
+    Ok(StreamDef {
+        name: name.to_string(),
+        topic: name.to_string(),
+        columns: all,
+        key_columns: key_columns.to_vec(),
+        value_format: ValueFormat::Json,
+        timestamp_column: timestamp_column.map(str::to_string),
+        watermark: None,
+        late_data_topic: None,
+        access: Access::default(),
+    })
 }
 
 #[cfg(test)]

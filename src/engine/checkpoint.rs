@@ -26,6 +26,51 @@ pub struct Planned {
     pub epoch: u64,
     /// The input end offsets it reads up to (exclusive); it starts at the committed ones.
     pub ends: Vec<InputOffset>,
+    /// The input partitions found idle when it was planned: they do not hold the
+    /// watermark back (decided by the clock, so recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle: Vec<PartitionId>,
+}
+
+/// Event time of a query over a stream with a watermark (times in microseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTime {
+    /// Per input partition that had rows: the greatest value of the watermark expression
+    /// over them.
+    pub maxima: Vec<(PartitionId, i64)>,
+    /// The watermark: rows of the next epoch whose event time is below it are late, and
+    /// windows ending at or before it are closed. `None` until a partition had rows.
+    pub watermark: Option<i64>,
+    /// Rows dropped as late, in all.
+    pub late_rows: u64,
+}
+
+impl EventTime {
+    /// Takes in an epoch's greatest watermark-expression value per partition.
+    pub fn observe(&mut self, partition: PartitionId, max: i64) {
+        match self.maxima.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, m)) => *m = (*m).max(max),
+            None => {
+                self.maxima.push((partition, max));
+                self.maxima.sort_unstable();
+            }
+        }
+    }
+
+    /// The watermark after an epoch, with `idle` partitions left out: the least of the
+    /// partitions' maxima (an idle partition counts as the greatest of them, so that when
+    /// every partition is idle the watermark reaches the last row read); never lower than
+    /// before.
+    pub fn advanced(&self, idle: &[PartitionId]) -> Option<i64> {
+        let greatest = self.maxima.iter().map(|(_, m)| *m).max()?;
+        let least = self
+            .maxima
+            .iter()
+            .map(|(p, m)| if idle.contains(p) { greatest } else { *m })
+            .min()
+            .unwrap_or(greatest);
+        Some(self.watermark.map_or(least, |w| w.max(least)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +85,9 @@ pub struct Checkpoint {
     pub state_records: u64,
     /// The epoch running now, if one was planned and has not committed.
     pub planned: Option<Planned>,
+    /// For a query with event-time state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTime>,
 }
 
 impl Checkpoint {
@@ -51,6 +99,7 @@ impl Checkpoint {
             state_from: Offset(0),
             state_records: 0,
             planned: None,
+            event_time: None,
         }
     }
 
@@ -284,6 +333,7 @@ mod tests {
         cp.planned = Some(Planned {
             epoch: 4,
             ends: vec![at(0, 9)],
+            idle: vec![],
         });
         // More has arrived since, but the replay reads what the plan said.
         let plan = next_epoch(&cp, &[at(0, 100)], 1_000).unwrap();
@@ -306,9 +356,32 @@ mod tests {
         cp.planned = Some(Planned {
             epoch: 1,
             ends: vec![at(0, 6)],
+            idle: vec![PartitionId(1)],
+        });
+        cp.event_time = Some(EventTime {
+            maxima: vec![(PartitionId(0), 5)],
+            watermark: Some(5),
+            late_rows: 2,
         });
         assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
         assert!(Checkpoint::decode(b"{not json").is_err());
+    }
+
+    #[test]
+    fn the_watermark_is_the_least_maximum_of_partitions_not_idle_and_never_falls() {
+        let mut t = EventTime::default();
+        assert_eq!(t.advanced(&[]), None, "no rows, no watermark");
+        t.observe(PartitionId(0), 100);
+        t.observe(PartitionId(2), 40);
+        t.observe(PartitionId(0), 90);
+        assert_eq!(t.maxima, vec![(PartitionId(0), 100), (PartitionId(2), 40)]);
+        assert_eq!(t.advanced(&[]), Some(40));
+        // A quiet partition stops holding the others back.
+        assert_eq!(t.advanced(&[PartitionId(2)]), Some(100));
+        // When all are quiet, the watermark reaches the last row read.
+        assert_eq!(t.advanced(&[PartitionId(0), PartitionId(2)]), Some(100));
+        t.watermark = Some(70);
+        assert_eq!(t.advanced(&[]), Some(70), "monotone");
     }
 
     #[test]

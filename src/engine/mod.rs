@@ -140,6 +140,11 @@ struct Status {
     /// An aggregation's live groups, and the memory its state holds.
     groups: Option<u64>,
     state_bytes: u64,
+    /// Over a stream with a watermark: the watermark, rows dropped as late, and per
+    /// partition the greatest watermark-expression value read and whether it is idle.
+    watermark: Option<i64>,
+    late_rows: u64,
+    event_times: Vec<(PartitionId, i64, bool)>,
     /// `(when, rows_in)` after recent epochs, for the input rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -158,6 +163,9 @@ impl Status {
             error: None,
             groups: None,
             state_bytes: 0,
+            watermark: None,
+            late_rows: 0,
+            event_times: vec![],
             samples: [(Instant::now(), 0)].into(),
         }
     }
@@ -631,6 +639,13 @@ impl Continuous for Engine {
                     last_checkpoint_ms: status.last_checkpoint_ms,
                     groups: status.groups,
                     state_bytes: status.state_bytes,
+                    watermark: status.watermark,
+                    late_rows: status.late_rows,
+                    event_times: status
+                        .event_times
+                        .iter()
+                        .map(|(p, max, idle)| (p.0, *max, *idle))
+                        .collect(),
                     error: status.error.clone(),
                     sql: r.def.sql.clone(),
                 }

@@ -39,9 +39,11 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Relation, TopicDef};
+use crate::engine::state::Expiry;
 use crate::error::{Error, Result};
-use crate::sql::{self, Statement};
+use crate::sql::{self, Statement, Window};
 use crate::storage::Log;
+use crate::tables::event_time::EventTimeScan;
 use crate::tables::scan::{Ranges, StreamScanExec};
 use crate::tables::stream_table::{EpochRanges, StreamTable};
 
@@ -55,6 +57,10 @@ const PHYSICAL_RULES_OFF: [&str; 4] = [
     "LimitAggregation",
 ];
 
+/// How long a partition stays quiet before it stops holding a watermark back, unless the
+/// stream says otherwise (`watermark_idle_timeout`).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
 /// A continuous query's SQL, planned against its one input.
 pub struct QueryPlan {
     state: SessionState,
@@ -66,6 +72,14 @@ pub struct QueryPlan {
     /// What the query returns.
     pub schema: SchemaRef,
     pub kind: Kind,
+    /// Over a stream with a watermark: what each epoch's scan learns about event time.
+    pub event_time: Option<Arc<EventTimeScan>>,
+    /// An aggregate grouped by a window over the watermark's column has event-time state:
+    /// when each group's window closes. Its late rows are dropped.
+    pub expiry: Option<Expiry>,
+    /// How long a partition read to its end stays quiet before it stops holding the
+    /// watermark back.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -115,7 +129,7 @@ impl QueryPlan {
         let mut statement = query_statement(sql)?;
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
-        sql::rewrite(&mut statement, catalog)?;
+        let windows = sql::rewrite(&mut statement, catalog)?;
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;
@@ -163,7 +177,35 @@ impl QueryPlan {
                 )));
             }
         };
-        let ranges = Arc::new(EpochRanges::default());
+        let watermark = match &relation {
+            Relation::Stream(stream, _) => stream.watermark.clone(),
+            _ => None,
+        };
+        let event_time = match &watermark {
+            Some(w) => {
+                let fields = catalog.value_fields(&input);
+                let stored = fields
+                    .iter()
+                    .position(|f| *f.name() == w.column)
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "the watermark column \"{}\" of \"{input_name}\" is missing",
+                            w.column
+                        ))
+                    })?;
+                Some(Arc::new(EventTimeScan::new(
+                    base,
+                    &fields[stored],
+                    stored,
+                    &w.expression,
+                )?))
+            }
+            None => None,
+        };
+        let ranges = Arc::new(EpochRanges {
+            ranges: Default::default(),
+            event_time: event_time.clone(),
+        });
         let table = StreamTable::of(catalog, &relation, log)
             .expect("streams and topics are tables")
             .for_epochs(ranges.clone());
@@ -178,6 +220,14 @@ impl QueryPlan {
             input_name,
             schema,
             kind: Kind::Stateless,
+            event_time,
+            expiry: None,
+            idle_timeout: std::time::Duration::from_millis(
+                watermark
+                    .as_ref()
+                    .and_then(|w| w.idle_timeout_ms)
+                    .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            ),
         };
         let (epoch, _) = plan.plan_epoch(vec![]).await?;
         plan.kind = match &epoch {
@@ -193,6 +243,11 @@ impl QueryPlan {
                     .expect("a partial aggregate")
                     .group_expr()
                     .num_group_exprs();
+                let window = windows.iter().find(|w| {
+                    w.relation == plan.input_name
+                        && watermark.as_ref().is_some_and(|m| m.column == w.column)
+                });
+                plan.expiry = window.and_then(|w| window_expiry(&a.partial.schema(), groups, w));
                 Kind::Aggregate {
                     state_schema: a.partial.schema(),
                     groups,
@@ -205,13 +260,19 @@ impl QueryPlan {
         Ok(plan)
     }
 
+    /// Whether the query has event-time state: its late rows are dropped and its closed
+    /// windows evicted.
+    pub fn event_time_state(&self) -> bool {
+        self.expiry.is_some() && self.event_time.is_some()
+    }
+
     /// Plans the epoch that reads `ranges` of the input.
     pub async fn plan_epoch(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
         sql::cpu_bound(self.plan_epoch_now(ranges)).await
     }
 
     async fn plan_epoch_now(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
-        *self.ranges.0.lock().expect("epoch ranges lock") = ranges;
+        *self.ranges.ranges.lock().expect("epoch ranges lock") = ranges;
         let mut state = self.state.clone();
         state.mark_start_execution();
         let physical = state
@@ -219,6 +280,24 @@ impl QueryPlan {
             .await
             .map_err(Error::from_datafusion)?;
         Ok((take_apart(physical)?, state.task_ctx()))
+    }
+}
+
+/// When a group of an aggregate grouped by `window` closes: its `window_end` column, or
+/// its `window_start` column plus the window's size.
+fn window_expiry(state: &SchemaRef, groups: usize, window: &Window) -> Option<Expiry> {
+    let group = |name: &str| {
+        state.fields()[..groups]
+            .iter()
+            .position(|f| f.name() == name)
+    };
+    match (group("window_end"), group("window_start")) {
+        (Some(column), _) => Some(Expiry { column, plus: 0 }),
+        (None, Some(column)) => Some(Expiry {
+            column,
+            plus: window.size_micros,
+        }),
+        (None, None) => None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! run again over the same input; since output and checkpoint commit together, its output
 //! is appended once.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,16 +21,16 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use tokio::sync::watch;
 
-use super::checkpoint::{self, Checkpoint, Planned};
+use super::checkpoint::{self, Checkpoint, EventTime, InputOffset, Planned};
 use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
 use super::state::Groups;
 use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
-use crate::catalog::{CatalogData, Privilege, QueryDef, QueryTarget};
+use crate::catalog::{CatalogData, Emit, Privilege, QueryDef, QueryTarget, Relation};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
 use crate::storage::now_ms;
-use crate::storage::{PartitionBatch, PartitionId, ReadOptions, TopicId};
+use crate::storage::{Offset, PartitionBatch, PartitionId, ReadOptions, TopicId};
 use crate::tables::Tables;
 
 pub(super) struct QueryTask {
@@ -40,11 +41,16 @@ pub(super) struct QueryTask {
     shared: Arc<Shared>,
     checkpoint: Checkpoint,
     output: Option<Output>,
+    /// The stream the input's `late_data_topic` names, where late rows go.
+    late_output: Option<WriteTarget>,
     state_topic: Option<StateTopic>,
     /// An aggregation's groups (shared with its view's readers, if it has a view).
     groups: Option<Arc<Groups>>,
     /// The memory pool every query shares, which its state is reserved in.
     memory: Arc<dyn MemoryPool>,
+    /// Per input partition: its high watermark when last seen, and since when it has been
+    /// that (a partition fully read and quiet for long enough is idle).
+    activity: HashMap<PartitionId, (Offset, Instant)>,
 }
 
 /// The stream a query appends to, and where each of its columns comes from.
@@ -101,6 +107,10 @@ impl QueryTask {
                 Checkpoint::initial(vec![])
             }
         };
+        let mut checkpoint = checkpoint;
+        if plan.event_time.is_some() && checkpoint.event_time.is_none() {
+            checkpoint.event_time = Some(EventTime::default());
+        }
         if let Some(other) = checkpoint.inputs.iter().find(|i| i.topic != plan.input.id) {
             return Err(Error::Internal(format!(
                 "the checkpoint of query \"{}\" is for topic {}, not its input \"{}\"",
@@ -113,6 +123,23 @@ impl QueryTask {
                 Some(output_of(data, stream, columns, &plan)?)
             }
             QueryTarget::View { .. } => None,
+        };
+        let late_output = match data.relation(&plan.input_name) {
+            Some(Relation::Stream(stream, _)) if plan.event_time_state() => {
+                match &stream.late_data_topic {
+                    None => None,
+                    Some(late) => {
+                        let relation = data.relation(late).ok_or_else(|| {
+                            Error::Internal(format!(
+                                "the late_data_topic \"{late}\" of \"{}\" is missing",
+                                stream.name
+                            ))
+                        })?;
+                        WriteTarget::of(data, &relation)
+                    }
+                }
+            }
+            _ => None,
         };
         let state_topic = match &def.state_topic {
             None => None,
@@ -155,8 +182,10 @@ impl QueryTask {
             shared,
             checkpoint,
             output,
+            late_output,
             state_topic,
             groups: None,
+            activity: HashMap::new(),
         };
         task.restore().await?;
         {
@@ -193,10 +222,16 @@ impl QueryTask {
                         "an aggregate query planned without its aggregate".into(),
                     ));
                 };
+                let expiry = if self.plan.event_time_state() && !view {
+                    self.plan.expiry
+                } else {
+                    None
+                };
                 let state = Arc::new(Groups::new(
                     state_schema,
                     view.then_some(final_schema),
                     *groups,
+                    expiry,
                     self.reservation("state"),
                 )?);
                 if let Some(topic) = &self.state_topic {
@@ -253,6 +288,9 @@ impl QueryTask {
             .snapshot()
             .high_watermark(topic, PartitionId(0));
         let from = self.checkpoint.state_from;
+        // Windows closed before the checkpoint were evicted (and, emitting on close,
+        // emitted): their groups in the changelog are passed over again.
+        let closed = self.watermark();
         let (groups, aggregation, ctx) = (groups.clone(), aggregation.clone(), ctx.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -275,7 +313,11 @@ impl QueryTask {
                     None => vec![],
                 };
                 let rows = groups.to_store(&batch, &finals)?;
-                groups.write().upsert(rows)?;
+                let mut state = groups.write();
+                state.upsert(rows)?;
+                if let Some(closed) = closed {
+                    state.evict(closed, &groups.partial)?;
+                }
             }
             Ok(())
         })
@@ -305,12 +347,15 @@ impl QueryTask {
             commits.borrow_and_update();
             let snapshot = self.tables.log.snapshot();
             let high = checkpoint::high_watermarks(&snapshot, self.plan.input.id);
-            let Some(epoch) =
-                checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
-            else {
+            self.note_activity(&high);
+            let next = checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
+                .or_else(|| self.tick(&high));
+            let Some(epoch) = next else {
+                let quiet = self.next_idle(&high);
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = stop.changed() => {}
+                    _ = sleep_until(quiet) => {}
                 }
                 continue;
             };
@@ -338,14 +383,28 @@ impl QueryTask {
                 &self.plan.input_name,
                 self.config.trusted_logins,
             )?;
+            let idle = match &self.checkpoint.event_time {
+                Some(_) => self.idle(&epoch.ends()),
+                None => vec![],
+            };
             self.checkpoint.planned = Some(Planned {
                 epoch: epoch.epoch,
                 ends: epoch.ends(),
+                idle,
             });
             self.tables
                 .log
                 .commit(vec![], vec![(key, Some(self.checkpoint.encode()))])
                 .await?;
+        }
+        let idle = self
+            .checkpoint
+            .planned
+            .as_ref()
+            .map(|p| p.idle.clone())
+            .unwrap_or_default();
+        if let Some(event_time) = &self.plan.event_time {
+            event_time.begin(self.watermark(), self.plan.event_time_state());
         }
         let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
         let mut pending = PendingWrite::default();
@@ -353,9 +412,11 @@ impl QueryTask {
         let mut changed: Option<(RecordBatch, Vec<RecordBatch>)> = None;
         let mut view_change: Option<ViewChange> = None;
         let rows_out;
+        let late: Vec<(PartitionId, Offset)>;
         match plan {
             EpochPlan::Stateless(plan) => {
                 let out = run(plan, ctx).await?;
+                late = self.event_time_seen(&idle);
                 rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
                 if self.output.is_some() {
                     self.stage_output(&out, &mut pending)?;
@@ -364,11 +425,30 @@ impl QueryTask {
                 }
             }
             EpochPlan::Aggregate(aggregation) => {
-                let groups = self.groups.as_ref().expect("an aggregation has state");
+                let groups = self.groups.clone().expect("an aggregation has state");
                 let (merged, finals) = aggregation
                     .merge(|touched| groups.lookup_partial(touched), ctx.clone())
                     .await?;
-                if self.output.is_some() {
+                late = self.event_time_seen(&idle);
+                if self.def.emit == Emit::OnWindowClose {
+                    // The epoch's groups join the state, and every window the watermark
+                    // has passed leaves it with its final rows, committed with the epoch:
+                    // a failed commit fails the query, which starts again from its
+                    // checkpoint with its state as it was.
+                    let closed = {
+                        let mut state = groups.write();
+                        state.upsert(merged.clone())?;
+                        match self.watermark() {
+                            Some(w) => state.evict(w, &groups.partial)?,
+                            None => vec![],
+                        }
+                    };
+                    let finals = aggregation.finalize(closed, ctx.clone()).await?;
+                    let out = aggregation.output(finals, ctx.clone()).await?;
+                    rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
+                    self.stage_output(&out, &mut pending)?;
+                    state_rows = vec![merged.clone()];
+                } else if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
                     self.stage_output(&out, &mut pending)?;
@@ -396,10 +476,13 @@ impl QueryTask {
                     }
                     *view.aggregation.lock().expect("view lock") = aggregation;
                 }
-                state_rows = vec![merged.clone()];
-                changed = Some((merged, finals));
+                if self.def.emit == Emit::Changes {
+                    state_rows = vec![merged.clone()];
+                    changed = Some((merged, finals));
+                }
             }
         }
+        self.stage_late(&late, &mut pending)?;
         let mut batches = pending.into_batches();
         if let Some(topic) = &self.state_topic {
             let records = state_records(topic, &state_rows)?;
@@ -445,6 +528,11 @@ impl QueryTask {
                     let _ = self.shared.changes.send(Arc::new(change));
                 }
             }
+            // Windows the watermark has passed are closed: their rows stay where they
+            // were written, their state goes.
+            if let (Ok(()), Some(w)) = (&applied, self.watermark()) {
+                state.evict(w, &groups.partial)?;
+            }
             drop(state);
             applied?;
         }
@@ -452,12 +540,123 @@ impl QueryTask {
             let mut status = self.shared.status.lock().expect("status lock");
             status.record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
             self.publish_state_size(&mut status);
+            self.publish_event_time(&mut status, &idle);
         }
         let positions = self.checkpoint.inputs.clone();
         self.shared
             .progress
             .send_modify(|p| p.positions = positions);
         self.maybe_snapshot().await
+    }
+
+    /// The watermark: input rows below it are late, windows ending at or before it closed.
+    fn watermark(&self) -> Option<i64> {
+        self.checkpoint.event_time.as_ref()?.watermark
+    }
+
+    /// Takes in what the epoch's scan saw of event time, with `idle` partitions not
+    /// holding the watermark back: the rows it dropped as late.
+    fn event_time_seen(&mut self, idle: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
+        let (Some(scan), Some(time)) = (&self.plan.event_time, &mut self.checkpoint.event_time)
+        else {
+            return vec![];
+        };
+        let seen = scan.take();
+        for (partition, max) in seen.maxima {
+            time.observe(partition, max);
+        }
+        time.late_rows += seen.late.len() as u64;
+        time.watermark = time.advanced(idle);
+        seen.late
+    }
+
+    /// Notes which partitions' high watermarks moved.
+    fn note_activity(&mut self, high: &[InputOffset]) {
+        let now = Instant::now();
+        for h in high {
+            match self.activity.get_mut(&h.partition) {
+                Some((at, since)) if *at != h.offset => (*at, *since) = (h.offset, now),
+                Some(_) => {}
+                None => {
+                    self.activity.insert(h.partition, (h.offset, now));
+                }
+            }
+        }
+    }
+
+    /// The partitions that are idle now: read to the end (`ends`, or the committed
+    /// positions) and without new records for the stream's idle timeout.
+    fn idle(&self, ends: &[InputOffset]) -> Vec<PartitionId> {
+        let timeout = self.plan.idle_timeout;
+        let mut idle: Vec<PartitionId> = self
+            .activity
+            .iter()
+            .filter(|(p, (high, since))| {
+                let read = checkpoint::position(ends, self.plan.input.id, **p)
+                    .or_else(|| self.checkpoint.position(self.plan.input.id, **p))
+                    .unwrap_or(Offset(0));
+                read >= *high && since.elapsed() >= timeout
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        idle.sort_unstable();
+        idle
+    }
+
+    /// An epoch without input, when partitions going idle would move the watermark on
+    /// and close windows.
+    fn tick(&self, high: &[InputOffset]) -> Option<checkpoint::EpochPlan> {
+        let time = self.checkpoint.event_time.as_ref()?;
+        if !self.plan.event_time_state() || self.checkpoint.planned.is_some() {
+            return None;
+        }
+        let idle = self.idle(&[]);
+        if time.advanced(&idle) <= time.watermark {
+            return None;
+        }
+        let ranges = high
+            .iter()
+            .map(|h| {
+                let at = self
+                    .checkpoint
+                    .position(h.topic, h.partition)
+                    .unwrap_or(Offset(0));
+                (InputOffset { offset: at, ..*h }, at)
+            })
+            .collect();
+        Some(checkpoint::EpochPlan {
+            epoch: self.checkpoint.epoch + 1,
+            ranges,
+            replay: false,
+        })
+    }
+
+    /// When the next partition that had rows would turn idle, if it stays quiet.
+    fn next_idle(&self, high: &[InputOffset]) -> Option<Instant> {
+        let time = self.checkpoint.event_time.as_ref()?;
+        if !self.plan.event_time_state() {
+            return None;
+        }
+        let idle = self.idle(&[]);
+        high.iter()
+            .filter(|h| time.maxima.iter().any(|(p, _)| *p == h.partition))
+            .filter(|h| !idle.contains(&h.partition))
+            .filter_map(|h| self.activity.get(&h.partition))
+            .map(|(_, since)| *since + self.plan.idle_timeout)
+            .min()
+    }
+
+    /// The query's event time, for `sys.queries` and `sys.watermarks`.
+    fn publish_event_time(&self, status: &mut super::Status, idle: &[PartitionId]) {
+        if let Some(time) = &self.checkpoint.event_time {
+            status.watermark = time.watermark;
+            status.late_rows = time.late_rows;
+            status.event_times = time
+                .maxima
+                .iter()
+                .map(|(p, max)| (*p, *max, idle.contains(p)))
+                .collect();
+        }
     }
 
     /// How many groups the query's state has and what it holds, for `sys.queries`.
@@ -512,6 +711,66 @@ impl QueryTask {
         Ok(())
     }
 
+    /// Appends the records at `late` (rows of the input dropped as late, in order per
+    /// partition) to the input's `late_data_topic`, with the query's name and where each
+    /// was.
+    fn stage_late(&self, late: &[(PartitionId, Offset)], pending: &mut PendingWrite) -> Result<()> {
+        let Some(target) = &self.late_output else {
+            return Ok(());
+        };
+        let topic =
+            self.tables.log.topic(self.plan.input.id).ok_or_else(|| {
+                Error::Internal(format!("\"{}\" is missing", self.plan.input_name))
+            })?;
+        let columns = target.row_schema.fields().len() - 3;
+        let options = ReadOptions {
+            schema: topic.spec.schema.clone(),
+            projection: Some((0..columns).collect()),
+            min_timestamp_ms: None,
+            max_timestamp_ms: None,
+        };
+        for run in late.chunk_by(|a, b| a.0 == b.0) {
+            let partition = topic.partition(run[0].0)?.clone();
+            let offsets: Vec<Offset> = run.iter().map(|(_, o)| *o).collect();
+            let range = offsets[0]..offsets[offsets.len() - 1].plus(1);
+            for read in partition.reader(range, options.clone()) {
+                let read = read?;
+                let base = read.base_offset;
+                let take: Vec<u32> = offsets
+                    .iter()
+                    .filter(|o| **o >= base && o.0 < base.0 + read.batch.num_rows() as u64)
+                    .map(|o| (o.0 - base.0) as u32)
+                    .collect();
+                if take.is_empty() {
+                    continue;
+                }
+                let n = take.len();
+                let at = arrow::array::UInt32Array::from(take);
+                let mut values = read
+                    .batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &at, None))
+                    .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+                    .map_err(|e| Error::Internal(format!("late rows: {e}")))?;
+                values.push(Arc::new(arrow::array::StringArray::from_iter_values(
+                    std::iter::repeat_n(&self.def.name, n),
+                )));
+                values.push(Arc::new(arrow::array::Int32Array::from_value(
+                    run[0].0.0 as i32,
+                    n,
+                )));
+                values.push(Arc::new(arrow::array::Int64Array::from_iter_values(
+                    at.values().iter().map(|i| (base.0 + *i as u64) as i64),
+                )));
+                let rows = RecordBatch::try_new(target.row_schema.clone(), values)
+                    .map_err(|e| Error::Internal(format!("late rows: {e}")))?;
+                self.tables.writer.stage(target, &rows, pending)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts an aggregation's changelog over with a snapshot of its state once replaying
     /// it would read far more records than there are groups, and drops what came before.
     async fn maybe_snapshot(&mut self) -> Result<()> {
@@ -547,6 +806,14 @@ impl QueryTask {
             .await?;
         tracing::debug!(query = %self.def.name, groups = live, segments = dropped, "state snapshot");
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -22,9 +22,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{interleave, take};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
 use hashbrown::HashTable;
@@ -57,6 +57,52 @@ struct Chunk {
     keys: Option<Rows>,
     /// The columns after the group columns.
     values: RecordBatch,
+    /// With an [`Expiry`]: when each row's group expires.
+    expiry: Option<Expiries>,
+}
+
+/// When the rows of a chunk expire, and how far they have been evicted.
+struct Expiries {
+    at: Vec<i64>,
+    /// The earliest of `at`: a chunk whose rows all expire later is not looked at.
+    min: i64,
+    /// Rows expiring at or before this were evicted already.
+    evicted: i64,
+}
+
+impl Expiries {
+    fn new(at: Vec<i64>) -> Expiries {
+        Expiries {
+            min: at.iter().copied().min().unwrap_or(i64::MAX),
+            at,
+            evicted: i64::MIN,
+        }
+    }
+}
+
+/// When a group expires (an event-time window closes): its group column `column`, a
+/// timestamp, in microseconds since the epoch, plus `plus` microseconds. A group whose
+/// column is NULL never expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub column: usize,
+    pub plus: i64,
+}
+
+impl Expiry {
+    /// When each row of `column` expires.
+    fn of(&self, column: &ArrayRef) -> Result<Vec<i64>> {
+        let micros =
+            arrow::compute::cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))
+                .map_err(internal)?;
+        let micros = micros.as_primitive::<TimestampMicrosecondType>();
+        Ok((0..micros.len())
+            .map(|i| match micros.is_valid(i) {
+                true => micros.value(i).saturating_add(self.plus),
+                false => i64::MAX,
+            })
+            .collect())
+    }
 }
 
 impl Chunk {
@@ -68,7 +114,10 @@ impl Chunk {
     }
 
     fn bytes(&self) -> usize {
-        self.keys.as_ref().map_or(0, Rows::size) + self.values.get_array_memory_size() + CHUNK_BYTES
+        self.keys.as_ref().map_or(0, Rows::size)
+            + self.values.get_array_memory_size()
+            + self.expiry.as_ref().map_or(0, |e| e.at.capacity() * 8)
+            + CHUNK_BYTES
     }
 }
 
@@ -105,6 +154,7 @@ pub struct GroupState {
     garbage: usize,
     /// What the state holds, reserved in the memory pool.
     memory: MemoryReservation,
+    expiry: Option<Expiry>,
 }
 
 impl std::fmt::Debug for GroupState {
@@ -172,7 +222,14 @@ impl GroupState {
             chunk_bytes: 0,
             garbage: 0,
             memory,
+            expiry: None,
         })
+    }
+
+    /// The same state whose groups expire by `expiry` (see [`GroupState::evict`]).
+    pub fn with_expiry(mut self, expiry: Option<Expiry>) -> GroupState {
+        self.expiry = expiry;
+        self
     }
 
     /// Memory the state holds: its rows (live and not yet compacted) and its index.
@@ -372,9 +429,14 @@ impl GroupState {
                 &RecordBatchOptions::new().with_row_count(Some(len)),
             )
             .map_err(internal)?;
+            let expiry = match &self.expiry {
+                Some(e) => Some(Expiries::new(e.of(piece.column(e.column))?)),
+                None => None,
+            };
             self.insert(Chunk {
                 keys,
                 values: owned(values)?,
+                expiry,
             });
             self.merge_tail()?;
             start += len;
@@ -383,6 +445,51 @@ impl GroupState {
             self.compact()?;
         }
         self.reserve()
+    }
+
+    /// Removes the groups that expire at or before `bound` and returns their rows (as
+    /// `out`, in batches of at most [`STATE_BATCH_ROWS`]). Only chunks holding rows that
+    /// expire in the newly passed span are looked at.
+    pub fn evict(&mut self, bound: i64, out: &Columns) -> Result<Vec<RecordBatch>> {
+        let mut gone: Vec<Slot> = vec![];
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let Some(expiry) = &mut chunk.expiry else {
+                continue;
+            };
+            if expiry.min > bound || expiry.evicted >= bound {
+                continue;
+            }
+            for (row, at) in expiry.at.iter().enumerate() {
+                if *at <= bound && *at > expiry.evicted {
+                    gone.push(Slot {
+                        chunk: c as u32,
+                        row: row as u32,
+                    });
+                }
+            }
+            expiry.evicted = bound;
+        }
+        // Rows superseded by a later row of their group are garbage already.
+        gone.retain(|slot| self.find(key_at(&self.chunks, *slot)) == Some(*slot));
+        if gone.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = gone
+            .chunks(STATE_BATCH_ROWS)
+            .map(|slots| self.gather(slots, out))
+            .collect::<Result<Vec<_>>>()?;
+        for slot in &gone {
+            let hash = self.hasher.hash_one(key_at(&self.chunks, *slot));
+            if let Ok(entry) = self.index.find_entry(hash, |s| s == slot) {
+                entry.remove();
+                self.garbage += 1;
+            }
+        }
+        if self.compaction_due() {
+            self.compact()?;
+        }
+        self.reserve()?;
+        Ok(rows)
     }
 
     /// Garbage outweighs half the live rows.
@@ -525,7 +632,18 @@ impl GroupState {
             keys
         });
         let values = interleave_values(chunks, at, &self.values)?;
-        Ok(Chunk { keys, values })
+        let expiry = self.expiry.map(|_| {
+            Expiries::new(
+                at.iter()
+                    .map(|(c, row)| chunks[*c].expiry.as_ref().map_or(i64::MAX, |e| e.at[*row]))
+                    .collect(),
+            )
+        });
+        Ok(Chunk {
+            keys,
+            values,
+            expiry,
+        })
     }
 }
 
@@ -547,6 +665,7 @@ impl Groups {
         partial: &SchemaRef,
         finals: Option<&SchemaRef>,
         groups: usize,
+        expiry: Option<Expiry>,
         memory: MemoryReservation,
     ) -> Result<Groups> {
         let width = partial.fields().len() - groups;
@@ -554,7 +673,8 @@ impl Groups {
         if let Some(finals) = finals {
             fields.extend(finals.fields()[groups..].iter().cloned());
         }
-        let state = GroupState::new(Arc::new(Schema::new(fields)), groups, memory)?;
+        let state =
+            GroupState::new(Arc::new(Schema::new(fields)), groups, memory)?.with_expiry(expiry);
         let partial_columns = state.columns(partial.clone(), 0..width)?;
         let final_columns = match finals {
             Some(finals) => {
@@ -650,7 +770,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{AsArray, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
     use datafusion::execution::memory_pool::{
         GreedyMemoryPool, MemoryConsumer, MemoryPool, UnboundedMemoryPool,
     };
@@ -733,6 +853,100 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Groups of (window end, key) with a count.
+    fn windows(ends: &[i64], keys: &[&str], counts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "window_end",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("count", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(ends.to_vec())),
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(counts.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn closed_windows_leave_the_state_once_with_their_latest_rows() {
+        let empty = windows(&[], &[], &[]);
+        let expiry = Expiry { column: 0, plus: 0 };
+        let mut state = GroupState::new(empty.schema(), 2, unbounded())
+            .unwrap()
+            .with_expiry(Some(expiry));
+        let all = state.all_columns();
+        state
+            .upsert(windows(
+                &[10, 10, 20, 30],
+                &["a", "b", "a", "a"],
+                &[1, 1, 1, 1],
+            ))
+            .unwrap();
+        state
+            .upsert(windows(&[10, 20], &["a", "a"], &[5, 7]))
+            .unwrap();
+        assert!(
+            state.evict(9, &all).unwrap().is_empty(),
+            "nothing ends by 9"
+        );
+        let gone = state.evict(20, &all).unwrap();
+        let gone = arrow::compute::concat_batches(&all.schema, &gone).unwrap();
+        let mut counts: Vec<(i64, String, i64)> = (0..gone.num_rows())
+            .map(|i| {
+                (
+                    gone.column(0)
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .value(i),
+                    gone.column(1).as_string::<i32>().value(i).to_string(),
+                    gone.column(2).as_primitive::<Int64Type>().value(i),
+                )
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                (10, "a".into(), 5),
+                (10, "b".into(), 1),
+                (20, "a".into(), 7)
+            ],
+            "each closed group once, as last upserted"
+        );
+        assert_eq!(state.len(), 1);
+        check(&state);
+        assert!(state.evict(20, &all).unwrap().is_empty(), "evicted once");
+        // Groups of a closed window that come again (a replay) close again.
+        state.upsert(windows(&[10], &["a"], &[5])).unwrap();
+        assert_eq!(state.evict(25, &all).unwrap()[0].num_rows(), 1);
+        // Compaction carries the expiries along.
+        let ends: Vec<i64> = (0..3000).map(|i| 100 + i % 3).collect();
+        let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        state.upsert(windows(&ends, &keys, &vec![1; 3000])).unwrap();
+        state.upsert(windows(&ends, &keys, &vec![2; 3000])).unwrap();
+        check(&state);
+        let gone: usize = state
+            .evict(101, &all)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(
+            gone, 2001,
+            "window 30's group, and 100's and 101's thousands"
+        );
+        assert_eq!(state.len(), 1000);
+        check(&state);
     }
 
     #[test]
@@ -881,7 +1095,7 @@ mod tests {
             Field::new("k", DataType::Utf8, true),
             Field::new("doubled", DataType::Int64, false),
         ]));
-        let groups = Groups::new(&schema(), Some(&finals_schema), 1, unbounded()).unwrap();
+        let groups = Groups::new(&schema(), Some(&finals_schema), 1, None, unbounded()).unwrap();
         let merged = rows(&[Some("a"), None, Some("c")], &[1, 2, 3]);
         // The aggregation computes final values in an order of its own.
         let finals = RecordBatch::try_new(
@@ -954,7 +1168,7 @@ mod tests {
     fn groups_without_aggregate_values_are_held_too() {
         // `SELECT DISTINCT k` (no aggregate): rows are keys alone, for a view too.
         let keys = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
-        let groups = Groups::new(&keys, Some(&keys), 1, unbounded()).unwrap();
+        let groups = Groups::new(&keys, Some(&keys), 1, None, unbounded()).unwrap();
         let batch = |k: &[&str]| {
             RecordBatch::try_new(keys.clone(), vec![Arc::new(StringArray::from(k.to_vec()))])
                 .unwrap()

@@ -462,6 +462,7 @@ mod tests {
             value_format: format,
             timestamp_column: None,
             watermark: None,
+            late_data_topic: None,
             access: Default::default(),
         }
     }

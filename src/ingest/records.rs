@@ -340,6 +340,7 @@ mod tests {
             value_format: ValueFormat::Json,
             timestamp_column: Some("ts".into()),
             watermark: None,
+            late_data_topic: None,
             access: Default::default(),
         };
         data.topics.insert(

@@ -362,6 +362,7 @@ mod tests {
                 value_format: ValueFormat::Json,
                 timestamp_column: None,
                 watermark: None,
+                late_data_topic: None,
                 access: Default::default(),
             },
         );

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::storage::{HEADERS_COLUMN, TIMESTAMP_COLUMN};
 pub use parser::{Statement, parse};
 use rewrite::HiddenColumns;
+pub use windows::Window;
 
 /// Runs `work` — parsing and planning a statement, which is CPU work DataFusion does
 /// without yielding — telling the runtime that this thread may be busy for a while, so
@@ -61,18 +62,20 @@ impl HiddenColumns for CatalogData {
 }
 
 /// Applies Runnel's rewrites to a statement DataFusion will plan: window table functions
-/// first (they name the relations the others look at), then the rest.
-pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<()> {
+/// first (they name the relations the others look at), then the rest. Returns the windows
+/// the statement calls.
+pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<Vec<Window>> {
+    let mut windows = vec![];
     match statement {
         DfStatement::Statement(s) => {
-            windows::rewrite(s, catalog)?;
+            windows = windows::rewrite(s, catalog)?;
             rewrite::rewrite(s, catalog);
         }
-        DfStatement::Explain(explain) => rewrite(&mut explain.statement, catalog)?,
+        DfStatement::Explain(explain) => windows = rewrite(&mut explain.statement, catalog)?,
         DfStatement::CopyTo(copy) => {
             if let CopyToSource::Query(query) = &mut copy.source {
                 let mut s = sqlparser::ast::Statement::Query(query.clone());
-                windows::rewrite(&mut s, catalog)?;
+                windows = windows::rewrite(&mut s, catalog)?;
                 rewrite::rewrite(&mut s, catalog);
                 if let sqlparser::ast::Statement::Query(q) = s {
                     *query = q;
@@ -81,7 +84,7 @@ pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<()>
         }
         DfStatement::CreateExternalTable(_) | DfStatement::Reset(_) => {}
     }
-    Ok(())
+    Ok(windows)
 }
 
 /// Rewrites a statement and plans it with DataFusion.

@@ -16,7 +16,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
-use crate::catalog::{ObjectClass, Privilege, SqlType};
+use crate::catalog::{Emit, ObjectClass, Privilege, SqlType};
 use crate::error::{Error, Result};
 use crate::ingest::copy::{CopyFormat, CopyOptions};
 
@@ -94,6 +94,8 @@ pub struct CreateStream {
     pub options: Vec<(String, OptionValue)>,
     /// `CREATE STREAM … AS SELECT`.
     pub query: Option<String>,
+    /// `… EMIT ON WINDOW CLOSE` after the query.
+    pub emit: Emit,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +104,7 @@ pub struct CreateView {
     pub if_not_exists: bool,
     pub options: Vec<(String, OptionValue)>,
     pub query: String,
+    pub emit: Emit,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +112,7 @@ pub struct InsertContinuous {
     pub target: String,
     pub columns: Vec<String>,
     pub query: String,
+    pub emit: Emit,
 }
 
 #[derive(Debug, Clone)]
@@ -427,8 +431,8 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         // `… EMIT CHANGES` makes an INSERT continuous; the general parser would read EMIT
         // as a table alias, so the statement's tokens are taken apart first.
         let mut tokens = statement_tokens(p);
-        if strip_emit_changes(&mut tokens) {
-            return parse_insert_continuous(tokens).map(Statement::InsertContinuous);
+        if let Some(emit) = strip_emit(&mut tokens) {
+            return parse_insert_continuous(tokens, emit).map(Statement::InsertContinuous);
         }
         return reparse_from(df, start);
     }
@@ -1153,10 +1157,11 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
         }
     }
     let options = parse_with_options(p)?;
-    let query = if p.parse_keyword(Keyword::AS) {
-        Some(parse_continuous_query(p)?)
+    let (query, emit) = if p.parse_keyword(Keyword::AS) {
+        let (query, emit) = parse_continuous_query(p)?;
+        (Some(query), emit)
     } else {
-        None
+        (None, Emit::Changes)
     };
     Ok(CreateStream {
         name,
@@ -1165,6 +1170,7 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
         watermark,
         options,
         query,
+        emit,
     })
 }
 
@@ -1173,20 +1179,21 @@ fn parse_create_view(p: &mut Parser<'_>) -> Result<CreateView> {
     let name = parse_relation_name(p)?;
     let options = parse_with_options(p)?;
     p.expect_keyword(Keyword::AS).map_err(syntax)?;
-    let query = parse_continuous_query(p)?;
+    let (query, emit) = parse_continuous_query(p)?;
     Ok(CreateView {
         name,
         if_not_exists,
         options,
+        emit,
         query,
     })
 }
 
 /// The `SELECT` of a continuous query, with an optional trailing `EMIT CHANGES` (updates
-/// every epoch: what a continuous query does anyway).
-fn parse_continuous_query(p: &mut Parser<'_>) -> Result<String> {
+/// every epoch: what a continuous query does anyway) or `EMIT ON WINDOW CLOSE`.
+fn parse_continuous_query(p: &mut Parser<'_>) -> Result<(String, Emit)> {
     let mut tokens = statement_tokens(p);
-    strip_emit_changes(&mut tokens);
+    let emit = strip_emit(&mut tokens).unwrap_or_default();
     let mut sub = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
     let query = sub.parse_query().map_err(syntax)?;
     if sub.peek_token() != Token::EOF {
@@ -1195,10 +1202,10 @@ fn parse_continuous_query(p: &mut Parser<'_>) -> Result<String> {
             sub.peek_token()
         )));
     }
-    Ok(query.to_string())
+    Ok((query.to_string(), emit))
 }
 
-fn parse_insert_continuous(tokens: Vec<TokenWithSpan>) -> Result<InsertContinuous> {
+fn parse_insert_continuous(tokens: Vec<TokenWithSpan>, emit: Emit) -> Result<InsertContinuous> {
     let mut p = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
     p.expect_keyword(Keyword::INSERT).map_err(syntax)?;
     p.expect_keyword(Keyword::INTO).map_err(syntax)?;
@@ -1224,6 +1231,7 @@ fn parse_insert_continuous(tokens: Vec<TokenWithSpan>) -> Result<InsertContinuou
         target,
         columns,
         query: query.to_string(),
+        emit,
     })
 }
 
@@ -1284,6 +1292,25 @@ fn parse_push_query(tokens: Vec<TokenWithSpan>, limit: Option<u64>) -> Result<Pu
         query: query.to_string(),
         limit,
     })
+}
+
+/// Removes a trailing `EMIT CHANGES` or `EMIT ON WINDOW CLOSE`; which, if there was one.
+fn strip_emit(tokens: &mut Vec<TokenWithSpan>) -> Option<Emit> {
+    if strip_emit_changes(tokens) {
+        return Some(Emit::Changes);
+    }
+    let is = |t: &TokenWithSpan, word: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let n = tokens.len();
+    let on_close = n >= 4
+        && ["EMIT", "ON", "WINDOW", "CLOSE"]
+            .iter()
+            .zip(&tokens[n - 4..])
+            .all(|(word, t)| is(t, word));
+    if on_close {
+        tokens.truncate(n - 4);
+        return Some(Emit::OnWindowClose);
+    }
+    None
 }
 
 /// Removes a trailing `EMIT CHANGES`; whether there was one.

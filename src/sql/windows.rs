@@ -34,17 +34,32 @@ use crate::storage::TIMESTAMP_COLUMN;
 /// The most windows a hop gives each row (size / slide).
 const MAX_HOPS: i64 = 1024;
 
+/// A window table function as the query calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The relation it reads and its time column, as DataFusion names them.
+    pub relation: String,
+    pub column: String,
+    /// How long each window is, in microseconds (`window_end - window_start`).
+    pub size_micros: i64,
+}
+
 /// Rewrites every window table function in `statement` into a derived table, checking its
-/// arguments against the streams `catalog` has.
-pub fn rewrite(statement: &mut Statement, catalog: &CatalogData) -> Result<()> {
-    match statement.visit(&mut Windows { catalog }) {
+/// arguments against the streams `catalog` has; the windows it found.
+pub fn rewrite(statement: &mut Statement, catalog: &CatalogData) -> Result<Vec<Window>> {
+    let mut windows = Windows {
+        catalog,
+        found: vec![],
+    };
+    match statement.visit(&mut windows) {
         ControlFlow::Break(error) => Err(error),
-        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Continue(()) => Ok(windows.found),
     }
 }
 
 struct Windows<'a> {
     catalog: &'a CatalogData,
+    found: Vec<Window>,
 }
 
 impl VisitorMut for Windows<'_> {
@@ -65,7 +80,10 @@ impl VisitorMut for Windows<'_> {
             return ControlFlow::Continue(());
         }
         match derived(self.catalog, &function, &args.args, alias.take()) {
-            Ok(table) => *factor = table,
+            Ok((table, window)) => {
+                *factor = table;
+                self.found.push(window);
+            }
             Err(error) => return ControlFlow::Break(error),
         }
         ControlFlow::Continue(())
@@ -78,7 +96,7 @@ fn derived(
     function: &str,
     args: &[FunctionArg],
     alias: Option<TableAlias>,
-) -> Result<TableFactor> {
+) -> Result<(TableFactor, Window)> {
     let args: Vec<&Expr> = args
         .iter()
         .map(|arg| match arg {
@@ -110,6 +128,11 @@ fn derived(
     }
     let relation = named(args[0], usage, "the first argument names a stream")?;
     let column = named(args[1], usage, "the second argument names a time column")?;
+    let window_of = |size: &Length| Window {
+        relation: folded(&relation.last),
+        column: folded(&column.last),
+        size_micros: size.nanos / 1_000,
+    };
     check_columns(catalog, usage, &relation.last, &column.last)?;
     let alias = alias.unwrap_or_else(|| TableAlias {
         explicit: true,
@@ -118,8 +141,10 @@ fn derived(
         at: None,
     });
     let (relation, column) = (relation.sql, column.sql);
+    let window;
     let sql = if function == "tumble" {
         let size = positive(args[2], usage, "size")?;
+        window = window_of(&size);
         let start = floored(&column, &size.sql, args.get(3).copied(), usage)?;
         format!(
             "SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM {relation}",
@@ -137,6 +162,7 @@ fn derived(
                 ),
             ));
         }
+        window = window_of(&size);
         let hops = size.nanos / slide.nanos;
         if hops > MAX_HOPS {
             return Err(Error::plan(
@@ -168,12 +194,21 @@ fn derived(
         .try_with_sql(&sql)
         .and_then(|mut parser| parser.parse_query())
         .map_err(|e| Error::plan("42601", format!("{usage}: {e}")))?;
-    Ok(TableFactor::Derived {
+    let table = TableFactor::Derived {
         lateral: false,
         subquery,
         alias: Some(alias),
         sample: None,
-    })
+    };
+    Ok((table, window))
+}
+
+/// A name as DataFusion folds it: unquoted names in lower case.
+fn folded(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
 }
 
 /// An argument that names something (`stream`, `s.ts`): as written, and its last part.
@@ -205,11 +240,6 @@ fn check_columns(
     relation: &Ident,
     column: &Ident,
 ) -> Result<()> {
-    // Unquoted names are folded to lower case, as DataFusion does.
-    let folded = |i: &Ident| match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
-    };
     let (relation, column) = (folded(relation), folded(column));
     let columns: Vec<(&str, SqlType)> = match catalog.relation(&relation) {
         Some(Relation::Stream(stream, _)) => stream

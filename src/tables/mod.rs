@@ -8,6 +8,7 @@
 //! imports it.
 
 pub mod blocking_scan;
+pub mod event_time;
 pub mod pg;
 pub mod provider;
 pub mod scan;
@@ -85,6 +86,12 @@ pub struct QueryStatus {
     pub groups: Option<u64>,
     /// Memory its state holds (reserved against `--memory-limit`).
     pub state_bytes: u64,
+    /// Over a stream with a watermark: the watermark (µs since the epoch), rows dropped as
+    /// late, and per input partition the greatest watermark-expression value read and
+    /// whether the partition is idle.
+    pub watermark: Option<i64>,
+    pub late_rows: u64,
+    pub event_times: Vec<(u32, i64, bool)>,
     pub error: Option<String>,
     pub sql: String,
 }

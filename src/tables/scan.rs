@@ -21,6 +21,7 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 
 use super::blocking_scan::{BlockingScanExec, BlockingSource};
+use super::event_time::EventTimeScan;
 use crate::catalog::{OFFSET_COLUMN, PARTITION_COLUMN};
 use crate::error::Error;
 use crate::storage::{Offset, PartitionId, ReadOptions, Snapshot, TIMESTAMP_COLUMN, Topic};
@@ -309,6 +310,9 @@ pub struct StreamScan {
     bounds: ScanBounds,
     /// Read every range in order in one partition rather than one partition per range.
     one_partition: bool,
+    /// A continuous query's epoch over a stream with a watermark: event times noted, late
+    /// rows dropped.
+    event_time: Option<Arc<EventTimeScan>>,
 }
 
 /// Offset ranges to read, one per partition.
@@ -339,7 +343,7 @@ impl StreamScan {
                 ranges.push((partition.id, start..end));
             }
         }
-        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, false)
+        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, false, None)
     }
 
     /// Exactly `ranges` (a continuous query's epoch), read in order in one partition: an
@@ -349,12 +353,21 @@ impl StreamScan {
         topic: Arc<Topic>,
         columns: Vec<TableColumn>,
         ranges: Ranges,
+        event_time: Option<Arc<EventTimeScan>>,
     ) -> StreamScan {
         let ranges = ranges
             .into_iter()
             .filter(|(_, r)| r.start < r.end)
             .collect();
-        StreamScan::of_ranges(stream, topic, columns, ranges, ScanBounds::all(), true)
+        StreamScan::of_ranges(
+            stream,
+            topic,
+            columns,
+            ranges,
+            ScanBounds::all(),
+            true,
+            event_time,
+        )
     }
 
     fn of_ranges(
@@ -364,6 +377,7 @@ impl StreamScan {
         ranges: Ranges,
         bounds: ScanBounds,
         one_partition: bool,
+        event_time: Option<Arc<EventTimeScan>>,
     ) -> StreamScan {
         let mut decode: Vec<usize> = columns
             .iter()
@@ -371,6 +385,7 @@ impl StreamScan {
                 TableColumn::Stored(i) => Some(*i),
                 _ => None,
             })
+            .chain(event_time.as_ref().map(|e| e.column))
             .collect();
         decode.sort();
         decode.dedup();
@@ -382,6 +397,7 @@ impl StreamScan {
             ranges,
             bounds,
             one_partition,
+            event_time,
         }
     }
 
@@ -421,7 +437,19 @@ impl StreamScan {
                 })
                 .collect();
             let options = RecordBatchOptions::new().with_row_count(Some(rows));
-            let batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
+            let mut batch = RecordBatch::try_new_with_options(schema.clone(), out, &options)?;
+            if let Some(event_time) = &self.event_time {
+                let at = self
+                    .decode
+                    .binary_search(&event_time.column)
+                    .expect("the event time column is decoded");
+                batch = event_time.apply(
+                    partition_id,
+                    read.base_offset,
+                    read.batch.column(at),
+                    batch,
+                )?;
+            }
             if !emit(batch) {
                 return Ok(false);
             }

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
+use super::event_time::EventTimeScan;
 use super::scan::{Ranges, ScanBounds, StreamScan, StreamScanExec, TableColumn};
 use crate::catalog::{
     CatalogData, OFFSET_COLUMN, PARTITION_COLUMN, Relation, TopicDef, VALUE_COLUMN,
@@ -60,9 +61,13 @@ pub struct StreamTable {
     epoch: Option<Arc<EpochRanges>>,
 }
 
-/// The offset ranges of one epoch of a continuous query, set before it is planned.
+/// What one epoch of a continuous query reads, set before it is planned: offset ranges,
+/// and, over a stream with a watermark, what its scan learns about event time.
 #[derive(Debug, Default)]
-pub struct EpochRanges(pub std::sync::Mutex<Ranges>);
+pub struct EpochRanges {
+    pub ranges: std::sync::Mutex<Ranges>,
+    pub event_time: Option<Arc<EventTimeScan>>,
+}
 
 impl StreamTable {
     /// `None` for relations that are not streams or topics.
@@ -163,8 +168,14 @@ impl TableProvider for StreamTable {
         let columns = projection.iter().map(|i| self.columns[*i]).collect();
         let scan = match &self.epoch {
             Some(epoch) => {
-                let ranges = epoch.0.lock().expect("epoch ranges lock").clone();
-                StreamScan::of_epoch(self.name.clone(), topic, columns, ranges)
+                let ranges = epoch.ranges.lock().expect("epoch ranges lock").clone();
+                StreamScan::of_epoch(
+                    self.name.clone(),
+                    topic,
+                    columns,
+                    ranges,
+                    epoch.event_time.clone(),
+                )
             }
             None => {
                 let bounds = ScanBounds::from_filters(

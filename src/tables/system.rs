@@ -15,7 +15,13 @@ use crate::catalog::Relation;
 use crate::groups::Groups;
 use crate::storage::{Holds, PartitionId};
 
-pub const TABLES: [&str; 4] = ["topics", "partitions", "queries", "consumer_groups"];
+pub const TABLES: [&str; 5] = [
+    "topics",
+    "partitions",
+    "queries",
+    "watermarks",
+    "consumer_groups",
+];
 
 /// One row per partition of every topic, as of now.
 struct PartitionRow {
@@ -68,6 +74,7 @@ pub fn table(
         "partitions" => partitions(tables)?,
         "topics" => topics(tables)?,
         "queries" => queries(continuous)?,
+        "watermarks" => watermarks(continuous)?,
         "consumer_groups" => consumer_groups(tables)?,
         _ => return Ok(None),
     };
@@ -198,6 +205,12 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
         ),
         Field::new("groups", DataType::Int64, true),
         Field::new("state_bytes", DataType::Int64, false),
+        Field::new(
+            "watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        Field::new("late_rows", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("sql", DataType::Utf8, false),
     ]));
@@ -232,10 +245,67 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
             queries.iter().map(|q| q.groups.map(|g| g as i64)),
         )),
         number(&|q| q.state_bytes),
+        Arc::new(TimestampMicrosecondArray::from_iter(
+            queries.iter().map(|q| q.watermark),
+        )),
+        number(&|q| q.late_rows),
         Arc::new(StringArray::from_iter(
             queries.iter().map(|q| q.error.as_deref()),
         )),
         text(&|q| &q.sql),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// One row per input partition of every continuous query over a stream with a watermark:
+/// the greatest value of the watermark expression read from it, whether it is idle (then
+/// it does not hold the watermark back), and the query's watermark.
+fn watermarks(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
+    let queries = match continuous.upgrade() {
+        Some(c) => c.statuses(),
+        None => vec![],
+    };
+    let rows: Vec<(&QueryStatus, u32, i64, bool)> = queries
+        .iter()
+        .flat_map(|q| {
+            q.event_times
+                .iter()
+                .map(move |(p, max, idle)| (q, *p, *max, *idle))
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new(
+            "partition_watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("idle", DataType::Boolean, false),
+        Field::new(
+            "watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.0.name),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.0.input),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|r| r.1 as i32),
+        )),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(
+            rows.iter().map(|r| r.2),
+        )),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.3)))),
+        Arc::new(TimestampMicrosecondArray::from_iter(
+            rows.iter().map(|r| r.0.watermark),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -1,0 +1,163 @@
+//! What an epoch's scan learns about event time.
+//!
+//! A continuous query over a stream with `WATERMARK FOR ts AS <expression>` reads its
+//! epochs through a scan that, batch by batch, takes the greatest value of the expression
+//! over each partition's rows (the partition's contribution to the watermark). In a query
+//! with event-time state it also drops the rows that are late, those whose `ts` is below the
+//! watermark the epoch was planned with, or NULL (such a row has no window to go to), before
+//! any operator sees them, and notes where each was. Times are microseconds since the epoch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionState;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::error::{Error, Result};
+use crate::storage::{Offset, PartitionId};
+
+/// The event time of a stream's epochs, as its scan sees it.
+#[derive(Debug)]
+pub struct EventTimeScan {
+    /// The stored column `WATERMARK FOR` names.
+    pub column: usize,
+    /// The watermark expression, over a batch holding only that column.
+    expression: Arc<dyn PhysicalExpr>,
+    schema: SchemaRef,
+    epoch: Mutex<EpochTime>,
+}
+
+/// What one epoch's scan saw.
+#[derive(Debug, Default, Clone)]
+pub struct EpochTime {
+    /// Rows below it are late.
+    pub watermark: Option<i64>,
+    /// Whether late rows are dropped (the query has event-time state).
+    pub drop_late: bool,
+    /// Per partition read, the greatest value of the watermark expression.
+    pub maxima: BTreeMap<PartitionId, i64>,
+    /// Where the rows dropped as late were.
+    pub late: Vec<(PartitionId, Offset)>,
+}
+
+impl EventTimeScan {
+    /// Plans `expression` (the text of `WATERMARK FOR column AS expression`) over `column`,
+    /// a timestamp field stored at position `stored`.
+    pub fn new(
+        state: &SessionState,
+        field: &Field,
+        stored: usize,
+        expression: &str,
+    ) -> Result<EventTimeScan> {
+        let field = field.clone().with_nullable(true);
+        let schema = Arc::new(Schema::new(vec![field.clone()]));
+        let expression = watermark_expression(state, &schema, expression)?;
+        Ok(EventTimeScan {
+            column: stored,
+            expression,
+            schema,
+            epoch: Mutex::new(EpochTime::default()),
+        })
+    }
+
+    /// Starts an epoch whose rows below `watermark` are late (dropped if `drop_late`).
+    pub fn begin(&self, watermark: Option<i64>, drop_late: bool) {
+        *self.epoch.lock().expect("event time lock") = EpochTime {
+            watermark,
+            drop_late,
+            ..EpochTime::default()
+        };
+    }
+
+    /// What the epoch's scan saw.
+    pub fn take(&self) -> EpochTime {
+        std::mem::take(&mut *self.epoch.lock().expect("event time lock"))
+    }
+
+    /// Notes the event times of `batch` (rows of `partition` from `base`, whose event
+    /// time column is `times`) and returns it without its late rows.
+    pub fn apply(
+        &self,
+        partition: PartitionId,
+        base: Offset,
+        times: &ArrayRef,
+        batch: RecordBatch,
+    ) -> Result<RecordBatch> {
+        let one = RecordBatch::try_new(self.schema.clone(), vec![times.clone()])
+            .map_err(|e| Error::Internal(format!("event time: {e}")))?;
+        let marks = self
+            .expression
+            .evaluate(&one)
+            .and_then(|v| v.into_array(one.num_rows()))
+            .map_err(Error::from_datafusion)?;
+        let max = micros(&marks)?.iter().flatten().max();
+        let mut epoch = self.epoch.lock().expect("event time lock");
+        if let Some(max) = max {
+            let at = epoch.maxima.entry(partition).or_insert(max);
+            *at = (*at).max(max);
+        }
+        if !epoch.drop_late {
+            return Ok(batch);
+        }
+        let times = micros(times)?;
+        let below = epoch.watermark.unwrap_or(i64::MIN);
+        let keep: BooleanArray = times
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t >= below)))
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            return Ok(batch);
+        }
+        for (i, kept) in keep.iter().enumerate() {
+            if kept != Some(true) {
+                epoch.late.push((partition, base.plus(i as u64)));
+            }
+        }
+        drop(epoch);
+        filter_record_batch(&batch, &keep).map_err(|e| Error::Internal(format!("event time: {e}")))
+    }
+}
+
+/// Plans a watermark expression over `schema` (one timestamp column); it must give a
+/// timestamp.
+pub fn watermark_expression(
+    state: &SessionState,
+    schema: &SchemaRef,
+    expression: &str,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(Error::from_datafusion)?;
+    let logical = state
+        .create_logical_expr(expression, &df_schema)
+        .map_err(|e| {
+            Error::plan(
+                "42P17",
+                format!("watermark expression \"{expression}\": {e}"),
+            )
+        })?;
+    let physical = state
+        .create_physical_expr(logical, &df_schema)
+        .map_err(|e| {
+            Error::plan(
+                "42P17",
+                format!("watermark expression \"{expression}\": {e}"),
+            )
+        })?;
+    match physical.data_type(schema).map_err(Error::from_datafusion)? {
+        DataType::Timestamp(..) => Ok(physical),
+        other => Err(Error::plan(
+            "42804",
+            format!("watermark expression \"{expression}\" gives {other}, not a timestamp"),
+        )),
+    }
+}
+
+/// A timestamp column as microseconds since the epoch.
+pub fn micros(times: &ArrayRef) -> Result<arrow::array::PrimitiveArray<TimestampMicrosecondType>> {
+    let cast = cast(times, &DataType::Timestamp(TimeUnit::Microsecond, None))
+        .map_err(|e| Error::Internal(format!("event time: {e}")))?;
+    Ok(cast.as_primitive::<TimestampMicrosecondType>().clone())
+}
