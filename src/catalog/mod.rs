@@ -235,6 +235,10 @@ pub struct QueryDef {
     /// The internal topic it keeps its state in: the changelog of an aggregation's groups,
     /// or the rows of a view without one. `None` for a stateless query writing a stream.
     pub state_topic: Option<String>,
+    /// A view of event-time windows: the internal topic its closed windows' rows are
+    /// appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_topic: Option<String>,
     pub created_at_ms: i64,
     /// Whose rights it runs with: its creator's.
     #[serde(default = "superuser")]

@@ -171,6 +171,7 @@ impl Database {
         let state_topic = match &plan.kind {
             Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
                 &mut new,
+                "state",
                 &c.name,
                 id,
                 state_schema.fields().clone(),
@@ -186,6 +187,7 @@ impl Database {
             inputs: vec![plan.input_name.clone()],
             start,
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
+            closed_topic: None,
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: c.emit,
@@ -231,12 +233,6 @@ impl Database {
         let plan = self.engine.plan(&v.query, &data).await?;
         data.check(who, Privilege::Select, &plan.input_name)?;
         check_emit(&plan, v.emit)?;
-        if v.emit == Emit::OnWindowClose {
-            return Err(Error::Unsupported(
-                "EMIT ON WINDOW CLOSE is not supported for materialized views yet; create a stream with it (CREATE STREAM … AS SELECT … EMIT ON WINDOW CLOSE)"
-                    .into(),
-            ));
-        }
         let mut seen = BTreeSet::new();
         for field in plan.schema.fields() {
             if !seen.insert(field.name()) {
@@ -258,7 +254,20 @@ impl Database {
             }
             Kind::Stateless => (plan.schema.fields().clone(), super::DEFAULT_SEGMENT_BYTES),
         };
-        let state_topic = state_topic_def(&mut new, &v.name, id, state_fields, segment_bytes)?;
+        let state_topic =
+            state_topic_def(&mut new, "state", &v.name, id, state_fields, segment_bytes)?;
+        // Closed windows' rows move out of the aggregation's state into a topic of their own.
+        let closed_topic = match plan.event_time_state() {
+            true => Some(state_topic_def(
+                &mut new,
+                "closed",
+                &v.name,
+                id,
+                plan.schema.fields().clone(),
+                super::DEFAULT_SEGMENT_BYTES,
+            )?),
+            false => None,
+        };
         new.views.insert(
             v.name.clone(),
             crate::catalog::ViewDef {
@@ -276,12 +285,16 @@ impl Database {
             inputs: vec![plan.input_name.clone()],
             start,
             state_topic: Some(state_topic.name.clone()),
+            closed_topic: closed_topic.as_ref().map(|t| t.name.clone()),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: v.emit,
         };
-        self.create_query(new, def, &plan, vec![state_topic])
-            .await?;
+        let topics = [Some(state_topic), closed_topic]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.create_query(new, def, &plan, topics).await?;
         Ok(command("CREATE MATERIALIZED VIEW"))
     }
 
@@ -417,6 +430,7 @@ impl Database {
         let state_topic = match &plan.kind {
             Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
                 &mut new,
+                "state",
                 &name,
                 id,
                 state_schema.fields().clone(),
@@ -444,6 +458,7 @@ impl Database {
             inputs: vec![plan.input_name.clone()],
             start: StartPosition::default(),
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
+            closed_topic: None,
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: i.emit,
@@ -564,14 +579,16 @@ fn stream_columns(plan: &QueryPlan) -> Result<Vec<ColumnDef>> {
 }
 
 /// Adds the internal topic a query keeps its state in to `new`.
+/// An internal topic of query `id` (of `owner`), holding its `what`.
 fn state_topic_def(
     new: &mut CatalogData,
+    what: &str,
     owner: &str,
     id: QueryId,
     columns: Fields,
     segment_bytes: u64,
 ) -> Result<TopicDef> {
-    let name = format!("__state_{owner}_{id}");
+    let name = format!("__{what}_{owner}_{id}");
     if new.topics.contains_key(&name) {
         return Err(Error::AlreadyExists(format!(
             "topic \"{name}\" already exists"

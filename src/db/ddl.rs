@@ -531,11 +531,15 @@ impl Database {
             }
         }
         for id in &doomed_queries {
-            if let Some(query) = new.queries.remove(id)
-                && let Some(state) = query.state_topic
-                && let Some(topic) = new.topics.remove(&state)
-            {
-                doomed_topics.push(topic.id);
+            if let Some(query) = new.queries.remove(id) {
+                for internal in [query.state_topic, query.closed_topic]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(topic) = new.topics.remove(&internal) {
+                        doomed_topics.push(topic.id);
+                    }
+                }
             }
         }
         // What stays must keep its inputs.

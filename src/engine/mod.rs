@@ -24,6 +24,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -225,6 +226,17 @@ struct ViewGroups {
     aggregation: Mutex<Aggregation>,
     /// Per group column: the view column that shows it unchanged, if any.
     group_outputs: Vec<Option<usize>>,
+    /// A view of event-time windows: the rows of its closed windows, which have left
+    /// `groups`.
+    closed: Option<ClosedRows>,
+}
+
+/// The rows of a view's closed windows: an internal topic, read up to `end`, the offset
+/// its records reached when `groups` were last changed (under their write lock), so that a
+/// window's row is read either from `groups` or from here, once.
+struct ClosedRows {
+    topic: TopicId,
+    end: AtomicU64,
 }
 
 /// Most keys a filter may name for a view to look them up instead of reading every group.
@@ -317,26 +329,7 @@ impl ViewContents {
         filters: &[Expr],
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match &self.source {
-            ViewSource::Rows { topic } => {
-                let topic = tables.log.topic(*topic).ok_or_else(|| {
-                    Error::UnknownRelation(format!("view \"{}\" was dropped", self.name))
-                })?;
-                let columns = (0..self.schema.fields().len())
-                    .map(TableColumn::Stored)
-                    .collect();
-                let scan = StreamScan::new(
-                    self.name.clone(),
-                    topic,
-                    snapshot,
-                    columns,
-                    ScanBounds::all(),
-                );
-                Ok(Arc::new(StreamScanExec::new(
-                    scan,
-                    self.schema.clone(),
-                    None,
-                )))
-            }
+            ViewSource::Rows { topic } => self.rows_plan(tables, snapshot, *topic, u64::MAX),
             ViewSource::Groups(groups) => {
                 let aggregation = groups.aggregation.lock().expect("view lock").clone();
                 let columns = &groups.finals;
@@ -351,10 +344,46 @@ impl ViewContents {
                     }
                     None => state.rows(columns)?,
                 };
+                let closed_end = groups
+                    .closed
+                    .as_ref()
+                    .map(|c| c.end.load(Ordering::Acquire));
                 drop(state);
-                aggregation.output_plan(rows)
+                let open = aggregation.output_plan(rows)?;
+                match (&groups.closed, closed_end) {
+                    (Some(closed), Some(end)) => {
+                        let closed = self.rows_plan(tables, snapshot, closed.topic, end)?;
+                        UnionExec::try_new(vec![open, closed]).map_err(Error::from_datafusion)
+                    }
+                    _ => Ok(open),
+                }
             }
         }
+    }
+
+    /// The rows in `topic` (of the view's columns) below offset `end`.
+    fn rows_plan(
+        &self,
+        tables: &Tables,
+        snapshot: &Snapshot,
+        topic: TopicId,
+        end: u64,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let topic = tables
+            .log
+            .topic(topic)
+            .ok_or_else(|| Error::UnknownRelation(format!("view \"{}\" was dropped", self.name)))?;
+        let columns = (0..self.schema.fields().len())
+            .map(TableColumn::Stored)
+            .collect();
+        let mut bounds = ScanBounds::all();
+        bounds.offsets.end = end;
+        let scan = StreamScan::new(self.name.clone(), topic, snapshot, columns, bounds);
+        Ok(Arc::new(StreamScanExec::new(
+            scan,
+            self.schema.clone(),
+            None,
+        )))
     }
 }
 
@@ -394,15 +423,24 @@ impl Engine {
         // after its epoch, never lost.
         let changes = running.shared.changes.subscribe();
         let aggregation = groups.aggregation.lock().expect("view lock").clone();
-        let (rows, epoch) = {
+        let (rows, epoch, closed_end) = {
             let state = groups.groups.read();
             (
                 state.rows(&groups.finals)?,
                 groups.applied.load(Ordering::Acquire),
+                groups
+                    .closed
+                    .as_ref()
+                    .map(|c| c.end.load(Ordering::Acquire)),
             )
         };
         let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.base));
-        let snapshot = aggregation.output(rows, ctx).await?;
+        let mut snapshot = aggregation.output(rows, ctx.clone()).await?;
+        if let (Some(closed), Some(end)) = (&groups.closed, closed_end) {
+            let log = self.tables.log.snapshot();
+            let plan = contents.rows_plan(&self.tables, &log, closed.topic, end)?;
+            snapshot.extend(plan::run(plan, ctx).await?);
+        }
         Ok(ViewSubscription {
             max_lag_epochs: self.config.subscriber_max_lag_epochs,
             schema: contents.schema.clone(),

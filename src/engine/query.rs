@@ -24,7 +24,9 @@ use tokio::sync::watch;
 use super::checkpoint::{self, Checkpoint, EventTime, InputOffset, Planned};
 use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
 use super::state::Groups;
-use super::{EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource};
+use super::{
+    ClosedRows, EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource,
+};
 use crate::catalog::{CatalogData, Emit, Privilege, QueryDef, QueryTarget, Relation};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
@@ -44,6 +46,8 @@ pub(super) struct QueryTask {
     /// The stream the input's `late_data_topic` names, where late rows go.
     late_output: Option<WriteTarget>,
     state_topic: Option<StateTopic>,
+    /// A view of event-time windows: where its closed windows' rows go.
+    closed_topic: Option<StateTopic>,
     /// An aggregation's groups (shared with its view's readers, if it has a view).
     groups: Option<Arc<Groups>>,
     /// The memory pool every query shares, which its state is reserved in.
@@ -172,6 +176,21 @@ impl QueryTask {
                 })
             }
         };
+        let closed_topic = match &def.closed_topic {
+            None => None,
+            Some(name) => {
+                let topic = data.topics.get(name).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the topic of closed windows \"{name}\" of \"{}\" is missing",
+                        def.name
+                    ))
+                })?;
+                Some(StateTopic {
+                    id: topic.id,
+                    storage_schema: data.storage_schema(topic),
+                })
+            }
+        };
         let memory = base.runtime_env().memory_pool.clone();
         let mut task = QueryTask {
             memory,
@@ -184,6 +203,7 @@ impl QueryTask {
             output,
             late_output,
             state_topic,
+            closed_topic,
             groups: None,
             activity: HashMap::new(),
         };
@@ -193,6 +213,8 @@ impl QueryTask {
             status.state = State::Running;
             status.epoch = task.checkpoint.epoch;
             task.publish_state_size(&mut status);
+            let idle = task.checkpoint.planned.as_ref().map(|p| p.idle.clone());
+            task.publish_event_time(&mut status, &idle.unwrap_or_default());
         }
         let positions = task.checkpoint.inputs.clone();
         task.shared
@@ -216,20 +238,23 @@ impl QueryTask {
                 ..
             } => {
                 let view = matches!(self.def.target, QueryTarget::View { .. });
+                let closing = self.closed_topic.as_ref().map(|t| t.id);
+                // A view emitting on close shows only its closed windows' rows.
+                let finals_shown = view && self.def.emit == Emit::Changes;
                 let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
                 let EpochPlan::Aggregate(aggregation) = epoch else {
                     return Err(Error::Internal(
                         "an aggregate query planned without its aggregate".into(),
                     ));
                 };
-                let expiry = if self.plan.event_time_state() && !view {
+                let expiry = if self.plan.event_time_state() && (!view || closing.is_some()) {
                     self.plan.expiry
                 } else {
                     None
                 };
                 let state = Arc::new(Groups::new(
                     state_schema,
-                    view.then_some(final_schema),
+                    finals_shown.then_some(final_schema),
                     *groups,
                     expiry,
                     self.reservation("state"),
@@ -245,16 +270,29 @@ impl QueryTask {
                     state.write().upsert(rows)?;
                 }
                 self.groups = Some(state.clone());
-                // A view's groups hold final values: that is what makes them a view's.
-                state.finals.clone().map(|finals| {
-                    ViewSource::Groups(Box::new(ViewGroups {
+                let closed = closing.map(|topic| ClosedRows {
+                    topic,
+                    end: AtomicU64::new(
+                        self.tables
+                            .log
+                            .snapshot()
+                            .high_watermark(topic, PartitionId(0))
+                            .0,
+                    ),
+                });
+                match (state.finals.clone(), closing) {
+                    // A view's groups hold final values: that is what makes them a view's.
+                    (Some(finals), _) => Some(ViewSource::Groups(Box::new(ViewGroups {
                         groups: state,
                         finals,
                         applied: AtomicU64::new(self.checkpoint.epoch),
                         aggregation: Mutex::new(aggregation),
                         group_outputs: group_outputs.clone(),
-                    }))
-                })
+                        closed,
+                    }))),
+                    (None, Some(topic)) if view => Some(ViewSource::Rows { topic }),
+                    (None, _) => None,
+                }
             }
         };
         if let (QueryTarget::View { view }, Some(source)) = (&self.def.target, contents) {
@@ -413,6 +451,7 @@ impl QueryTask {
         let mut view_change: Option<ViewChange> = None;
         let rows_out;
         let late: Vec<(PartitionId, Offset)>;
+        let mut closed_rows: Vec<RecordBatch> = vec![];
         match plan {
             EpochPlan::Stateless(plan) => {
                 let out = run(plan, ctx).await?;
@@ -446,7 +485,11 @@ impl QueryTask {
                     let finals = aggregation.finalize(closed, ctx.clone()).await?;
                     let out = aggregation.output(finals, ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
-                    self.stage_output(&out, &mut pending)?;
+                    if self.output.is_some() {
+                        self.stage_output(&out, &mut pending)?;
+                    } else {
+                        closed_rows = out;
+                    }
                     state_rows = vec![merged.clone()];
                 } else if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx.clone()).await?;
@@ -474,9 +517,19 @@ impl QueryTask {
                             added: aggregation.output(finals.clone(), ctx.clone()).await?,
                         });
                     }
-                    *view.aggregation.lock().expect("view lock") = aggregation;
+                    *view.aggregation.lock().expect("view lock") = aggregation.clone();
                 }
                 if self.def.emit == Emit::Changes {
+                    if self.closed_topic.is_some()
+                        && let Some(w) = self.watermark()
+                    {
+                        // The view's windows that close now: their rows move to the topic
+                        // of closed windows in this epoch's commit, and out of the state
+                        // once it is committed.
+                        let expired = groups.read().expired(w, &groups.partial, &merged)?;
+                        let finals = aggregation.finalize(expired, ctx.clone()).await?;
+                        closed_rows = aggregation.output(finals, ctx.clone()).await?;
+                    }
                     state_rows = vec![merged.clone()];
                     changed = Some((merged, finals));
                 }
@@ -484,6 +537,9 @@ impl QueryTask {
         }
         self.stage_late(&late, &mut pending)?;
         let mut batches = pending.into_batches();
+        if let Some(topic) = &self.closed_topic {
+            batches.extend(state_records(topic, &closed_rows)?);
+        }
         if let Some(topic) = &self.state_topic {
             let records = state_records(topic, &state_rows)?;
             self.checkpoint.state_records += records
@@ -518,20 +574,25 @@ impl QueryTask {
             // Applied whole even past the memory limit (then the query fails after it),
             // so that a view's readers never see half an epoch.
             let applied = state.upsert(rows);
+            // Windows the watermark has passed are closed: their rows stay where they
+            // were written (a view's in its topic of closed windows), their state goes.
+            if let (Ok(()), Some(w)) = (&applied, self.watermark()) {
+                state.evict(w, &groups.partial)?;
+            }
             if let Some(contents) = self.shared.view.get()
                 && let ViewSource::Groups(view) = &contents.source
             {
+                if let Some(closed) = &view.closed {
+                    let log = self.tables.log.snapshot();
+                    let end = log.high_watermark(closed.topic, PartitionId(0));
+                    closed.end.store(end.0, Ordering::Release);
+                }
                 view.applied.store(epoch.epoch, Ordering::Release);
                 if let Some(change) = view_change {
                     // Sent under the lock: a subscriber reading the view sees this epoch
                     // either in its snapshot or as a change, not both.
                     let _ = self.shared.changes.send(Arc::new(change));
                 }
-            }
-            // Windows the watermark has passed are closed: their rows stay where they
-            // were written, their state goes.
-            if let (Ok(()), Some(w)) = (&applied, self.watermark()) {
-                state.evict(w, &groups.partial)?;
             }
             drop(state);
             applied?;

@@ -22,7 +22,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
 use arrow::compute::{interleave, take};
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{Row, RowConverter, Rows, SortField};
@@ -445,6 +447,65 @@ impl GroupState {
             self.compact()?;
         }
         self.reserve()
+    }
+
+    /// The groups that expire at or before `bound` once `fresh` (newer rows of some groups,
+    /// in this state's leading columns, as `out` reads them) is upserted: their rows as
+    /// `out`, the state left as it is.
+    pub fn expired(
+        &self,
+        bound: i64,
+        out: &Columns,
+        fresh: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(expiry) = &self.expiry else {
+            return Ok(vec![]);
+        };
+        let renewed: std::collections::HashSet<Vec<u8>> =
+            match self.probe(&fresh.columns()[..self.groups], fresh.num_rows())? {
+                Probe::One(0) => Default::default(),
+                Probe::One(_) => [vec![]].into(),
+                Probe::Rows(keys) => keys.iter().map(|k| k.data().to_vec()).collect(),
+            };
+        let mut slots: Vec<Slot> = vec![];
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let Some(expiries) = &chunk.expiry else {
+                continue;
+            };
+            if expiries.min > bound || expiries.evicted >= bound {
+                continue;
+            }
+            for (row, at) in expiries.at.iter().enumerate() {
+                let slot = Slot {
+                    chunk: c as u32,
+                    row: row as u32,
+                };
+                if *at <= bound
+                    && *at > expiries.evicted
+                    && self.find(key_at(&self.chunks, slot)) == Some(slot)
+                    && !renewed.contains(key_at(&self.chunks, slot))
+                {
+                    slots.push(slot);
+                }
+            }
+        }
+        let mut rows = slots
+            .chunks(STATE_BATCH_ROWS)
+            .map(|slots| self.gather(slots, out))
+            .collect::<Result<Vec<_>>>()?;
+        let closing: BooleanArray = expiry
+            .of(fresh.column(expiry.column))?
+            .into_iter()
+            .map(|at| Some(at <= bound))
+            .collect();
+        let fresh = arrow::compute::filter_record_batch(fresh, &closing).map_err(internal)?;
+        if fresh.num_rows() > 0 {
+            rows.push(
+                RecordBatch::try_new(out.schema.clone(), fresh.columns().to_vec())
+                    .map_err(internal)?,
+            );
+        }
+        Ok(rows)
     }
 
     /// Removes the groups that expire at or before `bound` and returns their rows (as
