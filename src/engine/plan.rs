@@ -38,14 +38,16 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
-use crate::catalog::{CatalogData, Relation, TopicDef};
+use crate::catalog::{CatalogData, Relation, TopicDef, WatermarkDef};
 use crate::engine::state::Expiry;
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
 use crate::storage::Log;
+use crate::storage::TIMESTAMP_COLUMN;
 use crate::tables::event_time::EventTimeScan;
 use crate::tables::scan::{Ranges, StreamScanExec};
 use crate::tables::stream_table::{EpochRanges, StreamTable};
+use arrow::datatypes::{DataType, Field, TimeUnit};
 
 /// Logical rules that would turn one aggregate into two stacked ones.
 const LOGICAL_RULES_OFF: [&str; 1] = ["single_distinct_aggregation_to_group_by"];
@@ -177,13 +179,38 @@ impl QueryPlan {
                 )));
             }
         };
+        let fields = catalog.value_fields(&input);
+        // Windows over the record timestamp have a watermark without a declaration: the
+        // greatest timestamp read, no delay.
+        let record_time = windows
+            .iter()
+            .any(|w| w.relation == input_name && w.column == TIMESTAMP_COLUMN);
         let watermark = match &relation {
-            Relation::Stream(stream, _) => stream.watermark.clone(),
+            Relation::Stream(stream, _) if stream.watermark.is_some() => stream.watermark.clone(),
+            _ if record_time => Some(WatermarkDef {
+                column: TIMESTAMP_COLUMN.into(),
+                expression: TIMESTAMP_COLUMN.into(),
+                idle_timeout_ms: None,
+            }),
             _ => None,
         };
         let event_time = match &watermark {
+            Some(w) if w.column == TIMESTAMP_COLUMN => {
+                // Stored after the value columns, as the log keeps it: milliseconds.
+                let field = Field::new(
+                    TIMESTAMP_COLUMN,
+                    DataType::Timestamp(TimeUnit::Millisecond, None),
+                    true,
+                );
+                let stored = fields.len();
+                Some(Arc::new(EventTimeScan::new(
+                    base,
+                    &field,
+                    stored,
+                    &w.expression,
+                )?))
+            }
             Some(w) => {
-                let fields = catalog.value_fields(&input);
                 let stored = fields
                     .iter()
                     .position(|f| *f.name() == w.column)
