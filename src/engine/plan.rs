@@ -185,13 +185,20 @@ impl QueryPlan {
         let record_time = windows
             .iter()
             .any(|w| w.relation == input_name && w.column == TIMESTAMP_COLUMN);
+        // Windows over the record timestamp go by its watermark, whatever the stream
+        // declares for another column.
         let watermark = match &relation {
-            Relation::Stream(stream, _) if stream.watermark.is_some() => stream.watermark.clone(),
             _ if record_time => Some(WatermarkDef {
                 column: TIMESTAMP_COLUMN.into(),
                 expression: TIMESTAMP_COLUMN.into(),
-                idle_timeout_ms: None,
+                idle_timeout_ms: match &relation {
+                    Relation::Stream(stream, _) => {
+                        stream.watermark.as_ref().and_then(|w| w.idle_timeout_ms)
+                    }
+                    _ => None,
+                },
             }),
+            Relation::Stream(stream, _) => stream.watermark.clone(),
             _ => None,
         };
         let event_time = match &watermark {
