@@ -351,6 +351,8 @@ fn session_state(
         .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))
         .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
         .build();
+    let mut state = state;
+    state.register_udtf("nexmark", Arc::new(crate::tables::nexmark::NexmarkFunction));
     state.catalog_list().register_catalog(
         CATALOG_NAME.into(),
         Arc::new(RunnelCatalog::new(tables.clone(), continuous)),

@@ -147,6 +147,46 @@ impl Session {
         out
     }
 
+    /// `CALL nexmark(events, options)`: the streams `person`, `auction` and `bid` (made
+    /// if missing, with `partitions` of the options, 4 by default, and a watermark four
+    /// seconds behind), then a run's events appended to them (the other options are the
+    /// `nexmark` table function's).
+    async fn load_nexmark(&mut self, events: u64, options: &str) -> Result<Output> {
+        let mut partitions = 4;
+        let mut rest = vec![];
+        for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match option.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                Some(("partitions", n)) => {
+                    partitions = n.parse::<u32>().map_err(|_| {
+                        Error::data(
+                            "22023",
+                            format!("nexmark: partitions must be a number, not \"{n}\""),
+                        )
+                    })?
+                }
+                _ => rest.push(option),
+            }
+        }
+        let options = rest.join(", ").replace('\'', "''");
+        let mut sql = String::new();
+        for (kind, columns) in crate::tables::nexmark::STREAMS {
+            sql.push_str(&format!(
+                "CREATE STREAM IF NOT EXISTS {kind} ({columns}, \
+                 WATERMARK FOR date_time AS date_time - INTERVAL '4 seconds') \
+                 WITH (partitions = {partitions});"
+            ));
+        }
+        for (kind, _) in crate::tables::nexmark::STREAMS {
+            sql.push_str(&format!(
+                "INSERT INTO {kind} SELECT * FROM nexmark('{kind}', {events}, '{options}');"
+            ));
+        }
+        for result in Box::pin(self.execute_statements(&sql)).await {
+            result?;
+        }
+        Ok(command("CALL"))
+    }
+
     /// Runs one statement with parameter values (the extended protocol's Execute).
     pub async fn execute_one(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
         sql::cpu_bound(self.execute_prepared(sql, params)).await
@@ -266,6 +306,7 @@ impl Session {
             Statement::CreateView(v) => db.create_view(v, &who, &mut self.notices).await,
             Statement::InsertContinuous(i) => db.insert_continuous(i, &who).await,
             Statement::Flush => db.flush().await,
+            Statement::LoadNexmark { events, options } => self.load_nexmark(events, &options).await,
             Statement::Subscribe(s) => db.subscribe(s, &who).await,
             Statement::Push(q) => {
                 if matches!(&params, Some(ParamValues::List(v)) if !v.is_empty())

@@ -23,6 +23,12 @@ use crate::ingest::copy::{CopyFormat, CopyOptions};
 /// A parsed statement.
 #[derive(Debug, Clone)]
 pub enum Statement {
+    /// `CALL nexmark(events [, 'options'])`: creates the Nexmark streams if need be and
+    /// appends a run's events to them.
+    LoadNexmark {
+        events: u64,
+        options: String,
+    },
     CreateStream(CreateStream),
     CreateTopic(CreateTopic),
     Drop(Drop),
@@ -413,6 +419,14 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     }
     if p.parse_keywords(&[Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW]) {
         return parse_create_view(p).map(Statement::CreateView);
+    }
+    if p.peek_keyword(Keyword::CALL) {
+        p.next_token();
+        if word_is(p, "nexmark") {
+            p.next_token();
+            return parse_load_nexmark(p);
+        }
+        return reparse_from(df, start);
     }
     if word_is(p, "FLUSH") {
         p.next_token();
@@ -1187,6 +1201,25 @@ fn parse_create_view(p: &mut Parser<'_>) -> Result<CreateView> {
         emit,
         query,
     })
+}
+
+/// `(events [, 'options'])` after `CALL nexmark`.
+fn parse_load_nexmark(p: &mut Parser<'_>) -> Result<Statement> {
+    let usage = || Error::Syntax("CALL nexmark(events [, 'options'])".into());
+    p.expect_token(&Token::LParen).map_err(syntax)?;
+    let events = match p.next_token().token {
+        Token::Number(n, _) => n.parse::<u64>().map_err(|_| usage())?,
+        _ => return Err(usage()),
+    };
+    let mut options = String::new();
+    if p.consume_token(&Token::Comma) {
+        options = match p.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            _ => return Err(usage()),
+        };
+    }
+    p.expect_token(&Token::RParen).map_err(syntax)?;
+    Ok(Statement::LoadNexmark { events, options })
 }
 
 /// The `SELECT` of a continuous query, with an optional trailing `EMIT CHANGES` (updates

@@ -9,6 +9,7 @@
 
 pub mod blocking_scan;
 pub mod event_time;
+pub mod nexmark;
 pub mod pg;
 pub mod provider;
 pub mod scan;
