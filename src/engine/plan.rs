@@ -132,6 +132,14 @@ impl QueryPlan {
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
         let windows = sql::rewrite(&mut statement, catalog)?;
+        if windows.iter().any(|w| w.session) {
+            return Err(Error::Unsupported(
+                "SESSION windows are not supported in continuous queries yet (a session's \
+                 bounds move as its rows arrive, and sessions merge); they work in bounded \
+                 queries, and TUMBLE and HOP work in both"
+                    .into(),
+            ));
+        }
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;

@@ -1,5 +1,6 @@
-//! Window table functions: `TUMBLE(stream, col, size [, offset])` and
-//! `HOP(stream, col, slide, size [, offset])` in `FROM`, as RisingWave writes them.
+//! Window table functions: `TUMBLE(stream, col, size [, offset])`,
+//! `HOP(stream, col, slide, size [, offset])` and `SESSION(stream, col, gap)` in `FROM`, as
+//! RisingWave and Flink write them.
 //!
 //! DataFusion would take the stream argument for a column, so each call is rewritten, before
 //! planning, into a derived table: the relation's rows with `window_start` and `window_end`
@@ -15,16 +16,24 @@
 //!                     date_bin(INTERVAL '1 minute', ts) + INTERVAL '1 minute' AS window_end
 //!           FROM clicks) AS t
 //! ```
+//!
+//! A session is a run of rows of one key (the `GROUP BY` of the `SELECT` that reads the
+//! call, less the window's own columns) each less than `gap` after the one before:
+//! `window_start` is its first row's time, `window_end` its last row's plus `gap` (Flink's
+//! bounds). It is found with window functions over the rows in time order, so sessions
+//! exist in bounded queries; a continuous query cannot keep them yet (see
+//! [`Window::session`]).
 
 use std::ops::ControlFlow;
 
 use arrow::compute::kernels::cast_utils::parse_interval_month_day_nano;
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, Ident, Statement, TableAlias, TableFactor, Value, VisitMut,
-    VisitorMut,
+    Expr, FunctionArg, FunctionArgExpr, GroupByExpr, Ident, Query, SetExpr, Statement, TableAlias,
+    TableFactor, Value, VisitMut, VisitorMut,
 };
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
 
 use crate::catalog::types::SqlType;
 use crate::catalog::{CatalogData, Relation};
@@ -40,8 +49,12 @@ pub struct Window {
     /// The relation it reads and its time column, as DataFusion names them.
     pub relation: String,
     pub column: String,
-    /// How long each window is, in microseconds (`window_end - window_start`).
+    /// How long each window is, in microseconds (`window_end - window_start`); a
+    /// session's gap.
     pub size_micros: i64,
+    /// A `SESSION` window: its bounds move as rows arrive, which continuous queries do not
+    /// support yet.
+    pub session: bool,
 }
 
 /// Rewrites every window table function in `statement` into a derived table, checking its
@@ -65,6 +78,49 @@ struct Windows<'a> {
 impl VisitorMut for Windows<'_> {
     type Break = Error;
 
+    /// Sessions are per key, and the key is the `GROUP BY` of the `SELECT` whose `FROM`
+    /// calls `SESSION`: those calls are rewritten here, before their table factors are
+    /// visited.
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Error> {
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let keys: Vec<Expr> = match &select.group_by {
+            GroupByExpr::Expressions(exprs, _) => exprs
+                .iter()
+                .filter(|e| !is_window_column(e))
+                .cloned()
+                .collect(),
+            GroupByExpr::All(_) => vec![],
+        };
+        for table in select.from.iter_mut() {
+            let factors = std::iter::once(&mut table.relation)
+                .chain(table.joins.iter_mut().map(|j| &mut j.relation));
+            for factor in factors {
+                let TableFactor::Table {
+                    name,
+                    args: Some(args),
+                    alias,
+                    ..
+                } = factor
+                else {
+                    continue;
+                };
+                if !name.to_string().eq_ignore_ascii_case("session") {
+                    continue;
+                }
+                match session(self.catalog, &args.args, alias.take(), &keys) {
+                    Ok((table, window)) => {
+                        *factor = table;
+                        self.found.push(window);
+                    }
+                    Err(error) => return ControlFlow::Break(error),
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Error> {
         let TableFactor::Table {
             name,
@@ -76,6 +132,13 @@ impl VisitorMut for Windows<'_> {
             return ControlFlow::Continue(());
         };
         let function = name.to_string().to_ascii_lowercase();
+        if function == "session" {
+            // Not under a SELECT (in a set operation's branch, say): no key to go by.
+            return ControlFlow::Break(Error::plan(
+                "0A000",
+                "SESSION must be in the FROM of a SELECT, whose GROUP BY gives the sessions' key",
+            ));
+        }
         if function != "tumble" && function != "hop" {
             return ControlFlow::Continue(());
         }
@@ -90,6 +153,107 @@ impl VisitorMut for Windows<'_> {
     }
 }
 
+/// A call's arguments, which go by position.
+fn positional<'a>(function: &str, args: &'a [FunctionArg]) -> Result<Vec<&'a Expr>> {
+    args.iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+            _ => Err(Error::plan(
+                "22023",
+                format!("{function} takes its arguments by position"),
+            )),
+        })
+        .collect()
+}
+
+/// `window_start` or `window_end`, maybe qualified.
+fn is_window_column(expr: &Expr) -> bool {
+    let last = match expr {
+        Expr::Identifier(ident) => ident,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(last) => last,
+            None => return false,
+        },
+        _ => return false,
+    };
+    matches!(folded(last).as_str(), "window_start" | "window_end")
+}
+
+/// The derived table a `SESSION(stream, col, gap)` call stands for, sessions per `keys`.
+/// Three levels, each under the call's alias so that qualified keys resolve: a row starts
+/// a session when it is not less than `gap` after the key's row before it; a running sum
+/// of starts numbers the sessions; a session's bounds are its first time and its last plus
+/// `gap`.
+fn session(
+    catalog: &CatalogData,
+    args: &[FunctionArg],
+    alias: Option<TableAlias>,
+    keys: &[Expr],
+) -> Result<(TableFactor, Window)> {
+    let usage = "SESSION(stream, time_column, gap)";
+    let args = positional("SESSION", args)?;
+    if args.len() != 3 {
+        return Err(Error::plan(
+            "22023",
+            format!("{usage} takes 3 arguments, not {}", args.len()),
+        ));
+    }
+    let relation = named(args[0], usage, "the first argument names a stream")?;
+    let column = named(args[1], usage, "the second argument names a time column")?;
+    check_columns(catalog, usage, &relation.last, &column.last)?;
+    let gap = positive(args[2], usage, "gap")?;
+    let window = Window {
+        relation: folded(&relation.last),
+        column: folded(&column.last),
+        size_micros: gap.nanos / 1_000,
+        session: true,
+    };
+    let alias = alias.unwrap_or_else(|| TableAlias {
+        explicit: true,
+        name: relation.last.clone(),
+        columns: vec![],
+        at: None,
+    });
+    let name = alias.name.to_string();
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let by = |extra: &str| {
+        let all: Vec<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .chain((!extra.is_empty()).then_some(extra))
+            .collect();
+        match all.is_empty() {
+            true => String::new(),
+            false => format!("PARTITION BY {} ", all.join(", ")),
+        }
+    };
+    let (relation, column, gap) = (relation.sql, column.sql, gap.sql);
+    let ordered = format!("{}ORDER BY __session_time", by(""));
+    let sql = format!(
+        "SELECT * EXCLUDE (__session_time, __session_starts, __session),          min(__session_time) OVER ({in_session}) AS window_start,          max(__session_time) OVER ({in_session}) + {gap} AS window_end FROM          (SELECT *, sum(__session_starts) OVER ({ordered} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __session FROM          (SELECT *, CASE WHEN __session_time < lag(__session_time) OVER ({ordered}) + {gap} THEN 0 ELSE 1 END AS __session_starts FROM          (SELECT *, {column} AS __session_time FROM {relation} AS {name} WHERE {column} IS NOT NULL) AS {name}) AS {name}) AS {name}",
+        in_session = by("__session").trim_end(),
+    );
+    Ok((parsed(&sql, usage, alias)?, window))
+}
+
+/// The derived table of `sql`, under `alias`. (The generic dialect has `* EXCLUDE`.)
+fn parsed(sql: &str, usage: &str, alias: TableAlias) -> Result<TableFactor> {
+    let subquery = Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut parser| {
+            let query = parser.parse_query()?;
+            parser.expect_token(&Token::EOF)?;
+            Ok(query)
+        })
+        .map_err(|e| Error::plan("42601", format!("{usage}: {e}")))?;
+    Ok(TableFactor::Derived {
+        lateral: false,
+        subquery,
+        alias: Some(alias),
+        sample: None,
+    })
+}
+
 /// The derived table a `TUMBLE` or `HOP` call stands for.
 fn derived(
     catalog: &CatalogData,
@@ -97,19 +261,7 @@ fn derived(
     args: &[FunctionArg],
     alias: Option<TableAlias>,
 ) -> Result<(TableFactor, Window)> {
-    let args: Vec<&Expr> = args
-        .iter()
-        .map(|arg| match arg {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
-            _ => Err(Error::plan(
-                "22023",
-                format!(
-                    "{} takes its arguments by position",
-                    function.to_uppercase()
-                ),
-            )),
-        })
-        .collect::<Result<_>>()?;
+    let args = positional(&function.to_uppercase(), args)?;
     let usage = match function {
         "tumble" => "TUMBLE(stream, time_column, size [, offset])",
         _ => "HOP(stream, time_column, slide, size [, offset])",
@@ -132,6 +284,7 @@ fn derived(
         relation: folded(&relation.last),
         column: folded(&column.last),
         size_micros: size.nanos / 1_000,
+        session: false,
     };
     check_columns(catalog, usage, &relation.last, &column.last)?;
     let alias = alias.unwrap_or_else(|| TableAlias {
@@ -190,17 +343,7 @@ fn derived(
             starts = starts.join(", ")
         )
     };
-    let subquery = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .and_then(|mut parser| parser.parse_query())
-        .map_err(|e| Error::plan("42601", format!("{usage}: {e}")))?;
-    let table = TableFactor::Derived {
-        lateral: false,
-        subquery,
-        alias: Some(alias),
-        sample: None,
-    };
-    Ok((table, window))
+    Ok((parsed(&sql, usage, alias)?, window))
 }
 
 /// A name as DataFusion folds it: unquoted names in lower case.
@@ -352,6 +495,7 @@ fn floored(column: &str, size: &str, offset: Option<&Expr>, usage: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlparser::dialect::PostgreSqlDialect;
 
     fn rewritten(sql: &str) -> Result<String> {
         let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
@@ -380,6 +524,33 @@ mod tests {
             "{sql}"
         );
         assert!(sql.ends_with("AS h"), "{sql}");
+    }
+
+    #[test]
+    fn sessions_are_per_key_of_the_group_by() {
+        let sql = rewritten(
+            "SELECT s.user_id, window_start, count(*) FROM SESSION(clicks, ts, INTERVAL '30 seconds') AS s GROUP BY s.user_id, window_start, window_end",
+        )
+        .unwrap();
+        assert!(
+            sql.contains(
+                "lag(__session_time) OVER (PARTITION BY s.user_id ORDER BY __session_time)"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("min(__session_time) OVER (PARTITION BY s.user_id, __session)"),
+            "{sql}"
+        );
+        let sql = rewritten("SELECT * FROM SESSION(clicks, ts, INTERVAL '30 seconds')").unwrap();
+        assert!(
+            sql.contains("lag(__session_time) OVER (ORDER BY __session_time)"),
+            "{sql}"
+        );
+        let error = rewritten(
+            "SELECT 1 FROM clicks UNION ALL SELECT 1 FROM (SELECT * FROM t) AS x, LATERAL (SELECT * FROM SESSION(c, ts, INTERVAL '1 second')) AS y",
+        );
+        assert!(error.is_ok(), "a SESSION under its own SELECT: {error:?}");
     }
 
     #[test]
