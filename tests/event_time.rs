@@ -2,7 +2,8 @@
 //! order, in random epochs, equal the bounded query over the input minus the rows each query
 //! recorded as late (restricted, when emitting on close, to the windows its watermark has
 //! closed); across restarts and SIGKILL every closed window is emitted once and every late
-//! row recorded once; a quiet partition stops holding the watermark back.
+//! row recorded once; a quiet partition stops holding the watermark back; a second stage over
+//! a stream of closed windows closes its own by that stream's query's watermark.
 
 mod common;
 
@@ -104,6 +105,49 @@ async fn create_queries(client: &tokio_postgres::Client) {
         .batch_execute("CREATE STREAM all_rows AS SELECT k, v, ts FROM events")
         .await
         .unwrap();
+    // A second stage over the final rows of `busy_keys`, closed by its watermark.
+    client.batch_execute(BUSY_WINDOWS).await.unwrap();
+}
+
+const BUSY_WINDOWS: &str = "CREATE STREAM busy_windows AS \
+     SELECT window_end, count(*) AS keys, sum(n) AS n FROM busy_keys \
+     GROUP BY window_end EMIT ON WINDOW CLOSE";
+
+/// The second stage holds, once each, the bounded query's rows over the first stage's for
+/// the windows its watermark (`busy_keys`'s, 1 µs on) passed; nothing is late to it.
+async fn check_pipeline(client: &tokio_postgres::Client, context: &str) {
+    for _ in 0..100 {
+        let w = watermark(client, "busy_windows").await;
+        let result = sorted(client, "SELECT * FROM busy_windows").await;
+        if watermark(client, "busy_windows").await != w {
+            continue; // it moved on between the reads
+        }
+        let bounded = match &w {
+            None => vec![],
+            Some(w) => {
+                sorted(
+                    client,
+                    &format!(
+                        "SELECT window_end, count(*), sum(n) FROM busy_keys \
+                         WHERE window_end < TIMESTAMP '{w}' GROUP BY window_end"
+                    ),
+                )
+                .await
+            }
+        };
+        assert_eq!(
+            result, bounded,
+            "busy_windows {context}: differs from the bounded query over busy_keys"
+        );
+        let late = rows(
+            client,
+            "SELECT late_rows FROM sys.queries WHERE name = 'busy_windows'",
+        )
+        .await;
+        assert_eq!(late[0][0].as_deref(), Some("0"), "busy_windows {context}");
+        return;
+    }
+    panic!("busy_windows {context}: its watermark never held still");
 }
 
 /// A row `id` of a mostly advancing clock: `at` seconds in, up to 30 s early (the watermark
@@ -226,6 +270,7 @@ async fn check_all(client: &tokio_postgres::Client, context: &str) {
     for r in &counted {
         assert_eq!(r[1], r[2], "{context}: late_rows of {:?}", r[0]);
     }
+    check_pipeline(client, context).await;
     let failed = rows(
         client,
         "SELECT name, error FROM sys.queries WHERE state <> 'running'",
@@ -281,10 +326,14 @@ async fn windowed_results_equal_bounded_queries_over_rows_not_late() {
         check_all(&client, &format!("(round {round}, end)")).await;
         let counts = rows(
             &client,
-            "SELECT (SELECT count(*) FROM events) AS a, (SELECT count(*) FROM events_late) AS b",
+            "SELECT (SELECT count(*) FROM events) AS a, (SELECT count(*) FROM events_late) AS b, \
+             (SELECT count(*) FROM busy_windows) AS c",
         )
         .await;
-        eprintln!("round {round}: rows and late rows recorded {:?}", counts[0]);
+        eprintln!(
+            "round {round}: rows, late rows recorded, second-stage windows {:?}",
+            counts[0]
+        );
 
         // A restart restores state and watermarks; appended rows carry on from them.
         drop(client);

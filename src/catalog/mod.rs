@@ -120,6 +120,22 @@ pub struct WatermarkDef {
     /// before it stops holding the watermark back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// For a derived stream that emits on window close: the watermark is its query's, not
+    /// one read from the rows (see [`Inherited`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<Inherited>,
+}
+
+/// The watermark of a stream written by a query that emits windows on close. Every row
+/// that query appends later belongs to a window it has not closed yet, so its watermark
+/// bounds them: a query reading the stream takes the writer's watermark, as committed with
+/// the rows it has read, plus `shift_micros` (the column is `window_end`: +1 µs, as later
+/// windows end after it; `window_start`: 1 µs less the window's size), rather than the rows'
+/// greatest times, which partitions and quiet keys would hold back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inherited {
+    pub query: QueryId,
+    pub shift_micros: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,9 @@ use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
 use crate::catalog::{Access, HIDDEN_COLUMNS, Principal, Privilege};
 use crate::catalog::{
-    CatalogData, ColumnDef, Emit, InternalTopic, QueryDef, QueryId, QueryTarget, Relation, SqlType,
-    StartPosition, StreamDef, TopicDef, ValueFormat, validate_name,
+    CatalogData, ColumnDef, Emit, Inherited, InternalTopic, QueryDef, QueryId, QueryTarget,
+    Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
+    validate_name,
 };
 use crate::engine::plan::{Kind, QueryPlan};
 use crate::engine::{PushQuery, ViewSubscription};
@@ -47,11 +48,38 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
     } else if matches!(plan.kind, Kind::Stateless) {
         "the query has no windows to close: it must aggregate by window_start or window_end of TUMBLE or HOP".to_string()
     } else {
-        "its GROUP BY must include window_start or window_end of a TUMBLE or HOP over the column of the stream's watermark".to_string()
+        "its GROUP BY must include window_start or window_end of a TUMBLE or HOP over the column of the stream's watermark, or that column itself".to_string()
     };
     Err(Error::Unsupported(format!(
         "EMIT ON WINDOW CLOSE needs windows that close: {why}"
     )))
+}
+
+/// A derived stream that emits windows on close carries its query's watermark, on the
+/// output column of the group that decides when a window closes (`window_end`, or
+/// `window_start`, or the input's watermark column): further queries can close windows
+/// over it.
+fn inherited_watermark(
+    plan: &QueryPlan,
+    emit: Emit,
+    columns: &[ColumnDef],
+    id: QueryId,
+) -> Option<WatermarkDef> {
+    let (Emit::OnWindowClose, Some(expiry), Kind::Aggregate { group_outputs, .. }) =
+        (emit, &plan.expiry, &plan.kind)
+    else {
+        return None;
+    };
+    let column = &columns[(*group_outputs.get(expiry.column)?)?].name;
+    Some(WatermarkDef {
+        column: column.clone(),
+        expression: column.clone(),
+        idle_timeout_ms: None,
+        inherited: Some(Inherited {
+            query: id,
+            shift_micros: 1 - expiry.plus,
+        }),
+    })
 }
 
 impl Database {
@@ -143,6 +171,7 @@ impl Database {
             }
         };
 
+        let columns_of_stream = columns;
         let mut new = (*data).clone();
         let id = QueryId(new.next_query_id);
         new.next_query_id += 1;
@@ -159,11 +188,11 @@ impl Database {
             StreamDef {
                 name: c.name.clone(),
                 topic: topic_name,
-                columns,
+                columns: columns_of_stream.clone(),
                 key_columns,
                 value_format: ValueFormat::Json,
                 timestamp_column,
-                watermark: None,
+                watermark: inherited_watermark(&plan, c.emit, &columns_of_stream, id),
                 late_data_topic: None,
                 access: Access::owned_by(&who.name),
             },

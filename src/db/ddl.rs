@@ -154,6 +154,7 @@ impl Database {
                     column: column.clone(),
                     expression: expression.clone(),
                     idle_timeout_ms,
+                    inherited: None,
                 })
             }
         };
@@ -656,8 +657,12 @@ impl Database {
                     if stream.timestamp_column.as_ref() == Some(&c.name) {
                         extra.push("record timestamp".to_string());
                     }
-                    if let Some(w) = stream.watermark.as_ref().filter(|w| w.column == c.name) {
-                        extra.push(format!("watermark {}", w.expression));
+                    match stream.watermark.as_ref().filter(|w| w.column == c.name) {
+                        Some(w) if w.inherited.is_some() => {
+                            extra.push("watermark of its query's closed windows".to_string())
+                        }
+                        Some(w) => extra.push(format!("watermark {}", w.expression)),
+                        None => {}
                     }
                     lines.push((c.name.clone(), c.sql_type.to_string(), extra.join(", ")));
                 }

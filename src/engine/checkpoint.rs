@@ -30,6 +30,10 @@ pub struct Planned {
     /// watermark back (decided by the clock, so recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idle: Vec<PartitionId>,
+    /// Over a stream whose watermark is its writer's: that watermark (shifted) as of the
+    /// input it reads up to, when it reads all there was (recorded, as the writer moves on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<i64>,
 }
 
 /// Event time of a query over a stream with a watermark (times in microseconds).
@@ -334,6 +338,7 @@ mod tests {
             epoch: 4,
             ends: vec![at(0, 9)],
             idle: vec![],
+            inherited: None,
         });
         // More has arrived since, but the replay reads what the plan said.
         let plan = next_epoch(&cp, &[at(0, 100)], 1_000).unwrap();
@@ -357,6 +362,7 @@ mod tests {
             epoch: 1,
             ends: vec![at(0, 6)],
             idle: vec![PartitionId(1)],
+            inherited: Some(-7),
         });
         cp.event_time = Some(EventTime {
             maxima: vec![(PartitionId(0), 5)],

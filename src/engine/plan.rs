@@ -38,7 +38,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
-use crate::catalog::{CatalogData, Relation, TopicDef, WatermarkDef};
+use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::state::Expiry;
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
@@ -82,6 +82,9 @@ pub struct QueryPlan {
     /// How long a partition read to its end stays quiet before it stops holding the
     /// watermark back.
     pub idle_timeout: std::time::Duration,
+    /// Over a stream written by a query emitting on window close: that query's watermark
+    /// is this one's (shifted), not the rows' greatest times.
+    pub inherited: Option<Inherited>,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -205,6 +208,7 @@ impl QueryPlan {
                     }
                     _ => None,
                 },
+                inherited: None,
             }),
             Relation::Stream(stream, _) => stream.watermark.clone(),
             _ => None,
@@ -270,6 +274,7 @@ impl QueryPlan {
                     .and_then(|w| w.idle_timeout_ms)
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             ),
+            inherited: watermark.as_ref().and_then(|w| w.inherited.clone()),
         };
         let (epoch, _) = plan.plan_epoch(vec![]).await?;
         plan.kind = match &epoch {
@@ -289,7 +294,17 @@ impl QueryPlan {
                     w.relation == plan.input_name
                         && watermark.as_ref().is_some_and(|m| m.column == w.column)
                 });
-                plan.expiry = window.and_then(|w| window_expiry(&a.partial.schema(), groups, w));
+                let state = a.partial.schema();
+                plan.expiry = match (window, &watermark) {
+                    (Some(w), _) => window_expiry(&state, groups, w),
+                    // Grouped by the watermark's column itself (a time of a closed window
+                    // upstream, say): a group is complete once the watermark is past it.
+                    (None, Some(w)) if w.column != TIMESTAMP_COLUMN => state.fields()[..groups]
+                        .iter()
+                        .position(|f| *f.name() == w.column)
+                        .map(|column| Expiry { column, plus: 1 }),
+                    (None, _) => None,
+                };
                 Kind::Aggregate {
                     state_schema: a.partial.schema(),
                     groups,

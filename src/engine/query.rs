@@ -55,6 +55,9 @@ pub(super) struct QueryTask {
     /// Per input partition: its high watermark when last seen, and since when it has been
     /// that (a partition fully read and quiet for long enough is idle).
     activity: HashMap<PartitionId, (Offset, Instant)>,
+    /// Over a stream whose watermark is its writer's: the input's high watermarks and the
+    /// writer's watermark (shifted) as of one snapshot.
+    upstream: Option<(Vec<InputOffset>, i64)>,
 }
 
 /// The stream a query appends to, and where each of its columns comes from.
@@ -206,6 +209,7 @@ impl QueryTask {
             closed_topic,
             groups: None,
             activity: HashMap::new(),
+            upstream: None,
         };
         task.restore().await?;
         {
@@ -386,6 +390,9 @@ impl QueryTask {
             let snapshot = self.tables.log.snapshot();
             let high = checkpoint::high_watermarks(&snapshot, self.plan.input.id);
             self.note_activity(&high);
+            self.upstream = self
+                .inherited_watermark(&snapshot)
+                .map(|w| (high.clone(), w));
             let next = checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
                 .or_else(|| self.tick(&high));
             let Some(epoch) = next else {
@@ -425,10 +432,17 @@ impl QueryTask {
                 Some(_) => self.idle(&epoch.ends()),
                 None => vec![],
             };
+            let ends = epoch.ends();
+            let inherited = self
+                .upstream
+                .as_ref()
+                .filter(|(high, _)| self.reads_all(&ends, high))
+                .map(|(_, w)| *w);
             self.checkpoint.planned = Some(Planned {
                 epoch: epoch.epoch,
-                ends: epoch.ends(),
+                ends,
                 idle,
+                inherited,
             });
             self.tables
                 .log
@@ -627,8 +641,38 @@ impl QueryTask {
             time.observe(partition, max);
         }
         time.late_rows += seen.late.len() as u64;
-        time.watermark = time.advanced(idle);
+        time.watermark = match &self.plan.inherited {
+            None => time.advanced(idle),
+            Some(_) => {
+                let writer = self.checkpoint.planned.as_ref().and_then(|p| p.inherited);
+                time.watermark.max(writer)
+            }
+        };
         seen.late
+    }
+
+    /// The watermark of the query writing the input, shifted to this query's, as of
+    /// `snapshot` (which holds the rows that query had appended by then).
+    fn inherited_watermark(&self, snapshot: &crate::storage::Snapshot) -> Option<i64> {
+        let inherited = self.plan.inherited.as_ref()?;
+        let writer = Checkpoint::decode(snapshot.meta(inherited.query.0)?).ok()?;
+        Some(
+            writer
+                .event_time?
+                .watermark?
+                .saturating_add(inherited.shift_micros),
+        )
+    }
+
+    /// Whether reading up to `ends` (or, where it says nothing, the checkpoint) reads
+    /// every record below `high`.
+    fn reads_all(&self, ends: &[InputOffset], high: &[InputOffset]) -> bool {
+        high.iter().all(|h| {
+            checkpoint::position(ends, h.topic, h.partition)
+                .or_else(|| self.checkpoint.position(h.topic, h.partition))
+                .unwrap_or(Offset(0))
+                >= h.offset
+        })
     }
 
     /// Notes which partitions' high watermarks moved.
@@ -671,8 +715,12 @@ impl QueryTask {
         if !self.plan.event_time_state() || self.checkpoint.planned.is_some() {
             return None;
         }
-        let idle = self.idle(&[]);
-        if time.advanced(&idle) <= time.watermark {
+        let next = match (&self.plan.inherited, &self.upstream) {
+            (None, _) => time.advanced(&self.idle(&[])),
+            (Some(_), Some((seen, writer))) => Some(*writer).filter(|_| self.reads_all(&[], seen)),
+            (Some(_), None) => None,
+        };
+        if next <= time.watermark {
             return None;
         }
         let ranges = high
@@ -695,7 +743,8 @@ impl QueryTask {
     /// When the next partition that had rows would turn idle, if it stays quiet.
     fn next_idle(&self, high: &[InputOffset]) -> Option<Instant> {
         let time = self.checkpoint.event_time.as_ref()?;
-        if !self.plan.event_time_state() {
+        // A watermark taken from the input's writer does not wait for partitions.
+        if !self.plan.event_time_state() || self.plan.inherited.is_some() {
             return None;
         }
         let idle = self.idle(&[]);
