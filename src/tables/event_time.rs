@@ -15,7 +15,9 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 
 use crate::error::{Error, Result};
 use crate::storage::{Offset, PartitionId};
@@ -27,6 +29,10 @@ pub struct EventTimeScan {
     pub column: usize,
     /// The watermark expression, over a batch holding only that column.
     expression: Arc<dyn PhysicalExpr>,
+    /// Whether the expression never decreases as the column grows (`ts`, `ts - INTERVAL …`):
+    /// then its greatest value over a batch is its value at the batch's greatest time, one
+    /// evaluation instead of one per row.
+    monotone: bool,
     schema: SchemaRef,
     epoch: Mutex<EpochTime>,
 }
@@ -56,9 +62,11 @@ impl EventTimeScan {
         let field = field.clone().with_nullable(true);
         let schema = Arc::new(Schema::new(vec![field.clone()]));
         let expression = watermark_expression(state, &schema, expression)?;
+        let monotone = shifted_column(&expression);
         Ok(EventTimeScan {
             column: stored,
             expression,
+            monotone,
             schema,
             epoch: Mutex::new(EpochTime::default()),
         })
@@ -87,14 +95,31 @@ impl EventTimeScan {
         times: &ArrayRef,
         batch: RecordBatch,
     ) -> Result<RecordBatch> {
-        let one = RecordBatch::try_new(self.schema.clone(), vec![times.clone()])
-            .map_err(|e| Error::Internal(format!("event time: {e}")))?;
-        let marks = self
-            .expression
-            .evaluate(&one)
-            .and_then(|v| v.into_array(one.num_rows()))
-            .map_err(Error::from_datafusion)?;
-        let max = micros(&marks)?.iter().flatten().max();
+        let at = micros(times)?;
+        let evaluated = match self.monotone {
+            true => match arrow::compute::kernels::aggregate::max(&at) {
+                None => None,
+                Some(greatest) => {
+                    let row = at.values().iter().position(|t| *t == greatest);
+                    let row = row.expect("the greatest value is in the array");
+                    Some(times.slice(row, 1))
+                }
+            },
+            false => Some(times.clone()),
+        };
+        let max = match evaluated {
+            None => None,
+            Some(times) => {
+                let one = RecordBatch::try_new(self.schema.clone(), vec![times])
+                    .map_err(|e| Error::Internal(format!("event time: {e}")))?;
+                let marks = self
+                    .expression
+                    .evaluate(&one)
+                    .and_then(|v| v.into_array(one.num_rows()))
+                    .map_err(Error::from_datafusion)?;
+                micros(&marks)?.iter().flatten().max()
+            }
+        };
         let mut epoch = self.epoch.lock().expect("event time lock");
         if let Some(max) = max {
             let at = epoch.maxima.entry(partition).or_insert(max);
@@ -103,9 +128,8 @@ impl EventTimeScan {
         if !epoch.drop_late {
             return Ok(batch);
         }
-        let times = micros(times)?;
         let below = epoch.watermark.unwrap_or(i64::MIN);
-        let keep: BooleanArray = times
+        let keep: BooleanArray = at
             .iter()
             .map(|t| Some(t.is_some_and(|t| t >= below)))
             .collect();
@@ -120,6 +144,27 @@ impl EventTimeScan {
         drop(epoch);
         filter_record_batch(&batch, &keep).map_err(|e| Error::Internal(format!("event time: {e}")))
     }
+}
+
+/// Whether `expression` is the column, or the column plus or minus a constant interval:
+/// such an expression never decreases as the column grows. (DataFusion's own ordering
+/// analysis leaves time arithmetic out, as it could wrap at the ends of the range.)
+fn shifted_column(expression: &Arc<dyn PhysicalExpr>) -> bool {
+    if expression.downcast_ref::<Column>().is_some() {
+        return true;
+    }
+    let Some(binary) = expression.downcast_ref::<BinaryExpr>() else {
+        return false;
+    };
+    let constant = binary.right().downcast_ref::<Literal>().is_some_and(|l| {
+        matches!(
+            l.value().data_type(),
+            DataType::Interval(_) | DataType::Duration(_)
+        )
+    });
+    matches!(binary.op(), Operator::Plus | Operator::Minus)
+        && binary.left().downcast_ref::<Column>().is_some()
+        && constant
 }
 
 /// Plans a watermark expression over `schema` (one timestamp column); it must give a
@@ -160,4 +205,44 @@ pub fn micros(times: &ArrayRef) -> Result<arrow::array::PrimitiveArray<Timestamp
     let cast = cast(times, &DataType::Timestamp(TimeUnit::Microsecond, None))
         .map_err(|e| Error::Internal(format!("event time: {e}")))?;
     Ok(cast.as_primitive::<TimestampMicrosecondType>().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampMicrosecondArray;
+    use datafusion::prelude::SessionContext;
+
+    /// The greatest watermark value `expression` gives over `times`.
+    fn greatest(expression: &str, times: Vec<Option<i64>>) -> (bool, Option<i64>) {
+        let state = SessionContext::new().state();
+        let field = Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true);
+        let scan = EventTimeScan::new(&state, &field, 0, expression).unwrap();
+        let times: ArrayRef = Arc::new(TimestampMicrosecondArray::from(times));
+        let batch = RecordBatch::try_new(scan.schema.clone(), vec![times.clone()]).unwrap();
+        scan.begin(None, false);
+        scan.apply(PartitionId(0), Offset(0), &times, batch)
+            .unwrap();
+        let seen = scan.take();
+        (scan.monotone, seen.maxima.get(&PartitionId(0)).copied())
+    }
+
+    #[test]
+    fn a_monotone_watermark_is_evaluated_once_per_batch_and_gives_the_same_maximum() {
+        let times = vec![Some(7_000_000), None, Some(9_000_000), Some(8_000_000)];
+        assert_eq!(
+            greatest("ts - INTERVAL '5 seconds'", times.clone()),
+            (true, Some(4_000_000))
+        );
+        assert_eq!(greatest("ts", times.clone()), (true, Some(9_000_000)));
+        // Not monotone: later times may give smaller values, so every row is evaluated.
+        assert_eq!(
+            greatest(
+                "CASE WHEN ts > TIMESTAMP '1970-01-01 00:00:08' THEN ts - INTERVAL '1 day' ELSE ts END",
+                times
+            ),
+            (false, Some(8_000_000))
+        );
+        assert_eq!(greatest("ts", vec![None, None]), (true, None));
+    }
 }
