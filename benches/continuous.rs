@@ -22,7 +22,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -292,17 +291,7 @@ spark.stop()
 
 /// Spark's seconds for the filter and the aggregation, if pyspark is there.
 fn spark(dir: &Path, rows: u64) -> Option<(f64, f64)> {
-    let python = std::env::var("RUNNEL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", "import pyspark"])
-        .stderr(Stdio::null())
-        .status()
-        .ok()?
-        .success();
-    if !has {
-        println!("spark: skipped ({python} cannot import pyspark; set RUNNEL_BENCH_PYTHON)");
-        return None;
-    }
+    let python = common::spark_python()?;
     let csv = dir.join("csv");
     std::fs::create_dir_all(&csv).ok()?;
     let files = 10;
@@ -316,28 +305,20 @@ fn spark(dir: &Path, rows: u64) -> Option<(f64, f64)> {
             at = next;
         }
     }
-    let script = dir.join("spark_bench.py");
-    std::fs::write(&script, SPARK).ok()?;
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&csv)
-        .arg(dir.join("parquet"))
-        .arg(dir.join("checkpoints"))
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let seconds = |name: &str| -> Option<f64> {
-        let line = text
-            .lines()
-            .find(|l| l.contains(&format!("\"query\": \"{name}\"")))?;
-        let rest = line.split("\"seconds\": ").nth(1)?;
-        rest.split(',').next()?.trim().parse().ok()
-    };
-    match (seconds("filter"), seconds("aggregate")) {
+    let out = common::run_spark(
+        &python,
+        dir,
+        "spark_bench.py",
+        SPARK,
+        &[&csv, &dir.join("parquet"), &dir.join("checkpoints")],
+    )?;
+    match (
+        out.seconds("query", "filter"),
+        out.seconds("query", "aggregate"),
+    ) {
         (Some(f), Some(a)) => Some((f, a)),
         _ => {
-            println!("spark: failed: {text}");
+            println!("spark: failed: {}", out.text);
             None
         }
     }

@@ -30,9 +30,8 @@
 //!    arriving at a `SUBSCRIBE` client: p50/p90/p99/max. Spark runs each mode twice (the
 //!    first run of its session warms the JVM up) and the second counts.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -383,36 +382,15 @@ spark.stop()
 
 /// Spark's seconds in append and update mode over `parquet`, if pyspark is there.
 fn spark(dir: &Path, parquet: &Path) -> Option<(f64, f64)> {
-    let python = std::env::var("RUNNEL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", "import pyspark"])
-        .stderr(Stdio::null())
-        .status()
-        .ok()?
-        .success();
-    if !has {
-        println!("spark: skipped ({python} cannot import pyspark; set RUNNEL_BENCH_PYTHON)");
-        return None;
-    }
-    let script = dir.join("spark_nexmark.py");
-    std::fs::File::create(&script)
-        .and_then(|mut f| f.write_all(SPARK.as_bytes()))
-        .ok()?;
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(parquet)
-        .arg(dir.join("checkpoints"))
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let seconds = |mode: &str| -> Option<f64> {
-        let line = text
-            .lines()
-            .find(|l| l.contains(&format!("\"mode\": \"{mode}\"")))?;
-        let rest = line.split("\"seconds\": ").nth(1)?;
-        rest.split(',').next()?.trim().parse().ok()
-    };
+    let python = common::spark_python()?;
+    let out = common::run_spark(
+        &python,
+        dir,
+        "spark_nexmark.py",
+        SPARK,
+        &[parquet, &dir.join("checkpoints")],
+    )?;
+    let seconds = |mode: &str| out.seconds("mode", mode);
     match (
         seconds("append-cold"),
         seconds("append-warm"),
@@ -424,7 +402,7 @@ fn spark(dir: &Path, parquet: &Path) -> Option<(f64, f64)> {
             Some((a, u))
         }
         _ => {
-            println!("spark: failed: {text}");
+            println!("spark: failed: {}", out.text);
             None
         }
     }

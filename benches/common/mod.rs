@@ -104,3 +104,58 @@ pub fn bench_rows(default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// What a pyspark script printed: one JSON object per line, each with a name under some key
+/// and its `seconds`.
+pub struct SparkOutput {
+    pub text: String,
+}
+
+impl SparkOutput {
+    /// The seconds of the line whose `key` is `name`.
+    pub fn seconds(&self, key: &str, name: &str) -> Option<f64> {
+        let line = self
+            .text
+            .lines()
+            .find(|l| l.contains(&format!("\"{key}\": \"{name}\"")))?;
+        let rest = line.split("\"seconds\": ").nth(1)?;
+        rest.split(',').next()?.trim().parse().ok()
+    }
+}
+
+/// The Python to run Spark with: `RUNNEL_BENCH_PYTHON` (default `python3`), if it can
+/// import pyspark; says so and gives `None` if not.
+pub fn spark_python() -> Option<String> {
+    let python = std::env::var("RUNNEL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python)
+        .args(["-c", "import pyspark"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        println!("spark: skipped ({python} cannot import pyspark; set RUNNEL_BENCH_PYTHON)");
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs the pyspark `script` (written to `dir/file`) with `args` under `python`.
+pub fn run_spark(
+    python: &str,
+    dir: &Path,
+    file: &str,
+    script: &str,
+    args: &[&Path],
+) -> Option<SparkOutput> {
+    let path = dir.join(file);
+    std::fs::write(&path, script).ok()?;
+    let out = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    Some(SparkOutput {
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
+}

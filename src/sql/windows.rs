@@ -97,19 +97,10 @@ impl VisitorMut for Windows<'_> {
             let factors = std::iter::once(&mut table.relation)
                 .chain(table.joins.iter_mut().map(|j| &mut j.relation));
             for factor in factors {
-                let TableFactor::Table {
-                    name,
-                    args: Some(args),
-                    alias,
-                    ..
-                } = factor
-                else {
+                let Some(("session", args, alias)) = call(factor) else {
                     continue;
                 };
-                if !name.to_string().eq_ignore_ascii_case("session") {
-                    continue;
-                }
-                match session(self.catalog, &args.args, alias.take(), &keys) {
+                match session(self.catalog, args, alias.take(), &keys) {
                     Ok((table, window)) => {
                         *factor = table;
                         self.found.push(window);
@@ -122,16 +113,9 @@ impl VisitorMut for Windows<'_> {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Error> {
-        let TableFactor::Table {
-            name,
-            args: Some(args),
-            alias,
-            ..
-        } = factor
-        else {
+        let Some((function, args, alias)) = call(factor) else {
             return ControlFlow::Continue(());
         };
-        let function = name.to_string().to_ascii_lowercase();
         if function == "session" {
             // Not under a SELECT (in a set operation's branch, say): no key to go by.
             return ControlFlow::Break(Error::plan(
@@ -139,10 +123,7 @@ impl VisitorMut for Windows<'_> {
                 "SESSION must be in the FROM of a SELECT, whose GROUP BY gives the sessions' key",
             ));
         }
-        if function != "tumble" && function != "hop" {
-            return ControlFlow::Continue(());
-        }
-        match derived(self.catalog, &function, &args.args, alias.take()) {
+        match derived(self.catalog, function, args, alias.take()) {
             Ok((table, window)) => {
                 *factor = table;
                 self.found.push(window);
@@ -151,6 +132,26 @@ impl VisitorMut for Windows<'_> {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The window table function `factor` calls (`tumble`, `hop` or `session`), its arguments
+/// and its alias.
+fn call(
+    factor: &mut TableFactor,
+) -> Option<(&'static str, &[FunctionArg], &mut Option<TableAlias>)> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias,
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    let function = ["tumble", "hop", "session"]
+        .into_iter()
+        .find(|f| name.to_string().eq_ignore_ascii_case(f))?;
+    Some((function, &args.args, alias))
 }
 
 /// A call's arguments, which go by position.
