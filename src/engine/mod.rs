@@ -28,7 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::catalog::{CatalogData, QueryDef, QueryId, QueryTarget, StartPosition};
+use crate::catalog::{CatalogData, Emit, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
 use crate::storage::{Hold, MetaUpdate, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
@@ -415,9 +415,14 @@ impl Engine {
         };
         let contents = running.shared.view.get().ok_or_else(not_yet)?;
         let ViewSource::Groups(groups) = &contents.source else {
-            return Err(Error::Unsupported(format!(
-                "SUBSCRIBE to view \"{view}\" without aggregation is not supported yet; SUBSCRIBE to the stream it reads"
-            )));
+            return Err(Error::Unsupported(match running.def.emit {
+                Emit::OnWindowClose => format!(
+                    "SUBSCRIBE to view \"{view}\", which emits on window close, is not supported yet; a derived stream with EMIT ON WINDOW CLOSE gives the same rows, and SUBSCRIBE to it pushes each as its window closes"
+                ),
+                Emit::Changes => format!(
+                    "SUBSCRIBE to view \"{view}\" without aggregation is not supported yet; SUBSCRIBE to the stream it reads"
+                ),
+            }));
         };
         // Subscribe first, then read: a change committed in between is in the snapshot or
         // after its epoch, never lost.
