@@ -100,8 +100,9 @@ impl EventTimeScan {
             true => match arrow::compute::kernels::aggregate::max(&at) {
                 None => None,
                 Some(greatest) => {
-                    let row = at.values().iter().position(|t| *t == greatest);
-                    let row = row.expect("the greatest value is in the array");
+                    // A NULL's slot holds some value too: only valid rows count.
+                    let row = at.iter().position(|t| t == Some(greatest));
+                    let row = row.expect("the greatest valid value is in the array");
                     Some(times.slice(row, 1))
                 }
             },
@@ -244,5 +245,10 @@ mod tests {
             (false, Some(8_000_000))
         );
         assert_eq!(greatest("ts", vec![None, None]), (true, None));
+        // A NULL ahead of the greatest time, which is the epoch itself (a NULL's slot is 0).
+        assert_eq!(
+            greatest("ts - INTERVAL '1 second'", vec![None, Some(0), Some(-5)]),
+            (true, Some(-1_000_000))
+        );
     }
 }
