@@ -326,15 +326,8 @@ fn spark(dir: &Path, rows: u64) -> Option<(f64, f64)> {
 
 fn main() {
     let rows = common::bench_rows(10_000_000);
-    let base = std::env::var("RUNNEL_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
-    let dir = tempfile::tempdir_in(base).expect("bench dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let dir = common::bench_dir();
+    let runtime = common::runtime();
     println!(
         "continuous queries: {rows} clicks, {USERS} users, 4 partitions; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())

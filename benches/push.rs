@@ -212,11 +212,7 @@ async fn fetch_drain(port: u16, rows: u64) -> Duration {
 fn main() {
     let rows = common::bench_rows(10_000_000);
     let dir = tempfile::tempdir().expect("bench dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     println!(
         "push queries; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -159,3 +159,21 @@ pub fn run_spark(
         text: String::from_utf8_lossy(&out.stdout).into_owned(),
     })
 }
+
+/// A fresh directory for a benchmark's data, under `RUNNEL_BENCH_DIR` (default: the system
+/// temp directory); removed when dropped.
+pub fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var("RUNNEL_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    tempfile::tempdir_in(base).expect("bench dir")
+}
+
+/// The clients' runtime: two workers, as many as the machine the figures are taken on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
