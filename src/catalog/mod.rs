@@ -255,6 +255,9 @@ pub struct QueryDef {
     /// appended to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_topic: Option<String>,
+    /// A chain of aggregates: the changelogs of its inner stages' groups, innermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inner_state_topics: Vec<String>,
     pub created_at_ms: i64,
     /// Whose rights it runs with: its creator's.
     #[serde(default = "superuser")]

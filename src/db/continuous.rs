@@ -37,6 +37,15 @@ const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
 /// a `TUMBLE` or `HOP` over the column of its stream's watermark.
 fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
+    if let (Kind::Aggregate { inner, .. }, Emit::Changes) = (&plan.kind, emit)
+        && !inner.is_empty()
+    {
+        return Err(Error::Unsupported(
+            "an aggregate over an aggregate needs EMIT ON WINDOW CLOSE: the inner aggregate's \
+             rows are final, and can feed the outer one, only once their windows close"
+                .into(),
+        ));
+    }
     if emit == Emit::Changes || plan.event_time_state() {
         return Ok(());
     }
@@ -208,6 +217,7 @@ impl Database {
             )?),
             Kind::Stateless => None,
         };
+        let inner_topics = inner_state_topics(&mut new, &c.name, id, &plan)?;
         let def = QueryDef {
             id,
             name: c.name.clone(),
@@ -217,11 +227,16 @@ impl Database {
             start,
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             closed_topic: None,
+            inner_state_topics: inner_topics.iter().map(|t| t.name.clone()).collect(),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: c.emit,
         };
-        let topics: Vec<TopicDef> = [Some(topic), state_topic].into_iter().flatten().collect();
+        let topics: Vec<TopicDef> = [Some(topic), state_topic]
+            .into_iter()
+            .flatten()
+            .chain(inner_topics)
+            .collect();
         self.create_query(new, def, &plan, topics).await?;
         Ok(command("CREATE STREAM"))
     }
@@ -297,6 +312,7 @@ impl Database {
             )?),
             false => None,
         };
+        let inner_topics = inner_state_topics(&mut new, &v.name, id, &plan)?;
         new.views.insert(
             v.name.clone(),
             crate::catalog::ViewDef {
@@ -315,6 +331,7 @@ impl Database {
             start,
             state_topic: Some(state_topic.name.clone()),
             closed_topic: closed_topic.as_ref().map(|t| t.name.clone()),
+            inner_state_topics: inner_topics.iter().map(|t| t.name.clone()).collect(),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: v.emit,
@@ -322,6 +339,7 @@ impl Database {
         let topics = [Some(state_topic), closed_topic]
             .into_iter()
             .flatten()
+            .chain(inner_topics)
             .collect();
         self.create_query(new, def, &plan, topics).await?;
         Ok(command("CREATE MATERIALIZED VIEW"))
@@ -467,6 +485,7 @@ impl Database {
             )?),
             Kind::Stateless => None,
         };
+        let inner_topics = inner_state_topics(&mut new, &name, id, &plan)?;
         let columns = if i.columns.is_empty() {
             target_fields
                 .iter()
@@ -488,12 +507,13 @@ impl Database {
             start: StartPosition::default(),
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             closed_topic: None,
+            inner_state_topics: inner_topics.iter().map(|t| t.name.clone()).collect(),
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: i.emit,
         };
-        self.create_query(new, def, &plan, state_topic.into_iter().collect())
-            .await?;
+        let topics = state_topic.into_iter().chain(inner_topics).collect();
+        self.create_query(new, def, &plan, topics).await?;
         Ok(command("CREATE QUERY"))
     }
 
@@ -639,6 +659,33 @@ fn state_topic_def(
     new.next_topic_id += 1;
     new.topics.insert(name, topic.clone());
     Ok(topic)
+}
+
+/// Adds to `new` the changelogs of the inner stages of a chain of aggregates, innermost
+/// first.
+fn inner_state_topics(
+    new: &mut CatalogData,
+    owner: &str,
+    id: QueryId,
+    plan: &QueryPlan,
+) -> Result<Vec<TopicDef>> {
+    let Kind::Aggregate { inner, .. } = &plan.kind else {
+        return Ok(vec![]);
+    };
+    inner
+        .iter()
+        .enumerate()
+        .map(|(k, stage)| {
+            state_topic_def(
+                new,
+                &format!("stage{k}"),
+                owner,
+                id,
+                stage.state_schema.fields().clone(),
+                CHANGELOG_SEGMENT_BYTES,
+            )
+        })
+        .collect()
 }
 
 /// Whether records appended to `from` reach `to` through continuous queries (or `from`

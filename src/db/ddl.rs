@@ -536,6 +536,7 @@ impl Database {
                 for internal in [query.state_topic, query.closed_topic]
                     .into_iter()
                     .flatten()
+                    .chain(query.inner_state_topics)
                 {
                     if let Some(topic) = new.topics.remove(&internal) {
                         doomed_topics.push(topic.id);

@@ -92,6 +92,17 @@ pub struct Checkpoint {
     /// For a query with event-time state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<EventTime>,
+    /// For a chain of aggregates: where each inner stage's changelog is replayed from,
+    /// innermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inner_state: Vec<Changelog>,
+}
+
+/// Where a changelog of groups is replayed from, and how many records a replay reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changelog {
+    pub from: Offset,
+    pub records: u64,
 }
 
 impl Checkpoint {
@@ -104,6 +115,7 @@ impl Checkpoint {
             state_records: 0,
             planned: None,
             event_time: None,
+            inner_state: vec![],
         }
     }
 

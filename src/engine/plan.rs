@@ -13,8 +13,14 @@
 //!   (`HAVING`, the `SELECT` list) run over those values. Every DataFusion aggregate keeps
 //!   its partial state this way, so every one is incremental.
 //!
-//! Anything else (sorts, limits, joins, window functions, nested aggregates) cannot be run
-//! incrementally this way, and the query is refused when created, naming the part.
+//! - **a chain of aggregates** (an aggregate over an aggregate): each aggregate is a stage
+//!   as above with state of its own; the inner stage's windows leave its state when the
+//!   watermark closes them, and their final rows are the next stage's input in the same
+//!   epoch. Only final rows can feed a stage, so every inner stage groups by an event-time
+//!   window and the query emits on window close.
+//!
+//! Anything else (sorts, limits, joins, window functions) cannot be run incrementally this
+//! way, and the query is refused when created, naming the part.
 
 use std::sync::{Arc, Mutex};
 
@@ -102,24 +108,50 @@ pub enum Kind {
         group_outputs: Vec<Option<usize>>,
         /// Whether nodes above the aggregate filter its groups (`HAVING`).
         filtered: bool,
+        /// In a chain of aggregates, the stages before the last one (which the fields
+        /// above describe), innermost first.
+        inner: Vec<Stage>,
     },
+}
+
+/// An inner aggregate of a chain: its state, and when its groups close.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub state_schema: SchemaRef,
+    pub groups: usize,
+    pub expiry: Expiry,
 }
 
 /// One epoch's physical plan, taken apart.
 pub enum EpochPlan {
     Stateless(Arc<dyn ExecutionPlan>),
-    Aggregate(Aggregation),
+    Aggregate {
+        /// In a chain of aggregates, the inner stages, innermost first: each one's closed
+        /// windows are the next one's input.
+        inner: Vec<Aggregation>,
+        last: Aggregation,
+    },
 }
 
-/// The pieces of an aggregate query's plan.
+/// The pieces of an aggregate's plan.
 #[derive(Clone)]
 pub struct Aggregation {
-    /// The `Partial` aggregate over the epoch's records.
+    /// The `Partial` aggregate over the epoch's records (or the inner stage's rows).
     partial: Arc<dyn ExecutionPlan>,
     /// The `Final` aggregate; its input is replaced by merged state.
     final_: Arc<dyn ExecutionPlan>,
     /// The nodes above `final_`, top first; each one's input is the next.
     above: Vec<Arc<dyn ExecutionPlan>>,
+    /// A stage over another: what lies between its `Partial` and the inner `Final`.
+    feed: Option<Feed>,
+}
+
+/// The nodes between a stage's `Partial` aggregate and the inner stage's `Final` one, top
+/// first, and what that `Final` returns: the inner stage's rows go in at the bottom.
+#[derive(Clone)]
+struct Feed {
+    nodes: Vec<Arc<dyn ExecutionPlan>>,
+    schema: SchemaRef,
 }
 
 impl QueryPlan {
@@ -282,35 +314,47 @@ impl QueryPlan {
                 plan.schema = p.schema();
                 Kind::Stateless
             }
-            EpochPlan::Aggregate(a) => {
-                plan.schema = a.above.first().unwrap_or(&a.final_).schema();
-                let groups = a
-                    .partial
-                    .downcast_ref::<AggregateExec>()
-                    .expect("a partial aggregate")
-                    .group_expr()
-                    .num_group_exprs();
+            EpochPlan::Aggregate { inner, last } => {
+                plan.schema = last.above.first().unwrap_or(&last.final_).schema();
                 let window = windows.iter().find(|w| {
                     w.relation == plan.input_name
                         && watermark.as_ref().is_some_and(|m| m.column == w.column)
                 });
-                let state = a.partial.schema();
-                plan.expiry = match (window, &watermark) {
-                    (Some(w), _) => window_expiry(&state, groups, w),
-                    // Grouped by the watermark's column itself (a time of a closed window
-                    // upstream, say): a group is complete once the watermark is past it.
-                    (None, Some(w)) if w.column != TIMESTAMP_COLUMN => state.fields()[..groups]
-                        .iter()
-                        .position(|f| *f.name() == w.column)
-                        .map(|column| Expiry { column, plus: 1 }),
-                    (None, _) => None,
-                };
+                // Grouped by the watermark's column itself (a time of a closed window
+                // upstream, say): a group is complete once the watermark is past it.
+                let time_column = watermark
+                    .as_ref()
+                    .map(|w| w.column.as_str())
+                    .filter(|c| *c != TIMESTAMP_COLUMN);
+                let innermost = inner.first().unwrap_or(last);
+                let mut closing = closing_columns(innermost, window, time_column);
+                let mut stages = vec![];
+                for (i, stage) in inner.iter().enumerate() {
+                    let Some(&expiry) = closing.first() else {
+                        return Err(Error::Unsupported(
+                            "an aggregate over an aggregate runs continuously only when the \
+                             inner one groups by an event-time window (window_start or \
+                             window_end of TUMBLE or HOP over the column of the stream's \
+                             watermark): its rows are final, and can feed the outer one, \
+                             only once their window closes"
+                                .into(),
+                        ));
+                    };
+                    stages.push(Stage {
+                        state_schema: stage.partial.schema(),
+                        groups: stage.groups(),
+                        expiry,
+                    });
+                    closing = inner.get(i + 1).unwrap_or(last).closing_over(&closing);
+                }
+                plan.expiry = closing.first().copied();
                 Kind::Aggregate {
-                    state_schema: a.partial.schema(),
-                    groups,
-                    final_schema: a.final_.schema(),
-                    group_outputs: group_outputs(&a.above, groups),
-                    filtered: a.above.iter().any(|n| n.name() == "FilterExec"),
+                    state_schema: last.partial.schema(),
+                    groups: last.groups(),
+                    final_schema: last.final_.schema(),
+                    group_outputs: group_outputs(&last.above, last.groups()),
+                    filtered: last.above.iter().any(|n| n.name() == "FilterExec"),
+                    inner: stages,
                 }
             }
         };
@@ -340,22 +384,34 @@ impl QueryPlan {
     }
 }
 
-/// When a group of an aggregate grouped by `window` closes: its `window_end` column, or
-/// its `window_start` column plus the window's size.
-fn window_expiry(state: &SchemaRef, groups: usize, window: &Window) -> Option<Expiry> {
+/// The group columns of the innermost aggregate that say when a group closes, best first:
+/// a `window_end` (when it passes), a `window_start` (when it passes less the window's
+/// size), the watermark's column itself (once the watermark is past it).
+fn closing_columns(
+    stage: &Aggregation,
+    window: Option<&Window>,
+    time_column: Option<&str>,
+) -> Vec<Expiry> {
+    let state = stage.partial.schema();
     let group = |name: &str| {
-        state.fields()[..groups]
+        state.fields()[..stage.groups()]
             .iter()
             .position(|f| f.name() == name)
     };
-    match (group("window_end"), group("window_start")) {
-        (Some(column), _) => Some(Expiry { column, plus: 0 }),
-        (None, Some(column)) => Some(Expiry {
+    let mut closing = vec![];
+    if let Some(window) = window {
+        closing.extend(group("window_end").map(|column| Expiry { column, plus: 0 }));
+        closing.extend(group("window_start").map(|column| Expiry {
             column,
             plus: window.size_micros,
-        }),
-        (None, None) => None,
+        }));
     }
+    closing.extend(
+        time_column
+            .and_then(group)
+            .map(|column| Expiry { column, plus: 1 }),
+    );
+    closing
 }
 
 /// The one `SELECT` of `sql`.
@@ -460,26 +516,6 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     plan.children().into_iter().try_for_each(check_stateless)
 }
 
-/// Below a partial aggregate, a sort is fine too: it orders one epoch's records for an
-/// order-sensitive aggregate (`array_agg(x ORDER BY y)`), whose state merges in order.
-fn check_partial_input(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
-    if plan.name() == "SortExec" {
-        return plan
-            .children()
-            .into_iter()
-            .try_for_each(check_partial_input);
-    }
-    if plan.downcast_ref::<StreamScanExec>().is_some() || plan.name() == "EmptyExec" {
-        return Ok(());
-    }
-    if !is_row_wise(plan.as_ref()) {
-        return Err(refusal(plan.as_ref()));
-    }
-    plan.children()
-        .into_iter()
-        .try_for_each(check_partial_input)
-}
-
 fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     match plan.children().as_slice() {
         [one] => Ok((*one).clone()),
@@ -492,7 +528,12 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>) -> Result<EpochPlan> {
     let mut node = plan.clone();
     loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            return aggregation(&node, agg, above).map(EpochPlan::Aggregate);
+            let mut stages = stages(&node, agg, above)?;
+            let last = stages.pop().expect("an aggregate has a stage");
+            return Ok(EpochPlan::Aggregate {
+                inner: stages,
+                last,
+            });
         }
         if !is_row_wise(node.as_ref()) {
             check_stateless(&node)?;
@@ -503,11 +544,13 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>) -> Result<EpochPlan> {
     }
 }
 
-fn aggregation(
+/// The stages of the aggregate whose `Final` is `node` (with `above` over it): the stages
+/// of an aggregate below it first, if there is one, then its own.
+fn stages(
     node: &Arc<dyn ExecutionPlan>,
     agg: &AggregateExec,
     above: Vec<Arc<dyn ExecutionPlan>>,
-) -> Result<Aggregation> {
+) -> Result<Vec<Aggregation>> {
     if *agg.mode() != AggregateMode::Final && *agg.mode() != AggregateMode::FinalPartitioned {
         return Err(Error::Internal(format!(
             "a continuous aggregate was planned as {:?}, not Final over Partial",
@@ -519,14 +562,66 @@ fn aggregation(
         partial = only_child(&partial)?;
     }
     match partial.downcast_ref::<AggregateExec>() {
-        Some(p) if *p.mode() == AggregateMode::Partial => check_partial_input(p.input())?,
+        Some(p) if *p.mode() == AggregateMode::Partial => {}
         _ => return Err(refusal(partial.as_ref())),
     }
-    Ok(Aggregation {
-        partial,
-        final_: node.clone(),
-        above,
-    })
+    // Below the partial aggregate: row-wise nodes (and sorts, which order one epoch's rows
+    // for an order-sensitive aggregate, whose state merges in order) down to the input, or
+    // down to another aggregate's `Final`.
+    let mut feed = vec![];
+    let mut below = only_child(&partial)?;
+    loop {
+        if let Some(inner) = below.downcast_ref::<AggregateExec>() {
+            let mut chain = stages(&below, inner, vec![])?;
+            chain.push(Aggregation {
+                partial,
+                final_: node.clone(),
+                above,
+                feed: Some(Feed {
+                    nodes: feed,
+                    schema: below.schema(),
+                }),
+            });
+            return Ok(chain);
+        }
+        if below.downcast_ref::<StreamScanExec>().is_some() || below.name() == "EmptyExec" {
+            return Ok(vec![Aggregation {
+                partial,
+                final_: node.clone(),
+                above,
+                feed: None,
+            }]);
+        }
+        if !is_row_wise(below.as_ref()) && below.name() != "SortExec" {
+            return Err(refusal(below.as_ref()));
+        }
+        feed.push(below.clone());
+        below = only_child(&below)?;
+    }
+}
+
+/// The column of the bottom input of `nodes` (top first) that column `i` of their output
+/// is, unchanged; `None` if it is computed.
+fn source_column(nodes: &[Arc<dyn ExecutionPlan>], mut i: usize) -> Option<usize> {
+    for node in nodes {
+        if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            i = p.expr()[i].expr.downcast_ref::<Column>()?.index();
+        } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+            if let Some(p) = f.projection() {
+                i = p[i];
+            }
+        } else if !matches!(
+            node.name(),
+            "CoalesceBatchesExec"
+                | "CoalescePartitionsExec"
+                | "RepartitionExec"
+                | "CooperativeExec"
+                | "SortExec"
+        ) {
+            return None;
+        }
+    }
+    Some(i)
 }
 
 /// For each of the first `groups` columns of the aggregate's output, the column of the
@@ -576,10 +671,61 @@ fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn Execut
 }
 
 impl Aggregation {
-    /// The epoch's records, aggregated into partial state (a group may appear more than
-    /// once).
-    pub async fn partial(&self, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
-        collect(self.partial.clone(), ctx).await.map_err(df)
+    /// How many group columns lead its state.
+    fn groups(&self) -> usize {
+        self.partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial aggregate")
+            .group_expr()
+            .num_group_exprs()
+    }
+
+    /// For a stage over a stage whose groups close by `closing`: its group columns that
+    /// are one of those, unchanged, and close its groups as they close the inner ones.
+    fn closing_over(&self, closing: &[Expiry]) -> Vec<Expiry> {
+        let Some(feed) = &self.feed else {
+            return vec![];
+        };
+        let partial = self
+            .partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial aggregate");
+        let mut found = vec![];
+        for inner in closing {
+            for (column, (expr, _)) in partial.group_expr().expr().iter().enumerate() {
+                let from = expr
+                    .downcast_ref::<Column>()
+                    .and_then(|c| source_column(&feed.nodes, c.index()));
+                if from == Some(inner.column) {
+                    found.push(Expiry {
+                        column,
+                        plus: inner.plus,
+                    });
+                }
+            }
+        }
+        found
+    }
+
+    /// Aggregates into partial state (a group may appear more than once) the epoch's
+    /// records, or for a stage over another, `rows`: the final rows of the windows that
+    /// stage closed.
+    pub async fn partial(
+        &self,
+        rows: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let plan = match &self.feed {
+            None => self.partial.clone(),
+            Some(feed) => {
+                let mut plan = memory(rows, feed.schema.clone())?;
+                for node in feed.nodes.iter().rev() {
+                    plan = replace_child(node.clone(), plan)?;
+                }
+                replace_child(self.partial.clone(), plan)?
+            }
+        };
+        collect(plan, ctx).await.map_err(df)
     }
 
     /// Merges partial states into one row per group.
@@ -615,20 +761,31 @@ impl Aggregation {
         collect(plan, ctx).await.map_err(df)
     }
 
-    /// Runs the epoch's partial aggregate and merges it with the stored state of the groups
-    /// it touched (`stored` looks them up): the merged state of every changed group (one
-    /// row each), and their values.
-    pub async fn merge(
+    /// Runs the epoch's partial aggregate (over `rows`, for a stage over another) and
+    /// merges it with the stored state of the groups it touched (`stored` looks them up):
+    /// the merged state of every changed group, one row each.
+    pub async fn merge_state(
         &self,
+        rows: Vec<RecordBatch>,
         stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
         ctx: Arc<TaskContext>,
-    ) -> Result<(RecordBatch, Vec<RecordBatch>)> {
+    ) -> Result<RecordBatch> {
         let schema = self.partial.schema();
-        let partial = self.partial(ctx.clone()).await?;
+        let partial = self.partial(rows, ctx.clone()).await?;
         let touched = concat(&schema, &partial)?;
         let mut states: Vec<RecordBatch> = stored(&touched)?.into_iter().collect();
         states.push(touched);
-        let merged = concat(&schema, &self.reduce(states, ctx.clone()).await?)?;
+        concat(&schema, &self.reduce(states, ctx).await?)
+    }
+
+    /// As [`Aggregation::merge_state`], with the changed groups' values.
+    pub async fn merge(
+        &self,
+        rows: Vec<RecordBatch>,
+        stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<(RecordBatch, Vec<RecordBatch>)> {
+        let merged = self.merge_state(rows, stored, ctx.clone()).await?;
         let finals = self.finalize(vec![merged.clone()], ctx).await?;
         Ok((merged, finals))
     }

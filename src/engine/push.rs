@@ -18,7 +18,7 @@ use super::plan::{EpochPlan, Kind, QueryPlan, run};
 use super::state::GroupState;
 use super::{Engine, EngineConfig};
 use crate::catalog::CatalogData;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::{Log, Offset};
 
 pub struct PushQuery {
@@ -76,6 +76,14 @@ impl PushQuery {
             .collect();
         let groups = match &plan.kind {
             Kind::Stateless => None,
+            Kind::Aggregate { inner, .. } if !inner.is_empty() => {
+                return Err(Error::Unsupported(
+                    "an aggregate over an aggregate is not supported in push queries: the \
+                     inner aggregate's rows are final only when their windows close; create \
+                     a stream of it with EMIT ON WINDOW CLOSE and SUBSCRIBE to that"
+                        .into(),
+                ));
+            }
             Kind::Aggregate {
                 state_schema,
                 groups,
@@ -143,11 +151,13 @@ impl PushQuery {
             let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
             let rows = match plan {
                 EpochPlan::Stateless(plan) => run(plan, ctx).await?,
-                EpochPlan::Aggregate(aggregation) => {
+                EpochPlan::Aggregate {
+                    last: aggregation, ..
+                } => {
                     let groups = self.groups.as_mut().expect("an aggregation has state");
                     let all = groups.all_columns();
                     let (merged, finals) = aggregation
-                        .merge(|touched| groups.lookup(touched, &all), ctx.clone())
+                        .merge(vec![], |touched| groups.lookup(touched, &all), ctx.clone())
                         .await?;
                     // Output before the state changes, so that a dropped future changes nothing.
                     let rows = aggregation.output(finals, ctx).await?;

@@ -21,7 +21,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use tokio::sync::watch;
 
-use super::checkpoint::{self, Checkpoint, EventTime, InputOffset, Planned};
+use super::checkpoint::{self, Changelog, Checkpoint, EventTime, InputOffset, Planned};
 use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
 use super::state::Groups;
 use super::{
@@ -50,6 +50,8 @@ pub(super) struct QueryTask {
     closed_topic: Option<StateTopic>,
     /// An aggregation's groups (shared with its view's readers, if it has a view).
     groups: Option<Arc<Groups>>,
+    /// A chain of aggregates: its inner stages, innermost first.
+    inner: Vec<InnerStage>,
     /// The memory pool every query shares, which its state is reserved in.
     memory: Arc<dyn MemoryPool>,
     /// Per input partition: its high watermark when last seen, and since when it has been
@@ -71,6 +73,44 @@ struct Output {
 struct StateTopic {
     id: TopicId,
     storage_schema: SchemaRef,
+}
+
+/// An inner stage of a chain of aggregates: its groups, kept until their windows close,
+/// and their changelog.
+struct InnerStage {
+    groups: Arc<Groups>,
+    topic: StateTopic,
+}
+
+/// The internal topic `name` of query `def`, which holds rows of `fields`' types.
+fn internal_topic(
+    data: &CatalogData,
+    def: &QueryDef,
+    name: &str,
+    fields: &arrow::datatypes::Fields,
+) -> Result<StateTopic> {
+    let topic = data.topics.get(name).ok_or_else(|| {
+        Error::Internal(format!(
+            "the state topic \"{name}\" of \"{}\" is missing",
+            def.name
+        ))
+    })?;
+    let stored = data.value_fields(topic);
+    let same = stored.len() == fields.len()
+        && stored
+            .iter()
+            .zip(fields.iter())
+            .all(|(a, b)| a.data_type() == b.data_type());
+    if !same {
+        return Err(Error::Internal(format!(
+            "the stored state of \"{}\" does not match its plan; drop and recreate it",
+            def.name
+        )));
+    }
+    Ok(StateTopic {
+        id: topic.id,
+        storage_schema: data.storage_schema(topic),
+    })
 }
 
 /// A continuous query runs with its owner's rights, as the catalog has them now: it needs
@@ -151,32 +191,11 @@ impl QueryTask {
         let state_topic = match &def.state_topic {
             None => None,
             Some(name) => {
-                let topic = data.topics.get(name).ok_or_else(|| {
-                    Error::Internal(format!(
-                        "the state topic \"{name}\" of \"{}\" is missing",
-                        def.name
-                    ))
-                })?;
-                let stored = data.value_fields(topic);
                 let wanted = match &plan.kind {
                     Kind::Aggregate { state_schema, .. } => state_schema.fields().clone(),
                     Kind::Stateless => plan.schema.fields().clone(),
                 };
-                let same = stored.len() == wanted.len()
-                    && stored
-                        .iter()
-                        .zip(wanted.iter())
-                        .all(|(a, b)| a.data_type() == b.data_type());
-                if !same {
-                    return Err(Error::Internal(format!(
-                        "the stored state of \"{}\" does not match its plan; drop and recreate it",
-                        def.name
-                    )));
-                }
-                Some(StateTopic {
-                    id: topic.id,
-                    storage_schema: data.storage_schema(topic),
-                })
+                Some(internal_topic(data, &def, name, &wanted)?)
             }
         };
         let closed_topic = match &def.closed_topic {
@@ -195,6 +214,34 @@ impl QueryTask {
             }
         };
         let memory = base.runtime_env().memory_pool.clone();
+        let stages = match &plan.kind {
+            Kind::Aggregate { inner, .. } => inner.as_slice(),
+            Kind::Stateless => &[],
+        };
+        if stages.len() != def.inner_state_topics.len() {
+            return Err(Error::Internal(format!(
+                "the stored state of \"{}\" does not match its plan; drop and recreate it",
+                def.name
+            )));
+        }
+        let mut inner = vec![];
+        for (stage, name) in stages.iter().zip(&def.inner_state_topics) {
+            let consumer =
+                MemoryConsumer::new(format!("state of continuous query \"{}\"", def.name));
+            inner.push(InnerStage {
+                groups: Arc::new(Groups::new(
+                    &stage.state_schema,
+                    None,
+                    stage.groups,
+                    Some(stage.expiry),
+                    consumer.register(&memory),
+                )?),
+                topic: internal_topic(data, &def, name, stage.state_schema.fields())?,
+            });
+        }
+        checkpoint
+            .inner_state
+            .resize(inner.len(), Changelog::default());
         let mut task = QueryTask {
             memory,
             def,
@@ -208,6 +255,7 @@ impl QueryTask {
             state_topic,
             closed_topic,
             groups: None,
+            inner,
             activity: HashMap::new(),
             upstream: None,
         };
@@ -246,11 +294,30 @@ impl QueryTask {
                 // A view emitting on close shows only its closed windows' rows.
                 let finals_shown = view && self.def.emit == Emit::Changes;
                 let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
-                let EpochPlan::Aggregate(aggregation) = epoch else {
+                let EpochPlan::Aggregate {
+                    inner,
+                    last: aggregation,
+                } = epoch
+                else {
                     return Err(Error::Internal(
                         "an aggregate query planned without its aggregate".into(),
                     ));
                 };
+                for ((stage, aggregation), log) in self
+                    .inner
+                    .iter()
+                    .zip(&inner)
+                    .zip(&self.checkpoint.inner_state)
+                {
+                    self.replay_changelog(
+                        stage.topic.id,
+                        log.from,
+                        &stage.groups,
+                        aggregation,
+                        &ctx,
+                    )
+                    .await?;
+                }
                 let expiry = if self.plan.event_time_state() && (!view || closing.is_some()) {
                     self.plan.expiry
                 } else {
@@ -264,12 +331,14 @@ impl QueryTask {
                     self.reservation("state"),
                 )?);
                 if let Some(topic) = &self.state_topic {
-                    self.replay_changelog(topic.id, &state, &aggregation, &ctx)
+                    let from = self.checkpoint.state_from;
+                    self.replay_changelog(topic.id, from, &state, &aggregation, &ctx)
                         .await?;
                 }
                 if *groups == 0 && state.read().is_empty() {
                     // A global aggregate has its one group before any input (count 0).
-                    let (merged, finals) = aggregation.merge(|_| Ok(None), ctx.clone()).await?;
+                    let (merged, finals) =
+                        aggregation.merge(vec![], |_| Ok(None), ctx.clone()).await?;
                     let rows = state.to_store(&merged, &finals)?;
                     state.write().upsert(rows)?;
                 }
@@ -310,11 +379,12 @@ impl QueryTask {
         Ok(())
     }
 
-    /// Replays the changelog of `groups` from the checkpoint's snapshot on; a view's final
-    /// values are computed as each batch of groups comes back.
+    /// Replays the changelog of `groups` from `from` (its latest snapshot) on; a view's
+    /// final values are computed as each batch of groups comes back.
     async fn replay_changelog(
         &self,
         topic: TopicId,
+        from: Offset,
         groups: &Arc<Groups>,
         aggregation: &Aggregation,
         ctx: &Arc<TaskContext>,
@@ -329,7 +399,6 @@ impl QueryTask {
             .log
             .snapshot()
             .high_watermark(topic, PartitionId(0));
-        let from = self.checkpoint.state_from;
         // Windows closed before the checkpoint were evicted (and, emitting on close,
         // emitted): their groups in the changelog are passed over again.
         let closed = self.watermark();
@@ -466,6 +535,8 @@ impl QueryTask {
         let rows_out;
         let late: Vec<(PartitionId, Offset)>;
         let mut closed_rows: Vec<RecordBatch> = vec![];
+        // A chain's inner stages: each one's changed groups, for its changelog.
+        let mut inner_rows: Vec<RecordBatch> = vec![];
         match plan {
             EpochPlan::Stateless(plan) => {
                 let out = run(plan, ctx).await?;
@@ -477,12 +548,43 @@ impl QueryTask {
                     state_rows = out;
                 }
             }
-            EpochPlan::Aggregate(aggregation) => {
+            EpochPlan::Aggregate {
+                inner,
+                last: aggregation,
+            } => {
+                // A chain: each inner stage merges its input into its groups, and the
+                // windows the watermark closes leave them as the next stage's input.
+                let mut rows: Vec<RecordBatch> = vec![];
+                let mut seen = None;
+                let stages: Vec<Arc<Groups>> =
+                    self.inner.iter().map(|s| s.groups.clone()).collect();
+                for (stage, groups) in inner.iter().zip(stages) {
+                    let merged = stage
+                        .merge_state(rows, |touched| groups.lookup_partial(touched), ctx.clone())
+                        .await?;
+                    if seen.is_none() {
+                        // The innermost stage has read the epoch's records.
+                        seen = Some(self.event_time_seen(&idle));
+                    }
+                    let closed = {
+                        let mut state = groups.write();
+                        state.upsert(merged.clone())?;
+                        match self.watermark() {
+                            Some(w) => state.evict(w, &groups.partial)?,
+                            None => vec![],
+                        }
+                    };
+                    rows = stage.finalize(closed, ctx.clone()).await?;
+                    inner_rows.push(groups.read().open_after(self.watermark(), &merged)?);
+                }
                 let groups = self.groups.clone().expect("an aggregation has state");
                 let (merged, finals) = aggregation
-                    .merge(|touched| groups.lookup_partial(touched), ctx.clone())
+                    .merge(rows, |touched| groups.lookup_partial(touched), ctx.clone())
                     .await?;
-                late = self.event_time_seen(&idle);
+                late = match seen {
+                    Some(late) => late,
+                    None => self.event_time_seen(&idle),
+                };
                 if self.def.emit == Emit::OnWindowClose {
                     // The epoch's groups join the state, and every window the watermark
                     // has passed leaves it with its final rows, committed with the epoch:
@@ -504,7 +606,7 @@ impl QueryTask {
                     } else {
                         closed_rows = out;
                     }
-                    state_rows = vec![merged.clone()];
+                    state_rows = vec![groups.read().open_after(self.watermark(), &merged)?];
                 } else if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
@@ -557,6 +659,19 @@ impl QueryTask {
         if let Some(topic) = &self.state_topic {
             let records = state_records(topic, &state_rows)?;
             self.checkpoint.state_records += records
+                .iter()
+                .map(|b| b.records.num_rows() as u64)
+                .sum::<u64>();
+            batches.extend(records);
+        }
+        for ((stage, rows), log) in self
+            .inner
+            .iter()
+            .zip(&inner_rows)
+            .zip(&mut self.checkpoint.inner_state)
+        {
+            let records = state_records(&stage.topic, std::slice::from_ref(rows))?;
+            log.records += records
                 .iter()
                 .map(|b| b.records.num_rows() as u64)
                 .sum::<u64>();
@@ -772,9 +887,17 @@ impl QueryTask {
     /// How many groups the query's state has and what it holds, for `sys.queries`.
     fn publish_state_size(&self, status: &mut super::Status) {
         if let Some(groups) = &self.groups {
-            let state = groups.read();
-            status.groups = Some(state.len() as u64);
-            status.state_bytes = state.memory_bytes() as u64;
+            let (mut rows, mut bytes) = {
+                let state = groups.read();
+                (state.len(), state.memory_bytes())
+            };
+            for stage in &self.inner {
+                let state = stage.groups.read();
+                rows += state.len();
+                bytes += state.memory_bytes();
+            }
+            status.groups = Some(rows as u64);
+            status.state_bytes = bytes as u64;
         }
     }
 
@@ -881,16 +1004,42 @@ impl QueryTask {
         Ok(())
     }
 
-    /// Starts an aggregation's changelog over with a snapshot of its state once replaying
-    /// it would read far more records than there are groups, and drops what came before.
+    /// Starts an aggregation's changelogs over with a snapshot of its state once replaying
+    /// one would read far more records than there are groups, and drops what came before.
     async fn maybe_snapshot(&mut self) -> Result<()> {
+        for stage in 0..self.inner.len() {
+            let log = self.checkpoint.inner_state[stage];
+            let (groups, topic) = (&self.inner[stage].groups, &self.inner[stage].topic);
+            if let Some(from) = self.snapshot_changelog(groups, topic, log).await? {
+                self.checkpoint.inner_state[stage] = from;
+            }
+        }
         let (Some(groups), Some(topic)) = (&self.groups, &self.state_topic) else {
             return Ok(());
         };
+        let log = Changelog {
+            from: self.checkpoint.state_from,
+            records: self.checkpoint.state_records,
+        };
+        if let Some(log) = self.snapshot_changelog(groups, topic, log).await? {
+            (self.checkpoint.state_from, self.checkpoint.state_records) = (log.from, log.records);
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of `groups` to their changelog `topic` if one is due, commits the
+    /// checkpoint that replays from it, and drops the records before it: the changelog as
+    /// it is now.
+    async fn snapshot_changelog(
+        &self,
+        groups: &Groups,
+        topic: &StateTopic,
+        log: Changelog,
+    ) -> Result<Option<Changelog>> {
         let (rows, live) = {
             let state = groups.read();
-            if !checkpoint::snapshot_due(self.checkpoint.state_records, state.len() as u64) {
-                return Ok(());
+            if !checkpoint::snapshot_due(log.records, state.len() as u64) {
+                return Ok(None);
             }
             (state.rows(&groups.partial)?, state.len() as u64)
         };
@@ -900,22 +1049,26 @@ impl QueryTask {
             .snapshot()
             .high_watermark(topic.id, PartitionId(0));
         let records = state_records(topic, &rows)?;
+        let snapshot = Changelog {
+            from,
+            records: live,
+        };
         let mut next = self.checkpoint.clone();
-        next.state_from = from;
-        next.state_records = live;
+        match self.inner.iter().position(|s| s.topic.id == topic.id) {
+            Some(stage) => next.inner_state[stage] = snapshot,
+            None => (next.state_from, next.state_records) = (from, live),
+        }
         self.tables
             .log
             .commit(records, vec![(self.def.id.0, Some(next.encode()))])
             .await?;
-        self.checkpoint = next;
-        let topic = topic.id;
         let dropped = self
             .tables
             .log
-            .truncate_before(topic, PartitionId(0), from)
+            .truncate_before(topic.id, PartitionId(0), from)
             .await?;
         tracing::debug!(query = %self.def.name, groups = live, segments = dropped, "state snapshot");
-        Ok(())
+        Ok(Some(snapshot))
     }
 }
 

@@ -449,6 +449,21 @@ impl GroupState {
         self.reserve()
     }
 
+    /// Of `rows` (rows of some groups, in this state's leading columns), those whose groups
+    /// are still open after `bound`: all a changelog needs to hold of them, since a restore
+    /// evicts the others again.
+    pub fn open_after(&self, bound: Option<i64>, rows: &RecordBatch) -> Result<RecordBatch> {
+        let (Some(expiry), Some(bound)) = (&self.expiry, bound) else {
+            return Ok(rows.clone());
+        };
+        let open: BooleanArray = expiry
+            .of(rows.column(expiry.column))?
+            .into_iter()
+            .map(|at| Some(at > bound))
+            .collect();
+        arrow::compute::filter_record_batch(rows, &open).map_err(internal)
+    }
+
     /// The groups that expire at or before `bound` once `fresh` (newer rows of some groups,
     /// in this state's leading columns, as `out` reads them) is upserted: their rows as
     /// `out`, the state left as it is.
@@ -1008,6 +1023,26 @@ mod tests {
         );
         assert_eq!(state.len(), 1000);
         check(&state);
+    }
+
+    #[test]
+    fn a_changelog_needs_only_the_groups_still_open() {
+        let rows = windows(
+            &[10, 20, 30, i64::MIN],
+            &["a", "b", "c", "d"],
+            &[1, 2, 3, 4],
+        );
+        let state = GroupState::new(rows.schema(), 2, unbounded()).unwrap();
+        assert_eq!(state.open_after(Some(20), &rows).unwrap().num_rows(), 4);
+        let state = state.with_expiry(Some(Expiry { column: 0, plus: 5 }));
+        assert_eq!(state.open_after(None, &rows).unwrap().num_rows(), 4);
+        let open = state.open_after(Some(20), &rows).unwrap();
+        let keys: Vec<&str> = open.column(1).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(
+            keys,
+            ["b", "c"],
+            "ends 15 and the far past are closed by 20"
+        );
     }
 
     #[test]
