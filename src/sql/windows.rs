@@ -75,15 +75,17 @@ struct Windows<'a> {
     found: Vec<Window>,
 }
 
-impl VisitorMut for Windows<'_> {
-    type Break = Error;
-
-    /// Sessions are per key, and the key is the `GROUP BY` of the `SELECT` whose `FROM`
-    /// calls `SESSION`: those calls are rewritten here, before their table factors are
-    /// visited.
-    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Error> {
-        let SetExpr::Select(select) = query.body.as_mut() else {
-            return ControlFlow::Continue(());
+impl Windows<'_> {
+    /// Rewrites the `SESSION` calls in the `FROM` of the `SELECT`s of `body` (each branch of
+    /// a set operation is one).
+    fn sessions(&mut self, body: &mut SetExpr) -> Result<()> {
+        let select = match body {
+            SetExpr::Select(select) => select,
+            SetExpr::SetOperation { left, right, .. } => {
+                self.sessions(left)?;
+                return self.sessions(right);
+            }
+            _ => return Ok(()),
         };
         let keys: Vec<Expr> = match &select.group_by {
             GroupByExpr::Expressions(exprs, _) => exprs
@@ -100,16 +102,26 @@ impl VisitorMut for Windows<'_> {
                 let Some(("session", args, alias)) = call(factor) else {
                     continue;
                 };
-                match session(self.catalog, args, alias.take(), &keys) {
-                    Ok((table, window)) => {
-                        *factor = table;
-                        self.found.push(window);
-                    }
-                    Err(error) => return ControlFlow::Break(error),
-                }
+                let (table, window) = session(self.catalog, args, alias.take(), &keys)?;
+                *factor = table;
+                self.found.push(window);
             }
         }
-        ControlFlow::Continue(())
+        Ok(())
+    }
+}
+
+impl VisitorMut for Windows<'_> {
+    type Break = Error;
+
+    /// Sessions are per key, and the key is the `GROUP BY` of the `SELECT` whose `FROM`
+    /// calls `SESSION`: those calls are rewritten here, before their table factors are
+    /// visited.
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Error> {
+        match self.sessions(query.body.as_mut()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => ControlFlow::Break(error),
+        }
     }
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Error> {
@@ -117,7 +129,7 @@ impl VisitorMut for Windows<'_> {
             return ControlFlow::Continue(());
         };
         if function == "session" {
-            // Not under a SELECT (in a set operation's branch, say): no key to go by.
+            // Not in a SELECT's FROM: no key to go by.
             return ControlFlow::Break(Error::plan(
                 "0A000",
                 "SESSION must be in the FROM of a SELECT, whose GROUP BY gives the sessions' key",
@@ -552,6 +564,17 @@ mod tests {
             "SELECT 1 FROM clicks UNION ALL SELECT 1 FROM (SELECT * FROM t) AS x, LATERAL (SELECT * FROM SESSION(c, ts, INTERVAL '1 second')) AS y",
         );
         assert!(error.is_ok(), "a SESSION under its own SELECT: {error:?}");
+        // Each branch of a set operation is a SELECT with its own key.
+        let sql = rewritten(
+            "SELECT s.user_id, count(*) FROM SESSION(clicks, ts, INTERVAL '30 seconds') AS s GROUP BY s.user_id, window_start \
+             EXCEPT ALL SELECT s.url, count(*) FROM SESSION(clicks, ts, INTERVAL '30 seconds') AS s GROUP BY s.url, window_start",
+        )
+        .unwrap();
+        assert!(
+            sql.contains("PARTITION BY s.user_id ORDER BY")
+                && sql.contains("PARTITION BY s.url ORDER BY"),
+            "{sql}"
+        );
     }
 
     #[test]
