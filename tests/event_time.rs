@@ -41,7 +41,7 @@ struct Windowed {
     key: &'static str,
 }
 
-const QUERIES: [Windowed; 7] = [
+const QUERIES: [Windowed; 8] = [
     Windowed {
         name: "tumbling",
         kind: "view",
@@ -114,6 +114,16 @@ const QUERIES: [Windowed; 7] = [
               GROUP BY window_start",
         end: "window_start + INTERVAL '1 minute'",
         key: "",
+    },
+    // Sessions per key: out-of-order rows extend sessions backwards and bridge them.
+    Windowed {
+        name: "sessions",
+        kind: "stream",
+        on_close: true,
+        sql: "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS s \
+              FROM SESSION({input}, ts, INTERVAL '5 seconds') GROUP BY k, window_start, window_end",
+        end: "window_end",
+        key: "k, window_start",
     },
 ];
 
@@ -361,12 +371,12 @@ async fn windowed_results_equal_bounded_queries_over_rows_not_late() {
             &client,
             "SELECT (SELECT count(*) FROM events) AS a, (SELECT count(*) FROM events_late) AS b, \
              (SELECT count(*) FROM busy_windows) AS c, (SELECT count(*) FROM busy_chain) AS d, \
-             (SELECT count(*) FROM chain_view) AS e",
+             (SELECT count(*) FROM chain_view) AS e, (SELECT count(*) FROM sessions) AS f",
         )
         .await;
         eprintln!(
             "round {round}: rows, late rows recorded, second-stage windows, chained windows \
-             (two and three stages) {:?}",
+             (two and three stages), sessions {:?}",
             counts[0]
         );
         assert_ne!(

@@ -46,6 +46,14 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
                 .into(),
         ));
     }
+    if plan.session.is_some() && emit == Emit::Changes {
+        return Err(Error::Unsupported(
+            "SESSION windows in continuous queries need EMIT ON WINDOW CLOSE: a session's \
+             bounds move as rows arrive and sessions merge, so its row is final only when \
+             the watermark passes its end"
+                .into(),
+        ));
+    }
     if emit == Emit::Changes || plan.event_time_state() {
         return Ok(());
     }

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod plan;
 mod push;
 mod query;
+mod sessions;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -45,6 +45,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
+use crate::engine::sessions::SessionColumns;
 use crate::engine::state::Expiry;
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
@@ -91,6 +92,11 @@ pub struct QueryPlan {
     /// Over a stream written by a query emitting on window close: that query's watermark
     /// is this one's (shifted), not the rows' greatest times.
     pub inherited: Option<Inherited>,
+    /// Grouped by `SESSION` windows: where its state keeps a session's key and bounds.
+    pub session: Option<SessionColumns>,
+    /// Whether the query reads a `SESSION` window, whose rewrite orders each epoch's rows
+    /// with window functions below the aggregate.
+    sessions_rewritten: bool,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -167,14 +173,6 @@ impl QueryPlan {
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
         let windows = sql::rewrite(&mut statement, catalog)?;
-        if windows.iter().any(|w| w.session) {
-            return Err(Error::Unsupported(
-                "SESSION windows are not supported in continuous queries yet (a session's \
-                 bounds move as its rows arrive, and sessions merge); they work in bounded \
-                 queries, and TUMBLE and HOP work in both"
-                    .into(),
-            ));
-        }
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;
@@ -307,6 +305,8 @@ impl QueryPlan {
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             ),
             inherited: watermark.as_ref().and_then(|w| w.inherited.clone()),
+            session: None,
+            sessions_rewritten: windows.iter().any(|w| w.session),
         };
         let (epoch, _) = plan.plan_epoch(vec![]).await?;
         plan.kind = match &epoch {
@@ -348,6 +348,15 @@ impl QueryPlan {
                     closing = inner.get(i + 1).unwrap_or(last).closing_over(&closing);
                 }
                 plan.expiry = closing.first().copied();
+                if let Some(session) = windows.iter().find(|w| w.session) {
+                    plan.session = Some(session_columns(
+                        session,
+                        inner,
+                        last,
+                        watermark.as_ref(),
+                        &plan.input_name,
+                    )?);
+                }
                 Kind::Aggregate {
                     state_schema: last.partial.schema(),
                     groups: last.groups(),
@@ -380,7 +389,10 @@ impl QueryPlan {
             .create_physical_plan(&self.logical)
             .await
             .map_err(Error::from_datafusion)?;
-        Ok((take_apart(physical)?, state.task_ctx()))
+        Ok((
+            take_apart(physical, self.sessions_rewritten)?,
+            state.task_ctx(),
+        ))
     }
 }
 
@@ -412,6 +424,50 @@ fn closing_columns(
             .map(|column| Expiry { column, plus: 1 }),
     );
     closing
+}
+
+const SESSION_GROUPS: &str = "a continuous query over SESSION windows must aggregate by \
+     window_start and window_end (and the sessions' key), with EMIT ON WINDOW CLOSE";
+
+/// Where the state of an aggregate over `session` keeps a session's key and bounds: every
+/// group column but `window_start` and `window_end` is the key. Sessions close when the
+/// watermark passes their end, so the window must be over the watermark's column, and they
+/// are one aggregate's groups, not a chain's.
+fn session_columns(
+    session: &Window,
+    inner: &[Aggregation],
+    last: &Aggregation,
+    watermark: Option<&WatermarkDef>,
+    input: &str,
+) -> Result<SessionColumns> {
+    if session.relation != input || watermark.is_none_or(|w| w.column != session.column) {
+        return Err(Error::Unsupported(format!(
+            "a continuous query's SESSION window must be over the column of the stream's \
+             watermark (a session closes when the watermark passes its end); \"{}\" has \
+             no watermark on \"{}\"",
+            session.relation, session.column
+        )));
+    }
+    if !inner.is_empty() {
+        return Err(Error::Unsupported(
+            "SESSION windows in a chain of aggregates are not supported yet; write the \
+             sessions to a stream with EMIT ON WINDOW CLOSE and aggregate that"
+                .into(),
+        ));
+    }
+    let state = last.partial.schema();
+    let groups = &state.fields()[..last.groups()];
+    let at = |name: &str| groups.iter().position(|f| f.name() == name);
+    let (Some(start), Some(end)) = (at("window_start"), at("window_end")) else {
+        return Err(Error::Unsupported(SESSION_GROUPS.into()));
+    };
+    Ok(SessionColumns {
+        keys: (0..groups.len())
+            .filter(|c| ![start, end].contains(c))
+            .collect(),
+        start,
+        end,
+    })
 }
 
 /// The one `SELECT` of `sql`.
@@ -523,12 +579,14 @@ fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     }
 }
 
-fn take_apart(plan: Arc<dyn ExecutionPlan>) -> Result<EpochPlan> {
+/// Takes `plan` apart; `sessions`: the query reads a `SESSION` window, whose rewrite finds
+/// each epoch's sessions with window functions below the aggregate.
+fn take_apart(plan: Arc<dyn ExecutionPlan>, sessions: bool) -> Result<EpochPlan> {
     let mut above = vec![];
     let mut node = plan.clone();
     loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            let mut stages = stages(&node, agg, above)?;
+            let mut stages = stages(&node, agg, above, sessions)?;
             let last = stages.pop().expect("an aggregate has a stage");
             return Ok(EpochPlan::Aggregate {
                 inner: stages,
@@ -536,6 +594,9 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>) -> Result<EpochPlan> {
             });
         }
         if !is_row_wise(node.as_ref()) {
+            if sessions {
+                return Err(Error::Unsupported(SESSION_GROUPS.into()));
+            }
             check_stateless(&node)?;
             return Ok(EpochPlan::Stateless(plan));
         }
@@ -550,6 +611,7 @@ fn stages(
     node: &Arc<dyn ExecutionPlan>,
     agg: &AggregateExec,
     above: Vec<Arc<dyn ExecutionPlan>>,
+    sessions: bool,
 ) -> Result<Vec<Aggregation>> {
     if *agg.mode() != AggregateMode::Final && *agg.mode() != AggregateMode::FinalPartitioned {
         return Err(Error::Internal(format!(
@@ -572,7 +634,7 @@ fn stages(
     let mut below = only_child(&partial)?;
     loop {
         if let Some(inner) = below.downcast_ref::<AggregateExec>() {
-            let mut chain = stages(&below, inner, vec![])?;
+            let mut chain = stages(&below, inner, vec![], sessions)?;
             chain.push(Aggregation {
                 partial,
                 final_: node.clone(),
@@ -592,7 +654,9 @@ fn stages(
                 feed: None,
             }]);
         }
-        if !is_row_wise(below.as_ref()) && below.name() != "SortExec" {
+        let session_window =
+            sessions && matches!(below.name(), "WindowAggExec" | "BoundedWindowAggExec");
+        if !is_row_wise(below.as_ref()) && below.name() != "SortExec" && !session_window {
             return Err(refusal(below.as_ref()));
         }
         feed.push(below.clone());

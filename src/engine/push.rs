@@ -76,6 +76,14 @@ impl PushQuery {
             .collect();
         let groups = match &plan.kind {
             Kind::Stateless => None,
+            Kind::Aggregate { .. } if plan.session.is_some() => {
+                return Err(Error::Unsupported(
+                    "SESSION windows are not supported in push queries: a session's row is \
+                     final only when the watermark passes its end; create a stream of them \
+                     with EMIT ON WINDOW CLOSE and SUBSCRIBE to that"
+                        .into(),
+                ));
+            }
             Kind::Aggregate { inner, .. } if !inner.is_empty() => {
                 return Err(Error::Unsupported(
                     "an aggregate over an aggregate is not supported in push queries: the \

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::TaskContext;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use super::checkpoint::{self, Changelog, Checkpoint, EventTime, InputOffset, Planned};
 use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
+use super::sessions::Sessions;
 use super::state::Groups;
 use super::{
     ClosedRows, EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource,
@@ -52,6 +53,8 @@ pub(super) struct QueryTask {
     groups: Option<Arc<Groups>>,
     /// A chain of aggregates: its inner stages, innermost first.
     inner: Vec<InnerStage>,
+    /// An aggregation over sessions: each key's open sessions.
+    sessions: Option<Sessions>,
     /// The memory pool every query shares, which its state is reserved in.
     memory: Arc<dyn MemoryPool>,
     /// Per input partition: its high watermark when last seen, and since when it has been
@@ -242,6 +245,12 @@ impl QueryTask {
         checkpoint
             .inner_state
             .resize(inner.len(), Changelog::default());
+        let sessions = match (&plan.session, &plan.kind) {
+            (Some(columns), Kind::Aggregate { state_schema, .. }) => {
+                Some(Sessions::new(columns.clone(), state_schema)?)
+            }
+            _ => None,
+        };
         let mut task = QueryTask {
             memory,
             def,
@@ -256,6 +265,7 @@ impl QueryTask {
             closed_topic,
             groups: None,
             inner,
+            sessions,
             activity: HashMap::new(),
             upstream: None,
         };
@@ -335,6 +345,11 @@ impl QueryTask {
                     self.replay_changelog(topic.id, from, &state, &aggregation, &ctx)
                         .await?;
                 }
+                if let Some(sessions) = &mut self.sessions {
+                    for rows in state.read().rows(&state.partial)? {
+                        sessions.insert(&rows)?;
+                    }
+                }
                 if *groups == 0 && state.read().is_empty() {
                     // A global aggregate has its one group before any input (count 0).
                     let (merged, finals) =
@@ -407,16 +422,41 @@ impl QueryTask {
         tokio::task::spawn_blocking(move || -> Result<()> {
             let schema = groups.partial.schema().clone();
             let partition = log_topic.partition(PartitionId(0))?.clone();
+            // The values, and the key that marks a deletion.
+            let values = schema.fields().len();
             let options = ReadOptions {
                 schema: log_topic.spec.schema.clone(),
-                projection: Some((0..schema.fields().len()).collect()),
+                projection: Some((0..values).chain([values + 1]).collect()),
                 min_timestamp_ms: None,
                 max_timestamp_ms: None,
             };
             for read in partition.reader(from..end, options) {
                 let read = read?;
-                let batch = RecordBatch::try_new(schema.clone(), read.batch.columns().to_vec())
+                let columns = read.batch.columns();
+                let batch = RecordBatch::try_new(schema.clone(), columns[..values].to_vec())
                     .map_err(|e| Error::Internal(format!("reading aggregate state: {e}")))?;
+                let deleted = &columns[values];
+                if deleted.null_count() < deleted.len() {
+                    // Deletions, in order with the upserts around them.
+                    let mut state = groups.write();
+                    let mut at = 0;
+                    while at < batch.num_rows() {
+                        let delete = deleted.is_valid(at);
+                        let run = (at..batch.num_rows())
+                            .take_while(|i| deleted.is_valid(*i) == delete)
+                            .count();
+                        let rows = batch.slice(at, run);
+                        match delete {
+                            true => state.remove(&rows)?,
+                            false => state.upsert(rows)?,
+                        }
+                        at += run;
+                    }
+                    if let Some(closed) = closed {
+                        state.evict(closed, &groups.partial)?;
+                    }
+                    continue;
+                }
                 let finals = match groups.finals {
                     Some(_) => {
                         runtime.block_on(aggregation.finalize(vec![batch.clone()], ctx.clone()))?
@@ -537,6 +577,8 @@ impl QueryTask {
         let mut closed_rows: Vec<RecordBatch> = vec![];
         // A chain's inner stages: each one's changed groups, for its changelog.
         let mut inner_rows: Vec<RecordBatch> = vec![];
+        // Sessions merged into others: their groups are gone.
+        let mut removed: Option<RecordBatch> = None;
         match plan {
             EpochPlan::Stateless(plan) => {
                 let out = run(plan, ctx).await?;
@@ -578,9 +620,19 @@ impl QueryTask {
                     inner_rows.push(groups.read().open_after(self.watermark(), &merged)?);
                 }
                 let groups = self.groups.clone().expect("an aggregation has state");
-                let (merged, finals) = aggregation
-                    .merge(rows, |touched| groups.lookup_partial(touched), ctx.clone())
-                    .await?;
+                let (merged, finals) = match self.sessions.as_mut() {
+                    Some(sessions) => {
+                        let (merged, moved) =
+                            merge_sessions(sessions, &aggregation, &groups, ctx.clone()).await?;
+                        removed = moved;
+                        (merged, vec![])
+                    }
+                    None => {
+                        aggregation
+                            .merge(rows, |touched| groups.lookup_partial(touched), ctx.clone())
+                            .await?
+                    }
+                };
                 late = match seen {
                     Some(late) => late,
                     None => self.event_time_seen(&idle),
@@ -592,12 +644,20 @@ impl QueryTask {
                     // checkpoint with its state as it was.
                     let closed = {
                         let mut state = groups.write();
+                        if let Some(moved) = &removed {
+                            state.remove(moved)?;
+                        }
                         state.upsert(merged.clone())?;
                         match self.watermark() {
                             Some(w) => state.evict(w, &groups.partial)?,
                             None => vec![],
                         }
                     };
+                    if let Some(sessions) = &mut self.sessions {
+                        for rows in &closed {
+                            sessions.close(rows)?;
+                        }
+                    }
                     let finals = aggregation.finalize(closed, ctx.clone()).await?;
                     let out = aggregation.output(finals, ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
@@ -607,6 +667,10 @@ impl QueryTask {
                         closed_rows = out;
                     }
                     state_rows = vec![groups.read().open_after(self.watermark(), &merged)?];
+                } else if self.sessions.is_some() {
+                    return Err(Error::Internal(
+                        "sessions that merge cannot emit changes".into(),
+                    ));
                 } else if self.output.is_some() {
                     let out = aggregation.output(finals.clone(), ctx.clone()).await?;
                     rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
@@ -654,10 +718,11 @@ impl QueryTask {
         self.stage_late(&late, &mut pending)?;
         let mut batches = pending.into_batches();
         if let Some(topic) = &self.closed_topic {
-            batches.extend(state_records(topic, &closed_rows)?);
+            batches.extend(state_records(topic, &closed_rows, Change::Upsert)?);
         }
         if let Some(topic) = &self.state_topic {
-            let records = state_records(topic, &state_rows)?;
+            let mut records = state_records(topic, removed.as_slice(), Change::Delete)?;
+            records.extend(state_records(topic, &state_rows, Change::Upsert)?);
             self.checkpoint.state_records += records
                 .iter()
                 .map(|b| b.records.num_rows() as u64)
@@ -670,7 +735,7 @@ impl QueryTask {
             .zip(&inner_rows)
             .zip(&mut self.checkpoint.inner_state)
         {
-            let records = state_records(&stage.topic, std::slice::from_ref(rows))?;
+            let records = state_records(&stage.topic, std::slice::from_ref(rows), Change::Upsert)?;
             log.records += records
                 .iter()
                 .map(|b| b.records.num_rows() as u64)
@@ -1048,7 +1113,7 @@ impl QueryTask {
             .log
             .snapshot()
             .high_watermark(topic.id, PartitionId(0));
-        let records = state_records(topic, &rows)?;
+        let records = state_records(topic, &rows, Change::Upsert)?;
         let snapshot = Changelog {
             from,
             records: live,
@@ -1080,17 +1145,36 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Rows as records of a state topic (append time, no key).
-fn state_records(topic: &StateTopic, rows: &[RecordBatch]) -> Result<Vec<PartitionBatch>> {
+/// What a record of a changelog of groups says of its group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// It is the group's row now (a record without a key).
+    Upsert,
+    /// The group is gone (a record with a key; its values are the group's last).
+    Delete,
+}
+
+/// Rows as records of a state topic (append time; a key only on deletions).
+fn state_records(
+    topic: &StateTopic,
+    rows: &[RecordBatch],
+    change: Change,
+) -> Result<Vec<PartitionBatch>> {
     let now = now_ms();
     rows.iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
             let n = b.num_rows();
             let mut columns = b.columns().to_vec();
+            let keys: ArrayRef = match change {
+                Change::Upsert => new_null_array(&DataType::Binary, n),
+                Change::Delete => Arc::new(arrow::array::BinaryArray::from_iter_values(
+                    std::iter::repeat_n(b"delete", n),
+                )),
+            };
             columns.extend(crate::storage::system_columns(
                 Arc::new(TimestampMillisecondArray::from_value(now, n)),
-                new_null_array(&DataType::Binary, n),
+                keys,
             ));
             let records = RecordBatch::try_new(topic.storage_schema.clone(), columns)
                 .map_err(|e| Error::Internal(format!("state records: {e}")))?;
@@ -1101,6 +1185,39 @@ fn state_records(topic: &StateTopic, rows: &[RecordBatch]) -> Result<Vec<Partiti
             })
         })
         .collect()
+}
+
+/// An epoch of an aggregation over sessions: merges the epoch's pieces with the open
+/// sessions they overlap. The merged state of every session made or changed, and the
+/// stored rows of the absorbed sessions whose bounds moved (their groups are gone).
+async fn merge_sessions(
+    sessions: &mut Sessions,
+    aggregation: &Aggregation,
+    groups: &Groups,
+    ctx: Arc<TaskContext>,
+) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    let schema = groups.partial.schema().clone();
+    let concat = |batches: &[RecordBatch]| {
+        arrow::compute::concat_batches(&schema, batches)
+            .map_err(|e| Error::Internal(format!("session state: {e}")))
+    };
+    let pieces = concat(&aggregation.partial(vec![], ctx.clone()).await?)?;
+    let merge = sessions.merge(&pieces)?;
+    let (pieces, _) = sessions.rebound(&merge, &pieces)?;
+    let mut states = vec![pieces];
+    let mut removed = None;
+    if let Some(stored) = groups.lookup_partial(&merge.absorbed)? {
+        let (rebounded, moved) = sessions.rebound(&merge, &stored)?;
+        let moved = arrow::array::BooleanArray::from(moved);
+        removed = Some(
+            arrow::compute::filter_record_batch(&stored, &moved)
+                .map_err(|e| Error::Internal(format!("session state: {e}")))?,
+        );
+        states.push(rebounded);
+    }
+    let merged = concat(&aggregation.reduce(states, ctx).await?)?;
+    sessions.apply(merge);
+    Ok((merged, removed))
 }
 
 /// Where the columns of `stream` come from in the query's output: `columns` names them in

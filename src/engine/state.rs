@@ -449,6 +449,31 @@ impl GroupState {
         self.reserve()
     }
 
+    /// Removes the groups whose group columns lead `rows` (a session merged into another,
+    /// whose key is gone); groups it does not hold are passed over.
+    pub fn remove(&mut self, rows: &RecordBatch) -> Result<()> {
+        let Probe::Rows(keys) = self.probe(&rows.columns()[..self.groups], rows.num_rows())? else {
+            return Err(Error::Internal(
+                "groups removed from an aggregate without group columns".into(),
+            ));
+        };
+        for key in keys.iter() {
+            let hash = self.hasher.hash_one(key.data());
+            let chunks = &self.chunks;
+            if let Ok(entry) = self
+                .index
+                .find_entry(hash, |s| key_at(chunks, *s) == key.data())
+            {
+                entry.remove();
+                self.garbage += 1;
+            }
+        }
+        if self.compaction_due() {
+            self.compact()?;
+        }
+        self.reserve()
+    }
+
     /// Of `rows` (rows of some groups, in this state's leading columns), those whose groups
     /// are still open after `bound`: all a changelog needs to hold of them, since a restore
     /// evicts the others again.
@@ -902,6 +927,24 @@ mod tests {
     }
 
     use arrow::array::Array;
+
+    #[test]
+    fn removed_groups_are_gone_and_others_stay() {
+        let mut state = GroupState::new(schema(), 1, unbounded()).unwrap();
+        state
+            .upsert(rows(&[Some("a"), Some("b"), None], &[1, 2, 3]))
+            .unwrap();
+        state
+            .remove(&rows(&[None, Some("a"), Some("nope")], &[0, 0, 0]))
+            .unwrap();
+        assert_eq!(contents(&state), [(Some("b".into()), 2)]);
+        state.upsert(rows(&[Some("a")], &[7])).unwrap();
+        assert_eq!(
+            contents(&state),
+            [(Some("a".into()), 7), (Some("b".into()), 2)],
+            "a removed group can come again"
+        );
+    }
 
     #[test]
     fn upserts_replace_groups_and_lookups_find_them() {
