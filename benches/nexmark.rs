@@ -44,11 +44,12 @@ use common::start_runnel;
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
 /// published.
-const PEERS: [(&str, &str, &str); 11] = [
+const PEERS: [(&str, &str, &str); 12] = [
     ("q0", "155.1K", "862.6K"),
     ("q1", "158.0K", "861K"),
     ("q2", "175.3K", "867K"),
     ("q10", "57.8K", "-"),
+    ("q11", "39.7K", "-"),
     ("q12", "75.6K", "-"),
     ("q14", "161.3K", "-"),
     ("q15", "72.4K", "-"),
