@@ -13,16 +13,20 @@
 //! ```text
 //! FROM TUMBLE(clicks, ts, INTERVAL '1 minute') AS t
 //!   ⇒ FROM (SELECT *, date_bin(INTERVAL '1 minute', ts) AS window_start,
-//!                     date_bin(INTERVAL '1 minute', ts) + INTERVAL '1 minute' AS window_end
+//!                     date_bin(INTERVAL '1 minute', ts)
+//!                       + arrow_cast(60000000, 'Duration(Microsecond)') AS window_end
 //!           FROM clicks) AS t
 //! ```
+//!
+//! Lengths added to times are durations, not intervals: arrow adds a duration to a
+//! timestamp as one integer, an interval through the calendar row by row.
 //!
 //! A session is a run of rows of one key (the `GROUP BY` of the `SELECT` that reads the
 //! call, less the window's own columns) each less than `gap` after the one before:
 //! `window_start` is its first row's time, `window_end` its last row's plus `gap` (Flink's
-//! bounds). It is found with window functions over the rows in time order, so sessions
-//! exist in bounded queries; a continuous query cannot keep them yet (see
-//! [`Window::session`]).
+//! bounds). It is found with window functions over the rows in time order; a continuous
+//! query finds each epoch's sessions so, and `engine::sessions` merges them with the open
+//! ones.
 
 use std::ops::ControlFlow;
 
@@ -52,8 +56,7 @@ pub struct Window {
     /// How long each window is, in microseconds (`window_end - window_start`); a
     /// session's gap.
     pub size_micros: i64,
-    /// A `SESSION` window: its bounds move as rows arrive, which continuous queries do not
-    /// support yet.
+    /// A `SESSION` window: its bounds move as rows arrive, and sessions merge.
     pub session: bool,
 }
 
@@ -240,7 +243,7 @@ fn session(
             false => format!("PARTITION BY {} ", all.join(", ")),
         }
     };
-    let (relation, column, gap) = (relation.sql, column.sql, gap.sql);
+    let (relation, column, gap) = (relation.sql, column.sql, shift(gap.nanos));
     let ordered = format!("{}ORDER BY __session_time", by(""));
     let sql = format!(
         "SELECT * EXCLUDE (__session_time, __session_starts, __session),          min(__session_time) OVER ({in_session}) AS window_start,          max(__session_time) OVER ({in_session}) + {gap} AS window_end FROM          (SELECT *, sum(__session_starts) OVER ({ordered} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __session FROM          (SELECT *, CASE WHEN __session_time < lag(__session_time) OVER ({ordered}) + {gap} THEN 0 ELSE 1 END AS __session_starts FROM          (SELECT *, {column} AS __session_time FROM {relation} AS {name} WHERE {column} IS NOT NULL) AS {name}) AS {name}) AS {name}",
@@ -314,7 +317,7 @@ fn derived(
         let start = floored(&column, &size.sql, args.get(3).copied(), usage)?;
         format!(
             "SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM {relation}",
-            size = size.sql
+            size = shift(size.nanos)
         )
     } else {
         let slide = positive(args[2], usage, "slide")?;
@@ -339,20 +342,17 @@ fn derived(
             ));
         }
         let last = floored(&column, &slide.sql, args.get(4).copied(), usage)?;
-        let starts: Vec<String> = (0..hops as i128)
+        let starts: Vec<String> = (0..hops)
             .map(|i| match i {
                 0 => last.clone(),
-                i => format!(
-                    "{last} - INTERVAL '{} nanoseconds'",
-                    i * slide.nanos as i128
-                ),
+                i => format!("{last} - {}", shift(i * slide.nanos)),
             })
             .collect();
         format!(
             "SELECT *, window_start + {size} AS window_end FROM \
              (SELECT *, unnest(make_array({starts})) AS window_start FROM {relation} \
              WHERE {column} IS NOT NULL)",
-            size = size.sql,
+            size = shift(size.nanos),
             starts = starts.join(", ")
         )
     };
@@ -439,6 +439,16 @@ struct Length {
     nanos: i64,
 }
 
+/// `nanos` as an operand added to or taken from a time: a duration, which arrow adds to a
+/// timestamp as one integer (an interval goes through the calendar, row by row, several
+/// times slower), unless it has a part smaller than a microsecond.
+fn shift(nanos: i64) -> String {
+    match nanos % 1_000 {
+        0 => format!("arrow_cast({}, 'Duration(Microsecond)')", nanos / 1_000),
+        _ => format!("INTERVAL '{nanos} nanoseconds'"),
+    }
+}
+
 /// A positive interval literal of days and less.
 fn positive(arg: &Expr, usage: &str, what: &str) -> Result<Length> {
     let length = interval(arg, usage, what)?;
@@ -499,7 +509,7 @@ fn floored(column: &str, size: &str, offset: Option<&Expr>, usage: &str) -> Resu
     Ok(match offset {
         None => format!("date_bin({size}, {column})"),
         Some(offset) => {
-            let offset = interval(offset, usage, "offset")?.sql;
+            let offset = shift(interval(offset, usage, "offset")?.nanos);
             format!("(date_bin({size}, {column} - {offset}) + {offset})")
         }
     })
@@ -525,7 +535,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            sql.contains("FROM (SELECT *, date_bin(INTERVAL '1 minute', ts) AS window_start, date_bin(INTERVAL '1 minute', ts) + INTERVAL '1 minute' AS window_end FROM clicks) AS clicks"),
+            sql.contains("FROM (SELECT *, date_bin(INTERVAL '1 minute', ts) AS window_start, date_bin(INTERVAL '1 minute', ts) + arrow_cast(60000000, 'Duration(Microsecond)') AS window_end FROM clicks) AS clicks"),
             "{sql}"
         );
         let sql = rewritten(
@@ -533,7 +543,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            sql.contains("unnest(make_array(date_bin(INTERVAL '10 seconds', ts), date_bin(INTERVAL '10 seconds', ts) - INTERVAL '10000000000 nanoseconds', date_bin(INTERVAL '10 seconds', ts) - INTERVAL '20000000000 nanoseconds'))"),
+            sql.contains("unnest(make_array(date_bin(INTERVAL '10 seconds', ts), date_bin(INTERVAL '10 seconds', ts) - arrow_cast(10000000, 'Duration(Microsecond)'), date_bin(INTERVAL '10 seconds', ts) - arrow_cast(20000000, 'Duration(Microsecond)')))"),
             "{sql}"
         );
         assert!(sql.ends_with("AS h"), "{sql}");
