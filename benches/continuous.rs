@@ -30,7 +30,7 @@ use futures::SinkExt;
 use tokio_postgres::Client;
 
 mod common;
-use common::start_runnel;
+use common::{scalar, start_runnel};
 
 const USERS: u64 = 100_000;
 const URLS: [&str; 8] = [
@@ -97,21 +97,6 @@ async fn load(client: &Client, rows: u64) -> Duration {
     let copied = sink.finish().await.expect("copy done");
     assert_eq!(copied, rows);
     start.elapsed()
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    let rows = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some(r.get(0).unwrap_or("NULL").to_string())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Creates a continuous query and waits until it has caught up; returns the elapsed time.

@@ -26,15 +26,7 @@ mod common;
 use common::{bench_rows, start_runnel_with};
 
 fn status_mib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
+    common::status_kib(pid, field) / 1024
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

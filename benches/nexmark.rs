@@ -31,7 +31,6 @@
 //!    first run of its session warms the JVM up) and the second counts.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +38,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 mod common;
-use common::start_runnel;
+use common::{scalar, start_runnel};
 
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
@@ -80,10 +79,14 @@ fn queries() -> Vec<Query> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql-tests/nexmark");
     let mut found = vec![];
     for entry in std::fs::read_dir(&dir).expect("sql-tests/nexmark") {
-        let path = entry.unwrap().path();
-        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let path = entry.expect("a directory entry").path();
+        let stem = path
+            .file_stem()
+            .expect("a file has a name")
+            .to_string_lossy()
+            .to_string();
         let name = format!("nexmark_{stem}");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(&path).expect("an slt file");
         let create = text.split("\n\n").find_map(|record| {
             let sql = record.strip_prefix("statement ok\n")?;
             let header = sql.lines().next()?;
@@ -130,18 +133,11 @@ fn queries() -> Vec<Query> {
 /// The server's CPU seconds so far and a reset of its peak RSS, then what they became.
 struct Usage {
     pid: u32,
-    ticks_per_s: f64,
 }
 
 impl Usage {
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
-        // Fields after the command's closing parenthesis; utime and stime are the 14th and
-        // 15th of the line.
-        let rest = stat.rsplit_once(')').unwrap().1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / self.ticks_per_s
+        common::cpu_seconds(self.pid)
     }
 
     fn reset_peak(&self) {
@@ -150,13 +146,7 @@ impl Usage {
     }
 
     fn peak_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        common::status_kib(self.pid, "VmHWM:") as f64 / 1024.0
     }
 }
 
@@ -185,19 +175,6 @@ async fn execute(client: &Client, sql: &str) {
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    let rows = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// A stream with the columns of `select`'s result, for the bounded run to insert into.
@@ -346,8 +323,8 @@ async fn tumble_count(client: &Client, usage: &Usage, bids: u64) -> (Measured, M
         execute(client, &format!("DROP STREAM {name}")).await;
         out.push(measured);
     }
-    let changes = out.pop().unwrap();
-    (out.pop().unwrap(), changes)
+    let changes = out.pop().expect("two modes measured");
+    (out.pop().expect("two modes measured"), changes)
 }
 
 const SPARK: &str = r#"
@@ -412,7 +389,7 @@ fn spark(dir: &Path, parquet: &Path) -> Option<(f64, f64)> {
 fn micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("the clock is past 1970")
         .as_micros() as u64
 }
 
@@ -460,7 +437,7 @@ async fn eowc_latency(port: u16) -> Vec<f64> {
                 tick.tick().await;
                 let now = micros_now();
                 let time = chrono::DateTime::from_timestamp_micros(now as i64)
-                    .unwrap()
+                    .expect("now is a representable time")
                     .naive_utc()
                     .format("%Y-%m-%d %H:%M:%S%.6f")
                     .to_string();
@@ -476,7 +453,7 @@ async fn eowc_latency(port: u16) -> Vec<f64> {
                 futures::pin_mut!(sink);
                 sink.send(bytes::Bytes::from(csv)).await.expect("copy data");
                 sink.finish().await.expect("copy done");
-                acked.lock().unwrap().push((now, Instant::now()));
+                acked.lock().expect("acks lock").push((now, Instant::now()));
             }
         }));
     }
@@ -491,7 +468,7 @@ async fn eowc_latency(port: u16) -> Vec<f64> {
             tokio::time::timeout(Duration::from_secs(5), rows.next()).await
         {
             if let Ok(SimpleQueryMessage::Row(row)) = message {
-                let end = row.get(0).unwrap().to_string();
+                let end = row.get(0).expect("a window's end").to_string();
                 arrived.push((end_micros(&end), Instant::now()));
             }
         }
@@ -503,7 +480,7 @@ async fn eowc_latency(port: u16) -> Vec<f64> {
         wrote_for.as_secs_f64(),
         rate(written as f64 / wrote_for.as_secs_f64())
     );
-    let mut acked = acked.lock().unwrap().clone();
+    let mut acked = acked.lock().expect("acks lock").clone();
     acked.sort_by_key(|(_, at)| *at);
     let mut latencies: Vec<f64> = arrived
         .iter()
@@ -545,21 +522,12 @@ fn main() {
         "nexmark: {events} events, 4 partitions; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let ticks_per_s = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
     // A directory: Spark's file stream source reads the files in one.
     let parquet = dir.path().join("bids");
     std::fs::create_dir_all(&parquet).expect("parquet directory");
     let (bids, runnel_counts) = runtime.block_on(async {
         let runnel = start_runnel(&dir.path().join("runnel"));
-        let usage = Usage {
-            pid: runnel.pid(),
-            ticks_per_s,
-        };
+        let usage = Usage { pid: runnel.pid() };
         let client = common::connect(runnel.port, "bench", "runnel").await;
         // The streams CALL nexmark would make, with the 5-second watermark of the Spark
         // comparison.
@@ -582,7 +550,7 @@ fn main() {
         let bids: u64 = scalar(&client, "SELECT count(*) FROM bid")
             .await
             .parse()
-            .unwrap();
+            .expect("a count");
         println!(
             "load (CALL nexmark, not part of the figures): {:.1} s, {} events/s, {bids} bids",
             load.seconds,

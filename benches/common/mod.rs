@@ -97,6 +97,65 @@ pub async fn connect(port: u16, user: &str, database: &str) -> Client {
     client
 }
 
+/// The first column of the first row `sql` returns, as text (`NULL` for NULL; empty if
+/// no row).
+pub async fn scalar(client: &Client, sql: &str) -> String {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_string())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) end with ')'; utime and stime
+    // are the 14th and 15th of the line.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line names its command in parentheses")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+    (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
+}
+
+/// `getconf CLK_TCK`, asked once.
+fn clock_ticks_per_second() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB; 0 if it cannot be
+/// read.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// How many rows a benchmark loads: `RUNNEL_BENCH_ROWS`, or `default`.
 pub fn bench_rows(default: u64) -> u64 {
     std::env::var("RUNNEL_BENCH_ROWS")
