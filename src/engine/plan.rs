@@ -22,6 +22,7 @@
 //! Anything else (sorts, limits, joins, window functions) cannot be run incrementally this
 //! way, and the query is refused when created, naming the part.
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
@@ -172,7 +173,17 @@ impl QueryPlan {
         let mut statement = query_statement(sql)?;
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
+        let own_window_functions = calls_window_function(&statement);
         let windows = sql::rewrite(&mut statement, catalog)?;
+        if own_window_functions && windows.iter().any(|w| w.session) {
+            // Window functions below an aggregate are allowed for the SESSION rewrite's
+            // own, which find each epoch's sessions; the query's would see one epoch.
+            return Err(Error::Unsupported(
+                "this query cannot run continuously: window functions (OVER …) are not \
+                 supported in continuous queries yet"
+                    .into(),
+            ));
+        }
         let references = base
             .resolve_table_references(&statement)
             .map_err(Error::from_datafusion)?;
@@ -468,6 +479,18 @@ fn session_columns(
         start,
         end,
     })
+}
+
+/// Whether `statement` calls a window function (`… OVER (…)`) of its own.
+fn calls_window_function(statement: &DfStatement) -> bool {
+    let DfStatement::Statement(statement) = statement else {
+        return false;
+    };
+    sqlparser::ast::visit_expressions(statement.as_ref(), |expr| match expr {
+        sqlparser::ast::Expr::Function(f) if f.over.is_some() => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 /// The one `SELECT` of `sql`.
