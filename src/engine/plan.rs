@@ -857,12 +857,25 @@ impl Aggregation {
         stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
         ctx: Arc<TaskContext>,
     ) -> Result<RecordBatch> {
+        let states = |touched: RecordBatch| -> Result<Vec<RecordBatch>> {
+            let mut states: Vec<RecordBatch> = stored(&touched)?.into_iter().collect();
+            states.push(touched);
+            Ok(states)
+        };
+        self.merge_with(rows, states, ctx).await
+    }
+
+    /// Runs the epoch's partial aggregate (over `rows`, for a stage over another) and
+    /// merges, one row per group, the partial states `states` makes of its output.
+    pub async fn merge_with(
+        &self,
+        rows: Vec<RecordBatch>,
+        states: impl FnOnce(RecordBatch) -> Result<Vec<RecordBatch>>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<RecordBatch> {
         let schema = self.partial.schema();
-        let partial = self.partial(rows, ctx.clone()).await?;
-        let touched = concat(&schema, &partial)?;
-        let mut states: Vec<RecordBatch> = stored(&touched)?.into_iter().collect();
-        states.push(touched);
-        concat(&schema, &self.reduce(states, ctx).await?)
+        let touched = concat(&schema, &self.partial(rows, ctx.clone()).await?)?;
+        concat(&schema, &self.reduce(states(touched)?, ctx).await?)
     }
 
     /// As [`Aggregation::merge_state`], with the changed groups' values.

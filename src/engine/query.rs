@@ -608,30 +608,39 @@ impl QueryTask {
                         // The innermost stage has read the epoch's records.
                         seen = Some(self.event_time_seen(&idle));
                     }
-                    let closed = {
-                        let mut state = groups.write();
-                        state.upsert(merged.clone())?;
-                        match self.watermark() {
-                            Some(w) => state.evict(w, &groups.partial)?,
-                            None => vec![],
-                        }
-                    };
+                    let (closed, open) = fold(&groups, None, &merged, self.watermark())?;
                     rows = stage.finalize(closed, ctx.clone()).await?;
-                    inner_rows.push(groups.read().open_after(self.watermark(), &merged)?);
+                    inner_rows.push(open);
                 }
                 let groups = self.groups.clone().expect("an aggregation has state");
-                let (merged, finals) = match self.sessions.as_mut() {
+                let merged = match self.sessions.as_mut() {
                     Some(sessions) => {
-                        let (merged, moved) =
-                            merge_sessions(sessions, &aggregation, &groups, ctx.clone()).await?;
-                        removed = moved;
-                        (merged, vec![])
+                        let states = |pieces| {
+                            let (states, moved) = sessions
+                                .absorb(pieces, |absorbed| groups.lookup_partial(absorbed))?;
+                            removed = moved;
+                            Ok(states)
+                        };
+                        aggregation.merge_with(rows, states, ctx.clone()).await?
                     }
                     None => {
                         aggregation
-                            .merge(rows, |touched| groups.lookup_partial(touched), ctx.clone())
+                            .merge_state(
+                                rows,
+                                |touched| groups.lookup_partial(touched),
+                                ctx.clone(),
+                            )
                             .await?
                     }
+                };
+                // The changed groups' values: what an upsert stream or a view shows.
+                let finals = match self.def.emit {
+                    Emit::Changes => {
+                        aggregation
+                            .finalize(vec![merged.clone()], ctx.clone())
+                            .await?
+                    }
+                    Emit::OnWindowClose => vec![],
                 };
                 late = match seen {
                     Some(late) => late,
@@ -642,17 +651,8 @@ impl QueryTask {
                     // has passed leaves it with its final rows, committed with the epoch:
                     // a failed commit fails the query, which starts again from its
                     // checkpoint with its state as it was.
-                    let closed = {
-                        let mut state = groups.write();
-                        if let Some(moved) = &removed {
-                            state.remove(moved)?;
-                        }
-                        state.upsert(merged.clone())?;
-                        match self.watermark() {
-                            Some(w) => state.evict(w, &groups.partial)?,
-                            None => vec![],
-                        }
-                    };
+                    let (closed, open) =
+                        fold(&groups, removed.as_ref(), &merged, self.watermark())?;
                     if let Some(sessions) = &mut self.sessions {
                         for rows in &closed {
                             sessions.close(rows)?;
@@ -666,7 +666,7 @@ impl QueryTask {
                     } else {
                         closed_rows = out;
                     }
-                    state_rows = vec![groups.read().open_after(self.watermark(), &merged)?];
+                    state_rows = vec![open];
                 } else if self.sessions.is_some() {
                     return Err(Error::Internal(
                         "sessions that merge cannot emit changes".into(),
@@ -1187,37 +1187,25 @@ fn state_records(
         .collect()
 }
 
-/// An epoch of an aggregation over sessions: merges the epoch's pieces with the open
-/// sessions they overlap. The merged state of every session made or changed, and the
-/// stored rows of the absorbed sessions whose bounds moved (their groups are gone).
-async fn merge_sessions(
-    sessions: &mut Sessions,
-    aggregation: &Aggregation,
+/// Folds an epoch's changed groups `merged` into `groups`, less the groups `removed`, and
+/// takes out the groups the watermark has closed: their rows, and what a changelog needs
+/// of `merged` (the groups still open; a restore evicts the others again).
+fn fold(
     groups: &Groups,
-    ctx: Arc<TaskContext>,
-) -> Result<(RecordBatch, Option<RecordBatch>)> {
-    let schema = groups.partial.schema().clone();
-    let concat = |batches: &[RecordBatch]| {
-        arrow::compute::concat_batches(&schema, batches)
-            .map_err(|e| Error::Internal(format!("session state: {e}")))
-    };
-    let pieces = concat(&aggregation.partial(vec![], ctx.clone()).await?)?;
-    let merge = sessions.merge(&pieces)?;
-    let (pieces, _) = sessions.rebound(&merge, &pieces)?;
-    let mut states = vec![pieces];
-    let mut removed = None;
-    if let Some(stored) = groups.lookup_partial(&merge.absorbed)? {
-        let (rebounded, moved) = sessions.rebound(&merge, &stored)?;
-        let moved = arrow::array::BooleanArray::from(moved);
-        removed = Some(
-            arrow::compute::filter_record_batch(&stored, &moved)
-                .map_err(|e| Error::Internal(format!("session state: {e}")))?,
-        );
-        states.push(rebounded);
+    removed: Option<&RecordBatch>,
+    merged: &RecordBatch,
+    watermark: Option<i64>,
+) -> Result<(Vec<RecordBatch>, RecordBatch)> {
+    let mut state = groups.write();
+    if let Some(removed) = removed {
+        state.remove(removed)?;
     }
-    let merged = concat(&aggregation.reduce(states, ctx).await?)?;
-    sessions.apply(merge);
-    Ok((merged, removed))
+    state.upsert(merged.clone())?;
+    let closed = match watermark {
+        Some(w) => state.evict(w, &groups.partial)?,
+        None => vec![],
+    };
+    Ok((closed, state.open_after(watermark, merged)?))
 }
 
 /// Where the columns of `stream` come from in the query's output: `columns` names them in

@@ -14,8 +14,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::{cast, take};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{cast, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
@@ -41,11 +43,11 @@ pub struct Sessions {
 }
 
 /// What an epoch's pieces do to the sessions.
-pub struct Merge {
+struct Merge {
     /// The group columns of the open sessions the pieces overlap (as the state's leading
     /// columns, the pieces' other group columns beside them): their stored rows are merged
     /// with the pieces.
-    pub absorbed: RecordBatch,
+    absorbed: RecordBatch,
     /// Per key touched, its open sessions after the merge.
     after: Vec<(Box<[u8]>, Vec<Bounds>)>,
 }
@@ -154,26 +156,46 @@ impl Sessions {
         Ok(())
     }
 
-    /// What the epoch's `pieces` (partial state, a row per piece) do to the open sessions.
-    pub fn merge(&self, pieces: &RecordBatch) -> Result<Merge> {
+    /// Merges the epoch's `pieces` (partial state, a row per piece) into the open sessions;
+    /// `stored` looks up the stored rows of the sessions they absorb. Every partial state
+    /// to merge, each labelled with the bounds of the session it is part of now, and the
+    /// stored rows of the absorbed sessions whose bounds moved (their groups are gone).
+    pub fn absorb(
+        &mut self,
+        pieces: RecordBatch,
+        stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
+    ) -> Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+        let (keys, bounds) = (self.keys(&pieces)?, self.bounds(&pieces)?);
+        let merge = self.merge(&pieces, &keys, &bounds)?;
+        let mut states = vec![self.rebound(&merge, &pieces, &keys, &bounds)?.0];
+        let mut removed = None;
+        if let Some(stored) = stored(&merge.absorbed)? {
+            let (keys, bounds) = (self.keys(&stored)?, self.bounds(&stored)?);
+            let (rebounded, moved) = self.rebound(&merge, &stored, &keys, &bounds)?;
+            let moved = filter_record_batch(&stored, &BooleanArray::from(moved));
+            removed = Some(moved.map_err(internal)?);
+            states.push(rebounded);
+        }
+        self.apply(merge);
+        Ok((states, removed))
+    }
+
+    /// What `pieces`, whose keys and bounds are `keys` and `bounds`, do to the open
+    /// sessions.
+    fn merge(&self, pieces: &RecordBatch, keys: &[Box<[u8]>], bounds: &[Bounds]) -> Result<Merge> {
         // Per key: one of its pieces' rows (for its key columns), and its pieces' bounds.
-        let mut touched: HashMap<Box<[u8]>, (u32, Vec<Bounds>)> = HashMap::new();
-        for (row, (key, bounds)) in self
-            .keys(pieces)?
-            .into_iter()
-            .zip(self.bounds(pieces)?)
-            .enumerate()
-        {
+        let mut touched: HashMap<&[u8], (u32, Vec<Bounds>)> = HashMap::new();
+        for (row, (key, bounds)) in keys.iter().zip(bounds).enumerate() {
             touched
                 .entry(key)
                 .or_insert_with(|| (row as u32, vec![]))
                 .1
-                .push(bounds);
+                .push(*bounds);
         }
         let (mut rows, mut starts, mut ends) = (vec![], vec![], vec![]);
         let mut after = Vec::with_capacity(touched.len());
         for (key, (row, new)) in touched {
-            let open = self.open.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let open = self.open.get(key).map(Vec::as_slice).unwrap_or(&[]);
             let merged = joined(open.iter().chain(&new).copied().collect());
             for session in open {
                 let into = holding(&merged, session.0);
@@ -183,50 +205,64 @@ impl Sessions {
                     ends.push(session.1);
                 }
             }
-            after.push((key, merged));
+            after.push((key.into(), merged));
         }
         let rows = UInt32Array::from(rows);
-        let mut columns = pieces
+        let columns = pieces
             .columns()
             .iter()
             .map(|c| take(c, &rows, None))
             .collect::<std::result::Result<Vec<ArrayRef>, _>>()
             .map_err(internal)?;
-        let (start, end) = (self.columns.start, self.columns.end);
-        columns[start] = of_type(starts, columns[start].data_type())?;
-        columns[end] = of_type(ends, columns[end].data_type())?;
-        let absorbed = RecordBatch::try_new(pieces.schema(), columns).map_err(internal)?;
+        let absorbed = self.with_bounds(pieces.schema(), columns, starts, ends)?;
         Ok(Merge { absorbed, after })
     }
 
-    /// `rows` (pieces, or absorbed sessions' stored rows) with the bounds of the sessions
-    /// `merge` makes of them, and for each whether its bounds moved.
-    pub fn rebound(&self, merge: &Merge, rows: &RecordBatch) -> Result<(RecordBatch, Vec<bool>)> {
+    /// `rows` (pieces, or absorbed sessions' stored rows, whose keys and bounds are `keys`
+    /// and `bounds`) with the bounds of the sessions `merge` makes of them, and for each
+    /// whether its bounds moved.
+    fn rebound(
+        &self,
+        merge: &Merge,
+        rows: &RecordBatch,
+        keys: &[Box<[u8]>],
+        bounds: &[Bounds],
+    ) -> Result<(RecordBatch, Vec<bool>)> {
         let after: HashMap<&[u8], &[Bounds]> = merge
             .after
             .iter()
             .map(|(key, sessions)| (&**key, sessions.as_slice()))
             .collect();
         let (mut starts, mut ends, mut moved) = (vec![], vec![], vec![]);
-        for (key, bounds) in self.keys(rows)?.into_iter().zip(self.bounds(rows)?) {
+        for (key, bounds) in keys.iter().zip(bounds) {
             let into = after
-                .get(&*key)
+                .get(&**key)
                 .and_then(|sessions| holding(sessions, bounds.0))
                 .ok_or_else(|| Error::Internal("a session merged into none".into()))?;
             starts.push(into.0);
             ends.push(into.1);
-            moved.push(into != bounds);
+            moved.push(into != *bounds);
         }
-        let mut columns = rows.columns().to_vec();
-        let (start, end) = (self.columns.start, self.columns.end);
-        columns[start] = of_type(starts, columns[start].data_type())?;
-        columns[end] = of_type(ends, columns[end].data_type())?;
-        let rows = RecordBatch::try_new(rows.schema(), columns).map_err(internal)?;
+        let rows = self.with_bounds(rows.schema(), rows.columns().to_vec(), starts, ends)?;
         Ok((rows, moved))
     }
 
+    /// `columns` with their session bounds replaced by `starts` and `ends`.
+    fn with_bounds(
+        &self,
+        schema: SchemaRef,
+        mut columns: Vec<ArrayRef>,
+        starts: Vec<i64>,
+        ends: Vec<i64>,
+    ) -> Result<RecordBatch> {
+        let (start, end) = (self.columns.start, self.columns.end);
+        columns[start] = of_type(starts, columns[start].data_type())?;
+        columns[end] = of_type(ends, columns[end].data_type())?;
+        RecordBatch::try_new(schema, columns).map_err(internal)
+    }
+
     /// The sessions after `merge`.
-    pub fn apply(&mut self, merge: Merge) {
+    fn apply(&mut self, merge: Merge) {
         for (key, sessions) in merge.after {
             self.open.insert(key, sessions);
         }
@@ -282,6 +318,16 @@ mod tests {
         .unwrap()
     }
 
+    fn merge(s: &Sessions, pieces: &RecordBatch) -> Merge {
+        let (keys, bounds) = (s.keys(pieces).unwrap(), s.bounds(pieces).unwrap());
+        s.merge(pieces, &keys, &bounds).unwrap()
+    }
+
+    fn rebound(s: &Sessions, merge: &Merge, rows: &RecordBatch) -> (RecordBatch, Vec<bool>) {
+        let (keys, bounds) = (s.keys(rows).unwrap(), s.bounds(rows).unwrap());
+        s.rebound(merge, rows, &keys, &bounds).unwrap()
+    }
+
     fn sessions() -> Sessions {
         let columns = SessionColumns {
             keys: vec![0],
@@ -322,7 +368,7 @@ mod tests {
         // a piece of a bridging both of a's sessions ([9, 31)), one of b inside its session,
         // one of c, new.
         let pieces = rows(&[("a", 9, 31, 4), ("b", 2, 5, 5), ("c", 100, 110, 6)]);
-        let merge = s.merge(&pieces).unwrap();
+        let merge = merge(&s, &pieces);
         assert_eq!(
             bounds(&merge.absorbed),
             [
@@ -332,7 +378,7 @@ mod tests {
             ],
             "the open sessions the pieces overlap"
         );
-        let (rebounded, moved) = s.rebound(&merge, &merge.absorbed).unwrap();
+        let (rebounded, moved) = rebound(&s, &merge, &merge.absorbed);
         assert_eq!(
             bounds(&rebounded),
             [
@@ -346,7 +392,7 @@ mod tests {
             2,
             "a's two moved, b's not"
         );
-        let (pieces, _) = s.rebound(&merge, &pieces).unwrap();
+        let (pieces, _) = rebound(&s, &merge, &pieces);
         assert_eq!(
             bounds(&pieces),
             [
@@ -366,7 +412,7 @@ mod tests {
         let mut s = sessions();
         s.insert(&rows(&[("a", 0, 10, 1)])).unwrap();
         // A piece starting exactly at a's end is a gap after its last row: a new session.
-        let merge = s.merge(&rows(&[("a", 10, 20, 1)])).unwrap();
+        let merge = merge(&s, &rows(&[("a", 10, 20, 1)]));
         assert_eq!(merge.absorbed.num_rows(), 0);
         s.apply(merge);
         assert_eq!(s.len(), 2);
