@@ -697,14 +697,10 @@ fn source_column(nodes: &[Arc<dyn ExecutionPlan>], mut i: usize) -> Option<usize
             if let Some(p) = f.projection() {
                 i = p[i];
             }
-        } else if !matches!(
-            node.name(),
-            "CoalesceBatchesExec"
-                | "CoalescePartitionsExec"
-                | "RepartitionExec"
-                | "CooperativeExec"
-                | "SortExec"
-        ) {
+        } else if node.name() == "UnnestExec"
+            || !(is_row_wise(node.as_ref()) || node.name() == "SortExec")
+        {
+            // An unnest makes columns; anything else row-wise passes them through.
             return None;
         }
     }
