@@ -41,7 +41,7 @@ struct Windowed {
     key: &'static str,
 }
 
-const QUERIES: [Windowed; 8] = [
+const QUERIES: [Windowed; 10] = [
     Windowed {
         name: "tumbling",
         kind: "view",
@@ -124,6 +124,40 @@ const QUERIES: [Windowed; 8] = [
               FROM SESSION({input}, ts, INTERVAL '5 seconds') GROUP BY k, window_start, window_end",
         end: "window_end",
         key: "k, window_start",
+    },
+    // Joins of aggregates whose windows close together (Nexmark q5's shape): per hopping
+    // window the keys with the most rows, and per window and group the rows with a large
+    // value, if any.
+    Windowed {
+        name: "top_keys",
+        kind: "stream",
+        on_close: true,
+        sql: "SELECT c.window_start, c.k, c.n FROM \
+              (SELECT window_start, k, count(*) AS n \
+               FROM HOP({input}, ts, INTERVAL '20 seconds', INTERVAL '1 minute') \
+               GROUP BY window_start, k) AS c \
+              JOIN (SELECT window_start, max(n) AS most FROM \
+                    (SELECT window_start, k, count(*) AS n \
+                     FROM HOP({input}, ts, INTERVAL '20 seconds', INTERVAL '1 minute') \
+                     GROUP BY window_start, k) AS d \
+                    GROUP BY window_start) AS m \
+              ON c.window_start = m.window_start AND c.n >= m.most",
+        end: "window_start + INTERVAL '1 minute'",
+        key: "window_start, k",
+    },
+    Windowed {
+        name: "large_values",
+        kind: "view",
+        on_close: true,
+        sql: "SELECT a.window_end, a.g, a.n, b.large FROM \
+              (SELECT window_end, g, count(*) AS n \
+               FROM TUMBLE({input}, ts, INTERVAL '30 seconds') GROUP BY window_end, g) AS a \
+              LEFT JOIN (SELECT window_end, g, count(*) AS large \
+                         FROM TUMBLE({input}, ts, INTERVAL '30 seconds') WHERE v >= 90 \
+                         GROUP BY window_end, g) AS b \
+              ON a.window_end = b.window_end AND a.g = b.g",
+        end: "window_end",
+        key: "",
     },
 ];
 
@@ -371,12 +405,13 @@ async fn windowed_results_equal_bounded_queries_over_rows_not_late() {
             &client,
             "SELECT (SELECT count(*) FROM events) AS a, (SELECT count(*) FROM events_late) AS b, \
              (SELECT count(*) FROM busy_windows) AS c, (SELECT count(*) FROM busy_chain) AS d, \
-             (SELECT count(*) FROM chain_view) AS e, (SELECT count(*) FROM sessions) AS f",
+             (SELECT count(*) FROM chain_view) AS e, (SELECT count(*) FROM sessions) AS f, \
+             (SELECT count(*) FROM top_keys) AS g",
         )
         .await;
         eprintln!(
             "round {round}: rows, late rows recorded, second-stage windows, chained windows \
-             (two and three stages), sessions {:?}",
+             (two and three stages), sessions, joined windows' top keys {:?}",
             counts[0]
         );
         assert_ne!(

@@ -46,6 +46,13 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
                 .into(),
         ));
     }
+    if let (Kind::Combine { .. }, Emit::Changes) = (&plan.kind, emit) {
+        return Err(Error::Unsupported(
+            "a join or union of windowed aggregates needs EMIT ON WINDOW CLOSE: each side's \
+             rows are final, and can be joined without keeping them, once their windows close"
+                .into(),
+        ));
+    }
     if plan.session.is_some() && emit == Emit::Changes {
         return Err(Error::Unsupported(
             "SESSION windows in continuous queries need EMIT ON WINDOW CLOSE: a session's \
@@ -138,7 +145,7 @@ impl Database {
         check_emit(&plan, c.emit)?;
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
-            Kind::Stateless => vec![],
+            Kind::Stateless | Kind::Combine { .. } => vec![],
             Kind::Aggregate {
                 group_outputs,
                 filtered,
@@ -223,7 +230,7 @@ impl Database {
                 state_schema.fields().clone(),
                 CHANGELOG_SEGMENT_BYTES,
             )?),
-            Kind::Stateless => None,
+            Kind::Stateless | Kind::Combine { .. } => None,
         };
         let inner_topics = inner_state_topics(&mut new, &c.name, id, &plan)?;
         let def = QueryDef {
@@ -304,12 +311,16 @@ impl Database {
             Kind::Aggregate { state_schema, .. } => {
                 (state_schema.fields().clone(), CHANGELOG_SEGMENT_BYTES)
             }
-            Kind::Stateless => (plan.schema.fields().clone(), super::DEFAULT_SEGMENT_BYTES),
+            Kind::Stateless | Kind::Combine { .. } => {
+                (plan.schema.fields().clone(), super::DEFAULT_SEGMENT_BYTES)
+            }
         };
         let state_topic =
             state_topic_def(&mut new, "state", &v.name, id, state_fields, segment_bytes)?;
-        // Closed windows' rows move out of the aggregation's state into a topic of their own.
-        let closed_topic = match plan.event_time_state() {
+        // Closed windows' rows move out of the aggregation's state into a topic of their
+        // own (a join of closed windows has only such rows: they are its state topic's).
+        let aggregate = matches!(plan.kind, Kind::Aggregate { .. });
+        let closed_topic = match aggregate && plan.event_time_state() {
             true => Some(state_topic_def(
                 &mut new,
                 "closed",
@@ -491,7 +502,7 @@ impl Database {
                 state_schema.fields().clone(),
                 CHANGELOG_SEGMENT_BYTES,
             )?),
-            Kind::Stateless => None,
+            Kind::Stateless | Kind::Combine { .. } => None,
         };
         let inner_topics = inner_state_topics(&mut new, &name, id, &plan)?;
         let columns = if i.columns.is_empty() {
@@ -670,17 +681,19 @@ fn state_topic_def(
 }
 
 /// Adds to `new` the changelogs of the inner stages of a chain of aggregates, innermost
-/// first.
+/// first, or of every stage of a join of aggregates.
 fn inner_state_topics(
     new: &mut CatalogData,
     owner: &str,
     id: QueryId,
     plan: &QueryPlan,
 ) -> Result<Vec<TopicDef>> {
-    let Kind::Aggregate { inner, .. } = &plan.kind else {
-        return Ok(vec![]);
+    let stages = match &plan.kind {
+        Kind::Aggregate { inner, .. } => inner,
+        Kind::Combine { stages } => stages,
+        Kind::Stateless => return Ok(vec![]),
     };
-    inner
+    stages
         .iter()
         .enumerate()
         .map(|(k, stage)| {

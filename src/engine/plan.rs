@@ -19,8 +19,15 @@
 //!   epoch. Only final rows can feed a stage, so every inner stage groups by an event-time
 //!   window and the query emits on window close.
 //!
-//! Anything else (sorts, limits, joins, window functions) cannot be run incrementally this
-//! way, and the query is refused when created, naming the part.
+//! - **a join (or union) of aggregates whose windows close together**: each aggregate (or
+//!   chain) is a branch of stages as above, and each epoch joins the rows of the windows
+//!   the branches closed in it. Every join matches a window column of one side with the
+//!   same window column of the other, so two rows that match close in the same epoch, and
+//!   nothing needs keeping for a later one: the join is as final as its inputs, for every
+//!   join type.
+//!
+//! Anything else (sorts, limits, other joins, window functions) cannot be run
+//! incrementally this way, and the query is refused when created, naming the part.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -31,15 +38,19 @@ use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::common::JoinSide;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::utils::build_join_schema;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -119,6 +130,11 @@ pub enum Kind {
         /// above describe), innermost first.
         inner: Vec<Stage>,
     },
+    /// A join or union of aggregates' closed windows: rows appended as windows close.
+    Combine {
+        /// Every branch's stages, each after the one it reads.
+        stages: Vec<Stage>,
+    },
 }
 
 /// An inner aggregate of a chain: its state, and when its groups close.
@@ -129,6 +145,16 @@ pub struct Stage {
     pub expiry: Expiry,
 }
 
+impl Stage {
+    fn of(stage: &Aggregation, expiry: Expiry) -> Stage {
+        Stage {
+            state_schema: stage.partial.schema(),
+            groups: stage.groups(),
+            expiry,
+        }
+    }
+}
+
 /// One epoch's physical plan, taken apart.
 pub enum EpochPlan {
     Stateless(Arc<dyn ExecutionPlan>),
@@ -137,6 +163,11 @@ pub enum EpochPlan {
         /// windows are the next one's input.
         inner: Vec<Aggregation>,
         last: Aggregation,
+    },
+    Combine {
+        /// Every branch's stages, each after the one it reads.
+        stages: Vec<Aggregation>,
+        top: Top,
     },
 }
 
@@ -151,6 +182,17 @@ pub struct Aggregation {
     above: Vec<Arc<dyn ExecutionPlan>>,
     /// A stage over another: what lies between its `Partial` and the inner `Final`.
     feed: Option<Feed>,
+    /// A stage over another: that one, by its place in the query's list of stages.
+    pub from: Option<usize>,
+}
+
+/// What a join or union of aggregates does with their closed windows: the plan above the
+/// aggregates, whose leaves are the branches' last `Final`s.
+#[derive(Clone)]
+pub struct Top {
+    plan: Arc<dyn ExecutionPlan>,
+    /// Per leaf: the stage whose closed windows it returns, and that `Final` in `plan`.
+    leaves: Vec<(usize, Arc<dyn ExecutionPlan>)>,
 }
 
 /// The nodes between a stage's `Partial` aggregate and the inner stage's `Final` one, top
@@ -320,6 +362,17 @@ impl QueryPlan {
             sessions_rewritten: windows.iter().any(|w| w.session),
         };
         let (epoch, _) = plan.plan_epoch(vec![]).await?;
+        let window = one_window_size(&windows, &plan.input_name, watermark.as_ref());
+        // Grouped by the watermark's column itself (a time of a closed window upstream,
+        // say): a group is complete once the watermark is past it.
+        let time_column = watermark
+            .as_ref()
+            .map(|w| w.column.as_str())
+            .filter(|c| *c != TIMESTAMP_COLUMN);
+        let closing_of = |stage: &Aggregation, closing: &[Vec<Expiry>]| match stage.from {
+            None => closing_columns(stage, window, time_column),
+            Some(k) => stage.closing_over(&closing[k]),
+        };
         plan.kind = match &epoch {
             EpochPlan::Stateless(p) => {
                 plan.schema = p.schema();
@@ -327,21 +380,11 @@ impl QueryPlan {
             }
             EpochPlan::Aggregate { inner, last } => {
                 plan.schema = last.above.first().unwrap_or(&last.final_).schema();
-                let window = windows.iter().find(|w| {
-                    w.relation == plan.input_name
-                        && watermark.as_ref().is_some_and(|m| m.column == w.column)
-                });
-                // Grouped by the watermark's column itself (a time of a closed window
-                // upstream, say): a group is complete once the watermark is past it.
-                let time_column = watermark
-                    .as_ref()
-                    .map(|w| w.column.as_str())
-                    .filter(|c| *c != TIMESTAMP_COLUMN);
-                let innermost = inner.first().unwrap_or(last);
-                let mut closing = closing_columns(innermost, window, time_column);
+                let mut closing = vec![];
                 let mut stages = vec![];
-                for (i, stage) in inner.iter().enumerate() {
-                    let Some(&expiry) = closing.first() else {
+                for stage in inner {
+                    let closes = closing_of(stage, &closing);
+                    let Some(&expiry) = closes.first() else {
                         return Err(Error::Unsupported(
                             "an aggregate over an aggregate runs continuously only when the \
                              inner one groups by an event-time window (window_start or \
@@ -351,14 +394,10 @@ impl QueryPlan {
                                 .into(),
                         ));
                     };
-                    stages.push(Stage {
-                        state_schema: stage.partial.schema(),
-                        groups: stage.groups(),
-                        expiry,
-                    });
-                    closing = inner.get(i + 1).unwrap_or(last).closing_over(&closing);
+                    stages.push(Stage::of(stage, expiry));
+                    closing.push(closes);
                 }
-                plan.expiry = closing.first().copied();
+                plan.expiry = closing_of(last, &closing).first().copied();
                 if let Some(session) = windows.iter().find(|w| w.session) {
                     plan.session = Some(session_columns(
                         session,
@@ -377,6 +416,31 @@ impl QueryPlan {
                     inner: stages,
                 }
             }
+            EpochPlan::Combine { stages, top } => {
+                if windows.iter().any(|w| w.session) {
+                    return Err(Error::Unsupported(
+                        "SESSION windows cannot be joined or united in a continuous query \
+                         yet; write the sessions to a stream with EMIT ON WINDOW CLOSE and \
+                         read that"
+                            .into(),
+                    ));
+                }
+                plan.schema = top.plan.schema();
+                let mut closing = vec![];
+                let mut kinds = vec![];
+                for stage in stages {
+                    let closes = closing_of(stage, &closing);
+                    let Some(&expiry) = closes.first() else {
+                        return Err(Error::Unsupported(format!(
+                            "this query cannot run continuously: {COMBINED}"
+                        )));
+                    };
+                    kinds.push(Stage::of(stage, expiry));
+                    closing.push(closes);
+                }
+                top.check(&top.plan, &closing)?;
+                Kind::Combine { stages: kinds }
+            }
         };
         Ok(plan)
     }
@@ -384,7 +448,8 @@ impl QueryPlan {
     /// Whether the query has event-time state: its late rows are dropped and its closed
     /// windows evicted.
     pub fn event_time_state(&self) -> bool {
-        self.expiry.is_some() && self.event_time.is_some()
+        (self.expiry.is_some() || matches!(self.kind, Kind::Combine { .. }))
+            && self.event_time.is_some()
     }
 
     /// Plans the epoch that reads `ranges` of the input.
@@ -405,6 +470,30 @@ impl QueryPlan {
             state.task_ctx(),
         ))
     }
+}
+
+/// What joins and unions of aggregates a continuous query can run.
+const COMBINED: &str = "joins (and UNION) run continuously only between aggregates that \
+     group by an event-time window of the stream (window_start or window_end of TUMBLE or \
+     HOP over the column of its watermark), emitting on window close, and that match those \
+     windows (ON a.window_start = b.window_start …): rows of one window close together on \
+     both sides, and are joined then. Joins that keep a stream's rows for later epochs are \
+     not supported yet";
+
+/// The window over the watermark's column that a `window_start` of the query is, if the
+/// query's windows over it all have one size: a group by `window_start` closes that much
+/// after it.
+fn one_window_size<'a>(
+    windows: &'a [Window],
+    input: &str,
+    watermark: Option<&WatermarkDef>,
+) -> Option<&'a Window> {
+    let mut over = windows
+        .iter()
+        .filter(|w| w.relation == input && watermark.is_some_and(|m| m.column == w.column));
+    let first = over.next()?;
+    over.all(|w| w.size_micros == first.size_micros && w.session == first.session)
+        .then_some(first)
 }
 
 /// The group columns of the innermost aggregate that say when a group closes, best first:
@@ -571,14 +660,12 @@ fn refusal(plan: &dyn ExecutionPlan) -> Error {
         "WindowAggExec" | "BoundedWindowAggExec" => {
             "window functions (OVER …) are not supported in continuous queries yet".to_string()
         }
-        "UnionExec" | "InterleaveExec" => "UNION is not supported in continuous queries yet".into(),
+        "UnionExec" | "InterleaveExec" => COMBINED.into(),
         "AggregateExec" => {
             "an aggregate over an aggregate (nested GROUP BY or DISTINCT) is not supported in continuous queries yet"
                 .into()
         }
-        name if name.contains("Join") => {
-            "joins are not supported in continuous queries yet".into()
-        }
+        name if name.contains("Join") => COMBINED.into(),
         name => format!("the plan step {name} cannot run incrementally"),
     };
     Error::Unsupported(format!("this query cannot run continuously: {what}"))
@@ -609,11 +696,20 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>, sessions: bool) -> Result<EpochPlan>
     let mut node = plan.clone();
     loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            let mut stages = stages(&node, agg, above, sessions)?;
+            let mut stages = chained(stages_of(&node, agg, above, sessions)?, 0);
             let last = stages.pop().expect("an aggregate has a stage");
             return Ok(EpochPlan::Aggregate {
                 inner: stages,
                 last,
+            });
+        }
+        if combines(node.as_ref()) {
+            let mut stages = vec![];
+            let mut leaves = vec![];
+            branches(&node, sessions, &mut stages, &mut leaves)?;
+            return Ok(EpochPlan::Combine {
+                stages,
+                top: Top { plan, leaves },
             });
         }
         if !is_row_wise(node.as_ref()) {
@@ -628,9 +724,51 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>, sessions: bool) -> Result<EpochPlan>
     }
 }
 
+/// Nodes that join or unite the rows of their inputs.
+fn combines(plan: &dyn ExecutionPlan) -> bool {
+    plan.downcast_ref::<HashJoinExec>().is_some() || plan.name() == "UnionExec"
+}
+
+/// A chain's stages (innermost first) as they go into a query's list of stages after
+/// `before` others: each reads the one before it.
+fn chained(mut chain: Vec<Aggregation>, before: usize) -> Vec<Aggregation> {
+    for (k, stage) in chain.iter_mut().enumerate() {
+        stage.from = k.checked_sub(1).map(|k| before + k);
+    }
+    chain
+}
+
+/// Adds the aggregates below `node` (a join, a union, or a row-wise node over one), each
+/// with the chain it reads, to `stages`, and each one's `Final` to `leaves`.
+fn branches(
+    node: &Arc<dyn ExecutionPlan>,
+    sessions: bool,
+    stages: &mut Vec<Aggregation>,
+    leaves: &mut Vec<(usize, Arc<dyn ExecutionPlan>)>,
+) -> Result<()> {
+    if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+        let chain = chained(stages_of(node, agg, vec![], sessions)?, stages.len());
+        stages.extend(chain);
+        leaves.push((stages.len() - 1, node.clone()));
+        return Ok(());
+    }
+    if node.downcast_ref::<StreamScanExec>().is_some() {
+        return Err(Error::Unsupported(format!(
+            "this query cannot run continuously: {COMBINED}"
+        )));
+    }
+    if !is_row_wise(node.as_ref()) && !combines(node.as_ref()) {
+        return Err(refusal(node.as_ref()));
+    }
+    for child in node.children() {
+        branches(child, sessions, stages, leaves)?;
+    }
+    Ok(())
+}
+
 /// The stages of the aggregate whose `Final` is `node` (with `above` over it): the stages
 /// of an aggregate below it first, if there is one, then its own.
-fn stages(
+fn stages_of(
     node: &Arc<dyn ExecutionPlan>,
     agg: &AggregateExec,
     above: Vec<Arc<dyn ExecutionPlan>>,
@@ -657,7 +795,7 @@ fn stages(
     let mut below = only_child(&partial)?;
     loop {
         if let Some(inner) = below.downcast_ref::<AggregateExec>() {
-            let mut chain = stages(&below, inner, vec![], sessions)?;
+            let mut chain = stages_of(&below, inner, vec![], sessions)?;
             chain.push(Aggregation {
                 partial,
                 final_: node.clone(),
@@ -666,6 +804,7 @@ fn stages(
                     nodes: feed,
                     schema: below.schema(),
                 }),
+                from: None,
             });
             return Ok(chain);
         }
@@ -675,6 +814,7 @@ fn stages(
                 final_: node.clone(),
                 above,
                 feed: None,
+                from: None,
             }]);
         }
         let session_window =
@@ -902,6 +1042,109 @@ impl Aggregation {
     ) -> Result<Vec<RecordBatch>> {
         collect(self.output_plan(finals)?, ctx).await.map_err(df)
     }
+}
+
+impl Top {
+    /// The plan that joins (or unites) the windows the stages closed, `closed[k]` the
+    /// final rows of stage `k`'s.
+    pub fn plan(&self, closed: &[Vec<RecordBatch>]) -> Result<Arc<dyn ExecutionPlan>> {
+        self.graft(&self.plan, closed)
+    }
+
+    fn graft(
+        &self,
+        node: &Arc<dyn ExecutionPlan>,
+        closed: &[Vec<RecordBatch>],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some((stage, _)) = self.leaves.iter().find(|(_, leaf)| same(leaf, node)) {
+            return memory(closed[*stage].clone(), node.schema());
+        }
+        let children = node
+            .children()
+            .into_iter()
+            .map(|child| self.graft(child, closed))
+            .collect::<Result<Vec<_>>>()?;
+        let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+        node.clone().replace_children(children, options).map_err(df)
+    }
+
+    /// Checks that every join under `node` matches rows that close in the same epoch, the
+    /// stages' groups closing by `closing`: one of its equalities is between columns that
+    /// are the same window bound on both sides.
+    fn check(&self, node: &Arc<dyn ExecutionPlan>, closing: &[Vec<Expiry>]) -> Result<()> {
+        if self.leaves.iter().any(|(_, leaf)| same(leaf, node)) {
+            return Ok(());
+        }
+        if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+            let together = join.on().iter().any(|(left, right)| {
+                let at = |side: &Arc<dyn ExecutionPlan>, expr: &Arc<dyn PhysicalExpr>| {
+                    let column = expr.downcast_ref::<Column>()?;
+                    self.closes(side, column.index(), closing)
+                };
+                at(join.left(), left).is_some_and(|plus| at(join.right(), right) == Some(plus))
+            });
+            if !together {
+                return Err(Error::Unsupported(format!(
+                    "this query cannot run continuously: {COMBINED}"
+                )));
+            }
+        }
+        node.children()
+            .into_iter()
+            .try_for_each(|child| self.check(child, closing))
+    }
+
+    /// If column `i` of `node` is a window bound of a stage's groups, unchanged: how long
+    /// after its value the group closes (the same for every branch of a union).
+    fn closes(
+        &self,
+        node: &Arc<dyn ExecutionPlan>,
+        i: usize,
+        closing: &[Vec<Expiry>],
+    ) -> Option<i64> {
+        if let Some((stage, _)) = self.leaves.iter().find(|(_, leaf)| same(leaf, node)) {
+            // A `Final` returns the group columns first, as its state holds them.
+            return closing[*stage]
+                .iter()
+                .find(|e| e.column == i)
+                .map(|e| e.plus);
+        }
+        if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+            let i = join
+                .projection
+                .as_ref()
+                .map_or(Some(i), |p| p.get(i).copied())?;
+            let (_, columns) = build_join_schema(
+                &join.left().schema(),
+                &join.right().schema(),
+                join.join_type(),
+            );
+            let column = columns.get(i)?;
+            return match column.side {
+                JoinSide::Left => self.closes(join.left(), column.index, closing),
+                JoinSide::Right => self.closes(join.right(), column.index, closing),
+                JoinSide::None => None,
+            };
+        }
+        if node.name() == "UnionExec" {
+            let mut each = node
+                .children()
+                .into_iter()
+                .map(|child| self.closes(child, i, closing));
+            let first = each.next()??;
+            return each.all(|p| p == Some(first)).then_some(first);
+        }
+        let [child] = node.children()[..] else {
+            return None;
+        };
+        let i = source_column(std::slice::from_ref(node), i)?;
+        self.closes(child, i, closing)
+    }
+}
+
+/// Whether `a` and `b` are the same node of a plan.
+fn same(a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 /// The latest [`Aggregation`] of a query, for reading its view between epochs.

@@ -84,6 +84,14 @@ impl PushQuery {
                         .into(),
                 ));
             }
+            Kind::Combine { .. } => {
+                return Err(Error::Unsupported(
+                    "a join or union of windowed aggregates is not supported in push \
+                     queries: its rows are made as windows close; create a stream of it \
+                     with EMIT ON WINDOW CLOSE and SUBSCRIBE to that"
+                        .into(),
+                ));
+            }
             Kind::Aggregate { inner, .. } if !inner.is_empty() => {
                 return Err(Error::Unsupported(
                     "an aggregate over an aggregate is not supported in push queries: the \
@@ -159,6 +167,11 @@ impl PushQuery {
             let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
             let rows = match plan {
                 EpochPlan::Stateless(plan) => run(plan, ctx).await?,
+                EpochPlan::Combine { .. } => {
+                    return Err(Error::Internal(
+                        "a push query planned as a join of windows".into(),
+                    ));
+                }
                 EpochPlan::Aggregate {
                     last: aggregation, ..
                 } => {

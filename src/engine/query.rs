@@ -196,7 +196,7 @@ impl QueryTask {
             Some(name) => {
                 let wanted = match &plan.kind {
                     Kind::Aggregate { state_schema, .. } => state_schema.fields().clone(),
-                    Kind::Stateless => plan.schema.fields().clone(),
+                    Kind::Stateless | Kind::Combine { .. } => plan.schema.fields().clone(),
                 };
                 Some(internal_topic(data, &def, name, &wanted)?)
             }
@@ -219,6 +219,7 @@ impl QueryTask {
         let memory = base.runtime_env().memory_pool.clone();
         let stages = match &plan.kind {
             Kind::Aggregate { inner, .. } => inner.as_slice(),
+            Kind::Combine { stages } => stages.as_slice(),
             Kind::Stateless => &[],
         };
         if stages.len() != def.inner_state_topics.len() {
@@ -287,8 +288,11 @@ impl QueryTask {
 
     /// Rebuilds an aggregation's state from its changelog, and a view's contents.
     async fn restore(&mut self) -> Result<()> {
+        if !self.inner.is_empty() {
+            self.replay_stages().await?;
+        }
         let contents = match &self.plan.kind {
-            Kind::Stateless => self
+            Kind::Stateless | Kind::Combine { .. } => self
                 .state_topic
                 .as_ref()
                 .map(|t| ViewSource::Rows { topic: t.id }),
@@ -305,29 +309,13 @@ impl QueryTask {
                 let finals_shown = view && self.def.emit == Emit::Changes;
                 let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
                 let EpochPlan::Aggregate {
-                    inner,
-                    last: aggregation,
+                    last: aggregation, ..
                 } = epoch
                 else {
                     return Err(Error::Internal(
                         "an aggregate query planned without its aggregate".into(),
                     ));
                 };
-                for ((stage, aggregation), log) in self
-                    .inner
-                    .iter()
-                    .zip(&inner)
-                    .zip(&self.checkpoint.inner_state)
-                {
-                    self.replay_changelog(
-                        stage.topic.id,
-                        log.from,
-                        &stage.groups,
-                        aggregation,
-                        &ctx,
-                    )
-                    .await?;
-                }
                 let expiry = if self.plan.event_time_state() && (!view || closing.is_some()) {
                     self.plan.expiry
                 } else {
@@ -390,6 +378,27 @@ impl QueryTask {
                 source,
             });
             let _ = self.shared.view.set(contents);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the groups of a chain's inner stages, or of a join's stages, from their
+    /// changelogs.
+    async fn replay_stages(&self) -> Result<()> {
+        let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
+        let stages = match epoch {
+            EpochPlan::Aggregate { inner, .. } => inner,
+            EpochPlan::Combine { stages, .. } => stages,
+            EpochPlan::Stateless(_) => vec![],
+        };
+        for ((stage, aggregation), log) in self
+            .inner
+            .iter()
+            .zip(&stages)
+            .zip(&self.checkpoint.inner_state)
+        {
+            self.replay_changelog(stage.topic.id, log.from, &stage.groups, aggregation, &ctx)
+                .await?;
         }
         Ok(())
     }
@@ -564,8 +573,10 @@ impl QueryTask {
             .as_ref()
             .map(|p| p.idle.clone())
             .unwrap_or_default();
+        // The watermark the epoch's rows are classified by (the epoch moves it on).
+        let start = self.watermark();
         if let Some(event_time) = &self.plan.event_time {
-            event_time.begin(self.watermark(), self.plan.event_time_state());
+            event_time.begin(start, self.plan.event_time_state());
         }
         let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
         let mut pending = PendingWrite::default();
@@ -590,28 +601,34 @@ impl QueryTask {
                     state_rows = out;
                 }
             }
+            EpochPlan::Combine { stages, top } => {
+                // Every branch's windows that close now, joined (or united).
+                let mut seen = None;
+                let closed = self
+                    .run_stages(&stages, start, &idle, &mut seen, &mut inner_rows, &ctx)
+                    .await?;
+                late = match seen {
+                    Some(late) => late,
+                    None => self.event_time_seen(&idle),
+                };
+                let out = run(top.plan(&closed)?, ctx).await?;
+                rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
+                if self.output.is_some() {
+                    self.stage_output(&out, &mut pending)?;
+                } else {
+                    state_rows = out;
+                }
+            }
             EpochPlan::Aggregate {
                 inner,
                 last: aggregation,
             } => {
-                // A chain: each inner stage merges its input into its groups, and the
-                // windows the watermark closes leave them as the next stage's input.
-                let mut rows: Vec<RecordBatch> = vec![];
+                // A chain: the windows the inner stages close are the next one's input.
                 let mut seen = None;
-                let stages: Vec<Arc<Groups>> =
-                    self.inner.iter().map(|s| s.groups.clone()).collect();
-                for (stage, groups) in inner.iter().zip(stages) {
-                    let merged = stage
-                        .merge_state(rows, |touched| groups.lookup_partial(touched), ctx.clone())
-                        .await?;
-                    if seen.is_none() {
-                        // The innermost stage has read the epoch's records.
-                        seen = Some(self.event_time_seen(&idle));
-                    }
-                    let (closed, open) = fold(&groups, None, &merged, self.watermark())?;
-                    rows = stage.finalize(closed, ctx.clone()).await?;
-                    inner_rows.push(open);
-                }
+                let mut closed = self
+                    .run_stages(&inner, start, &idle, &mut seen, &mut inner_rows, &ctx)
+                    .await?;
+                let rows = closed.pop().unwrap_or_default();
                 let groups = self.groups.clone().expect("an aggregation has state");
                 let merged = match self.sessions.as_mut() {
                     Some(sessions) => {
@@ -804,6 +821,51 @@ impl QueryTask {
         self.maybe_snapshot().await
     }
 
+    /// Runs `stages` (a chain's inner stages, or a join's): each merges its input — the
+    /// epoch's records, or the rows of the windows the stage it reads closed — into its
+    /// groups, and the windows the watermark closes leave them. Returns, per stage, the
+    /// final rows of the windows it closed (taken by the stage that reads them); each
+    /// stage's changed groups still open go to `changelogs`, and what the first read of
+    /// the epoch's records saw of event time to `seen`. A stage reading the records again
+    /// classifies them by `start` too, and what it sees is the same.
+    async fn run_stages(
+        &mut self,
+        stages: &[Aggregation],
+        start: Option<i64>,
+        idle: &[PartitionId],
+        seen: &mut Option<Vec<(PartitionId, Offset)>>,
+        changelogs: &mut Vec<RecordBatch>,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Vec<Vec<RecordBatch>>> {
+        let mut closed: Vec<Vec<RecordBatch>> = vec![];
+        for (k, stage) in stages.iter().enumerate() {
+            let groups = self.inner[k].groups.clone();
+            let rows = match stage.from {
+                Some(j) => std::mem::take(&mut closed[j]),
+                None => {
+                    if let (Some(scan), Some(_)) = (&self.plan.event_time, &seen) {
+                        scan.begin(start, self.plan.event_time_state());
+                    }
+                    vec![]
+                }
+            };
+            let merged = stage
+                .merge_state(rows, |touched| groups.lookup_partial(touched), ctx.clone())
+                .await?;
+            if stage.from.is_none() {
+                if seen.is_none() {
+                    *seen = Some(self.event_time_seen(idle));
+                } else if let Some(scan) = &self.plan.event_time {
+                    scan.take();
+                }
+            }
+            let (done, open) = fold(&groups, None, &merged, self.watermark())?;
+            closed.push(stage.finalize(done, ctx.clone()).await?);
+            changelogs.push(open);
+        }
+        Ok(closed)
+    }
+
     /// The watermark: input rows below it are late, windows ending at or before it closed.
     fn watermark(&self) -> Option<i64> {
         self.checkpoint.event_time.as_ref()?.watermark
@@ -951,19 +1013,21 @@ impl QueryTask {
 
     /// How many groups the query's state has and what it holds, for `sys.queries`.
     fn publish_state_size(&self, status: &mut super::Status) {
-        if let Some(groups) = &self.groups {
-            let (mut rows, mut bytes) = {
-                let state = groups.read();
-                (state.len(), state.memory_bytes())
-            };
-            for stage in &self.inner {
-                let state = stage.groups.read();
-                rows += state.len();
-                bytes += state.memory_bytes();
-            }
-            status.groups = Some(rows as u64);
-            status.state_bytes = bytes as u64;
+        if self.groups.is_none() && self.inner.is_empty() {
+            return;
         }
+        let (mut rows, mut bytes) = (0, 0);
+        for groups in self
+            .groups
+            .iter()
+            .chain(self.inner.iter().map(|s| &s.groups))
+        {
+            let state = groups.read();
+            rows += state.len();
+            bytes += state.memory_bytes();
+        }
+        status.groups = Some(rows as u64);
+        status.state_bytes = bytes as u64;
     }
 
     /// A reservation in the shared memory pool for the query's `what`.
