@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::common::DFSchema;
@@ -121,28 +121,36 @@ impl EventTimeScan {
                 micros(&marks)?.iter().flatten().max()
             }
         };
-        let mut epoch = self.epoch.lock().expect("event time lock");
-        if let Some(max) = max {
-            let at = epoch.maxima.entry(partition).or_insert(max);
-            *at = (*at).max(max);
-        }
-        if !epoch.drop_late {
+        let (below, drop_late) = {
+            let mut epoch = self.epoch.lock().expect("event time lock");
+            if let Some(max) = max {
+                let at = epoch.maxima.entry(partition).or_insert(max);
+                *at = (*at).max(max);
+            }
+            (epoch.watermark.unwrap_or(i64::MIN), epoch.drop_late)
+        };
+        if !drop_late {
             return Ok(batch);
         }
-        let below = epoch.watermark.unwrap_or(i64::MIN);
+        let none_late = at.null_count() == 0
+            && arrow::compute::kernels::aggregate::min(&at).is_none_or(|t| t >= below);
+        if none_late {
+            return Ok(batch);
+        }
         let keep: BooleanArray = at
             .iter()
             .map(|t| Some(t.is_some_and(|t| t >= below)))
             .collect();
-        if keep.true_count() == batch.num_rows() {
-            return Ok(batch);
-        }
-        for (i, kept) in keep.iter().enumerate() {
-            if kept != Some(true) {
-                epoch.late.push((partition, base.plus(i as u64)));
-            }
-        }
-        drop(epoch);
+        let late = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, kept)| *kept != Some(true))
+            .map(|(i, _)| (partition, base.plus(i as u64)));
+        self.epoch
+            .lock()
+            .expect("event time lock")
+            .late
+            .extend(late);
         filter_record_batch(&batch, &keep).map_err(|e| Error::Internal(format!("event time: {e}")))
     }
 }
