@@ -647,6 +647,12 @@ fn is_row_wise(plan: &dyn ExecutionPlan) -> bool {
     )
 }
 
+/// Nodes that sort an epoch's rows (per partition, and merging the sorted partitions),
+/// for an order-sensitive aggregate or the `SESSION` rewrite's window functions.
+fn orders(plan: &dyn ExecutionPlan) -> bool {
+    matches!(plan.name(), "SortExec" | "SortPreservingMergeExec")
+}
+
 /// Why a node cannot be part of a continuous query, in the user's words.
 fn refusal(plan: &dyn ExecutionPlan) -> Error {
     let what = match plan.name() {
@@ -819,7 +825,7 @@ fn stages_of(
         }
         let session_window =
             sessions && matches!(below.name(), "WindowAggExec" | "BoundedWindowAggExec");
-        if !is_row_wise(below.as_ref()) && below.name() != "SortExec" && !session_window {
+        if !is_row_wise(below.as_ref()) && !orders(below.as_ref()) && !session_window {
             return Err(refusal(below.as_ref()));
         }
         feed.push(below.clone());
@@ -838,7 +844,7 @@ fn source_column(nodes: &[Arc<dyn ExecutionPlan>], mut i: usize) -> Option<usize
                 i = p[i];
             }
         } else if node.name() == "UnnestExec"
-            || !(is_row_wise(node.as_ref()) || node.name() == "SortExec")
+            || !(is_row_wise(node.as_ref()) || orders(node.as_ref()))
         {
             // An unnest makes columns; anything else row-wise passes them through.
             return None;

@@ -878,7 +878,9 @@ impl QueryTask {
         else {
             return vec![];
         };
-        let seen = scan.take();
+        let mut seen = scan.take();
+        // The epoch's partitions are read in parallel: their late rows come interleaved.
+        seen.late.sort_unstable();
         for (partition, max) in seen.maxima {
             time.observe(partition, max);
         }

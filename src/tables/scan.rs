@@ -308,8 +308,6 @@ pub struct StreamScan {
     decode: Vec<usize>,
     ranges: Ranges,
     bounds: ScanBounds,
-    /// Read every range in order in one partition rather than one partition per range.
-    one_partition: bool,
     /// A continuous query's epoch over a stream with a watermark: event times noted, late
     /// rows dropped.
     event_time: Option<Arc<EventTimeScan>>,
@@ -343,11 +341,11 @@ impl StreamScan {
                 ranges.push((partition.id, start..end));
             }
         }
-        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, false, None)
+        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, None)
     }
 
-    /// Exactly `ranges` (a continuous query's epoch), read in order in one partition: an
-    /// epoch's plan is small and runs on one thread.
+    /// Exactly `ranges` (a continuous query's epoch), one partition per range: the
+    /// epoch's plan reads them in parallel up to its first aggregate or the end.
     pub fn of_epoch(
         stream: String,
         topic: Arc<Topic>,
@@ -365,7 +363,6 @@ impl StreamScan {
             columns,
             ranges,
             ScanBounds::all(),
-            true,
             event_time,
         )
     }
@@ -376,7 +373,6 @@ impl StreamScan {
         columns: Vec<TableColumn>,
         ranges: Ranges,
         bounds: ScanBounds,
-        one_partition: bool,
         event_time: Option<Arc<EventTimeScan>>,
     ) -> StreamScan {
         let mut decode: Vec<usize> = columns
@@ -396,7 +392,6 @@ impl StreamScan {
             decode,
             ranges,
             bounds,
-            one_partition,
             event_time,
         }
     }
@@ -485,11 +480,7 @@ impl BlockingSource for StreamScan {
     }
 
     fn partitions(&self) -> usize {
-        if self.one_partition {
-            1
-        } else {
-            self.ranges.len()
-        }
+        self.ranges.len()
     }
 
     fn read(
@@ -498,15 +489,7 @@ impl BlockingSource for StreamScan {
         schema: &SchemaRef,
         emit: &mut dyn FnMut(RecordBatch) -> bool,
     ) -> DfResult<()> {
-        if self.one_partition {
-            for range in &self.ranges {
-                if !self.read_range(range.clone(), schema, emit)? {
-                    break;
-                }
-            }
-        } else {
-            self.read_range(self.ranges[i].clone(), schema, emit)?;
-        }
+        self.read_range(self.ranges[i].clone(), schema, emit)?;
         Ok(())
     }
 }
