@@ -18,10 +18,13 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use arrow::buffer::MutableBuffer;
 
 use super::StorageError;
 
@@ -88,6 +91,42 @@ impl Disk {
                 faults,
             }),
         }
+    }
+
+    /// Reads up to `len` bytes at `position` into a new buffer (aligned, as Arrow wants its
+    /// buffers), without zeroing it first: frames are large and every scan reads them. The
+    /// buffer holds the bytes read; fewer than `len` only at the end of the file.
+    pub fn read_buffer(&self, path: &Path, len: usize, position: u64) -> io::Result<MutableBuffer> {
+        let handle = self.handle(path, false)?;
+        let mut buf = MutableBuffer::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            let at = libc::off_t::try_from(position + done as u64)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: the buffer's allocation holds at least `len` bytes, and pread writes
+            // at most `len - done` of them, after the `done` it wrote before.
+            let n = unsafe {
+                libc::pread(
+                    handle.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(done).cast(),
+                    len - done,
+                    at,
+                )
+            };
+            match n {
+                0 => break,
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // SAFETY: pread wrote the first `done` bytes.
+        unsafe { buf.set_len(done) };
+        Ok(buf)
     }
 
     /// Files open right now.

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use arrow::buffer::{Buffer, MutableBuffer};
+use arrow::buffer::Buffer;
 
 use super::StorageError;
 use super::disk::Disk;
@@ -114,12 +114,11 @@ impl Segment {
     /// Reads the whole frame at `position` and verifies its checksum.
     pub fn frame_at(&self, position: u64, header: &FrameHeader) -> Result<Buffer, StorageError> {
         let len = header.length as usize;
-        let mut buf = MutableBuffer::from_len_zeroed(len);
-        let n = self
+        let buf = self
             .disk
-            .read_at(&self.path, buf.as_slice_mut(), position)
+            .read_buffer(&self.path, len, position)
             .map_err(|e| StorageError::io(&self.path, e))?;
-        let verified = frame::decode_frame(&buf.as_slice()[..n])
+        let verified = frame::decode_frame(buf.as_slice())
             .map_err(|e| StorageError::corruption(&self.path, position, e))?;
         if verified != *header {
             return Err(StorageError::corruption(
