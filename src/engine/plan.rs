@@ -595,8 +595,9 @@ fn query_statement(sql: &str) -> Result<DfStatement> {
     }
 }
 
-/// A session like `base` whose only table is `table`, planning one-threaded plans with
-/// aggregates split in two.
+/// A session like `base` whose only table is `table`, planning plans with aggregates split
+/// in two that repartition nothing: the scan's partitions (one per input partition, read in
+/// parallel) are merged once, above the first aggregate's `Partial` or at the top.
 fn epoch_state(
     base: &SessionState,
     name: &str,
