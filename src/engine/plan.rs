@@ -334,6 +334,7 @@ impl QueryPlan {
         let ranges = Arc::new(EpochRanges {
             ranges: Default::default(),
             event_time: event_time.clone(),
+            parallelism: base.config().target_partitions(),
         });
         let table = StreamTable::of(catalog, &relation, log)
             .expect("streams and topics are tables")
@@ -596,8 +597,8 @@ fn query_statement(sql: &str) -> Result<DfStatement> {
 }
 
 /// A session like `base` whose only table is `table`, planning plans with aggregates split
-/// in two that repartition nothing: the scan's partitions (one per input partition, read in
-/// parallel) are merged once, above the first aggregate's `Partial` or at the top.
+/// in two that repartition nothing: the scan's partitions (read in parallel, one per core
+/// at most) are merged once, above the first aggregate's `Partial` or at the top.
 fn epoch_state(
     base: &SessionState,
     name: &str,

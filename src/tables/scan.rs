@@ -307,6 +307,8 @@ pub struct StreamScan {
     /// Storage columns to decode, ascending.
     decode: Vec<usize>,
     ranges: Ranges,
+    /// How many threads read the ranges: each reads every `parallelism`-th one, in turn.
+    parallelism: usize,
     bounds: ScanBounds,
     /// A continuous query's epoch over a stream with a watermark: event times noted, late
     /// rows dropped.
@@ -341,16 +343,19 @@ impl StreamScan {
                 ranges.push((partition.id, start..end));
             }
         }
-        StreamScan::of_ranges(stream, topic, columns, ranges, bounds, None)
+        StreamScan::of_ranges(stream, topic, columns, ranges, usize::MAX, bounds, None)
     }
 
-    /// Exactly `ranges` (a continuous query's epoch), one partition per range: the
-    /// epoch's plan reads them in parallel up to its first aggregate or the end.
+    /// Exactly `ranges` (a continuous query's epoch), read by up to `parallelism` threads:
+    /// the epoch's plan runs in parallel up to its first aggregate, or to the end. No more
+    /// threads than cores, since the partial aggregate of each gives a row per group it
+    /// saw, which the epoch then merges on one.
     pub fn of_epoch(
         stream: String,
         topic: Arc<Topic>,
         columns: Vec<TableColumn>,
         ranges: Ranges,
+        parallelism: usize,
         event_time: Option<Arc<EventTimeScan>>,
     ) -> StreamScan {
         let ranges = ranges
@@ -362,6 +367,7 @@ impl StreamScan {
             topic,
             columns,
             ranges,
+            parallelism.max(1),
             ScanBounds::all(),
             event_time,
         )
@@ -372,6 +378,7 @@ impl StreamScan {
         topic: Arc<Topic>,
         columns: Vec<TableColumn>,
         ranges: Ranges,
+        parallelism: usize,
         bounds: ScanBounds,
         event_time: Option<Arc<EventTimeScan>>,
     ) -> StreamScan {
@@ -391,6 +398,7 @@ impl StreamScan {
             columns,
             decode,
             ranges,
+            parallelism,
             bounds,
             event_time,
         }
@@ -480,7 +488,7 @@ impl BlockingSource for StreamScan {
     }
 
     fn partitions(&self) -> usize {
-        self.ranges.len()
+        self.ranges.len().min(self.parallelism)
     }
 
     fn read(
@@ -489,7 +497,11 @@ impl BlockingSource for StreamScan {
         schema: &SchemaRef,
         emit: &mut dyn FnMut(RecordBatch) -> bool,
     ) -> DfResult<()> {
-        self.read_range(self.ranges[i].clone(), schema, emit)?;
+        for range in self.ranges.iter().skip(i).step_by(self.partitions()) {
+            if !self.read_range(range.clone(), schema, emit)? {
+                break;
+            }
+        }
         Ok(())
     }
 }

@@ -67,6 +67,8 @@ pub struct StreamTable {
 pub struct EpochRanges {
     pub ranges: std::sync::Mutex<Ranges>,
     pub event_time: Option<Arc<EventTimeScan>>,
+    /// How many threads read the ranges at most.
+    pub parallelism: usize,
 }
 
 impl StreamTable {
@@ -174,6 +176,7 @@ impl TableProvider for StreamTable {
                     topic,
                     columns,
                     ranges,
+                    epoch.parallelism,
                     epoch.event_time.clone(),
                 )
             }
