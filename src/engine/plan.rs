@@ -370,10 +370,6 @@ impl QueryPlan {
             .as_ref()
             .map(|w| w.column.as_str())
             .filter(|c| *c != TIMESTAMP_COLUMN);
-        let closing_of = |stage: &Aggregation, closing: &[Vec<Expiry>]| match stage.from {
-            None => closing_columns(stage, window, time_column),
-            Some(k) => stage.closing_over(&closing[k]),
-        };
         plan.kind = match &epoch {
             EpochPlan::Stateless(p) => {
                 plan.schema = p.schema();
@@ -381,24 +377,18 @@ impl QueryPlan {
             }
             EpochPlan::Aggregate { inner, last } => {
                 plan.schema = last.above.first().unwrap_or(&last.final_).schema();
-                let mut closing = vec![];
-                let mut stages = vec![];
-                for stage in inner {
-                    let closes = closing_of(stage, &closing);
-                    let Some(&expiry) = closes.first() else {
-                        return Err(Error::Unsupported(
-                            "an aggregate over an aggregate runs continuously only when the \
-                             inner one groups by an event-time window (window_start or \
-                             window_end of TUMBLE or HOP over the column of the stream's \
-                             watermark): its rows are final, and can feed the outer one, \
-                             only once their window closes"
-                                .into(),
-                        ));
-                    };
-                    stages.push(Stage::of(stage, expiry));
-                    closing.push(closes);
-                }
-                plan.expiry = closing_of(last, &closing).first().copied();
+                let closing = closings(inner.iter().chain([last]), window, time_column);
+                let Some(stages) = closing_stages(inner, &closing) else {
+                    return Err(Error::Unsupported(
+                        "an aggregate over an aggregate runs continuously only when the \
+                         inner one groups by an event-time window (window_start or \
+                         window_end of TUMBLE or HOP over the column of the stream's \
+                         watermark): its rows are final, and can feed the outer one, \
+                         only once their window closes"
+                            .into(),
+                    ));
+                };
+                plan.expiry = closing[inner.len()].first().copied();
                 if let Some(session) = windows.iter().find(|w| w.session) {
                     plan.session = Some(session_columns(
                         session,
@@ -427,18 +417,12 @@ impl QueryPlan {
                     ));
                 }
                 plan.schema = top.plan.schema();
-                let mut closing = vec![];
-                let mut kinds = vec![];
-                for stage in stages {
-                    let closes = closing_of(stage, &closing);
-                    let Some(&expiry) = closes.first() else {
-                        return Err(Error::Unsupported(format!(
-                            "this query cannot run continuously: {COMBINED}"
-                        )));
-                    };
-                    kinds.push(Stage::of(stage, expiry));
-                    closing.push(closes);
-                }
+                let closing = closings(stages.iter(), window, time_column);
+                let Some(kinds) = closing_stages(stages, &closing) else {
+                    return Err(Error::Unsupported(format!(
+                        "this query cannot run continuously: {COMBINED}"
+                    )));
+                };
                 top.check(&top.plan, &closing)?;
                 Kind::Combine { stages: kinds }
             }
@@ -495,6 +479,35 @@ fn one_window_size<'a>(
     let first = over.next()?;
     over.all(|w| w.size_micros == first.size_micros && w.session == first.session)
         .then_some(first)
+}
+
+/// Per stage (each after the one it reads), the group columns that say when its groups
+/// close, best first: those of its window for a stage reading the input, those passing
+/// through the inner stage's for a stage over another. Empty for groups that never close.
+fn closings<'a>(
+    stages: impl Iterator<Item = &'a Aggregation>,
+    window: Option<&Window>,
+    time_column: Option<&str>,
+) -> Vec<Vec<Expiry>> {
+    let mut closing: Vec<Vec<Expiry>> = vec![];
+    for stage in stages {
+        let closes = match stage.from {
+            None => closing_columns(stage, window, time_column),
+            Some(k) => stage.closing_over(&closing[k]),
+        };
+        closing.push(closes);
+    }
+    closing
+}
+
+/// The state of each of `stages`, closing by its best closing column; `None` if the groups
+/// of one never close.
+fn closing_stages(stages: &[Aggregation], closing: &[Vec<Expiry>]) -> Option<Vec<Stage>> {
+    stages
+        .iter()
+        .zip(closing)
+        .map(|(stage, closes)| Some(Stage::of(stage, *closes.first()?)))
+        .collect()
 }
 
 /// The group columns of the innermost aggregate that say when a group closes, best first:
