@@ -288,8 +288,12 @@ impl QueryTask {
 
     /// Rebuilds an aggregation's state from its changelog, and a view's contents.
     async fn restore(&mut self) -> Result<()> {
-        if !self.inner.is_empty() {
-            self.replay_stages().await?;
+        let planned = match self.plan.kind {
+            Kind::Stateless => None,
+            _ => Some(self.plan.plan_epoch(vec![]).await?),
+        };
+        if let Some((epoch, ctx)) = &planned {
+            self.replay_stages(epoch, ctx).await?;
         }
         let contents = match &self.plan.kind {
             Kind::Stateless | Kind::Combine { .. } => self
@@ -307,10 +311,12 @@ impl QueryTask {
                 let closing = self.closed_topic.as_ref().map(|t| t.id);
                 // A view emitting on close shows only its closed windows' rows.
                 let finals_shown = view && self.def.emit == Emit::Changes;
-                let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
-                let EpochPlan::Aggregate {
-                    last: aggregation, ..
-                } = epoch
+                let Some((
+                    EpochPlan::Aggregate {
+                        last: aggregation, ..
+                    },
+                    ctx,
+                )) = planned
                 else {
                     return Err(Error::Internal(
                         "an aggregate query planned without its aggregate".into(),
@@ -384,20 +390,19 @@ impl QueryTask {
 
     /// Rebuilds the groups of a chain's inner stages, or of a join's stages, from their
     /// changelogs.
-    async fn replay_stages(&self) -> Result<()> {
-        let (epoch, ctx) = self.plan.plan_epoch(vec![]).await?;
+    async fn replay_stages(&self, epoch: &EpochPlan, ctx: &Arc<TaskContext>) -> Result<()> {
         let stages = match epoch {
-            EpochPlan::Aggregate { inner, .. } => inner,
-            EpochPlan::Combine { stages, .. } => stages,
-            EpochPlan::Stateless(_) => vec![],
+            EpochPlan::Aggregate { inner, .. } => inner.as_slice(),
+            EpochPlan::Combine { stages, .. } => stages.as_slice(),
+            EpochPlan::Stateless(_) => &[],
         };
         for ((stage, aggregation), log) in self
             .inner
             .iter()
-            .zip(&stages)
+            .zip(stages)
             .zip(&self.checkpoint.inner_state)
         {
-            self.replay_changelog(stage.topic.id, log.from, &stage.groups, aggregation, &ctx)
+            self.replay_changelog(stage.topic.id, log.from, &stage.groups, aggregation, ctx)
                 .await?;
         }
         Ok(())
@@ -586,7 +591,7 @@ impl QueryTask {
         let rows_out;
         let late: Vec<(PartitionId, Offset)>;
         let mut closed_rows: Vec<RecordBatch> = vec![];
-        // A chain's inner stages: each one's changed groups, for its changelog.
+        // Each inner stage's changed groups still open, for its changelog.
         let mut inner_rows: Vec<RecordBatch> = vec![];
         // Sessions merged into others: their groups are gone.
         let mut removed: Option<RecordBatch> = None;
@@ -594,40 +599,26 @@ impl QueryTask {
             EpochPlan::Stateless(plan) => {
                 let out = run(plan, ctx).await?;
                 late = self.event_time_seen(&idle);
-                rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
-                if self.output.is_some() {
-                    self.stage_output(&out, &mut pending)?;
-                } else {
-                    state_rows = out;
-                }
+                (rows_out, state_rows) = self.output_rows(out, &mut pending)?;
             }
             EpochPlan::Combine { stages, top } => {
                 // Every branch's windows that close now, joined (or united).
-                let mut seen = None;
-                let closed = self
-                    .run_stages(&stages, start, &idle, &mut seen, &mut inner_rows, &ctx)
-                    .await?;
+                let (closed, seen);
+                (closed, inner_rows, seen) = self.run_stages(&stages, start, &idle, &ctx).await?;
                 late = match seen {
                     Some(late) => late,
                     None => self.event_time_seen(&idle),
                 };
                 let out = run(top.plan(&closed)?, ctx).await?;
-                rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
-                if self.output.is_some() {
-                    self.stage_output(&out, &mut pending)?;
-                } else {
-                    state_rows = out;
-                }
+                (rows_out, state_rows) = self.output_rows(out, &mut pending)?;
             }
             EpochPlan::Aggregate {
                 inner,
                 last: aggregation,
             } => {
                 // A chain: the windows the inner stages close are the next one's input.
-                let mut seen = None;
-                let mut closed = self
-                    .run_stages(&inner, start, &idle, &mut seen, &mut inner_rows, &ctx)
-                    .await?;
+                let (mut closed, seen);
+                (closed, inner_rows, seen) = self.run_stages(&inner, start, &idle, &ctx).await?;
                 let rows = closed.pop().unwrap_or_default();
                 let groups = self.groups.clone().expect("an aggregation has state");
                 let merged = match self.sessions.as_mut() {
@@ -677,12 +668,7 @@ impl QueryTask {
                     }
                     let finals = aggregation.finalize(closed, ctx.clone()).await?;
                     let out = aggregation.output(finals, ctx.clone()).await?;
-                    rows_out = out.iter().map(|b| b.num_rows() as u64).sum();
-                    if self.output.is_some() {
-                        self.stage_output(&out, &mut pending)?;
-                    } else {
-                        closed_rows = out;
-                    }
+                    (rows_out, closed_rows) = self.output_rows(out, &mut pending)?;
                     state_rows = vec![open];
                 } else if self.sessions.is_some() {
                     return Err(Error::Internal(
@@ -824,20 +810,18 @@ impl QueryTask {
     /// Runs `stages` (a chain's inner stages, or a join's): each merges its input — the
     /// epoch's records, or the rows of the windows the stage it reads closed — into its
     /// groups, and the windows the watermark closes leave them. Returns, per stage, the
-    /// final rows of the windows it closed (taken by the stage that reads them); each
-    /// stage's changed groups still open go to `changelogs`, and what the first read of
-    /// the epoch's records saw of event time to `seen`. A stage reading the records again
-    /// classifies them by `start` too, and what it sees is the same.
+    /// final rows of the windows it closed (taken by the stage that reads them) and its
+    /// changed groups still open (for its changelog); and what the first read of the
+    /// epoch's records saw of event time, if a stage read them. A stage reading the
+    /// records again classifies them by `start` too, and what it sees is the same.
     async fn run_stages(
         &mut self,
         stages: &[Aggregation],
         start: Option<i64>,
         idle: &[PartitionId],
-        seen: &mut Option<Vec<(PartitionId, Offset)>>,
-        changelogs: &mut Vec<RecordBatch>,
         ctx: &Arc<TaskContext>,
-    ) -> Result<Vec<Vec<RecordBatch>>> {
-        let mut closed: Vec<Vec<RecordBatch>> = vec![];
+    ) -> Result<StagesRun> {
+        let (mut closed, mut open, mut seen) = (vec![], vec![], None);
         for (k, stage) in stages.iter().enumerate() {
             let groups = self.inner[k].groups.clone();
             let rows = match stage.from {
@@ -854,16 +838,33 @@ impl QueryTask {
                 .await?;
             if stage.from.is_none() {
                 if seen.is_none() {
-                    *seen = Some(self.event_time_seen(idle));
+                    seen = Some(self.event_time_seen(idle));
                 } else if let Some(scan) = &self.plan.event_time {
                     scan.take();
                 }
             }
-            let (done, open) = fold(&groups, None, &merged, self.watermark())?;
+            let (done, still_open) = fold(&groups, None, &merged, self.watermark())?;
             closed.push(stage.finalize(done, ctx.clone()).await?);
-            changelogs.push(open);
+            open.push(still_open);
         }
-        Ok(closed)
+        Ok((closed, open, seen))
+    }
+
+    /// Stages an epoch's rows for the output stream, and says how many; without one (a
+    /// view), hands them back, for the topic the view keeps them in.
+    fn output_rows(
+        &self,
+        out: Vec<RecordBatch>,
+        pending: &mut PendingWrite,
+    ) -> Result<(u64, Vec<RecordBatch>)> {
+        let rows = out.iter().map(|b| b.num_rows() as u64).sum();
+        match self.output {
+            Some(_) => {
+                self.stage_output(&out, pending)?;
+                Ok((rows, vec![]))
+            }
+            None => Ok((rows, out)),
+        }
     }
 
     /// The watermark: input rows below it are late, windows ending at or before it closed.
@@ -1252,6 +1253,14 @@ fn state_records(
         })
         .collect()
 }
+
+/// What [`QueryTask::run_stages`] returns: per stage, the final rows of the windows it
+/// closed and its changed groups still open; the late rows the epoch's records held.
+type StagesRun = (
+    Vec<Vec<RecordBatch>>,
+    Vec<RecordBatch>,
+    Option<Vec<(PartitionId, Offset)>>,
+);
 
 /// Folds an epoch's changed groups `merged` into `groups`, less the groups `removed`, and
 /// takes out the groups the watermark has closed: their rows, and what a changelog needs
