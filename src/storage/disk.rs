@@ -95,7 +95,8 @@ impl Disk {
 
     /// Reads up to `len` bytes at `position` into a new buffer (aligned, as Arrow wants its
     /// buffers), without zeroing it first: frames are large and every scan reads them. The
-    /// buffer holds the bytes read; fewer than `len` only at the end of the file.
+    /// buffer holds the bytes read; fewer than `len` only at the end of the file. Every read
+    /// of the log goes through here.
     pub fn read_buffer(&self, path: &Path, len: usize, position: u64) -> io::Result<MutableBuffer> {
         let handle = self.handle(path, false)?;
         let mut buf = MutableBuffer::with_capacity(len);
@@ -132,24 +133,6 @@ impl Disk {
     /// Files open right now.
     pub fn open_files(&self) -> usize {
         self.inner.open.read().expect("disk lock").len()
-    }
-
-    /// Reads until `buf` is full or the file ends; returns the bytes read.
-    pub fn read_at(&self, path: &Path, buf: &mut [u8], position: u64) -> io::Result<usize> {
-        let handle = self.handle(path, false)?;
-        let mut done = 0;
-        while done < buf.len() {
-            match handle
-                .file
-                .read_at(&mut buf[done..], position + done as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
     }
 
     /// Creates `path` empty (emptying it if it exists). Not durable until the file and its

@@ -98,15 +98,14 @@ impl Segment {
 
     /// Reads the frame header at `position`. `Ok(None)` at the end of the file.
     pub fn header_at(&self, position: u64) -> Result<Option<FrameHeader>, StorageError> {
-        let mut buf = [0u8; FRAME_HEADER_LEN];
-        let n = self
+        let buf = self
             .disk
-            .read_at(&self.path, &mut buf, position)
+            .read_buffer(&self.path, FRAME_HEADER_LEN, position)
             .map_err(|e| StorageError::io(&self.path, e))?;
-        if n == 0 {
+        if buf.is_empty() {
             return Ok(None);
         }
-        frame::decode_header(&buf[..n])
+        frame::decode_header(buf.as_slice())
             .map(Some)
             .map_err(|e| StorageError::corruption(&self.path, position, e))
     }
