@@ -821,6 +821,14 @@ impl QueryTask {
         idle: &[PartitionId],
         ctx: &Arc<TaskContext>,
     ) -> Result<StagesRun> {
+        if stages.len() != self.inner.len() {
+            return Err(Error::Internal(format!(
+                "\"{}\" was planned with {} stages, its state has {}",
+                self.def.name,
+                stages.len(),
+                self.inner.len()
+            )));
+        }
         let (mut closed, mut open, mut seen) = (vec![], vec![], None);
         for (k, stage) in stages.iter().enumerate() {
             let groups = self.inner[k].groups.clone();
