@@ -46,7 +46,8 @@ const QUERIES: [Windowed; 10] = [
         name: "tumbling",
         kind: "view",
         on_close: false,
-        sql: "SELECT window_start, window_end, g, count(*) AS n, sum(v) AS s, max(ts) AS hi \
+        sql: "SELECT window_start, window_end, g, count(*) AS n, sum(v) AS s, max(ts) AS hi, \
+              count(DISTINCT k) AS keys \
               FROM TUMBLE({input}, ts, INTERVAL '1 minute') GROUP BY window_start, window_end, g",
         end: "window_end",
         key: "",
@@ -64,7 +65,8 @@ const QUERIES: [Windowed; 10] = [
         name: "closed_tumbling",
         kind: "stream",
         on_close: true,
-        sql: "SELECT window_start, window_end, g, count(*) AS n, sum(v) AS s, min(ts) AS lo \
+        sql: "SELECT window_start, window_end, g, count(*) AS n, sum(v) AS s, min(ts) AS lo, \
+              count(DISTINCT v) FILTER (WHERE v % 2 = 0) AS even \
               FROM TUMBLE({input}, ts, INTERVAL '30 seconds') GROUP BY window_start, window_end, g",
         end: "window_end",
         key: "window_start, g",
@@ -94,8 +96,8 @@ const QUERIES: [Windowed; 10] = [
         name: "busy_chain",
         kind: "stream",
         on_close: true,
-        sql: "SELECT window_end, count(*) AS keys, sum(n) AS n FROM \
-              (SELECT window_end, k, count(*) AS n \
+        sql: "SELECT window_end, count(*) AS keys, sum(n) AS n, count(DISTINCT vs) AS spreads FROM \
+              (SELECT window_end, k, count(*) AS n, count(DISTINCT v) AS vs \
                FROM TUMBLE({input}, ts, INTERVAL '1 minute') GROUP BY window_end, k) AS b \
               GROUP BY window_end",
         end: "window_end",
@@ -120,7 +122,8 @@ const QUERIES: [Windowed; 10] = [
         name: "sessions",
         kind: "stream",
         on_close: true,
-        sql: "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS s \
+        sql: "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS s, \
+              count(DISTINCT v) AS vs \
               FROM SESSION({input}, ts, INTERVAL '5 seconds') GROUP BY k, window_start, window_end",
         end: "window_end",
         key: "k, window_start",

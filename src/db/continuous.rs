@@ -22,7 +22,7 @@ use crate::catalog::{
     Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
     validate_name,
 };
-use crate::engine::plan::{Kind, QueryPlan};
+use crate::engine::plan::{Kind, QueryPlan, changelog_fields};
 use crate::engine::{PushQuery, ViewSubscription};
 use crate::error::{Error, Result};
 use crate::sql;
@@ -222,12 +222,14 @@ impl Database {
             },
         );
         let state_topic = match &plan.kind {
-            Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
+            Kind::Aggregate {
+                state_schema, sets, ..
+            } => Some(state_topic_def(
                 &mut new,
                 "state",
                 &c.name,
                 id,
-                state_schema.fields().clone(),
+                changelog_fields(state_schema, sets),
                 CHANGELOG_SEGMENT_BYTES,
             )?),
             Kind::Stateless | Kind::Combine { .. } => None,
@@ -308,9 +310,12 @@ impl Database {
         let id = QueryId(new.next_query_id);
         new.next_query_id += 1;
         let (state_fields, segment_bytes) = match &plan.kind {
-            Kind::Aggregate { state_schema, .. } => {
-                (state_schema.fields().clone(), CHANGELOG_SEGMENT_BYTES)
-            }
+            Kind::Aggregate {
+                state_schema, sets, ..
+            } => (
+                changelog_fields(state_schema, sets),
+                CHANGELOG_SEGMENT_BYTES,
+            ),
             Kind::Stateless | Kind::Combine { .. } => {
                 (plan.schema.fields().clone(), super::DEFAULT_SEGMENT_BYTES)
             }
@@ -494,12 +499,14 @@ impl Database {
         new.next_query_id += 1;
         let name = format!("insert_into_{}_{}", i.target, id);
         let state_topic = match &plan.kind {
-            Kind::Aggregate { state_schema, .. } => Some(state_topic_def(
+            Kind::Aggregate {
+                state_schema, sets, ..
+            } => Some(state_topic_def(
                 &mut new,
                 "state",
                 &name,
                 id,
-                state_schema.fields().clone(),
+                changelog_fields(state_schema, sets),
                 CHANGELOG_SEGMENT_BYTES,
             )?),
             Kind::Stateless | Kind::Combine { .. } => None,
@@ -702,7 +709,7 @@ fn inner_state_topics(
                 &format!("stage{k}"),
                 owner,
                 id,
-                stage.state_schema.fields().clone(),
+                stage.changelog_fields(),
                 CHANGELOG_SEGMENT_BYTES,
             )
         })

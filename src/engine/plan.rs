@@ -32,8 +32,10 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider,
@@ -45,6 +47,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
@@ -58,7 +61,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::sessions::SessionColumns;
-use crate::engine::state::Expiry;
+use crate::engine::state::{Expiry, Groups};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
 use crate::storage::Log;
@@ -118,6 +121,9 @@ pub enum Kind {
     Aggregate {
         /// The partial state of a group: group columns, then each aggregate's state.
         state_schema: SchemaRef,
+        /// The lists the values of its `count(DISTINCT …)` aggregates come in, which it
+        /// keeps in sets, and its changelog records after the partial state.
+        sets: Vec<FieldRef>,
         /// The leading columns of `state_schema` that form the group key.
         groups: usize,
         /// What the `Final` aggregate returns: group columns, then values.
@@ -141,6 +147,8 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct Stage {
     pub state_schema: SchemaRef,
+    /// As [`Kind::Aggregate`]'s.
+    pub sets: Vec<FieldRef>,
     pub groups: usize,
     pub expiry: Expiry,
 }
@@ -148,11 +156,23 @@ pub struct Stage {
 impl Stage {
     fn of(stage: &Aggregation, expiry: Expiry) -> Stage {
         Stage {
-            state_schema: stage.partial.schema(),
+            state_schema: stage.state_schema(),
+            sets: stage.sets(),
             groups: stage.groups(),
             expiry,
         }
     }
+
+    /// What its changelog records: its partial state, then the values added to its sets.
+    pub fn changelog_fields(&self) -> arrow::datatypes::Fields {
+        changelog_fields(&self.state_schema, &self.sets)
+    }
+}
+
+/// A group's partial state (`state_schema`) followed by the lists of values it adds to
+/// its `sets`.
+pub fn changelog_fields(state_schema: &SchemaRef, sets: &[FieldRef]) -> arrow::datatypes::Fields {
+    state_schema.fields().iter().chain(sets).cloned().collect()
 }
 
 /// One epoch's physical plan, taken apart.
@@ -184,6 +204,78 @@ pub struct Aggregation {
     feed: Option<Feed>,
     /// A stage over another: that one, by its place in the query's list of stages.
     pub from: Option<usize>,
+    /// Its `count(DISTINCT …)` aggregates, whose values its groups keep in sets.
+    distinct: Option<Arc<Distinct>>,
+}
+
+/// An aggregation's `count(DISTINCT …)` aggregates, counted against sets of the values
+/// each group has counted (see [`crate::engine::distinct`]): the `Partial` aggregate
+/// returns each one's distinct values in a list, as DataFusion keeps it; the state keeps
+/// a count in its place, which merges (and is finalized) as a plain `count`'s.
+struct Distinct {
+    /// The columns of the `Partial` aggregate's output that are those lists.
+    lists: Vec<usize>,
+    /// The partial state as stored: a count in place of each list.
+    state: SchemaRef,
+    /// The aggregates as they merge stored state: a `count` for each `count(DISTINCT …)`.
+    merging: Vec<Arc<AggregateFunctionExpr>>,
+    /// The `Final` aggregate with those aggregates.
+    final_: Arc<dyn ExecutionPlan>,
+}
+
+impl Distinct {
+    /// The `count(DISTINCT x)` aggregates of `partial`, if it has any, and `final_` with
+    /// each merging as a count.
+    fn of(partial: &AggregateExec, final_: &Arc<dyn ExecutionPlan>) -> Result<Option<Distinct>> {
+        let Some(last) = final_.downcast_ref::<AggregateExec>() else {
+            return Ok(None);
+        };
+        let output = partial.schema();
+        let mut fields = output.fields().to_vec();
+        let mut column = partial.group_expr().num_group_exprs();
+        let (mut lists, mut merging) = (vec![], vec![]);
+        for expr in partial.aggr_expr() {
+            let width = expr.state_fields().map_err(df)?.len();
+            if expr.is_distinct()
+                && expr.fun().name() == "count"
+                && width == 1
+                && expr.expressions().len() == 1
+            {
+                let count =
+                    AggregateExprBuilder::new(Arc::new(expr.fun().clone()), expr.expressions())
+                        .schema(partial.input_schema())
+                        .alias(expr.name())
+                        .with_ignore_nulls(expr.ignore_nulls())
+                        .build()
+                        .map_err(df)?;
+                fields[column] = count.state_fields().map_err(df)?[0].clone();
+                lists.push(column);
+                merging.push(Arc::new(count));
+            } else {
+                merging.push(expr.clone());
+            }
+            column += width;
+        }
+        if lists.is_empty() {
+            return Ok(None);
+        }
+        let state = Arc::new(Schema::new(fields));
+        let final_ = AggregateExec::try_new(
+            *last.mode(),
+            last.group_expr().clone(),
+            merging.clone(),
+            last.filter_expr().to_vec(),
+            memory(vec![], state.clone())?,
+            last.input_schema(),
+        )
+        .map_err(df)?;
+        Ok(Some(Distinct {
+            lists,
+            state,
+            merging,
+            final_: Arc::new(final_),
+        }))
+    }
 }
 
 /// What a join or union of aggregates does with their closed windows: the plan above the
@@ -399,7 +491,8 @@ impl QueryPlan {
                     )?);
                 }
                 Kind::Aggregate {
-                    state_schema: last.partial.schema(),
+                    state_schema: last.state_schema(),
+                    sets: last.sets(),
                     groups: last.groups(),
                     final_schema: last.final_.schema(),
                     group_outputs: group_outputs(&last.above, last.groups()),
@@ -817,26 +910,26 @@ fn stages_of(
     loop {
         if let Some(inner) = below.downcast_ref::<AggregateExec>() {
             let mut chain = stages_of(&below, inner, vec![], sessions)?;
-            chain.push(Aggregation {
+            chain.push(Aggregation::new(
                 partial,
-                final_: node.clone(),
+                node.clone(),
                 above,
-                feed: Some(Feed {
+                Some(Feed {
                     nodes: feed,
                     schema: below.schema(),
                 }),
-                from: None,
-            });
+                sessions,
+            )?);
             return Ok(chain);
         }
         if below.downcast_ref::<StreamScanExec>().is_some() || below.name() == "EmptyExec" {
-            return Ok(vec![Aggregation {
+            return Ok(vec![Aggregation::new(
                 partial,
-                final_: node.clone(),
+                node.clone(),
                 above,
-                feed: None,
-                from: None,
-            }]);
+                None,
+                sessions,
+            )?]);
         }
         let session_window =
             sessions && matches!(below.name(), "WindowAggExec" | "BoundedWindowAggExec");
@@ -898,6 +991,38 @@ fn df(e: datafusion::error::DataFusionError) -> Error {
     Error::from_datafusion(e)
 }
 
+/// For each row of `rows`, the row of `of` with the same leading `groups` columns (each
+/// group is in `of` once).
+fn same_groups(rows: &RecordBatch, of: &RecordBatch, groups: usize) -> Result<UInt32Array> {
+    let wrong = |e: arrow::error::ArrowError| Error::Internal(format!("merged groups: {e}"));
+    if groups == 0 {
+        return Ok(UInt32Array::from(vec![0; rows.num_rows()]));
+    }
+    let fields = of.schema().fields()[..groups]
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields).map_err(wrong)?;
+    let theirs = converter
+        .convert_columns(&of.columns()[..groups])
+        .map_err(wrong)?;
+    let position: std::collections::HashMap<&[u8], u32> = theirs
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (key.data(), i as u32))
+        .collect();
+    let ours = converter
+        .convert_columns(&rows.columns()[..groups])
+        .map_err(wrong)?;
+    ours.iter()
+        .map(|key| {
+            position.get(key.data()).copied().ok_or_else(|| {
+                Error::Internal("merged groups: a group the epoch did not touch".into())
+            })
+        })
+        .collect()
+}
+
 /// `plan` reading `child` instead of its input.
 fn replace_child(
     plan: Arc<dyn ExecutionPlan>,
@@ -915,6 +1040,49 @@ fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn Execut
 }
 
 impl Aggregation {
+    /// The aggregation whose `Partial` aggregate is `partial`, and `Final` `final_`. Its
+    /// `count(DISTINCT …)` aggregates keep their values in sets, unless the query has
+    /// `SESSION` windows, whose merges of sessions merge their lists.
+    fn new(
+        partial: Arc<dyn ExecutionPlan>,
+        final_: Arc<dyn ExecutionPlan>,
+        above: Vec<Arc<dyn ExecutionPlan>>,
+        feed: Option<Feed>,
+        sessions: bool,
+    ) -> Result<Aggregation> {
+        let distinct = match partial.downcast_ref::<AggregateExec>() {
+            Some(p) if !sessions => Distinct::of(p, &final_)?.map(Arc::new),
+            _ => None,
+        };
+        Ok(Aggregation {
+            partial,
+            final_,
+            above,
+            feed,
+            from: None,
+            distinct,
+        })
+    }
+
+    /// A group's partial state, as stored and merged.
+    pub fn state_schema(&self) -> SchemaRef {
+        match &self.distinct {
+            Some(d) => d.state.clone(),
+            None => self.partial.schema(),
+        }
+    }
+
+    /// The lists its `count(DISTINCT …)` aggregates' values come in, kept in sets.
+    pub fn sets(&self) -> Vec<FieldRef> {
+        let schema = self.partial.schema();
+        self.distinct.as_ref().map_or(vec![], |d| {
+            d.lists
+                .iter()
+                .map(|c| schema.fields()[*c].clone())
+                .collect()
+        })
+    }
+
     /// How many group columns lead its state.
     fn groups(&self) -> usize {
         self.partial
@@ -972,64 +1140,146 @@ impl Aggregation {
         collect(plan, ctx).await.map_err(df)
     }
 
-    /// Merges partial states into one row per group.
+    /// Merges partial states (as stored) into one row per group.
     pub async fn reduce(
         &self,
         states: Vec<RecordBatch>,
         ctx: Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let partial = self
-            .partial
-            .downcast_ref::<AggregateExec>()
-            .expect("a partial aggregate");
+        let aggregates = match &self.distinct {
+            Some(d) => d.merging.clone(),
+            None => self.partial_aggregate().aggr_expr().to_vec(),
+        };
+        self.reduce_with(aggregates, self.state_schema(), states, ctx)
+            .await
+    }
+
+    /// Merges partial states of `schema` into one row per group with `aggregates`.
+    async fn reduce_with(
+        &self,
+        aggregates: Vec<Arc<AggregateFunctionExpr>>,
+        schema: SchemaRef,
+        states: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let partial = self.partial_aggregate();
         let reduce = AggregateExec::try_new(
             AggregateMode::PartialReduce,
             partial.group_expr().as_final(),
-            partial.aggr_expr().to_vec(),
+            aggregates,
             partial.filter_expr().to_vec(),
-            memory(states, self.partial.schema())?,
+            memory(states, schema)?,
             partial.input_schema(),
         )
         .map_err(df)?;
         collect(Arc::new(reduce), ctx).await.map_err(df)
     }
 
-    /// The aggregates' values for groups in merged state.
+    fn partial_aggregate(&self) -> &AggregateExec {
+        self.partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial aggregate")
+    }
+
+    /// The aggregates' values for groups in merged state (values added to sets after it,
+    /// if any, are passed over).
     pub async fn finalize(
         &self,
         state: Vec<RecordBatch>,
         ctx: Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let input = memory(state, self.partial.schema())?;
-        let plan = replace_child(self.final_.clone(), input)?;
+        let schema = self.state_schema();
+        let width = schema.fields().len();
+        let state = state
+            .into_iter()
+            .map(|b| match b.num_columns() > width {
+                true => b
+                    .project(&(0..width).collect::<Vec<_>>())
+                    .map_err(|e| Error::Internal(format!("merged state: {e}"))),
+                false => Ok(b),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input = memory(state, schema)?;
+        let last = match &self.distinct {
+            Some(d) => d.final_.clone(),
+            None => self.final_.clone(),
+        };
+        let plan = replace_child(last, input)?;
         collect(plan, ctx).await.map_err(df)
     }
 
     /// Runs the epoch's partial aggregate (over `rows`, for a stage over another) and
-    /// merges it with the stored state of the groups it touched (`stored` looks them up):
-    /// the merged state of every changed group, one row each.
+    /// merges it with the stored state of the groups it touched in `groups`: the merged
+    /// state of every changed group, one row each, followed by the values each adds to
+    /// its sets (as [`Groups::changelog`] has them).
     pub async fn merge_state(
         &self,
         rows: Vec<RecordBatch>,
-        stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
+        groups: &Groups,
         ctx: Arc<TaskContext>,
     ) -> Result<RecordBatch> {
-        let states = |touched: RecordBatch| -> Result<Vec<RecordBatch>> {
-            let mut states: Vec<RecordBatch> = stored(&touched)?.into_iter().collect();
-            states.push(touched);
-            Ok(states)
+        let Some(distinct) = &self.distinct else {
+            let states = |touched: RecordBatch| -> Result<Vec<RecordBatch>> {
+                let mut states: Vec<RecordBatch> =
+                    groups.lookup_partial(&touched)?.into_iter().collect();
+                states.push(touched);
+                Ok(states)
+            };
+            return self.merge_with(rows, states, ctx).await;
         };
-        self.merge_with(rows, states, ctx).await
+        // The epoch's distinct values, one row per group, counted against the sets.
+        let schema = self.partial.schema();
+        let partial = concat(&schema, &self.partial(rows, ctx.clone()).await?)?;
+        let aggregates = self.partial_aggregate().aggr_expr().to_vec();
+        let touched = concat(
+            &schema,
+            &self
+                .reduce_with(aggregates, schema.clone(), vec![partial], ctx.clone())
+                .await?,
+        )?;
+        let keys = &touched.columns()[..self.groups()];
+        let lists: Vec<ArrayRef> = distinct
+            .lists
+            .iter()
+            .map(|c| touched.column(*c).clone())
+            .collect();
+        let (counts, added) = groups.novel(keys, &lists)?;
+        let mut columns = touched.columns().to_vec();
+        for (c, count) in distinct.lists.iter().zip(counts) {
+            columns[*c] = count;
+        }
+        let counted = RecordBatch::try_new(distinct.state.clone(), columns)
+            .map_err(|e| Error::Internal(format!("distinct counts: {e}")))?;
+        let mut states: Vec<RecordBatch> = groups.lookup_partial(&counted)?.into_iter().collect();
+        states.push(counted.clone());
+        let merged = concat(&distinct.state, &self.reduce(states, ctx).await?)?;
+        // The values added, in the merged rows' order.
+        let at = same_groups(&merged, &counted, self.groups())?;
+        let mut columns = merged.columns().to_vec();
+        for list in added {
+            columns.push(
+                take(&list, &at, None)
+                    .map_err(|e| Error::Internal(format!("distinct values: {e}")))?,
+            );
+        }
+        RecordBatch::try_new(groups.changelog.clone(), columns)
+            .map_err(|e| Error::Internal(format!("merged state: {e}")))
     }
 
     /// Runs the epoch's partial aggregate (over `rows`, for a stage over another) and
-    /// merges, one row per group, the partial states `states` makes of its output.
+    /// merges, one row per group, the partial states `states` makes of its output. Not
+    /// for an aggregation with sets.
     pub async fn merge_with(
         &self,
         rows: Vec<RecordBatch>,
         states: impl FnOnce(RecordBatch) -> Result<Vec<RecordBatch>>,
         ctx: Arc<TaskContext>,
     ) -> Result<RecordBatch> {
+        if self.distinct.is_some() {
+            return Err(Error::Internal(
+                "an aggregation with sets merged without them".into(),
+            ));
+        }
         let schema = self.partial.schema();
         let touched = concat(&schema, &self.partial(rows, ctx.clone()).await?)?;
         concat(&schema, &self.reduce(states(touched)?, ctx).await?)
@@ -1039,10 +1289,10 @@ impl Aggregation {
     pub async fn merge(
         &self,
         rows: Vec<RecordBatch>,
-        stored: impl FnOnce(&RecordBatch) -> Result<Option<RecordBatch>>,
+        groups: &Groups,
         ctx: Arc<TaskContext>,
     ) -> Result<(RecordBatch, Vec<RecordBatch>)> {
-        let merged = self.merge_state(rows, stored, ctx.clone()).await?;
+        let merged = self.merge_state(rows, groups, ctx.clone()).await?;
         let finals = self.finalize(vec![merged.clone()], ctx).await?;
         Ok((merged, finals))
     }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::{self, Checkpoint, InputOffset};
 use super::plan::{EpochPlan, Kind, QueryPlan, run};
-use super::state::GroupState;
+use super::state::Groups;
 use super::{Engine, EngineConfig};
 use crate::catalog::CatalogData;
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ pub struct PushQuery {
     config: EngineConfig,
     /// Where each input partition has been read up to.
     positions: Checkpoint,
-    groups: Option<GroupState>,
+    groups: Option<Groups>,
     commits: watch::Receiver<u64>,
 }
 
@@ -102,12 +102,20 @@ impl PushQuery {
             }
             Kind::Aggregate {
                 state_schema,
+                sets,
                 groups,
                 ..
             } => {
                 let memory = MemoryConsumer::new("state of a push query")
                     .register(&engine.base.runtime_env().memory_pool);
-                Some(GroupState::new(state_schema.clone(), *groups, memory)?)
+                Some(Groups::new(
+                    state_schema,
+                    None,
+                    *groups,
+                    None,
+                    sets,
+                    memory,
+                )?)
             }
         };
         Ok(PushQuery {
@@ -175,14 +183,11 @@ impl PushQuery {
                 EpochPlan::Aggregate {
                     last: aggregation, ..
                 } => {
-                    let groups = self.groups.as_mut().expect("an aggregation has state");
-                    let all = groups.all_columns();
-                    let (merged, finals) = aggregation
-                        .merge(vec![], |touched| groups.lookup(touched, &all), ctx.clone())
-                        .await?;
+                    let groups = self.groups.as_ref().expect("an aggregation has state");
+                    let (merged, finals) = aggregation.merge(vec![], groups, ctx.clone()).await?;
                     // Output before the state changes, so that a dropped future changes nothing.
                     let rows = aggregation.output(finals, ctx).await?;
-                    groups.upsert(merged)?;
+                    groups.write().upsert(merged)?;
                     rows
                 }
             };

@@ -22,7 +22,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Changelog, Checkpoint, EventTime, InputOffset, Planned};
-use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
+use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, changelog_fields, run};
 use super::sessions::Sessions;
 use super::state::Groups;
 use super::{
@@ -195,7 +195,9 @@ impl QueryTask {
             None => None,
             Some(name) => {
                 let wanted = match &plan.kind {
-                    Kind::Aggregate { state_schema, .. } => state_schema.fields().clone(),
+                    Kind::Aggregate {
+                        state_schema, sets, ..
+                    } => changelog_fields(state_schema, sets),
                     Kind::Stateless | Kind::Combine { .. } => plan.schema.fields().clone(),
                 };
                 Some(internal_topic(data, &def, name, &wanted)?)
@@ -238,9 +240,10 @@ impl QueryTask {
                     None,
                     stage.groups,
                     Some(stage.expiry),
+                    &stage.sets,
                     consumer.register(&memory),
                 )?),
-                topic: internal_topic(data, &def, name, stage.state_schema.fields())?,
+                topic: internal_topic(data, &def, name, &stage.changelog_fields())?,
             });
         }
         checkpoint
@@ -302,6 +305,7 @@ impl QueryTask {
                 .map(|t| ViewSource::Rows { topic: t.id }),
             Kind::Aggregate {
                 state_schema,
+                sets,
                 groups,
                 final_schema,
                 group_outputs,
@@ -332,6 +336,7 @@ impl QueryTask {
                     finals_shown.then_some(final_schema),
                     *groups,
                     expiry,
+                    sets,
                     self.reservation("state"),
                 )?);
                 if let Some(topic) = &self.state_topic {
@@ -346,8 +351,7 @@ impl QueryTask {
                 }
                 if *groups == 0 && state.read().is_empty() {
                     // A global aggregate has its one group before any input (count 0).
-                    let (merged, finals) =
-                        aggregation.merge(vec![], |_| Ok(None), ctx.clone()).await?;
+                    let (merged, finals) = aggregation.merge(vec![], &state, ctx.clone()).await?;
                     let rows = state.to_store(&merged, &finals)?;
                     state.write().upsert(rows)?;
                 }
@@ -434,7 +438,7 @@ impl QueryTask {
         let (groups, aggregation, ctx) = (groups.clone(), aggregation.clone(), ctx.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let schema = groups.partial.schema().clone();
+            let schema = groups.changelog.clone();
             let partition = log_topic.partition(PartitionId(0))?.clone();
             // The values, and the key that marks a deletion.
             let values = schema.fields().len();
@@ -631,15 +635,7 @@ impl QueryTask {
                         };
                         aggregation.merge_with(rows, states, ctx.clone()).await?
                     }
-                    None => {
-                        aggregation
-                            .merge_state(
-                                rows,
-                                |touched| groups.lookup_partial(touched),
-                                ctx.clone(),
-                            )
-                            .await?
-                    }
+                    None => aggregation.merge_state(rows, &groups, ctx.clone()).await?,
                 };
                 // The changed groups' values: what an upsert stream or a view shows.
                 let finals = match self.def.emit {
@@ -841,9 +837,7 @@ impl QueryTask {
                     vec![]
                 }
             };
-            let merged = stage
-                .merge_state(rows, |touched| groups.lookup_partial(touched), ctx.clone())
-                .await?;
+            let merged = stage.merge_state(rows, &groups, ctx.clone()).await?;
             if stage.from.is_none() {
                 if seen.is_none() {
                     seen = Some(self.event_time_seen(idle));
@@ -1181,7 +1175,7 @@ impl QueryTask {
             if !checkpoint::snapshot_due(log.records, state.len() as u64) {
                 return Ok(None);
             }
-            (state.rows(&groups.partial)?, state.len() as u64)
+            (groups.changelog_rows(&state)?, state.len() as u64)
         };
         let from = self
             .tables

@@ -32,6 +32,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use super::distinct::Sets;
 use crate::error::{Error, Result};
 
 /// Rows per chunk of state, and per batch read out.
@@ -157,6 +158,8 @@ pub struct GroupState {
     /// What the state holds, reserved in the memory pool.
     memory: MemoryReservation,
     expiry: Option<Expiry>,
+    /// The values each group's `count(DISTINCT …)` aggregates have counted.
+    sets: Option<Sets>,
 }
 
 impl std::fmt::Debug for GroupState {
@@ -225,6 +228,7 @@ impl GroupState {
             garbage: 0,
             memory,
             expiry: None,
+            sets: None,
         })
     }
 
@@ -234,9 +238,51 @@ impl GroupState {
         self
     }
 
-    /// Memory the state holds: its rows (live and not yet compacted) and its index.
+    /// The same state keeping, per group, the values of its `count(DISTINCT …)`
+    /// aggregates, which come in lists of `lists`' types (none: no sets). Rows upserted
+    /// into it may then carry, after the state's columns, the values each adds to its
+    /// group's sets (see [`Sets::novel`]).
+    pub fn with_sets(mut self, lists: &[arrow::datatypes::FieldRef]) -> Result<GroupState> {
+        self.sets = match lists {
+            [] => None,
+            lists => Some(Sets::new(lists.to_vec())?),
+        };
+        Ok(self)
+    }
+
+    /// Memory the state holds: its rows (live and not yet compacted), its index and sets.
     pub fn memory_bytes(&self) -> usize {
-        self.chunk_bytes + self.index.capacity() * INDEX_SLOT_BYTES * 8 / 7
+        self.chunk_bytes
+            + self.index.capacity() * INDEX_SLOT_BYTES * 8 / 7
+            + self.sets.as_ref().map_or(0, Sets::memory_bytes)
+    }
+
+    /// Of `lists` (one list array per `count(DISTINCT …)`, a row per group), the values
+    /// the groups of `keys` (their group columns) have not counted: per aggregate, how
+    /// many per row, and those values, as lists.
+    pub fn novel(
+        &self,
+        keys: &[ArrayRef],
+        lists: &[ArrayRef],
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let Some(sets) = &self.sets else {
+            return Err(Error::Internal(
+                "distinct values looked up in a state without sets".into(),
+            ));
+        };
+        let rows = lists.first().map_or(0, |l| l.len());
+        let probe = self.probe(keys, rows)?;
+        sets.novel(|i| probe.key(i), lists)
+    }
+
+    /// Every value the groups whose group columns lead `rows` have counted, per
+    /// `count(DISTINCT …)`: a list per row (what a snapshot of the state writes).
+    pub fn set_lists(&self, rows: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let Some(sets) = &self.sets else {
+            return Ok(vec![]);
+        };
+        let probe = self.probe(&rows.columns()[..self.groups], rows.num_rows())?;
+        sets.lists(|i| probe.key(i), rows.num_rows())
     }
 
     /// Live groups.
@@ -415,6 +461,23 @@ impl GroupState {
     /// them, then reserves what the state holds: over the memory limit, the state is whole
     /// and the error says so.
     pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
+        let width = self.schema.fields().len();
+        let rows = match &mut self.sets {
+            Some(sets) if rows.num_columns() == width + sets.len() => {
+                let probe = match &self.converter {
+                    None => Probe::One(rows.num_rows()),
+                    Some(converter) => Probe::Rows(
+                        converter
+                            .convert_columns(&rows.columns()[..self.groups])
+                            .map_err(internal)?,
+                    ),
+                };
+                sets.add(|i| probe.key(i), &rows.columns()[width..])?;
+                rows.project(&(0..width).collect::<Vec<_>>())
+                    .map_err(internal)?
+            }
+            _ => rows,
+        };
         let mut start = 0;
         while start < rows.num_rows() {
             let len = STATE_BATCH_ROWS.min(rows.num_rows() - start);
@@ -458,6 +521,9 @@ impl GroupState {
             ));
         };
         for key in keys.iter() {
+            if let Some(sets) = &mut self.sets {
+                sets.remove(key.data());
+            }
             let hash = self.hasher.hash_one(key.data());
             let chunks = &self.chunks;
             if let Ok(entry) = self
@@ -540,10 +606,9 @@ impl GroupState {
             .collect();
         let fresh = arrow::compute::filter_record_batch(fresh, &closing).map_err(internal)?;
         if fresh.num_rows() > 0 {
-            rows.push(
-                RecordBatch::try_new(out.schema.clone(), fresh.columns().to_vec())
-                    .map_err(internal)?,
-            );
+            // `fresh` may carry values for the sets after its columns.
+            let columns = fresh.columns()[..out.schema.fields().len()].to_vec();
+            rows.push(RecordBatch::try_new(out.schema.clone(), columns).map_err(internal)?);
         }
         Ok(rows)
     }
@@ -580,6 +645,9 @@ impl GroupState {
             .map(|slots| self.gather(slots, out))
             .collect::<Result<Vec<_>>>()?;
         for slot in &gone {
+            if let Some(sets) = &mut self.sets {
+                sets.remove(key_at(&self.chunks, *slot));
+            }
             let hash = self.hasher.hash_one(key_at(&self.chunks, *slot));
             if let Ok(entry) = self.index.find_entry(hash, |s| s == slot) {
                 entry.remove();
@@ -757,16 +825,22 @@ pub struct Groups {
     pub partial: Columns,
     /// A view's final values of each group, as the aggregation outputs them.
     pub finals: Option<Columns>,
+    /// A group's partial state followed by the values it adds to its sets: what an
+    /// epoch's merge returns and its changelog records.
+    pub changelog: SchemaRef,
 }
 
 impl Groups {
     /// Empty groups of an aggregation whose partial state is `partial` (group columns
-    /// first, `groups` of them) and, for a view, whose final values are `finals`.
+    /// first, `groups` of them) and, for a view, whose final values are `finals`; with
+    /// sets of the values of the `count(DISTINCT …)` aggregates whose values come in
+    /// lists of `sets`' types.
     pub fn new(
         partial: &SchemaRef,
         finals: Option<&SchemaRef>,
         groups: usize,
         expiry: Option<Expiry>,
+        sets: &[arrow::datatypes::FieldRef],
         memory: MemoryReservation,
     ) -> Result<Groups> {
         let width = partial.fields().len() - groups;
@@ -774,8 +848,9 @@ impl Groups {
         if let Some(finals) = finals {
             fields.extend(finals.fields()[groups..].iter().cloned());
         }
-        let state =
-            GroupState::new(Arc::new(Schema::new(fields)), groups, memory)?.with_expiry(expiry);
+        let state = GroupState::new(Arc::new(Schema::new(fields)), groups, memory)?
+            .with_expiry(expiry)
+            .with_sets(sets)?;
         let partial_columns = state.columns(partial.clone(), 0..width)?;
         let final_columns = match finals {
             Some(finals) => {
@@ -784,10 +859,13 @@ impl Groups {
             }
             None => None,
         };
+        let mut changelog = partial.fields().to_vec();
+        changelog.extend(sets.iter().cloned());
         Ok(Groups {
             state: RwLock::new(state),
             partial: partial_columns,
             finals: final_columns,
+            changelog: Arc::new(Schema::new(changelog)),
         })
     }
 
@@ -804,13 +882,48 @@ impl Groups {
         self.read().lookup(rows, &self.partial)
     }
 
-    /// What is stored for groups whose merged partial state is `merged` and whose final
-    /// values are `finals`.
+    /// See [`GroupState::novel`].
+    pub fn novel(
+        &self,
+        keys: &[ArrayRef],
+        lists: &[ArrayRef],
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        self.read().novel(keys, lists)
+    }
+
+    /// What is stored for groups whose merged partial state (and values added to their
+    /// sets) is `merged` and whose final values are `finals`.
     pub fn to_store(&self, merged: &RecordBatch, finals: &[RecordBatch]) -> Result<RecordBatch> {
-        match self.finals {
-            Some(_) => self.read().side_by_side(merged, finals),
-            None => Ok(merged.clone()),
+        if self.finals.is_none() {
+            return Ok(merged.clone());
         }
+        let width = self.partial.schema.fields().len();
+        let partial = merged
+            .project(&(0..width).collect::<Vec<_>>())
+            .map_err(internal)?;
+        let stored = self.read().side_by_side(&partial, finals)?;
+        if merged.num_columns() == width {
+            return Ok(stored);
+        }
+        let mut fields = stored.schema().fields().to_vec();
+        fields.extend(self.changelog.fields()[width..].iter().cloned());
+        let mut columns = stored.columns().to_vec();
+        columns.extend(merged.columns()[width..].iter().cloned());
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(internal)
+    }
+
+    /// Every group's partial state and all the values in its sets, as changelog rows: a
+    /// snapshot of `state` (these groups', read).
+    pub fn changelog_rows(&self, state: &GroupState) -> Result<Vec<RecordBatch>> {
+        state
+            .rows(&self.partial)?
+            .into_iter()
+            .map(|rows| {
+                let mut columns = rows.columns().to_vec();
+                columns.extend(state.set_lists(&rows)?);
+                RecordBatch::try_new(self.changelog.clone(), columns).map_err(internal)
+            })
+            .collect()
     }
 }
 
@@ -819,6 +932,15 @@ enum Probe {
     /// Rows of a state without group columns: they are all its one group.
     One(usize),
     Rows(Rows),
+}
+
+impl Probe {
+    fn key(&self, i: usize) -> &[u8] {
+        match self {
+            Probe::One(_) => &[],
+            Probe::Rows(rows) => rows.row(i).data(),
+        }
+    }
 }
 
 fn chunk_key_row(chunk: &Chunk, row: usize) -> Row<'_> {
@@ -1234,7 +1356,8 @@ mod tests {
             Field::new("k", DataType::Utf8, true),
             Field::new("doubled", DataType::Int64, false),
         ]));
-        let groups = Groups::new(&schema(), Some(&finals_schema), 1, None, unbounded()).unwrap();
+        let groups =
+            Groups::new(&schema(), Some(&finals_schema), 1, None, &[], unbounded()).unwrap();
         let merged = rows(&[Some("a"), None, Some("c")], &[1, 2, 3]);
         // The aggregation computes final values in an order of its own.
         let finals = RecordBatch::try_new(
@@ -1307,7 +1430,7 @@ mod tests {
     fn groups_without_aggregate_values_are_held_too() {
         // `SELECT DISTINCT k` (no aggregate): rows are keys alone, for a view too.
         let keys = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
-        let groups = Groups::new(&keys, Some(&keys), 1, None, unbounded()).unwrap();
+        let groups = Groups::new(&keys, Some(&keys), 1, None, &[], unbounded()).unwrap();
         let batch = |k: &[&str]| {
             RecordBatch::try_new(keys.clone(), vec![Arc::new(StringArray::from(k.to_vec()))])
                 .unwrap()
