@@ -413,6 +413,65 @@ async fn check_exactly_once(client: &tokio_postgres::Client, context: &str) {
     eprintln!("{context}: {total} input rows; derived stream, view and upsert stream exact");
 }
 
+const SPREAD: &str = "SELECT g, count(*) AS n, count(DISTINCT v) AS vs, \
+     count(DISTINCT v % 5) FILTER (WHERE v > 1) AS low, count(DISTINCT t) AS ts FROM spread_in GROUP BY g";
+
+/// A view's changelog starts over with a snapshot of its state once replaying it would read
+/// more than twice what the state holds. The snapshot holds every value its groups'
+/// `count(DISTINCT …)` counted: restarted from it, the view counts none of them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_keep_the_values_distinct_counts_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with(dir.path(), &["--log", "info,runnel::engine=debug"]);
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE STREAM spread_in (g BIGINT, v BIGINT, t TEXT) WITH (partitions = 2);
+             CREATE MATERIALIZED VIEW spread AS {SPREAD}"
+        ))
+        .await
+        .unwrap();
+    // 3,000 groups of 3 values each, again and again: each round's epoch rewrites every
+    // group and adds no value, until replaying the changelog reads more than twice the
+    // state.
+    let round = "INSERT INTO spread_in SELECT i % 3000, i % 9, 'v' || (i % 4) \
+                 FROM generate_series(0, 8999) AS s(i); FLUSH";
+    for _ in 0..14 {
+        client.batch_execute(round).await.unwrap();
+    }
+    server.wait_for_log("state snapshot");
+    let same = async |client: &tokio_postgres::Client, context: &str| {
+        let view = sorted(client, "SELECT * FROM spread").await;
+        let bounded = sorted(client, SPREAD).await;
+        let wrong: Vec<_> = view.iter().zip(&bounded).filter(|(a, b)| a != b).collect();
+        assert!(
+            view.len() == bounded.len() && wrong.is_empty(),
+            "{context}: {} rows, {} expected; {} differ, as {:?}",
+            view.len(),
+            bounded.len(),
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+        assert_eq!(view.len(), 3000, "{context}");
+    };
+    same(&client, "before the restart").await;
+    drop(client);
+    server.stop();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    same(&client, "restored from the snapshot").await;
+    // Values the groups counted before the snapshot, and new ones.
+    client
+        .batch_execute(
+            "INSERT INTO spread_in SELECT i % 3000, i % 11, 'w' || (i % 2) \
+             FROM generate_series(0, 5999) AS s(i); FLUSH",
+        )
+        .await
+        .unwrap();
+    same(&client, "after new rows").await;
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_statements_describe_queries_and_views() {
     let dir = tempfile::tempdir().unwrap();

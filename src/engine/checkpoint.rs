@@ -98,7 +98,8 @@ pub struct Checkpoint {
     pub inner_state: Vec<Changelog>,
 }
 
-/// Where a changelog of groups is replayed from, and how many records a replay reads.
+/// Where a changelog of groups is replayed from, and how much a replay reads: its records
+/// and the values they add to the groups' sets (see `GroupState::entries`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changelog {
     pub from: Offset,
@@ -287,9 +288,10 @@ fn share_out(backlogs: &[u64], max: u64, first: usize) -> Vec<u64> {
 }
 
 /// Whether a view's changelog should start over with a full snapshot of its state: when
-/// replaying it would read more than twice the live groups (and enough to matter).
-pub fn snapshot_due(state_records: u64, live_groups: u64) -> bool {
-    state_records > 10_000 && state_records > 2 * live_groups
+/// replaying it would read more than twice what the state holds now (its entries: groups
+/// and the values in their sets), and enough to matter.
+pub fn snapshot_due(state_records: u64, live_entries: u64) -> bool {
+    state_records > 10_000 && state_records > 2 * live_entries
 }
 
 #[cfg(test)]

@@ -40,6 +40,13 @@ enum ValueSet {
 }
 
 impl ValueSet {
+    fn len(&self) -> usize {
+        match self {
+            ValueSet::Int(s) => s.len(),
+            ValueSet::Rows(s, _) => s.len(),
+        }
+    }
+
     fn bytes(&self) -> usize {
         SET_BYTES
             + match self {
@@ -89,6 +96,8 @@ pub struct Sets {
     kinds: Vec<Kind>,
     groups: HashMap<Vec<u8>, Vec<ValueSet>>,
     bytes: usize,
+    /// Values in all the sets.
+    values: usize,
 }
 
 fn internal(e: arrow::error::ArrowError) -> Error {
@@ -122,6 +131,7 @@ impl Sets {
             kinds,
             groups: HashMap::new(),
             bytes: 0,
+            values: 0,
         })
     }
 
@@ -129,11 +139,16 @@ impl Sets {
         self.lists.len()
     }
 
+    /// Values in all the sets.
+    pub fn values(&self) -> usize {
+        self.values
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.bytes + self.groups.capacity() * (16 + 8 + 1)
     }
 
-    fn values(&self, k: usize, values: &ArrayRef) -> Result<Values> {
+    fn held(&self, k: usize, values: &ArrayRef) -> Result<Values> {
         match &self.kinds[k] {
             Kind::Int(_) => Ok(Values::Int(
                 cast(values, &DataType::Int64)
@@ -162,7 +177,7 @@ impl Sets {
         let (mut counts, mut added) = (vec![], vec![]);
         for (k, list) in lists.iter().enumerate() {
             let list = list.as_list::<i32>();
-            let values = self.values(k, list.values())?;
+            let values = self.held(k, list.values())?;
             let mut taken: Vec<u32> = vec![];
             let mut count = Vec::with_capacity(list.len());
             for (row, range) in list.offsets().windows(2).enumerate() {
@@ -197,12 +212,13 @@ impl Sets {
         let values = added
             .iter()
             .enumerate()
-            .map(|(k, list)| self.values(k, list.as_list::<i32>().values()))
+            .map(|(k, list)| self.held(k, list.as_list::<i32>().values()))
             .collect::<Result<Vec<_>>>()?;
         let Sets {
             kinds,
             groups,
             bytes,
+            values: count,
             ..
         } = self;
         for row in 0..first.len() {
@@ -223,12 +239,14 @@ impl Sets {
                     continue;
                 }
                 *bytes -= sets[k].bytes().min(*bytes);
+                *count -= sets[k].len();
                 for i in range {
                     if list.values().is_valid(i) {
                         values[k].insert(&mut sets[k], i);
                     }
                 }
                 *bytes += sets[k].bytes();
+                *count += sets[k].len();
             }
         }
         Ok(())
@@ -239,6 +257,7 @@ impl Sets {
         if let Some(sets) = self.groups.remove(key) {
             let bytes: usize = sets.iter().map(ValueSet::bytes).sum();
             self.bytes -= bytes.min(self.bytes);
+            self.values -= sets.iter().map(ValueSet::len).sum::<usize>();
         }
     }
 
@@ -397,6 +416,7 @@ mod tests {
         );
 
         assert!(sets.memory_bytes() > 0);
+        assert_eq!(sets.values(), 3 + 2 + 2 + 1);
         sets.remove(b"a");
         let (counts, _) = sets.novel(key, &second).unwrap();
         assert_eq!(

@@ -722,10 +722,14 @@ impl QueryTask {
         if let Some(topic) = &self.state_topic {
             let mut records = state_records(topic, removed.as_slice(), Change::Delete)?;
             records.extend(state_records(topic, &state_rows, Change::Upsert)?);
-            self.checkpoint.state_records += records
-                .iter()
-                .map(|b| b.records.num_rows() as u64)
-                .sum::<u64>();
+            self.checkpoint.state_records += match &self.groups {
+                Some(groups) => removed
+                    .iter()
+                    .chain(&state_rows)
+                    .map(|b| groups.entries(b))
+                    .sum::<u64>(),
+                None => state_rows.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+            };
             batches.extend(records);
         }
         for ((stage, rows), log) in self
@@ -735,10 +739,7 @@ impl QueryTask {
             .zip(&mut self.checkpoint.inner_state)
         {
             let records = state_records(&stage.topic, std::slice::from_ref(rows), Change::Upsert)?;
-            log.records += records
-                .iter()
-                .map(|b| b.records.num_rows() as u64)
-                .sum::<u64>();
+            log.records += stage.groups.entries(rows);
             batches.extend(records);
         }
         for end in epoch.ends() {
@@ -1170,12 +1171,13 @@ impl QueryTask {
         topic: &StateTopic,
         log: Changelog,
     ) -> Result<Option<Changelog>> {
-        let (rows, live) = {
+        let (rows, live, entries) = {
             let state = groups.read();
-            if !checkpoint::snapshot_due(log.records, state.len() as u64) {
+            let entries = state.entries();
+            if !checkpoint::snapshot_due(log.records, entries) {
                 return Ok(None);
             }
-            (groups.changelog_rows(&state)?, state.len() as u64)
+            (groups.changelog_rows(&state)?, state.len() as u64, entries)
         };
         let from = self
             .tables
@@ -1185,7 +1187,7 @@ impl QueryTask {
         let records = state_records(topic, &rows, Change::Upsert)?;
         let snapshot = Changelog {
             from,
-            records: live,
+            records: entries,
         };
         let mut next = self.checkpoint.clone();
         match self.inner.iter().position(|s| s.topic.id == topic.id) {

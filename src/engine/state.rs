@@ -285,6 +285,12 @@ impl GroupState {
         sets.lists(|i| probe.key(i), rows.num_rows())
     }
 
+    /// What a snapshot of the state writes, and a replay of it reads: a row per group and
+    /// each value in the groups' sets.
+    pub fn entries(&self) -> u64 {
+        (self.len() + self.sets.as_ref().map_or(0, Sets::values)) as u64
+    }
+
     /// Live groups.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -910,6 +916,22 @@ impl Groups {
         let mut columns = stored.columns().to_vec();
         columns.extend(merged.columns()[width..].iter().cloned());
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(internal)
+    }
+
+    /// What changelog rows `rows` hold, counted as [`GroupState::entries`] counts: a row
+    /// each, and each value they add to sets.
+    pub fn entries(&self, rows: &RecordBatch) -> u64 {
+        let width = self.partial.schema.fields().len();
+        let values: usize = rows
+            .columns()
+            .iter()
+            .skip(width)
+            .map(|c| {
+                let offsets = c.as_list::<i32>().offsets();
+                (offsets[offsets.len() - 1] - offsets[0]) as usize
+            })
+            .sum();
+        (rows.num_rows() + values) as u64
     }
 
     /// Every group's partial state and all the values in its sets, as changelog rows: a

@@ -69,7 +69,15 @@ fn start_wrapped(
     let mut child = command
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--pg-addr", "127.0.0.1:0", "--log", "info"])
+        .args(["--pg-addr", "127.0.0.1:0"])
+        .args(
+            match flags.contains(&"--log") {
+                true => None,
+                false => Some(["--log", "info"]),
+            }
+            .into_iter()
+            .flatten(),
+        )
         .args(kafka_port(flags))
         .args(flags)
         .envs(env.iter().copied())
