@@ -341,6 +341,17 @@ mod tests {
         Arc::new(Field::new_list("l", Field::new_list_field(t, true), false))
     }
 
+    fn counts(counts: &[ArrayRef]) -> Vec<Vec<i64>> {
+        counts
+            .iter()
+            .map(|c| {
+                c.as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     fn ints(list: &ArrayRef, row: usize) -> Vec<i64> {
         let mut v: Vec<i64> = list
             .as_list::<i32>()
@@ -359,38 +370,16 @@ mod tests {
         let keys: [&[u8]; 2] = [b"a", b"b"];
         let key = |i: usize| keys[i];
         let first = [int_lists(&[&[1, 2], &[2]]), text_lists(&[&["x"], &[]])];
-        let (counts, added) = sets.novel(key, &first).unwrap();
-        assert_eq!(
-            counts[0]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[2, 1]
-        );
-        assert_eq!(
-            counts[1]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[1, 0]
-        );
+        let (c, added) = sets.novel(key, &first).unwrap();
+        assert_eq!(counts(&c), [[2, 1], [1, 0]]);
         sets.add(key, &added).unwrap();
 
         let second = [
             int_lists(&[&[2, 3], &[1, 2]]),
             text_lists(&[&["x", "y"], &["x"]]),
         ];
-        let (counts, added) = sets.novel(key, &second).unwrap();
-        assert_eq!(
-            counts[0]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[1, 1]
-        );
-        assert_eq!(
-            counts[1]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[1, 1]
-        );
+        let (c, added) = sets.novel(key, &second).unwrap();
+        assert_eq!(counts(&c), [[1, 1], [1, 1]]);
         assert_eq!(ints(&added[0], 0), vec![3]);
         assert_eq!(ints(&added[0], 1), vec![1]);
         sets.add(key, &added).unwrap();
@@ -401,29 +390,13 @@ mod tests {
         assert_eq!(ints(&all[0], 1), vec![1, 2]);
         let mut restored = Sets::new(lists).unwrap();
         restored.add(key, &all).unwrap();
-        let (counts, _) = restored.novel(key, &second).unwrap();
-        assert_eq!(
-            counts[0]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[0, 0]
-        );
-        assert_eq!(
-            counts[1]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[0, 0]
-        );
+        let (c, _) = restored.novel(key, &second).unwrap();
+        assert_eq!(counts(&c), [[0, 0], [0, 0]]);
 
         assert!(sets.memory_bytes() > 0);
         assert_eq!(sets.values(), 3 + 2 + 2 + 1);
         sets.remove(b"a");
-        let (counts, _) = sets.novel(key, &second).unwrap();
-        assert_eq!(
-            counts[0]
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values(),
-            &[2, 0]
-        );
+        let (c, _) = sets.novel(key, &second).unwrap();
+        assert_eq!(counts(&c), [[2, 0], [2, 0]]);
     }
 }

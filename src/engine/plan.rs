@@ -61,7 +61,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::sessions::SessionColumns;
-use crate::engine::state::{Expiry, Groups};
+use crate::engine::state::{self, Expiry, Groups};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
 use crate::storage::Log;
@@ -994,7 +994,6 @@ fn df(e: datafusion::error::DataFusionError) -> Error {
 /// For each row of `rows`, the row of `of` with the same leading `groups` columns (each
 /// group is in `of` once).
 fn same_groups(rows: &RecordBatch, of: &RecordBatch, groups: usize) -> Result<UInt32Array> {
-    let wrong = |e: arrow::error::ArrowError| Error::Internal(format!("merged groups: {e}"));
     if groups == 0 {
         return Ok(UInt32Array::from(vec![0; rows.num_rows()]));
     }
@@ -1002,25 +1001,14 @@ fn same_groups(rows: &RecordBatch, of: &RecordBatch, groups: usize) -> Result<UI
         .iter()
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
-    let converter = RowConverter::new(fields).map_err(wrong)?;
-    let theirs = converter
-        .convert_columns(&of.columns()[..groups])
-        .map_err(wrong)?;
-    let position: std::collections::HashMap<&[u8], u32> = theirs
-        .iter()
-        .enumerate()
-        .map(|(i, key)| (key.data(), i as u32))
-        .collect();
-    let ours = converter
-        .convert_columns(&rows.columns()[..groups])
-        .map_err(wrong)?;
-    ours.iter()
-        .map(|key| {
-            position.get(key.data()).copied().ok_or_else(|| {
-                Error::Internal("merged groups: a group the epoch did not touch".into())
-            })
-        })
-        .collect()
+    let converter =
+        RowConverter::new(fields).map_err(|e| Error::Internal(format!("merged groups: {e}")))?;
+    let at = state::same_groups(
+        &converter,
+        &rows.columns()[..groups],
+        &of.columns()[..groups],
+    )?;
+    Ok(UInt32Array::from(at))
 }
 
 /// `plan` reading `child` instead of its input.

@@ -428,26 +428,11 @@ impl GroupState {
                     second.num_rows()
                 )));
             }
-            Some(converter) => {
-                let theirs = converter
-                    .convert_columns(&second.columns()[..self.groups])
-                    .map_err(internal)?;
-                let position: std::collections::HashMap<&[u8], u32> = theirs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, key)| (key.data(), i as u32))
-                    .collect();
-                let ours = converter
-                    .convert_columns(&first.columns()[..self.groups])
-                    .map_err(internal)?;
-                ours.iter()
-                    .map(|key| {
-                        position.get(key.data()).copied().ok_or_else(|| {
-                            Error::Internal("aggregate state: a group without values".into())
-                        })
-                    })
-                    .collect::<Result<_>>()?
-            }
+            Some(converter) => same_groups(
+                converter,
+                &first.columns()[..self.groups],
+                &second.columns()[..self.groups],
+            )?,
         };
         let values = second
             .project(&(self.groups..second.num_columns()).collect::<Vec<_>>())
@@ -947,6 +932,30 @@ impl Groups {
             })
             .collect()
     }
+}
+
+/// For each row of the group columns `rows`, the row of the group columns `of` that is the
+/// same group (each group is in `of` once); `converter` converts such columns.
+pub fn same_groups(
+    converter: &RowConverter,
+    rows: &[ArrayRef],
+    of: &[ArrayRef],
+) -> Result<Vec<u32>> {
+    let theirs = converter.convert_columns(of).map_err(internal)?;
+    let position: std::collections::HashMap<&[u8], u32> = theirs
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (key.data(), i as u32))
+        .collect();
+    let ours = converter.convert_columns(rows).map_err(internal)?;
+    ours.iter()
+        .map(|key| {
+            position
+                .get(key.data())
+                .copied()
+                .ok_or_else(|| Error::Internal("aggregate state: a group without its row".into()))
+        })
+        .collect()
 }
 
 /// The keys of the rows an index is asked about.
