@@ -377,19 +377,31 @@ impl Group {
         }
     }
 
-    /// Whether `member_id` in `generation` may act on the group now (heartbeat, commit).
-    fn check_member(&self, member_id: &str, generation: i32) -> i16 {
+    /// Whether `member_id` in `generation` may `act` on the group now. As Kafka's
+    /// coordinator: a heartbeat during a rebalance's join phase tells the member to
+    /// rejoin, while a commit then is taken (a member commits what it processed as its
+    /// partitions are revoked, before it rejoins); between join and sync, a commit is told
+    /// the rebalance is in progress.
+    fn check_member(&self, member_id: &str, generation: i32, act: Act) -> i16 {
         if !self.members.iter().any(|m| m.id == member_id) {
             return code::UNKNOWN_MEMBER_ID;
         }
         if generation != self.generation {
             return code::ILLEGAL_GENERATION;
         }
-        if self.state == State::PreparingRebalance {
-            return code::REBALANCE_IN_PROGRESS;
+        match (act, self.state) {
+            (Act::Heartbeat, State::PreparingRebalance)
+            | (Act::Commit, State::CompletingRebalance) => code::REBALANCE_IN_PROGRESS,
+            _ => code::NONE,
         }
-        code::NONE
     }
+}
+
+/// What a member does that the group's state decides on.
+#[derive(Clone, Copy)]
+enum Act {
+    Heartbeat,
+    Commit,
 }
 
 /// Claims a group for Kafka consumers: `None` if it is read otherwise (a SQL cursor);
@@ -641,7 +653,7 @@ impl Coordinator {
         if let Some(member) = group.member(member_id) {
             member.seen = Instant::now();
         }
-        group.check_member(member_id, generation)
+        group.check_member(member_id, generation, Act::Heartbeat)
     }
 
     /// Members leave; each gets its error code (UNKNOWN_MEMBER_ID if not a member).
@@ -670,8 +682,8 @@ impl Coordinator {
     /// of the current generation, or from outside any generation (-1, no member id) while
     /// the group has no members (a consumer that assigns itself partitions).
     pub fn may_commit(&self, group: &str, member_id: &str, generation: i32) -> i16 {
-        let groups = self.groups.lock().expect("groups lock");
-        match groups.get(group) {
+        let mut groups = self.groups.lock().expect("groups lock");
+        match groups.get_mut(group) {
             None => code::NONE,
             Some(g) if g.members.is_empty() => {
                 if generation < 0 || member_id.is_empty() {
@@ -681,7 +693,16 @@ impl Coordinator {
                 }
             }
             Some(_) if generation < 0 && member_id.is_empty() => code::UNKNOWN_MEMBER_ID,
-            Some(g) => g.check_member(member_id, generation),
+            Some(g) => {
+                let answer = g.check_member(member_id, generation, Act::Commit);
+                // A member's commit shows it is alive, as a heartbeat does.
+                if answer == code::NONE
+                    && let Some(member) = g.member(member_id)
+                {
+                    member.seen = Instant::now();
+                }
+                answer
+            }
         }
     }
 
@@ -825,6 +846,10 @@ mod tests {
         assert!(ja.protocol.is_some());
         assert_eq!(coordinator.describe("g").state, State::CompletingRebalance);
         assert_eq!(coordinator.heartbeat("g", &b, 1), code::NONE);
+        assert_eq!(
+            coordinator.may_commit("g", &b, 1),
+            code::REBALANCE_IN_PROGRESS
+        );
 
         let c = coordinator.clone();
         let b_sync = tokio::spawn({
@@ -856,6 +881,9 @@ mod tests {
             coordinator.heartbeat("g", &a, 1),
             code::REBALANCE_IN_PROGRESS
         );
+        // What it processed before it rejoins is still committed.
+        assert_eq!(coordinator.describe("g").state, State::PreparingRebalance);
+        assert_eq!(coordinator.may_commit("g", &a, 1), code::NONE);
         let again = coordinator.join(join(&a, &["range"])).await;
         assert_eq!((again.error, again.generation), (0, 2));
         assert_eq!(again.members.len(), 1);
