@@ -352,6 +352,10 @@ fn session_state(
         .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
         .build();
     let mut state = state;
+    for udf in sql::functions::udfs() {
+        datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf))
+            .expect("registering a scalar function cannot fail");
+    }
     state.register_udtf("nexmark", Arc::new(crate::tables::nexmark::NexmarkFunction));
     state.catalog_list().register_catalog(
         CATALOG_NAME.into(),

@@ -1,8 +1,10 @@
 //! The life of a statement up to its plan: [`parser`] splits and parses it, [`rewrite`]
 //! adapts the syntax tree to streams, and [`plan`] has DataFusion turn it into a logical
-//! plan. Nothing here executes anything.
+//! plan. Nothing here executes anything, except [`functions`]: the scalar functions Runnel
+//! puts in place of DataFusion's.
 
 pub mod depth;
+pub mod functions;
 pub mod literal_insert;
 pub mod overflow;
 pub mod parser;
