@@ -47,6 +47,13 @@ impl ValueSet {
         }
     }
 
+    fn reserve(&mut self, more: usize) {
+        match self {
+            ValueSet::Int(s) => s.reserve(more),
+            ValueSet::Rows(s, _) => s.reserve(more),
+        }
+    }
+
     fn bytes(&self) -> usize {
         SET_BYTES
             + match self {
@@ -240,6 +247,8 @@ impl Sets {
                 }
                 *bytes -= sets[k].bytes().min(*bytes);
                 *count -= sets[k].len();
+                // The values are new to the set: grow it once, not once per doubling.
+                sets[k].reserve(range.len());
                 for i in range {
                     if list.values().is_valid(i) {
                         values[k].insert(&mut sets[k], i);
