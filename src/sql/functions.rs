@@ -23,11 +23,13 @@ pub fn udfs() -> Vec<ScalarUDF> {
 }
 
 /// `to_char(timestamp, format)` (alias `date_format`), as DataFusion's, but a constant format
-/// is parsed once per batch: arrow's formatter parses it again for every value and formats
-/// each value into a string of its own, which made the function most of the work of a query
-/// that groups by day (Nexmark q16). Anything else — a format per row, dates, times,
-/// durations, a value out of chrono's range, a format chrono does not know — is DataFusion's
-/// own function, errors included.
+/// is parsed once per batch and written straight into the result (arrow's formatter parses
+/// it again for every value and formats each value into a string of its own), and a format
+/// naming nothing finer than a minute is formatted once per run of values in one minute:
+/// in Nexmark q16, which groups bids by day, the function went from an eighth of the time
+/// (format parsed once) to a hundredth.
+/// Anything else — a format per row, dates, times, durations, a value out of chrono's range,
+/// a format chrono does not know — is DataFusion's own function, errors included.
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ToChar {
     inner: ToCharFunc,
