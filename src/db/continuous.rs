@@ -22,7 +22,8 @@ use crate::catalog::{
     Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
     validate_name,
 };
-use crate::engine::plan::{Kind, QueryPlan, changelog_fields};
+use crate::engine::plan::{Kind, QueryPlan};
+use crate::engine::state::changelog_fields;
 use crate::engine::{PushQuery, ViewSubscription};
 use crate::error::{Error, Result};
 use crate::sql;

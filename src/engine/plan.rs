@@ -165,14 +165,8 @@ impl Stage {
 
     /// What its changelog records: its partial state, then the values added to its sets.
     pub fn changelog_fields(&self) -> arrow::datatypes::Fields {
-        changelog_fields(&self.state_schema, &self.sets)
+        state::changelog_fields(&self.state_schema, &self.sets)
     }
-}
-
-/// A group's partial state (`state_schema`) followed by the lists of values it adds to
-/// its `sets`.
-pub fn changelog_fields(state_schema: &SchemaRef, sets: &[FieldRef]) -> arrow::datatypes::Fields {
-    state_schema.fields().iter().chain(sets).cloned().collect()
 }
 
 /// One epoch's physical plan, taken apart.

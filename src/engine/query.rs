@@ -22,9 +22,9 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Changelog, Checkpoint, EventTime, InputOffset, Planned};
-use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, changelog_fields, run};
+use super::plan::{Aggregation, EpochPlan, Kind, QueryPlan, run};
 use super::sessions::Sessions;
-use super::state::Groups;
+use super::state::{Groups, changelog_fields};
 use super::{
     ClosedRows, EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource,
 };
@@ -722,14 +722,13 @@ impl QueryTask {
         if let Some(topic) = &self.state_topic {
             let mut records = state_records(topic, removed.as_slice(), Change::Delete)?;
             records.extend(state_records(topic, &state_rows, Change::Upsert)?);
-            self.checkpoint.state_records += match &self.groups {
-                Some(groups) => removed
-                    .iter()
-                    .chain(&state_rows)
-                    .map(|b| groups.entries(b))
-                    .sum::<u64>(),
-                None => state_rows.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+            // A row each (a view's rows, without groups), and the values added to sets.
+            let entries = |rows: &RecordBatch| match &self.groups {
+                Some(groups) => groups.entries(rows),
+                None => rows.num_rows() as u64,
             };
+            self.checkpoint.state_records +=
+                removed.iter().chain(&state_rows).map(entries).sum::<u64>();
             batches.extend(records);
         }
         for ((stage, rows), log) in self

@@ -26,7 +26,9 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
 };
 use arrow::compute::{interleave, take};
-use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, FieldRef, Fields, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
 use hashbrown::HashTable;
@@ -242,7 +244,7 @@ impl GroupState {
     /// aggregates, which come in lists of `lists`' types (none: no sets). Rows upserted
     /// into it may then carry, after the state's columns, the values each adds to its
     /// group's sets (see [`Sets::novel`]).
-    pub fn with_sets(mut self, lists: &[arrow::datatypes::FieldRef]) -> Result<GroupState> {
+    pub fn with_sets(mut self, lists: &[FieldRef]) -> Result<GroupState> {
         self.sets = match lists {
             [] => None,
             lists => Some(Sets::new(lists.to_vec())?),
@@ -453,21 +455,16 @@ impl GroupState {
     /// and the error says so.
     pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
         let width = self.schema.fields().len();
-        let rows = match &mut self.sets {
-            Some(sets) if rows.num_columns() == width + sets.len() => {
-                let probe = match &self.converter {
-                    None => Probe::One(rows.num_rows()),
-                    Some(converter) => Probe::Rows(
-                        converter
-                            .convert_columns(&rows.columns()[..self.groups])
-                            .map_err(internal)?,
-                    ),
-                };
+        let lists = self.sets.as_ref().map_or(0, Sets::len);
+        let rows = if lists > 0 && rows.num_columns() == width + lists {
+            let probe = self.probe(&rows.columns()[..self.groups], rows.num_rows())?;
+            if let Some(sets) = &mut self.sets {
                 sets.add(|i| probe.key(i), &rows.columns()[width..])?;
-                rows.project(&(0..width).collect::<Vec<_>>())
-                    .map_err(internal)?
             }
-            _ => rows,
+            rows.project(&(0..width).collect::<Vec<_>>())
+                .map_err(internal)?
+        } else {
+            rows
         };
         let mut start = 0;
         while start < rows.num_rows() {
@@ -831,7 +828,7 @@ impl Groups {
         finals: Option<&SchemaRef>,
         groups: usize,
         expiry: Option<Expiry>,
-        sets: &[arrow::datatypes::FieldRef],
+        sets: &[FieldRef],
         memory: MemoryReservation,
     ) -> Result<Groups> {
         let width = partial.fields().len() - groups;
@@ -850,13 +847,11 @@ impl Groups {
             }
             None => None,
         };
-        let mut changelog = partial.fields().to_vec();
-        changelog.extend(sets.iter().cloned());
         Ok(Groups {
             state: RwLock::new(state),
             partial: partial_columns,
             finals: final_columns,
-            changelog: Arc::new(Schema::new(changelog)),
+            changelog: Arc::new(Schema::new(changelog_fields(partial, sets))),
         })
     }
 
@@ -932,6 +927,12 @@ impl Groups {
             })
             .collect()
     }
+}
+
+/// A group's partial state (`partial`) followed by the lists of values it adds to its
+/// `sets`: what its changelog records.
+pub fn changelog_fields(partial: &SchemaRef, sets: &[FieldRef]) -> Fields {
+    partial.fields().iter().chain(sets).cloned().collect()
 }
 
 /// For each row of the group columns `rows`, the row of the group columns `of` that is the
