@@ -215,3 +215,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// A view of few groups whose `count(DISTINCT …)` keeps every value it counted holds as
+/// much as those values: its sets count against the limit, epoch by epoch, and the view
+/// fails alone once they outgrow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_values_a_view_keeps_count_against_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small epochs: no epoch's own aggregate comes near the limit, only the sets do.
+    let server = common::start_with(
+        dir.path(),
+        &["--memory-limit", "32MiB", "--epoch-max-records", "20000"],
+    );
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM words (w TEXT);
+             CREATE MATERIALIZED VIEW few AS SELECT length(w) AS len, count(*) AS n FROM words GROUP BY 1;
+             CREATE MATERIALIZED VIEW spread AS
+                 SELECT length(w) AS len, count(DISTINCT w) AS n FROM words GROUP BY 1",
+        )
+        .await
+        .unwrap();
+    // 250,000 distinct 100-byte words in one group.
+    client
+        .batch_execute(
+            "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT)
+             FROM generate_series(1, 250000)",
+        )
+        .await
+        .unwrap();
+    // (Without the sets counted, two groups and epochs of 20,000 words fit easily.) The
+    // error is the state's own or, when an epoch asks for memory the sets hold, the
+    // epoch's naming the state as the largest consumer.
+    let error = query_failure(&client, "spread").await;
+    assert!(
+        error.contains("out of memory") && error.contains(r#"continuous query "spread""#),
+        "{error}"
+    );
+    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
+    eventually("the other view catching up", || async {
+        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
+    })
+    .await;
+    server.stop();
+}
