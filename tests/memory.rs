@@ -93,6 +93,10 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
     server.stop();
 }
 
+/// 250,000 distinct words of 100 bytes, into `words`: some 25 MB of values.
+const WORDS: &str = "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT) \
+     FROM generate_series(1, 250000)";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,13 +111,7 @@ async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
         .await
         .unwrap();
     // 250,000 distinct 100-byte words: the view keyed by word holds well over 32 MiB.
-    client
-        .batch_execute(
-            "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT)
-             FROM generate_series(1, 250000)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(WORDS).await.unwrap();
     let error = query_failure(&client, "every").await;
     assert!(
         error.contains("out of memory") && error.contains("every"),
@@ -238,13 +236,7 @@ async fn distinct_values_a_view_keeps_count_against_the_limit() {
         .await
         .unwrap();
     // 250,000 distinct 100-byte words in one group.
-    client
-        .batch_execute(
-            "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT)
-             FROM generate_series(1, 250000)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(WORDS).await.unwrap();
     // (Without the sets counted, two groups and epochs of 20,000 words fit easily.) The
     // error is the state's own or, when an epoch asks for memory the sets hold, the
     // epoch's naming the state as the largest consumer.
