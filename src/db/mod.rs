@@ -356,6 +356,10 @@ fn session_state(
         datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf))
             .expect("registering a scalar function cannot fail");
     }
+    for rewrite in sql::functions::rewrites() {
+        datafusion::execution::FunctionRegistry::register_function_rewrite(&mut state, rewrite)
+            .expect("registering a rewrite cannot fail");
+    }
     state.register_udtf("nexmark", Arc::new(crate::tables::nexmark::NexmarkFunction));
     state.catalog_list().register_catalog(
         CATALOG_NAME.into(),

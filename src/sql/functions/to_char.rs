@@ -1,5 +1,4 @@
-//! Scalar functions Runnel registers in place of DataFusion's own, where the same answer can
-//! be had for much less work.
+//! `to_char` with its format parsed once per batch.
 
 use std::sync::Arc;
 
@@ -14,13 +13,8 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::{Result, ScalarValue};
 use datafusion::functions::datetime::to_char::ToCharFunc;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
-
-/// The functions of this module, to register over DataFusion's defaults.
-pub fn udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(ToChar::default())]
-}
 
 /// `to_char(timestamp, format)` (alias `date_format`), as DataFusion's, but a constant format
 /// is parsed once per batch and written straight into the result (arrow's formatter parses

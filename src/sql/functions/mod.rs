@@ -1,0 +1,28 @@
+//! Scalar functions Runnel registers in place of DataFusion's own — where the same answer can
+//! be had for much less work, or where PostgreSQL's answer differs — and the ones PostgreSQL
+//! has that DataFusion lacks.
+
+mod regexp;
+mod to_char;
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
+
+pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSubstr};
+pub use to_char::ToChar;
+
+/// The functions of this module, to register over DataFusion's defaults.
+pub fn udfs() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(ToChar::default()),
+        ScalarUDF::from(RegexpMatch::default()),
+        ScalarUDF::from(RegexpSubstr::default()),
+    ]
+}
+
+/// Rewrites of calls into cheaper calls with the same answer, applied before planning.
+pub fn rewrites() -> Vec<Arc<dyn FunctionRewrite + Send + Sync>> {
+    vec![Arc::new(RegexpMatchElement::default())]
+}
