@@ -15,6 +15,7 @@
 //!     │               providers, scans, sinks, pg_catalog; reads the engine through a trait
 //!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
 //!     │               but the few scalar functions put in place of DataFusion's
+//!     │               (functions); planner: a filter's calls shared with projections
 //!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
 //!     │               value formats (JSON, CSV, raw) at the edges
 //!  groups, producers, consumer groups' offsets; idempotent producers' sequences; streams,

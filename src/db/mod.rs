@@ -350,6 +350,7 @@ fn session_state(
         .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
         .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))
         .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
+        .with_query_planner(Arc::new(sql::planner::RunnelPlanner))
         .build();
     let mut state = state;
     for udf in sql::functions::udfs() {

@@ -8,6 +8,7 @@ pub mod functions;
 pub mod literal_insert;
 pub mod overflow;
 pub mod parser;
+pub mod planner;
 pub mod rewrite;
 pub mod windows;
 

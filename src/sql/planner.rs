@@ -1,0 +1,289 @@
+//! The physical planner of Runnel's sessions: DataFusion's, after one more rewrite of the
+//! optimized logical plan — one DataFusion's own optimizer would undo if it ran among its
+//! rules (filter pushdown moves a filter back below the projection this adds).
+//!
+//! **A filter's calls, computed once.** DataFusion shares a common expression within one
+//! node, not between a filter and the projections above it: in
+//!
+//! ```sql
+//! SELECT CASE … ELSE (regexp_match(url, 'channel_id=([^&]*)'))[1] END
+//! FROM bid WHERE (regexp_match(url, 'channel_id=([^&]*)'))[1] IS NOT NULL OR …
+//! ```
+//!
+//! (Nexmark q21) the filter matches every row's URL, then the projection matches the rows it
+//! kept again. A call the filter evaluates for every row anyway (not under the right side of
+//! an `AND`/`OR`, a later `CASE` branch or a `coalesce` argument, which DataFusion evaluates
+//! only for some rows) and that a projection above uses too is computed once, in a
+//! projection below the filter, and both read its column.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, Result};
+use datafusion::execution::SessionState;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+/// DataFusion's physical planner, over the plan with its filters' calls shared.
+#[derive(Debug, Default)]
+pub struct RunnelPlanner;
+
+#[async_trait]
+impl QueryPlanner for RunnelPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = share_filter_calls(plan.clone())?;
+        let state = session
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .expect("Runnel plans in DataFusion sessions");
+        DefaultPhysicalPlanner::default()
+            .create_physical_plan(&plan, state)
+            .await
+    }
+}
+
+/// `plan` with the calls each filter evaluates for every row, and a projection above it uses
+/// again, computed once below the filter.
+pub fn share_filter_calls(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_down(|node| match &node {
+        LogicalPlan::Projection(top) => Ok(match share_below(top)? {
+            Some(shared) => Transformed::yes(shared),
+            None => Transformed::no(node),
+        }),
+        _ => Ok(Transformed::no(node)),
+    })
+    .map(|t| t.data)
+}
+
+/// The prefix of the columns computed below a filter.
+const SHARED_PREFIX: &str = "__runnel_shared_";
+
+/// `top`, a projection over projections over a filter, rewritten to share the filter's calls
+/// with the projections; `None` when nothing is shared.
+fn share_below(top: &Projection) -> Result<Option<LogicalPlan>> {
+    // The projections from the filter up.
+    let mut chain = vec![top];
+    let mut below = top.input.as_ref();
+    let filter = loop {
+        match below {
+            LogicalPlan::Projection(p) => {
+                chain.push(p);
+                below = p.input.as_ref();
+            }
+            LogicalPlan::Filter(f) => break f,
+            _ => return Ok(None),
+        }
+    };
+    chain.reverse();
+
+    let mut calls = vec![];
+    always_evaluated_calls(&filter.predicate, &mut calls);
+    // Each shared call and the highest projection that uses it.
+    let mut shared: Vec<(Expr, usize)> = vec![];
+    for call in calls {
+        if shared.iter().any(|(s, _)| contains(s, call)) {
+            continue;
+        }
+        let columns = call.column_refs();
+        let mut user = None;
+        for (at, projection) in chain.iter().enumerate() {
+            if projection.expr.iter().any(|e| contains(e, call)) {
+                user = Some(at);
+            }
+            let passes_columns = columns.iter().all(|c| {
+                projection
+                    .expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::Column(p) if p == *c))
+            });
+            if !passes_columns {
+                break;
+            }
+        }
+        if let Some(user) = user {
+            shared.push((call.clone(), user));
+        }
+    }
+    if shared.is_empty() {
+        return Ok(None);
+    }
+
+    let taken: Vec<String> = filter
+        .input
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let names: Vec<String> = (0..)
+        .map(|n| format!("{SHARED_PREFIX}{n}"))
+        .filter(|name| !taken.contains(name))
+        .take(shared.len())
+        .collect();
+
+    let mut computed: Vec<Expr> = filter
+        .input
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    computed.extend(
+        shared
+            .iter()
+            .zip(&names)
+            .map(|((call, _), name)| call.clone().alias(name)),
+    );
+    let computed = Projection::try_new(computed, filter.input.clone())?;
+    let every: Vec<(&Expr, &str)> = shared
+        .iter()
+        .zip(&names)
+        .map(|((call, _), name)| (call, name.as_str()))
+        .collect();
+    let predicate = replace(filter.predicate.clone(), &every)?;
+    let mut plan = LogicalPlan::Filter(Filter::try_new(
+        predicate,
+        Arc::new(LogicalPlan::Projection(computed)),
+    )?);
+
+    for (at, projection) in chain.iter().enumerate() {
+        // The calls whose column reaches this projection, and those it passes on.
+        let reaching: Vec<(&Expr, &str)> = shared
+            .iter()
+            .zip(&names)
+            .filter(|((_, user), _)| *user >= at)
+            .map(|((call, _), name)| (call, name.as_str()))
+            .collect();
+        let mut exprs = vec![];
+        for expr in &projection.expr {
+            let name = NamePreserver::new_for_projection().save(expr);
+            exprs.push(name.restore(replace(expr.clone(), &reaching)?));
+        }
+        exprs.extend(
+            shared
+                .iter()
+                .zip(&names)
+                .filter(|((_, user), _)| *user > at)
+                .map(|(_, name)| Expr::Column(Column::new_unqualified(name))),
+        );
+        plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?);
+    }
+    Ok(Some(plan))
+}
+
+/// The calls over columns in `expr` that DataFusion evaluates for every row, outermost
+/// first.
+fn always_evaluated_calls<'a>(expr: &'a Expr, calls: &mut Vec<&'a Expr>) {
+    if let Expr::ScalarFunction(f) = expr
+        && !expr.is_volatile()
+        && !expr.column_refs().is_empty()
+    {
+        calls.push(expr);
+        if f.func.short_circuits() {
+            if let Some(first) = f.args.first() {
+                always_evaluated_calls(first, calls);
+            }
+            return;
+        }
+    }
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And | Operator::Or,
+            ..
+        }) => always_evaluated_calls(left, calls),
+        Expr::Case(case) => {
+            if let Some(base) = &case.expr {
+                always_evaluated_calls(base, calls);
+            } else if let Some((first, _)) = case.when_then_expr.first() {
+                always_evaluated_calls(first, calls);
+            }
+        }
+        Expr::ScalarFunction(f) if f.func.short_circuits() => {}
+        Expr::ScalarSubquery(_)
+        | Expr::Exists(_)
+        | Expr::InSubquery(_)
+        | Expr::SetComparison(_)
+        | Expr::AggregateFunction(_)
+        | Expr::WindowFunction(_) => {}
+        _ => {
+            let _ = expr.apply_children(|child| {
+                always_evaluated_calls(child, calls);
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+    }
+}
+
+fn contains(haystack: &Expr, needle: &Expr) -> bool {
+    haystack.exists(|e| Ok(e == needle)).unwrap_or(false)
+}
+
+/// `expr` with each of `calls` replaced by its column.
+fn replace(expr: Expr, calls: &[(&Expr, &str)]) -> Result<Expr> {
+    expr.transform_down(|e| {
+        Ok(match calls.iter().find(|(call, _)| **call == e) {
+            Some((_, name)) => Transformed::new(
+                Expr::Column(Column::new_unqualified(*name)),
+                true,
+                TreeNodeRecursion::Jump,
+            ),
+            None => Transformed::no(e),
+        })
+    })
+    .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn shared(sql: &str) -> (String, String) {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE bid (url TEXT, channel TEXT, price BIGINT) AS VALUES ('a&channel_id=1', 'x', 1)")
+            .await
+            .unwrap();
+        let plan = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+        let before = plan.schema().clone();
+        let after = share_filter_calls(plan).unwrap();
+        assert_eq!(
+            after.schema().as_ref(),
+            before.as_ref(),
+            "the output is unchanged"
+        );
+        (after.display_indent().to_string(), format!("{before}"))
+    }
+
+    #[tokio::test]
+    async fn a_call_the_filter_makes_for_every_row_is_computed_once() {
+        let (plan, _) = shared(
+            "SELECT channel, CASE WHEN lower(channel) = 'apple' THEN '0' \
+             ELSE (regexp_match(url, 'channel_id=([^&]*)'))[1] END AS id \
+             FROM bid WHERE (regexp_match(url, 'channel_id=([^&]*)'))[1] IS NOT NULL \
+             OR lower(channel) = 'apple'",
+        )
+        .await;
+        assert_eq!(plan.matches("regexp_match").count(), 1, "{plan}");
+        assert!(plan.contains("AS __runnel_shared_0"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn calls_only_some_rows_reach_are_left_alone() {
+        // `upper(url)` is evaluated only for rows with price > 1: computing it for all rows
+        // could be more work, not less.
+        let (plan, _) =
+            shared("SELECT upper(url) FROM bid WHERE price > 1 AND upper(url) <> 'X'").await;
+        assert!(!plan.contains("__runnel_shared"), "{plan}");
+        assert_eq!(plan.matches("upper").count(), 2, "{plan}");
+    }
+}
