@@ -68,7 +68,8 @@ impl ScalarUDFImpl for RegexpMatch {
             [values, pattern, flags] => (values, pattern, Some(flags)),
             other => return exec_err!("regexp_match takes 2 or 3 arguments, not {}", other.len()),
         };
-        let rows = rows_of(&args.args, args.number_rows);
+        let constant = all_constant(&args.args);
+        let rows = if constant { 1 } else { args.number_rows };
         let values = Texts::of(values)?;
         let mut patterns = Patterns::new("regexp_match", pattern, flags)?;
         let lists = match item.data_type() {
@@ -81,7 +82,7 @@ impl ScalarUDFImpl for RegexpMatch {
             }
             other => exec_err!("regexp_match cannot return arrays of {other}"),
         }?;
-        columnar(&args.args, lists)
+        columnar(constant, lists)
     }
 }
 
@@ -188,7 +189,8 @@ impl ScalarUDFImpl for RegexpSubstr {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let rows = rows_of(&args.args, args.number_rows);
+        let constant = all_constant(&args.args);
+        let rows = if constant { 1 } else { args.number_rows };
         let arg = |at: usize| args.args.get(at);
         let values = Texts::of(&args.args[0])?;
         let mut patterns = Patterns::new("regexp_substr", &args.args[1], arg(4))?;
@@ -207,7 +209,7 @@ impl ScalarUDFImpl for RegexpSubstr {
             DataType::Utf8View => call.run(&mut patterns, rows, StringViewBuilder::new()),
             other => exec_err!("regexp_substr cannot return {other}"),
         }?;
-        columnar(&args.args, found)
+        columnar(constant, found)
     }
 }
 
@@ -249,15 +251,22 @@ impl Substr<'_> {
     }
 }
 
-/// `value` as an index, if it is at least `least`; PostgreSQL's error otherwise.
-fn positive(parameter: &str, value: i64, least: i64) -> Result<usize> {
-    if value < least {
-        return Err(error(
-            "22023",
-            format!("invalid value for parameter \"{parameter}\": {value}"),
-        ));
+/// `value` as an index, if it is at least `least` (never negative); PostgreSQL's error
+/// otherwise. Checked for every row, so the error is built out of line.
+#[inline]
+fn positive(parameter: &'static str, value: i64, least: i64) -> Result<usize> {
+    match usize::try_from(value) {
+        Ok(index) if value >= least => Ok(index),
+        _ => Err(out_of_range(parameter, value)),
     }
-    Ok(usize::try_from(value).unwrap_or(usize::MAX))
+}
+
+#[cold]
+fn out_of_range(parameter: &str, value: i64) -> DataFusionError {
+    error(
+        "22023",
+        format!("invalid value for parameter \"{parameter}\": {value}"),
+    )
 }
 
 /// The `subexpr`-th group of the `occurrence`-th match of `regex` in `value` from character
@@ -385,24 +394,20 @@ fn constant_text(expr: &Expr) -> Option<&str> {
     }
 }
 
-/// The number of rows a call answers for: its arrays' length, or 1 when every argument is a
+/// Whether every argument of a call is a constant: then it answers for one row, with a
 /// constant.
-fn rows_of(args: &[ColumnarValue], number_rows: usize) -> usize {
-    if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
-        number_rows
-    } else {
-        1
-    }
+fn all_constant(args: &[ColumnarValue]) -> bool {
+    args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)))
 }
 
 /// `result` as the call's value: a constant when every argument was one.
-fn columnar(args: &[ColumnarValue], result: ArrayRef) -> Result<ColumnarValue> {
-    if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
-        Ok(ColumnarValue::Array(result))
-    } else {
+fn columnar(constant: bool, result: ArrayRef) -> Result<ColumnarValue> {
+    if constant {
         Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
             &result, 0,
         )?))
+    } else {
+        Ok(ColumnarValue::Array(result))
     }
 }
 
