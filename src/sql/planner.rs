@@ -26,6 +26,8 @@ use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection};
+use datafusion::optimizer::optimize_projections::OptimizeProjections;
+use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
@@ -54,14 +56,21 @@ impl QueryPlanner for RunnelPlanner {
 /// `plan` with the calls each filter evaluates for every row, and a projection above it uses
 /// again, computed once below the filter.
 pub fn share_filter_calls(plan: LogicalPlan) -> Result<LogicalPlan> {
-    plan.transform_down(|node| match &node {
+    let shared = plan.transform_down(|node| match &node {
         LogicalPlan::Projection(top) => Ok(match share_below(top)? {
             Some(shared) => Transformed::yes(shared),
             None => Transformed::no(node),
         }),
         _ => Ok(Transformed::no(node)),
-    })
-    .map(|t| t.data)
+    })?;
+    if !shared.transformed {
+        return Ok(shared.data);
+    }
+    // A column only the shared calls read (q21's URL) is no longer needed above them: pruned,
+    // the filter does not copy it.
+    OptimizeProjections::new()
+        .rewrite(shared.data, &OptimizerContext::new())
+        .map(|t| t.data)
 }
 
 /// The prefix of the columns computed below a filter.
@@ -286,6 +295,7 @@ mod tests {
     async fn a_call_the_filter_makes_for_every_row_is_computed_once() {
         let plan = shared(
             "SELECT channel, CASE WHEN lower(channel) = 'apple' THEN '0' \
+             WHEN lower(channel) = 'google' THEN '1' \
              ELSE (regexp_match(url, 'channel_id=([^&]*)'))[1] END AS id \
              FROM bid WHERE (regexp_match(url, 'channel_id=([^&]*)'))[1] IS NOT NULL \
              OR lower(channel) = 'apple'",
@@ -293,6 +303,9 @@ mod tests {
         .await;
         assert_eq!(plan.matches("regexp_match").count(), 1, "{plan}");
         assert!(plan.contains("AS __runnel_shared_0"), "{plan}");
+        // Only the shared call reads the URL: no projection or filter passes it on.
+        assert_eq!(plan.matches("bid.url").count(), 1, "{plan}");
+        assert!(plan.contains("AS __common_expr_1"), "{plan}");
     }
 
     #[tokio::test]

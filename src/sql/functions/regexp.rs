@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayBuilder, ArrayRef, AsArray, GenericStringBuilder, Int64Array, LargeStringArray,
@@ -561,8 +561,36 @@ impl<'a> Patterns<'a> {
     }
 }
 
+/// Patterns compiled lately, by pattern and flags, shared by every query and batch: compiling
+/// a pattern such as Nexmark q21's takes as long as matching it against a few thousand URLs,
+/// and a batch is 8,192 rows. A `Regex` is cheap to clone and safe to use from many threads.
+static COMPILED: LazyLock<Mutex<HashMap<(String, String), Regex>>> = LazyLock::new(Mutex::default);
+
+/// Patterns kept compiled before [`COMPILED`] starts over: enough for the queries running at
+/// once, few enough that the matching caches each keeps stay small.
+const MAX_COMPILED: usize = 32;
+
 /// `pattern` compiled with `flags`; PostgreSQL's errors for a bad pattern or the `g` flag.
 fn compile(function: &str, pattern: &str, flags: &str) -> Result<Regex> {
+    let key = (pattern.to_string(), flags.to_string());
+    let compiled = || {
+        COMPILED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(regex) = compiled().get(&key) {
+        return Ok(regex.clone());
+    }
+    let regex = compile_new(function, pattern, flags)?;
+    let mut kept = compiled();
+    if kept.len() >= MAX_COMPILED {
+        kept.clear();
+    }
+    kept.insert(key, regex.clone());
+    Ok(regex)
+}
+
+fn compile_new(function: &str, pattern: &str, flags: &str) -> Result<Regex> {
     if flags.contains('g') {
         return Err(error(
             "22023",
@@ -694,6 +722,28 @@ mod tests {
         assert_eq!(
             lists(&got),
             vec![some(&[Some("B")]), some(&[Some("c")]), None, None]
+        );
+    }
+
+    #[test]
+    fn compiled_patterns_are_kept_and_the_kept_set_stays_bounded() {
+        let first = compile("regexp_match", "kept-(a+)", "i").unwrap();
+        let again = compile("regexp_match", "kept-(a+)", "i").unwrap();
+        assert_eq!(again.as_str(), first.as_str());
+        assert!(COMPILED.lock().unwrap().len() <= MAX_COMPILED);
+        // More patterns than are kept: each still compiled as written, with its own flags.
+        for n in 0..MAX_COMPILED + 8 {
+            let regex = compile("regexp_match", &format!("^x{{{n}}}$"), "").unwrap();
+            assert!(regex.is_match(&"x".repeat(n)), "{n}");
+            assert!(!regex.is_match(&"x".repeat(n + 1)), "{n}");
+            assert!(COMPILED.lock().unwrap().len() <= MAX_COMPILED);
+        }
+        let cased = compile("regexp_match", "kept-(a+)", "").unwrap();
+        assert!(!cased.is_match("KEPT-A"));
+        assert!(
+            compile("regexp_match", "kept-(a+)", "i")
+                .unwrap()
+                .is_match("KEPT-A")
         );
     }
 
