@@ -567,8 +567,9 @@ impl<'a> Patterns<'a> {
 static COMPILED: LazyLock<Mutex<HashMap<(String, String), Regex>>> = LazyLock::new(Mutex::default);
 
 /// Patterns kept compiled before [`COMPILED`] starts over: enough for the queries running at
-/// once, few enough that the matching caches each keeps stay small.
-const MAX_COMPILED: usize = 32;
+/// once, and few, since each pattern keeps the matching caches of the threads that used it
+/// (its lazy DFAs', up to a few MiB each for a pattern that explores many states).
+const MAX_COMPILED: usize = 16;
 
 /// `pattern` compiled with `flags`; PostgreSQL's errors for a bad pattern or the `g` flag.
 fn compile(function: &str, pattern: &str, flags: &str) -> Result<Regex> {
