@@ -562,8 +562,9 @@ impl<'a> Patterns<'a> {
 }
 
 /// Patterns compiled lately, by pattern and flags, shared by every query and batch: compiling
-/// a pattern such as Nexmark q21's takes as long as matching it against a few thousand URLs,
-/// and a batch is 8,192 rows. A `Regex` is cheap to clone and safe to use from many threads.
+/// a pattern such as Nexmark q21's takes as long as matching it against about a thousand
+/// URLs, and a batch is 8,192 rows. A `Regex` is cheap to clone and safe to use from many
+/// threads.
 static COMPILED: LazyLock<Mutex<HashMap<(String, String), Regex>>> = LazyLock::new(Mutex::default);
 
 /// Patterns kept compiled before [`COMPILED`] starts over: enough for the queries running at
