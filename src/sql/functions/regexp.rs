@@ -360,12 +360,13 @@ impl RegexpMatchElement {
             [value, pattern, flags] => (value, pattern, flags.clone()),
             _ => return None,
         };
-        let regex = compile(
-            "regexp_match",
-            constant_text(pattern)?,
-            constant_text(&flags)?,
-        )
-        .ok()?;
+        let regex = KEPT
+            .compile(
+                "regexp_match",
+                constant_text(pattern)?,
+                constant_text(&flags)?,
+            )
+            .ok()?;
         // Without groups the array holds the whole match, group 0.
         let group = match regex.captures_len() - 1 {
             0 if *n == 1 => 0,
@@ -513,7 +514,7 @@ impl<'a> Patterns<'a> {
         };
         let constant = match (patterns.constant(), flags.constant()) {
             (Some(Some(pattern)), Some(Some(flags))) => {
-                let regex = compile(function, pattern, flags)?;
+                let regex = KEPT.compile(function, pattern, flags)?;
                 let groups = regex.capture_locations();
                 Some((regex, groups))
             }
@@ -561,38 +562,57 @@ impl<'a> Patterns<'a> {
     }
 }
 
-/// Patterns compiled lately, by pattern and flags, shared by every query and batch: compiling
-/// a pattern such as Nexmark q21's takes as long as matching it against about a thousand
-/// URLs, and a batch is 8,192 rows. A `Regex` is cheap to clone and safe to use from many
-/// threads.
-static COMPILED: LazyLock<Mutex<HashMap<(String, String), Regex>>> = LazyLock::new(Mutex::default);
+/// Constant patterns compiled lately, shared by every query and batch: compiling a pattern
+/// such as Nexmark q21's takes as long as matching it against about a thousand URLs, and a
+/// batch is 8,192 rows. (Patterns that change from row to row are compiled per batch, by
+/// [`Patterns`], so they cannot push the constant ones out.)
+static KEPT: LazyLock<Kept> = LazyLock::new(|| Kept::new(MAX_KEPT));
 
-/// Patterns kept compiled before [`COMPILED`] starts over: enough for the queries running at
+/// Patterns kept compiled before [`KEPT`] starts over: enough for the queries running at
 /// once, and few, since each pattern keeps the matching caches of the threads that used it
 /// (its lazy DFAs', up to a few MiB each for a pattern that explores many states).
-const MAX_COMPILED: usize = 16;
+const MAX_KEPT: usize = 16;
+
+/// Compiled patterns by pattern and flags, at most `max`. A `Regex` is cheap to clone and
+/// safe to use from many threads.
+struct Kept {
+    patterns: Mutex<HashMap<(String, String), Regex>>,
+    max: usize,
+}
+
+impl Kept {
+    fn new(max: usize) -> Kept {
+        Kept {
+            patterns: Mutex::default(),
+            max,
+        }
+    }
+
+    /// `pattern` compiled with `flags`, as [`compile`] does, once while it stays kept.
+    fn compile(&self, function: &str, pattern: &str, flags: &str) -> Result<Regex> {
+        let key = (pattern.to_string(), flags.to_string());
+        if let Some(regex) = self.lock().get(&key) {
+            return Ok(regex.clone());
+        }
+        let regex = compile(function, pattern, flags)?;
+        let mut kept = self.lock();
+        if kept.len() >= self.max {
+            kept.clear();
+        }
+        kept.insert(key, regex.clone());
+        Ok(regex)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Regex>> {
+        // The map is whole between statements: a panic elsewhere leaves nothing half-done.
+        self.patterns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// `pattern` compiled with `flags`; PostgreSQL's errors for a bad pattern or the `g` flag.
 fn compile(function: &str, pattern: &str, flags: &str) -> Result<Regex> {
-    let key = (pattern.to_string(), flags.to_string());
-    let compiled = || {
-        COMPILED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
-    if let Some(regex) = compiled().get(&key) {
-        return Ok(regex.clone());
-    }
-    let regex = compile_new(function, pattern, flags)?;
-    let mut kept = compiled();
-    if kept.len() >= MAX_COMPILED {
-        kept.clear();
-    }
-    kept.insert(key, regex.clone());
-    Ok(regex)
-}
-
-fn compile_new(function: &str, pattern: &str, flags: &str) -> Result<Regex> {
     if flags.contains('g') {
         return Err(error(
             "22023",
@@ -729,24 +749,38 @@ mod tests {
 
     #[test]
     fn compiled_patterns_are_kept_and_the_kept_set_stays_bounded() {
-        let first = compile("regexp_match", "kept-(a+)", "i").unwrap();
-        let again = compile("regexp_match", "kept-(a+)", "i").unwrap();
-        assert_eq!(again.as_str(), first.as_str());
-        assert!(COMPILED.lock().unwrap().len() <= MAX_COMPILED);
-        // More patterns than are kept: each still compiled as written, with its own flags.
-        for n in 0..MAX_COMPILED + 8 {
-            let regex = compile("regexp_match", &format!("^x{{{n}}}$"), "").unwrap();
-            assert!(regex.is_match(&"x".repeat(n)), "{n}");
-            assert!(!regex.is_match(&"x".repeat(n + 1)), "{n}");
-            assert!(COMPILED.lock().unwrap().len() <= MAX_COMPILED);
-        }
-        let cased = compile("regexp_match", "kept-(a+)", "").unwrap();
+        let kept = Kept::new(4);
+        let held = |pattern: &str, flags: &str| {
+            kept.lock()
+                .contains_key(&(pattern.to_string(), flags.to_string()))
+        };
+        kept.compile("regexp_match", "kept-(a+)", "i").unwrap();
+        assert!(held("kept-(a+)", "i"));
+        kept.compile("regexp_match", "kept-(a+)", "i").unwrap();
+        assert_eq!(kept.lock().len(), 1, "compiled once, kept once");
+        // Flags are part of the key.
+        let cased = kept.compile("regexp_match", "kept-(a+)", "").unwrap();
         assert!(!cased.is_match("KEPT-A"));
         assert!(
-            compile("regexp_match", "kept-(a+)", "i")
+            kept.lock()
+                .get(&("kept-(a+)".into(), "i".into()))
                 .unwrap()
                 .is_match("KEPT-A")
         );
+        // Errors are not kept.
+        assert!(kept.compile("regexp_match", "(", "").is_err());
+        assert!(kept.compile("regexp_match", "a", "g").is_err());
+        assert!(!held("(", "") && !held("a", "g"));
+        // More patterns than are kept: each still compiled as written.
+        for n in 0..10 {
+            let regex = kept
+                .compile("regexp_match", &format!("^x{{{n}}}$"), "")
+                .unwrap();
+            assert!(regex.is_match(&"x".repeat(n)), "{n}");
+            assert!(!regex.is_match(&"x".repeat(n + 1)), "{n}");
+            assert!(kept.lock().len() <= 4);
+            assert!(held(&format!("^x{{{n}}}$"), ""));
+        }
     }
 
     #[test]
