@@ -8,6 +8,13 @@
 //! its own distinct values in the sets, counts the ones that are new, and its changelog
 //! records those alone, which a restore adds to the sets again. Counts of different epochs
 //! are of disjoint values, so they merge as a plain `count`'s do, by adding.
+//!
+//! The epoch's values reach the sets through [`Collect`], which stands in for
+//! `count(DISTINCT x)` in the epoch's `Partial` aggregate: the same list, every value the
+//! group's rows had rather than each once. DataFusion's own partial state builds a set of
+//! the epoch's values for every group, from empty each epoch, and the merge of the threads'
+//! rows builds it again; the sets here are looked up either way, so the duplicates are
+//! dropped there, once.
 
 use std::sync::Arc;
 
@@ -95,6 +102,29 @@ impl Values {
     }
 }
 
+/// The values of one group's list that [`Sets::novel`] has taken, so that a value the
+/// list holds twice is taken once.
+#[derive(Default)]
+struct Taken<'v> {
+    ints: HashSet<i64>,
+    rows: HashSet<&'v [u8]>,
+}
+
+impl<'v> Taken<'v> {
+    fn clear(&mut self) {
+        self.ints.clear();
+        self.rows.clear();
+    }
+
+    /// Takes value `i` of `values`: false if it was taken before.
+    fn take(&mut self, values: &'v Values, i: usize) -> bool {
+        match values {
+            Values::Int(v) => self.ints.insert(v.value(i)),
+            Values::Rows(v) => self.rows.insert(v.row(i).data()),
+        }
+    }
+}
+
 /// Per group (by its key in Arrow's row format), one set per `count(DISTINCT …)`.
 #[derive(Debug)]
 pub struct Sets {
@@ -175,7 +205,8 @@ impl Sets {
 
     /// Of `lists` (one list array per aggregate, a row per group, the group of row `i`
     /// keyed `key(i)`), the values their groups have not counted: per aggregate, how many
-    /// per row, and those values, as lists of the same type. Each list holds a value once.
+    /// per row, and those values, as lists of the same type. A value may be in a list more
+    /// than once; it is counted, and returned, once.
     pub fn novel<'a>(
         &self,
         key: impl Fn(usize) -> &'a [u8],
@@ -186,12 +217,17 @@ impl Sets {
             let list = list.as_list::<i32>();
             let values = self.held(k, list.values())?;
             let mut taken: Vec<u32> = vec![];
+            let mut once = Taken::default();
             let mut count = Vec::with_capacity(list.len());
             for (row, range) in list.offsets().windows(2).enumerate() {
                 let set = self.groups.get(key(row)).map(|sets| &sets[k]);
                 let before = taken.len();
+                once.clear();
                 for i in range[0] as usize..range[1] as usize {
-                    if list.values().is_valid(i) && !values.contained(set, i) {
+                    if list.values().is_valid(i)
+                        && !values.contained(set, i)
+                        && once.take(&values, i)
+                    {
                         taken.push(i as u32);
                     }
                 }
@@ -407,5 +443,14 @@ mod tests {
         sets.remove(b"a");
         let (c, _) = sets.novel(key, &second).unwrap();
         assert_eq!(counts(&c), [[2, 0], [2, 0]]);
+
+        // A value a list holds more than once is new once.
+        let twice = [
+            int_lists(&[&[9, 9, 1, 1], &[1, 1]]),
+            text_lists(&[&["z", "z"], &["x", "x"]]),
+        ];
+        let (c, added) = sets.novel(key, &twice).unwrap();
+        assert_eq!(counts(&c), [[2, 0], [1, 0]]);
+        assert_eq!(ints(&added[0], 0), vec![1, 9]);
     }
 }

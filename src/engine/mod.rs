@@ -7,6 +7,7 @@
 //! the contents of materialized views to `SELECT`.
 
 pub mod checkpoint;
+mod collect;
 mod distinct;
 pub mod plan;
 mod push;

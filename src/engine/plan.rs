@@ -45,7 +45,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{AggregateUDF, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::Column;
@@ -60,6 +60,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
+use crate::engine::collect::Collect;
 use crate::engine::sessions::SessionColumns;
 use crate::engine::state::{self, Expiry, Groups};
 use crate::error::{Error, Result};
@@ -204,7 +205,7 @@ pub struct Aggregation {
 
 /// An aggregation's `count(DISTINCT …)` aggregates, counted against sets of the values
 /// each group has counted (see [`crate::engine::distinct`]): the `Partial` aggregate
-/// returns each one's distinct values in a list, as DataFusion keeps it; the state keeps
+/// returns each one's values in a list, the type DataFusion keeps them in; the state keeps
 /// a count in its place, which merges (and is finalized) as a plain `count`'s.
 struct Distinct {
     /// The columns of the `Partial` aggregate's output that are those lists.
@@ -215,6 +216,9 @@ struct Distinct {
     merging: Vec<Arc<AggregateFunctionExpr>>,
     /// The `Final` aggregate with those aggregates.
     final_: Arc<dyn ExecutionPlan>,
+    /// The `Partial` aggregate with each `count(DISTINCT …)` collecting its values
+    /// ([`Collect`]), duplicates included, which the sets drop.
+    partial: Arc<dyn ExecutionPlan>,
 }
 
 impl Distinct {
@@ -227,7 +231,7 @@ impl Distinct {
         let output = partial.schema();
         let mut fields = output.fields().to_vec();
         let mut column = partial.group_expr().num_group_exprs();
-        let (mut lists, mut merging) = (vec![], vec![]);
+        let (mut lists, mut merging, mut collecting) = (vec![], vec![], vec![]);
         for expr in partial.aggr_expr() {
             let width = expr.state_fields().map_err(df)?.len();
             if expr.is_distinct()
@@ -235,6 +239,17 @@ impl Distinct {
                 && width == 1
                 && expr.expressions().len() == 1
             {
+                let collect = Collect::new(expr.state_fields().map_err(df)?[0].clone());
+                collecting.push(Arc::new(
+                    AggregateExprBuilder::new(
+                        Arc::new(AggregateUDF::new_from_impl(collect)),
+                        expr.expressions(),
+                    )
+                    .schema(partial.input_schema())
+                    .alias(expr.name())
+                    .build()
+                    .map_err(df)?,
+                ));
                 let count =
                     AggregateExprBuilder::new(Arc::new(expr.fun().clone()), expr.expressions())
                         .schema(partial.input_schema())
@@ -247,6 +262,7 @@ impl Distinct {
                 merging.push(Arc::new(count));
             } else {
                 merging.push(expr.clone());
+                collecting.push(expr.clone());
             }
             column += width;
         }
@@ -263,11 +279,26 @@ impl Distinct {
             last.input_schema(),
         )
         .map_err(df)?;
+        let collecting = AggregateExec::try_new(
+            *partial.mode(),
+            partial.group_expr().clone(),
+            collecting,
+            partial.filter_expr().to_vec(),
+            partial.input().clone(),
+            partial.input_schema(),
+        )
+        .map_err(df)?;
+        if collecting.schema() != partial.schema() {
+            return Err(Error::Internal(
+                "values collected in another shape than count(DISTINCT …) keeps them".into(),
+            ));
+        }
         Ok(Some(Distinct {
             lists,
             state,
             merging,
             final_: Arc::new(final_),
+            partial: Arc::new(collecting),
         }))
     }
 }
@@ -1036,6 +1067,7 @@ impl Aggregation {
             Some(p) if !sessions => Distinct::of(p, &final_)?.map(Arc::new),
             _ => None,
         };
+        let partial = distinct.as_ref().map_or(partial, |d| d.partial.clone());
         Ok(Aggregation {
             partial,
             final_,
@@ -1209,7 +1241,7 @@ impl Aggregation {
             };
             return self.merge_with(rows, states, ctx).await;
         };
-        // The epoch's distinct values, one row per group, counted against the sets.
+        // The epoch's values, one row per group, counted against the sets.
         let schema = self.partial.schema();
         let partial = concat(&schema, &self.partial(rows, ctx.clone()).await?)?;
         let aggregates = self.partial_aggregate().aggr_expr().to_vec();
