@@ -15,6 +15,15 @@
 //! an `AND`/`OR`, a later `CASE` branch or a `coalesce` argument, which DataFusion evaluates
 //! only for some rows) and that a projection above uses too is computed once, in a
 //! projection below the filter, and both read its column.
+//!
+//! **A `CASE` of equalities, as a lookup.** A searched `CASE WHEN e = 'apple' THEN '0'
+//! WHEN e = 'google' THEN '1' … ELSE x END` makes DataFusion compare the rows not yet
+//! matched once per `WHEN`. When every `WHEN` compares the same expression with a literal
+//! and every `THEN` is a literal other than NULL, the same `CASE e WHEN 'apple' THEN '0' …`
+//! is a hash lookup per row in DataFusion; an `ELSE` that is a column (the shared call
+//! above: q21's channel id) becomes `coalesce(lookup, x)` (`sql::functions::Coalesced`:
+//! each row's lookup, or the column's value where the lookup found nothing). Any other `ELSE` (evaluated only for the rows no `WHEN`
+//! matched, and maybe failing on others) leaves the `CASE` as it is.
 
 use std::sync::Arc;
 
@@ -24,12 +33,17 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
-use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Filter, LogicalPlan, Operator, Projection, ScalarUDF,
+};
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+use crate::sql::functions::Coalesced;
 
 /// DataFusion's physical planner, over the plan with its filters' calls shared.
 #[derive(Debug, Default)]
@@ -42,7 +56,7 @@ impl QueryPlanner for RunnelPlanner {
         plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = share_filter_calls(plan.clone())?;
+        let plan = rewrite(plan.clone())?;
         let state = session
             .as_any()
             .downcast_ref::<SessionState>()
@@ -51,6 +65,92 @@ impl QueryPlanner for RunnelPlanner {
             .create_physical_plan(&plan, state)
             .await
     }
+}
+
+/// `plan` as Runnel's planner rewrites it: filters' calls shared, `CASE`s of equalities as
+/// lookups.
+pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
+    case_lookups(share_filter_calls(plan)?)
+}
+
+/// `plan` with each searched `CASE` of equalities of one expression with literals, in a
+/// projection or a filter, as a lookup (see the module's documentation).
+pub fn case_lookups(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up(|node| match &node {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => {
+            let names = NamePreserver::new(&node);
+            let node = node.map_expressions(|expr| {
+                let name = names.save(&expr);
+                let rewritten = expr.transform_up(lookup)?;
+                Ok(match rewritten.transformed {
+                    true => Transformed::yes(name.restore(rewritten.data)),
+                    false => rewritten,
+                })
+            })?;
+            match node.transformed {
+                true => Ok(Transformed::yes(node.data.recompute_schema()?)),
+                false => Ok(node),
+            }
+        }
+        _ => Ok(Transformed::no(node)),
+    })
+    .map(|t| t.data)
+}
+
+/// `expr` as a lookup, if it is a searched `CASE` of equalities that can be one.
+fn lookup(expr: Expr) -> Result<Transformed<Expr>> {
+    let Expr::Case(case) = &expr else {
+        return Ok(Transformed::no(expr));
+    };
+    if case.expr.is_some() || case.when_then_expr.len() < 2 {
+        return Ok(Transformed::no(expr));
+    }
+    let literal = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
+    let mut base: Option<&Expr> = None;
+    let mut pairs = vec![];
+    for (when, then) in &case.when_then_expr {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = when.as_ref()
+        else {
+            return Ok(Transformed::no(expr));
+        };
+        let (compared, value) = match (literal(left), literal(right)) {
+            (false, true) => (left.as_ref(), right),
+            (true, false) => (right.as_ref(), left),
+            _ => return Ok(Transformed::no(expr)),
+        };
+        // Evaluated once instead of once per `WHEN`: the same only if it is not volatile.
+        if compared.is_volatile() || base.is_some_and(|b| b != compared) || !literal(then) {
+            return Ok(Transformed::no(expr));
+        }
+        base = Some(compared);
+        pairs.push((value.clone(), then.clone()));
+    }
+    let Some(base) = base else {
+        return Ok(Transformed::no(expr));
+    };
+    let mut lookup = datafusion::logical_expr::Case {
+        expr: Some(Box::new(base.clone())),
+        when_then_expr: pairs,
+        else_expr: None,
+    };
+    Ok(match case.else_expr.as_deref() {
+        None => Transformed::yes(Expr::Case(lookup)),
+        Some(other @ Expr::Literal(..)) => {
+            lookup.else_expr = Some(Box::new(other.clone()));
+            Transformed::yes(Expr::Case(lookup))
+        }
+        Some(column @ Expr::Column(_)) => {
+            Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                Arc::new(ScalarUDF::from(Coalesced::default())),
+                vec![Expr::Case(lookup), column.clone()],
+            )))
+        }
+        Some(_) => Transformed::no(expr),
+    })
 }
 
 /// `plan` with the calls each filter evaluates for every row, and a projection above it uses
@@ -267,7 +367,7 @@ mod tests {
         .await
         .unwrap();
         let plan = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
-        let after = share_filter_calls(plan.clone()).unwrap();
+        let after = rewrite(plan.clone()).unwrap();
         assert_eq!(after.schema(), plan.schema(), "the output is unchanged");
         let state = ctx.state();
         let mut answers = vec![];
@@ -306,6 +406,43 @@ mod tests {
         // Only the shared call reads the URL: no projection or filter passes it on.
         assert_eq!(plan.matches("bid.url").count(), 1, "{plan}");
         assert!(plan.contains("AS __common_expr_1"), "{plan}");
+        // The CASE is a lookup, its ELSE the shared call's column where it finds nothing.
+        assert!(
+            plan.contains("coalesce(CASE __common_expr_1 WHEN Utf8View(\"apple\") THEN"),
+            "{plan}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_case_of_equalities_is_a_lookup_only_where_it_means_the_same() {
+        // Literal ELSE, no ELSE, literals on either side, NULL compared.
+        let plan = shared(
+            "SELECT CASE WHEN channel = 'x' THEN 'X' WHEN 'apple' = channel THEN 'A' \
+             ELSE 'other' END AS a, \
+             CASE WHEN price = 1 THEN 10 WHEN price = 4 THEN 40 END AS b FROM bid",
+        )
+        .await;
+        assert!(plan.contains("CASE bid.channel WHEN"), "{plan}");
+        assert!(plan.contains("CASE bid.price WHEN"), "{plan}");
+        // Left alone: an ELSE that is not a column or literal (evaluated only for the rows
+        // no WHEN matched), two compared expressions, a NULL result; the last, with an ELSE
+        // that is a column, is a lookup. Then a volatile compared expression.
+        for sql in [
+            "SELECT CASE WHEN channel = 'x' THEN 'X' WHEN channel = 'y' THEN 'Y'              ELSE upper(url) END FROM bid",
+            "SELECT CASE WHEN channel = 'x' THEN 'X' WHEN url = 'none' THEN 'Y' END FROM bid",
+            "SELECT CASE WHEN channel = 'x' THEN NULL WHEN channel = 'y' THEN 'Y'              ELSE url END FROM bid",
+            "SELECT CASE WHEN channel = 'x' THEN 'X' WHEN channel = 'y' THEN 'Y' ELSE url END              AS c, price FROM bid WHERE price > 2 OR price IS NULL",
+        ] {
+            let plan = shared(sql).await;
+            let lookups = plan.matches("CASE bid.channel WHEN").count();
+            let expected = usize::from(sql.contains("price > 2"));
+            assert_eq!(lookups, expected, "{sql}: {plan}");
+        }
+        let plan = shared(
+            "SELECT CASE WHEN random() = 0.5 THEN 'X' WHEN random() = 0.25 THEN 'Y' END AS r,              url FROM bid",
+        )
+        .await;
+        assert!(!plan.contains("CASE random()"), "{plan}");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! be had for much less work, or where PostgreSQL's answer differs — and the ones PostgreSQL
 //! has that DataFusion lacks.
 
+mod coalesced;
 mod regexp;
 mod to_char;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 
+pub use coalesced::Coalesced;
 pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSubstr};
 pub use to_char::ToChar;
 
