@@ -7,6 +7,7 @@
 //! cargo bench --bench nexmark                          # 10,000,000 events
 //! RUNNEL_BENCH_ROWS=1000000 cargo bench --bench nexmark
 //! RUNNEL_BENCH_QUERIES=q0,q17 cargo bench --bench nexmark
+//! RUNNEL_BENCH_REPEAT=5 RUNNEL_BENCH_QUERIES=q21 cargo bench --bench nexmark
 //! RUNNEL_BENCH_PYTHON=/opt/spark-venv/bin/python cargo bench --bench nexmark
 //! ```
 //!
@@ -18,7 +19,10 @@
 //!    `FLUSH` returns, then dropped. For each: events/s (all events of the run, as Nexmark
 //!    counts them), the server's CPU time over the wall time (cores used, from
 //!    `/proc/<pid>/stat`), events/s per core used, and the server's peak RSS in the interval
-//!    (reset through `/proc/<pid>/clear_refs`).
+//!    (reset through `/proc/<pid>/clear_refs`). With `RUNNEL_BENCH_REPEAT=n`, each query
+//!    runs n times (bounded, then continuous, each time), a row per run, then the run with
+//!    the median continuous events/s per core again as the query's `median` row: on a
+//!    shared machine one run can land on a slow stretch.
 //! 3. Spark (local[2], if `RUNNEL_BENCH_PYTHON`, default `python3`, imports pyspark): the bid
 //!    times exported as Parquet (untimed), a 1-minute tumbling count with a 5-second
 //!    watermark in append and update mode, `Trigger.AvailableNow`, noop sink; Runnel runs the
@@ -157,6 +161,12 @@ struct Measured {
     peak_mib: f64,
 }
 
+impl Measured {
+    fn cpu(&self) -> f64 {
+        self.seconds * self.cores
+    }
+}
+
 async fn measure<F: std::future::Future<Output = ()>>(usage: &Usage, run: F) -> Measured {
     usage.reset_peak();
     let cpu = usage.cpu_seconds();
@@ -238,54 +248,88 @@ async fn nexmark(client: &Client, usage: &Usage, events: u64) {
         "Flink/c",
         "DBSP/c",
     );
+    let repeat: usize = std::env::var("RUNNEL_BENCH_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     for q in queries() {
-        let sink = format!("{}_bounded", q.name);
-        sink_for(client, &sink, &q.select).await;
-        let insert = format!("INSERT INTO {sink} {}", q.select);
-        let bounded = measure(usage, execute(client, &insert)).await;
-        execute(client, &format!("DROP STREAM {sink}")).await;
-
-        let continuous = measure(usage, async {
-            execute(client, &q.create).await;
-            execute(client, "FLUSH").await;
-        })
-        .await;
-        let state = scalar(
-            client,
-            &format!(
-                "SELECT coalesce(groups, 0) || ' groups, ' || coalesce(state_bytes, 0) / 1048576 || ' MiB of state' FROM sys.queries WHERE name = '{}'",
-                q.name
-            ),
-        )
-        .await;
-        let kind = if q.view {
-            "MATERIALIZED VIEW"
-        } else {
-            "STREAM"
-        };
-        execute(client, &format!("DROP {kind} {}", q.name)).await;
-
         let stem = q.name.trim_start_matches("nexmark_");
         let (flink, dbsp) = PEERS
             .iter()
             .find(|(s, _, _)| *s == stem)
             .map_or(("-", "-"), |(_, f, d)| (*f, *d));
-        let per_s = events as f64 / continuous.seconds;
-        println!(
-            "{:<20} {:>8.2} {:>9} {:>6.2} {:>9} {:>8.0} | {:>8.2} {:>9} {:>6.2} | {:>5.2}x | {:>7} {:>7}   {state}",
-            q.name,
-            continuous.seconds,
-            rate(per_s),
-            continuous.cores,
-            rate(per_s / continuous.cores),
-            continuous.peak_mib,
-            bounded.seconds,
-            rate(events as f64 / bounded.seconds),
-            bounded.cores,
-            bounded.seconds / continuous.seconds,
-            flink,
-            dbsp,
-        );
+        let row = |label: &str, run: &Run| {
+            let (continuous, bounded) = (&run.continuous, &run.bounded);
+            let per_s = events as f64 / continuous.seconds;
+            println!(
+                "{:<20} {:>8.2} {:>9} {:>6.2} {:>9} {:>8.0} | {:>8.2} {:>9} {:>6.2} | {:>5.2}x | {:>7} {:>7}   {}",
+                label,
+                continuous.seconds,
+                rate(per_s),
+                continuous.cores,
+                rate(per_s / continuous.cores),
+                continuous.peak_mib,
+                bounded.seconds,
+                rate(events as f64 / bounded.seconds),
+                bounded.cores,
+                bounded.seconds / continuous.seconds,
+                flink,
+                dbsp,
+                run.state,
+            );
+        };
+        let mut runs = vec![];
+        for _ in 0..repeat {
+            let run = run_query(client, usage, &q).await;
+            row(&q.name, &run);
+            runs.push(run);
+        }
+        if repeat > 1 {
+            // Fewest CPU-seconds, most events per core.
+            runs.sort_by(|a, b| a.continuous.cpu().total_cmp(&b.continuous.cpu()));
+            row(&format!("{stem} median"), &runs[repeat / 2]);
+        }
+    }
+}
+
+/// One query's bounded and continuous runs, and the continuous query's state at the end.
+struct Run {
+    bounded: Measured,
+    continuous: Measured,
+    state: String,
+}
+
+async fn run_query(client: &Client, usage: &Usage, q: &Query) -> Run {
+    let sink = format!("{}_bounded", q.name);
+    sink_for(client, &sink, &q.select).await;
+    let insert = format!("INSERT INTO {sink} {}", q.select);
+    let bounded = measure(usage, execute(client, &insert)).await;
+    execute(client, &format!("DROP STREAM {sink}")).await;
+
+    let continuous = measure(usage, async {
+        execute(client, &q.create).await;
+        execute(client, "FLUSH").await;
+    })
+    .await;
+    let state = scalar(
+        client,
+        &format!(
+            "SELECT coalesce(groups, 0) || ' groups, ' || coalesce(state_bytes, 0) / 1048576 || ' MiB of state' FROM sys.queries WHERE name = '{}'",
+            q.name
+        ),
+    )
+    .await;
+    let kind = if q.view {
+        "MATERIALIZED VIEW"
+    } else {
+        "STREAM"
+    };
+    execute(client, &format!("DROP {kind} {}", q.name)).await;
+    Run {
+        bounded,
+        continuous,
+        state,
     }
 }
 
