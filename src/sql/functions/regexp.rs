@@ -569,8 +569,9 @@ impl<'a> Patterns<'a> {
 static KEPT: LazyLock<Kept> = LazyLock::new(|| Kept::new(MAX_KEPT));
 
 /// Patterns kept compiled before [`KEPT`] starts over: enough for the queries running at
-/// once, and few, since each pattern keeps the matching caches of the threads that used it
-/// (its lazy DFAs', up to a few MiB each for a pattern that explores many states).
+/// once, and few, since each holds its automata (its NFA and one-pass DFA, large for a
+/// large pattern). What a kept pattern hands out is a clone, with a pool of matching caches
+/// of its own: the threads matching one batch's clone never wait on another's.
 const MAX_KEPT: usize = 16;
 
 /// Compiled patterns by pattern and flags, at most `max`. A `Regex` is cheap to clone and
