@@ -31,8 +31,10 @@
 //!    with their time of writing as event time into a one-partition stream whose watermark is
 //!    200 ms behind; a query emits 100-ms tumbling windows on close. Per window, from the
 //!    acknowledgement of the first `COPY` that moved the watermark past its end to its row
-//!    arriving at a `SUBSCRIBE` client: p50/p90/p99/max. Spark runs each mode twice (the
-//!    first run of its session warms the JVM up) and the second counts.
+//!    arriving at a `SUBSCRIBE` client: p50/p90/p99/max. Spark runs each mode once more
+//!    than it is measured (the first run of its session warms the JVM up); with
+//!    `RUNNEL_BENCH_REPEAT=n`, Runnel's counts and Spark's warm runs are measured n times
+//!    each and the medians compared.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -231,6 +233,20 @@ fn rate(events: f64) -> String {
     }
 }
 
+/// `RUNNEL_BENCH_REPEAT`: how many times each figure is measured (at least once).
+fn repeat() -> usize {
+    std::env::var("RUNNEL_BENCH_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Runs every query, bounded then continuous; prints a row for each.
 async fn nexmark(client: &Client, usage: &Usage, events: u64) {
     println!(
@@ -248,11 +264,7 @@ async fn nexmark(client: &Client, usage: &Usage, events: u64) {
         "Flink/c",
         "DBSP/c",
     );
-    let repeat: usize = std::env::var("RUNNEL_BENCH_REPEAT")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let repeat = repeat();
     for q in queries() {
         let stem = q.name.trim_start_matches("nexmark_");
         let (flink, dbsp) = PEERS
@@ -336,13 +348,26 @@ async fn run_query(client: &Client, usage: &Usage, q: &Query) -> Run {
 const TUMBLE_COUNT: &str = "SELECT window_start, window_end, count(*) AS n \
      FROM TUMBLE(bid, date_time, INTERVAL '1 minute') GROUP BY window_start, window_end";
 
-/// Runnel's side of the Spark comparison: seconds for EOWC and for EMIT CHANGES.
-async fn tumble_count(client: &Client, usage: &Usage, bids: u64) -> (Measured, Measured) {
+/// Runnel's side of the Spark comparison: seconds for EOWC and for EMIT CHANGES (the
+/// median of [`repeat`] runs each).
+async fn tumble_count(client: &Client, usage: &Usage, bids: u64) -> (f64, f64) {
     let mut out = vec![];
     for (name, emit) in [
         ("minute_counts_close", " EMIT ON WINDOW CLOSE"),
         ("minute_counts", ""),
     ] {
+        let mut runs = vec![];
+        for _ in 0..repeat() {
+            runs.push(tumble_once(client, usage, bids, name, emit).await);
+        }
+        out.push(median(runs));
+    }
+    let changes = out.pop().expect("two modes measured");
+    (out.pop().expect("two modes measured"), changes)
+}
+
+async fn tumble_once(client: &Client, usage: &Usage, bids: u64, name: &str, emit: &str) -> f64 {
+    {
         let measured = measure(usage, async {
             execute(
                 client,
@@ -365,17 +390,15 @@ async fn tumble_count(client: &Client, usage: &Usage, bids: u64) -> (Measured, M
             measured.cores,
         );
         execute(client, &format!("DROP STREAM {name}")).await;
-        out.push(measured);
+        measured.seconds
     }
-    let changes = out.pop().expect("two modes measured");
-    (out.pop().expect("two modes measured"), changes)
 }
 
 const SPARK: &str = r#"
 import json, sys, time
 from pyspark.sql import SparkSession, functions as F
 from pyspark.sql.types import LongType, StructField, StructType, TimestampType
-parquet, checkpoints = sys.argv[1], sys.argv[2]
+parquet, checkpoints, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
 spark = (SparkSession.builder.master("local[2]").appName("runnel-nexmark")
          .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
          .config("spark.sql.shuffle.partitions", "2").config("spark.driver.memory", "4g")
@@ -395,33 +418,49 @@ def run(mode, turn):
     seconds = time.time() - start
     rows = sum(p["numInputRows"] for p in q.recentProgress)
     print(json.dumps({"mode": f"{mode}-{turn}", "seconds": seconds, "rows": rows}), flush=True)
-# Each mode twice, on fresh checkpoints: the first run of a session also warms the JVM.
+# Each mode once more than measured, on fresh checkpoints: the first run of a session also
+# warms the JVM.
 for mode in ["append", "update"]:
     run(mode, "cold")
-    run(mode, "warm")
+    for turn in range(repeat):
+        run(mode, f"warm{turn}")
 spark.stop()
 "#;
 
-/// Spark's seconds in append and update mode over `parquet`, if pyspark is there.
+/// Spark's seconds in append and update mode over `parquet` (the median of [`repeat`] warm
+/// runs each), if pyspark is there.
 fn spark(dir: &Path, parquet: &Path) -> Option<(f64, f64)> {
     let python = common::spark_python()?;
+    let repeat = repeat();
     let out = common::run_spark(
         &python,
         dir,
         "spark_nexmark.py",
         SPARK,
-        &[parquet, &dir.join("checkpoints")],
+        &[
+            parquet,
+            &dir.join("checkpoints"),
+            Path::new(&repeat.to_string()),
+        ],
     )?;
     let seconds = |mode: &str| out.seconds("mode", mode);
+    let warm = |mode: &str| -> Option<Vec<f64>> {
+        (0..repeat)
+            .map(|turn| seconds(&format!("{mode}-warm{turn}")))
+            .collect()
+    };
     match (
         seconds("append-cold"),
-        seconds("append-warm"),
+        warm("append"),
         seconds("update-cold"),
-        seconds("update-warm"),
+        warm("update"),
     ) {
         (Some(ac), Some(a), Some(uc), Some(u)) => {
             println!("spark: first runs (JVM warming up) append {ac:.2} s, update {uc:.2} s");
-            Some((a, u))
+            if repeat > 1 {
+                println!("spark: warm runs append {a:.2?} s, update {u:.2?} s");
+            }
+            Some((median(a), median(u)))
         }
         _ => {
             println!("spark: failed: {}", out.text);
@@ -626,11 +665,12 @@ fn main() {
     if let Some((append, update)) = spark(dir.path(), &parquet) {
         let (close, changes) = runnel_counts;
         println!(
-            "spark structured streaming (local[2]), the same bids from Parquet, availableNow, second runs:\n  append {append:.2} s  {} bids/s  (Runnel EOWC {:.1}x)\n  update {update:.2} s  {} bids/s  (Runnel EMIT CHANGES {:.1}x)",
+            "spark structured streaming (local[2]), the same bids from Parquet, availableNow, warm runs (median of {}):\n  append {append:.2} s  {} bids/s  (Runnel EOWC {:.1}x)\n  update {update:.2} s  {} bids/s  (Runnel EMIT CHANGES {:.1}x)",
+            repeat(),
             rate(bids as f64 / append),
-            append / close.seconds,
+            append / close,
             rate(bids as f64 / update),
-            update / changes.seconds,
+            update / changes,
         );
     }
 }
