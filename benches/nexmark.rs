@@ -366,32 +366,31 @@ async fn tumble_count(client: &Client, usage: &Usage, bids: u64) -> (f64, f64) {
     (out.pop().expect("two modes measured"), changes)
 }
 
+/// One run of the tumbling count as `name`, emitting as `emit` says: its seconds.
 async fn tumble_once(client: &Client, usage: &Usage, bids: u64, name: &str, emit: &str) -> f64 {
-    {
-        let measured = measure(usage, async {
-            execute(
-                client,
-                &format!("CREATE STREAM {name} AS {TUMBLE_COUNT}{emit}"),
-            )
-            .await;
-            execute(client, "FLUSH").await;
-        })
+    let measured = measure(usage, async {
+        execute(
+            client,
+            &format!("CREATE STREAM {name} AS {TUMBLE_COUNT}{emit}"),
+        )
         .await;
-        let rows = scalar(client, &format!("SELECT count(*) FROM {name}")).await;
-        println!(
-            "tumbling 1-minute count, {:<20} {:.2} s  {} bids/s  {:.2} cores  ({rows} rows out)",
-            if emit.is_empty() {
-                "EMIT CHANGES:"
-            } else {
-                "EMIT ON WINDOW CLOSE:"
-            },
-            measured.seconds,
-            rate(bids as f64 / measured.seconds),
-            measured.cores,
-        );
-        execute(client, &format!("DROP STREAM {name}")).await;
-        measured.seconds
-    }
+        execute(client, "FLUSH").await;
+    })
+    .await;
+    let rows = scalar(client, &format!("SELECT count(*) FROM {name}")).await;
+    println!(
+        "tumbling 1-minute count, {:<20} {:.2} s  {} bids/s  {:.2} cores  ({rows} rows out)",
+        if emit.is_empty() {
+            "EMIT CHANGES:"
+        } else {
+            "EMIT ON WINDOW CLOSE:"
+        },
+        measured.seconds,
+        rate(bids as f64 / measured.seconds),
+        measured.cores,
+    );
+    execute(client, &format!("DROP STREAM {name}")).await;
+    measured.seconds
 }
 
 const SPARK: &str = r#"

@@ -218,7 +218,7 @@ struct Distinct {
     final_: Arc<dyn ExecutionPlan>,
     /// The `Partial` aggregate with each `count(DISTINCT …)` collecting its values
     /// ([`Collect`]), duplicates included, which the sets drop.
-    partial: Arc<dyn ExecutionPlan>,
+    collecting: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl Distinct {
@@ -288,17 +288,17 @@ impl Distinct {
             partial.input_schema(),
         )
         .map_err(df)?;
-        if collecting.schema() != partial.schema() {
-            return Err(Error::Internal(
-                "values collected in another shape than count(DISTINCT …) keeps them".into(),
-            ));
-        }
+        // Lists in another shape than DataFusion's would not fit the rest of the plan: then
+        // its own partial aggregate stays, whose lists hold each value once (slower, the same
+        // counts).
+        let collecting = (collecting.schema() == partial.schema())
+            .then(|| Arc::new(collecting) as Arc<dyn ExecutionPlan>);
         Ok(Some(Distinct {
             lists,
             state,
             merging,
             final_: Arc::new(final_),
-            partial: Arc::new(collecting),
+            collecting,
         }))
     }
 }
@@ -1067,7 +1067,10 @@ impl Aggregation {
             Some(p) if !sessions => Distinct::of(p, &final_)?.map(Arc::new),
             _ => None,
         };
-        let partial = distinct.as_ref().map_or(partial, |d| d.partial.clone());
+        let partial = distinct
+            .as_ref()
+            .and_then(|d| d.collecting.clone())
+            .unwrap_or(partial);
         Ok(Aggregation {
             partial,
             final_,
