@@ -1,48 +1,78 @@
 //! Batch frames: the unit of the log on disk.
 //!
-//! A frame holds one Arrow record batch, encoded as an Arrow IPC record-batch message
-//! (flatbuffer metadata followed by the body buffers, each buffer optionally lz4- or
-//! zstd-compressed by Arrow IPC itself), behind a fixed header:
+//! A frame holds one Arrow record batch behind a fixed header. Each column is its own Arrow
+//! IPC record-batch message (flatbuffer metadata followed by the body buffers, each buffer
+//! optionally lz4- or zstd-compressed by Arrow IPC itself), in a *section* with its own
+//! checksum, so a scan that needs two columns of ten reads and verifies those two sections
+//! and nothing else:
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic            b"RNLF"
 //!      4    4 length           whole frame in bytes, header and padding included (multiple of 8)
-//!      8    4 crc32            IEEE CRC32 (crc32fast) of bytes [12, length)
+//!      8    4 crc32            IEEE CRC32 (crc32fast) of bytes [12, 56 + 16 × columns):
+//!                              the rest of the header and the column directory
 //!     12    1 format version   FRAME_VERSION
 //!     13    3 reserved         zero
 //!     16    8 base offset      offset of the first record
 //!     24    4 record count     > 0
-//!     28    4 schema version   which of the topic's schemas decodes the body
+//!     28    4 schema version   which of the topic's schemas decodes the columns
 //!     32    8 min timestamp    ms since the epoch, over the frame's records
 //!     40    8 max timestamp    ms since the epoch
-//!     48    4 metadata length  bytes of IPC flatbuffer metadata, padded to 8
+//!     48    4 column count     > 0
 //!     52    4 reserved         zero
-//!     56    … metadata, then body
+//!     56    … column directory, 16 bytes per column, in schema order:
+//!                0 4 position of the column's section in the frame
+//!                4 4 section length (multiple of 8)
+//!                8 4 metadata length (IPC flatbuffer, padded to 8)
+//!               12 4 crc32 of the section
+//!      …    the sections, in column order, back to back to the end of the frame
 //! ```
-//! All integers are little-endian. The payload starts 8-byte aligned so the body can be
-//! decoded in place.
+//! All integers are little-endian. Sections start 8-byte aligned so bodies decode in place.
+//!
+//! Frames of format version 1, written before columns had sections, are still read: there
+//! one IPC message holds every column, the crc32 covers bytes [12, length), and bytes 48..52
+//! hold the message's metadata length, the message following the header. Such a frame can
+//! only be verified, and so read, whole.
 //!
 //! This module is pure: bytes in, bytes out. It never touches files. Every malformed input is
 //! an error, never a panic: the recovery code relies on that to tell a torn tail from data.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, TimestampMillisecondArray};
 use arrow::buffer::Buffer;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::ipc::reader::read_record_batch;
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow::ipc::writer::{
+    DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+};
 use arrow::ipc::{CompressionType, root_as_message};
 
 use super::types::{Compression, Offset};
 
 pub const FRAME_MAGIC: [u8; 4] = *b"RNLF";
-pub const FRAME_VERSION: u8 = 1;
+/// The format version frames are written in.
+pub const FRAME_VERSION: u8 = 2;
+/// The format version of frames written before columns had sections: read, not written.
+pub const FRAME_VERSION_WHOLE: u8 = 1;
 pub const FRAME_HEADER_LEN: usize = 56;
+/// Bytes of one column's entry in the directory.
+pub const SECTION_ENTRY_LEN: usize = 16;
 /// No frame is ever larger than this; a header claiming more is corrupt, not a frame.
 pub const FRAME_LEN_MAX: u32 = 512 * 1024 * 1024;
+
+/// What follows a frame's fixed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The current format: a column directory, then a section per column.
+    Sections { columns: u32 },
+    /// Format version 1: one IPC message of every column, its flatbuffer metadata
+    /// (`metadata_len` bytes, padded to 8) first.
+    Whole { metadata_len: u32 },
+}
 
 /// The decoded fixed header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +84,40 @@ pub struct FrameHeader {
     pub schema_version: u32,
     pub min_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
-    pub metadata_len: u32,
+    pub layout: Layout,
 }
 
 impl FrameHeader {
     /// The offset after this frame's last record.
     pub fn end_offset(&self) -> Offset {
         self.base_offset.plus(self.record_count as u64)
+    }
+
+    /// The bytes at the frame's start a reader verifies before reading any column: the header
+    /// and the column directory; a frame of format version 1, all of it.
+    pub fn head_len(&self) -> usize {
+        match self.layout {
+            Layout::Sections { columns } => FRAME_HEADER_LEN + SECTION_ENTRY_LEN * columns as usize,
+            Layout::Whole { .. } => self.length as usize,
+        }
+    }
+}
+
+/// One column's section of a frame, as the directory describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Section {
+    /// Where it starts, from the start of the frame.
+    pub position: u32,
+    pub length: u32,
+    /// Bytes of IPC flatbuffer metadata at its start; the body follows.
+    pub metadata_len: u32,
+    pub crc32: u32,
+}
+
+impl Section {
+    /// Its bytes within the frame.
+    pub fn range(&self) -> Range<usize> {
+        self.position as usize..(self.position + self.length) as usize
     }
 }
 
@@ -95,15 +152,28 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Parses and sanity-checks the fixed header, without the checksum (which needs the whole
-/// frame). Used to walk a segment reading only headers.
-pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
-    if bytes.len() < FRAME_HEADER_LEN {
+fn truncated(needed: usize, bytes: &[u8]) -> Result<(), FrameError> {
+    if bytes.len() < needed {
         return Err(FrameError::Truncated {
-            needed: FRAME_HEADER_LEN,
+            needed,
             available: bytes.len(),
         });
     }
+    Ok(())
+}
+
+fn checksum(stored: u32, bytes: &[u8]) -> Result<(), FrameError> {
+    let computed = crc32fast::hash(bytes);
+    if computed != stored {
+        return Err(FrameError::BadChecksum { stored, computed });
+    }
+    Ok(())
+}
+
+/// Parses and sanity-checks the fixed header, without the checksum (which needs the
+/// directory). Used to walk a segment reading only headers.
+pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
+    truncated(FRAME_HEADER_LEN, bytes)?;
     let magic: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
     if magic != FRAME_MAGIC {
         return Err(FrameError::BadMagic(magic));
@@ -112,9 +182,24 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if (length as usize) < FRAME_HEADER_LEN || length > FRAME_LEN_MAX || !length.is_multiple_of(8) {
         return Err(FrameError::BadLength(length));
     }
-    if bytes[12] != FRAME_VERSION {
-        return Err(FrameError::BadVersion(bytes[12]));
-    }
+    let after_header = length as usize - FRAME_HEADER_LEN;
+    let layout = match bytes[12] {
+        FRAME_VERSION => {
+            let columns = u32_at(bytes, 48);
+            if columns == 0 || SECTION_ENTRY_LEN * columns as usize > after_header {
+                return Err(FrameError::BadHeader("column count out of range"));
+            }
+            Layout::Sections { columns }
+        }
+        FRAME_VERSION_WHOLE => {
+            let metadata_len = u32_at(bytes, 48);
+            if metadata_len as usize > after_header || !metadata_len.is_multiple_of(8) {
+                return Err(FrameError::BadHeader("metadata length out of range"));
+            }
+            Layout::Whole { metadata_len }
+        }
+        version => return Err(FrameError::BadVersion(version)),
+    };
     let header = FrameHeader {
         length,
         crc32: u32_at(bytes, 8),
@@ -123,15 +208,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         schema_version: u32_at(bytes, 28),
         min_timestamp_ms: i64_at(bytes, 32),
         max_timestamp_ms: i64_at(bytes, 40),
-        metadata_len: u32_at(bytes, 48),
+        layout,
     };
     if header.record_count == 0 {
         return Err(FrameError::BadHeader("record count is zero"));
-    }
-    if header.metadata_len as usize > length as usize - FRAME_HEADER_LEN
-        || !header.metadata_len.is_multiple_of(8)
-    {
-        return Err(FrameError::BadHeader("metadata length out of range"));
     }
     if header.min_timestamp_ms > header.max_timestamp_ms {
         return Err(FrameError::BadHeader("min timestamp after max timestamp"));
@@ -139,32 +219,80 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     Ok(header)
 }
 
-/// Parses a whole frame and verifies its checksum.
+/// Verifies the head of a frame of the current format (`head`: at least
+/// [`FrameHeader::head_len`] bytes from its start) and returns its column directory.
+pub fn decode_directory(head: &[u8], header: &FrameHeader) -> Result<Vec<Section>, FrameError> {
+    let Layout::Sections { columns } = header.layout else {
+        return Err(FrameError::BadHeader(
+            "a frame of format version 1 has no column directory",
+        ));
+    };
+    let head_len = header.head_len();
+    truncated(head_len, head)?;
+    checksum(header.crc32, &head[12..head_len])?;
+    let mut end = head_len;
+    (0..columns as usize)
+        .map(|c| {
+            let at = FRAME_HEADER_LEN + c * SECTION_ENTRY_LEN;
+            let section = Section {
+                position: u32_at(head, at),
+                length: u32_at(head, at + 4),
+                metadata_len: u32_at(head, at + 8),
+                crc32: u32_at(head, at + 12),
+            };
+            let fits = section.position as usize == end
+                && section.length.is_multiple_of(8)
+                && section.metadata_len.is_multiple_of(8)
+                && section.metadata_len <= section.length
+                && end + section.length as usize <= header.length as usize;
+            if !fits {
+                return Err(FrameError::BadHeader("column directory out of range"));
+            }
+            end += section.length as usize;
+            Ok(section)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|sections| match end == header.length as usize {
+            true => Ok(sections),
+            false => Err(FrameError::BadHeader(
+                "the column sections do not end where the frame does",
+            )),
+        })
+}
+
+/// Verifies one section's bytes (`bytes`: exactly its bytes) against its checksum.
+pub fn verify_section(bytes: &[u8], section: &Section) -> Result<(), FrameError> {
+    truncated(section.length as usize, bytes)?;
+    checksum(section.crc32, &bytes[..section.length as usize])
+}
+
+/// Parses a whole frame and verifies every checksum in it.
 pub fn decode_frame(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     let header = decode_header(bytes)?;
     let length = header.length as usize;
-    if bytes.len() < length {
-        return Err(FrameError::Truncated {
-            needed: length,
-            available: bytes.len(),
-        });
-    }
-    let computed = crc32fast::hash(&bytes[12..length]);
-    if computed != header.crc32 {
-        return Err(FrameError::BadChecksum {
-            stored: header.crc32,
-            computed,
-        });
+    truncated(length, bytes)?;
+    match header.layout {
+        Layout::Whole { .. } => checksum(header.crc32, &bytes[12..length])?,
+        Layout::Sections { .. } => {
+            for section in decode_directory(bytes, &header)? {
+                verify_section(&bytes[section.range()], &section)?;
+            }
+        }
     }
     Ok(header)
 }
 
-/// A frame ready to write, in pieces: the fixed header with the IPC metadata, then the
-/// body exactly as the IPC encoder produced it (so it is not copied once more), then zero
-/// padding.
+/// A frame ready to write, in pieces: the header with the column directory, then per
+/// column its IPC metadata, its body exactly as the IPC encoder produced it (so it is not
+/// copied once more) and zero padding.
 pub struct EncodedFrame {
     pub header: FrameHeader,
     head: Vec<u8>,
+    sections: Vec<EncodedSection>,
+}
+
+struct EncodedSection {
+    metadata: Vec<u8>,
     body: Vec<u8>,
     padding: usize,
 }
@@ -180,13 +308,22 @@ impl EncodedFrame {
         false
     }
 
-    /// The frame's bytes, in order.
-    pub fn parts(&self) -> [&[u8]; 3] {
-        [&self.head, &self.body, &ZEROS[..self.padding]]
+    /// The frame's bytes, in order, in pieces none of which is empty.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let sections = self.sections.iter().flat_map(|s| {
+            [
+                s.metadata.as_slice(),
+                s.body.as_slice(),
+                &ZEROS[..s.padding],
+            ]
+        });
+        std::iter::once(self.head.as_slice())
+            .chain(sections)
+            .filter(|part| !part.is_empty())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.parts().concat()
+        self.parts().collect::<Vec<_>>().concat()
     }
 }
 
@@ -201,66 +338,106 @@ pub fn encode_frame(
 ) -> Result<EncodedFrame, FrameError> {
     assert!(batch.num_rows() > 0, "a frame holds at least one record");
     assert_eq!(timestamps.len(), batch.num_rows());
-    let options = ipc_write_options(compression)?;
-    let (dictionaries, encoded) = IpcDataGenerator::default()
-        .encode(
-            batch,
-            &mut DictionaryTracker::new(false),
-            &options,
-            &mut IpcWriteContext::default(),
-        )
-        .map_err(|e| FrameError::BadPayload(e.to_string()))?;
-    if !dictionaries.is_empty() {
+    if batch.num_columns() == 0 {
         return Err(FrameError::BadPayload(
-            "dictionary-encoded columns are not stored in the log".into(),
+            "a frame holds at least one column".into(),
         ));
     }
-    let metadata_len = encoded.ipc_message.len().next_multiple_of(8);
-    let unpadded = FRAME_HEADER_LEN + metadata_len + encoded.arrow_data.len();
-    let length = unpadded.next_multiple_of(8);
-    if length > FRAME_LEN_MAX as usize {
-        return Err(FrameError::BadLength(length as u32));
+    let options = ipc_write_options(compression)?;
+    let head_len = FRAME_HEADER_LEN + SECTION_ENTRY_LEN * batch.num_columns();
+    let mut head = Vec::with_capacity(head_len);
+    head.resize(FRAME_HEADER_LEN, 0);
+    let mut sections = Vec::with_capacity(batch.num_columns());
+    let mut position = head_len;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let encoded = encode_column(field, column, &options)?;
+        let metadata_len = encoded.ipc_message.len().next_multiple_of(8);
+        let mut metadata = encoded.ipc_message;
+        metadata.resize(metadata_len, 0);
+        let unpadded = metadata_len + encoded.arrow_data.len();
+        let section = EncodedSection {
+            metadata,
+            body: encoded.arrow_data,
+            padding: unpadded.next_multiple_of(8) - unpadded,
+        };
+        let length = unpadded + section.padding;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&section.metadata);
+        crc.update(&section.body);
+        crc.update(&ZEROS[..section.padding]);
+        if position + length > FRAME_LEN_MAX as usize {
+            return Err(FrameError::BadLength((position + length) as u32));
+        }
+        for field in [position, length, metadata_len] {
+            head.extend_from_slice(&(field as u32).to_le_bytes());
+        }
+        head.extend_from_slice(&crc.finalize().to_le_bytes());
+        sections.push(section);
+        position += length;
     }
-    let header = FrameHeader {
-        length: length as u32,
+    let mut header = FrameHeader {
+        length: position as u32,
         crc32: 0,
         base_offset,
         record_count: batch.num_rows() as u32,
         schema_version,
         min_timestamp_ms: arrow::compute::min(timestamps).unwrap_or(0),
         max_timestamp_ms: arrow::compute::max(timestamps).unwrap_or(0),
-        metadata_len: metadata_len as u32,
+        layout: Layout::Sections {
+            columns: batch.num_columns() as u32,
+        },
     };
-    let mut head = Vec::with_capacity(FRAME_HEADER_LEN + metadata_len);
-    head.extend_from_slice(&FRAME_MAGIC);
-    head.extend_from_slice(&header.length.to_le_bytes());
-    head.extend_from_slice(&[0; 4]); // crc32, filled in below
-    head.push(FRAME_VERSION);
-    head.extend_from_slice(&[0; 3]);
-    head.extend_from_slice(&base_offset.0.to_le_bytes());
-    head.extend_from_slice(&header.record_count.to_le_bytes());
-    head.extend_from_slice(&schema_version.to_le_bytes());
-    head.extend_from_slice(&header.min_timestamp_ms.to_le_bytes());
-    head.extend_from_slice(&header.max_timestamp_ms.to_le_bytes());
-    head.extend_from_slice(&header.metadata_len.to_le_bytes());
-    head.extend_from_slice(&[0; 4]);
-    debug_assert_eq!(head.len(), FRAME_HEADER_LEN);
-    head.extend_from_slice(&encoded.ipc_message);
-    head.resize(FRAME_HEADER_LEN + metadata_len, 0);
-    let mut frame = EncodedFrame {
+    let mut fixed = Vec::with_capacity(FRAME_HEADER_LEN);
+    fixed.extend_from_slice(&FRAME_MAGIC);
+    fixed.extend_from_slice(&header.length.to_le_bytes());
+    fixed.extend_from_slice(&[0; 4]); // crc32, filled in below
+    fixed.push(FRAME_VERSION);
+    fixed.extend_from_slice(&[0; 3]);
+    fixed.extend_from_slice(&base_offset.0.to_le_bytes());
+    fixed.extend_from_slice(&header.record_count.to_le_bytes());
+    fixed.extend_from_slice(&schema_version.to_le_bytes());
+    fixed.extend_from_slice(&header.min_timestamp_ms.to_le_bytes());
+    fixed.extend_from_slice(&header.max_timestamp_ms.to_le_bytes());
+    fixed.extend_from_slice(&(batch.num_columns() as u32).to_le_bytes());
+    fixed.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(fixed.len(), FRAME_HEADER_LEN);
+    head[..FRAME_HEADER_LEN].copy_from_slice(&fixed);
+    header.crc32 = crc32fast::hash(&head[12..]);
+    head[8..12].copy_from_slice(&header.crc32.to_le_bytes());
+    Ok(EncodedFrame {
         header,
         head,
-        body: encoded.arrow_data,
-        padding: length - unpadded,
-    };
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&frame.head[12..]);
-    crc.update(&frame.body);
-    crc.update(&ZEROS[..frame.padding]);
-    let crc = crc.finalize();
-    frame.head[8..12].copy_from_slice(&crc.to_le_bytes());
-    frame.header.crc32 = crc;
-    Ok(frame)
+        sections,
+    })
+}
+
+/// One column as an IPC record-batch message of its own.
+fn encode_column(
+    field: &FieldRef,
+    column: &ArrayRef,
+    options: &IpcWriteOptions,
+) -> Result<EncodedData, FrameError> {
+    let bad = |e: arrow::error::ArrowError| FrameError::BadPayload(e.to_string());
+    let one = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(vec![field.clone()])),
+        vec![column.clone()],
+        &RecordBatchOptions::new().with_row_count(Some(column.len())),
+    )
+    .map_err(bad)?;
+    let (dictionaries, encoded) = IpcDataGenerator::default()
+        .encode(
+            &one,
+            &mut DictionaryTracker::new(false),
+            options,
+            &mut IpcWriteContext::default(),
+        )
+        .map_err(bad)?;
+    if !dictionaries.is_empty() {
+        return Err(FrameError::BadPayload(
+            "dictionary-encoded columns are not stored in the log".into(),
+        ));
+    }
+    Ok(encoded)
 }
 
 fn ipc_write_options(compression: Compression) -> Result<IpcWriteOptions, FrameError> {
@@ -274,8 +451,8 @@ fn ipc_write_options(compression: Compression) -> Result<IpcWriteOptions, FrameE
         .map_err(|e| FrameError::BadPayload(e.to_string()))
 }
 
-/// Decodes the record batch of a verified frame held in `frame` (the whole frame, starting
-/// at its header). `projection` selects columns of `schema` by index; unselected columns are
+/// Decodes the record batch of a verified frame held whole in `frame` (starting at its
+/// header). `projection` selects columns of `schema` by index; unselected columns are
 /// neither decompressed nor copied.
 pub fn decode_batch(
     frame: &Buffer,
@@ -283,7 +460,112 @@ pub fn decode_batch(
     schema: &SchemaRef,
     projection: Option<&[usize]>,
 ) -> Result<RecordBatch, FrameError> {
-    let metadata_end = FRAME_HEADER_LEN + header.metadata_len as usize;
+    match header.layout {
+        Layout::Sections { .. } => {
+            let sections = decode_directory(frame.as_slice(), header)?;
+            decode_columns(header, &sections, schema, projection, |_, section| {
+                frame.slice_with_length(section.position as usize, section.length as usize)
+            })
+        }
+        Layout::Whole { metadata_len } => {
+            decode_whole(frame, header, metadata_len, schema, projection)
+        }
+    }
+}
+
+/// The batch of the columns `projection` selects (every column without one) of a frame of
+/// the current format, each decoded from its verified section as `section` hands it out.
+pub fn decode_columns(
+    header: &FrameHeader,
+    sections: &[Section],
+    schema: &SchemaRef,
+    projection: Option<&[usize]>,
+    mut section: impl FnMut(usize, &Section) -> Buffer,
+) -> Result<RecordBatch, FrameError> {
+    if sections.len() != schema.fields().len() {
+        return Err(FrameError::BadPayload(format!(
+            "the frame has {} columns, its schema {}",
+            sections.len(),
+            schema.fields().len()
+        )));
+    }
+    let all: Vec<usize>;
+    let (projection, schema) = match projection {
+        Some(projection) => (
+            projection,
+            Arc::new(
+                schema
+                    .project(projection)
+                    .map_err(|e| FrameError::BadPayload(e.to_string()))?,
+            ),
+        ),
+        None => {
+            all = (0..sections.len()).collect();
+            (all.as_slice(), schema.clone())
+        }
+    };
+    let columns = projection
+        .iter()
+        .zip(schema.fields())
+        .map(|(&c, field)| {
+            decode_column(
+                &section(c, &sections[c]),
+                &sections[c],
+                field,
+                header.record_count,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(header.record_count as usize)),
+    )
+    .map_err(|e| FrameError::BadPayload(e.to_string()))
+}
+
+/// One column from its section's bytes.
+fn decode_column(
+    bytes: &Buffer,
+    section: &Section,
+    field: &FieldRef,
+    rows: u32,
+) -> Result<ArrayRef, FrameError> {
+    let metadata_len = section.metadata_len as usize;
+    let message = root_as_message(&bytes.as_slice()[..metadata_len])
+        .map_err(|e| FrameError::BadPayload(e.to_string()))?;
+    let ipc_batch = message
+        .header_as_record_batch()
+        .ok_or_else(|| FrameError::BadPayload("message is not a record batch".into()))?;
+    if ipc_batch.length() != rows as i64 {
+        return Err(FrameError::BadPayload(format!(
+            "column {} has {} rows, the header says {rows}",
+            field.name(),
+            ipc_batch.length(),
+        )));
+    }
+    let body = bytes.slice_with_length(metadata_len, section.length as usize - metadata_len);
+    let batch = read_record_batch(
+        &body,
+        ipc_batch,
+        Arc::new(Schema::new(vec![field.clone()])),
+        &HashMap::new(),
+        None,
+        &message.version(),
+    )
+    .map_err(|e| FrameError::BadPayload(e.to_string()))?;
+    Ok(batch.column(0).clone())
+}
+
+/// The batch of a frame of format version 1.
+fn decode_whole(
+    frame: &Buffer,
+    header: &FrameHeader,
+    metadata_len: u32,
+    schema: &SchemaRef,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch, FrameError> {
+    let metadata_end = FRAME_HEADER_LEN + metadata_len as usize;
     let message = root_as_message(&frame.as_slice()[FRAME_HEADER_LEN..metadata_end])
         .map_err(|e| FrameError::BadPayload(e.to_string()))?;
     let ipc_batch = message
@@ -313,7 +595,7 @@ pub fn decode_batch(
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, TimeUnit};
 
     fn sample(rows: usize) -> (SchemaRef, RecordBatch) {
         let schema = Arc::new(Schema::new(vec![
@@ -342,15 +624,54 @@ mod tests {
         (schema, batch)
     }
 
-    fn encode(batch: &RecordBatch, compression: Compression) -> Vec<u8> {
-        let ts = batch
+    fn timestamps(batch: &RecordBatch) -> &TimestampMillisecondArray {
+        batch
             .column(2)
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
-            .unwrap();
-        encode_frame(batch, ts, Offset(42), 3, compression)
+            .unwrap()
+    }
+
+    fn encode(batch: &RecordBatch, compression: Compression) -> Vec<u8> {
+        encode_frame(batch, timestamps(batch), Offset(42), 3, compression)
             .unwrap()
             .to_bytes()
+    }
+
+    /// A frame as format version 1 wrote it: one IPC message of every column.
+    fn encode_whole(batch: &RecordBatch) -> Vec<u8> {
+        let options = ipc_write_options(Compression::Lz4).unwrap();
+        let (_, encoded) = IpcDataGenerator::default()
+            .encode(
+                batch,
+                &mut DictionaryTracker::new(false),
+                &options,
+                &mut IpcWriteContext::default(),
+            )
+            .unwrap();
+        let metadata_len = encoded.ipc_message.len().next_multiple_of(8);
+        let length =
+            (FRAME_HEADER_LEN + metadata_len + encoded.arrow_data.len()).next_multiple_of(8);
+        let ts = timestamps(batch);
+        let mut bytes = Vec::with_capacity(length);
+        bytes.extend_from_slice(&FRAME_MAGIC);
+        bytes.extend_from_slice(&(length as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&[FRAME_VERSION_WHOLE, 0, 0, 0]);
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        bytes.extend_from_slice(&(batch.num_rows() as u32).to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&arrow::compute::min(ts).unwrap().to_le_bytes());
+        bytes.extend_from_slice(&arrow::compute::max(ts).unwrap().to_le_bytes());
+        bytes.extend_from_slice(&(metadata_len as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&encoded.ipc_message);
+        bytes.resize(FRAME_HEADER_LEN + metadata_len, 0);
+        bytes.extend_from_slice(&encoded.arrow_data);
+        bytes.resize(length, 0);
+        let crc = crc32fast::hash(&bytes[12..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        bytes
     }
 
     #[test]
@@ -360,12 +681,14 @@ mod tests {
             let bytes = encode(&batch, compression);
             assert_eq!(bytes.len() % 8, 0);
             let header = decode_frame(&bytes).unwrap();
+            assert_eq!(header.length as usize, bytes.len());
             assert_eq!(header.base_offset, Offset(42));
             assert_eq!(header.record_count, 1000);
             assert_eq!(header.schema_version, 3);
             assert_eq!(header.min_timestamp_ms, 1_000);
             assert_eq!(header.max_timestamp_ms, 1_999);
             assert_eq!(header.end_offset(), Offset(1042));
+            assert_eq!(header.layout, Layout::Sections { columns: 3 });
             let decoded = decode_batch(&Buffer::from(bytes), &header, &schema, None).unwrap();
             assert_eq!(decoded, batch, "{compression:?}");
         }
@@ -386,43 +709,97 @@ mod tests {
         let (schema, batch) = sample(10);
         let bytes = encode(&batch, Compression::Zstd);
         let header = decode_frame(&bytes).unwrap();
-        let decoded = decode_batch(&Buffer::from(bytes), &header, &schema, Some(&[1])).unwrap();
-        assert_eq!(decoded.num_columns(), 1);
-        assert_eq!(decoded.column(0), batch.column(1));
+        let frame = Buffer::from(bytes);
+        let decoded = decode_batch(&frame, &header, &schema, Some(&[2, 1])).unwrap();
+        assert_eq!(decoded.num_columns(), 2);
+        assert_eq!(decoded.column(0), batch.column(2));
+        assert_eq!(decoded.column(1), batch.column(1));
+        let none = decode_batch(&frame, &header, &schema, Some(&[])).unwrap();
+        assert_eq!((none.num_columns(), none.num_rows()), (0, 10));
+    }
+
+    #[test]
+    fn a_column_is_read_and_verified_from_its_section_alone() {
+        let (schema, batch) = sample(100);
+        let mut bytes = encode(&batch, Compression::Lz4);
+        let header = decode_header(&bytes).unwrap();
+        let sections = decode_directory(&bytes[..header.head_len()], &header).unwrap();
+        assert_eq!(sections.len(), 3);
+        assert_eq!(sections[0].position as usize, header.head_len());
+        // Damage to the url column spoils it and nothing else.
+        let url = sections[1].range();
+        bytes[url.end - 9] ^= 1;
+        assert!(decode_frame(&bytes).is_err());
+        assert!(verify_section(&bytes[url], &sections[1]).is_err());
+        let id = sections[0].range();
+        verify_section(&bytes[id.clone()], &sections[0]).unwrap();
+        let only = Buffer::from(bytes[id].to_vec());
+        let decoded = decode_columns(&header, &sections, &schema, Some(&[0]), |c, s| {
+            assert_eq!(
+                (c, *s),
+                (0, sections[0]),
+                "only the projected section is asked for"
+            );
+            only.clone()
+        })
+        .unwrap();
+        assert_eq!(decoded.column(0), batch.column(0));
+    }
+
+    #[test]
+    fn frames_of_format_version_1_still_read() {
+        let (schema, batch) = sample(50);
+        let bytes = encode_whole(&batch);
+        let header = decode_frame(&bytes).unwrap();
+        assert_eq!(header.head_len(), bytes.len());
+        assert!(matches!(header.layout, Layout::Whole { .. }));
+        assert_eq!((header.base_offset, header.record_count), (Offset(7), 50));
+        let frame = Buffer::from(bytes.clone());
+        assert_eq!(decode_batch(&frame, &header, &schema, None).unwrap(), batch);
+        let url = decode_batch(&frame, &header, &schema, Some(&[1])).unwrap();
+        assert_eq!(url.column(0), batch.column(1));
+        assert!(decode_directory(&bytes, &header).is_err());
+        let mut flipped = bytes;
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(decode_frame(&flipped).is_err());
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
         let (_, batch) = sample(3);
-        let bytes = encode(&batch, Compression::None);
-        for i in 0..bytes.len() {
-            let mut corrupt = bytes.clone();
-            corrupt[i] ^= 0x20;
-            assert!(
-                decode_frame(&corrupt).is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+        for bytes in [encode(&batch, Compression::None), encode_whole(&batch)] {
+            for i in 0..bytes.len() {
+                let mut corrupt = bytes.clone();
+                corrupt[i] ^= 0x20;
+                assert!(
+                    decode_frame(&corrupt).is_err(),
+                    "flip at byte {i} went unnoticed"
+                );
+            }
         }
     }
 
     #[test]
     fn truncated_frames_are_errors() {
         let (_, batch) = sample(3);
-        let bytes = encode(&batch, Compression::None);
-        for len in 0..bytes.len() {
-            assert!(
-                decode_frame(&bytes[..len]).is_err(),
-                "prefix of {len} accepted"
-            );
+        for bytes in [encode(&batch, Compression::None), encode_whole(&batch)] {
+            for len in 0..bytes.len() {
+                assert!(
+                    decode_frame(&bytes[..len]).is_err(),
+                    "prefix of {len} accepted"
+                );
+            }
         }
     }
 
     #[test]
     fn garbage_never_panics() {
-        // A deterministic pseudo-random sweep of headers: every input is an Ok or an Err.
+        // A deterministic pseudo-random sweep of headers and directories: every input is an
+        // Ok or an Err.
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..10_000 {
-            let mut bytes = vec![0u8; 128];
+        for round in 0..20_000 {
+            let mut bytes = vec![0u8; 256];
             for b in bytes.iter_mut() {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -430,8 +807,16 @@ mod tests {
                 *b = state as u8;
             }
             bytes[0..4].copy_from_slice(&FRAME_MAGIC);
-            bytes[12] = FRAME_VERSION;
+            bytes[12] = [FRAME_VERSION, FRAME_VERSION_WHOLE][round % 2];
+            if round % 4 < 2 {
+                // Plausible sizes, so the checks behind them run too.
+                bytes[4..8].copy_from_slice(&256u32.to_le_bytes());
+                bytes[48..52].copy_from_slice(&(1 + round as u32 % 12).to_le_bytes());
+            }
             let _ = decode_frame(&bytes);
+            if let Ok(header) = decode_header(&bytes) {
+                let _ = decode_directory(&bytes, &header);
+            }
         }
     }
 }

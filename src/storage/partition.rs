@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use arrow::buffer::Buffer;
 use arrow::datatypes::{Schema, SchemaRef};
 
 use super::StorageError;
@@ -590,9 +589,16 @@ impl PartitionReader {
                 self.next = frame_end;
                 continue;
             }
-            let bytes = segment.frame_at(position, &header)?;
-            let batch = decode_frame(&bytes, &header, &self.options)
-                .map_err(|e| StorageError::corruption(&segment.path, position, e))?;
+            let batch = decode_frame(&header, &self.options, |schema, projection| {
+                segment.batch_at(position, &header, schema, projection)
+            })
+            .map_err(|e| match e {
+                // Records that do not fit the schema they claim: damage at this frame.
+                StorageError::InvalidBatch(reason) => {
+                    StorageError::corruption(&segment.path, position, reason)
+                }
+                e => e,
+            })?;
             let from = self.next.max(header.base_offset);
             let to = self.end.min(frame_end);
             let batch = batch.slice(
@@ -609,15 +615,16 @@ impl PartitionReader {
 }
 
 /// The records of a frame in the schema and projection `options` ask for, whatever the
-/// layout ([`super::SCHEMA_VERSION`]) it was written in.
+/// layout ([`super::SCHEMA_VERSION`]) it was written in: `read` reads the frame's records
+/// in the schema it was written with, in the projection it is given.
 fn decode_frame(
-    bytes: &Buffer,
     header: &FrameHeader,
     options: &ReadOptions,
-) -> Result<RecordBatch, frame::FrameError> {
+    read: impl FnOnce(&SchemaRef, Option<&[usize]>) -> Result<RecordBatch, StorageError>,
+) -> Result<RecordBatch, StorageError> {
     let projection = options.projection.as_deref();
     match header.schema_version {
-        super::SCHEMA_VERSION => frame::decode_batch(bytes, header, &options.schema, projection),
+        super::SCHEMA_VERSION => read(&options.schema, projection),
         0 => {
             // Written before records had headers: the schema without its last column.
             let schema = &options.schema;
@@ -628,7 +635,7 @@ fn decode_frame(
                 None => (0..=headers).collect(),
             };
             let stored: Vec<usize> = wanted.iter().copied().filter(|c| *c < headers).collect();
-            let batch = frame::decode_batch(bytes, header, &before, Some(&stored))?;
+            let batch = read(&before, Some(&stored))?;
             let rows = batch.num_rows();
             let mut decoded = batch.columns().iter();
             let columns: Vec<ArrayRef> = wanted
@@ -638,19 +645,20 @@ fn decode_frame(
                     _ => new_null_array(schema.field(headers).data_type(), rows),
                 })
                 .collect();
-            let projected = Arc::new(schema.project(&wanted).map_err(|e| {
-                frame::FrameError::BadPayload(format!("projecting {wanted:?}: {e}"))
-            })?);
+            let projected =
+                Arc::new(schema.project(&wanted).map_err(|e| {
+                    StorageError::InvalidBatch(format!("projecting {wanted:?}: {e}"))
+                })?);
             RecordBatch::try_new_with_options(
                 projected,
                 columns,
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
             )
-            .map_err(|e| frame::FrameError::BadPayload(e.to_string()))
+            .map_err(|e| StorageError::InvalidBatch(e.to_string()))
         }
-        _ => Err(frame::FrameError::BadHeader(
-            "a schema version this build does not read",
-        )),
+        version => Err(StorageError::InvalidBatch(format!(
+            "frame of schema version {version}, which this build does not read"
+        ))),
     }
 }
 
@@ -672,6 +680,7 @@ impl Iterator for PartitionReader {
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray, BinaryArray, Int64Array, TimestampMillisecondArray};
+    use arrow::buffer::Buffer;
     use arrow::datatypes::{DataType, Field, Fields};
 
     use super::*;
@@ -705,7 +714,11 @@ mod tests {
                 min_timestamp_ms: None,
                 max_timestamp_ms: None,
             };
-            decode_frame(&bytes, &frame.header, &options).unwrap()
+            decode_frame(&frame.header, &options, |schema, projection| {
+                frame::decode_batch(&bytes, &frame.header, schema, projection)
+                    .map_err(|e| StorageError::InvalidBatch(e.to_string()))
+            })
+            .unwrap()
         };
         let all = read(None);
         assert_eq!(all.schema(), schema);

@@ -13,13 +13,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use arrow::buffer::Buffer;
+use arrow::array::RecordBatch;
+use arrow::buffer::{Buffer, MutableBuffer};
+use arrow::datatypes::SchemaRef;
 
 use super::StorageError;
 use super::disk::Disk;
-use super::frame::{self, EncodedFrame, FRAME_HEADER_LEN, FrameHeader};
+use super::frame::{self, EncodedFrame, FRAME_HEADER_LEN, FrameError, FrameHeader, Layout};
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
 use super::types::Offset;
+
+/// Unwanted bytes between two wanted sections of a frame that are read rather than skipped
+/// with a read of its own: copying 16 KiB costs about what another read does.
+const READ_GAP_MAX: usize = 16 * 1024;
 
 pub fn log_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.log", base.0))
@@ -127,6 +133,94 @@ impl Segment {
             ));
         }
         Ok(buf.into())
+    }
+
+    /// The records of the frame at `position` in the columns of `schema` that `projection`
+    /// selects (all without one). Of a frame of the current format only the header, the
+    /// column directory and the selected columns' sections are read and verified; neighbouring
+    /// sections are read together.
+    pub fn batch_at(
+        &self,
+        position: u64,
+        header: &FrameHeader,
+        schema: &SchemaRef,
+        projection: Option<&[usize]>,
+    ) -> Result<RecordBatch, StorageError> {
+        let corrupt = |e: FrameError| StorageError::corruption(&self.path, position, e);
+        let partial = match (header.layout, projection) {
+            (Layout::Sections { columns }, Some(projection)) => {
+                (projection.len() < columns as usize).then_some(projection)
+            }
+            _ => None,
+        };
+        let Some(projection) = partial else {
+            let bytes = self.frame_at(position, header)?;
+            return frame::decode_batch(&bytes, header, schema, projection).map_err(corrupt);
+        };
+        let head = self.read_exact(position, header.head_len())?;
+        if frame::decode_header(head.as_slice()).map_err(corrupt)? != *header {
+            return Err(corrupt(FrameError::BadHeader(
+                "frame changed between reads",
+            )));
+        }
+        let sections = frame::decode_directory(head.as_slice(), header).map_err(corrupt)?;
+        let mut wanted = projection.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.last().is_some_and(|&c| c >= sections.len()) {
+            return Err(StorageError::InvalidBatch(format!(
+                "columns {projection:?} asked of a frame of {}",
+                sections.len()
+            )));
+        }
+        let mut read: Vec<Option<Buffer>> = vec![None; sections.len()];
+        let mut i = 0;
+        while i < wanted.len() {
+            // A run of sections close enough to read in one go.
+            let mut j = i + 1;
+            while j < wanted.len()
+                && sections[wanted[j]].position as usize - sections[wanted[j - 1]].range().end
+                    <= READ_GAP_MAX
+            {
+                j += 1;
+            }
+            let start = sections[wanted[i]].position as usize;
+            let end = sections[wanted[j - 1]].range().end;
+            let bytes: Buffer = self
+                .read_exact(position + start as u64, end - start)?
+                .into();
+            for &c in &wanted[i..j] {
+                let section = &sections[c];
+                let own = bytes
+                    .slice_with_length(section.position as usize - start, section.length as usize);
+                frame::verify_section(own.as_slice(), section).map_err(corrupt)?;
+                read[c] = Some(own);
+            }
+            i = j;
+        }
+        frame::decode_columns(header, &sections, schema, Some(projection), |c, _| {
+            read[c].clone().expect("every projected section is read")
+        })
+        .map_err(corrupt)
+    }
+
+    /// `len` bytes at `position`; fewer (the file ends early) is a damaged frame.
+    fn read_exact(&self, position: u64, len: usize) -> Result<MutableBuffer, StorageError> {
+        let buf = self
+            .disk
+            .read_buffer(&self.path, len, position)
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        if buf.len() < len {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                FrameError::Truncated {
+                    needed: len,
+                    available: buf.len(),
+                },
+            ));
+        }
+        Ok(buf)
     }
 
     /// The last frame that ends at or before `end_position`, found by walking headers from
