@@ -120,15 +120,164 @@ fn encode_single(array: &ArrayRef) -> Result<BinaryArray> {
     Ok(out.finish())
 }
 
+/// Several KEY columns as one JSON object per row, exactly as arrow's JSON writer writes it
+/// (members in order, NULL members left out). Keys of integers, text, booleans and
+/// timestamps — what keys usually hold — are written here directly, each timestamp formatted
+/// once per distinct value rather than once per row; other types go through arrow's writer.
 fn encode_json(batch: &RecordBatch, columns: &[usize]) -> Result<BinaryArray> {
     let keys = batch
         .project(columns)
         .map_err(|e| Error::Internal(format!("projecting key columns: {e}")))?;
+    let members = keys
+        .schema()
+        .fields()
+        .iter()
+        .zip(keys.columns())
+        .map(|(field, array)| Member::new(field.name(), array))
+        .collect::<Option<Result<Vec<_>>>>();
+    let Some(members) = members else {
+        return encode_json_with_arrow(&keys);
+    };
+    let mut members = members?;
+    let rows = keys.num_rows();
+    let mut out = BinaryBuilder::with_capacity(rows, rows * 16 * members.len());
+    let mut row = Vec::with_capacity(64);
+    for i in 0..rows {
+        row.clear();
+        row.push(b'{');
+        for member in &mut members {
+            if member.array.is_null(i) {
+                continue;
+            }
+            if row.len() > 1 {
+                row.push(b',');
+            }
+            row.extend_from_slice(&member.name);
+            member.write(i, &mut row);
+        }
+        row.push(b'}');
+        out.append_value(&row);
+    }
+    Ok(out.finish())
+}
+
+/// One member of a JSON key: its quoted name and colon, and how its values are written.
+struct Member<'a> {
+    name: Vec<u8>,
+    array: &'a ArrayRef,
+    values: MemberValues<'a>,
+}
+
+enum MemberValues<'a> {
+    Integer,
+    Text,
+    Boolean,
+    /// Raw timestamps, their formatter, and each distinct value's text once formatted.
+    Timestamp {
+        raw: Vec<i64>,
+        formatter: ArrayFormatter<'a>,
+        formatted: std::collections::HashMap<i64, Vec<u8>>,
+    },
+}
+
+impl<'a> Member<'a> {
+    /// `None` for a type this encoder leaves to arrow's writer.
+    fn new(name: &str, array: &'a ArrayRef) -> Option<Result<Member<'a>>> {
+        let values = match array.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => MemberValues::Integer,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => MemberValues::Text,
+            DataType::Boolean => MemberValues::Boolean,
+            DataType::Timestamp(_, _) => {
+                let raw = match arrow::compute::cast(array, &DataType::Int64) {
+                    Ok(raw) => raw.as_primitive::<Int64Type>().values().to_vec(),
+                    Err(e) => return Some(Err(Error::Internal(format!("a key timestamp: {e}")))),
+                };
+                // The options arrow's JSON writer formats temporal values with.
+                let options = FormatOptions::new().with_display_error(true);
+                match ArrayFormatter::try_new(array.as_ref(), &options) {
+                    Ok(formatter) => MemberValues::Timestamp {
+                        raw,
+                        formatter,
+                        formatted: Default::default(),
+                    },
+                    Err(e) => return Some(Err(Error::Internal(format!("a key timestamp: {e}")))),
+                }
+            }
+            _ => return None,
+        };
+        Some(Ok(Member {
+            name: format!("{}:", serde_json::Value::from(name)).into_bytes(),
+            array,
+            values,
+        }))
+    }
+
+    /// Appends the JSON of row `i`'s (non-null) value.
+    fn write(&mut self, i: usize, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let array = self.array;
+        match &mut self.values {
+            MemberValues::Integer => {
+                macro_rules! integer {
+                    ($($dt:ident => $t:ty),*) => {
+                        match array.data_type() {
+                            $(DataType::$dt => {
+                                let _ = write!(out, "{}", array.as_primitive::<$t>().value(i));
+                            })*
+                            _ => unreachable!("an integer member"),
+                        }
+                    };
+                }
+                use arrow::datatypes::{Int8Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+                integer!(Int8 => Int8Type, Int16 => Int16Type, Int32 => Int32Type,
+                    Int64 => Int64Type, UInt8 => UInt8Type, UInt16 => UInt16Type,
+                    UInt32 => UInt32Type, UInt64 => UInt64Type);
+            }
+            MemberValues::Text => {
+                let text = match array.data_type() {
+                    DataType::Utf8 => array.as_string::<i32>().value(i),
+                    DataType::LargeUtf8 => array.as_string::<i64>().value(i),
+                    _ => array.as_string_view().value(i),
+                };
+                // serde_json's string escaping, as arrow's writer uses.
+                let _ = serde_json::to_writer(&mut *out, text);
+            }
+            MemberValues::Boolean => {
+                out.extend_from_slice(match array.as_boolean().value(i) {
+                    true => b"true",
+                    false => b"false",
+                });
+            }
+            MemberValues::Timestamp {
+                raw,
+                formatter,
+                formatted,
+            } => {
+                let text = formatted.entry(raw[i]).or_insert_with(|| {
+                    let mut text = Vec::with_capacity(32);
+                    let _ = write!(text, "\"{}\"", formatter.value(i));
+                    text
+                });
+                out.extend_from_slice(text);
+            }
+        }
+    }
+}
+
+/// [`encode_json`] by arrow's JSON writer.
+fn encode_json_with_arrow(keys: &RecordBatch) -> Result<BinaryArray> {
     let mut buf = Vec::with_capacity(keys.num_rows() * 32);
     {
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
         writer
-            .write(&keys)
+            .write(keys)
             .and_then(|()| writer.finish())
             .map_err(|e| Error::Internal(format!("encoding a JSON key: {e}")))?;
     }
@@ -185,6 +334,122 @@ mod tests {
         assert_eq!(both.value(0), br#"{"id":1,"name":"ab"}"#);
         assert_eq!(both.value(1), br#"{"name":"c"}"#);
         assert_eq!(encode_keys(&batch, &[]).unwrap().null_count(), 2);
+    }
+
+    #[test]
+    fn json_keys_are_the_bytes_arrows_writer_makes() {
+        use arrow::array::{
+            BooleanArray, Float64Array, Int8Array, StringViewArray, TimestampMicrosecondArray,
+            TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt64Array,
+        };
+        let n = 400;
+        let null = |i: usize, every: usize| i % every == every - 1;
+        let texts = [
+            "plain",
+            "quote \" and \\",
+            "tab\tnew\nline",
+            "ünï €",
+            "\u{1}\u{1f}",
+            "",
+        ];
+        let stamps = |i: usize| (i as i64 % 7 - 3) * 86_400_123_457 + (i as i64 % 3) * 1_000;
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "a",
+                Arc::new(Int8Array::from_iter(
+                    (0..n).map(|i| (!null(i, 5)).then_some((i as i8).wrapping_mul(37))),
+                )),
+            ),
+            (
+                "b",
+                Arc::new(UInt64Array::from_iter(
+                    (0..n).map(|i| (!null(i, 6)).then_some(u64::MAX - i as u64)),
+                )),
+            ),
+            (
+                "c \"q\"",
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (!null(i, 4)).then_some(texts[i % texts.len()])),
+                )),
+            ),
+            (
+                "d",
+                Arc::new(StringViewArray::from_iter(
+                    (0..n).map(|i| (!null(i, 9)).then_some(texts[i % 5])),
+                )),
+            ),
+            (
+                "e",
+                Arc::new(BooleanArray::from_iter(
+                    (0..n).map(|i| (!null(i, 3)).then_some(i % 2 == 0)),
+                )),
+            ),
+            (
+                "s",
+                Arc::new(TimestampSecondArray::from_iter(
+                    (0..n).map(|i| (!null(i, 7)).then_some(stamps(i) / 1_000_000)),
+                )),
+            ),
+            (
+                "ms",
+                Arc::new(
+                    TimestampMillisecondArray::from_iter(
+                        (0..n).map(|i| (!null(i, 8)).then_some(stamps(i) / 1_000)),
+                    )
+                    .with_timezone("+02:00"),
+                ),
+            ),
+            (
+                "us",
+                Arc::new(TimestampMicrosecondArray::from_iter(
+                    (0..n).map(|i| Some(stamps(i))),
+                )),
+            ),
+            (
+                "ns",
+                Arc::new(
+                    TimestampNanosecondArray::from_iter(
+                        (0..n).map(|i| (!null(i, 2)).then_some(stamps(i) * 1_000 + 1)),
+                    )
+                    .with_timezone("UTC"),
+                ),
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from_iter(
+                    (0..n).map(|i| Some(i as f64 / 3.0)),
+                )),
+            ),
+        ];
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(name, array)| Field::new(*name, array.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch =
+            RecordBatch::try_new(schema, columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+        // Every pair and the whole set but the float; with the float, arrow's writer itself.
+        let mut sets: Vec<Vec<usize>> = vec![(0..9).collect(), (0..10).collect()];
+        for x in 0..10 {
+            for y in 0..10 {
+                if x != y {
+                    sets.push(vec![x, y]);
+                }
+            }
+        }
+        for columns in sets {
+            let ours = encode_keys(&batch, &columns).unwrap();
+            let theirs = encode_json_with_arrow(&batch.project(&columns).unwrap()).unwrap();
+            assert_eq!(ours.len(), n);
+            for i in 0..n {
+                assert_eq!(
+                    String::from_utf8_lossy(ours.value(i)),
+                    String::from_utf8_lossy(theirs.value(i)),
+                    "columns {columns:?}, row {i}"
+                );
+            }
+        }
     }
 
     #[test]
