@@ -184,14 +184,7 @@ impl<'a> Member<'a> {
     /// `None` for a type this encoder leaves to arrow's writer.
     fn new(name: &str, array: &'a ArrayRef) -> Option<Result<Member<'a>>> {
         let values = match array.data_type() {
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64 => MemberValues::Integer,
+            t if t.is_integer() => MemberValues::Integer,
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => MemberValues::Text,
             DataType::Boolean => MemberValues::Boolean,
             DataType::Timestamp(_, _) => {

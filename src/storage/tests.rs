@@ -241,20 +241,25 @@ async fn frames_without_a_commit_record_are_cut_off() {
     assert!(read_ids(&log, &s, 1).unwrap().is_empty());
 }
 
+/// A one-partition topic of 2,000 records in 20 appends, rolled into 16-KiB segments; the
+/// log shut down. Its spec and the partition's directory.
+async fn rolled(dir: &Path) -> (TopicSpec, PathBuf) {
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 16 * 1024;
+    let log = open(dir, vec![]);
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..20 {
+        append(&log, &s, 0, i * 100, (i + 1) * 100).await;
+    }
+    log.shutdown();
+    let pdir = topic_dir(dir, &s).join("0");
+    (s, pdir)
+}
+
 #[tokio::test]
 async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = spec(1, 1);
-    s.segment_bytes_max = 16 * 1024;
-    {
-        let log = open(dir.path(), vec![]);
-        log.create_topic(s.clone()).await.unwrap();
-        for i in 0..20 {
-            append(&log, &s, 0, i * 100, (i + 1) * 100).await;
-        }
-        log.shutdown();
-    }
-    let pdir = topic_dir(dir.path(), &s).join("0");
+    let (s, pdir) = rolled(dir.path()).await;
     let bases = segment::list_segments(&pdir).unwrap();
     assert!(bases.len() > 2, "segments rolled by size: {bases:?}");
     let sealed = segment::log_path(&pdir, bases[0]);
@@ -293,17 +298,7 @@ async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
 #[tokio::test]
 async fn a_read_verifies_the_columns_it_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = spec(1, 1);
-    s.segment_bytes_max = 16 * 1024;
-    {
-        let log = open(dir.path(), vec![]);
-        log.create_topic(s.clone()).await.unwrap();
-        for i in 0..20 {
-            append(&log, &s, 0, i * 100, (i + 1) * 100).await;
-        }
-        log.shutdown();
-    }
-    let pdir = topic_dir(dir.path(), &s).join("0");
+    let (s, pdir) = rolled(dir.path()).await;
     let sealed = segment::log_path(&pdir, segment::list_segments(&pdir).unwrap()[0]);
     let mut bytes = std::fs::read(&sealed).unwrap();
     let header = frame::decode_header(&bytes).unwrap();
