@@ -34,6 +34,14 @@ pub enum Error {
     /// A value that does not fit: bad number, bad date, wrong column count in data… (22xxx)
     #[error("{message}")]
     Data { code: &'static str, message: String },
+    /// A constraint the statement would break (23xxx), or a statement that would change
+    /// a row twice (21000), with PostgreSQL's detail.
+    #[error("{message}")]
+    Constraint {
+        code: &'static str,
+        message: String,
+        detail: Option<String>,
+    },
     /// Valid SQL that Runnel does not support (yet). 0A000
     #[error("{0}")]
     Unsupported(String),
@@ -74,6 +82,14 @@ impl Error {
         }
     }
 
+    /// PostgreSQL's DETAIL line, where the error has one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Constraint { detail, .. } => detail.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The SQLSTATE a PostgreSQL client sees.
     pub fn sqlstate(&self) -> &'static str {
         match self {
@@ -84,6 +100,7 @@ impl Error {
             Error::InvalidName(_) => "42602",
             Error::Dependent(_) => "2BP01",
             Error::Data { code, .. } => code,
+            Error::Constraint { code, .. } => code,
             Error::Unsupported(_) => "0A000",
             Error::Limit(_) => "54000",
             Error::Protocol(_) => "08P01",

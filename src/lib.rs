@@ -7,17 +7,20 @@
 //!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
 //!     │               codec, record batches, handlers, the group coordinator)
 //!     │               (server: wiring, admission, auth, tls, panics)
-//!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY;
+//!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY,
+//!     │               tables' UPDATE, DELETE and ON CONFLICT;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, checkpoints,
 //!     │               push queries; implements tables::Continuous
-//!  tables/            DataFusion bindings: streams, views, files and sys tables as table
-//!     │               providers, scans, sinks, pg_catalog; reads the engine through a trait
+//!  tables/            DataFusion bindings: streams, tables, views, files and sys tables as
+//!     │               table providers, scans, sinks, pg_catalog; reads the engine through a
+//!     │               trait
 //!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
 //!     │               but the few scalar functions put in place of DataFusion's
 //!     │               (functions); planner: a filter's calls shared with projections
 //!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
-//!     │               value formats (JSON, CSV, raw) at the edges
+//!     │               value formats (JSON, CSV, raw) at the edges; tables' primary keys
+//!     │               checked under their write locks
 //!  groups, producers, consumer groups' offsets; idempotent producers' sequences; streams,
 //!  catalog/           topics, views, queries, users: durable metadata only
 //!  storage/           the partitioned log: frames, segments, commit log, recovery, retention

@@ -484,3 +484,61 @@ async fn the_admin_client_creates_lists_and_deletes_topics_and_sees_every_group(
     assert_eq!(error.code().code(), "42P01", "{error:?}");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_reads_and_writes_a_table_as_its_changelog() {
+    let (_dir, server) = started_with(
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT, tier TEXT) WITH (partitions = 3);
+         INSERT INTO users VALUES (1, 'ann', 'gold'), (2, 'bob', 'basic'), (3, 'cy', 'basic');
+         DELETE FROM users WHERE id = 2;",
+    )
+    .await;
+    let out = run(&server, "kafka_table.py", &[], "table ok");
+    // Each key's records in order: SQL's and the producer's, tombstones as null values.
+    let of_key = |key: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("fetched "))
+            .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        of_key("1"),
+        [
+            r#"{"name":"ann","tier":"gold"}"#,
+            r#"{"name":"ann","tier":"kafka"}"#,
+            r#"{"name":"ann","tier":"again"}"#,
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        of_key("2"),
+        [r#"{"name":"bob","tier":"basic"}"#, "None"],
+        "{out}"
+    );
+    assert_eq!(
+        of_key("3"),
+        [r#"{"name":"cy","tier":"basic"}"#, "None"],
+        "{out}"
+    );
+    // SQL sees the latest row per key: the producer's upsert, and its delete.
+    let client = server.connect().await;
+    assert_eq!(
+        common::rows(&client, "SELECT id, name, tier FROM users ORDER BY id").await,
+        [vec![
+            Some("1".to_string()),
+            Some("ann".to_string()),
+            Some("again".to_string())
+        ]]
+    );
+    // The key index follows records produced over Kafka: key 3 is free again, key 1 taken.
+    client
+        .batch_execute("INSERT INTO users VALUES (3, 'cy', 'back')")
+        .await
+        .unwrap();
+    let taken = client
+        .batch_execute("INSERT INTO users VALUES (1, 'ann', 'dup')")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&taken), "23505");
+}

@@ -58,6 +58,10 @@ pub const WRITE_SCHEMA: &str = "__write";
 pub const PARTITION_COLUMN: &str = "_partition";
 /// A record's offset in its partition, a hidden column of every stream.
 pub const OFFSET_COLUMN: &str = "_offset";
+/// A table's records carry this trailing value column: true in a tombstone (a deleted
+/// key), null in a row. Tables do not show it; Kafka clients see a tombstone's value as
+/// null.
+pub const TOMBSTONE_COLUMN: &str = "_deleted";
 /// Hidden columns of every stream, in the order they follow the declared columns.
 pub const HIDDEN_COLUMNS: [&str; 5] = [
     PARTITION_COLUMN,
@@ -138,9 +142,23 @@ pub struct Inherited {
     pub shift_micros: i64,
 }
 
+/// What a stream's records mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// An append-only log of events.
+    #[default]
+    Stream,
+    /// The latest row per primary key (its KEY columns): a changelog of upserts and
+    /// tombstones (see [`TOMBSTONE_COLUMN`]).
+    Table,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamDef {
     pub name: String,
+    #[serde(default, skip_serializing_if = "StreamKind::is_stream")]
+    pub kind: StreamKind,
     /// Name of the topic holding the records.
     pub topic: String,
     pub columns: Vec<ColumnDef>,
@@ -172,6 +190,37 @@ impl StreamDef {
             .iter()
             .map(|c| Field::new(&c.name, c.sql_type.arrow(), c.nullable))
             .collect()
+    }
+
+    /// The value columns its records store: the declared ones, and a table's
+    /// [`TOMBSTONE_COLUMN`]. A table's are all nullable, as its tombstones have no values
+    /// (the write path checks NOT NULL on its rows).
+    pub fn stored_fields(&self) -> Fields {
+        if !self.is_table() {
+            return self.value_fields();
+        }
+        let mut fields: Vec<Field> = self
+            .value_fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(TOMBSTONE_COLUMN, DataType::Boolean, true));
+        fields.into()
+    }
+
+    pub fn is_table(&self) -> bool {
+        self.kind == StreamKind::Table
+    }
+
+    /// The name of a table's primary key constraint, as PostgreSQL names it.
+    pub fn key_constraint(&self) -> String {
+        format!("{}_pkey", self.name)
+    }
+}
+
+impl StreamKind {
+    fn is_stream(&self) -> bool {
+        *self == StreamKind::Stream
     }
 }
 
@@ -417,6 +466,7 @@ impl Relation<'_> {
     /// What PostgreSQL clients call it (`permission denied for stream clicks`).
     pub fn kind(&self) -> &'static str {
         match self {
+            Relation::Stream(stream, _) if stream.is_table() => "table",
             Relation::Stream(..) => "stream",
             Relation::Topic(_) => "topic",
             Relation::External(_) => "external table",
@@ -618,7 +668,7 @@ impl CatalogData {
             return internal.columns.clone();
         }
         match self.stream_of_topic(topic) {
-            Some(stream) => stream.value_fields(),
+            Some(stream) => stream.stored_fields(),
             None => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Binary, true)]),
         }
     }

@@ -212,6 +212,7 @@ impl Database {
             c.name.clone(),
             StreamDef {
                 name: c.name.clone(),
+                kind: crate::catalog::StreamKind::Stream,
                 topic: topic_name,
                 columns: columns_of_stream.clone(),
                 key_columns,
@@ -382,6 +383,12 @@ impl Database {
             Error::UnknownRelation(format!("relation \"{}\" does not exist", i.target))
         })?;
         let target_fields: Fields = match &relation {
+            Relation::Stream(stream, _) if stream.is_table() => {
+                return Err(Error::Unsupported(format!(
+                    "\"{}\" is a table; a continuous INSERT appends to a stream (continuous upserts into tables are not supported yet)",
+                    i.target
+                )));
+            }
             Relation::Stream(stream, _) => stream.value_fields(),
             Relation::Topic(topic) => {
                 crate::ingest::WriteTarget::of(&data, &Relation::Topic(topic))

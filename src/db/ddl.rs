@@ -13,7 +13,7 @@ use crate::catalog::PUBLIC_SCHEMA;
 use crate::catalog::{Access, HIDDEN_COLUMNS, Principal};
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
-    TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
+    StreamKind, TOMBSTONE_COLUMN, TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
 };
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -32,16 +32,21 @@ impl Database {
         if let Some(query) = c.query.clone() {
             return self.create_stream_as(c, query, who, notices).await;
         }
-        validate_name("stream", &c.name)?;
+        let table = c.kind == StreamKind::Table;
+        let (what, tag) = match table {
+            true => ("table", "CREATE TABLE"),
+            false => ("stream", "CREATE STREAM"),
+        };
+        validate_name(what, &c.name)?;
         if c.columns.is_empty() {
             return Err(Error::plan(
                 "42601",
-                format!("stream \"{}\" needs at least one column", c.name),
+                format!("{what} \"{}\" needs at least one column", c.name),
             ));
         }
         let mut columns: Vec<ColumnDef> = vec![];
         for spec in &c.columns {
-            if HIDDEN_COLUMNS.contains(&spec.name.as_str()) {
+            if HIDDEN_COLUMNS.contains(&spec.name.as_str()) || spec.name == TOMBSTONE_COLUMN {
                 return Err(Error::plan(
                     "42701",
                     format!(
@@ -70,14 +75,29 @@ impl Database {
             .collect();
         let mut options = TopicOptions::parse(
             &c.options,
-            &[
-                "value_format",
-                "timestamp",
-                "topic",
-                "watermark_idle_timeout",
-                "late_data_topic",
-            ],
+            match table {
+                true => &["value_format", "timestamp", "topic"],
+                false => &[
+                    "value_format",
+                    "timestamp",
+                    "topic",
+                    "watermark_idle_timeout",
+                    "late_data_topic",
+                ],
+            },
         )?;
+        if table && (options.retention_ms.is_some() || options.retention_bytes.is_some()) {
+            return Err(Error::Unsupported(format!(
+                "table \"{}\" cannot have retention: a table keeps the latest row of every key",
+                c.name
+            )));
+        }
+        if table && c.watermark.is_some() {
+            return Err(Error::Unsupported(format!(
+                "table \"{}\" cannot have a watermark: event time is for streams",
+                c.name
+            )));
+        }
         let value_format = match options.take("value_format") {
             None => ValueFormat::Json,
             Some(v) => ValueFormat::parse(v.as_text()).ok_or_else(|| {
@@ -87,7 +107,7 @@ impl Database {
                 )
             })?,
         };
-        let column_type = |name: &str, what: &str| -> Result<SqlType> {
+        let column_type = |name: &str, role: &str| -> Result<SqlType> {
             columns
                 .iter()
                 .find(|c| c.name == name)
@@ -96,7 +116,7 @@ impl Database {
                     Error::plan(
                         "42703",
                         format!(
-                            "{what} column \"{name}\" does not exist in stream \"{}\"",
+                            "{role} column \"{name}\" does not exist in stream \"{}\"",
                             c.name
                         ),
                     )
@@ -212,7 +232,7 @@ impl Database {
                     kind_name(&existing),
                     c.name
                 ));
-                return Ok(command("CREATE STREAM"));
+                return Ok(command(tag));
             }
             return Err(Error::AlreadyExists(format!(
                 "{} \"{}\" already exists",
@@ -260,6 +280,7 @@ impl Database {
             c.name.clone(),
             StreamDef {
                 name: c.name.clone(),
+                kind: c.kind,
                 topic: topic_name.clone(),
                 columns,
                 key_columns,
@@ -281,7 +302,7 @@ impl Database {
         }
         let ids: Vec<TopicId> = topics.iter().map(|t| t.id).collect();
         self.commit_or_undo(new, &ids).await?;
-        Ok(command("CREATE STREAM"))
+        Ok(command(tag))
     }
 
     pub(super) async fn create_topic(
@@ -424,6 +445,7 @@ impl Database {
         for name in &d.names {
             let wrong = |relation: &Relation<'_>| {
                 let (kind, verb) = match relation {
+                    Relation::Stream(stream, _) if stream.is_table() => ("table", "DROP TABLE"),
                     Relation::Stream(..) => ("stream", "DROP STREAM"),
                     Relation::Topic(_) => ("topic", "DROP TOPIC"),
                     Relation::External(_) => ("table", "DROP TABLE"),
@@ -448,9 +470,12 @@ impl Database {
                 }
             };
             match d.kind {
-                ObjectKind::Stream => match data.relation(name) {
-                    Some(Relation::Stream(stream, topic)) => {
-                        who.require_owner(&stream.access.owner, "stream", name)?;
+                ObjectKind::Stream | ObjectKind::Table => match data.relation(name) {
+                    Some(Relation::Stream(stream, topic))
+                        if stream.is_table() == (d.kind == ObjectKind::Table) =>
+                    {
+                        let kind = if stream.is_table() { "table" } else { "stream" };
+                        who.require_owner(&stream.access.owner, kind, name)?;
                         new.streams.remove(&stream.name);
                         new.topics.remove(&topic.name);
                         doomed_topics.push(topic.id);
@@ -459,8 +484,13 @@ impl Database {
                         }
                         drop_writers(&stream.name, &mut doomed_queries, notices);
                     }
+                    Some(Relation::External(table)) if d.kind == ObjectKind::Table => {
+                        who.require_owner(&table.access.owner, "external table", name)?;
+                        new.external_tables.remove(&table.name);
+                        doomed_tables.push(table.name.clone());
+                    }
                     Some(other) => return Err(wrong(&other)),
-                    None => missing("stream", notices)?,
+                    None => missing(&d.kind.name().to_lowercase(), notices)?,
                 },
                 ObjectKind::Topic => match data.topics.get(name) {
                     Some(topic) => {
@@ -484,15 +514,6 @@ impl Database {
                         drop_writers(name, &mut doomed_queries, notices);
                     }
                     None => missing("topic", notices)?,
-                },
-                ObjectKind::Table => match data.relation(name) {
-                    Some(Relation::External(table)) => {
-                        who.require_owner(&table.access.owner, "external table", name)?;
-                        new.external_tables.remove(&table.name);
-                        doomed_tables.push(table.name.clone());
-                    }
-                    Some(other) => return Err(wrong(&other)),
-                    None => missing("table", notices)?,
                 },
                 ObjectKind::View => match data.relation(name) {
                     Some(Relation::View(view)) => {
@@ -592,6 +613,7 @@ impl Database {
             self.tables.external.write().expect("lock").remove(&name);
         }
         for id in doomed_topics {
+            self.tables.writer.forget(id);
             // The catalog no longer has the topic; if deleting its files fails now, start-up
             // finishes it (the topic's id was issued, and the catalog no longer names it).
             if let Err(e) = self.tables.log.drop_topic(id).await {
@@ -769,6 +791,7 @@ impl Database {
 
 pub(super) fn kind_name(relation: &Relation<'_>) -> &'static str {
     match relation {
+        Relation::Stream(stream, _) if stream.is_table() => "table",
         Relation::Stream(..) => "stream",
         Relation::Topic(_) => "topic",
         Relation::External(_) => "table",
@@ -1009,6 +1032,7 @@ fn late_stream(
     }
     Ok(StreamDef {
         name: name.to_string(),
+        kind: StreamKind::Stream,
         topic: name.to_string(),
         columns: all,
         key_columns: key_columns.to_vec(),

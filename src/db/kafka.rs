@@ -19,8 +19,8 @@ use super::Database;
 use crate::catalog::{CatalogData, Principal, Relation, StreamDef, TopicDef};
 use crate::groups::Reader;
 use crate::ingest::WriteTarget;
-use crate::ingest::formats;
 use crate::ingest::records::Given;
+use crate::ingest::{formats, key};
 use crate::producers::{ProducerBatch, Sequence};
 use crate::sql::parser::{CreateTopic, Drop, ObjectKind, OptionValue};
 use crate::storage::{
@@ -982,10 +982,52 @@ fn stage(data: &CatalogData, name: &str, batch: ProduceBatch) -> Result<Staged, 
                 .map(|t| if *t < 0 { now_ms } else { *t })
                 .collect()
         }));
+    let table = match &relation {
+        Relation::Stream(stream, _) if stream.is_table() => Some(stream),
+        _ => None,
+    };
+    if let Some(stream) = table {
+        // A table's key lives in one partition, the one SQL writes it to, or the latest
+        // row per key would depend on which partition is read.
+        let keys = &records.keys;
+        if let Some(i) = (0..records.len()).find(|i| keys.is_null(*i)) {
+            return Err(Produced::failed(
+                code::INVALID_RECORD,
+                format!(
+                    "record {i} has no key: a record of table \"{}\" is keyed by its primary key (or its row id)",
+                    stream.name
+                ),
+            ));
+        }
+        if let Some(i) = (0..records.len()).find(|i| {
+            keys.is_valid(*i)
+                && key::partition_for_key(keys.value(*i), topic.partitions)
+                    != batch.partition as u32
+        }) {
+            return Err(Produced::failed(
+                code::INVALID_RECORD,
+                format!(
+                    "record {i} belongs to partition {} of table \"{}\": a table's records go to the partition of their key (the default partitioner's)",
+                    key::partition_for_key(keys.value(i), topic.partitions),
+                    stream.name
+                ),
+            ));
+        }
+    }
     let given = Given {
         now_ms,
         timestamps: Some(timestamps),
         headers: Some(Arc::new(records.headers.clone())),
+        // A table's record with a null value is a tombstone, as in a compacted topic.
+        deleted: table.map(|_| {
+            (0..records.len())
+                .map(|i| Some(records.values.is_null(i)))
+                .collect()
+        }),
+        // A table without a primary key keeps the producer's key as the row's id.
+        keys: table
+            .filter(|t| t.key_columns.is_empty())
+            .map(|_| records.keys.clone()),
     };
     crate::ingest::writer::refuse_nul(&target, &rows)
         .and_then(|()| target.records(&rows, &given))
@@ -1033,7 +1075,18 @@ fn to_records(stream: Option<&StreamDef>, batch: &RecordBatch) -> Result<Records
             let rows = batch
                 .project(&(0..n - 3).collect::<Vec<_>>())
                 .map_err(|e| e.to_string())?;
-            formats::encode_values(stream, &rows)?
+            let values = formats::encode_values(stream, &rows)?;
+            if stream.is_table() {
+                // A tombstone's value is null.
+                let deleted = rows.column(stream.columns.len()).as_boolean();
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v.filter(|_| !(deleted.is_valid(i) && deleted.value(i))))
+                    .collect()
+            } else {
+                values
+            }
         }
         None => batch.column(0).as_binary::<i32>().clone(),
     };

@@ -15,6 +15,7 @@ mod grants;
 pub mod kafka;
 mod session;
 mod subscriptions;
+mod table_writes;
 mod users;
 
 use std::collections::BTreeMap;

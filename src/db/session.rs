@@ -250,7 +250,9 @@ impl Session {
             Statement::Subscribe(s) if !s.copy => Some(self.db.subscribe_schema(&s).await?),
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
-                let plan = sql::plan(&self.state, *statement, &catalog).await?;
+                // An ON CONFLICT takes the parameters of the INSERT it resolves.
+                let statement = super::table_writes::without_on_conflict(*statement);
+                let plan = sql::plan(&self.state, statement, &catalog).await?;
                 let parameters = parameter_types(&plan)?;
                 let schema = match &plan {
                     LogicalPlan::Ddl(_)
@@ -392,6 +394,12 @@ impl Session {
         statement: DfStatement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
+        if let DfStatement::Statement(s) = &statement
+            && let sqlparser::ast::Statement::Insert(insert) = s.as_ref()
+            && let Some(on) = &insert.on
+        {
+            return self.insert_on_conflict(insert, on, params).await;
+        }
         if params.is_none()
             && let DfStatement::Statement(s) = &statement
             && let sqlparser::ast::Statement::Insert(insert) = s.as_ref()
@@ -432,6 +440,15 @@ impl Session {
                 )));
             }
             LogicalPlan::Dml(dml) => {
+                if matches!(dml.op, WriteOp::Update | WriteOp::Delete)
+                    && matches!(dml.table_name.schema(), None | Some(PUBLIC_SCHEMA))
+                    && let Some(relation @ Relation::Stream(stream, _)) =
+                        catalog.relation(dml.table_name.table())
+                    && stream.is_table()
+                {
+                    let target = WriteTarget::of(&catalog, &relation).expect("tables are writable");
+                    return self.write_table(dml, state, stream, target).await;
+                }
                 if !matches!(dml.op, WriteOp::Insert(_)) {
                     return Err(Error::Unsupported(format!(
                         "{} is not supported: streams are append-only",
@@ -499,7 +516,12 @@ impl Session {
     /// Refuses a planned statement that reads, writes or touches what `who` may not: every
     /// relation it scans needs SELECT, its insert target INSERT, and server files the
     /// predefined roles and a path outside the data directory.
-    fn authorize(&self, plan: &LogicalPlan, catalog: &CatalogData, who: &Principal) -> Result<()> {
+    pub(super) fn authorize(
+        &self,
+        plan: &LogicalPlan,
+        catalog: &CatalogData,
+        who: &Principal,
+    ) -> Result<()> {
         use datafusion::common::tree_node::TreeNodeRecursion;
         let mut denied = Ok(());
         plan.apply_with_subqueries(|node| {
@@ -517,6 +539,16 @@ impl Session {
         match plan {
             LogicalPlan::Dml(dml) if dml.table_name.schema() == Some(WRITE_SCHEMA) => {
                 catalog.check(who, Privilege::Insert, dml.table_name.table())
+            }
+            LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Update | WriteOp::Delete) => {
+                let privilege = match dml.op {
+                    WriteOp::Update => Privilege::Update,
+                    _ => Privilege::Delete,
+                };
+                match catalog.relation(dml.table_name.table()) {
+                    Some(_) => catalog.check(who, privilege, dml.table_name.table()),
+                    None => Ok(()),
+                }
             }
             LogicalPlan::Copy(copy) => {
                 who.require_role(WRITE_SERVER_FILES, "write server files")?;

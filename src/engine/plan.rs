@@ -378,6 +378,11 @@ impl QueryPlan {
             Error::UnknownRelation(format!("relation \"{input_name}\" does not exist"))
         })?;
         let input = match &relation {
+            Relation::Stream(stream, _) if stream.is_table() => {
+                return Err(Error::Unsupported(format!(
+                    "\"{input_name}\" is a table; continuous queries over tables (updates and deletes as retractions) are not supported yet"
+                )));
+            }
             Relation::Stream(_, topic) | Relation::Topic(topic) => (*topic).clone(),
             Relation::View(_) => {
                 return Err(Error::Unsupported(format!(

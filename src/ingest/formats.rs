@@ -445,6 +445,7 @@ mod tests {
     fn clicks(format: ValueFormat) -> StreamDef {
         StreamDef {
             name: "clicks".into(),
+            kind: crate::catalog::StreamKind::Stream,
             topic: "clicks".into(),
             columns: vec![
                 ColumnDef {

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, RecordBatch, TimestampMillisecondArray,
+    UInt32Array,
+};
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 
@@ -35,6 +38,24 @@ pub struct WriteTarget {
     /// records without a key); a fixed partition for upsert records, so the updates of
     /// the NULL group stay in order like any other key's.
     pub null_key_partition: Option<u32>,
+    /// For a table: its primary key, which writes check.
+    pub table: Option<Arc<TableTarget>>,
+}
+
+/// What writing a table needs besides a stream's write path: its primary key, for the
+/// checks and messages of [`super::table`], and where its records keep their tombstone
+/// flag and key.
+#[derive(Debug, Clone)]
+pub struct TableTarget {
+    /// The primary key constraint's name (`users_pkey`).
+    pub constraint: String,
+    /// The primary key's columns, by index in the rows written; none for a table without
+    /// one, whose rows are keyed by row ids ([`super::table::row_ids`]).
+    pub key_columns: Vec<usize>,
+    /// [`crate::catalog::TOMBSTONE_COLUMN`]'s index in the storage schema.
+    pub tombstone: usize,
+    /// [`crate::storage::KEY_COLUMN`]'s index in the storage schema.
+    pub key: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +82,7 @@ impl WriteTarget {
     pub fn of(catalog: &CatalogData, relation: &Relation<'_>) -> Option<WriteTarget> {
         match relation {
             Relation::Stream(stream, topic) => {
-                let key_columns = stream
+                let key_columns: Vec<usize> = stream
                     .key_columns
                     .iter()
                     .map(|k| stream.column(k).expect("key columns are columns").0)
@@ -70,6 +91,15 @@ impl WriteTarget {
                     .timestamp_column
                     .as_ref()
                     .map(|c| stream.column(c).expect("timestamp column is a column").0);
+                let table = stream.is_table().then(|| {
+                    let n = stream.columns.len();
+                    Arc::new(TableTarget {
+                        constraint: stream.key_constraint(),
+                        key_columns: key_columns.clone(),
+                        tombstone: n,
+                        key: n + 2,
+                    })
+                });
                 Some(WriteTarget {
                     relation: stream.name.clone(),
                     topic: topic.id,
@@ -88,6 +118,7 @@ impl WriteTarget {
                         timestamp_column,
                     },
                     null_key_partition: None,
+                    table,
                 })
             }
             Relation::Topic(topic) => Some(WriteTarget {
@@ -110,6 +141,7 @@ impl WriteTarget {
                 not_null: vec![false, false],
                 shape: Shape::Topic,
                 null_key_partition: None,
+                table: None,
             }),
             Relation::External(_) | Relation::View(_) => None,
         }
@@ -121,13 +153,13 @@ impl WriteTarget {
         &self,
         rows: &RecordBatch,
         round_robin: &AtomicU64,
-        now_ms: i64,
+        given: &Given,
     ) -> Result<Vec<PartitionBatch>> {
         let n = rows.num_rows();
         if n == 0 {
             return Ok(vec![]);
         }
-        let records = self.records(rows, &Given::append_time(now_ms))?;
+        let records = self.records(rows, given)?;
         let keys = records.column(records.num_columns() - 2).clone();
         if self.partitions == 1 {
             return Ok(vec![PartitionBatch {
@@ -205,7 +237,14 @@ impl WriteTarget {
                     field.data_type()
                 )));
             }
-            if *not_null && column.null_count() > 0 {
+            let null = match &given.deleted {
+                // A tombstone's columns other than its key are NULL.
+                Some(deleted) => {
+                    (0..n).any(|i| column.is_null(i) && !(deleted.is_valid(i) && deleted.value(i)))
+                }
+                None => column.null_count() > 0,
+            };
+            if *not_null && null {
                 return Err(Error::data(
                     "23502",
                     format!(
@@ -226,7 +265,14 @@ impl WriteTarget {
                     Some(c) => timestamps_from(rows.column(*c), given.now_ms)?,
                     None => given.timestamps(n),
                 };
-                let keys = Arc::new(key::encode_keys(rows, key_columns)?);
+                let keys: ArrayRef = match (&given.keys, &self.table) {
+                    (Some(keys), _) => Arc::new(keys.clone()),
+                    // A table without a primary key: each row a key of its own.
+                    (None, Some(table)) if table.key_columns.is_empty() => {
+                        Arc::new(super::table::row_ids(n))
+                    }
+                    _ => Arc::new(key::encode_keys(rows, key_columns)?),
+                };
                 (rows.columns().to_vec(), timestamps, keys)
             }
             Shape::Topic => (
@@ -237,6 +283,12 @@ impl WriteTarget {
         };
 
         let mut columns = values;
+        if self.table.is_some() {
+            columns.push(match &given.deleted {
+                Some(deleted) => Arc::new(deleted.clone()),
+                None => arrow::array::new_null_array(&DataType::Boolean, n),
+            });
+        }
         columns.extend(crate::storage::system_columns(timestamps, keys));
         if let Some(headers) = &given.headers {
             *columns.last_mut().expect("system columns") = headers.clone();
@@ -256,6 +308,11 @@ pub struct Given {
     pub timestamps: Option<ArrayRef>,
     /// Each record's headers, of [`crate::storage::headers_type`].
     pub headers: Option<ArrayRef>,
+    /// For a table: which records are tombstones (deletes of their key).
+    pub deleted: Option<BooleanArray>,
+    /// Each record's key, where it is not made from the rows (a table's rows being deleted
+    /// or rewritten in place).
+    pub keys: Option<BinaryArray>,
 }
 
 impl Given {
@@ -265,6 +322,8 @@ impl Given {
             now_ms,
             timestamps: None,
             headers: None,
+            deleted: None,
+            keys: None,
         }
     }
 
@@ -318,6 +377,7 @@ mod tests {
         let mut data = CatalogData::default();
         let stream = StreamDef {
             name: "clicks".into(),
+            kind: crate::catalog::StreamKind::Stream,
             topic: "clicks".into(),
             columns: vec![
                 ColumnDef {
@@ -381,7 +441,9 @@ mod tests {
         let data = catalog(4, true);
         let target = WriteTarget::of(&data, &data.relation("clicks").unwrap()).unwrap();
         let batch = rows(&target, (0..100).map(Some).collect(), vec![Some("/"); 100]);
-        let parts = target.partition(&batch, &AtomicU64::new(0), 1).unwrap();
+        let parts = target
+            .partition(&batch, &AtomicU64::new(0), &Given::append_time(1))
+            .unwrap();
         let total: usize = parts.iter().map(|p| p.records.num_rows()).sum();
         assert_eq!(total, 100);
         for part in &parts {
@@ -406,10 +468,14 @@ mod tests {
         let target = WriteTarget::of(&data, &data.relation("clicks").unwrap()).unwrap();
         let counter = AtomicU64::new(0);
         let batch = rows(&target, vec![Some(1); 10], vec![Some("/"); 10]);
-        let parts = target.partition(&batch, &counter, 1).unwrap();
+        let parts = target
+            .partition(&batch, &counter, &Given::append_time(1))
+            .unwrap();
         let sizes: Vec<usize> = parts.iter().map(|p| p.records.num_rows()).collect();
         assert_eq!(sizes, vec![3, 3, 2, 2]);
-        let parts = target.partition(&batch, &counter, 1).unwrap();
+        let parts = target
+            .partition(&batch, &counter, &Given::append_time(1))
+            .unwrap();
         let sizes: Vec<usize> = parts.iter().map(|p| p.records.num_rows()).collect();
         assert_eq!(
             sizes,
@@ -423,7 +489,9 @@ mod tests {
         let data = catalog(1, false);
         let target = WriteTarget::of(&data, &data.relation("clicks").unwrap()).unwrap();
         let batch = rows(&target, vec![Some(1), Some(2)], vec![Some("/"), None]);
-        let err = target.partition(&batch, &AtomicU64::new(0), 1).unwrap_err();
+        let err = target
+            .partition(&batch, &AtomicU64::new(0), &Given::append_time(1))
+            .unwrap_err();
         assert_eq!(err.sqlstate(), "23502");
         assert!(err.to_string().contains("\"url\""), "{err}");
     }

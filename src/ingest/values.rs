@@ -356,6 +356,7 @@ mod tests {
             "s".into(),
             StreamDef {
                 name: "s".into(),
+                kind: crate::catalog::StreamKind::Stream,
                 topic: "s".into(),
                 columns,
                 key_columns: vec![],

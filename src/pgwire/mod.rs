@@ -221,11 +221,9 @@ pub fn pg_error(e: Error) -> PgWireError {
     } else {
         tracing::debug!(error = %e, "statement failed");
     }
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        e.sqlstate().into(),
-        e.to_string(),
-    )))
+    let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.to_string());
+    info.detail = e.detail().map(str::to_string);
+    PgWireError::UserError(Box::new(info))
 }
 
 fn response(output: Output, format: &Format) -> PgWireResult<Response> {

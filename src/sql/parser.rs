@@ -16,7 +16,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
-use crate::catalog::{Emit, ObjectClass, Privilege, SqlType};
+use crate::catalog::{Emit, ObjectClass, Privilege, SqlType, StreamKind};
 use crate::error::{Error, Result};
 use crate::ingest::copy::{CopyFormat, CopyOptions};
 
@@ -90,8 +90,10 @@ pub struct ColumnSpec {
     pub key: bool,
 }
 
+/// `CREATE STREAM`, or `CREATE TABLE` (a stream of kind table, keyed by its primary key).
 #[derive(Debug, Clone)]
 pub struct CreateStream {
+    pub kind: StreamKind,
     pub name: String,
     pub if_not_exists: bool,
     pub columns: Vec<ColumnSpec>,
@@ -703,9 +705,130 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
             df.parser.prev_token();
         }
     }
-    df.parse_statement()
-        .map(|s| Statement::DataFusion(Box::new(s)))
-        .map_err(Error::from_datafusion)
+    let statement = df.parse_statement().map_err(Error::from_datafusion)?;
+    if let DfStatement::Statement(s) = &statement
+        && let SqlStatement::CreateTable(create) = s.as_ref()
+    {
+        return create_table(create).map(Statement::CreateStream);
+    }
+    Ok(Statement::DataFusion(Box::new(statement)))
+}
+
+/// `CREATE TABLE` as sqlparser reads it, as Runnel keeps it: a stream of kind table whose
+/// KEY columns are the primary key's. What tables cannot have yet is refused by name.
+fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
+    use sqlparser::ast::{ColumnOption, CreateTableOptions, SqlOption, TableConstraint};
+    let name = relation_name(&create.name)?;
+    let refuse = |what: &str| {
+        Err(Error::Unsupported(format!(
+            "CREATE TABLE {what} is not supported"
+        )))
+    };
+    if create.temporary {
+        return refuse("TEMPORARY: tables are durable");
+    }
+    if create.or_replace {
+        return refuse("OR REPLACE");
+    }
+    if create.query.is_some() {
+        return refuse("… AS SELECT: create the table, then INSERT INTO … SELECT");
+    }
+    if create.like.is_some() || create.clone.is_some() {
+        return refuse("LIKE");
+    }
+    let mut columns = vec![];
+    let mut primary_key: Option<Vec<String>> = None;
+    let mut set_primary_key = |names: Vec<String>| -> Result<()> {
+        if primary_key.replace(names).is_some() {
+            return Err(Error::plan(
+                "42P16",
+                format!("multiple primary keys for table \"{name}\" are not allowed"),
+            ));
+        }
+        Ok(())
+    };
+    for column in &create.columns {
+        let name = normalize(&column.name);
+        let mut spec = ColumnSpec {
+            sql_type: SqlType::from_ast(&column.data_type)?,
+            name,
+            nullable: true,
+            key: false,
+        };
+        for option in &column.options {
+            match &option.option {
+                ColumnOption::Null => spec.nullable = true,
+                ColumnOption::NotNull => spec.nullable = false,
+                ColumnOption::PrimaryKey(_) => set_primary_key(vec![spec.name.clone()])?,
+                ColumnOption::Comment(_) => {}
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "column option {other} (of column \"{}\") is not supported in tables",
+                        spec.name
+                    )));
+                }
+            }
+        }
+        columns.push(spec);
+    }
+    for constraint in &create.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => {
+                let names = pk
+                    .columns
+                    .iter()
+                    .map(|c| match &c.column.expr {
+                        Expr::Identifier(ident) => Ok(normalize(ident)),
+                        other => Err(Error::Unsupported(format!(
+                            "a primary key of expression {other} is not supported"
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                set_primary_key(names)?;
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "constraint {other} is not supported in tables (a PRIMARY KEY is)"
+                )));
+            }
+        }
+    }
+    for key in primary_key.iter().flatten() {
+        let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
+            Error::plan(
+                "42703",
+                format!("column \"{key}\" named in key does not exist"),
+            )
+        })?;
+        // As in PostgreSQL, a primary key's columns are NOT NULL.
+        column.key = true;
+        column.nullable = false;
+    }
+    let options = match &create.table_options {
+        CreateTableOptions::None => vec![],
+        CreateTableOptions::With(options) => options
+            .iter()
+            .map(|option| match option {
+                SqlOption::KeyValue { key, value } => {
+                    let key = key.value.to_lowercase();
+                    let value = option_value(&key, value.clone())?;
+                    Ok((key, value))
+                }
+                other => Err(Error::Syntax(format!("unsupported table option {other}"))),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => return refuse(&format!("with options {other}")),
+    };
+    Ok(CreateStream {
+        kind: StreamKind::Table,
+        name,
+        if_not_exists: create.if_not_exists,
+        columns,
+        watermark: None,
+        options,
+        query: None,
+        emit: Emit::Changes,
+    })
 }
 
 fn skip_to_end(p: &mut Parser<'_>) {
@@ -1178,6 +1301,7 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
         (None, Emit::Changes)
     };
     Ok(CreateStream {
+        kind: StreamKind::Stream,
         name,
         if_not_exists,
         columns,
@@ -1408,44 +1532,7 @@ fn parse_with_options(p: &mut Parser<'_>) -> Result<Vec<(String, OptionValue)>> 
         };
         p.expect_token(&Token::Eq).map_err(syntax)?;
         let expr = p.parse_expr().map_err(syntax)?;
-        let value = match expr {
-            Expr::Value(v) => match v.value {
-                Value::Number(n, _) => OptionValue::Number(n),
-                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
-                    OptionValue::String(s)
-                }
-                Value::Boolean(b) => OptionValue::Word(b.to_string()),
-                other => {
-                    return Err(Error::Syntax(format!(
-                        "unsupported value {other} for option {key}"
-                    )));
-                }
-            },
-            Expr::UnaryOp {
-                op: UnaryOperator::Minus,
-                expr,
-            } => match *expr {
-                Expr::Value(v) => match v.value {
-                    Value::Number(n, _) => OptionValue::Number(format!("-{n}")),
-                    other => {
-                        return Err(Error::Syntax(format!(
-                            "unsupported value -{other} for option {key}"
-                        )));
-                    }
-                },
-                other => {
-                    return Err(Error::Syntax(format!(
-                        "unsupported value -{other} for option {key}"
-                    )));
-                }
-            },
-            Expr::Identifier(ident) => OptionValue::Word(ident.value),
-            other => {
-                return Err(Error::Syntax(format!(
-                    "unsupported value {other} for option {key}"
-                )));
-            }
-        };
+        let value = option_value(&key, expr)?;
         options.push((key, value));
         if p.consume_token(&Token::Comma) {
             continue;
@@ -1453,6 +1540,35 @@ fn parse_with_options(p: &mut Parser<'_>) -> Result<Vec<(String, OptionValue)>> 
         p.expect_token(&Token::RParen).map_err(syntax)?;
         return Ok(options);
     }
+}
+
+/// An option's value as written: a number, a string, or a word.
+fn option_value(key: &str, expr: Expr) -> Result<OptionValue> {
+    let unsupported = |shown: String| {
+        Err(Error::Syntax(format!(
+            "unsupported value {shown} for option {key}"
+        )))
+    };
+    Ok(match expr {
+        Expr::Value(v) => match v.value {
+            Value::Number(n, _) => OptionValue::Number(n),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => OptionValue::String(s),
+            Value::Boolean(b) => OptionValue::Word(b.to_string()),
+            other => return unsupported(other.to_string()),
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match *expr {
+            Expr::Value(v) => match v.value {
+                Value::Number(n, _) => OptionValue::Number(format!("-{n}")),
+                other => return unsupported(format!("-{other}")),
+            },
+            other => return unsupported(format!("-{other}")),
+        },
+        Expr::Identifier(ident) => OptionValue::Word(ident.value),
+        other => return unsupported(other.to_string()),
+    })
 }
 
 fn parse_drop(p: &mut Parser<'_>, kind: ObjectKind) -> Result<Drop> {

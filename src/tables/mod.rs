@@ -1,6 +1,6 @@
-//! The catalog as DataFusion sees it: streams, topics, views, external tables and system
-//! tables as table providers, their scans and sinks, and `pg_catalog` for PostgreSQL
-//! clients.
+//! The catalog as DataFusion sees it: streams, tables (the latest row per key), topics,
+//! views, external tables and system tables as table providers, their scans and sinks, and
+//! `pg_catalog` for PostgreSQL clients.
 //!
 //! This layer sits above the durable catalog ([`crate::catalog`], metadata only) and the log,
 //! and below the engine: materialized views and `sys.queries` read the continuous query
@@ -9,6 +9,7 @@
 
 pub mod blocking_scan;
 pub mod event_time;
+pub mod keyed;
 pub mod nexmark;
 pub mod pg;
 pub mod provider;

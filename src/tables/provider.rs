@@ -13,6 +13,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
 
+use super::keyed::KeyedTable;
 use super::stream_table::{StreamSinkTable, StreamTable};
 use super::view_table::ViewTable;
 use super::{Continuous, Tables, system};
@@ -120,6 +121,12 @@ impl SchemaProvider for PublicSchema {
                 .expect("external tables lock")
                 .get(name)
                 .cloned());
+        }
+        if let Relation::Stream(stream, topic) = relation
+            && stream.is_table()
+        {
+            let table = KeyedTable::new(stream, topic, self.tables.log.clone());
+            return Ok(Some(Arc::new(table)));
         }
         let table = StreamTable::of(&data, &relation, self.tables.log.clone())
             .expect("streams and topics are tables");

@@ -108,4 +108,24 @@ frame = pd.read_sql("SELECT * FROM per_customer ORDER BY customer", engine)
 check(list(frame["customer"]) == ["c0", "c1", "c2"], f"view through pandas: {frame}")
 check(list(frame["n"]) == [10, 10, 10], f"view through pandas: {frame}")
 engine.dispose()
+
+# pandas writes a new table (no primary key: a table as PostgreSQL's heap tables are) and
+# appends to it; SQLAlchemy updates and deletes rows; pandas reads them back. (psycopg's
+# automatic server-side prepares end with DEALLOCATE, which Runnel does not take yet.)
+plain = sa.create_engine(
+    f"postgresql+psycopg://runnel@127.0.0.1:{port}/runnel",
+    connect_args={"prepare_threshold": None},
+)
+scores = pd.DataFrame({"name": ["a", "b", "c"], "score": [1.5, 2.5, 3.0]})
+scores.to_sql("scores", plain, index=False)
+scores.to_sql("scores", plain, index=False, if_exists="append")
+with plain.begin() as conn:
+    updated = conn.execute(sa.text("UPDATE scores SET score = score * 2 WHERE name = 'a'"))
+    check(updated.rowcount == 2, f"UPDATE of two rows: {updated.rowcount}")
+    deleted = conn.execute(sa.text("DELETE FROM scores WHERE name = :n"), {"n": "c"})
+    check(deleted.rowcount == 2, f"DELETE of two rows: {deleted.rowcount}")
+back = pd.read_sql("SELECT name, score FROM scores ORDER BY name, score", plain)
+check(list(back["name"]) == ["a", "a", "b", "b"], f"the table through pandas: {back}")
+check(list(back["score"]) == [3.0, 3.0, 2.5, 2.5], f"the table through pandas: {back}")
+plain.dispose()
 print("python ok")

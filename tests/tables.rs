@@ -1,0 +1,217 @@
+//! Tables against a model: random inserts, upserts, updates (moving keys too) and deletes,
+//! each checked against a map of what PostgreSQL would hold, across clean restarts and
+//! `kill -9`; concurrent inserts of the same keys, each key won exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Rng, rows, sqlstate};
+
+/// The table's rows as the model has them: id → (v, s).
+type Model = BTreeMap<i64, (i64, String)>;
+
+const KEYS: i64 = 60;
+
+async fn check(client: &tokio_postgres::Client, model: &Model, when: &str) {
+    let got = rows(client, "SELECT id, v, s FROM t ORDER BY id").await;
+    let want: Vec<Vec<Option<String>>> = model
+        .iter()
+        .map(|(id, (v, s))| vec![Some(id.to_string()), Some(v.to_string()), Some(s.clone())])
+        .collect();
+    assert_eq!(got, want, "the table {when}");
+    let count = rows(client, "SELECT count(*) FROM t").await;
+    assert_eq!(
+        count[0][0],
+        Some(model.len().to_string()),
+        "count(*) {when}"
+    );
+}
+
+/// Runs `sql`, expecting success or the SQLSTATE `fails`; returns the command's row count.
+async fn run(client: &tokio_postgres::Client, sql: &str, fails: Option<&str>) -> u64 {
+    match (client.execute(sql, &[]).await, fails) {
+        (Ok(n), None) => n,
+        (Err(e), Some(code)) if sqlstate(&e) == code => 0,
+        (result, expected) => panic!("{sql}: {result:?}, expected {expected:?}"),
+    }
+}
+
+/// One random statement, applied to the model as PostgreSQL would apply it.
+async fn random_statement(client: &tokio_postgres::Client, model: &mut Model, rng: &mut Rng) {
+    let key = rng.below(KEYS as u64) as i64;
+    let value = rng.below(1000) as i64;
+    let text = format!("s{}", rng.below(100));
+    match rng.below(8) {
+        0 | 1 => {
+            // INSERT of one or two rows: any key the table has, or a repeated one, fails all.
+            let other = rng.below(KEYS as u64) as i64;
+            let two = rng.below(2) == 0;
+            let sql = if two {
+                format!(
+                    "INSERT INTO t VALUES ({key}, {value}, '{text}'), ({other}, {value}, '{text}')"
+                )
+            } else {
+                format!("INSERT INTO t VALUES ({key}, {value}, '{text}')")
+            };
+            let clash =
+                model.contains_key(&key) || (two && (model.contains_key(&other) || other == key));
+            let n = run(client, &sql, clash.then_some("23505")).await;
+            if !clash {
+                model.insert(key, (value, text.clone()));
+                if two {
+                    model.insert(other, (value, text));
+                }
+                assert_eq!(n, if two { 2 } else { 1 });
+            }
+        }
+        2 => {
+            let sql = format!(
+                "INSERT INTO t VALUES ({key}, {value}, '{text}') ON CONFLICT (id) DO UPDATE SET v = t.v + excluded.v"
+            );
+            assert_eq!(run(client, &sql, None).await, 1);
+            model
+                .entry(key)
+                .and_modify(|(v, _)| *v += value)
+                .or_insert((value, text));
+        }
+        3 => {
+            let sql =
+                format!("INSERT INTO t VALUES ({key}, {value}, '{text}') ON CONFLICT DO NOTHING");
+            let inserted = !model.contains_key(&key);
+            assert_eq!(run(client, &sql, None).await, inserted as u64);
+            model.entry(key).or_insert((value, text));
+        }
+        4 => {
+            let high = key + rng.below(10) as i64;
+            let sql = format!(
+                "UPDATE t SET v = v + {value}, s = s || 'u' WHERE id BETWEEN {key} AND {high}"
+            );
+            let mut n = 0;
+            for (_, (v, s)) in model.range_mut(key..=high) {
+                *v += value;
+                s.push('u');
+                n += 1;
+            }
+            assert_eq!(run(client, &sql, None).await, n);
+        }
+        5 => {
+            // Moves a key: refused if the new key is taken (and not vacated).
+            let to = rng.below(KEYS as u64) as i64;
+            let sql = format!("UPDATE t SET id = {to} WHERE id = {key}");
+            let moves = model.contains_key(&key);
+            let clash = moves && to != key && model.contains_key(&to);
+            let n = run(client, &sql, clash.then_some("23505")).await;
+            if moves && !clash {
+                let row = model.remove(&key).unwrap();
+                model.insert(to, row);
+                assert_eq!(n, 1);
+            }
+        }
+        6 => {
+            // Keys trade places in one statement.
+            let other = (key + 1) % KEYS;
+            let sql = format!(
+                "UPDATE t SET id = CASE WHEN id = {key} THEN {other} ELSE {key} END WHERE id IN ({key}, {other})"
+            );
+            let a = model.remove(&key);
+            let b = model.remove(&other);
+            let n = a.is_some() as u64 + b.is_some() as u64;
+            if let Some(row) = a {
+                model.insert(other, row);
+            }
+            if let Some(row) = b {
+                model.insert(key, row);
+            }
+            assert_eq!(run(client, &sql, None).await, n);
+        }
+        _ => {
+            let modulus = 2 + rng.below(5) as i64;
+            let rest = rng.below(modulus as u64) as i64;
+            let sql = format!("DELETE FROM t WHERE id % {modulus} = {rest} AND v < {value}");
+            let doomed: Vec<i64> = model
+                .iter()
+                .filter(|(id, (v, _))| *id % modulus == rest && *v < value)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &doomed {
+                model.remove(id);
+            }
+            assert_eq!(run(client, &sql, None).await, doomed.len() as u64);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_writes_match_the_model_across_restarts_and_kill_9() {
+    let mut rng = Rng::seeded("tables");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s TEXT) WITH (partitions = 3)")
+        .await
+        .unwrap();
+    let mut model = Model::new();
+    for round in 0..6 {
+        let client = server.connect().await;
+        for _ in 0..40 {
+            random_statement(&client, &mut model, &mut rng).await;
+        }
+        check(&client, &model, &format!("after round {round}")).await;
+        drop(client);
+        // Every statement above was acknowledged: a restart, clean or not, keeps them all,
+        // and the key index is rebuilt from the log.
+        if round % 2 == 0 {
+            server.kill();
+        } else {
+            server.stop();
+        }
+        server = common::start(dir.path());
+        let client = server.connect().await;
+        check(&client, &model, &format!("after restart {round}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_of_one_key_succeed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    server
+        .connect()
+        .await
+        .batch_execute("CREATE TABLE claims (id INT PRIMARY KEY, who INT) WITH (partitions = 2)")
+        .await
+        .unwrap();
+    let writers = 4;
+    let keys = 50;
+    let mut tasks = vec![];
+    for who in 0..writers {
+        let client = server.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut won = 0;
+            for id in 0..keys {
+                match client
+                    .execute(&format!("INSERT INTO claims VALUES ({id}, {who})"), &[])
+                    .await
+                {
+                    Ok(1) => won += 1,
+                    Err(e) if sqlstate(&e) == "23505" => {}
+                    other => panic!("INSERT {id}: {other:?}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        won += task.await.unwrap();
+    }
+    assert_eq!(won, keys, "each key is won by exactly one writer");
+    let client = server.connect().await;
+    let count = rows(&client, "SELECT count(*), count(DISTINCT id) FROM claims").await;
+    assert_eq!(
+        count[0],
+        vec![Some(keys.to_string()), Some(keys.to_string())]
+    );
+}
