@@ -307,10 +307,16 @@ impl CopyDecoder {
                     let line = self.csv_record_line;
                     let fields = self.csv_ends_len;
                     let blank = fields == 1 && self.csv_ends[0] == 0;
+                    // `\.` alone on a line ends the data, as in PostgreSQL (psql sends it
+                    // after a script's inline rows).
+                    let end = fields == 1 && &self.csv_bytes[..self.csv_ends[0]] == b"\\.";
                     self.csv_bytes_len = 0;
                     self.csv_ends_len = 0;
                     self.csv_record_line = self.line;
-                    if blank || self.ended {
+                    if end {
+                        self.ended = true;
+                    }
+                    if blank || end || self.ended {
                         continue;
                     }
                     if self.header_pending {
@@ -544,6 +550,14 @@ mod tests {
         }
         raw.extend(d.finish()?);
         raw.into_iter().map(RawRows::typed).collect()
+    }
+
+    #[test]
+    fn csv_data_ends_at_a_backslash_dot_line() {
+        let mut d = decoder(CopyFormat::Csv, false);
+        let batches = decode_all(&mut d, &[b"1,/a,\n\\.\n2,/b,\n"]).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 1, "the rows before \\. only");
     }
 
     #[test]
