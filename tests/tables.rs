@@ -1,6 +1,7 @@
 //! Tables against a model: random inserts, upserts, updates (moving keys too) and deletes,
-//! each checked against a map of what PostgreSQL would hold, across clean restarts and
-//! `kill -9`; concurrent inserts of the same keys, each key won exactly once.
+//! each checked against a map of what PostgreSQL would hold — whole, and key by key through
+//! the key index — across clean restarts and `kill -9`; concurrent inserts of the same keys,
+//! each key won exactly once; reads of a key read that key's records only.
 
 mod common;
 
@@ -26,6 +27,27 @@ async fn check(client: &tokio_postgres::Client, model: &Model, when: &str) {
         Some(model.len().to_string()),
         "count(*) {when}"
     );
+    // Reads of a few keys go by the key index (and the log it has not read yet).
+    for id in [0, 7, KEYS / 2, KEYS - 1] {
+        let got = rows(client, &format!("SELECT v, s FROM t WHERE id = {id}")).await;
+        let want: Vec<Vec<Option<String>>> = model
+            .get(&id)
+            .map(|(v, s)| vec![Some(v.to_string()), Some(s.clone())])
+            .into_iter()
+            .collect();
+        assert_eq!(got, want, "key {id} {when}");
+    }
+    let got = rows(
+        client,
+        "SELECT id FROM t WHERE id IN (1, 2, 3, 50) ORDER BY id",
+    )
+    .await;
+    let want: Vec<Vec<Option<String>>> = [1, 2, 3, 50]
+        .into_iter()
+        .filter(|id| model.contains_key(id))
+        .map(|id| vec![Some(id.to_string())])
+        .collect();
+    assert_eq!(got, want, "keys in a list {when}");
 }
 
 /// Runs `sql`, expecting success or the SQLSTATE `fails`; returns the command's row count.
@@ -214,4 +236,61 @@ async fn concurrent_inserts_of_one_key_succeed_once() {
         count[0],
         vec![Some(keys.to_string()), Some(keys.to_string())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_key_reads_its_latest_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE kv (k INT PRIMARY KEY, v TEXT) WITH (partitions = 1);
+             INSERT INTO kv VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             UPDATE kv SET v = 'b2' WHERE k = 2;
+             DELETE FROM kv WHERE k = 3;",
+        )
+        .await
+        .unwrap();
+    // Offsets: 0..3 the inserts, 3 key 2's update, 4 key 3's tombstone.
+    let explain = |sql: &'static str| {
+        let client = &client;
+        async move { format!("{:?}", rows(client, &format!("EXPLAIN {sql}")).await) }
+    };
+    let plan = explain("SELECT v FROM kv WHERE k = 2").await;
+    assert!(plan.contains("ranges=[0:3..4]"), "{plan}");
+    assert_eq!(
+        rows(&client, "SELECT v FROM kv WHERE k = 2").await,
+        [vec![Some("b2".to_string())]]
+    );
+    let plan = explain("SELECT v FROM kv WHERE k IN (1, 3)").await;
+    assert!(plan.contains("ranges=[0:0..1]"), "{plan}");
+    assert_eq!(
+        rows(&client, "SELECT k, v FROM kv WHERE k IN (1, 3)").await,
+        [vec![Some("1".to_string()), Some("a".to_string())]]
+    );
+    // After a restart there is no index until the next write: every record is read.
+    drop(client);
+    server.stop();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    let plan = format!(
+        "{:?}",
+        rows(&client, "EXPLAIN SELECT v FROM kv WHERE k = 2").await
+    );
+    assert!(plan.contains("ranges=[0:0..5]"), "{plan}");
+    assert_eq!(
+        rows(&client, "SELECT v FROM kv WHERE k = 2").await,
+        [vec![Some("b2".to_string())]]
+    );
+    // A write builds it; then a read of a key is a read of its record again.
+    client
+        .batch_execute("INSERT INTO kv VALUES (4, 'd')")
+        .await
+        .unwrap();
+    let plan = format!(
+        "{:?}",
+        rows(&client, "EXPLAIN SELECT v FROM kv WHERE k = 2").await
+    );
+    assert!(plan.contains("ranges=[0:3..4]"), "{plan}");
 }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, UInt32Array};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -78,10 +78,37 @@ struct PartitionKeys {
     live: HashMap<Box<[u8]>, u64>,
 }
 
+impl KeyIndex {
+    fn find(&self, partition: PartitionId, key: &[u8]) -> Option<Offset> {
+        self.partitions
+            .get(partition.0 as usize)
+            .and_then(|p| p.live.get(key))
+            .map(|o| Offset(*o))
+    }
+}
+
+/// A table's write lock, and its key index: changed only by the lock's holder, read by
+/// scans looking keys up.
+#[derive(Debug, Default)]
+struct TableState {
+    write: Arc<tokio::sync::Mutex<()>>,
+    index: RwLock<KeyIndex>,
+}
+
+/// Where a key's current record is, as far as its table's index knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPosition {
+    pub partition: PartitionId,
+    /// The index has read the partition up to here; records after it are not in it.
+    pub indexed_to: Offset,
+    /// The key's latest record up to there, unless the key was deleted or never written.
+    pub at: Option<Offset>,
+}
+
 /// The write locks and key indexes of every table written since the start.
 #[derive(Debug, Default)]
 pub struct TableLocks {
-    tables: Mutex<HashMap<TopicId, Arc<tokio::sync::Mutex<KeyIndex>>>>,
+    tables: Mutex<HashMap<TopicId, Arc<TableState>>>,
 }
 
 impl TableLocks {
@@ -92,7 +119,7 @@ impl TableLocks {
         topic: TopicId,
         table: &TableTarget,
     ) -> Result<TableLock> {
-        let index = self
+        let state = self
             .tables
             .lock()
             .expect("table locks")
@@ -100,13 +127,40 @@ impl TableLocks {
             .or_default()
             .clone();
         let mut lock = TableLock {
-            index: index.lock_owned().await,
+            _write: state.write.clone().lock_owned().await,
+            state,
             log: log.clone(),
             topic,
             table: table.clone(),
         };
         lock.catch_up().await?;
         Ok(lock)
+    }
+
+    /// Where `keys` are in the table's index; `None` if the table has no index (it has not
+    /// been written since the start) or it is being caught up right now.
+    pub fn positions(
+        &self,
+        topic: TopicId,
+        keys: &[(PartitionId, Vec<u8>)],
+    ) -> Option<Vec<KeyPosition>> {
+        let state = self
+            .tables
+            .lock()
+            .expect("table locks")
+            .get(&topic)?
+            .clone();
+        let index = state.index.try_read().ok()?;
+        keys.iter()
+            .map(|(partition, key)| {
+                let keys = index.partitions.get(partition.0 as usize)?;
+                Some(KeyPosition {
+                    partition: *partition,
+                    indexed_to: Offset(keys.next),
+                    at: keys.live.get(key.as_slice()).map(|o| Offset(*o)),
+                })
+            })
+            .collect()
     }
 
     /// Forgets a dropped table's index.
@@ -117,7 +171,8 @@ impl TableLocks {
 
 /// A table's write lock, with its key index.
 pub struct TableLock {
-    index: tokio::sync::OwnedMutexGuard<KeyIndex>,
+    _write: tokio::sync::OwnedMutexGuard<()>,
+    state: Arc<TableState>,
     log: Arc<Log>,
     topic: TopicId,
     table: TableTarget,
@@ -132,19 +187,20 @@ impl TableLock {
             .ok_or_else(|| Error::UnknownRelation("the table was dropped".into()))?;
         let snapshot = self.log.snapshot();
         let columns = vec![self.table.tombstone, self.table.key];
-        let behind = topic.partitions.iter().any(|p| {
-            let next = self
-                .index
-                .partitions
-                .get(p.id.0 as usize)
-                .map_or(0, |k| k.next);
-            snapshot.high_watermark(self.topic, p.id).0 > next
-        });
+        let behind = {
+            let index = self.state.index.read().expect("key index lock");
+            topic.partitions.iter().any(|p| {
+                let next = index.partitions.get(p.id.0 as usize).map_or(0, |k| k.next);
+                snapshot.high_watermark(self.topic, p.id).0 > next
+            })
+        };
         if !behind {
             return Ok(());
         }
-        let mut index = std::mem::take(&mut *self.index);
-        let index = tokio::task::spawn_blocking(move || -> Result<KeyIndex> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            // Scans looking keys up meanwhile read the log instead.
+            let mut index = state.index.write().expect("key index lock");
             index
                 .partitions
                 .resize_with(topic.partitions.len(), Default::default);
@@ -175,21 +231,16 @@ impl TableLock {
                 }
                 keys.next = high;
             }
-            Ok(index)
+            Ok(())
         })
         .await
-        .map_err(|e| Error::Internal(format!("catching up a table's keys: {e}")))?;
-        *self.index = index?;
-        Ok(())
+        .map_err(|e| Error::Internal(format!("catching up a table's keys: {e}")))?
     }
 
     /// Where `key`'s current row is, if the table has it.
     pub fn find(&self, partition: PartitionId, key: &[u8]) -> Option<Offset> {
-        self.index
-            .partitions
-            .get(partition.0 as usize)
-            .and_then(|p| p.live.get(key))
-            .map(|o| Offset(*o))
+        let index = self.state.index.read().expect("key index lock");
+        index.find(partition, key)
     }
 
     /// Checks `batches` (each staged as its kind says, in order) against the table's keys
@@ -204,6 +255,7 @@ impl TableLock {
     }
 
     fn check(&self, batches: Vec<(WriteKind, PartitionBatch)>) -> Result<Vec<PartitionBatch>> {
+        let index = self.state.index.read().expect("key index lock");
         // The keys this write has touched so far, and whether they are live after it.
         let mut written: HashMap<(PartitionId, &[u8]), bool> = HashMap::new();
         let mut skipped: Vec<Vec<u32>> = vec![vec![]; batches.len()];
@@ -215,7 +267,7 @@ impl TableLock {
                     written
                         .get(&key)
                         .copied()
-                        .unwrap_or_else(|| self.find(key.0, key.1).is_some())
+                        .unwrap_or_else(|| index.find(key.0, key.1).is_some())
                 };
                 match kind {
                     WriteKind::Append | WriteKind::Upsert => {

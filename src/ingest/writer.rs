@@ -9,7 +9,7 @@ use arrow::datatypes::DataType;
 
 use super::WriteTarget;
 use super::records::{Given, TableTarget};
-use super::table::{TableLock, TableLocks, WriteKind};
+use super::table::{KeyPosition, TableLock, TableLocks, WriteKind};
 use crate::error::{Error, Result};
 use crate::storage::{Log, PartitionBatch, TopicId, now_ms};
 
@@ -175,6 +175,15 @@ impl RowWriter {
             .as_ref()
             .ok_or_else(|| Error::Internal(format!("\"{}\" is not a table", target.relation)))?;
         self.tables.lock(&self.log, target.topic, table).await
+    }
+
+    /// Where a table's `keys` are, as its key index knows (see [`TableLocks::positions`]).
+    pub fn key_positions(
+        &self,
+        topic: TopicId,
+        keys: &[(crate::storage::PartitionId, Vec<u8>)],
+    ) -> Option<Vec<KeyPosition>> {
+        self.tables.positions(topic, keys)
     }
 
     /// Forgets what it kept about a dropped topic.

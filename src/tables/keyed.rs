@@ -5,30 +5,40 @@
 //! per key, the record with the highest offset, leaving out keys whose latest record is a
 //! tombstone. Each output partition reads whole log partitions, so the deduplication needs
 //! no exchange. Filters are applied above it (a filter on a value is about the current row,
-//! not about older versions), except those on `_partition`, which narrow the read.
+//! not about older versions), except those on `_partition`, which narrow the read, and
+//! those that pin the primary key (`id = 5`, `id IN (…)`): then the table's key index says
+//! where those keys' latest records are, and only those records are read, with whatever the
+//! index has not read yet — what makes `UPDATE … WHERE id = 5` cost a key, not the table.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::blocking_scan::{BlockingScanExec, BlockingSource};
-use super::scan::{ScanBounds, StreamScan, TableColumn};
-use super::stream_table::StatementSnapshot;
-use crate::catalog::{OFFSET_COLUMN, PARTITION_COLUMN, StreamDef, TopicDef};
+use super::scan::{Ranges, ScanBounds, StreamScan, TableColumn, literal_of};
+use super::stream_table::{StatementSnapshot, hidden_columns};
+use crate::catalog::{StreamDef, TopicDef};
 use crate::error::Error;
-use crate::storage::{HEADERS_COLUMN, KEY_COLUMN, Log, TIMESTAMP_COLUMN, headers_type};
+use crate::ingest::key::{encode_keys, partition_for_key};
+use crate::ingest::writer::RowWriter;
+use crate::storage::{Log, Offset, PartitionId, Snapshot};
 
 /// Rows emitted at a time.
 const OUTPUT_ROWS: usize = 8192;
+/// Reads of more keys than this scan the table.
+const MAX_PINNED_KEYS: usize = 10_000;
 
 /// A table, for reading: its declared columns, then the hidden columns of its rows'
 /// latest records.
@@ -41,11 +51,20 @@ pub struct KeyedTable {
     /// Where the records keep their key and tombstone flag.
     key: TableColumn,
     tombstone: TableColumn,
+    /// The primary key's columns: name and type, in key order.
+    key_columns: Vec<(String, DataType)>,
     log: Arc<Log>,
+    /// Its key index, for reads of a few keys.
+    writer: Arc<RowWriter>,
 }
 
 impl KeyedTable {
-    pub fn new(stream: &StreamDef, topic: &TopicDef, log: Arc<Log>) -> KeyedTable {
+    pub fn new(
+        stream: &StreamDef,
+        topic: &TopicDef,
+        log: Arc<Log>,
+        writer: Arc<RowWriter>,
+    ) -> KeyedTable {
         let n = stream.columns.len();
         // The storage schema: the declared columns, the tombstone flag, then the system
         // columns (timestamp, key, headers).
@@ -55,20 +74,10 @@ impl KeyedTable {
             .map(|f| f.as_ref().clone())
             .collect();
         let mut columns: Vec<TableColumn> = (0..n).map(TableColumn::Stored).collect();
-        fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
-        columns.push(TableColumn::Partition);
-        fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
-        columns.push(TableColumn::Offset);
-        fields.push(Field::new(
-            TIMESTAMP_COLUMN,
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ));
-        columns.push(TableColumn::Stored(n + 1));
-        fields.push(Field::new(KEY_COLUMN, DataType::Binary, true));
-        columns.push(TableColumn::Stored(n + 2));
-        fields.push(Field::new(HEADERS_COLUMN, headers_type(), true));
-        columns.push(TableColumn::Stored(n + 3));
+        for (field, column) in hidden_columns(n + 1) {
+            fields.push(field);
+            columns.push(column);
+        }
         KeyedTable {
             name: stream.name.clone(),
             topic: topic.clone(),
@@ -76,8 +85,144 @@ impl KeyedTable {
             columns,
             key: TableColumn::Stored(n + 2),
             tombstone: TableColumn::Stored(n),
+            key_columns: stream
+                .key_columns
+                .iter()
+                .map(|k| {
+                    let (_, column) = stream.column(k).expect("key columns are columns");
+                    (k.clone(), column.sql_type.arrow())
+                })
+                .collect(),
             log,
+            writer,
         }
+    }
+}
+
+impl KeyedTable {
+    /// The offset ranges that hold the latest records of the keys `filters` pin, as of
+    /// `snapshot`; `None` to read everything (not every key column pinned, no index, or an
+    /// index ahead of the snapshot).
+    fn key_ranges(&self, filters: &[Expr], snapshot: &Snapshot) -> Option<Ranges> {
+        let keys = pinned_keys(filters, &self.key_columns)?;
+        let keys: Vec<(PartitionId, Vec<u8>)> = keys
+            .into_iter()
+            .map(|k| (PartitionId(partition_for_key(&k, self.topic.partitions)), k))
+            .collect();
+        let positions = self.writer.key_positions(self.topic.id, &keys)?;
+        let mut ranges: Ranges = vec![];
+        for position in positions {
+            let high = snapshot.high_watermark(self.topic.id, position.partition);
+            if position.indexed_to > high {
+                return None; // the index has records the statement must not see
+            }
+            if let Some(at) = position.at {
+                ranges.push((position.partition, at..Offset(at.0 + 1)));
+            }
+            if position.indexed_to < high {
+                ranges.push((position.partition, position.indexed_to..high));
+            }
+        }
+        // Each partition's ranges in offset order, so later records replace earlier ones.
+        ranges.sort_by_key(|(p, r)| (p.0, r.start.0, r.end.0));
+        ranges.dedup();
+        Some(ranges)
+    }
+}
+
+/// The keys (records' keys, encoded) that `filters` pin: each key column equal to a
+/// literal, or for one of them an `IN` list; `None` unless all are pinned.
+fn pinned_keys(filters: &[Expr], key_columns: &[(String, DataType)]) -> Option<Vec<Vec<u8>>> {
+    if key_columns.is_empty() {
+        return None;
+    }
+    let mut values: Vec<Option<Vec<ScalarValue>>> = vec![None; key_columns.len()];
+    let position = |expr: &Expr| match expr {
+        Expr::Column(c) => key_columns.iter().position(|(name, _)| *name == c.name),
+        _ => None,
+    };
+    // A literal as the column's type, if it is that type's value exactly.
+    let typed = |v: ScalarValue, t: &DataType| -> Option<ScalarValue> {
+        let cast = v.cast_to(t).ok()?;
+        (!cast.is_null() && cast.cast_to(&v.data_type()).ok()? == v).then_some(cast)
+    };
+    for conjunct in filters.iter().flat_map(split_conjunction) {
+        let Some((column, literals)) = pinned_values(conjunct, &position) else {
+            continue;
+        };
+        let t = &key_columns[column].1;
+        let literals = literals
+            .into_iter()
+            .map(|v| typed(v, t))
+            .collect::<Option<Vec<_>>>()?;
+        values[column] = Some(literals);
+    }
+    let values: Vec<Vec<ScalarValue>> = values.into_iter().collect::<Option<_>>()?;
+    let combinations: usize = values.iter().map(Vec::len).product();
+    if combinations == 0 || combinations > MAX_PINNED_KEYS {
+        return None;
+    }
+    // Every combination of the pinned values, as rows of the key columns.
+    let mut columns: Vec<Vec<ScalarValue>> = vec![vec![]; values.len()];
+    for n in 0..combinations {
+        let mut rest = n;
+        for (c, vs) in values.iter().enumerate() {
+            columns[c].push(vs[rest % vs.len()].clone());
+            rest /= vs.len();
+        }
+    }
+    let arrays = columns
+        .into_iter()
+        .map(ScalarValue::iter_to_array)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let fields: Vec<Field> = key_columns
+        .iter()
+        .map(|(name, t)| Field::new(name, t.clone(), true))
+        .collect();
+    let rows = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).ok()?;
+    let indices: Vec<usize> = (0..key_columns.len()).collect();
+    let keys = encode_keys(&rows, &indices).ok()?;
+    Some((0..keys.len()).map(|i| keys.value(i).to_vec()).collect())
+}
+
+/// The key column `expr` pins and the literals it may be: `k = 1`, `k IN (1, 2)`, or
+/// `k = 1 OR k = 2` (DataFusion's form of a short `IN`).
+fn pinned_values(
+    expr: &Expr,
+    position: &dyn Fn(&Expr) -> Option<usize>,
+) -> Option<(usize, Vec<ScalarValue>)> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => match (position(left), position(right)) {
+            (Some(c), None) => Some((c, vec![literal_of(right)?])),
+            (None, Some(c)) => Some((c, vec![literal_of(left)?])),
+            _ => None,
+        },
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let (a, mut left) = pinned_values(left, position)?;
+            let (b, right) = pinned_values(right, position)?;
+            (a == b).then(|| {
+                left.extend(right);
+                (a, left)
+            })
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) => Some((
+            position(expr)?,
+            list.iter().map(literal_of).collect::<Option<_>>()?,
+        )),
+        _ => None,
     }
 }
 
@@ -125,14 +270,26 @@ impl TableProvider for KeyedTable {
             .collect();
         read_fields.push(Field::new("__key", DataType::Binary, true));
         read_fields.push(Field::new("__tombstone", DataType::Boolean, true));
-        let all =
-            ScanBounds::from_filters(filters, &self.schema, &self.name, self.topic.partitions)?;
-        let bounds = ScanBounds {
-            partitions: all.partitions,
-            ..ScanBounds::all()
+        // Where the filters pin every key column, only those keys' records are read: the
+        // index says where their latest records were, and what it has not read yet is read.
+        let scan = match self.key_ranges(filters, &snapshot) {
+            Some(ranges) => StreamScan::of_epoch(self.name.clone(), topic, read, ranges, 1, None),
+            None => {
+                let all = ScanBounds::from_filters(
+                    filters,
+                    &self.schema,
+                    &self.name,
+                    self.topic.partitions,
+                )?;
+                let bounds = ScanBounds {
+                    partitions: all.partitions,
+                    ..ScanBounds::all()
+                };
+                StreamScan::new(self.name.clone(), topic, &snapshot, read, bounds)
+            }
         };
         let source = LatestRows {
-            scan: StreamScan::new(self.name.clone(), topic, &snapshot, read, bounds),
+            scan,
             read_schema: Arc::new(Schema::new(read_fields)),
             width: projection.len(),
         };

@@ -125,7 +125,12 @@ impl SchemaProvider for PublicSchema {
         if let Relation::Stream(stream, topic) = relation
             && stream.is_table()
         {
-            let table = KeyedTable::new(stream, topic, self.tables.log.clone());
+            let table = KeyedTable::new(
+                stream,
+                topic,
+                self.tables.log.clone(),
+                self.tables.writer.clone(),
+            );
             return Ok(Some(Arc::new(table)));
         }
         let table = StreamTable::of(&data, &relation, self.tables.log.clone())

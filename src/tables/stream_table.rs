@@ -71,6 +71,38 @@ pub struct EpochRanges {
     pub parallelism: usize,
 }
 
+/// The hidden columns of the rows of a topic whose records store `values` value columns
+/// (then the timestamp, key and headers): `_partition`, `_offset`, `_timestamp`, `_key`,
+/// `_headers`.
+pub(super) fn hidden_columns(values: usize) -> [(Field, TableColumn); 5] {
+    [
+        (
+            Field::new(PARTITION_COLUMN, DataType::Int32, false),
+            TableColumn::Partition,
+        ),
+        (
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+            TableColumn::Offset,
+        ),
+        (
+            Field::new(
+                TIMESTAMP_COLUMN,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            TableColumn::Stored(values),
+        ),
+        (
+            Field::new(KEY_COLUMN, DataType::Binary, true),
+            TableColumn::Stored(values + 1),
+        ),
+        (
+            Field::new(HEADERS_COLUMN, headers_type(), true),
+            TableColumn::Stored(values + 2),
+        ),
+    ]
+}
+
 impl StreamTable {
     /// `None` for relations that are not streams or topics.
     pub fn of(
@@ -100,22 +132,13 @@ impl StreamTable {
                 columns.push(TableColumn::Stored(i));
             }
         }
-        fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
-        columns.push(TableColumn::Partition);
-        fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
-        columns.push(TableColumn::Offset);
-        fields.push(Field::new(
-            TIMESTAMP_COLUMN,
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ));
-        columns.push(TableColumn::Stored(n));
-        if stream {
-            fields.push(Field::new(KEY_COLUMN, DataType::Binary, true));
-            columns.push(TableColumn::Stored(n + 1));
+        for (field, column) in hidden_columns(n) {
+            // A schemaless topic shows its key first.
+            if stream || field.name() != KEY_COLUMN {
+                fields.push(field);
+                columns.push(column);
+            }
         }
-        fields.push(Field::new(HEADERS_COLUMN, headers_type(), true));
-        columns.push(TableColumn::Stored(n + 2));
         Some(StreamTable {
             name,
             topic,
