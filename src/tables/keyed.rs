@@ -97,9 +97,7 @@ impl KeyedTable {
             writer,
         }
     }
-}
 
-impl KeyedTable {
     /// The offset ranges that hold the latest records of the keys `filters` pin, as of
     /// `snapshot`; `None` to read everything (not every key column pinned, no index, or an
     /// index ahead of the snapshot).
