@@ -264,6 +264,7 @@ impl Database {
             cursors: BTreeMap::new(),
             transaction: Transaction::Idle,
             user: None,
+            deallocated: vec![],
         }
     }
 

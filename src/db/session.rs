@@ -53,6 +53,9 @@ pub struct Session {
     pub(super) transaction: Transaction,
     /// Who logged in, as the client named itself at start-up.
     pub(super) user: Option<String>,
+    /// Prepared statements `DEALLOCATE` named since the protocol layer last asked (`None`:
+    /// all of them); that layer keeps them.
+    pub(super) deallocated: Vec<Option<String>>,
 }
 
 /// Where the session is in a transaction block. Statements take effect as they run (there
@@ -110,6 +113,11 @@ impl Session {
             .catalog
             .snapshot()
             .principal(name, !self.db.config.password_auth)
+    }
+
+    /// The prepared statements `DEALLOCATE` has named since the last call (`None`: all).
+    pub fn take_deallocated(&mut self) -> Vec<Option<String>> {
+        std::mem::take(&mut self.deallocated)
     }
 
     /// Notices raised by the statements run since the last call (e.g. `IF EXISTS` skips).
@@ -308,6 +316,14 @@ impl Session {
             Statement::CreateView(v) => db.create_view(v, &who, &mut self.notices).await,
             Statement::InsertContinuous(i) => db.insert_continuous(i, &who).await,
             Statement::Flush => db.flush().await,
+            Statement::Deallocate(name) => {
+                let tag = match name {
+                    Some(_) => "DEALLOCATE",
+                    None => "DEALLOCATE ALL",
+                };
+                self.deallocated.push(name);
+                Ok(command(tag))
+            }
             Statement::LoadNexmark { events, options } => self.load_nexmark(events, &options).await,
             Statement::Subscribe(s) => db.subscribe(s, &who).await,
             Statement::Push(q) => {

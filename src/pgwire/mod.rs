@@ -214,6 +214,18 @@ fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
     })
 }
 
+/// Removes the prepared statements `DEALLOCATE` named. `DEALLOCATE ALL` leaves them: the
+/// store cannot list them, and a client that prepares a name again replaces its statement.
+fn forget_statements<C>(client: &C, names: Vec<Option<String>>)
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    for name in names.into_iter().flatten() {
+        client.portal_store().rm_statement(&name);
+    }
+}
+
 /// An error as the client sees it.
 pub fn pg_error(e: Error) -> PgWireError {
     if matches!(e, Error::Internal(_) | Error::Storage(_)) {
@@ -449,6 +461,7 @@ impl SimpleQueryHandler for Handler {
             session.set_user(user);
         }
         let outputs = session.execute(query).await;
+        forget_statements(client, session.take_deallocated());
         send_notices(client, session.take_notices()).await?;
         let mut responses = Vec::with_capacity(outputs.len());
         for output in outputs {

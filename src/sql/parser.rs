@@ -76,6 +76,9 @@ pub enum Statement {
     Grant(GrantStatement),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
+    /// `DEALLOCATE [PREPARE] name`, or `… ALL` (`None`): forgets prepared statements,
+    /// which the protocol layer keeps.
+    Deallocate(Option<String>),
     ShowQueries,
     ShowViews,
     /// Planned by DataFusion: queries, INSERT, EXPLAIN, CREATE EXTERNAL TABLE, COPY … TO, …
@@ -433,6 +436,14 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if word_is(p, "FLUSH") {
         p.next_token();
         return Ok(Statement::Flush);
+    }
+    if p.parse_keyword(Keyword::DEALLOCATE) {
+        let _ = p.parse_keyword(Keyword::PREPARE);
+        if p.parse_keyword(Keyword::ALL) {
+            return Ok(Statement::Deallocate(None));
+        }
+        let name = normalize(&p.parse_identifier().map_err(syntax)?);
+        return Ok(Statement::Deallocate(Some(name)));
     }
     if p.peek_keyword(Keyword::SELECT) || p.peek_keyword(Keyword::WITH) {
         // `… EMIT CHANGES [LIMIT n]` makes a SELECT a push query; as for INSERT, the

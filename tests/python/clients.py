@@ -110,12 +110,9 @@ check(list(frame["n"]) == [10, 10, 10], f"view through pandas: {frame}")
 engine.dispose()
 
 # pandas writes a new table (no primary key: a table as PostgreSQL's heap tables are) and
-# appends to it; SQLAlchemy updates and deletes rows; pandas reads them back. (psycopg's
-# automatic server-side prepares end with DEALLOCATE, which Runnel does not take yet.)
-plain = sa.create_engine(
-    f"postgresql+psycopg://runnel@127.0.0.1:{port}/runnel",
-    connect_args={"prepare_threshold": None},
-)
+# appends to it; SQLAlchemy updates and deletes rows; pandas reads them back. psycopg
+# prepares repeated statements on the server and DEALLOCATEs them.
+plain = sa.create_engine(f"postgresql+psycopg://runnel@127.0.0.1:{port}/runnel")
 scores = pd.DataFrame({"name": ["a", "b", "c"], "score": [1.5, 2.5, 3.0]})
 scores.to_sql("scores", plain, index=False)
 scores.to_sql("scores", plain, index=False, if_exists="append")
