@@ -3,7 +3,7 @@
 
 use super::{Database, Output, command};
 use crate::catalog::access::{PREDEFINED_ROLES, PUBLIC};
-use crate::catalog::{Access, CatalogData, ObjectClass, Principal};
+use crate::catalog::{Access, CatalogData, ObjectClass, Principal, Relation};
 use crate::error::{Error, Result};
 use crate::sql::parser::{GrantStatement, GrantTargets};
 
@@ -115,11 +115,24 @@ fn access_mut<'a>(
             let kind = data.relation(name).map(|r| r.kind()).ok_or_else(|| {
                 Error::UnknownRelation(format!("relation \"{name}\" does not exist"))
             })?;
-            let access = match kind {
-                "stream" => data.streams.get_mut(name).map(|s| &mut s.access),
-                "topic" => data.topics.get_mut(name).map(|t| &mut t.access),
-                "external table" => data.external_tables.get_mut(name).map(|t| &mut t.access),
-                _ => data.views.get_mut(name).map(|v| &mut v.access),
+            // Which map holds it, from the relation (streams and tables share one).
+            enum Map {
+                Streams,
+                Topics,
+                External,
+                Views,
+            }
+            let map = match data.relation(name) {
+                Some(Relation::Stream(..)) => Map::Streams,
+                Some(Relation::Topic(_)) => Map::Topics,
+                Some(Relation::External(_)) => Map::External,
+                Some(Relation::View(_)) | None => Map::Views,
+            };
+            let access = match map {
+                Map::Streams => data.streams.get_mut(name).map(|s| &mut s.access),
+                Map::Topics => data.topics.get_mut(name).map(|t| &mut t.access),
+                Map::External => data.external_tables.get_mut(name).map(|t| &mut t.access),
+                Map::Views => data.views.get_mut(name).map(|v| &mut v.access),
             };
             Ok((access.expect("the relation was just found"), kind))
         }
