@@ -275,3 +275,55 @@ async fn reserved_names_are_refused() {
         .unwrap();
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_writes_need_their_own_privileges() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with_env(
+        dir.path(),
+        &["--auth", "password"],
+        &[("RUNNEL_PASSWORD", ADMIN_PASSWORD)],
+    );
+    let admin = login(&server, "runnel", ADMIN_PASSWORD).await;
+    admin
+        .batch_execute(
+            "CREATE USER ann WITH PASSWORD 'ann-pw';
+             CREATE TABLE prices (id INT PRIMARY KEY, price INT);
+             INSERT INTO prices VALUES (1, 10), (2, 20);
+             GRANT INSERT ON prices TO ann",
+        )
+        .await
+        .unwrap();
+    let ann = login(&server, "ann", "ann-pw").await;
+    // INSERT alone inserts; it neither rewrites nor deletes what is there.
+    ann.batch_execute("INSERT INTO prices VALUES (3, 30)")
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO prices VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET price = excluded.price",
+        "UPDATE prices SET price = 0 WHERE id = 1",
+        "DELETE FROM prices WHERE id = 2",
+    ] {
+        let (code, message) = refused(&ann, sql).await;
+        assert_eq!(code, "42501", "{sql}: {message}");
+    }
+    admin
+        .batch_execute("GRANT SELECT, UPDATE, DELETE ON prices TO ann")
+        .await
+        .unwrap();
+    ann.batch_execute(
+        "INSERT INTO prices VALUES (1, 11) ON CONFLICT (id) DO UPDATE SET price = excluded.price;
+         UPDATE prices SET price = 21 WHERE id = 2;
+         DELETE FROM prices WHERE id = 3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rows(&admin, "SELECT id, price FROM prices ORDER BY id").await,
+        [
+            vec![Some("1".to_string()), Some("11".to_string())],
+            vec![Some("2".to_string()), Some("21".to_string())],
+        ]
+    );
+    server.stop();
+}

@@ -32,7 +32,7 @@ use sqlparser::ast::{
 
 use super::Output;
 use super::session::Session;
-use crate::catalog::{HIDDEN_COLUMNS, Relation, StreamDef, normalize};
+use crate::catalog::{HIDDEN_COLUMNS, Privilege, Relation, StreamDef, normalize};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::key;
@@ -204,6 +204,11 @@ impl Session {
         }
         let who = self.principal();
         self.authorize(&plan, &catalog, &who)?;
+        if let OnConflictAction::DoUpdate(_) = &conflict.action {
+            // It rewrites rows that are there, and reads them: as PostgreSQL asks.
+            catalog.check(&who, Privilege::Update, &name)?;
+            catalog.check(&who, Privilege::Select, &name)?;
+        }
         let LogicalPlan::Dml(dml) = plan else {
             return Err(Error::Internal(
                 "an INSERT planned as something else".into(),
