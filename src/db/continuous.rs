@@ -37,6 +37,13 @@ const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
 /// a `TUMBLE` or `HOP` over the column of its stream's watermark.
+/// Refuses `who` a query reading what they may not `SELECT`: its input, and what it looks up.
+fn check_reads(data: &CatalogData, who: &Principal, plan: &QueryPlan) -> Result<()> {
+    plan.reads()
+        .iter()
+        .try_for_each(|read| data.check(who, Privilege::Select, read))
+}
+
 fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
     if let (Kind::Aggregate { inner, .. }, Emit::Changes) = (&plan.kind, emit)
         && !inner.is_empty()
@@ -142,7 +149,7 @@ impl Database {
             )));
         }
         let plan = self.engine.plan(&query, &data).await?;
-        data.check(who, Privilege::Select, &plan.input_name)?;
+        check_reads(&data, who, &plan)?;
         check_emit(&plan, c.emit)?;
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
@@ -242,7 +249,7 @@ impl Database {
             name: c.name.clone(),
             target: QueryTarget::Stream { stream: c.name },
             sql: query,
-            inputs: vec![plan.input_name.clone()],
+            inputs: plan.reads(),
             start,
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             closed_topic: None,
@@ -294,7 +301,7 @@ impl Database {
             return Ok(done);
         }
         let plan = self.engine.plan(&v.query, &data).await?;
-        data.check(who, Privilege::Select, &plan.input_name)?;
+        check_reads(&data, who, &plan)?;
         check_emit(&plan, v.emit)?;
         let mut seen = BTreeSet::new();
         for field in plan.schema.fields() {
@@ -353,7 +360,7 @@ impl Database {
             name: v.name.clone(),
             target: QueryTarget::View { view: v.name },
             sql: v.query,
-            inputs: vec![plan.input_name.clone()],
+            inputs: plan.reads(),
             start,
             state_topic: Some(state_topic.name.clone()),
             closed_topic: closed_topic.as_ref().map(|t| t.name.clone()),
@@ -414,7 +421,7 @@ impl Database {
             }
         };
         let plan = self.engine.plan(&i.query, &data).await?;
-        data.check(who, Privilege::Select, &plan.input_name)?;
+        check_reads(&data, who, &plan)?;
         check_emit(&plan, i.emit)?;
         if let (Kind::Aggregate { filtered: true, .. }, Emit::Changes) = (&plan.kind, i.emit) {
             return Err(Error::Unsupported(
@@ -537,7 +544,7 @@ impl Database {
                 columns,
             },
             sql: i.query,
-            inputs: vec![plan.input_name.clone()],
+            inputs: plan.reads(),
             start: StartPosition::default(),
             state_topic: state_topic.as_ref().map(|t| t.name.clone()),
             closed_topic: None,
@@ -859,7 +866,7 @@ impl Database {
     ) -> Result<Output> {
         let data = self.tables.catalog.snapshot();
         let query = PushQuery::new(&self.engine, &q.query, &data, earliest).await?;
-        data.check(who, Privilege::Select, query.input_name())?;
+        check_reads(&data, who, query.plan())?;
         Ok(Output::Push(Box::new(PushRows {
             source: PushSource::Query(Box::new(query)),
             remaining: q.limit,

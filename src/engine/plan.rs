@@ -40,7 +40,8 @@ use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider,
 };
-use datafusion::common::JoinSide;
+use datafusion::common::{JoinSide, JoinType};
+use datafusion::datasource::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
@@ -52,8 +53,8 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::build_join_schema;
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -94,6 +95,8 @@ pub struct QueryPlan {
     /// The stream or topic it reads.
     pub input: TopicDef,
     pub input_name: String,
+    /// The tables and views it looks up, read as they are when each epoch runs.
+    pub lookups: Vec<String>,
     /// What the query returns.
     pub schema: SchemaRef,
     pub kind: Kind,
@@ -360,40 +363,41 @@ impl QueryPlan {
                 names.push(name);
             }
         }
-        let input_name = match names.as_slice() {
-            [one] => one.clone(),
-            [] => {
+        // One stream or topic drives the query: its records are what epochs read. Tables,
+        // views and external tables beside it are looked up, read as they are when an epoch
+        // runs (`FOR SYSTEM_TIME AS OF PROCTIME()`).
+        let (mut driving, mut lookups) = (vec![], vec![]);
+        for name in names {
+            let relation = catalog.relation(&name).ok_or_else(|| {
+                Error::UnknownRelation(format!("relation \"{name}\" does not exist"))
+            })?;
+            match relation {
+                Relation::Stream(stream, _) if stream.is_table() => lookups.push(name),
+                Relation::Stream(..) | Relation::Topic(_) => driving.push(name),
+                Relation::View(_) | Relation::External(_) => lookups.push(name),
+            }
+        }
+        let input_name = match (driving.as_slice(), lookups.first()) {
+            ([one], _) => one.clone(),
+            ([], None) => {
                 return Err(Error::Unsupported(
                     "a continuous query must read a stream (FROM stream)".into(),
                 ));
             }
-            _ => {
+            ([], Some(only)) => return Err(no_stream_to_drive(catalog, only)),
+            (several, _) => {
                 return Err(Error::Unsupported(format!(
-                    "a continuous query reads one stream; joins and unions of several ({}) are not supported yet",
-                    names.join(", ")
+                    "a continuous query reads one stream, and looks up tables and views beside it; joins and unions of several streams ({}) are not supported yet",
+                    several.join(", ")
                 )));
             }
         };
-        let relation = catalog.relation(&input_name).ok_or_else(|| {
-            Error::UnknownRelation(format!("relation \"{input_name}\" does not exist"))
-        })?;
+        let relation = catalog
+            .relation(&input_name)
+            .expect("the driving stream was just found");
         let input = match &relation {
-            Relation::Stream(stream, _) if stream.is_table() => {
-                return Err(Error::Unsupported(format!(
-                    "\"{input_name}\" is a table; continuous queries over tables (updates and deletes as retractions) are not supported yet"
-                )));
-            }
             Relation::Stream(_, topic) | Relation::Topic(topic) => (*topic).clone(),
-            Relation::View(_) => {
-                return Err(Error::Unsupported(format!(
-                    "\"{input_name}\" is a materialized view; continuous queries over views are not supported yet (read the stream it is built from)"
-                )));
-            }
-            Relation::External(_) => {
-                return Err(Error::Unsupported(format!(
-                    "\"{input_name}\" is an external table (files); a continuous query reads a stream"
-                )));
-            }
+            _ => unreachable!("a stream or topic drives the query"),
         };
         let fields = catalog.value_fields(&input);
         // Windows over the record timestamp have a watermark without a declaration: the
@@ -461,7 +465,12 @@ impl QueryPlan {
         let table = StreamTable::of(catalog, &relation, log)
             .expect("streams and topics are tables")
             .for_epochs(ranges.clone());
-        let state = epoch_state(base, &input_name, Arc::new(table))?;
+        let mut providers: Vec<(String, Arc<dyn TableProvider>)> =
+            vec![(input_name.clone(), Arc::new(table))];
+        for name in &lookups {
+            providers.push((name.clone(), lookup_provider(base, name).await?));
+        }
+        let state = epoch_state(base, providers)?;
         let logical = sql::plan_rewritten(&state, statement).await?;
         let schema = Arc::new(logical.schema().as_arrow().clone());
         let mut plan = QueryPlan {
@@ -470,6 +479,7 @@ impl QueryPlan {
             ranges,
             input,
             input_name,
+            lookups,
             schema,
             kind: Kind::Stateless,
             event_time,
@@ -553,6 +563,14 @@ impl QueryPlan {
         Ok(plan)
     }
 
+    /// Every relation it reads: its input, then what it looks up.
+    pub fn reads(&self) -> Vec<String> {
+        [self.input_name.clone()]
+            .into_iter()
+            .chain(self.lookups.iter().cloned())
+            .collect()
+    }
+
     /// Whether the query has event-time state: its late rows are dropped and its closed
     /// windows evicted.
     pub fn event_time_state(&self) -> bool {
@@ -574,7 +592,7 @@ impl QueryPlan {
             .await
             .map_err(Error::from_datafusion)?;
         Ok((
-            take_apart(physical, self.sessions_rewritten)?,
+            take_apart(physical, &self.input_name, self.sessions_rewritten)?,
             state.task_ctx(),
         ))
     }
@@ -732,18 +750,50 @@ fn query_statement(sql: &str) -> Result<DfStatement> {
     }
 }
 
-/// A session like `base` whose only table is `table`, planning plans with aggregates split
-/// in two that repartition nothing: the scan's partitions (read in parallel, one per core
-/// at most) are merged once, above the first aggregate's `Partial` or at the top.
+/// Why a query reading only `relation` (no stream) cannot run continuously.
+fn no_stream_to_drive(catalog: &CatalogData, relation: &str) -> Error {
+    Error::Unsupported(match catalog.relation(relation) {
+        Some(Relation::View(_)) => format!(
+            "\"{relation}\" is a materialized view; continuous queries over views are not supported yet (read the stream it is built from, or look the view up from a stream: FROM stream JOIN {relation} ON …)"
+        ),
+        Some(Relation::External(_)) => format!(
+            "\"{relation}\" is an external table (files); a continuous query reads a stream"
+        ),
+        _ => format!(
+            "\"{relation}\" is a table; continuous queries over tables (updates and deletes as retractions) are not supported yet (look the table up from a stream: FROM stream JOIN {relation} ON …)"
+        ),
+    })
+}
+
+/// How `base` reads `name` (a table, view or external table) in a bounded query: each
+/// epoch's plan reads it as it is then.
+async fn lookup_provider(base: &SessionState, name: &str) -> Result<Arc<dyn TableProvider>> {
+    let schema = base
+        .catalog_list()
+        .catalog(CATALOG_NAME)
+        .and_then(|c| c.schema(PUBLIC_SCHEMA))
+        .ok_or_else(|| Error::Internal("the public schema is missing".into()))?;
+    schema
+        .table(name)
+        .await
+        .map_err(Error::from_datafusion)?
+        .ok_or_else(|| Error::UnknownRelation(format!("relation \"{name}\" does not exist")))
+}
+
+/// A session like `base` whose only tables are `tables` (the input, then what it looks
+/// up), planning plans with aggregates split in two that repartition nothing: the scan's
+/// partitions (read in parallel, one per core at most) are merged once, above the first
+/// aggregate's `Partial` or at the top.
 fn epoch_state(
     base: &SessionState,
-    name: &str,
-    table: Arc<dyn datafusion::datasource::TableProvider>,
+    tables: Vec<(String, Arc<dyn TableProvider>)>,
 ) -> Result<SessionState> {
     let schema = Arc::new(MemorySchemaProvider::new());
-    schema
-        .register_table(name.to_string(), table)
-        .map_err(Error::from_datafusion)?;
+    for (name, table) in tables {
+        schema
+            .register_table(name, table)
+            .map_err(Error::from_datafusion)?;
+    }
     let catalog = Arc::new(MemoryCatalogProvider::new());
     catalog
         .register_schema(PUBLIC_SCHEMA, schema)
@@ -815,15 +865,81 @@ fn refusal(plan: &dyn ExecutionPlan) -> Error {
     Error::Unsupported(format!("this query cannot run continuously: {what}"))
 }
 
-/// Checks that `plan` is row-wise down to the input scan.
-fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
-    if plan.downcast_ref::<StreamScanExec>().is_some() || plan.name() == "EmptyExec" {
+/// Checks that `plan` is row-wise down to the scan of `input` (through lookup joins).
+fn check_stateless(plan: &Arc<dyn ExecutionPlan>, input: &str) -> Result<()> {
+    if is_input_scan(plan.as_ref(), input) || plan.name() == "EmptyExec" {
         return Ok(());
+    }
+    if let Some(side) = lookup_join(plan, input)? {
+        return check_stateless(&side, input);
     }
     if !is_row_wise(plan.as_ref()) {
         return Err(refusal(plan.as_ref()));
     }
-    plan.children().into_iter().try_for_each(check_stateless)
+    plan.children()
+        .into_iter()
+        .try_for_each(|child| check_stateless(child, input))
+}
+
+/// Whether `plan` is the scan of the epoch's ranges of the query's input, `input`.
+fn is_input_scan(plan: &dyn ExecutionPlan, input: &str) -> bool {
+    plan.downcast_ref::<StreamScanExec>()
+        .is_some_and(|scan| scan.source().stream() == input)
+}
+
+/// Whether `plan` reads the query's input anywhere below.
+fn reads_input(plan: &Arc<dyn ExecutionPlan>, input: &str) -> bool {
+    is_input_scan(plan.as_ref(), input)
+        || plan
+            .children()
+            .into_iter()
+            .any(|child| reads_input(child, input))
+}
+
+/// If `plan` is a lookup join — the input's rows joined with what only reads tables, views
+/// or files, as they are when the epoch runs — its side that reads the input. Each input
+/// row meets the other side once, in its epoch, so the join is as final as the rows: for
+/// inner joins and joins that keep unmatched input rows (`LEFT JOIN table`), semi- and
+/// anti-joins (`IN`, `NOT EXISTS`). A join that would keep the other side's unmatched
+/// rows is refused: which of them match changes as the stream goes on.
+fn lookup_join(
+    plan: &Arc<dyn ExecutionPlan>,
+    input: &str,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let join_type = if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        *join.join_type()
+    } else if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        *join.join_type()
+    } else if plan.downcast_ref::<CrossJoinExec>().is_some() {
+        JoinType::Inner
+    } else {
+        return Ok(None);
+    };
+    let children = plan.children();
+    let [left, right] = children.as_slice() else {
+        return Ok(None);
+    };
+    let (input_left, input_right) = (reads_input(left, input), reads_input(right, input));
+    if input_left == input_right {
+        return Ok(None);
+    }
+    use JoinType::*;
+    let keeps_only_input = match join_type {
+        Inner => true,
+        Left | LeftSemi | LeftAnti | LeftMark => input_left,
+        Right | RightSemi | RightAnti | RightMark => input_right,
+        Full => false,
+    };
+    if !keeps_only_input {
+        return Err(Error::Unsupported(format!(
+            "this query cannot run continuously: a {} join of the stream with a table or \
+             view keeps the table's rows that no stream row matched, and which those are \
+             changes as the stream goes on; a lookup join is an inner join, or a LEFT JOIN \
+             with the stream on the left",
+            join_type.to_string().to_uppercase()
+        )));
+    }
+    Ok(Some(if input_left { *left } else { *right }.clone()))
 }
 
 fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -835,22 +951,22 @@ fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
 
 /// Takes `plan` apart; `sessions`: the query reads a `SESSION` window, whose rewrite finds
 /// each epoch's sessions with window functions below the aggregate.
-fn take_apart(plan: Arc<dyn ExecutionPlan>, sessions: bool) -> Result<EpochPlan> {
+fn take_apart(plan: Arc<dyn ExecutionPlan>, input: &str, sessions: bool) -> Result<EpochPlan> {
     let mut above = vec![];
     let mut node = plan.clone();
     loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            let mut stages = chained(stages_of(&node, agg, above, sessions)?, 0);
+            let mut stages = chained(stages_of(&node, agg, above, input, sessions)?, 0);
             let last = stages.pop().expect("an aggregate has a stage");
             return Ok(EpochPlan::Aggregate {
                 inner: stages,
                 last,
             });
         }
-        if combines(node.as_ref()) {
+        if combines(node.as_ref()) && lookup_join(&node, input)?.is_none() {
             let mut stages = vec![];
             let mut leaves = vec![];
-            branches(&node, sessions, &mut stages, &mut leaves)?;
+            branches(&node, input, sessions, &mut stages, &mut leaves)?;
             return Ok(EpochPlan::Combine {
                 stages,
                 top: Top { plan, leaves },
@@ -860,7 +976,7 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>, sessions: bool) -> Result<EpochPlan>
             if sessions {
                 return Err(Error::Unsupported(SESSION_GROUPS.into()));
             }
-            check_stateless(&node)?;
+            check_stateless(&node, input)?;
             return Ok(EpochPlan::Stateless(plan));
         }
         above.push(node.clone());
@@ -886,17 +1002,18 @@ fn chained(mut chain: Vec<Aggregation>, before: usize) -> Vec<Aggregation> {
 /// with the chain it reads, to `stages`, and each one's `Final` to `leaves`.
 fn branches(
     node: &Arc<dyn ExecutionPlan>,
+    input: &str,
     sessions: bool,
     stages: &mut Vec<Aggregation>,
     leaves: &mut Vec<(usize, Arc<dyn ExecutionPlan>)>,
 ) -> Result<()> {
     if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-        let chain = chained(stages_of(node, agg, vec![], sessions)?, stages.len());
+        let chain = chained(stages_of(node, agg, vec![], input, sessions)?, stages.len());
         stages.extend(chain);
         leaves.push((stages.len() - 1, node.clone()));
         return Ok(());
     }
-    if node.downcast_ref::<StreamScanExec>().is_some() {
+    if is_input_scan(node.as_ref(), input) {
         return Err(Error::Unsupported(format!(
             "this query cannot run continuously: {COMBINED}"
         )));
@@ -905,7 +1022,7 @@ fn branches(
         return Err(refusal(node.as_ref()));
     }
     for child in node.children() {
-        branches(child, sessions, stages, leaves)?;
+        branches(child, input, sessions, stages, leaves)?;
     }
     Ok(())
 }
@@ -916,6 +1033,7 @@ fn stages_of(
     node: &Arc<dyn ExecutionPlan>,
     agg: &AggregateExec,
     above: Vec<Arc<dyn ExecutionPlan>>,
+    input: &str,
     sessions: bool,
 ) -> Result<Vec<Aggregation>> {
     if *agg.mode() != AggregateMode::Final && *agg.mode() != AggregateMode::FinalPartitioned {
@@ -939,7 +1057,7 @@ fn stages_of(
     let mut below = only_child(&partial)?;
     loop {
         if let Some(inner) = below.downcast_ref::<AggregateExec>() {
-            let mut chain = stages_of(&below, inner, vec![], sessions)?;
+            let mut chain = stages_of(&below, inner, vec![], input, sessions)?;
             chain.push(Aggregation::new(
                 partial,
                 node.clone(),
@@ -952,7 +1070,13 @@ fn stages_of(
             )?);
             return Ok(chain);
         }
-        if below.downcast_ref::<StreamScanExec>().is_some() || below.name() == "EmptyExec" {
+        // A lookup join reads the input's rows, not an inner stage's: what it joins them
+        // with only has to reach the input.
+        let looked_up = match lookup_join(&below, input)? {
+            Some(side) => check_stateless(&side, input).map(|()| true)?,
+            None => false,
+        };
+        if looked_up || is_input_scan(below.as_ref(), input) || below.name() == "EmptyExec" {
             return Ok(vec![Aggregation::new(
                 partial,
                 node.clone(),

@@ -32,9 +32,9 @@ pub struct PushQuery {
 }
 
 impl PushQuery {
-    /// The stream or topic it reads.
-    pub fn input_name(&self) -> &str {
-        &self.plan.input_name
+    /// Its plan: what it reads.
+    pub fn plan(&self) -> &QueryPlan {
+        &self.plan
     }
 
     /// Plans `sql`; it reads from the first record of its input if `earliest`, otherwise

@@ -119,9 +119,16 @@ fn internal_topic(
 /// A continuous query runs with its owner's rights, as the catalog has them now: it needs
 /// SELECT on its input and INSERT on the stream it appends to. A query whose owner lost
 /// them fails, saying so, rather than reading on.
-fn owner_may_run(def: &QueryDef, data: &CatalogData, input: &str, trusted: bool) -> Result<()> {
+fn owner_may_run(
+    def: &QueryDef,
+    data: &CatalogData,
+    plan: &QueryPlan,
+    trusted: bool,
+) -> Result<()> {
     let owner = data.principal(&def.owner, trusted);
-    data.check(&owner, Privilege::Select, input)
+    plan.reads()
+        .iter()
+        .try_for_each(|read| data.check(&owner, Privilege::Select, read))
         .and_then(|()| match def.output_stream() {
             Some(stream) => data.check(&owner, Privilege::Insert, stream),
             None => Ok(()),
@@ -148,7 +155,7 @@ impl QueryTask {
         shared: Arc<Shared>,
     ) -> Result<QueryTask> {
         let plan = QueryPlan::new(base, data, tables.log.clone(), &def.sql).await?;
-        owner_may_run(&def, data, &plan.input_name, config.trusted_logins)?;
+        owner_may_run(&def, data, &plan, config.trusted_logins)?;
         let snapshot = tables.log.snapshot();
         let checkpoint = match snapshot.meta(def.id.0) {
             Some(bytes) => Checkpoint::decode(bytes).map_err(Error::Internal)?,
@@ -552,7 +559,7 @@ impl QueryTask {
             owner_may_run(
                 &self.def,
                 &self.tables.catalog.snapshot(),
-                &self.plan.input_name,
+                &self.plan,
                 self.config.trusted_logins,
             )?;
             let idle = match &self.checkpoint.event_time {

@@ -6,7 +6,7 @@
 //! `CREATE EXTERNAL TABLE` and `COPY (query) TO`. Both share one token stream, so a string
 //! with several statements mixes them freely.
 
-use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::parser::{DFParser, DFParserBuilder, ParserInput, Statement as DfStatement};
 use sqlparser::ast::{
     CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, ObjectName,
     Statement as SqlStatement, UnaryOperator, Value,
@@ -14,7 +14,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, TokenWithSpan};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::catalog::{Emit, ObjectClass, Privilege, SqlType, StreamKind};
 use crate::error::{Error, Result};
@@ -355,7 +355,12 @@ impl OptionValue {
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     super::depth::check_tokens(sql)?;
     let dialect = PostgreSqlDialect {};
-    let mut parser = DFParserBuilder::new(sql)
+    let input = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+        Ok(tokens) => ParserInput::Tokens(without_proctime(tokens)?),
+        // The parser reports it.
+        Err(_) => ParserInput::Sql(sql),
+    };
+    let mut parser = DFParserBuilder::new(input)
         .with_dialect(&dialect)
         .with_recursion_limit(super::depth::MAX_PARSER_RECURSION)
         .build()
@@ -381,6 +386,60 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         expecting_delimiter = true;
     }
     Ok(statements)
+}
+
+/// `tokens` without the clauses `FOR SYSTEM_TIME AS OF PROCTIME()` after a table's name:
+/// Flink's words for reading a table as it is when a row is processed, which is how
+/// Runnel reads tables anyway (a lookup join in a continuous query, any read in a bounded
+/// one). Runnel keeps no history of a table to read it as of another time: any other
+/// `FOR SYSTEM_TIME AS OF` is refused.
+fn without_proctime(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
+        .collect();
+    let word = |at: usize, keyword: Keyword, text: &str| {
+        significant
+            .get(at)
+            .is_some_and(|i| match &tokens[*i].token {
+                Token::Word(w) => w.keyword == keyword && w.value.eq_ignore_ascii_case(text),
+                _ => false,
+            })
+    };
+    let token = |at: usize, expected: &Token| {
+        significant
+            .get(at)
+            .is_some_and(|i| tokens[*i].token == *expected)
+    };
+    let mut dropped = vec![false; tokens.len()];
+    let mut at = 0;
+    while at < significant.len() {
+        let clause = word(at, Keyword::FOR, "for")
+            && word(at + 1, Keyword::SYSTEM_TIME, "system_time")
+            && word(at + 2, Keyword::AS, "as")
+            && word(at + 3, Keyword::OF, "of");
+        if !clause {
+            at += 1;
+            continue;
+        }
+        let proctime = word(at + 4, Keyword::NoKeyword, "proctime")
+            && token(at + 5, &Token::LParen)
+            && token(at + 6, &Token::RParen);
+        if !proctime {
+            return Err(Error::Unsupported(
+                "FOR SYSTEM_TIME AS OF takes PROCTIME() only: a table is read as it is when \
+                 the query (or, in a continuous query, the epoch) runs; Runnel keeps no \
+                 history of tables to read them as of another time"
+                    .into(),
+            ));
+        }
+        dropped[significant[at]..=significant[at + 6]].fill(true);
+        at += 7;
+    }
+    Ok(tokens
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(token, dropped)| (!dropped).then_some(token))
+        .collect())
 }
 
 /// Refuses a statement whose expressions nest too deep (statements that carry a query as

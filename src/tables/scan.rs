@@ -404,6 +404,11 @@ impl StreamScan {
         }
     }
 
+    /// The stream or topic it reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
     fn read_range(
         &self,
         (partition_id, range): (PartitionId, Range<Offset>),
