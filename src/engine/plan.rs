@@ -1,12 +1,17 @@
 //! A continuous query's SQL, planned for epochs.
 //!
-//! The query is planned by DataFusion like any other, in a session whose only table is its
-//! input stream, read through the epoch's offset ranges. Each epoch plans it again (so
-//! `now()` means the epoch's start) and takes the physical plan apart:
+//! The query is planned by DataFusion like any other, in a session whose tables are its
+//! input stream, read through the epoch's offset ranges, and the tables, views and external
+//! tables it looks up, read as they are when the epoch runs. Each epoch plans it again (so
+//! `now()` means the epoch's start, and a lookup reads the table then) and takes the
+//! physical plan apart:
 //!
-//! - **stateless**: projections, filters, `unnest` over the scan. The plan runs as it is and
-//!   its rows are the epoch's output.
-//! - **aggregate**: `[projections/filters] → Final aggregate → Partial aggregate → stateless`.
+//! - **stateless**: projections, filters, `unnest` and lookup joins over the scan. The plan
+//!   runs as it is and its rows are the epoch's output. A lookup join meets each input row
+//!   with the looked-up side once, in its epoch, so it keeps nothing for later epochs; it
+//!   may keep unmatched input rows (`LEFT JOIN table`), never the other side's.
+//! - **aggregate**: `[projections/filters] → Final aggregate → Partial aggregate → stateless`
+//!   (lookup joins included).
 //!   The `Partial` aggregate (with everything below it) runs over the epoch's records; a
 //!   `PartialReduce` aggregate merges its output with the stored state of the groups it
 //!   touched; the `Final` aggregate turns merged state into values, and the nodes above it
