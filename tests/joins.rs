@@ -27,6 +27,14 @@ fn oracle(round: u64) -> String {
     )
 }
 
+/// The join with the table of composite keys, as a bounded query over `round`'s events.
+fn pairs_oracle(round: u64) -> String {
+    format!(
+        "SELECT e.round, e.seq, p.w FROM ev e JOIN pairs p ON p.a = e.k AND p.b = e.tag \
+         WHERE e.round = {round} ORDER BY e.seq"
+    )
+}
+
 /// A random change of the dimension table.
 async fn change_table(client: &tokio_postgres::Client, rng: &mut Rng) {
     let id = rng.below(KEYS);
@@ -45,6 +53,15 @@ async fn change_table(client: &tokio_postgres::Client, rng: &mut Rng) {
         _ => format!("INSERT INTO dim VALUES ({id}, '{name}', {tier}) ON CONFLICT DO NOTHING"),
     };
     client.batch_execute(&sql).await.unwrap();
+    let tag = format!("t{}", rng.below(3));
+    let sql = match rng.below(3) {
+        0 => format!("DELETE FROM pairs WHERE a = {id} AND b = '{tag}'"),
+        _ => format!(
+            "INSERT INTO pairs VALUES ({id}, '{tag}', {}) ON CONFLICT (a, b) DO UPDATE SET w = excluded.w",
+            rng.below(1000)
+        ),
+    };
+    client.batch_execute(&sql).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +73,8 @@ async fn lookup_joins_read_the_table_as_of_each_epoch_exactly_once_across_kill_9
     client
         .batch_execute(
             "CREATE TABLE dim (id BIGINT PRIMARY KEY, name TEXT NOT NULL, tier INT NOT NULL) WITH (partitions = 2);
-             CREATE STREAM ev (k BIGINT, round BIGINT, seq BIGINT) WITH (partitions = 3);
+             CREATE TABLE pairs (a INT, b TEXT, w BIGINT, PRIMARY KEY (a, b)) WITH (partitions = 3);
+             CREATE STREAM ev (k BIGINT, tag TEXT, round BIGINT, seq BIGINT) WITH (partitions = 3);
              CREATE STREAM enriched AS
                  SELECT e.round, e.seq, e.k, d.name, d.tier
                  FROM ev e LEFT JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() d ON e.k = d.id;
@@ -64,11 +82,14 @@ async fn lookup_joins_read_the_table_as_of_each_epoch_exactly_once_across_kill_9
                  SELECT e.round, e.seq FROM ev e JOIN dim d ON e.k = d.id WHERE d.tier = 2;
              CREATE MATERIALIZED VIEW per_tier AS
                  SELECT d.tier, count(*) AS n, sum(e.k) AS keys
-                 FROM ev e JOIN dim d ON e.k = d.id GROUP BY d.tier;",
+                 FROM ev e JOIN dim d ON e.k = d.id GROUP BY d.tier;
+             CREATE STREAM paired AS
+                 SELECT e.round, e.seq, p.w FROM ev e JOIN pairs p ON p.a = e.k AND p.b = e.tag;",
         )
         .await
         .unwrap();
     let mut expected: Rows = vec![];
+    let mut expected_pairs: Rows = vec![];
     let mut seq = 0u64;
     for round in 0..10u64 {
         let mut client = server.connect().await;
@@ -78,7 +99,11 @@ async fn lookup_joins_read_the_table_as_of_each_epoch_exactly_once_across_kill_9
         let events: Vec<String> = (0..1 + rng.below(30))
             .map(|_| {
                 seq += 1;
-                format!("({}, {round}, {seq})", rng.below(KEYS + 5))
+                format!(
+                    "({}, 't{}', {round}, {seq})",
+                    rng.below(KEYS + 5),
+                    rng.below(4)
+                )
             })
             .collect();
         client
@@ -95,6 +120,7 @@ async fn lookup_joins_read_the_table_as_of_each_epoch_exactly_once_across_kill_9
         }
         client.batch_execute("FLUSH").await.unwrap();
         expected.extend(rows(&client, &oracle(round)).await);
+        expected_pairs.extend(rows(&client, &pairs_oracle(round)).await);
     }
     let client = server.connect().await;
     let got = rows(
@@ -115,6 +141,17 @@ async fn lookup_joins_read_the_table_as_of_each_epoch_exactly_once_across_kill_9
     )
     .await;
     assert_eq!(got, tier, "the inner join, filtered on the table's column");
+
+    let got = rows(
+        &client,
+        "SELECT round, seq, w FROM paired ORDER BY round, seq",
+    )
+    .await;
+    assert_eq!(
+        got, expected_pairs,
+        "the join on a composite key, INT against BIGINT"
+    );
+    assert!(!expected_pairs.is_empty(), "some events found their pair");
 
     // The view aggregates the joined rows as they were joined.
     let got = rows(&client, "SELECT tier, n, keys FROM per_tier ORDER BY tier").await;

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 mod collect;
 mod distinct;
+mod lookup;
 pub mod plan;
 mod push;
 mod query;

@@ -9,7 +9,8 @@
 //! - **stateless**: projections, filters, `unnest` and lookup joins over the scan. The plan
 //!   runs as it is and its rows are the epoch's output. A lookup join meets each input row
 //!   with the looked-up side once, in its epoch, so it keeps nothing for later epochs; it
-//!   may keep unmatched input rows (`LEFT JOIN table`), never the other side's.
+//!   may keep unmatched input rows (`LEFT JOIN table`), never the other side's. Joins
+//!   by a table's primary key read only the keys they look up ([`super::lookup`]).
 //! - **aggregate**: `[projections/filters] → Final aggregate → Partial aggregate → stateless`
 //!   (lookup joins included).
 //!   The `Partial` aggregate (with everything below it) runs over the epoch's records; a
@@ -67,6 +68,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::collect::Collect;
+use crate::engine::lookup::{LookupTable, with_lookups};
 use crate::engine::sessions::SessionColumns;
 use crate::engine::state::{self, Expiry, Groups};
 use crate::error::{Error, Result};
@@ -102,6 +104,8 @@ pub struct QueryPlan {
     pub input_name: String,
     /// The tables and views it looks up, read as they are when each epoch runs.
     pub lookups: Vec<String>,
+    /// The tables it looks up by primary key, kept in memory between epochs.
+    kept: Vec<Arc<LookupTable>>,
     /// What the query returns.
     pub schema: SchemaRef,
     pub kind: Kind,
@@ -192,6 +196,33 @@ pub enum EpochPlan {
         stages: Vec<Aggregation>,
         top: Top,
     },
+}
+
+impl EpochPlan {
+    /// The plan with its joins that look a kept table up by primary key reading only the
+    /// keys they look up (see [`super::lookup`]).
+    fn with_lookups(self, tables: &[Arc<LookupTable>]) -> Result<EpochPlan> {
+        if tables.is_empty() {
+            return Ok(self);
+        }
+        let stages = |stages: Vec<Aggregation>| -> Result<Vec<Aggregation>> {
+            stages
+                .into_iter()
+                .map(|stage| stage.with_lookups(tables))
+                .collect()
+        };
+        Ok(match self {
+            EpochPlan::Stateless(plan) => EpochPlan::Stateless(with_lookups(plan, tables)?),
+            EpochPlan::Aggregate { inner, last } => EpochPlan::Aggregate {
+                inner: stages(inner)?,
+                last: last.with_lookups(tables)?,
+            },
+            EpochPlan::Combine { stages: s, top } => EpochPlan::Combine {
+                stages: stages(s)?,
+                top,
+            },
+        })
+    }
 }
 
 /// The pieces of an aggregate's plan.
@@ -467,13 +498,16 @@ impl QueryPlan {
             event_time: event_time.clone(),
             parallelism: base.config().target_partitions(),
         });
-        let table = StreamTable::of(catalog, &relation, log)
+        let table = StreamTable::of(catalog, &relation, log.clone())
             .expect("streams and topics are tables")
             .for_epochs(ranges.clone());
         let mut providers: Vec<(String, Arc<dyn TableProvider>)> =
             vec![(input_name.clone(), Arc::new(table))];
+        let mut kept = vec![];
         for name in &lookups {
-            providers.push((name.clone(), lookup_provider(base, name).await?));
+            let provider = lookup_provider(base, name).await?;
+            kept.extend(LookupTable::of(&provider, log.clone()).map(Arc::new));
+            providers.push((name.clone(), provider));
         }
         let state = epoch_state(base, providers)?;
         let logical = sql::plan_rewritten(&state, statement).await?;
@@ -485,6 +519,7 @@ impl QueryPlan {
             input,
             input_name,
             lookups,
+            kept,
             schema,
             kind: Kind::Stateless,
             event_time,
@@ -568,6 +603,11 @@ impl QueryPlan {
         Ok(plan)
     }
 
+    /// What the rows of the tables it looks up by key hold in memory.
+    pub fn lookup_bytes(&self) -> usize {
+        self.kept.iter().map(|t| t.bytes()).sum()
+    }
+
     /// Every relation it reads: its input, then what it looks up.
     pub fn reads(&self) -> Vec<String> {
         [self.input_name.clone()]
@@ -597,7 +637,8 @@ impl QueryPlan {
             .await
             .map_err(Error::from_datafusion)?;
         Ok((
-            take_apart(physical, &self.input_name, self.sessions_rewritten)?,
+            take_apart(physical, &self.input_name, self.sessions_rewritten)?
+                .with_lookups(&self.kept)?,
             state.task_ctx(),
         ))
     }
@@ -1179,7 +1220,11 @@ fn replace_child(
     plan.replace_children(vec![child], options).map_err(df)
 }
 
-fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Arc<dyn ExecutionPlan>> {
+/// An in-memory plan of `batches`.
+pub(super) fn memory(
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+) -> Result<Arc<dyn ExecutionPlan>> {
     let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
     MemorySourceConfig::try_new_exec(&[batches], schema, None)
         .map(|e| e as Arc<dyn ExecutionPlan>)
@@ -1213,6 +1258,15 @@ impl Aggregation {
             from: None,
             distinct,
         })
+    }
+
+    /// A stage reading the epoch's records, with the joins below it that look a kept
+    /// table up reading only the keys they look up.
+    fn with_lookups(mut self, tables: &[Arc<LookupTable>]) -> Result<Aggregation> {
+        if self.feed.is_none() {
+            self.partial = with_lookups(self.partial, tables)?;
+        }
+        Ok(self)
     }
 
     /// A group's partial state, as stored and merged.

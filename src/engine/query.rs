@@ -1024,8 +1024,11 @@ impl QueryTask {
     }
 
     /// How many groups the query's state has and what it holds, for `sys.queries`.
+    /// Tables looked up by key count too: their rows are kept in memory.
     fn publish_state_size(&self, status: &mut super::Status) {
+        let looked_up = self.plan.lookup_bytes() as u64;
         if self.groups.is_none() && self.inner.is_empty() {
+            status.state_bytes = looked_up;
             return;
         }
         let (mut rows, mut bytes) = (0, 0);
@@ -1039,7 +1042,7 @@ impl QueryTask {
             bytes += state.memory_bytes();
         }
         status.groups = Some(rows as u64);
-        status.state_bytes = bytes as u64;
+        status.state_bytes = bytes as u64 + looked_up;
     }
 
     /// A reservation in the shared memory pool for the query's `what`.

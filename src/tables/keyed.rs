@@ -53,6 +53,8 @@ pub struct KeyedTable {
     tombstone: TableColumn,
     /// The primary key's columns: name and type, in key order.
     key_columns: Vec<(String, DataType)>,
+    /// How many columns are declared (the hidden ones follow).
+    declared: usize,
     log: Arc<Log>,
     /// Its key index, for reads of a few keys.
     writer: Arc<RowWriter>,
@@ -93,9 +95,58 @@ impl KeyedTable {
                     (k.clone(), column.sql_type.arrow())
                 })
                 .collect(),
+            declared: n,
             log,
             writer,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn topic(&self) -> &TopicDef {
+        &self.topic
+    }
+
+    /// Its declared columns.
+    pub fn declared_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(self.schema.fields()[..self.declared].to_vec()))
+    }
+
+    /// Its primary key's columns, by position among the declared ones, in key order; empty
+    /// for a table without one.
+    pub fn key_positions(&self) -> Vec<usize> {
+        self.key_columns
+            .iter()
+            .filter_map(|(name, _)| self.schema.index_of(name).ok())
+            .collect()
+    }
+
+    /// Reads the records of `ranges`, each in offset order, as batches of the declared
+    /// columns, then the record's key (`Binary`), then its tombstone flag (`Boolean`).
+    pub fn read_records(
+        &self,
+        ranges: Ranges,
+        emit: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> DfResult<()> {
+        let topic = self.log.topic(self.topic.id).ok_or_else(|| {
+            Error::UnknownRelation(format!("table \"{}\" was dropped", self.name))
+        })?;
+        let mut read: Vec<TableColumn> = self.columns[..self.declared].to_vec();
+        read.extend([self.key, self.tombstone]);
+        let mut fields: Vec<Field> = self.schema.fields()[..self.declared]
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new("__key", DataType::Binary, true));
+        fields.push(Field::new("__tombstone", DataType::Boolean, true));
+        let scan = StreamScan::of_epoch(self.name.clone(), topic, read, ranges, 1, None);
+        let schema = Arc::new(Schema::new(fields));
+        for partition in 0..scan.partitions() {
+            scan.read(partition, &schema, emit)?;
+        }
+        Ok(())
     }
 
     /// The offset ranges that hold the latest records of the keys `filters` pin, as of
@@ -295,6 +346,12 @@ impl TableProvider for KeyedTable {
             BlockingScanExec::new(source, Arc::new(self.schema.project(&projection)?), limit);
         Ok(Arc::new(exec))
     }
+}
+
+/// The table `plan` scans, if it is a table's scan of its latest rows.
+pub fn scanned_table(plan: &dyn ExecutionPlan) -> Option<&str> {
+    plan.downcast_ref::<BlockingScanExec<LatestRows>>()
+        .map(|scan| scan.source().scan.stream())
 }
 
 /// The latest row of each key a stream scan reads, tombstones left out.
