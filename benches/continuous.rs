@@ -26,77 +26,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::SinkExt;
 use tokio_postgres::Client;
 
 mod common;
+use common::clicks::{
+    Probed, create_clicks, csv_chunk, latency_line, load, probe, rate, write_clicks,
+};
 use common::{scalar, start_runnel};
 
 const USERS: u64 = 100_000;
-const URLS: [&str; 8] = [
-    "/home",
-    "/cart",
-    "/search",
-    "/products",
-    "/checkout",
-    "/account",
-    "/help",
-    "/products/item",
-];
 const INSERT_RATE: u64 = 10_000;
 const WRITERS: u64 = 4;
 const ROWS_PER_INSERT: u64 = 10;
 const LATENCY_SECONDS: u64 = 20;
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 
-/// Rows `from..to` of the click data as CSV: user_id, url, amount, ts.
-fn csv_chunk(from: u64, to: u64) -> String {
-    let mut out = String::with_capacity(((to - from) * 48) as usize);
-    for i in from..to {
-        let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdead_beef;
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x ^= x >> 32;
-        let user = x % USERS;
-        let url = URLS[((x >> 20) % URLS.len() as u64) as usize];
-        let cents = (x >> 40) % 10_000;
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "{user},{url},{}.{:02},2026-01-01 {:02}:{:02}:{:02}",
-            cents / 100,
-            cents % 100,
-            (i / 3_600) % 24,
-            (i / 60) % 60,
-            i % 60
-        );
-    }
-    out
-}
-
 async fn connect(port: u16) -> Client {
     common::connect(port, "bench", "runnel").await
-}
-
-async fn load(client: &Client, rows: u64) -> Duration {
-    let start = Instant::now();
-    let sink = client
-        .copy_in("COPY clicks FROM STDIN WITH (FORMAT csv)")
-        .await
-        .expect("copy");
-    futures::pin_mut!(sink);
-    let step = 20_000;
-    let mut at = 0;
-    while at < rows {
-        let to = (at + step).min(rows);
-        sink.send(bytes::Bytes::from(csv_chunk(at, to)))
-            .await
-            .expect("copy data");
-        at = to;
-    }
-    let copied = sink.finish().await.expect("copy done");
-    assert_eq!(copied, rows);
-    start.elapsed()
 }
 
 /// Creates a continuous query and waits until it has caught up; returns the elapsed time.
@@ -110,117 +56,31 @@ async fn catch_up(client: &Client, create: &str) -> Duration {
     start.elapsed()
 }
 
-fn rate(rows: u64, time: Duration) -> String {
-    let per_s = rows as f64 / time.as_secs_f64();
-    if per_s >= 1e6 {
-        format!("{:.2}M events/s", per_s / 1e6)
-    } else {
-        format!("{:.0}K events/s", per_s / 1e3)
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Acknowledged → visible, measured by inserting a marked row and polling for it with the
-/// query `visible(marker, since)` (`since`: ms since the Unix epoch, a second before the insert).
-async fn probe(
-    port: u16,
-    marker_base: u64,
-    url: &str,
-    visible: fn(i64, u128) -> String,
-    stop: Arc<AtomicBool>,
-) -> (Vec<Duration>, Vec<Duration>) {
-    let client = connect(port).await;
-    let mut latencies = vec![];
-    let mut polls = vec![];
-    let mut i = 0u64;
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        i += 1;
-        let marker = (marker_base + i) as i64;
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            - 1_000;
-        let poll = visible(marker, since);
-        client
-            .batch_execute(&format!(
-                "INSERT INTO clicks VALUES ({marker}, '{url}', 1.0, '2026-01-02 00:00:00')"
-            ))
-            .await
-            .expect("probe insert");
-        let acked = Instant::now();
-        loop {
-            let polled = Instant::now();
-            let n: i64 = scalar(&client, &poll).await.parse().expect("a count");
-            polls.push(polled.elapsed());
-            if n > 0 {
-                break;
-            }
-            if acked.elapsed() > Duration::from_secs(30) {
-                panic!("marker {marker} not visible after 30 s");
-            }
-        }
-        latencies.push(acked.elapsed());
-    }
-    latencies.sort();
-    polls.sort();
-    (latencies, polls)
-}
-
-type Probed = (Vec<Duration>, Vec<Duration>);
-
 async fn latency(port: u16) -> (u64, Duration, Probed, Probed) {
     let stop = Arc::new(AtomicBool::new(false));
     let inserted = Arc::new(AtomicU64::new(0));
-    let mut writers = vec![];
-    let statements_per_writer = INSERT_RATE / ROWS_PER_INSERT / WRITERS;
-    for w in 0..WRITERS {
-        let client = connect(port).await;
-        let stop = stop.clone();
-        let inserted = inserted.clone();
-        writers.push(tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_secs(1) / statements_per_writer as u32);
-            let mut n = w * 1_000_000_000;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let sql = format!("INSERT INTO clicks VALUES {}", {
-                    let rows: Vec<String> = (0..ROWS_PER_INSERT)
-                        .map(|_| {
-                            n += 1;
-                            let url = URLS[(n % URLS.len() as u64) as usize];
-                            format!("({}, '{url}', 2.5, '2026-01-02 00:00:00')", n % USERS)
-                        })
-                        .collect();
-                    rows.join(", ")
-                });
-                client.batch_execute(&sql).await.expect("insert");
-                inserted.fetch_add(ROWS_PER_INSERT, Ordering::Relaxed);
-            }
-        }));
+    let mut clients = vec![];
+    for _ in 0..WRITERS {
+        clients.push(connect(port).await);
     }
+    let writers = write_clicks(
+        clients,
+        INSERT_RATE,
+        ROWS_PER_INSERT,
+        USERS,
+        stop.clone(),
+        inserted.clone(),
+    );
     let view = tokio::spawn(probe(
-        port,
+        connect(port).await,
         10_000_000,
         "/probe",
         |marker, _| format!("SELECT count(*) FROM per_user WHERE user_id = {marker}"),
+        PROBE_EVERY,
         stop.clone(),
     ));
     let stream = tokio::spawn(probe(
-        port,
+        connect(port).await,
         20_000_000,
         "/cart",
         // Reads only the frames of the last second: the time index finds them.
@@ -229,6 +89,7 @@ async fn latency(port: u16) -> (u64, Duration, Probed, Probed) {
                 "SELECT count(*) FROM cart WHERE _timestamp >= to_timestamp_millis({since}) AND user_id = {marker}"
             )
         },
+        PROBE_EVERY,
         stop.clone(),
     ));
     let start = Instant::now();
@@ -286,7 +147,7 @@ fn spark(dir: &Path, rows: u64) -> Option<(f64, f64)> {
         let mut at = from;
         while at < to {
             let next = (at + 100_000).min(to);
-            file.write_all(csv_chunk(at, next).as_bytes()).ok()?;
+            file.write_all(csv_chunk(at, next, USERS).as_bytes()).ok()?;
             at = next;
         }
     }
@@ -322,11 +183,11 @@ fn main() {
         let client = connect(runnel.port).await;
         client
             .batch_execute(
-                "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION, ts TIMESTAMP) WITH (partitions = 4)",
+                &create_clicks(4),
             )
             .await
             .unwrap();
-        let loaded = load(&client, rows).await;
+        let loaded = load(&client, rows, USERS).await;
         println!("load (COPY, not part of the figures): {:.1} s", loaded.as_secs_f64());
 
         let filter = catch_up(
@@ -364,17 +225,8 @@ fn main() {
             WRITERS,
             ROWS_PER_INSERT
         );
-        for (name, (l, polls)) in [("view (key lookup)", &view), ("derived stream", &stream)] {
-            println!(
-                "  {name:<18} p50 {}  p90 {}  p99 {}  max {}  ({} probes; one poll takes {} p50)",
-                ms(percentile(l, 0.5)),
-                ms(percentile(l, 0.9)),
-                ms(percentile(l, 0.99)),
-                ms(*l.last().unwrap_or(&Duration::ZERO)),
-                l.len(),
-                ms(percentile(polls, 0.5)),
-            );
-        }
+        println!("{}", latency_line("view (key lookup)", &view));
+        println!("{}", latency_line("derived stream", &stream));
         (filter, aggregate)
     });
     if let Some((filter, aggregate)) = spark(dir.path(), rows) {

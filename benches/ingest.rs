@@ -14,15 +14,14 @@
 //! `/usr/lib/postgresql/*/bin`; as root it runs as the `postgres` user. Without it, only
 //! Runnel's figures are printed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use tokio_postgres::Client;
 
 mod common;
-use common::{free_port, start_runnel};
+use common::{Postgres, start_runnel};
 
 const INSERT_ROWS: usize = 1000;
 const INSERT_CONNECTIONS: usize = 4;
@@ -179,116 +178,6 @@ async fn run(port: u16, user: &str, table_ddl: &str, rows: &[String]) -> Figures
         insert_runs: inserts,
         aggregate,
         groups,
-    }
-}
-
-struct Postgres {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl Postgres {
-    fn find() -> Option<PathBuf> {
-        let on_path = Command::new("sh")
-            .args(["-c", "command -v initdb"])
-            .output()
-            .ok()?;
-        if on_path.status.success() {
-            let p = PathBuf::from(String::from_utf8_lossy(&on_path.stdout).trim());
-            return std::fs::canonicalize(p)
-                .ok()?
-                .parent()
-                .map(Path::to_path_buf);
-        }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .collect();
-        dirs.sort();
-        dirs.pop()
-    }
-
-    fn command(&self, tool: &str) -> Command {
-        let exe = self.bin.join(tool);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        }
-    }
-
-    fn start(base: &Path) -> Option<Postgres> {
-        let bin = Postgres::find()?;
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .ok()
-            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let data = base.join("pg");
-        std::fs::create_dir_all(&data).ok()?;
-        if as_postgres {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(base)
-                .status()
-                .ok()?;
-        }
-        let pg = Postgres {
-            bin,
-            data,
-            port: free_port(),
-            as_postgres,
-        };
-        let ok = pg
-            .command("initdb")
-            .args(["-D"])
-            .arg(&pg.data)
-            .args(["-U", "postgres", "--auth=trust"])
-            .stdout(Stdio::null())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-        let log = pg.data.join("server.log");
-        let ok = pg
-            .command("pg_ctl")
-            .args(["-D"])
-            .arg(&pg.data)
-            .args(["-l"])
-            .arg(&log)
-            .args([
-                "-o",
-                &format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1",
-                    pg.port,
-                    pg.data.display()
-                ),
-            ])
-            .args(["-w", "start"])
-            .stdout(Stdio::null())
-            .status()
-            .ok()?
-            .success();
-        ok.then_some(pg)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-D"])
-            .arg(&self.data)
-            .args(["-m", "fast", "stop"])
-            .stdout(Stdio::null())
-            .status();
     }
 }
 

@@ -49,13 +49,14 @@ use common::{scalar, start_runnel};
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
 /// published.
-const PEERS: [(&str, &str, &str); 12] = [
+const PEERS: [(&str, &str, &str); 13] = [
     ("q0", "155.1K", "862.6K"),
     ("q1", "158.0K", "861K"),
     ("q2", "175.3K", "867K"),
     ("q10", "57.8K", "-"),
     ("q11", "39.7K", "-"),
     ("q12", "75.6K", "-"),
+    ("q13", "130.7K", "-"),
     ("q14", "161.3K", "-"),
     ("q15", "72.4K", "-"),
     ("q16", "18.6K", "-"),
@@ -77,6 +78,8 @@ struct Query {
     create: String,
     select: String,
     view: bool,
+    /// What its file creates before it, for it to read: run once, before it, untimed.
+    setup: Vec<String>,
 }
 
 /// The first `CREATE … nexmark_<stem> AS` statement of each `.slt` file under
@@ -93,13 +96,30 @@ fn queries() -> Vec<Query> {
             .to_string();
         let name = format!("nexmark_{stem}");
         let text = std::fs::read_to_string(&path).expect("an slt file");
-        let create = text.split("\n\n").find_map(|record| {
-            let sql = record.strip_prefix("statement ok\n")?;
-            let header = sql.lines().next()?;
-            (header.starts_with("CREATE") && header.split_whitespace().any(|w| w == name))
-                .then(|| sql.trim().to_string())
-        });
-        let Some(create) = create else { continue };
+        // The statements of the file, comments left out.
+        let statements: Vec<String> = text
+            .split("\n\n")
+            .filter_map(|record| {
+                let record: Vec<&str> = record.lines().skip_while(|l| l.starts_with('#')).collect();
+                let sql = record.join("\n");
+                sql.strip_prefix("statement ok\n")
+                    .map(|s| s.trim().to_string())
+            })
+            .collect();
+        let is_query = |sql: &String| {
+            let header = sql.lines().next().unwrap_or_default();
+            header.starts_with("CREATE") && header.split_whitespace().any(|w| w == name)
+        };
+        let Some(at) = statements.iter().position(is_query) else {
+            continue;
+        };
+        let create = statements[at].clone();
+        // What the query reads besides the generator's streams (q13's side input).
+        let setup = statements[..at]
+            .iter()
+            .filter(|s| s.starts_with("CREATE") || s.starts_with("INSERT"))
+            .cloned()
+            .collect();
         let select = create
             .split_once(" AS\n")
             .map(|(_, s)| s)
@@ -121,6 +141,7 @@ fn queries() -> Vec<Query> {
                 name,
                 create,
                 select,
+                setup,
             },
         ));
     }
@@ -266,6 +287,12 @@ async fn nexmark(client: &Client, usage: &Usage, events: u64) {
     );
     let repeat = repeat();
     for q in queries() {
+        for statement in &q.setup {
+            execute(client, statement).await;
+        }
+        if !q.setup.is_empty() {
+            execute(client, "FLUSH").await;
+        }
         let stem = q.name.trim_start_matches("nexmark_");
         let (flink, dbsp) = PEERS
             .iter()

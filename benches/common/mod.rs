@@ -3,8 +3,10 @@
 
 #![allow(dead_code)] // each benchmark uses a different part of this module
 
+pub mod clicks;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use tokio_postgres::{Client, NoTls};
@@ -235,4 +237,118 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// A PostgreSQL server of this machine's, on a fresh data directory, for figures side by
+/// side; stopped when dropped.
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn find() -> Option<PathBuf> {
+        let on_path = Command::new("sh")
+            .args(["-c", "command -v initdb"])
+            .output()
+            .ok()?;
+        if on_path.status.success() {
+            let p = PathBuf::from(String::from_utf8_lossy(&on_path.stdout).trim());
+            return std::fs::canonicalize(p)
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf);
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    /// Starts one under `base` with its default durable settings, if PostgreSQL is found on
+    /// `PATH` or under `/usr/lib/postgresql/*/bin` (as root, it runs as `postgres`).
+    pub fn start(base: &Path) -> Option<Postgres> {
+        let bin = Postgres::find()?;
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let data = base.join("pg");
+        std::fs::create_dir_all(&data).ok()?;
+        if as_postgres {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(base)
+                .status()
+                .ok()?;
+        }
+        let pg = Postgres {
+            bin,
+            data,
+            port: free_port(),
+            as_postgres,
+        };
+        let ok = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(&pg.data)
+            .args(["-U", "postgres", "--auth=trust"])
+            .stdout(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        let log = pg.data.join("server.log");
+        let ok = pg
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&pg.data)
+            .args(["-l"])
+            .arg(&log)
+            .args([
+                "-o",
+                &format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1",
+                    pg.port,
+                    pg.data.display()
+                ),
+            ])
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(pg)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
 }
