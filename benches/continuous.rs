@@ -30,7 +30,7 @@ use tokio_postgres::Client;
 
 mod common;
 use common::clicks::{
-    Probed, create_clicks, csv_chunk, latency_line, load, probe, rate, write_clicks,
+    Probed, create_clicks, csv_chunk, latency_line, load, probe, rate, run_for, write_clicks,
 };
 use common::{scalar, start_runnel};
 
@@ -92,13 +92,7 @@ async fn latency(port: u16) -> (u64, Duration, Probed, Probed) {
         PROBE_EVERY,
         stop.clone(),
     ));
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(LATENCY_SECONDS)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    for w in writers {
-        w.await.unwrap();
-    }
+    let elapsed = run_for(LATENCY_SECONDS, &stop, writers).await;
     (
         inserted.load(Ordering::Relaxed),
         elapsed,

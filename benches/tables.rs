@@ -26,11 +26,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::SinkExt;
 use tokio_postgres::Client;
 
 mod common;
-use common::clicks::{create_clicks, latency_line, load, probe, rate, write_clicks};
+use common::clicks::{
+    copy_csv, create_clicks, latency_line, load, probe, rate, run_for, write_clicks,
+};
 use common::{Postgres, cpu_seconds, scalar, start_runnel, status_kib};
 
 const CONNECTIONS: u64 = 4;
@@ -50,30 +51,16 @@ fn table_rows() -> u64 {
 
 /// Loads `rows` users with `COPY`; returns how long it took.
 async fn load_users(client: &Client, rows: u64) -> Duration {
-    let start = Instant::now();
-    let sink = client
-        .copy_in("COPY users FROM STDIN WITH (FORMAT csv)")
-        .await
-        .expect("copy users");
-    futures::pin_mut!(sink);
-    let step = 50_000;
-    let mut at = 0;
-    while at < rows {
-        let to = (at + step).min(rows);
-        let mut chunk = String::with_capacity(((to - at) * 32) as usize);
-        for id in at..to {
+    copy_csv(client, "users", rows, |from, to| {
+        let mut chunk = String::with_capacity(((to - from) * 32) as usize);
+        for id in from..to {
             use std::fmt::Write;
             let region = REGIONS[(id % REGIONS.len() as u64) as usize];
             let _ = writeln!(chunk, "{id},user-{id:08},{region},{}", id % 7);
         }
-        sink.send(bytes::Bytes::from(chunk))
-            .await
-            .expect("copy data");
-        at = to;
-    }
-    let copied = sink.finish().await.expect("copy done");
-    assert_eq!(copied, rows);
-    start.elapsed()
+        chunk
+    })
+    .await
 }
 
 /// Runs `sql` (one `$1`, a `BIGINT`) `POINT_STATEMENTS` times from each connection,
@@ -290,13 +277,7 @@ fn main() {
             Duration::from_millis(20),
             stop.clone(),
         ));
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_secs(LATENCY_SECONDS)).await;
-        stop.store(true, Ordering::Relaxed);
-        let elapsed = start.elapsed();
-        for w in writers {
-            w.await.unwrap();
-        }
+        let elapsed = run_for(LATENCY_SECONDS, &stop, writers).await;
         let probed = probed.await.unwrap();
         println!(
             "enrichment latency at {:.0} events/s, INSERT acknowledged -> in the derived stream:",

@@ -57,9 +57,23 @@ pub fn csv_chunk(from: u64, to: u64, users: u64) -> String {
 
 /// Loads `rows` clicks of `users` users with `COPY`; returns how long it took.
 pub async fn load(client: &Client, rows: u64, users: u64) -> Duration {
+    copy_csv(client, "clicks", rows, |from, to| {
+        csv_chunk(from, to, users)
+    })
+    .await
+}
+
+/// `COPY`s `rows` rows into `table`, the CSV of rows `from..to` from `chunk(from, to)`, in
+/// messages of 20,000 rows; returns how long it took.
+pub async fn copy_csv(
+    client: &Client,
+    table: &str,
+    rows: u64,
+    chunk: impl Fn(u64, u64) -> String,
+) -> Duration {
     let start = Instant::now();
     let sink = client
-        .copy_in("COPY clicks FROM STDIN WITH (FORMAT csv)")
+        .copy_in(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)"))
         .await
         .expect("copy");
     futures::pin_mut!(sink);
@@ -67,7 +81,7 @@ pub async fn load(client: &Client, rows: u64, users: u64) -> Duration {
     let mut at = 0;
     while at < rows {
         let to = (at + step).min(rows);
-        sink.send(bytes::Bytes::from(csv_chunk(at, to, users)))
+        sink.send(bytes::Bytes::from(chunk(at, to)))
             .await
             .expect("copy data");
         at = to;
@@ -75,6 +89,19 @@ pub async fn load(client: &Client, rows: u64, users: u64) -> Duration {
     let copied = sink.finish().await.expect("copy done");
     assert_eq!(copied, rows);
     start.elapsed()
+}
+
+/// Lets `writers` run for `seconds`, then stops them and waits for them; returns how long
+/// they ran.
+pub async fn run_for(seconds: u64, stop: &AtomicBool, writers: Vec<JoinHandle<()>>) -> Duration {
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    for w in writers {
+        w.await.unwrap();
+    }
+    elapsed
 }
 
 /// Events per second, as text.

@@ -130,21 +130,32 @@ impl LookupTable {
                 .collect();
         }
         let mut ranges = vec![];
-        for (p, from) in rows.read_to.iter_mut().enumerate() {
+        let mut highs = vec![];
+        for (p, from) in rows.read_to.iter().enumerate() {
             let high = snapshot.high_watermark(topic.id, PartitionId(p as u32));
             if *from < high {
                 ranges.push((PartitionId(p as u32), *from..high));
-                *from = high;
             }
+            highs.push(high.max(*from));
         }
         if ranges.is_empty() {
             return Ok(());
         }
+        let Rows {
+            by_key,
+            converter,
+            bytes,
+            memory,
+            ..
+        } = rows;
+        let memory = memory.get_or_insert_with(|| {
+            MemoryConsumer::new(format!("lookup rows of table \"{}\"", self.name))
+                .register(ctx.memory_pool())
+        });
         let width = self.schema.fields().len();
         let mut failed = None;
         table.read_records(ranges, &mut |batch| {
-            let converted = rows.converter.convert_columns(&batch.columns()[..width]);
-            let values = match converted {
+            let values = match converter.convert_columns(&batch.columns()[..width]) {
                 Ok(values) => values,
                 Err(e) => {
                     failed = Some(Error::Internal(format!(
@@ -162,28 +173,39 @@ impl LookupTable {
                 }
                 let key = keys.value(i);
                 let replaced = if tombstones.is_valid(i) && tombstones.value(i) {
-                    rows.by_key.remove(key)
+                    by_key.remove(key)
                 } else {
                     let row = values.row(i).owned();
-                    rows.bytes += key.len() + row.as_ref().len() + ENTRY_OVERHEAD;
-                    rows.by_key.insert(key.to_vec(), row)
+                    *bytes += key.len() + row.as_ref().len() + ENTRY_OVERHEAD;
+                    by_key.insert(key.to_vec(), row)
                 };
                 if let Some(old) = replaced {
-                    rows.bytes -= key.len() + old.as_ref().len() + ENTRY_OVERHEAD;
+                    *bytes -= key.len() + old.as_ref().len() + ENTRY_OVERHEAD;
                 }
+            }
+            // Batch by batch, so a table too large stops the read, not the server.
+            if let Err(e) = memory.try_resize(*bytes) {
+                failed = Some(Error::from_datafusion(e));
+                return false;
             }
             true
         })?;
-        if let Some(e) = failed {
-            return Err(e);
+        match failed {
+            None => {
+                rows.read_to = highs;
+                Ok(())
+            }
+            Some(e) => {
+                // Half caught up is no state to keep: the next read starts over.
+                rows.by_key = HashMap::new();
+                rows.read_to.clear();
+                rows.bytes = 0;
+                if let Some(memory) = &mut rows.memory {
+                    memory.free();
+                }
+                Err(e)
+            }
         }
-        let memory = rows.memory.get_or_insert_with(|| {
-            MemoryConsumer::new(format!("lookup rows of table \"{}\"", self.name))
-                .register(ctx.memory_pool())
-        });
-        memory
-            .try_resize(rows.bytes)
-            .map_err(Error::from_datafusion)
     }
 
     /// The rows of `keys` the table has, each once, as `schema`'s columns (a projection
