@@ -369,6 +369,10 @@ impl QueryPlan {
         sql: &str,
     ) -> Result<QueryPlan> {
         let mut statement = query_statement(sql)?;
+        // The first row of each partition (`ROW_NUMBER() … = 1`) is an aggregate.
+        if let DfStatement::Statement(s) = &mut statement {
+            sql::top1::rewrite(s, catalog)?;
+        }
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
         let own_window_functions = calls_window_function(&statement);

@@ -1,0 +1,431 @@
+//! Top-1 and deduplication in continuous queries: the first row of each partition by an
+//! order, as SQL writes it with `ROW_NUMBER()`, rewritten into an aggregate, which a
+//! continuous query keeps incrementally.
+//!
+//! ```text
+//! SELECT auction, bidder, price FROM (
+//!     SELECT *, row_number() OVER (PARTITION BY bidder, auction ORDER BY date_time DESC) AS rn
+//!     FROM bid) t
+//! WHERE rn <= 1
+//!   ⇒ SELECT auction, bidder, price FROM (
+//!     SELECT first_value(auction ORDER BY date_time DESC, _partition, _offset) AS auction,
+//!            bidder, …, 1 AS rn
+//!     FROM bid GROUP BY bidder, auction) t
+//! ```
+//!
+//! Each of the partition's columns is its first row's value in the order, the order made
+//! total by the record's place in the log (`_partition`, `_offset`), so that every column
+//! comes from the same row, as `ROW_NUMBER()` would pick it. DataFusion's `first_value`
+//! keeps the ordering values in its partial state and merges by them: a group's row is
+//! replaced when a row earlier in the order arrives. Only `= 1`, `<= 1` and `< 2` are
+//! rewritten; a Top-N of more rows is refused as window functions are.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor,
+    Value, VisitMut, VisitorMut, WindowType,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::catalog::{CatalogData, Relation};
+use crate::error::{Error, Result};
+
+/// Rewrites every top-1 of `statement` (see the module's documentation).
+pub fn rewrite(statement: &mut Statement, catalog: &CatalogData) -> Result<()> {
+    let mut top1 = Top1 { catalog };
+    match statement.visit(&mut top1) {
+        ControlFlow::Break(error) => Err(error),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+struct Top1<'a> {
+    catalog: &'a CatalogData,
+}
+
+impl VisitorMut for Top1<'_> {
+    type Break = Error;
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Error> {
+        match self.query(query) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(e),
+        }
+    }
+}
+
+/// The row number's name and the limit a conjunct of the outer `WHERE` puts on it
+/// (`rn = 1`, `rn <= 1`, `rn < 2`, either way round).
+fn limit_on(expr: &Expr) -> Option<(String, i64)> {
+    let Expr::BinaryOp { left, op, right } = expr else {
+        return None;
+    };
+    let number = |e: &Expr| match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<i64>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let name = |e: &Expr| match e {
+        Expr::Identifier(i) => Some(i.value.clone()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()),
+        _ => None,
+    };
+    let (column, n, op) = match (name(left), number(right)) {
+        (Some(c), Some(n)) => (c, n, op.clone()),
+        _ => {
+            let flipped = match op {
+                BinaryOperator::Lt => BinaryOperator::Gt,
+                BinaryOperator::LtEq => BinaryOperator::GtEq,
+                BinaryOperator::Gt => BinaryOperator::Lt,
+                BinaryOperator::GtEq => BinaryOperator::LtEq,
+                other => other.clone(),
+            };
+            (name(right)?, number(left)?, flipped)
+        }
+    };
+    let rows = match op {
+        BinaryOperator::Eq if n == 1 => 1,
+        BinaryOperator::LtEq => n,
+        BinaryOperator::Lt => n - 1,
+        _ => return None,
+    };
+    Some((column, rows))
+}
+
+/// The conjuncts of `expr`.
+fn conjuncts(expr: Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(*left, out);
+            conjuncts(*right, out);
+        }
+        Expr::Nested(inner)
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner, out)
+        }
+        other => out.push(other),
+    }
+}
+
+impl Top1<'_> {
+    fn query(&self, query: &mut Query) -> Result<()> {
+        let SetExpr::Select(outer) = query.body.as_mut() else {
+            return Ok(());
+        };
+        let [from] = outer.from.as_mut_slice() else {
+            return Ok(());
+        };
+        if !from.joins.is_empty() {
+            return Ok(());
+        }
+        let TableFactor::Derived { subquery, .. } = &mut from.relation else {
+            return Ok(());
+        };
+        let Some(ranked) = RowNumber::of(subquery) else {
+            return Ok(());
+        };
+        let Some(selection) = outer.selection.take() else {
+            return Ok(());
+        };
+        let mut parts = vec![];
+        conjuncts(selection, &mut parts);
+        let limit = parts.iter().position(|p| {
+            limit_on(p).is_some_and(|(column, _)| column.eq_ignore_ascii_case(&ranked.alias))
+        });
+        let Some(limit) = limit else {
+            outer.selection = rejoin(parts);
+            return Ok(());
+        };
+        let (_, rows) = limit_on(&parts[limit]).expect("found above");
+        if rows != 1 {
+            outer.selection = rejoin(parts);
+            return Err(Error::Unsupported(format!(
+                "this query cannot run continuously: a Top-N of {rows} rows per partition \
+                 (ROW_NUMBER() … <= {rows}) is not supported yet; the first row of each \
+                 (ROW_NUMBER() … = 1, top-1 and deduplication) is"
+            )));
+        }
+        parts.remove(limit);
+        outer.selection = rejoin(parts);
+        **subquery = ranked.aggregate(self.catalog)?;
+        Ok(())
+    }
+}
+
+fn rejoin(parts: Vec<Expr>) -> Option<Expr> {
+    parts.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    })
+}
+
+/// A `SELECT …, ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn FROM stream [WHERE …]`.
+struct RowNumber {
+    /// The other items of its `SELECT`.
+    items: Vec<SelectItem>,
+    alias: String,
+    partition: Vec<Expr>,
+    order: String,
+    stream: String,
+    /// How the query names the stream (its alias, or its name).
+    qualifier: String,
+    selection: Option<Expr>,
+}
+
+impl RowNumber {
+    fn of(query: &Query) -> Option<RowNumber> {
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return None;
+        };
+        if query.order_by.is_some()
+            || query.limit_clause.is_some()
+            || select.having.is_some()
+            || !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+            || select.distinct.is_some()
+        {
+            return None;
+        }
+        let [from] = select.from.as_slice() else {
+            return None;
+        };
+        if !from.joins.is_empty() {
+            return None;
+        }
+        let TableFactor::Table {
+            name, alias, args, ..
+        } = &from.relation
+        else {
+            return None;
+        };
+        if args.is_some() {
+            return None;
+        }
+        let stream = name.0.last()?.as_ident()?.value.clone();
+        let qualifier = alias
+            .as_ref()
+            .map_or(stream.clone(), |a| a.name.value.clone());
+        let mut items = vec![];
+        let mut ranked = None;
+        for item in &select.projection {
+            let numbered = match item {
+                SelectItem::ExprWithAlias {
+                    expr: Expr::Function(f),
+                    alias,
+                } if f.name.to_string().eq_ignore_ascii_case("row_number") => match &f.over {
+                    Some(WindowType::WindowSpec(spec)) if !spec.order_by.is_empty() => {
+                        Some((alias.value.clone(), spec.clone()))
+                    }
+                    _ => return None,
+                },
+                _ => None,
+            };
+            match numbered {
+                Some(found) if ranked.is_none() => ranked = Some(found),
+                Some(_) => return None,
+                None => items.push(item.clone()),
+            }
+        }
+        let (alias, spec) = ranked?;
+        if spec.window_frame.is_some() || spec.window_name.is_some() {
+            return None;
+        }
+        let order = spec
+            .order_by
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(RowNumber {
+            items,
+            alias,
+            partition: spec.partition_by.clone(),
+            order,
+            stream,
+            qualifier,
+            selection: select.selection.clone(),
+        })
+    }
+
+    /// The aggregate that keeps the first row of each partition.
+    fn aggregate(&self, catalog: &CatalogData) -> Result<Query> {
+        let columns: Vec<String> = match catalog.relation(&self.stream) {
+            Some(Relation::Stream(stream, _)) if !stream.is_table() => {
+                stream.columns.iter().map(|c| c.name.clone()).collect()
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "this query cannot run continuously: ROW_NUMBER() … = 1 reads a stream's \
+                     rows in a continuous query; \"{}\" is not a stream",
+                    self.stream
+                )));
+            }
+        };
+        // The output columns: expression and name.
+        let mut outputs: Vec<(String, String)> = vec![];
+        for item in &self.items {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    outputs.extend(columns.iter().map(|c| (quoted(c), c.clone())))
+                }
+                SelectItem::QualifiedWildcard(..) => outputs.extend(columns.iter().map(|c| {
+                    (
+                        format!("{}.{}", quoted(&self.qualifier), quoted(c)),
+                        c.clone(),
+                    )
+                })),
+                SelectItem::UnnamedExpr(expr) => {
+                    let name = match expr {
+                        Expr::Identifier(i) => i.value.clone(),
+                        Expr::CompoundIdentifier(parts) => {
+                            parts.last().map(|i| i.value.clone()).unwrap_or_default()
+                        }
+                        _ => {
+                            return Err(Error::Unsupported(format!(
+                                "this query cannot run continuously: name the expression \
+                                 {expr} beside ROW_NUMBER() (… AS name)"
+                            )));
+                        }
+                    };
+                    outputs.push((expr.to_string(), name));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    outputs.push((expr.to_string(), alias.value.clone()))
+                }
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "this query cannot run continuously: {other} beside ROW_NUMBER()"
+                    )));
+                }
+            }
+        }
+        let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
+        let same_column = |a: &str, b: &str| {
+            a.eq_ignore_ascii_case(b)
+                || a.rsplit('.')
+                    .next()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b))
+                || b.rsplit('.')
+                    .next()
+                    .is_some_and(|b| b.eq_ignore_ascii_case(a))
+        };
+        let q = quoted(&self.qualifier);
+        let items: Vec<String> = outputs
+            .iter()
+            .map(|(expr, name)| {
+                if partition.iter().any(|p| same_column(p, expr)) {
+                    // A partition column is the group's own: as it is, for an upsert key.
+                    format!("{expr} AS {}", quoted(name))
+                } else {
+                    format!(
+                        "first_value({expr} ORDER BY {}, {q}._partition, {q}._offset) AS {}",
+                        self.order,
+                        quoted(name)
+                    )
+                }
+            })
+            .chain([format!("1 AS {}", quoted(&self.alias))])
+            .collect();
+        let group_by = if partition.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY {}", partition.join(", "))
+        };
+        let from = if self.qualifier == self.stream {
+            quoted(&self.stream)
+        } else {
+            format!("{} AS {q}", quoted(&self.stream))
+        };
+        let selection = self
+            .selection
+            .as_ref()
+            .map_or(String::new(), |s| format!(" WHERE {s}"));
+        let sql = format!(
+            "SELECT {} FROM {from}{selection}{group_by}",
+            items.join(", ")
+        );
+        let mut parser = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&sql)
+            .map_err(|e| Error::Internal(format!("top-1 rewrite of \"{sql}\": {e}")))?;
+        parser
+            .parse_query()
+            .map(|q| *q)
+            .map_err(|e| Error::Internal(format!("top-1 rewrite of \"{sql}\": {e}")))
+    }
+}
+
+fn quoted(name: &str) -> String {
+    Ident::with_quote('"', name).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0)
+    }
+
+    fn condition(sql: &str) -> Expr {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(sql)
+            .unwrap()
+            .parse_expr()
+            .unwrap()
+    }
+
+    #[test]
+    fn limits_on_the_row_number_read_either_way_round() {
+        for (sql, rows) in [
+            ("rn = 1", 1),
+            ("rn <= 1", 1),
+            ("rn < 2", 1),
+            ("1 >= rn", 1),
+            ("2 > t.rn", 1),
+            ("rn <= 10", 10),
+        ] {
+            assert_eq!(limit_on(&condition(sql)), Some(("rn".into(), rows)), "{sql}");
+        }
+        for sql in ["rn = 2", "rn >= 1", "rn = x", "x + 1 = 1"] {
+            assert_eq!(limit_on(&condition(sql)), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_a_limited_row_number_over_one_relation_is_rewritten() {
+        let catalog = CatalogData::default();
+        let top1 = "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE rn = 1";
+        let e = rewrite(&mut parsed(top1), &catalog).unwrap_err();
+        assert!(e.to_string().contains("\"s\" is not a stream"), "{e}");
+        let top3 = top1.replace("rn = 1", "rn <= 3");
+        let e = rewrite(&mut parsed(&top3), &catalog).unwrap_err();
+        assert!(e.to_string().contains("Top-N of 3 rows"), "{e}");
+        // No limit on the row number, or other shapes: left alone.
+        for sql in [
+            "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE a = 1",
+            "SELECT a FROM (SELECT a, rank() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE rn = 1",
+            "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s JOIN u ON s.a = u.a) WHERE rn = 1",
+        ] {
+            let mut statement = parsed(sql);
+            rewrite(&mut statement, &catalog).unwrap();
+            assert_eq!(statement.to_string(), parsed(sql).to_string());
+        }
+    }
+}
