@@ -401,7 +401,11 @@ mod tests {
             ("2 > t.rn", 1),
             ("rn <= 10", 10),
         ] {
-            assert_eq!(limit_on(&condition(sql)), Some(("rn".into(), rows)), "{sql}");
+            assert_eq!(
+                limit_on(&condition(sql)),
+                Some(("rn".into(), rows)),
+                "{sql}"
+            );
         }
         for sql in ["rn = 2", "rn >= 1", "rn = x", "x + 1 = 1"] {
             assert_eq!(limit_on(&condition(sql)), None, "{sql}");
