@@ -290,7 +290,10 @@ async fn table_writes_need_their_own_privileges() {
             "CREATE USER ann WITH PASSWORD 'ann-pw';
              CREATE TABLE prices (id INT PRIMARY KEY, price INT);
              INSERT INTO prices VALUES (1, 10), (2, 20);
-             GRANT INSERT ON prices TO ann",
+             CREATE STREAM ticks (id INT);
+             GRANT INSERT ON prices TO ann;
+             GRANT SELECT ON ticks TO ann;
+             GRANT CREATE ON SCHEMA public TO ann",
         )
         .await
         .unwrap();
@@ -299,10 +302,14 @@ async fn table_writes_need_their_own_privileges() {
     ann.batch_execute("INSERT INTO prices VALUES (3, 30)")
         .await
         .unwrap();
+    // Looking a table up in a continuous query reads it: SELECT on the table too.
+    let lookup =
+        "CREATE STREAM priced AS SELECT t.id, p.price FROM ticks t JOIN prices p ON t.id = p.id";
     for sql in [
         "INSERT INTO prices VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET price = excluded.price",
         "UPDATE prices SET price = 0 WHERE id = 1",
         "DELETE FROM prices WHERE id = 2",
+        lookup,
     ] {
         let (code, message) = refused(&ann, sql).await;
         assert_eq!(code, "42501", "{sql}: {message}");
@@ -318,6 +325,7 @@ async fn table_writes_need_their_own_privileges() {
     )
     .await
     .unwrap();
+    ann.batch_execute(lookup).await.unwrap();
     assert_eq!(
         rows(&admin, "SELECT id, price FROM prices ORDER BY id").await,
         [

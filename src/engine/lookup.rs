@@ -306,18 +306,17 @@ impl fmt::Debug for LookupJoinExec {
 impl LookupJoinExec {
     fn of(node: &Arc<dyn ExecutionPlan>, tables: &[Arc<LookupTable>]) -> Option<LookupJoinExec> {
         let join = node.downcast_ref::<HashJoinExec>()?;
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
         for table_side in [0, 1] {
             let (table_child, table_keys, other_keys) = if table_side == 0 {
-                let (l, r): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
-                (join.left(), l, r)
+                (join.left(), &left_keys, &right_keys)
             } else {
-                let (l, r): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
-                (join.right(), r, l)
+                (join.right(), &right_keys, &left_keys)
             };
             if keeps_unmatched(*join.join_type(), table_side) {
                 continue;
             }
-            let Some((chain, columns)) = chain_to_scan(table_child, &table_keys) else {
+            let Some((chain, columns)) = chain_to_scan(table_child, table_keys) else {
                 continue;
             };
             let scan = chain.last().expect("a chain ends at its scan");
