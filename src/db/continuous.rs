@@ -44,6 +44,19 @@ fn check_reads(data: &CatalogData, who: &Principal, plan: &QueryPlan) -> Result<
         .try_for_each(|read| data.check(who, Privilege::Select, read))
 }
 
+/// A query joining streams keeps every row of its inputs that can still match: nothing
+/// bounds how late a match may come. Said when it is created.
+fn note_join_state(plan: &QueryPlan, notices: &mut Vec<String>) {
+    if plan.joins_streams() {
+        notices.push(
+            "the rows this join of streams keeps are not bounded: every input row that \
+             passes the join's filters stays in memory, for matches yet to come \
+             (sys.queries.state_bytes shows how much)"
+                .into(),
+        );
+    }
+}
+
 fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
     if let (Kind::Aggregate { inner, .. }, Emit::Changes) = (&plan.kind, emit)
         && !inner.is_empty()
@@ -151,6 +164,7 @@ impl Database {
         let plan = self.engine.plan(&query, &data).await?;
         check_reads(&data, who, &plan)?;
         check_emit(&plan, c.emit)?;
+        note_join_state(&plan, notices);
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
             Kind::Stateless | Kind::Combine { .. } => vec![],
@@ -303,6 +317,7 @@ impl Database {
         let plan = self.engine.plan(&v.query, &data).await?;
         check_reads(&data, who, &plan)?;
         check_emit(&plan, v.emit)?;
+        note_join_state(&plan, notices);
         let mut seen = BTreeSet::new();
         for field in plan.schema.fields() {
             if !seen.insert(field.name()) {
@@ -503,10 +518,10 @@ impl Database {
                 ));
             }
         }
-        if feeds(&data, &i.target, &plan.input_name) {
+        if let Some(input) = plan.input_names().find(|n| feeds(&data, &i.target, n)) {
             return Err(Error::Unsupported(format!(
-                "INSERT INTO {} … EMIT CHANGES would read its own output (through \"{}\")",
-                i.target, plan.input_name
+                "INSERT INTO {} … EMIT CHANGES would read its own output (through \"{input}\")",
+                i.target
             )));
         }
         let mut new = (*data).clone();

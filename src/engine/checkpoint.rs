@@ -96,6 +96,10 @@ pub struct Checkpoint {
     /// innermost first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inner_state: Vec<Changelog>,
+    /// For a query that joins streams: where it started reading each input. The rows its
+    /// joins keep are rebuilt from there when it starts (and retention keeps them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub starts: Vec<InputOffset>,
 }
 
 /// Where a changelog of groups is replayed from, and how much a replay reads: its records
@@ -117,6 +121,7 @@ impl Checkpoint {
             planned: None,
             event_time: None,
             inner_state: vec![],
+            starts: vec![],
         }
     }
 

@@ -15,6 +15,7 @@ mod push;
 mod query;
 mod sessions;
 pub mod state;
+mod stream_join;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -501,6 +502,12 @@ impl Engine {
                 offset: input.offset,
                 holder: format!("query {}", def.name),
             }));
+            holds.extend(checkpoint.starts.iter().map(|input| Hold {
+                topic: input.topic,
+                partition: input.partition,
+                offset: input.offset,
+                holder: format!("query {} (the rows its joins keep)", def.name),
+            }));
         }
         holds
     }
@@ -518,19 +525,27 @@ impl Engine {
         start: StartPosition,
     ) -> MetaUpdate {
         let snapshot = self.tables.log.snapshot();
-        let starts = (0..plan.input.partitions)
-            .map(|p| InputOffset {
-                topic: plan.input.id,
-                partition: PartitionId(p),
-                offset: match start {
-                    StartPosition::Earliest => {
-                        self.tables.log.log_start(plan.input.id, PartitionId(p))
-                    }
-                    StartPosition::Latest => snapshot.high_watermark(plan.input.id, PartitionId(p)),
-                },
+        let starts: Vec<InputOffset> = plan
+            .input_topics()
+            .flat_map(|topic| {
+                (0..topic.partitions).map(|p| InputOffset {
+                    topic: topic.id,
+                    partition: PartitionId(p),
+                    offset: match start {
+                        StartPosition::Earliest => {
+                            self.tables.log.log_start(topic.id, PartitionId(p))
+                        }
+                        StartPosition::Latest => snapshot.high_watermark(topic.id, PartitionId(p)),
+                    },
+                })
             })
             .collect();
-        (id.0, Some(Checkpoint::initial(starts).encode()))
+        let mut checkpoint = Checkpoint::initial(starts.clone());
+        if plan.joins_streams() {
+            // Its joins' kept rows are rebuilt from there when it starts again.
+            checkpoint.starts = starts;
+        }
+        (id.0, Some(checkpoint.encode()))
     }
 
     /// The change that deletes a dropped query's checkpoint, to commit with the catalog.
@@ -619,10 +634,10 @@ impl Engine {
     pub async fn flush(&self) -> Result<()> {
         for query in topological(self.running()) {
             let snapshot = self.tables.log.snapshot();
-            let Some(input) = query.shared.input_topic() else {
+            let targets = query.shared.high_watermarks(&snapshot);
+            if targets.is_empty() {
                 continue;
-            };
-            let targets = checkpoint::high_watermarks(&snapshot, input);
+            }
             let mut progress = query.shared.progress.subscribe();
             let outcome = progress
                 .wait_for(|p| p.failed.is_some() || p.stopped || p.covers(&targets))
@@ -656,12 +671,8 @@ impl Continuous for Engine {
             .map(|r| {
                 let status = r.shared.status.lock().expect("status lock").clone();
                 let progress = r.shared.progress.borrow().clone();
-                let lag = r.shared.input_topic().map_or(0, |topic| {
-                    checkpoint::lag(
-                        &progress.positions,
-                        &checkpoint::high_watermarks(&snapshot, topic),
-                    )
-                });
+                let lag =
+                    checkpoint::lag(&progress.positions, &r.shared.high_watermarks(&snapshot));
                 let (kind, target) = match &r.def.target {
                     QueryTarget::Stream { stream } => ("stream", stream.clone()),
                     QueryTarget::View { view } => ("view", view.clone()),
@@ -733,8 +744,21 @@ impl Continuous for Engine {
 }
 
 impl Shared {
-    fn input_topic(&self) -> Option<TopicId> {
-        self.progress.borrow().positions.first().map(|p| p.topic)
+    /// The high watermarks of the inputs it has positions in.
+    fn high_watermarks(&self, snapshot: &Snapshot) -> Vec<InputOffset> {
+        let mut topics: Vec<TopicId> = self
+            .progress
+            .borrow()
+            .positions
+            .iter()
+            .map(|p| p.topic)
+            .collect();
+        topics.sort_unstable_by_key(|t| t.0);
+        topics.dedup();
+        topics
+            .into_iter()
+            .flat_map(|topic| checkpoint::high_watermarks(snapshot, topic))
+            .collect()
     }
 
     fn fail(&self, def: &QueryDef, e: &Error) {

@@ -46,9 +46,11 @@ use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{JoinSide, JoinType};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -67,14 +69,16 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
 use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
+use crate::engine::checkpoint::{self, InputOffset};
 use crate::engine::collect::Collect;
 use crate::engine::lookup::{LookupTable, with_lookups};
 use crate::engine::sessions::SessionColumns;
 use crate::engine::state::{self, Expiry, Groups};
+use crate::engine::stream_join::{JoinState, StreamJoinExec, is_delta_join};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
-use crate::storage::Log;
 use crate::storage::TIMESTAMP_COLUMN;
+use crate::storage::{Log, Offset};
 use crate::tables::event_time::EventTimeScan;
 use crate::tables::scan::{Ranges, StreamScanExec};
 use crate::tables::stream_table::{EpochRanges, StreamTable};
@@ -98,14 +102,17 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub struct QueryPlan {
     state: SessionState,
     logical: LogicalPlan,
-    ranges: Arc<EpochRanges>,
-    /// The stream or topic it reads.
+    /// The streams and topics it reads, epoch by epoch; the first is `input`.
+    inputs: Vec<Input>,
+    /// The (first) stream or topic it reads, whose watermark it follows.
     pub input: TopicDef,
     pub input_name: String,
     /// The tables and views it looks up, read as they are when each epoch runs.
     pub lookups: Vec<String>,
     /// The tables it looks up by primary key, kept in memory between epochs.
     kept: Vec<Arc<LookupTable>>,
+    /// Its joins of streams, each one's rows kept between epochs.
+    joins: Vec<Arc<JoinState>>,
     /// What the query returns.
     pub schema: SchemaRef,
     pub kind: Kind,
@@ -125,6 +132,13 @@ pub struct QueryPlan {
     /// Whether the query reads a `SESSION` window, whose rewrite orders each epoch's rows
     /// with window functions below the aggregate.
     sessions_rewritten: bool,
+}
+
+/// A stream or topic a query reads, and the ranges of it the epoch being planned reads.
+struct Input {
+    name: String,
+    topic: TopicDef,
+    ranges: Arc<EpochRanges>,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -199,6 +213,95 @@ pub enum EpochPlan {
 }
 
 impl EpochPlan {
+    /// The plans that read the epoch's records: a stateless plan, or a stage's partial
+    /// aggregate with what is below it.
+    fn reading_plans(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        match self {
+            EpochPlan::Stateless(plan) => vec![plan],
+            EpochPlan::Aggregate { inner, last } => inner
+                .iter()
+                .chain([last])
+                .filter(|s| s.feed.is_none())
+                .map(|s| &s.partial)
+                .collect(),
+            EpochPlan::Combine { stages, .. } => stages
+                .iter()
+                .filter(|s| s.feed.is_none())
+                .map(|s| &s.partial)
+                .collect(),
+        }
+    }
+
+    /// How many joins of streams it has.
+    fn stream_joins(&self, inputs: &[&str]) -> usize {
+        fn count(plan: &Arc<dyn ExecutionPlan>, inputs: &[&str]) -> usize {
+            let own = usize::from(stream_join(plan, inputs).unwrap_or(false));
+            let below: usize = plan.children().into_iter().map(|c| count(c, inputs)).sum();
+            own + below
+        }
+        self.reading_plans()
+            .into_iter()
+            .map(|p| count(p, inputs))
+            .sum()
+    }
+
+    /// The plan with each join of streams run over its kept rows (see
+    /// [`super::stream_join`]), the `k`-th (bottom up) keeping `joins[k]`.
+    fn with_stream_joins(self, joins: &[Arc<JoinState>], inputs: &[&str]) -> Result<EpochPlan> {
+        let mut next = 0;
+        let mut replace = |plan: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
+            plan.transform_up(|node| {
+                if !stream_join(&node, inputs).unwrap_or(false)
+                    || node.downcast_ref::<StreamJoinExec>().is_some()
+                {
+                    return Ok(Transformed::no(node));
+                }
+                let state = joins.get(next).ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "the query was planned with {} joins of streams, not more",
+                        joins.len()
+                    ))
+                })?;
+                next += 1;
+                let join = StreamJoinExec::new(node, state.clone());
+                Ok(Transformed::yes(Arc::new(join) as Arc<dyn ExecutionPlan>))
+            })
+            .map(|t| t.data)
+            .map_err(df)
+        };
+        let mut stages = |stages: Vec<Aggregation>| -> Result<Vec<Aggregation>> {
+            stages
+                .into_iter()
+                .map(|mut stage| {
+                    if stage.feed.is_none() {
+                        stage.partial = replace(stage.partial)?;
+                    }
+                    Ok(stage)
+                })
+                .collect()
+        };
+        let epoch = match self {
+            EpochPlan::Stateless(plan) => EpochPlan::Stateless(replace(plan)?),
+            EpochPlan::Aggregate { inner, last } => {
+                let mut all = stages(inner)?;
+                all.extend(stages(vec![last])?);
+                let last = all.pop().expect("the last stage");
+                EpochPlan::Aggregate { inner: all, last }
+            }
+            EpochPlan::Combine { stages: s, top } => EpochPlan::Combine {
+                stages: stages(s)?,
+                top,
+            },
+        };
+        if next != joins.len() {
+            return Err(Error::Internal(format!(
+                "the query was planned with {} joins of streams, this epoch has {next}",
+                joins.len()
+            )));
+        }
+        Ok(epoch)
+    }
+
     /// The plan with its joins that look a kept table up by primary key reading only the
     /// keys they look up (see [`super::lookup`]).
     fn with_lookups(self, tables: &[Arc<LookupTable>]) -> Result<EpochPlan> {
@@ -418,20 +521,21 @@ impl QueryPlan {
             }
         }
         let input_name = match (driving.as_slice(), lookups.first()) {
-            ([one], _) => one.clone(),
             ([], None) => {
                 return Err(Error::Unsupported(
                     "a continuous query must read a stream (FROM stream)".into(),
                 ));
             }
             ([], Some(only)) => return Err(no_stream_to_drive(catalog, only)),
-            (several, _) => {
-                return Err(Error::Unsupported(format!(
-                    "a continuous query reads one stream, and looks up tables and views beside it; joins and unions of several streams ({}) are not supported yet",
-                    several.join(", ")
-                )));
-            }
+            ([first, ..], _) => first.clone(),
         };
+        if driving.len() > 1 && !windows.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "this query cannot run continuously: event-time windows over a join of \
+                 several streams ({}) are not supported yet",
+                driving.join(", ")
+            )));
+        }
         let relation = catalog
             .relation(&input_name)
             .expect("the driving stream was just found");
@@ -462,6 +566,8 @@ impl QueryPlan {
             Relation::Stream(stream, _) => stream.watermark.clone(),
             _ => None,
         };
+        // A join of streams follows no watermark yet: its inputs would each have their own.
+        let watermark = watermark.filter(|_| driving.len() == 1);
         let event_time = match &watermark {
             Some(w) if w.column == TIMESTAMP_COLUMN => {
                 // Stored after the value columns, as the log keeps it: milliseconds.
@@ -497,16 +603,32 @@ impl QueryPlan {
             }
             None => None,
         };
-        let ranges = Arc::new(EpochRanges {
-            ranges: Default::default(),
-            event_time: event_time.clone(),
-            parallelism: base.config().target_partitions(),
-        });
-        let table = StreamTable::of(catalog, &relation, log.clone())
-            .expect("streams and topics are tables")
-            .for_epochs(ranges.clone());
-        let mut providers: Vec<(String, Arc<dyn TableProvider>)> =
-            vec![(input_name.clone(), Arc::new(table))];
+        let parallelism = base.config().target_partitions();
+        let mut inputs = vec![];
+        let mut providers: Vec<(String, Arc<dyn TableProvider>)> = vec![];
+        for (k, name) in driving.iter().enumerate() {
+            let relation = catalog
+                .relation(name)
+                .expect("the driving streams were just found");
+            let ranges = Arc::new(EpochRanges {
+                ranges: Default::default(),
+                event_time: if k == 0 { event_time.clone() } else { None },
+                parallelism,
+            });
+            let table = StreamTable::of(catalog, &relation, log.clone())
+                .expect("streams and topics are tables")
+                .for_epochs(ranges.clone());
+            providers.push((name.clone(), Arc::new(table)));
+            let topic = match &relation {
+                Relation::Stream(_, topic) | Relation::Topic(topic) => (*topic).clone(),
+                _ => unreachable!("a stream or topic drives the query"),
+            };
+            inputs.push(Input {
+                name: name.clone(),
+                topic,
+                ranges,
+            });
+        }
         let mut kept = vec![];
         for name in &lookups {
             let provider = lookup_provider(base, name).await?;
@@ -519,11 +641,12 @@ impl QueryPlan {
         let mut plan = QueryPlan {
             state,
             logical,
-            ranges,
+            inputs,
             input,
             input_name,
             lookups,
             kept,
+            joins: vec![],
             schema,
             kind: Kind::Stateless,
             event_time,
@@ -538,7 +661,18 @@ impl QueryPlan {
             session: None,
             sessions_rewritten: windows.iter().any(|w| w.session),
         };
-        let (epoch, _) = plan.plan_epoch(vec![]).await?;
+        let (epoch, _) = plan.plan_epoch(&[]).await?;
+        let joins = epoch.stream_joins(&driving.iter().map(String::as_str).collect::<Vec<_>>());
+        if joins > 0 && !windows.is_empty() {
+            return Err(Error::Unsupported(
+                "this query cannot run continuously: event-time windows over a join of \
+                 streams are not supported yet"
+                    .into(),
+            ));
+        }
+        plan.joins = (0..joins)
+            .map(|k| Arc::new(JoinState::new(format!("join {} of streams", k + 1))))
+            .collect();
         let window = one_window_size(&windows, &plan.input_name, watermark.as_ref());
         // Grouped by the watermark's column itself (a time of a closed window upstream,
         // say): a group is complete once the watermark is past it.
@@ -607,16 +741,67 @@ impl QueryPlan {
         Ok(plan)
     }
 
-    /// What the rows of the tables it looks up by key hold in memory.
-    pub fn lookup_bytes(&self) -> usize {
-        self.kept.iter().map(|t| t.bytes()).sum()
+    /// What it keeps in memory between epochs beside aggregate state: the rows of the
+    /// tables it looks up by key, and of its joins of streams.
+    pub fn kept_bytes(&self) -> usize {
+        let looked_up: usize = self.kept.iter().map(|t| t.bytes()).sum();
+        looked_up + self.joins.iter().map(|j| j.bytes()).sum::<usize>()
     }
 
-    /// Every relation it reads: its input, then what it looks up.
+    /// Runs the joins of streams of `epoch` (planned over the input its checkpoint has
+    /// read, from where it started) into kept rows that are empty, for the output nothing.
+    pub async fn rebuild_joins(&self, epoch: &EpochPlan, ctx: Arc<TaskContext>) -> Result<()> {
+        fn topmost(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
+            if plan.downcast_ref::<StreamJoinExec>().is_some() {
+                out.push(plan.clone());
+            } else {
+                plan.children().into_iter().for_each(|c| topmost(c, out));
+            }
+        }
+        let mut joins = vec![];
+        for plan in epoch.reading_plans() {
+            topmost(plan, &mut joins);
+        }
+        for join in joins {
+            let state = join
+                .downcast_ref::<StreamJoinExec>()
+                .expect("found as one")
+                .state()
+                .clone();
+            state.rebuild(join, ctx.clone()).await.map_err(df)?;
+        }
+        Ok(())
+    }
+
+    /// Whether it joins streams, keeping their rows for later epochs.
+    pub fn joins_streams(&self) -> bool {
+        !self.joins.is_empty()
+    }
+
+    /// Every relation it reads: its inputs, then what it looks up.
     pub fn reads(&self) -> Vec<String> {
-        [self.input_name.clone()]
-            .into_iter()
+        self.inputs
+            .iter()
+            .map(|i| i.name.clone())
             .chain(self.lookups.iter().cloned())
+            .collect()
+    }
+
+    /// The streams and topics it reads epoch by epoch, by name.
+    pub fn input_names(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|i| i.name.as_str())
+    }
+
+    /// The topics it reads epoch by epoch.
+    pub fn input_topics(&self) -> impl Iterator<Item = &TopicDef> {
+        self.inputs.iter().map(|i| &i.topic)
+    }
+
+    /// The high watermark of every partition of every input in `snapshot`.
+    pub fn high_watermarks(&self, snapshot: &crate::storage::Snapshot) -> Vec<InputOffset> {
+        self.inputs
+            .iter()
+            .flat_map(|i| checkpoint::high_watermarks(snapshot, i.topic.id))
             .collect()
     }
 
@@ -627,24 +812,40 @@ impl QueryPlan {
             && self.event_time.is_some()
     }
 
-    /// Plans the epoch that reads `ranges` of the input.
-    pub async fn plan_epoch(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
+    /// Plans the epoch that reads `ranges` of the inputs (each from an offset to another).
+    pub async fn plan_epoch(
+        &self,
+        ranges: &[(InputOffset, Offset)],
+    ) -> Result<(EpochPlan, Arc<TaskContext>)> {
         sql::cpu_bound(self.plan_epoch_now(ranges)).await
     }
 
-    async fn plan_epoch_now(&self, ranges: Ranges) -> Result<(EpochPlan, Arc<TaskContext>)> {
-        *self.ranges.ranges.lock().expect("epoch ranges lock") = ranges;
+    async fn plan_epoch_now(
+        &self,
+        ranges: &[(InputOffset, Offset)],
+    ) -> Result<(EpochPlan, Arc<TaskContext>)> {
+        for input in &self.inputs {
+            let of_input: Ranges = ranges
+                .iter()
+                .filter(|(from, _)| from.topic == input.topic.id)
+                .map(|(from, to)| (from.partition, from.offset..*to))
+                .collect();
+            *input.ranges.ranges.lock().expect("epoch ranges lock") = of_input;
+        }
         let mut state = self.state.clone();
         state.mark_start_execution();
         let physical = state
             .create_physical_plan(&self.logical)
             .await
             .map_err(Error::from_datafusion)?;
-        Ok((
-            take_apart(physical, &self.input_name, self.sessions_rewritten)?
-                .with_lookups(&self.kept)?,
-            state.task_ctx(),
-        ))
+        let names: Vec<&str> = self.input_names().collect();
+        let epoch = take_apart(physical, &names, self.sessions_rewritten)?;
+        let epoch = if self.joins.is_empty() {
+            epoch
+        } else {
+            epoch.with_stream_joins(&self.joins, &names)?
+        };
+        Ok((epoch.with_lookups(&self.kept)?, state.task_ctx()))
     }
 }
 
@@ -862,7 +1063,10 @@ fn epoch_state(
         .filter(|r| !PHYSICAL_RULES_OFF.contains(&r.name()))
         .cloned()
         .collect();
-    let config = base.config().clone().with_target_partitions(1);
+    let mut config = base.config().clone().with_target_partitions(1);
+    // A join's sides stay where the query put them, epoch after epoch (a join of streams
+    // keeps each side's rows).
+    config.options_mut().optimizer.join_reordering = false;
     Ok(SessionStateBuilder::new_from_existing(base.clone())
         .with_config(config)
         .with_catalog_list(catalogs)
@@ -915,35 +1119,83 @@ fn refusal(plan: &dyn ExecutionPlan) -> Error {
     Error::Unsupported(format!("this query cannot run continuously: {what}"))
 }
 
-/// Checks that `plan` is row-wise down to the scan of `input` (through lookup joins).
-fn check_stateless(plan: &Arc<dyn ExecutionPlan>, input: &str) -> Result<()> {
-    if is_input_scan(plan.as_ref(), input) || plan.name() == "EmptyExec" {
+/// Checks that `plan` is row-wise down to the scans of `inputs` (through lookup joins and
+/// joins of streams).
+fn check_stateless(plan: &Arc<dyn ExecutionPlan>, inputs: &[&str]) -> Result<()> {
+    if is_input_scan(plan.as_ref(), inputs) || plan.name() == "EmptyExec" {
         return Ok(());
     }
-    if let Some(side) = lookup_join(plan, input)? {
-        return check_stateless(&side, input);
+    if let Some(side) = lookup_join(plan, inputs)? {
+        return check_stateless(&side, inputs);
+    }
+    if stream_join(plan, inputs)? {
+        return plan
+            .children()
+            .into_iter()
+            .try_for_each(|side| check_stateless(side, inputs));
     }
     if !is_row_wise(plan.as_ref()) {
         return Err(refusal(plan.as_ref()));
     }
     plan.children()
         .into_iter()
-        .try_for_each(|child| check_stateless(child, input))
+        .try_for_each(|child| check_stateless(child, inputs))
 }
 
-/// Whether `plan` is the scan of the epoch's ranges of the query's input, `input`.
-fn is_input_scan(plan: &dyn ExecutionPlan, input: &str) -> bool {
+/// Whether `plan` is the scan of the epoch's ranges of one of the query's `inputs`.
+fn is_input_scan(plan: &dyn ExecutionPlan, inputs: &[&str]) -> bool {
     plan.downcast_ref::<StreamScanExec>()
-        .is_some_and(|scan| scan.source().stream() == input)
+        .is_some_and(|scan| inputs.contains(&scan.source().stream()))
 }
 
-/// Whether `plan` reads the query's input anywhere below.
-fn reads_input(plan: &Arc<dyn ExecutionPlan>, input: &str) -> bool {
-    is_input_scan(plan.as_ref(), input)
+/// Whether `plan` reads one of the query's inputs anywhere below.
+fn reads_input(plan: &Arc<dyn ExecutionPlan>, inputs: &[&str]) -> bool {
+    is_input_scan(plan.as_ref(), inputs)
         || plan
             .children()
             .into_iter()
-            .any(|child| reads_input(child, input))
+            .any(|child| reads_input(child, inputs))
+}
+
+/// Whether `plan` has an aggregate anywhere below.
+fn aggregates(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<AggregateExec>().is_some() || plan.children().into_iter().any(aggregates)
+}
+
+/// Whether `plan` joins the rows of streams on both sides (no aggregate between): a join
+/// that keeps each side's rows for the other's later ones, run by
+/// [`super::stream_join`]. Joins it cannot run that way are refused.
+fn stream_join(plan: &Arc<dyn ExecutionPlan>, inputs: &[&str]) -> Result<bool> {
+    if !combines(plan.as_ref()) && !plan.name().contains("Join") {
+        return Ok(false);
+    }
+    let children = plan.children();
+    let [left, right] = children.as_slice() else {
+        return Ok(false);
+    };
+    if !(reads_input(left, inputs) && reads_input(right, inputs))
+        || aggregates(left)
+        || aggregates(right)
+    {
+        return Ok(false);
+    }
+    if is_delta_join(plan.as_ref()) || plan.downcast_ref::<StreamJoinExec>().is_some() {
+        return Ok(true);
+    }
+    let why = match plan.downcast_ref::<HashJoinExec>() {
+        Some(join) => format!(
+            "a {} join of two streams is not supported yet, only inner joins: an outer join \
+             would have to know when a row can no longer find a match",
+            join.join_type().to_string().to_uppercase()
+        ),
+        None if plan.name() == "UnionExec" => "a UNION of streams is not supported yet".to_string(),
+        None => "a join of two streams needs an equality between them (ON a.key = b.key), \
+                 which finds each row's matches among the other stream's rows by key"
+            .to_string(),
+    };
+    Err(Error::Unsupported(format!(
+        "this query cannot run continuously: {why}"
+    )))
 }
 
 /// If `plan` is a lookup join — the input's rows joined with what only reads tables, views
@@ -954,7 +1206,7 @@ fn reads_input(plan: &Arc<dyn ExecutionPlan>, input: &str) -> bool {
 /// rows is refused: which of them match changes as the stream goes on.
 fn lookup_join(
     plan: &Arc<dyn ExecutionPlan>,
-    input: &str,
+    inputs: &[&str],
 ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let join_type = if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
         *join.join_type()
@@ -969,7 +1221,7 @@ fn lookup_join(
     let [left, right] = children.as_slice() else {
         return Ok(None);
     };
-    let (input_left, input_right) = (reads_input(left, input), reads_input(right, input));
+    let (input_left, input_right) = (reads_input(left, inputs), reads_input(right, inputs));
     if input_left == input_right {
         return Ok(None);
     }
@@ -1001,22 +1253,25 @@ fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
 
 /// Takes `plan` apart; `sessions`: the query reads a `SESSION` window, whose rewrite finds
 /// each epoch's sessions with window functions below the aggregate.
-fn take_apart(plan: Arc<dyn ExecutionPlan>, input: &str, sessions: bool) -> Result<EpochPlan> {
+fn take_apart(plan: Arc<dyn ExecutionPlan>, inputs: &[&str], sessions: bool) -> Result<EpochPlan> {
     let mut above = vec![];
     let mut node = plan.clone();
     loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-            let mut stages = chained(stages_of(&node, agg, above, input, sessions)?, 0);
+            let mut stages = chained(stages_of(&node, agg, above, inputs, sessions)?, 0);
             let last = stages.pop().expect("an aggregate has a stage");
             return Ok(EpochPlan::Aggregate {
                 inner: stages,
                 last,
             });
         }
-        if combines(node.as_ref()) && lookup_join(&node, input)?.is_none() {
+        if combines(node.as_ref())
+            && lookup_join(&node, inputs)?.is_none()
+            && !stream_join(&node, inputs)?
+        {
             let mut stages = vec![];
             let mut leaves = vec![];
-            branches(&node, input, sessions, &mut stages, &mut leaves)?;
+            branches(&node, inputs, sessions, &mut stages, &mut leaves)?;
             return Ok(EpochPlan::Combine {
                 stages,
                 top: Top { plan, leaves },
@@ -1026,7 +1281,7 @@ fn take_apart(plan: Arc<dyn ExecutionPlan>, input: &str, sessions: bool) -> Resu
             if sessions {
                 return Err(Error::Unsupported(SESSION_GROUPS.into()));
             }
-            check_stateless(&node, input)?;
+            check_stateless(&node, inputs)?;
             return Ok(EpochPlan::Stateless(plan));
         }
         above.push(node.clone());
@@ -1052,18 +1307,21 @@ fn chained(mut chain: Vec<Aggregation>, before: usize) -> Vec<Aggregation> {
 /// with the chain it reads, to `stages`, and each one's `Final` to `leaves`.
 fn branches(
     node: &Arc<dyn ExecutionPlan>,
-    input: &str,
+    inputs: &[&str],
     sessions: bool,
     stages: &mut Vec<Aggregation>,
     leaves: &mut Vec<(usize, Arc<dyn ExecutionPlan>)>,
 ) -> Result<()> {
     if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-        let chain = chained(stages_of(node, agg, vec![], input, sessions)?, stages.len());
+        let chain = chained(
+            stages_of(node, agg, vec![], inputs, sessions)?,
+            stages.len(),
+        );
         stages.extend(chain);
         leaves.push((stages.len() - 1, node.clone()));
         return Ok(());
     }
-    if is_input_scan(node.as_ref(), input) {
+    if is_input_scan(node.as_ref(), inputs) {
         return Err(Error::Unsupported(format!(
             "this query cannot run continuously: {COMBINED}"
         )));
@@ -1072,7 +1330,7 @@ fn branches(
         return Err(refusal(node.as_ref()));
     }
     for child in node.children() {
-        branches(child, input, sessions, stages, leaves)?;
+        branches(child, inputs, sessions, stages, leaves)?;
     }
     Ok(())
 }
@@ -1083,7 +1341,7 @@ fn stages_of(
     node: &Arc<dyn ExecutionPlan>,
     agg: &AggregateExec,
     above: Vec<Arc<dyn ExecutionPlan>>,
-    input: &str,
+    inputs: &[&str],
     sessions: bool,
 ) -> Result<Vec<Aggregation>> {
     if *agg.mode() != AggregateMode::Final && *agg.mode() != AggregateMode::FinalPartitioned {
@@ -1107,7 +1365,7 @@ fn stages_of(
     let mut below = only_child(&partial)?;
     loop {
         if let Some(inner) = below.downcast_ref::<AggregateExec>() {
-            let mut chain = stages_of(&below, inner, vec![], input, sessions)?;
+            let mut chain = stages_of(&below, inner, vec![], inputs, sessions)?;
             chain.push(Aggregation::new(
                 partial,
                 node.clone(),
@@ -1122,11 +1380,19 @@ fn stages_of(
         }
         // A lookup join reads the input's rows, not an inner stage's: what it joins them
         // with only has to reach the input.
-        let looked_up = match lookup_join(&below, input)? {
-            Some(side) => check_stateless(&side, input).map(|()| true)?,
+        let looked_up = match lookup_join(&below, inputs)? {
+            Some(side) => check_stateless(&side, inputs).map(|()| true)?,
             None => false,
         };
-        if looked_up || is_input_scan(below.as_ref(), input) || below.name() == "EmptyExec" {
+        let joined = stream_join(&below, inputs)?;
+        if joined {
+            check_stateless(&below, inputs)?;
+        }
+        if looked_up
+            || joined
+            || is_input_scan(below.as_ref(), inputs)
+            || below.name() == "EmptyExec"
+        {
             return Ok(vec![Aggregation::new(
                 partial,
                 node.clone(),

@@ -67,7 +67,8 @@ impl PushQuery {
         let plan = engine.plan(sql, catalog).await?;
         let log = engine.tables.log.clone();
         let snapshot = log.snapshot();
-        let starts = checkpoint::high_watermarks(&snapshot, plan.input.id)
+        let starts = plan
+            .high_watermarks(&snapshot)
             .into_iter()
             .map(|end| InputOffset {
                 offset: start(&end),
@@ -156,7 +157,7 @@ impl PushQuery {
         }
         loop {
             self.commits.borrow_and_update();
-            let high = checkpoint::high_watermarks(&self.log.snapshot(), self.plan.input.id);
+            let high = self.plan.high_watermarks(&self.log.snapshot());
             let Some(epoch) = checkpoint::next_epoch(&self.positions, &high, max_records) else {
                 let changed = self.commits.changed();
                 let changed = match deadline {
@@ -172,7 +173,7 @@ impl PushQuery {
                 }
                 continue;
             };
-            let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
+            let (plan, ctx) = self.plan.plan_epoch(&epoch.ranges).await?;
             let rows = match plan {
                 EpochPlan::Stateless(plan) => run(plan, ctx).await?,
                 EpochPlan::Combine { .. } => {

@@ -168,10 +168,14 @@ impl QueryTask {
         if plan.event_time.is_some() && checkpoint.event_time.is_none() {
             checkpoint.event_time = Some(EventTime::default());
         }
-        if let Some(other) = checkpoint.inputs.iter().find(|i| i.topic != plan.input.id) {
+        if let Some(other) = checkpoint
+            .inputs
+            .iter()
+            .find(|i| !plan.input_topics().any(|t| t.id == i.topic))
+        {
             return Err(Error::Internal(format!(
-                "the checkpoint of query \"{}\" is for topic {}, not its input \"{}\"",
-                def.name, other.topic, plan.input_name
+                "the checkpoint of query \"{}\" is for topic {}, which it does not read",
+                def.name, other.topic
             )));
         }
         let output = match &def.target {
@@ -298,9 +302,10 @@ impl QueryTask {
 
     /// Rebuilds an aggregation's state from its changelog, and a view's contents.
     async fn restore(&mut self) -> Result<()> {
+        self.rebuild_joins().await?;
         let planned = match self.plan.kind {
             Kind::Stateless => None,
-            _ => Some(self.plan.plan_epoch(vec![]).await?),
+            _ => Some(self.plan.plan_epoch(&[]).await?),
         };
         if let Some((epoch, ctx)) = &planned {
             self.replay_stages(epoch, ctx).await?;
@@ -396,6 +401,52 @@ impl QueryTask {
             });
             let _ = self.shared.view.set(contents);
         }
+        Ok(())
+    }
+
+    /// Rebuilds the rows its joins of streams keep: their sides, run over the input from
+    /// where the query started reading to its checkpoint.
+    async fn rebuild_joins(&self) -> Result<()> {
+        if !self.plan.joins_streams() {
+            return Ok(());
+        }
+        let mut ranges = vec![];
+        for start in &self.checkpoint.starts {
+            let to = self
+                .checkpoint
+                .position(start.topic, start.partition)
+                .unwrap_or(start.offset);
+            if to <= start.offset {
+                continue;
+            }
+            let first = self.tables.log.log_start(start.topic, start.partition);
+            if first > start.offset {
+                return Err(Error::Internal(format!(
+                    "the rows the joins of \"{}\" keep cannot be rebuilt: partition {} of \
+                     topic {} no longer has its records from offset {} (it starts at {})",
+                    self.def.name, start.partition.0, start.topic, start.offset.0, first.0
+                )));
+            }
+            ranges.push((*start, to));
+        }
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if let Some(scan) = &self.plan.event_time {
+            scan.begin(None, false);
+        }
+        let started = Instant::now();
+        let (epoch, ctx) = self.plan.plan_epoch(&ranges).await?;
+        self.plan.rebuild_joins(&epoch, ctx).await?;
+        if let Some(scan) = &self.plan.event_time {
+            scan.take();
+        }
+        tracing::info!(
+            query = %self.def.name,
+            rows = ranges.iter().map(|(from, to)| to.0 - from.offset.0).sum::<u64>(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the rows its joins of streams keep"
+        );
         Ok(())
     }
 
@@ -522,7 +573,7 @@ impl QueryTask {
             }
             commits.borrow_and_update();
             let snapshot = self.tables.log.snapshot();
-            let high = checkpoint::high_watermarks(&snapshot, self.plan.input.id);
+            let high = self.plan.high_watermarks(&snapshot);
             self.note_activity(&high);
             self.upstream = self
                 .inherited_watermark(&snapshot)
@@ -594,7 +645,7 @@ impl QueryTask {
         if let Some(event_time) = &self.plan.event_time {
             event_time.begin(start, self.plan.event_time_state());
         }
-        let (plan, ctx) = self.plan.plan_epoch(epoch.partition_ranges()).await?;
+        let (plan, ctx) = self.plan.plan_epoch(&epoch.ranges).await?;
         let mut pending = PendingWrite::default();
         let mut state_rows: Vec<RecordBatch> = vec![];
         let mut changed: Option<(RecordBatch, Vec<RecordBatch>)> = None;
@@ -1026,7 +1077,7 @@ impl QueryTask {
     /// How many groups the query's state has and what it holds, for `sys.queries`.
     /// Tables looked up by key count too: their rows are kept in memory.
     fn publish_state_size(&self, status: &mut super::Status) {
-        let looked_up = self.plan.lookup_bytes() as u64;
+        let looked_up = self.plan.kept_bytes() as u64;
         if self.groups.is_none() && self.inner.is_empty() {
             status.state_bytes = looked_up;
             return;
