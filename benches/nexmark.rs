@@ -49,10 +49,11 @@ use common::{scalar, start_runnel};
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
 /// published.
-const PEERS: [(&str, &str, &str); 14] = [
+const PEERS: [(&str, &str, &str); 16] = [
     ("q0", "155.1K", "862.6K"),
     ("q1", "158.0K", "861K"),
     ("q2", "175.3K", "867K"),
+    ("q3", "152.1K", "850K"),
     ("q10", "57.8K", "-"),
     ("q11", "39.7K", "-"),
     ("q12", "75.6K", "-"),
@@ -62,6 +63,7 @@ const PEERS: [(&str, &str, &str); 14] = [
     ("q16", "18.6K", "-"),
     ("q17", "116.8K", "-"),
     ("q18", "53.7K", "-"),
+    ("q20", "19.0K", "-"),
     ("q21", "98.5K", "430K"),
     ("q22", "130.0K", "340K"),
 ];

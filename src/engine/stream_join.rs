@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::{cast, interleave_record_batch};
+use arrow::compute::{cast, concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -254,8 +254,10 @@ impl StreamJoinExec {
             return Err(DataFusionError::Internal("a join has two sides".into()));
         };
         let (left, right) = ((*left).clone(), (*right).clone());
-        let new_left = collect(left.clone(), ctx.clone()).await?;
-        let new_right = collect(right.clone(), ctx.clone()).await?;
+        // Each side's new rows in one batch of buffers of their own (a scan's batches may
+        // be slices of larger ones, which kept as they are would hold all of those).
+        let new_left = compact(&left.schema(), collect(left.clone(), ctx.clone()).await?)?;
+        let new_right = compact(&right.schema(), collect(right.clone(), ctx.clone()).await?)?;
 
         let joining = !state.rebuilding.load(Ordering::Acquire);
         let (kept_left, kept_right, left_keys, right_keys);
@@ -348,6 +350,14 @@ impl StreamJoinExec {
         let stream = futures::stream::iter(out.into_iter().map(Ok));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// `batches` as at most one batch, in buffers of its own.
+fn compact(schema: &SchemaRef, batches: Vec<RecordBatch>) -> DfResult<Vec<RecordBatch>> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(vec![]);
+    }
+    Ok(vec![concat_batches(schema, &batches)?])
 }
 
 fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> DfResult<Arc<dyn ExecutionPlan>> {
