@@ -23,8 +23,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Statement, TableFactor,
-    Value, VisitMut, VisitorMut, WindowType,
+    BinaryOperator, Expr, GroupByExpr, Ident, Query, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, Statement, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut, WindowType,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -175,17 +175,41 @@ fn rejoin(parts: Vec<Expr>) -> Option<Expr> {
     })
 }
 
-/// A `SELECT …, ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn FROM stream [WHERE …]`.
+/// A `SELECT …, ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) AS rn FROM streams [WHERE …]`:
+/// one stream, or a join of streams.
 struct RowNumber {
     /// The other items of its `SELECT`.
     items: Vec<SelectItem>,
     alias: String,
     partition: Vec<Expr>,
     order: String,
-    stream: String,
-    /// How the query names the stream (its alias, or its name).
-    qualifier: String,
+    /// The streams it reads, each with how the query names it (its alias, or its name).
+    streams: Vec<(String, String)>,
+    /// Its `FROM`, as written.
+    from: String,
     selection: Option<Expr>,
+}
+
+/// The streams `factor` and its joins name, with their qualifiers; `None` if one of them
+/// is anything else than a relation named as it is (a function, a derived table).
+fn relations(from: &TableWithJoins, out: &mut Vec<(String, String)>) -> Option<()> {
+    for factor in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation)) {
+        let TableFactor::Table {
+            name, alias, args, ..
+        } = factor
+        else {
+            return None;
+        };
+        if args.is_some() {
+            return None;
+        }
+        let stream = name.0.last()?.as_ident()?.value.clone();
+        let qualifier = alias
+            .as_ref()
+            .map_or(stream.clone(), |a| a.name.value.clone());
+        out.push((stream, qualifier));
+    }
+    Some(())
 }
 
 impl RowNumber {
@@ -201,25 +225,19 @@ impl RowNumber {
         {
             return None;
         }
-        let [from] = select.from.as_slice() else {
-            return None;
-        };
-        if !from.joins.is_empty() {
+        let mut streams = vec![];
+        for from in &select.from {
+            relations(from, &mut streams)?;
+        }
+        if streams.is_empty() {
             return None;
         }
-        let TableFactor::Table {
-            name, alias, args, ..
-        } = &from.relation
-        else {
-            return None;
-        };
-        if args.is_some() {
-            return None;
-        }
-        let stream = name.0.last()?.as_ident()?.value.clone();
-        let qualifier = alias
-            .as_ref()
-            .map_or(stream.clone(), |a| a.name.value.clone());
+        let from = select
+            .from
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut items = vec![];
         let mut ranked = None;
         for item in &select.projection {
@@ -256,24 +274,36 @@ impl RowNumber {
             alias,
             partition: spec.partition_by.clone(),
             order,
-            stream,
-            qualifier,
+            streams,
+            from,
             selection: select.selection.clone(),
         })
     }
 
     /// The aggregate that keeps the first row of each partition.
     fn aggregate(&self, catalog: &CatalogData) -> Result<Query> {
-        let columns: Vec<String> = match catalog.relation(&self.stream) {
-            Some(Relation::Stream(stream, _)) if !stream.is_table() => {
-                stream.columns.iter().map(|c| c.name.clone()).collect()
+        // Each stream's qualifier and columns.
+        let mut read: Vec<(&str, Vec<String>)> = vec![];
+        for (stream, qualifier) in &self.streams {
+            match catalog.relation(stream) {
+                Some(Relation::Stream(s, _)) if !s.is_table() => read.push((
+                    qualifier,
+                    s.columns.iter().map(|c| c.name.clone()).collect(),
+                )),
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "this query cannot run continuously: ROW_NUMBER() … = 1 reads \
+                         streams' rows in a continuous query; \"{stream}\" is not a stream"
+                    )));
+                }
             }
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "this query cannot run continuously: ROW_NUMBER() … = 1 reads a stream's \
-                     rows in a continuous query; \"{}\" is not a stream",
-                    self.stream
-                )));
+        }
+        let one = read.len() == 1;
+        let column = |qualifier: &str, c: &str| {
+            if one {
+                quoted(c)
+            } else {
+                format!("{}.{}", quoted(qualifier), quoted(c))
             }
         };
         // The output columns: expression and name.
@@ -281,14 +311,34 @@ impl RowNumber {
         for item in &self.items {
             match item {
                 SelectItem::Wildcard(_) => {
-                    outputs.extend(columns.iter().map(|c| (quoted(c), c.clone())))
+                    for (qualifier, columns) in &read {
+                        outputs.extend(columns.iter().map(|c| (column(qualifier, c), c.clone())))
+                    }
                 }
-                SelectItem::QualifiedWildcard(..) => outputs.extend(columns.iter().map(|c| {
-                    (
-                        format!("{}.{}", quoted(&self.qualifier), quoted(c)),
-                        c.clone(),
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let named = match kind {
+                        SelectItemQualifiedWildcardKind::ObjectName(name) => name
+                            .0
+                            .last()
+                            .and_then(|p| p.as_ident())
+                            .map(|i| i.value.clone()),
+                        SelectItemQualifiedWildcardKind::Expr(_) => None,
+                    };
+                    let found = named
+                        .as_ref()
+                        .and_then(|n| read.iter().find(|(q, _)| *q == n.as_str()));
+                    let Some((qualifier, columns)) = found else {
+                        return Err(Error::Unsupported(format!(
+                            "this query cannot run continuously: {kind}.* beside ROW_NUMBER() \
+                             names no stream of its FROM"
+                        )));
+                    };
+                    outputs.extend(
+                        columns
+                            .iter()
+                            .map(|c| (format!("{}.{}", quoted(qualifier), quoted(c)), c.clone())),
                     )
-                })),
+                }
                 SelectItem::UnnamedExpr(expr) => {
                     let name = match expr {
                         Expr::Identifier(i) => i.value.clone(),
@@ -324,7 +374,12 @@ impl RowNumber {
                     .next()
                     .is_some_and(|b| b.eq_ignore_ascii_case(a))
         };
-        let q = quoted(&self.qualifier);
+        // The order made total by the rows' places in the log.
+        let positions: Vec<String> = read
+            .iter()
+            .map(|(q, _)| format!("{0}._partition, {0}._offset", quoted(q)))
+            .collect();
+        let positions = positions.join(", ");
         let items: Vec<String> = outputs
             .iter()
             .map(|(expr, name)| {
@@ -333,7 +388,7 @@ impl RowNumber {
                     format!("{expr} AS {}", quoted(name))
                 } else {
                     format!(
-                        "first_value({expr} ORDER BY {}, {q}._partition, {q}._offset) AS {}",
+                        "first_value({expr} ORDER BY {}, {positions}) AS {}",
                         self.order,
                         quoted(name)
                     )
@@ -346,11 +401,7 @@ impl RowNumber {
         } else {
             format!(" GROUP BY {}", partition.join(", "))
         };
-        let from = if self.qualifier == self.stream {
-            quoted(&self.stream)
-        } else {
-            format!("{} AS {q}", quoted(&self.stream))
-        };
+        let from = &self.from;
         let selection = self
             .selection
             .as_ref()
@@ -413,10 +464,13 @@ mod tests {
     }
 
     #[test]
-    fn only_a_limited_row_number_over_one_relation_is_rewritten() {
+    fn only_a_limited_row_number_over_relations_is_rewritten() {
         let catalog = CatalogData::default();
         let top1 = "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE rn = 1";
         let e = rewrite(&mut parsed(top1), &catalog).unwrap_err();
+        assert!(e.to_string().contains("\"s\" is not a stream"), "{e}");
+        let joined = top1.replace("FROM s)", "FROM s JOIN u ON s.a = u.a)");
+        let e = rewrite(&mut parsed(&joined), &catalog).unwrap_err();
         assert!(e.to_string().contains("\"s\" is not a stream"), "{e}");
         let top3 = top1.replace("rn = 1", "rn <= 3");
         let e = rewrite(&mut parsed(&top3), &catalog).unwrap_err();
@@ -425,7 +479,7 @@ mod tests {
         for sql in [
             "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE a = 1",
             "SELECT a FROM (SELECT a, rank() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE rn = 1",
-            "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s JOIN u ON s.a = u.a) WHERE rn = 1",
+            "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM (SELECT * FROM s) x) WHERE rn = 1",
         ] {
             let mut statement = parsed(sql);
             rewrite(&mut statement, &catalog).unwrap();
