@@ -407,3 +407,100 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
     .await;
     assert_eq!(kept, vec![vec![Some("paid".into()), Some("t".into())]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
+    let mut rng = Rng::seeded("interval joins");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::start(dir.path());
+    let client = server.connect().await;
+    // Each round is 10 s of event time, and the watermarks stay 30 s behind: no row is late.
+    client
+        .batch_execute(
+            "CREATE STREAM orders (id BIGINT, ts TIMESTAMP, deadline TIMESTAMP,
+                 WATERMARK FOR ts AS ts - INTERVAL '30 seconds') WITH (partitions = 2);
+             CREATE STREAM payments (order_id BIGINT, ts TIMESTAMP, amount BIGINT,
+                 WATERMARK FOR ts AS ts - INTERVAL '30 seconds') WITH (partitions = 3);
+             CREATE STREAM on_time AS
+                 SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
+                 ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.deadline;
+             CREATE STREAM any_time AS
+                 SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
+                 ON o.id = p.order_id;",
+        )
+        .await
+        .unwrap();
+    let time =
+        |seconds: u64| format!("TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{seconds} seconds'");
+    let mut next_id = 0u64;
+    for round in 0..24u64 {
+        let mut client = server.connect().await;
+        let base = round * 10;
+        let orders: Vec<String> = (0..5 + rng.below(10))
+            .map(|_| {
+                next_id += 1;
+                let at = base + rng.below(10);
+                format!("({next_id}, {}, {})", time(at), time(at + rng.below(25)))
+            })
+            .collect();
+        // Payments of orders of the last rounds (and some of orders still to come).
+        let payments: Vec<String> = (0..10 + rng.below(20))
+            .map(|_| {
+                let id = (next_id + 5).saturating_sub(rng.below(40));
+                format!("({id}, {}, {})", time(base + rng.below(10)), rng.below(100))
+            })
+            .collect();
+        for (stream, rows) in [("orders", orders), ("payments", payments)] {
+            client
+                .batch_execute(&format!("INSERT INTO {stream} VALUES {}", rows.join(", ")))
+                .await
+                .unwrap();
+        }
+        if round % 7 == 3 {
+            drop(client);
+            server.kill();
+            server = common::start(dir.path());
+            client = server.connect().await;
+        }
+        client.batch_execute("FLUSH").await.unwrap();
+    }
+    let client = server.connect().await;
+    let got = rows(
+        &client,
+        "SELECT id, amount, paid_at FROM on_time ORDER BY 1, 2, 3",
+    )
+    .await;
+    let want = rows(
+        &client,
+        "SELECT o.id, p.amount, p.ts FROM orders o JOIN payments p \
+         ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.deadline ORDER BY 1, 2, 3",
+    )
+    .await;
+    assert!(want.len() > 20, "orders were paid on time: {want:?}");
+    assert_eq!(got, want, "the interval join, each row once");
+    let got = rows(&client, "SELECT count(*) FROM any_time").await;
+    let want = rows(
+        &client,
+        "SELECT count(*) FROM orders o JOIN payments p ON o.id = p.order_id",
+    )
+    .await;
+    assert_eq!(got, want, "the unbounded join");
+
+    // The interval join keeps the last rounds' rows; the other keeps every row.
+    let kept = rows(
+        &client,
+        "SELECT name, state_bytes FROM sys.queries ORDER BY name",
+    )
+    .await;
+    let bytes = |name: &str| -> u64 {
+        kept.iter()
+            .find(|r| r[0].as_deref() == Some(name))
+            .and_then(|r| r[1].as_deref())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {kept:?}"))
+    };
+    assert!(
+        bytes("on_time") * 2 < bytes("any_time"),
+        "the interval join lets rows go: {kept:?}"
+    );
+}

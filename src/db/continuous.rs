@@ -47,13 +47,14 @@ fn check_reads(data: &CatalogData, who: &Principal, plan: &QueryPlan) -> Result<
 /// A query joining streams keeps every row of its inputs that can still match: nothing
 /// bounds how late a match may come. Said when it is created.
 fn note_join_state(plan: &QueryPlan, notices: &mut Vec<String>) {
-    if plan.joins_streams() {
-        notices.push(
-            "the rows this join of streams keeps are not bounded: every input row that \
-             passes the join's filters stays in memory, for matches yet to come \
-             (sys.queries.state_bytes shows how much)"
-                .into(),
-        );
+    for streams in plan.unbounded_joins() {
+        notices.push(format!(
+            "the rows a join keeps of {streams} are not bounded: every row that passes the \
+             join's filters stays in memory, for matches yet to come (a condition that bounds \
+             the other stream's watermark column by a time column of these rows bounds \
+             them, as b.date_time BETWEEN a.date_time AND a.expires does both sides; \
+             sys.queries.state_bytes shows how much is kept)"
+        ));
     }
 }
 

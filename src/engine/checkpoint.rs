@@ -100,6 +100,9 @@ pub struct Checkpoint {
     /// joins keep are rebuilt from there when it starts (and retention keeps them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub starts: Vec<InputOffset>,
+    /// For a query joining streams with watermarks: each one's event time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_times: Vec<(TopicId, EventTime)>,
 }
 
 /// Where a changelog of groups is replayed from, and how much a replay reads: its records
@@ -122,6 +125,7 @@ impl Checkpoint {
             event_time: None,
             inner_state: vec![],
             starts: vec![],
+            input_times: vec![],
         }
     }
 

@@ -74,11 +74,11 @@ use crate::engine::collect::Collect;
 use crate::engine::lookup::{LookupTable, with_lookups};
 use crate::engine::sessions::SessionColumns;
 use crate::engine::state::{self, Expiry, Groups};
-use crate::engine::stream_join::{JoinState, StreamJoinExec, is_delta_join};
+use crate::engine::stream_join::{JoinState, StreamJoinExec, Watermarked, is_delta_join};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
 use crate::storage::TIMESTAMP_COLUMN;
-use crate::storage::{Log, Offset};
+use crate::storage::{Log, Offset, TopicId};
 use crate::tables::event_time::EventTimeScan;
 use crate::tables::scan::{Ranges, StreamScanExec};
 use crate::tables::stream_table::{EpochRanges, StreamTable};
@@ -139,6 +139,9 @@ struct Input {
     name: String,
     topic: TopicDef,
     ranges: Arc<EpochRanges>,
+    /// In a join of several streams: the stream's watermark column, and what each epoch's
+    /// scan learns about it (a join's kept rows go as the other side's watermark passes).
+    time: Option<(String, Arc<EventTimeScan>)>,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -247,7 +250,12 @@ impl EpochPlan {
 
     /// The plan with each join of streams run over its kept rows (see
     /// [`super::stream_join`]), the `k`-th (bottom up) keeping `joins[k]`.
-    fn with_stream_joins(self, joins: &[Arc<JoinState>], inputs: &[&str]) -> Result<EpochPlan> {
+    fn with_stream_joins(
+        self,
+        joins: &[Arc<JoinState>],
+        inputs: &[&str],
+        watermarked: &[Watermarked],
+    ) -> Result<EpochPlan> {
         let mut next = 0;
         let mut replace = |plan: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
             plan.transform_up(|node| {
@@ -263,7 +271,7 @@ impl EpochPlan {
                     ))
                 })?;
                 next += 1;
-                let join = StreamJoinExec::new(node, state.clone());
+                let join = StreamJoinExec::planned(node, state.clone(), watermarked);
                 Ok(Transformed::yes(Arc::new(join) as Arc<dyn ExecutionPlan>))
             })
             .map(|t| t.data)
@@ -610,9 +618,31 @@ impl QueryPlan {
             let relation = catalog
                 .relation(name)
                 .expect("the driving streams were just found");
+            // Each stream of a join keeps its own watermark (as declared).
+            let time = match &relation {
+                Relation::Stream(stream, topic) if driving.len() > 1 => match &stream.watermark {
+                    Some(w) if w.inherited.is_none() && w.column != TIMESTAMP_COLUMN => {
+                        let fields = catalog.value_fields(topic);
+                        let stored = fields.iter().position(|f| *f.name() == w.column);
+                        match stored {
+                            Some(at) => Some((
+                                w.column.clone(),
+                                Arc::new(EventTimeScan::new(base, &fields[at], at, &w.expression)?),
+                            )),
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
             let ranges = Arc::new(EpochRanges {
                 ranges: Default::default(),
-                event_time: if k == 0 { event_time.clone() } else { None },
+                event_time: if k == 0 && driving.len() == 1 {
+                    event_time.clone()
+                } else {
+                    time.as_ref().map(|(_, scan)| scan.clone())
+                },
                 parallelism,
             });
             let table = StreamTable::of(catalog, &relation, log.clone())
@@ -627,6 +657,7 @@ impl QueryPlan {
                 name: name.clone(),
                 topic,
                 ranges,
+                time,
             });
         }
         let mut kept = vec![];
@@ -673,6 +704,10 @@ impl QueryPlan {
         plan.joins = (0..joins)
             .map(|k| Arc::new(JoinState::new(format!("join {} of streams", k + 1))))
             .collect();
+        if joins > 0 {
+            // Planned once more with its joins, which find what bounds their kept rows.
+            plan.plan_epoch(&[]).await?;
+        }
         let window = one_window_size(&windows, &plan.input_name, watermark.as_ref());
         // Grouped by the watermark's column itself (a time of a closed window upstream,
         // say): a group is complete once the watermark is past it.
@@ -773,6 +808,28 @@ impl QueryPlan {
         Ok(())
     }
 
+    /// Per join of streams whose kept rows nothing bounds, the streams of the sides that
+    /// keep rows for ever.
+    pub fn unbounded_joins(&self) -> Vec<String> {
+        self.joins.iter().filter_map(|j| j.unbounded()).collect()
+    }
+
+    /// The streams it reads that have a watermark of their own in a join (their topics
+    /// and scans), in input order; the others `None`.
+    pub fn input_times(&self) -> Vec<Option<(TopicId, Arc<EventTimeScan>)>> {
+        self.inputs
+            .iter()
+            .map(|i| i.time.as_ref().map(|(_, scan)| (i.topic.id, scan.clone())))
+            .collect()
+    }
+
+    /// Tells its joins of streams the watermark of each input (in input order).
+    pub fn set_join_watermarks(&self, watermarks: &[Option<i64>]) {
+        for join in &self.joins {
+            join.set_watermarks(watermarks.to_vec());
+        }
+    }
+
     /// Whether it joins streams, keeping their rows for later epochs.
     pub fn joins_streams(&self) -> bool {
         !self.joins.is_empty()
@@ -843,7 +900,15 @@ impl QueryPlan {
         let epoch = if self.joins.is_empty() {
             epoch
         } else {
-            epoch.with_stream_joins(&self.joins, &names)?
+            let watermarked: Vec<Watermarked> = self
+                .inputs
+                .iter()
+                .map(|i| Watermarked {
+                    name: &i.name,
+                    column: i.time.as_ref().map(|(c, _)| c.as_str()),
+                })
+                .collect();
+            epoch.with_stream_joins(&self.joins, &names, &watermarked)?
         };
         Ok((epoch.with_lookups(&self.kept)?, state.task_ctx()))
     }

@@ -35,6 +35,7 @@ use crate::ingest::writer::PendingWrite;
 use crate::storage::now_ms;
 use crate::storage::{Offset, PartitionBatch, PartitionId, ReadOptions, TopicId};
 use crate::tables::Tables;
+use crate::tables::event_time::EventTimeScan;
 
 pub(super) struct QueryTask {
     def: QueryDef,
@@ -432,6 +433,8 @@ impl QueryTask {
         if ranges.is_empty() {
             return Ok(());
         }
+        // Kept rows the watermarks had passed go as they are rebuilt.
+        self.plan.set_join_watermarks(&self.join_watermarks());
         if let Some(scan) = &self.plan.event_time {
             scan.begin(None, false);
         }
@@ -439,6 +442,9 @@ impl QueryTask {
         let (epoch, ctx) = self.plan.plan_epoch(&ranges).await?;
         self.plan.rebuild_joins(&epoch, ctx).await?;
         if let Some(scan) = &self.plan.event_time {
+            scan.take();
+        }
+        for (_, scan) in self.plan.input_times().iter().flatten() {
             scan.take();
         }
         tracing::info!(
@@ -645,6 +651,11 @@ impl QueryTask {
         if let Some(event_time) = &self.plan.event_time {
             event_time.begin(start, self.plan.event_time_state());
         }
+        let input_times = self.plan.input_times();
+        for (topic, scan) in input_times.iter().flatten() {
+            // A join keeps late rows: they meet what the other side still keeps.
+            scan.begin(self.input_watermark(*topic), false);
+        }
         let (plan, ctx) = self.plan.plan_epoch(&epoch.ranges).await?;
         let mut pending = PendingWrite::default();
         let mut state_rows: Vec<RecordBatch> = vec![];
@@ -772,6 +783,7 @@ impl QueryTask {
                 }
             }
         }
+        self.input_times_seen(&input_times);
         self.stage_late(&late, &mut pending)?;
         let mut batches = pending.into_batches();
         if let Some(topic) = &self.closed_topic {
@@ -847,6 +859,9 @@ impl QueryTask {
             }
             drop(state);
             applied?;
+        }
+        if !input_times.is_empty() {
+            self.plan.set_join_watermarks(&self.join_watermarks());
         }
         {
             let mut status = self.shared.status.lock().expect("status lock");
@@ -954,6 +969,49 @@ impl QueryTask {
             }
         };
         seen.late
+    }
+
+    /// The watermark of input `topic` of a join of streams, as of the last epoch.
+    fn input_watermark(&self, topic: TopicId) -> Option<i64> {
+        self.checkpoint
+            .input_times
+            .iter()
+            .find(|(t, _)| *t == topic)
+            .and_then(|(_, time)| time.watermark)
+    }
+
+    /// The watermark of each input of a join of streams, in input order.
+    fn join_watermarks(&self) -> Vec<Option<i64>> {
+        self.plan
+            .input_times()
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .and_then(|(topic, _)| self.input_watermark(*topic))
+            })
+            .collect()
+    }
+
+    /// Takes in what the epoch's scans of a join's streams saw of their event time: each
+    /// stream's watermark is the least of its partitions' greatest times (partitions that
+    /// had no rows yet wait).
+    fn input_times_seen(&mut self, input_times: &[Option<(TopicId, Arc<EventTimeScan>)>]) {
+        for (topic, scan) in input_times.iter().flatten() {
+            let seen = scan.take();
+            let times = &mut self.checkpoint.input_times;
+            let at = match times.iter().position(|(t, _)| t == topic) {
+                Some(at) => at,
+                None => {
+                    times.push((*topic, EventTime::default()));
+                    times.len() - 1
+                }
+            };
+            let time = &mut times[at].1;
+            for (partition, max) in seen.maxima {
+                time.observe(partition, max);
+            }
+            time.watermark = time.advanced(&[]);
+        }
     }
 
     /// The watermark of the query writing the input, shifted to this query's, as of

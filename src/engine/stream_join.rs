@@ -19,7 +19,7 @@
 //! the query started reading to its checkpoint (retention keeps those records while the
 //! query exists).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,20 +29,27 @@ use arrow::compute::{cast, concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{JoinType, NullEquality};
+use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column};
+use datafusion::physical_expr::split_conjunction;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use crate::tables::scan::StreamScanExec;
 
 /// The rows a join of two streams has seen on each side, kept between epochs.
 pub struct JoinState {
@@ -52,6 +59,17 @@ pub struct JoinState {
     /// While set, it only takes rows in, and joins nothing: its kept rows are being
     /// rebuilt, and its output was written long ago.
     rebuilding: AtomicBool,
+    /// Per side, which of its rows can go as the other side's watermark passes them, and
+    /// the streams each side reads (set as the join is planned).
+    bounds: Mutex<Bounds>,
+    /// The watermark of each of the query's inputs, as of the last epoch committed.
+    watermarks: Mutex<Vec<Option<i64>>>,
+}
+
+#[derive(Default, Clone)]
+struct Bounds {
+    expiry: [Option<Expiry>; 2],
+    streams: [Vec<String>; 2],
 }
 
 struct Sides {
@@ -63,7 +81,9 @@ struct Sides {
 /// One side's rows, by join key.
 #[derive(Default)]
 struct Side {
-    batches: Vec<RecordBatch>,
+    /// Each epoch's rows, by a number of their own.
+    batches: BTreeMap<u32, Kept>,
+    next: u32,
     /// Encoded join key → (batch, row) of every kept row with that key.
     by_key: HashMap<Box<[u8]>, Vec<(u32, u32)>>,
     /// The key columns' types, as encoded (the first batch's).
@@ -71,6 +91,32 @@ struct Side {
     converter: Option<RowConverter>,
     rows: usize,
     bytes: usize,
+}
+
+/// An epoch's rows of one side.
+struct Kept {
+    batch: RecordBatch,
+    /// The memory they hold, index entries included.
+    bytes: usize,
+    /// Once the other side's watermark passes this, none of them can match a row to come;
+    /// `None`: they may match any row.
+    until: Option<i64>,
+}
+
+/// Which rows of a side can go: those whose times in `columns` (of the side's rows) are all
+/// below the watermark of the query's input `input` (the other side's stream), as the join
+/// condition holds only for rows of that stream with an event time at most that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expiry {
+    columns: Vec<usize>,
+    input: usize,
+}
+
+/// A stream a query reads, for finding a join's bounds: its name, and the column of its
+/// watermark, if it has one the query follows.
+pub struct Watermarked<'a> {
+    pub name: &'a str,
+    pub column: Option<&'a str>,
 }
 
 /// What an index entry costs beyond its key's bytes.
@@ -93,7 +139,26 @@ impl JoinState {
                 memory: None,
             }),
             rebuilding: AtomicBool::new(false),
+            bounds: Mutex::new(Bounds::default()),
+            watermarks: Mutex::new(vec![]),
         }
+    }
+
+    /// The watermark of each of the query's inputs now: kept rows the other side's
+    /// watermark has passed go in the next epoch.
+    pub fn set_watermarks(&self, watermarks: Vec<Option<i64>>) {
+        *self.watermarks.lock().expect("join watermarks lock") = watermarks;
+    }
+
+    /// The streams of each side whose kept rows nothing bounds, with the join condition
+    /// that would: `None` if both sides' rows go once the other's watermark passes them.
+    pub fn unbounded(&self) -> Option<String> {
+        let bounds = self.bounds.lock().expect("join bounds lock");
+        let sides: Vec<String> = (0..2)
+            .filter(|k| bounds.expiry[*k].is_none())
+            .map(|k| bounds.streams[k].join(", "))
+            .collect();
+        (!sides.is_empty()).then(|| sides.join(" and "))
     }
 
     /// Takes the rows `join` (this state's [`StreamJoinExec`]) reads in, without joining
@@ -156,43 +221,232 @@ impl Side {
     /// The kept rows whose key is one of `keys`, as one batch of `schema`.
     fn matching(&self, keys: &[Option<Box<[u8]>>], schema: &SchemaRef) -> DfResult<RecordBatch> {
         let mut seen = std::collections::HashSet::new();
-        let mut at: Vec<(usize, usize)> = vec![];
+        let mut found: Vec<(u32, u32)> = vec![];
         for key in keys.iter().flatten() {
             if seen.insert(key)
                 && let Some(rows) = self.by_key.get(key)
             {
-                at.extend(rows.iter().map(|(b, r)| (*b as usize, *r as usize)));
+                found.extend(rows);
             }
         }
-        if at.is_empty() {
+        if found.is_empty() {
             return Ok(RecordBatch::new_empty(schema.clone()));
         }
-        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        // The batches the rows are in, each once, and each row as (position, row).
+        let mut ids: Vec<u32> = found.iter().map(|(b, _)| *b).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let batches: Vec<&RecordBatch> = ids.iter().map(|id| &self.batches[id].batch).collect();
+        let at: Vec<(usize, usize)> = found
+            .iter()
+            .map(|(b, r)| {
+                let position = ids.binary_search(b).expect("listed above");
+                (position, *r as usize)
+            })
+            .collect();
         Ok(interleave_record_batch(&batches, &at)?)
     }
 
-    /// Keeps `batch`'s rows with a key (`keys`, one per row); returns the bytes added.
-    fn keep(&mut self, batch: RecordBatch, keys: Vec<Option<Box<[u8]>>>) -> usize {
-        let index = self.batches.len() as u32;
+    /// Keeps `batch`'s rows with a key (`keys`, one per row), until the other side's
+    /// watermark passes `until`; returns the bytes added.
+    fn keep(
+        &mut self,
+        batch: RecordBatch,
+        keys: Vec<Option<Box<[u8]>>>,
+        until: Option<i64>,
+    ) -> usize {
+        let id = self.next;
         let mut added = 0;
         let mut kept = 0;
         for (row, key) in keys.into_iter().enumerate() {
             let Some(key) = key else { continue };
             added += key.len() + ENTRY_OVERHEAD;
-            self.by_key
-                .entry(key)
-                .or_default()
-                .push((index, row as u32));
+            self.by_key.entry(key).or_default().push((id, row as u32));
             kept += 1;
         }
         if kept == 0 {
             return 0;
         }
+        self.next += 1;
         added += batch.get_array_memory_size();
         self.rows += kept;
-        self.batches.push(batch);
         self.bytes += added;
+        self.batches.insert(
+            id,
+            Kept {
+                batch,
+                bytes: added,
+                until,
+            },
+        );
         added
+    }
+
+    /// Lets go of the epochs' rows the other side's watermark `watermark` has passed;
+    /// returns the bytes freed.
+    fn evict(
+        &mut self,
+        watermark: i64,
+        on: &[Arc<dyn PhysicalExpr>],
+        nulls_match: bool,
+    ) -> DfResult<usize> {
+        let gone: Vec<u32> = self
+            .batches
+            .iter()
+            .filter(|(_, k)| k.until.is_some_and(|u| u < watermark))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut freed = 0;
+        for id in gone {
+            let kept = self.batches.remove(&id).expect("listed above");
+            let keys = self.keys(&kept.batch, on, nulls_match)?;
+            for (row, key) in keys.into_iter().enumerate() {
+                let Some(key) = key else { continue };
+                if let Some(rows) = self.by_key.get_mut(&key) {
+                    rows.retain(|at| *at != (id, row as u32));
+                    self.rows -= 1;
+                    if rows.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+            self.bytes -= kept.bytes;
+            freed += kept.bytes;
+        }
+        Ok(freed)
+    }
+}
+
+/// The latest time, over `batch`'s rows, at which a row can still match: per row the least
+/// of the `expiry` columns (a row with a NULL there matches nothing), in microseconds.
+fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<i64> {
+    let mut least: Option<Vec<i64>> = None;
+    for c in &expiry.columns {
+        let times = crate::tables::event_time::micros(batch.column(*c))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let values: Vec<i64> = times.iter().map(|t| t.unwrap_or(i64::MIN)).collect();
+        least = Some(match least {
+            None => values,
+            Some(l) => l.into_iter().zip(values).map(|(a, b)| a.min(b)).collect(),
+        });
+    }
+    Ok(least.into_iter().flatten().max().unwrap_or(i64::MIN))
+}
+
+/// Per side of `join`, the expiry of its rows its condition gives: for each conjunct of
+/// the join filter that bounds the other side's watermark column from above by a column of
+/// this side (`other.t <= this.c`, `<`, `=`, and each half of `BETWEEN`), this side's rows
+/// can go once the other side's watermark passes `c`.
+fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] {
+    let children = [join.left(), join.right()];
+    let Some(filter) = join.filter() else {
+        return [None, None];
+    };
+    // A filter column as (side, the side's column).
+    let side_of = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, usize)> {
+        let column = e.downcast_ref::<Column>()?;
+        let index = filter.column_indices().get(column.index())?;
+        let side = match index.side {
+            JoinSide::Left => 0,
+            JoinSide::Right => 1,
+            JoinSide::None => return None,
+        };
+        Some((side, index.index))
+    };
+    // `earlier` is at most `later`.
+    let mut bounds: Vec<((usize, usize), (usize, usize))> = vec![];
+    for conjunct in split_conjunction(filter.expression()) {
+        let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
+            continue;
+        };
+        let (Some(l), Some(r)) = (side_of(binary.left()), side_of(binary.right())) else {
+            continue;
+        };
+        match binary.op() {
+            Operator::Lt | Operator::LtEq => bounds.push((l, r)),
+            Operator::Gt | Operator::GtEq => bounds.push((r, l)),
+            Operator::Eq => bounds.extend([(l, r), (r, l)]),
+            _ => {}
+        }
+    }
+    let mut out: [Option<Expiry>; 2] = [None, None];
+    for ((other, t), (this, c)) in bounds {
+        if other == this {
+            continue;
+        }
+        // `t` must be the watermark column of the stream the other side reads.
+        let Some((stream, column)) = scanned_column(children[other], t) else {
+            continue;
+        };
+        let Some(input) = inputs
+            .iter()
+            .position(|i| i.name == stream && i.column == Some(column.as_str()))
+        else {
+            continue;
+        };
+        let timestamp = children[this]
+            .schema()
+            .fields()
+            .get(c)
+            .is_some_and(|f| matches!(f.data_type(), DataType::Timestamp(..)));
+        if !timestamp {
+            continue;
+        }
+        match &mut out[this] {
+            Some(e) if e.input == input => e.columns.push(c),
+            Some(_) => {}
+            slot => {
+                *slot = Some(Expiry {
+                    columns: vec![c],
+                    input,
+                })
+            }
+        }
+    }
+    out
+}
+
+/// The stream and column of a scan that column `i` of `plan`'s output is, unchanged.
+fn scanned_column(plan: &Arc<dyn ExecutionPlan>, mut i: usize) -> Option<(String, String)> {
+    let mut node = plan.clone();
+    loop {
+        if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
+            let name = scan.schema().field(i).name().clone();
+            return Some((scan.source().stream().to_string(), name));
+        }
+        if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            i = p.expr().get(i)?.expr.downcast_ref::<Column>()?.index();
+        } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+            if let Some(p) = f.projection() {
+                i = *p.get(i)?;
+            }
+        } else if !matches!(
+            node.name(),
+            "CoalesceBatchesExec"
+                | "CoalescePartitionsExec"
+                | "RepartitionExec"
+                | "CooperativeExec"
+        ) {
+            return None;
+        }
+        let child = match node.children().as_slice() {
+            [child] => (*child).clone(),
+            _ => return None,
+        };
+        node = child;
+    }
+}
+
+/// The streams `plan` reads.
+fn streams_read(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+    if let Some(scan) = plan.downcast_ref::<StreamScanExec>() {
+        let name = scan.source().stream().to_string();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    for child in plan.children() {
+        streams_read(child, out);
     }
 }
 
@@ -224,8 +478,26 @@ impl StreamJoinExec {
         &self.state
     }
 
-    /// `join` (an inner `HashJoinExec`, see [`is_delta_join`]) with `state`.
-    pub fn new(join: Arc<dyn ExecutionPlan>, state: Arc<JoinState>) -> StreamJoinExec {
+    /// `join` (an inner `HashJoinExec`, see [`is_delta_join`]) with `state`, in a query
+    /// reading `inputs`.
+    pub fn planned(
+        join: Arc<dyn ExecutionPlan>,
+        state: Arc<JoinState>,
+        inputs: &[Watermarked],
+    ) -> StreamJoinExec {
+        if let Some(hash) = join.downcast_ref::<HashJoinExec>() {
+            let mut streams: [Vec<String>; 2] = Default::default();
+            streams_read(hash.left(), &mut streams[0]);
+            streams_read(hash.right(), &mut streams[1]);
+            *state.bounds.lock().expect("join bounds lock") = Bounds {
+                expiry: expiries(hash, inputs),
+                streams,
+            };
+        }
+        StreamJoinExec::new(join, state)
+    }
+
+    fn new(join: Arc<dyn ExecutionPlan>, state: Arc<JoinState>) -> StreamJoinExec {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(join.schema()),
             Partitioning::UnknownPartitioning(1),
@@ -330,21 +602,49 @@ impl StreamJoinExec {
             out.extend(collect(second, ctx.clone()).await?);
         }
 
-        // The epoch's rows join the kept ones.
+        // The epoch's rows join the kept ones, and the kept rows the other side's watermark
+        // has passed go.
         {
+            let bounds = state.bounds.lock().expect("join bounds lock").clone();
+            let watermarks = state
+                .watermarks
+                .lock()
+                .expect("join watermarks lock")
+                .clone();
             let mut sides = state.sides.lock().expect("join state lock");
             let Sides { kept, memory } = &mut *sides;
             let memory = memory.get_or_insert_with(|| {
                 MemoryConsumer::new(state.name.clone()).register(ctx.memory_pool())
             });
             let mut added = 0;
-            for (batch, keys) in new_left.into_iter().zip(left_keys) {
-                added += kept[0].keep(batch, keys);
+            let mut freed = 0;
+            for (k, (new, keys)) in [(new_left, left_keys), (new_right, right_keys)]
+                .into_iter()
+                .enumerate()
+            {
+                for (batch, keys) in new.into_iter().zip(keys) {
+                    let until = match &bounds.expiry[k] {
+                        Some(expiry) => Some(until(&batch, expiry)?),
+                        None => None,
+                    };
+                    added += kept[k].keep(batch, keys, until);
+                }
+                let on = if k == 0 { &left_on } else { &right_on };
+                if let Some(expiry) = &bounds.expiry[k]
+                    && let Some(Some(w)) = watermarks.get(expiry.input)
+                {
+                    freed += kept[k].evict(*w, on, nulls_match)?;
+                }
             }
-            for (batch, keys) in new_right.into_iter().zip(right_keys) {
-                added += kept[1].keep(batch, keys);
-            }
+            tracing::debug!(
+                ?watermarks,
+                added,
+                freed,
+                rows = kept[0].rows + kept[1].rows,
+                "join of streams: kept rows"
+            );
             memory.try_grow(added)?;
+            memory.shrink(freed.min(memory.size()));
         }
         let schema = join.schema();
         let stream = futures::stream::iter(out.into_iter().map(Ok));
