@@ -569,8 +569,8 @@ async fn refusals_and_failures_say_what_and_why() {
             "an aggregate over an aggregate",
         ),
         (
-            "SELECT c.user_id FROM clicks c JOIN other o ON c.user_id = o.user_id",
-            "reads one stream",
+            "SELECT c.user_id FROM clicks c LEFT JOIN other o ON c.user_id = o.user_id",
+            "LEFT join of two streams",
         ),
         (
             "SELECT user_id FROM clicks UNION ALL SELECT user_id FROM clicks",

@@ -227,6 +227,20 @@ async fn lookup_joins_refuse_what_an_epoch_cannot_finish() {
     assert!(names.is_empty(), "{names:?}");
 }
 
+/// The rows of `continuous` (reading a query's output) and of `bounded` (its oracle), which
+/// must be the same.
+async fn same(
+    client: &tokio_postgres::Client,
+    continuous: &str,
+    bounded: &str,
+    what: &str,
+) -> Rows {
+    let got = rows(client, continuous).await;
+    let want = rows(client, bounded).await;
+    assert_eq!(got, want, "{what}");
+    got
+}
+
 /// Random rows for the order, payment and shipment streams of `round`; some keys match
 /// nothing, some match several rows, some are NULL.
 fn commerce_round(rng: &mut Rng, round: u64, seq: &mut u64) -> [String; 3] {
@@ -336,68 +350,49 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
     let client = server.connect().await;
     client.batch_execute("FLUSH").await.unwrap();
 
-    let expected = rows(&client, &paid_oracle(0)).await;
-    assert!(expected.len() > 20, "the rounds paid orders: {expected:?}");
-    let got = rows(
+    let paid = same(
         &client,
         "SELECT id, customer, paid, o_seq, p_seq FROM paid ORDER BY 4, 5",
+        &paid_oracle(0),
+        "the join, each row once",
     )
     .await;
-    assert_eq!(got, expected, "the join, each row once");
-
-    let got = rows(
+    assert!(paid.len() > 20, "the rounds paid orders: {paid:?}");
+    same(
         &client,
         "SELECT id, customer, paid, o_seq, p_seq FROM paid_late ORDER BY 4, 5",
+        &paid_oracle(4),
+        "the join started late",
     )
     .await;
-    assert_eq!(
-        got,
-        rows(&client, &paid_oracle(4)).await,
-        "the join started late"
-    );
-
-    let got = rows(
+    same(
         &client,
         "SELECT customer, n, total FROM paid_per_customer ORDER BY customer",
-    )
-    .await;
-    let want = rows(
-        &client,
         "SELECT o.customer, count(*), sum(p.paid) FROM orders o \
          JOIN payments p ON o.id = p.order_id AND p.paid <= o.amount \
          GROUP BY o.customer ORDER BY o.customer",
+        "the view over the join",
     )
     .await;
-    assert_eq!(got, want, "the view over the join");
-
-    let got = rows(
+    let shipped = same(
         &client,
         "SELECT id, carrier, p_seq, s_seq FROM shipped ORDER BY 3, 4",
-    )
-    .await;
-    let want = rows(
-        &client,
         "SELECT o.id, s.carrier, p.seq, s.seq FROM orders o \
          JOIN payments p ON o.id = p.order_id JOIN shipments s ON s.order_id = o.id \
          WHERE s.carrier <> 'k0' ORDER BY 3, 4",
+        "the join of three streams",
     )
     .await;
-    assert!(!want.is_empty(), "some paid orders shipped");
-    assert_eq!(got, want, "the join of three streams");
-
-    let got = rows(
+    assert!(!shipped.is_empty(), "some paid orders shipped");
+    let repaid = same(
         &client,
         "SELECT order_id, first_seq, second_seq FROM repaid ORDER BY 2, 3",
-    )
-    .await;
-    let want = rows(
-        &client,
         "SELECT a.order_id, a.seq, b.seq FROM payments a \
          JOIN payments b ON a.order_id = b.order_id AND a.seq < b.seq ORDER BY 2, 3",
+        "the join of a stream with itself",
     )
     .await;
-    assert!(!want.is_empty(), "some orders were paid twice");
-    assert_eq!(got, want, "the join of a stream with itself");
+    assert!(!repaid.is_empty(), "some orders were paid twice");
 
     // What the joins keep is in sys.queries, and retention keeps their inputs.
     let kept = rows(
@@ -424,6 +419,10 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
              CREATE STREAM on_time AS
                  SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
                  ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.deadline;
+             CREATE STREAM soon AS
+                 SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
+                 ON o.id = p.order_id
+                 AND p.ts BETWEEN o.ts - INTERVAL '5 seconds' AND o.ts + INTERVAL '20 seconds';
              CREATE STREAM any_time AS
                  SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
                  ON o.id = p.order_id;",
@@ -465,26 +464,32 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
         client.batch_execute("FLUSH").await.unwrap();
     }
     let client = server.connect().await;
-    let got = rows(
+    let on_time = same(
         &client,
         "SELECT id, amount, paid_at FROM on_time ORDER BY 1, 2, 3",
-    )
-    .await;
-    let want = rows(
-        &client,
         "SELECT o.id, p.amount, p.ts FROM orders o JOIN payments p \
          ON o.id = p.order_id AND p.ts BETWEEN o.ts AND o.deadline ORDER BY 1, 2, 3",
+        "the interval join, each row once",
     )
     .await;
-    assert!(want.len() > 20, "orders were paid on time: {want:?}");
-    assert_eq!(got, want, "the interval join, each row once");
-    let got = rows(&client, "SELECT count(*) FROM any_time").await;
-    let want = rows(
+    assert!(on_time.len() > 20, "orders were paid on time: {on_time:?}");
+    let soon = same(
         &client,
-        "SELECT count(*) FROM orders o JOIN payments p ON o.id = p.order_id",
+        "SELECT id, amount, paid_at FROM soon ORDER BY 1, 2, 3",
+        "SELECT o.id, p.amount, p.ts FROM orders o JOIN payments p ON o.id = p.order_id \
+         AND p.ts BETWEEN o.ts - INTERVAL '5 seconds' AND o.ts + INTERVAL '20 seconds' \
+         ORDER BY 1, 2, 3",
+        "the interval join by intervals, each row once",
     )
     .await;
-    assert_eq!(got, want, "the unbounded join");
+    assert!(soon.len() > 20, "orders were paid soon: {soon:?}");
+    same(
+        &client,
+        "SELECT count(*) FROM any_time",
+        "SELECT count(*) FROM orders o JOIN payments p ON o.id = p.order_id",
+        "the unbounded join",
+    )
+    .await;
 
     // The interval join keeps the last rounds' rows; the other keeps every row.
     let kept = rows(
@@ -499,8 +504,10 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
             .and_then(|b| b.parse().ok())
             .unwrap_or_else(|| panic!("{name} in {kept:?}"))
     };
-    assert!(
-        bytes("on_time") * 2 < bytes("any_time"),
-        "the interval join lets rows go: {kept:?}"
-    );
+    for bounded in ["on_time", "soon"] {
+        assert!(
+            bytes(bounded) * 2 < bytes("any_time"),
+            "{bounded} lets rows go: {kept:?}"
+        );
+    }
 }

@@ -29,7 +29,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::{CastExpr, Column, TryCastExpr};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
-    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+    Boundedness, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -40,6 +40,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use super::plan::recompute;
 use crate::error::{Error, Result};
 use crate::ingest::key::encode_keys;
 use crate::storage::{Log, Offset, PartitionId};
@@ -445,10 +446,6 @@ impl Lookup {
         let join = join.replace_children(children, recompute())?;
         execute_stream(join, ctx)
     }
-}
-
-fn recompute() -> ReplaceChildrenOptions {
-    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
 /// Whether a join of `join_type` keeps rows of its `side` (0 left, 1 right) that match

@@ -1551,8 +1551,12 @@ fn replace_child(
     plan: Arc<dyn ExecutionPlan>,
     child: Arc<dyn ExecutionPlan>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
-    plan.replace_children(vec![child], options).map_err(df)
+    plan.replace_children(vec![child], recompute()).map_err(df)
+}
+
+/// Replacing a node's children recomputes its properties from theirs.
+pub(super) fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
 /// An in-memory plan of `batches`.
@@ -1875,7 +1879,7 @@ impl Top {
             .into_iter()
             .map(|child| self.graft(child, closed))
             .collect::<Result<Vec<_>>>()?;
-        let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+        let options = recompute();
         node.clone().replace_children(children, options).map_err(df)
     }
 

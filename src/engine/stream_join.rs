@@ -12,12 +12,16 @@
 //! not the whole state.
 //!
 //! The kept rows are what the join's sides produce — after the filters and projections
-//! below the join — so a join keeps only rows that can match. They are all there is of
-//! a side (inputs are append-only, and nothing bounds how late a match may come), so the
-//! state grows with its inputs; it lives in memory, reserved against `--memory-limit`,
-//! and is rebuilt when the query starts by running the sides over the input from where
-//! the query started reading to its checkpoint (retention keeps those records while the
-//! query exists).
+//! below the join — so a join keeps only rows that can match. Without more, they are all
+//! there is of a side (inputs are append-only, and nothing bounds how late a match may
+//! come), and the state grows with the inputs. When the streams have watermarks and the
+//! condition bounds one stream's watermark column by a time of the other side's rows
+//! (`b.ts BETWEEN a.ts AND a.ts + INTERVAL '1 hour'`), those rows can go once that
+//! watermark passes the bound ([`Expiry`]): an interval join. The state lives in memory,
+//! reserved against `--memory-limit`, and is rebuilt when the query starts by running the
+//! sides over the input from where the query started reading to its checkpoint (retention
+//! keeps those records while the query exists), then letting go of what the committed
+//! watermarks have passed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,17 +32,18 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::{cast, concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{BinaryExpr, Column};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::split_conjunction;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
-    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+    Boundedness, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
@@ -49,6 +54,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use super::plan::recompute;
 use crate::tables::scan::StreamScanExec;
 
 /// The rows a join of two streams has seen on each side, kept between epochs.
@@ -103,12 +109,13 @@ struct Kept {
     until: Option<i64>,
 }
 
-/// Which rows of a side can go: those whose times in `columns` (of the side's rows) are all
-/// below the watermark of the query's input `input` (the other side's stream), as the join
-/// condition holds only for rows of that stream with an event time at most that.
+/// Which rows of a side can go: those whose times in `columns` (of the side's rows, each
+/// shifted by its microseconds) are all below the watermark of the query's input `input`
+/// (the other side's stream), as the join condition holds only for rows of that stream
+/// with an event time at most that.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expiry {
-    columns: Vec<usize>,
+    columns: Vec<(usize, i64)>,
     input: usize,
 }
 
@@ -321,10 +328,13 @@ impl Side {
 /// of the `expiry` columns (a row with a NULL there matches nothing), in microseconds.
 fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<i64> {
     let mut least: Option<Vec<i64>> = None;
-    for c in &expiry.columns {
+    for (c, shift) in &expiry.columns {
         let times = crate::tables::event_time::micros(batch.column(*c))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let values: Vec<i64> = times.iter().map(|t| t.unwrap_or(i64::MIN)).collect();
+        let values: Vec<i64> = times
+            .iter()
+            .map(|t| t.map_or(i64::MIN, |t| t.saturating_add(*shift)))
+            .collect();
         least = Some(match least {
             None => values,
             Some(l) => l.into_iter().zip(values).map(|(a, b)| a.min(b)).collect(),
@@ -334,16 +344,18 @@ fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<i64> {
 }
 
 /// Per side of `join`, the expiry of its rows its condition gives: for each conjunct of
-/// the join filter that bounds the other side's watermark column from above by a column of
-/// this side (`other.t <= this.c`, `<`, `=`, and each half of `BETWEEN`), this side's rows
-/// can go once the other side's watermark passes `c`.
+/// the join filter that bounds the other side's watermark column from above by a time
+/// column of this side, possibly shifted by a constant (`other.t <= this.c`, `<`, `=`, each
+/// half of `BETWEEN`, `other.t <= this.c + INTERVAL '1 hour'`,
+/// `other.t - INTERVAL '1 hour' <= this.c`), this side's rows can go once the other side's
+/// watermark passes `c` (shifted).
 fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] {
     let children = [join.left(), join.right()];
     let Some(filter) = join.filter() else {
         return [None, None];
     };
     // A filter column as (side, the side's column).
-    let side_of = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, usize)> {
+    let column_of = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, usize)> {
         let column = e.downcast_ref::<Column>()?;
         let index = filter.column_indices().get(column.index())?;
         let side = match index.side {
@@ -353,13 +365,37 @@ fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] 
         };
         Some((side, index.index))
     };
+    // A filter column, or one plus or minus a constant: (side, column, microseconds).
+    let shifted = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, usize, i64)> {
+        if let Some((side, c)) = column_of(e) {
+            return Some((side, c, 0));
+        }
+        let binary = e.downcast_ref::<BinaryExpr>()?;
+        let constant = |e: &Arc<dyn PhysicalExpr>| {
+            e.downcast_ref::<Literal>()
+                .and_then(|l| interval_micros(l.value()))
+        };
+        match binary.op() {
+            Operator::Plus => match (column_of(binary.left()), column_of(binary.right())) {
+                (Some((side, c)), None) => Some((side, c, constant(binary.right())?)),
+                (None, Some((side, c))) => Some((side, c, constant(binary.left())?)),
+                _ => None,
+            },
+            Operator::Minus => {
+                let (side, c) = column_of(binary.left())?;
+                Some((side, c, constant(binary.right())?.checked_neg()?))
+            }
+            _ => None,
+        }
+    };
     // `earlier` is at most `later`.
-    let mut bounds: Vec<((usize, usize), (usize, usize))> = vec![];
+    type Bound = ((usize, usize, i64), (usize, usize, i64));
+    let mut bounds: Vec<Bound> = vec![];
     for conjunct in split_conjunction(filter.expression()) {
         let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
             continue;
         };
-        let (Some(l), Some(r)) = (side_of(binary.left()), side_of(binary.right())) else {
+        let (Some(l), Some(r)) = (shifted(binary.left()), shifted(binary.right())) else {
             continue;
         };
         match binary.op() {
@@ -370,7 +406,7 @@ fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] 
         }
     }
     let mut out: [Option<Expiry>; 2] = [None, None];
-    for ((other, t), (this, c)) in bounds {
+    for ((other, t, t_shift), (this, c, c_shift)) in bounds {
         if other == this {
             continue;
         }
@@ -389,21 +425,43 @@ fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] 
             .fields()
             .get(c)
             .is_some_and(|f| matches!(f.data_type(), DataType::Timestamp(..)));
+        // other.t + t_shift <= this.c + c_shift: other.t <= this.c + (c_shift - t_shift).
+        let Some(shift) = c_shift.checked_sub(t_shift) else {
+            continue;
+        };
         if !timestamp {
             continue;
         }
         match &mut out[this] {
-            Some(e) if e.input == input => e.columns.push(c),
+            Some(e) if e.input == input => e.columns.push((c, shift)),
             Some(_) => {}
             slot => {
                 *slot = Some(Expiry {
-                    columns: vec![c],
+                    columns: vec![(c, shift)],
                     input,
                 })
             }
         }
     }
     out
+}
+
+/// A constant stretch of time in microseconds: an interval of days and smaller units, or a
+/// duration; `None` for months (not a fixed length) and anything else.
+fn interval_micros(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => (v.days as i64)
+            .checked_mul(86_400_000_000)?
+            .checked_add(v.nanoseconds / 1_000),
+        ScalarValue::IntervalDayTime(Some(v)) => (v.days as i64)
+            .checked_mul(86_400_000_000)?
+            .checked_add(v.milliseconds as i64 * 1_000),
+        ScalarValue::DurationSecond(Some(v)) => v.checked_mul(1_000_000),
+        ScalarValue::DurationMillisecond(Some(v)) => v.checked_mul(1_000),
+        ScalarValue::DurationMicrosecond(Some(v)) => Some(*v),
+        ScalarValue::DurationNanosecond(Some(v)) => Some(v / 1_000),
+        _ => None,
+    }
 }
 
 /// The stream and column of a scan that column `i` of `plan`'s output is, unchanged.
@@ -664,10 +722,6 @@ fn memory(batches: Vec<RecordBatch>, schema: SchemaRef) -> DfResult<Arc<dyn Exec
     super::plan::memory(batches, schema).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
-fn recompute() -> ReplaceChildrenOptions {
-    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
-}
-
 impl DisplayAs for StreamJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StreamJoinExec: {}", self.state.name)
@@ -726,5 +780,48 @@ impl ExecutionPlan for StreamJoinExec {
             self.join.schema(),
             stream.boxed(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{IntervalDayTime, IntervalMonthDayNano};
+
+    #[test]
+    fn constant_shifts_are_fixed_lengths_of_time() {
+        let day = 86_400_000_000;
+        let interval = |months, days, nanoseconds| {
+            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano {
+                months,
+                days,
+                nanoseconds,
+            }))
+        };
+        assert_eq!(interval_micros(&interval(0, 1, 5_000)), Some(day + 5));
+        assert_eq!(
+            interval_micros(&interval(0, 0, -20_000_000_000)),
+            Some(-20_000_000)
+        );
+        assert_eq!(
+            interval_micros(&interval(1, 0, 0)),
+            None,
+            "a month has no one length"
+        );
+        let day_time = ScalarValue::IntervalDayTime(Some(IntervalDayTime {
+            days: 2,
+            milliseconds: 3,
+        }));
+        assert_eq!(interval_micros(&day_time), Some(2 * day + 3_000));
+        assert_eq!(
+            interval_micros(&ScalarValue::DurationSecond(Some(7))),
+            Some(7_000_000)
+        );
+        assert_eq!(interval_micros(&ScalarValue::Int64(Some(7))), None);
+        assert_eq!(
+            interval_micros(&interval(0, i32::MAX, i64::MAX)),
+            None,
+            "overflow"
+        );
     }
 }
