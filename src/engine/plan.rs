@@ -823,6 +823,37 @@ impl QueryPlan {
             .collect()
     }
 
+    /// Tells its joins of streams where the epoch about to run starts reading.
+    pub fn set_join_epoch(&self, ranges: &[(InputOffset, Offset)]) {
+        let from: Vec<InputOffset> = ranges.iter().map(|(from, _)| *from).collect();
+        for join in &self.joins {
+            join.set_reading(from.clone());
+        }
+    }
+
+    /// With one join of streams, both of whose sides let rows go: where a restart would
+    /// have to read the inputs from to rebuild what it keeps now, per input partition of
+    /// `ends` (the epoch's end where it keeps nothing read before). `None` otherwise: the
+    /// rows are rebuilt from where the query started.
+    pub fn rebuild_from(&self, ends: &[InputOffset]) -> Option<Vec<InputOffset>> {
+        let [join] = self.joins.as_slice() else {
+            return None;
+        };
+        if !join.bounded() {
+            return None;
+        }
+        let oldest = join.oldest_kept();
+        Some(
+            ends.iter()
+                .map(|end| {
+                    let offset = checkpoint::position(&oldest, end.topic, end.partition)
+                        .map_or(end.offset, |o| o.min(end.offset));
+                    InputOffset { offset, ..*end }
+                })
+                .collect(),
+        )
+    }
+
     /// Tells its joins of streams the watermark of each input (in input order).
     pub fn set_join_watermarks(&self, watermarks: &[Option<i64>]) {
         for join in &self.joins {

@@ -439,6 +439,7 @@ impl QueryTask {
             scan.begin(None, false);
         }
         let started = Instant::now();
+        self.plan.set_join_epoch(&ranges);
         let (epoch, ctx) = self.plan.plan_epoch(&ranges).await?;
         self.plan.rebuild_joins(&epoch, ctx).await?;
         if let Some(scan) = &self.plan.event_time {
@@ -656,6 +657,7 @@ impl QueryTask {
             // A join keeps late rows: they meet what the other side still keeps.
             scan.begin(self.input_watermark(*topic), false);
         }
+        self.plan.set_join_epoch(&epoch.ranges);
         let (plan, ctx) = self.plan.plan_epoch(&epoch.ranges).await?;
         let mut pending = PendingWrite::default();
         let mut state_rows: Vec<RecordBatch> = vec![];
@@ -784,6 +786,15 @@ impl QueryTask {
             }
         }
         self.input_times_seen(&input_times);
+        if let Some(from) = self.plan.rebuild_from(&epoch.ends()) {
+            // Rows read before what an interval join keeps are no longer needed for a
+            // restart: retention may take them.
+            for start in &mut self.checkpoint.starts {
+                if let Some(at) = checkpoint::position(&from, start.topic, start.partition) {
+                    start.offset = start.offset.max(at);
+                }
+            }
+        }
         self.stage_late(&late, &mut pending)?;
         let mut batches = pending.into_batches();
         if let Some(topic) = &self.closed_topic {

@@ -28,8 +28,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::{cast, concat_batches, interleave_record_batch};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch, interleave_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -55,6 +55,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::plan::recompute;
+use crate::engine::checkpoint::InputOffset;
 use crate::tables::scan::StreamScanExec;
 
 /// The rows a join of two streams has seen on each side, kept between epochs.
@@ -70,6 +71,8 @@ pub struct JoinState {
     bounds: Mutex<Bounds>,
     /// The watermark of each of the query's inputs, as of the last epoch committed.
     watermarks: Mutex<Vec<Option<i64>>>,
+    /// Where the epoch running now starts reading each input partition.
+    reading: Mutex<Arc<Vec<InputOffset>>>,
 }
 
 #[derive(Default, Clone)]
@@ -107,6 +110,8 @@ struct Kept {
     /// Once the other side's watermark passes this, none of them can match a row to come;
     /// `None`: they may match any row.
     until: Option<i64>,
+    /// Where the epoch that read them started reading each input partition.
+    from: Arc<Vec<InputOffset>>,
 }
 
 /// Which rows of a side can go: those whose times in `columns` (of the side's rows, each
@@ -148,7 +153,38 @@ impl JoinState {
             rebuilding: AtomicBool::new(false),
             bounds: Mutex::new(Bounds::default()),
             watermarks: Mutex::new(vec![]),
+            reading: Mutex::new(Arc::new(vec![])),
         }
+    }
+
+    /// Where the epoch about to run starts reading each input partition.
+    pub fn set_reading(&self, from: Vec<InputOffset>) {
+        *self.reading.lock().expect("join epoch lock") = Arc::new(from);
+    }
+
+    /// Whether both sides' kept rows go as the watermarks pass them.
+    pub fn bounded(&self) -> bool {
+        let bounds = self.bounds.lock().expect("join bounds lock");
+        bounds.expiry.iter().all(Option::is_some)
+    }
+
+    /// Per input partition, where the oldest epoch whose rows it still keeps started
+    /// reading it (partitions it keeps none of are left out).
+    pub fn oldest_kept(&self) -> Vec<InputOffset> {
+        let sides = self.sides.lock().expect("join state lock");
+        let mut oldest: Vec<InputOffset> = vec![];
+        for kept in sides.kept.iter().flat_map(|s| s.batches.values()) {
+            for from in kept.from.iter() {
+                match oldest
+                    .iter_mut()
+                    .find(|o| o.topic == from.topic && o.partition == from.partition)
+                {
+                    Some(o) => o.offset = o.offset.min(from.offset),
+                    None => oldest.push(*from),
+                }
+            }
+        }
+        oldest
     }
 
     /// The watermark of each of the query's inputs now: kept rows the other side's
@@ -261,6 +297,7 @@ impl Side {
         batch: RecordBatch,
         keys: Vec<Option<Box<[u8]>>>,
         until: Option<i64>,
+        from: Arc<Vec<InputOffset>>,
     ) -> usize {
         let id = self.next;
         let mut added = 0;
@@ -284,6 +321,7 @@ impl Side {
                 batch,
                 bytes: added,
                 until,
+                from,
             },
         );
         added
@@ -324,9 +362,9 @@ impl Side {
     }
 }
 
-/// The latest time, over `batch`'s rows, at which a row can still match: per row the least
-/// of the `expiry` columns (a row with a NULL there matches nothing), in microseconds.
-fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<i64> {
+/// Per row of `batch`, the latest time at which it can still match: the least of the
+/// `expiry` columns (a row with a NULL there matches nothing), in microseconds.
+fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<Vec<i64>> {
     let mut least: Option<Vec<i64>> = None;
     for (c, shift) in &expiry.columns {
         let times = crate::tables::event_time::micros(batch.column(*c))
@@ -340,7 +378,43 @@ fn until(batch: &RecordBatch, expiry: &Expiry) -> DfResult<i64> {
             Some(l) => l.into_iter().zip(values).map(|(a, b)| a.min(b)).collect(),
         });
     }
-    Ok(least.into_iter().flatten().max().unwrap_or(i64::MIN))
+    Ok(least.unwrap_or_default())
+}
+
+/// Encoded join keys, one per row (`None`: the row matches nothing).
+type Keys = Vec<Option<Box<[u8]>>>;
+
+/// `batch`'s rows (and their `keys`) that can still match once the other side's
+/// watermark is `watermark`, and the latest time one of them can; `None` if none can.
+fn still_matching(
+    batch: RecordBatch,
+    keys: Keys,
+    until: &[i64],
+    watermark: Option<i64>,
+) -> DfResult<Option<(RecordBatch, Keys, i64)>> {
+    let keep: Vec<bool> = until
+        .iter()
+        .map(|u| watermark.is_none_or(|w| *u >= w))
+        .collect();
+    let Some(latest) = until
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(u, _)| *u)
+        .max()
+    else {
+        return Ok(None);
+    };
+    if keep.iter().all(|k| *k) {
+        return Ok(Some((batch, keys, latest)));
+    }
+    let batch = filter_record_batch(&batch, &BooleanArray::from(keep.clone()))?;
+    let keys = keys
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(key, k)| k.then_some(key))
+        .collect();
+    Ok(Some((batch, keys, latest)))
 }
 
 /// Per side of `join`, the expiry of its rows its condition gives: for each conjunct of
@@ -669,6 +743,7 @@ impl StreamJoinExec {
                 .lock()
                 .expect("join watermarks lock")
                 .clone();
+            let reading = state.reading.lock().expect("join epoch lock").clone();
             let mut sides = state.sides.lock().expect("join state lock");
             let Sides { kept, memory } = &mut *sides;
             let memory = memory.get_or_insert_with(|| {
@@ -681,11 +756,20 @@ impl StreamJoinExec {
                 .enumerate()
             {
                 for (batch, keys) in new.into_iter().zip(keys) {
-                    let until = match &bounds.expiry[k] {
-                        Some(expiry) => Some(until(&batch, expiry)?),
-                        None => None,
+                    let (batch, keys, until) = match &bounds.expiry[k] {
+                        // Rows the watermark has passed are not kept at all (after a
+                        // restart, most of what is read again).
+                        Some(expiry) => {
+                            let w = watermarks.get(expiry.input).copied().flatten();
+                            let times = until(&batch, expiry)?;
+                            match still_matching(batch, keys, &times, w)? {
+                                Some((batch, keys, latest)) => (batch, keys, Some(latest)),
+                                None => continue,
+                            }
+                        }
+                        None => (batch, keys, None),
                     };
-                    added += kept[k].keep(batch, keys, until);
+                    added += kept[k].keep(batch, keys, until, reading.clone());
                 }
                 let on = if k == 0 { &left_on } else { &right_on };
                 if let Some(expiry) = &bounds.expiry[k]
