@@ -84,6 +84,8 @@ struct Bounds {
 struct Sides {
     /// Left, right.
     kept: [Side; 2],
+    /// How both sides encode their join keys, so that a key of one finds the other's.
+    encoder: Encoder,
     memory: Option<MemoryReservation>,
 }
 
@@ -95,9 +97,6 @@ struct Side {
     next: u32,
     /// Encoded join key → (batch, row) of every kept row with that key.
     by_key: HashMap<Box<[u8]>, Vec<(u32, u32)>>,
-    /// The key columns' types, as encoded (the first batch's).
-    key_types: Vec<DataType>,
-    converter: Option<RowConverter>,
     rows: usize,
     bytes: usize,
 }
@@ -148,6 +147,7 @@ impl JoinState {
             name,
             sides: Mutex::new(Sides {
                 kept: [Side::default(), Side::default()],
+                encoder: Encoder::default(),
                 memory: None,
             }),
             rebuilding: AtomicBool::new(false),
@@ -224,34 +224,44 @@ impl JoinState {
     }
 }
 
-impl Side {
+/// Join keys in Arrow's row format, the key columns cast to the types of the first
+/// batch encoded (the two sides' key types are the same but for integer widths).
+#[derive(Default)]
+struct Encoder {
+    types: Vec<DataType>,
+    converter: Option<RowConverter>,
+}
+
+impl Encoder {
     /// The encoded keys of `batch`'s rows (`None` for a row whose key has a NULL part and
-    /// NULLs match nothing), with the key columns cast to the types this side encodes.
+    /// NULLs match nothing).
     fn keys(
         &mut self,
         batch: &RecordBatch,
         on: &[Arc<dyn PhysicalExpr>],
         nulls_match: bool,
-    ) -> DfResult<Vec<Option<Box<[u8]>>>> {
+    ) -> DfResult<Keys> {
         let mut columns: Vec<ArrayRef> = on
             .iter()
             .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
             .collect::<DfResult<_>>()?;
-        if self.converter.is_none() {
-            self.key_types = columns.iter().map(|c| c.data_type().clone()).collect();
-            let fields = self
-                .key_types
-                .iter()
-                .map(|t| SortField::new(t.clone()))
-                .collect();
-            self.converter = Some(RowConverter::new(fields)?);
-        }
-        for (column, to) in columns.iter_mut().zip(&self.key_types) {
+        let converter = match &self.converter {
+            Some(converter) => converter,
+            None => {
+                self.types = columns.iter().map(|c| c.data_type().clone()).collect();
+                let fields = self
+                    .types
+                    .iter()
+                    .map(|t| SortField::new(t.clone()))
+                    .collect();
+                self.converter.insert(RowConverter::new(fields)?)
+            }
+        };
+        for (column, to) in columns.iter_mut().zip(&self.types) {
             if column.data_type() != to {
                 *column = cast(column, to)?;
             }
         }
-        let converter = self.converter.as_ref().expect("set above");
         let rows = converter.convert_columns(&columns)?;
         Ok((0..batch.num_rows())
             .map(|i| {
@@ -260,7 +270,9 @@ impl Side {
             })
             .collect())
     }
+}
 
+impl Side {
     /// The kept rows whose key is one of `keys`, as one batch of `schema`.
     fn matching(&self, keys: &[Option<Box<[u8]>>], schema: &SchemaRef) -> DfResult<RecordBatch> {
         let mut seen = std::collections::HashSet::new();
@@ -332,6 +344,7 @@ impl Side {
     fn evict(
         &mut self,
         watermark: i64,
+        encoder: &mut Encoder,
         on: &[Arc<dyn PhysicalExpr>],
         nulls_match: bool,
     ) -> DfResult<usize> {
@@ -344,7 +357,7 @@ impl Side {
         let mut freed = 0;
         for id in gone {
             let kept = self.batches.remove(&id).expect("listed above");
-            let keys = self.keys(&kept.batch, on, nulls_match)?;
+            let keys = encoder.keys(&kept.batch, on, nulls_match)?;
             for (row, key) in keys.into_iter().enumerate() {
                 let Some(key) = key else { continue };
                 if let Some(rows) = self.by_key.get_mut(&key) {
@@ -664,37 +677,27 @@ impl StreamJoinExec {
         let new_right = compact(&right.schema(), collect(right.clone(), ctx.clone()).await?)?;
 
         let joining = !state.rebuilding.load(Ordering::Acquire);
+        // Each side's new keys, and the other side's kept rows of those keys.
         let (kept_left, kept_right, left_keys, right_keys);
         {
             let mut sides = state.sides.lock().expect("join state lock");
-            let [l, r] = &mut sides.kept;
-            let mut lk = vec![];
-            for batch in &new_left {
-                lk.push(l.keys(batch, &left_on, nulls_match)?);
-            }
-            let mut rk = vec![];
-            for batch in &new_right {
-                rk.push(r.keys(batch, &right_on, nulls_match)?);
-            }
-            // The other side's kept rows of the keys each side brings, encoded as that side
-            // encodes them.
-            let probe = |side: &mut Side,
-                         batches: &[RecordBatch],
-                         on: &[Arc<dyn PhysicalExpr>],
-                         schema: SchemaRef|
-             -> DfResult<RecordBatch> {
+            let Sides { kept, encoder, .. } = &mut *sides;
+            let mut keys = |batches: &[RecordBatch], on: &[Arc<dyn PhysicalExpr>]| {
+                batches
+                    .iter()
+                    .map(|b| encoder.keys(b, on, nulls_match))
+                    .collect::<DfResult<Vec<Keys>>>()
+            };
+            left_keys = keys(&new_left, &left_on)?;
+            right_keys = keys(&new_right, &right_on)?;
+            let probe = |side: &Side, keys: &[Keys], schema: SchemaRef| {
                 if side.batches.is_empty() || !joining {
                     return Ok(RecordBatch::new_empty(schema));
                 }
-                let mut keys = vec![];
-                for batch in batches {
-                    keys.extend(side.keys(batch, on, nulls_match)?);
-                }
-                side.matching(&keys, &schema)
+                side.matching(&keys.concat(), &schema)
             };
-            kept_right = probe(r, &new_left, &left_on, right.schema())?;
-            kept_left = probe(l, &new_right, &right_on, left.schema())?;
-            (left_keys, right_keys) = (lk, rk);
+            kept_right = probe(&kept[1], &left_keys, right.schema())?;
+            kept_left = probe(&kept[0], &right_keys, left.schema())?;
         }
 
         tracing::debug!(
@@ -745,7 +748,11 @@ impl StreamJoinExec {
                 .clone();
             let reading = state.reading.lock().expect("join epoch lock").clone();
             let mut sides = state.sides.lock().expect("join state lock");
-            let Sides { kept, memory } = &mut *sides;
+            let Sides {
+                kept,
+                encoder,
+                memory,
+            } = &mut *sides;
             let memory = memory.get_or_insert_with(|| {
                 MemoryConsumer::new(state.name.clone()).register(ctx.memory_pool())
             });
@@ -775,7 +782,7 @@ impl StreamJoinExec {
                 if let Some(expiry) = &bounds.expiry[k]
                     && let Some(Some(w)) = watermarks.get(expiry.input)
                 {
-                    freed += kept[k].evict(*w, on, nulls_match)?;
+                    freed += kept[k].evict(*w, encoder, on, nulls_match)?;
                 }
             }
             tracing::debug!(
