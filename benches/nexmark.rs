@@ -49,7 +49,7 @@ use common::{scalar, start_runnel};
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
 /// published.
-const PEERS: [(&str, &str, &str); 17] = [
+const PEERS: [(&str, &str, &str); 18] = [
     ("q0", "155.1K", "862.6K"),
     ("q1", "158.0K", "861K"),
     ("q2", "175.3K", "867K"),
@@ -64,6 +64,7 @@ const PEERS: [(&str, &str, &str); 17] = [
     ("q16", "18.6K", "-"),
     ("q17", "116.8K", "-"),
     ("q18", "53.7K", "-"),
+    ("q19", "44.0K", "-"),
     ("q20", "19.0K", "-"),
     ("q21", "98.5K", "430K"),
     ("q22", "130.0K", "340K"),

@@ -11,7 +11,7 @@
 //!
 //! A join of two streams (inner, append-only inputs) has a simpler oracle: whatever the
 //! epochs were, its output is the same join run once, as a bounded query, over everything
-//! both streams hold.
+//! both streams hold. So has a Top-N (`ROW_NUMBER() … <= N`) over a stream or a join.
 
 mod common;
 
@@ -304,7 +304,18 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
                  WHERE s.carrier <> 'k0';
              CREATE STREAM repaid AS
                  SELECT a.order_id, a.seq AS first_seq, b.seq AS second_seq
-                 FROM payments a JOIN payments b ON a.order_id = b.order_id AND a.seq < b.seq;",
+                 FROM payments a JOIN payments b ON a.order_id = b.order_id AND a.seq < b.seq;
+             CREATE MATERIALIZED VIEW top_payments AS
+                 SELECT order_id, paid, seq, rn FROM (
+                     SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY paid DESC, seq) AS rn
+                     FROM payments) t
+                 WHERE rn <= 3;
+             CREATE MATERIALIZED VIEW best_paid AS
+                 SELECT customer, id, paid, p_seq, rn FROM (
+                     SELECT o.customer, o.id, p.paid, p.seq AS p_seq,
+                            row_number() OVER (PARTITION BY o.customer ORDER BY p.paid DESC, p.seq) AS rn
+                     FROM orders o JOIN payments p ON o.id = p.order_id) t
+                 WHERE rn <= 2;",
         )
         .await
         .unwrap();
@@ -393,6 +404,31 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
     )
     .await;
     assert!(!repaid.is_empty(), "some orders were paid twice");
+    let top = same(
+        &client,
+        "SELECT order_id, paid, seq, rn FROM top_payments ORDER BY 1, 4",
+        "SELECT order_id, paid, seq, rn FROM (
+             SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY paid DESC, seq) AS rn
+             FROM payments) t
+         WHERE rn <= 3 ORDER BY 1, 4",
+        "the top 3 payments of each order",
+    )
+    .await;
+    assert!(
+        top.iter().any(|r| r[3].as_deref() == Some("3")),
+        "some orders were paid three times: {top:?}"
+    );
+    same(
+        &client,
+        "SELECT customer, id, paid, p_seq, rn FROM best_paid ORDER BY 1, 5",
+        "SELECT customer, id, paid, p_seq, rn FROM (
+             SELECT o.customer, o.id, p.paid, p.seq AS p_seq,
+                    row_number() OVER (PARTITION BY o.customer ORDER BY p.paid DESC, p.seq) AS rn
+             FROM orders o JOIN payments p ON o.id = p.order_id) t
+         WHERE rn <= 2 ORDER BY 1, 5",
+        "the top 2 payments of each customer, over the join",
+    )
+    .await;
 
     // What the joins keep is in sys.queries, and retention keeps their inputs.
     let kept = rows(

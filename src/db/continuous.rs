@@ -101,6 +101,36 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
     )))
 }
 
+/// Refuses what `target`, a stream of a grouped query's changes (each epoch's changed
+/// groups, one record each, keyed by the group), cannot say: a group that stops matching
+/// `HAVING`, whose earlier record would need retracting, or a group of several rows (a
+/// Top-N of more than one row, whose ranks move as better rows arrive).
+fn check_changes(plan: &QueryPlan, emit: Emit, target: &str) -> Result<()> {
+    let Kind::Aggregate {
+        filtered, expanded, ..
+    } = &plan.kind
+    else {
+        return Ok(());
+    };
+    if emit != Emit::Changes {
+        return Ok(());
+    }
+    if *filtered {
+        return Err(Error::Unsupported(format!(
+            "{target} cannot filter aggregated values (HAVING): a group that stops matching \
+             would need its earlier record retracted; use a materialized view"
+        )));
+    }
+    if *expanded {
+        return Err(Error::Unsupported(format!(
+            "{target} cannot hold several rows per group (unnest, or a Top-N of more than one \
+             row per partition): its records are upserts keyed by the group, and a group's \
+             rows move as new rows arrive; use a materialized view"
+        )));
+    }
+    Ok(())
+}
+
 /// A derived stream that emits windows on close carries its query's watermark, on the
 /// output column of the group that decides when a window closes (`window_end`, or
 /// `window_start`, or the input's watermark column): further queries can close windows
@@ -169,17 +199,8 @@ impl Database {
         let columns = stream_columns(&plan)?;
         let key_columns = match &plan.kind {
             Kind::Stateless | Kind::Combine { .. } => vec![],
-            Kind::Aggregate {
-                group_outputs,
-                filtered,
-                ..
-            } => {
-                if *filtered && c.emit == Emit::Changes {
-                    return Err(Error::Unsupported(
-                        "a derived stream cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
-                            .into(),
-                    ));
-                }
+            Kind::Aggregate { group_outputs, .. } => {
+                check_changes(&plan, c.emit, "a derived stream")?;
                 group_outputs
                     .iter()
                     .map(|o| o.map(|i| columns[i].name.clone()))
@@ -439,12 +460,7 @@ impl Database {
         let plan = self.engine.plan(&i.query, &data).await?;
         check_reads(&data, who, &plan)?;
         check_emit(&plan, i.emit)?;
-        if let (Kind::Aggregate { filtered: true, .. }, Emit::Changes) = (&plan.kind, i.emit) {
-            return Err(Error::Unsupported(
-                "a persistent INSERT cannot filter aggregated values (HAVING): a group that stops matching would need its earlier record retracted; use a materialized view"
-                    .into(),
-            ));
-        }
+        check_changes(&plan, i.emit, "a persistent INSERT")?;
         // Which target column each query column goes to, as PostgreSQL's INSERT does it.
         let produced = plan.schema.fields();
         let targets: Vec<usize> = if i.columns.is_empty() {

@@ -359,6 +359,10 @@ fn session_state(
         datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf))
             .expect("registering a scalar function cannot fail");
     }
+    for udaf in sql::functions::udafs() {
+        datafusion::execution::FunctionRegistry::register_udaf(&mut state, Arc::new(udaf))
+            .expect("registering an aggregate function cannot fail");
+    }
     for rewrite in sql::functions::rewrites() {
         datafusion::execution::FunctionRegistry::register_function_rewrite(&mut state, rewrite)
             .expect("registering a rewrite cannot fail");

@@ -162,6 +162,9 @@ pub enum Kind {
         group_outputs: Vec<Option<usize>>,
         /// Whether nodes above the aggregate filter its groups (`HAVING`).
         filtered: bool,
+        /// Whether nodes above the aggregate make several rows of a group (`unnest`, as
+        /// a Top-N of more than one row does).
+        expanded: bool,
         /// In a chain of aggregates, the stages before the last one (which the fields
         /// above describe), innermost first.
         inner: Vec<Stage>,
@@ -482,7 +485,7 @@ impl QueryPlan {
         let mut statement = query_statement(sql)?;
         // The first row of each partition (`ROW_NUMBER() … = 1`) is an aggregate.
         if let DfStatement::Statement(s) = &mut statement {
-            sql::top1::rewrite(s, catalog)?;
+            sql::top_n::rewrite(s, catalog)?;
         }
         // Rewritten first: window table functions stand for derived tables over the stream
         // they name, which is what the query reads.
@@ -750,6 +753,7 @@ impl QueryPlan {
                     final_schema: last.final_.schema(),
                     group_outputs: group_outputs(&last.above, last.groups()),
                     filtered: last.above.iter().any(|n| n.name() == "FilterExec"),
+                    expanded: last.above.iter().any(|n| n.name() == "UnnestExec"),
                     inner: stages,
                 }
             }

@@ -10,7 +10,7 @@ pub mod overflow;
 pub mod parser;
 pub mod planner;
 pub mod rewrite;
-pub mod top1;
+pub mod top_n;
 pub mod windows;
 
 use datafusion::execution::SessionState;

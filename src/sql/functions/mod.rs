@@ -1,15 +1,16 @@
-//! Scalar functions Runnel registers in place of DataFusion's own — where the same answer can
+//! Functions Runnel registers in place of DataFusion's own — where the same answer can
 //! be had for much less work, or where PostgreSQL's answer differs — and the ones PostgreSQL
-//! has that DataFusion lacks.
+//! has that DataFusion lacks; and `top_rows`, the aggregate a continuous Top-N keeps.
 
 mod coalesced;
 mod regexp;
 mod to_char;
+pub mod top_rows;
 
 use std::sync::Arc;
 
-use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub use coalesced::Coalesced;
 pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSubstr};
@@ -22,6 +23,11 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::from(RegexpMatch::default()),
         ScalarUDF::from(RegexpSubstr::default()),
     ]
+}
+
+/// The aggregate functions of this module.
+pub fn udafs() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(top_rows::TopRows::default())]
 }
 
 /// Rewrites of calls into cheaper calls with the same answer, applied before planning.

@@ -1,51 +1,58 @@
-//! Top-1 and deduplication in continuous queries: the first row of each partition by an
-//! order, as SQL writes it with `ROW_NUMBER()`, rewritten into an aggregate, which a
+//! Top-N and deduplication in continuous queries: the first rows of each partition by an
+//! order, as SQL writes them with `ROW_NUMBER()`, rewritten into an aggregate, which a
 //! continuous query keeps incrementally.
 //!
 //! ```text
-//! SELECT auction, bidder, price FROM (
-//!     SELECT *, row_number() OVER (PARTITION BY bidder, auction ORDER BY date_time DESC) AS rn
+//! SELECT auction, bidder, price, rn FROM (
+//!     SELECT *, row_number() OVER (PARTITION BY auction ORDER BY price DESC) AS rn
 //!     FROM bid) t
-//! WHERE rn <= 1
-//!   ⇒ SELECT auction, bidder, price FROM (
-//!     SELECT first_value(auction ORDER BY date_time DESC, _partition, _offset) AS auction,
-//!            bidder, …, 1 AS rn
-//!     FROM bid GROUP BY bidder, auction) t
+//! WHERE rn <= 10
+//!   ⇒ SELECT auction, get_field(__top, 'c1') AS bidder, get_field(__top, 'c2') AS price,
+//!            get_field(__top, 'rank') AS rn
+//!     FROM (SELECT auction, unnest(top_rows(10, 'dfalal',
+//!                      named_struct('o0', price, 'o1', _partition, 'o2', _offset),
+//!                      named_struct('c0', auction, 'c1', bidder, 'c2', price))) AS __top
+//!           FROM bid GROUP BY auction) __ranked
 //! ```
 //!
-//! Each of the partition's columns is its first row's value in the order, the order made
-//! total by the record's place in the log (`_partition`, `_offset`), so that every column
-//! comes from the same row, as `ROW_NUMBER()` would pick it. DataFusion's `first_value`
-//! keeps the ordering values in its partial state and merges by them: a group's row is
-//! replaced when a row earlier in the order arrives. Only `= 1`, `<= 1` and `< 2` are
-//! rewritten; a Top-N of more rows is refused as window functions are.
+//! (A top-1 takes the list's only row, `top_rows(1, …)[1]`, rather than unnesting it: one
+//! row per group, as any aggregate's, which a derived stream can upsert by its key.)
+//! `top_rows` ([`crate::sql::functions::top_rows`]) keeps each partition's first rows, its
+//! order made total by the record's place in the log (`_partition`, `_offset`), so that a
+//! rank always names one row, as `ROW_NUMBER()` would. Its state is those rows, at most N
+//! per partition; a row replaces the last one when it comes earlier in the order. The
+//! partition's columns pass through as the group's own, an upsert key. `= 1`, `<= N` and
+//! `< N + 1` are rewritten; other conditions on the row number are refused as window
+//! functions are.
 
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, GroupByExpr, Ident, Query, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, Statement, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut, WindowType,
+    BinaryOperator, Expr, GroupByExpr, Ident, OrderByExpr, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, Value,
+    VisitMut, VisitorMut, WindowType,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::catalog::{CatalogData, Relation};
+use crate::catalog::{CatalogData, OFFSET_COLUMN, PARTITION_COLUMN, Relation};
 use crate::error::{Error, Result};
+use crate::sql::functions::top_rows::RANK_FIELD;
 
-/// Rewrites every top-1 of `statement` (see the module's documentation).
+/// Rewrites every Top-N of `statement` (see the module's documentation).
 pub fn rewrite(statement: &mut Statement, catalog: &CatalogData) -> Result<()> {
-    let mut top1 = Top1 { catalog };
-    match statement.visit(&mut top1) {
+    let mut top_n = TopN { catalog };
+    match statement.visit(&mut top_n) {
         ControlFlow::Break(error) => Err(error),
         ControlFlow::Continue(()) => Ok(()),
     }
 }
 
-struct Top1<'a> {
+struct TopN<'a> {
     catalog: &'a CatalogData,
 }
 
-impl VisitorMut for Top1<'_> {
+impl VisitorMut for TopN<'_> {
     type Break = Error;
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Error> {
@@ -122,7 +129,7 @@ fn conjuncts(expr: Expr, out: &mut Vec<Expr>) {
     }
 }
 
-impl Top1<'_> {
+impl TopN<'_> {
     fn query(&self, query: &mut Query) -> Result<()> {
         let SetExpr::Select(outer) = query.body.as_mut() else {
             return Ok(());
@@ -152,17 +159,15 @@ impl Top1<'_> {
             return Ok(());
         };
         let (_, rows) = limit_on(&parts[limit]).expect("found above");
-        if rows != 1 {
+        if rows < 1 {
             outer.selection = rejoin(parts);
             return Err(Error::Unsupported(format!(
-                "this query cannot run continuously: a Top-N of {rows} rows per partition \
-                 (ROW_NUMBER() … <= {rows}) is not supported yet; the first row of each \
-                 (ROW_NUMBER() … = 1, top-1 and deduplication) is"
+                "this query cannot run continuously: ROW_NUMBER() … <= {rows} keeps no rows"
             )));
         }
         parts.remove(limit);
         outer.selection = rejoin(parts);
-        **subquery = ranked.aggregate(self.catalog)?;
+        **subquery = ranked.aggregate(self.catalog, rows)?;
         Ok(())
     }
 }
@@ -182,7 +187,7 @@ struct RowNumber {
     items: Vec<SelectItem>,
     alias: String,
     partition: Vec<Expr>,
-    order: String,
+    order: Vec<OrderByExpr>,
     /// The streams it reads, each with how the query names it (its alias, or its name).
     streams: Vec<(String, String)>,
     /// Its `FROM`, as written.
@@ -263,25 +268,19 @@ impl RowNumber {
         if spec.window_frame.is_some() || spec.window_name.is_some() {
             return None;
         }
-        let order = spec
-            .order_by
-            .iter()
-            .map(|o| o.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
         Some(RowNumber {
             items,
             alias,
             partition: spec.partition_by.clone(),
-            order,
+            order: spec.order_by.clone(),
             streams,
             from,
             selection: select.selection.clone(),
         })
     }
 
-    /// The aggregate that keeps the first row of each partition.
-    fn aggregate(&self, catalog: &CatalogData) -> Result<Query> {
+    /// The aggregate that keeps the first `rows` rows of each partition.
+    fn aggregate(&self, catalog: &CatalogData, rows: i64) -> Result<Query> {
         // Each stream's qualifier and columns.
         let mut read: Vec<(&str, Vec<String>)> = vec![];
         for (stream, qualifier) in &self.streams {
@@ -292,7 +291,7 @@ impl RowNumber {
                 )),
                 _ => {
                     return Err(Error::Unsupported(format!(
-                        "this query cannot run continuously: ROW_NUMBER() … = 1 reads \
+                        "this query cannot run continuously: ROW_NUMBER() … <= N reads \
                          streams' rows in a continuous query; \"{stream}\" is not a stream"
                     )));
                 }
@@ -374,27 +373,61 @@ impl RowNumber {
                     .next()
                     .is_some_and(|b| b.eq_ignore_ascii_case(a))
         };
-        // The order made total by the rows' places in the log.
-        let positions: Vec<String> = read
+        // The order made total by the rows' places in the log: (value, direction) pairs,
+        // each direction two letters (see `top_rows`). NULLS FIRST by default when
+        // descending, as in PostgreSQL and DataFusion.
+        let mut order: Vec<(String, String)> = self
+            .order
             .iter()
-            .map(|(q, _)| format!("{0}._partition, {0}._offset", quoted(q)))
+            .map(|o| {
+                let descending = o.options.asc == Some(false);
+                let nulls_first = o.options.nulls_first.unwrap_or(descending);
+                let direction = format!(
+                    "{}{}",
+                    if descending { 'd' } else { 'a' },
+                    if nulls_first { 'f' } else { 'l' }
+                );
+                (o.expr.to_string(), direction)
+            })
             .collect();
-        let positions = positions.join(", ");
+        for (qualifier, _) in &read {
+            for position in [PARTITION_COLUMN, OFFSET_COLUMN] {
+                let column = format!("{}.{}", quoted(qualifier), quoted(position));
+                order.push((column, "al".into()));
+            }
+        }
+        let directions: String = order.iter().map(|(_, d)| d.as_str()).collect();
+        let order = order
+            .iter()
+            .enumerate()
+            .map(|(i, (expr, _))| format!("'o{i}', {expr}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let is_partition = |expr: &str| partition.iter().any(|p| same_column(p, expr));
+        let kept = outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, (expr, _))| !is_partition(expr))
+            .map(|(i, (expr, _))| format!("'c{i}', {expr}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A partition column in the output is the group's own: as it is, for an upsert key.
+        let mut passed = vec![];
         let items: Vec<String> = outputs
             .iter()
-            .map(|(expr, name)| {
-                if partition.iter().any(|p| same_column(p, expr)) {
-                    // A partition column is the group's own: as it is, for an upsert key.
-                    format!("{expr} AS {}", quoted(name))
+            .enumerate()
+            .map(|(i, (expr, name))| {
+                if is_partition(expr) {
+                    passed.push(format!("{expr} AS {}", quoted(name)));
+                    quoted(name)
                 } else {
-                    format!(
-                        "first_value({expr} ORDER BY {}, {positions}) AS {}",
-                        self.order,
-                        quoted(name)
-                    )
+                    format!("get_field({TOP}, 'c{i}') AS {}", quoted(name))
                 }
             })
-            .chain([format!("1 AS {}", quoted(&self.alias))])
+            .chain([format!(
+                "get_field({TOP}, '{RANK_FIELD}') AS {}",
+                quoted(&self.alias)
+            )])
             .collect();
         let group_by = if partition.is_empty() {
             String::new()
@@ -406,19 +439,36 @@ impl RowNumber {
             .selection
             .as_ref()
             .map_or(String::new(), |s| format!(" WHERE {s}"));
+        let kept = format!(
+            "top_rows({rows}, '{directions}', named_struct({order}), named_struct({kept}))"
+        );
+        // The first row is the list's one (a group's row, as an aggregate's); more rows
+        // are a group's several rows.
+        let top = match rows {
+            1 => format!("({kept})[1] AS {TOP}"),
+            _ => format!("unnest({kept}) AS {TOP}"),
+        };
         let sql = format!(
-            "SELECT {} FROM {from}{selection}{group_by}",
-            items.join(", ")
+            "SELECT {} FROM (SELECT {} FROM {from}{selection}{group_by}) AS __ranked",
+            items.join(", "),
+            passed
+                .into_iter()
+                .chain([top])
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         let mut parser = Parser::new(&PostgreSqlDialect {})
             .try_with_sql(&sql)
-            .map_err(|e| Error::Internal(format!("top-1 rewrite of \"{sql}\": {e}")))?;
+            .map_err(|e| Error::Internal(format!("Top-N rewrite of \"{sql}\": {e}")))?;
         parser
             .parse_query()
             .map(|q| *q)
-            .map_err(|e| Error::Internal(format!("top-1 rewrite of \"{sql}\": {e}")))
+            .map_err(|e| Error::Internal(format!("Top-N rewrite of \"{sql}\": {e}")))
     }
 }
+
+/// The name of the ranked rows of a partition, one at a time.
+const TOP: &str = "__top";
 
 fn quoted(name: &str) -> String {
     Ident::with_quote('"', name).to_string()
@@ -474,7 +524,10 @@ mod tests {
         assert!(e.to_string().contains("\"s\" is not a stream"), "{e}");
         let top3 = top1.replace("rn = 1", "rn <= 3");
         let e = rewrite(&mut parsed(&top3), &catalog).unwrap_err();
-        assert!(e.to_string().contains("Top-N of 3 rows"), "{e}");
+        assert!(e.to_string().contains("\"s\" is not a stream"), "{e}");
+        let none = top1.replace("rn = 1", "rn < 1");
+        let e = rewrite(&mut parsed(&none), &catalog).unwrap_err();
+        assert!(e.to_string().contains("keeps no rows"), "{e}");
         // No limit on the row number, or other shapes: left alone.
         for sql in [
             "SELECT a FROM (SELECT a, ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) AS rn FROM s) WHERE a = 1",
