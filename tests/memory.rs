@@ -218,6 +218,53 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// much as those values: its sets count against the limit, epoch by epoch, and the view
 /// fails alone once they outgrow it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small epochs: no epoch's own join comes near the limit, only the rows kept do.
+    let server = common::start_with(
+        dir.path(),
+        &["--memory-limit", "32MiB", "--epoch-max-records", "20000"],
+    );
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM words (w TEXT);
+             CREATE STREAM echoes (w TEXT);
+             CREATE MATERIALIZED VIEW few AS SELECT length(w) AS len, count(*) AS n FROM words GROUP BY 1;
+             CREATE STREAM echoed AS SELECT a.w FROM words a JOIN echoes b ON a.w = b.w",
+        )
+        .await
+        .unwrap();
+    // 250,000 distinct 100-byte words on one side, which nothing bounds: the join keeps
+    // every one of them for echoes yet to come, well over 32 MiB.
+    client.batch_execute(WORDS).await.unwrap();
+    client
+        .batch_execute("INSERT INTO echoes VALUES ('x')")
+        .await
+        .unwrap();
+    let error = query_failure(&client, "echoed").await;
+    assert!(
+        error.contains("out of memory") && error.contains(r#"continuous query "echoed""#),
+        "{error}"
+    );
+    // The other query, bounded queries and writes go on.
+    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
+    eventually("the other view catching up", || async {
+        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
+    })
+    .await;
+    client
+        .batch_execute("INSERT INTO echoes VALUES ('y')")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM echoes").await[0][0].as_deref(),
+        Some("2")
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_values_a_view_keeps_count_against_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     // Small epochs: no epoch's own aggregate comes near the limit, only the sets do.

@@ -291,6 +291,7 @@ async fn table_writes_need_their_own_privileges() {
              CREATE TABLE prices (id INT PRIMARY KEY, price INT);
              INSERT INTO prices VALUES (1, 10), (2, 20);
              CREATE STREAM ticks (id INT);
+             CREATE STREAM quotes (id INT, bid INT);
              GRANT INSERT ON prices TO ann;
              GRANT SELECT ON ticks TO ann;
              GRANT CREATE ON SCHEMA public TO ann",
@@ -326,6 +327,26 @@ async fn table_writes_need_their_own_privileges() {
     .await
     .unwrap();
     ann.batch_execute(lookup).await.unwrap();
+    // Every stream a join reads needs SELECT, wherever it stands in the join.
+    let joins = [
+        "CREATE STREAM paired AS SELECT t.id, q.bid FROM ticks t JOIN quotes q ON t.id = q.id",
+        "CREATE STREAM paired AS SELECT t.id, q.bid FROM quotes q JOIN ticks t ON t.id = q.id",
+        "CREATE MATERIALIZED VIEW best AS SELECT * FROM (
+             SELECT t.id, q.bid, row_number() OVER (PARTITION BY t.id ORDER BY q.bid DESC) AS rn
+             FROM ticks t JOIN quotes q ON t.id = q.id) x
+         WHERE rn <= 2",
+    ];
+    for sql in joins {
+        let (code, message) = refused(&ann, sql).await;
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("quotes"), "{sql}: {message}");
+    }
+    admin
+        .batch_execute("GRANT SELECT ON quotes TO ann")
+        .await
+        .unwrap();
+    ann.batch_execute(joins[0]).await.unwrap();
+    ann.batch_execute(joins[2]).await.unwrap();
     assert_eq!(
         rows(&admin, "SELECT id, price FROM prices ORDER BY id").await,
         [

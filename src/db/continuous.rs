@@ -35,8 +35,6 @@ use crate::storage::{Compression, TopicId};
 /// has made redundant are soon sealed and deleted.
 const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
-/// a `TUMBLE` or `HOP` over the column of its stream's watermark.
 /// Refuses `who` a query reading what they may not `SELECT`: its input, and what it looks up.
 fn check_reads(data: &CatalogData, who: &Principal, plan: &QueryPlan) -> Result<()> {
     plan.reads()
@@ -58,6 +56,8 @@ fn note_join_state(plan: &QueryPlan, notices: &mut Vec<String>) {
     }
 }
 
+/// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
+/// a `TUMBLE` or `HOP` over the column of its stream's watermark.
 fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
     if let (Kind::Aggregate { inner, .. }, Emit::Changes) = (&plan.kind, emit)
         && !inner.is_empty()

@@ -870,6 +870,11 @@ impl QueryPlan {
         !self.joins.is_empty()
     }
 
+    /// Names the continuous query `query` as the owner of what its joins keep.
+    pub fn owned_by(&self, query: &str) {
+        self.joins.iter().for_each(|j| j.owned_by(query));
+    }
+
     /// Every relation it reads: its inputs, then what it looks up.
     pub fn reads(&self) -> Vec<String> {
         self.inputs

@@ -230,6 +230,7 @@ impl QueryTask {
                 })
             }
         };
+        plan.owned_by(&def.name);
         let memory = base.runtime_env().memory_pool.clone();
         let stages = match &plan.kind {
             Kind::Aggregate { inner, .. } => inner.as_slice(),

@@ -180,13 +180,17 @@ fn internal(e: arrow::error::ArrowError) -> Error {
 
 /// `rows` in buffers of its own. Aggregations hand out their groups as slices of larger
 /// arrays; a slice kept in the state would keep the whole array alive (and be counted as
-/// all of it), so one much smaller than its buffers is copied out of them.
+/// all of it), so one much smaller than its buffers is copied out of them. Lists (and
+/// structs, which may hold them) are always copied: a slice of a list keeps all of its
+/// values, and Arrow counts them all as the slice's.
 fn owned(rows: RecordBatch) -> Result<RecordBatch> {
     let mut used = 0;
+    let mut nested = false;
     for column in rows.columns() {
         used += column.to_data().get_slice_memory_size().map_err(internal)?;
+        nested |= column.data_type().is_nested();
     }
-    if rows.get_array_memory_size() <= 2 * used.max(4096) {
+    if !nested && rows.get_array_memory_size() <= 2 * used.max(4096) {
         return Ok(rows);
     }
     let all = UInt32Array::from_iter_values(0..rows.num_rows() as u32);

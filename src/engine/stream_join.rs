@@ -62,6 +62,8 @@ use crate::tables::scan::StreamScanExec;
 pub struct JoinState {
     /// What the state is called in errors and in the memory pool.
     name: String,
+    /// The continuous query it belongs to (unnamed while a query is only planned).
+    owner: std::sync::OnceLock<String>,
     sides: Mutex<Sides>,
     /// While set, it only takes rows in, and joins nothing: its kept rows are being
     /// rebuilt, and its output was written long ago.
@@ -145,6 +147,7 @@ impl JoinState {
     pub fn new(name: String) -> JoinState {
         JoinState {
             name,
+            owner: std::sync::OnceLock::new(),
             sides: Mutex::new(Sides {
                 kept: [Side::default(), Side::default()],
                 encoder: Encoder::default(),
@@ -154,6 +157,19 @@ impl JoinState {
             bounds: Mutex::new(Bounds::default()),
             watermarks: Mutex::new(vec![]),
             reading: Mutex::new(Arc::new(vec![])),
+        }
+    }
+
+    /// Names the continuous query it belongs to, for its errors and the memory pool.
+    pub fn owned_by(&self, query: &str) {
+        let _ = self.owner.set(query.to_string());
+    }
+
+    /// What it is called in errors and in the memory pool.
+    fn called(&self) -> String {
+        match self.owner.get() {
+            Some(query) => format!("{} of continuous query \"{query}\"", self.name),
+            None => self.name.clone(),
         }
     }
 
@@ -754,7 +770,7 @@ impl StreamJoinExec {
                 memory,
             } = &mut *sides;
             let memory = memory.get_or_insert_with(|| {
-                MemoryConsumer::new(state.name.clone()).register(ctx.memory_pool())
+                MemoryConsumer::new(state.called()).register(ctx.memory_pool())
             });
             let mut added = 0;
             let mut freed = 0;
