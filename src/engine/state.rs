@@ -193,17 +193,23 @@ fn owned(rows: RecordBatch) -> Result<RecordBatch> {
     if !nested && rows.get_array_memory_size() <= 2 * used.max(4096) {
         return Ok(rows);
     }
+
     let all = UInt32Array::from_iter_values(0..rows.num_rows() as u32);
     take_rows(&rows, &all)
 }
 
 /// The rows of `batch` at `indices` (a batch without columns too, which Arrow's
-/// `take_record_batch` refuses).
+/// `take_record_batch` refuses), in buffers no larger than they need: `take` grows the
+/// buffers of variable-width values by doubling, up to twice what they hold.
 fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
     let columns = batch
         .columns()
         .iter()
-        .map(|c| take(c, indices, None).map_err(internal))
+        .map(|c| {
+            let mut taken = take(c, indices, None).map_err(internal)?;
+            taken.shrink_to_fit();
+            Ok(taken)
+        })
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
     RecordBatch::try_new_with_options(batch.schema(), columns, &options).map_err(internal)
@@ -1304,6 +1310,50 @@ mod tests {
             "{} vs {}",
             state.memory_bytes(),
             big.get_array_memory_size()
+        );
+        assert_eq!(state.len(), n);
+    }
+
+    #[test]
+    fn lists_are_held_in_buffers_the_size_of_their_rows() {
+        // Groups keyed by number, each with a list of two texts: a list state.
+        let item = Arc::new(Field::new_list_field(DataType::Utf8, true));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("texts", DataType::List(item.clone()), true),
+        ]));
+        let n = 100_000;
+        let texts: Vec<String> = (0..2 * n).map(|t| format!("text-{t:020}")).collect();
+        let lists = arrow::array::ListArray::new(
+            item,
+            arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(2, n)),
+            Arc::new(StringArray::from(texts)),
+            None,
+        );
+        let big = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+                Arc::new(lists),
+            ],
+        )
+        .unwrap();
+        let used: usize = big
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap())
+            .sum();
+        let mut state = GroupState::new(schema, 1, unbounded()).unwrap();
+        for start in (0..n).step_by(10_000) {
+            state.upsert(big.slice(start, 10_000)).unwrap();
+        }
+        // A slice of a list holds all of its values: each slice would count the batch's,
+        // ten times over; and copies made by growing buffers would hold up to twice what
+        // they use. Held: the values once, their keys, the index.
+        assert!(
+            state.memory_bytes() < used * 3 / 2 + n * 32,
+            "{} vs {used} used",
+            state.memory_bytes()
         );
         assert_eq!(state.len(), n);
     }
