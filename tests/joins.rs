@@ -461,7 +461,20 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
                  AND p.ts BETWEEN o.ts - INTERVAL '5 seconds' AND o.ts + INTERVAL '20 seconds';
              CREATE STREAM any_time AS
                  SELECT o.id, p.amount, p.ts AS paid_at FROM orders o JOIN payments p
-                 ON o.id = p.order_id;",
+                 ON o.id = p.order_id;
+             CREATE STREAM ordered AS
+                 SELECT id, window_start AS w FROM TUMBLE(orders, ts, INTERVAL '10 seconds')
+                 GROUP BY id, window_start EMIT ON WINDOW CLOSE;
+             CREATE STREAM paid AS
+                 SELECT order_id, window_start AS w, sum(amount) AS total
+                 FROM TUMBLE(payments, ts, INTERVAL '10 seconds')
+                 GROUP BY order_id, window_start EMIT ON WINDOW CLOSE;
+             CREATE STREAM paid_in_window AS
+                 SELECT o.id, o.w, p.total FROM ordered o JOIN paid p
+                 ON o.id = p.order_id AND o.w = p.w;
+             CREATE STREAM paid_in_window_kept AS
+                 SELECT o.id, o.w, p.total FROM ordered o JOIN paid p
+                 ON o.id = p.order_id AND o.w + INTERVAL '0 seconds' = p.w;",
         )
         .await
         .unwrap();
@@ -528,7 +541,18 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
     )
     .await;
 
-    // The interval joins keep the last rounds' rows; the other keeps every row.
+    let windows = same(
+        &client,
+        "SELECT id, w, total FROM paid_in_window ORDER BY 1, 2",
+        "SELECT o.id, o.w, p.total FROM ordered o JOIN paid p \
+         ON o.id = p.order_id AND o.w = p.w ORDER BY 1, 2",
+        "the window join of two streams of closed windows, each row once",
+    )
+    .await;
+    assert!(windows.len() > 20, "orders were paid in their window: {windows:?}");
+
+    // The interval joins keep the last rounds' rows; the other keeps every row. So does
+    // the window join: a window's rows, until the other stream has closed it.
     let kept = rows(
         &client,
         "SELECT name, state_bytes FROM sys.queries ORDER BY name",
@@ -547,6 +571,10 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
             "{bounded} lets rows go: {kept:?}"
         );
     }
+    assert!(
+        bytes("paid_in_window") * 2 < bytes("paid_in_window_kept"),
+        "the window join lets rows go: {kept:?}"
+    );
 
     // Without the unbounded join, nothing needs the inputs' first records for a restart:
     // the bounded joins hold them only from the oldest rows they keep.

@@ -34,6 +34,9 @@ pub struct Planned {
     /// input it reads up to, when it reads all there was (recorded, as the writer moves on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inherited: Option<i64>,
+    /// The same for each input of a join of streams that is a stream of closed windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited_inputs: Vec<(TopicId, i64)>,
 }
 
 /// Event time of a query over a stream with a watermark (times in microseconds).
@@ -362,6 +365,7 @@ mod tests {
             ends: vec![at(0, 9)],
             idle: vec![],
             inherited: None,
+            inherited_inputs: vec![],
         });
         // More has arrived since, but the replay reads what the plan said.
         let plan = next_epoch(&cp, &[at(0, 100)], 1_000).unwrap();
@@ -386,6 +390,7 @@ mod tests {
             ends: vec![at(0, 6)],
             idle: vec![PartitionId(1)],
             inherited: Some(-7),
+            inherited_inputs: vec![(TopicId(3), 12)],
         });
         cp.event_time = Some(EventTime {
             maxima: vec![(PartitionId(0), 5)],

@@ -142,6 +142,9 @@ struct Input {
     /// In a join of several streams: the stream's watermark column, and what each epoch's
     /// scan learns about it (a join's kept rows go as the other side's watermark passes).
     time: Option<(String, Arc<EventTimeScan>)>,
+    /// A stream of closed windows: its watermark is its writer's (shifted), not what its
+    /// rows show.
+    inherited: Option<Inherited>,
 }
 
 /// The shape of a query, fixed when it is created.
@@ -542,8 +545,11 @@ impl QueryPlan {
         };
         if driving.len() > 1 && !windows.is_empty() {
             return Err(Error::Unsupported(format!(
-                "this query cannot run continuously: event-time windows over a join of \
-                 several streams ({}) are not supported yet",
+                "this query cannot run continuously: event-time windows in a query of \
+                 several streams ({}) are not supported yet; write each stream's windows \
+                 to a stream (… EMIT ON WINDOW CLOSE) and join those streams on their \
+                 windows, which lets each window's rows go once the other stream has \
+                 closed it",
                 driving.join(", ")
             )));
         }
@@ -621,10 +627,16 @@ impl QueryPlan {
             let relation = catalog
                 .relation(name)
                 .expect("the driving streams were just found");
-            // Each stream of a join keeps its own watermark (as declared).
+            // Each stream of a join keeps its own watermark (as declared, or its writer's).
+            let inherited = match &relation {
+                Relation::Stream(stream, _) if driving.len() > 1 => {
+                    stream.watermark.as_ref().and_then(|w| w.inherited.clone())
+                }
+                _ => None,
+            };
             let time = match &relation {
                 Relation::Stream(stream, topic) if driving.len() > 1 => match &stream.watermark {
-                    Some(w) if w.inherited.is_none() && w.column != TIMESTAMP_COLUMN => {
+                    Some(w) if w.column != TIMESTAMP_COLUMN => {
                         let fields = catalog.value_fields(topic);
                         let stored = fields.iter().position(|f| *f.name() == w.column);
                         match stored {
@@ -660,6 +672,7 @@ impl QueryPlan {
                 name: name.clone(),
                 topic,
                 ranges,
+                inherited: inherited.filter(|_| time.is_some()),
                 time,
             });
         }
@@ -824,6 +837,15 @@ impl QueryPlan {
         self.inputs
             .iter()
             .map(|i| i.time.as_ref().map(|(_, scan)| (i.topic.id, scan.clone())))
+            .collect()
+    }
+
+    /// The inputs of a join of streams whose watermarks are their writers' (streams of
+    /// closed windows), each with how it follows its writer's.
+    pub fn inherited_inputs(&self) -> Vec<(TopicId, Inherited)> {
+        self.inputs
+            .iter()
+            .filter_map(|i| Some((i.topic.id, i.inherited.clone()?)))
             .collect()
     }
 

@@ -64,6 +64,8 @@ pub(super) struct QueryTask {
     /// Over a stream whose watermark is its writer's: the input's high watermarks and the
     /// writer's watermark (shifted) as of one snapshot.
     upstream: Option<(Vec<InputOffset>, i64)>,
+    /// The same for each input of a join of streams that is a stream of closed windows.
+    upstream_inputs: Vec<(TopicId, Vec<InputOffset>, i64)>,
 }
 
 /// The stream a query appends to, and where each of its columns comes from.
@@ -285,6 +287,7 @@ impl QueryTask {
             sessions,
             activity: HashMap::new(),
             upstream: None,
+            upstream_inputs: vec![],
         };
         task.restore().await?;
         {
@@ -586,6 +589,7 @@ impl QueryTask {
             self.upstream = self
                 .inherited_watermark(&snapshot)
                 .map(|w| (high.clone(), w));
+            self.upstream_inputs = self.inherited_input_watermarks(&snapshot, &high);
             let next = checkpoint::next_epoch(&self.checkpoint, &high, self.config.max_epoch_rows)
                 .or_else(|| self.tick(&high));
             let Some(epoch) = next else {
@@ -631,11 +635,18 @@ impl QueryTask {
                 .as_ref()
                 .filter(|(high, _)| self.reads_all(&ends, high))
                 .map(|(_, w)| *w);
+            let inherited_inputs = self
+                .upstream_inputs
+                .iter()
+                .filter(|(_, high, _)| self.reads_all(&ends, high))
+                .map(|(topic, _, w)| (*topic, *w))
+                .collect();
             self.checkpoint.planned = Some(Planned {
                 epoch: epoch.epoch,
                 ends,
                 idle,
                 inherited,
+                inherited_inputs,
             });
             self.tables
                 .log
@@ -1006,8 +1017,16 @@ impl QueryTask {
 
     /// Takes in what the epoch's scans of a join's streams saw of their event time: each
     /// stream's watermark is the least of its partitions' greatest times (partitions that
-    /// had no rows yet wait).
+    /// had no rows yet wait), or, for a stream of closed windows, its writer's as of what
+    /// the epoch read, when it read all there was.
     fn input_times_seen(&mut self, input_times: &[Option<(TopicId, Arc<EventTimeScan>)>]) {
+        let writers: Vec<(TopicId, i64)> = self
+            .checkpoint
+            .planned
+            .as_ref()
+            .map(|p| p.inherited_inputs.clone())
+            .unwrap_or_default();
+        let inherited = self.plan.inherited_inputs();
         for (topic, scan) in input_times.iter().flatten() {
             let seen = scan.take();
             let times = &mut self.checkpoint.input_times;
@@ -1022,8 +1041,36 @@ impl QueryTask {
             for (partition, max) in seen.maxima {
                 time.observe(partition, max);
             }
-            time.watermark = time.advanced(&[]);
+            time.watermark = match inherited.iter().any(|(t, _)| t == topic) {
+                false => time.advanced(&[]),
+                true => {
+                    let writer = writers.iter().find(|(t, _)| t == topic).map(|(_, w)| *w);
+                    time.watermark.max(writer)
+                }
+            };
         }
+    }
+
+    /// For each input of a join of streams that is a stream of closed windows: its high
+    /// watermarks (of `high`) and its writer's watermark, shifted, as of `snapshot`.
+    fn inherited_input_watermarks(
+        &self,
+        snapshot: &crate::storage::Snapshot,
+        high: &[InputOffset],
+    ) -> Vec<(TopicId, Vec<InputOffset>, i64)> {
+        self.plan
+            .inherited_inputs()
+            .into_iter()
+            .filter_map(|(topic, inherited)| {
+                let writer = Checkpoint::decode(snapshot.meta(inherited.query.0)?).ok()?;
+                let watermark = writer
+                    .event_time?
+                    .watermark?
+                    .saturating_add(inherited.shift_micros);
+                let high = high.iter().filter(|h| h.topic == topic).copied().collect();
+                Some((topic, high, watermark))
+            })
+            .collect()
     }
 
     /// The watermark of the query writing the input, shifted to this query's, as of

@@ -454,13 +454,24 @@ fn still_matching(
 /// watermark passes `c` (shifted).
 fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] {
     let children = [join.left(), join.right()];
-    let Some(filter) = join.filter() else {
-        return [None, None];
-    };
+    // `earlier` is at most `later`.
+    type Bound = ((usize, usize, i64), (usize, usize, i64));
+    let mut bounds: Vec<Bound> = vec![];
+    // Equal keys bound each other both ways (`p.window_end = a.window_end`).
+    for (left, right) in join.on() {
+        if let (Some(l), Some(r)) = (
+            left.downcast_ref::<Column>(),
+            right.downcast_ref::<Column>(),
+        ) {
+            let (l, r) = ((0, l.index(), 0), (1, r.index(), 0));
+            bounds.extend([(l, r), (r, l)]);
+        }
+    }
+    let filter = join.filter();
     // A filter column as (side, the side's column).
     let column_of = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, usize)> {
         let column = e.downcast_ref::<Column>()?;
-        let index = filter.column_indices().get(column.index())?;
+        let index = filter?.column_indices().get(column.index())?;
         let side = match index.side {
             JoinSide::Left => 0,
             JoinSide::Right => 1,
@@ -491,10 +502,8 @@ fn expiries(join: &HashJoinExec, inputs: &[Watermarked]) -> [Option<Expiry>; 2] 
             _ => None,
         }
     };
-    // `earlier` is at most `later`.
-    type Bound = ((usize, usize, i64), (usize, usize, i64));
-    let mut bounds: Vec<Bound> = vec![];
-    for conjunct in split_conjunction(filter.expression()) {
+    let conjuncts = filter.map_or(vec![], |f| split_conjunction(f.expression()));
+    for conjunct in conjuncts {
         let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
             continue;
         };
