@@ -549,7 +549,10 @@ async fn interval_joins_let_rows_go_as_the_watermarks_pass_across_kill_9() {
         "the window join of two streams of closed windows, each row once",
     )
     .await;
-    assert!(windows.len() > 20, "orders were paid in their window: {windows:?}");
+    assert!(
+        windows.len() > 20,
+        "orders were paid in their window: {windows:?}"
+    );
 
     // The interval joins keep the last rounds' rows; the other keeps every row. So does
     // the window join: a window's rows, until the other stream has closed it.

@@ -981,8 +981,9 @@ const COMBINED: &str = "joins (and UNION) run continuously only between aggregat
      group by an event-time window of the stream (window_start or window_end of TUMBLE or \
      HOP over the column of its watermark), emitting on window close, and that match those \
      windows (ON a.window_start = b.window_start …): rows of one window close together on \
-     both sides, and are joined then. Joins that keep a stream's rows for later epochs are \
-     not supported yet";
+     both sides, and are joined then. To join a stream's rows with an aggregate's windows, \
+     write the windows to a stream (… EMIT ON WINDOW CLOSE) and join the two streams, \
+     bounding the rows kept by a condition on their times (Nexmark q7)";
 
 /// The window over the watermark's column that a `window_start` of the query is, if the
 /// query's windows over it all have one size: a group by `window_start` closes that much
