@@ -93,6 +93,14 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
     server.stop();
 }
 
+/// A server with a 32 MiB memory limit and epochs of at most 20,000 records.
+fn small_epochs(dir: &std::path::Path) -> common::Server {
+    common::start_with(
+        dir,
+        &["--memory-limit", "32MiB", "--epoch-max-records", "20000"],
+    )
+}
+
 /// 250,000 distinct words of 100 bytes, into `words`: some 25 MB of values.
 const WORDS: &str = "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT) \
      FROM generate_series(1, 250000)";
@@ -214,17 +222,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// A view of few groups whose `count(DISTINCT …)` keeps every value it counted holds as
-/// much as those values: its sets count against the limit, epoch by epoch, and the view
-/// fails alone once they outgrow it.
+/// A join of streams keeps the rows of a side nothing bounds: they count against the
+/// limit, epoch by epoch, and the query fails alone once they outgrow it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
     let dir = tempfile::tempdir().unwrap();
     // Small epochs: no epoch's own join comes near the limit, only the rows kept do.
-    let server = common::start_with(
-        dir.path(),
-        &["--memory-limit", "32MiB", "--epoch-max-records", "20000"],
-    );
+    let server = small_epochs(dir.path());
     let client = server.connect().await;
     client
         .batch_execute(
@@ -264,14 +268,14 @@ async fn a_join_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
     server.stop();
 }
 
+/// A view of few groups whose `count(DISTINCT …)` keeps every value it counted holds as
+/// much as those values: its sets count against the limit, epoch by epoch, and the view
+/// fails alone once they outgrow it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_values_a_view_keeps_count_against_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     // Small epochs: no epoch's own aggregate comes near the limit, only the sets do.
-    let server = common::start_with(
-        dir.path(),
-        &["--memory-limit", "32MiB", "--epoch-max-records", "20000"],
-    );
+    let server = small_epochs(dir.path());
     let client = server.connect().await;
     client
         .batch_execute(
