@@ -126,6 +126,12 @@ fn entry(key: &[u8], values: &[u8]) -> Box<[u8]> {
     entry.into_boxed_slice()
 }
 
+/// Whether `entry` is a kept row as [`entry`] makes them: a length, and that many bytes.
+fn well_formed(entry: &[u8]) -> bool {
+    entry.len() >= 4
+        && u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize <= entry.len() - 4
+}
+
 /// The ordering part of a kept row.
 fn key(entry: &[u8]) -> &[u8] {
     let (length, rest) = entry.split_at(4);
@@ -157,7 +163,12 @@ impl Kept {
         let DataType::Struct(order) = order.data_type(args.schema)? else {
             return plan_err!("top_rows orders by a struct of values");
         };
-        let row = row.data_type(args.schema)?;
+        Kept::of(n, &directions, &order, row.data_type(args.schema)?)
+    }
+
+    /// Keeps `n` rows of type `row` (a struct) per group, in the order of `order`'s fields
+    /// and `directions` (see the module's documentation).
+    fn of(n: usize, directions: &str, order: &Fields, row: DataType) -> DfResult<Kept> {
         let DataType::Struct(row_fields) = &row else {
             return plan_err!("top_rows keeps rows given as a struct");
         };
@@ -254,6 +265,9 @@ impl Kept {
             let g = group(row);
             for at in range[0] as usize..range[1] as usize {
                 let entry = entries.value(at);
+                if !well_formed(entry) {
+                    return exec_err!("top_rows' state holds a damaged row");
+                }
                 self.offer(g, key(entry), || entry.into());
             }
         }
@@ -400,5 +414,143 @@ impl Accumulator for Kept {
 
     fn size(&self) -> usize {
         self.memory()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::Int64Type;
+
+    fn row_type() -> DataType {
+        DataType::Struct(Fields::from(vec![
+            Field::new("c0", DataType::Int64, true),
+            Field::new("c1", DataType::Utf8, true),
+        ]))
+    }
+
+    /// Arguments for rows ordered by `price` (descending, nulls first), then `seq`.
+    fn args(prices: Vec<Option<i64>>, names: Vec<&str>) -> Vec<ArrayRef> {
+        let n = prices.len();
+        let seq = Arc::new(Int64Array::from_iter_values(0..n as i64));
+        let price: ArrayRef = Arc::new(Int64Array::from(prices));
+        let order = StructArray::from(vec![
+            (
+                Arc::new(Field::new("o0", DataType::Int64, true)),
+                price.clone(),
+            ),
+            (
+                Arc::new(Field::new("o1", DataType::Int64, false)),
+                seq as ArrayRef,
+            ),
+        ]);
+        let row = StructArray::from(vec![
+            (Arc::new(Field::new("c0", DataType::Int64, true)), price),
+            (
+                Arc::new(Field::new("c1", DataType::Utf8, true)),
+                Arc::new(StringArray::from(names)) as ArrayRef,
+            ),
+        ]);
+        let unused: ArrayRef = Arc::new(Int64Array::from(vec![0; n]));
+        vec![unused.clone(), unused, Arc::new(order), Arc::new(row)]
+    }
+
+    fn kept(n: usize) -> Kept {
+        let order = Fields::from(vec![
+            Field::new("o0", DataType::Int64, true),
+            Field::new("o1", DataType::Int64, false),
+        ]);
+        Kept::of(n, "dfal", &order, row_type()).unwrap()
+    }
+
+    /// Each group's (value, name, rank) rows, in rank order.
+    fn ranked_rows(lists: &ArrayRef) -> Vec<Vec<(Option<i64>, String, i64)>> {
+        let lists = lists.as_list::<i32>();
+        (0..lists.len())
+            .map(|g| {
+                let rows = lists.value(g);
+                let rows = rows.as_struct();
+                let values = rows.column(0).as_primitive::<Int64Type>();
+                let names = rows.column(1).as_string::<i32>();
+                let ranks = rows.column(2).as_primitive::<Int64Type>();
+                (0..rows.len())
+                    .map(|i| {
+                        let value = values.is_valid(i).then(|| values.value(i));
+                        (value, names.value(i).to_string(), ranks.value(i))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keeps_the_first_rows_of_each_group_ranked() {
+        let mut top = kept(2);
+        let prices = vec![Some(5), Some(9), None, Some(7), Some(9), Some(1)];
+        let names = vec!["a", "b", "c", "d", "e", "f"];
+        GroupsAccumulator::update_batch(
+            &mut top,
+            &args(prices, names),
+            &[0, 0, 1, 0, 0, 1],
+            None,
+            2,
+        )
+        .unwrap();
+        let lists = GroupsAccumulator::evaluate(&mut top, EmitTo::All).unwrap();
+        // Descending, NULLS FIRST; equal prices by the second ordering value.
+        assert_eq!(
+            ranked_rows(&lists),
+            vec![
+                vec![(Some(9), "b".into(), 1), (Some(9), "e".into(), 2)],
+                vec![(None, "c".into(), 1), (Some(1), "f".into(), 2)],
+            ]
+        );
+    }
+
+    #[test]
+    fn merged_states_keep_what_one_pass_would() {
+        let prices = vec![Some(3), Some(8), Some(6), Some(2), Some(8), Some(7)];
+        let names = vec!["a", "b", "c", "d", "e", "f"];
+        let all = args(prices, names);
+        let mut one = kept(3);
+        GroupsAccumulator::update_batch(&mut one, &all, &[0; 6], None, 1).unwrap();
+        let want = ranked_rows(&GroupsAccumulator::evaluate(&mut one, EmitTo::All).unwrap());
+
+        // Two halves, each its own state; merged into a third in either order.
+        let mut states = vec![];
+        for half in [0..3, 3..6] {
+            let mut part = kept(3);
+            let slices: Vec<ArrayRef> = all
+                .iter()
+                .map(|a| a.slice(half.start, half.len()))
+                .collect();
+            GroupsAccumulator::update_batch(&mut part, &slices, &[0; 3], None, 1).unwrap();
+            states.push(GroupsAccumulator::state(&mut part, EmitTo::All).unwrap());
+        }
+        let mut merged = kept(3);
+        for state in states.iter().rev() {
+            GroupsAccumulator::merge_batch(&mut merged, state, &[0], 1).unwrap();
+        }
+        let got = ranked_rows(&GroupsAccumulator::evaluate(&mut merged, EmitTo::All).unwrap());
+        assert_eq!(got, want);
+        assert_eq!(
+            got[0].iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![Some(8), Some(8), Some(7)]
+        );
+    }
+
+    #[test]
+    fn a_damaged_state_is_an_error() {
+        let mut top = kept(1);
+        let entries = arrow::array::LargeBinaryArray::from_iter_values([&[9u8, 0, 0, 0, 1][..]]);
+        let state: ArrayRef = Arc::new(ListArray::new(
+            Arc::new(Field::new_list_field(DataType::LargeBinary, false)),
+            OffsetBuffer::<i32>::from_lengths([1]),
+            Arc::new(entries),
+            None,
+        ));
+        assert!(GroupsAccumulator::merge_batch(&mut top, &[state], &[0], 1).is_err());
     }
 }
