@@ -28,7 +28,7 @@ use super::state::{Groups, changelog_fields};
 use super::{
     ClosedRows, EngineConfig, Shared, State, ViewChange, ViewContents, ViewGroups, ViewSource,
 };
-use crate::catalog::{CatalogData, Emit, Privilege, QueryDef, QueryTarget, Relation};
+use crate::catalog::{CatalogData, Emit, Inherited, Privilege, QueryDef, QueryTarget, Relation};
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
@@ -1062,11 +1062,7 @@ impl QueryTask {
             .inherited_inputs()
             .into_iter()
             .filter_map(|(topic, inherited)| {
-                let writer = Checkpoint::decode(snapshot.meta(inherited.query.0)?).ok()?;
-                let watermark = writer
-                    .event_time?
-                    .watermark?
-                    .saturating_add(inherited.shift_micros);
+                let watermark = writer_watermark(snapshot, &inherited)?;
                 let high = high.iter().filter(|h| h.topic == topic).copied().collect();
                 Some((topic, high, watermark))
             })
@@ -1076,14 +1072,7 @@ impl QueryTask {
     /// The watermark of the query writing the input, shifted to this query's, as of
     /// `snapshot` (which holds the rows that query had appended by then).
     fn inherited_watermark(&self, snapshot: &crate::storage::Snapshot) -> Option<i64> {
-        let inherited = self.plan.inherited.as_ref()?;
-        let writer = Checkpoint::decode(snapshot.meta(inherited.query.0)?).ok()?;
-        Some(
-            writer
-                .event_time?
-                .watermark?
-                .saturating_add(inherited.shift_micros),
-        )
+        writer_watermark(snapshot, self.plan.inherited.as_ref()?)
     }
 
     /// Whether reading up to `ends` (or, where it says nothing, the checkpoint) reads
@@ -1497,4 +1486,15 @@ fn output_of(
         target,
         columns: sources,
     })
+}
+
+/// The watermark of the query `inherited` names, shifted as it says, as of `snapshot`.
+fn writer_watermark(snapshot: &crate::storage::Snapshot, inherited: &Inherited) -> Option<i64> {
+    let writer = Checkpoint::decode(snapshot.meta(inherited.query.0)?).ok()?;
+    Some(
+        writer
+            .event_time?
+            .watermark?
+            .saturating_add(inherited.shift_micros),
+    )
 }

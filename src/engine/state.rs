@@ -193,7 +193,6 @@ fn owned(rows: RecordBatch) -> Result<RecordBatch> {
     if !nested && rows.get_array_memory_size() <= 2 * used.max(4096) {
         return Ok(rows);
     }
-
     let all = UInt32Array::from_iter_values(0..rows.num_rows() as u32);
     take_rows(&rows, &all)
 }

@@ -290,10 +290,10 @@ impl Encoder {
 
 impl Side {
     /// The kept rows whose key is one of `keys`, as one batch of `schema`.
-    fn matching(&self, keys: &[Option<Box<[u8]>>], schema: &SchemaRef) -> DfResult<RecordBatch> {
+    fn matching(&self, keys: &[Keys], schema: &SchemaRef) -> DfResult<RecordBatch> {
         let mut seen = std::collections::HashSet::new();
         let mut found: Vec<(u32, u32)> = vec![];
-        for key in keys.iter().flatten() {
+        for key in keys.iter().flatten().flatten() {
             if seen.insert(key)
                 && let Some(rows) = self.by_key.get(key)
             {
@@ -719,7 +719,7 @@ impl StreamJoinExec {
                 if side.batches.is_empty() || !joining {
                     return Ok(RecordBatch::new_empty(schema));
                 }
-                side.matching(&keys.concat(), &schema)
+                side.matching(keys, &schema)
             };
             kept_right = probe(&kept[1], &left_keys, right.schema())?;
             kept_left = probe(&kept[0], &right_keys, left.schema())?;

@@ -20,7 +20,7 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use arrow::row::{RowConverter, RowParser, SortField};
+use arrow::row::{RowConverter, RowParser, Rows, SortField};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
@@ -124,6 +124,11 @@ fn entry(key: &[u8], values: &[u8]) -> Box<[u8]> {
     entry.extend_from_slice(key);
     entry.extend_from_slice(values);
     entry.into_boxed_slice()
+}
+
+/// Whether row `i` passes `filter` (an aggregate's `FILTER (WHERE …)`), if any.
+fn selected(filter: Option<&BooleanArray>, i: usize) -> bool {
+    filter.is_none_or(|f| f.is_valid(i) && f.value(i))
 }
 
 /// Whether `entry` is a kept row as [`entry`] makes them: a length, and that many bytes.
@@ -232,21 +237,24 @@ impl Kept {
         }
     }
 
+    /// The ordering values and the values of `args`' rows, in Arrow's row format.
+    fn encode(&self, args: &[ArrayRef]) -> DfResult<(Rows, Rows)> {
+        let (Some(order), Some(row)) = (args[2].as_struct_opt(), args[3].as_struct_opt()) else {
+            return exec_err!("top_rows orders by a struct and keeps a struct");
+        };
+        let keys = self.order.convert_columns(order.columns())?;
+        let rows = self.values.convert_columns(row.columns())?;
+        Ok((keys, rows))
+    }
+
     fn update(
         &mut self,
         args: &[ArrayRef],
         group: impl Fn(usize) -> usize,
         filter: Option<&BooleanArray>,
     ) -> DfResult<()> {
-        let (Some(order), Some(row)) = (args[2].as_struct_opt(), args[3].as_struct_opt()) else {
-            return exec_err!("top_rows orders by a struct and keeps a struct");
-        };
-        let keys = self.order.convert_columns(order.columns())?;
-        let rows = self.values.convert_columns(row.columns())?;
-        for i in 0..order.len() {
-            if filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
-                continue;
-            }
+        let (keys, rows) = self.encode(args)?;
+        for i in (0..keys.num_rows()).filter(|i| selected(filter, *i)) {
             let (k, v) = (keys.row(i), rows.row(i));
             let (k, v) = (k.as_ref(), v.as_ref());
             self.offer(group(i), k, || entry(k, v));
@@ -367,19 +375,12 @@ impl GroupsAccumulator for Kept {
         opt_filter: Option<&BooleanArray>,
     ) -> DfResult<Vec<ArrayRef>> {
         // Each row its own group.
-        let (Some(order), Some(row)) = (values[2].as_struct_opt(), values[3].as_struct_opt())
-        else {
-            return exec_err!("top_rows orders by a struct and keeps a struct");
-        };
-        let keys = self.order.convert_columns(order.columns())?;
-        let rows = self.values.convert_columns(row.columns())?;
-        let one: Vec<Vec<Box<[u8]>>> = (0..order.len())
-            .map(
-                |i| match opt_filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
-                    true => vec![],
-                    false => vec![entry(keys.row(i).as_ref(), rows.row(i).as_ref())],
-                },
-            )
+        let (keys, rows) = self.encode(values)?;
+        let one: Vec<Vec<Box<[u8]>>> = (0..keys.num_rows())
+            .map(|i| match selected(opt_filter, i) {
+                true => vec![entry(keys.row(i).as_ref(), rows.row(i).as_ref())],
+                false => vec![],
+            })
             .collect();
         Ok(vec![Kept::state_of(&one)])
     }
