@@ -214,7 +214,10 @@ async fn lookup_joins_refuse_what_an_epoch_cannot_finish() {
             "CREATE STREAM a AS SELECT k FROM ev UNION ALL SELECT k FROM other",
             "UNION of streams",
         ),
-        ("CREATE STREAM a AS SELECT * FROM dim", "is a table"),
+        (
+            "CREATE STREAM a AS SELECT * FROM dim",
+            "derived stream over table \"dim\"",
+        ),
     ];
     for (sql, why) in refused {
         let e = client.batch_execute(sql).await.unwrap_err();

@@ -268,6 +268,57 @@ async fn a_join_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
     server.stop();
 }
 
+/// A view over a table keeps each key's row (what an update or delete takes back): those
+/// rows count against the limit, epoch by epoch, and the view fails alone once they outgrow
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_over_a_table_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small epochs: no epoch's own aggregate comes near the limit, only the rows kept do.
+    let server = small_epochs(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM words (w TEXT);
+             CREATE TABLE docs (id BIGINT PRIMARY KEY, w TEXT);
+             CREATE MATERIALIZED VIEW few AS SELECT length(w) AS len, count(*) AS n FROM words GROUP BY 1;
+             CREATE MATERIALIZED VIEW lengths AS SELECT length(w) AS len, count(*) AS n FROM docs GROUP BY 1",
+        )
+        .await
+        .unwrap();
+    // 250,000 rows of 100-byte values in one group: the view keeps every row, well over
+    // 32 MiB.
+    client
+        .batch_execute(
+            "INSERT INTO docs SELECT value, repeat('w', 94) || CAST(100000 + value AS TEXT) \
+             FROM generate_series(1, 250000)",
+        )
+        .await
+        .unwrap();
+    let error = query_failure(&client, "lengths").await;
+    assert!(
+        error.contains("out of memory")
+            && error.contains(r#"rows of table "docs" kept by continuous query "lengths""#),
+        "{error}"
+    );
+    // The other view, bounded queries and writes go on.
+    client.batch_execute(WORDS).await.unwrap();
+    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
+    eventually("the other view catching up", || async {
+        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
+    })
+    .await;
+    client
+        .batch_execute("DELETE FROM docs WHERE id <= 10")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM docs").await[0][0].as_deref(),
+        Some("249990")
+    );
+    server.stop();
+}
+
 /// A view of few groups whose `count(DISTINCT …)` keeps every value it counted holds as
 /// much as those values: its sets count against the limit, epoch by epoch, and the view
 /// fails alone once they outgrow it.

@@ -303,14 +303,18 @@ async fn table_writes_need_their_own_privileges() {
     ann.batch_execute("INSERT INTO prices VALUES (3, 30)")
         .await
         .unwrap();
-    // Looking a table up in a continuous query reads it: SELECT on the table too.
+    // Looking a table up in a continuous query reads it, as does a view over the table:
+    // SELECT on the table too.
     let lookup =
         "CREATE STREAM priced AS SELECT t.id, p.price FROM ticks t JOIN prices p ON t.id = p.id";
+    let over_table =
+        "CREATE MATERIALIZED VIEW price_sum AS SELECT count(*) AS n, sum(price) AS s FROM prices";
     for sql in [
         "INSERT INTO prices VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET price = excluded.price",
         "UPDATE prices SET price = 0 WHERE id = 1",
         "DELETE FROM prices WHERE id = 2",
         lookup,
+        over_table,
     ] {
         let (code, message) = refused(&ann, sql).await;
         assert_eq!(code, "42501", "{sql}: {message}");
@@ -327,6 +331,7 @@ async fn table_writes_need_their_own_privileges() {
     .await
     .unwrap();
     ann.batch_execute(lookup).await.unwrap();
+    ann.batch_execute(over_table).await.unwrap();
     // Every stream a join reads needs SELECT, wherever it stands in the join.
     let joins = [
         "CREATE STREAM paired AS SELECT t.id, q.bid FROM ticks t JOIN quotes q ON t.id = q.id",
@@ -347,6 +352,11 @@ async fn table_writes_need_their_own_privileges() {
         .unwrap();
     ann.batch_execute(joins[0]).await.unwrap();
     ann.batch_execute(joins[2]).await.unwrap();
+    ann.batch_execute("FLUSH").await.unwrap();
+    assert_eq!(
+        rows(&ann, "SELECT n, s FROM price_sum").await,
+        [vec![Some("2".to_string()), Some("32".to_string())]]
+    );
     assert_eq!(
         rows(&admin, "SELECT id, price FROM prices ORDER BY id").await,
         [

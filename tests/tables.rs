@@ -1,7 +1,9 @@
 //! Tables against a model: random inserts, upserts, updates (moving keys too) and deletes,
 //! each checked against a map of what PostgreSQL would hold — whole, and key by key through
-//! the key index — across clean restarts and `kill -9`; concurrent inserts of the same keys,
-//! each key won exactly once; reads of a key read that key's records only.
+//! the key index — across clean restarts and `kill -9`, with materialized views over the
+//! table (maintained as its rows change) equal to their bounded queries throughout;
+//! concurrent inserts of the same keys, each key won exactly once; reads of a key read that
+//! key's records only.
 
 mod common;
 
@@ -48,6 +50,44 @@ async fn check(client: &tokio_postgres::Client, model: &Model, when: &str) {
         .map(|id| vec![Some(id.to_string())])
         .collect();
     assert_eq!(got, want, "keys in a list {when}");
+}
+
+/// Materialized views over the table, each with its query (and the order its rows are
+/// compared in): grouped and global, with filters, expressions and `FILTER` clauses, every
+/// aggregate that is maintained under updates and deletes.
+const VIEWS: [(&str, &str, &str); 3] = [
+    (
+        "by_bucket",
+        "SELECT v % 5 AS b, count(*) AS n, count(s) AS ns, sum(v) AS total, avg(v) AS mean \
+         FROM t GROUP BY v % 5",
+        "b",
+    ),
+    (
+        "everything",
+        "SELECT count(*) AS n, sum(v) AS total, avg(v) AS mean FROM t",
+        "n",
+    ),
+    (
+        "by_length",
+        "SELECT length(s) AS len, count(*) AS n, sum(v) FILTER (WHERE v > 500) AS big, \
+         count(*) FILTER (WHERE v > 500) AS nbig FROM (SELECT * FROM t WHERE id % 3 <> 1) AS x \
+         GROUP BY length(s)",
+        "len",
+    ),
+];
+
+/// Each view created so far holds what its query returns over the table now.
+async fn check_views(client: &tokio_postgres::Client, created: usize, when: &str) {
+    client.batch_execute("FLUSH").await.unwrap();
+    for (name, query, order) in &VIEWS[..created] {
+        let got = rows(client, &format!("SELECT * FROM {name} ORDER BY {order}")).await;
+        let want = rows(
+            client,
+            &format!("SELECT * FROM ({query}) AS q ORDER BY {order}"),
+        )
+        .await;
+        assert_eq!(got, want, "view {name} {when}");
+    }
 }
 
 /// Runs `sql`, expecting success or the SQLSTATE `fails`; returns the command's row count.
@@ -174,13 +214,31 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
         .batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s TEXT) WITH (partitions = 3)")
         .await
         .unwrap();
+    // Two views follow the table from its start; the last is created over rows written
+    // already, and catches up with them.
+    for (name, query, _) in &VIEWS[..2] {
+        client
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+            .await
+            .unwrap();
+    }
     let mut model = Model::new();
+    let mut created = 2;
     for round in 0..6 {
         let client = server.connect().await;
         for _ in 0..40 {
             random_statement(&client, &mut model, &mut rng).await;
         }
+        if round == 1 {
+            let (name, query, _) = VIEWS[2];
+            client
+                .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+                .await
+                .unwrap();
+            created = 3;
+        }
         check(&client, &model, &format!("after round {round}")).await;
+        check_views(&client, created, &format!("after round {round}")).await;
         drop(client);
         // Every statement above was acknowledged: a restart, clean or not, keeps them all,
         // and the key index is rebuilt from the log.
@@ -192,7 +250,32 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
         server = common::start(dir.path());
         let client = server.connect().await;
         check(&client, &model, &format!("after restart {round}")).await;
+        check_views(&client, created, &format!("after restart {round}")).await;
     }
+    // The views were written as the table changed, not recomputed: every group came and
+    // went through the changes (an emptied group is gone, not shown with a count of 0).
+    let client = server.connect().await;
+    client.batch_execute("DELETE FROM t; FLUSH").await.unwrap();
+    assert!(rows(&client, "SELECT * FROM by_bucket").await.is_empty());
+    assert!(rows(&client, "SELECT * FROM by_length").await.is_empty());
+    assert_eq!(
+        rows(&client, "SELECT n, total, mean FROM everything").await,
+        vec![vec![Some("0".into()), None, None]]
+    );
+    let groups = rows(
+        &client,
+        "SELECT name, groups FROM sys.queries ORDER BY name",
+    )
+    .await;
+    assert_eq!(
+        groups,
+        vec![
+            vec![Some("by_bucket".into()), Some("0".into())],
+            vec![Some("by_length".into()), Some("0".into())],
+            vec![Some("everything".into()), Some("1".into())],
+        ],
+        "emptied groups leave the state"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

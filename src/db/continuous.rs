@@ -106,6 +106,14 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
 /// `HAVING`, whose earlier record would need retracting, or a group of several rows (a
 /// Top-N of more than one row, whose ranks move as better rows arrive).
 fn check_changes(plan: &QueryPlan, emit: Emit, target: &str) -> Result<()> {
+    if plan.over_table() {
+        return Err(Error::Unsupported(format!(
+            "{target} over table \"{}\" is not supported yet: its groups change and go as \
+             the table's rows are updated and deleted, which appended records cannot take \
+             back; use a materialized view (CREATE MATERIALIZED VIEW … AS SELECT … FROM {})",
+            plan.input_name, plan.input_name
+        )));
+    }
     let Kind::Aggregate {
         filtered, expanded, ..
     } = &plan.kind

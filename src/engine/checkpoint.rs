@@ -99,8 +99,9 @@ pub struct Checkpoint {
     /// innermost first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inner_state: Vec<Changelog>,
-    /// For a query that joins streams: where it started reading each input. The rows its
-    /// joins keep are rebuilt from there when it starts (and retention keeps them).
+    /// For a query that joins streams or reads a table: where it started reading each
+    /// input. The input rows it keeps (its joins' sides, its image of the table) are
+    /// rebuilt from there when it starts (and retention keeps them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub starts: Vec<InputOffset>,
     /// For a query joining streams with watermarks: each one's event time.

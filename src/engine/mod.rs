@@ -13,9 +13,11 @@ mod lookup;
 pub mod plan;
 mod push;
 mod query;
+mod retract;
 mod sessions;
 pub mod state;
 mod stream_join;
+mod table_changes;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -506,7 +508,7 @@ impl Engine {
                 topic: input.topic,
                 partition: input.partition,
                 offset: input.offset,
-                holder: format!("query {} (the rows its joins keep)", def.name),
+                holder: format!("query {} (the input rows it keeps)", def.name),
             }));
         }
         holds
@@ -531,7 +533,12 @@ impl Engine {
                 (0..topic.partitions).map(|p| InputOffset {
                     topic: topic.id,
                     partition: PartitionId(p),
+                    // A table's rows are all its records: a query over one reads them
+                    // from the first.
                     offset: match start {
+                        _ if plan.over_table() => {
+                            self.tables.log.log_start(topic.id, PartitionId(p))
+                        }
                         StartPosition::Earliest => {
                             self.tables.log.log_start(topic.id, PartitionId(p))
                         }
@@ -541,8 +548,8 @@ impl Engine {
             })
             .collect();
         let mut checkpoint = Checkpoint::initial(starts.clone());
-        if plan.joins_streams() {
-            // Its joins' kept rows are rebuilt from there when it starts again.
+        if plan.keeps_input_rows() {
+            // What it keeps of its input is rebuilt from there when it starts again.
             checkpoint.starts = starts;
         }
         (id.0, Some(checkpoint.encode()))

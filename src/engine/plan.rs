@@ -32,6 +32,10 @@
 //!   nothing needs keeping for a later one: the join is as final as its inputs, for every
 //!   join type.
 //!
+//! - **over a table** (its only relation): the table's changes are the input, as signed
+//!   rows ([`super::table_changes`]), and the logical plan is rewritten so that its
+//!   aggregates are sums of them ([`super::retract`]); it is then an aggregate as above.
+//!
 //! Anything else (sorts, limits, other joins, window functions) cannot be run
 //! incrementally this way, and the query is refused when created, naming the part.
 
@@ -72,9 +76,11 @@ use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::checkpoint::{self, InputOffset};
 use crate::engine::collect::Collect;
 use crate::engine::lookup::{LookupTable, with_lookups};
+use crate::engine::retract;
 use crate::engine::sessions::SessionColumns;
 use crate::engine::state::{self, Expiry, Groups};
 use crate::engine::stream_join::{JoinState, StreamJoinExec, Watermarked, is_delta_join};
+use crate::engine::table_changes::{TableChangesExec, TableChangesTable, TableImage};
 use crate::error::{Error, Result};
 use crate::sql::{self, Statement, Window};
 use crate::storage::TIMESTAMP_COLUMN;
@@ -113,6 +119,8 @@ pub struct QueryPlan {
     kept: Vec<Arc<LookupTable>>,
     /// Its joins of streams, each one's rows kept between epochs.
     joins: Vec<Arc<JoinState>>,
+    /// Over a table: the rows of it the query has seen, which its changes retract.
+    image: Option<Arc<TableImage>>,
     /// What the query returns.
     pub schema: SchemaRef,
     pub kind: Kind,
@@ -171,6 +179,9 @@ pub enum Kind {
         /// In a chain of aggregates, the stages before the last one (which the fields
         /// above describe), innermost first.
         inner: Vec<Stage>,
+        /// Over a table: the column of `state_schema` counting a group's rows. A group
+        /// whose rows have all gone leaves the state.
+        rows: Option<usize>,
     },
     /// A join or union of aggregates' closed windows: rows appended as windows close.
     Combine {
@@ -534,15 +545,31 @@ impl QueryPlan {
                 Relation::View(_) | Relation::External(_) => lookups.push(name),
             }
         }
-        let input_name = match (driving.as_slice(), lookups.first()) {
-            ([], None) => {
+        // Without a stream, one table drives it: its changes are what epochs read.
+        let over_table = match (driving.as_slice(), lookups.as_slice()) {
+            ([], [table]) if is_table(catalog, table) => Some(table.clone()),
+            _ => None,
+        };
+        if let Some(table) = &over_table {
+            driving = vec![table.clone()];
+            lookups.clear();
+        }
+        let input_name = match (driving.as_slice(), lookups.as_slice()) {
+            ([], []) => {
                 return Err(Error::Unsupported(
                     "a continuous query must read a stream (FROM stream)".into(),
                 ));
             }
-            ([], Some(only)) => return Err(no_stream_to_drive(catalog, only)),
+            ([], several) => return Err(no_stream_to_drive(catalog, several)),
             ([first, ..], _) => first.clone(),
         };
+        if over_table.is_some() && !windows.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "this query cannot run continuously: event-time windows over table \
+                 \"{input_name}\" are not supported (its rows change; windows close on a \
+                 stream's watermark)"
+            )));
+        }
         if driving.len() > 1 && !windows.is_empty() {
             return Err(Error::Unsupported(format!(
                 "this query cannot run continuously: event-time windows in a query of \
@@ -580,7 +607,7 @@ impl QueryPlan {
                 },
                 inherited: None,
             }),
-            Relation::Stream(stream, _) => stream.watermark.clone(),
+            Relation::Stream(stream, _) if !stream.is_table() => stream.watermark.clone(),
             _ => None,
         };
         // A join of streams follows no watermark yet: its inputs would each have their own.
@@ -622,6 +649,7 @@ impl QueryPlan {
         };
         let parallelism = base.config().target_partitions();
         let mut inputs = vec![];
+        let mut images = vec![];
         let mut providers: Vec<(String, Arc<dyn TableProvider>)> = vec![];
         for (k, name) in driving.iter().enumerate() {
             let relation = catalog
@@ -660,10 +688,26 @@ impl QueryPlan {
                 },
                 parallelism,
             });
-            let table = StreamTable::of(catalog, &relation, log.clone())
-                .expect("streams and topics are tables")
-                .for_epochs(ranges.clone());
-            providers.push((name.clone(), Arc::new(table)));
+            match &relation {
+                Relation::Stream(stream, topic) if stream.is_table() => {
+                    let image = Arc::new(TableImage::new(name));
+                    let table = TableChangesTable::new(
+                        stream,
+                        topic,
+                        log.clone(),
+                        ranges.clone(),
+                        image.clone(),
+                    );
+                    providers.push((name.clone(), Arc::new(table)));
+                    images.push(image);
+                }
+                _ => {
+                    let table = StreamTable::of(catalog, &relation, log.clone())
+                        .expect("streams and topics are tables")
+                        .for_epochs(ranges.clone());
+                    providers.push((name.clone(), Arc::new(table)));
+                }
+            }
             let topic = match &relation {
                 Relation::Stream(_, topic) | Relation::Topic(topic) => (*topic).clone(),
                 _ => unreachable!("a stream or topic drives the query"),
@@ -683,7 +727,11 @@ impl QueryPlan {
             providers.push((name.clone(), provider));
         }
         let state = epoch_state(base, providers)?;
-        let logical = sql::plan_rewritten(&state, statement).await?;
+        let mut logical = sql::plan_rewritten(&state, statement).await?;
+        if let Some(table) = &over_table {
+            // Its aggregates keep sums of the changes' signed rows.
+            logical = retract::rewrite(logical, table)?;
+        }
         let schema = Arc::new(logical.schema().as_arrow().clone());
         let mut plan = QueryPlan {
             state,
@@ -694,6 +742,7 @@ impl QueryPlan {
             lookups,
             kept,
             joins: vec![],
+            image: images.pop(),
             schema,
             kind: Kind::Stateless,
             event_time,
@@ -759,8 +808,25 @@ impl QueryPlan {
                         &plan.input_name,
                     )?);
                 }
+                let state_schema = last.state_schema();
+                // A global aggregate keeps its one group, rows or none.
+                let rows = match &plan.image {
+                    Some(_) if last.groups() > 0 => {
+                        let prefix = format!("{}[", retract::ROWS_COLUMN);
+                        let at = state_schema
+                            .fields()
+                            .iter()
+                            .position(|f| f.name().starts_with(&prefix));
+                        Some(at.ok_or_else(|| {
+                            Error::Internal(format!(
+                                "a query over a table without its count of rows: {state_schema:?}"
+                            ))
+                        })?)
+                    }
+                    _ => None,
+                };
                 Kind::Aggregate {
-                    state_schema: last.state_schema(),
+                    state_schema,
                     sets: last.sets(),
                     groups: last.groups(),
                     final_schema: last.final_.schema(),
@@ -768,6 +834,7 @@ impl QueryPlan {
                     filtered: last.above.iter().any(|n| n.name() == "FilterExec"),
                     expanded: last.above.iter().any(|n| n.name() == "UnnestExec"),
                     inner: stages,
+                    rows,
                 }
             }
             EpochPlan::Combine { stages, top } => {
@@ -794,33 +861,38 @@ impl QueryPlan {
     }
 
     /// What it keeps in memory between epochs beside aggregate state: the rows of the
-    /// tables it looks up by key, and of its joins of streams.
+    /// tables it looks up by key, of its joins of streams, and of the table it reads.
     pub fn kept_bytes(&self) -> usize {
         let looked_up: usize = self.kept.iter().map(|t| t.bytes()).sum();
-        looked_up + self.joins.iter().map(|j| j.bytes()).sum::<usize>()
+        let image = self.image.as_ref().map_or(0, |i| i.bytes());
+        looked_up + image + self.joins.iter().map(|j| j.bytes()).sum::<usize>()
     }
 
     /// Runs the joins of streams of `epoch` (planned over the input its checkpoint has
-    /// read, from where it started) into kept rows that are empty, for the output nothing.
-    pub async fn rebuild_joins(&self, epoch: &EpochPlan, ctx: Arc<TaskContext>) -> Result<()> {
+    /// read, from where it started) into kept rows that are empty, for the output nothing,
+    /// and the changes of the table it reads into its image of the table.
+    pub async fn rebuild_kept(&self, epoch: &EpochPlan, ctx: Arc<TaskContext>) -> Result<()> {
         fn topmost(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
-            if plan.downcast_ref::<StreamJoinExec>().is_some() {
+            if plan.downcast_ref::<StreamJoinExec>().is_some()
+                || plan.downcast_ref::<TableChangesExec>().is_some()
+            {
                 out.push(plan.clone());
             } else {
                 plan.children().into_iter().for_each(|c| topmost(c, out));
             }
         }
-        let mut joins = vec![];
+        let mut keeping = vec![];
         for plan in epoch.reading_plans() {
-            topmost(plan, &mut joins);
+            topmost(plan, &mut keeping);
         }
-        for join in joins {
-            let state = join
-                .downcast_ref::<StreamJoinExec>()
-                .expect("found as one")
-                .state()
-                .clone();
-            state.rebuild(join, ctx.clone()).await.map_err(df)?;
+        for plan in keeping {
+            if let Some(join) = plan.downcast_ref::<StreamJoinExec>() {
+                let state = join.state().clone();
+                state.rebuild(plan, ctx.clone()).await.map_err(df)?;
+            } else if let Some(scan) = plan.downcast_ref::<TableChangesExec>() {
+                let image = scan.source().image().clone();
+                image.rebuild(plan, ctx.clone()).await.map_err(df)?;
+            }
         }
         Ok(())
     }
@@ -887,14 +959,23 @@ impl QueryPlan {
         }
     }
 
-    /// Whether it joins streams, keeping their rows for later epochs.
-    pub fn joins_streams(&self) -> bool {
-        !self.joins.is_empty()
+    /// Whether it keeps rows of its input for later epochs (a join's sides, a table's
+    /// rows), which are rebuilt from the input when it starts.
+    pub fn keeps_input_rows(&self) -> bool {
+        !self.joins.is_empty() || self.image.is_some()
+    }
+
+    /// Whether it reads a table's changes.
+    pub fn over_table(&self) -> bool {
+        self.image.is_some()
     }
 
     /// Names the continuous query `query` as the owner of what its joins keep.
     pub fn owned_by(&self, query: &str) {
         self.joins.iter().for_each(|j| j.owned_by(query));
+        if let Some(image) = &self.image {
+            image.owned_by(query);
+        }
     }
 
     /// Every relation it reads: its inputs, then what it looks up.
@@ -1129,17 +1210,35 @@ fn query_statement(sql: &str) -> Result<DfStatement> {
     }
 }
 
-/// Why a query reading only `relation` (no stream) cannot run continuously.
-fn no_stream_to_drive(catalog: &CatalogData, relation: &str) -> Error {
+/// Whether `name` is a table.
+fn is_table(catalog: &CatalogData, name: &str) -> bool {
+    matches!(catalog.relation(name), Some(Relation::Stream(stream, _)) if stream.is_table())
+}
+
+/// Why a query reading only `relations` (no stream, not one table) cannot run
+/// continuously.
+fn no_stream_to_drive(catalog: &CatalogData, relations: &[String]) -> Error {
+    let tables: Vec<&str> = relations
+        .iter()
+        .filter(|r| is_table(catalog, r))
+        .map(String::as_str)
+        .collect();
+    if tables.len() > 1 || (!tables.is_empty() && relations.len() > 1) {
+        return Error::Unsupported(format!(
+            "this query cannot run continuously: a query over a table reads that one table; \
+             joins of tables (or of a table with views) are not supported yet ({})",
+            relations.join(", ")
+        ));
+    }
+    let Some(relation) = relations.first() else {
+        return Error::Unsupported("a continuous query must read a stream (FROM stream)".into());
+    };
     Error::Unsupported(match catalog.relation(relation) {
-        Some(Relation::View(_)) => format!(
-            "\"{relation}\" is a materialized view; continuous queries over views are not supported yet (read the stream it is built from, or look the view up from a stream: FROM stream JOIN {relation} ON …)"
-        ),
         Some(Relation::External(_)) => format!(
             "\"{relation}\" is an external table (files); a continuous query reads a stream"
         ),
         _ => format!(
-            "\"{relation}\" is a table; continuous queries over tables (updates and deletes as retractions) are not supported yet (look the table up from a stream: FROM stream JOIN {relation} ON …)"
+            "\"{relation}\" is a materialized view; continuous queries over views are not supported yet (read the stream it is built from, or look the view up from a stream: FROM stream JOIN {relation} ON …)"
         ),
     })
 }
@@ -1274,6 +1373,9 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>, inputs: &[&str]) -> Result<()>
 fn is_input_scan(plan: &dyn ExecutionPlan, inputs: &[&str]) -> bool {
     plan.downcast_ref::<StreamScanExec>()
         .is_some_and(|scan| inputs.contains(&scan.source().stream()))
+        || plan
+            .downcast_ref::<TableChangesExec>()
+            .is_some_and(|scan| inputs.contains(&scan.source().table()))
 }
 
 /// Whether `plan` reads one of the query's inputs anywhere below.

@@ -75,6 +75,14 @@ impl PushQuery {
                 ..end
             })
             .collect();
+        if plan.over_table() {
+            return Err(Error::Unsupported(format!(
+                "a push query over table \"{}\" is not supported: its rows change as the \
+                 table is updated and deleted; create a materialized view over it and \
+                 SUBSCRIBE to the view",
+                plan.input_name
+            )));
+        }
         let groups = match &plan.kind {
             Kind::Stateless => None,
             Kind::Aggregate { .. } if plan.session.is_some() => {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, new_null_array,
+};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::TaskContext;
@@ -307,7 +309,7 @@ impl QueryTask {
 
     /// Rebuilds an aggregation's state from its changelog, and a view's contents.
     async fn restore(&mut self) -> Result<()> {
-        self.rebuild_joins().await?;
+        self.rebuild_kept().await?;
         let planned = match self.plan.kind {
             Kind::Stateless => None,
             _ => Some(self.plan.plan_epoch(&[]).await?),
@@ -409,10 +411,11 @@ impl QueryTask {
         Ok(())
     }
 
-    /// Rebuilds the rows its joins of streams keep: their sides, run over the input from
-    /// where the query started reading to its checkpoint.
-    async fn rebuild_joins(&self) -> Result<()> {
-        if !self.plan.joins_streams() {
+    /// Rebuilds the rows it keeps of its input — its joins' sides, or its image of the
+    /// table it reads — from the input, from where the query started reading to its
+    /// checkpoint.
+    async fn rebuild_kept(&self) -> Result<()> {
+        if !self.plan.keeps_input_rows() {
             return Ok(());
         }
         let mut ranges = vec![];
@@ -427,7 +430,7 @@ impl QueryTask {
             let first = self.tables.log.log_start(start.topic, start.partition);
             if first > start.offset {
                 return Err(Error::Internal(format!(
-                    "the rows the joins of \"{}\" keep cannot be rebuilt: partition {} of \
+                    "the input rows \"{}\" keeps cannot be rebuilt: partition {} of \
                      topic {} no longer has its records from offset {} (it starts at {})",
                     self.def.name, start.partition.0, start.topic, start.offset.0, first.0
                 )));
@@ -445,7 +448,7 @@ impl QueryTask {
         let started = Instant::now();
         self.plan.set_join_epoch(&ranges);
         let (epoch, ctx) = self.plan.plan_epoch(&ranges).await?;
-        self.plan.rebuild_joins(&epoch, ctx).await?;
+        self.plan.rebuild_kept(&epoch, ctx).await?;
         if let Some(scan) = &self.plan.event_time {
             scan.take();
         }
@@ -456,7 +459,7 @@ impl QueryTask {
             query = %self.def.name,
             rows = ranges.iter().map(|(from, to)| to.0 - from.offset.0).sum::<u64>(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "rebuilt the rows its joins of streams keep"
+            "rebuilt the input rows it keeps"
         );
         Ok(())
     }
@@ -523,38 +526,29 @@ impl QueryTask {
                 let batch = RecordBatch::try_new(schema.clone(), columns[..values].to_vec())
                     .map_err(|e| Error::Internal(format!("reading aggregate state: {e}")))?;
                 let deleted = &columns[values];
-                if deleted.null_count() < deleted.len() {
-                    // Deletions, in order with the upserts around them.
-                    let mut state = groups.write();
-                    let mut at = 0;
-                    while at < batch.num_rows() {
-                        let delete = deleted.is_valid(at);
-                        let run = (at..batch.num_rows())
-                            .take_while(|i| deleted.is_valid(*i) == delete)
-                            .count();
-                        let rows = batch.slice(at, run);
-                        match delete {
-                            true => state.remove(&rows)?,
-                            false => state.upsert(rows)?,
-                        }
-                        at += run;
+                // Deletions, in order with the upserts around them.
+                let mut at = 0;
+                while at < batch.num_rows() {
+                    let delete = deleted.is_valid(at);
+                    let run = (at..batch.num_rows())
+                        .take_while(|i| deleted.is_valid(*i) == delete)
+                        .count();
+                    let rows = batch.slice(at, run);
+                    at += run;
+                    if delete {
+                        groups.write().remove(&rows)?;
+                        continue;
                     }
-                    if let Some(closed) = closed {
-                        state.evict(closed, &groups.partial)?;
-                    }
-                    continue;
+                    let finals = match groups.finals {
+                        Some(_) => runtime
+                            .block_on(aggregation.finalize(vec![rows.clone()], ctx.clone()))?,
+                        None => vec![],
+                    };
+                    let rows = groups.to_store(&rows, &finals)?;
+                    groups.write().upsert(rows)?;
                 }
-                let finals = match groups.finals {
-                    Some(_) => {
-                        runtime.block_on(aggregation.finalize(vec![batch.clone()], ctx.clone()))?
-                    }
-                    None => vec![],
-                };
-                let rows = groups.to_store(&batch, &finals)?;
-                let mut state = groups.write();
-                state.upsert(rows)?;
                 if let Some(closed) = closed {
-                    state.evict(closed, &groups.partial)?;
+                    groups.write().evict(closed, &groups.partial)?;
                 }
             }
             Ok(())
@@ -720,6 +714,17 @@ impl QueryTask {
                     }
                     None => aggregation.merge_state(rows, &groups, ctx.clone()).await?,
                 };
+                // Over a table: groups whose rows have all gone leave the state.
+                let merged = match &self.plan.kind {
+                    Kind::Aggregate {
+                        rows: Some(count), ..
+                    } => {
+                        let (alive, gone) = without_rows(merged, *count)?;
+                        removed = gone;
+                        alive
+                    }
+                    _ => merged,
+                };
                 // The changed groups' values: what an upsert stream or a view shows.
                 let finals = match self.def.emit {
                     Emit::Changes => {
@@ -768,7 +773,7 @@ impl QueryTask {
                         let before = {
                             let state = groups.read();
                             let mut before = vec![];
-                            for batch in &finals {
+                            for batch in finals.iter().chain(&removed) {
                                 before.extend(state.lookup(batch, &view.finals)?);
                             }
                             before
@@ -859,7 +864,10 @@ impl QueryTask {
             let mut state = groups.write();
             // Applied whole even past the memory limit (then the query fails after it),
             // so that a view's readers never see half an epoch.
-            let applied = state.upsert(rows);
+            let applied = match &removed {
+                Some(gone) => state.remove(gone).and_then(|()| state.upsert(rows)),
+                None => state.upsert(rows),
+            };
             // Windows the watermark has passed are closed: their rows stay where they
             // were written (a view's in its topic of closed windows), their state goes.
             if let (Ok(()), Some(w)) = (&applied, self.watermark()) {
@@ -1431,6 +1439,28 @@ type StagesRun = (
     Vec<RecordBatch>,
     Option<Vec<(PartitionId, Offset)>>,
 );
+
+/// `merged` (changed groups' partial state) split into the groups that still have rows
+/// and those whose rows, counted in column `count`, have all gone (`None` if none have).
+fn without_rows(merged: RecordBatch, count: usize) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    let counts = merged
+        .column(count)
+        .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        .ok_or_else(|| Error::Internal("a group's count of rows is not a BIGINT".into()))?;
+    let gone: arrow::array::BooleanArray =
+        counts.iter().map(|n| Some(n.unwrap_or(0) == 0)).collect();
+    if gone.true_count() == 0 {
+        return Ok((merged, None));
+    }
+    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("groups: {e}"));
+    let alive = arrow::compute::filter_record_batch(
+        &merged,
+        &arrow::compute::not(&gone).map_err(internal)?,
+    )
+    .map_err(internal)?;
+    let gone = arrow::compute::filter_record_batch(&merged, &gone).map_err(internal)?;
+    Ok((alive, Some(gone)))
+}
 
 /// Folds an epoch's changed groups `merged` into `groups`, less the groups `removed`, and
 /// takes out the groups the watermark has closed: their rows, and what a changelog needs

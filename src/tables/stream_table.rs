@@ -74,7 +74,7 @@ pub struct EpochRanges {
 /// The hidden columns of the rows of a topic whose records store `values` value columns
 /// (then the timestamp, key and headers): `_partition`, `_offset`, `_timestamp`, `_key`,
 /// `_headers`.
-pub(super) fn hidden_columns(values: usize) -> [(Field, TableColumn); 5] {
+pub(crate) fn hidden_columns(values: usize) -> [(Field, TableColumn); 5] {
     [
         (
             Field::new(PARTITION_COLUMN, DataType::Int32, false),
