@@ -105,6 +105,16 @@ fn small_epochs(dir: &std::path::Path) -> common::Server {
 const WORDS: &str = "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT) \
      FROM generate_series(1, 250000)";
 
+/// Waits for the view `few` (of the lengths of `words`) to hold the [`WORDS`]: a query
+/// that did not fail goes on.
+async fn few_holds_the_words(client: &tokio_postgres::Client) {
+    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
+    eventually("the other view catching up", || async {
+        (rows(client, "SELECT len, n FROM few").await == expected).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_whose_state_outgrows_the_limit_fails_with_53200_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,11 +262,7 @@ async fn a_join_whose_kept_rows_outgrow_the_limit_fails_with_53200_alone() {
         "{error}"
     );
     // The other query, bounded queries and writes go on.
-    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
-    eventually("the other view catching up", || async {
-        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
-    })
-    .await;
+    few_holds_the_words(&client).await;
     client
         .batch_execute("INSERT INTO echoes VALUES ('y')")
         .await
@@ -303,11 +309,7 @@ async fn a_view_over_a_table_whose_kept_rows_outgrow_the_limit_fails_with_53200_
     );
     // The other view, bounded queries and writes go on.
     client.batch_execute(WORDS).await.unwrap();
-    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
-    eventually("the other view catching up", || async {
-        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
-    })
-    .await;
+    few_holds_the_words(&client).await;
     client
         .batch_execute("DELETE FROM docs WHERE id <= 10")
         .await
@@ -347,10 +349,6 @@ async fn distinct_values_a_view_keeps_count_against_the_limit() {
         error.contains("out of memory") && error.contains(r#"continuous query "spread""#),
         "{error}"
     );
-    let expected = vec![vec![Some("100".to_string()), Some("250000".to_string())]];
-    eventually("the other view catching up", || async {
-        (rows(&client, "SELECT len, n FROM few").await == expected).then_some(())
-    })
-    .await;
+    few_holds_the_words(&client).await;
     server.stop();
 }

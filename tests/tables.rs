@@ -54,8 +54,8 @@ async fn check(client: &tokio_postgres::Client, model: &Model, when: &str) {
 
 /// Materialized views over the table, each with its query (and the order its rows are
 /// compared in): grouped and global, with filters, expressions and `FILTER` clauses, every
-/// aggregate that is maintained under updates and deletes.
-const VIEWS: [(&str, &str, &str); 3] = [
+/// aggregate that is maintained under updates and deletes, and `SELECT DISTINCT`.
+const VIEWS: [(&str, &str, &str); 4] = [
     (
         "by_bucket",
         "SELECT v % 5 AS b, count(*) AS n, count(s) AS ns, sum(v) AS total, avg(v) AS mean \
@@ -66,6 +66,11 @@ const VIEWS: [(&str, &str, &str); 3] = [
         "everything",
         "SELECT count(*) AS n, sum(v) AS total, avg(v) AS mean FROM t",
         "n",
+    ),
+    (
+        "pairs",
+        "SELECT DISTINCT length(s) AS len, v % 3 AS m FROM t WHERE v > 100",
+        "len, m",
     ),
     (
         "by_length",
@@ -214,28 +219,28 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
         .batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s TEXT) WITH (partitions = 3)")
         .await
         .unwrap();
-    // Two views follow the table from its start; the last is created over rows written
+    // Three views follow the table from its start; the last is created over rows written
     // already, and catches up with them.
-    for (name, query, _) in &VIEWS[..2] {
+    for (name, query, _) in &VIEWS[..3] {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
             .await
             .unwrap();
     }
     let mut model = Model::new();
-    let mut created = 2;
+    let mut created = 3;
     for round in 0..6 {
         let client = server.connect().await;
         for _ in 0..40 {
             random_statement(&client, &mut model, &mut rng).await;
         }
         if round == 1 {
-            let (name, query, _) = VIEWS[2];
+            let (name, query, _) = VIEWS[3];
             client
                 .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
                 .await
                 .unwrap();
-            created = 3;
+            created = 4;
         }
         check(&client, &model, &format!("after round {round}")).await;
         check_views(&client, created, &format!("after round {round}")).await;
@@ -258,6 +263,7 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
     client.batch_execute("DELETE FROM t; FLUSH").await.unwrap();
     assert!(rows(&client, "SELECT * FROM by_bucket").await.is_empty());
     assert!(rows(&client, "SELECT * FROM by_length").await.is_empty());
+    assert!(rows(&client, "SELECT * FROM pairs").await.is_empty());
     assert_eq!(
         rows(&client, "SELECT n, total, mean FROM everything").await,
         vec![vec![Some("0".into()), None, None]]
@@ -273,6 +279,7 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
             vec![Some("by_bucket".into()), Some("0".into())],
             vec![Some("by_length".into()), Some("0".into())],
             vec![Some("everything".into()), Some("1".into())],
+            vec![Some("pairs".into()), Some("0".into())],
         ],
         "emptied groups leave the state"
     );

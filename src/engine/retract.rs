@@ -18,6 +18,8 @@
 //! table's rows, filtered and projected) becomes one group per key of the table, which
 //! has one row at a time: a row leaves the result as it leaves the table.
 //!
+//! `SELECT DISTINCT` is one group per distinct row, shown while it has rows.
+//!
 //! Other aggregates (`min`, `max`, `DISTINCT` ones, …) would need every row of a group to
 //! give one back, and joins, window functions, `ORDER BY` and `LIMIT` over a table's
 //! changes are not maintained yet: the query is refused, naming them.
@@ -29,7 +31,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, Projection, cast, lit, when};
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, Filter, LogicalPlan, Projection, cast, lit, when,
+};
 
 use super::table_changes::WEIGHT_COLUMN;
 use crate::error::{Error, Result};
@@ -44,7 +48,12 @@ pub const ROWS_COLUMN: &str = "__rows";
 pub fn rewrite(plan: LogicalPlan, table: &str) -> Result<LogicalPlan> {
     let df = Error::from_datafusion;
     let aggregates = plan
-        .exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_))))
+        .exists(|node| {
+            Ok(matches!(
+                node,
+                LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)
+            ))
+        })
         .map_err(df)?;
     // Without an aggregate, each row goes with its key.
     let carried: &[&str] = match aggregates {
@@ -66,7 +75,6 @@ pub fn rewrite(plan: LogicalPlan, table: &str) -> Result<LogicalPlan> {
 /// query of groups: one per key, each with its count of rows (1, or 0 once the key's row
 /// has gone), so that a row leaves the result as it leaves the table.
 fn keyed_rows(plan: LogicalPlan, width: usize) -> Result<LogicalPlan> {
-    let df = Error::from_datafusion;
     let schema = plan.schema().clone();
     let weight = Expr::Column(weight_of(&schema).expect("a weighted plan"));
     let key = column_of(&schema, KEY_COLUMN).ok_or_else(|| {
@@ -78,12 +86,34 @@ fn keyed_rows(plan: LogicalPlan, width: usize) -> Result<LogicalPlan> {
     if !groups.contains(&Expr::Column(key.clone())) {
         groups.push(Expr::Column(key));
     }
-    let counted = Aggregate::try_new(
-        Arc::new(plan),
-        groups,
-        vec![sum_of(weight, None).alias(ROWS_COLUMN)],
-    )
-    .map_err(df)?;
+    present_groups(Arc::new(plan), groups, width, weight)
+}
+
+/// `SELECT DISTINCT` of `input`'s rows: a group per distinct row, with its count of rows,
+/// shown while it has some.
+fn distinct_rows(input: Arc<LogicalPlan>) -> Result<LogicalPlan> {
+    let schema = input.schema().clone();
+    let weight = Expr::Column(weight_of(&schema).expect("a weighted input"));
+    let groups: Vec<Expr> = schema
+        .iter()
+        .filter(|(_, field)| field.name() != WEIGHT_COLUMN)
+        .map(|(qualifier, field)| Expr::Column(Column::new(qualifier.cloned(), field.name())))
+        .collect();
+    let width = groups.len();
+    present_groups(input, groups, width, weight)
+}
+
+/// `input` grouped by `groups`, each group with its count of rows (the sum of `weight`),
+/// those that have rows, as their first `width` group columns.
+fn present_groups(
+    input: Arc<LogicalPlan>,
+    groups: Vec<Expr>,
+    width: usize,
+    weight: Expr,
+) -> Result<LogicalPlan> {
+    let df = Error::from_datafusion;
+    let counted = Aggregate::try_new(input, groups, vec![sum_of(weight, None).alias(ROWS_COLUMN)])
+        .map_err(df)?;
     let columns: Vec<Expr> = (0..width)
         .map(|i| Expr::Column(Column::from(counted.schema.qualified_field(i))))
         .collect();
@@ -157,7 +187,8 @@ fn rewrite_node(
         LogicalPlan::Limit(_) => refused("LIMIT"),
         LogicalPlan::Join(_) => refused("a join"),
         LogicalPlan::Window(_) => refused("a window function"),
-        LogicalPlan::Distinct(_) => refused("DISTINCT (GROUP BY the columns instead)"),
+        LogicalPlan::Distinct(Distinct::All(input)) => Ok(Transformed::yes(distinct_rows(input)?)),
+        LogicalPlan::Distinct(Distinct::On(_)) => refused("DISTINCT ON"),
         LogicalPlan::Union(_) => refused("UNION"),
         LogicalPlan::Unnest(_) => refused("unnest"),
         other => refused(&format!("the plan step {}", other.display())),
