@@ -490,7 +490,8 @@ async fn kafka_python_reads_and_writes_a_table_as_its_changelog() {
     let (_dir, server) = started_with(
         "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT, tier TEXT) WITH (partitions = 3);
          INSERT INTO users VALUES (1, 'ann', 'gold'), (2, 'bob', 'basic'), (3, 'cy', 'basic');
-         DELETE FROM users WHERE id = 2;",
+         DELETE FROM users WHERE id = 2;
+         CREATE MATERIALIZED VIEW tiers AS SELECT tier, count(*) AS n FROM users GROUP BY tier;",
     )
     .await;
     let out = run(&server, "kafka_table.py", &[], "table ok");
@@ -541,4 +542,12 @@ async fn kafka_python_reads_and_writes_a_table_as_its_changelog() {
         .await
         .unwrap_err();
     assert_eq!(common::sqlstate(&taken), "23505");
+    // A view over the table follows what producers wrote as it follows SQL's writes: the
+    // upserts moved key 1 through two tiers, the tombstone took key 3 out, SQL put it back.
+    client.batch_execute("FLUSH").await.unwrap();
+    let pairs = |t: &str, n: &str| vec![Some(t.to_string()), Some(n.to_string())];
+    assert_eq!(
+        common::rows(&client, "SELECT tier, n FROM tiers ORDER BY tier").await,
+        [pairs("again", "1"), pairs("back", "1")]
+    );
 }
