@@ -559,7 +559,18 @@ impl QueryTask {
 
     /// Runs epochs until told to stop or an epoch fails.
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let outcome = self.epochs(&mut stop).await;
+        // A panic (here, or in a scan's thread, which DataFusion resumes here) fails this
+        // query alone, as an error its readers and FLUSH see, instead of ending its task
+        // with the query still shown running.
+        let outcome = match crate::panics::contain(self.epochs(&mut stop)).await {
+            Ok(outcome) => outcome,
+            Err(panic) if panic.is_empty() => Err(Error::Internal(
+                "the query's task panicked (the server log has where)".into(),
+            )),
+            Err(panic) => Err(Error::Internal(format!(
+                "the query's task panicked: {panic}"
+            ))),
+        };
         match outcome {
             Ok(()) => {
                 self.shared.status.lock().expect("status lock").state = State::Stopped;

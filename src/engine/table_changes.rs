@@ -161,7 +161,12 @@ impl TableImage {
                 self.table
             )));
         }
-        let values = converter.convert_columns(&batch.columns()[..width])?;
+        // A query reading no column of the table (`count(*)`) keeps empty rows: Arrow's
+        // row format has no rows without columns.
+        let values = match width {
+            0 => None,
+            _ => Some(converter.convert_columns(&batch.columns()[..width])?),
+        };
         let (mut added, mut freed) = (0, 0);
         let mut retracted: Vec<Box<[u8]>> = vec![];
         // The record (by row) of each row retracted, whose key is that row's.
@@ -179,7 +184,9 @@ impl TableImage {
                 }
                 previous
             } else {
-                let row: Box<[u8]> = values.row(i).as_ref().into();
+                let row: Box<[u8]> = values
+                    .as_ref()
+                    .map_or(Box::default(), |v| v.row(i).as_ref().into());
                 added += row.len();
                 inserted.push(i as u32);
                 match rows.get_mut(key) {
@@ -210,7 +217,10 @@ impl TableImage {
         let mut batches = vec![];
         if !retracted.is_empty() {
             let parser = converter.parser();
-            let values = converter.convert_rows(retracted.iter().map(|r| parser.parse(r)))?;
+            let values = match width {
+                0 => vec![],
+                _ => converter.convert_rows(retracted.iter().map(|r| parser.parse(r)))?,
+            };
             let keys = take(keys, &UInt32Array::from(retracted_at), None)?;
             batches.push(out.batch(values, keys, -1, retracted.len())?);
         }
