@@ -27,7 +27,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -47,18 +47,26 @@ pub const ROWS_COLUMN: &str = "__rows";
 /// maintained as rows change.
 pub fn rewrite(plan: LogicalPlan, table: &str) -> Result<LogicalPlan> {
     let df = Error::from_datafusion;
-    let aggregates = plan
-        .exists(|node| {
-            Ok(matches!(
-                node,
-                LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)
-            ))
-        })
-        .map_err(df)?;
+    let mut aggregates = 0;
+    plan.apply(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
+            aggregates += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(df)?;
+    if aggregates > 1 {
+        // The outer one would read the inner one's groups as they change.
+        return Err(Error::Unsupported(format!(
+            "this query cannot run continuously: an aggregate (or DISTINCT) over an \
+             aggregate of table \"{table}\" is not supported yet; the inner groups change \
+             as the table's rows are updated and deleted"
+        )));
+    }
     // Without an aggregate, each row goes with its key.
     let carried: &[&str] = match aggregates {
-        true => &[WEIGHT_COLUMN],
-        false => &[WEIGHT_COLUMN, KEY_COLUMN],
+        0 => &[WEIGHT_COLUMN, KEY_COLUMN],
+        _ => &[WEIGHT_COLUMN],
     };
     let width = plan.schema().fields().len();
     let rewritten = plan
