@@ -649,7 +649,7 @@ impl QueryPlan {
         };
         let parallelism = base.config().target_partitions();
         let mut inputs = vec![];
-        let mut images = vec![];
+        let mut image = None;
         let mut providers: Vec<(String, Arc<dyn TableProvider>)> = vec![];
         for (k, name) in driving.iter().enumerate() {
             let relation = catalog
@@ -690,16 +690,17 @@ impl QueryPlan {
             });
             match &relation {
                 Relation::Stream(stream, topic) if stream.is_table() => {
-                    let image = Arc::new(TableImage::new(name));
+                    // One at most: a query over a table reads only that table.
+                    let table_image = Arc::new(TableImage::new(name));
                     let table = TableChangesTable::new(
                         stream,
                         topic,
                         log.clone(),
                         ranges.clone(),
-                        image.clone(),
+                        table_image.clone(),
                     );
                     providers.push((name.clone(), Arc::new(table)));
-                    images.push(image);
+                    image = Some(table_image);
                 }
                 _ => {
                     let table = StreamTable::of(catalog, &relation, log.clone())
@@ -742,7 +743,7 @@ impl QueryPlan {
             lookups,
             kept,
             joins: vec![],
-            image: images.pop(),
+            image,
             schema,
             kind: Kind::Stateless,
             event_time,

@@ -446,8 +446,7 @@ impl TableProvider for TableChangesTable {
                 None => OutColumn::Weight,
             })
             .collect();
-        let stored = self.log.topic(self.topic.id).map(|t| t.spec.schema.clone());
-        let stored = stored.ok_or_else(|| internal(format!("table \"{}\" is gone", self.name)))?;
+        let stored = topic.spec.schema.clone();
         let mut read: Vec<TableColumn> = columns.iter().map(|c| TableColumn::Stored(*c)).collect();
         let mut fields: Vec<Field> = columns
             .iter()
