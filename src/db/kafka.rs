@@ -173,8 +173,19 @@ pub struct Fetched {
     pub topic: TopicId,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    /// Record batches in offset order, each with the offset of its first record.
-    pub batches: Vec<(i64, Records)>,
+    /// Record batches in offset order.
+    pub batches: Vec<FetchedBatch>,
+}
+
+/// Records read for a Kafka consumer.
+#[derive(Debug)]
+pub struct FetchedBatch {
+    /// The first record's offset.
+    pub base_offset: i64,
+    /// Each record's offset after the first's, when compaction removed records between
+    /// them; `None` when they follow one another.
+    pub deltas: Option<Vec<u32>>,
+    pub records: Records,
 }
 
 /// A topic's name and, per partition, its committed offset and that offset's metadata.
@@ -500,7 +511,16 @@ impl Database {
             let records = to_records(stream.as_ref(), &batch.batch)
                 .map_err(|e| (code::UNKNOWN_SERVER_ERROR, e))?;
             size += records.size();
-            fetched.batches.push((batch.base_offset.0 as i64, records));
+            let base = batch.base_offset.0;
+            let deltas = batch
+                .offsets
+                .as_ref()
+                .map(|offsets| offsets.iter().map(|o| (o - base) as u32).collect());
+            fetched.batches.push(FetchedBatch {
+                base_offset: base as i64,
+                deltas,
+                records,
+            });
             if size >= max_bytes {
                 break;
             }
@@ -548,7 +568,7 @@ impl Database {
                     .column(0)
                     .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
                 for (i, time) in times.values().iter().enumerate() {
-                    let at = read.base_offset.0 as i64 + i as i64;
+                    let at = read.offset(i).0 as i64;
                     if timestamp >= 0 && *time >= timestamp {
                         return Ok((at, *time));
                     }

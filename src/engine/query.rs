@@ -1288,11 +1288,10 @@ impl QueryTask {
             let range = offsets[0]..offsets[offsets.len() - 1].plus(1);
             for read in partition.reader(range, options.clone()) {
                 let read = read?;
-                let base = read.base_offset;
                 let take: Vec<u32> = offsets
                     .iter()
-                    .filter(|o| **o >= base && o.0 < base.0 + read.batch.num_rows() as u64)
-                    .map(|o| (o.0 - base.0) as u32)
+                    .filter_map(|o| read.position_of(*o))
+                    .map(|i| i as u32)
                     .collect();
                 if take.is_empty() {
                     continue;
@@ -1314,7 +1313,9 @@ impl QueryTask {
                     n,
                 )));
                 values.push(Arc::new(arrow::array::Int64Array::from_iter_values(
-                    at.values().iter().map(|i| (base.0 + *i as u64) as i64),
+                    at.values()
+                        .iter()
+                        .map(|i| read.offset(*i as usize).0 as i64),
                 )));
                 let rows = RecordBatch::try_new(target.row_schema.clone(), values)
                     .map_err(|e| Error::Internal(format!("late rows: {e}")))?;

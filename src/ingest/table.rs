@@ -225,7 +225,7 @@ impl TableLock {
                         if deleted.is_valid(i) && deleted.value(i) {
                             keys.live.remove(key);
                         } else {
-                            keys.live.insert(key.into(), read.base_offset.0 + i as u64);
+                            keys.live.insert(key.into(), read.offset(i).0);
                         }
                     }
                 }
@@ -374,8 +374,7 @@ impl TableLock {
                     let partition = topic.partition(p)?;
                     for read in partition.reader(offset..Offset(offset.0 + 1), options) {
                         let read = read?;
-                        let at = (offset.0 - read.base_offset.0) as usize;
-                        if at < read.batch.num_rows() {
+                        if let Some(at) = read.position_of(offset) {
                             return Ok(Some(read.batch.slice(at, 1)));
                         }
                     }

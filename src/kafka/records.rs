@@ -447,8 +447,22 @@ fn compress(codec: Codec, records: &[u8]) -> Vec<u8> {
 /// Appends `records` to `out` as one batch whose first offset is `base_offset`, compressed
 /// with `codec`, with no producer (id -1) and create-time timestamps.
 pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, codec: Codec) {
+    encode_batch_at(out, base_offset, None, records, codec)
+}
+
+/// [`encode_batch`] for records whose offsets are not consecutive (a compacted topic's):
+/// record `i` is at `base_offset + deltas[i]`, as Kafka's record deltas allow.
+pub fn encode_batch_at(
+    out: &mut BytesMut,
+    base_offset: i64,
+    deltas: Option<&[u32]>,
+    records: &Records,
+    codec: Codec,
+) {
     let n = records.len();
     assert!(n > 0, "a batch has records");
+    assert!(deltas.is_none_or(|d| d.len() == n), "a delta per record");
+    let delta = |i: usize| deltas.map_or(i as i64, |d| d[i] as i64);
     let base_timestamp = records.timestamps.iter().copied().min().expect("records");
     let max_timestamp = records.timestamps.iter().copied().max().expect("records");
     let start = out.len();
@@ -458,7 +472,7 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
     out.put_i8(2); // magic
     out.put_u32(0); // CRC, below
     out.put_i16(codec.bits());
-    out.put_i32(n as i32 - 1);
+    out.put_i32(delta(n - 1) as i32); // last offset delta
     out.put_i64(base_timestamp);
     out.put_i64(max_timestamp);
     out.put_i64(-1); // producer id
@@ -467,10 +481,10 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
     out.put_i32(n as i32);
     if codec == Codec::None {
         // Uncompressed (every fetch): the records go straight into `out`.
-        put_records(out, records, base_timestamp);
+        put_records(out, records, base_timestamp, &delta);
     } else {
         let mut body = BytesMut::new();
-        put_records(&mut body, records, base_timestamp);
+        put_records(&mut body, records, base_timestamp, &delta);
         out.put_slice(&compress(codec, &body));
     }
     let batch_length = (out.len() - start - 12) as i32;
@@ -482,7 +496,12 @@ pub fn encode_batch(out: &mut BytesMut, base_offset: i64, records: &Records, cod
 /// The records of a batch, each with its length in front. Sized first, so `out` grows once
 /// and each record is written with plain copies; the headers' list offsets and columns are
 /// read once, not sliced per record.
-fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
+fn put_records(
+    out: &mut BytesMut,
+    records: &Records,
+    base_timestamp: i64,
+    delta: &dyn Fn(usize) -> i64,
+) {
     let header_offsets = records.headers.value_offsets();
     let entries = records.headers.values().as_struct();
     let (header_keys, header_values) = (
@@ -499,7 +518,7 @@ fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
     // What follows a record's length: attributes, deltas, key, value, headers.
     let body_len = |i: usize| {
         1 + varlong_len(records.timestamps[i] - base_timestamp)
-            + varlong_len(i as i64)
+            + varlong_len(delta(i))
             + bytes_len(value_at(&records.keys, i))
             + bytes_len(value_at(&records.values, i))
             + varlong_len(headers(i).len() as i64)
@@ -526,7 +545,7 @@ fn put_records(out: &mut BytesMut, records: &Records, base_timestamp: i64) {
         to.varlong(body_len(i) as i64);
         to.byte(0); // attributes
         to.varlong(records.timestamps[i] - base_timestamp);
-        to.varlong(i as i64);
+        to.varlong(delta(i));
         to.bytes(value_at(&records.keys, i));
         to.bytes(value_at(&records.values, i));
         to.varlong(headers(i).len() as i64);

@@ -30,6 +30,13 @@
 //! ```
 //! All integers are little-endian. Sections start 8-byte aligned so bodies decode in place.
 //!
+//! A frame of a compacted segment keeps the offsets of its records, since compaction removed
+//! some of the records between them: its format version is [`FRAME_VERSION_SPARSE`], bytes
+//! 52..56 hold its *span* (how many offsets it covers from its base offset, more than its
+//! record count), and after the column sections comes one more, listed last in the
+//! directory: the records' offsets as `UInt32` deltas from the base offset, ascending. Every
+//! other field means what it does in a frame of the current format.
+//!
 //! Frames of format version 1, written before columns had sections, are still read: there
 //! one IPC message holds every column, the crc32 covers bytes [12, length), and bytes 48..52
 //! hold the message's metadata length, the message following the header. Such a frame can
@@ -42,7 +49,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, RecordBatch, RecordBatchOptions, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::buffer::Buffer;
 use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::ipc::reader::read_record_batch;
@@ -58,6 +67,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"RNLF";
 pub const FRAME_VERSION: u8 = 2;
 /// The format version of frames written before columns had sections: read, not written.
 pub const FRAME_VERSION_WHOLE: u8 = 1;
+/// The format version of a compacted frame, whose records do not fill its span of offsets.
+pub const FRAME_VERSION_SPARSE: u8 = 3;
 pub const FRAME_HEADER_LEN: usize = 56;
 /// Bytes of one column's entry in the directory.
 pub const SECTION_ENTRY_LEN: usize = 16;
@@ -67,7 +78,8 @@ pub const FRAME_LEN_MAX: u32 = 512 * 1024 * 1024;
 /// What follows a frame's fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// The current format: a column directory, then a section per column.
+    /// The current format: a column directory, then a section per column (and in a sparse
+    /// frame, one of the records' offsets after them).
     Sections { columns: u32 },
     /// Format version 1: one IPC message of every column, its flatbuffer metadata
     /// (`metadata_len` bytes, padded to 8) first.
@@ -80,7 +92,11 @@ pub struct FrameHeader {
     pub length: u32,
     pub crc32: u32,
     pub base_offset: Offset,
+    /// Records the frame holds.
     pub record_count: u32,
+    /// Offsets the frame covers from its base offset: its record count, or more in a frame
+    /// of a compacted segment, whose records keep their offsets.
+    pub span: u32,
     pub schema_version: u32,
     pub min_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
@@ -90,14 +106,27 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// The offset after this frame's last record.
     pub fn end_offset(&self) -> Offset {
-        self.base_offset.plus(self.record_count as u64)
+        self.base_offset.plus(self.span as u64)
+    }
+
+    /// Whether some offsets of its span have no record (it holds the records' offsets).
+    pub fn is_sparse(&self) -> bool {
+        self.span != self.record_count
+    }
+
+    /// Sections in the column directory: one per column, and the offsets' in a sparse frame.
+    fn sections(&self) -> usize {
+        match self.layout {
+            Layout::Sections { columns } => columns as usize + self.is_sparse() as usize,
+            Layout::Whole { .. } => 0,
+        }
     }
 
     /// The bytes at the frame's start a reader verifies before reading any column: the header
     /// and the column directory; a frame of format version 1, all of it.
     pub fn head_len(&self) -> usize {
         match self.layout {
-            Layout::Sections { columns } => FRAME_HEADER_LEN + SECTION_ENTRY_LEN * columns as usize,
+            Layout::Sections { .. } => FRAME_HEADER_LEN + SECTION_ENTRY_LEN * self.sections(),
             Layout::Whole { .. } => self.length as usize,
         }
     }
@@ -183,10 +212,22 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         return Err(FrameError::BadLength(length));
     }
     let after_header = length as usize - FRAME_HEADER_LEN;
+    let record_count = u32_at(bytes, 24);
+    let mut span = record_count;
     let layout = match bytes[12] {
-        FRAME_VERSION => {
+        version @ (FRAME_VERSION | FRAME_VERSION_SPARSE) => {
             let columns = u32_at(bytes, 48);
-            if columns == 0 || SECTION_ENTRY_LEN * columns as usize > after_header {
+            let sparse = version == FRAME_VERSION_SPARSE;
+            if sparse {
+                span = u32_at(bytes, 52);
+                if span <= record_count {
+                    return Err(FrameError::BadHeader(
+                        "a sparse frame's span is not past its records",
+                    ));
+                }
+            }
+            let sections = columns as usize + sparse as usize;
+            if columns == 0 || SECTION_ENTRY_LEN * sections > after_header {
                 return Err(FrameError::BadHeader("column count out of range"));
             }
             Layout::Sections { columns }
@@ -204,7 +245,8 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         length,
         crc32: u32_at(bytes, 8),
         base_offset: Offset(u64_at(bytes, 16)),
-        record_count: u32_at(bytes, 24),
+        record_count,
+        span,
         schema_version: u32_at(bytes, 28),
         min_timestamp_ms: i64_at(bytes, 32),
         max_timestamp_ms: i64_at(bytes, 40),
@@ -221,8 +263,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 
 /// Verifies the head of a frame of the current format (`head`: at least
 /// [`FrameHeader::head_len`] bytes from its start) and returns its column directory.
+/// In a sparse frame the offsets' section comes last, after the columns'.
 pub fn decode_directory(head: &[u8], header: &FrameHeader) -> Result<Vec<Section>, FrameError> {
-    let Layout::Sections { columns } = header.layout else {
+    let Layout::Sections { .. } = header.layout else {
         return Err(FrameError::BadHeader(
             "a frame of format version 1 has no column directory",
         ));
@@ -231,7 +274,7 @@ pub fn decode_directory(head: &[u8], header: &FrameHeader) -> Result<Vec<Section
     truncated(head_len, head)?;
     checksum(header.crc32, &head[12..head_len])?;
     let mut end = head_len;
-    (0..columns as usize)
+    (0..header.sections())
         .map(|c| {
             let at = FRAME_HEADER_LEN + c * SECTION_ENTRY_LEN;
             let section = Section {
@@ -336,6 +379,75 @@ pub fn encode_frame(
     schema_version: u32,
     compression: Compression,
 ) -> Result<EncodedFrame, FrameError> {
+    encode(
+        batch,
+        timestamps,
+        base_offset,
+        None,
+        schema_version,
+        compression,
+    )
+}
+
+/// Encodes the records a compaction kept of `span` offsets from `base_offset` as a frame:
+/// record `i` is at `base_offset + deltas[i]` (ascending, below `span`). Records that still
+/// fill the span make an ordinary frame.
+pub fn encode_sparse_frame(
+    batch: &RecordBatch,
+    timestamps: &TimestampMillisecondArray,
+    base_offset: Offset,
+    deltas: &[u32],
+    span: u32,
+    schema_version: u32,
+    compression: Compression,
+) -> Result<EncodedFrame, FrameError> {
+    check_offsets(deltas, span)?;
+    if deltas.len() != batch.num_rows() {
+        return Err(FrameError::BadPayload(format!(
+            "{} offsets for {} records",
+            deltas.len(),
+            batch.num_rows()
+        )));
+    }
+    let offsets = (deltas.len() < span as usize).then_some((deltas, span));
+    encode(
+        batch,
+        timestamps,
+        base_offset,
+        offsets,
+        schema_version,
+        compression,
+    )
+}
+
+/// Checks a sparse frame's record offsets: ascending, within its span.
+fn check_offsets(deltas: &[u32], span: u32) -> Result<(), FrameError> {
+    let ascending = deltas.windows(2).all(|w| w[0] < w[1]);
+    if !ascending || deltas.last().is_some_and(|&d| d >= span) {
+        return Err(FrameError::BadPayload(
+            "record offsets are not ascending within the frame's span".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The field of a sparse frame's offsets section.
+fn offsets_field() -> FieldRef {
+    Arc::new(arrow::datatypes::Field::new(
+        "offset_delta",
+        arrow::datatypes::DataType::UInt32,
+        false,
+    ))
+}
+
+fn encode(
+    batch: &RecordBatch,
+    timestamps: &TimestampMillisecondArray,
+    base_offset: Offset,
+    offsets: Option<(&[u32], u32)>,
+    schema_version: u32,
+    compression: Compression,
+) -> Result<EncodedFrame, FrameError> {
     assert!(batch.num_rows() > 0, "a frame holds at least one record");
     assert_eq!(timestamps.len(), batch.num_rows());
     if batch.num_columns() == 0 {
@@ -344,12 +456,22 @@ pub fn encode_frame(
         ));
     }
     let options = ipc_write_options(compression)?;
-    let head_len = FRAME_HEADER_LEN + SECTION_ENTRY_LEN * batch.num_columns();
+    let deltas: Option<ArrayRef> =
+        offsets.map(|(deltas, _)| Arc::new(UInt32Array::from(deltas.to_vec())) as ArrayRef);
+    let offsets_field = offsets_field();
+    let mut columns: Vec<(&FieldRef, &ArrayRef)> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .collect();
+    columns.extend(deltas.as_ref().map(|d| (&offsets_field, d)));
+    let head_len = FRAME_HEADER_LEN + SECTION_ENTRY_LEN * columns.len();
     let mut head = Vec::with_capacity(head_len);
     head.resize(FRAME_HEADER_LEN, 0);
-    let mut sections = Vec::with_capacity(batch.num_columns());
+    let mut sections = Vec::with_capacity(columns.len());
     let mut position = head_len;
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+    for (field, column) in columns {
         let encoded = encode_column(field, column, &options)?;
         let metadata_len = encoded.ipc_message.len().next_multiple_of(8);
         let mut metadata = encoded.ipc_message;
@@ -375,11 +497,14 @@ pub fn encode_frame(
         sections.push(section);
         position += length;
     }
+    let record_count = batch.num_rows() as u32;
+    let span = offsets.map_or(record_count, |(_, span)| span);
     let mut header = FrameHeader {
         length: position as u32,
         crc32: 0,
         base_offset,
-        record_count: batch.num_rows() as u32,
+        record_count,
+        span,
         schema_version,
         min_timestamp_ms: arrow::compute::min(timestamps).unwrap_or(0),
         max_timestamp_ms: arrow::compute::max(timestamps).unwrap_or(0),
@@ -391,7 +516,10 @@ pub fn encode_frame(
     fixed.extend_from_slice(&FRAME_MAGIC);
     fixed.extend_from_slice(&header.length.to_le_bytes());
     fixed.extend_from_slice(&[0; 4]); // crc32, filled in below
-    fixed.push(FRAME_VERSION);
+    fixed.push(match offsets {
+        Some(_) => FRAME_VERSION_SPARSE,
+        None => FRAME_VERSION,
+    });
     fixed.extend_from_slice(&[0; 3]);
     fixed.extend_from_slice(&base_offset.0.to_le_bytes());
     fixed.extend_from_slice(&header.record_count.to_le_bytes());
@@ -399,7 +527,8 @@ pub fn encode_frame(
     fixed.extend_from_slice(&header.min_timestamp_ms.to_le_bytes());
     fixed.extend_from_slice(&header.max_timestamp_ms.to_le_bytes());
     fixed.extend_from_slice(&(batch.num_columns() as u32).to_le_bytes());
-    fixed.extend_from_slice(&[0; 4]);
+    // The span of a sparse frame; zero in others.
+    fixed.extend_from_slice(&(if offsets.is_some() { span } else { 0 }).to_le_bytes());
     debug_assert_eq!(fixed.len(), FRAME_HEADER_LEN);
     head[..FRAME_HEADER_LEN].copy_from_slice(&fixed);
     header.crc32 = crc32fast::hash(&head[12..]);
@@ -461,9 +590,10 @@ pub fn decode_batch(
     projection: Option<&[usize]>,
 ) -> Result<RecordBatch, FrameError> {
     match header.layout {
-        Layout::Sections { .. } => {
+        Layout::Sections { columns } => {
             let sections = decode_directory(frame.as_slice(), header)?;
-            decode_columns(header, &sections, schema, projection, |_, section| {
+            let sections = &sections[..columns as usize];
+            decode_columns(header, sections, schema, projection, |_, section| {
                 frame.slice_with_length(section.position as usize, section.length as usize)
             })
         }
@@ -471,6 +601,43 @@ pub fn decode_batch(
             decode_whole(frame, header, metadata_len, schema, projection)
         }
     }
+}
+
+/// The offsets of a verified sparse frame's records held whole in `frame`, as deltas from
+/// its base offset; `None` for a frame whose records fill its span.
+pub fn decode_frame_offsets(
+    frame: &Buffer,
+    header: &FrameHeader,
+) -> Result<Option<Vec<u32>>, FrameError> {
+    if !header.is_sparse() {
+        return Ok(None);
+    }
+    let sections = decode_directory(frame.as_slice(), header)?;
+    let section = sections
+        .last()
+        .expect("a sparse frame has its offsets' section");
+    let bytes = frame.slice_with_length(section.position as usize, section.length as usize);
+    decode_offsets(&bytes, section, header).map(Some)
+}
+
+/// A sparse frame's record offsets, as deltas from its base offset, from the bytes of its
+/// verified offsets section.
+pub fn decode_offsets(
+    bytes: &Buffer,
+    section: &Section,
+    header: &FrameHeader,
+) -> Result<Vec<u32>, FrameError> {
+    let column = decode_column(bytes, section, &offsets_field(), header.record_count)?;
+    let deltas = column
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .ok_or_else(|| FrameError::BadPayload("the offsets are not UInt32".into()))?;
+    if deltas.null_count() > 0 {
+        return Err(FrameError::BadPayload("a record offset is null".into()));
+    }
+    let deltas = deltas.values().to_vec();
+    check_offsets(&deltas, header.span)?;
+    Ok(deltas)
 }
 
 /// The batch of the columns `projection` selects (every column without one) of a frame of
@@ -766,9 +933,77 @@ mod tests {
     }
 
     #[test]
+    fn a_compacted_frame_keeps_its_records_offsets() {
+        let (schema, batch) = sample(5);
+        let deltas = [0, 2, 3, 7, 9];
+        for compression in [Compression::None, Compression::Zstd] {
+            let frame = encode_sparse_frame(
+                &batch,
+                timestamps(&batch),
+                Offset(100),
+                &deltas,
+                12,
+                3,
+                compression,
+            )
+            .unwrap();
+            assert!(frame.header.is_sparse());
+            assert_eq!(frame.header.end_offset(), Offset(112));
+            let bytes = Buffer::from(frame.to_bytes());
+            assert_eq!(bytes.as_slice()[12], FRAME_VERSION_SPARSE);
+            let header = decode_frame(bytes.as_slice()).unwrap();
+            assert_eq!(header, frame.header);
+            assert_eq!(decode_batch(&bytes, &header, &schema, None).unwrap(), batch);
+            let offsets = decode_frame_offsets(&bytes, &header).unwrap();
+            assert_eq!(offsets.as_deref(), Some(&deltas[..]));
+        }
+        // Records that fill their span make an ordinary frame.
+        let dense = encode_sparse_frame(
+            &batch,
+            timestamps(&batch),
+            Offset(100),
+            &[0, 1, 2, 3, 4],
+            5,
+            3,
+            Compression::None,
+        )
+        .unwrap();
+        assert!(!dense.header.is_sparse());
+        assert_eq!(dense.to_bytes()[12], FRAME_VERSION);
+        // Offsets out of order, or past the span, are not a frame.
+        for (deltas, span) in [([0, 2, 2, 3, 4], 12), ([0, 1, 2, 3, 12], 12)] {
+            let refused = encode_sparse_frame(
+                &batch,
+                timestamps(&batch),
+                Offset(100),
+                &deltas,
+                span,
+                3,
+                Compression::None,
+            );
+            assert!(refused.is_err(), "{deltas:?} within {span}");
+        }
+    }
+
+    #[test]
     fn every_flipped_byte_is_detected() {
         let (_, batch) = sample(3);
-        for bytes in [encode(&batch, Compression::None), encode_whole(&batch)] {
+        let sparse = encode_sparse_frame(
+            &batch,
+            timestamps(&batch),
+            Offset(7),
+            &[1, 4, 5],
+            9,
+            3,
+            Compression::None,
+        )
+        .unwrap()
+        .to_bytes();
+        for bytes in [
+            encode(&batch, Compression::None),
+            encode_whole(&batch),
+            sparse,
+        ] {
             for i in 0..bytes.len() {
                 let mut corrupt = bytes.clone();
                 corrupt[i] ^= 0x20;

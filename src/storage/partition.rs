@@ -16,7 +16,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use super::StorageError;
 use super::disk::Disk;
 use super::frame::{self, FrameHeader};
-use super::segment::{self, Segment, SegmentWriter};
+use super::segment::{self, Segment, SegmentFile, SegmentWriter};
 use super::types::{Offset, PartitionId};
 
 #[derive(Debug)]
@@ -315,8 +315,8 @@ impl Partition {
     }
 
     /// Deletes the segments before the one starting at `start` (a start committed by
-    /// [`Partition::retention_start`] or [`Partition::start_after_deleting_before`]).
-    /// Returns the number deleted.
+    /// [`Partition::retention_start`] or [`Partition::start_after_deleting_before`]): their
+    /// files go once no reader that started before holds them. Returns the number deleted.
     pub fn delete_segments_before(&self, start: Offset) -> Result<usize, StorageError> {
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write().expect("segments lock");
@@ -329,9 +329,36 @@ impl Partition {
         };
         for segment in &removed {
             tracing::info!(segment = %segment.path.display(), "deleting segment before the log start");
-            segment::delete_segment_files(&self.disk, &self.dir, segment.base_offset)?;
+            segment.retire();
         }
         Ok(removed.len())
+    }
+
+    /// Puts `compacted` in the place of the run of sealed segments `replaced` (which it was
+    /// compacted from, and whose offsets it covers): readers that start from now on read
+    /// it, and the replaced segments' files go once no reader holds them. False, changing
+    /// nothing, if the partition no longer lists exactly that run.
+    pub fn replace_segments(&self, replaced: &[Arc<Segment>], compacted: Segment) -> bool {
+        let mut segments = self.segments.write().expect("segments lock");
+        let Some(first) = segments
+            .iter()
+            .position(|s| replaced.first().is_some_and(|r| Arc::ptr_eq(s, r)))
+        else {
+            return false;
+        };
+        let run = first..first + replaced.len();
+        let same = run.end < segments.len()
+            && segments[run.clone()]
+                .iter()
+                .zip(replaced)
+                .all(|(s, r)| Arc::ptr_eq(s, r));
+        if !same {
+            return false;
+        }
+        for segment in segments.splice(run, [Arc::new(compacted)]) {
+            segment.retire();
+        }
+        true
     }
 
     /// Reads committed records in exactly `range`: if retention has deleted its start, the
@@ -339,10 +366,19 @@ impl Partition {
     /// such as a bounded scan, asks from the log start). Blocking: run it on a blocking
     /// thread.
     pub fn reader(self: &Arc<Self>, range: Range<Offset>, options: ReadOptions) -> PartitionReader {
-        let segments = self.segments();
+        self.reader_over(self.segments(), range, options)
+    }
+
+    /// [`Partition::reader`] over `segments`, a list the partition had.
+    pub fn reader_over(
+        &self,
+        segments: Vec<Arc<Segment>>,
+        range: Range<Offset>,
+        options: ReadOptions,
+    ) -> PartitionReader {
         let first = segments[0].base_offset;
         let removed =
-            (range.start < range.end && range.start < first).then(|| StorageError::Removed {
+            (range.start < range.end && range.start < first).then_some(StorageError::Removed {
                 partition: self.id,
                 from: range.start,
                 to: first,
@@ -367,16 +403,24 @@ pub fn intact_end(disk: &Disk, dir: &Path, durable_end: Offset) -> Result<Offset
     if !dir.is_dir() {
         return Ok(durable_end);
     }
-    let bases = segment::list_segments(dir)?;
-    let Some(first) = bases.iter().rposition(|base| *base <= durable_end) else {
+    let mut files = segment::list_segments(dir)?;
+    // Of a base's generations, the newest is the segment.
+    files.dedup_by(|later, earlier| {
+        let same = later.base == earlier.base;
+        if same {
+            *earlier = *later;
+        }
+        same
+    });
+    let Some(first) = files.iter().rposition(|f| f.base <= durable_end) else {
         return Ok(durable_end);
     };
     let mut end = durable_end;
-    for (i, &base) in bases[first..].iter().enumerate() {
-        if i > 0 && base != end {
+    for (i, &file) in files[first..].iter().enumerate() {
+        if i > 0 && file.base != end {
             break;
         }
-        end = Segment::intact_end(disk, dir, base, end)?;
+        end = Segment::intact_end(disk, dir, file, end)?;
     }
     Ok(end)
 }
@@ -387,8 +431,20 @@ fn recover(
     log_start: Offset,
     committed_end: Offset,
 ) -> Result<(Vec<Arc<Segment>>, PartitionWriter), StorageError> {
-    let mut bases = segment::list_segments(dir)?;
-    if bases.is_empty() {
+    let found = segment::list_segments(dir)?;
+    // Of the generations of one base, the newest is the segment: a compaction wrote it and
+    // stopped before deleting the one it replaced.
+    let mut files: Vec<SegmentFile> = Vec::with_capacity(found.len());
+    for file in found {
+        if let Some(older) = files.last_mut().filter(|f| f.base == file.base) {
+            tracing::info!(segment = %older.log(dir).display(), "finishing the deletion of a segment compaction replaced");
+            older.delete(disk, dir)?;
+            *older = file;
+        } else {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
         if committed_end != Offset(0) || log_start != Offset(0) {
             return Err(StorageError::corruption(
                 dir,
@@ -408,55 +464,90 @@ fn recover(
         ));
     }
     // Segments rolled for appends that never committed.
-    while bases.len() > 1 && *bases.last().expect("non-empty") > committed_end {
-        let base = bases.pop().expect("non-empty");
-        tracing::info!(segment = %segment::log_path(dir, base).display(), "deleting uncommitted segment");
-        segment::delete_segment_files(disk, dir, base)?;
+    while files.len() > 1 && files.last().expect("non-empty").base > committed_end {
+        let file = files.pop().expect("non-empty");
+        tracing::info!(segment = %file.log(dir).display(), "deleting uncommitted segment");
+        file.delete(disk, dir)?;
     }
     // Segments retention committed the deletion of, when the files outlived the commit.
-    while bases.len() > 1 && bases[1] <= log_start {
-        let base = bases.remove(0);
-        tracing::info!(segment = %segment::log_path(dir, base).display(), "finishing the deletion of a segment past retention");
-        segment::delete_segment_files(disk, dir, base)?;
+    while files.len() > 1 && files[1].base <= log_start {
+        let file = files.remove(0);
+        tracing::info!(segment = %file.log(dir).display(), "finishing the deletion of a segment past retention");
+        file.delete(disk, dir)?;
     }
-    if bases[0] > log_start {
+    if files[0].base > log_start {
         return Err(StorageError::corruption(
-            &segment::log_path(dir, bases[0]),
+            &files[0].log(dir),
             0,
             format!(
                 "the partition starts at offset {log_start}, but its first segment starts at {}: the segments holding offsets {log_start}..{} are missing",
-                bases[0], bases[0]
+                files[0].base, files[0].base
             ),
         ));
     }
-    let active_base = bases.pop().expect("non-empty");
-    let mut segments = Vec::with_capacity(bases.len() + 1);
-    for (i, base) in bases.iter().enumerate() {
-        let segment = Segment::open_sealed(disk, dir, *base)?;
-        let next = bases.get(i + 1).copied().unwrap_or(active_base);
-        let end = segment.end_offset()?;
-        if end != next {
-            return Err(StorageError::corruption(
-                &segment.path,
-                segment.size_bytes(),
-                format!(
-                    "the segment ends at offset {end} but the next one starts at {next}: offsets {}..{} are missing",
-                    end.min(next),
-                    end.max(next)
-                ),
-            ));
+    let active = files.pop().expect("non-empty");
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(files.len() + 1);
+    // The offset after the last sealed segment kept.
+    let mut end: Option<Offset> = None;
+    for file in files {
+        let covering = segments
+            .last()
+            .filter(|_| end.is_some_and(|e| file.base < e));
+        if let Some(covering) = covering {
+            // A compaction merged this segment into the one before, of a newer generation,
+            // and stopped before deleting it. Anything else overlapping is damage.
+            if covering.file.generation <= file.generation {
+                return Err(StorageError::corruption(
+                    &file.log(dir),
+                    0,
+                    format!(
+                        "the segment starts at offset {}, inside the segment before it ({}, which ends at {})",
+                        file.base,
+                        covering.path.display(),
+                        end.expect("checked"),
+                    ),
+                ));
+            }
+            tracing::info!(segment = %file.log(dir).display(), "finishing the deletion of a segment compaction replaced");
+            file.delete(disk, dir)?;
+            continue;
         }
+        check_contiguous(segments.last(), end, file.base)?;
+        let segment = Segment::open_sealed(disk, dir, file)?;
+        end = Some(segment.end_offset()?);
         segments.push(Arc::new(segment));
     }
-    let (segment, active) = SegmentWriter::recover(disk, dir, active_base, committed_end)?;
+    check_contiguous(segments.last(), end, active.base)?;
+    let (segment, writer) = SegmentWriter::recover(disk, dir, active.base, committed_end)?;
     segments.push(Arc::new(segment));
     Ok((
         segments,
         PartitionWriter {
-            active,
+            active: writer,
             next_offset: committed_end,
         },
     ))
+}
+
+/// Checks that the segment starting at `next` starts where the sealed one before it (if
+/// any, ending at `end`) ends.
+fn check_contiguous(
+    before: Option<&Arc<Segment>>,
+    end: Option<Offset>,
+    next: Offset,
+) -> Result<(), StorageError> {
+    match (before, end) {
+        (Some(before), Some(end)) if end != next => Err(StorageError::corruption(
+            &before.path,
+            before.size_bytes(),
+            format!(
+                "the segment ends at offset {end} but the next one starts at {next}: offsets {}..{} are missing",
+                end.min(next),
+                end.max(next)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -481,12 +572,42 @@ pub struct ReadOptions {
     pub max_timestamp_ms: Option<i64>,
 }
 
-/// Records read from the log: `batch` holds the records at offsets
-/// `base_offset .. base_offset + batch.num_rows()`.
+/// Records read from the log, in offset order: `base_offset` is the first one's offset,
+/// and those after it follow one by one, unless compaction removed some between them.
 #[derive(Debug)]
 pub struct ReadBatch {
     pub base_offset: Offset,
     pub batch: RecordBatch,
+    /// Each record's offset, when they are not consecutive (read from a compacted segment).
+    pub offsets: Option<Vec<u64>>,
+}
+
+impl ReadBatch {
+    /// The offset of record `i`.
+    pub fn offset(&self, i: usize) -> Offset {
+        match &self.offsets {
+            Some(offsets) => Offset(offsets[i]),
+            None => self.base_offset.plus(i as u64),
+        }
+    }
+
+    /// Which record is at `offset`, if one is.
+    pub fn position_of(&self, offset: Offset) -> Option<usize> {
+        match &self.offsets {
+            Some(offsets) => offsets.binary_search(&offset.0).ok(),
+            None => (offset >= self.base_offset
+                && offset.0 - self.base_offset.0 < self.batch.num_rows() as u64)
+                .then(|| (offset.0 - self.base_offset.0) as usize),
+        }
+    }
+
+    /// The offset after the last record.
+    pub fn end_offset(&self) -> Offset {
+        match self.batch.num_rows() {
+            0 => self.base_offset,
+            n => self.offset(n - 1).plus(1),
+        }
+    }
 }
 
 /// A blocking iterator over the record batches of a range of one partition.
@@ -589,7 +710,7 @@ impl PartitionReader {
                 self.next = frame_end;
                 continue;
             }
-            let batch = decode_frame(&header, &self.options, |schema, projection| {
+            let (batch, deltas) = decode_frame(&header, &self.options, |schema, projection| {
                 segment.batch_at(position, &header, schema, projection)
             })
             .map_err(|e| match e {
@@ -599,20 +720,38 @@ impl PartitionReader {
                 }
                 e => e,
             })?;
-            let from = self.next.max(header.base_offset);
+            let base = header.base_offset;
+            let from = self.next.max(base);
             let to = self.end.min(frame_end);
-            let batch = batch.slice(
-                (from.0 - header.base_offset.0) as usize,
-                (to.0 - from.0) as usize,
-            );
             self.next = to;
+            let (start, offsets) = match deltas {
+                None => ((from.0 - base.0) as usize, None),
+                Some(deltas) => {
+                    // The records of a compacted frame within [from, to).
+                    let first = deltas.partition_point(|&d| base.plus(d as u64) < from);
+                    let last = deltas.partition_point(|&d| base.plus(d as u64) < to);
+                    let offsets: Vec<u64> = deltas[first..last]
+                        .iter()
+                        .map(|&d| base.0 + d as u64)
+                        .collect();
+                    (first, Some(offsets))
+                }
+            };
+            let len = offsets.as_ref().map_or((to.0 - from.0) as usize, Vec::len);
+            if len == 0 {
+                continue;
+            }
             return Ok(Some(ReadBatch {
-                base_offset: from,
-                batch,
+                base_offset: offsets.as_ref().map_or(from, |o| Offset(o[0])),
+                batch: batch.slice(start, len),
+                offsets,
             }));
         }
     }
 }
+
+/// Records and their offsets as a sparse frame has them (deltas from its base offset).
+type FrameRecords = (RecordBatch, Option<Vec<u32>>);
 
 /// The records of a frame in the schema and projection `options` ask for, whatever the
 /// layout ([`super::SCHEMA_VERSION`]) it was written in: `read` reads the frame's records
@@ -620,8 +759,8 @@ impl PartitionReader {
 fn decode_frame(
     header: &FrameHeader,
     options: &ReadOptions,
-    read: impl FnOnce(&SchemaRef, Option<&[usize]>) -> Result<RecordBatch, StorageError>,
-) -> Result<RecordBatch, StorageError> {
+    read: impl FnOnce(&SchemaRef, Option<&[usize]>) -> Result<FrameRecords, StorageError>,
+) -> Result<FrameRecords, StorageError> {
     let projection = options.projection.as_deref();
     match header.schema_version {
         super::SCHEMA_VERSION => read(&options.schema, projection),
@@ -635,7 +774,7 @@ fn decode_frame(
                 None => (0..=headers).collect(),
             };
             let stored: Vec<usize> = wanted.iter().copied().filter(|c| *c < headers).collect();
-            let batch = read(&before, Some(&stored))?;
+            let (batch, offsets) = read(&before, Some(&stored))?;
             let rows = batch.num_rows();
             let mut decoded = batch.columns().iter();
             let columns: Vec<ArrayRef> = wanted
@@ -654,6 +793,7 @@ fn decode_frame(
                 columns,
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
             )
+            .map(|batch| (batch, offsets))
             .map_err(|e| StorageError::InvalidBatch(e.to_string()))
         }
         version => Err(StorageError::InvalidBatch(format!(
@@ -716,9 +856,11 @@ mod tests {
             };
             decode_frame(&frame.header, &options, |schema, projection| {
                 frame::decode_batch(&bytes, &frame.header, schema, projection)
+                    .map(|batch| (batch, None))
                     .map_err(|e| StorageError::InvalidBatch(e.to_string()))
             })
             .unwrap()
+            .0
         };
         let all = read(None);
         assert_eq!(all.schema(), schema);

@@ -12,6 +12,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::buffer::{Buffer, MutableBuffer};
@@ -27,45 +28,80 @@ use super::types::Offset;
 /// with a read of its own: copying 16 KiB costs about what another read does.
 const READ_GAP_MAX: usize = 16 * 1024;
 
-pub fn log_path(dir: &Path, base: Offset) -> PathBuf {
-    dir.join(format!("{:020}.log", base.0))
+/// Which files a segment is: the base offset they are named after and, for a segment
+/// compaction wrote, its generation (one more than that of the segments it replaced). A
+/// segment of generation 0 is `<base>.log` with `<base>.index` and `<base>.timeindex`; of
+/// generation `g`, `<base>.<g>.log` and so on. Compaction writes a new generation beside the
+/// files it replaces, so no file a reader may still read ever changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentFile {
+    pub base: Offset,
+    pub generation: u32,
 }
 
-fn offset_index_path(dir: &Path, base: Offset) -> PathBuf {
-    dir.join(format!("{:020}.index", base.0))
+impl SegmentFile {
+    /// The files of an appended segment (never compacted).
+    pub fn appended(base: Offset) -> SegmentFile {
+        SegmentFile {
+            base,
+            generation: 0,
+        }
+    }
+
+    fn path(&self, dir: &Path, extension: &str) -> PathBuf {
+        match self.generation {
+            0 => dir.join(format!("{:020}.{extension}", self.base.0)),
+            g => dir.join(format!("{:020}.{g}.{extension}", self.base.0)),
+        }
+    }
+
+    pub fn log(&self, dir: &Path) -> PathBuf {
+        self.path(dir, "log")
+    }
+
+    fn offset_index(&self, dir: &Path) -> PathBuf {
+        self.path(dir, "index")
+    }
+
+    fn time_index(&self, dir: &Path) -> PathBuf {
+        self.path(dir, "timeindex")
+    }
+
+    /// Removes the segment's files. Missing files are fine: deletion may be resumed after a
+    /// crash.
+    pub fn delete(&self, disk: &Disk, dir: &Path) -> Result<(), StorageError> {
+        for path in [self.log(dir), self.offset_index(dir), self.time_index(dir)] {
+            disk.remove(&path)?;
+        }
+        Ok(())
+    }
 }
 
-fn time_index_path(dir: &Path, base: Offset) -> PathBuf {
-    dir.join(format!("{:020}.timeindex", base.0))
-}
-
-/// Base offsets of the segments in a partition directory, ascending.
-pub fn list_segments(dir: &Path) -> Result<Vec<Offset>, StorageError> {
-    let mut bases = vec![];
+/// The segment files in a partition directory, ascending by base offset and generation
+/// (a compaction that did not finish deleting what it replaced may leave several of one
+/// base).
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, StorageError> {
+    let mut files = vec![];
     for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
         let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".log")
-            && let Ok(base) = stem.parse::<u64>()
-        {
-            bases.push(Offset(base));
+        let Some(stem) = name.strip_suffix(".log") else {
+            continue;
+        };
+        let (base, generation) = match stem.split_once('.') {
+            Some((base, generation)) => (base, generation.parse::<u32>().ok()),
+            None => (stem, Some(0)),
+        };
+        if let (Ok(base), Some(generation)) = (base.parse::<u64>(), generation) {
+            files.push(SegmentFile {
+                base: Offset(base),
+                generation,
+            });
         }
     }
-    bases.sort();
-    Ok(bases)
-}
-
-/// Removes a segment's files. Missing files are fine: deletion may be resumed after a crash.
-pub fn delete_segment_files(disk: &Disk, dir: &Path, base: Offset) -> Result<(), StorageError> {
-    for path in [
-        log_path(dir, base),
-        offset_index_path(dir, base),
-        time_index_path(dir, base),
-    ] {
-        disk.remove(&path)?;
-    }
-    Ok(())
+    files.sort();
+    Ok(files)
 }
 
 /// What readers and the retention policy know of a segment.
@@ -79,23 +115,38 @@ pub struct SegmentState {
 #[derive(Debug)]
 pub struct Segment {
     pub base_offset: Offset,
+    pub file: SegmentFile,
+    /// Its log file.
     pub path: PathBuf,
+    dir: PathBuf,
     disk: Disk,
     pub state: RwLock<SegmentState>,
+    /// Set once the partition no longer lists it (retention or compaction replaced it): its
+    /// files are deleted when the last reader holding it is done.
+    retired: AtomicBool,
 }
 
 impl Segment {
     /// A segment of `size_bytes` with an empty index (to be loaded or rebuilt).
-    fn unindexed(disk: &Disk, path: PathBuf, base: Offset, size_bytes: u64) -> Segment {
+    fn unindexed(disk: &Disk, dir: &Path, file: SegmentFile, size_bytes: u64) -> Segment {
         Segment {
-            base_offset: base,
-            path,
+            base_offset: file.base,
+            file,
+            path: file.log(dir),
+            dir: dir.to_path_buf(),
             disk: disk.clone(),
             state: RwLock::new(SegmentState {
                 index: SegmentIndex::new(),
                 size_bytes,
             }),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the segment as no longer the partition's: its files go when the last reader
+    /// holding it lets go of it (at once if none does).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -136,26 +187,29 @@ impl Segment {
     }
 
     /// The records of the frame at `position` in the columns of `schema` that `projection`
-    /// selects (all without one). Of a frame of the current format only the header, the
-    /// column directory and the selected columns' sections are read and verified; neighbouring
-    /// sections are read together.
+    /// selects (all without one), and, of a sparse frame, their offsets (as deltas from its
+    /// base offset). Of a frame of the current format only the header, the column directory
+    /// and the sections needed are read and verified; neighbouring sections are read
+    /// together.
     pub fn batch_at(
         &self,
         position: u64,
         header: &FrameHeader,
         schema: &SchemaRef,
         projection: Option<&[usize]>,
-    ) -> Result<RecordBatch, StorageError> {
+    ) -> Result<(RecordBatch, Option<Vec<u32>>), StorageError> {
         let corrupt = |e: FrameError| StorageError::corruption(&self.path, position, e);
         let partial = match (header.layout, projection) {
             (Layout::Sections { columns }, Some(projection)) => {
-                (projection.len() < columns as usize).then_some(projection)
+                (projection.len() < columns as usize).then_some((projection, columns as usize))
             }
             _ => None,
         };
-        let Some(projection) = partial else {
+        let Some((projection, columns)) = partial else {
             let bytes = self.frame_at(position, header)?;
-            return frame::decode_batch(&bytes, header, schema, projection).map_err(corrupt);
+            let batch = frame::decode_batch(&bytes, header, schema, projection).map_err(corrupt)?;
+            let offsets = frame::decode_frame_offsets(&bytes, header).map_err(corrupt)?;
+            return Ok((batch, offsets));
         };
         let head = self.read_exact(position, header.head_len())?;
         if frame::decode_header(head.as_slice()).map_err(corrupt)? != *header {
@@ -167,11 +221,14 @@ impl Segment {
         let mut wanted = projection.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        if wanted.last().is_some_and(|&c| c >= sections.len()) {
+        if wanted.last().is_some_and(|&c| c >= columns) {
             return Err(StorageError::InvalidBatch(format!(
-                "columns {projection:?} asked of a frame of {}",
-                sections.len()
+                "columns {projection:?} asked of a frame of {columns}"
             )));
+        }
+        if header.is_sparse() {
+            // The records' offsets, in the section after the columns'.
+            wanted.push(columns);
         }
         let mut read: Vec<Option<Buffer>> = vec![None; sections.len()];
         let mut i = 0;
@@ -198,10 +255,24 @@ impl Segment {
             }
             i = j;
         }
-        frame::decode_columns(header, &sections, schema, Some(projection), |c, _| {
-            read[c].clone().expect("every projected section is read")
-        })
-        .map_err(corrupt)
+        let offsets = match header.is_sparse() {
+            true => {
+                let bytes = read[columns]
+                    .as_ref()
+                    .expect("the offsets' section is read");
+                Some(frame::decode_offsets(bytes, &sections[columns], header).map_err(corrupt)?)
+            }
+            false => None,
+        };
+        let batch = frame::decode_columns(
+            header,
+            &sections[..columns],
+            schema,
+            Some(projection),
+            |c, _| read[c].clone().expect("every projected section is read"),
+        )
+        .map_err(corrupt)?;
+        Ok((batch, offsets))
     }
 
     /// `len` bytes at `position`; fewer (the file ends early) is a damaged frame.
@@ -329,13 +400,17 @@ impl Segment {
 
     /// Opens a sealed segment: loads its indexes, rebuilding them from the frames if they are
     /// missing or malformed (they are hints; the frames are the truth).
-    pub fn open_sealed(disk: &Disk, dir: &Path, base: Offset) -> Result<Segment, StorageError> {
-        let path = log_path(dir, base);
-        let size_bytes = disk.len(&path)?;
-        let offsets = fs::read(offset_index_path(dir, base))
+    pub fn open_sealed(
+        disk: &Disk,
+        dir: &Path,
+        file: SegmentFile,
+    ) -> Result<Segment, StorageError> {
+        let base = file.base;
+        let size_bytes = disk.len(&file.log(dir))?;
+        let offsets = fs::read(file.offset_index(dir))
             .ok()
             .and_then(|b| index::decode_offset_index(&b));
-        let times = fs::read(time_index_path(dir, base))
+        let times = fs::read(file.time_index(dir))
             .ok()
             .and_then(|b| index::decode_time_index(&b));
         let plausible = |o: &Vec<OffsetEntry>, t: &Vec<TimeEntry>| {
@@ -344,7 +419,7 @@ impl Segment {
                 && o.last().is_some_and(|e| (e.position as u64) < size_bytes)
                 && t.last().is_none_or(|e| (e.position as u64) < size_bytes)
         };
-        let segment = Segment::unindexed(disk, path, base, size_bytes);
+        let segment = Segment::unindexed(disk, dir, file, size_bytes);
         match (offsets, times) {
             (Some(o), Some(t)) if plausible(&o, &t) => {
                 segment.state.write().expect("segment lock").index =
@@ -360,8 +435,8 @@ impl Segment {
                         "sealed segment has trailing bytes that are not a frame",
                     ));
                 }
-                disk.write_file(&offset_index_path(dir, base), &[&index.encode_offsets()])?;
-                disk.write_file(&time_index_path(dir, base), &[&index.encode_times()])?;
+                disk.write_file(&file.offset_index(dir), &[&index.encode_offsets()])?;
+                disk.write_file(&file.time_index(dir), &[&index.encode_times()])?;
                 segment.state.write().expect("segment lock").index = index;
             }
         }
@@ -373,11 +448,11 @@ impl Segment {
     /// each candidate is checked), with the index before it; else the segment's start.
     fn resume_point(&self, dir: &Path, until: Offset) -> (u64, Offset, SegmentIndex) {
         let size = self.size_bytes();
-        let offsets = fs::read(offset_index_path(dir, self.base_offset))
+        let offsets = fs::read(self.file.offset_index(dir))
             .ok()
             .and_then(|b| index::decode_offset_index(&b))
             .unwrap_or_default();
-        let times = fs::read(time_index_path(dir, self.base_offset))
+        let times = fs::read(self.file.time_index(dir))
             .ok()
             .and_then(|b| index::decode_time_index(&b))
             .unwrap_or_default();
@@ -403,17 +478,16 @@ impl Segment {
         (0, self.base_offset, SegmentIndex::new())
     }
 
-    /// Where the intact frames of the segment at `base` end (the offset after the last
+    /// Where the intact frames of the segment `file` end (the offset after the last
     /// one), changing nothing, scanning from the frame at or before `from` (records known
     /// intact up to there): what a crash of the machine left of unflushed frames.
     pub fn intact_end(
         disk: &Disk,
         dir: &Path,
-        base: Offset,
+        file: SegmentFile,
         from: Offset,
     ) -> Result<Offset, StorageError> {
-        let path = log_path(dir, base);
-        let segment = Segment::unindexed(disk, path.clone(), base, disk.len(&path)?);
+        let segment = Segment::unindexed(disk, dir, file, disk.len(&file.log(dir))?);
         let (mut position, mut offset, _) = segment.resume_point(dir, from);
         while let Ok(Some(header)) = segment.header_at(position) {
             if header.base_offset != offset || segment.frame_at(position, &header).is_err() {
@@ -521,15 +595,16 @@ impl SegmentWriter {
         dir: &Path,
         base: Offset,
     ) -> Result<(Segment, SegmentWriter), StorageError> {
-        let path = log_path(dir, base);
+        let file = SegmentFile::appended(base);
+        let path = file.log(dir);
         // Leftovers of an uncommitted roll are emptied: the segment starts empty.
-        let offset_index = offset_index_path(dir, base);
-        let time_index = time_index_path(dir, base);
+        let offset_index = file.offset_index(dir);
+        let time_index = file.time_index(dir);
         for p in [&path, &offset_index, &time_index] {
             disk.create(p)?;
         }
         disk.sync_dir(dir)?;
-        let segment = Segment::unindexed(disk, path.clone(), base, 0);
+        let segment = Segment::unindexed(disk, dir, file, 0);
         let writer = SegmentWriter {
             base_offset: base,
             disk: disk.clone(),
@@ -557,9 +632,10 @@ impl SegmentWriter {
         base: Offset,
         committed_end: Offset,
     ) -> Result<(Segment, SegmentWriter), StorageError> {
-        let path = log_path(dir, base);
+        let file = SegmentFile::appended(base);
+        let path = file.log(dir);
         let size = disk.len(&path)?;
-        let segment = Segment::unindexed(disk, path.clone(), base, size);
+        let segment = Segment::unindexed(disk, dir, file, size);
         let (position, offset, index) = segment.resume_point(dir, committed_end);
         let (index, end_position, end_offset) =
             match segment.scan(position, offset, Some(index), committed_end.0) {
@@ -596,11 +672,11 @@ impl SegmentWriter {
         let offsets = index.encode_offsets();
         let times = index.encode_times();
         let offset_index = IndexFile {
-            path: offset_index_path(dir, base),
+            path: file.offset_index(dir),
             len: offsets.len() as u64,
         };
         let time_index = IndexFile {
-            path: time_index_path(dir, base),
+            path: file.time_index(dir),
             len: times.len() as u64,
         };
         write_index(disk, &offset_index.path, &offsets)?;
@@ -687,5 +763,141 @@ impl SegmentWriter {
             self.disk.sync(path)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire)
+            && let Err(e) = self.file.delete(&self.disk, &self.dir)
+        {
+            // Start-up finishes the deletion: the partition no longer lists the segment.
+            tracing::warn!(segment = %self.path.display(), error = %e, "could not delete a retired segment");
+        }
+    }
+}
+
+/// A segment compaction writes: frames appended to files in a scratch directory, moved into
+/// the partition's directory, durably, by [`CompactedWriter::finish`]. Until then nothing a
+/// reader or start-up looks at has changed.
+#[derive(Debug)]
+pub struct CompactedWriter {
+    file: SegmentFile,
+    dir: PathBuf,
+    /// Where its files are written, without their extension.
+    scratch: PathBuf,
+    disk: Disk,
+    index: SegmentIndex,
+    position: u64,
+    /// The offset after the last frame written: where the next one starts.
+    end: Offset,
+    last_frame: Option<OffsetEntry>,
+}
+
+impl CompactedWriter {
+    /// Starts the segment `file` of the partition directory `dir` (a generation past every
+    /// segment it replaces), written at `scratch` (a path without extension, in a directory
+    /// of the same file system) until it is finished.
+    pub fn create(
+        disk: &Disk,
+        dir: &Path,
+        scratch: PathBuf,
+        file: SegmentFile,
+    ) -> Result<CompactedWriter, StorageError> {
+        let writer = CompactedWriter {
+            file,
+            dir: dir.to_path_buf(),
+            scratch,
+            disk: disk.clone(),
+            index: SegmentIndex::new(),
+            position: 0,
+            end: file.base,
+            last_frame: None,
+        };
+        disk.create(&writer.scratch("log"))?;
+        Ok(writer)
+    }
+
+    fn scratch(&self, extension: &str) -> PathBuf {
+        self.scratch.with_extension(extension)
+    }
+
+    /// The offset the next frame must start at.
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
+    pub fn append(&mut self, frame: &EncodedFrame) -> Result<(), StorageError> {
+        let header = &frame.header;
+        assert_eq!(
+            header.base_offset, self.end,
+            "frames of a segment are contiguous"
+        );
+        let path = self.scratch("log");
+        let mut at = self.position;
+        for part in frame.parts() {
+            self.disk.write_at(&path, part, at)?;
+            at += part.len() as u64;
+        }
+        let relative = (header.base_offset.0 - self.file.base.0) as u32;
+        self.index.on_frame(
+            relative,
+            self.position as u32,
+            header.length,
+            header.max_timestamp_ms,
+            INDEX_INTERVAL_BYTES,
+        );
+        self.last_frame = Some(OffsetEntry {
+            relative_offset: relative,
+            position: self.position as u32,
+        });
+        self.position = at;
+        self.end = header.end_offset();
+        Ok(())
+    }
+
+    /// Makes the segment durable and moves it into the partition's directory: start-up takes
+    /// it for the segments it replaces once its log is there (its indexes follow it; without
+    /// them they are rebuilt). Returns it, sealed.
+    pub fn finish(mut self) -> Result<Segment, StorageError> {
+        if let Some(last) = self.last_frame {
+            self.index.seal_entry(last);
+        }
+        self.disk.sync(&self.scratch("log"))?;
+        let indexes = [
+            (
+                "index",
+                self.file.offset_index(&self.dir),
+                self.index.encode_offsets(),
+            ),
+            (
+                "timeindex",
+                self.file.time_index(&self.dir),
+                self.index.encode_times(),
+            ),
+        ];
+        for (extension, _, bytes) in &indexes {
+            self.disk.write_file(&self.scratch(extension), &[bytes])?;
+        }
+        self.disk
+            .rename(&self.scratch("log"), &self.file.log(&self.dir))?;
+        self.disk.sync_dir(&self.dir)?;
+        for (extension, path, _) in &indexes {
+            self.disk.rename(&self.scratch(extension), path)?;
+        }
+        self.disk.sync_dir(&self.dir)?;
+        let segment = Segment::unindexed(&self.disk, &self.dir, self.file, self.position);
+        segment.state.write().expect("segment lock").index = std::mem::take(&mut self.index);
+        Ok(segment)
+    }
+
+    /// Deletes what was written (a compaction that failed or was overtaken).
+    pub fn abandon(self) {
+        for extension in ["log", "index", "timeindex"] {
+            let path = self.scratch(extension);
+            if let Err(e) = self.disk.remove(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not delete an unfinished compacted segment");
+            }
+        }
     }
 }

@@ -137,10 +137,15 @@ pub(super) async fn append(
     ranges[0]
 }
 
+/// The log file of the appended segment at `base`.
+fn log_path(dir: &Path, base: Offset) -> PathBuf {
+    segment::SegmentFile::appended(base).log(dir)
+}
+
 fn active_log_file(dir: &Path, spec: &TopicSpec, partition: u32) -> PathBuf {
     let pdir = topic_dir(dir, spec).join(partition.to_string());
-    let bases = segment::list_segments(&pdir).unwrap();
-    segment::log_path(&pdir, *bases.last().unwrap())
+    let files = segment::list_segments(&pdir).unwrap();
+    files.last().unwrap().log(&pdir)
 }
 
 #[tokio::test]
@@ -260,9 +265,9 @@ async fn rolled(dir: &Path) -> (TopicSpec, PathBuf) {
 async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let (s, pdir) = rolled(dir.path()).await;
-    let bases = segment::list_segments(&pdir).unwrap();
-    assert!(bases.len() > 2, "segments rolled by size: {bases:?}");
-    let sealed = segment::log_path(&pdir, bases[0]);
+    let files = segment::list_segments(&pdir).unwrap();
+    assert!(files.len() > 2, "segments rolled by size: {files:?}");
+    let sealed = files[0].log(&pdir);
     let mut bytes = std::fs::read(&sealed).unwrap();
     bytes[200] ^= 0x01;
     std::fs::write(&sealed, &bytes).unwrap();
@@ -282,7 +287,7 @@ async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
     let topic = log.topic(s.id).unwrap();
     let later: usize = topic.partitions[0]
         .reader(
-            bases[1]..Offset(2000),
+            files[1].base..Offset(2000),
             ReadOptions {
                 schema: s.schema.clone(),
                 projection: None,
@@ -292,14 +297,14 @@ async fn flipped_byte_in_sealed_segment_is_reported_as_corruption() {
         )
         .map(|b| b.unwrap().batch.num_rows())
         .sum();
-    assert_eq!(later as u64, 2000 - bases[1].0);
+    assert_eq!(later as u64, 2000 - files[1].base.0);
 }
 
 #[tokio::test]
 async fn a_read_verifies_the_columns_it_reads() {
     let dir = tempfile::tempdir().unwrap();
     let (s, pdir) = rolled(dir.path()).await;
-    let sealed = segment::log_path(&pdir, segment::list_segments(&pdir).unwrap()[0]);
+    let sealed = segment::list_segments(&pdir).unwrap()[0].log(&pdir);
     let mut bytes = std::fs::read(&sealed).unwrap();
     let header = frame::decode_header(&bytes).unwrap();
     let sections = frame::decode_directory(&bytes, &header).unwrap();
@@ -636,7 +641,7 @@ async fn a_missing_or_short_sealed_segment_is_an_error_never_a_gap() {
             "first missing" => bases[0],
             _ => bases[1],
         };
-        let path = segment::log_path(&partition, victim);
+        let path = log_path(&partition, victim);
         match damage {
             "middle cut short" => {
                 let len = std::fs::metadata(&path).unwrap().len();
@@ -665,8 +670,8 @@ async fn a_missing_or_short_sealed_segment_is_an_error_never_a_gap() {
             "{damage}: {err}"
         );
         let expected = match damage {
-            "first missing" => segment::log_path(&partition, bases[1]),
-            "middle missing" => segment::log_path(&partition, bases[0]),
+            "first missing" => log_path(&partition, bases[1]),
+            "middle missing" => log_path(&partition, bases[0]),
             _ => path.clone(),
         };
         assert_eq!(named, &expected, "{damage}: {err}");
@@ -744,7 +749,7 @@ async fn retention_commits_the_log_start_before_deleting() {
     log.shutdown();
     drop(log);
     // And a segment missing after the committed start is an error.
-    std::fs::remove_file(segment::log_path(&partition, start)).unwrap();
+    std::fs::remove_file(log_path(&partition, start)).unwrap();
     let err = try_open(dir.path(), vec![s.clone()]).expect_err("refused");
     assert!(matches!(err, StorageError::Corruption { .. }), "{err}");
 }

@@ -14,7 +14,8 @@ pub struct TopicId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PartitionId(pub u32);
 
-/// A record's position in its partition. Offsets are dense: 0, 1, 2, …
+/// A record's position in its partition. Offsets are given out densely (0, 1, 2, …) and
+/// never change: compaction removes records but leaves the others at their offsets.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]

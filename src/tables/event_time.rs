@@ -86,12 +86,12 @@ impl EventTimeScan {
         std::mem::take(&mut *self.epoch.lock().expect("event time lock"))
     }
 
-    /// Notes the event times of `batch` (rows of `partition` from `base`, whose event
-    /// time column is `times`) and returns it without its late rows.
+    /// Notes the event times of `batch` (rows of `partition`, row `i` at `offset(i)`, whose
+    /// event time column is `times`) and returns it without its late rows.
     pub fn apply(
         &self,
         partition: PartitionId,
-        base: Offset,
+        offset: &dyn Fn(usize) -> Offset,
         times: &ArrayRef,
         batch: RecordBatch,
     ) -> Result<RecordBatch> {
@@ -145,7 +145,7 @@ impl EventTimeScan {
             .iter()
             .enumerate()
             .filter(|(_, kept)| *kept != Some(true))
-            .map(|(i, _)| (partition, base.plus(i as u64)));
+            .map(|(i, _)| (partition, offset(i)));
         self.epoch
             .lock()
             .expect("event time lock")
@@ -230,7 +230,7 @@ mod tests {
         let times: ArrayRef = Arc::new(TimestampMicrosecondArray::from(times));
         let batch = RecordBatch::try_new(scan.schema.clone(), vec![times.clone()]).unwrap();
         scan.begin(None, false);
-        scan.apply(PartitionId(0), Offset(0), &times, batch)
+        scan.apply(PartitionId(0), &|i| Offset(i as u64), &times, batch)
             .unwrap();
         let seen = scan.take();
         (scan.monotone, seen.maxima.get(&PartitionId(0)).copied())

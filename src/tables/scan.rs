@@ -440,7 +440,7 @@ impl StreamScan {
                         Arc::new(Int32Array::from_value(partition_id.0 as i32, rows))
                     }
                     TableColumn::Offset => Arc::new(Int64Array::from_iter_values(
-                        (read.base_offset.0..read.base_offset.0 + rows as u64).map(|o| o as i64),
+                        (0..rows).map(|i| read.offset(i).0 as i64),
                     )),
                 })
                 .collect();
@@ -453,7 +453,7 @@ impl StreamScan {
                     .expect("the event time column is decoded");
                 batch = event_time.apply(
                     partition_id,
-                    read.base_offset,
+                    &|i| read.offset(i),
                     read.batch.column(at),
                     batch,
                 )?;

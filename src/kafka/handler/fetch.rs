@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::Handler;
 use crate::db::Database;
-use crate::db::kafka::Records;
+use crate::db::kafka::{FetchedBatch, Records};
 use crate::kafka::records::{self, Codec};
 use crate::storage::TopicId;
 
@@ -238,15 +238,22 @@ async fn read_partition(db: Arc<Database>, asked: Asked) -> Result<PartitionRead
 /// the first batch goes out whatever the limit, so a consumer always progresses. Batches
 /// are cut where records allow: that one is no larger than it must be (one record, at
 /// least).
-fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> (BytesMut, Option<i64>) {
+fn encode_within(batches: &[FetchedBatch], limit: usize, first: bool) -> (BytesMut, Option<i64>) {
     let mut out = BytesMut::new();
     let mut next = None;
-    for (base, records) in batches {
+    for batch in batches {
+        let (base, records) = (batch.base_offset, &batch.records);
+        let deltas = batch.deltas.as_deref();
+        // The offset after the first `n` records.
+        let after = |n: usize| base + deltas.map_or(n as i64, |d| d[n - 1] as i64 + 1);
+        let encode = |out: &mut BytesMut, records: &Records, n: usize| {
+            records::encode_batch_at(out, base, deltas.map(|d| &d[..n]), records, Codec::None)
+        };
         // Encoded in place, and taken back if it does not fit.
         let before = out.len();
-        records::encode_batch(&mut out, *base, records, Codec::None);
+        encode(&mut out, records, records.len());
         if out.len() <= limit {
-            next = Some(base + records.len() as i64);
+            next = Some(after(records.len()));
             continue;
         }
         out.truncate(before);
@@ -255,7 +262,7 @@ fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> (Byte
             let (mut fits, mut fails) = (1, records.len());
             while fails - fits > 1 {
                 let middle = (fits + fails) / 2;
-                records::encode_batch(&mut out, *base, &records.prefix(middle), Codec::None);
+                encode(&mut out, &records.prefix(middle), middle);
                 if out.len() <= limit {
                     fits = middle;
                 } else {
@@ -263,8 +270,8 @@ fn encode_within(batches: &[(i64, Records)], limit: usize, first: bool) -> (Byte
                 }
                 out.clear();
             }
-            records::encode_batch(&mut out, *base, &records.prefix(fits), Codec::None);
-            next = Some(base + fits as i64);
+            encode(&mut out, &records.prefix(fits), fits);
+            next = Some(after(fits));
         }
         break;
     }
@@ -301,7 +308,12 @@ mod tests {
 
     #[test]
     fn fetch_answers_stay_within_their_limit_but_the_first_records_always_go() {
-        let batches = vec![(0, records(10)), (10, records(10))];
+        let batch = |base_offset: i64| FetchedBatch {
+            base_offset,
+            deltas: None,
+            records: records(10),
+        };
+        let batches = vec![batch(0), batch(10)];
         let (whole, next) = encode_within(&batches, usize::MAX, true);
         assert_eq!(batches_in(&whole), vec![(0, 10), (10, 10)]);
         assert_eq!(next, Some(20));
@@ -328,5 +340,23 @@ mod tests {
         let (one, next) = encode_within(&batches, 10, true);
         assert_eq!(batches_in(&one), vec![(0, 1)]);
         assert_eq!(next, Some(1));
+    }
+
+    #[test]
+    fn a_compacted_topics_records_keep_their_offsets() {
+        let batches = vec![FetchedBatch {
+            base_offset: 5,
+            deltas: Some(vec![0, 3, 7]),
+            records: records(3),
+        }];
+        let (out, next) = encode_within(&batches, usize::MAX, true);
+        let (header, _) = records::read_header(&out).unwrap();
+        assert_eq!((header.base_offset, header.last_offset_delta), (5, 7));
+        assert_eq!(header.record_count, 3);
+        assert_eq!(next, Some(13));
+        // Cut to its first two records, it ends after the second.
+        let (cut, next) = encode_within(&batches, out.len() - 1, true);
+        let (header, _) = records::read_header(&cut).unwrap();
+        assert_eq!((header.last_offset_delta, next), (3, Some(9)));
     }
 }
