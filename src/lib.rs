@@ -24,7 +24,8 @@
 //!     │               checked under their write locks
 //!  groups, producers, consumer groups' offsets; idempotent producers' sequences; streams,
 //!  catalog/           topics, views, queries, users: durable metadata only
-//!  storage/           the partitioned log: frames, segments, commit log, recovery, retention
+//!  storage/           the partitioned log: frames, segments, commit log, recovery,
+//!                     retention, compaction
 //! ```
 pub mod admission;
 pub mod auth;

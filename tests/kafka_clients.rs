@@ -2,7 +2,8 @@
 //! kafkajs, kcat) producing to and consuming from Runnel's topics and streams, side by side
 //! with SQL: the project's seed programs, a typed stream, every codec, the Java client's admin,
 //! producer and group, the non-flexible protocol versions, a consumer group that loses a
-//! member to SIGKILL, and an idempotent producer whose server is killed ten times.
+//! member to SIGKILL, an idempotent producer whose server is killed ten times, and a
+//! compacted topic read at its original offsets.
 
 mod common;
 
@@ -550,4 +551,42 @@ async fn kafka_python_reads_and_writes_a_table_as_its_changelog() {
         common::rows(&client, "SELECT tier, n FROM tiers ORDER BY tier").await,
         [pairs("again", "1"), pairs("back", "1")]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_reads_a_compacted_topic_at_its_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--retention-check-interval-ms", "100"];
+    let server = common::start_with(dir.path(), &flags);
+    let out = run(&server, "kafka_compacted.py", &[], "compacted ok");
+    let counts: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [read, produced] = counts[..] else {
+        panic!("{out}");
+    };
+    assert_eq!(produced, 20 * 60 + 4);
+    assert!(read < produced, "{out}");
+    // SQL reads the same records; after a crash too, with compaction picked up again.
+    let count = "SELECT count(*), max(_offset) FROM prices";
+    let at_most = |row: String| {
+        let (n, max) = row.split_once('|').unwrap();
+        assert!(n.parse::<u64>().unwrap() <= read, "{row}");
+        assert_eq!(max, (produced - 1).to_string(), "the last record stays");
+    };
+    at_most(common::first_row(&server, count).await);
+    server.kill();
+    let server = common::start_with(dir.path(), &flags);
+    at_most(common::first_row(&server, count).await);
+    // Every key is there, the deleted ones by their tombstones (kept for a day).
+    assert_eq!(
+        common::first_row(
+            &server,
+            "SELECT count(DISTINCT _key), count(*) FILTER (WHERE _value IS NULL) FROM prices"
+        )
+        .await,
+        "20|4"
+    );
+    server.stop();
 }

@@ -1,7 +1,8 @@
 //! Tables against a model: random inserts, upserts, updates (moving keys too) and deletes,
 //! each checked against a map of what PostgreSQL would hold — whole, and key by key through
-//! the key index — across clean restarts and `kill -9`, with materialized views over the
-//! table (maintained as its rows change) equal to their bounded queries throughout;
+//! the key index — across clean restarts, `kill -9` and the compaction of the table's topic,
+//! with materialized views over the table (maintained as its rows change) equal to their
+//! bounded queries throughout;
 //! concurrent inserts of the same keys, each key won exactly once; reads of a key read that
 //! key's records only.
 
@@ -213,10 +214,16 @@ async fn random_statement(client: &tokio_postgres::Client, model: &mut Model, rn
 async fn random_writes_match_the_model_across_restarts_and_kill_9() {
     let mut rng = Rng::seeded("tables");
     let dir = tempfile::tempdir().unwrap();
-    let mut server = common::start(dir.path());
+    // Compaction runs all along, over segments of a few records.
+    let flags = ["--retention-check-interval-ms", "50"];
+    let mut server = common::start_with(dir.path(), &flags);
+    let mut compactions = 0;
     let client = server.connect().await;
     client
-        .batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s TEXT) WITH (partitions = 3)")
+        .batch_execute(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s TEXT)
+                 WITH (partitions = 3, segment_bytes = 4096)",
+        )
         .await
         .unwrap();
     // Three views follow the table from its start; the last is created over rows written
@@ -247,16 +254,18 @@ async fn random_writes_match_the_model_across_restarts_and_kill_9() {
         drop(client);
         // Every statement above was acknowledged: a restart, clean or not, keeps them all,
         // and the key index is rebuilt from the log.
+        compactions += server.log().matches("records_removed").count();
         if round % 2 == 0 {
             server.kill();
         } else {
             server.stop();
         }
-        server = common::start(dir.path());
+        server = common::start_with(dir.path(), &flags);
         let client = server.connect().await;
         check(&client, &model, &format!("after restart {round}")).await;
         check_views(&client, created, &format!("after restart {round}")).await;
     }
+    assert!(compactions > 0, "the table's topic was compacted");
     // The views were written as the table changed, not recomputed: every group came and
     // went through the changes (an emptied group is gone, not shown with a count of 0).
     let client = server.connect().await;

@@ -233,6 +233,14 @@ pub struct TopicDef {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: u64,
+    /// `compact` keeps the latest record of every key (a table's topic, unless made before
+    /// tables were compacted); `delete` applies the retention limits.
+    #[serde(default)]
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a compacted topic keeps a tombstone (Kafka's `delete.retention.ms`);
+    /// `None`: [`DEFAULT_DELETE_RETENTION_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_retention_ms: Option<u64>,
     /// The stream whose records this topic holds; `None` for a schemaless topic.
     pub stream: Option<String>,
     pub created_at_ms: i64,
@@ -250,6 +258,37 @@ pub struct InternalTopic {
     pub query: QueryId,
     pub columns: arrow_schema::Fields,
 }
+
+/// What the log does with a topic's old records, by Kafka's `cleanup.policy` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleanupPolicy {
+    /// Deletes whole segments past the retention limits, if there are any.
+    #[default]
+    Delete,
+    /// Keeps the latest record of every key; tombstones go after `delete_retention_ms`.
+    Compact,
+}
+
+impl CleanupPolicy {
+    pub fn parse(s: &str) -> Option<CleanupPolicy> {
+        match s.to_ascii_lowercase().as_str() {
+            "delete" => Some(CleanupPolicy::Delete),
+            "compact" => Some(CleanupPolicy::Compact),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+        }
+    }
+}
+
+/// How long a compacted topic keeps a tombstone unless configured: a day, as Kafka.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A continuous query's identity; also the key of its checkpoint in the commit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -678,11 +717,35 @@ impl CatalogData {
     }
 
     pub fn topic_spec(&self, topic: &TopicDef) -> TopicSpec {
+        let schema = self.storage_schema(topic);
+        let compaction = (topic.cleanup_policy == CleanupPolicy::Compact).then(|| {
+            // A table's record deletes its key by its flag; a schemaless topic's by a null
+            // value, as in Kafka; a stream's records never do.
+            let tombstone = match self.stream_of_topic(topic) {
+                _ if topic.internal.is_some() => None,
+                Some(stream) if stream.is_table() => schema
+                    .index_of(TOMBSTONE_COLUMN)
+                    .ok()
+                    .map(storage::Tombstone::Flag),
+                Some(_) => None,
+                None => schema
+                    .index_of(VALUE_COLUMN)
+                    .ok()
+                    .map(storage::Tombstone::Null),
+            };
+            storage::Compaction {
+                tombstone,
+                delete_retention_ms: topic
+                    .delete_retention_ms
+                    .unwrap_or(DEFAULT_DELETE_RETENTION_MS),
+            }
+        });
         TopicSpec {
+            compaction,
             id: topic.id,
             name: topic.name.clone(),
             partitions: topic.partitions,
-            schema: self.storage_schema(topic),
+            schema,
             compression: topic.compression,
             retention_ms: topic.retention_ms,
             retention_bytes: topic.retention_bytes,

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
-use crate::catalog::{Access, HIDDEN_COLUMNS, Principal, Privilege};
+use crate::catalog::{Access, CleanupPolicy, HIDDEN_COLUMNS, Principal, Privilege};
 use crate::catalog::{
     CatalogData, ColumnDef, Emit, Inherited, InternalTopic, QueryDef, QueryId, QueryTarget,
     Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
@@ -732,6 +732,8 @@ fn state_topic_def(
         retention_ms: None,
         retention_bytes: None,
         segment_bytes,
+        cleanup_policy: CleanupPolicy::Delete,
+        delete_retention_ms: None,
         stream: None,
         created_at_ms: now_ms(),
         internal: Some(InternalTopic { query: id, columns }),

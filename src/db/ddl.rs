@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 
 use super::{
     DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
-    SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command, text_rows,
+    SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, TABLE_SEGMENT_BYTES, command, text_rows,
 };
 use crate::catalog::PUBLIC_SCHEMA;
-use crate::catalog::{Access, HIDDEN_COLUMNS, Principal};
+use crate::catalog::{
+    Access, CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, HIDDEN_COLUMNS, Principal,
+};
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     StreamKind, TOMBSTONE_COLUMN, TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
@@ -91,6 +93,10 @@ impl Database {
                 "table \"{}\" cannot have retention: a table keeps the latest row of every key",
                 c.name
             )));
+        }
+        if table {
+            // A table is its keyed changelog, compacted to the latest record of each key.
+            options.compacted_by_default(TABLE_SEGMENT_BYTES);
         }
         if table && c.watermark.is_some() {
             return Err(Error::Unsupported(format!(
@@ -264,12 +270,15 @@ impl Database {
         let mut topics = vec![topic.clone()];
         let late_data_topic = late.as_ref().map(|l| l.name.clone());
         if let Some(mut late) = late {
-            let topic = options.topic_def(
+            let mut topic = options.topic_def(
                 TopicId(new.next_topic_id),
                 &late.name,
                 Some(late.name.clone()),
                 &who.name,
             );
+            // Late rows are a record of what was dropped: every one is kept.
+            topic.cleanup_policy = CleanupPolicy::Delete;
+            topic.delete_retention_ms = None;
             new.next_topic_id += 1;
             late.access = Access::owned_by(&who.name);
             new.topics.insert(late.name.clone(), topic.clone());
@@ -769,14 +778,27 @@ impl Database {
                 }
             }
             options.push(("compression", topic.compression.name().to_string()));
-            options.push((
-                "retention",
-                topic.retention_ms.map_or("forever".to_string(), format_ms),
-            ));
+            if topic.cleanup_policy == CleanupPolicy::Delete {
+                options.push((
+                    "retention",
+                    topic.retention_ms.map_or("forever".to_string(), format_ms),
+                ));
+            }
             if let Some(b) = topic.retention_bytes {
                 options.push(("retention_bytes", b.to_string()));
             }
             options.push(("segment_bytes", topic.segment_bytes.to_string()));
+            options.push(("cleanup_policy", topic.cleanup_policy.name().to_string()));
+            if topic.cleanup_policy == CleanupPolicy::Compact {
+                options.push((
+                    "delete_retention",
+                    format_ms(
+                        topic
+                            .delete_retention_ms
+                            .unwrap_or(DEFAULT_DELETE_RETENTION_MS),
+                    ),
+                ));
+            }
             for (k, v) in options {
                 lines.push((k.to_string(), v, "option".to_string()));
             }
@@ -873,7 +895,9 @@ pub(super) struct TopicOptions {
     compression: Compression,
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
-    segment_bytes: u64,
+    segment_bytes: Option<u64>,
+    cleanup_policy: Option<CleanupPolicy>,
+    delete_retention_ms: Option<u64>,
     rest: BTreeMap<String, OptionValue>,
 }
 
@@ -884,7 +908,9 @@ impl TopicOptions {
             compression: Compression::None,
             retention_ms: None,
             retention_bytes: None,
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_bytes: None,
+            cleanup_policy: None,
+            delete_retention_ms: None,
             rest: BTreeMap::new(),
         };
         let number = |key: &str, v: &OptionValue| -> Result<i64> {
@@ -948,7 +974,29 @@ impl TopicOptions {
                             format!("segment_bytes must be at least 4096, not {n}"),
                         ));
                     }
-                    out.segment_bytes = n as u64;
+                    out.segment_bytes = Some(n as u64);
+                }
+                "cleanup_policy" => {
+                    out.cleanup_policy =
+                        Some(CleanupPolicy::parse(value.as_text()).ok_or_else(|| {
+                            Error::data(
+                                "22023",
+                                format!(
+                                    "invalid cleanup_policy \"{}\" (delete, compact)",
+                                    value.as_text()
+                                ),
+                            )
+                        })?);
+                }
+                "delete_retention" | "delete_retention_ms" => {
+                    out.delete_retention_ms = match value {
+                        OptionValue::Number(n)
+                            if key == "delete_retention_ms" || n.starts_with('-') =>
+                        {
+                            parse_duration_ms(n)?
+                        }
+                        other => parse_duration_ms(other.as_text())?,
+                    };
                 }
                 k if extra.contains(&k) => {
                     out.rest.insert(key.clone(), value.clone());
@@ -960,6 +1008,8 @@ impl TopicOptions {
                         "retention",
                         "retention_bytes",
                         "segment_bytes",
+                        "cleanup_policy",
+                        "delete_retention",
                     ];
                     known.extend_from_slice(extra);
                     return Err(Error::data(
@@ -969,7 +1019,29 @@ impl TopicOptions {
                 }
             }
         }
+        let compact = out.cleanup_policy == Some(CleanupPolicy::Compact);
+        if compact && (out.retention_ms.is_some() || out.retention_bytes.is_some()) {
+            return Err(Error::data(
+                "22023",
+                "cleanup_policy 'compact' keeps the latest record of every key: it takes no retention limits (retention, retention_bytes)",
+            ));
+        }
+        if !compact && out.delete_retention_ms.is_some() {
+            return Err(Error::data(
+                "22023",
+                "delete_retention is how long a compacted topic keeps tombstones: it needs cleanup_policy 'compact'",
+            ));
+        }
         Ok(out)
+    }
+
+    /// Makes the topic compacted unless its options say otherwise (a table's), with
+    /// segments of `segment_bytes` unless they say otherwise.
+    pub(super) fn compacted_by_default(&mut self, segment_bytes: u64) {
+        if self.cleanup_policy.is_none() && self.retention_ms.is_none() {
+            self.cleanup_policy = Some(CleanupPolicy::Compact);
+        }
+        self.segment_bytes.get_or_insert(segment_bytes);
     }
 
     pub(super) fn take(&mut self, key: &str) -> Option<OptionValue> {
@@ -990,7 +1062,9 @@ impl TopicOptions {
             compression: self.compression,
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
-            segment_bytes: self.segment_bytes,
+            segment_bytes: self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES),
+            cleanup_policy: self.cleanup_policy.unwrap_or_default(),
+            delete_retention_ms: self.delete_retention_ms,
             stream,
             created_at_ms: now_ms(),
             internal: None,

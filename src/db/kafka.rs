@@ -16,7 +16,7 @@ use arrow::array::{
 use base64::Engine as _;
 
 use super::Database;
-use crate::catalog::{CatalogData, Principal, Relation, StreamDef, TopicDef};
+use crate::catalog::{CatalogData, CleanupPolicy, Principal, Relation, StreamDef, TopicDef};
 use crate::groups::Reader;
 use crate::ingest::WriteTarget;
 use crate::ingest::records::Given;
@@ -603,7 +603,12 @@ impl Database {
         for (config, value) in configs {
             let value = value.as_deref().unwrap_or_default();
             let option = match (config.as_str(), value) {
-                ("cleanup.policy", "delete") => None,
+                ("cleanup.policy", policy @ ("delete" | "compact")) => {
+                    Some(("cleanup_policy", OptionValue::String(policy.into())))
+                }
+                ("delete.retention.ms", ms) => {
+                    Some(("delete_retention_ms", OptionValue::Number(ms.into())))
+                }
                 ("retention.ms" | "retention.bytes", "-1") => None,
                 ("retention.ms", ms) => Some(("retention_ms", OptionValue::Number(ms.into()))),
                 ("retention.bytes", b) => Some(("retention_bytes", OptionValue::Number(b.into()))),
@@ -616,7 +621,7 @@ impl Database {
                     return Err((
                         code::INVALID_CONFIG,
                         format!(
-                            "topic config {config}={value} is not supported (retention.ms, retention.bytes, segment.bytes, compression.type lz4/zstd/producer and cleanup.policy=delete are)"
+                            "topic config {config}={value} is not supported (retention.ms, retention.bytes, segment.bytes, compression.type lz4/zstd/producer, cleanup.policy delete/compact and delete.retention.ms are)"
                         ),
                     ));
                 }
@@ -702,8 +707,23 @@ impl Database {
             kind,
         };
         let limit = |v: Option<u64>| v.map(|v| v.to_string());
+        let compact = topic.cleanup_policy == CleanupPolicy::Compact;
         Ok(vec![
-            fixed("cleanup.policy", "delete", ConfigType::List),
+            KafkaConfig {
+                name: "cleanup.policy",
+                default: !compact,
+                value: topic.cleanup_policy.name().to_string(),
+                kind: ConfigType::List,
+            },
+            KafkaConfig {
+                name: "delete.retention.ms",
+                default: topic.delete_retention_ms.is_none(),
+                value: topic
+                    .delete_retention_ms
+                    .unwrap_or(crate::catalog::DEFAULT_DELETE_RETENTION_MS)
+                    .to_string(),
+                kind: ConfigType::Long,
+            },
             match topic.compression {
                 crate::storage::Compression::None => {
                     fixed("compression.type", "producer", ConfigType::String)
@@ -979,6 +999,18 @@ fn stage(data: &CatalogData, name: &str, batch: ProduceBatch) -> Result<Staged, 
     };
     let target = WriteTarget::of(data, &relation).ok_or_else(unknown)?;
     let records = batch.records;
+    if topic.cleanup_policy == CleanupPolicy::Compact
+        && data.stream_of_topic(topic).is_none_or(|s| !s.is_table())
+        && let Some(i) = (0..records.len()).find(|i| records.keys.is_null(*i))
+    {
+        // As Kafka: compaction keeps the latest record of each key, so a record needs one.
+        return Err(Produced::failed(
+            code::INVALID_RECORD,
+            format!(
+                "record {i} has no key: topic \"{name}\" is compacted, and a record of a compacted topic needs a key"
+            ),
+        ));
+    }
     let rows = match &relation {
         Relation::Stream(stream, _) => formats::decode(stream, &records.keys, &records.values)
             .map_err(|errors| invalid_records(stream, errors))?,

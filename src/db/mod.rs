@@ -95,6 +95,9 @@ pub const DEFAULT_PARTITIONS: u32 = 1;
 pub const EXTERNAL_FORMATS: [&str; 5] = ["CSV", "JSON", "PARQUET", "ARROW", "TEXT"];
 pub const MAX_PARTITIONS: u32 = 10_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+/// A table's segment size unless configured: smaller than a stream's, so that compaction,
+/// which rewrites only sealed segments, keeps a table near the size of its rows.
+pub const TABLE_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct Database {
     tables: Arc<Tables>,
@@ -240,6 +243,9 @@ impl Database {
                         partition,
                         offset,
                         holder: holder.clone(),
+                        // Consumers of a compacted topic read each key's latest record, as
+                        // in Kafka.
+                        waits: false,
                     }),
             );
         }

@@ -19,7 +19,7 @@ pub mod state;
 mod stream_join;
 mod table_changes;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -490,6 +490,13 @@ impl Engine {
     /// checkpoint (the start of an epoch that was planned and not committed).
     pub fn holds(&self, data: &CatalogData) -> Vec<Hold> {
         let snapshot = self.tables.log.snapshot();
+        // A query keeps a table's rows as their latest per key: compaction leaves that be.
+        let tables: HashSet<TopicId> = data
+            .topics
+            .values()
+            .filter(|t| data.stream_of_topic(t).is_some_and(|s| s.is_table()))
+            .map(|t| t.id)
+            .collect();
         let mut holds = vec![];
         for def in data.queries.values() {
             let Some(checkpoint) = snapshot
@@ -503,12 +510,14 @@ impl Engine {
                 partition: input.partition,
                 offset: input.offset,
                 holder: format!("query {}", def.name),
+                waits: true,
             }));
             holds.extend(checkpoint.starts.iter().map(|input| Hold {
                 topic: input.topic,
                 partition: input.partition,
                 offset: input.offset,
                 holder: format!("query {} (the input rows it keeps)", def.name),
+                waits: !tables.contains(&input.topic),
             }));
         }
         holds

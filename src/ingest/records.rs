@@ -413,6 +413,8 @@ mod tests {
                 retention_ms: None,
                 retention_bytes: None,
                 segment_bytes: 1 << 30,
+                cleanup_policy: Default::default(),
+                delete_retention_ms: None,
                 stream: Some("clicks".into()),
                 created_at_ms: 0,
                 internal: None,

@@ -23,6 +23,7 @@
 //! [`KEY_COLUMN`]) and options.
 
 mod commit_log;
+pub mod compaction;
 pub mod disk;
 pub mod frame;
 pub mod index;
@@ -32,6 +33,8 @@ pub mod segment;
 pub mod types;
 mod writer;
 
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
@@ -49,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use commit_log::{COMMIT_LOG_FILE, Identity, MetaUpdate, RECORD_LEN_MAX, VALUE_LEN_MAX};
 use commit_log::{CommitLog, CommittedEnds, CommittedMeta, OnDisk};
+pub use compaction::{Compacted, Compaction, Tombstone};
 pub use disk::{Disk, Faults};
 pub use partition::{Partition, PartitionReader, PartitionStats, ReadBatch, ReadOptions};
 pub use types::{Compression, Offset, PartitionId, TopicId, now_ms};
@@ -182,6 +186,8 @@ pub struct TopicSpec {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes_max: u64,
+    /// Set for a compacted topic (which has no retention limits).
+    pub compaction: Option<Compaction>,
 }
 
 #[derive(Debug)]
@@ -190,6 +196,14 @@ pub struct Topic {
     pub dir: PathBuf,
     pub partitions: Vec<Arc<Partition>>,
     timestamp_column: usize,
+    /// Held while compaction moves files into the topic's directory, and by its drop.
+    files: Mutex<TopicFiles>,
+}
+
+#[derive(Debug, Default)]
+struct TopicFiles {
+    /// The topic's directory is gone, or going.
+    dropped: bool,
 }
 
 impl Topic {
@@ -217,6 +231,10 @@ pub struct Hold {
     pub offset: Offset,
     /// Who holds it, for logs and `sys.partitions` (`query clicks_per_user`).
     pub holder: String,
+    /// Whether the reader needs every record from `offset` on as written, so compaction
+    /// waits for it (a continuous query's unread input, the input rows a join keeps); a
+    /// reader that needs only each key's latest record does not hold compaction back.
+    pub waits: bool,
 }
 
 /// Where the log learns the readers' holds: the layers above know their readers.
@@ -285,6 +303,9 @@ pub struct LogConfig {
     pub max_hold_bytes: u64,
     /// The files, through a bounded set of open handles (and, in tests, faults).
     pub disk: Disk,
+    /// How many keys one compaction pass over a partition maps (16 bytes of hash and an
+    /// offset each, about 40 bytes with the map's own).
+    pub compaction_map_keys: usize,
     /// When appended records reach stable storage.
     pub flush: FlushPolicy,
 }
@@ -314,6 +335,7 @@ impl LogConfig {
             queue_depth: 1024,
             max_hold_bytes: DEFAULT_MAX_HOLD_BYTES,
             disk: Disk::default(),
+            compaction_map_keys: 2 << 20,
             flush: FlushPolicy::Always,
         }
     }
@@ -581,10 +603,12 @@ impl Opening {
                     dir,
                     partitions,
                     timestamp_column,
+                    files: Mutex::default(),
                 }),
             );
         }
         settle_unknown_topics(disk, &root, &live, issued)?;
+        compaction::clear_scratch(&root)?;
         if let Some(partitions) = unflushed {
             // Records a crash of the process left unflushed may be only in the page cache:
             // make them and the commit log durable before anything is written after them, so
@@ -631,6 +655,11 @@ impl Opening {
             &commands_tx,
             || Command::Retention { reply: None },
         )?];
+        stops.push(compaction::spawn(
+            shared.clone(),
+            commands_tx.clone(),
+            config.retention_check_interval,
+        )?);
         if let FlushPolicy::Interval(every) = config.flush {
             stops.push(tick("runnel-flush", every, &commands_tx, || {
                 Command::Flush { reply: None }
@@ -819,6 +848,19 @@ impl Log {
     pub async fn flush(&self) -> Result<(), StorageError> {
         self.request(|reply| Command::Flush { reply: Some(reply) })
             .await
+    }
+
+    /// Compacts the compacted topics' partitions that are due now (it also runs
+    /// periodically).
+    pub async fn compact(&self) -> Result<(), StorageError> {
+        let commands = self.commands.lock().expect("commands lock").clone();
+        let commands = commands.ok_or(StorageError::ShutDown)?;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            compaction::compact_all(&shared, &|| compaction::flush(&commands))
+        })
+        .await
+        .map_err(|_| StorageError::ShutDown)
     }
 
     /// Applies retention now (it also runs periodically); returns the segments deleted.

@@ -28,6 +28,7 @@ pub(super) fn spec(id: u64, partitions: u32) -> TopicSpec {
         retention_ms: None,
         retention_bytes: None,
         segment_bytes_max: 1 << 30,
+        compaction: None,
     }
 }
 
@@ -884,6 +885,7 @@ async fn retention_keeps_what_a_reader_holds() {
             partition: PartitionId(0),
             offset: *source.lock().unwrap(),
             holder: "query q".into(),
+            waits: true,
         }]
     }));
     // A reader at offset 0: nothing goes, however far over the limit.

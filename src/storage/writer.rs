@@ -534,6 +534,7 @@ impl Writer {
             dir,
             partitions,
             timestamp_column,
+            files: Default::default(),
         });
         self.shared
             .topics
@@ -559,6 +560,8 @@ impl Writer {
             *snapshot_lock = Arc::new(snapshot);
         }
         self.starts.retain(|(topic, _), _| *topic != id);
+        // Compaction moves no file in from now on.
+        topic.files.lock().expect("topic files lock").dropped = true;
         let disk = &self.shared.config.disk;
         disk.remove_dir_all(&topic.dir)?;
         disk.sync_dir(&self.shared.config.dir.join("topics"))

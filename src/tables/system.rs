@@ -145,6 +145,7 @@ fn topics(tables: &Tables) -> DfResult<RecordBatch> {
         Field::new("records", DataType::Int64, false),
         Field::new("bytes", DataType::Int64, false),
         Field::new("segments", DataType::Int64, false),
+        Field::new("cleanup_policy", DataType::Utf8, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -176,6 +177,9 @@ fn topics(tables: &Tables) -> DfResult<RecordBatch> {
         )),
         Arc::new(Int64Array::from_iter_values(
             topics.iter().map(|t| sum(&t.name, &|r| r.segments as i64)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            topics.iter().map(|t| t.cleanup_policy.name()),
         )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)

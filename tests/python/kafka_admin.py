@@ -40,7 +40,7 @@ for topic, error in [
     (NewTopic('admin_a', num_partitions=1, replication_factor=1), TopicAlreadyExistsError),
     (NewTopic('admin_c', num_partitions=1, replication_factor=3), InvalidReplicationFactorError),
     (NewTopic('admin_d', num_partitions=1, replication_factor=1,
-              topic_configs={'cleanup.policy': 'compact'}), InvalidConfigurationError),
+              topic_configs={'cleanup.policy': 'compact,delete'}), InvalidConfigurationError),
 ]:
     try:
         admin.create_topics([topic])
