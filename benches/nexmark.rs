@@ -49,11 +49,12 @@ use common::{scalar, start_runnel};
 /// Flink 1.13's events/s per core used, from the nexmark/nexmark README's table (100 M
 /// events, 3 × 8-core workers, RocksDB); DBSP's (Feldera's engine, Rust, 8 threads) where
 /// published.
-const PEERS: [(&str, &str, &str); 20] = [
+const PEERS: [(&str, &str, &str); 21] = [
     ("q0", "155.1K", "862.6K"),
     ("q1", "158.0K", "861K"),
     ("q2", "175.3K", "867K"),
     ("q3", "152.1K", "850K"),
+    ("q4", "34.3K", "738K"),
     ("q7", "12.3K", "-"),
     ("q8", "146.1K", "-"),
     ("q9", "14.2K", "-"),

@@ -105,7 +105,8 @@ pub struct ServerConfig {
         global = true
     )]
     pub startup_timeout_ms: u64,
-    /// How often time and size retention are applied, in milliseconds.
+    /// How often time and size retention are applied, and compacted topics looked at for
+    /// partitions to compact, in milliseconds.
     #[arg(
         long,
         env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS",

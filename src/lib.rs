@@ -11,8 +11,8 @@
 //!     │               tables' UPDATE, DELETE and ON CONFLICT;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
 //!  engine/            continuous queries: epochs, incremental aggregation, lookup joins and
-//!     │               joins of streams, tables' changes as signed rows, checkpoints, push
-//!     │               queries; implements tables::Continuous
+//!     │               joins of streams, tables' changes and changing groups as signed
+//!     │               rows, checkpoints, push queries; implements tables::Continuous
 //!  tables/            DataFusion bindings: streams, tables, views, files and sys tables as
 //!     │               table providers, scans, sinks, pg_catalog; reads the engine through a
 //!     │               trait

@@ -565,8 +565,12 @@ async fn refusals_and_failures_say_what_and_why() {
             "window functions",
         ),
         (
-            "SELECT n, count(*) FROM (SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id) GROUP BY n",
-            "an aggregate over an aggregate",
+            "SELECT n, max(user_id) FROM (SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id) GROUP BY n",
+            "max(…) over an inner aggregate's groups cannot be maintained",
+        ),
+        (
+            "SELECT n, count(*) FROM (SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id) GROUP BY n EMIT ON WINDOW CLOSE",
+            "no window closes",
         ),
         (
             "SELECT c.user_id FROM clicks c LEFT JOIN other o ON c.user_id = o.user_id",

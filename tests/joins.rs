@@ -11,7 +11,8 @@
 //!
 //! A join of two streams (inner, append-only inputs) has a simpler oracle: whatever the
 //! epochs were, its output is the same join run once, as a bounded query, over everything
-//! both streams hold. So has a Top-N (`ROW_NUMBER() … <= N`) over a stream or a join.
+//! both streams hold. So has a Top-N (`ROW_NUMBER() … <= N`) over a stream or a join, and
+//! an aggregate over an aggregate of a join, whose inner groups change as it goes.
 
 mod common;
 
@@ -318,7 +319,14 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
                      SELECT o.customer, o.id, p.paid, p.seq AS p_seq,
                             row_number() OVER (PARTITION BY o.customer ORDER BY p.paid DESC, p.seq) AS rn
                      FROM orders o JOIN payments p ON o.id = p.order_id) t
-                 WHERE rn <= 2;",
+                 WHERE rn <= 2;
+             CREATE MATERIALIZED VIEW customers_by_best AS
+                 SELECT best % 3 AS tier, count(*) AS customers, sum(best) AS total,
+                        avg(best) AS mean
+                 FROM (SELECT o.customer, max(p.paid) AS best
+                       FROM orders o JOIN payments p ON o.id = p.order_id
+                       GROUP BY o.customer) b
+                 GROUP BY best % 3;",
         )
         .await
         .unwrap();
@@ -432,6 +440,20 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
         "the top 2 payments of each customer, over the join",
     )
     .await;
+
+    // Customers move between tiers as their best payment rises: each move is taken back
+    // from one tier and given to another.
+    let tiers = same(
+        &client,
+        "SELECT tier, customers, total, mean FROM customers_by_best ORDER BY 1",
+        "SELECT best % 3, count(*), sum(best), avg(best) FROM (
+             SELECT o.customer, max(p.paid) AS best
+             FROM orders o JOIN payments p ON o.id = p.order_id GROUP BY o.customer) b
+         GROUP BY best % 3 ORDER BY 1",
+        "an aggregate over the join's changing aggregate",
+    )
+    .await;
+    assert!(!tiers.is_empty());
 
     // What the joins keep is in sys.queries, and retention keeps their inputs.
     let kept = rows(

@@ -59,6 +59,16 @@ fn note_join_state(plan: &QueryPlan, notices: &mut Vec<String>) {
 /// `EMIT ON WINDOW CLOSE` needs windows that close: an aggregate grouped by the window of
 /// a `TUMBLE` or `HOP` over the column of its stream's watermark.
 fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
+    if plan.over_groups() {
+        if emit != Emit::Changes {
+            return Err(Error::Unsupported(
+                "an aggregate over an aggregate whose groups never close cannot emit on \
+                 window close: no window closes; leave out EMIT ON WINDOW CLOSE"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    }
     if let (Kind::Aggregate { inner, .. }, Emit::Changes) = (&plan.kind, emit)
         && !inner.is_empty()
     {
@@ -106,6 +116,13 @@ fn check_emit(plan: &QueryPlan, emit: Emit) -> Result<()> {
 /// `HAVING`, whose earlier record would need retracting, or a group of several rows (a
 /// Top-N of more than one row, whose ranks move as better rows arrive).
 fn check_changes(plan: &QueryPlan, emit: Emit, target: &str) -> Result<()> {
+    if plan.over_groups() {
+        return Err(Error::Unsupported(format!(
+            "{target} of an aggregate over an aggregate is not supported yet: its groups \
+             change and go as the inner groups change, which appended records cannot take \
+             back; use a materialized view"
+        )));
+    }
     if plan.over_table() {
         return Err(Error::Unsupported(format!(
             "{target} over table \"{}\" is not supported yet: its groups change and go as \

@@ -36,6 +36,11 @@
 //!   rows ([`super::table_changes`]), and the logical plan is rewritten so that its
 //!   aggregates are sums of them ([`super::retract`]); it is then an aggregate as above.
 //!
+//! - **an aggregate over one whose groups never close** (no window): a chain whose inner
+//!   stage hands on, each epoch, its changed groups' rows after and before; the outer
+//!   aggregate is rewritten into sums as over a table, and merges the partial states of
+//!   the rows after with the negated states of the rows before.
+//!
 //! Anything else (sorts, limits, other joins, window functions) cannot be run
 //! incrementally this way, and the query is refused when created, naming the part.
 
@@ -140,6 +145,9 @@ pub struct QueryPlan {
     /// Whether the query reads a `SESSION` window, whose rewrite orders each epoch's rows
     /// with window functions below the aggregate.
     sessions_rewritten: bool,
+    /// An aggregate over an aggregate whose groups never close: the outer one keeps sums
+    /// ([`retract::rewrite_over_groups`]) and takes back a changed inner group's old row.
+    over_groups: bool,
 }
 
 /// A stream or topic a query reads, and the ranges of it the epoch being planned reads.
@@ -179,8 +187,8 @@ pub enum Kind {
         /// In a chain of aggregates, the stages before the last one (which the fields
         /// above describe), innermost first.
         inner: Vec<Stage>,
-        /// Over a table: the column of `state_schema` counting a group's rows. A group
-        /// whose rows have all gone leaves the state.
+        /// Over a table or changing groups: the column of `state_schema` counting a
+        /// group's rows. A group whose rows have all gone leaves the state.
         rows: Option<usize>,
     },
     /// A join or union of aggregates' closed windows: rows appended as windows close.
@@ -197,16 +205,26 @@ pub struct Stage {
     /// As [`Kind::Aggregate`]'s.
     pub sets: Vec<FieldRef>,
     pub groups: usize,
-    pub expiry: Expiry,
+    /// `None`: its groups never close; each epoch, the stage reading it takes in the rows
+    /// of its changed groups and takes back their rows before.
+    pub expiry: Option<Expiry>,
 }
 
 impl Stage {
     fn of(stage: &Aggregation, expiry: Expiry) -> Stage {
         Stage {
+            expiry: Some(expiry),
+            ..Stage::changing(stage)
+        }
+    }
+
+    /// A stage whose groups never close.
+    fn changing(stage: &Aggregation) -> Stage {
+        Stage {
             state_schema: stage.state_schema(),
             sets: stage.sets(),
             groups: stage.groups(),
-            expiry,
+            expiry: None,
         }
     }
 
@@ -214,6 +232,35 @@ impl Stage {
     pub fn changelog_fields(&self) -> arrow::datatypes::Fields {
         state::changelog_fields(&self.state_schema, &self.sets)
     }
+}
+
+/// The column of an aggregate's state counting its groups' rows ([`retract::ROWS_COLUMN`]).
+fn rows_column(state_schema: &SchemaRef) -> Result<usize> {
+    let prefix = format!("{}[", retract::ROWS_COLUMN);
+    let at = state_schema
+        .fields()
+        .iter()
+        .position(|f| f.name().starts_with(&prefix));
+    at.ok_or_else(|| {
+        Error::Internal(format!(
+            "an aggregate of changing rows without its count of rows: {state_schema:?}"
+        ))
+    })
+}
+
+/// `state` (partial states after `groups` group columns) with every state negated.
+fn negated(state: &RecordBatch, groups: usize) -> Result<RecordBatch> {
+    let mut columns = state.columns().to_vec();
+    for column in &mut columns[groups..] {
+        *column = arrow::compute::kernels::numeric::neg(column).map_err(|e| {
+            Error::Internal(format!(
+                "taking back a state of {}: {e}",
+                column.data_type()
+            ))
+        })?;
+    }
+    RecordBatch::try_new(state.schema(), columns)
+        .map_err(|e| Error::Internal(format!("taking back states: {e}")))
 }
 
 /// One epoch's physical plan, taken apart.
@@ -757,8 +804,31 @@ impl QueryPlan {
             inherited: watermark.as_ref().and_then(|w| w.inherited.clone()),
             session: None,
             sessions_rewritten: windows.iter().any(|w| w.session),
+            over_groups: false,
         };
-        let (epoch, _) = plan.plan_epoch(&[]).await?;
+        let window = one_window_size(&windows, &plan.input_name, watermark.as_ref());
+        // Grouped by the watermark's column itself (a time of a closed window upstream,
+        // say): a group is complete once the watermark is past it.
+        let time_column = watermark
+            .as_ref()
+            .map(|w| w.column.as_str())
+            .filter(|c| *c != TIMESTAMP_COLUMN);
+        let (mut epoch, _) = plan.plan_epoch(&[]).await?;
+        if plan.image.is_none()
+            && let EpochPlan::Aggregate { inner, last } = &epoch
+            && !inner.is_empty()
+            && closing_stages(
+                inner,
+                &closings(inner.iter().chain([last]), window, time_column),
+            )
+            .is_none()
+        {
+            // An aggregate over one whose groups never close: the outer one takes back
+            // what an inner group's row brought when the group changes.
+            plan.logical = retract::rewrite_over_groups(plan.logical)?;
+            plan.over_groups = true;
+            epoch = plan.plan_epoch(&[]).await?.0;
+        }
         let joins = epoch.stream_joins(&driving.iter().map(String::as_str).collect::<Vec<_>>());
         if joins > 0 && !windows.is_empty() {
             return Err(Error::Unsupported(
@@ -774,13 +844,6 @@ impl QueryPlan {
             // Planned once more with its joins, which find what bounds their kept rows.
             plan.plan_epoch(&[]).await?;
         }
-        let window = one_window_size(&windows, &plan.input_name, watermark.as_ref());
-        // Grouped by the watermark's column itself (a time of a closed window upstream,
-        // say): a group is complete once the watermark is past it.
-        let time_column = watermark
-            .as_ref()
-            .map(|w| w.column.as_str())
-            .filter(|c| *c != TIMESTAMP_COLUMN);
         plan.kind = match &epoch {
             EpochPlan::Stateless(p) => {
                 plan.schema = p.schema();
@@ -789,15 +852,21 @@ impl QueryPlan {
             EpochPlan::Aggregate { inner, last } => {
                 plan.schema = last.above.first().unwrap_or(&last.final_).schema();
                 let closing = closings(inner.iter().chain([last]), window, time_column);
-                let Some(stages) = closing_stages(inner, &closing) else {
-                    return Err(Error::Unsupported(
-                        "an aggregate over an aggregate runs continuously only when the \
+                let stages = match closing_stages(inner, &closing) {
+                    Some(stages) => stages,
+                    // Groups that never close, whose changes the last stage takes in.
+                    None if plan.over_groups => inner.iter().map(Stage::changing).collect(),
+                    None => {
+                        return Err(Error::Unsupported(
+                            "an aggregate over an aggregate runs continuously only when the \
                          inner one groups by an event-time window (window_start or \
                          window_end of TUMBLE or HOP over the column of the stream's \
                          watermark): its rows are final, and can feed the outer one, \
-                         only once their window closes"
-                            .into(),
-                    ));
+                         only once their window closes (or, for count, sum and avg over \
+                         it, when the inner one's groups never close)"
+                                .into(),
+                        ));
+                    }
                 };
                 plan.expiry = closing[inner.len()].first().copied();
                 if let Some(session) = windows.iter().find(|w| w.session) {
@@ -812,18 +881,8 @@ impl QueryPlan {
                 let state_schema = last.state_schema();
                 // A global aggregate keeps its one group, rows or none.
                 let rows = match &plan.image {
-                    Some(_) if last.groups() > 0 => {
-                        let prefix = format!("{}[", retract::ROWS_COLUMN);
-                        let at = state_schema
-                            .fields()
-                            .iter()
-                            .position(|f| f.name().starts_with(&prefix));
-                        Some(at.ok_or_else(|| {
-                            Error::Internal(format!(
-                                "a query over a table without its count of rows: {state_schema:?}"
-                            ))
-                        })?)
-                    }
+                    _ if plan.over_groups && last.groups() > 0 => Some(rows_column(&state_schema)?),
+                    Some(_) if last.groups() > 0 => Some(rows_column(&state_schema)?),
                     _ => None,
                 };
                 Kind::Aggregate {
@@ -969,6 +1028,12 @@ impl QueryPlan {
     /// Whether it reads a table's changes.
     pub fn over_table(&self) -> bool {
         self.image.is_some()
+    }
+
+    /// Whether it aggregates the groups of an aggregate that change as they go (their rows
+    /// are taken back and given again).
+    pub fn over_groups(&self) -> bool {
+        self.over_groups
     }
 
     /// Names the continuous query `query` as the owner of what its joins keep.
@@ -1993,6 +2058,36 @@ impl Aggregation {
         let schema = self.partial.schema();
         let touched = concat(&schema, &self.partial(rows, ctx.clone()).await?)?;
         concat(&schema, &self.reduce(states(touched)?, ctx).await?)
+    }
+
+    /// As [`Aggregation::merge_state`], taking back what the rows `back` brought: the rows
+    /// an inner stage's changed groups had before. Their partial states, negated, merge
+    /// with the epoch's; every state of an aggregate over changing groups is a sum
+    /// ([`retract::rewrite_over_groups`]), so a negated one takes back what it added.
+    pub async fn merge_taking_back(
+        &self,
+        rows: Vec<RecordBatch>,
+        back: Vec<RecordBatch>,
+        groups: &Groups,
+        ctx: Arc<TaskContext>,
+    ) -> Result<RecordBatch> {
+        if back.iter().all(|b| b.num_rows() == 0) {
+            return self.merge_state(rows, groups, ctx).await;
+        }
+        if self.distinct.is_some() {
+            return Err(Error::Internal(
+                "an aggregation with sets takes rows back".into(),
+            ));
+        }
+        let schema = self.partial.schema();
+        let mut partials = self.partial(rows, ctx.clone()).await?;
+        for batch in self.partial(back, ctx.clone()).await? {
+            partials.push(negated(&batch, self.groups())?);
+        }
+        let touched = concat(&schema, &partials)?;
+        let mut states: Vec<RecordBatch> = groups.lookup_partial(&touched)?.into_iter().collect();
+        states.push(touched);
+        concat(&schema, &self.reduce(states, ctx).await?)
     }
 
     /// As [`Aggregation::merge_state`], with the changed groups' values.

@@ -75,6 +75,14 @@ impl PushQuery {
                 ..end
             })
             .collect();
+        if plan.over_groups() {
+            return Err(Error::Unsupported(
+                "a push query of an aggregate over an aggregate is not supported: its groups \
+                 change and go as the inner groups change; create a materialized view and \
+                 SUBSCRIBE to it"
+                    .into(),
+            ));
+        }
         if plan.over_table() {
             return Err(Error::Unsupported(format!(
                 "a push query over table \"{}\" is not supported: its rows change as the \

@@ -88,6 +88,8 @@ struct StateTopic {
 struct InnerStage {
     groups: Arc<Groups>,
     topic: StateTopic,
+    /// Its groups never close: the stage reading it takes in their changes.
+    changing: bool,
 }
 
 /// The internal topic `name` of query `def`, which holds rows of `fields`' types.
@@ -256,11 +258,12 @@ impl QueryTask {
                     &stage.state_schema,
                     None,
                     stage.groups,
-                    Some(stage.expiry),
+                    stage.expiry,
                     &stage.sets,
                     consumer.register(&memory),
                 )?),
                 topic: internal_topic(data, &def, name, &stage.changelog_fields())?,
+                changing: stage.expiry.is_none(),
             });
         }
         checkpoint
@@ -696,7 +699,8 @@ impl QueryTask {
             EpochPlan::Combine { stages, top } => {
                 // Every branch's windows that close now, joined (or united).
                 let (closed, seen);
-                (closed, inner_rows, seen) = self.run_stages(&stages, start, &idle, &ctx).await?;
+                (closed, inner_rows, seen, _) =
+                    self.run_stages(&stages, start, &idle, &ctx).await?;
                 late = match seen {
                     Some(late) => late,
                     None => self.event_time_seen(&idle),
@@ -708,10 +712,13 @@ impl QueryTask {
                 inner,
                 last: aggregation,
             } => {
-                // A chain: the windows the inner stages close are the next one's input.
-                let (mut closed, seen);
-                (closed, inner_rows, seen) = self.run_stages(&inner, start, &idle, &ctx).await?;
+                // A chain: the windows the inner stages close are the next one's input (or
+                // the changes of groups that never close: their rows now, and before).
+                let (mut closed, mut before, seen);
+                (closed, inner_rows, seen, before) =
+                    self.run_stages(&inner, start, &idle, &ctx).await?;
                 let rows = closed.pop().unwrap_or_default();
+                let back = before.pop().unwrap_or_default();
                 let groups = self.groups.clone().expect("an aggregation has state");
                 let merged = match self.sessions.as_mut() {
                     Some(sessions) => {
@@ -723,7 +730,11 @@ impl QueryTask {
                         };
                         aggregation.merge_with(rows, states, ctx.clone()).await?
                     }
-                    None => aggregation.merge_state(rows, &groups, ctx.clone()).await?,
+                    None => {
+                        aggregation
+                            .merge_taking_back(rows, back, &groups, ctx.clone())
+                            .await?
+                    }
                 };
                 // Over a table: groups whose rows have all gone leave the state.
                 let merged = match &self.plan.kind {
@@ -923,8 +934,10 @@ impl QueryTask {
     /// groups, and the windows the watermark closes leave them. Returns, per stage, the
     /// final rows of the windows it closed (taken by the stage that reads them) and its
     /// changed groups still open (for its changelog); and what the first read of the
-    /// epoch's records saw of event time, if a stage read them. A stage reading the
-    /// records again classifies them by `start` too, and what it sees is the same.
+    /// epoch's records saw of event time, if a stage read them; and per stage, for one
+    /// whose groups never close, its changed groups' rows before the epoch (its closed
+    /// rows are their rows after). A stage reading the records again classifies them by
+    /// `start` too, and what it sees is the same.
     async fn run_stages(
         &mut self,
         stages: &[Aggregation],
@@ -940,9 +953,10 @@ impl QueryTask {
                 self.inner.len()
             )));
         }
-        let (mut closed, mut open, mut seen) = (vec![], vec![], None);
+        let (mut closed, mut open, mut seen, mut before) = (vec![], vec![], None, vec![]);
         for (k, stage) in stages.iter().enumerate() {
             let groups = self.inner[k].groups.clone();
+            let changing = self.inner[k].changing;
             let rows = match stage.from {
                 Some(j) => std::mem::take(&mut closed[j]),
                 None => {
@@ -960,11 +974,27 @@ impl QueryTask {
                     scan.take();
                 }
             }
+            // The changed groups' state before the epoch, for the stage reading them to
+            // take back what their rows brought.
+            let was = match changing {
+                true => groups.lookup_partial(&merged)?,
+                false => None,
+            };
             let (done, still_open) = fold(&groups, None, &merged, self.watermark())?;
-            closed.push(stage.finalize(done, ctx.clone()).await?);
+            if changing {
+                closed.push(stage.finalize(vec![merged], ctx.clone()).await?);
+                before.push(
+                    stage
+                        .finalize(was.into_iter().collect(), ctx.clone())
+                        .await?,
+                );
+            } else {
+                closed.push(stage.finalize(done, ctx.clone()).await?);
+                before.push(vec![]);
+            }
             open.push(still_open);
         }
-        Ok((closed, open, seen))
+        Ok((closed, open, seen, before))
     }
 
     /// Stages an epoch's rows for the output stream, and says how many; without one (a
@@ -1450,6 +1480,7 @@ type StagesRun = (
     Vec<Vec<RecordBatch>>,
     Vec<RecordBatch>,
     Option<Vec<(PartitionId, Offset)>>,
+    Vec<Vec<RecordBatch>>,
 );
 
 /// `merged` (changed groups' partial state) split into the groups that still have rows

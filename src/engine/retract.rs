@@ -23,6 +23,12 @@
 //! Other aggregates (`min`, `max`, `DISTINCT` ones, …) would need every row of a group to
 //! give one back, and joins, window functions, `ORDER BY` and `LIMIT` over a table's
 //! changes are not maintained yet: the query is refused, naming them.
+//!
+//! An aggregate over another whose groups are not windowed reads rows that change too: an
+//! inner group's row changes as its input comes in (an auction's highest bid rises). Such
+//! a query is rewritten the same way ([`rewrite_over_groups`]), each inner row weighing 1;
+//! each epoch, the outer aggregate takes in the changed inner groups' new rows and takes
+//! back their old ones, by negating the sums those bring.
 
 use std::sync::Arc;
 
@@ -42,19 +48,51 @@ use crate::storage::KEY_COLUMN;
 /// The count of a group's rows, kept beside its aggregates' sums.
 pub const ROWS_COLUMN: &str = "__rows";
 
+/// What the rows an aggregate is rewritten over are, for what it says when it refuses.
+#[derive(Debug, Clone, Copy)]
+enum Over<'a> {
+    /// A table's changes.
+    Table(&'a str),
+    /// The groups of an aggregate below, as they change.
+    Groups,
+}
+
+impl Over<'_> {
+    /// What the rows are, and why they change.
+    fn rows(self) -> String {
+        match self {
+            Over::Table(table) => {
+                format!("the rows of table \"{table}\", which change as it is updated and deleted,")
+            }
+            Over::Groups => "the groups of an inner aggregate, which change as its input \
+                             comes in,"
+                .into(),
+        }
+    }
+
+    /// What the rows come from.
+    fn source(self) -> String {
+        match self {
+            Over::Table(table) => format!("table \"{table}\""),
+            Over::Groups => "an inner aggregate's groups".into(),
+        }
+    }
+
+    /// When rows go back.
+    fn changing(self) -> &'static str {
+        match self {
+            Over::Table(_) => "as its rows are updated and deleted",
+            Over::Groups => "as the inner groups change",
+        }
+    }
+}
+
 /// Rewrites `plan` (planned over a table's changes, named `table`) so that its aggregates
 /// keep sums of weighted values, or its rows are counted per key; refuses what cannot be
 /// maintained as rows change.
 pub fn rewrite(plan: LogicalPlan, table: &str) -> Result<LogicalPlan> {
     let df = Error::from_datafusion;
-    let mut aggregates = 0;
-    plan.apply(|node| {
-        if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
-            aggregates += 1;
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .map_err(df)?;
+    let aggregates = aggregates(&plan);
     if aggregates > 1 {
         // The outer one would read the inner one's groups as they change.
         return Err(Error::Unsupported(format!(
@@ -70,13 +108,71 @@ pub fn rewrite(plan: LogicalPlan, table: &str) -> Result<LogicalPlan> {
     };
     let width = plan.schema().fields().len();
     let rewritten = plan
-        .transform_up(|node| rewrite_node(node, table, carried).map_err(Into::into))
+        .transform_up(|node| rewrite_node(node, Over::Table(table), carried).map_err(Into::into))
         .map_err(df)?
         .data;
     if weight_of(rewritten.schema()).is_none() {
         return Ok(rewritten);
     }
     keyed_rows(rewritten, width)
+}
+
+/// How many aggregates (and `DISTINCT`s) `plan` has.
+pub fn aggregates(plan: &LogicalPlan) -> usize {
+    let mut aggregates = 0;
+    let _ = plan.apply(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
+            aggregates += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    aggregates
+}
+
+/// Rewrites `plan`, an aggregate over an aggregate whose groups change as its input comes
+/// in, so that the outer aggregate keeps sums it can take an inner row back from: the
+/// inner rows weigh 1 each, and the outer aggregates are rewritten as over a table's
+/// changes. Refuses what cannot be maintained that way, naming it.
+pub fn rewrite_over_groups(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let df = Error::from_datafusion;
+    if aggregates(&plan) != 2 {
+        return Err(Error::Unsupported(
+            "this query cannot run continuously: an aggregate over an aggregate over another \
+             is supported only when the inner ones group by event-time windows"
+                .into(),
+        ));
+    }
+    // The inner aggregate's rows, each with its weight.
+    let mut outer = false;
+    let weighted = plan
+        .transform_down(|node| match node {
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) if !outer => {
+                outer = true;
+                Ok(Transformed::no(node))
+            }
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => {
+                let mut exprs: Vec<Expr> = node
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                exprs.push(lit(1i64).alias(WEIGHT_COLUMN));
+                let weighted = Projection::try_new(exprs, Arc::new(node))?;
+                Ok(Transformed::new(
+                    LogicalPlan::Projection(weighted),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
+            }
+            _ => Ok(Transformed::no(node)),
+        })
+        .map_err(df)?
+        .data;
+    Ok(weighted
+        .transform_up(|node| rewrite_node(node, Over::Groups, &[WEIGHT_COLUMN]).map_err(Into::into))
+        .map_err(df)?
+        .data)
 }
 
 /// `plan`'s rows (its first `width` columns, then the weight and `_key` it carries) as a
@@ -151,7 +247,7 @@ fn weight_of(schema: &DFSchema) -> Option<Column> {
 
 fn rewrite_node(
     node: LogicalPlan,
-    table: &str,
+    over: Over,
     carried: &[&str],
 ) -> Result<Transformed<LogicalPlan>> {
     if !node
@@ -163,9 +259,9 @@ fn rewrite_node(
     }
     let refused = |what: &str| {
         Err(Error::Unsupported(format!(
-            "this query cannot run continuously: {what} over the rows of table \"{table}\", \
-             which change as it is updated and deleted, is not supported yet; filters, \
-             projections and the aggregates count, sum and avg are maintained"
+            "this query cannot run continuously: {what} over {} is not supported yet; \
+             filters, projections and the aggregates count, sum and avg are maintained",
+            over.rows()
         )))
     };
     let df = Error::from_datafusion;
@@ -186,7 +282,7 @@ fn rewrite_node(
             Ok(Transformed::yes(LogicalPlan::Projection(projection)))
         }
         LogicalPlan::Aggregate(aggregate) => {
-            Ok(Transformed::yes(rewrite_aggregate(aggregate, table)?))
+            Ok(Transformed::yes(rewrite_aggregate(aggregate, over)?))
         }
         node @ (LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_)) => {
             Ok(Transformed::yes(node.recompute_schema().map_err(df)?))
@@ -205,7 +301,7 @@ fn rewrite_node(
 
 /// `aggregate` over weighted rows: its aggregates as sums, a filter leaving out groups
 /// without rows, and a projection giving back what it returned.
-fn rewrite_aggregate(aggregate: Aggregate, table: &str) -> Result<LogicalPlan> {
+fn rewrite_aggregate(aggregate: Aggregate, over: Over) -> Result<LogicalPlan> {
     let df = Error::from_datafusion;
     let weight = Expr::Column(weight_of(aggregate.input.schema()).expect("weighted input"));
     if aggregate
@@ -214,8 +310,9 @@ fn rewrite_aggregate(aggregate: Aggregate, table: &str) -> Result<LogicalPlan> {
         .any(|e| matches!(e, Expr::GroupingSet(_)))
     {
         return Err(Error::Unsupported(format!(
-            "this query cannot run continuously: GROUPING SETS, CUBE and ROLLUP over table \
-             \"{table}\" are not supported yet"
+            "this query cannot run continuously: GROUPING SETS, CUBE and ROLLUP over {} \
+             are not supported yet",
+            over.source()
         )));
     }
     let groups = aggregate.group_expr.len();
@@ -250,8 +347,10 @@ fn rewrite_aggregate(aggregate: Aggregate, table: &str) -> Result<LogicalPlan> {
         let name = f.func.name();
         let refuse = |why: &str| {
             Err(Error::Unsupported(format!(
-                "this query cannot run continuously: {name}(…) over table \"{table}\" {why}; \
-                 count, sum and avg are maintained as its rows are updated and deleted"
+                "this query cannot run continuously: {name}(…) over {} {why}; count, sum \
+                 and avg are maintained {}",
+                over.source(),
+                over.changing()
             )))
         };
         if f.params.distinct {
