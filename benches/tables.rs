@@ -26,6 +26,10 @@
 //!    timed until `FLUSH` returns (records/s, cores used, the memory it keeps); then an
 //!    `UPDATE` moving 1 % of the rows to another region, timed until the view has followed
 //!    it. Both checked against the bounded query.
+//! 7. Compaction (Runnel): a compacted stream of 5 M records over 100 K keys (8 MiB
+//!    segments), the server started again checking every half second, and the topic
+//!    measured before and after its first pass, which is timed from start-up; each key's
+//!    latest record checked to stay.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +41,7 @@ mod common;
 use common::clicks::{
     copy_csv, create_clicks, latency_line, load, probe, rate, run_for, write_clicks,
 };
-use common::{Postgres, cpu_seconds, scalar, start_runnel, status_kib};
+use common::{Postgres, cpu_seconds, scalar, start_runnel, start_runnel_with, status_kib};
 
 const CONNECTIONS: u64 = 4;
 /// Point statements per connection, of each kind.
@@ -46,6 +50,9 @@ const INSERT_RATE: u64 = 10_000;
 const ROWS_PER_INSERT: u64 = 10;
 const LATENCY_SECONDS: u64 = 20;
 const REGIONS: [&str; 5] = ["eu", "us", "apac", "latam", "africa"];
+/// The compaction step's records, and the keys they update.
+const COMPACTED_RECORDS: u64 = 5_000_000;
+const COMPACTED_KEYS: u64 = 100_000;
 
 fn table_rows() -> u64 {
     std::env::var("RUNNEL_BENCH_TABLE_ROWS")
@@ -358,6 +365,55 @@ fn main() {
             "view over the table: UPDATE of {moved} rows {:.2} s, in the view {:.2} s after the UPDATE began",
             written.as_secs_f64(),
             followed.as_secs_f64(),
+        );
+
+        // Compaction: a compacted stream of 5 M records over 100 K keys, compacted by the
+        // server started again checking every half second.
+        client
+            .batch_execute(&format!(
+                "CREATE STREAM kv (id BIGINT KEY, v BIGINT)
+                     WITH (cleanup_policy = 'compact', segment_bytes = 8388608);
+                 INSERT INTO kv SELECT i % {COMPACTED_KEYS}, i
+                     FROM generate_series(0, {COMPACTED_RECORDS} - 1) AS t(i)"
+            ))
+            .await
+            .expect("the compacted stream");
+        let latest = "SELECT count(*), sum(m) FROM (SELECT max(v) AS m FROM kv GROUP BY id) k";
+        let want = scalar(&client, latest).await;
+        drop(client);
+        runnel.kill();
+        let mut runnel =
+            start_runnel_with(&dir.path().join("runnel"), &["--retention-check-interval-ms", "500"]);
+        let client = common::connect(runnel.port, "bench", "runnel").await;
+        let size = "SELECT sum(bytes) FROM sys.partitions WHERE stream = 'kv'";
+        let segments = "SELECT sum(segments) FROM sys.partitions WHERE stream = 'kv'";
+        let before = scalar(&client, size).await;
+        let segments_before = scalar(&client, segments).await;
+        // The pass installs a segment per group of segments: done once the size has stopped
+        // changing for two seconds.
+        let start = Instant::now();
+        let (mut after, mut compacted) = (before.clone(), None);
+        while start.elapsed() < Duration::from_secs(300) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = scalar(&client, size).await;
+            if now != after {
+                after = now;
+                compacted = Some(start.elapsed());
+            } else if compacted.is_some_and(|at| start.elapsed() - at > Duration::from_secs(2)) {
+                break;
+            }
+        }
+        let compacted = compacted.expect("the stream was compacted");
+        let records = scalar(&client, "SELECT count(*) FROM kv").await;
+        assert_eq!(scalar(&client, latest).await, want, "each key's latest record stays");
+        let segments_after = scalar(&client, segments).await;
+        let mib = |b: &str| b.parse::<f64>().unwrap() / (1024.0 * 1024.0);
+        println!(
+            "compaction of {COMPACTED_RECORDS} records over {COMPACTED_KEYS} keys: {:.0} MiB in {segments_before} segments -> {:.1} MiB in {segments_after} ({records} records left), done {:.2} s after start-up ({})",
+            mib(&before),
+            mib(&after),
+            compacted.as_secs_f64(),
+            rate(COMPACTED_RECORDS, compacted),
         );
         runnel.kill();
     });
