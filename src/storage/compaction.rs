@@ -98,7 +98,14 @@ pub(super) fn compact_all(shared: &Shared, flush: &dyn Fn() -> Result<(), Storag
         .filter(|t| t.spec.compaction.is_some())
         .cloned()
         .collect();
-    if topics.is_empty() {
+    // Only partitions dirty enough even without a horizon may be due: without one, the
+    // log is neither flushed nor asked for its readers' holds.
+    let due: Vec<(&Arc<Topic>, &Arc<Partition>)> = topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        .filter(|(_, p)| dirty_enough(&p.segments(), Offset(u64::MAX)).is_some())
+        .collect();
+    if due.is_empty() {
         return;
     }
     // What is committed now, made durable: compaction rewrites nothing a crash could undo.
@@ -108,35 +115,33 @@ pub(super) fn compact_all(shared: &Shared, flush: &dyn Fn() -> Result<(), Storag
         return;
     }
     let holds = shared.holds();
-    for topic in topics {
-        for partition in &topic.partitions {
-            let waiting = holds
-                .of(topic.spec.id, partition.id)
-                .iter()
-                .filter(|h| h.waits)
-                .map(|h| h.offset)
-                .min();
-            let committed = snapshot.high_watermark(topic.spec.id, partition.id);
-            let horizon = waiting.map_or(committed, |w| w.min(committed));
-            match compact_partition(shared, &topic, partition, horizon, now_ms()) {
-                Ok(Some(done)) => tracing::info!(
-                    topic = %topic.spec.name,
-                    partition = partition.id.0,
-                    records_removed = done.records_removed,
-                    bytes_before = done.bytes_before,
-                    bytes_after = done.bytes_after,
-                    segments_before = done.segments_before,
-                    segments_after = done.segments_after,
-                    "compacted"
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(
-                    topic = %topic.spec.name,
-                    partition = partition.id.0,
-                    error = %e,
-                    "compaction failed; the partition is as it was, and compaction tries again later"
-                ),
-            }
+    for (topic, partition) in due {
+        let waiting = holds
+            .of(topic.spec.id, partition.id)
+            .iter()
+            .filter(|h| h.waits)
+            .map(|h| h.offset)
+            .min();
+        let committed = snapshot.high_watermark(topic.spec.id, partition.id);
+        let horizon = waiting.map_or(committed, |w| w.min(committed));
+        match compact_partition(shared, topic, partition, horizon, now_ms()) {
+            Ok(Some(done)) => tracing::info!(
+                topic = %topic.spec.name,
+                partition = partition.id.0,
+                records_removed = done.records_removed,
+                bytes_before = done.bytes_before,
+                bytes_after = done.bytes_after,
+                segments_before = done.segments_before,
+                segments_after = done.segments_after,
+                "compacted"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                topic = %topic.spec.name,
+                partition = partition.id.0,
+                error = %e,
+                "compaction failed; the partition is as it was, and compaction tries again later"
+            ),
         }
     }
 }
@@ -154,21 +159,9 @@ pub(super) fn compact_partition(
         return Ok(None);
     };
     let segments = partition.segments();
-    // The sealed segments before the horizon; a sealed segment ends where the next starts.
-    let cleanable = segments
-        .windows(2)
-        .take_while(|w| w[1].base_offset <= horizon)
-        .count();
-    let clean = segments[..cleanable]
-        .iter()
-        .take_while(|s| s.file.generation > 0)
-        .count();
-    let bytes = |s: &[Arc<Segment>]| s.iter().map(|s| s.size_bytes()).sum::<u64>();
-    let dirty_bytes = bytes(&segments[clean..cleanable]);
-    let total_bytes = bytes(&segments[..cleanable]);
-    if clean == cleanable || (dirty_bytes as f64) < DIRTY_RATIO_MIN * total_bytes as f64 {
+    let Some((clean, cleanable)) = dirty_enough(&segments, horizon) else {
         return Ok(None);
-    }
+    };
     let schema = topic.spec.schema.clone();
     let key_column = schema
         .index_of(KEY_COLUMN)
@@ -331,6 +324,28 @@ pub(super) fn compact_partition(
         group_start = end;
     }
     Ok(Some(done))
+}
+
+/// The sealed segments of `segments` that end at or before `horizon` (`cleanable` of
+/// them, a sealed segment ending where the next starts) and how many of those lead compacted
+/// (`clean`), if the dirty rest is at least [`DIRTY_RATIO_MIN`] of their bytes.
+fn dirty_enough(segments: &[Arc<Segment>], horizon: Offset) -> Option<(usize, usize)> {
+    let cleanable = segments
+        .windows(2)
+        .take_while(|w| w[1].base_offset <= horizon)
+        .count();
+    let clean = segments[..cleanable]
+        .iter()
+        .take_while(|s| s.file.generation > 0)
+        .count();
+    let dirty_bytes = bytes(&segments[clean..cleanable]);
+    let total_bytes = bytes(&segments[..cleanable]);
+    let due = clean < cleanable && dirty_bytes as f64 >= DIRTY_RATIO_MIN * total_bytes as f64;
+    due.then_some((clean, cleanable))
+}
+
+fn bytes(segments: &[Arc<Segment>]) -> u64 {
+    segments.iter().map(|s| s.size_bytes()).sum()
 }
 
 fn is_tombstone(rule: Option<Tombstone>, batch: &RecordBatch, i: usize) -> bool {

@@ -45,16 +45,21 @@ async fn append_keyed(log: &Log, spec: &TopicSpec, rows: &[(i64, i64, bool)], ts
     }
 }
 
-/// (offset, id) of every record from `from`, as a reader of the partition sees them.
-fn read_from(log: &Log, spec: &TopicSpec, from: Offset) -> Vec<(u64, i64)> {
-    let topic = log.topic(spec.id).unwrap();
-    let hw = log.snapshot().high_watermark(spec.id, PartitionId(0));
-    let options = ReadOptions {
+/// A read of the `id` column.
+fn ids(spec: &TopicSpec) -> ReadOptions {
+    ReadOptions {
         schema: spec.schema.clone(),
         projection: Some(vec![0]),
         min_timestamp_ms: None,
         max_timestamp_ms: None,
-    };
+    }
+}
+
+/// (offset, id) of every record from `from`, as a reader of the partition sees them.
+fn read_from(log: &Log, spec: &TopicSpec, from: Offset) -> Vec<(u64, i64)> {
+    let topic = log.topic(spec.id).unwrap();
+    let hw = log.snapshot().high_watermark(spec.id, PartitionId(0));
+    let options = ids(spec);
     let mut out = vec![];
     for read in topic.partitions[0].reader(from..hw, options) {
         let read = read.unwrap();
@@ -244,12 +249,7 @@ async fn a_reader_that_started_before_compaction_reads_the_log_it_started_on() {
     let rows: Vec<(i64, i64, bool)> = (0..3000).map(|i| (i, i % 40, false)).collect();
     append_keyed(&log, &s, &rows, 1_000).await;
     let topic = log.topic(s.id).unwrap();
-    let options = ReadOptions {
-        schema: s.schema.clone(),
-        projection: Some(vec![0]),
-        min_timestamp_ms: None,
-        max_timestamp_ms: None,
-    };
+    let options = ids(&s);
     let mut reader = topic.partitions[0].reader(Offset(0)..Offset(3000), options);
     let first = reader.next().unwrap().unwrap();
     log.compact().await.unwrap();
