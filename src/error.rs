@@ -283,6 +283,10 @@ fn classify_execution_message(m: String) -> Error {
     if lower.contains("failed to parse") || lower.contains("does not contain correct footer") {
         // A file that is not in the format its table says.
         Error::data("22000", m)
+    } else if lower.contains("types don't match and no valid cast exists") {
+        // VALUES an INSERT's columns cannot take (PostgreSQL's "column … is of type … but
+        // expression is of type …").
+        Error::plan("42804", m)
     } else if lower.contains("cannot cast")
         || lower.contains("could not cast")
         || lower.contains("invalid input")

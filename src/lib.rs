@@ -49,3 +49,5 @@ pub mod tls;
 
 /// The PostgreSQL version Runnel reports to clients (they adapt their SQL to it).
 pub const SERVER_VERSION: &str = "16.0";
+/// [`SERVER_VERSION`] as a number (`SHOW server_version_num`).
+pub const SERVER_VERSION_NUM: &str = "160000";

@@ -130,6 +130,22 @@ async fn sql_logic_tests() {
             }
         });
         runner.add_label("runnel");
+        // RUNNEL_SLT_UPDATE=1 writes what the server answers into the files (review the
+        // diff before keeping it).
+        if std::env::var_os("RUNNEL_SLT_UPDATE").is_some() {
+            runner
+                .update_test_file(
+                    file,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("updating {name}: {e}"));
+            server.stop();
+            continue;
+        }
         match runner.run_file_async(file).await {
             Ok(()) => eprintln!("ok   {name}"),
             Err(e) => {

@@ -923,6 +923,7 @@ impl Database {
         who: &Principal,
         earliest: bool,
     ) -> Result<Output> {
+        refuse_parameters(&q.query)?;
         let data = self.tables.catalog.snapshot();
         let query = PushQuery::new(&self.engine, &q.query, &data, earliest).await?;
         check_reads(&data, who, query.plan())?;
@@ -935,6 +936,7 @@ impl Database {
 
     /// The columns a push query returns.
     pub(super) async fn push_schema(&self, q: &sql::parser::PushQuery) -> Result<SchemaRef> {
+        refuse_parameters(&q.query)?;
         let data = self.tables.catalog.snapshot();
         Ok(self.engine.plan(&q.query, &data).await?.schema)
     }
@@ -1089,4 +1091,27 @@ fn with_diff(schema: &SchemaRef, rows: &[RecordBatch], diff: i64) -> Result<Vec<
                 .map_err(|e| Error::Internal(format!("view subscription rows: {e}")))
         })
         .collect()
+}
+
+/// Push queries run with the values they were written with: a parameter (`$1`) is refused
+/// when the query is prepared, as the documentation says, rather than failing to plan.
+fn refuse_parameters(query: &str) -> Result<()> {
+    use sqlparser::ast::{Expr, Value, visit_expressions};
+    let Ok(statements) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, query)
+    else {
+        return Ok(()); // planning reports what is wrong with it
+    };
+    let placeholder = visit_expressions(&statements, |expr| match expr {
+        Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => {
+            std::ops::ControlFlow::Break(v.value.to_string())
+        }
+        _ => std::ops::ControlFlow::Continue(()),
+    });
+    match placeholder {
+        std::ops::ControlFlow::Break(name) => Err(Error::Unsupported(format!(
+            "push queries (EMIT CHANGES) do not take parameters ({name}): write the values into the query"
+        ))),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
 }

@@ -125,6 +125,12 @@ pub enum Output {
     },
     /// A push query's rows, epoch by epoch, until its `LIMIT` or a cancel.
     Push(Box<PushRows>),
+    /// `COPY … TO STDOUT`: the rows, sent as COPY data.
+    CopyOut {
+        rows: SendableRecordBatchStream,
+        options: crate::ingest::copy::CopyOptions,
+        binary: bool,
+    },
     /// The rows of a `FETCH`.
     Fetched {
         schema: SchemaRef,
@@ -144,6 +150,7 @@ impl std::fmt::Debug for Output {
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::CopyIn { columns, format } => write!(f, "CopyIn({columns}, {format:?})"),
             Output::Push(p) => write!(f, "Push({:?})", p.schema()),
+            Output::CopyOut { rows, .. } => write!(f, "CopyOut({:?})", rows.schema()),
             Output::Fetched { rows, .. } => write!(f, "Fetched({} batches)", rows.len()),
             Output::Declared => write!(f, "Declared"),
             Output::Begin => write!(f, "Begin"),

@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, UInt64Type};
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
@@ -36,6 +38,8 @@ pub struct Described {
     pub parameters: Vec<Option<DataType>>,
     /// Columns of the rows it returns; `None` if it returns none.
     pub schema: Option<SchemaRef>,
+    /// Whether its rows come as they happen, with no end (`EMIT CHANGES`, `SUBSCRIBE`).
+    pub push: bool,
 }
 
 /// The setting that decides where push queries start.
@@ -72,7 +76,7 @@ pub enum Transaction {
 }
 
 /// PostgreSQL settings clients ask for, with the values Runnel behaves by.
-const DEFAULT_VARS: [(&str, &str); 15] = [
+const DEFAULT_VARS: [(&str, &str); 16] = [
     ("application_name", ""),
     (AUTO_OFFSET_RESET, "latest"),
     ("client_encoding", "UTF8"),
@@ -84,10 +88,52 @@ const DEFAULT_VARS: [(&str, &str); 15] = [
     ("search_path", "public"),
     ("server_encoding", "UTF8"),
     ("server_version", crate::SERVER_VERSION),
+    ("server_version_num", crate::SERVER_VERSION_NUM),
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
     ("transaction_isolation", "read committed"),
+];
+
+/// PostgreSQL settings that clients and tools set (pg_dump's output, drivers, ORMs) and
+/// that Runnel accepts and shows back without acting on them.
+const ACCEPTED_SETTINGS: [&str; 36] = [
+    "bytea_output",
+    "check_function_bodies",
+    "client_min_messages",
+    "cursor_tuple_fraction",
+    "default_table_access_method",
+    "default_tablespace",
+    "default_transaction_deferrable",
+    "default_transaction_read_only",
+    "default_with_oids",
+    "enable_hashjoin",
+    "enable_mergejoin",
+    "enable_nestloop",
+    "enable_seqscan",
+    "geqo",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "jit",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "log_statement",
+    "maintenance_work_mem",
+    "max_parallel_workers_per_gather",
+    "role",
+    "row_security",
+    "session_authorization",
+    "session_replication_role",
+    "synchronous_commit",
+    "temp_buffers",
+    "trace_sort",
+    "transaction",
+    "transaction_timeout",
+    "work_mem",
+    "xmloption",
 ];
 
 impl Session {
@@ -223,7 +269,10 @@ impl Session {
                 "cannot insert multiple commands into a prepared statement".into(),
             ));
         }
-        let schema = match statements.pop().expect("one") {
+        let statement = statements.pop().expect("one");
+        let push = matches!(&statement, Statement::Push(_))
+            || matches!(&statement, Statement::Subscribe(s) if !s.copy);
+        let schema = match statement {
             Statement::ShowStreams => Some(text_schema(&SHOW_STREAMS_COLUMNS)),
             Statement::ShowTopics => Some(text_schema(&SHOW_TOPICS_COLUMNS)),
             Statement::Describe(_) => Some(text_schema(&DESCRIBE_COLUMNS)),
@@ -246,6 +295,7 @@ impl Session {
                     return Ok(Described {
                         parameters: vec![],
                         schema: None,
+                        push: false,
                     });
                 };
                 let catalog = self.db.tables.catalog.snapshot();
@@ -253,6 +303,7 @@ impl Session {
                 return Ok(Described {
                     parameters: parameter_types(&plan)?,
                     schema: None,
+                    push: false,
                 });
             }
             Statement::Subscribe(s) if !s.copy => Some(self.db.subscribe_schema(&s).await?),
@@ -260,6 +311,7 @@ impl Session {
                 let catalog = self.db.tables.catalog.snapshot();
                 // An ON CONFLICT takes the parameters of the INSERT it resolves.
                 let statement = super::table_writes::without_on_conflict(*statement);
+                let names = query_of(&statement).map(sql::column_names::postgresql_names);
                 let plan = sql::plan(&self.state, statement, &catalog).await?;
                 let parameters = parameter_types(&plan)?;
                 let schema = match &plan {
@@ -267,15 +319,26 @@ impl Session {
                     | LogicalPlan::Dml(_)
                     | LogicalPlan::Copy(_)
                     | LogicalPlan::Statement(_) => None,
-                    _ => Some(Arc::new(plan.schema().as_arrow().clone())),
+                    _ => {
+                        let schema = Arc::new(plan.schema().as_arrow().clone());
+                        Some(match &names {
+                            Some(names) => postgresql_schema(&schema, names),
+                            None => schema,
+                        })
+                    }
                 };
-                return Ok(Described { parameters, schema });
+                return Ok(Described {
+                    parameters,
+                    schema,
+                    push: false,
+                });
             }
             _ => None,
         };
         Ok(Described {
             parameters: vec![],
             schema,
+            push,
         })
     }
 
@@ -348,6 +411,25 @@ impl Session {
             Statement::ShowTopics => db.show_topics(),
             Statement::Describe(name) => db.describe(&name).await,
             Statement::CopyFrom(c) => self.start_copy(c, &who),
+            Statement::CopyTo(c) => {
+                let Some(Statement::DataFusion(query)) = sql::parse(&c.query)?.pop() else {
+                    return Err(Error::Syntax(format!(
+                        "COPY … TO STDOUT takes a query, not \"{}\"",
+                        c.query
+                    )));
+                };
+                match self.run_datafusion(*query, params).await? {
+                    Output::Rows(rows) => Ok(Output::CopyOut {
+                        rows,
+                        options: c.options,
+                        binary: c.binary,
+                    }),
+                    _ => Err(Error::Syntax(format!(
+                        "COPY … TO STDOUT takes a query, not \"{}\"",
+                        c.query
+                    ))),
+                }
+            }
             Statement::Set { name, value } => self.set(name, value),
             Statement::ShowVariable(name) => self.show(&name),
             Statement::Begin => {
@@ -428,6 +510,7 @@ impl Session {
         }
         let who = self.principal();
         self.authorize_files(&statement, &who)?;
+        let names = query_of(&statement).map(sql::column_names::postgresql_names);
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
         let mut state = self.state.clone();
@@ -488,6 +571,7 @@ impl Session {
                         dml.table_name.table()
                     )));
                 }
+                sql::assignment::check_insert(dml)?;
                 let rows = count(DataFrame::new(state, plan)).await?;
                 return Ok(Output::Command {
                     tag: "INSERT",
@@ -507,7 +591,10 @@ impl Session {
             _ => {}
         }
         let stream = DataFrame::new(state, plan).execute_stream().await?;
-        Ok(Output::Rows(stream))
+        Ok(Output::Rows(match names {
+            Some(names) => named_as_postgresql(stream, &names),
+            None => stream,
+        }))
     }
 
     /// Refuses server-file access `who` may not have before the statement is planned, as
@@ -732,6 +819,16 @@ impl Session {
             self.vars.clear();
             return Ok(command("RESET"));
         }
+        // As in PostgreSQL: a setting must exist, unless it is a custom one (`app.name`).
+        if !name.contains('.')
+            && !DEFAULT_VARS.iter().any(|(known, _)| *known == name)
+            && !ACCEPTED_SETTINGS.contains(&name.as_str())
+        {
+            return Err(Error::plan(
+                "42704",
+                format!("unrecognized configuration parameter \"{name}\""),
+            ));
+        }
         if name == AUTO_OFFSET_RESET
             && let Some(v) = &value
             && v != "earliest"
@@ -760,7 +857,8 @@ impl Session {
         self.vars.get(AUTO_OFFSET_RESET).map(String::as_str) == Some("earliest")
     }
 
-    fn variable(&self, name: &str) -> Option<String> {
+    /// The value of setting `name` (`SHOW name`), if there is such a setting.
+    pub fn variable(&self, name: &str) -> Option<String> {
         let name = match name {
             "transaction isolation level" => "transaction_isolation",
             other => other,
@@ -883,4 +981,57 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         out[index - 1] = t;
     }
     Ok(out)
+}
+
+/// The query a statement runs, if it is one (a plain `SELECT`, `VALUES`, …).
+fn query_of(statement: &DfStatement) -> Option<&sqlparser::ast::Query> {
+    match statement {
+        DfStatement::Statement(s) => match s.as_ref() {
+            sqlparser::ast::Statement::Query(query) => Some(query),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `schema` with its columns named as PostgreSQL names them (`names`).
+fn postgresql_schema(schema: &SchemaRef, names: &sql::column_names::ColumnNames) -> SchemaRef {
+    let Some(names) = names.renames(schema.fields().len()) else {
+        return schema.clone();
+    };
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(field, name)| match name {
+            Some(name) => Arc::new(field.as_ref().clone().with_name(name)),
+            None => field.clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
+/// A query's rows with its columns named as PostgreSQL names them (the rows are the same;
+/// only the names the client sees change).
+fn named_as_postgresql(
+    stream: SendableRecordBatchStream,
+    names: &sql::column_names::ColumnNames,
+) -> SendableRecordBatchStream {
+    let schema = postgresql_schema(&stream.schema(), names);
+    if Arc::ptr_eq(&schema, &stream.schema()) {
+        return stream;
+    }
+    let named = schema.clone();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.map(move |batch| {
+            batch.and_then(|batch| {
+                RecordBatch::try_new(named.clone(), batch.columns().to_vec())
+                    .map_err(|e| datafusion::error::DataFusionError::ArrowError(Box::new(e), None))
+            })
+        }),
+    ))
 }

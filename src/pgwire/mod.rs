@@ -6,15 +6,18 @@
 //! [`Output`]s and [`Error`]s come back as protocol messages. Rows are encoded by arrow-pg
 //! in the text or binary format each client asks for.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
 use arrow_pg::encoder::encode_value;
 use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use datafusion::execution::SendableRecordBatchStream;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::DefaultCancelHandler;
@@ -25,19 +28,22 @@ use pgwire::api::query::{
     send_query_response,
 };
 use pgwire::api::results::{
-    CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response, Tag,
+    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response,
+    Tag,
 };
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
+    PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
-use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::data::{DataRow, NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Bind, BindComplete, Describe, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+    Bind, BindComplete, Close, CloseComplete, Describe, Execute, PortalSuspended,
+    TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
 use pgwire::messages::response::NoticeResponse;
 use tokio::net::TcpStream;
@@ -47,6 +53,10 @@ use crate::admission::Ticket;
 use crate::auth::{Auth, Gate};
 use crate::db::{Described, Output, PushRows, Session};
 use crate::error::Error;
+use crate::ingest::copy::{CopyFormat, CopyOptions};
+
+mod text;
+use text::TextOptions;
 
 /// The handlers of one connection.
 pub struct Connection {
@@ -72,6 +82,7 @@ impl Connection {
             parser: Arc::new(StatementParser { session }),
             manager: manager.clone(),
             socket,
+            pushes: Default::default(),
         });
         Connection {
             gate: Arc::new(auth.gate(handler.clone(), ticket)),
@@ -108,6 +119,22 @@ pub struct Handler {
     parser: Arc<StatementParser>,
     manager: Arc<ConnectionManager>,
     socket: Option<Arc<TcpStream>>,
+    /// Push queries read a few rows at a time, by the name of their portal.
+    pushes: std::sync::Mutex<HashMap<String, OpenPush>>,
+}
+
+/// A push query a client reads with Execute row limits (asyncpg's and pgjdbc's cursors,
+/// pg-cursor): the portal it runs in and the rows of its epochs not sent yet. Each Execute
+/// sends what is ready, waiting for the next epoch only if nothing is, and suspends the
+/// portal (`PortalSuspended`) until the query ends.
+struct OpenPush {
+    portal: Arc<Portal<Prepared>>,
+    rows: Box<PushRows>,
+    fields: Arc<Vec<FieldInfo>>,
+    options: TextOptions,
+    pending: VecDeque<RecordBatch>,
+    ended: bool,
+    sent: usize,
 }
 
 impl Handler {
@@ -124,6 +151,111 @@ impl Handler {
             }
         }
         std::future::pending::<()>().await
+    }
+}
+
+impl Handler {
+    /// The open push queries, by portal (poisoning cannot leave the map inconsistent).
+    fn pushes(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenPush>> {
+        self.pushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a push query's portal to be read a few rows at a time; `None` if it turned out
+    /// not to be one (its statement means something else now).
+    async fn start_push<C>(
+        &self,
+        client: &mut C,
+        portal: &Arc<Portal<Prepared>>,
+    ) -> PgWireResult<Option<OpenPush>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let types: Vec<Option<&DataType>> = prepared
+            .described
+            .parameters
+            .iter()
+            .map(|t| t.as_ref())
+            .collect();
+        let params = deserialize_parameters(portal.as_ref(), &types)?;
+        let mut session = self.session.lock().await;
+        if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
+            session.set_user(user);
+        }
+        let output = session.execute_one(&prepared.sql, params).await;
+        let options = text_options(&session);
+        send_notices(client, session.take_notices()).await?;
+        let Output::Push(rows) = output.map_err(pg_error)? else {
+            return Ok(None);
+        };
+        if rows.copy {
+            return Ok(None);
+        }
+        let fields = Arc::new(pg_fields(
+            rows.schema().as_ref(),
+            &portal.result_column_format,
+        )?);
+        Ok(Some(OpenPush {
+            portal: portal.clone(),
+            rows,
+            fields,
+            options,
+            pending: VecDeque::new(),
+            ended: false,
+            sent: 0,
+        }))
+    }
+
+    /// Sends up to `max_rows` of a push query's rows: those ready, or the next epoch's if
+    /// none are. Returns whether the portal is suspended (the query goes on).
+    async fn send_push_rows<C>(
+        &self,
+        client: &mut C,
+        open: &mut OpenPush,
+        max_rows: usize,
+    ) -> PgWireResult<bool>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut gone = std::pin::pin!(self.client_gone());
+        while open.pending.is_empty() && !open.ended {
+            match next_or_gone(&mut open.rows, gone.as_mut(), open.sent).await? {
+                Some(batches) => open
+                    .pending
+                    .extend(batches.into_iter().filter(|b| b.num_rows() > 0)),
+                None => open.ended = true,
+            }
+        }
+        let mut sent = 0;
+        while sent < max_rows
+            && let Some(batch) = open.pending.pop_front()
+        {
+            let take = (max_rows - sent).min(batch.num_rows());
+            if take < batch.num_rows() {
+                open.pending
+                    .push_front(batch.slice(take, batch.num_rows() - take));
+            }
+            for row in encode_rows(&open.fields, batch.slice(0, take), &open.options) {
+                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+            }
+            sent += take;
+        }
+        open.sent += sent;
+        if open.pending.is_empty() && open.ended {
+            let tag = Tag::new("SELECT").with_rows(open.sent);
+            client
+                .send(PgWireBackendMessage::CommandComplete(tag.into()))
+                .await?;
+            return Ok(false);
+        }
+        client
+            .send(PgWireBackendMessage::PortalSuspended(PortalSuspended::new()))
+            .await?;
+        Ok(true)
     }
 }
 
@@ -238,15 +370,41 @@ pub fn pg_error(e: Error) -> PgWireError {
     PgWireError::UserError(Box::new(info))
 }
 
-fn response(output: Output, format: &Format) -> PgWireResult<Response> {
+/// The rows of `batch` as DataRow messages, each value as PostgreSQL writes it.
+fn encode_rows(
+    fields: &Arc<Vec<FieldInfo>>,
+    batch: RecordBatch,
+    options: &TextOptions,
+) -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
+    match text::for_wire(batch, fields, options) {
+        Ok(batch) => encode_recordbatch(fields.clone(), batch),
+        Err(e) => Box::new(std::iter::once(Err(e))),
+    }
+}
+
+/// How this session's values are written (its `extra_float_digits` and `TimeZone`).
+fn text_options(session: &Session) -> TextOptions {
+    TextOptions {
+        extra_float_digits: session
+            .variable("extra_float_digits")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1),
+        time_zone: session
+            .variable("timezone")
+            .and_then(|zone| zone.trim().parse().ok()),
+    }
+}
+
+fn response(output: Output, format: &Format, options: &TextOptions) -> PgWireResult<Response> {
     Ok(match output {
         Output::Rows(stream) => {
             let fields = Arc::new(pg_fields(stream.schema().as_ref(), format)?);
             let encode_fields = fields.clone();
+            let options = options.clone();
             let rows = stream
                 .map(move |batch| match batch {
                     Ok(batch) => {
-                        stream::iter(encode_recordbatch(encode_fields.clone(), batch)).left_stream()
+                        stream::iter(encode_rows(&encode_fields, batch, &options)).left_stream()
                     }
                     Err(e) => {
                         stream::iter(std::iter::once(Err(pg_error(Error::from_datafusion(e)))))
@@ -272,15 +430,16 @@ fn response(output: Output, format: &Format) -> PgWireResult<Response> {
         Output::Fetched { schema, rows } => {
             let fields = Arc::new(pg_fields(schema.as_ref(), format)?);
             let encode_fields = fields.clone();
-            let rows = stream::iter(rows).flat_map(move |batch| {
-                stream::iter(encode_recordbatch(encode_fields.clone(), batch))
-            });
+            let options = options.clone();
+            let rows = stream::iter(rows)
+                .flat_map(move |batch| stream::iter(encode_rows(&encode_fields, batch, &options)));
             let mut response = QueryResponse::new(fields, rows);
             response.set_command_tag("FETCH");
             Response::Query(response)
         }
         Output::Declared => Response::TransactionStart(Tag::new("DECLARE CURSOR")),
         Output::Push(_) => unreachable!("push queries are streamed by `stream_push`"),
+        Output::CopyOut { .. } => unreachable!("COPY … TO STDOUT is streamed by `copy_out`"),
         Output::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Output::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
         Output::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -312,6 +471,7 @@ async fn stream_push<C>(
     client: &mut C,
     mut rows: Box<PushRows>,
     format: &Format,
+    options: &TextOptions,
     describe: bool,
     gone: impl Future<Output = ()>,
 ) -> PgWireResult<Response>
@@ -321,7 +481,7 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     if rows.copy {
-        return stream_copy_out(client, rows, gone).await;
+        return stream_copy_out(client, rows, options, gone).await;
     }
     let fields = Arc::new(pg_fields(rows.schema().as_ref(), format)?);
     if describe {
@@ -337,7 +497,7 @@ where
             break;
         };
         for batch in batches {
-            for row in encode_recordbatch(fields.clone(), batch) {
+            for row in encode_rows(&fields, batch, options) {
                 client.feed(PgWireBackendMessage::DataRow(row?)).await?;
                 sent += 1;
             }
@@ -370,6 +530,7 @@ async fn next_or_gone(
 async fn stream_copy_out<C>(
     client: &mut C,
     mut rows: Box<PushRows>,
+    options: &TextOptions,
     gone: impl Future<Output = ()>,
 ) -> PgWireResult<Response>
 where
@@ -378,23 +539,122 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let schema = rows.schema();
-    let fields = Arc::new(pg_fields(schema.as_ref(), &Format::UnifiedText)?);
+    let gone = std::pin::pin!(gone);
+    let copy = CopyOptions::new(CopyFormat::Text);
+    let source = CopySource::Push {
+        rows: &mut rows,
+        gone,
+    };
+    copy_out(client, schema, &copy, false, options, source).await
+}
+
+/// Where the rows of a `COPY … TO STDOUT` come from.
+enum CopySource<'a, G: Future<Output = ()>> {
+    /// A push query's epochs, until the client leaves.
+    Push {
+        rows: &'a mut PushRows,
+        gone: std::pin::Pin<&'a mut G>,
+    },
+    Query(&'a mut SendableRecordBatchStream),
+}
+
+impl<G: Future<Output = ()>> CopySource<'_, G> {
+    async fn next(&mut self) -> PgWireResult<Option<Vec<RecordBatch>>> {
+        match self {
+            CopySource::Push { rows, gone } => next_or_gone(rows, gone.as_mut(), 0).await,
+            CopySource::Query(rows) => match rows.next().await {
+                Some(Ok(batch)) => Ok(Some(vec![batch])),
+                Some(Err(e)) => Err(pg_error(Error::from_datafusion(e))),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+/// `COPY … TO STDOUT`: the batches `next` gives, as COPY data in the text, CSV or binary
+/// format, flushed after every call (a COPY of a SUBSCRIBE shows rows as they happen).
+async fn copy_out<C>(
+    client: &mut C,
+    schema: SchemaRef,
+    copy: &CopyOptions,
+    binary: bool,
+    options: &TextOptions,
+    mut source: CopySource<'_, impl Future<Output = ()>>,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let format = if binary {
+        Format::UnifiedBinary
+    } else {
+        Format::UnifiedText
+    };
+    let fields = Arc::new(pg_fields(schema.as_ref(), &format)?);
     let columns = fields.len();
+    let code = i16::from(binary);
     client
         .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
-            0,
+            code as i8,
             columns as i16,
-            vec![0; columns],
+            vec![code; columns],
         )))
         .await?;
-    let mut encoder = CopyEncoder::new_text(fields.clone(), CopyTextOptions::default());
+    let mut encoder = match copy.format {
+        CopyFormat::Text => CopyEncoder::new_text(
+            fields.clone(),
+            CopyTextOptions {
+                delimiter: char::from(copy.delimiter).to_string().into(),
+                null_string: copy.null.as_str().into(),
+            },
+        ),
+        CopyFormat::Csv => CopyEncoder::new_csv(
+            fields.clone(),
+            CopyCsvOptions {
+                delimiter: char::from(copy.delimiter).to_string().into(),
+                quote: char::from(copy.quote).to_string().into(),
+                escape: char::from(copy.escape).to_string().into(),
+                null_string: copy.null.as_str().into(),
+                force_quote: vec![],
+            },
+        ),
+    };
+    // The binary format's header goes in front of the first row, as PostgreSQL sends it
+    // (psycopg reads it so): the signature, no flags, no header extension.
+    let mut binary_header = binary.then(|| {
+        let mut header = BytesMut::from(&b"PGCOPY\n\xff\r\n\0"[..]);
+        header.put_i32(0);
+        header.put_i32(0);
+        header
+    });
+    if copy.header && !binary {
+        let line = header_line(&schema, copy);
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(line.into())))
+            .await?;
+    }
     let mut sent = 0;
-    let mut gone = std::pin::pin!(gone);
-    loop {
-        let Some(batches) = next_or_gone(&mut rows, gone.as_mut(), sent).await? else {
-            break;
-        };
+    while let Some(batches) = source.next().await? {
         for batch in batches {
+            if binary {
+                for row in encode_rows(&fields, batch, options) {
+                    let row = row?;
+                    let mut tuple = binary_header.take().unwrap_or_default();
+                    tuple.reserve(2 + row.data.len());
+                    tuple.put_i16(row.field_count);
+                    tuple.extend_from_slice(&row.data);
+                    client
+                        .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                            tuple.freeze(),
+                        )))
+                        .await?;
+                    sent += 1;
+                }
+                continue;
+            }
+            let batch = text::for_wire(batch, &fields, options)?;
+            let schema = batch.schema();
             for row in 0..batch.num_rows() {
                 for (i, field) in fields.iter().enumerate() {
                     encode_value(&mut encoder, batch.column(i), row, schema.field(i), field)?;
@@ -407,10 +667,58 @@ where
         }
         client.flush().await?;
     }
+    if binary {
+        let mut trailer = binary_header.take().unwrap_or_default();
+        trailer.put_i16(-1);
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                trailer.freeze(),
+            )))
+            .await?;
+    }
     client
         .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
         .await?;
     Ok(Response::Execution(Tag::new("COPY").with_rows(sent)))
+}
+
+/// The column names, as `HEADER` puts them on the first line (quoted in CSV if need be).
+fn header_line(schema: &Schema, copy: &CopyOptions) -> String {
+    let delimiter = char::from(copy.delimiter);
+    let quote = char::from(copy.quote);
+    let names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let name = f.name();
+            let special = |c: char| c == delimiter || c == quote || c == '\n' || c == '\r';
+            if copy.format == CopyFormat::Csv && (name.chars().any(special) || name.is_empty()) {
+                let doubled = name.replace(quote, &format!("{quote}{quote}"));
+                format!("{quote}{doubled}{quote}")
+            } else {
+                name.clone()
+            }
+        })
+        .collect();
+    format!("{}\n", names.join(&delimiter.to_string()))
+}
+
+/// Sends a bounded `COPY … TO STDOUT`.
+async fn send_copy_out<C>(
+    client: &mut C,
+    mut rows: SendableRecordBatchStream,
+    copy: &CopyOptions,
+    binary: bool,
+    options: &TextOptions,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let schema = rows.schema();
+    let source = CopySource::<std::future::Pending<()>>::Query(&mut rows);
+    copy_out(client, schema, copy, binary, options, source).await
 }
 
 /// Sends what a simple query produced before a push query, ahead of its rows (pgwire sends
@@ -461,6 +769,14 @@ impl SimpleQueryHandler for Handler {
             session.set_user(user);
         }
         let outputs = session.execute(query).await;
+        let options = text_options(&session);
+        if outputs
+            .iter()
+            .any(|o| matches!(o, Ok(Output::Commit | Output::Rollback)))
+        {
+            // The end of a transaction closes its portals.
+            self.pushes().clear();
+        }
         forget_statements(client, session.take_deallocated());
         send_notices(client, session.take_notices()).await?;
         let mut responses = Vec::with_capacity(outputs.len());
@@ -469,15 +785,34 @@ impl SimpleQueryHandler for Handler {
                 Ok(Output::Push(rows)) => {
                     // Responses so far go first; the push query's rows follow them.
                     send_responses(client, responses.drain(..)).await?;
-                    match stream_push(client, rows, &Format::UnifiedText, true, self.client_gone())
-                        .await
+                    match stream_push(
+                        client,
+                        rows,
+                        &Format::UnifiedText,
+                        &options,
+                        true,
+                        self.client_gone(),
+                    )
+                    .await
                     {
                         Ok(done) => responses.push(done),
                         Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(output) => responses.push(response(output, &Format::UnifiedText)?),
+                Ok(Output::CopyOut {
+                    rows,
+                    options: copy,
+                    binary,
+                }) => {
+                    send_responses(client, responses.drain(..)).await?;
+                    match send_copy_out(client, rows, &copy, binary, &options).await {
+                        Ok(done) => responses.push(done),
+                        Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(output) => responses.push(response(output, &Format::UnifiedText, &options)?),
                 Err(e) => {
                     let PgWireError::UserError(info) = pg_error(e) else {
                         unreachable!()
@@ -497,6 +832,80 @@ impl ExtendedQueryHandler for Handler {
 
     fn query_parser(&self) -> Arc<StatementParser> {
         self.parser.clone()
+    }
+
+    /// An Execute with a row limit on a push query's portal sends the rows that are ready
+    /// and suspends the portal, as PostgreSQL does for a cursor; without a limit, the rows
+    /// stream until the query ends (`do_query`). Other portals run as pgwire runs them.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME).to_owned();
+        let max_rows = message.max_rows.max(0) as usize;
+        let Some(Entry::Value(portal)) = client.portal_store().get_portal(&name) else {
+            return self._on_execute(client, message).await;
+        };
+        let open = self
+            .pushes()
+            .remove(&name)
+            .filter(|open| Arc::ptr_eq(&open.portal, &portal));
+        let fresh = open.is_none();
+        if fresh && (max_rows == 0 || !portal.statement.statement.described.push) {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let result = async {
+            let mut open = match open {
+                Some(open) => open,
+                None => match self.start_push(client, &portal).await? {
+                    Some(open) => open,
+                    None => {
+                        return Err(pg_error(Error::Internal(
+                            "a push query's portal did not run as one".into(),
+                        )));
+                    }
+                },
+            };
+            // Without a limit, the rest of the rows.
+            let limit = if max_rows == 0 { usize::MAX } else { max_rows };
+            if self.send_push_rows(client, &mut open, limit).await? {
+                self.pushes().insert(name, open);
+            }
+            Ok(())
+        }
+        .await;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        result
+    }
+
+    /// Closing a portal ends the push query running in it.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => client.portal_store().rm_statement(name),
+            TARGET_TYPE_BYTE_PORTAL => {
+                self.pushes().remove(name);
+                client.portal_store().rm_portal(name);
+            }
+            _ => {}
+        }
+        client
+            .send(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+            .await?;
+        Ok(())
     }
 
     /// A Bind must supply exactly the parameters its statement takes, as PostgreSQL checks
@@ -529,6 +938,9 @@ impl ExtendedQueryHandler for Handler {
                 ),
             ))));
         }
+        // A portal bound again is a new portal: a push query running in the old one ends.
+        self.pushes()
+            .remove(message.portal_name.as_deref().unwrap_or(DEFAULT_NAME));
         match statement {
             Some(statement) => {
                 let portal = Portal::try_new(&message, statement)?;
@@ -616,7 +1028,12 @@ impl ExtendedQueryHandler for Handler {
             session.set_user(user);
         }
         let output = session.execute_one(&prepared.sql, params).await;
+        let options = text_options(&session);
         send_notices(client, session.take_notices()).await?;
+        if matches!(output, Ok(Output::Commit | Output::Rollback)) {
+            // The end of a transaction closes its portals.
+            self.pushes().clear();
+        }
         match output.map_err(pg_error)? {
             Output::Push(rows) => {
                 drop(session);
@@ -624,12 +1041,21 @@ impl ExtendedQueryHandler for Handler {
                     client,
                     rows,
                     &portal.result_column_format,
+                    &options,
                     false,
                     self.client_gone(),
                 )
                 .await
             }
-            output => response(output, &portal.result_column_format),
+            Output::CopyOut {
+                rows,
+                options: copy,
+                binary,
+            } => {
+                drop(session);
+                send_copy_out(client, rows, &copy, binary, &options).await
+            }
+            output => response(output, &portal.result_column_format, &options),
         }
     }
 }

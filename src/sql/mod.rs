@@ -3,6 +3,8 @@
 //! plan. Nothing here executes anything, except [`functions`]: the scalar functions Runnel
 //! puts in place of DataFusion's.
 
+pub mod assignment;
+pub mod column_names;
 pub mod depth;
 pub mod functions;
 pub mod literal_insert;
@@ -73,14 +75,14 @@ pub fn rewrite(statement: &mut DfStatement, catalog: &CatalogData) -> Result<Vec
     match statement {
         DfStatement::Statement(s) => {
             windows = windows::rewrite(s, catalog)?;
-            rewrite::rewrite(s, catalog);
+            rewrite::rewrite(s, catalog)?;
         }
         DfStatement::Explain(explain) => windows = rewrite(&mut explain.statement, catalog)?,
         DfStatement::CopyTo(copy) => {
             if let CopyToSource::Query(query) = &mut copy.source {
                 let mut s = sqlparser::ast::Statement::Query(query.clone());
                 windows = windows::rewrite(&mut s, catalog)?;
-                rewrite::rewrite(&mut s, catalog);
+                rewrite::rewrite(&mut s, catalog)?;
                 if let sqlparser::ast::Statement::Query(q) = s {
                     *query = q;
                 }

@@ -36,6 +36,8 @@ pub enum Statement {
     ShowTopics,
     Describe(String),
     CopyFrom(CopyFrom),
+    /// `COPY relation [(columns)] TO STDOUT`, `COPY (query) TO STDOUT`.
+    CopyTo(CopyTo),
     /// `SET name = value`, `SET name TO value`, `RESET name`, `RESET ALL`.
     Set {
         name: String,
@@ -326,6 +328,15 @@ pub struct Drop {
     pub kind: ObjectKind,
     pub if_exists: bool,
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyTo {
+    /// The query whose rows are sent (`SELECT columns FROM relation` for a relation).
+    pub query: String,
+    pub options: CopyOptions,
+    /// PostgreSQL's binary COPY format rather than `options.format`.
+    pub binary: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -743,6 +754,28 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         }
         return Ok(Statement::Subscribe(subscribe));
     }
+    if p.peek_keyword(Keyword::COPY) && p.peek_nth_token(1).token == Token::LParen {
+        // COPY (query) TO STDOUT is ours; COPY (query) TO 'file' goes to DataFusion.
+        if let Ok(SqlStatement::Copy {
+            source: CopySource::Query(query),
+            to: true,
+            target: CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        }) = p.parse_statement()
+        {
+            let (options, binary) = copy_options(&options, &legacy_options)?;
+            return Ok(Statement::CopyTo(CopyTo {
+                query: query.to_string(),
+                options,
+                binary,
+            }));
+        }
+        while p.index() > start {
+            p.prev_token();
+        }
+    }
     if p.peek_keyword(Keyword::COPY) && !matches!(p.peek_nth_token(1).token, Token::LParen) {
         // COPY table FROM STDIN is ours; COPY (query) TO and COPY table TO go to DataFusion.
         let statement = p.parse_statement().map_err(syntax)?;
@@ -764,10 +797,45 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
                     "COPY … FROM a server file is not supported; use COPY … FROM STDIN (psql's \\copy)".into(),
                 ));
             }
+            let (options, binary) = copy_options(&options, &legacy_options)?;
+            if binary {
+                return Err(Error::Unsupported(
+                    "COPY … FROM STDIN in the binary format is not supported yet (text, csv)"
+                        .into(),
+                ));
+            }
             return Ok(Statement::CopyFrom(CopyFrom {
                 target: relation_name(&table_name)?,
                 columns: columns.iter().map(normalize).collect(),
-                options: copy_options(&options, &legacy_options)?,
+                options,
+            }));
+        }
+        if let SqlStatement::Copy {
+            source:
+                CopySource::Table {
+                    table_name,
+                    columns,
+                },
+            to: true,
+            target: CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } = &statement
+        {
+            let columns = match columns.as_slice() {
+                [] => "*".to_string(),
+                columns => columns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let (options, binary) = copy_options(options, legacy_options)?;
+            return Ok(Statement::CopyTo(CopyTo {
+                query: format!("SELECT {columns} FROM {table_name}"),
+                options,
+                binary,
             }));
         }
         // Re-parse from the start with DataFusion's parser (COPY table TO 'file').
@@ -1667,24 +1735,36 @@ fn one_byte(option: &str, c: char) -> Result<u8> {
     }
 }
 
-fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyOptions> {
+/// A COPY's options, and whether it is in the binary format.
+fn copy_options(
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+) -> Result<(CopyOptions, bool)> {
     let mut format = CopyFormat::Text;
+    let mut binary = false;
     for o in options {
         if let CopyOption::Format(name) = o {
             format = match name.value.to_lowercase().as_str() {
                 "text" => CopyFormat::Text,
                 "csv" => CopyFormat::Csv,
+                "binary" => {
+                    binary = true;
+                    CopyFormat::Text
+                }
                 other => {
-                    return Err(Error::Unsupported(format!(
-                        "COPY format \"{other}\" is not supported (text, csv)"
-                    )));
+                    return Err(Error::data(
+                        "22023",
+                        format!("COPY format \"{other}\" not recognized"),
+                    ));
                 }
             };
         }
     }
     for o in legacy {
-        if let CopyLegacyOption::Csv(_) = o {
-            format = CopyFormat::Csv;
+        match o {
+            CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
+            CopyLegacyOption::Binary => binary = true,
+            _ => {}
         }
     }
     let mut out = CopyOptions::new(format);
@@ -1705,7 +1785,7 @@ fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<C
     }
     for o in legacy {
         match o {
-            CopyLegacyOption::Csv(_) => {}
+            CopyLegacyOption::Csv(_) | CopyLegacyOption::Binary => {}
             CopyLegacyOption::Delimiter(c) => out.delimiter = one_byte("delimiter", *c)?,
             CopyLegacyOption::Null(s) => out.null = s.clone(),
             CopyLegacyOption::Header => out.header = true,
@@ -1722,7 +1802,7 @@ fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<C
             "COPY delimiter cannot be newline or carriage return",
         ));
     }
-    Ok(out)
+    Ok((out, binary))
 }
 
 #[cfg(test)]

@@ -15,18 +15,19 @@
 
 use std::ops::ControlFlow;
 
+use sqlparser::ast::{DataType, Expr, Value, visit_expressions_mut};
 use sqlparser::ast::{
     ExcludeSelectItem, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
     SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
     VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
-use sqlparser::ast::{Expr, Value, visit_expressions_mut};
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::parser::relation_name;
 use crate::catalog::WRITE_SCHEMA;
+use crate::error::{Error, Result};
 
 /// What the rewrite needs to know about a relation name: the columns `*` leaves out of it
 /// (`None` for relations that are not streams or topics).
@@ -34,7 +35,7 @@ pub trait HiddenColumns {
     fn hidden_columns(&self, relation: &str) -> Option<&'static [&'static str]>;
 }
 
-pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) {
+pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result<()> {
     if let Statement::Insert(insert) = statement
         && let TableObject::TableName(name) = &mut insert.table
         && let Ok(relation) = relation_name(name)
@@ -46,7 +47,27 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) {
         ]);
     }
     let _ = statement.visit(&mut Wildcards { catalog });
-    let _ = visit_expressions_mut(statement, |expr| {
+    let literals = visit_expressions_mut(statement, |expr| {
+        if let Expr::Cast {
+            expr: inner,
+            data_type: DataType::Bytea,
+            ..
+        } = expr
+            && let Expr::Value(value) = inner.as_ref()
+            && let Value::SingleQuotedString(text) | Value::EscapedStringLiteral(text) =
+                &value.value
+        {
+            match bytea_input(text) {
+                Some(bytes) => *expr = Expr::Value(Value::HexStringLiteral(hex(&bytes)).into()),
+                None => {
+                    return ControlFlow::Break(Error::data(
+                        "22P02",
+                        format!("invalid input syntax for type bytea: \"{text}\""),
+                    ));
+                }
+            }
+            return ControlFlow::Continue(());
+        }
         if let Expr::Like {
             pattern,
             escape_char,
@@ -66,8 +87,55 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) {
             **pattern = translated;
             *escape_char = None;
         }
-        ControlFlow::<()>::Continue(())
+        ControlFlow::Continue(())
     });
+    match literals {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// The bytes a `bytea` literal stands for, read as PostgreSQL reads `bytea` input: `\x`
+/// and pairs of hex digits, or text where `\\` is a backslash and `\ooo` an octal byte;
+/// `None` if it is not valid input.
+pub fn bytea_input(text: &str) -> Option<Vec<u8>> {
+    if let Some(digits) = text.strip_prefix("\\x") {
+        let digits: Vec<u8> = digits
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        if !digits.len().is_multiple_of(2) {
+            return None;
+        }
+        return digits
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+            .collect();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+        } else if bytes.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let octal = bytes.get(i + 1..i + 4)?;
+            if !octal.iter().all(|b| (b'0'..=b'7').contains(b)) || octal[0] > b'3' {
+                return None;
+            }
+            out.push(octal.iter().fold(0u8, |n, d| n * 8 + (d - b'0')));
+            i += 4;
+        }
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 struct Wildcards<'a> {
@@ -274,8 +342,21 @@ mod tests {
         let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .unwrap()
             .remove(0);
-        rewrite(&mut statement, &Streams);
+        rewrite(&mut statement, &Streams).unwrap();
         statement.to_string()
+    }
+
+    #[test]
+    fn bytea_literals_are_read_as_postgresql_reads_them() {
+        assert_eq!(
+            rewritten("SELECT '\\x01 0aFF'::bytea, CAST('a\\\\b\\001' AS BYTEA)"),
+            "SELECT X'010AFF', X'615C6201'"
+        );
+        let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT '\\x012'::bytea")
+            .unwrap()
+            .remove(0);
+        let e = rewrite(&mut statement, &Streams).unwrap_err();
+        assert_eq!(e.sqlstate(), "22P02");
     }
 
     #[test]

@@ -492,7 +492,8 @@ pub fn spark_kafka_jars() -> String {
     jars.join(",")
 }
 
-/// The `node_modules` directory of `tests/node/package-lock.json` (kafkajs), for `NODE_PATH`.
+/// The `node_modules` directory of `tests/node/package-lock.json` (kafkajs, node-postgres),
+/// for `NODE_PATH`.
 pub fn node_modules() -> PathBuf {
     let dir = installed(
         "node",

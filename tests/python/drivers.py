@@ -1,0 +1,205 @@
+"""Drives Runnel with asyncpg, psycopg2 and psycopg 3 as their users would, checking each
+against what the same driver reads from PostgreSQL: every common type both ways with NULLs,
+parameters, errors with their SQLSTATEs, COPY in and out, and a push query read a few rows
+at a time through the driver's own cursor API.
+
+Usage: python drivers.py <port>. Prints "drivers ok" when every check passed.
+"""
+
+import asyncio
+import datetime as dt
+import decimal
+import io
+import sys
+import threading
+import time
+
+import asyncpg
+import psycopg
+import psycopg2
+import psycopg2.extras
+
+port = int(sys.argv[1])
+dsn = f"host=127.0.0.1 port={port} user=runnel dbname=runnel"
+
+
+def check(ok, what):
+    if not ok:
+        raise AssertionError(what)
+
+
+# One row of every common type, as Python has it, and NULLs.
+ROW = (
+    1,
+    True,
+    32000,
+    2_000_000_000,
+    9_000_000_000_000,
+    1.5,
+    0.1,
+    decimal.Decimal("12345678901234.12"),
+    "text with ' and \" and \\",
+    b"\x00\x01\xff",
+    dt.date(2026, 1, 2),
+    dt.time(10, 11, 12, 500000),
+    dt.datetime(2026, 1, 2, 10, 11, 12, 250000),
+    dt.timedelta(days=1, hours=2, minutes=3, seconds=4),
+)
+COLUMNS = (
+    "id BIGINT, b BOOLEAN, i2 SMALLINT, i4 INTEGER, i8 BIGINT, r REAL, d DOUBLE PRECISION, "
+    "n NUMERIC(20,2), t TEXT, y BYTEA, day DATE, tod TIME, ts TIMESTAMP, iv INTERVAL"
+)
+NAMES = ["id", "b", "i2", "i4", "i8", "r", "d", "n", "t", "y", "day", "tod", "ts", "iv"]
+
+
+def same_row(got, want, what):
+    got = tuple(bytes(v) if isinstance(v, memoryview) else v for v in got)
+    check(len(got) == len(want), f"{what}: {got}")
+    for name, g, w in zip(NAMES, got, want):
+        if isinstance(w, float):
+            check(g is not None and abs(g - w) < 1e-6, f"{what}: {name} {g!r} != {w!r}")
+        else:
+            check(g == w, f"{what}: {name} {g!r} != {w!r}")
+
+
+# --- psycopg2: text results, client-side parameters, COPY both ways, named cursors --------
+conn = psycopg2.connect(dsn)
+conn.autocommit = True
+cur = conn.cursor()
+cur.execute(f"CREATE STREAM p2 ({COLUMNS})")
+cur.execute(
+    "INSERT INTO p2 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", ROW
+)
+cur.execute("INSERT INTO p2 (id) VALUES (%s)", (2,))
+cur.execute("SELECT * FROM p2 ORDER BY id")
+rows = cur.fetchall()
+same_row(rows[0], ROW, "psycopg2 row")
+check(rows[1] == (2,) + (None,) * 13, f"psycopg2 NULLs {rows[1]}")
+check([d.name for d in cur.description] == NAMES, "psycopg2 column names")
+cur.execute("SELECT count(*), sum(id), 1.5::float8, 10::float8, 2 + 2 FROM p2")
+check([d.name for d in cur.description] == ["count", "sum", "float8", "float8", "?column?"],
+      f"names as PostgreSQL gives them: {[d.name for d in cur.description]}")
+check(cur.fetchone() == (2, 3, 1.5, 10.0, 4), "aggregates")
+for sql, state in [
+    ("SELECT * FROM nowhere", "42P01"),
+    ("SELEC 1", "42601"),
+    ("INSERT INTO p2 (b) VALUES (42)", "42804"),
+    ("SET no_such_setting = 1", "42704"),
+    ("SELECT 1/0", "22012"),
+    ("SELECT '\\x0'::bytea", "22P02"),
+]:
+    try:
+        cur.execute(sql)
+        check(False, f"{sql} should fail")
+    except psycopg2.Error as e:
+        check(e.pgcode == state, f"{sql}: {e.pgcode} {e}")
+buf = io.StringIO()
+cur.copy_expert("COPY (SELECT id, t, y, ts FROM p2 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
+check(
+    buf.getvalue()
+    == 'id,t,y,ts\n1,"text with \' and "" and \\",\\x0001ff,2026-01-02 10:11:12.25\n2,,,\n',
+    f"COPY TO STDOUT csv: {buf.getvalue()!r}",
+)
+cur.copy_expert("COPY p2 (id, t) FROM STDIN", io.StringIO("3\tcopied\n4\t\\N\n"))
+buf = io.StringIO()
+cur.copy_expert("COPY p2 (id, t) TO STDOUT", buf)
+check(sorted(buf.getvalue().splitlines())[-2:] == ["3\tcopied", "4\t\\N"], buf.getvalue())
+conn.autocommit = False
+named = conn.cursor(name="stepper")
+named.itersize = 2
+named.execute("SELECT id FROM p2 ORDER BY id")
+check([r[0] for r in named] == [1, 2, 3, 4], "psycopg2 named cursor")
+conn.commit()
+conn.close()
+
+
+# --- psycopg 3: binary results and parameters, pipeline mode, COPY both ways ---------------
+with psycopg.connect(dsn, autocommit=True) as conn:
+    conn.execute(f"CREATE STREAM p3 ({COLUMNS})")
+    with conn.cursor(binary=True) as cur:
+        cur.execute(
+            "INSERT INTO p3 VALUES (%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b)",
+            ROW,
+        )
+        cur.execute("INSERT INTO p3 (id) VALUES (%b)", (2,))
+        cur.execute("SELECT * FROM p3 ORDER BY id")
+        rows = cur.fetchall()
+        same_row(rows[0], ROW, "psycopg binary row")
+        check(rows[1] == (2,) + (None,) * 13, f"psycopg binary NULLs {rows[1]}")
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM p3 ORDER BY id")
+        same_row(cur.fetchone(), ROW, "psycopg text row")
+    with conn.pipeline():
+        with conn.cursor() as cur:
+            for i in range(10, 20):
+                cur.execute("INSERT INTO p3 (id, t) VALUES (%s, %s)", (i, f"p{i}"))
+            cur.execute("SELECT count(*) FROM p3 WHERE id >= %s", (10,))
+    check(conn.execute("SELECT count(*) FROM p3 WHERE id >= 10").fetchone()[0] == 10, "pipeline")
+    with conn.cursor().copy("COPY p3 (id, t) FROM STDIN") as copy:
+        for i in range(30, 35):
+            copy.write_row((i, f"c{i}"))
+    with conn.cursor().copy("COPY (SELECT id, t FROM p3 WHERE id >= 30 ORDER BY id) TO STDOUT") as copy:
+        got = [tuple(r) for r in copy.rows()]
+    check(got == [(str(i), f"c{i}") for i in range(30, 35)], f"psycopg COPY out {got}")
+    with conn.cursor(binary=True).copy(
+        "COPY (SELECT id, ts, n FROM p3 WHERE id = 1) TO STDOUT (FORMAT binary)"
+    ) as copy:
+        copy.set_types(["int8", "timestamp", "numeric"])
+        got = list(copy.rows())
+    check(got == [(1, ROW[12], ROW[7])], f"psycopg binary COPY out {got}")
+    try:
+        conn.execute("SELECT id FROM p3 WHERE id = %s EMIT CHANGES", (1,))
+        check(False, "a parameter in a push query is refused")
+    except psycopg.errors.FeatureNotSupported:
+        pass
+
+
+# --- asyncpg: binary everything, prepared statements, COPY, a cursor over a push query -----
+async def with_asyncpg():
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+    await conn.execute(f"CREATE STREAM pa ({COLUMNS})")
+    await conn.execute(
+        "INSERT INTO pa VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        *ROW,
+    )
+    await conn.execute("INSERT INTO pa (id) VALUES ($1)", 2)
+    rows = await conn.fetch("SELECT * FROM pa ORDER BY id")
+    same_row(tuple(rows[0].values()), ROW, "asyncpg row")
+    check(tuple(rows[1].values()) == (2,) + (None,) * 13, f"asyncpg NULLs {rows[1]}")
+    check(list(rows[0].keys()) == NAMES, "asyncpg column names")
+    try:
+        await conn.execute("INSERT INTO pa (ts) VALUES (true)")
+        check(False, "a boolean is not a timestamp")
+    except asyncpg.PostgresError as e:
+        check(e.sqlstate == "42804", f"asyncpg {e.sqlstate} {e}")
+    await conn.copy_to_table("pa", source=io.BytesIO(b"5\ta\n6\t\\N\n"), columns=["id", "t"])
+    out = io.BytesIO()
+    await conn.copy_from_query("SELECT id, t FROM pa WHERE id >= 5 ORDER BY id", output=out)
+    check(out.getvalue() == b"5\ta\n6\t\\N\n", f"asyncpg COPY out {out.getvalue()!r}")
+
+    # A push query read through a cursor as its rows happen: each fetch returns what is
+    # ready (prefetch asks for 2 at a time), long before the query would end.
+    await conn.execute("CREATE STREAM events (id BIGINT, what TEXT)")
+    writer = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+    got = []
+    async with conn.transaction():
+        cursor = conn.cursor("SELECT id, what FROM events EMIT CHANGES", prefetch=2)
+        rows = cursor.__aiter__()
+
+        async def write():
+            for i in range(5):
+                await asyncio.sleep(0.2)
+                await writer.execute(f"INSERT INTO events VALUES ({i}, 'e{i}')")
+
+        task = asyncio.create_task(write())
+        for _ in range(5):
+            row = await asyncio.wait_for(rows.__anext__(), 30)
+            got.append(row["id"])
+        await task
+    check(got == [0, 1, 2, 3, 4], f"asyncpg push rows {got}")
+    await writer.close()
+    await conn.close()
+
+
+asyncio.run(with_asyncpg())
+print("drivers ok")
