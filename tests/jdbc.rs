@@ -8,6 +8,17 @@ use std::process::Command;
 
 #[test]
 fn pgjdbc_prepared_statements_and_types() {
+    jdbc_smoke("");
+}
+
+/// The same with server-prepared statements from the first execution, whose results pgjdbc
+/// asks for in the binary format.
+#[test]
+fn pgjdbc_in_binary_transfer() {
+    jdbc_smoke("prepareThreshold=1&binaryTransfer=true");
+}
+
+fn jdbc_smoke(parameters: &str) {
     let (classpath, _classes) = common::compile_java("JdbcSmoke");
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
@@ -17,6 +28,7 @@ fn pgjdbc_prepared_statements_and_types() {
             &classpath,
             "JdbcSmoke",
             &server.addr.port().to_string(),
+            parameters,
         ])
         .output()
         .expect("java");

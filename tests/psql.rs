@@ -1,5 +1,6 @@
 //! psql itself against the real server: the README's quickstart, `COPY … FROM STDIN` as
-//! psql sends it, and errors that leave the session usable.
+//! psql sends it, `COPY … TO STDOUT` and `\copy … TO` as psql reads them, and errors that
+//! leave the session usable.
 
 mod common;
 
@@ -132,6 +133,47 @@ fn copy_from_stdin_through_psql() {
     let (ok, out, err) = psql(&server, &["-c", "SELECT count(*) FROM clicks"], "");
     assert!(ok, "{err}");
     assert!(out.contains("10002"), "{out}");
+    server.stop();
+}
+
+#[test]
+fn copy_to_stdout_and_backslash_copy_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let script = "
+CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, amount DOUBLE PRECISION);
+INSERT INTO clicks VALUES (1, 'a,b', '2026-01-01 10:00:00', 2), (2, NULL, '2026-01-01 10:00:00.5', 0.25);
+";
+    let (ok, _, err) = psql(&server, &["-v", "ON_ERROR_STOP=1", "-q"], script);
+    assert!(ok, "{err}");
+    let (ok, out, err) = psql(
+        &server,
+        &[
+            "-c",
+            "COPY (SELECT * FROM clicks ORDER BY user_id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "user_id,url,ts,amount\n1,\"a,b\",2026-01-01 10:00:00,2\n2,,2026-01-01 10:00:00.5,0.25\n"
+    );
+    let file = dir.path().join("out.tsv");
+    let (ok, out, err) = psql(
+        &server,
+        &[
+            "-c",
+            &format!(
+                "\\copy (SELECT user_id, url FROM clicks ORDER BY user_id) TO '{}'",
+                file.display()
+            ),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("COPY 2"), "{out}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "1\ta,b\n2\t\\N\n");
     server.stop();
 }
 

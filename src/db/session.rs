@@ -310,8 +310,12 @@ impl Session {
             Statement::DataFusion(statement) => {
                 let catalog = self.db.tables.catalog.snapshot();
                 // An ON CONFLICT takes the parameters of the INSERT it resolves.
-                let statement = super::table_writes::without_on_conflict(*statement);
-                let names = query_of(&statement).map(sql::column_names::postgresql_names);
+                let mut statement = super::table_writes::without_on_conflict(*statement);
+                let names = query_of(&mut statement).map(|query| {
+                    let names = sql::column_names::postgresql_names(query);
+                    sql::column_names::alias_repeated(query);
+                    names
+                });
                 let plan = sql::plan(&self.state, statement, &catalog).await?;
                 let parameters = parameter_types(&plan)?;
                 let schema = match &plan {
@@ -510,7 +514,12 @@ impl Session {
         }
         let who = self.principal();
         self.authorize_files(&statement, &who)?;
-        let names = query_of(&statement).map(sql::column_names::postgresql_names);
+        let mut statement = statement;
+        let names = query_of(&mut statement).map(|query| {
+            let names = sql::column_names::postgresql_names(query);
+            sql::column_names::alias_repeated(query);
+            names
+        });
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
         let mut state = self.state.clone();
@@ -984,9 +993,9 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
 }
 
 /// The query a statement runs, if it is one (a plain `SELECT`, `VALUES`, …).
-fn query_of(statement: &DfStatement) -> Option<&sqlparser::ast::Query> {
+fn query_of(statement: &mut DfStatement) -> Option<&mut sqlparser::ast::Query> {
     match statement {
-        DfStatement::Statement(s) => match s.as_ref() {
+        DfStatement::Statement(s) => match s.as_mut() {
             sqlparser::ast::Statement::Query(query) => Some(query),
             _ => None,
         },

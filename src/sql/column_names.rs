@@ -30,6 +30,41 @@ pub fn postgresql_names(query: &Query) -> ColumnNames {
     ColumnNames { items }
 }
 
+/// Gives the second and later of repeated unaliased select-list expressions
+/// (`SELECT count(*), count(*)`, `SELECT a, a`) an alias of their own, `name:2`, …:
+/// PostgreSQL returns such columns side by side, DataFusion refuses a projection with two
+/// columns of one name. Take the names the client sees ([`postgresql_names`]) first.
+pub fn alias_repeated(query: &mut Query) {
+    fn walk(body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                let mut seen: std::collections::HashMap<String, usize> = Default::default();
+                for item in &mut select.projection {
+                    let SelectItem::UnnamedExpr(expr) = item else {
+                        continue;
+                    };
+                    let times = seen.entry(expr.to_string()).or_default();
+                    *times += 1;
+                    if *times > 1 {
+                        let alias = format!("{}:{times}", expression_name(expr));
+                        *item = SelectItem::ExprWithAlias {
+                            expr: expr.clone(),
+                            alias: Ident::with_quote('"', alias),
+                        };
+                    }
+                }
+            }
+            SetExpr::Query(query) => walk(&mut query.body),
+            SetExpr::SetOperation { left, right, .. } => {
+                walk(left);
+                walk(right);
+            }
+            _ => {}
+        }
+    }
+    walk(&mut query.body)
+}
+
 /// The names a client sees of a query's columns, where they differ from DataFusion's.
 #[derive(Debug, Default, Clone)]
 pub struct ColumnNames {
@@ -241,6 +276,38 @@ mod tests {
                 Some("now"),
                 Some("timestamptz"),
                 Some("b"),
+            ])
+        );
+    }
+
+    #[test]
+    fn repeated_expressions_get_aliases_of_their_own() {
+        let mut query = match Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT count(*), count(*), a, a, a + 1 FROM t UNION SELECT 1, 1, 2, 2, 3",
+        )
+        .unwrap()
+        .pop()
+        .unwrap()
+        {
+            sqlparser::ast::Statement::Query(query) => query,
+            _ => panic!("not a query"),
+        };
+        let names = postgresql_names(&query);
+        alias_repeated(&mut query);
+        assert_eq!(
+            query.to_string(),
+            "SELECT count(*), count(*) AS \"count:2\", a, a AS \"a:2\", a + 1 FROM t \
+             UNION SELECT 1, 1 AS \"?column?:2\", 2, 2 AS \"?column?:2\", 3"
+        );
+        assert_eq!(
+            names.renames(5),
+            named(&[
+                Some("count"),
+                Some("count"),
+                Some("a"),
+                Some("a"),
+                Some("?column?")
             ])
         );
     }

@@ -1,7 +1,7 @@
 // Drives Runnel with pgjdbc: prepared statements with parameters, typed results, errors,
 // DatabaseMetaData (what DBeaver, Metabase and other JDBC tools call on connect), and a
 // subscription read through a cursor.
-// Usage: java -cp postgresql.jar:. JdbcSmoke <port>
+// Usage: java -cp postgresql.jar:. JdbcSmoke <port> [url parameters, e.g. prepareThreshold=1]
 import java.sql.*;
 
 public class JdbcSmoke {
@@ -10,7 +10,8 @@ public class JdbcSmoke {
     }
 
     public static void main(String[] args) throws Exception {
-        String url = "jdbc:postgresql://127.0.0.1:" + args[0] + "/runnel";
+        String url = "jdbc:postgresql://127.0.0.1:" + args[0] + "/runnel"
+                + (args.length > 1 ? "?" + args[1] : "");
         try (Connection c = DriverManager.getConnection(url, "runnel", "")) {
             try (Statement s = c.createStatement()) {
                 s.execute("CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, amount DOUBLE PRECISION, ts TIMESTAMP) WITH (partitions = 4)");
@@ -64,6 +65,7 @@ public class JdbcSmoke {
             }
             metadata(c);
             cursors(c);
+            pushWithFetchSize(c, url);
         }
         System.out.println("jdbc ok");
     }
@@ -143,6 +145,39 @@ public class JdbcSmoke {
             }
             c.commit();
         }
+        c.setAutoCommit(true);
+    }
+
+    // A push query read with a fetch size: pgjdbc executes its portal a few rows at a time
+    // (Execute with a row limit) and each fetch returns the rows that are ready.
+    static void pushWithFetchSize(Connection c, String url) throws Exception {
+        c.setAutoCommit(false);
+        Thread writer = new Thread(() -> {
+            try (Connection w = DriverManager.getConnection(url, "runnel", "");
+                 Statement s = w.createStatement()) {
+                for (int i = 0; i < 5; i++) {
+                    Thread.sleep(200);
+                    s.execute("INSERT INTO clicks VALUES (" + (1000 + i) + ", '/push', 1.0, NULL)");
+                }
+            } catch (Exception e) {
+                throw new RuntimeException(e);
+            }
+        });
+        try (Statement s = c.createStatement()) {
+            s.setFetchSize(2);
+            // From the stream's start, so that no row of the writer's can come too early.
+            s.execute("SET auto_offset_reset = 'earliest'");
+            // executeQuery waits for the first rows; the writer's come 200 ms apart.
+            writer.start();
+            try (ResultSet rs = s.executeQuery("SELECT user_id FROM clicks WHERE url = '/push' EMIT CHANGES")) {
+                for (int i = 0; i < 5; i++) {
+                    check(rs.next(), "push row " + i);
+                    check(rs.getLong(1) == 1000 + i, "push row " + rs.getLong(1));
+                }
+            }
+        }
+        writer.join();
+        c.commit();
         c.setAutoCommit(true);
     }
 }

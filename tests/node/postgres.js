@@ -74,6 +74,8 @@ async function main() {
 
   // A push query through pg-cursor: each read(2) returns the rows that are ready.
   await c.query('CREATE STREAM ticks (id BIGINT)');
+  // From the stream's start, so that no row of the writer's can come too early.
+  await c.query("SET auto_offset_reset = 'earliest'");
   const w = await connect();
   const cursor = c.query(new Cursor('SELECT id FROM ticks EMIT CHANGES'));
   const writer = (async () => {
@@ -96,7 +98,9 @@ async function main() {
   const c2 = await connect();
   const stream = c2.query(new QueryStream('SELECT id FROM ticks EMIT CHANGES LIMIT 3', [], { batchSize: 1 }));
   const streamed = [];
+  // This one starts at the end of the stream (the default): the rows come after it started.
   const more = (async () => {
+    await sleep(1000);
     for (let i = 10; i < 13; i++) {
       await sleep(200);
       await w.query(`INSERT INTO ticks VALUES (${i})`);

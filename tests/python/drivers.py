@@ -182,6 +182,8 @@ async def with_asyncpg():
     await conn.execute("CREATE STREAM events (id BIGINT, what TEXT)")
     writer = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
     got = []
+    # From the stream's start, so that no row of the writer's can come too early.
+    await conn.execute("SET auto_offset_reset = 'earliest'")
     async with conn.transaction():
         cursor = conn.cursor("SELECT id, what FROM events EMIT CHANGES", prefetch=2)
         rows = cursor.__aiter__()
