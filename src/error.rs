@@ -283,6 +283,11 @@ fn classify_execution_message(m: String) -> Error {
     if lower.contains("failed to parse") || lower.contains("does not contain correct footer") {
         // A file that is not in the format its table says.
         Error::data("22000", m)
+    } else if lower.contains("scalar subquery returned more than one row") {
+        Error::plan(
+            "21000",
+            "more than one row returned by a subquery used as an expression",
+        )
     } else if lower.contains("types don't match and no valid cast exists") {
         // VALUES an INSERT's columns cannot take (PostgreSQL's "column … is of type … but
         // expression is of type …").

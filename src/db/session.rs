@@ -917,12 +917,24 @@ impl Session {
 /// `DatabaseMetaData` and BI tools send) get PostgreSQL compatibility rewrites.
 fn parse(sql: &str) -> Result<Vec<Statement>> {
     let statements = sql::parse(sql)?;
-    let all_queries = statements.iter().all(|s| {
-        matches!(s, Statement::DataFusion(s)
-            if matches!(s.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), sqlparser::ast::Statement::Query(_))))
-    });
-    if all_queries
-        && crate::tables::pg::reads_system_catalogs(sql)
+    let queries: Vec<&sqlparser::ast::Statement> = statements
+        .iter()
+        .filter_map(|s| match s {
+            Statement::DataFusion(s) => match s.as_ref() {
+                DfStatement::Statement(s)
+                    if matches!(s.as_ref(), sqlparser::ast::Statement::Query(_)) =>
+                {
+                    Some(s.as_ref())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    if queries.len() == statements.len()
+        && queries
+            .iter()
+            .any(|q| crate::tables::pg::reads_system_catalogs(q))
         && let Some(rewritten) = crate::tables::pg::parse_catalog_queries(sql)
         && rewritten.len() == statements.len()
     {
@@ -973,8 +985,12 @@ async fn count(frame: DataFrame) -> Result<u64> {
 
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let types = plan.get_parameter_types().map_err(Error::from_datafusion)?;
+    let casts = cast_parameter_types(plan);
     let mut numbered = vec![];
     for (name, t) in types {
+        // A parameter DataFusion leaves untyped takes the type it is cast to (`$1::int2`),
+        // as PostgreSQL infers it.
+        let t = t.or_else(|| casts.get(&name).cloned());
         let index: usize = name
             .trim_start_matches('$')
             .parse()
@@ -990,6 +1006,29 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         out[index - 1] = t;
     }
     Ok(out)
+}
+
+/// The types parameters are cast to where they appear (`$1::int2`, `CAST($2 AS bytea)`):
+/// the first cast of each.
+fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String, DataType> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Cast, Expr, TryCast};
+    let mut found = std::collections::HashMap::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
+                    && let Expr::Placeholder(p) = expr.as_ref()
+                {
+                    found
+                        .entry(p.id.clone())
+                        .or_insert_with(|| field.data_type().clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// The query a statement runs, if it is one (a plain `SELECT`, `VALUES`, …).

@@ -213,20 +213,74 @@ fn version() -> ScalarUDF {
     )
 }
 
-/// Whether `sql` looks at the system catalogs, so that it is worth parsing with the
-/// PostgreSQL compatibility rewrites.
-pub fn reads_system_catalogs(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    [
-        "pg_",
-        "information_schema",
-        "current_user",
-        "session_user",
-        "regclass",
-        "regtype",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
+/// Whether a query looks at the system catalogs, so that it is worth parsing again with the
+/// PostgreSQL compatibility rewrites: it reads a `pg_catalog` or `information_schema`
+/// relation (or a `pg_…` one), calls a schema-qualified or `pg_…` function or one of those
+/// catalog queries use, or casts to an object-identifier type (`'t'::regclass`). Decided on the parsed query, so
+/// that text (`'/pg_admin'`) or a column named like a catalog does not count.
+pub fn reads_system_catalogs(query: &sqlparser::ast::Statement) -> bool {
+    use sqlparser::ast::{DataType as SqlDataType, Visit, Visitor};
+    struct Catalogs(bool);
+    impl Visitor for Catalogs {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| p.to_string().to_ascii_lowercase())
+                .collect();
+            let catalog = parts.iter().any(|p| {
+                let p = p.trim_matches('"');
+                p == "pg_catalog" || p == "information_schema"
+            }) || parts
+                .last()
+                .is_some_and(|p| p.trim_matches('"').starts_with("pg_"));
+            self.0 |= catalog;
+            if catalog {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
+            let catalog = match expr {
+                SqlExpr::Function(f) => {
+                    let qualified = f.name.to_string().to_ascii_lowercase();
+                    let name = qualified
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string();
+                    qualified.contains('.')
+                        || name.starts_with("pg_")
+                        || name.starts_with("has_")
+                        || name.ends_with("_description")
+                        || matches!(
+                            name.as_str(),
+                            "current_user" | "session_user" | "format_type" | "current_schemas"
+                        )
+                }
+                SqlExpr::Cast {
+                    data_type: SqlDataType::Custom(name, _),
+                    ..
+                } => {
+                    let name = name.to_string().to_ascii_lowercase();
+                    name.starts_with("reg") || name.ends_with("oid")
+                }
+                _ => false,
+            };
+            self.0 |= catalog;
+            if catalog {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    let mut found = Catalogs(false);
+    let _ = query.visit(&mut found);
+    found.0
 }
 
 /// `sql` parsed and rewritten for DataFusion as datafusion-postgres does it, if it is only

@@ -172,6 +172,16 @@ async def with_asyncpg():
         check(False, "a boolean is not a timestamp")
     except asyncpg.PostgresError as e:
         check(e.sqlstate == "42804", f"asyncpg {e.sqlstate} {e}")
+    # Parameter types come from the casts around them, as PostgreSQL infers them.
+    statement = await conn.prepare("SELECT $1::int2, $2::bytea, $3::timestamp, $4::float8")
+    check(
+        [t.name for t in statement.get_parameters()] == ["int2", "bytea", "timestamp", "float8"],
+        f"parameter types {[t.name for t in statement.get_parameters()]}",
+    )
+    check(
+        tuple(await statement.fetchrow(7, b"\x01", ROW[12], 0.5)) == (7, b"\x01", ROW[12], 0.5),
+        "cast parameters",
+    )
     await conn.copy_to_table("pa", source=io.BytesIO(b"5\ta\n6\t\\N\n"), columns=["id", "t"])
     out = io.BytesIO()
     await conn.copy_from_query("SELECT id, t FROM pa WHERE id >= 5 ORDER BY id", output=out)
