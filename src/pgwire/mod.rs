@@ -160,13 +160,13 @@ impl Handler {
         self.pushes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs a push query's portal to be read a few rows at a time; `None` if it turned out
-    /// not to be one (its statement means something else now).
-    async fn start_push<C>(
+    /// Runs a portal's statement with its parameters (an Execute); what it produced and how
+    /// the session writes values. The end of a transaction closes its push queries' portals.
+    async fn execute_portal<C>(
         &self,
         client: &mut C,
-        portal: &Arc<Portal<Prepared>>,
-    ) -> PgWireResult<Option<OpenPush>>
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<(crate::error::Result<Output>, TextOptions)>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -179,7 +179,7 @@ impl Handler {
             .iter()
             .map(|t| t.as_ref())
             .collect();
-        let params = deserialize_parameters(portal.as_ref(), &types)?;
+        let params = deserialize_parameters(portal, &types)?;
         let mut session = self.session.lock().await;
         if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
             session.set_user(user);
@@ -187,6 +187,25 @@ impl Handler {
         let output = session.execute_one(&prepared.sql, params).await;
         let options = text_options(&session);
         send_notices(client, session.take_notices()).await?;
+        if matches!(output, Ok(Output::Commit | Output::Rollback)) {
+            self.pushes().clear();
+        }
+        Ok((output, options))
+    }
+
+    /// Runs a push query's portal to be read a few rows at a time; `None` if it turned out
+    /// not to be one (its statement means something else now).
+    async fn start_push<C>(
+        &self,
+        client: &mut C,
+        portal: &Arc<Portal<Prepared>>,
+    ) -> PgWireResult<Option<OpenPush>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (output, options) = self.execute_portal(client, portal).await?;
         let Output::Push(rows) = output.map_err(pg_error)? else {
             return Ok(None);
         };
@@ -1015,28 +1034,9 @@ impl ExtendedQueryHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let prepared = &portal.statement.statement;
-        let types: Vec<Option<&DataType>> = prepared
-            .described
-            .parameters
-            .iter()
-            .map(|t| t.as_ref())
-            .collect();
-        let params = deserialize_parameters(portal, &types)?;
-        let mut session = self.session.lock().await;
-        if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
-            session.set_user(user);
-        }
-        let output = session.execute_one(&prepared.sql, params).await;
-        let options = text_options(&session);
-        send_notices(client, session.take_notices()).await?;
-        if matches!(output, Ok(Output::Commit | Output::Rollback)) {
-            // The end of a transaction closes its portals.
-            self.pushes().clear();
-        }
+        let (output, options) = self.execute_portal(client, portal).await?;
         match output.map_err(pg_error)? {
             Output::Push(rows) => {
-                drop(session);
                 stream_push(
                     client,
                     rows,
@@ -1051,10 +1051,7 @@ impl ExtendedQueryHandler for Handler {
                 rows,
                 options: copy,
                 binary,
-            } => {
-                drop(session);
-                send_copy_out(client, rows, &copy, binary, &options).await
-            }
+            } => send_copy_out(client, rows, &copy, binary, &options).await,
             output => response(output, &portal.result_column_format, &options),
         }
     }
