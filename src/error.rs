@@ -162,6 +162,13 @@ impl Error {
                 crate::sql::depth::nested_too_deeply()
             }
             DataFusionError::SQL(e, _) => Error::Syntax(e.to_string()),
+            DataFusionError::NotImplemented(m) if m.contains("ScalarSubquery") => {
+                Error::Unsupported(format!(
+                    "this correlated scalar subquery is not supported: Runnel runs one that \
+                     aggregates without GROUP BY over rows its WHERE picks, or one correlated \
+                     by equalities ({m})"
+                ))
+            }
             DataFusionError::NotImplemented(m) => Error::Unsupported(m),
             DataFusionError::SchemaError(e, _) => {
                 let message = e.to_string();

@@ -362,6 +362,7 @@ fn session_state(
         .with_config(session_config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_optimizer_rules(optimizer_rules())
         .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
         .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))
         .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
@@ -387,6 +388,21 @@ fn session_state(
     );
     crate::tables::pg::install(state, tables.clone(), pg_types)
         .expect("pg_catalog installs into a new catalog")
+}
+
+/// DataFusion's logical optimizer rules, with Runnel's decorrelation of the scalar
+/// subqueries DataFusion's own rule leaves.
+fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    let after = rules
+        .iter()
+        .position(|r| r.name() == sql::decorrelate::AFTER)
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(
+        after,
+        Arc::new(sql::decorrelate::DecorrelateScalarAggregates),
+    );
+    rules
 }
 
 /// Columns of `SHOW STREAMS`, `SHOW TOPICS` and `DESCRIBE`; the extended protocol describes

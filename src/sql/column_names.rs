@@ -33,7 +33,8 @@ pub fn postgresql_names(query: &Query) -> ColumnNames {
 /// Gives the second and later of repeated unaliased select-list expressions
 /// (`SELECT count(*), count(*)`, `SELECT a, a`) an alias of their own, `name:2`, …:
 /// PostgreSQL returns such columns side by side, DataFusion refuses a projection with two
-/// columns of one name. Take the names the client sees ([`postgresql_names`]) first.
+/// columns of one name. Subqueries count as one expression, since DataFusion names each
+/// `(<subquery>)`. Take the names the client sees ([`postgresql_names`]) first.
 pub fn alias_repeated(query: &mut Query) {
     fn walk(body: &mut SetExpr) {
         match body {
@@ -43,7 +44,7 @@ pub fn alias_repeated(query: &mut Query) {
                     let SelectItem::UnnamedExpr(expr) = item else {
                         continue;
                     };
-                    let times = seen.entry(expr.to_string()).or_default();
+                    let times = seen.entry(datafusion_name(expr)).or_default();
                     *times += 1;
                     if *times > 1 {
                         let alias = format!("{}:{times}", expression_name(expr));
@@ -63,6 +64,30 @@ pub fn alias_repeated(query: &mut Query) {
         }
     }
     walk(&mut query.body)
+}
+
+/// `expr`'s text with its subqueries' text left out, as DataFusion's name of it leaves it.
+fn datafusion_name(expr: &Expr) -> String {
+    let mut expr = expr.clone();
+    let _ = sqlparser::ast::visit_expressions_mut(&mut expr, |e| {
+        match e {
+            Expr::Subquery(_) => *e = Expr::Identifier(Ident::new("<subquery>")),
+            Expr::Exists { negated, .. } => {
+                *e = Expr::Identifier(Ident::new(if *negated {
+                    "NOT EXISTS <subquery>"
+                } else {
+                    "EXISTS <subquery>"
+                }))
+            }
+            Expr::InSubquery { expr, negated, .. } => {
+                let text = format!("{expr} {}IN <subquery>", if *negated { "NOT " } else { "" });
+                *e = Expr::Identifier(Ident::new(text))
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    expr.to_string()
 }
 
 /// The names a client sees of a query's columns, where they differ from DataFusion's.

@@ -5,6 +5,7 @@
 
 pub mod assignment;
 pub mod column_names;
+pub mod decorrelate;
 pub mod depth;
 pub mod functions;
 pub mod literal_insert;
