@@ -356,5 +356,52 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
     );
     let databases = describe("\\l");
     assert!(row(&databases, &["runnel"]), "\\l:\n{databases}");
+
+    // The `+` forms and the other listings psql users reach for.
+    let verbose = describe("\\d+");
+    assert!(
+        verbose.contains("Size") && verbose.contains("Description"),
+        "\\d+:\n{verbose}"
+    );
+    assert!(
+        row(&verbose, &["public", "clicks", "table"]),
+        "\\d+:\n{verbose}"
+    );
+    let tables = describe("\\dt+");
+    assert!(
+        row(&tables, &["public", "clicks", "table"]),
+        "\\dt+:\n{tables}"
+    );
+    let databases = describe("\\l+");
+    assert!(row(&databases, &["runnel"]), "\\l+:\n{databases}");
+    let schemas = describe("\\dn+");
+    assert!(row(&schemas, &["public"]), "\\dn+:\n{schemas}");
+    let (ok, out, err) = psql(
+        &server,
+        &["-v", "ON_ERROR_STOP=1"],
+        "CREATE USER ann WITH PASSWORD 'secret';",
+    );
+    assert!(ok, "CREATE USER: {err}\n{out}");
+    for command in ["\\du", "\\dg"] {
+        let roles = describe(command);
+        assert!(
+            row(&roles, &["runnel", "Superuser, Create role, Create DB"]),
+            "{command}:\n{roles}"
+        );
+        assert!(row(&roles, &["ann", ""]), "{command}:\n{roles}");
+    }
+    // As in PostgreSQL without patterns: functions and types of users' own, none here.
+    let functions = describe("\\df");
+    assert!(
+        functions.contains("List of functions") && functions.contains("(0 rows)"),
+        "\\df:\n{functions}"
+    );
+    let types = describe("\\dT");
+    assert!(
+        types.contains("List of data types") && types.contains("(0 rows)"),
+        "\\dT:\n{types}"
+    );
+    let tablespaces = describe("\\db");
+    assert!(row(&tablespaces, &["pg_default"]), "\\db:\n{tablespaces}");
     server.stop();
 }

@@ -268,7 +268,7 @@ impl Database {
     }
 
     pub fn session(self: &Arc<Self>) -> Session {
-        Session {
+        let mut session = Session {
             db: self.clone(),
             state: self.state.clone(),
             vars: BTreeMap::new(),
@@ -278,7 +278,9 @@ impl Database {
             transaction: Transaction::Idle,
             user: None,
             deallocated: vec![],
-        }
+        };
+        session.publish_settings();
+        session
     }
 
     /// Stops the continuous queries (each after its current epoch), finishes every write

@@ -137,6 +137,19 @@ const ACCEPTED_SETTINGS: [&str; 36] = [
 ];
 
 impl Session {
+    /// Gives `current_setting()` the session's settings as they are now.
+    pub(super) fn publish_settings(&mut self) {
+        let mut settings: BTreeMap<String, String> = DEFAULT_VARS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        settings.extend(self.vars.clone());
+        let _ = datafusion::execution::FunctionRegistry::register_udf(
+            &mut self.state,
+            Arc::new(crate::tables::pg::current_setting(settings)),
+        );
+    }
+
     /// Records who the client logged in as (the front end knows after start-up).
     pub fn set_user(&mut self, user: &str) {
         if self.user.as_deref() != Some(user) {
@@ -826,6 +839,7 @@ impl Session {
         }
         if name == "all" && value.is_none() {
             self.vars.clear();
+            self.publish_settings();
             return Ok(command("RESET"));
         }
         // As in PostgreSQL: a setting must exist, unless it is a custom one (`app.name`).
@@ -848,16 +862,18 @@ impl Session {
                 format!("invalid value for {AUTO_OFFSET_RESET}: \"{v}\" (earliest or latest)"),
             ));
         }
-        match value {
+        let tag = match value {
             Some(v) => {
                 self.vars.insert(name, v);
-                Ok(command("SET"))
+                "SET"
             }
             None => {
                 self.vars.remove(&name);
-                Ok(command("RESET"))
+                "RESET"
             }
-        }
+        };
+        self.publish_settings();
+        Ok(command(tag))
     }
 
     /// Whether push queries start at the beginning of their input (`SET auto_offset_reset =

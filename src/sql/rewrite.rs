@@ -17,9 +17,10 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{DataType, Expr, Value, visit_expressions_mut};
 use sqlparser::ast::{
-    ExcludeSelectItem, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
-    VisitMut, VisitorMut, WildcardAdditionalOptions,
+    ExcludeSelectItem, FunctionArguments, GroupByExpr, Ident, JoinConstraint, JoinOperator,
+    ObjectName, ObjectNamePart, OrderByKind, Query, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, Statement, TableAliasColumnDef, TableFactor, TableObject, VisitMut, VisitorMut,
+    WildcardAdditionalOptions,
 };
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -47,6 +48,7 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
         ]);
     }
     let _ = statement.visit(&mut Wildcards { catalog });
+    let _ = statement.visit(&mut UnnestColumns);
     let literals = visit_expressions_mut(statement, |expr| {
         if let Expr::Cast {
             expr: inner,
@@ -63,6 +65,22 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
                     return ControlFlow::Break(Error::data(
                         "22P02",
                         format!("invalid input syntax for type bytea: \"{text}\""),
+                    ));
+                }
+            }
+            return ControlFlow::Continue(());
+        }
+        if let Expr::Function(function) = expr
+            && let FunctionArguments::Subquery(query) = &function.args
+            && function.name.to_string().eq_ignore_ascii_case("array")
+        {
+            match array_of_subquery(query) {
+                Some(aggregated) => *expr = aggregated,
+                None => {
+                    return ControlFlow::Break(Error::Unsupported(
+                        "ARRAY(subquery) is supported for a subquery of one column without \
+                         DISTINCT, GROUP BY, HAVING, LIMIT or OFFSET; write array_agg"
+                            .into(),
                     ));
                 }
             }
@@ -93,6 +111,56 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// `ARRAY(SELECT e FROM … [ORDER BY o])` as `coalesce((SELECT array_agg(e ORDER BY o) FROM
+/// …), make_array())`: the same array, empty where the subquery has no rows, and a scalar
+/// subquery that DataFusion decorrelates (psql's `\du` lists roles' memberships so).
+/// `None` for a subquery that is not one plain column over its rows.
+fn array_of_subquery(query: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let plain = query.with.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && select.distinct.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    let ([SelectItem::UnnamedExpr(element)] | [SelectItem::ExprWithAlias { expr: element, .. }]) =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    if !plain {
+        return None;
+    }
+    let order = match query.order_by.as_ref().map(|o| &o.kind) {
+        None => String::new(),
+        Some(OrderByKind::Expressions(exprs)) => format!(
+            " ORDER BY {}",
+            exprs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(_) => return None,
+    };
+    let parse = |text: &str| {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(text)
+            .and_then(|mut p| p.parse_expr())
+            .ok()
+    };
+    let mut select = select.clone();
+    select.projection = vec![SelectItem::UnnamedExpr(parse(&format!(
+        "array_agg({element}{order})"
+    ))?)];
+    let mut query = query.clone();
+    *query.body = SetExpr::Select(select);
+    query.order_by = None;
+    parse(&format!("coalesce(({query}), make_array())"))
 }
 
 /// The bytes a `bytea` literal stands for, read as PostgreSQL reads `bytea` input: `\x`
@@ -147,6 +215,30 @@ impl VisitorMut for Wildcards<'_> {
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
         self.set_expr(&mut query.body);
+        ControlFlow::Continue(())
+    }
+}
+
+/// `FROM unnest(array) AS x`: PostgreSQL names the one column `x`, as it does for any
+/// function of one column in `FROM`; DataFusion named it `UNNEST(…)`.
+struct UnnestColumns;
+
+impl VisitorMut for UnnestColumns {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } = factor
+            && array_exprs.len() == 1
+            && alias.columns.is_empty()
+        {
+            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
         ControlFlow::Continue(())
     }
 }

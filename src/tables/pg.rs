@@ -23,11 +23,11 @@ use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::context::{SessionContext, SessionState};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-    create_udf,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, create_udf,
 };
 use datafusion::physical_plan::{ExecutionPlan, collect};
-use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sqlparser::ast::{
     Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem,
@@ -35,6 +35,7 @@ use sqlparser::ast::{
 };
 
 use super::Tables;
+use crate::catalog::access::SUPERUSER;
 use crate::catalog::{CATALOG_NAME, CatalogData, ObjectClass, PUBLIC_SCHEMA, Relation};
 use crate::error::{Error, Result};
 
@@ -52,8 +53,12 @@ impl PgTypes {
             .catalog
             .default_catalog
             .clone();
-        datafusion_pg_catalog::setup_pg_catalog(&ctx, &catalog, EmptyContextProvider)
-            .map_err(|e| Error::Internal(format!("setting up pg_catalog: {e}")))?;
+        datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            &catalog,
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| Error::Internal(format!("setting up pg_catalog: {e}")))?;
         let batches = ctx
             .sql("SELECT typname, CAST(oid AS BIGINT) FROM pg_catalog.pg_type")
             .await?
@@ -81,7 +86,10 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
     let ctx = SessionContext::new_with_state(state);
     let internal =
         |e: Box<dyn std::fmt::Display>| Error::Internal(format!("setting up pg_catalog: {e}"));
-    datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+    let roles = Roles {
+        tables: tables.clone(),
+    };
+    datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, roles)
         .map_err(|e| internal(Box::new(e)))?;
     let catalog = ctx
         .catalog(CATALOG_NAME)
@@ -98,17 +106,85 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
     // collations are pg_catalog's.
     ctx.register_udf(Constant::udf(
         "pg_get_serial_sequence",
-        2,
+        &[2],
         ScalarValue::Utf8(None),
     ));
-    ctx.register_udf(Constant::udf(
+    // Everything Runnel has is on the search path.
+    for name in [
         "pg_collation_is_visible",
-        1,
-        ScalarValue::Boolean(Some(true)),
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+    ] {
+        ctx.register_udf(Constant::udf(name, &[1], ScalarValue::Boolean(Some(true))));
+    }
+    // Nothing has a comment (there is no COMMENT ON); functions are only the built-in ones,
+    // whose definitions are not SQL; the tablespaces are the built-in two, which have no
+    // location. Sizes Runnel does not report per relation or database are NULL, not 0.
+    for (name, arities) in [
+        ("obj_description", &[1, 2][..]),
+        ("col_description", &[2]),
+        ("shobj_description", &[2]),
+        ("pg_get_function_arguments", &[1]),
+        ("pg_get_function_result", &[1]),
+        ("pg_get_function_identity_arguments", &[1]),
+    ] {
+        ctx.register_udf(Constant::udf(name, arities, ScalarValue::Utf8(None)));
+    }
+    ctx.register_udf(Constant::udf(
+        "pg_tablespace_location",
+        &[1],
+        ScalarValue::Utf8(Some(String::new())),
     ));
+    for name in ["pg_table_size", "pg_database_size", "pg_indexes_size"] {
+        ctx.register_udf(Constant::udf(name, &[1], ScalarValue::Int64(None)));
+    }
+    ctx.register_udf(pg_size_pretty());
     ctx.register_udf(ScalarUDF::from(JsonBuildObject::default()));
     ctx.register_udf(to_regtype(types));
     Ok(ctx.state())
+}
+
+/// `pg_roles` (psql's `\du`): the bootstrap superuser and the users of `CREATE USER`, as
+/// the catalog has them when a query reads it.
+#[derive(Clone)]
+struct Roles {
+    tables: Arc<Tables>,
+}
+
+impl std::fmt::Debug for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Roles")
+    }
+}
+
+#[async_trait]
+impl PgCatalogContextProvider for Roles {
+    async fn roles(&self) -> Vec<String> {
+        let catalog = self.tables.catalog.snapshot();
+        let mut names: BTreeSet<String> = catalog.users.keys().cloned().collect();
+        names.insert(SUPERUSER.to_string());
+        names.into_iter().collect()
+    }
+
+    async fn role(&self, name: &str) -> Option<Role> {
+        let catalog = self.tables.catalog.snapshot();
+        let superuser = match catalog.users.get(name) {
+            Some(user) => user.superuser,
+            None if name == SUPERUSER => true,
+            None => return None,
+        };
+        Some(Role {
+            name: name.to_string(),
+            is_superuser: superuser,
+            can_login: true,
+            can_create_db: superuser,
+            can_create_role: superuser,
+            can_create_user: superuser,
+            can_replication: false,
+            grants: vec![],
+            inherited_roles: vec![],
+        })
+    }
 }
 
 /// `like_escape(pattern, escape)`: `pattern`, whose escape character is `escape`, as a
@@ -537,11 +613,9 @@ impl SchemaProvider for PgCatalogSchema {
         match table {
             Some(inner) if name.eq_ignore_ascii_case("pg_class") => {
                 let mut fields = inner.schema().fields().to_vec();
-                fields.push(Arc::new(Field::new(
-                    "relacl",
-                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-                    true,
-                )));
+                fields.push(Arc::new(Field::new("relacl", text_array(), true)));
+                // Storage parameters, which psql's `\d+` shows: none.
+                fields.push(Arc::new(Field::new("reloptions", text_array(), true)));
                 let namespaces = self.inner.table("pg_namespace").await?.ok_or_else(|| {
                     DataFusionError::Internal("pg_catalog has no pg_namespace".into())
                 })?;
@@ -552,6 +626,11 @@ impl SchemaProvider for PgCatalogSchema {
                     catalog: self.tables.catalog.snapshot(),
                 })))
             }
+            // Schemas' privileges as `aclitem[]` (psql's `\dn+` joins them into text): the
+            // defaults, NULL.
+            Some(inner) if name.eq_ignore_ascii_case("pg_namespace") => {
+                Ok(Some(Arc::new(NullArrays::new(inner, &["nspacl"]))))
+            }
             other => Ok(other),
         }
     }
@@ -559,6 +638,80 @@ impl SchemaProvider for PgCatalogSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.inner.table_exist(name)
     }
+}
+
+/// A catalog table whose `columns` are NULL `text[]`, whatever type the inner table gives
+/// them.
+#[derive(Debug)]
+struct NullArrays {
+    inner: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+    columns: Vec<usize>,
+}
+
+impl NullArrays {
+    fn new(inner: Arc<dyn TableProvider>, names: &[&str]) -> NullArrays {
+        let mut columns = vec![];
+        let fields: Vec<Field> = inner
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                if names.contains(&field.name().as_str()) {
+                    columns.push(i);
+                    Field::new(field.name(), text_array(), true)
+                } else {
+                    field.as_ref().clone()
+                }
+            })
+            .collect();
+        NullArrays {
+            inner,
+            schema: Arc::new(Schema::new(fields)),
+            columns,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for NullArrays {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let all = self.inner.scan(state, None, &[], None).await?;
+        let batches = collect(all, state.task_ctx())
+            .await?
+            .into_iter()
+            .map(|batch| {
+                let mut columns = batch.columns().to_vec();
+                for &i in &self.columns {
+                    columns[i] = arrow::array::new_null_array(&text_array(), batch.num_rows());
+                }
+                RecordBatch::try_new(self.schema.clone(), columns)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        MemTable::try_new(self.schema.clone(), vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// `text[]`, as arrow has it.
+fn text_array() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
 }
 
 #[derive(Debug)]
@@ -632,6 +785,10 @@ impl TableProvider for PgClass {
                 let mut columns = batch.columns().to_vec();
                 columns[kind] = Arc::new(relkind);
                 columns.push(Arc::new(relacl.finish()));
+                columns.push(arrow::array::new_null_array(
+                    &text_array(),
+                    batch.num_rows(),
+                ));
                 RecordBatch::try_new(self.schema.clone(), columns)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -733,9 +890,77 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
+/// `current_setting(name [, missing_ok])` over a session's settings as they are now (the
+/// session registers it again whenever one changes): the value of `name` (case-insensitive),
+/// or NULL if there is no such setting and `missing_ok`, else 42704 as in PostgreSQL.
+pub fn current_setting(settings: std::collections::BTreeMap<String, String>) -> ScalarUDF {
+    ScalarUDF::from(CurrentSetting {
+        settings,
+        signature: Signature::one_of(
+            vec![TypeSignature::String(1), TypeSignature::Any(2)],
+            Volatility::Stable,
+        ),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    settings: std::collections::BTreeMap<String, String>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let args = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = cast(&args[0], &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let missing_ok = match args.get(1) {
+            Some(flag) => Some(cast(flag, &DataType::Boolean)?),
+            None => None,
+        };
+        let mut out = StringBuilder::new();
+        for row in 0..names.len() {
+            if names.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let name = names.value(row).to_ascii_lowercase();
+            match self.settings.get(&name) {
+                Some(value) => out.append_value(value),
+                None if missing_ok
+                    .as_ref()
+                    .is_some_and(|m| m.as_boolean().value(row)) =>
+                {
+                    out.append_null()
+                }
+                None => {
+                    return Err(Error::plan(
+                        "42704",
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 /// A function of no arguments that returns `value` (a session's `session_user()`).
 pub fn constant_text(name: &'static str, value: &str) -> ScalarUDF {
-    Constant::udf(name, 0, ScalarValue::Utf8(Some(value.to_string())))
+    Constant::udf(name, &[0], ScalarValue::Utf8(Some(value.to_string())))
 }
 
 /// A catalog function whose answer is the same for every argument in Runnel.
@@ -747,17 +972,56 @@ struct Constant {
 }
 
 impl Constant {
-    fn udf(name: &'static str, arity: usize, value: ScalarValue) -> ScalarUDF {
+    /// The function `name` of any arguments, as many as one of `arities`.
+    fn udf(name: &'static str, arities: &[usize], value: ScalarValue) -> ScalarUDF {
+        let signature = match arities {
+            [0] => Signature::nullary(Volatility::Stable),
+            [n] => Signature::any(*n, Volatility::Stable),
+            several => Signature::one_of(
+                several.iter().map(|n| TypeSignature::Any(*n)).collect(),
+                Volatility::Stable,
+            ),
+        };
         ScalarUDF::from(Constant {
             name,
             value,
-            signature: if arity == 0 {
-                Signature::nullary(Volatility::Stable)
-            } else {
-                Signature::any(arity, Volatility::Stable)
-            },
+            signature,
         })
     }
+}
+
+/// `pg_size_pretty(bytes)`: a size as PostgreSQL writes it — bytes below 10 kB, then kB,
+/// MB, GB, TB, PB, each rounded half up, moving to the next unit at 20 times 1024 / 2.
+fn pg_size_pretty() -> ScalarUDF {
+    create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let sizes = ColumnarValue::values_to_arrays(args)?;
+            let sizes = sizes[0].as_primitive::<Int64Type>();
+            let out: StringArray = sizes.iter().map(|s| s.map(size_pretty)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
+}
+
+fn size_pretty(bytes: i64) -> String {
+    const LIMIT: i64 = 10 * 1024;
+    if bytes.abs() < LIMIT {
+        return format!("{bytes} bytes");
+    }
+    // One bit more than the unit keeps, for rounding half away from zero.
+    let half_rounded = |x: i64| (x + x.signum()) / 2;
+    let mut size = bytes / 512;
+    for unit in ["kB", "MB", "GB", "TB"] {
+        if size.abs() < LIMIT * 2 - 1 {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size /= 1024;
+    }
+    format!("{} PB", half_rounded(size))
 }
 
 impl ScalarUDFImpl for Constant {
@@ -775,5 +1039,28 @@ impl ScalarUDFImpl for Constant {
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_pretty;
+
+    #[test]
+    fn sizes_read_as_postgresql_writes_them() {
+        // What PostgreSQL 15's pg_size_pretty answers for each.
+        for (bytes, pretty) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (-10240, "-10 kB"),
+            (10485248, "10 MB"),
+            (10485759, "10 MB"),
+            (11534336, "11 MB"),
+            (i64::MAX, "8192 PB"),
+            (-123456789, "-118 MB"),
+        ] {
+            assert_eq!(size_pretty(bytes), pretty, "{bytes}");
+        }
     }
 }
