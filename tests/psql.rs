@@ -401,6 +401,22 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
         types.contains("List of data types") && types.contains("(0 rows)"),
         "\\dT:\n{types}"
     );
+    // \dconfig lists what the session changed, through pg_settings and current_setting().
+    let (ok, out, err) = psql(
+        &server,
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SET extra_float_digits = 3",
+            "-c",
+            "\\dconfig",
+        ],
+        "",
+    );
+    assert!(ok && !err.contains("ERROR"), "\\dconfig: {err}\n{out}");
+    assert!(row(&out, &["extra_float_digits", "3"]), "\\dconfig:\n{out}");
+    assert!(!row(&out, &["search_path", "public"]), "\\dconfig:\n{out}");
     let tablespaces = describe("\\db");
     assert!(row(&tablespaces, &["pg_default"]), "\\db:\n{tablespaces}");
     server.stop();

@@ -95,6 +95,14 @@ const DEFAULT_VARS: [(&str, &str); 16] = [
     ("transaction_isolation", "read committed"),
 ];
 
+/// Settings that describe the server, which PostgreSQL does not let a session change.
+const FIXED_SETTINGS: [&str; 4] = [
+    "integer_datetimes",
+    "server_encoding",
+    "server_version",
+    "server_version_num",
+];
+
 /// PostgreSQL settings that clients and tools set (pg_dump's output, drivers, ORMs) and
 /// that Runnel accepts and shows back without acting on them.
 const ACCEPTED_SETTINGS: [&str; 36] = [
@@ -137,13 +145,37 @@ const ACCEPTED_SETTINGS: [&str; 36] = [
 ];
 
 impl Session {
-    /// Gives `current_setting()` the session's settings as they are now.
+    /// Gives `current_setting()` and `pg_settings` the session's settings as they are now.
     pub(super) fn publish_settings(&mut self) {
         let mut settings: BTreeMap<String, String> = DEFAULT_VARS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         settings.extend(self.vars.clone());
+        let rows = settings
+            .iter()
+            .map(|(name, setting)| {
+                let boot = DEFAULT_VARS.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                crate::tables::pg::SettingRow {
+                    name: name.clone(),
+                    setting: setting.clone(),
+                    boot_val: boot.map(|v| v.to_string()),
+                    source: if self.vars.contains_key(name) {
+                        "session"
+                    } else {
+                        "default"
+                    },
+                    context: if FIXED_SETTINGS.contains(&name.as_str()) {
+                        "internal"
+                    } else {
+                        "user"
+                    },
+                }
+            })
+            .collect();
+        self.state
+            .config_mut()
+            .set_extension(Arc::new(crate::tables::pg::SessionSettings { rows }));
         let _ = datafusion::execution::FunctionRegistry::register_udf(
             &mut self.state,
             Arc::new(crate::tables::pg::current_setting(settings)),

@@ -206,7 +206,10 @@ fn join_values(
     let mut node = subquery.subquery.as_ref();
     while let LogicalPlan::Projection(_) | LogicalPlan::Filter(_) = node {
         above.push(node);
-        node = node.inputs()[0];
+        let Some(input) = node.inputs().first().copied() else {
+            return Ok(None);
+        };
+        node = input;
     }
     let LogicalPlan::Aggregate(aggregate) = node else {
         return Ok(None);

@@ -626,6 +626,7 @@ impl SchemaProvider for PgCatalogSchema {
                     catalog: self.tables.catalog.snapshot(),
                 })))
             }
+            Some(_) if name.eq_ignore_ascii_case("pg_settings") => Ok(Some(Arc::new(PgSettings))),
             // Schemas' privileges as `aclitem[]` (psql's `\dn+` joins them into text): the
             // defaults, NULL.
             Some(inner) if name.eq_ignore_ascii_case("pg_namespace") => {
@@ -691,22 +692,146 @@ impl TableProvider for NullArrays {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let all = self.inner.scan(state, None, &[], None).await?;
-        let batches = collect(all, state.task_ctx())
-            .await?
-            .into_iter()
-            .map(|batch| {
+        scan_fixed(
+            self.inner.as_ref(),
+            &self.schema,
+            state,
+            projection,
+            filters,
+            limit,
+            |batch| {
                 let mut columns = batch.columns().to_vec();
                 for &i in &self.columns {
                     columns[i] = arrow::array::new_null_array(&text_array(), batch.num_rows());
                 }
-                RecordBatch::try_new(self.schema.clone(), columns)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        MemTable::try_new(self.schema.clone(), vec![batches])?
+                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+            },
+        )
+        .await
+    }
+}
+
+/// A session's settings as `pg_settings` shows them; the session keeps them in its
+/// configuration's extensions, up to date after each `SET`.
+#[derive(Debug, Default)]
+pub struct SessionSettings {
+    pub rows: Vec<SettingRow>,
+}
+
+#[derive(Debug)]
+pub struct SettingRow {
+    pub name: String,
+    pub setting: String,
+    /// The value at start, if Runnel has one of its own.
+    pub boot_val: Option<String>,
+    /// `default`, or `session` once `SET`.
+    pub source: &'static str,
+    /// `internal` for what cannot be set, else `user`.
+    pub context: &'static str,
+}
+
+/// `pg_settings`, PostgreSQL's columns over the settings of the session that reads it.
+#[derive(Debug)]
+struct PgSettings;
+
+impl PgSettings {
+    const TEXT_COLUMNS: [&str; 8] = [
+        "name",
+        "setting",
+        "unit",
+        "category",
+        "short_desc",
+        "extra_desc",
+        "context",
+        "vartype",
+    ];
+}
+
+#[async_trait]
+impl TableProvider for PgSettings {
+    fn schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = Self::TEXT_COLUMNS
+            .iter()
+            .map(|name| Field::new(*name, DataType::Utf8, true))
+            .collect();
+        for name in ["source", "min_val", "max_val"] {
+            fields.push(Field::new(name, DataType::Utf8, true));
+        }
+        fields.push(Field::new("enumvals", text_array(), true));
+        for name in ["boot_val", "reset_val", "sourcefile"] {
+            fields.push(Field::new(name, DataType::Utf8, true));
+        }
+        fields.push(Field::new("sourceline", DataType::Int32, true));
+        fields.push(Field::new("pending_restart", DataType::Boolean, true));
+        Arc::new(Schema::new(fields))
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let settings = state
+            .config()
+            .get_extension::<SessionSettings>()
+            .unwrap_or_default();
+        let rows = &settings.rows;
+        let text = |f: &dyn Fn(&SettingRow) -> Option<&str>| -> arrow::array::ArrayRef {
+            Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+        let schema = self.schema();
+        let columns = vec![
+            text(&|r| Some(r.name.as_str())),
+            text(&|r| Some(r.setting.as_str())),
+            text(&|_| None),
+            text(&|_| None),
+            text(&|_| None),
+            text(&|_| None),
+            text(&|r| Some(r.context)),
+            text(&|_| Some("string")),
+            text(&|r| Some(r.source)),
+            text(&|_| None),
+            text(&|_| None),
+            arrow::array::new_null_array(&text_array(), rows.len()),
+            text(&|r| r.boot_val.as_deref()),
+            text(&|r| r.boot_val.as_deref()),
+            text(&|_| None),
+            Arc::new(Int32Array::new_null(rows.len())),
+            Arc::new(arrow::array::BooleanArray::from(vec![false; rows.len()])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        MemTable::try_new(schema, vec![vec![batch]])?
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// The rows of catalog table `inner`, each batch made one of `schema` by `fix`, scanned as
+/// a table in memory.
+async fn scan_fixed(
+    inner: &dyn TableProvider,
+    schema: &SchemaRef,
+    state: &dyn Session,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+    fix: impl Fn(RecordBatch) -> DfResult<RecordBatch>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let all = inner.scan(state, None, &[], None).await?;
+    let batches = collect(all, state.task_ctx())
+        .await?
+        .into_iter()
+        .map(fix)
+        .collect::<DfResult<Vec<_>>>()?;
+    MemTable::try_new(schema.clone(), vec![batches])?
+        .scan(state, projection, filters, limit)
+        .await
 }
 
 /// `text[]`, as arrow has it.
@@ -741,16 +866,19 @@ impl TableProvider for PgClass {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let all = self.inner.scan(state, None, &[], None).await?;
-        let batches = collect(all, state.task_ctx()).await?;
         let inner = self.inner.schema();
         let name = inner.index_of("relname")?;
         let kind = inner.index_of("relkind")?;
         let namespace = inner.index_of("relnamespace")?;
         let public = public_namespace_oids(self.namespaces.as_ref(), state).await?;
-        let fixed = batches
-            .into_iter()
-            .map(|batch| {
+        scan_fixed(
+            self.inner.as_ref(),
+            &self.schema,
+            state,
+            projection,
+            filters,
+            limit,
+            |batch| {
                 let names = batch.column(name).as_string::<i32>();
                 let kinds = batch.column(kind).as_string::<i32>();
                 let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
@@ -789,12 +917,10 @@ impl TableProvider for PgClass {
                     &text_array(),
                     batch.num_rows(),
                 ));
-                RecordBatch::try_new(self.schema.clone(), columns)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        MemTable::try_new(self.schema.clone(), vec![fixed])?
-            .scan(state, projection, filters, limit)
-            .await
+                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+            },
+        )
+        .await
     }
 }
 
