@@ -18,7 +18,8 @@
 //!     │               trait
 //!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
 //!     │               but the few scalar functions put in place of DataFusion's
-//!     │               (functions); planner: a filter's calls shared with projections
+//!     │               (functions); planner: a filter's calls shared with projections;
+//!     │               decorrelate: an optimizer rule for correlated scalar aggregates
 //!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
 //!     │               value formats (JSON, CSV, raw) at the edges; tables' primary keys
 //!     │               checked under their write locks
