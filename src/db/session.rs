@@ -145,13 +145,19 @@ const ACCEPTED_SETTINGS: [&str; 36] = [
 ];
 
 impl Session {
-    /// Gives `current_setting()` and `pg_settings` the session's settings as they are now.
-    pub(super) fn publish_settings(&mut self) {
+    /// Every setting's value in this session: Runnel's defaults and what it `SET`.
+    fn settings(&self) -> BTreeMap<String, String> {
         let mut settings: BTreeMap<String, String> = DEFAULT_VARS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         settings.extend(self.vars.clone());
+        settings
+    }
+
+    /// Gives `current_setting()` and `pg_settings` the session's settings as they are now.
+    pub(super) fn publish_settings(&mut self) {
+        let settings = self.settings();
         let rows = settings
             .iter()
             .map(|(name, setting)| {
@@ -940,12 +946,8 @@ impl Session {
 
     fn show(&self, name: &str) -> Result<Output> {
         if name == "all" {
-            let mut all: BTreeMap<String, String> = DEFAULT_VARS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            all.extend(self.vars.clone());
-            let rows = all
+            let rows = self
+                .settings()
                 .into_iter()
                 .map(|(k, v)| vec![Some(k), Some(v)])
                 .collect();
