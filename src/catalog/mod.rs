@@ -188,7 +188,7 @@ impl StreamDef {
     pub fn value_fields(&self) -> Fields {
         self.columns
             .iter()
-            .map(|c| Field::new(&c.name, c.sql_type.arrow(), c.nullable))
+            .map(|c| c.sql_type.field(&c.name, c.nullable))
             .collect()
     }
 

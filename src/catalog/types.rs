@@ -5,11 +5,12 @@
 
 use std::fmt;
 
-use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{DataType as Ast, ExactNumberInfo, TimezoneInfo};
 
 use crate::error::{Error, Result};
+use crate::sql::text_type::TextType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
@@ -29,6 +30,8 @@ pub enum SqlType {
     TimestampTz,
     Interval,
     Json,
+    Jsonb,
+    Uuid,
 }
 
 /// `numeric` without a declared precision: the widest Arrow decimal with a useful scale.
@@ -78,7 +81,9 @@ impl SqlType {
                 SqlType::TimestampTz
             }
             Ast::Interval { .. } => SqlType::Interval,
-            Ast::JSON | Ast::JSONB => SqlType::Json,
+            Ast::JSON => SqlType::Json,
+            Ast::JSONB => SqlType::Jsonb,
+            Ast::Uuid => SqlType::Uuid,
             Ast::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
                 "timestamptz" => SqlType::TimestampTz,
                 "int2" => SqlType::SmallInt,
@@ -113,13 +118,43 @@ impl SqlType {
             SqlType::Real => DataType::Float32,
             SqlType::Double => DataType::Float64,
             SqlType::Numeric { precision, scale } => DataType::Decimal128(precision, scale),
-            SqlType::Text | SqlType::Json => DataType::Utf8,
+            SqlType::Text | SqlType::Json | SqlType::Jsonb | SqlType::Uuid => DataType::Utf8,
             SqlType::Bytea => DataType::Binary,
             SqlType::Date => DataType::Date32,
             SqlType::Time => DataType::Time64(TimeUnit::Microsecond),
             SqlType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
             SqlType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             SqlType::Interval => DataType::Interval(IntervalUnit::MonthDayNano),
+        }
+    }
+
+    /// A column of this type named `name`, as the log stores it: `json`, `jsonb` and `uuid`
+    /// are text marked with their type.
+    pub fn field(self, name: &str, nullable: bool) -> Field {
+        let field = Field::new(name, self.arrow(), nullable);
+        match self.text_type() {
+            Some(t) => field.with_metadata(t.metadata()),
+            None => field,
+        }
+    }
+
+    pub fn text_type(self) -> Option<TextType> {
+        match self {
+            SqlType::Json => Some(TextType::Json),
+            SqlType::Jsonb => Some(TextType::Jsonb),
+            SqlType::Uuid => Some(TextType::Uuid),
+            _ => None,
+        }
+    }
+
+    /// The column type that holds the values of `field`: [`SqlType::from_arrow`] of its
+    /// type, or the text type it is marked with.
+    pub fn from_field(field: &Field) -> Option<SqlType> {
+        match TextType::of(field) {
+            Some(TextType::Json) => Some(SqlType::Json),
+            Some(TextType::Jsonb) => Some(SqlType::Jsonb),
+            Some(TextType::Uuid) => Some(SqlType::Uuid),
+            None => SqlType::from_arrow(field.data_type()),
         }
     }
 
@@ -206,6 +241,8 @@ impl fmt::Display for SqlType {
             SqlType::Numeric { precision, scale } => write!(f, "numeric({precision},{scale})"),
             SqlType::Text => write!(f, "text"),
             SqlType::Json => write!(f, "json"),
+            SqlType::Jsonb => write!(f, "jsonb"),
+            SqlType::Uuid => write!(f, "uuid"),
             SqlType::Bytea => write!(f, "bytea"),
             SqlType::Date => write!(f, "date"),
             SqlType::Time => write!(f, "time"),

@@ -709,7 +709,7 @@ fn stream_columns(plan: &QueryPlan) -> Result<Vec<ColumnDef>> {
                 format!("column \"{name}\" appears twice in the query; give one an alias"),
             ));
         }
-        let sql_type = SqlType::from_arrow(field.data_type()).ok_or_else(|| {
+        let sql_type = SqlType::from_field(field).ok_or_else(|| {
             Error::Unsupported(format!(
                 "column \"{name}\" is of type {}, which a stream cannot store; cast it, or use a materialized view",
                 field.data_type()

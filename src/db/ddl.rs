@@ -731,7 +731,7 @@ impl Database {
             }
             Relation::View(view) => {
                 for f in view.columns.iter() {
-                    let t = SqlType::from_arrow(f.data_type())
+                    let t = SqlType::from_field(f)
                         .map_or_else(|| f.data_type().to_string(), |t| t.to_string());
                     lines.push((f.name().clone(), t, String::new()));
                 }

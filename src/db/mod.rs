@@ -366,7 +366,7 @@ fn session_state(
         .with_default_features()
         .with_optimizer_rules(optimizer_rules())
         .with_table_factory("TEXT".into(), Arc::new(TextTableFactory))
-        .with_analyzer_rule(Arc::new(sql::overflow::CheckedConstants))
+        .with_analyzer_rules(analyzer_rules())
         .with_physical_optimizer_rule(Arc::new(sql::overflow::CheckedArithmetic))
         .with_query_planner(Arc::new(sql::planner::RunnelPlanner))
         .build();
@@ -383,13 +383,53 @@ fn session_state(
         datafusion::execution::FunctionRegistry::register_function_rewrite(&mut state, rewrite)
             .expect("registering a rewrite cannot fail");
     }
+    datafusion::execution::FunctionRegistry::register_expr_planner(
+        &mut state,
+        Arc::new(sql::functions::json::JsonOperators),
+    )
+    .expect("registering an expression planner cannot fail");
     state.register_udtf("nexmark", Arc::new(crate::tables::nexmark::NexmarkFunction));
     state.catalog_list().register_catalog(
         CATALOG_NAME.into(),
         Arc::new(RunnelCatalog::new(tables.clone(), continuous)),
     );
-    crate::tables::pg::install(state, tables.clone(), pg_types)
-        .expect("pg_catalog installs into a new catalog")
+    let state = crate::tables::pg::install(state, tables.clone(), pg_types)
+        .expect("pg_catalog installs into a new catalog");
+    // pg_catalog's planner of `regclass` & co. sets itself as the type planner; Runnel's
+    // `json`, `jsonb` and `uuid` go first.
+    SessionStateBuilder::new_from_existing(state)
+        .with_type_planner(Arc::new(TypePlanners(vec![
+            Arc::new(sql::functions::typed_text::TextTypes),
+            Arc::new(datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner),
+        ])))
+        .build()
+}
+
+/// Type planners tried in turn.
+#[derive(Debug)]
+struct TypePlanners(Vec<Arc<dyn datafusion::logical_expr::planner::TypePlanner>>);
+
+impl datafusion::logical_expr::planner::TypePlanner for TypePlanners {
+    fn plan_type_field(
+        &self,
+        sql_type: &datafusion::sql::sqlparser::ast::DataType,
+    ) -> datafusion::common::Result<Option<arrow::datatypes::FieldRef>> {
+        for planner in &self.0 {
+            if let Some(field) = planner.plan_type_field(sql_type)? {
+                return Ok(Some(field));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// DataFusion's analyzer rules, after Runnel's casts to `json`, `jsonb` and `uuid` (which type coercion
+/// then fits) and before its check of constant integer arithmetic (which needs their types).
+fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Analyzer::new().rules;
+    rules.insert(0, Arc::new(sql::functions::typed_text::TextCasts));
+    rules.push(Arc::new(sql::overflow::CheckedConstants));
+    rules
 }
 
 /// DataFusion's logical optimizer rules, with Runnel's decorrelation of the scalar

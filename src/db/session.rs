@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef, UInt64Type};
+use arrow::datatypes::{FieldRef, SchemaRef, UInt64Type};
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
@@ -32,10 +32,11 @@ use crate::sql::{self, Statement};
 use crate::tables::stream_table::StatementSnapshot;
 
 /// What a prepared statement takes and returns, for the extended protocol's Describe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Described {
-    /// Types of `$1`, `$2`, … (`None` where the query does not determine one).
-    pub parameters: Vec<Option<DataType>>,
+    /// Types of `$1`, `$2`, … (`None` where the query does not determine one), as fields:
+    /// one cast to `uuid`, say, is text marked as such.
+    pub parameters: Vec<Option<FieldRef>>,
     /// Columns of the rows it returns; `None` if it returns none.
     pub schema: Option<SchemaRef>,
     /// Whether its rows come as they happen, with no end (`EMIT CHANGES`, `SUBSCRIBE`).
@@ -1033,14 +1034,20 @@ async fn count(frame: DataFrame) -> Result<u64> {
     Ok(total)
 }
 
-fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
     let types = plan.get_parameter_types().map_err(Error::from_datafusion)?;
     let casts = cast_parameter_types(plan);
     let mut numbered = vec![];
     for (name, t) in types {
         // A parameter DataFusion leaves untyped takes the type it is cast to (`$1::int2`),
-        // as PostgreSQL infers it.
-        let t = t.or_else(|| casts.get(&name).cloned());
+        // as PostgreSQL infers it; one cast to a type kept as marked text is of that type.
+        let t = match (t, casts.get(&name)) {
+            (_, Some(cast)) if crate::sql::text_type::TextType::of(cast).is_some() => {
+                Some(cast.clone())
+            }
+            (Some(t), _) => Some(Arc::new(arrow::datatypes::Field::new("", t, true))),
+            (None, cast) => cast.cloned(),
+        };
         let index: usize = name
             .trim_start_matches('$')
             .parse()
@@ -1060,7 +1067,7 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
 
 /// The types parameters are cast to where they appear (`$1::int2`, `CAST($2 AS bytea)`):
 /// the first cast of each.
-fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String, DataType> {
+fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String, FieldRef> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::{Cast, Expr, TryCast};
     let mut found = std::collections::HashMap::new();
@@ -1070,9 +1077,7 @@ fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String,
                 if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
                     && let Expr::Placeholder(p) = expr.as_ref()
                 {
-                    found
-                        .entry(p.id.clone())
-                        .or_insert_with(|| field.data_type().clone());
+                    found.entry(p.id.clone()).or_insert_with(|| field.clone());
                 }
                 Ok(TreeNodeRecursion::Continue)
             })

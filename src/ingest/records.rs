@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use super::key;
 use crate::catalog::{CatalogData, Relation};
 use crate::error::{Error, Result};
+use crate::sql::text_type::TextType;
 use crate::storage::{PartitionBatch, PartitionId, TopicId};
 
 /// Where rows of a relation go, and how they become records.
@@ -212,6 +213,8 @@ impl WriteTarget {
     /// Turns rows into records in the topic's storage schema, checking NOT NULL columns and
     /// deriving each record's key and timestamp.
     pub fn records(&self, rows: &RecordBatch, given: &Given) -> Result<RecordBatch> {
+        let checked = self.text_types_checked(rows)?;
+        let rows = checked.as_ref().unwrap_or(rows);
         let n = rows.num_rows();
         if rows.num_columns() != self.row_schema.fields().len() {
             return Err(Error::Internal(format!(
@@ -295,6 +298,44 @@ impl WriteTarget {
         }
         RecordBatch::try_new(self.storage_schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building records: {e}")))
+    }
+}
+
+impl WriteTarget {
+    /// `rows` with the values of their `json`, `jsonb` and `uuid` columns checked (22P02 if
+    /// one is not such a value) and in their canonical text; `None` if it has no such
+    /// columns.
+    fn text_types_checked(&self, rows: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let kinds: Vec<Option<TextType>> = self
+            .row_schema
+            .fields()
+            .iter()
+            .map(|f| TextType::of(f))
+            .collect();
+        if kinds.iter().all(Option::is_none) || rows.num_columns() != kinds.len() {
+            return Ok(None);
+        }
+        let mut columns = rows.columns().to_vec();
+        for (column, kind) in columns.iter_mut().zip(kinds) {
+            let Some(kind) = kind else { continue };
+            let texts = arrow::compute::cast(column, &DataType::Utf8)
+                .map_err(|e| Error::Internal(format!("reading JSON values: {e}")))?;
+            let mut normal = arrow::array::StringBuilder::new();
+            for text in texts.as_string::<i32>() {
+                match text {
+                    None => normal.append_null(),
+                    Some(text) => match kind.input(text) {
+                        Ok(None) => normal.append_value(text),
+                        Ok(Some(canonical)) => normal.append_value(canonical),
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+            *column = Arc::new(normal.finish());
+        }
+        RecordBatch::try_new(rows.schema(), columns)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("canonical values: {e}")))
     }
 }
 

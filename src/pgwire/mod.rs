@@ -15,6 +15,8 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
 use arrow_pg::encoder::encode_value;
+
+use crate::sql::text_type::TextType;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use datafusion::execution::SendableRecordBatchStream;
@@ -55,7 +57,7 @@ use crate::db::{Described, Output, PushRows, Session};
 use crate::error::Error;
 use crate::ingest::copy::{CopyFormat, CopyOptions};
 
-mod text;
+pub(crate) mod text;
 use text::TextOptions;
 
 /// The handlers of one connection.
@@ -177,9 +179,12 @@ impl Handler {
             .described
             .parameters
             .iter()
-            .map(|t| t.as_ref())
+            .map(|f| f.as_ref().map(|f| f.data_type()))
             .collect();
-        let params = deserialize_parameters(portal, &types)?;
+        let params = match text_type_parameters(portal, &prepared.described.parameters)? {
+            Some(portal) => deserialize_parameters(&portal, &types)?,
+            None => deserialize_parameters(portal, &types)?,
+        };
         let mut session = self.session.lock().await;
         if let Some(user) = client.metadata().get(pgwire::api::METADATA_USER) {
             session.set_user(user);
@@ -287,7 +292,7 @@ impl NoopStartupHandler for Handler {
 
 /// A statement prepared with the extended protocol: its text (planned again, with the
 /// parameter values, at every Execute) and what it takes and returns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     sql: String,
     described: Described,
@@ -327,8 +332,11 @@ impl QueryParser for StatementParser {
         stmt.described
             .parameters
             .iter()
-            .map(|t| match t {
-                Some(t) => into_pg_type(t),
+            .map(|f| match f {
+                Some(f) => match TextType::of(f) {
+                    Some(t) => Ok(pg_type(t)),
+                    None => into_pg_type(f.data_type()),
+                },
                 None => Ok(Type::UNKNOWN),
             })
             .collect()
@@ -346,11 +354,116 @@ impl QueryParser for StatementParser {
     }
 }
 
+/// The portal with the parameters its client sent as `json`, `jsonb` or `uuid` turned into
+/// the text they hold (arrow-pg reads them only as text; in binary, `jsonb` is a version
+/// byte and the text, a `uuid` its 16 bytes); `None` when it has none.
+fn text_type_parameters(
+    portal: &Portal<Prepared>,
+    described: &[Option<arrow::datatypes::FieldRef>],
+) -> PgWireResult<Option<Portal<Prepared>>> {
+    let is_text_type = |t: &Option<Type>| matches!(t, Some(t) if *t == Type::JSON || *t == Type::JSONB || *t == Type::UUID);
+    // The type the client sent each in: the one it named, else the one it was told.
+    let hints: Vec<Option<Type>> = (0..portal.parameters.len())
+        .map(
+            |i| match portal.statement.parameter_types.get(i).cloned().flatten() {
+                Some(t) if t != Type::UNKNOWN => Some(t),
+                _ => described
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|f| TextType::of(&f))
+                    .map(pg_type),
+            },
+        )
+        .collect();
+    if !hints.iter().any(is_text_type) {
+        return Ok(None);
+    }
+    let bad = |message: String| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "22P02".into(),
+            message,
+        )))
+    };
+    let mut types = hints.clone();
+    let mut parameters = portal.parameters.clone();
+    let mut formats = Vec::with_capacity(parameters.len());
+    for (i, parameter) in parameters.iter_mut().enumerate() {
+        let binary = portal.parameter_format.is_binary(i);
+        let hint = hints.get(i).cloned().flatten();
+        if !is_text_type(&hint) {
+            formats.push(i16::from(binary));
+            continue;
+        }
+        if binary && let Some(value) = parameter {
+            if hint == Some(Type::JSONB) {
+                match value.first() {
+                    Some(1) => *value = value.slice(1..),
+                    _ => {
+                        return Err(bad(format!(
+                            "unsupported jsonb version number in parameter ${}",
+                            i + 1
+                        )));
+                    }
+                }
+            } else if hint == Some(Type::UUID) {
+                let text = crate::sql::text_type::uuid_text(value).ok_or_else(|| {
+                    bad(format!("a binary uuid is 16 bytes (parameter ${})", i + 1))
+                })?;
+                *value = bytes::Bytes::from(text);
+            }
+        }
+        types[i] = Some(Type::TEXT);
+        formats.push(0);
+    }
+    let mut converted = Portal::default();
+    converted.name = portal.name.clone();
+    converted.statement = Arc::new(pgwire::api::stmt::StoredStatement::new(
+        portal.statement.id.clone(),
+        portal.statement.statement.clone(),
+        types,
+    ));
+    converted.parameter_format = Format::Individual(formats);
+    converted.parameters = parameters;
+    converted.result_column_format = portal.result_column_format.clone();
+    converted.state = portal.state.clone();
+    Ok(Some(converted))
+}
+
 /// The result columns as the client is told of them. A column type the wire encoding has no
 /// PostgreSQL type for (a list of lists, say) is refused with 0A000, saying which: the query
 /// cannot be answered correctly, which is not an internal error.
 fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None).map_err(|e| match e {
+    let mut infos = arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)
+        .map_err(unsendable_type)?;
+    // Text marked as `json`, `jsonb` or `uuid` is told as that type (arrow-pg knows only the
+    // storage type).
+    for (info, field) in infos.iter_mut().zip(schema.fields()) {
+        if let Some(t) = TextType::of(field) {
+            let datatype = pg_type(t);
+            *info = FieldInfo::new(
+                info.name().to_string(),
+                info.table_id(),
+                info.column_id(),
+                datatype,
+                info.format(),
+            );
+        }
+    }
+    Ok(infos)
+}
+
+fn pg_type(t: TextType) -> Type {
+    match t {
+        TextType::Json => Type::JSON,
+        TextType::Jsonb => Type::JSONB,
+        TextType::Uuid => Type::UUID,
+    }
+}
+
+fn unsendable_type(e: PgWireError) -> PgWireError {
+    match e {
         PgWireError::UserError(info) if info.code == "XX000" => {
             PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
@@ -362,7 +475,7 @@ fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
             )))
         }
         other => other,
-    })
+    }
 }
 
 /// Removes the prepared statements `DEALLOCATE` named. `DEALLOCATE ALL` leaves them: the

@@ -18,6 +18,8 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Offset, TimeZone, Timelike};
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 
+use crate::sql::text_type::TextType;
+
 /// How the session wants values written (its `extra_float_digits` and `TimeZone`).
 #[derive(Debug, Clone)]
 pub struct TextOptions {
@@ -49,7 +51,11 @@ pub fn for_wire(
         let binary = fields.get(i).map(FieldInfo::format) == Some(FieldFormat::Binary);
         let column = batch.column(i);
         let replaced = if binary {
-            interval_binary(column)?
+            match TextType::of(field) {
+                Some(TextType::Jsonb) => Some(jsonb_binary(column)?),
+                Some(TextType::Uuid) => Some(uuid_binary(column)?),
+                _ => interval_binary(column)?,
+            }
         } else {
             text(column, options)?
         };
@@ -139,6 +145,40 @@ fn interval_binary(column: &ArrayRef) -> PgWireResult<Option<ArrayRef>> {
         }
     }
     Ok(Some(Arc::new(out.finish())))
+}
+
+/// A `jsonb` column in PostgreSQL's binary form: a version byte (1), then the text.
+fn jsonb_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
+    let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
+    let mut out = BinaryBuilder::new();
+    for text in texts.as_string::<i32>() {
+        match text {
+            None => out.append_null(),
+            Some(text) => {
+                let mut bytes = Vec::with_capacity(text.len() + 1);
+                bytes.push(1);
+                bytes.extend_from_slice(text.as_bytes());
+                out.append_value(bytes);
+            }
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// A `uuid` column in PostgreSQL's binary form, 16 bytes.
+fn uuid_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
+    let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
+    let mut out = BinaryBuilder::new();
+    for text in texts.as_string::<i32>() {
+        match text {
+            None => out.append_null(),
+            Some(text) => out.append_value(
+                crate::sql::text_type::uuid_bytes(text)
+                    .ok_or_else(|| api_error(format!("not a uuid: {text}")))?,
+            ),
+        }
+    }
+    Ok(Arc::new(out.finish()))
 }
 
 /// Each row of an interval or duration column as PostgreSQL's (months, days, microseconds).

@@ -3,16 +3,19 @@
 //! plan. Nothing here executes anything, except [`functions`]: the scalar functions Runnel
 //! puts in place of DataFusion's.
 
+pub mod array_literal;
 pub mod assignment;
 pub mod column_names;
 pub mod decorrelate;
 pub mod depth;
 pub mod functions;
+pub mod json;
 pub mod literal_insert;
 pub mod overflow;
 pub mod parser;
 pub mod planner;
 pub mod rewrite;
+pub mod text_type;
 pub mod top_n;
 pub mod windows;
 

@@ -139,7 +139,6 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
         ctx.register_udf(Constant::udf(name, &[1], ScalarValue::Int64(None)));
     }
     ctx.register_udf(pg_size_pretty());
-    ctx.register_udf(ScalarUDF::from(JsonBuildObject::default()));
     ctx.register_udf(to_regtype(types));
     Ok(ctx.state())
 }
@@ -945,75 +944,6 @@ async fn public_namespace_oids(
         }
     }
     Ok(oids)
-}
-
-/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy's column
-/// reflection builds identity and collation details with it).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
-    signature: Signature,
-}
-
-impl Default for JsonBuildObject {
-    fn default() -> Self {
-        JsonBuildObject {
-            signature: Signature::variadic_any(Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for JsonBuildObject {
-    fn name(&self) -> &str {
-        "json_build_object"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        if !args.args.len().is_multiple_of(2) {
-            return Err(DataFusionError::Plan(
-                "json_build_object takes pairs of keys and values".into(),
-            ));
-        }
-        let rows = args.number_rows;
-        let columns = ColumnarValue::values_to_arrays(&args.args)?;
-        let texts = columns
-            .iter()
-            .map(|c| cast(c, &DataType::Utf8))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let out: StringArray = (0..rows)
-            .map(|row| {
-                let mut object = serde_json::Map::new();
-                for pair in 0..columns.len() / 2 {
-                    let (k, v) = (&texts[2 * pair], &texts[2 * pair + 1]);
-                    let key = k.as_string::<i32>();
-                    if key.is_null(row) {
-                        return None;
-                    }
-                    let value = if v.is_null(row) {
-                        serde_json::Value::Null
-                    } else {
-                        let text = v.as_string::<i32>().value(row);
-                        match columns[2 * pair + 1].data_type() {
-                            t if t.is_numeric() || *t == DataType::Boolean => {
-                                serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
-                            }
-                            _ => serde_json::Value::String(text.to_string()),
-                        }
-                    };
-                    object.insert(key.value(row).to_string(), value);
-                }
-                Some(serde_json::Value::Object(object).to_string())
-            })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
 }
 
 /// `current_setting(name [, missing_ok])` over a session's settings as they are now (the

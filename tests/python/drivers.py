@@ -154,6 +154,89 @@ with psycopg.connect(dsn, autocommit=True) as conn:
         pass
 
 
+# --- json and jsonb: each driver reads them as JSON by their type, and sends them as such -----
+def with_json():
+    from psycopg.types.json import Json, Jsonb
+
+    doc = {"b": 1, "a": [1, 2.5, None, "x"], "nested": {"t": True}}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE STREAM jdocs (id BIGINT, j JSON, b JSONB)")
+        conn.execute("INSERT INTO jdocs VALUES (%s, %s, %s)", (1, Json(doc), Jsonb(doc)))
+        with conn.cursor(binary=True) as cur:
+            cur.execute("INSERT INTO jdocs VALUES (%s, %s, %s)", (2, Json([1]), Jsonb({"k": "v"})))
+            cur.execute("INSERT INTO jdocs VALUES (%s, %s, %s)", (3, None, None))
+            cur.execute("SELECT j, b, b -> 'nested' FROM jdocs ORDER BY id")
+            got = cur.fetchall()
+        check(got == [(doc, doc, {"t": True}), ([1], {"k": "v"}, None), (None, None, None)],
+              f"psycopg binary json {got}")
+        got = conn.execute("SELECT b, b ->> 'b', %s::jsonb @> '{\"k\": \"v\"}' FROM jdocs WHERE id = 2",
+                           (Jsonb({"k": "v", "z": 0}),)).fetchone()
+        check(got == ({"k": "v"}, None, True), f"psycopg text json {got}")
+        text = conn.execute("SELECT b::text FROM jdocs WHERE id = 1").fetchone()[0]
+        check(text == '{"a": [1, 2.5, null, "x"], "b": 1, "nested": {"t": true}}', f"jsonb text {text}")
+        try:
+            conn.execute("SELECT %s::jsonb", ("{nope",))
+            check(False, "bad JSON is refused")
+        except psycopg.errors.InvalidTextRepresentation:
+            pass
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT j, b FROM jdocs WHERE id = 1")
+    check(cur.fetchone() == (doc, doc), "psycopg2 reads json and jsonb as JSON")
+    cur.execute("INSERT INTO jdocs (id, b) VALUES (4, %s)", (psycopg2.extras.Json({"p2": [True]}),))
+    cur.execute("SELECT b FROM jdocs WHERE id = 4")
+    check(cur.fetchone() == ({"p2": [True]},), "psycopg2 writes JSON")
+    conn.close()
+
+
+with_json()
+
+
+# --- uuid: read as uuid.UUID by its type, sent as one in text and binary -------------------
+def with_uuid():
+    import uuid
+
+    a, b = uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), uuid.uuid4()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE STREAM uids (n BIGINT, u UUID)")
+        conn.execute("INSERT INTO uids VALUES (%s, %s)", (1, a))
+        with conn.cursor(binary=True) as cur:
+            cur.execute("INSERT INTO uids VALUES (%s, %s), (%s, %s)", (2, b, 3, None))
+            cur.execute("SELECT n, u FROM uids WHERE u = %s OR u IS NULL ORDER BY n", (b,))
+            got = cur.fetchall()
+        check(got == [(2, b), (3, None)], f"psycopg binary uuid {got}")
+        got = conn.execute("SELECT u FROM uids WHERE u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'").fetchall()
+        check(got == [(a,)], f"psycopg text uuid {got}")
+        random = conn.execute("SELECT gen_random_uuid()").fetchone()[0]
+        check(isinstance(random, uuid.UUID) and random.version == 4, f"gen_random_uuid {random!r}")
+
+    async def with_asyncpg():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+        check(await conn.fetchval("SELECT u FROM uids WHERE n = $1", 1) == a, "asyncpg reads a uuid")
+        check(await conn.fetchval("SELECT n FROM uids WHERE u = $1::uuid", b) == 2, "asyncpg sends a uuid")
+        await conn.close()
+
+    asyncio.run(with_asyncpg())
+
+
+with_uuid()
+
+
+async def json_with_asyncpg():
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+    # asyncpg reads both in binary, as their text (jsonb's behind its version byte).
+    row = await conn.fetchrow("SELECT j, b FROM jdocs WHERE id = 2")
+    check(tuple(row) == ("[1]", '{"k": "v"}'), f"asyncpg json {tuple(row)}")
+    types = [a.type.name for a in (await conn.prepare("SELECT j, b FROM jdocs")).get_attributes()]
+    check(types == ["json", "jsonb"], f"asyncpg json types {types}")
+    check(await conn.fetchval("SELECT $1::jsonb ->> 'a'", '{"a": "x"}') == "x", "asyncpg jsonb parameter")
+    await conn.close()
+
+
+asyncio.run(json_with_asyncpg())
+
+
 # --- asyncpg: binary everything, prepared statements, COPY, a cursor over a push query -----
 async def with_asyncpg():
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")

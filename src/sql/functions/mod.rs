@@ -3,9 +3,11 @@
 //! has that DataFusion lacks; and `top_rows`, the aggregate a continuous Top-N keeps.
 
 mod coalesced;
+pub mod json;
 mod regexp;
 mod to_char;
 pub mod top_rows;
+pub mod typed_text;
 
 use std::sync::Arc;
 
@@ -23,6 +25,13 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::from(RegexpMatch::default()),
         ScalarUDF::from(RegexpSubstr::default()),
     ]
+    .into_iter()
+    .chain(json::udfs())
+    .chain([
+        typed_text::gen_random_uuid(),
+        ScalarUDF::from(typed_text::PgTypeof::default()),
+    ])
+    .collect()
 }
 
 /// The aggregate functions of this module.

@@ -1,0 +1,341 @@
+//! The types Runnel keeps as marked text (`json`, `jsonb`, `uuid`; see
+//! [`crate::sql::text_type`]) in queries: casts to them, which check and canonicalize their
+//! text; comparisons of a `uuid` with a string, which read the string as a UUID; and
+//! `gen_random_uuid()`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, StringBuilder};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, Result};
+use datafusion::logical_expr::expr::{InList, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::planner::TypePlanner;
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::sql::sqlparser::ast::DataType as SqlDataType;
+
+use crate::catalog::types::SqlType;
+use crate::error::Error;
+use crate::sql::text_type::TextType;
+
+/// Plans `json`, `jsonb` and `uuid` in casts as text fields marked with their type.
+#[derive(Debug, Default)]
+pub struct TextTypes;
+
+impl TypePlanner for TextTypes {
+    fn plan_type_field(&self, sql_type: &SqlDataType) -> Result<Option<FieldRef>> {
+        Ok(match sql_type {
+            SqlDataType::JSON => Some(TextType::Json.field("")),
+            SqlDataType::JSONB => Some(TextType::Jsonb.field("")),
+            SqlDataType::Uuid => Some(TextType::Uuid.field("")),
+            _ => None,
+        })
+    }
+}
+
+/// Replaces each cast to a marked type with the function that checks and canonicalizes its
+/// text, and reads a string compared with a `uuid` as a UUID (so `u = 'A0EE…'` finds the
+/// lowercase value, as in PostgreSQL), keeping the plan's column names. Runs before type
+/// coercion, which then fits the arguments of what it made.
+#[derive(Debug, Default)]
+pub struct TextCasts;
+
+impl AnalyzerRule for TextCasts {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|plan| {
+            let mut schema = merge_schema(&plan.inputs());
+            if let LogicalPlan::TableScan(scan) = &plan
+                && let Ok(source) = DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &scan.source.schema(),
+                )
+            {
+                schema.merge(&source);
+            }
+            let names = NamePreserver::new(&plan);
+            plan.map_expressions(|expr| {
+                let name = names.save(&expr);
+                let rewritten = expr.transform_up(|e| rewrite(e, &schema))?;
+                Ok(rewritten.update_data(|e| name.restore(e)))
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "text_type_casts"
+    }
+}
+
+fn field_of(expr: &Expr, schema: &DFSchema) -> Option<FieldRef> {
+    expr.to_field(schema).ok().map(|(_, f)| f)
+}
+
+fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+    match expr {
+        Expr::Cast(cast_expr) => {
+            let Some(to) = TextType::of(&cast_expr.field) else {
+                return Ok(Transformed::no(Expr::Cast(cast_expr)));
+            };
+            // A column of a query further out: its type is not in this node's inputs.
+            let Some(from) = field_of(&cast_expr.expr, schema) else {
+                return Ok(Transformed::no(Expr::Cast(cast_expr)));
+            };
+            if TextType::of(&from) == Some(to) {
+                return Ok(Transformed::yes(*cast_expr.expr));
+            }
+            match from.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+                    Ok(Transformed::yes(input(to, *cast_expr.expr)))
+                }
+                // `json` to `jsonb` and back go through their text.
+                _ if TextType::of(&from).is_some_and(TextType::is_json) && to.is_json() => {
+                    Ok(Transformed::yes(input(to, *cast_expr.expr)))
+                }
+                other => Err(Error::plan(
+                    "42846",
+                    format!(
+                        "cannot cast type {} to {}",
+                        TextType::of(&from).map_or_else(
+                            || {
+                                SqlType::from_arrow(other)
+                                    .map_or_else(|| other.to_string(), |t| t.to_string())
+                            },
+                            |t| t.name().to_string()
+                        ),
+                        to.name()
+                    ),
+                )
+                .into()),
+            }
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) if op.supports_propagation() => {
+            let (left, right) = match (uuid_side(&left, schema), uuid_side(&right, schema)) {
+                (true, false) if is_string_literal(&right) => {
+                    (left, Box::new(input(TextType::Uuid, *right)))
+                }
+                (false, true) if is_string_literal(&left) => {
+                    (Box::new(input(TextType::Uuid, *left)), right)
+                }
+                _ => {
+                    return Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                        left,
+                        op,
+                        right,
+                    })));
+                }
+            };
+            Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+                left,
+                op,
+                right,
+            })))
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) if uuid_side(&expr, schema) && list.iter().any(is_string_literal) => {
+            let list = list
+                .into_iter()
+                .map(|e| {
+                    if is_string_literal(&e) {
+                        input(TextType::Uuid, e)
+                    } else {
+                        e
+                    }
+                })
+                .collect();
+            Ok(Transformed::yes(Expr::InList(InList {
+                expr,
+                list,
+                negated,
+            })))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}
+
+fn uuid_side(expr: &Expr, schema: &DFSchema) -> bool {
+    field_of(expr, schema).is_some_and(|f| TextType::of(&f) == Some(TextType::Uuid))
+}
+
+fn is_string_literal(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Literal(
+            datafusion::common::ScalarValue::Utf8(Some(_))
+                | datafusion::common::ScalarValue::LargeUtf8(Some(_))
+                | datafusion::common::ScalarValue::Utf8View(Some(_)),
+            _
+        )
+    )
+}
+
+fn input(to: TextType, expr: Expr) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::from(TextInput::new(to))),
+        vec![expr],
+    ))
+}
+
+/// `json_in`, `jsonb_in`, `uuid_in`: text to the type, checked and in its canonical form.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TextInput {
+    to: TextType,
+    signature: Signature,
+}
+
+impl TextInput {
+    fn new(to: TextType) -> TextInput {
+        TextInput {
+            to,
+            signature: Signature::string(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TextInput {
+    fn name(&self) -> &str {
+        match self.to {
+            TextType::Json => "json_in",
+            TextType::Jsonb => "jsonb_in",
+            TextType::Uuid => "uuid_in",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(self.to.field(self.name()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let texts = args.args[0].to_array(args.number_rows)?;
+        let texts = cast(&texts, &DataType::Utf8)?;
+        let mut out = StringBuilder::new();
+        for text in texts.as_string::<i32>() {
+            match text {
+                None => out.append_null(),
+                Some(text) => match self.to.input(text) {
+                    Ok(None) => out.append_value(text),
+                    Ok(Some(canonical)) => out.append_value(canonical),
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Another function under PostgreSQL's name, its result marked as a text type (or not).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Retyped {
+    name: &'static str,
+    inner: ScalarUDF,
+    returns: Option<TextType>,
+}
+
+impl Retyped {
+    pub fn udf(name: &'static str, inner: ScalarUDF, returns: Option<TextType>) -> ScalarUDF {
+        ScalarUDF::from(Retyped {
+            name,
+            inner,
+            returns,
+        })
+    }
+}
+
+impl ScalarUDFImpl for Retyped {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let field = Field::new(self.name, self.inner.return_type(&types)?, true);
+        Ok(Arc::new(match self.returns {
+            Some(t) => field.with_metadata(t.metadata()),
+            None => field,
+        }))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// `gen_random_uuid()`: DataFusion's `uuid()` (a version 4 UUID), as a `uuid`.
+pub fn gen_random_uuid() -> ScalarUDF {
+    Retyped::udf(
+        "gen_random_uuid",
+        datafusion::functions::string::uuid().as_ref().clone(),
+        Some(TextType::Uuid),
+    )
+}
+
+/// `pg_typeof(value)`: the PostgreSQL name of its argument's type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgTypeof {
+    signature: Signature,
+}
+
+impl Default for PgTypeof {
+    fn default() -> Self {
+        PgTypeof {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let field = &args.arg_fields[0];
+        let name = match SqlType::from_field(field) {
+            _ if field.data_type() == &DataType::Null => "unknown".to_string(),
+            Some(t) => t.to_string(),
+            None => field.data_type().to_string(),
+        };
+        Ok(ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::Utf8(Some(name)),
+        ))
+    }
+}
