@@ -355,11 +355,14 @@ fn session_state(
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
 ) -> SessionState {
-    let session_config = SessionConfig::new()
+    let mut session_config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(target_partitions);
+    // A session's `TimeZone` (UTC until it sets one): `now()` and `timestamptz` values are
+    // in it, as in PostgreSQL.
+    session_config.options_mut().execution.time_zone = Some("UTC".into());
     let state = SessionStateBuilder::new()
         .with_config(session_config)
         .with_runtime_env(runtime)
@@ -424,10 +427,12 @@ impl datafusion::logical_expr::planner::TypePlanner for TypePlanners {
 }
 
 /// DataFusion's analyzer rules, after Runnel's casts to `json`, `jsonb` and `uuid` (which type coercion
-/// then fits) and before its check of constant integer arithmetic (which needs their types).
+/// then fits), then its comparison of intervals as spans and its check of constant integer
+/// arithmetic (which need the types coercion settles).
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(sql::functions::typed_text::TextCasts));
+    rules.push(Arc::new(sql::intervals::IntervalComparisons));
     rules.push(Arc::new(sql::overflow::CheckedConstants));
     rules
 }

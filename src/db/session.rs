@@ -901,6 +901,9 @@ impl Session {
                 format!("invalid value for {AUTO_OFFSET_RESET}: \"{v}\" (earliest or latest)"),
             ));
         }
+        if name == "timezone" {
+            self.set_time_zone(value.as_deref())?;
+        }
         let tag = match value {
             Some(v) => {
                 self.vars.insert(name, v);
@@ -913,6 +916,39 @@ impl Session {
         };
         self.publish_settings();
         Ok(command(tag))
+    }
+
+    /// Makes `zone` (`None`: UTC, the default) the zone DataFusion gives `now()` and
+    /// `timestamp with time zone` values, and reads times without an offset in, as
+    /// PostgreSQL's `TimeZone`; 22023 if it names no zone.
+    fn set_time_zone(&mut self, zone: Option<&str>) -> Result<()> {
+        let zone = match zone.map(str::trim) {
+            None => "UTC",
+            Some(z) if z.eq_ignore_ascii_case("default") || z.eq_ignore_ascii_case("local") => {
+                "UTC"
+            }
+            Some(z) => z,
+        };
+        if zone.parse::<arrow::array::timezone::Tz>().is_err() {
+            return Err(Error::data(
+                "22023",
+                format!("invalid value for parameter \"TimeZone\": \"{zone}\""),
+            ));
+        }
+        self.state.config_mut().options_mut().execution.time_zone = Some(zone.to_string());
+        // Functions whose answer depends on the zone (`now()`) are made again for it.
+        let config = self.state.config_options().clone();
+        let updated: Vec<_> = self
+            .state
+            .scalar_functions()
+            .values()
+            .filter_map(|udf| udf.inner().with_updated_config(&config))
+            .collect();
+        for udf in updated {
+            datafusion::execution::FunctionRegistry::register_udf(&mut self.state, Arc::new(udf))
+                .map_err(Error::from_datafusion)?;
+        }
+        Ok(())
     }
 
     /// Whether push queries start at the beginning of their input (`SET auto_offset_reset =

@@ -230,6 +230,19 @@ pub fn typed_column(text: &StringArray, target: &DataType) -> std::result::Resul
                 .with_timezone_opt(tz.clone()),
         ));
     }
+    // Arrow's parser wants seconds; PostgreSQL reads times to the minute too.
+    let minutes: Option<StringArray> = matches!(target, DataType::Timestamp(..))
+        .then(|| {
+            text.iter()
+                .any(|v| v.is_some_and(|v| with_seconds(v).is_some()))
+                .then(|| {
+                    text.iter()
+                        .map(|v| v.map(|v| with_seconds(v).unwrap_or_else(|| v.to_string())))
+                        .collect()
+                })
+        })
+        .flatten();
+    let text = minutes.as_ref().unwrap_or(text);
     let typed = arrow::compute::kernels::cast::cast_with_options(
         text,
         target,
@@ -248,7 +261,40 @@ pub fn typed_column(text: &StringArray, target: &DataType) -> std::result::Resul
     Ok(typed)
 }
 
-/// Every value of `text` in the form `YYYY-MM-DD[ T]HH:MM:SS[.fraction]` (or a bare date), as
+/// A timestamp written to the minute (`2024-01-01 10:00`, `… 10:00+02`), which PostgreSQL
+/// reads and Arrow's parser does not, with its seconds (`10:00:00`).
+pub fn with_seconds(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let date = b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !date || !matches!(b.get(10), Some(b' ' | b'T')) {
+        return None;
+    }
+    let time = &text[11..];
+    let hour_digits = time.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = &time[hour_digits..];
+    let minutes = rest.strip_prefix(':')?;
+    if !(1..=2).contains(&hour_digits)
+        || minutes.len() < 2
+        || !minutes.as_bytes()[..2].iter().all(u8::is_ascii_digit)
+        || minutes
+            .as_bytes()
+            .get(2)
+            .is_some_and(|c| *c == b':' || c.is_ascii_digit())
+    {
+        return None;
+    }
+    let end = 11 + hour_digits + 3;
+    Some(format!("{}:00{}", &text[..end], &text[end..]))
+}
+
+/// Every value of `text` in the form `YYYY-MM-DD[ T]HH:MM[:SS[.fraction]]` (or a bare date), as
 /// microseconds since the epoch; `None` if any value has another form (Arrow's general parser
 /// takes those). The common form read directly is several times faster than the general
 /// parser, and gives the same value: the time as written, without a zone, fraction truncated
@@ -282,10 +328,17 @@ fn timestamp_micros(s: &[u8]) -> Option<i64> {
     let mut seconds = days_from_civil(year, month, day) * 86_400;
     let mut micros = 0;
     if s.len() > 10 {
-        if !(s[10] == b' ' || s[10] == b'T') || s.len() < 19 || s[13] != b':' || s[16] != b':' {
+        // To the minute (`10:00`), as PostgreSQL reads it too, or to the second.
+        let to_the_minute = s.len() == 16;
+        if !(s[10] == b' ' || s[10] == b'T')
+            || s.len() < 16
+            || s[13] != b':'
+            || !(to_the_minute || (s.len() >= 19 && s[16] == b':'))
+        {
             return None;
         }
-        let (h, m, sec) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+        let sec = if to_the_minute { 0 } else { digits(17..19)? };
+        let (h, m) = (digits(11..13)?, digits(14..16)?);
         if h > 23 || m > 59 || sec > 59 {
             return None;
         }
@@ -443,12 +496,14 @@ mod tests {
         let arrow = arrow::compute::cast(&text, &target).unwrap();
         let arrow = arrow.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         assert_eq!(fast.as_ref(), arrow.values().as_ref());
+        // To the minute, as Arrow reads it with seconds added.
+        let minute = timestamps_micros(&StringArray::from(vec!["2026-01-01 10:00"])).unwrap();
+        assert_eq!(minute[0], fast[0]);
         for other in [
             "2026-02-30 00:00:00",
             "2026-01-01 24:00:00",
             "2026-01-01 10:00:00+02",
             "26-01-01",
-            "2026-01-01 10:00",
         ] {
             assert!(
                 timestamps_micros(&StringArray::from(vec![other])).is_none(),
@@ -487,5 +542,21 @@ mod tests {
                 .sqlstate(),
             "42703"
         );
+    }
+
+    #[test]
+    fn timestamps_to_the_minute_gain_seconds() {
+        assert_eq!(
+            with_seconds("2024-01-01 10:00").as_deref(),
+            Some("2024-01-01 10:00:00")
+        );
+        assert_eq!(
+            with_seconds("2024-01-01T9:05+02").as_deref(),
+            Some("2024-01-01T9:05:00+02")
+        );
+        assert_eq!(with_seconds("2024-01-01 10:00:00"), None);
+        assert_eq!(with_seconds("2024-01-01"), None);
+        assert_eq!(with_seconds("2024-01-01 10"), None);
+        assert_eq!(with_seconds("2024-01-01 10:000"), None);
     }
 }

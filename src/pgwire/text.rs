@@ -209,7 +209,13 @@ fn intervals(column: &ArrayRef) -> PgWireResult<Option<Vec<(i32, i32, i64)>>> {
             let micros =
                 cast(column, &DataType::Duration(TimeUnit::Microsecond)).map_err(api_error)?;
             let micros = micros.as_primitive::<arrow::datatypes::DurationMicrosecondType>();
-            rows.map(|i| (0, 0, micros.value(i))).collect()
+            // As PostgreSQL's difference of timestamps: whole days, then the time.
+            const DAY: i64 = 86_400_000_000;
+            rows.map(|i| {
+                let m = micros.value(i);
+                (0, (m / DAY) as i32, m % DAY)
+            })
+            .collect()
         }
         _ => return Ok(None),
     }))

@@ -83,6 +83,12 @@ fn datafusion_name(expr: &Expr) -> String {
                 let text = format!("{expr} {}IN <subquery>", if *negated { "NOT " } else { "" });
                 *e = Expr::Identifier(Ident::new(text))
             }
+            // DataFusion names a cast as what it casts (`a` and `a::text` are both `a`).
+            Expr::Cast {
+                kind: sqlparser::ast::CastKind::Cast | sqlparser::ast::CastKind::DoubleColon,
+                expr,
+                ..
+            } => *e = expr.as_ref().clone(),
             _ => {}
         }
         std::ops::ControlFlow::<()>::Continue(())

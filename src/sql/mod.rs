@@ -9,6 +9,7 @@ pub mod column_names;
 pub mod decorrelate;
 pub mod depth;
 pub mod functions;
+pub mod intervals;
 pub mod json;
 pub mod literal_insert;
 pub mod overflow;

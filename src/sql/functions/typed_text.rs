@@ -10,7 +10,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchema, Result};
+use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::logical_expr::expr::{InList, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::planner::TypePlanner;
@@ -81,7 +81,14 @@ fn field_of(expr: &Expr, schema: &DFSchema) -> Option<FieldRef> {
 
 fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     match expr {
-        Expr::Cast(cast_expr) => {
+        Expr::Cast(mut cast_expr) => {
+            if let (DataType::Timestamp(..), Expr::Literal(ScalarValue::Utf8(Some(text)), _)) =
+                (cast_expr.field.data_type(), cast_expr.expr.as_mut())
+                && let Some(with_seconds) = crate::ingest::values::with_seconds(text)
+            {
+                *text = with_seconds;
+                return Ok(Transformed::yes(Expr::Cast(cast_expr)));
+            }
             let Some(to) = TextType::of(&cast_expr.field) else {
                 return Ok(Transformed::no(Expr::Cast(cast_expr)));
             };
@@ -172,9 +179,9 @@ fn is_string_literal(expr: &Expr) -> bool {
     matches!(
         expr,
         Expr::Literal(
-            datafusion::common::ScalarValue::Utf8(Some(_))
-                | datafusion::common::ScalarValue::LargeUtf8(Some(_))
-                | datafusion::common::ScalarValue::Utf8View(Some(_)),
+            ScalarValue::Utf8(Some(_))
+                | ScalarValue::LargeUtf8(Some(_))
+                | ScalarValue::Utf8View(Some(_)),
             _
         )
     )
@@ -334,8 +341,6 @@ impl ScalarUDFImpl for PgTypeof {
             Some(t) => t.to_string(),
             None => field.data_type().to_string(),
         };
-        Ok(ColumnarValue::Scalar(
-            datafusion::common::ScalarValue::Utf8(Some(name)),
-        ))
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
     }
 }
