@@ -277,7 +277,7 @@ fn psql_describe_commands_list_streams_and_views() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path());
     let setup = "
-CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP) WITH (partitions = 2);
+CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP, props JSONB, visit UUID) WITH (partitions = 2);
 CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id;
 ";
     let (ok, out, err) = psql(&server, &["-v", "ON_ERROR_STOP=1"], setup);
@@ -342,6 +342,8 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
         row(&columns, &["ts", "timestamp without time zone"]),
         "\\d clicks:\n{columns}"
     );
+    assert!(row(&columns, &["props", "jsonb"]), "\\d clicks:\n{columns}");
+    assert!(row(&columns, &["visit", "uuid"]), "\\d clicks:\n{columns}");
     let view = describe("\\d clicks_per_user");
     assert!(
         view.contains("Materialized view \"public.clicks_per_user\""),

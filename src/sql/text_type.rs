@@ -41,6 +41,15 @@ impl TextType {
         }
     }
 
+    /// The type's OID in `pg_type`.
+    pub fn oid(self) -> i32 {
+        match self {
+            TextType::Json => 114,
+            TextType::Jsonb => 3802,
+            TextType::Uuid => 2950,
+        }
+    }
+
     pub fn is_json(self) -> bool {
         matches!(self, TextType::Json | TextType::Jsonb)
     }

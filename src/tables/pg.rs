@@ -14,7 +14,7 @@ use arrow::array::{
     Array, AsArray, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session};
 use datafusion::common::ScalarValue;
@@ -38,6 +38,7 @@ use super::Tables;
 use crate::catalog::access::SUPERUSER;
 use crate::catalog::{CATALOG_NAME, CatalogData, ObjectClass, PUBLIC_SCHEMA, Relation};
 use crate::error::{Error, Result};
+use crate::sql::text_type::TextType;
 
 /// What `pg_catalog`'s functions need to know before a database starts: the OID of every
 /// type in `pg_type` (for `to_regtype`), read once from a scratch context.
@@ -625,6 +626,22 @@ impl SchemaProvider for PgCatalogSchema {
                     catalog: self.tables.catalog.snapshot(),
                 })))
             }
+            Some(inner) if name.eq_ignore_ascii_case("pg_attribute") => {
+                let (Some(classes), Some(namespaces)) = (
+                    self.inner.table("pg_class").await?,
+                    self.inner.table("pg_namespace").await?,
+                ) else {
+                    return Err(DataFusionError::Internal(
+                        "pg_catalog has no pg_class or pg_namespace".into(),
+                    ));
+                };
+                Ok(Some(Arc::new(PgAttribute {
+                    inner,
+                    classes,
+                    namespaces,
+                    catalog: self.tables.catalog.snapshot(),
+                })))
+            }
             Some(_) if name.eq_ignore_ascii_case("pg_settings") => Ok(Some(Arc::new(PgSettings))),
             // Schemas' privileges as `aclitem[]` (psql's `\dn+` joins them into text): the
             // defaults, NULL.
@@ -917,6 +934,127 @@ impl TableProvider for PgClass {
                     batch.num_rows(),
                 ));
                 Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+            },
+        )
+        .await
+    }
+}
+
+/// `pg_attribute` with the types Runnel keeps as marked text (`json`, `jsonb`, `uuid`)
+/// under their own OIDs, where pg_catalog's table sees only their storage (`text`).
+#[derive(Debug)]
+struct PgAttribute {
+    inner: Arc<dyn TableProvider>,
+    classes: Arc<dyn TableProvider>,
+    namespaces: Arc<dyn TableProvider>,
+    catalog: Arc<CatalogData>,
+}
+
+impl PgAttribute {
+    /// The type OID of each (relation OID, column name) of Runnel's whose column is of a
+    /// type kept as marked text.
+    async fn text_typed_columns(
+        &self,
+        state: &dyn Session,
+    ) -> DfResult<HashMap<(i64, String), i32>> {
+        let public = public_namespace_oids(self.namespaces.as_ref(), state).await?;
+        let all = self.classes.scan(state, None, &[], None).await?;
+        let schema = all.schema();
+        let (oid, name, namespace) = (
+            schema.index_of("oid")?,
+            schema.index_of("relname")?,
+            schema.index_of("relnamespace")?,
+        );
+        let mut typed = HashMap::new();
+        for batch in collect(all, state.task_ctx()).await? {
+            let oids = cast(batch.column(oid), &DataType::Int64)?;
+            let oids = oids.as_primitive::<Int64Type>();
+            let names = cast(batch.column(name), &DataType::Utf8)?;
+            let names = names.as_string::<i32>();
+            let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
+            let namespaces = namespaces.as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                if !(namespaces.is_valid(row) && public.contains(&namespaces.value(row))) {
+                    continue;
+                }
+                let fields: Vec<(String, Option<TextType>)> =
+                    match self.catalog.relation(names.value(row)) {
+                        Some(Relation::Stream(stream, _)) => stream
+                            .columns
+                            .iter()
+                            .map(|c| (c.name.clone(), c.sql_type.text_type()))
+                            .collect(),
+                        Some(Relation::View(view)) => view
+                            .columns
+                            .iter()
+                            .map(|f| (f.name().clone(), TextType::of(f)))
+                            .collect(),
+                        _ => continue,
+                    };
+                for (column, t) in fields {
+                    if let Some(t) = t {
+                        typed.insert((oids.value(row), column), t.oid());
+                    }
+                }
+            }
+        }
+        Ok(typed)
+    }
+}
+
+#[async_trait]
+impl TableProvider for PgAttribute {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.inner.schema();
+        let relation = schema.index_of("attrelid")?;
+        let name = schema.index_of("attname")?;
+        let type_oid = schema.index_of("atttypid")?;
+        let typed = self.text_typed_columns(state).await?;
+        scan_fixed(
+            self.inner.as_ref(),
+            &schema,
+            state,
+            projection,
+            filters,
+            limit,
+            |batch| {
+                if typed.is_empty() {
+                    return Ok(batch);
+                }
+                let relations = cast(batch.column(relation), &DataType::Int64)?;
+                let relations = relations.as_primitive::<Int64Type>();
+                let names = batch.column(name).as_string::<i32>();
+                let types = batch.column(type_oid).as_primitive::<Int32Type>();
+                let patched: Int32Array = (0..batch.num_rows())
+                    .map(|row| {
+                        let ours = (relations.is_valid(row) && names.is_valid(row))
+                            .then(|| {
+                                typed.get(&(relations.value(row), names.value(row).to_string()))
+                            })
+                            .flatten();
+                        match ours {
+                            Some(oid) => Some(*oid),
+                            None => types.is_valid(row).then(|| types.value(row)),
+                        }
+                    })
+                    .collect();
+                let mut columns = batch.columns().to_vec();
+                columns[type_oid] = Arc::new(patched);
+                Ok(RecordBatch::try_new(batch.schema(), columns)?)
             },
         )
         .await
