@@ -368,6 +368,8 @@ impl Session {
                     sql::column_names::alias_repeated(query);
                     names
                 });
+                // Described, not run: the settings stay as they are.
+                set_configs(&mut statement)?;
                 let plan = sql::plan(&self.state, statement, &catalog).await?;
                 let parameters = parameter_types(&plan)?;
                 let schema = match &plan {
@@ -572,6 +574,9 @@ impl Session {
             sql::column_names::alias_repeated(query);
             names
         });
+        for (name, value) in set_configs(&mut statement)? {
+            self.set(name, Some(value))?;
+        }
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
         let mut state = self.state.clone();
@@ -1068,6 +1073,59 @@ async fn count(frame: DataFrame) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The `set_config(name, value, is_local)` calls of `statement`, each replaced by the value
+/// it returns, and the settings they make, for the session to apply before the statement
+/// runs (as `SET name = value`; `is_local` is taken as the session's, there being no
+/// transaction-scoped settings). Their arguments must be constants (0A000 otherwise): the
+/// settings are made once, not per row.
+fn set_configs(statement: &mut DfStatement) -> Result<Vec<(String, String)>> {
+    use sqlparser::ast::{Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    let DfStatement::Statement(statement) = statement else {
+        return Ok(vec![]);
+    };
+    let mut made = vec![];
+    let mut refused = None;
+    let _ = sqlparser::ast::visit_expressions_mut(statement.as_mut(), |e| {
+        let SqlExpr::Function(f) = e else {
+            return std::ops::ControlFlow::<()>::Continue(());
+        };
+        if !f.name.to_string().eq_ignore_ascii_case("set_config") {
+            return std::ops::ControlFlow::Continue(());
+        }
+        let constant = |arg: &FunctionArg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v))) => match &v.value {
+                Value::SingleQuotedString(s) => Some(s.clone()),
+                Value::Boolean(b) => Some(b.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let args: Option<Vec<String>> = match &f.args {
+            FunctionArguments::List(list) if list.args.len() == 3 => {
+                list.args.iter().map(constant).collect()
+            }
+            _ => None,
+        };
+        match args {
+            Some(args) => {
+                let value = args[1].clone();
+                made.push((args[0].to_ascii_lowercase(), value.clone()));
+                *e = SqlExpr::value(Value::SingleQuotedString(value));
+            }
+            None => {
+                refused = Some(Error::Unsupported(
+                    "set_config takes a constant name, value and is_local; use SET".into(),
+                ));
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(made),
+    }
 }
 
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
