@@ -19,7 +19,9 @@
 //!  sql/               parse (Runnel statements + DataFusion's), rewrite, plan; never executes
 //!     │               but the few scalar functions put in place of DataFusion's
 //!     │               (functions); planner: a filter's calls shared with projections;
-//!     │               decorrelate: an optimizer rule for correlated scalar aggregates
+//!     │               decorrelate: an optimizer rule for correlated scalar aggregates;
+//!     │               text_type, json: json/jsonb/uuid as marked text; analyzer rules
+//!     │               for their casts, interval comparisons, rounding casts
 //!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
 //!     │               value formats (JSON, CSV, raw) at the edges; tables' primary keys
 //!     │               checked under their write locks

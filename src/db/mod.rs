@@ -427,12 +427,13 @@ impl datafusion::logical_expr::planner::TypePlanner for TypePlanners {
 }
 
 /// DataFusion's analyzer rules, after Runnel's casts to `json`, `jsonb` and `uuid` (which type coercion
-/// then fits), then its comparison of intervals as spans and its check of constant integer
-/// arithmetic (which need the types coercion settles).
+/// then fits), then its comparison of intervals as spans, its rounding casts to integers and
+/// its check of constant integer arithmetic (which need the types coercion settles).
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(sql::functions::typed_text::TextCasts));
     rules.push(Arc::new(sql::intervals::IntervalComparisons));
+    rules.push(Arc::new(sql::rounding::RoundingCasts));
     rules.push(Arc::new(sql::overflow::CheckedConstants));
     rules
 }

@@ -39,20 +39,25 @@ pub fn alias_repeated(query: &mut Query) {
     fn walk(body: &mut SetExpr) {
         match body {
             SetExpr::Select(select) => {
-                let mut seen: std::collections::HashMap<String, usize> = Default::default();
+                let mut seen: std::collections::HashSet<String> = Default::default();
+                let mut aliases: std::collections::HashSet<String> = Default::default();
                 for item in &mut select.projection {
                     let SelectItem::UnnamedExpr(expr) = item else {
                         continue;
                     };
-                    let times = seen.entry(datafusion_name(expr)).or_default();
-                    *times += 1;
-                    if *times > 1 {
-                        let alias = format!("{}:{times}", expression_name(expr));
-                        *item = SelectItem::ExprWithAlias {
-                            expr: expr.clone(),
-                            alias: Ident::with_quote('"', alias),
-                        };
+                    if seen.insert(datafusion_name(expr)) {
+                        continue;
                     }
+                    let name = expression_name(expr);
+                    let alias = (2..)
+                        .map(|n| format!("{name}:{n}"))
+                        .find(|a| !aliases.contains(a))
+                        .unwrap_or_default();
+                    aliases.insert(alias.clone());
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: Ident::with_quote('"', alias),
+                    };
                 }
             }
             SetExpr::Query(query) => walk(&mut query.body),
@@ -329,7 +334,7 @@ mod tests {
         assert_eq!(
             query.to_string(),
             "SELECT count(*), count(*) AS \"count:2\", a, a AS \"a:2\", a + 1 FROM t \
-             UNION SELECT 1, 1 AS \"?column?:2\", 2, 2 AS \"?column?:2\", 3"
+             UNION SELECT 1, 1 AS \"?column?:2\", 2, 2 AS \"?column?:3\", 3"
         );
         assert_eq!(
             names.renames(5),

@@ -16,6 +16,7 @@ pub mod overflow;
 pub mod parser;
 pub mod planner;
 pub mod rewrite;
+pub mod rounding;
 pub mod text_type;
 pub mod top_n;
 pub mod windows;
