@@ -16,6 +16,7 @@ use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
 use arrow_pg::encoder::encode_value;
 
+use crate::sql::functions::typed_text::OID_ALIAS;
 use crate::sql::text_type::TextType;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
@@ -333,10 +334,7 @@ impl QueryParser for StatementParser {
             .parameters
             .iter()
             .map(|f| match f {
-                Some(f) => match TextType::of(f) {
-                    Some(t) => Ok(pg_type(t)),
-                    None => into_pg_type(f.data_type()),
-                },
+                Some(f) => marked_type(f).map_or_else(|| into_pg_type(f.data_type()), Ok),
                 None => Ok(Type::UNKNOWN),
             })
             .collect()
@@ -356,7 +354,8 @@ impl QueryParser for StatementParser {
 
 /// The portal with the parameters its client sent as `json`, `jsonb` or `uuid` turned into
 /// the text they hold (arrow-pg reads them only as text; in binary, `jsonb` is a version
-/// byte and the text, a `uuid` its 16 bytes); `None` when it has none.
+/// byte and the text, a `uuid` its 16 bytes), and text arrays sent as text into their binary
+/// form (pgwire's text reading takes `""` and `"NULL"` for NULLs); `None` when it has none.
 fn text_type_parameters(
     portal: &Portal<Prepared>,
     described: &[Option<arrow::datatypes::FieldRef>],
@@ -371,12 +370,14 @@ fn text_type_parameters(
                     .get(i)
                     .cloned()
                     .flatten()
-                    .and_then(|f| TextType::of(&f))
-                    .map(pg_type),
+                    .and_then(|f| marked_type(&f).or_else(|| into_pg_type(f.data_type()).ok())),
             },
         )
         .collect();
-    if !hints.iter().any(is_text_type) {
+    let is_text_array = |t: &Option<Type>| matches!(t, Some(t) if [Type::TEXT_ARRAY, Type::VARCHAR_ARRAY, Type::BPCHAR_ARRAY, Type::NAME_ARRAY].contains(t));
+    let text_array_as_text =
+        |i: usize| is_text_array(&hints[i]) && !portal.parameter_format.is_binary(i);
+    if !hints.iter().any(is_text_type) && !(0..hints.len()).any(text_array_as_text) {
         return Ok(None);
     }
     let bad = |message: String| {
@@ -392,6 +393,16 @@ fn text_type_parameters(
     for (i, parameter) in parameters.iter_mut().enumerate() {
         let binary = portal.parameter_format.is_binary(i);
         let hint = hints.get(i).cloned().flatten();
+        if text_array_as_text(i) {
+            if let Some(value) = parameter {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| bad(format!("parameter ${} is not UTF-8", i + 1)))?;
+                let elements = crate::sql::array_literal::parse(text).map_err(pg_error)?;
+                *value = binary_text_array(&elements);
+            }
+            formats.push(1);
+            continue;
+        }
         if !is_text_type(&hint) {
             formats.push(i16::from(binary));
             continue;
@@ -431,17 +442,38 @@ fn text_type_parameters(
     Ok(Some(converted))
 }
 
+/// PostgreSQL's binary form of a one-dimensional `text[]`.
+fn binary_text_array(elements: &[Option<String>]) -> bytes::Bytes {
+    let mut out = BytesMut::new();
+    out.put_i32(i32::from(!elements.is_empty()));
+    out.put_i32(i32::from(elements.iter().any(Option::is_none)));
+    out.put_u32(Type::TEXT.oid());
+    if !elements.is_empty() {
+        out.put_i32(elements.len() as i32);
+        out.put_i32(1);
+    }
+    for element in elements {
+        match element {
+            None => out.put_i32(-1),
+            Some(e) => {
+                out.put_i32(e.len() as i32);
+                out.put_slice(e.as_bytes());
+            }
+        }
+    }
+    out.freeze()
+}
+
 /// The result columns as the client is told of them. A column type the wire encoding has no
 /// PostgreSQL type for (a list of lists, say) is refused with 0A000, saying which: the query
 /// cannot be answered correctly, which is not an internal error.
 fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
     let mut infos = arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)
         .map_err(unsendable_type)?;
-    // Text marked as `json`, `jsonb` or `uuid` is told as that type (arrow-pg knows only the
-    // storage type).
+    // Text marked as `json`, `jsonb` or `uuid`, and a list of integers marked as oids, are
+    // told as that type (arrow-pg knows only the storage type).
     for (info, field) in infos.iter_mut().zip(schema.fields()) {
-        if let Some(t) = TextType::of(field) {
-            let datatype = pg_type(t);
+        if let Some(datatype) = marked_type(field) {
             *info = FieldInfo::new(
                 info.name().to_string(),
                 info.table_id(),
@@ -452,6 +484,23 @@ fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
         }
     }
     Ok(infos)
+}
+
+/// The PostgreSQL type of a field whose Arrow type alone does not say it: text marked as
+/// `json`, `jsonb` or `uuid`, a list of integers marked as oids.
+fn marked_type(field: &arrow::datatypes::Field) -> Option<Type> {
+    match (TextType::of(field), field.data_type()) {
+        (Some(t), _) => Some(pg_type(t)),
+        (None, DataType::List(element))
+            if element
+                .metadata()
+                .get(OID_ALIAS)
+                .is_some_and(|kind| kind == "oid") =>
+        {
+            Some(Type::OID_ARRAY)
+        }
+        _ => None,
+    }
 }
 
 fn pg_type(t: TextType) -> Type {
@@ -509,7 +558,7 @@ fn encode_rows(
     options: &TextOptions,
 ) -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
     match text::for_wire(batch, fields, options) {
-        Ok(batch) => encode_recordbatch(fields.clone(), batch),
+        Ok((batch, fields)) => encode_recordbatch(fields, batch),
         Err(e) => Box::new(std::iter::once(Err(e))),
     }
 }
@@ -785,10 +834,10 @@ where
                 }
                 continue;
             }
-            let batch = text::for_wire(batch, &fields, options)?;
+            let (batch, encoding) = text::for_wire(batch, &fields, options)?;
             let schema = batch.schema();
             for row in 0..batch.num_rows() {
-                for (i, field) in fields.iter().enumerate() {
+                for (i, field) in encoding.iter().enumerate() {
                     encode_value(&mut encoder, batch.column(i), row, schema.field(i), field)?;
                 }
                 client

@@ -15,6 +15,7 @@ use arrow::datatypes::{
     IntervalUnit, IntervalYearMonthType, Schema, Time64MicrosecondType, TimeUnit,
 };
 use chrono::{DateTime, Datelike, NaiveDateTime, Offset, TimeZone, Timelike};
+use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 
@@ -37,16 +38,18 @@ impl Default for TextOptions {
 }
 
 /// `batch` with the columns PostgreSQL writes differently from arrow-pg replaced by their
-/// PostgreSQL form, for the formats `fields` ask for. The column types the client was told
-/// of (`fields`) stay as they are.
+/// PostgreSQL form, for the formats `fields` ask for, and the fields to encode it with. The
+/// column types the client was told of (`fields`) stay as they are, but an array written
+/// here as PostgreSQL's text is encoded as text, which pgwire would quote as one element.
 pub fn for_wire(
     batch: RecordBatch,
-    fields: &[FieldInfo],
+    fields: &Arc<Vec<FieldInfo>>,
     options: &TextOptions,
-) -> PgWireResult<RecordBatch> {
+) -> PgWireResult<(RecordBatch, Arc<Vec<FieldInfo>>)> {
     let schema = batch.schema();
     let mut columns: Option<Vec<ArrayRef>> = None;
     let mut new_fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    let mut encoding: Option<Vec<FieldInfo>> = None;
     for (i, field) in schema.fields().iter().enumerate() {
         let binary = fields.get(i).map(FieldInfo::format) == Some(FieldFormat::Binary);
         let column = batch.column(i);
@@ -60,13 +63,25 @@ pub fn for_wire(
             text(column, options)?
         };
         if let Some(replaced) = replaced {
+            if let (DataType::List(_), Some(info)) = (field.data_type(), fields.get(i)) {
+                encoding.get_or_insert_with(|| fields.to_vec())[i] = FieldInfo::new(
+                    info.name().to_string(),
+                    info.table_id(),
+                    info.column_id(),
+                    Type::TEXT,
+                    info.format(),
+                )
+                .with_format_options(info.format_options().clone());
+            }
             new_fields[i] = Arc::new(Field::new(field.name(), replaced.data_type().clone(), true));
             columns.get_or_insert_with(|| batch.columns().to_vec())[i] = replaced;
         }
     }
+    let encoding = encoding.map_or_else(|| fields.clone(), Arc::new);
     match columns {
-        None => Ok(batch),
+        None => Ok((batch, encoding)),
         Some(columns) => RecordBatch::try_new(Arc::new(Schema::new(new_fields)), columns)
+            .map(|batch| (batch, encoding))
             .map_err(|e| PgWireError::ApiError(Box::new(e))),
     }
 }
@@ -121,6 +136,18 @@ fn text(column: &ArrayRef, options: &TextOptions) -> PgWireResult<Option<ArrayRe
             Some(parts) => map_strings(column, |i| interval(parts[i])),
             None => return Ok(None),
         },
+        DataType::List(_) => {
+            let lists = column.as_list::<i32>();
+            let Some(elements) = text(lists.values(), options)? else {
+                return Ok(None);
+            };
+            let elements = elements.as_string::<i32>();
+            let offsets = lists.value_offsets();
+            map_strings(column, |i| {
+                let range = offsets[i] as usize..offsets[i + 1] as usize;
+                array_literal(range.map(|j| elements.is_valid(j).then(|| elements.value(j))))
+            })
+        }
         _ => return Ok(None),
     };
     Ok(Some(Arc::new(strings)))
@@ -231,6 +258,38 @@ fn map_strings(column: &ArrayRef, value: impl Fn(usize) -> String) -> arrow::arr
         }
     }
     out.finish()
+}
+
+/// PostgreSQL's text of a one-dimensional array: `{1.5,NULL,"a b"}`, an element quoted when
+/// it is empty, is `NULL` or holds a space, a brace, a comma, a quote or a backslash.
+fn array_literal<'a>(elements: impl Iterator<Item = Option<&'a str>>) -> String {
+    let mut out = String::from("{");
+    for (n, element) in elements.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        match element {
+            None => out.push_str("NULL"),
+            Some(e)
+                if e.is_empty()
+                    || e.eq_ignore_ascii_case("null")
+                    || e.chars()
+                        .any(|c| c.is_ascii_whitespace() || "{},\"\\".contains(c)) =>
+            {
+                out.push('"');
+                for c in e.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            Some(e) => out.push_str(e),
+        }
+    }
+    out.push('}');
+    out
 }
 
 fn api_error(e: impl std::fmt::Display) -> PgWireError {

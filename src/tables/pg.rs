@@ -30,8 +30,8 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem,
-    SetExpr, Statement, visit_expressions_mut,
+    BinaryOperator, DataType as SqlDataType, Expr as SqlExpr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, SelectItem, SetExpr, Statement, visit_expressions_mut,
 };
 
 use super::Tables;
@@ -295,7 +295,7 @@ fn version() -> ScalarUDF {
 /// catalog queries use, or casts to an object-identifier type (`'t'::regclass`). Decided on the parsed query, so
 /// that text (`'/pg_admin'`) or a column named like a catalog does not count.
 pub fn reads_system_catalogs(query: &sqlparser::ast::Statement) -> bool {
-    use sqlparser::ast::{DataType as SqlDataType, Visit, Visitor};
+    use sqlparser::ast::{Visit, Visitor};
     struct Catalogs(bool);
     impl Visitor for Catalogs {
         type Break = ();
@@ -376,8 +376,11 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
             .map(index_queries_found_empty)
             .map(visibility_by_search_path)
             .map(absent_column_details)
+            .map(domains_over_base_types)
+            .map(type_names_of_regtype)
             .map(absent_column_privileges_and_policies)
             .map(scalar_subqueries_aggregated)
+            .map(arrays_of_oids)
             .collect(),
     )
 }
@@ -409,6 +412,116 @@ fn absent_column_details(mut statement: Statement) -> Statement {
             )
         {
             *expr = SqlExpr::Value(sqlparser::ast::Value::Null.into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// `CASE WHEN t.typtype = 'd' THEN (WITH RECURSIVE … typbasetype …) END` as `CASE WHEN
+/// t.typtype = 'd' THEN t.typbasetype END`: asyncpg's type introspection follows a domain's
+/// base types down to the last with a correlated recursive query, which DataFusion cannot
+/// plan. Runnel's only domains are information_schema's, each over a base type (a test
+/// checks it), so the last base type is the first.
+fn domains_over_base_types(mut statement: Statement) -> Statement {
+    let domain_type = |e: &SqlExpr| match e {
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => match (left.as_ref(), right.as_ref()) {
+            (SqlExpr::CompoundIdentifier(parts), SqlExpr::Value(v))
+                if v.value == sqlparser::ast::Value::SingleQuotedString("d".into())
+                    && parts.len() == 2
+                    && parts[1].value.eq_ignore_ascii_case("typtype") =>
+            {
+                Some(parts[0].clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let follows_base_types = |e: &SqlExpr| {
+        matches!(e, SqlExpr::Subquery(q)
+            if q.with.as_ref().is_some_and(|w| w.recursive)
+                && q.to_string().to_ascii_lowercase().contains("typbasetype"))
+    };
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Case {
+            operand: None,
+            conditions,
+            ..
+        } = expr
+            && let [when] = conditions.as_mut_slice()
+            && let Some(domain) = domain_type(&when.condition)
+            && follows_base_types(&when.result)
+        {
+            when.result = SqlExpr::CompoundIdentifier(vec![
+                domain,
+                sqlparser::ast::Ident::new("typbasetype"),
+            ]);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// `array_agg(x.atttypid …)`, of a catalog column that holds oids, as `CAST(… AS oid[])`:
+/// in PostgreSQL it is an `oid[]`, which asyncpg's type introspection needs to read its
+/// own answer (an `int4[]` there would have to be introspected first).
+fn arrays_of_oids(mut statement: Statement) -> Statement {
+    const OID_COLUMNS: [&str; 6] = [
+        "oid",
+        "atttypid",
+        "typelem",
+        "typbasetype",
+        "typrelid",
+        "reltype",
+    ];
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Function(f) = expr
+            && f.name.to_string().eq_ignore_ascii_case("array_agg")
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::CompoundIdentifier(parts)))] =
+                list.args.as_slice()
+            && parts
+                .last()
+                .is_some_and(|p| OID_COLUMNS.contains(&p.value.to_ascii_lowercase().as_str()))
+            && let Ok(oids) =
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .try_with_sql(&format!("CAST({expr} AS oid[])"))
+                    .and_then(|mut p| p.parse_expr())
+        {
+            *expr = oids;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
+/// `oid::regtype::text` as the type's name, as PostgreSQL writes a `regtype` (`integer`,
+/// `-` for 0): datafusion-pg-catalog plans a `regtype` as the number.
+fn type_names_of_regtype(mut statement: Statement) -> Statement {
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Cast {
+            expr: inner,
+            data_type: SqlDataType::Text,
+            ..
+        } = expr
+            && let SqlExpr::Cast {
+                expr: oid,
+                data_type: SqlDataType::Custom(name, _),
+                ..
+            } = inner.as_ref()
+            && name.to_string().eq_ignore_ascii_case("regtype")
+            && let Ok(named) =
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .try_with_sql(&format!(
+                        "CASE WHEN {oid} = 0 THEN '-' ELSE format_type({oid}, NULL) END"
+                    ))
+                    .and_then(|mut p| p.parse_expr())
+        {
+            *expr = named;
         }
         ControlFlow::<()>::Continue(())
     });
@@ -447,9 +560,12 @@ fn absent_column_privileges_and_policies(mut statement: Statement) -> Statement 
 /// `(SELECT max(e) FROM … WHERE …)`: DataFusion plans a correlated one only if it is
 /// aggregated. The catalog rows these look up (a column's default, its collation, a type)
 /// are one at most, so the answer is the same. (SQLAlchemy's column reflection has three.)
+/// One that orders or limits its rows picks a row, which `max` would not: it stays.
 fn scalar_subqueries_aggregated(mut statement: Statement) -> Statement {
     let _ = visit_expressions_mut(&mut statement, |expr| {
         if let SqlExpr::Subquery(query) = expr
+            && query.order_by.is_none()
+            && query.limit_clause.is_none()
             && let SetExpr::Select(select) = query.body.as_mut()
             && matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
             && let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =

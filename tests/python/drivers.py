@@ -223,6 +223,37 @@ def with_uuid():
 with_uuid()
 
 
+# --- arrays: literals and parameters both ways, in text and binary -------------------------
+def with_arrays():
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for binary in (False, True):
+            got = conn.execute(
+                "SELECT %s::int[], %s::text[], '{1.5,NULL}'::float8[], ARRAY['a b', NULL]",
+                ([1, None, 3], ["x y", 'q"', ""]), binary=binary).fetchone()
+            check(got == ([1, None, 3], ["x y", 'q"', ""], [1.5, None], ["a b", None]),
+                  f"psycopg arrays (binary {binary}) {got}")
+
+    async def with_asyncpg():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+        # An int4[] parameter makes asyncpg introspect the type in pg_type first.
+        got = await conn.fetchrow("SELECT $1::int[] AS i, $2::text[] AS t", [1, None, 3], ["a", "b c"])
+        check(tuple(got) == ([1, None, 3], ["a", "b c"]), f"asyncpg arrays {tuple(got)}")
+        got = await conn.fetchval("SELECT '{2.5,NaN}'::float8[]")
+        check(got[0] == 2.5 and got[1] != got[1], f"asyncpg float8[] {got}")
+        await conn.close()
+
+    asyncio.run(with_asyncpg())
+    conn = psycopg2.connect(dsn)
+    cur = conn.cursor()
+    cur.execute("SELECT %s::int[], '{a,\"b c\"}'::text[]", ([4, 5],))
+    got = cur.fetchone()
+    check(got == ([4, 5], ["a", "b c"]), f"psycopg2 arrays {got}")
+    conn.close()
+
+
+with_arrays()
+
+
 async def json_with_asyncpg():
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
     # asyncpg reads both in binary, as their text (jsonb's behind its version byte).

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, StringBuilder};
+use datafusion::arrow::array::{AsArray, ListBuilder, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::config::ConfigOptions;
@@ -20,13 +20,14 @@ use datafusion::logical_expr::{
     ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::sql::sqlparser::ast::DataType as SqlDataType;
+use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as SqlDataType};
 
 use crate::catalog::types::SqlType;
 use crate::error::Error;
 use crate::sql::text_type::TextType;
 
-/// Plans `json`, `jsonb` and `uuid` in casts as text fields marked with their type.
+/// Plans `json`, `jsonb` and `uuid` in casts as text fields marked with their type, and
+/// `oid[]` as a list of integers marked as oids (so clients are told `oid[]`).
 #[derive(Debug, Default)]
 pub struct TextTypes;
 
@@ -36,10 +37,28 @@ impl TypePlanner for TextTypes {
             SqlDataType::JSON => Some(TextType::Json.field("")),
             SqlDataType::JSONB => Some(TextType::Jsonb.field("")),
             SqlDataType::Uuid => Some(TextType::Uuid.field("")),
+            SqlDataType::Array(ArrayElemTypeDef::SquareBracket(element, None))
+                if matches!(element.as_ref(), SqlDataType::Custom(name, args)
+                    if args.is_empty() && name.to_string().eq_ignore_ascii_case("oid")) =>
+            {
+                let oid = Field::new_list_field(DataType::Int32, true).with_metadata(
+                    [(OID_ALIAS.to_string(), "oid".to_string())]
+                        .into_iter()
+                        .collect(),
+                );
+                Some(Arc::new(Field::new(
+                    "",
+                    DataType::List(Arc::new(oid)),
+                    true,
+                )))
+            }
             _ => None,
         })
     }
 }
+
+/// The field metadata that marks an `Int32` as an oid (arrow-pg's and datafusion-pg-catalog's).
+pub const OID_ALIAS: &str = arrow_pg::datatypes::PG_OID_ALIAS_KEY;
 
 /// Replaces each cast to a marked type with the function that checks and canonicalizes its
 /// text, and reads a string compared with a `uuid` as a UUID (so `u = 'A0EE…'` finds the
@@ -87,6 +106,22 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
                 && let Some(with_seconds) = crate::ingest::values::with_seconds(text)
             {
                 *text = with_seconds;
+                return Ok(Transformed::yes(Expr::Cast(cast_expr)));
+            }
+            if let DataType::List(_) = cast_expr.field.data_type()
+                && field_of(&cast_expr.expr, schema).is_some_and(|from| {
+                    matches!(
+                        from.data_type(),
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )
+                })
+            {
+                // `'{1,2}'::int[]`: the literal's elements, each cast to the element type.
+                let texts = Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::from(ArrayInput::default())),
+                    vec![*cast_expr.expr],
+                ));
+                cast_expr.expr = Box::new(texts);
                 return Ok(Transformed::yes(Expr::Cast(cast_expr)));
             }
             let Some(to) = TextType::of(&cast_expr.field) else {
@@ -243,6 +278,53 @@ impl ScalarUDFImpl for TextInput {
                     Ok(Some(canonical)) => out.append_value(canonical),
                     Err(e) => return Err(e.into()),
                 },
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `array_in`: PostgreSQL's text of an array (`{a,"b c",NULL}`) to a list of its elements'
+/// texts, which a cast then reads as the element type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayInput {
+    signature: Signature,
+}
+
+impl Default for ArrayInput {
+    fn default() -> Self {
+        ArrayInput {
+            signature: Signature::string(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ArrayInput {
+    fn name(&self) -> &str {
+        "array_in"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Utf8, true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let texts = args.args[0].to_array(args.number_rows)?;
+        let texts = cast(&texts, &DataType::Utf8)?;
+        let mut out = ListBuilder::new(StringBuilder::new());
+        for text in texts.as_string::<i32>() {
+            match text {
+                None => out.append_null(),
+                Some(text) => {
+                    for element in crate::sql::array_literal::parse(text)? {
+                        out.values().append_option(element);
+                    }
+                    out.append(true);
+                }
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
