@@ -36,7 +36,9 @@ use sqlparser::ast::{
 
 use super::Tables;
 use crate::catalog::access::SUPERUSER;
-use crate::catalog::{CATALOG_NAME, CatalogData, ObjectClass, PUBLIC_SCHEMA, Relation};
+use crate::catalog::{
+    CATALOG_NAME, CatalogData, HIDDEN_COLUMNS, ObjectClass, PUBLIC_SCHEMA, Relation,
+};
 use crate::error::{Error, Result};
 use crate::sql::text_type::TextType;
 
@@ -1066,13 +1068,26 @@ struct PgAttribute {
     catalog: Arc<CatalogData>,
 }
 
+/// What `pg_attribute` says of Runnel's relations that datafusion-pg-catalog cannot know.
+#[derive(Default)]
+struct OurColumns {
+    /// The type OID of each (relation OID, column name) whose column is of a type kept as
+    /// marked text.
+    text_typed: HashMap<(i64, String), i32>,
+    /// Relations with hidden columns (`_partition`, `_offset`, …): numbered below zero, as
+    /// PostgreSQL numbers system columns, so tools that list a table's columns
+    /// (`attnum > 0`) leave them out as they leave out `ctid`.
+    with_hidden: BTreeSet<i64>,
+}
+
+impl OurColumns {
+    fn is_empty(&self) -> bool {
+        self.text_typed.is_empty() && self.with_hidden.is_empty()
+    }
+}
+
 impl PgAttribute {
-    /// The type OID of each (relation OID, column name) of Runnel's whose column is of a
-    /// type kept as marked text.
-    async fn text_typed_columns(
-        &self,
-        state: &dyn Session,
-    ) -> DfResult<HashMap<(i64, String), i32>> {
+    async fn our_columns(&self, state: &dyn Session) -> DfResult<OurColumns> {
         let public = public_namespace_oids(self.namespaces.as_ref(), state).await?;
         let all = self.classes.scan(state, None, &[], None).await?;
         let schema = all.schema();
@@ -1081,7 +1096,7 @@ impl PgAttribute {
             schema.index_of("relname")?,
             schema.index_of("relnamespace")?,
         );
-        let mut typed = HashMap::new();
+        let mut ours = OurColumns::default();
         for batch in collect(all, state.task_ctx()).await? {
             let oids = cast(batch.column(oid), &DataType::Int64)?;
             let oids = oids.as_primitive::<Int64Type>();
@@ -1095,11 +1110,14 @@ impl PgAttribute {
                 }
                 let fields: Vec<(String, Option<TextType>)> =
                     match self.catalog.relation(names.value(row)) {
-                        Some(Relation::Stream(stream, _)) => stream
-                            .columns
-                            .iter()
-                            .map(|c| (c.name.clone(), c.sql_type.text_type()))
-                            .collect(),
+                        Some(Relation::Stream(stream, _)) => {
+                            ours.with_hidden.insert(oids.value(row));
+                            stream
+                                .columns
+                                .iter()
+                                .map(|c| (c.name.clone(), c.sql_type.text_type()))
+                                .collect()
+                        }
                         Some(Relation::View(view)) => view
                             .columns
                             .iter()
@@ -1109,12 +1127,12 @@ impl PgAttribute {
                     };
                 for (column, t) in fields {
                     if let Some(t) = t {
-                        typed.insert((oids.value(row), column), t.oid());
+                        ours.text_typed.insert((oids.value(row), column), t.oid());
                     }
                 }
             }
         }
-        Ok(typed)
+        Ok(ours)
     }
 }
 
@@ -1139,7 +1157,8 @@ impl TableProvider for PgAttribute {
         let relation = schema.index_of("attrelid")?;
         let name = schema.index_of("attname")?;
         let type_oid = schema.index_of("atttypid")?;
-        let typed = self.text_typed_columns(state).await?;
+        let number = schema.index_of("attnum")?;
+        let ours = self.our_columns(state).await?;
         scan_fixed(
             self.inner.as_ref(),
             &schema,
@@ -1148,28 +1167,47 @@ impl TableProvider for PgAttribute {
             filters,
             limit,
             |batch| {
-                if typed.is_empty() {
+                if ours.is_empty() {
                     return Ok(batch);
                 }
                 let relations = cast(batch.column(relation), &DataType::Int64)?;
                 let relations = relations.as_primitive::<Int64Type>();
                 let names = batch.column(name).as_string::<i32>();
                 let types = batch.column(type_oid).as_primitive::<Int32Type>();
+                let key = |row: usize| {
+                    (relations.is_valid(row) && names.is_valid(row))
+                        .then(|| (relations.value(row), names.value(row)))
+                };
                 let patched: Int32Array = (0..batch.num_rows())
                     .map(|row| {
-                        let ours = (relations.is_valid(row) && names.is_valid(row))
-                            .then(|| {
-                                typed.get(&(relations.value(row), names.value(row).to_string()))
-                            })
-                            .flatten();
-                        match ours {
+                        let text_typed = key(row).and_then(|(relation, name)| {
+                            ours.text_typed.get(&(relation, name.to_string()))
+                        });
+                        match text_typed {
                             Some(oid) => Some(*oid),
                             None => types.is_valid(row).then(|| types.value(row)),
                         }
                     })
                     .collect();
+                let numbers = cast(batch.column(number), &DataType::Int32)?;
+                let numbers = numbers.as_primitive::<Int32Type>();
+                let renumbered: Int32Array = (0..batch.num_rows())
+                    .map(|row| {
+                        let hidden = key(row).and_then(|(relation, name)| {
+                            ours.with_hidden
+                                .contains(&relation)
+                                .then(|| HIDDEN_COLUMNS.iter().position(|h| *h == name))
+                                .flatten()
+                        });
+                        match hidden {
+                            Some(i) => Some(-1 - i as i32),
+                            None => numbers.is_valid(row).then(|| numbers.value(row)),
+                        }
+                    })
+                    .collect();
                 let mut columns = batch.columns().to_vec();
                 columns[type_oid] = Arc::new(patched);
+                columns[number] = cast(&renumbered, batch.schema().field(number).data_type())?;
                 Ok(RecordBatch::try_new(batch.schema(), columns)?)
             },
         )

@@ -107,6 +107,11 @@ with engine.connect() as conn:
 frame = pd.read_sql("SELECT * FROM per_customer ORDER BY customer", engine)
 check(list(frame["customer"]) == ["c0", "c1", "c2"], f"view through pandas: {frame}")
 check(list(frame["n"]) == [10, 10, 10], f"view through pandas: {frame}")
+# read_sql_table reflects the stream's columns: the declared ones, as a PostgreSQL table's
+# (hidden columns are numbered below zero in pg_attribute, as system columns are).
+frame = pd.read_sql_table("orders", engine)
+check(list(frame.columns) == ["id", "customer", "amount"], f"read_sql_table columns {list(frame.columns)}")
+check(len(frame) == 30, f"read_sql_table rows {len(frame)}")
 engine.dispose()
 
 # pandas writes a new table (no primary key: a table as PostgreSQL's heap tables are) and
