@@ -129,7 +129,6 @@ pub enum Output {
     CopyOut {
         rows: SendableRecordBatchStream,
         options: crate::ingest::copy::CopyOptions,
-        binary: bool,
     },
     /// The rows of a `FETCH`.
     Fetched {

@@ -480,7 +480,6 @@ impl Session {
                     Output::Rows(rows) => Ok(Output::CopyOut {
                         rows,
                         options: c.options,
-                        binary: c.binary,
                     }),
                     _ => Err(Error::Syntax(format!(
                         "COPY … TO STDOUT takes a query, not \"{}\"",

@@ -1,4 +1,4 @@
-//! `COPY … FROM STDIN` decoding: PostgreSQL's text and CSV formats, streamed.
+//! `COPY … FROM STDIN` decoding: PostgreSQL's text, CSV and binary formats, streamed.
 //!
 //! Data arrives in arbitrary chunks (CopyData messages). The decoder splits it into rows as
 //! it comes (csv-core's incremental reader for CSV, a line splitter for text), collects each
@@ -11,10 +11,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, RecordBatch, new_null_array,
+};
 use arrow::datatypes::{DataType, SchemaRef};
 use csv_core::{ReadRecordResult, Reader as CsvReader, ReaderBuilder as CsvReaderBuilder};
 
+use super::binary::Frame;
 use crate::catalog::SqlType;
 use crate::error::{Error, Result};
 
@@ -25,9 +28,11 @@ pub const BATCH_ROWS: usize = 65_536;
 pub enum CopyFormat {
     Text,
     Csv,
+    /// PostgreSQL's binary format (`super::binary`).
+    Binary,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOptions {
     pub format: CopyFormat,
     pub delimiter: u8,
@@ -41,7 +46,7 @@ pub struct CopyOptions {
 impl CopyOptions {
     pub fn new(format: CopyFormat) -> CopyOptions {
         match format {
-            CopyFormat::Text => CopyOptions {
+            CopyFormat::Text | CopyFormat::Binary => CopyOptions {
                 format,
                 delimiter: b'\t',
                 null: "\\N".into(),
@@ -78,6 +83,8 @@ pub struct CopyShape {
     columns: Vec<CopyColumn>,
     /// The rows produced: the relation's row schema (columns not in the input are NULL).
     row_schema: SchemaRef,
+    /// Fields are binary values (the binary format), not text.
+    binary: bool,
 }
 
 /// Rows split into fields but not yet typed: each input column's values as raw bytes.
@@ -121,6 +128,31 @@ impl RawRows {
         raw: &BinaryArray,
         target: &DataType,
     ) -> Result<ArrayRef> {
+        if self.shape.binary {
+            let bad = |row: usize| {
+                Error::data(
+                    "22P03",
+                    format!(
+                        "COPY {}, line {}, column {}: incorrect binary data format for type {}",
+                        self.shape.relation, self.lines[row], column.name, column.sql_type
+                    ),
+                )
+            };
+            return match super::binary::typed_column(raw, column.sql_type, target) {
+                Ok((typed, true)) => Ok(typed),
+                Ok((text, false)) => {
+                    let text = text.as_string::<i32>();
+                    super::values::typed_column(text, target).map_err(|row| {
+                        let context = format!(
+                            "COPY {}, line {}, column {}: ",
+                            self.shape.relation, self.lines[row], column.name
+                        );
+                        super::values::invalid_value(column.sql_type, text.value(row), &context)
+                    })
+                }
+                Err(row) => Err(bad(row)),
+            };
+        }
         if *target == DataType::Binary {
             return decode_bytea(raw).map_err(|row| self.bad_value(column, raw, row));
         }
@@ -172,6 +204,9 @@ pub struct CopyDecoder {
     /// Text format: the unescaped fields of the current line, and which are NULL.
     unescaped: Vec<Vec<u8>>,
     nulls: Vec<bool>,
+    /// Binary format: input not yet framed, and whether its header has been read.
+    binary_input: Vec<u8>,
+    binary_header_read: bool,
     input_bytes: u64,
 }
 
@@ -199,6 +234,7 @@ impl CopyDecoder {
                 relation: relation.to_string(),
                 columns,
                 row_schema,
+                binary: options.format == CopyFormat::Binary,
             }),
             header_pending: options.header,
             options,
@@ -215,6 +251,8 @@ impl CopyDecoder {
             partial_line: vec![],
             unescaped,
             nulls,
+            binary_input: vec![],
+            binary_header_read: false,
             input_bytes: 0,
         }
     }
@@ -231,6 +269,7 @@ impl CopyDecoder {
         match self.options.format {
             CopyFormat::Csv => self.push_csv(data, false, &mut out)?,
             CopyFormat::Text => self.push_text(data, &mut out)?,
+            CopyFormat::Binary => self.push_binary(data, &mut out)?,
         }
         Ok(out)
     }
@@ -246,6 +285,14 @@ impl CopyDecoder {
                     self.text_line(&line, &mut out)?;
                 }
             }
+            // Input may end without the trailer, between tuples (as in PostgreSQL).
+            CopyFormat::Binary if !self.binary_header_read => {
+                return Err(self.bad_binary("COPY file signature not recognized"));
+            }
+            CopyFormat::Binary if !self.ended && !self.binary_input.is_empty() => {
+                return Err(self.bad_binary("unexpected EOF in COPY data"));
+            }
+            CopyFormat::Binary => {}
         }
         out.extend(self.take_rows());
         Ok(out)
@@ -342,6 +389,62 @@ impl CopyDecoder {
                 ReadRecordResult::End => return Ok(()),
             }
         }
+    }
+
+    fn push_binary(&mut self, data: &[u8], out: &mut Vec<RawRows>) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.binary_input.extend_from_slice(data);
+        let input = std::mem::take(&mut self.binary_input);
+        let mut at = 0;
+        let framed = loop {
+            let rest = &input[at..];
+            let frame = if self.binary_header_read {
+                super::binary::tuple(rest, self.shape.columns.len())
+            } else {
+                super::binary::header(rest)
+            };
+            match frame {
+                Err(e) => break Err(self.bad_binary(&e)),
+                Ok(Frame::Incomplete) => break Ok(()),
+                Ok(Frame::Header { len }) => {
+                    self.binary_header_read = true;
+                    at += len;
+                }
+                Ok(Frame::Trailer) => {
+                    self.ended = true;
+                    at = input.len();
+                    break Ok(());
+                }
+                Ok(Frame::Tuple { fields, len }) => {
+                    for (builder, field) in self.raw.iter_mut().zip(fields) {
+                        match field {
+                            None => builder.append_null(),
+                            Some(value) => builder.append_value(value),
+                        }
+                    }
+                    let tuple = self.line;
+                    self.line += 1;
+                    self.row_done(tuple, out);
+                    at += len;
+                }
+            }
+        };
+        self.binary_input = input;
+        self.binary_input.drain(..at);
+        framed
+    }
+
+    /// A binary `COPY` stream that is not one, at the tuple being read.
+    fn bad_binary(&self, message: &str) -> Error {
+        Error::data(
+            "22P04",
+            format!(
+                "COPY {}, line {}: {message}",
+                self.shape.relation, self.line
+            ),
+        )
     }
 
     fn push_text(&mut self, data: &[u8], out: &mut Vec<RawRows>) -> Result<()> {

@@ -3,6 +3,7 @@
 //! `INSERT … VALUES` rows ([`values`]), and the append itself ([`writer`]), which checks a
 //! table's primary key under its write lock ([`table`]).
 
+pub mod binary;
 pub mod copy;
 pub mod formats;
 pub mod key;

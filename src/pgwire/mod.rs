@@ -605,9 +605,11 @@ fn response(output: Output, format: &Format, options: &TextOptions) -> PgWireRes
             }
             Response::Execution(t)
         }
-        Output::CopyIn { columns, .. } => {
-            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
-        }
+        Output::CopyIn { columns, format } => Response::CopyIn(CopyResponse::new(
+            i8::from(format == CopyFormat::Binary),
+            columns,
+            stream::empty(),
+        )),
         Output::Fetched { schema, rows } => {
             let fields = Arc::new(pg_fields(schema.as_ref(), format)?);
             let encode_fields = fields.clone();
@@ -726,7 +728,7 @@ where
         rows: &mut rows,
         gone,
     };
-    copy_out(client, schema, &copy, false, options, source).await
+    copy_out(client, schema, &copy, options, source).await
 }
 
 /// Where the rows of a `COPY … TO STDOUT` come from.
@@ -758,7 +760,6 @@ async fn copy_out<C>(
     client: &mut C,
     schema: SchemaRef,
     copy: &CopyOptions,
-    binary: bool,
     options: &TextOptions,
     mut source: CopySource<'_, impl Future<Output = ()>>,
 ) -> PgWireResult<Response>
@@ -767,6 +768,7 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
+    let binary = copy.format == CopyFormat::Binary;
     let format = if binary {
         Format::UnifiedBinary
     } else {
@@ -783,7 +785,8 @@ where
         )))
         .await?;
     let mut encoder = match copy.format {
-        CopyFormat::Text => CopyEncoder::new_text(
+        // Binary rows are encoded as the extended protocol's (below).
+        CopyFormat::Text | CopyFormat::Binary => CopyEncoder::new_text(
             fields.clone(),
             CopyTextOptions {
                 delimiter: char::from(copy.delimiter).to_string().into(),
@@ -889,7 +892,6 @@ async fn send_copy_out<C>(
     client: &mut C,
     mut rows: SendableRecordBatchStream,
     copy: &CopyOptions,
-    binary: bool,
     options: &TextOptions,
 ) -> PgWireResult<Response>
 where
@@ -899,7 +901,7 @@ where
 {
     let schema = rows.schema();
     let source = CopySource::<std::future::Pending<()>>::Query(&mut rows);
-    copy_out(client, schema, copy, binary, options, source).await
+    copy_out(client, schema, copy, options, source).await
 }
 
 /// Sends what a simple query produced before a push query, ahead of its rows (pgwire sends
@@ -984,10 +986,9 @@ impl SimpleQueryHandler for Handler {
                 Ok(Output::CopyOut {
                     rows,
                     options: copy,
-                    binary,
                 }) => {
                     send_responses(client, responses.drain(..)).await?;
-                    match send_copy_out(client, rows, &copy, binary, &options).await {
+                    match send_copy_out(client, rows, &copy, &options).await {
                         Ok(done) => responses.push(done),
                         Err(PgWireError::UserError(info)) => responses.push(Response::Error(info)),
                         Err(e) => return Err(e),
@@ -1212,8 +1213,7 @@ impl ExtendedQueryHandler for Handler {
             Output::CopyOut {
                 rows,
                 options: copy,
-                binary,
-            } => send_copy_out(client, rows, &copy, binary, &options).await,
+            } => send_copy_out(client, rows, &copy, &options).await,
             output => response(output, &portal.result_column_format, &options),
         }
     }

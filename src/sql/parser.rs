@@ -335,8 +335,6 @@ pub struct CopyTo {
     /// The query whose rows are sent (`SELECT columns FROM relation` for a relation).
     pub query: String,
     pub options: CopyOptions,
-    /// PostgreSQL's binary COPY format rather than `options.format`.
-    pub binary: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -765,11 +763,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
             ..
         }) = p.parse_statement()
         {
-            let (options, binary) = copy_options(&options, &legacy_options)?;
             return Ok(Statement::CopyTo(CopyTo {
                 query: query.to_string(),
-                options,
-                binary,
+                options: copy_options(&options, &legacy_options)?,
             }));
         }
         while p.index() > start {
@@ -797,17 +793,10 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
                     "COPY … FROM a server file is not supported; use COPY … FROM STDIN (psql's \\copy)".into(),
                 ));
             }
-            let (options, binary) = copy_options(&options, &legacy_options)?;
-            if binary {
-                return Err(Error::Unsupported(
-                    "COPY … FROM STDIN in the binary format is not supported yet (text, csv)"
-                        .into(),
-                ));
-            }
             return Ok(Statement::CopyFrom(CopyFrom {
                 target: relation_name(&table_name)?,
                 columns: columns.iter().map(normalize).collect(),
-                options,
+                options: copy_options(&options, &legacy_options)?,
             }));
         }
         if let SqlStatement::Copy {
@@ -831,11 +820,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
                     .collect::<Vec<_>>()
                     .join(", "),
             };
-            let (options, binary) = copy_options(options, legacy_options)?;
             return Ok(Statement::CopyTo(CopyTo {
                 query: format!("SELECT {columns} FROM {table_name}"),
-                options,
-                binary,
+                options: copy_options(options, legacy_options)?,
             }));
         }
         // Re-parse from the start with DataFusion's parser (COPY table TO 'file').
@@ -1735,22 +1722,15 @@ fn one_byte(option: &str, c: char) -> Result<u8> {
     }
 }
 
-/// A COPY's options, and whether it is in the binary format.
-fn copy_options(
-    options: &[CopyOption],
-    legacy: &[CopyLegacyOption],
-) -> Result<(CopyOptions, bool)> {
+/// A COPY's options.
+fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyOptions> {
     let mut format = CopyFormat::Text;
-    let mut binary = false;
     for o in options {
         if let CopyOption::Format(name) = o {
             format = match name.value.to_lowercase().as_str() {
                 "text" => CopyFormat::Text,
                 "csv" => CopyFormat::Csv,
-                "binary" => {
-                    binary = true;
-                    CopyFormat::Text
-                }
+                "binary" => CopyFormat::Binary,
                 other => {
                     return Err(Error::data(
                         "22023",
@@ -1763,7 +1743,7 @@ fn copy_options(
     for o in legacy {
         match o {
             CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
-            CopyLegacyOption::Binary => binary = true,
+            CopyLegacyOption::Binary => format = CopyFormat::Binary,
             _ => {}
         }
     }
@@ -1802,7 +1782,34 @@ fn copy_options(
             "COPY delimiter cannot be newline or carriage return",
         ));
     }
-    Ok((out, binary))
+    // Options that do not apply to the format are refused, with PostgreSQL's SQLSTATEs.
+    let default = CopyOptions::new(format);
+    if format == CopyFormat::Binary {
+        if out.delimiter != default.delimiter {
+            return Err(Error::Syntax(
+                "cannot specify DELIMITER in BINARY mode".into(),
+            ));
+        }
+        if out.null != default.null {
+            return Err(Error::Syntax("cannot specify NULL in BINARY mode".into()));
+        }
+        if out.header {
+            return Err(Error::Unsupported(
+                "cannot specify HEADER in BINARY mode".into(),
+            ));
+        }
+    }
+    if format != CopyFormat::Csv && (out.quote != default.quote || out.escape != default.escape) {
+        let which = if out.quote != default.quote {
+            "quote"
+        } else {
+            "escape"
+        };
+        return Err(Error::Unsupported(format!(
+            "COPY {which} available only in CSV mode"
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -147,6 +147,22 @@ with psycopg.connect(dsn, autocommit=True) as conn:
         copy.set_types(["int8", "timestamp", "numeric"])
         got = list(copy.rows())
     check(got == [(1, ROW[12], ROW[7])], f"psycopg binary COPY out {got}")
+    # Binary COPY in: every common type as its binary form, and NULLs.
+    with conn.cursor().copy("COPY p3 FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "bool", "int2", "int4", "int8", "float4", "float8", "numeric",
+                        "text", "bytea", "date", "time", "timestamp", "interval"])
+        copy.write_row((40,) + ROW[1:])
+        copy.write_row((41,) + (None,) * 13)
+    rows = conn.execute("SELECT * FROM p3 WHERE id >= 40 ORDER BY id").fetchall()
+    same_row(rows[0], (40,) + ROW[1:], "psycopg binary COPY in")
+    check(rows[1] == (41,) + (None,) * 13, f"psycopg binary COPY in NULLs {rows[1]}")
+    try:
+        with conn.cursor().copy("COPY p3 (id, i4) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "int8"])  # an int4 column sent 8 bytes wide
+            copy.write_row((42, 1))
+        check(False, "a value of the wrong binary size is refused")
+    except psycopg.errors.InvalidBinaryRepresentation:
+        pass
     try:
         conn.execute("SELECT id FROM p3 WHERE id = %s EMIT CHANGES", (1,))
         check(False, "a parameter in a push query is refused")
@@ -300,6 +316,11 @@ async def with_asyncpg():
     out = io.BytesIO()
     await conn.copy_from_query("SELECT id, t FROM pa WHERE id >= 5 ORDER BY id", output=out)
     check(out.getvalue() == b"5\ta\n6\t\\N\n", f"asyncpg COPY out {out.getvalue()!r}")
+    # copy_records_to_table sends the binary format, each value as its column's type.
+    await conn.copy_records_to_table("pa", records=[(7,) + ROW[1:], (8,) + (None,) * 13])
+    rows = await conn.fetch("SELECT * FROM pa WHERE id IN (7, 8) ORDER BY id")
+    same_row(tuple(rows[0]), (7,) + ROW[1:], "asyncpg copy_records_to_table")
+    check(tuple(rows[1]) == (8,) + (None,) * 13, f"asyncpg copy_records_to_table NULLs {tuple(rows[1])}")
 
     # A push query read through a cursor as its rows happen: each fetch returns what is
     # ready (prefetch asks for 2 at a time), long before the query would end.
