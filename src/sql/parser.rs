@@ -591,6 +591,9 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS]) {
             return Ok(Statement::ShowViews);
         }
+        if p.parse_keywords(&[Keyword::TIME, Keyword::ZONE]) {
+            return Ok(Statement::ShowVariable("timezone".into()));
+        }
         // SHOW name, SHOW ALL, SHOW TRANSACTION ISOLATION LEVEL
         let mut words = vec![parse_variable_name(p)?];
         while let Token::Word(w) = &p.peek_token().token {
@@ -614,6 +617,18 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
             return Ok(Statement::Set {
                 name: "transaction".into(),
                 value: Some(String::new()),
+            });
+        }
+        // SET TIME ZONE value: PostgreSQL's spelling of SET timezone = value.
+        if p.parse_keywords(&[Keyword::TIME, Keyword::ZONE]) {
+            let value = if p.parse_keyword(Keyword::LOCAL) {
+                None
+            } else {
+                parse_set_value(p)?
+            };
+            return Ok(Statement::Set {
+                name: "timezone".into(),
+                value,
             });
         }
         let name = parse_variable_name(p)?;

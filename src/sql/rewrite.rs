@@ -86,6 +86,23 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
             }
             return ControlFlow::Continue(());
         }
+        if let Expr::Function(function) = expr
+            && is_regexp_split_to_table(&function.name)
+            && let FunctionArguments::List(args) = &function.args
+            && let Ok(unnested) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&format!(
+                    "unnest(regexp_split_to_array({}))",
+                    args.args
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .and_then(|mut p| p.parse_expr())
+        {
+            *expr = unnested;
+            return ControlFlow::Continue(());
+        }
         if let Expr::Like {
             pattern,
             escape_char,
@@ -227,6 +244,33 @@ impl VisitorMut for UnnestColumns {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // FROM regexp_split_to_table(s, pattern) [AS t]: the unnested array.
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } = factor
+            && is_regexp_split_to_table(name)
+        {
+            let args: Vec<String> = args.args.iter().map(ToString::to_string).collect();
+            let sql = format!(
+                "SELECT * FROM UNNEST(regexp_split_to_array({})) AS regexp_split_to_table",
+                args.join(", ")
+            );
+            if let Ok(Statement::Query(query)) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&sql)
+                .and_then(|mut p| p.parse_statement())
+                && let SetExpr::Select(select) = *query.body
+                && let Some(from) = select.from.into_iter().next()
+            {
+                let given = alias.take();
+                *factor = from.relation;
+                if let (TableFactor::UNNEST { alias, .. }, Some(given)) = (&mut *factor, given) {
+                    *alias = Some(given);
+                }
+            }
+        }
         if let TableFactor::UNNEST {
             alias: Some(alias),
             array_exprs,
@@ -241,6 +285,18 @@ impl VisitorMut for UnnestColumns {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// `regexp_split_to_table` or `pg_catalog.regexp_split_to_table`: a set-returning function,
+/// which DataFusion has as `unnest` of an array.
+fn is_regexp_split_to_table(name: &ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
+        .collect();
+    matches!(parts.as_slice(), [f] | [_, f] if f == "regexp_split_to_table")
+        && (parts.len() == 1 || parts[0] == "pg_catalog")
 }
 
 /// A relation of a `FROM` clause: the name `*` qualifies it by, and its hidden columns.

@@ -15,7 +15,7 @@ use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub use coalesced::Coalesced;
-pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSubstr};
+pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSplitToArray, RegexpSubstr};
 pub use to_char::ToChar;
 
 /// The functions of this module, to register over DataFusion's defaults.
@@ -24,6 +24,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::from(ToChar::default()),
         ScalarUDF::from(RegexpMatch::default()),
         ScalarUDF::from(RegexpSubstr::default()),
+        ScalarUDF::from(RegexpSplitToArray::default()),
     ]
     .into_iter()
     .chain(json::udfs())

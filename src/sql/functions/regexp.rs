@@ -118,6 +118,71 @@ fn match_lists<B: TextBuilder>(
     Ok(Arc::new(lists.finish()))
 }
 
+/// `regexp_split_to_array(string, pattern [, flags])`: the pieces of `string` between the
+/// matches of `pattern`, as PostgreSQL splits: a zero-length match at the start or end of the
+/// string, or right after another match, splits nothing (`''` splits into characters).
+/// `regexp_split_to_table` is this array unnested (`sql::rewrite`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RegexpSplitToArray {
+    signature: Signature,
+}
+
+impl Default for RegexpSplitToArray {
+    fn default() -> Self {
+        RegexpSplitToArray {
+            signature: Signature::one_of(
+                vec![
+                    datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8; 2]),
+                    datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8; 3]),
+                ],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for RegexpSplitToArray {
+    fn name(&self) -> &str {
+        "regexp_split_to_array"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Utf8, true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let constant = all_constant(&args.args);
+        let rows = if constant { 1 } else { args.number_rows };
+        let values = Texts::of(&args.args[0])?;
+        let mut patterns = Patterns::new("regexp_split_to_array", &args.args[1], args.args.get(2))?;
+        let mut lists = ListBuilder::with_capacity(StringBuilder::new(), rows);
+        for row in 0..rows {
+            let (Some(value), Some((regex, _))) = (values.get(row), patterns.at(row)?) else {
+                lists.append(false);
+                continue;
+            };
+            let mut start = 0;
+            let mut last_end = None;
+            for found in regex.find_iter(value) {
+                let at = found.start();
+                if found.is_empty() && (at == 0 || at == value.len() || Some(at) == last_end) {
+                    continue;
+                }
+                lists.values().append_value(&value[start..at]);
+                start = found.end();
+                last_end = Some(found.end());
+            }
+            lists.values().append_value(&value[start..]);
+            lists.append(true);
+        }
+        columnar(constant, Arc::new(lists.finish()))
+    }
+}
+
 /// `regexp_substr(string, pattern [, start [, n [, flags [, subexpr]]]])`, as PostgreSQL has
 /// it: the substring matching the `n`-th match of `pattern` (matches counted without overlap
 /// from character `start`), or its `subexpr`-th capture group; NULL when there is no such
