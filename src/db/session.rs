@@ -366,6 +366,7 @@ impl Session {
                 let names = query_of(&mut statement).map(|query| {
                     let names = sql::column_names::postgresql_names(query);
                     sql::column_names::alias_repeated(query);
+                    sql::column_names::name_inner_columns(query);
                     names
                 });
                 // Described, not run: the settings stay as they are.
@@ -571,6 +572,7 @@ impl Session {
         let names = query_of(&mut statement).map(|query| {
             let names = sql::column_names::postgresql_names(query);
             sql::column_names::alias_repeated(query);
+            sql::column_names::name_inner_columns(query);
             names
         });
         for (name, value) in set_configs(&mut statement)? {

@@ -5,8 +5,11 @@
 //! `?column?`. Clients show and key rows by these names (pandas, BI tools), so the result
 //! a client sees is named as PostgreSQL would name it.
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
     CastKind, DataType, Expr, Ident, ObjectName, Query, Select, SelectItem, SetExpr, TimezoneInfo,
+    VisitMut, VisitorMut,
 };
 
 /// What PostgreSQL calls an expression that has no name of its own.
@@ -69,6 +72,70 @@ pub fn alias_repeated(query: &mut Query) {
         }
     }
     walk(&mut query.body)
+}
+
+/// Names the unaliased expressions of `query`'s inner queries (its CTEs, derived tables and
+/// subqueries) as PostgreSQL does, with an alias, so that the outer query reads them by
+/// PostgreSQL's names (`WITH w AS (SELECT count(1) …) SELECT count FROM w`). A name two
+/// items of one select list would share is left alone, as DataFusion refuses a projection
+/// with two columns of one name. The outermost select list keeps its names: the client is
+/// told PostgreSQL's ([`postgresql_names`]) without them.
+pub fn name_inner_columns(query: &mut Query) {
+    struct Inner {
+        depth: usize,
+    }
+    impl VisitorMut for Inner {
+        type Break = ();
+
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if self.depth > 0 {
+                name_selects(&mut query.body);
+            }
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+
+        fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    fn name_selects(body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(select) => name_select(select),
+            SetExpr::SetOperation { left, right, .. } => {
+                name_selects(left);
+                name_selects(right);
+            }
+            _ => {}
+        }
+    }
+    fn name_select(select: &mut Select) {
+        let names: Vec<Option<String>> = select
+            .projection
+            .iter()
+            .map(|item| match item {
+                SelectItem::UnnamedExpr(expr) => Some(expression_name(expr)),
+                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                _ => None,
+            })
+            .collect();
+        for (item, name) in select.projection.iter_mut().zip(&names) {
+            let SelectItem::UnnamedExpr(expr) = item else {
+                continue;
+            };
+            let Some(name) = name else { continue };
+            let named_already = matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
+            if named_already || names.iter().filter(|n| n.as_ref() == Some(name)).count() > 1 {
+                continue;
+            }
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', name.clone()),
+            };
+        }
+    }
+    let _ = query.visit(&mut Inner { depth: 0 });
 }
 
 /// `expr`'s text with its subqueries' text left out, as DataFusion's name of it leaves it.
