@@ -43,8 +43,9 @@ use crate::error::{Error, Result};
 use crate::sql::text_type::TextType;
 
 /// What `pg_catalog`'s functions need to know before a database starts: the OID of every
-/// type in `pg_type` (for `to_regtype`), read once from a scratch context.
-pub struct PgTypes(HashMap<String, i32>);
+/// type in `pg_type` (for `to_regtype`) and each OID's name and element type (for the names
+/// a `regtype` prints as), read once from a scratch context.
+pub struct PgTypes(HashMap<String, i32>, Arc<HashMap<i32, (String, i32)>>);
 
 impl PgTypes {
     pub async fn load() -> Result<PgTypes> {
@@ -63,23 +64,31 @@ impl PgTypes {
         )
         .map_err(|e| Error::Internal(format!("setting up pg_catalog: {e}")))?;
         let batches = ctx
-            .sql("SELECT typname, CAST(oid AS BIGINT) FROM pg_catalog.pg_type")
+            .sql(
+                "SELECT typname, CAST(oid AS BIGINT), CAST(typelem AS BIGINT) \
+                 FROM pg_catalog.pg_type",
+            )
             .await?
             .collect()
             .await?;
         let mut oids = HashMap::new();
+        let mut names_of = HashMap::new();
         for batch in &batches {
             let names = cast(batch.column(0), &DataType::Utf8)
                 .map_err(|e| Error::Internal(format!("reading pg_type: {e}")))?;
             let names = names.as_string::<i32>();
             let values = batch.column(1).as_primitive::<Int64Type>();
+            let elements = batch.column(2).as_primitive::<Int64Type>();
             for row in 0..batch.num_rows() {
                 if names.is_valid(row) && values.is_valid(row) {
-                    oids.insert(names.value(row).to_string(), values.value(row) as i32);
+                    let oid = values.value(row) as i32;
+                    oids.insert(names.value(row).to_string(), oid);
+                    let element = elements.is_valid(row).then(|| elements.value(row) as i32);
+                    names_of.insert(oid, (names.value(row).to_string(), element.unwrap_or(0)));
                 }
             }
         }
-        Ok(PgTypes(oids))
+        Ok(PgTypes(oids, Arc::new(names_of)))
     }
 }
 
@@ -143,6 +152,7 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
     }
     ctx.register_udf(pg_size_pretty());
     ctx.register_udf(to_regtype(types));
+    ctx.register_udf(regtype_names(types));
     Ok(ctx.state())
 }
 
@@ -270,6 +280,84 @@ fn to_regtype(types: &PgTypes) -> ScalarUDF {
     )
 }
 
+/// A type's name as a `regtype` prints it (its `format_type`): SQL's names for the
+/// built-in types, `"any"` and `"char"` quoted, an array as its element's name and `[]`,
+/// `-` for 0, `???` for an OID no type has.
+fn regtype_name(types: &HashMap<i32, (String, i32)>, oid: i32) -> String {
+    if oid == 0 {
+        return "-".into();
+    }
+    let Some((name, element)) = types.get(&oid) else {
+        return "???".into();
+    };
+    if name.starts_with('_') && *element != 0 {
+        return format!("{}[]", regtype_name(types, *element));
+    }
+    match name.as_str() {
+        "bool" => "boolean",
+        "int2" => "smallint",
+        "int4" => "integer",
+        "int8" => "bigint",
+        "float4" => "real",
+        "float8" => "double precision",
+        "varchar" => "character varying",
+        "bpchar" => "character",
+        "varbit" => "bit varying",
+        "time" => "time without time zone",
+        "timetz" => "time with time zone",
+        "timestamp" => "timestamp without time zone",
+        "timestamptz" => "timestamp with time zone",
+        "any" => "\"any\"",
+        "char" => "\"char\"",
+        other => other,
+    }
+    .to_string()
+}
+
+/// `regtype_names(oids)`: the names of the types of a list of OIDs, given as an `oidvector`'s
+/// text (`23 25`) or an array's (`{23,25}`): `CAST(x::regtype[] AS text[])` in catalog
+/// queries (pgcli's list of functions) is this.
+fn regtype_names(types: &PgTypes) -> ScalarUDF {
+    let names = types.1.clone();
+    let lookup = move |args: &[ColumnarValue]| {
+        let rows = match &args[0] {
+            ColumnarValue::Array(a) => a.len(),
+            ColumnarValue::Scalar(_) => 1,
+        };
+        let texts = cast(&args[0].to_array(rows)?, &DataType::Utf8)?;
+        let mut out = ListBuilder::new(StringBuilder::new());
+        for text in texts.as_string::<i32>() {
+            match text {
+                None => out.append_null(),
+                Some(text) => {
+                    for oid in text
+                        .split(|c: char| !c.is_ascii_digit())
+                        .filter(|n| !n.is_empty())
+                    {
+                        let oid = oid.parse().unwrap_or(-1);
+                        out.values().append_value(regtype_name(&names, oid));
+                    }
+                    out.append(true);
+                }
+            }
+        }
+        let out = out.finish();
+        Ok(match &args[0] {
+            ColumnarValue::Scalar(_) => {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+            }
+            ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(out)),
+        })
+    };
+    create_udf(
+        "regtype_names",
+        vec![DataType::Utf8],
+        text_array(),
+        Volatility::Stable,
+        Arc::new(lookup),
+    )
+}
+
 const PG_CATALOG: &str = "pg_catalog";
 
 /// `version()`: clients parse the PostgreSQL version out of it, so it leads with the one
@@ -380,6 +468,7 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
             .map(absent_column_details)
             .map(domains_over_base_types)
             .map(type_names_of_regtype)
+            .map(type_names_of_regtype_arrays)
             .map(absent_column_privileges_and_policies)
             .map(scalar_subqueries_aggregated)
             .map(arrays_of_oids)
@@ -501,6 +590,51 @@ fn arrays_of_oids(mut statement: Statement) -> Statement {
     statement
 }
 
+/// `CAST(… x::regtype[] … AS text[])` with `regtype_names(x)` for `x::regtype[]`: the names
+/// of the types, as PostgreSQL prints a `regtype[]` (pgcli lists functions' argument types
+/// so, from `pg_proc`'s `oidvector` and oid arrays, which Runnel's `pg_proc` holds as text).
+fn type_names_of_regtype_arrays(mut statement: Statement) -> Statement {
+    fn regtype_array(e: &SqlExpr) -> Option<&SqlExpr> {
+        match e {
+            SqlExpr::Cast {
+                expr,
+                data_type:
+                    SqlDataType::Array(sqlparser::ast::ArrayElemTypeDef::SquareBracket(element, _)),
+                ..
+            } if matches!(element.as_ref(), SqlDataType::Custom(name, _)
+                if name.to_string().eq_ignore_ascii_case("regtype")) =>
+            {
+                Some(expr)
+            }
+            _ => None,
+        }
+    }
+    let _ = visit_expressions_mut(&mut statement, |expr| {
+        if let SqlExpr::Cast {
+            expr: inner,
+            data_type:
+                SqlDataType::Array(sqlparser::ast::ArrayElemTypeDef::SquareBracket(element, _)),
+            ..
+        } = expr
+            && matches!(element.as_ref(), SqlDataType::Text)
+        {
+            let _ = visit_expressions_mut(inner.as_mut(), |e| {
+                if let Some(oids) = regtype_array(e)
+                    && let Ok(named) =
+                        sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                            .try_with_sql(&format!("regtype_names({oids})"))
+                            .and_then(|mut p| p.parse_expr())
+                {
+                    *e = named;
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    statement
+}
+
 /// `oid::regtype::text` as the type's name, as PostgreSQL writes a `regtype` (`integer`,
 /// `-` for 0): datafusion-pg-catalog plans a `regtype` as the number.
 fn type_names_of_regtype(mut statement: Statement) -> Statement {
@@ -518,9 +652,7 @@ fn type_names_of_regtype(mut statement: Statement) -> Statement {
             && name.to_string().eq_ignore_ascii_case("regtype")
             && let Ok(named) =
                 sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!(
-                        "CASE WHEN {oid} = 0 THEN '-' ELSE format_type({oid}, NULL) END"
-                    ))
+                    .try_with_sql(&format!("regtype_names(CAST({oid} AS text))[1]"))
                     .and_then(|mut p| p.parse_expr())
         {
             *expr = named;

@@ -130,4 +130,31 @@ back = pd.read_sql("SELECT name, score FROM scores ORDER BY name, score", plain)
 check(list(back["name"]) == ["a", "a", "b", "b"], f"the table through pandas: {back}")
 check(list(back["score"]) == [3.0, 3.0, 2.5, 2.5], f"the table through pandas: {back}")
 plain.dispose()
+# pgcli as it starts: its completion refresher runs every catalog query pgcli sends on
+# connect (schemas, tables, views, columns, functions with their argument types, types,
+# databases, search path), then its special commands and a query.
+from pgcli.completion_refresher import CompletionRefresher
+from pgcli.pgexecute import PGExecute
+from pgspecial.main import PGSpecial
+
+special = PGSpecial()
+executor = PGExecute("runnel", "runnel", None, "127.0.0.1", port, None)
+completers = []
+CompletionRefresher()._bg_refresh(executor, special, completers.append)
+completer = completers[0]
+tables = completer.dbmetadata["tables"]["public"]
+check("orders" in tables and list(tables["orders"])[:3] == ["id", "customer", "amount"],
+      f"pgcli tables {tables}")
+check("per_customer" in completer.dbmetadata["views"]["public"], "pgcli views")
+functions = completer.dbmetadata["functions"]["pg_catalog"]
+# (pgcli quotes names of functions it knows as SQL's, as it does against PostgreSQL.)
+num_nulls = functions.get('"num_nulls"')
+check(num_nulls and num_nulls[0].arg_types == ('"any"',), f"pgcli functions {num_nulls}")
+check(executor.get_timezone() == "UTC", "pgcli SHOW TIME ZONE")
+results = {sql: list(executor.run(sql, pgspecial=special)) for sql in ["\\dt", "\\d orders", "SELECT 1 AS one"]}
+dt = [tuple(r) for r in results["\\dt"][0][1]]
+check(dt == [("public", "orders", "table", "postgres"), ("public", "scores", "table", "postgres")], f"pgcli \\dt {dt}")
+d = [r[:2] for r in results["\\d orders"][0][1]]
+check(d == [["id", "bigint"], ["customer", "text"], ["amount", "bigint"]], f"pgcli \\d {d}")
+check(list(results["SELECT 1 AS one"][0][1]) == [(1,)], "pgcli query")
 print("python ok")
