@@ -21,8 +21,12 @@ pub mod text_type;
 pub mod top_n;
 pub mod windows;
 
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 
 use crate::catalog::{CatalogData, Relation};
@@ -32,6 +36,32 @@ use crate::storage::{HEADERS_COLUMN, TIMESTAMP_COLUMN};
 pub use parser::{Statement, parse};
 use rewrite::HiddenColumns;
 pub use windows::Window;
+
+/// Rewrites every expression of `plan` and of its subqueries, bottom up, with `rewrite`,
+/// which is given the schema the expression is evaluated against (its node's inputs, and a
+/// scan's own columns), keeping the plan's column names: the body of Runnel's analyzer rules
+/// that put PostgreSQL's semantics in DataFusion's plans.
+pub fn rewrite_expressions(
+    plan: LogicalPlan,
+    rewrite: impl Fn(Expr, &DFSchema) -> DfResult<Transformed<Expr>>,
+) -> DfResult<LogicalPlan> {
+    plan.transform_up_with_subqueries(|plan| {
+        let mut schema = merge_schema(&plan.inputs());
+        if let LogicalPlan::TableScan(scan) = &plan
+            && let Ok(source) =
+                DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())
+        {
+            schema.merge(&source);
+        }
+        let names = NamePreserver::new(&plan);
+        plan.map_expressions(|expr| {
+            let name = names.save(&expr);
+            let rewritten = expr.transform_up(|e| rewrite(e, &schema))?;
+            Ok(rewritten.update_data(|e| name.restore(e)))
+        })
+    })
+    .map(|t| t.data)
+}
 
 /// Runs `work` — parsing and planning a statement, which is CPU work DataFusion does
 /// without yielding — telling the runtime that this thread may be busy for a while, so
