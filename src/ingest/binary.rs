@@ -114,12 +114,14 @@ pub fn typed_column(
     sql_type: SqlType,
     target: &DataType,
 ) -> Result<(ArrayRef, bool), usize> {
-    let fixed = |size: usize| -> Result<(), usize> {
-        match (0..raw.len()).find(|&i| raw.is_valid(i) && raw.value(i).len() != size) {
+    // The first row whose value is not `valid`, as the error.
+    let all = |valid: &dyn Fn(&[u8]) -> bool| -> Result<(), usize> {
+        match (0..raw.len()).find(|&i| raw.is_valid(i) && !valid(raw.value(i))) {
             Some(row) => Err(row),
             None => Ok(()),
         }
     };
+    let fixed = |size: usize| all(&|v| v.len() == size);
     let column: ArrayRef = match (sql_type, target) {
         (SqlType::Boolean, DataType::Boolean) => {
             fixed(1)?;
@@ -152,36 +154,32 @@ pub fn typed_column(
         (SqlType::Date, DataType::Date32) => {
             fixed(4)?;
             let days = |v: &[u8]| be_i32(v).checked_add(EPOCH_DAYS);
-            if let Some(row) =
-                (0..raw.len()).find(|&i| raw.is_valid(i) && days(raw.value(i)).is_none())
-            {
-                return Err(row);
-            }
+            all(&|v| days(v).is_some())?;
             primitive::<Date32Type>(raw, |v| days(v).unwrap_or_default())
         }
         (SqlType::Time, DataType::Time64(_)) => {
             fixed(8)?;
+            all(&|v| (0..=86_400_000_000).contains(&be_i64(v)))?;
             primitive::<Time64MicrosecondType>(raw, be_i64)
         }
         (SqlType::Timestamp | SqlType::TimestampTz, DataType::Timestamp(_, zone)) => {
             fixed(8)?;
             let micros = |v: &[u8]| be_i64(v).checked_add(EPOCH_MICROS);
-            if let Some(row) =
-                (0..raw.len()).find(|&i| raw.is_valid(i) && micros(raw.value(i)).is_none())
-            {
-                return Err(row);
-            }
+            all(&|v| micros(v).is_some())?;
             let column =
                 primitive_array::<TimestampMicrosecondType>(raw, |v| micros(v).unwrap_or_default());
             Arc::new(column.with_timezone_opt(zone.clone()))
         }
         (SqlType::Interval, DataType::Interval(_)) => {
             fixed(16)?;
+            // Arrow keeps nanoseconds: a time part beyond ±292 years of them does not fit.
+            let nanos = |v: &[u8]| be_i64(v).checked_mul(1000);
+            all(&|v| nanos(v).is_some())?;
             primitive::<IntervalMonthDayNanoType>(raw, |v| {
                 IntervalMonthDayNano::new(
                     be_i32(&v[12..]),
                     be_i32(&v[8..]),
-                    be_i64(v).saturating_mul(1000),
+                    nanos(v).unwrap_or_default(),
                 )
             })
         }
@@ -327,6 +325,26 @@ mod tests {
         assert_eq!(numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
         assert!(numeric_text(&numeric(1, 0, 0, 0, &[10_000])).is_none());
         assert!(numeric_text(&[0, 1]).is_none());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_clamped() {
+        let one = |bytes: Vec<u8>| BinaryArray::from_vec(vec![bytes.as_slice()]);
+        let mut interval = i64::MAX.to_be_bytes().to_vec();
+        interval.extend_from_slice(&[0; 8]);
+        let target = SqlType::Interval.arrow();
+        assert_eq!(
+            typed_column(&one(interval), SqlType::Interval, &target).err(),
+            Some(0)
+        );
+        let late = (86_400_000_001_i64).to_be_bytes().to_vec();
+        let target = SqlType::Time.arrow();
+        assert_eq!(
+            typed_column(&one(late), SqlType::Time, &target).err(),
+            Some(0)
+        );
+        let noon = (43_200_000_000_i64).to_be_bytes().to_vec();
+        assert!(typed_column(&one(noon), SqlType::Time, &target).is_ok());
     }
 
     #[test]
