@@ -21,7 +21,8 @@
 //!     │               (functions); planner: a filter's calls shared with projections;
 //!     │               decorrelate: an optimizer rule for correlated scalar aggregates;
 //!     │               text_type, json: json/jsonb/uuid as marked text; analyzer rules
-//!     │               for their casts, interval comparisons, rounding casts
+//!     │               for their casts, interval comparisons, rounding casts, numeric
+//!     │               literals and division; declared parameter types
 //!  ingest/            rows → records: keys, partitions, timestamps; COPY and VALUES decoding;
 //!     │               value formats (JSON, CSV, raw) at the edges; tables' primary keys
 //!     │               checked under their write locks

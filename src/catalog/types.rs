@@ -228,6 +228,42 @@ fn numeric_of(precision: u64, scale: i64) -> Result<SqlType> {
     })
 }
 
+impl SqlType {
+    /// The name PostgreSQL's `regtype` prints (`pg_typeof`): without a type modifier, and
+    /// times and timestamps in full.
+    pub fn regtype_name(self) -> String {
+        match self {
+            SqlType::Numeric { .. } => "numeric".into(),
+            SqlType::Time => "time without time zone".into(),
+            SqlType::Timestamp => "timestamp without time zone".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// PostgreSQL's internal name of the type, `pg_type.typname` (`int8`, `timestamptz`).
+    pub fn udt_name(self) -> &'static str {
+        match self {
+            SqlType::Boolean => "bool",
+            SqlType::SmallInt => "int2",
+            SqlType::Integer => "int4",
+            SqlType::BigInt => "int8",
+            SqlType::Real => "float4",
+            SqlType::Double => "float8",
+            SqlType::Numeric { .. } => "numeric",
+            SqlType::Text => "text",
+            SqlType::Json => "json",
+            SqlType::Jsonb => "jsonb",
+            SqlType::Uuid => "uuid",
+            SqlType::Bytea => "bytea",
+            SqlType::Date => "date",
+            SqlType::Time => "time",
+            SqlType::Timestamp => "timestamp",
+            SqlType::TimestampTz => "timestamptz",
+            SqlType::Interval => "interval",
+        }
+    }
+}
+
 /// The PostgreSQL name, as `DESCRIBE` and `information_schema` show it.
 impl fmt::Display for SqlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -362,6 +362,11 @@ fn session_state(
     // A session's `TimeZone` (UTC until it sets one): `now()` and `timestamptz` values are
     // in it, as in PostgreSQL.
     session_config.options_mut().execution.time_zone = Some("UTC".into());
+    // Numeric literals are `numeric`, exact, as in PostgreSQL (`sql::numeric`).
+    session_config
+        .options_mut()
+        .sql_parser
+        .parse_float_as_decimal = true;
     let state = SessionStateBuilder::new()
         .with_config(session_config)
         .with_runtime_env(runtime)
@@ -431,6 +436,17 @@ impl datafusion::logical_expr::planner::TypePlanner for TypePlanners {
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(sql::functions::typed_text::TextCasts));
+    let coercion = rules
+        .iter()
+        .position(|r| r.name() == "type_coercion")
+        .unwrap_or(rules.len());
+    // PostgreSQL's numeric types, in the order each needs the one before.
+    let numeric: [Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>; 3] = [
+        Arc::new(sql::numeric::UnconstrainedNumeric),
+        Arc::new(sql::numeric::IntegerLiterals),
+        Arc::new(sql::numeric::DivisionScale),
+    ];
+    rules.splice(coercion..coercion, numeric);
     rules.push(Arc::new(sql::intervals::IntervalComparisons));
     rules.push(Arc::new(sql::rounding::RoundingCasts));
     rules.push(Arc::new(sql::overflow::CheckedConstants));

@@ -299,6 +299,16 @@ pub struct Prepared {
     described: Described,
 }
 
+/// The parameter types a client may name that Runnel casts its parameters to.
+const NUMERIC_TYPES: [Type; 6] = [
+    Type::INT2,
+    Type::INT4,
+    Type::INT8,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::NUMERIC,
+];
+
 pub struct StatementParser {
     session: Arc<Mutex<Session>>,
 }
@@ -311,22 +321,28 @@ impl QueryParser for StatementParser {
         &self,
         _client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        // Numeric types the client named are the parameters' types, as in PostgreSQL.
+        let declared: Vec<Option<&str>> = types
+            .iter()
+            .map(|t| match t {
+                Some(t) if NUMERIC_TYPES.contains(t) => Some(t.name()),
+                _ => None,
+            })
+            .collect();
+        let sql = crate::sql::declared::with_declared_types(sql, &declared);
         let described = self
             .session
             .lock()
             .await
-            .describe(sql)
+            .describe(&sql)
             .await
             .map_err(pg_error)?;
-        Ok(Some(Prepared {
-            sql: sql.to_string(),
-            described,
-        }))
+        Ok(Some(Prepared { sql, described }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {

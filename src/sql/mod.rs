@@ -6,12 +6,14 @@
 pub mod array_literal;
 pub mod assignment;
 pub mod column_names;
+pub mod declared;
 pub mod decorrelate;
 pub mod depth;
 pub mod functions;
 pub mod intervals;
 pub mod json;
 pub mod literal_insert;
+pub mod numeric;
 pub mod overflow;
 pub mod parser;
 pub mod planner;
@@ -21,12 +23,17 @@ pub mod text_type;
 pub mod top_n;
 pub mod windows;
 
+use std::sync::Arc;
+
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::type_coercion::binary::type_union_resolution;
 use datafusion::logical_expr::utils::merge_schema;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{
+    DmlStatement, Expr, ExprSchemable, LogicalPlan, Projection, Values, WriteOp,
+};
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 
 use crate::catalog::{CatalogData, Relation};
@@ -40,12 +47,18 @@ pub use windows::Window;
 /// Rewrites every expression of `plan` and of its subqueries, bottom up, with `rewrite`,
 /// which is given the schema the expression is evaluated against (its node's inputs, and a
 /// scan's own columns), keeping the plan's column names: the body of Runnel's analyzer rules
-/// that put PostgreSQL's semantics in DataFusion's plans.
+/// that put PostgreSQL's semantics in DataFusion's plans. `VALUES` columns take the types of
+/// their rewritten values (its node holds its types, fixed when it was planned).
 pub fn rewrite_expressions(
     plan: LogicalPlan,
     rewrite: impl Fn(Expr, &DFSchema) -> DfResult<Transformed<Expr>>,
 ) -> DfResult<LogicalPlan> {
     plan.transform_up_with_subqueries(|plan| {
+        let plan = match plan {
+            LogicalPlan::Values(values) => return rewrite_values(values, &rewrite),
+            LogicalPlan::Dml(dml) => return typed_insert(dml),
+            plan => plan,
+        };
         let mut schema = merge_schema(&plan.inputs());
         if let LogicalPlan::TableScan(scan) = &plan
             && let Ok(source) =
@@ -61,6 +74,79 @@ pub fn rewrite_expressions(
         })
     })
     .map(|t| t.data)
+}
+
+/// An `INSERT` whose rows' types a rewrite below it changed (DataFusion adds its casts to
+/// the table's types when it plans the statement) with those casts again.
+fn typed_insert(mut dml: DmlStatement) -> DfResult<Transformed<LogicalPlan>> {
+    let target = dml.target.schema();
+    let input = dml.input.schema().clone();
+    let retyped = input.fields().len() == target.fields().len()
+        && input
+            .fields()
+            .iter()
+            .zip(target.fields())
+            .any(|(have, want)| have.data_type() != want.data_type());
+    if !matches!(dml.op, WriteOp::Insert(_)) || !retyped {
+        return Ok(Transformed::no(LogicalPlan::Dml(dml)));
+    }
+    let columns = input
+        .columns()
+        .into_iter()
+        .zip(target.fields())
+        .map(|(column, want)| {
+            let name = column.name.clone();
+            Ok(Expr::Column(column)
+                .cast_to(want.data_type(), &input)?
+                .alias(name))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    dml.input = Arc::new(LogicalPlan::Projection(Projection::try_new(
+        columns, dml.input,
+    )?));
+    Ok(Transformed::yes(LogicalPlan::Dml(dml)))
+}
+
+/// `VALUES` rows rewritten, each column retyped to the type its rewritten values share
+/// (DataFusion's union of their types, or the column's own type if they have none).
+fn rewrite_values(
+    mut values: Values,
+    rewrite: &impl Fn(Expr, &DFSchema) -> DfResult<Transformed<Expr>>,
+) -> DfResult<Transformed<LogicalPlan>> {
+    let empty = DFSchema::empty();
+    let mut transformed = false;
+    for row in &mut values.values {
+        for value in row.iter_mut() {
+            let rewritten = std::mem::replace(value, Expr::Literal(ScalarValue::Null, None))
+                .transform_up(|e| rewrite(e, &empty))?;
+            transformed |= rewritten.transformed;
+            *value = rewritten.data;
+        }
+    }
+    if !transformed {
+        return Ok(Transformed::no(LogicalPlan::Values(values)));
+    }
+    let mut fields = Vec::with_capacity(values.schema.fields().len());
+    for (column, (qualifier, field)) in values.schema.iter().enumerate() {
+        let types = values
+            .values
+            .iter()
+            .map(|row| row[column].get_type(&empty))
+            .collect::<DfResult<Vec<_>>>()?;
+        let to = type_union_resolution(&types).unwrap_or_else(|| field.data_type().clone());
+        for (row, from) in values.values.iter_mut().zip(&types) {
+            if *from != to {
+                row[column] = row[column].clone().cast_to(&to, &empty)?;
+            }
+        }
+        fields.push((
+            qualifier.cloned(),
+            Arc::new(field.as_ref().clone().with_data_type(to)),
+        ));
+    }
+    let schema = DFSchema::new_with_metadata(fields, values.schema.metadata().clone())?;
+    values.schema = Arc::new(schema);
+    Ok(Transformed::yes(LogicalPlan::Values(values)))
 }
 
 /// Runs `work` — parsing and planning a statement, which is CPU work DataFusion does

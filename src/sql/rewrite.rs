@@ -50,6 +50,9 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
     let _ = statement.visit(&mut Wildcards { catalog });
     let _ = statement.visit(&mut UnnestColumns);
     let literals = visit_expressions_mut(statement, |expr| {
+        if let Err(e) = super::numeric::write_out_exponent(expr) {
+            return ControlFlow::Break(e);
+        }
         if let Expr::Cast {
             expr: inner,
             data_type: DataType::Bytea,

@@ -2,9 +2,7 @@
 //!
 //! Arrow's cast truncates (`2.7::int` is 2). PostgreSQL rounds: a `numeric` half away from
 //! zero (`2.5::int` is 3, `-2.5::int` is -3), a `double precision` or `real` to the nearest
-//! even integer on a tie (`2.5::float8::int` is 2), as C's `rint`. Decimal literals are
-//! `double precision` here but `numeric` in PostgreSQL, so a literal rounds as a `numeric`.
-//! [`RoundingCasts`] puts the rounding before each such cast.
+//! even integer on a tie (`2.5::float8::int` is 2), as C's `rint`. [`RoundingCasts`] puts the rounding before each such cast.
 
 use std::sync::Arc;
 
@@ -13,7 +11,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::common::{DFSchema, Result};
 use datafusion::logical_expr::expr::{Cast, ScalarFunction, TryCast};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs,
@@ -47,12 +45,7 @@ fn round_first(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     }
     let ties = match inner.get_type(schema) {
         Ok(DataType::Decimal128(..) | DataType::Decimal256(..)) => Ties::AwayFromZero,
-        Ok(DataType::Float16 | DataType::Float32 | DataType::Float64) => match inner {
-            Expr::Literal(ScalarValue::Float64(_) | ScalarValue::Float32(_), _) => {
-                Ties::AwayFromZero
-            }
-            _ => Ties::ToEven,
-        },
+        Ok(DataType::Float16 | DataType::Float32 | DataType::Float64) => Ties::ToEven,
         _ => return Ok(Transformed::no(expr)),
     };
     let rounded = |inner: Box<Expr>| {

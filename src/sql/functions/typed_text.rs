@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
     ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as SqlDataType};
+use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as SqlDataType, ExactNumberInfo};
 
 use crate::catalog::types::SqlType;
 use crate::error::Error;
@@ -35,6 +35,11 @@ impl TypePlanner for TextTypes {
             SqlDataType::JSON => Some(TextType::Json.field("")),
             SqlDataType::JSONB => Some(TextType::Jsonb.field("")),
             SqlDataType::Uuid => Some(TextType::Uuid.field("")),
+            SqlDataType::Numeric(ExactNumberInfo::None)
+            | SqlDataType::Decimal(ExactNumberInfo::None)
+            | SqlDataType::Dec(ExactNumberInfo::None) => {
+                Some(crate::sql::numeric::unconstrained_field())
+            }
             SqlDataType::Array(ArrayElemTypeDef::SquareBracket(element, None))
                 if matches!(element.as_ref(), SqlDataType::Custom(name, args)
                     if args.is_empty() && name.to_string().eq_ignore_ascii_case("oid")) =>
@@ -370,7 +375,7 @@ pub fn gen_random_uuid() -> ScalarUDF {
     )
 }
 
-/// `pg_typeof(value)`: the PostgreSQL name of its argument's type.
+/// `pg_typeof(value)`: the PostgreSQL name of its argument's type, as `regtype` prints it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PgTypeof {
     signature: Signature,
@@ -401,7 +406,7 @@ impl ScalarUDFImpl for PgTypeof {
         let field = &args.arg_fields[0];
         let name = match SqlType::from_field(field) {
             _ if field.data_type() == &DataType::Null => "unknown".to_string(),
-            Some(t) => t.to_string(),
+            Some(t) => t.regtype_name(),
             None => field.data_type().to_string(),
         };
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
