@@ -355,7 +355,8 @@ fn session_state(
     target_partitions: usize,
 ) -> SessionState {
     let mut session_config = SessionConfig::new()
-        .with_information_schema(true)
+        // Runnel serves `information_schema` itself (`tables::information_schema`).
+        .with_information_schema(false)
         .with_default_catalog_and_schema(CATALOG_NAME, PUBLIC_SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(target_partitions);
@@ -404,12 +405,25 @@ fn session_state(
         .expect("pg_catalog installs into a new catalog");
     // pg_catalog's planner of `regclass` & co. sets itself as the type planner; Runnel's
     // `json`, `jsonb` and `uuid` go first.
-    SessionStateBuilder::new_from_existing(state)
+    let state = SessionStateBuilder::new_from_existing(state)
         .with_type_planner(Arc::new(TypePlanners(vec![
             Arc::new(sql::functions::typed_text::TextTypes),
             Arc::new(datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner),
         ])))
-        .build()
+        .build();
+    let catalogs = state.catalog_list();
+    if let Some(catalog) = catalogs.catalog(CATALOG_NAME) {
+        catalog
+            .register_schema(
+                crate::tables::information_schema::INFORMATION_SCHEMA,
+                Arc::new(crate::tables::information_schema::InformationSchema::new(
+                    catalogs,
+                    tables.clone(),
+                )),
+            )
+            .expect("information_schema registers into a new catalog");
+    }
+    state
 }
 
 /// Type planners tried in turn.

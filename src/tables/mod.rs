@@ -9,6 +9,7 @@
 
 pub mod blocking_scan;
 pub mod event_time;
+pub mod information_schema;
 pub mod keyed;
 pub mod nexmark;
 pub mod pg;
