@@ -93,7 +93,7 @@ async fn groupby_case(keys: u64) {
         };
         let sql = format!(
             "SELECT count(*) FROM (SELECT value * 7919 % {modulus} AS k, count(*) AS n \
-             FROM generate_series(1, {keys}) GROUP BY 1)"
+             FROM generate_series(1, {keys}) AS g(value) GROUP BY 1)"
         );
         let started = Instant::now();
         let outcome = match client.query_one(&sql, &[]).await {
@@ -137,7 +137,7 @@ async fn view_case(groups: u64) {
         .unwrap();
     let insert = format!(
         "INSERT INTO words SELECT repeat('w', 92) || CAST(10000000 + value AS TEXT) \
-         FROM generate_series(1, {groups})"
+         FROM generate_series(1, {groups}) AS g(value)"
     );
     println!("materialized view with {groups} groups of 100-byte keys (release build)");
     // Each step: whether the server is killed and started again first, whether every word

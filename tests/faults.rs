@@ -74,7 +74,7 @@ async fn a_full_disk_fails_writes_with_53100_and_they_resume_when_space_returns(
     client
         .batch_execute(
             "CREATE STREAM events (id bigint, body text) WITH (partitions = 2);
-             INSERT INTO events SELECT value, repeat('x', 100) FROM generate_series(1, 1000)",
+             INSERT INTO events SELECT value, repeat('x', 100) FROM generate_series(1, 1000) AS g(value)",
         )
         .await
         .unwrap();
@@ -82,7 +82,7 @@ async fn a_full_disk_fails_writes_with_53100_and_they_resume_when_space_returns(
     let filler = disk.join("filler");
     let filled = fill(&filler);
     assert!(filled < 32 << 20, "{filled}");
-    let insert = "INSERT INTO events SELECT value, repeat('y', 1000) FROM generate_series(1, 5000)";
+    let insert = "INSERT INTO events SELECT value, repeat('y', 1000) FROM generate_series(1, 5000) AS g(value)";
     for _ in 0..3 {
         let error = client.batch_execute(insert).await.unwrap_err();
         assert_eq!(sqlstate(&error), "53100", "{error:?}");
@@ -124,7 +124,7 @@ async fn ten_thousand_partitions_work_under_ulimit_4096() {
     client
         .batch_execute(
             "CREATE STREAM wide (id bigint) WITH (partitions = 10000);
-             INSERT INTO wide SELECT value FROM generate_series(1, 30000)",
+             INSERT INTO wide SELECT value FROM generate_series(1, 30000) AS g(value)",
         )
         .await
         .unwrap();
@@ -142,7 +142,7 @@ async fn ten_thousand_partitions_work_under_ulimit_4096() {
     let server = start_through(&limited, dir.path(), &[]);
     let client = server.connect().await;
     client
-        .batch_execute("INSERT INTO wide SELECT value FROM generate_series(1, 10000)")
+        .batch_execute("INSERT INTO wide SELECT value FROM generate_series(1, 10000) AS g(value)")
         .await
         .unwrap();
     assert_eq!(

@@ -42,7 +42,7 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
     // A grouping with millions of groups: its state is far over the limit, and the grouped
     // aggregation spills (sorted runs under tmp/) and finishes with the right answer.
     let grouped = "SELECT count(*), sum(n) FROM (
-         SELECT value % 3000000 AS k, count(*) AS n FROM generate_series(1, 6000000) GROUP BY 1)";
+         SELECT value % 3000000 AS k, count(*) AS n FROM generate_series(1, 6000000) AS g(value) GROUP BY 1)";
     let answer = rows(&client, grouped).await;
     assert_eq!(
         answer,
@@ -52,7 +52,7 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
     // A sort of millions of rows by a text key spills too.
     let sorted = "SELECT max(r) FROM (
          SELECT row_number() OVER (ORDER BY md5(CAST(value AS TEXT))) AS r
-         FROM generate_series(1, 2000000))";
+         FROM generate_series(1, 2000000) AS g(value))";
     assert_eq!(
         rows(&client, sorted).await,
         vec![vec![Some("2000000".into())]]
@@ -61,8 +61,8 @@ async fn queries_over_the_memory_limit_spill_or_fail_with_53200_alone() {
     // A hash join's build side (here 200 MB of text keys) cannot spill: over the limit, the
     // query fails with 53200, saying so, and the session and every other one go on.
     let joined = "SELECT count(*)
-         FROM (SELECT repeat('x', 100) || CAST(value AS TEXT) AS k FROM generate_series(1, 2000000)) a
-         JOIN (SELECT repeat('x', 100) || CAST(value AS TEXT) AS k FROM generate_series(1, 2000000)) b
+         FROM (SELECT repeat('x', 100) || CAST(value AS TEXT) AS k FROM generate_series(1, 2000000) AS g(value)) a
+         JOIN (SELECT repeat('x', 100) || CAST(value AS TEXT) AS k FROM generate_series(1, 2000000) AS g(value)) b
          ON a.k = b.k";
     let error = client.query(joined, &[]).await.unwrap_err();
     assert_eq!(sqlstate(&error), "53200", "{error:?}");
@@ -103,7 +103,7 @@ fn small_epochs(dir: &std::path::Path) -> common::Server {
 
 /// 250,000 distinct words of 100 bytes, into `words`: some 25 MB of values.
 const WORDS: &str = "INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value AS TEXT) \
-     FROM generate_series(1, 250000)";
+     FROM generate_series(1, 250000) AS g(value)";
 
 /// Waits for the view `few` (of the lengths of `words`) to hold the [`WORDS`]: a query
 /// that did not fail goes on.
@@ -178,7 +178,7 @@ async fn a_views_groups_are_held_once_and_counted_in_sys_queries() {
             "CREATE STREAM words (w TEXT);
              CREATE MATERIALIZED VIEW every AS SELECT w, count(*) AS n FROM words GROUP BY w;
              INSERT INTO words SELECT repeat('w', 94) || CAST(100000 + value % 50000 AS TEXT)
-             FROM generate_series(1, 100000);
+             FROM generate_series(1, 100000) AS g(value);
              FLUSH",
         )
         .await
@@ -297,7 +297,7 @@ async fn a_view_over_a_table_whose_kept_rows_outgrow_the_limit_fails_with_53200_
     client
         .batch_execute(
             "INSERT INTO docs SELECT value, repeat('w', 94) || CAST(100000 + value AS TEXT) \
-             FROM generate_series(1, 250000)",
+             FROM generate_series(1, 250000) AS g(value)",
         )
         .await
         .unwrap();

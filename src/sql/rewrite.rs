@@ -19,8 +19,8 @@ use sqlparser::ast::{DataType, Expr, Value, visit_expressions_mut};
 use sqlparser::ast::{
     ExcludeSelectItem, FunctionArguments, GroupByExpr, Ident, JoinConstraint, JoinOperator,
     ObjectName, ObjectNamePart, OrderByKind, Query, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, Statement, TableAliasColumnDef, TableFactor, TableObject, VisitMut, VisitorMut,
-    WildcardAdditionalOptions,
+    SetExpr, Statement, TableAlias, TableAliasColumnDef, TableFactor, TableObject, VisitMut,
+    VisitorMut, WildcardAdditionalOptions,
 };
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -89,12 +89,21 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
             }
             return ControlFlow::Continue(());
         }
+        // Set-returning functions in expressions: the array DataFusion computes, unnested.
+        // (`"generate_series"` quoted is DataFusion's array function, which a statement
+        // rewritten once and parsed again must not unnest twice.)
         if let Expr::Function(function) = expr
-            && is_regexp_split_to_table(&function.name)
             && let FunctionArguments::List(args) = &function.args
+            && let Some(array) = match set_returning_function(&function.name).as_deref() {
+                Some("regexp_split_to_table") => Some("regexp_split_to_array"),
+                Some("generate_series") if !is_quoted(&function.name) => {
+                    Some("\"generate_series\"")
+                }
+                _ => None,
+            }
             && let Ok(unnested) = Parser::new(&PostgreSqlDialect {})
                 .try_with_sql(&format!(
-                    "unnest(regexp_split_to_array({}))",
+                    "unnest({array}({}))",
                     args.args
                         .iter()
                         .map(ToString::to_string)
@@ -247,23 +256,28 @@ impl VisitorMut for UnnestColumns {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        // FROM regexp_split_to_table(s, pattern) [AS t]: the unnested array.
+        // FROM regexp_split_to_table(s, pattern) [AS t], FROM pg_catalog.unnest(a) [AS t]:
+        // the unnested array, named as PostgreSQL names it.
         if let TableFactor::Table {
             name,
             args: Some(args),
             alias,
             ..
         } = factor
-            && is_regexp_split_to_table(name)
         {
             let args: Vec<String> = args.args.iter().map(ToString::to_string).collect();
-            let sql = format!(
-                "SELECT * FROM UNNEST(regexp_split_to_array({})) AS regexp_split_to_table",
-                args.join(", ")
-            );
-            if let Ok(Statement::Query(query)) = Parser::new(&PostgreSqlDialect {})
-                .try_with_sql(&sql)
-                .and_then(|mut p| p.parse_statement())
+            let array = match set_returning_function(name).as_deref() {
+                Some("regexp_split_to_table") => Some((
+                    format!("regexp_split_to_array({})", args.join(", ")),
+                    "regexp_split_to_table",
+                )),
+                Some("unnest") if args.len() == 1 => Some((args[0].clone(), "unnest")),
+                _ => None,
+            };
+            if let Some((array, column)) = array
+                && let Ok(Statement::Query(query)) = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql(&format!("SELECT * FROM UNNEST({array}) AS {column}"))
+                    .and_then(|mut p| p.parse_statement())
                 && let SetExpr::Select(select) = *query.body
                 && let Some(from) = select.from.into_iter().next()
             {
@@ -274,32 +288,68 @@ impl VisitorMut for UnnestColumns {
                 }
             }
         }
+        // FROM generate_series(…) [AS g]: its column is named by the alias, else
+        // `generate_series`, as PostgreSQL names a function's one column.
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            alias,
+            ..
+        } = factor
+            && set_returning_function(name).as_deref() == Some("generate_series")
+        {
+            name_the_column(alias, "generate_series");
+        }
+        // One array unnested in FROM: its column is named by the alias, else `unnest`.
         if let TableFactor::UNNEST {
-            alias: Some(alias),
+            alias,
             array_exprs,
             with_offset: false,
             with_ordinality: false,
             ..
         } = factor
             && array_exprs.len() == 1
-            && alias.columns.is_empty()
         {
-            alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+            name_the_column(alias, "unnest");
         }
         ControlFlow::Continue(())
     }
 }
 
-/// `regexp_split_to_table` or `pg_catalog.regexp_split_to_table`: a set-returning function,
-/// which DataFusion has as `unnest` of an array.
-fn is_regexp_split_to_table(name: &ObjectName) -> bool {
+/// Names the one column of a function in `FROM` by its alias, given (`AS g`) or `function`,
+/// unless the alias names it already (`AS t(n)`).
+fn name_the_column(alias: &mut Option<TableAlias>, function: &str) {
+    let alias = alias.get_or_insert_with(|| TableAlias {
+        explicit: false,
+        name: Ident::new(function),
+        columns: vec![],
+        at: None,
+    });
+    if alias.columns.is_empty() {
+        alias.columns = vec![TableAliasColumnDef::from_name(alias.name.value.clone())];
+    }
+}
+
+/// Whether the function's own name is quoted.
+fn is_quoted(name: &ObjectName) -> bool {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.quote_style.is_some())
+}
+
+/// The lowercase name of a function named bare or in `pg_catalog`.
+fn set_returning_function(name: &ObjectName) -> Option<String> {
     let parts: Vec<String> = name
         .0
         .iter()
         .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
         .collect();
-    matches!(parts.as_slice(), [f] | [_, f] if f == "regexp_split_to_table")
-        && (parts.len() == 1 || parts[0] == "pg_catalog")
+    match parts.as_slice() {
+        [f] => Some(f.clone()),
+        [schema, f] if schema == "pg_catalog" => Some(f.clone()),
+        _ => None,
+    }
 }
 
 /// A relation of a `FROM` clause: the name `*` qualifies it by, and its hidden columns.
