@@ -106,7 +106,7 @@ const FIXED_SETTINGS: [&str; 4] = [
 
 /// PostgreSQL settings that clients and tools set (pg_dump's output, drivers, ORMs) and
 /// that Runnel accepts and shows back without acting on them.
-const ACCEPTED_SETTINGS: [&str; 36] = [
+const ACCEPTED_SETTINGS: [&str; 37] = [
     "bytea_output",
     "check_function_bodies",
     "client_min_messages",
@@ -136,6 +136,7 @@ const ACCEPTED_SETTINGS: [&str; 36] = [
     "row_security",
     "session_authorization",
     "session_replication_role",
+    "synchronize_seqscans",
     "synchronous_commit",
     "temp_buffers",
     "trace_sort",

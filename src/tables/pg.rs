@@ -121,6 +121,12 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
         &[2],
         ScalarValue::Utf8(None),
     ));
+    // A Runnel server is a primary, never a standby in recovery (pg_dump asks first).
+    ctx.register_udf(Constant::udf(
+        "pg_is_in_recovery",
+        &[0],
+        ScalarValue::Boolean(Some(false)),
+    ));
     // Everything Runnel has is on the search path.
     for name in [
         "pg_collation_is_visible",
