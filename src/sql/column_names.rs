@@ -76,10 +76,11 @@ pub fn alias_repeated(query: &mut Query) {
 
 /// Names the unaliased expressions of `query`'s inner queries (its CTEs, derived tables and
 /// subqueries) as PostgreSQL does, with an alias, so that the outer query reads them by
-/// PostgreSQL's names (`WITH w AS (SELECT count(1) …) SELECT count FROM w`). A name two
-/// items of one select list would share is left alone, as DataFusion refuses a projection
-/// with two columns of one name. The outermost select list keeps its names: the client is
-/// told PostgreSQL's ([`postgresql_names`]) without them.
+/// PostgreSQL's names (`WITH w AS (SELECT count(1) …) SELECT count FROM w`). The second and
+/// later items of one select list to share a name are `name:2`, …, as DataFusion refuses a
+/// projection with two columns of one name (PostgreSQL lets them be, and refuses a
+/// reference to either). The outermost select list keeps its names: the client is told
+/// PostgreSQL's ([`postgresql_names`]) without them.
 pub fn name_inner_columns(query: &mut Query) {
     struct Inner {
         depth: usize,
@@ -120,18 +121,38 @@ pub fn name_inner_columns(query: &mut Query) {
                 _ => None,
             })
             .collect();
+        let mut taken: std::collections::HashSet<String> = select
+            .projection
+            .iter()
+            .filter_map(|item| match item {
+                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
         for (item, name) in select.projection.iter_mut().zip(&names) {
             let SelectItem::UnnamedExpr(expr) = item else {
                 continue;
             };
             let Some(name) = name else { continue };
-            let named_already = matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
-            if named_already || names.iter().filter(|n| n.as_ref() == Some(name)).count() > 1 {
-                continue;
-            }
+            let seen = seen.entry(name.as_str()).or_default();
+            *seen += 1;
+            let alias = if *seen == 1 {
+                if matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                    taken.insert(name.clone());
+                    continue;
+                }
+                name.clone()
+            } else {
+                (*seen..)
+                    .map(|n| format!("{name}:{n}"))
+                    .find(|a| !taken.contains(a))
+                    .unwrap_or_default()
+            };
+            taken.insert(alias.clone());
             *item = SelectItem::ExprWithAlias {
                 expr: expr.clone(),
-                alias: Ident::with_quote('"', name.clone()),
+                alias: Ident::with_quote('"', alias),
             };
         }
     }
