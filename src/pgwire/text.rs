@@ -57,6 +57,7 @@ pub fn for_wire(
             match TextType::of(field) {
                 Some(TextType::Jsonb) => Some(jsonb_binary(column)?),
                 Some(TextType::Uuid) => Some(uuid_binary(column)?),
+                _ if is_decimal(field.data_type()) => Some(numeric_binary(column)?),
                 _ => interval_binary(column)?,
             }
         } else {
@@ -136,6 +137,10 @@ fn text(column: &ArrayRef, options: &TextOptions) -> PgWireResult<Option<ArrayRe
             Some(parts) => map_strings(column, |i| interval(parts[i])),
             None => return Ok(None),
         },
+        // Decimals of any precision (arrow-pg's go through a 28-digit decimal).
+        data_type if is_decimal(data_type) => {
+            return Ok(Some(cast(column, &DataType::Utf8).map_err(api_error)?));
+        }
         DataType::List(_) => {
             let lists = column.as_list::<i32>();
             let Some(elements) = text(lists.values(), options)? else {
@@ -151,6 +156,74 @@ fn text(column: &ArrayRef, options: &TextOptions) -> PgWireResult<Option<ArrayRe
         _ => return Ok(None),
     };
     Ok(Some(Arc::new(strings)))
+}
+
+fn is_decimal(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Decimal128(..) | DataType::Decimal256(..)
+    )
+}
+
+/// A decimal column in PostgreSQL's binary `numeric` form: the digits in base 10,000 with
+/// the weight of the first, the sign and the scale (arrow-pg's goes through a 28-digit
+/// decimal, which larger values overflow).
+fn numeric_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
+    let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
+    let mut out = BinaryBuilder::new();
+    for text in texts.as_string::<i32>() {
+        match text {
+            None => out.append_null(),
+            Some(text) => out.append_value(numeric_bytes(text)),
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// PostgreSQL's binary `numeric` of a decimal's text (`-12.50`).
+fn numeric_bytes(text: &str) -> Vec<u8> {
+    const NEGATIVE: u16 = 0x4000;
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => (NEGATIVE, rest),
+        None => (0, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let scale = fraction.len() as u16;
+    // Base-10,000 groups: the whole part's from the point leftwards, the fraction's
+    // rightwards, each padded with zeros to four digits.
+    let group = |four: &[u8]| four.iter().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
+    let pad = (4 - whole.len() % 4) % 4;
+    let whole: Vec<u8> = std::iter::repeat_n(b'0', pad)
+        .chain(whole.bytes())
+        .collect();
+    let mut fraction: Vec<u8> = fraction.bytes().collect();
+    fraction.resize(fraction.len().div_ceil(4) * 4, b'0');
+    let mut groups: Vec<i16> = whole
+        .chunks(4)
+        .chain(fraction.chunks(4))
+        .map(group)
+        .collect();
+    let mut weight = (whole.len() / 4) as i16 - 1;
+    let leading = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..leading);
+    weight -= leading as i16;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    let (weight, sign) = if groups.is_empty() {
+        (0, 0)
+    } else {
+        (weight, sign)
+    };
+    let mut bytes = Vec::with_capacity(8 + 2 * groups.len());
+    bytes.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    bytes.extend_from_slice(&weight.to_be_bytes());
+    bytes.extend_from_slice(&sign.to_be_bytes());
+    bytes.extend_from_slice(&scale.to_be_bytes());
+    for g in groups {
+        bytes.extend_from_slice(&g.to_be_bytes());
+    }
+    bytes
 }
 
 /// An interval column in PostgreSQL's binary form (microseconds, days, months), which
@@ -493,6 +566,29 @@ pub fn interval((months, days, micros): (i32, i32, i64)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numerics_in_postgresql_binary_form() {
+        // PostgreSQL 15's `numeric_send` of each.
+        for (text, hex) in [
+            ("12345.678", "0003000100000003000109291a7c"),
+            ("-0.0001", "0001ffff400000040001"),
+            ("0", "0000000000000000"),
+            ("0.00", "0000000000000002"),
+            ("10000", "00010001000000000001"),
+            ("-1.50", "000200004000000200011388"),
+            (
+                "123456789012345678901234567890.1234567",
+                "000a000700000007000c0d801ed204d2162e23340d801ed204d21626",
+            ),
+        ] {
+            let bytes: String = numeric_bytes(text)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(bytes, hex, "{text}");
+        }
+    }
 
     #[test]
     fn floats_as_postgresql_writes_them() {

@@ -160,6 +160,11 @@ pub struct IntegerLiterals;
 
 impl AnalyzerRule for IntegerLiterals {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        if recursive(&plan)? {
+            // A recursive query's working table has the types its first term had when
+            // planned; a narrowed literal there would no longer meet them.
+            return Ok(plan);
+        }
         let plan = crate::sql::rewrite_expressions(plan, |expr, _| {
             Ok(match expr {
                 Expr::BinaryExpr(BinaryExpr { left, op, right }) if op.is_numerical_operators() => {
@@ -176,41 +181,34 @@ impl AnalyzerRule for IntegerLiterals {
                 other => Transformed::no(other),
             })
         })?;
-        if recursive(&plan)? {
-            // A recursive query's working table has the types its first term had when
-            // planned; a narrowed column there would no longer meet them.
-            return Ok(plan);
-        }
         plan.transform_up_with_subqueries(|node| {
             let LogicalPlan::Projection(projection) = node else {
                 return Ok(Transformed::no(node));
             };
-            let mut any = false;
+            let literal = |column: &Expr| match column {
+                Expr::Alias(alias) => fits_integer(&alias.expr),
+                column => fits_integer(column),
+            };
+            if !projection.expr.iter().any(literal) {
+                return Ok(Transformed::no(LogicalPlan::Projection(projection)));
+            }
             let columns = projection
                 .expr
                 .into_iter()
                 .map(|column| match column {
                     Expr::Alias(mut alias) => {
-                        let (expr, narrowed) = narrowed(*alias.expr);
-                        any |= narrowed;
-                        alias.expr = Box::new(expr);
+                        alias.expr = Box::new(narrowed(*alias.expr).0);
                         Expr::Alias(alias)
                     }
-                    column => {
+                    column if fits_integer(&column) => {
                         let name = column.schema_name().to_string();
-                        let (expr, narrowed) = narrowed(column);
-                        any |= narrowed;
-                        if narrowed { expr.alias(name) } else { expr }
+                        narrowed(column).0.alias(name)
                     }
+                    column => column,
                 })
                 .collect();
             let projection = Projection::try_new(columns, projection.input)?;
-            let node = LogicalPlan::Projection(projection);
-            Ok(if any {
-                Transformed::yes(node)
-            } else {
-                Transformed::no(node)
-            })
+            Ok(Transformed::yes(LogicalPlan::Projection(projection)))
         })
         .map(|t| t.data)
     }
@@ -232,6 +230,11 @@ fn recursive(plan: &LogicalPlan) -> Result<bool> {
         })
     })?;
     Ok(found)
+}
+
+/// Whether `expr` is a `bigint` literal that fits an `integer`.
+fn fits_integer(expr: &Expr) -> bool {
+    matches!(expr, Expr::Literal(ScalarValue::Int64(Some(v)), _) if i32::try_from(*v).is_ok())
 }
 
 /// `expr` as an `integer` literal if it is a `bigint` literal that fits, and whether it was.
@@ -291,11 +294,18 @@ fn widen_dividend(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     }
     let wanted = MIN_QUOTIENT_SCALE.max(s1).max(s2);
     let widen = i16::from(wanted) + 1 - i16::from(s1) - i16::from(ARROW_DIVISION_INCREMENT);
-    let widen = widen.min(i16::from(MAX_PRECISION) - i16::from(p1));
+    // Arrow scales the dividend up by `4 + s2` digits before it divides, in 38 digits: a
+    // wider dividend must leave room for that, or a large value would overflow where the
+    // division itself fits.
+    let room = i16::from(MAX_PRECISION)
+        - i16::from(p1)
+        - i16::from(ARROW_DIVISION_INCREMENT)
+        - i16::from(s2);
+    let widen = widen.min(room);
     if widen <= 0 {
         return Ok(Transformed::no(quotient(left)));
     }
-    // Both fit: `widen` is at most what `p1` leaves of 38, and `s1 + widen` at most `wanted`.
+    // Both fit: `p1 + widen` is at most 38, and `s1 + widen` at most `wanted + 1`.
     let widened =
         DataType::Decimal128((i16::from(p1) + widen) as u8, (i16::from(s1) + widen) as i8);
     let divided = quotient(Box::new(Expr::Cast(Cast::new(left, widened))));

@@ -349,4 +349,32 @@ async def with_asyncpg():
 
 
 asyncio.run(with_asyncpg())
+
+
+# --- numerics of more than 28 digits, and declared parameter types -----------------------
+def with_numerics():
+    big = decimal.Decimal("123456789012345678901234567890.1234567")
+    # A quotient of over 28 digits in all (Runnel keeps 16 after the point, where
+    # PostgreSQL's scale shrinks as a quotient grows: 4 here).
+    quotient = decimal.Decimal("33333333333333.3333333333333333")
+    sql = "SELECT 123456789012345678901234567890.1234567, -0.0001::numeric(5,4), 100000000000000.0 / 3"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for binary in (False, True):
+            got = conn.execute(sql, binary=binary).fetchone()
+            check(got == (big, decimal.Decimal("-0.0001"), quotient),
+                  f"psycopg numerics (binary {binary}) {got}")
+        # psycopg names its parameters' types: a big int is int8, so `1 + %s` is int8.
+        got = conn.execute("SELECT 1 + %s", [2**40], binary=True).fetchone()
+        check(got == (2**40 + 1,), f"a declared int8 parameter {got}")
+
+    async def with_asyncpg():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="runnel", database="runnel")
+        got = tuple(await conn.fetchrow(sql))
+        check(got == (big, decimal.Decimal("-0.0001"), quotient), f"asyncpg numerics {got}")
+        await conn.close()
+
+    asyncio.run(with_asyncpg())
+
+
+with_numerics()
 print("drivers ok")
