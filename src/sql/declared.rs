@@ -22,17 +22,12 @@ pub fn with_declared_types(sql: &str, types: &[Option<&str>]) -> String {
     else {
         return sql.to_string();
     };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    // The byte offset of a 1-based line and column (in characters).
-    let offset = |line: u64, column: u64| -> Option<usize> {
-        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
-        let column = usize::try_from(column).ok()?.checked_sub(1)?;
-        sql[start..]
-            .char_indices()
-            .nth(column)
-            .map(|(i, _)| start + i)
+    // Tokens come in order: a cursor walks the text once to each one's line and column.
+    let mut cursor = Cursor {
+        sql,
+        offset: 0,
+        line: 1,
+        column: 1,
     };
     let mut out = String::with_capacity(sql.len() + 16);
     let mut copied = 0;
@@ -48,10 +43,10 @@ pub fn with_declared_types(sql: &str, types: &[Option<&str>]) -> String {
         else {
             continue;
         };
-        let Some(start) = offset(token.span.start.line, token.span.start.column) else {
+        let Some(start) = cursor.advance_to(token.span.start.line, token.span.start.column) else {
             return sql.to_string();
         };
-        if !sql[start..].starts_with(name.as_str()) || start < copied {
+        if !sql[start..].starts_with(name.as_str()) {
             return sql.to_string();
         }
         out.push_str(&sql[copied..start]);
@@ -60,6 +55,36 @@ pub fn with_declared_types(sql: &str, types: &[Option<&str>]) -> String {
     }
     out.push_str(&sql[copied..]);
     out
+}
+
+/// A position in the text, as a byte offset and the tokenizer's 1-based line and column
+/// (in characters).
+struct Cursor<'a> {
+    sql: &'a str,
+    offset: usize,
+    line: u64,
+    column: u64,
+}
+
+impl Cursor<'_> {
+    /// The byte offset of `line` and `column`, at or after the cursor; `None` if the text
+    /// has no such place.
+    fn advance_to(&mut self, line: u64, column: u64) -> Option<usize> {
+        let sql = self.sql;
+        for c in sql[self.offset..].chars() {
+            if (self.line, self.column) >= (line, column) {
+                break;
+            }
+            self.offset += c.len_utf8();
+            if c == '\n' {
+                self.line += 1;
+                self.column = 1;
+            } else {
+                self.column += 1;
+            }
+        }
+        ((self.line, self.column) == (line, column)).then_some(self.offset)
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +106,14 @@ mod tests {
             with_declared_types("SELECT 'unterminated", &[Some("int4")]),
             "SELECT 'unterminated"
         );
+        // A batch of rows on one line, as drivers send them: every parameter cast.
+        let rows: Vec<String> = (0..1000)
+            .map(|i| format!("(${}, 'é', ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let types = vec![Some("int8"); 2000];
+        let cast =
+            with_declared_types(&format!("INSERT INTO t VALUES {}", rows.join(", ")), &types);
+        assert!(cast.starts_with("INSERT INTO t VALUES (($1::int8), 'é', ($2::int8)), "));
+        assert!(cast.ends_with("(($1999::int8), 'é', ($2000::int8))"));
     }
 }
