@@ -229,15 +229,10 @@ fn numeric_of(precision: u64, scale: i64) -> Result<SqlType> {
 }
 
 impl SqlType {
-    /// The name PostgreSQL's `regtype` prints (`pg_typeof`): without a type modifier, and
-    /// times and timestamps in full.
-    pub fn regtype_name(self) -> String {
-        match self {
-            SqlType::Numeric { .. } => "numeric".into(),
-            SqlType::Time => "time without time zone".into(),
-            SqlType::Timestamp => "timestamp without time zone".into(),
-            other => other.to_string(),
-        }
+    /// The name PostgreSQL's `regtype` prints (`pg_typeof`, `information_schema`): without
+    /// a type modifier, and times and timestamps in full.
+    pub fn regtype_name(self) -> &'static str {
+        sql_type_name(self.udt_name())
     }
 
     /// PostgreSQL's internal name of the type, `pg_type.typname` (`int8`, `timestamptz`).
@@ -264,7 +259,31 @@ impl SqlType {
     }
 }
 
-/// The PostgreSQL name, as `DESCRIBE` and `information_schema` show it.
+/// The name a `regtype` prints for the type PostgreSQL calls `typname` internally: SQL's
+/// names for the built-in types (`integer` for `int4`), `"any"` and `"char"` quoted,
+/// other types as they are called.
+pub fn sql_type_name(typname: &str) -> &str {
+    match typname {
+        "bool" => "boolean",
+        "int2" => "smallint",
+        "int4" => "integer",
+        "int8" => "bigint",
+        "float4" => "real",
+        "float8" => "double precision",
+        "varchar" => "character varying",
+        "bpchar" => "character",
+        "varbit" => "bit varying",
+        "time" => "time without time zone",
+        "timetz" => "time with time zone",
+        "timestamp" => "timestamp without time zone",
+        "timestamptz" => "timestamp with time zone",
+        "any" => "\"any\"",
+        "char" => "\"char\"",
+        other => other,
+    }
+}
+
+/// The PostgreSQL name, as `DESCRIBE` shows it.
 impl fmt::Display for SqlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -94,7 +94,7 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
         // rewritten once and parsed again must not unnest twice.)
         if let Expr::Function(function) = expr
             && let FunctionArguments::List(args) = &function.args
-            && let Some(array) = match set_returning_function(&function.name).as_deref() {
+            && let Some(array) = match builtin_function(&function.name).as_deref() {
                 Some("regexp_split_to_table") => Some("regexp_split_to_array"),
                 Some("generate_series") if !is_quoted(&function.name) => {
                     Some("\"generate_series\"")
@@ -266,7 +266,7 @@ impl VisitorMut for UnnestColumns {
         } = factor
         {
             let args: Vec<String> = args.args.iter().map(ToString::to_string).collect();
-            let array = match set_returning_function(name).as_deref() {
+            let array = match builtin_function(name).as_deref() {
                 Some("regexp_split_to_table") => Some((
                     format!("regexp_split_to_array({})", args.join(", ")),
                     "regexp_split_to_table",
@@ -296,7 +296,7 @@ impl VisitorMut for UnnestColumns {
             alias,
             ..
         } = factor
-            && set_returning_function(name).as_deref() == Some("generate_series")
+            && builtin_function(name).as_deref() == Some("generate_series")
         {
             name_the_column(alias, "generate_series");
         }
@@ -338,8 +338,9 @@ fn is_quoted(name: &ObjectName) -> bool {
         .is_some_and(|i| i.quote_style.is_some())
 }
 
-/// The lowercase name of a function named bare or in `pg_catalog`.
-fn set_returning_function(name: &ObjectName) -> Option<String> {
+/// The lowercase name of a function named bare or in `pg_catalog` (`None` for one in
+/// another schema).
+fn builtin_function(name: &ObjectName) -> Option<String> {
     let parts: Vec<String> = name
         .0
         .iter()

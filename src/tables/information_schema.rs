@@ -203,11 +203,11 @@ impl ColumnRows {
         self.udt_schemas.append_value("pg_catalog");
         self.udt_names.append_value(udt_name);
         self.max_lengths.append_null();
+        let sql_type = SqlType::from_field(field);
         // PostgreSQL's octet length of `text` (1 GB), as it reports it.
-        self.octet_lengths.append_option(
-            matches!(SqlType::from_field(field), Some(SqlType::Text)).then_some(1_073_741_824),
-        );
-        let (precision, radix, scale) = match SqlType::from_field(field) {
+        self.octet_lengths
+            .append_option((sql_type == Some(SqlType::Text)).then_some(1_073_741_824));
+        let (precision, radix, scale) = match sql_type {
             Some(SqlType::SmallInt) => (Some(16), Some(2), Some(0)),
             Some(SqlType::Integer) => (Some(32), Some(2), Some(0)),
             Some(SqlType::BigInt) => (Some(64), Some(2), Some(0)),
@@ -224,12 +224,11 @@ impl ColumnRows {
         self.radixes.append_option(radix);
         self.scales.append_option(scale);
         // Times, timestamps and intervals hold microseconds.
-        self.datetime_precisions
-            .append_option(match SqlType::from_field(field) {
-                Some(SqlType::Date) => Some(0),
-                Some(t) if t.is_temporal() => Some(6),
-                _ => None,
-            });
+        self.datetime_precisions.append_option(match sql_type {
+            Some(SqlType::Date) => Some(0),
+            Some(t) if t.is_temporal() => Some(6),
+            _ => None,
+        });
         self.interval_types.append_null();
     }
 
@@ -268,7 +267,7 @@ fn pg_type(field: &Field) -> (String, String) {
         return ("ARRAY".into(), format!("_{element}"));
     }
     match SqlType::from_field(field) {
-        Some(t) => (t.regtype_name(), t.udt_name().into()),
+        Some(t) => (t.regtype_name().into(), t.udt_name().into()),
         None => {
             let arrow = field.data_type().to_string();
             (arrow.clone(), arrow)

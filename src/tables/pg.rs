@@ -259,6 +259,17 @@ fn like_escape() -> ScalarUDF {
     )
 }
 
+/// A function's result for `input`'s rows: a scalar for a scalar.
+fn shaped_like(
+    input: &ColumnarValue,
+    out: arrow::array::ArrayRef,
+) -> datafusion::common::Result<ColumnarValue> {
+    Ok(match input {
+        ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
+        ColumnarValue::Array(_) => ColumnarValue::Array(out),
+    })
+}
+
 /// `to_regtype(name)`: the oid of the type named so in `pg_type`, or NULL (psycopg looks
 /// types up with it on connect).
 fn to_regtype(types: &PgTypes) -> ScalarUDF {
@@ -270,12 +281,7 @@ fn to_regtype(types: &PgTypes) -> ScalarUDF {
             .iter()
             .map(|n| n.and_then(|n| oids.get(n.trim_start_matches("pg_catalog.")).copied()))
             .collect();
-        Ok(match &args[0] {
-            ColumnarValue::Scalar(_) => {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&found, 0)?)
-            }
-            ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(found)),
-        })
+        shaped_like(&args[0], Arc::new(found))
     };
     create_udf(
         "to_regtype",
@@ -299,25 +305,7 @@ fn regtype_name(types: &HashMap<i32, (String, i32)>, oid: i32) -> String {
     if name.starts_with('_') && *element != 0 {
         return format!("{}[]", regtype_name(types, *element));
     }
-    match name.as_str() {
-        "bool" => "boolean",
-        "int2" => "smallint",
-        "int4" => "integer",
-        "int8" => "bigint",
-        "float4" => "real",
-        "float8" => "double precision",
-        "varchar" => "character varying",
-        "bpchar" => "character",
-        "varbit" => "bit varying",
-        "time" => "time without time zone",
-        "timetz" => "time with time zone",
-        "timestamp" => "timestamp without time zone",
-        "timestamptz" => "timestamp with time zone",
-        "any" => "\"any\"",
-        "char" => "\"char\"",
-        other => other,
-    }
-    .to_string()
+    crate::catalog::types::sql_type_name(name).to_string()
 }
 
 /// `regtype_names(oids)`: the names of the types of a list of OIDs, given as an `oidvector`'s
@@ -326,11 +314,7 @@ fn regtype_name(types: &HashMap<i32, (String, i32)>, oid: i32) -> String {
 fn regtype_names(types: &PgTypes) -> ScalarUDF {
     let names = types.1.clone();
     let lookup = move |args: &[ColumnarValue]| {
-        let rows = match &args[0] {
-            ColumnarValue::Array(a) => a.len(),
-            ColumnarValue::Scalar(_) => 1,
-        };
-        let texts = cast(&args[0].to_array(rows)?, &DataType::Utf8)?;
+        let texts = cast(&args[0].to_array(1)?, &DataType::Utf8)?;
         let mut out = ListBuilder::new(StringBuilder::new());
         for text in texts.as_string::<i32>() {
             match text {
@@ -347,13 +331,7 @@ fn regtype_names(types: &PgTypes) -> ScalarUDF {
                 }
             }
         }
-        let out = out.finish();
-        Ok(match &args[0] {
-            ColumnarValue::Scalar(_) => {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-            }
-            ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(out)),
-        })
+        shaped_like(&args[0], Arc::new(out.finish()))
     };
     create_udf(
         "regtype_names",

@@ -406,7 +406,7 @@ impl ScalarUDFImpl for PgTypeof {
         let field = &args.arg_fields[0];
         let name = match SqlType::from_field(field) {
             _ if field.data_type() == &DataType::Null => "unknown".to_string(),
-            Some(t) => t.regtype_name(),
+            Some(t) => t.regtype_name().to_string(),
             None => field.data_type().to_string(),
         };
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
