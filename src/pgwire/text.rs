@@ -169,15 +169,7 @@ fn is_decimal(data_type: &DataType) -> bool {
 /// the weight of the first, the sign and the scale (arrow-pg's goes through a 28-digit
 /// decimal, which larger values overflow).
 fn numeric_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
-    let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
-    let mut out = BinaryBuilder::new();
-    for text in texts.as_string::<i32>() {
-        match text {
-            None => out.append_null(),
-            Some(text) => out.append_value(numeric_bytes(text)),
-        }
-    }
-    Ok(Arc::new(out.finish()))
+    binary_of_text(column, |text| Ok(numeric_bytes(text)))
 }
 
 /// PostgreSQL's binary `numeric` of a decimal's text (`-12.50`).
@@ -249,33 +241,34 @@ fn interval_binary(column: &ArrayRef) -> PgWireResult<Option<ArrayRef>> {
 
 /// A `jsonb` column in PostgreSQL's binary form: a version byte (1), then the text.
 fn jsonb_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
-    let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
-    let mut out = BinaryBuilder::new();
-    for text in texts.as_string::<i32>() {
-        match text {
-            None => out.append_null(),
-            Some(text) => {
-                let mut bytes = Vec::with_capacity(text.len() + 1);
-                bytes.push(1);
-                bytes.extend_from_slice(text.as_bytes());
-                out.append_value(bytes);
-            }
-        }
-    }
-    Ok(Arc::new(out.finish()))
+    binary_of_text(column, |text| {
+        let mut bytes = Vec::with_capacity(text.len() + 1);
+        bytes.push(1);
+        bytes.extend_from_slice(text.as_bytes());
+        Ok(bytes)
+    })
 }
 
 /// A `uuid` column in PostgreSQL's binary form, 16 bytes.
 fn uuid_binary(column: &ArrayRef) -> PgWireResult<ArrayRef> {
+    binary_of_text(column, |text| {
+        crate::sql::text_type::uuid_bytes(text)
+            .map(Vec::from)
+            .ok_or_else(|| api_error(format!("not a uuid: {text}")))
+    })
+}
+
+/// A column's binary form made from each value's text, NULLs kept.
+fn binary_of_text(
+    column: &ArrayRef,
+    encode: impl Fn(&str) -> PgWireResult<Vec<u8>>,
+) -> PgWireResult<ArrayRef> {
     let texts = cast(column, &DataType::Utf8).map_err(api_error)?;
     let mut out = BinaryBuilder::new();
     for text in texts.as_string::<i32>() {
         match text {
             None => out.append_null(),
-            Some(text) => out.append_value(
-                crate::sql::text_type::uuid_bytes(text)
-                    .ok_or_else(|| api_error(format!("not a uuid: {text}")))?,
-            ),
+            Some(text) => out.append_value(encode(text)?),
         }
     }
     Ok(Arc::new(out.finish()))
