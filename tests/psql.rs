@@ -418,6 +418,21 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
     );
     assert!(ok && !err.contains("ERROR"), "\\dconfig: {err}\n{out}");
     assert!(row(&out, &["extra_float_digits", "3"]), "\\dconfig:\n{out}");
+    // \d+ of one relation: a stream's options, a view's definition.
+    let stream = describe("\\d+ clicks");
+    assert!(
+        stream.contains("Options: stream=true, key=user_id, topic=clicks, partitions=2"),
+        "\\d+ clicks:\n{stream}"
+    );
+    let view = describe("\\d+ clicks_per_user");
+    assert!(
+        view.contains("View definition:")
+            && view.contains("SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id;"),
+        "\\d+ clicks_per_user:\n{view}"
+    );
+    // Runnel's system schema is its built-in extension's.
+    let extensions = describe("\\dx");
+    assert!(row(&extensions, &["runnel"]), "\\dx:\n{extensions}");
     assert!(!row(&out, &["search_path", "public"]), "\\dconfig:\n{out}");
     let tablespaces = describe("\\db");
     assert!(row(&tablespaces, &["pg_default"]), "\\db:\n{tablespaces}");

@@ -290,6 +290,76 @@ impl CleanupPolicy {
 /// How long a compacted topic keeps a tombstone unless configured: a day, as Kafka.
 pub const DEFAULT_DELETE_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// A duration in milliseconds as the options of `CREATE STREAM` take it (`7 days`).
+pub fn format_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (604_800_000, "week"),
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1000, "second"),
+    ];
+    for (size, unit) in UNITS {
+        if ms >= size && ms.is_multiple_of(size) {
+            let n = ms / size;
+            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{ms} ms")
+}
+
+impl CatalogData {
+    /// What a stream or table is made with beyond its columns, as `CREATE TABLE … WITH
+    /// (…)` takes it (`pg_class.reloptions`, which pg_dump writes back): `stream=true` and
+    /// its `key` and `watermark` for a stream, a table's `primary_key`, then the options of
+    /// its topic. Empty for other relations.
+    pub fn storage_parameters(&self, name: &str) -> Vec<(&'static str, String)> {
+        let Some(Relation::Stream(stream, topic)) = self.relation(name) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        let keys = stream.key_columns.join(",");
+        if stream.is_table() {
+            if !keys.is_empty() {
+                out.push(("primary_key", keys));
+            }
+        } else {
+            out.push(("stream", "true".to_string()));
+            if !keys.is_empty() {
+                out.push(("key", keys));
+            }
+            if let Some(w) = stream.watermark.as_ref().filter(|w| w.inherited.is_none()) {
+                out.push(("watermark", format!("{} AS {}", w.column, w.expression)));
+                if let Some(ms) = w.idle_timeout_ms {
+                    out.push(("watermark_idle_timeout", format_ms(ms)));
+                }
+            }
+        }
+        out.push(("topic", topic.name.clone()));
+        out.push(("partitions", topic.partitions.to_string()));
+        out.push(("value_format", stream.value_format.name().to_string()));
+        if let Some(ts) = &stream.timestamp_column {
+            out.push(("timestamp", ts.clone()));
+        }
+        out.push(("compression", topic.compression.name().to_string()));
+        if let Some(ms) = topic.retention_ms {
+            out.push(("retention", format_ms(ms)));
+        }
+        if let Some(b) = topic.retention_bytes {
+            out.push(("retention_bytes", b.to_string()));
+        }
+        out.push(("segment_bytes", topic.segment_bytes.to_string()));
+        out.push(("cleanup_policy", topic.cleanup_policy.name().to_string()));
+        if topic.cleanup_policy == CleanupPolicy::Compact {
+            let ms = topic
+                .delete_retention_ms
+                .unwrap_or(DEFAULT_DELETE_RETENTION_MS);
+            out.push(("delete_retention", format_ms(ms)));
+        }
+        out
+    }
+}
+
 /// A continuous query's identity; also the key of its checkpoint in the commit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueryId(pub u64);

@@ -9,7 +9,6 @@ use super::{
     DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
     SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, TABLE_SEGMENT_BYTES, command, text_rows,
 };
-use crate::catalog::PUBLIC_SCHEMA;
 use crate::catalog::{
     Access, CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, HIDDEN_COLUMNS, Principal,
 };
@@ -17,6 +16,7 @@ use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     StreamKind, TOMBSTONE_COLUMN, TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
 };
+use crate::catalog::{PUBLIC_SCHEMA, format_ms};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sql::parser::{CreateStream, CreateTopic, Drop, ObjectKind, OptionValue};
@@ -819,23 +819,6 @@ pub(super) fn kind_name(relation: &Relation<'_>) -> &'static str {
         Relation::External(_) => "table",
         Relation::View(_) => "materialized view",
     }
-}
-
-fn format_ms(ms: u64) -> String {
-    const UNITS: [(u64, &str); 5] = [
-        (604_800_000, "week"),
-        (86_400_000, "day"),
-        (3_600_000, "hour"),
-        (60_000, "minute"),
-        (1000, "second"),
-    ];
-    for (size, unit) in UNITS {
-        if ms >= size && ms.is_multiple_of(size) {
-            let n = ms / size;
-            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-        }
-    }
-    format!("{ms} ms")
 }
 
 /// Parses a duration such as `'7 days'`, `'1 hour 30 minutes'`, `'500ms'`, or a number of ms.

@@ -86,6 +86,20 @@ impl Database {
                 }
                 if grant { "GRANT" } else { "REVOKE" }
             }
+            GrantStatement::Owner {
+                class,
+                name,
+                owner,
+                tag,
+            } => {
+                if owner != crate::catalog::access::SUPERUSER && !data.users.contains_key(&owner) {
+                    return Err(no_role(&owner));
+                }
+                let (access, kind) = access_mut(&mut new, class, &name)?;
+                who.require_owner(&access.owner, kind, &name)?;
+                access.owner = owner;
+                tag
+            }
         };
         self.tables.catalog.commit(new, vec![]).await?;
         Ok(command(tag))

@@ -277,6 +277,7 @@ impl Database {
             transaction: Transaction::Idle,
             user: None,
             deallocated: vec![],
+            prepared: BTreeMap::new(),
         };
         session.publish_settings();
         session

@@ -61,6 +61,15 @@ pub struct Session {
     /// Prepared statements `DEALLOCATE` named since the protocol layer last asked (`None`:
     /// all of them); that layer keeps them.
     pub(super) deallocated: Vec<Option<String>>,
+    /// Statements of SQL's `PREPARE`, by name.
+    pub(super) prepared: BTreeMap<String, SqlPrepared>,
+}
+
+/// A statement `PREPARE` made: its SQL and its parameters' declared types.
+#[derive(Debug, Clone)]
+pub struct SqlPrepared {
+    sql: String,
+    types: Vec<sqlparser::ast::DataType>,
 }
 
 /// Where the session is in a transaction block. Statements take effect as they run (there
@@ -439,11 +448,45 @@ impl Session {
             Statement::CreateView(v) => db.create_view(v, &who, &mut self.notices).await,
             Statement::InsertContinuous(i) => db.insert_continuous(i, &who).await,
             Statement::Flush => db.flush().await,
+            Statement::Lock(lock) => self.lock(&lock).await,
+            Statement::Refresh(name) => {
+                match db.tables.catalog.snapshot().relation(&name) {
+                    Some(crate::catalog::Relation::View(_)) => {}
+                    Some(_) => {
+                        return Err(Error::plan(
+                            "42809",
+                            format!("\"{name}\" is not a materialized view"),
+                        ));
+                    }
+                    None => {
+                        return Err(Error::UnknownRelation(format!(
+                            "relation \"{name}\" does not exist"
+                        )));
+                    }
+                }
+                db.flush().await?;
+                Ok(command("REFRESH MATERIALIZED VIEW"))
+            }
+            Statement::Comment(comment) => comment_on(&db, &comment),
+            Statement::Prepare {
+                name,
+                types,
+                statement,
+            } => self.prepare(name, types, statement).await,
+            Statement::Execute { name, parameters } => {
+                Box::pin(self.execute_named(&name, parameters)).await
+            }
             Statement::Deallocate(name) => {
                 let tag = match name {
                     Some(_) => "DEALLOCATE",
                     None => "DEALLOCATE ALL",
                 };
+                match &name {
+                    Some(name) => {
+                        self.prepared.remove(name);
+                    }
+                    None => self.prepared.clear(),
+                }
                 self.deallocated.push(name);
                 Ok(command(tag))
             }
@@ -544,6 +587,115 @@ impl Session {
             Statement::Grant(g) => db.grant(g, &who).await,
             Statement::DataFusion(statement) => self.run_datafusion(*statement, params).await,
         }
+    }
+
+    /// `PREPARE name [(types)] AS statement`: checks that the statement parses and plans
+    /// (as PostgreSQL does), and keeps it for `EXECUTE`.
+    async fn prepare(
+        &mut self,
+        name: String,
+        types: Vec<sqlparser::ast::DataType>,
+        sql: String,
+    ) -> Result<Output> {
+        if self.prepared.contains_key(&name) {
+            return Err(Error::plan(
+                "42P05",
+                format!("prepared statement \"{name}\" already exists"),
+            ));
+        }
+        Box::pin(self.describe_statement(&typed_sql(&sql, &types))).await?;
+        self.prepared.insert(name, SqlPrepared { sql, types });
+        Ok(command("PREPARE"))
+    }
+
+    /// `EXECUTE name [(values)]`: the prepared statement, its parameters the values, each
+    /// of its declared type.
+    async fn execute_named(
+        &mut self,
+        name: &str,
+        parameters: Vec<sqlparser::ast::Expr>,
+    ) -> Result<Output> {
+        let prepared = self.prepared.get(name).cloned().ok_or_else(|| {
+            Error::plan(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            )
+        })?;
+        if !prepared.types.is_empty() && prepared.types.len() != parameters.len() {
+            return Err(Error::plan(
+                "42601",
+                format!(
+                    "wrong number of parameters for prepared statement \"{name}\": expected {}, got {}",
+                    prepared.types.len(),
+                    parameters.len()
+                ),
+            ));
+        }
+        let mut values = vec![];
+        if !parameters.is_empty() {
+            let select = parameters
+                .iter()
+                .enumerate()
+                .map(|(i, value)| match prepared.types.get(i) {
+                    Some(t) => format!("CAST(({value}) AS {t})"),
+                    None => format!("({value})"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let Output::Rows(rows) = Box::pin(
+                self.execute_prepared(&format!("SELECT {select}"), ParamValues::List(vec![])),
+            )
+            .await?
+            else {
+                return Err(Error::Internal("EXECUTE's values are a row".into()));
+            };
+            let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(rows).await?;
+            let batch = batches
+                .iter()
+                .find(|b| b.num_rows() > 0)
+                .ok_or_else(|| Error::Internal("EXECUTE's values are a row".into()))?;
+            for column in batch.columns() {
+                values.push(datafusion::common::ScalarValue::try_from_array(column, 0)?.into());
+            }
+        }
+        let typed = typed_sql(&prepared.sql, &prepared.types);
+        Box::pin(self.execute_prepared(&typed, ParamValues::List(values))).await
+    }
+
+    /// `LOCK TABLE … IN ACCESS SHARE MODE`, as pg_dump takes it before reading: checks that
+    /// each relation exists and may be read. Reads in Runnel see a snapshot and take no
+    /// locks, so there is nothing to hold; stronger modes, which would keep writers out,
+    /// are refused.
+    async fn lock(&mut self, lock: &sqlparser::ast::Lock) -> Result<Output> {
+        use sqlparser::ast::LockTableMode;
+        if self.transaction != Transaction::Open {
+            return Err(Error::plan(
+                "25P01",
+                "LOCK TABLE can only be used in transaction blocks",
+            ));
+        }
+        // Without `IN … MODE`, PostgreSQL takes ACCESS EXCLUSIVE.
+        let mode = lock
+            .lock_mode
+            .clone()
+            .unwrap_or(LockTableMode::AccessExclusive);
+        if mode != LockTableMode::AccessShare {
+            return Err(Error::Unsupported(format!(
+                "LOCK TABLE … IN {mode} MODE: Runnel has no table locks (ACCESS SHARE, which \
+                 only reads, is accepted)"
+            )));
+        }
+        let who = self.principal();
+        let catalog = self.db.tables.catalog.snapshot();
+        for target in &lock.tables {
+            let sql = format!("SELECT * FROM {} WHERE false", target.name);
+            let Some(Statement::DataFusion(statement)) = sql::parse(&sql)?.pop() else {
+                return Err(Error::Syntax(format!("invalid name {}", target.name)));
+            };
+            let plan = sql::plan(&self.state, *statement, &catalog).await?;
+            self.authorize(&plan, &catalog, &who)?;
+        }
+        Ok(command("LOCK TABLE"))
     }
 
     async fn run_datafusion(
@@ -1038,6 +1190,57 @@ fn parse(sql: &str) -> Result<Vec<Statement>> {
             .collect());
     }
     Ok(statements)
+}
+
+/// `COMMENT ON … IS ''` or `IS NULL` (pg_dump writes one for the schema `public`): Runnel
+/// keeps no comments, so only removing one is done as asked; the object must exist.
+fn comment_on(db: &Database, comment: &sqlparser::ast::Statement) -> Result<Output> {
+    use sqlparser::ast::CommentObject;
+    let sqlparser::ast::Statement::Comment {
+        object_type,
+        object_name,
+        comment,
+        ..
+    } = comment
+    else {
+        return Err(Error::Syntax(format!("not a comment: {comment}")));
+    };
+    if comment.as_deref().is_some_and(|c| !c.is_empty()) {
+        return Err(Error::Unsupported(
+            "COMMENT ON with a comment: Runnel keeps no comments yet".into(),
+        ));
+    }
+    let catalog = db.tables.catalog.snapshot();
+    match object_type {
+        CommentObject::Schema => {
+            let name = object_name.to_string();
+            if name.trim_matches('"') != crate::catalog::PUBLIC_SCHEMA {
+                return Err(Error::plan(
+                    "3F000",
+                    format!("schema \"{name}\" does not exist"),
+                ));
+            }
+        }
+        CommentObject::Table | CommentObject::View | CommentObject::MaterializedView => {
+            let name = sql::parser::relation_name(object_name)?;
+            if catalog.relation(&name).is_none() {
+                return Err(Error::UnknownRelation(format!(
+                    "relation \"{name}\" does not exist"
+                )));
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!("COMMENT ON {other}")));
+        }
+    }
+    Ok(command("COMMENT"))
+}
+
+/// `sql` with its parameters cast to the types `PREPARE` declared for them.
+fn typed_sql(sql: &str, types: &[sqlparser::ast::DataType]) -> String {
+    let names: Vec<String> = types.iter().map(ToString::to_string).collect();
+    let declared: Vec<Option<&str>> = names.iter().map(|n| Some(n.as_str())).collect();
+    sql::declared::with_declared_types(sql, &declared)
 }
 
 fn no_cursor(name: &str) -> Error {

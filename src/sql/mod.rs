@@ -181,7 +181,13 @@ const TOPIC_HIDDEN_COLUMNS: [&str; 4] = [
 
 impl HiddenColumns for CatalogData {
     fn hidden_columns(&self, relation: &str) -> Option<&'static [&'static str]> {
-        match self.relation(relation)? {
+        let Some(relation) = self.relation(relation) else {
+            // `pg_class`, bare, is pg_catalog's when there is no relation of that name.
+            return crate::tables::pg::catalog_hidden_columns(&sqlparser::ast::ObjectName::from(
+                vec![sqlparser::ast::Ident::new(relation)],
+            ));
+        };
+        match relation {
             Relation::Stream(..) => Some(&HIDDEN_COLUMNS),
             Relation::Topic(_) => Some(&TOPIC_HIDDEN_COLUMNS),
             Relation::External(_) | Relation::View(_) => None,

@@ -78,6 +78,24 @@ pub enum Statement {
     Grant(GrantStatement),
     /// Waits until every continuous query has processed everything appended before it.
     Flush,
+    /// `LOCK [TABLE] name [, …] [IN mode MODE] [NOWAIT]` (pg_dump's first step).
+    Lock(sqlparser::ast::Lock),
+    /// `REFRESH MATERIALIZED VIEW name`: waits until the view has caught up.
+    Refresh(String),
+    /// `COMMENT ON … IS …`: only the empty comment (none), as Runnel keeps no comments.
+    Comment(Box<sqlparser::ast::Statement>),
+    /// `PREPARE name [(type, …)] AS statement`: the statement kept as SQL, with its
+    /// parameters' declared types.
+    Prepare {
+        name: String,
+        types: Vec<sqlparser::ast::DataType>,
+        statement: String,
+    },
+    /// `EXECUTE name [(value, …)]`.
+    Execute {
+        name: String,
+        parameters: Vec<sqlparser::ast::Expr>,
+    },
     /// `DEALLOCATE [PREPARE] name`, or `… ALL` (`None`): forgets prepared statements,
     /// which the protocol layer keeps.
     Deallocate(Option<String>),
@@ -168,6 +186,14 @@ pub enum GrantStatement {
         grant: bool,
         roles: Vec<String>,
         users: Vec<String>,
+    },
+    /// `ALTER TABLE | MATERIALIZED VIEW | SCHEMA … name OWNER TO owner`.
+    Owner {
+        class: ObjectClass,
+        name: String,
+        owner: String,
+        /// The command tag (`ALTER TABLE`, …).
+        tag: &'static str,
     },
 }
 
@@ -504,6 +530,52 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if word_is(p, "FLUSH") {
         p.next_token();
         return Ok(Statement::Flush);
+    }
+    if p.peek_keyword(Keyword::PREPARE) || p.peek_keyword(Keyword::EXECUTE) {
+        return match p.parse_statement().map_err(syntax)? {
+            sqlparser::ast::Statement::Prepare {
+                name,
+                data_types,
+                statement,
+            } => Ok(Statement::Prepare {
+                name: normalize(&name),
+                types: data_types,
+                statement: statement.to_string(),
+            }),
+            sqlparser::ast::Statement::Execute {
+                name: Some(name),
+                parameters,
+                immediate: false,
+                into,
+                using,
+                ..
+            } if into.is_empty() && using.is_empty() => Ok(Statement::Execute {
+                name: relation_name(&name)?,
+                parameters,
+            }),
+            other => Err(Error::Unsupported(format!("{other}"))),
+        };
+    }
+    if p.parse_keywords(&[Keyword::REFRESH, Keyword::MATERIALIZED, Keyword::VIEW]) {
+        let _ = p.parse_keyword(Keyword::CONCURRENTLY);
+        let name = parse_relation_name(p)?;
+        strip_with_data_words(p);
+        return Ok(Statement::Refresh(name));
+    }
+    if p.peek_keyword(Keyword::COMMENT) {
+        let comment = p.parse_statement().map_err(syntax)?;
+        return Ok(Statement::Comment(Box::new(comment)));
+    }
+    if p.peek_keyword(Keyword::ALTER)
+        && let Some(owner) = parse_alter_owner(p)?
+    {
+        return Ok(Statement::Grant(owner));
+    }
+    if p.peek_keyword(Keyword::LOCK) {
+        return p
+            .parse_lock_statement()
+            .map(Statement::Lock)
+            .map_err(syntax);
     }
     if p.parse_keyword(Keyword::DEALLOCATE) {
         let _ = p.parse_keyword(Keyword::PREPARE);
@@ -933,18 +1005,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
             }
         }
     }
-    for key in primary_key.iter().flatten() {
-        let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
-            Error::plan(
-                "42703",
-                format!("column \"{key}\" named in key does not exist"),
-            )
-        })?;
-        // As in PostgreSQL, a primary key's columns are NOT NULL.
-        column.key = true;
-        column.nullable = false;
-    }
-    let options = match &create.table_options {
+    let mut options = match &create.table_options {
         CreateTableOptions::None => vec![],
         CreateTableOptions::With(options) => options
             .iter()
@@ -959,6 +1020,80 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
             .collect::<Result<Vec<_>>>()?,
         other => return refuse(&format!("with options {other}")),
     };
+    // The storage parameters pg_dump writes back (`pg_class.reloptions`): a stream's
+    // `stream`, `key` and `watermark`, a table's `primary_key`.
+    let mut take = |name: &str| {
+        let i = options.iter().position(|(key, _)| key == name)?;
+        Some(options.remove(i).1)
+    };
+    let names = |value: OptionValue| -> Vec<String> {
+        value
+            .as_text()
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    };
+    if let Some(names) = take("primary_key").map(names) {
+        set_primary_key(names)?;
+    }
+    let stream = match take("stream") {
+        None => false,
+        Some(v) if matches!(v.as_text().to_ascii_lowercase().as_str(), "true" | "on") => true,
+        Some(v) if matches!(v.as_text().to_ascii_lowercase().as_str(), "false" | "off") => false,
+        Some(v) => {
+            return Err(Error::data(
+                "22023",
+                format!(
+                    "option stream must be true or false, not \"{}\"",
+                    v.as_text()
+                ),
+            ));
+        }
+    };
+    let keys = take("key").map(names).unwrap_or_default();
+    let watermark = take("watermark");
+    if stream {
+        if primary_key.is_some() {
+            return refuse("WITH (stream = true) and a primary key: a stream has KEY columns");
+        }
+        for key in &keys {
+            let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
+                Error::plan(
+                    "42703",
+                    format!("column \"{key}\" named in key does not exist"),
+                )
+            })?;
+            column.key = true;
+        }
+        let watermark = watermark
+            .map(|w| parse_watermark(w.as_text()))
+            .transpose()?;
+        return Ok(CreateStream {
+            kind: StreamKind::Stream,
+            name,
+            if_not_exists: create.if_not_exists,
+            columns,
+            watermark,
+            options,
+            query: None,
+            emit: Emit::Changes,
+        });
+    }
+    if !keys.is_empty() || watermark.is_some() {
+        return refuse("WITH (key, watermark) without stream = true");
+    }
+    for key in primary_key.iter().flatten() {
+        let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
+            Error::plan(
+                "42703",
+                format!("column \"{key}\" named in key does not exist"),
+            )
+        })?;
+        // As in PostgreSQL, a primary key's columns are NOT NULL.
+        column.key = true;
+        column.nullable = false;
+    }
     Ok(CreateStream {
         kind: StreamKind::Table,
         name,
@@ -969,6 +1104,72 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
         query: None,
         emit: Emit::Changes,
     })
+}
+
+/// `WITH [NO] DATA` after `REFRESH MATERIALIZED VIEW name`.
+fn strip_with_data_words(p: &mut Parser<'_>) {
+    if p.parse_keyword(Keyword::WITH) {
+        let _ = p.parse_keyword(Keyword::NO);
+        let _ = p.parse_keyword(Keyword::DATA);
+    }
+}
+
+/// `ALTER TABLE | STREAM | TOPIC | [MATERIALIZED] VIEW | SCHEMA [IF EXISTS] name OWNER TO
+/// role`; `None` (and the parser where it was) for any other `ALTER`.
+fn parse_alter_owner(p: &mut Parser<'_>) -> Result<Option<GrantStatement>> {
+    let start = p.index();
+    let rewind = |p: &mut Parser<'_>| {
+        while p.index() > start {
+            p.prev_token();
+        }
+    };
+    p.expect_keyword(Keyword::ALTER).map_err(syntax)?;
+    let (class, tag) = if p.parse_keyword(Keyword::TABLE) {
+        (ObjectClass::Relation, "ALTER TABLE")
+    } else if p.parse_keyword(Keyword::STREAM) {
+        (ObjectClass::Relation, "ALTER STREAM")
+    } else if word_is(p, "TOPIC") {
+        p.next_token();
+        (ObjectClass::Relation, "ALTER TOPIC")
+    } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+        (ObjectClass::Relation, "ALTER MATERIALIZED VIEW")
+    } else if p.parse_keyword(Keyword::SCHEMA) {
+        (ObjectClass::Schema, "ALTER SCHEMA")
+    } else {
+        rewind(p);
+        return Ok(None);
+    };
+    let _ = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let _ = p.parse_keyword(Keyword::ONLY);
+    let name = p.parse_object_name(false).map_err(syntax)?;
+    if !p.parse_keywords(&[Keyword::OWNER, Keyword::TO]) {
+        rewind(p);
+        return Ok(None);
+    }
+    let name = match class {
+        ObjectClass::Schema => name.to_string().trim_matches('"').to_string(),
+        _ => relation_name(&name)?,
+    };
+    let owner = normalize(&p.parse_identifier().map_err(syntax)?);
+    Ok(Some(GrantStatement::Owner {
+        class,
+        name,
+        owner,
+        tag,
+    }))
+}
+
+/// The `watermark` storage parameter, `column AS expression` (`WATERMARK FOR column AS
+/// expression` in `CREATE STREAM`).
+fn parse_watermark(text: &str) -> Result<(String, String)> {
+    let mut p = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .map_err(syntax)?;
+    let column = normalize(&p.parse_identifier().map_err(syntax)?);
+    p.expect_keyword(Keyword::AS).map_err(syntax)?;
+    let expr = p.parse_expr().map_err(syntax)?;
+    p.expect_token(&Token::EOF).map_err(syntax)?;
+    Ok((column, expr.to_string()))
 }
 
 fn skip_to_end(p: &mut Parser<'_>) {
@@ -1490,6 +1691,7 @@ fn parse_load_nexmark(p: &mut Parser<'_>) -> Result<Statement> {
 /// every epoch: what a continuous query does anyway) or `EMIT ON WINDOW CLOSE`.
 fn parse_continuous_query(p: &mut Parser<'_>) -> Result<(String, Emit)> {
     let mut tokens = statement_tokens(p);
+    strip_with_data(&mut tokens);
     let emit = strip_emit(&mut tokens).unwrap_or_default();
     let mut sub = Parser::new(&PostgreSqlDialect {}).with_tokens_with_locations(tokens);
     let query = sub.parse_query().map_err(syntax)?;
@@ -1608,6 +1810,23 @@ fn strip_emit(tokens: &mut Vec<TokenWithSpan>) -> Option<Emit> {
         return Some(Emit::OnWindowClose);
     }
     None
+}
+
+/// Removes a trailing `WITH [NO] DATA` (PostgreSQL's `CREATE MATERIALIZED VIEW … AS …
+/// WITH NO DATA`, as pg_dump writes views): a continuous query starts filling what it
+/// maintains either way.
+fn strip_with_data(tokens: &mut Vec<TokenWithSpan>) {
+    let is = |t: &TokenWithSpan, word: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let n = tokens.len();
+    if n >= 3
+        && is(&tokens[n - 3], "WITH")
+        && is(&tokens[n - 2], "NO")
+        && is(&tokens[n - 1], "DATA")
+    {
+        tokens.truncate(n - 3);
+    } else if n >= 2 && is(&tokens[n - 2], "WITH") && is(&tokens[n - 1], "DATA") {
+        tokens.truncate(n - 2);
+    }
 }
 
 /// Removes a trailing `EMIT CHANGES`; whether there was one.

@@ -439,9 +439,10 @@ impl Wildcards<'_> {
                 args: None,
                 ..
             } => {
-                let hidden = relation_name(name)
-                    .ok()
-                    .and_then(|r| self.catalog.hidden_columns(&r));
+                let hidden = match relation_name(name) {
+                    Ok(r) => self.catalog.hidden_columns(&r),
+                    Err(_) => crate::tables::pg::catalog_hidden_columns(name),
+                };
                 let qualifier = match alias {
                     Some(alias) => ObjectName(vec![ObjectNamePart::Identifier(alias.name.clone())]),
                     None => name.clone(),

@@ -153,7 +153,7 @@ check(num_nulls and num_nulls[0].arg_types == ('"any"',), f"pgcli functions {num
 check(executor.get_timezone() == "UTC", "pgcli SHOW TIME ZONE")
 results = {sql: list(executor.run(sql, pgspecial=special)) for sql in ["\\dt", "\\d orders", "SELECT 1 AS one"]}
 dt = [tuple(r) for r in results["\\dt"][0][1]]
-check(dt == [("public", "orders", "table", "postgres"), ("public", "scores", "table", "postgres")], f"pgcli \\dt {dt}")
+check(dt == [("public", "orders", "table", "runnel"), ("public", "scores", "table", "runnel")], f"pgcli \\dt {dt}")
 d = [r[:2] for r in results["\\d orders"][0][1]]
 check(d == [["id", "bigint"], ["customer", "text"], ["amount", "bigint"]], f"pgcli \\d {d}")
 check(list(results["SELECT 1 AS one"][0][1]) == [(1,)], "pgcli query")

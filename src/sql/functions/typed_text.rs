@@ -40,6 +40,15 @@ impl TypePlanner for TextTypes {
             | SqlDataType::Dec(ExactNumberInfo::None) => {
                 Some(crate::sql::numeric::unconstrained_field())
             }
+            // PostgreSQL's one-byte `"char"` (`relkind`, `'r'::"char"`): text, as the
+            // catalog tables have it.
+            SqlDataType::Custom(name, args)
+                if args.is_empty()
+                    && matches!(name.0.as_slice(), [part] if part.as_ident()
+                        .is_some_and(|i| i.quote_style == Some('"') && i.value == "char")) =>
+            {
+                Some(Arc::new(Field::new("", DataType::Utf8, true)))
+            }
             SqlDataType::Array(ArrayElemTypeDef::SquareBracket(element, None))
                 if matches!(element.as_ref(), SqlDataType::Custom(name, args)
                     if args.is_empty() && name.to_string().eq_ignore_ascii_case("oid")) =>
@@ -146,6 +155,43 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
             }
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if op.supports_propagation() => {
+            // `roles = '{0}'`: the literal is an array of the other side's type, as
+            // PostgreSQL reads an untyped literal.
+            let array_of = |e: &Expr| {
+                field_of(e, schema)
+                    .filter(|f| matches!(f.data_type(), DataType::List(_)))
+                    .map(|f| f.data_type().clone())
+            };
+            let as_array = |literal: Expr, to: DataType| {
+                let texts = Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::from(ArrayInput::default())),
+                    vec![literal],
+                ));
+                Box::new(Expr::Cast(datafusion::logical_expr::Cast::new(
+                    Box::new(texts),
+                    to,
+                )))
+            };
+            if is_string_literal(&right)
+                && let Some(to) = array_of(&left)
+            {
+                let right = as_array(*right, to);
+                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op,
+                    right,
+                })));
+            }
+            if is_string_literal(&left)
+                && let Some(to) = array_of(&right)
+            {
+                let left = as_array(*left, to);
+                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op,
+                    right,
+                })));
+            }
             let (left, right) = match (uuid_side(&left, schema), uuid_side(&right, schema)) {
                 (true, false) if is_string_literal(&right) => {
                     (left, Box::new(input(TextType::Uuid, *right)))

@@ -1,0 +1,165 @@
+//! pg_dump round trip: a database's streams, tables and materialized views dumped with
+//! pg_dump 16 (`--schema-only`, then `--data-only`) and restored with psql into an empty
+//! Runnel come back as they were — the same definitions, options and rows, and a dump of
+//! the copy identical to the dump of the original.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Server, psql};
+
+/// pg_dump 16 from the Python venv's `pgserver` (tests/python/requirements.txt), and the
+/// directory of the libraries it links against.
+fn pg_dump() -> (PathBuf, PathBuf) {
+    let out = Command::new(common::python())
+        .args([
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('pgserver').submodule_search_locations[0])",
+        ])
+        .output()
+        .expect("the test venv's python runs");
+    assert!(
+        out.status.success(),
+        "pgserver is not installed in the test venv (.ci/run installs tests/python/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let package = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let binary = package.join("pginstall/bin/pg_dump");
+    let libraries = package
+        .parent()
+        .expect("site-packages")
+        .join("pgserver.libs");
+    assert!(binary.exists(), "no pg_dump at {}", binary.display());
+    (binary, libraries)
+}
+
+fn dump(server: &Server, args: &[&str]) -> String {
+    let (binary, libraries) = pg_dump();
+    let out = Command::new(binary)
+        .env("LD_LIBRARY_PATH", libraries)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .args([
+            "-h",
+            &server.addr.ip().to_string(),
+            "-p",
+            &server.addr.port().to_string(),
+            "-U",
+            "runnel",
+        ])
+        .args(args)
+        .arg("runnel")
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "pg_dump {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("a dump is text")
+}
+
+/// A dump without its comments (which carry versions and times).
+fn statements(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn restore(server: &Server, script: &str) {
+    let (ok, out, err) = psql(server, &["-v", "ON_ERROR_STOP=1", "-q"], script);
+    assert!(ok, "restoring failed: {err}\n{out}\n--- script:\n{script}");
+}
+
+/// What each relation is and holds, as psql prints it.
+fn contents(server: &Server) -> String {
+    let script = "
+FLUSH;
+DESCRIBE clicks;
+DESCRIBE users;
+DESCRIBE notes;
+DESCRIBE per_user;
+SELECT user_id, url, ts FROM clicks ORDER BY user_id, url;
+SELECT * FROM users ORDER BY id;
+SELECT * FROM notes ORDER BY body;
+SELECT * FROM per_user ORDER BY user_id;
+";
+    let (ok, out, err) = psql(server, &["-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "reading failed: {err}\n{out}");
+    out
+}
+
+#[test]
+fn streams_tables_and_views_survive_a_pg_dump_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = common::start(&dir.path().join("original"));
+    let (ok, out, err) = psql(
+        &original,
+        &["-v", "ON_ERROR_STOP=1"],
+        "
+CREATE STREAM clicks (
+    user_id BIGINT KEY,
+    url TEXT NOT NULL,
+    ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '5 seconds'
+) WITH (partitions = 3, retention = '7 days', compression = 'lz4', timestamp = 'ts');
+CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL, tier TEXT) WITH (partitions = 2);
+CREATE TABLE notes (body TEXT, stars INT);
+CREATE MATERIALIZED VIEW per_user AS
+    SELECT user_id, count(*) AS clicks, max(ts) AS last_seen FROM clicks GROUP BY user_id;
+INSERT INTO clicks VALUES
+    (1, '/home', '2026-01-01 10:00:00'),
+    (1, '/cart', '2026-01-01 10:00:05'),
+    (2, 'it''s \"quoted\"', '2026-01-01 10:00:07'),
+    (3, E'tab\\there', NULL);
+INSERT INTO users VALUES (1, 'ann', 'gold'), (2, 'bob', NULL);
+UPDATE users SET tier = 'basic' WHERE id = 2;
+INSERT INTO notes VALUES ('twice', 1), ('twice', 1), (NULL, NULL);
+",
+    );
+    assert!(ok, "{err}\n{out}");
+    let schema = dump(&original, &["--schema-only"]);
+    let data = dump(&original, &["--data-only"]);
+    // The stream comes back as a stream: its options travel as storage parameters.
+    assert!(
+        schema.contains("CREATE TABLE public.clicks (")
+            && schema.contains("stream='true'")
+            && schema.contains("key=user_id")
+            && schema.contains("watermark='ts AS ts - INTERVAL ''5 seconds'''"),
+        "{schema}"
+    );
+    assert!(schema.contains("primary_key=id"), "{schema}");
+    assert!(
+        schema.contains("CREATE MATERIALIZED VIEW public.per_user AS"),
+        "{schema}"
+    );
+    // Runnel's own schema `sys` is part of its built-in extension, which pg_dump leaves out.
+    assert!(!schema.contains("sys."), "{schema}");
+    // The view's rows are its query's, not data to load.
+    assert!(
+        data.contains("COPY public.clicks (user_id, url, ts) FROM stdin;"),
+        "{data}"
+    );
+    assert!(!data.contains("COPY public.per_user"), "{data}");
+
+    let copy = common::start(&dir.path().join("copy"));
+    restore(&copy, &schema);
+    restore(&copy, &data);
+    let before = contents(&original);
+    assert!(before.contains(" /cart "), "{before}");
+    assert!(before.contains("it's \"quoted\""), "{before}");
+    assert_eq!(contents(&copy), before);
+    assert_eq!(
+        statements(&dump(&copy, &["--schema-only"])),
+        statements(&schema)
+    );
+    // A stream's partitions are read side by side: its rows come in another order.
+    let sorted = |dump: &str| {
+        let mut lines: Vec<String> = statements(dump).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&dump(&copy, &["--data-only"])), sorted(&data));
+}
