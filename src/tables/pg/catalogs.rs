@@ -66,12 +66,12 @@ impl PgCatalogSchema {
                 let namespaces = self.inner.table("pg_namespace").await?.ok_or_else(|| {
                     DataFusionError::Internal("pg_catalog has no pg_namespace".into())
                 })?;
-                Ok(Some(Arc::new(PgClass {
+                Ok(Some(Arc::new(Fixed(PgClass {
                     inner,
                     namespaces,
                     schema: Arc::new(Schema::new(fields)),
                     catalog: self.tables.catalog.snapshot(),
-                })))
+                }))))
             }
             Some(inner) if name.eq_ignore_ascii_case("pg_attribute") => {
                 let (Some(classes), Some(namespaces)) = (
@@ -82,13 +82,13 @@ impl PgCatalogSchema {
                         "pg_catalog has no pg_class or pg_namespace".into(),
                     ));
                 };
-                Ok(Some(Arc::new(PgAttribute {
+                Ok(Some(Arc::new(Fixed(PgAttribute {
                     schema: with_null_arrays(&inner.schema(), &PgAttribute::ARRAYS),
                     inner,
                     classes,
                     namespaces,
                     catalog: self.tables.catalog.snapshot(),
-                })))
+                }))))
             }
             Some(_) if name.eq_ignore_ascii_case("pg_settings") => Ok(Some(Arc::new(PgSettings))),
             Some(inner) if ObjectRows::of(name).is_some() => {
@@ -108,24 +108,26 @@ impl PgCatalogSchema {
                     catalog: self.tables.catalog.snapshot(),
                 })))
             }
-            Some(inner) if name.eq_ignore_ascii_case("pg_roles") => Ok(Some(Arc::new(PgRoles {
-                inner,
-                catalog: self.tables.catalog.snapshot(),
-            }))),
-            Some(inner) if name.eq_ignore_ascii_case("pg_namespace") => Ok(Some(Arc::new(
+            Some(inner) if name.eq_ignore_ascii_case("pg_roles") => {
+                Ok(Some(Arc::new(Fixed(PgRoles {
+                    inner,
+                    catalog: self.tables.catalog.snapshot(),
+                }))))
+            }
+            Some(inner) if name.eq_ignore_ascii_case("pg_namespace") => Ok(Some(Arc::new(Fixed(
                 PgNamespace::new(inner, self.tables.catalog.snapshot()),
-            ))),
+            )))),
             // The roles a row-level policy applies to and a partition key's operator
             // classes, arrays of OIDs (pg_dump); Runnel has neither policies nor
             // partitioned tables.
-            Some(inner) if name.eq_ignore_ascii_case("pg_policy") => Ok(Some(Arc::new(
+            Some(inner) if name.eq_ignore_ascii_case("pg_policy") => Ok(Some(Arc::new(Fixed(
                 NullArrays::new(inner, &[("polroles", oid_array())]),
-            ))),
+            )))),
             Some(inner) if name.eq_ignore_ascii_case("pg_partitioned_table") => Ok(Some(Arc::new(
-                NullArrays::new(inner, &[("partclass", oid_array())]),
+                Fixed(NullArrays::new(inner, &[("partclass", oid_array())])),
             ))),
             Some(inner) if name.eq_ignore_ascii_case("pg_init_privs") => {
-                Ok(Some(Arc::new(PgInitPrivs { inner })))
+                Ok(Some(Arc::new(Fixed(PgInitPrivs { inner }))))
             }
             Some(other) => Ok(Some(other)),
             None => Ok(empty_catalog(name)),
@@ -141,50 +143,31 @@ pub(super) struct PgRoles {
 }
 
 #[async_trait]
-impl TableProvider for PgRoles {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+impl Fix for PgRoles {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
         let schema = self.inner.schema();
         let (oid, name) = (schema.index_of("oid")?, schema.index_of("rolname")?);
         let oids = role_oids(&self.catalog);
-        scan_fixed(
-            self.inner.as_ref(),
-            &schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let names = cast(batch.column(name), &DataType::Utf8)?;
-                let names = names.as_string::<i32>();
-                let numbered: Int32Array = (0..batch.num_rows())
-                    .map(|row| {
-                        names
-                            .is_valid(row)
-                            .then(|| oids.get(names.value(row)))
-                            .flatten()
-                    })
-                    .map(|oid| oid.copied())
-                    .collect();
-                let mut columns = batch.columns().to_vec();
-                columns[oid] = cast(&numbered, schema.field(oid).data_type())?;
-                Ok(RecordBatch::try_new(batch.schema(), columns)?)
-            },
-        )
-        .await
+        Ok(Box::new(move |batch| {
+            let names = cast(batch.column(name), &DataType::Utf8)?;
+            let names = names.as_string::<i32>();
+            let numbered: Int32Array = (0..batch.num_rows())
+                .map(|row| {
+                    names
+                        .is_valid(row)
+                        .then(|| oids.get(names.value(row)))
+                        .flatten()
+                })
+                .map(|oid| oid.copied())
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[oid] = cast(&numbered, schema.field(oid).data_type())?;
+            Ok(RecordBatch::try_new(batch.schema(), columns)?)
+        }))
     }
 }
 
@@ -290,39 +273,24 @@ impl NullArrays {
 }
 
 #[async_trait]
-impl TableProvider for NullArrays {
+impl Fix for NullArrays {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        scan_fixed(
-            self.inner.as_ref(),
-            &self.schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let mut columns = batch.columns().to_vec();
-                for &i in &self.columns {
-                    let array = self.schema.field(i).data_type();
-                    columns[i] = arrow::array::new_null_array(array, batch.num_rows());
-                }
-                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
-            },
-        )
-        .await
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
+        Ok(Box::new(move |batch| {
+            let mut columns = batch.columns().to_vec();
+            for &i in &self.columns {
+                let array = self.schema.field(i).data_type();
+                columns[i] = arrow::array::new_null_array(array, batch.num_rows());
+            }
+            Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        }))
     }
 }
 
@@ -336,42 +304,23 @@ pub(super) struct PgInitPrivs {
 }
 
 #[async_trait]
-impl TableProvider for PgInitPrivs {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+impl Fix for PgInitPrivs {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
         let schema = self.inner.schema();
         let class = schema.index_of("classoid")?;
-        scan_fixed(
-            self.inner.as_ref(),
-            &schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let classes = cast(batch.column(class), &DataType::Int64)?;
-                let classes = classes.as_primitive::<Int64Type>();
-                let keep: arrow::array::BooleanArray = classes
-                    .iter()
-                    .map(|c| Some(!matches!(c, Some(PG_CLASS_OID | PG_NAMESPACE_OID))))
-                    .collect();
-                Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
-            },
-        )
-        .await
+        Ok(Box::new(move |batch| {
+            let classes = cast(batch.column(class), &DataType::Int64)?;
+            let classes = classes.as_primitive::<Int64Type>();
+            let keep: arrow::array::BooleanArray = classes
+                .iter()
+                .map(|c| Some(!matches!(c, Some(PG_CLASS_OID | PG_NAMESPACE_OID))))
+                .collect();
+            Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+        }))
     }
 }
 
@@ -413,67 +362,52 @@ impl PgNamespace {
 }
 
 #[async_trait]
-impl TableProvider for PgNamespace {
+impl Fix for PgNamespace {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
         let (oid, name, acl) = (
             self.schema.index_of("oid")?,
             self.schema.index_of("nspname")?,
             self.schema.index_of("nspacl")?,
         );
-        scan_fixed(
-            self.inner.as_ref(),
-            &self.schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let names = cast(batch.column(name), &DataType::Utf8)?;
-                let names = names.as_string::<i32>();
-                let oids = cast(batch.column(oid), &DataType::Int64)?;
-                let oids = oids.as_primitive::<Int64Type>();
-                let renumbered: Int64Array = (0..batch.num_rows())
-                    .map(|row| {
-                        let fixed = names
-                            .is_valid(row)
-                            .then(|| fixed_namespace_oid(names.value(row)));
-                        fixed
-                            .flatten()
-                            .or_else(|| oids.is_valid(row).then(|| oids.value(row)))
-                    })
-                    .collect();
-                let mut acls = ListBuilder::new(StringBuilder::new());
-                for row in 0..batch.num_rows() {
-                    if names.is_valid(row) && names.value(row) == PUBLIC_SCHEMA {
-                        for item in self.public_acl() {
-                            acls.values().append_value(item);
-                        }
-                        acls.append(true);
-                    } else {
-                        acls.append_null();
+        Ok(Box::new(move |batch| {
+            let names = cast(batch.column(name), &DataType::Utf8)?;
+            let names = names.as_string::<i32>();
+            let oids = cast(batch.column(oid), &DataType::Int64)?;
+            let oids = oids.as_primitive::<Int64Type>();
+            let renumbered: Int64Array = (0..batch.num_rows())
+                .map(|row| {
+                    let fixed = names
+                        .is_valid(row)
+                        .then(|| fixed_namespace_oid(names.value(row)));
+                    fixed
+                        .flatten()
+                        .or_else(|| oids.is_valid(row).then(|| oids.value(row)))
+                })
+                .collect();
+            let mut acls = ListBuilder::new(StringBuilder::new());
+            for row in 0..batch.num_rows() {
+                if names.is_valid(row) && names.value(row) == PUBLIC_SCHEMA {
+                    for item in self.public_acl() {
+                        acls.values().append_value(item);
                     }
+                    acls.append(true);
+                } else {
+                    acls.append_null();
                 }
-                let mut columns = batch.columns().to_vec();
-                columns[oid] = cast(&renumbered, self.schema.field(oid).data_type())?;
-                columns[acl] = Arc::new(acls.finish());
-                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
-            },
-        )
-        .await
+            }
+            let mut columns = batch.columns().to_vec();
+            columns[oid] = cast(&renumbered, self.schema.field(oid).data_type())?;
+            columns[acl] = Arc::new(acls.finish());
+            Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        }))
     }
 }
 
@@ -578,6 +512,60 @@ impl TableProvider for PgSettings {
     }
 }
 
+/// A catalog table made from one of datafusion-pg-catalog's by fixing each of its batches
+/// (a column's values, its type); [`Fixed`] makes it a table.
+#[async_trait]
+pub(super) trait Fix: std::fmt::Debug + Send + Sync {
+    /// The table it is made from.
+    fn inner(&self) -> &Arc<dyn TableProvider>;
+
+    /// Its columns: the inner table's unless the fix changes their types.
+    fn schema(&self) -> SchemaRef {
+        self.inner().schema()
+    }
+
+    /// What a scan does to each batch of the inner table, after looking up what it needs.
+    async fn fix(&self, state: &dyn Session) -> DfResult<BatchFix<'_>>;
+}
+
+pub(super) type BatchFix<'a> = Box<dyn Fn(RecordBatch) -> DfResult<RecordBatch> + Send + Sync + 'a>;
+
+/// The table of a [`Fix`]: the inner table's rows, fixed, scanned in memory.
+#[derive(Debug)]
+pub(super) struct Fixed<T>(pub(super) T);
+
+#[async_trait]
+impl<T: Fix + 'static> TableProvider for Fixed<T> {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.0.inner().table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let fix = self.0.fix(state).await?;
+        let schema = self.0.schema();
+        scan_fixed(
+            self.0.inner().as_ref(),
+            &schema,
+            state,
+            projection,
+            filters,
+            limit,
+            fix,
+        )
+        .await
+    }
+}
+
 /// The rows of catalog table `inner`, each batch made one of `schema` by `fix`, scanned as
 /// a table in memory.
 pub(super) async fn scan_fixed(
@@ -634,22 +622,16 @@ pub(super) struct PgClass {
 }
 
 #[async_trait]
-impl TableProvider for PgClass {
+impl Fix for PgClass {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn fix(&self, state: &dyn Session) -> DfResult<BatchFix<'_>> {
         let inner = self.inner.schema();
         let name = inner.index_of("relname")?;
         let kind = inner.index_of("relkind")?;
@@ -667,97 +649,88 @@ impl TableProvider for PgClass {
             .filter_map(|(oid, name)| Some((*oid, fixed_namespace_oid(name)?)))
             .collect();
         let roles = role_oids(&self.catalog);
-        scan_fixed(
-            self.inner.as_ref(),
-            &self.schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let names = batch.column(name).as_string::<i32>();
-                let kinds = batch.column(kind).as_string::<i32>();
-                let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
-                let namespaces = namespaces.as_primitive::<Int64Type>();
-                let ours = |row: usize| {
-                    (namespaces.is_valid(row) && public.contains(&namespaces.value(row)))
-                        .then(|| self.catalog.relation(names.value(row)))
+        Ok(Box::new(move |batch| {
+            let names = batch.column(name).as_string::<i32>();
+            let kinds = batch.column(kind).as_string::<i32>();
+            let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
+            let namespaces = namespaces.as_primitive::<Int64Type>();
+            let ours = |row: usize| {
+                (namespaces.is_valid(row) && public.contains(&namespaces.value(row)))
+                    .then(|| self.catalog.relation(names.value(row)))
+                    .flatten()
+            };
+            let relkind: StringArray = (0..batch.num_rows())
+                .map(|row| {
+                    let k = kinds.is_valid(row).then(|| kinds.value(row));
+                    match (k, ours(row)) {
+                        (Some("v"), Some(Relation::View(_))) => Some("m"),
+                        (other, _) => other,
+                    }
+                })
+                .collect();
+            // NULL, as PostgreSQL has it, until something is granted.
+            let mut relacl = ListBuilder::new(StringBuilder::new());
+            for row in 0..batch.num_rows() {
+                match ours(row).map(|r| r.access().clone()) {
+                    Some(access) if !access.grants.is_empty() => {
+                        for item in access.acl(ObjectClass::Relation) {
+                            relacl.values().append_value(item);
+                        }
+                        relacl.append(true);
+                    }
+                    _ => relacl.append_null(),
+                }
+            }
+            let owners: Int32Array = (0..batch.num_rows())
+                .map(|row| {
+                    let owner = ours(row).and_then(|r| roles.get(&r.access().owner).copied());
+                    Some(owner.unwrap_or(BOOTSTRAP_SUPERUSER_OID))
+                })
+                .collect();
+            let oids = cast(batch.column(oid), &DataType::Int32)?;
+            let oids = oids.as_primitive::<Int32Type>();
+            let renumbered: Int32Array = (0..batch.num_rows())
+                .map(|row| {
+                    let catalogs = namespaces.is_valid(row)
+                        && namespaces.value(row) == PG_CATALOG_NAMESPACE_OID;
+                    catalogs
+                        .then(|| catalog_relation_oid(names.value(row)))
                         .flatten()
-                };
-                let relkind: StringArray = (0..batch.num_rows())
-                    .map(|row| {
-                        let k = kinds.is_valid(row).then(|| kinds.value(row));
-                        match (k, ours(row)) {
-                            (Some("v"), Some(Relation::View(_))) => Some("m"),
-                            (other, _) => other,
-                        }
+                        .or_else(|| oids.is_valid(row).then(|| oids.value(row)))
+                })
+                .collect();
+            let relnamespaces: Int64Array = (0..batch.num_rows())
+                .map(|row| {
+                    namespaces.is_valid(row).then(|| {
+                        let namespace = namespaces.value(row);
+                        *fixed_namespaces.get(&namespace).unwrap_or(&namespace)
                     })
-                    .collect();
-                // NULL, as PostgreSQL has it, until something is granted.
-                let mut relacl = ListBuilder::new(StringBuilder::new());
-                for row in 0..batch.num_rows() {
-                    match ours(row).map(|r| r.access().clone()) {
-                        Some(access) if !access.grants.is_empty() => {
-                            for item in access.acl(ObjectClass::Relation) {
-                                relacl.values().append_value(item);
-                            }
-                            relacl.append(true);
-                        }
-                        _ => relacl.append_null(),
-                    }
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[oid] = cast(&renumbered, inner.field(oid).data_type())?;
+            columns[namespace] = cast(&relnamespaces, inner.field(namespace).data_type())?;
+            columns[kind] = Arc::new(relkind);
+            columns[owner] = cast(&owners, inner.field(owner).data_type())?;
+            columns.push(Arc::new(relacl.finish()));
+            // A stream's or table's options, as `CREATE TABLE … WITH (…)` takes them.
+            let mut reloptions = ListBuilder::new(StringBuilder::new());
+            for row in 0..batch.num_rows() {
+                let parameters = ours(row)
+                    .map(|_| self.catalog.storage_parameters(names.value(row)))
+                    .unwrap_or_default();
+                if parameters.is_empty() {
+                    reloptions.append_null();
+                    continue;
                 }
-                let owners: Int32Array = (0..batch.num_rows())
-                    .map(|row| {
-                        let owner = ours(row).and_then(|r| roles.get(&r.access().owner).copied());
-                        Some(owner.unwrap_or(BOOTSTRAP_SUPERUSER_OID))
-                    })
-                    .collect();
-                let oids = cast(batch.column(oid), &DataType::Int32)?;
-                let oids = oids.as_primitive::<Int32Type>();
-                let renumbered: Int32Array = (0..batch.num_rows())
-                    .map(|row| {
-                        let catalogs = namespaces.is_valid(row)
-                            && namespaces.value(row) == PG_CATALOG_NAMESPACE_OID;
-                        catalogs
-                            .then(|| catalog_relation_oid(names.value(row)))
-                            .flatten()
-                            .or_else(|| oids.is_valid(row).then(|| oids.value(row)))
-                    })
-                    .collect();
-                let relnamespaces: Int64Array = (0..batch.num_rows())
-                    .map(|row| {
-                        namespaces.is_valid(row).then(|| {
-                            let namespace = namespaces.value(row);
-                            *fixed_namespaces.get(&namespace).unwrap_or(&namespace)
-                        })
-                    })
-                    .collect();
-                let mut columns = batch.columns().to_vec();
-                columns[oid] = cast(&renumbered, inner.field(oid).data_type())?;
-                columns[namespace] = cast(&relnamespaces, inner.field(namespace).data_type())?;
-                columns[kind] = Arc::new(relkind);
-                columns[owner] = cast(&owners, inner.field(owner).data_type())?;
-                columns.push(Arc::new(relacl.finish()));
-                // A stream's or table's options, as `CREATE TABLE … WITH (…)` takes them.
-                let mut reloptions = ListBuilder::new(StringBuilder::new());
-                for row in 0..batch.num_rows() {
-                    let parameters = ours(row)
-                        .map(|_| self.catalog.storage_parameters(names.value(row)))
-                        .unwrap_or_default();
-                    if parameters.is_empty() {
-                        reloptions.append_null();
-                        continue;
-                    }
-                    for (name, value) in parameters {
-                        reloptions.values().append_value(format!("{name}={value}"));
-                    }
-                    reloptions.append(true);
+                for (name, value) in parameters {
+                    reloptions.values().append_value(format!("{name}={value}"));
                 }
-                columns.push(Arc::new(reloptions.finish()));
-                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
-            },
-        )
-        .await
+                reloptions.append(true);
+            }
+            columns.push(Arc::new(reloptions.finish()));
+            Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        }))
     }
 }
 
@@ -854,22 +827,16 @@ impl PgAttribute {
 }
 
 #[async_trait]
-impl TableProvider for PgAttribute {
+impl Fix for PgAttribute {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn fix(&self, state: &dyn Session) -> DfResult<BatchFix<'_>> {
         let schema = self.schema.clone();
         let arrays: Vec<usize> = PgAttribute::ARRAYS
             .iter()
@@ -881,85 +848,76 @@ impl TableProvider for PgAttribute {
         let number = schema.index_of("attnum")?;
         let not_null = schema.index_of("attnotnull")?;
         let ours = self.our_columns(state).await?;
-        scan_fixed(
-            self.inner.as_ref(),
-            &schema,
-            state,
-            projection,
-            filters,
-            limit,
-            |batch| {
-                let relations = cast(batch.column(relation), &DataType::Int64)?;
-                let relations = relations.as_primitive::<Int64Type>();
-                let names = batch.column(name).as_string::<i32>();
-                let types = batch.column(type_oid).as_primitive::<Int32Type>();
-                let key = |row: usize| {
-                    (relations.is_valid(row) && names.is_valid(row))
-                        .then(|| (relations.value(row), names.value(row)))
-                };
-                let patched: Int32Array = (0..batch.num_rows())
-                    .map(|row| {
-                        let text_typed = key(row).and_then(|(relation, name)| {
-                            ours.text_typed.get(&(relation, name.to_string()))
-                        });
-                        match text_typed {
-                            Some(oid) => Some(*oid),
-                            None => types.is_valid(row).then(|| types.value(row)),
-                        }
+        Ok(Box::new(move |batch| {
+            let relations = cast(batch.column(relation), &DataType::Int64)?;
+            let relations = relations.as_primitive::<Int64Type>();
+            let names = batch.column(name).as_string::<i32>();
+            let types = batch.column(type_oid).as_primitive::<Int32Type>();
+            let key = |row: usize| {
+                (relations.is_valid(row) && names.is_valid(row))
+                    .then(|| (relations.value(row), names.value(row)))
+            };
+            let patched: Int32Array = (0..batch.num_rows())
+                .map(|row| {
+                    let text_typed = key(row).and_then(|(relation, name)| {
+                        ours.text_typed.get(&(relation, name.to_string()))
+                    });
+                    match text_typed {
+                        Some(oid) => Some(*oid),
+                        None => types.is_valid(row).then(|| types.value(row)),
+                    }
+                })
+                .collect();
+            let numbers = cast(batch.column(number), &DataType::Int32)?;
+            let numbers = numbers.as_primitive::<Int32Type>();
+            let renumbered: Int32Array = (0..batch.num_rows())
+                .map(|row| {
+                    let hidden = key(row).and_then(|(relation, name)| {
+                        ours.with_hidden
+                            .contains(&relation)
+                            .then(|| HIDDEN_COLUMNS.iter().position(|h| *h == name))
+                            .flatten()
+                    });
+                    // A catalog's `tableoid` is PostgreSQL's system column -6.
+                    let system = key(row).is_some_and(|(relation, name)| {
+                        name == TABLEOID && ours.catalogs.contains_key(&relation)
+                    });
+                    match hidden {
+                        Some(i) => Some(-1 - i as i32),
+                        None if system => Some(TABLEOID_ATTNUM),
+                        None => numbers.is_valid(row).then(|| numbers.value(row)),
+                    }
+                })
+                .collect();
+            let relations: Int64Array = (0..batch.num_rows())
+                .map(|row| {
+                    relations.is_valid(row).then(|| {
+                        let relation = relations.value(row);
+                        ours.catalogs
+                            .get(&relation)
+                            .map_or(relation, |fixed| i64::from(*fixed))
                     })
-                    .collect();
-                let numbers = cast(batch.column(number), &DataType::Int32)?;
-                let numbers = numbers.as_primitive::<Int32Type>();
-                let renumbered: Int32Array = (0..batch.num_rows())
-                    .map(|row| {
-                        let hidden = key(row).and_then(|(relation, name)| {
-                            ours.with_hidden
-                                .contains(&relation)
-                                .then(|| HIDDEN_COLUMNS.iter().position(|h| *h == name))
-                                .flatten()
-                        });
-                        // A catalog's `tableoid` is PostgreSQL's system column -6.
-                        let system = key(row).is_some_and(|(relation, name)| {
-                            name == TABLEOID && ours.catalogs.contains_key(&relation)
-                        });
-                        match hidden {
-                            Some(i) => Some(-1 - i as i32),
-                            None if system => Some(TABLEOID_ATTNUM),
-                            None => numbers.is_valid(row).then(|| numbers.value(row)),
-                        }
-                    })
-                    .collect();
-                let relations: Int64Array = (0..batch.num_rows())
-                    .map(|row| {
-                        relations.is_valid(row).then(|| {
-                            let relation = relations.value(row);
-                            ours.catalogs
-                                .get(&relation)
-                                .map_or(relation, |fixed| i64::from(*fixed))
-                        })
-                    })
-                    .collect();
-                let flags = batch.column(not_null).as_boolean();
-                let not_nulls: arrow::array::BooleanArray = (0..batch.num_rows())
-                    .map(|row| {
-                        let ours = key(row).is_some_and(|(relation, name)| {
-                            ours.not_null.contains(&(relation, name.to_string()))
-                        });
-                        Some(ours || (flags.is_valid(row) && flags.value(row)))
-                    })
-                    .collect();
-                let mut columns = batch.columns().to_vec();
-                columns[not_null] = Arc::new(not_nulls);
-                columns[relation] = cast(&relations, batch.schema().field(relation).data_type())?;
-                columns[type_oid] = Arc::new(patched);
-                columns[number] = cast(&renumbered, batch.schema().field(number).data_type())?;
-                for &i in &arrays {
-                    columns[i] = arrow::array::new_null_array(&text_array(), batch.num_rows());
-                }
-                Ok(RecordBatch::try_new(schema.clone(), columns)?)
-            },
-        )
-        .await
+                })
+                .collect();
+            let flags = batch.column(not_null).as_boolean();
+            let not_nulls: arrow::array::BooleanArray = (0..batch.num_rows())
+                .map(|row| {
+                    let ours = key(row).is_some_and(|(relation, name)| {
+                        ours.not_null.contains(&(relation, name.to_string()))
+                    });
+                    Some(ours || (flags.is_valid(row) && flags.value(row)))
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[not_null] = Arc::new(not_nulls);
+            columns[relation] = cast(&relations, batch.schema().field(relation).data_type())?;
+            columns[type_oid] = Arc::new(patched);
+            columns[number] = cast(&renumbered, batch.schema().field(number).data_type())?;
+            for &i in &arrays {
+                columns[i] = arrow::array::new_null_array(&text_array(), batch.num_rows());
+            }
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        }))
     }
 }
 
