@@ -1058,13 +1058,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
             return refuse("WITH (stream = true) and a primary key: a stream has KEY columns");
         }
         for key in &keys {
-            let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
-                Error::plan(
-                    "42703",
-                    format!("column \"{key}\" named in key does not exist"),
-                )
-            })?;
-            column.key = true;
+            key_column(&mut columns, key)?.key = true;
         }
         let watermark = watermark
             .map(|w| parse_watermark(w.as_text()))
@@ -1084,12 +1078,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
         return refuse("WITH (key, watermark) without stream = true");
     }
     for key in primary_key.iter().flatten() {
-        let column = columns.iter_mut().find(|c| &c.name == key).ok_or_else(|| {
-            Error::plan(
-                "42703",
-                format!("column \"{key}\" named in key does not exist"),
-            )
-        })?;
+        let column = key_column(&mut columns, key)?;
         // As in PostgreSQL, a primary key's columns are NOT NULL.
         column.key = true;
         column.nullable = false;
@@ -1157,6 +1146,16 @@ fn parse_alter_owner(p: &mut Parser<'_>) -> Result<Option<GrantStatement>> {
         owner,
         tag,
     }))
+}
+
+/// The column a key names (42703 if none).
+fn key_column<'a>(columns: &'a mut [ColumnSpec], key: &str) -> Result<&'a mut ColumnSpec> {
+    columns.iter_mut().find(|c| c.name == key).ok_or_else(|| {
+        Error::plan(
+            "42703",
+            format!("column \"{key}\" named in key does not exist"),
+        )
+    })
 }
 
 /// The `watermark` storage parameter, `column AS expression` (`WATERMARK FOR column AS

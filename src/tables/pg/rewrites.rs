@@ -82,28 +82,9 @@ pub(super) fn regproc_columns_cast(mut statement: Statement) -> Statement {
             let target = data_type.to_string().to_ascii_lowercase();
             match target.trim_start_matches("pg_catalog.") {
                 "oid" => {
-                    let argument = std::mem::replace(
-                        inner.as_mut(),
-                        SqlExpr::Wildcard(
-                            sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
-                        ),
-                    );
-                    *expr = SqlExpr::Function(sqlparser::ast::Function {
-                        name: sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::new(
-                            REGPROC_OID,
-                        )]),
-                        uses_odbc_syntax: false,
-                        parameters: FunctionArguments::None,
-                        args: FunctionArguments::List(sqlparser::ast::FunctionArgumentList {
-                            duplicate_treatment: None,
-                            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(argument))],
-                            clauses: vec![],
-                        }),
-                        filter: None,
-                        null_treatment: None,
-                        over: None,
-                        within_group: vec![],
-                    });
+                    if let Some(call) = parsed_expr(&format!("{REGPROC_OID}({inner})")) {
+                        *expr = call;
+                    }
                 }
                 "regproc" => *expr = inner.as_ref().clone(),
                 _ => {}
@@ -159,23 +140,9 @@ pub(super) fn arrays_over_empty_arrays(mut statement: Statement) -> Statement {
                 column,
                 SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_)
             )
+            && let Some(call) = parsed_expr(&format!("{EMPTY_ARRAY_OF}({column})"))
         {
-            *expr = SqlExpr::Function(sqlparser::ast::Function {
-                name: sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::new(
-                    EMPTY_ARRAY_OF,
-                )]),
-                uses_odbc_syntax: false,
-                parameters: FunctionArguments::None,
-                args: FunctionArguments::List(sqlparser::ast::FunctionArgumentList {
-                    duplicate_treatment: None,
-                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(column))],
-                    clauses: vec![],
-                }),
-                filter: None,
-                null_treatment: None,
-                over: None,
-                within_group: vec![],
-            });
+            *expr = call;
         }
         ControlFlow::<()>::Continue(())
     });
@@ -191,14 +158,11 @@ pub(super) fn view_definitions_by_name(mut statement: Statement) -> Statement {
             && builtin_function_name(&f.name).as_deref() == Some("pg_get_viewdef")
             && let FunctionArguments::List(list) = &f.args
             && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))) = list.args.first()
-            && let Ok(lookup) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!(
-                        "(SELECT max({VIEW_DEFINITION}(c.relname)) FROM pg_catalog.pg_class c \
-                         JOIN pg_catalog.pg_namespace n ON c.relnamespace = n.oid \
-                         WHERE n.nspname = '{PUBLIC_SCHEMA}' AND c.oid = {oid})"
-                    ))
-                    .and_then(|mut p| p.parse_expr())
+            && let Some(lookup) = parsed_expr(&format!(
+                "(SELECT max({VIEW_DEFINITION}(c.relname)) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON c.relnamespace = n.oid \
+                 WHERE n.nspname = '{PUBLIC_SCHEMA}' AND c.oid = {oid})"
+            ))
         {
             *expr = lookup;
         }
@@ -257,6 +221,14 @@ pub(super) fn empty_array_literals_in_case(mut statement: Statement) -> Statemen
         ControlFlow::<()>::Continue(())
     });
     statement
+}
+
+/// `sql` parsed as an expression, if it parses.
+fn parsed_expr(sql: &str) -> Option<SqlExpr> {
+    sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
 }
 
 /// The column `expr` is, if one of [`REGPROC_COLUMNS`].
@@ -482,10 +454,7 @@ pub(super) fn arrays_of_oids(mut statement: Statement) -> Statement {
             && parts
                 .last()
                 .is_some_and(|p| OID_COLUMNS.contains(&p.value.to_ascii_lowercase().as_str()))
-            && let Ok(oids) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!("CAST({expr} AS oid[])"))
-                    .and_then(|mut p| p.parse_expr())
+            && let Some(oids) = parsed_expr(&format!("CAST({expr} AS oid[])"))
         {
             *expr = oids;
         }
@@ -509,10 +478,7 @@ pub(super) fn characters_of_names(mut statement: Statement) -> Statement {
                 _ => None,
             }
             && column.value.to_ascii_lowercase().ends_with("name")
-            && let Ok(character) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!("substr({root}, ({index}) + 1, 1)"))
-                    .and_then(|mut p| p.parse_expr())
+            && let Some(character) = parsed_expr(&format!("substr({root}, ({index}) + 1, 1)"))
         {
             *expr = character;
         }
@@ -551,10 +517,7 @@ pub(super) fn type_names_of_regtype_arrays(mut statement: Statement) -> Statemen
         {
             let _ = visit_expressions_mut(inner.as_mut(), |e| {
                 if let Some(oids) = regtype_array(e)
-                    && let Ok(named) =
-                        sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                            .try_with_sql(&format!("regtype_names({oids})"))
-                            .and_then(|mut p| p.parse_expr())
+                    && let Some(named) = parsed_expr(&format!("regtype_names({oids})"))
                 {
                     *e = named;
                 }
@@ -581,10 +544,7 @@ pub(super) fn type_names_of_regtype(mut statement: Statement) -> Statement {
                 ..
             } = inner.as_ref()
             && name.to_string().eq_ignore_ascii_case("regtype")
-            && let Ok(named) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!("regtype_names(CAST({oid} AS text))[1]"))
-                    .and_then(|mut p| p.parse_expr())
+            && let Some(named) = parsed_expr(&format!("regtype_names(CAST({oid} AS text))[1]"))
         {
             *expr = named;
         }
@@ -636,10 +596,7 @@ pub(super) fn scalar_subqueries_aggregated(mut statement: Statement) -> Statemen
             && let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
                 select.projection.as_mut_slice()
             && !is_aggregate(item)
-            && let Ok(aggregated) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&format!("max({item})"))
-                    .and_then(|mut p| p.parse_expr())
+            && let Some(aggregated) = parsed_expr(&format!("max({item})"))
         {
             *item = aggregated;
         }
@@ -690,11 +647,7 @@ pub(super) fn visibility_by_search_path(mut statement: Statement) -> Statement {
             let sql = format!(
                 "{namespace} IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('public', 'pg_catalog'))"
             );
-            if let Ok(visible) =
-                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
-                    .try_with_sql(&sql)
-                    .and_then(|mut p| p.parse_expr())
-            {
+            if let Some(visible) = parsed_expr(&sql) {
                 *expr = visible;
             }
         }
