@@ -87,6 +87,43 @@ pub fn for_wire(
     }
 }
 
+/// A list column as PostgreSQL's text of its arrays (`{1,2}`, `{"a b",NULL}`, `{t,f}`):
+/// what a cast of an array to `text` gives.
+pub fn array_text(column: &ArrayRef) -> PgWireResult<ArrayRef> {
+    let lists = column
+        .as_list_opt::<i32>()
+        .ok_or_else(|| api_error(format!("{} is not an array", column.data_type())))?;
+    let values = lists.values();
+    let elements = match text(values, &TextOptions::default())? {
+        Some(elements) => elements,
+        None => match values.data_type() {
+            DataType::Boolean => {
+                let booleans = values.as_boolean();
+                Arc::new(map_strings(values, |i| {
+                    if booleans.value(i) { "t" } else { "f" }.to_string()
+                }))
+            }
+            DataType::List(_) => array_text(values)?,
+            _ => cast(values, &DataType::Utf8).map_err(api_error)?,
+        },
+    };
+    let elements = elements.as_string::<i32>();
+    let offsets = lists.value_offsets();
+    let nested = matches!(values.data_type(), DataType::List(_));
+    Ok(Arc::new(map_strings(column, |i| {
+        let range = offsets[i] as usize..offsets[i + 1] as usize;
+        let elements = range.map(|j| elements.is_valid(j).then(|| elements.value(j)));
+        match nested {
+            // An array of arrays is one of more dimensions: `{{1,2},{3,4}}`.
+            true => {
+                let inner: Vec<&str> = elements.map(|e| e.unwrap_or("NULL")).collect();
+                format!("{{{}}}", inner.join(","))
+            }
+            false => array_literal(elements),
+        }
+    })))
+}
+
 /// The column as PostgreSQL's text, if arrow-pg would write it differently.
 fn text(column: &ArrayRef, options: &TextOptions) -> PgWireResult<Option<ArrayRef>> {
     let strings = match column.data_type() {

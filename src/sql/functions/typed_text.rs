@@ -103,6 +103,25 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
                 *text = with_seconds;
                 return Ok(Transformed::yes(Expr::Cast(cast_expr)));
             }
+            if matches!(
+                cast_expr.field.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) && field_of(&cast_expr.expr, schema)
+                .is_some_and(|from| matches!(from.data_type(), DataType::List(_)))
+            {
+                // `ARRAY[1, 2]::text`: PostgreSQL's text of the array, `{1,2}`.
+                let text = Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::from(ArrayOutput::default())),
+                    vec![*cast_expr.expr],
+                ));
+                return Ok(Transformed::yes(match cast_expr.field.data_type() {
+                    DataType::Utf8 => text,
+                    other => Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(text),
+                        other.clone(),
+                    )),
+                }));
+            }
             if let DataType::List(_) = cast_expr.field.data_type()
                 && field_of(&cast_expr.expr, schema).is_some_and(|from| {
                     matches!(
@@ -360,6 +379,42 @@ impl ScalarUDFImpl for ArrayInput {
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `array_out`: an array as PostgreSQL's text of it (`{1,2}`; see
+/// [`crate::pgwire::text::array_text`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayOutput {
+    signature: Signature,
+}
+
+impl Default for ArrayOutput {
+    fn default() -> Self {
+        ArrayOutput {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ArrayOutput {
+    fn name(&self) -> &str {
+        "array_out"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let lists = args.args[0].to_array(args.number_rows)?;
+        let text = crate::pgwire::text::array_text(&lists)
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        Ok(ColumnarValue::Array(text))
     }
 }
 
