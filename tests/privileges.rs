@@ -74,6 +74,26 @@ async fn server_files_owners_and_grants() {
         .unwrap();
     let ann = login(&server, "ann", "ann-pw").await;
 
+    // What pg_dump's statements could reach: not another's stream, nor its ownership.
+    for sql in [
+        "ALTER TABLE secrets OWNER TO ann",
+        "BEGIN; LOCK TABLE secrets IN ACCESS SHARE MODE",
+        "PREPARE peek AS SELECT body FROM secrets; EXECUTE peek",
+    ] {
+        let (code, message) = refused(&ann, sql).await;
+        assert_eq!(code, "42501", "{sql}: {message}");
+        let _ = ann.batch_execute("ROLLBACK; DEALLOCATE ALL").await;
+    }
+    // Its owner may hand it over; then it is the new owner's to read.
+    admin
+        .batch_execute("CREATE STREAM handed (n INT); INSERT INTO handed VALUES (7); ALTER STREAM handed OWNER TO ann")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&ann, "SELECT n FROM handed").await[0][0].as_deref(),
+        Some("7")
+    );
+
     // Server files: not for ann, whatever the path.
     let commit_log = data.join("commit.log").display().to_string();
     for sql in [

@@ -340,7 +340,7 @@ fn is_quoted(name: &ObjectName) -> bool {
 
 /// The lowercase name of a function named bare or in `pg_catalog` (`None` for one in
 /// another schema).
-fn builtin_function(name: &ObjectName) -> Option<String> {
+pub(crate) fn builtin_function(name: &ObjectName) -> Option<String> {
     let parts: Vec<String> = name
         .0
         .iter()

@@ -173,28 +173,42 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
                 .into()),
             }
         }
+        // `CASE … THEN acl ELSE '{}' END`: a string among the results is an array of the
+        // others' type, as PostgreSQL reads an untyped literal (pg_dump's `acldefault`).
+        Expr::Case(mut case) => {
+            let to = case
+                .when_then_expr
+                .iter()
+                .map(|(_, then)| then.as_ref())
+                .chain(case.else_expr.as_deref())
+                .find_map(|e| list_type(e, schema));
+            let Some(to) = to else {
+                return Ok(Transformed::no(Expr::Case(case)));
+            };
+            let results = case
+                .when_then_expr
+                .iter_mut()
+                .map(|(_, then)| then)
+                .chain(case.else_expr.as_mut());
+            let mut changed = false;
+            for result in results.filter(|r| is_string_literal(r)) {
+                let literal =
+                    std::mem::replace(result.as_mut(), Expr::Literal(ScalarValue::Null, None));
+                **result = array_of_text(literal, to.clone());
+                changed = true;
+            }
+            Ok(match changed {
+                true => Transformed::yes(Expr::Case(case)),
+                false => Transformed::no(Expr::Case(case)),
+            })
+        }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if op.supports_propagation() => {
             // `roles = '{0}'`: the literal is an array of the other side's type, as
             // PostgreSQL reads an untyped literal.
-            let array_of = |e: &Expr| {
-                field_of(e, schema)
-                    .filter(|f| matches!(f.data_type(), DataType::List(_)))
-                    .map(|f| f.data_type().clone())
-            };
-            let as_array = |literal: Expr, to: DataType| {
-                let texts = Expr::ScalarFunction(ScalarFunction::new_udf(
-                    Arc::new(ScalarUDF::from(ArrayInput::default())),
-                    vec![literal],
-                ));
-                Box::new(Expr::Cast(datafusion::logical_expr::Cast::new(
-                    Box::new(texts),
-                    to,
-                )))
-            };
             if is_string_literal(&right)
-                && let Some(to) = array_of(&left)
+                && let Some(to) = list_type(&left, schema)
             {
-                let right = as_array(*right, to);
+                let right = Box::new(array_of_text(*right, to));
                 return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
                     left,
                     op,
@@ -202,9 +216,9 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
                 })));
             }
             if is_string_literal(&left)
-                && let Some(to) = array_of(&right)
+                && let Some(to) = list_type(&right, schema)
             {
-                let left = as_array(*left, to);
+                let left = Box::new(array_of_text(*left, to));
                 return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
                     left,
                     op,
@@ -259,6 +273,22 @@ fn rewrite(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
 
 fn uuid_side(expr: &Expr, schema: &DFSchema) -> bool {
     field_of(expr, schema).is_some_and(|f| TextType::of(&f) == Some(TextType::Uuid))
+}
+
+/// The type of `expr` if it is an array.
+fn list_type(expr: &Expr, schema: &DFSchema) -> Option<DataType> {
+    field_of(expr, schema)
+        .filter(|f| matches!(f.data_type(), DataType::List(_)))
+        .map(|f| f.data_type().clone())
+}
+
+/// A string literal read as PostgreSQL's text of an array of type `to` (`'{1,2}'`).
+fn array_of_text(literal: Expr, to: DataType) -> Expr {
+    let texts = Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::from(ArrayInput::default())),
+        vec![literal],
+    ));
+    Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(texts), to))
 }
 
 fn is_string_literal(expr: &Expr) -> bool {

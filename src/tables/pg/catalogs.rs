@@ -83,7 +83,10 @@ impl PgCatalogSchema {
                     ));
                 };
                 Ok(Some(Arc::new(Fixed(PgAttribute {
-                    schema: with_null_arrays(&inner.schema(), &PgAttribute::ARRAYS),
+                    schema: with_arrays(
+                        &inner.schema(),
+                        &PgAttribute::ARRAYS.map(|c| (c, text_array())),
+                    ),
                     inner,
                     classes,
                     namespaces,
@@ -248,26 +251,15 @@ pub(super) struct NullArrays {
 
 impl NullArrays {
     fn new(inner: Arc<dyn TableProvider>, columns: &[(&str, DataType)]) -> NullArrays {
-        let mut indices = vec![];
-        let fields: Vec<Field> = inner
-            .schema()
-            .fields()
+        let schema = with_arrays(&inner.schema(), columns);
+        let columns = columns
             .iter()
-            .enumerate()
-            .map(
-                |(i, field)| match columns.iter().find(|(n, _)| n == field.name()) {
-                    Some((_, array)) => {
-                        indices.push(i);
-                        Field::new(field.name(), array.clone(), true)
-                    }
-                    None => field.as_ref().clone(),
-                },
-            )
+            .filter_map(|(name, _)| schema.index_of(name).ok())
             .collect();
         NullArrays {
             inner,
-            schema: Arc::new(Schema::new(fields)),
-            columns: indices,
+            schema,
+            columns,
         }
     }
 }
@@ -337,7 +329,7 @@ pub(super) struct PgNamespace {
 impl PgNamespace {
     fn new(inner: Arc<dyn TableProvider>, catalog: Arc<CatalogData>) -> PgNamespace {
         PgNamespace {
-            schema: with_null_arrays(&inner.schema(), &["nspacl"]),
+            schema: with_arrays(&inner.schema(), &[("nspacl", text_array())]),
             inner,
             catalog,
         }
@@ -351,7 +343,7 @@ impl PgNamespace {
         let mut acl = access.acl(ObjectClass::Schema);
         let everyone = format!("=U/{}", access.owner);
         match acl.iter().position(|item| item.starts_with('=')) {
-            Some(i) if !acl[i].starts_with("=U") && !acl[i][1..].starts_with("CU") => {
+            Some(i) if !acl[i].starts_with("=U") => {
                 acl[i].insert(1, 'U');
             }
             Some(_) => {}
@@ -588,15 +580,17 @@ pub(super) async fn scan_fixed(
         .await
 }
 
-/// `schema` with columns `names` as nullable `text[]` (the scans make them NULL).
-pub(super) fn with_null_arrays(schema: &Schema, names: &[&str]) -> SchemaRef {
+/// `schema` with each of `columns` of the array type given (the scans make them NULL).
+pub(super) fn with_arrays(schema: &Schema, columns: &[(&str, DataType)]) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|field| match names.contains(&field.name().as_str()) {
-            true => Field::new(field.name(), text_array(), true),
-            false => field.as_ref().clone(),
-        })
+        .map(
+            |field| match columns.iter().find(|(n, _)| n == field.name()) {
+                Some((_, array)) => Field::new(field.name(), array.clone(), true),
+                None => field.as_ref().clone(),
+            },
+        )
         .collect();
     Arc::new(Schema::new(fields))
 }
@@ -770,55 +764,38 @@ impl PgAttribute {
 
     async fn our_columns(&self, state: &dyn Session) -> DfResult<OurColumns> {
         let public = public_namespace_oids(self.namespaces.as_ref(), state).await?;
-        let all = self.classes.scan(state, None, &[], None).await?;
-        let schema = all.schema();
-        let (oid, name, namespace) = (
-            schema.index_of("oid")?,
-            schema.index_of("relname")?,
-            schema.index_of("relnamespace")?,
-        );
         let mut ours = OurColumns::default();
-        for batch in collect(all, state.task_ctx()).await? {
-            let oids = cast(batch.column(oid), &DataType::Int64)?;
-            let oids = oids.as_primitive::<Int64Type>();
-            let names = cast(batch.column(name), &DataType::Utf8)?;
-            let names = names.as_string::<i32>();
-            let namespaces = cast(batch.column(namespace), &DataType::Int64)?;
-            let namespaces = namespaces.as_primitive::<Int64Type>();
-            for row in 0..batch.num_rows() {
-                if namespaces.is_valid(row)
-                    && namespaces.value(row) == PG_CATALOG_NAMESPACE_OID
-                    && let Some(fixed) = catalog_relation_oid(names.value(row))
-                {
-                    ours.catalogs.insert(oids.value(row), fixed);
-                }
-                if !(namespaces.is_valid(row) && public.contains(&namespaces.value(row))) {
-                    continue;
-                }
-                let fields: Vec<(String, Option<TextType>)> =
-                    match self.catalog.relation(names.value(row)) {
-                        Some(Relation::Stream(stream, _)) => {
-                            ours.with_hidden.insert(oids.value(row));
-                            for column in stream.columns.iter().filter(|c| !c.nullable) {
-                                ours.not_null.insert((oids.value(row), column.name.clone()));
-                            }
-                            stream
-                                .columns
-                                .iter()
-                                .map(|c| (c.name.clone(), c.sql_type.text_type()))
-                                .collect()
-                        }
-                        Some(Relation::View(view)) => view
-                            .columns
-                            .iter()
-                            .map(|f| (f.name().clone(), TextType::of(f)))
-                            .collect(),
-                        _ => continue,
-                    };
-                for (column, t) in fields {
-                    if let Some(t) = t {
-                        ours.text_typed.insert((oids.value(row), column), t.oid());
+        for ((namespace, name), oid) in relation_oids(self.classes.as_ref(), state).await? {
+            if namespace == PG_CATALOG_NAMESPACE_OID
+                && let Some(fixed) = catalog_relation_oid(&name)
+            {
+                ours.catalogs.insert(oid, fixed);
+            }
+            if !public.contains(&namespace) {
+                continue;
+            }
+            let fields: Vec<(String, Option<TextType>)> = match self.catalog.relation(&name) {
+                Some(Relation::Stream(stream, _)) => {
+                    ours.with_hidden.insert(oid);
+                    for column in stream.columns.iter().filter(|c| !c.nullable) {
+                        ours.not_null.insert((oid, column.name.clone()));
                     }
+                    stream
+                        .columns
+                        .iter()
+                        .map(|c| (c.name.clone(), c.sql_type.text_type()))
+                        .collect()
+                }
+                Some(Relation::View(view)) => view
+                    .columns
+                    .iter()
+                    .map(|f| (f.name().clone(), TextType::of(f)))
+                    .collect(),
+                _ => continue,
+            };
+            for (column, t) in fields {
+                if let Some(t) = t {
+                    ours.text_typed.insert((oid, column), t.oid());
                 }
             }
         }

@@ -41,12 +41,7 @@ pub(super) fn like_escape() -> ScalarUDF {
                 Some(out)
             })
             .collect();
-        let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(Arc::new(out))
-        })
+        shaped_like(args, Arc::new(out))
     };
     create_udf(
         "like_escape",
@@ -57,15 +52,24 @@ pub(super) fn like_escape() -> ScalarUDF {
     )
 }
 
-/// A function's result for `input`'s rows: a scalar for a scalar.
+/// A function's result for its arguments' rows: a scalar when every argument is one.
 pub(super) fn shaped_like(
-    input: &ColumnarValue,
+    args: &[ColumnarValue],
     out: arrow::array::ArrayRef,
 ) -> datafusion::common::Result<ColumnarValue> {
-    Ok(match input {
-        ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
-        ColumnarValue::Array(_) => ColumnarValue::Array(out),
+    let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    Ok(match scalar {
+        true => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
+        false => ColumnarValue::Array(out),
     })
+}
+
+/// Each role's name by its OID ([`role_oids`]).
+fn role_names(catalog: &CatalogData) -> HashMap<i64, String> {
+    role_oids(catalog)
+        .into_iter()
+        .map(|(name, oid)| (i64::from(oid), name))
+        .collect()
 }
 
 /// `to_regtype(name)`: the oid of the type named so in `pg_type`, or NULL (psycopg looks
@@ -79,7 +83,7 @@ pub(super) fn to_regtype(types: &PgTypes) -> ScalarUDF {
             .iter()
             .map(|n| n.and_then(|n| oids.get(n.trim_start_matches("pg_catalog.")).copied()))
             .collect();
-        shaped_like(&args[0], Arc::new(found))
+        shaped_like(args, Arc::new(found))
     };
     create_udf(
         "to_regtype",
@@ -92,6 +96,8 @@ pub(super) fn to_regtype(types: &PgTypes) -> ScalarUDF {
 
 /// `regproc_oid(name)`: the OID of the built-in function a `regproc` column names (`-`,
 /// none, is 0), for `oprcode::oid` and the like: `pg_catalog` keeps such columns as names.
+/// A `regproc` prints as a name only when that name is not overloaded (else as its OID), so
+/// each name in those columns is one function's.
 pub(super) fn regproc_oid(types: &PgTypes) -> ScalarUDF {
     let oids = types.2.clone();
     let lookup = move |args: &[ColumnarValue]| {
@@ -106,7 +112,7 @@ pub(super) fn regproc_oid(types: &PgTypes) -> ScalarUDF {
                 })
             })
             .collect();
-        shaped_like(&args[0], Arc::new(found))
+        shaped_like(args, Arc::new(found))
     };
     create_udf(
         REGPROC_OID,
@@ -148,7 +154,7 @@ pub(super) fn view_definition(tables: Arc<Tables>) -> ScalarUDF {
                 ))
             })
             .collect();
-        shaped_like(&args[0], Arc::new(definitions))
+        shaped_like(args, Arc::new(definitions))
     };
     create_udf(
         VIEW_DEFINITION,
@@ -189,7 +195,7 @@ pub(super) fn empty_array_of() -> ScalarUDF {
             out.append(true);
         }
         let array: arrow::array::ArrayRef = Arc::new(out.finish());
-        shaped_like(&args[0], array)
+        shaped_like(args, array)
     };
     ScalarUDF::from(
         datafusion::logical_expr::SimpleScalarUDF::new_with_signature(
@@ -240,7 +246,7 @@ pub(super) fn regtype_names(types: &PgTypes) -> ScalarUDF {
                 }
             }
         }
-        shaped_like(&args[0], Arc::new(out.finish()))
+        shaped_like(args, Arc::new(out.finish()))
     };
     create_udf(
         "regtype_names",
@@ -276,10 +282,7 @@ pub(super) fn user_by_id(tables: Arc<Tables>) -> ScalarUDF {
     let udf = move |args: &[ColumnarValue]| -> DfResult<ColumnarValue> {
         let oids = cast(&args[0].to_array(1)?, &DataType::Int64)?;
         let oids = oids.as_primitive::<Int64Type>();
-        let names: HashMap<i64, String> = role_oids(&tables.catalog.snapshot())
-            .into_iter()
-            .map(|(name, oid)| (i64::from(oid), name))
-            .collect();
+        let names = role_names(&tables.catalog.snapshot());
         let found: StringArray = oids
             .iter()
             .map(|oid| {
@@ -291,7 +294,7 @@ pub(super) fn user_by_id(tables: Arc<Tables>) -> ScalarUDF {
                 })
             })
             .collect();
-        shaped_like(&args[0], Arc::new(found))
+        shaped_like(args, Arc::new(found))
     };
     create_udf(
         "pg_get_userbyid",
@@ -307,23 +310,13 @@ pub(super) fn user_by_id(tables: Arc<Tables>) -> ScalarUDF {
 /// or `REVOKE`, as `aclitem[]` text (pg_dump compares each object's ACL with it).
 pub(super) fn acldefault(tables: Arc<Tables>) -> ScalarUDF {
     let udf = move |args: &[ColumnarValue]| -> DfResult<ColumnarValue> {
-        let rows = args
-            .iter()
-            .find_map(|a| match a {
-                ColumnarValue::Array(a) => Some(a.len()),
-                ColumnarValue::Scalar(_) => None,
-            })
-            .unwrap_or(1);
         let arrays = ColumnarValue::values_to_arrays(args)?;
         let kinds = cast(&arrays[0], &DataType::Utf8)?;
         let kinds = kinds.as_string::<i32>();
         let owners = cast(&arrays[1], &DataType::Int64)?;
         let owners = owners.as_primitive::<Int64Type>();
         let catalog = tables.catalog.snapshot();
-        let names: HashMap<i64, String> = role_oids(&catalog)
-            .into_iter()
-            .map(|(name, oid)| (i64::from(oid), name))
-            .collect();
+        let names = role_names(&catalog);
         let mut out = ListBuilder::new(StringBuilder::new());
         for row in 0..kinds.len() {
             if kinds.is_null(row) || owners.is_null(row) {
@@ -358,14 +351,7 @@ pub(super) fn acldefault(tables: Arc<Tables>) -> ScalarUDF {
             }
             out.append(true);
         }
-        let array: arrow::array::ArrayRef = Arc::new(out.finish());
-        Ok(
-            if rows == 1 && args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-            } else {
-                ColumnarValue::Array(array)
-            },
-        )
+        shaped_like(args, Arc::new(out.finish()))
     };
     create_udf(
         "acldefault",

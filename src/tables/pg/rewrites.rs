@@ -155,7 +155,7 @@ pub(super) fn arrays_over_empty_arrays(mut statement: Statement) -> Statement {
 pub(super) fn view_definitions_by_name(mut statement: Statement) -> Statement {
     let _ = visit_expressions_mut(&mut statement, |expr| {
         if let SqlExpr::Function(f) = expr
-            && builtin_function_name(&f.name).as_deref() == Some("pg_get_viewdef")
+            && crate::sql::rewrite::builtin_function(&f.name).as_deref() == Some("pg_get_viewdef")
             && let FunctionArguments::List(list) = &f.args
             && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))) = list.args.first()
             && let Some(lookup) = parsed_expr(&format!(
@@ -165,58 +165,6 @@ pub(super) fn view_definitions_by_name(mut statement: Statement) -> Statement {
             ))
         {
             *expr = lookup;
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    statement
-}
-
-/// The lowercase name of a function called bare or in `pg_catalog`.
-pub(super) fn builtin_function_name(name: &sqlparser::ast::ObjectName) -> Option<String> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
-        .collect::<Option<_>>()?;
-    match parts.as_slice() {
-        [f] => Some(f.clone()),
-        [schema, f] if schema == PG_CATALOG => Some(f.clone()),
-        _ => None,
-    }
-}
-
-/// `CASE … ELSE '{}' END` with `'{}'::text[]`: PostgreSQL types the literal by the other
-/// results (pg_dump's `acldefault(…)`, an `aclitem[]`); DataFusion would take it for text.
-pub(super) fn empty_array_literals_in_case(mut statement: Statement) -> Statement {
-    let _ = visit_expressions_mut(&mut statement, |expr| {
-        if let SqlExpr::Case {
-            conditions,
-            else_result,
-            ..
-        } = expr
-        {
-            let results = conditions
-                .iter_mut()
-                .map(|c| &mut c.result)
-                .chain(else_result.iter_mut().map(|e| e.as_mut()));
-            for result in results {
-                if let SqlExpr::Value(v) = result
-                    && v.value == sqlparser::ast::Value::SingleQuotedString("{}".into())
-                {
-                    *result = SqlExpr::Cast {
-                        kind: sqlparser::ast::CastKind::DoubleColon,
-                        expr: Box::new(result.clone()),
-                        data_type: SqlDataType::Array(
-                            sqlparser::ast::ArrayElemTypeDef::SquareBracket(
-                                Box::new(SqlDataType::Text),
-                                None,
-                            ),
-                        ),
-                        array: false,
-                        format: None,
-                    };
-                }
-            }
         }
         ControlFlow::<()>::Continue(())
     });
@@ -345,7 +293,6 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
             .map(characters_of_names)
             .map(regproc_columns_cast)
             .map(arrays_over_empty_arrays)
-            .map(empty_array_literals_in_case)
             .map(view_definitions_by_name)
             .collect(),
     )
