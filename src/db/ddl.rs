@@ -821,15 +821,9 @@ pub(super) fn kind_name(relation: &Relation<'_>) -> &'static str {
     }
 }
 
-/// Parses a duration such as `'7 days'`, `'1 hour 30 minutes'`, `'500ms'`, or a number of ms.
-/// `None` for `-1` / `'forever'` (no limit).
+/// A duration (see [`crate::sql::duration::parse_duration`]) in milliseconds, a bare number being milliseconds
+/// as in Kafka's `retention.ms`. `None` for `-1` / `'forever'` (no limit).
 fn parse_duration_ms(text: &str) -> Result<Option<u64>> {
-    let bad = || {
-        Error::data(
-            "22007",
-            format!("invalid duration \"{text}\" (for example '7 days', '12 hours', '30 s')"),
-        )
-    };
     let t = text.trim().to_ascii_lowercase();
     if t == "-1" || t == "forever" || t == "infinite" || t == "none" {
         return Ok(None);
@@ -837,39 +831,10 @@ fn parse_duration_ms(text: &str) -> Result<Option<u64>> {
     if let Ok(ms) = t.parse::<u64>() {
         return Ok(Some(ms));
     }
-    let mut total: u64 = 0;
-    let mut rest = t.as_str();
-    let mut any = false;
-    while !rest.trim().is_empty() {
-        rest = rest.trim_start();
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let ms = match unit {
-            "ms" | "millisecond" | "milliseconds" => 1,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
-            "h" | "hour" | "hours" => 3_600_000,
-            "d" | "day" | "days" => 86_400_000,
-            "w" | "week" | "weeks" => 604_800_000,
-            _ => return Err(bad()),
-        };
-        total = total
-            .checked_add(n.checked_mul(ms).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        any = true;
-    }
-    if any { Ok(Some(total)) } else { Err(bad()) }
+    let ms = crate::sql::duration::parse_duration(&t)?.as_millis();
+    u64::try_from(ms)
+        .map(Some)
+        .map_err(|_| Error::data("22007", format!("duration \"{text}\" is too long")))
 }
 
 /// `WITH (…)` options that configure a topic, plus the stream-only ones the caller takes.

@@ -16,6 +16,7 @@ pub mod kafka;
 mod session;
 mod subscriptions;
 mod table_writes;
+mod transaction;
 mod users;
 
 use std::collections::BTreeMap;
@@ -46,8 +47,8 @@ use crate::tables::text_table::TextTableFactory;
 use crate::tables::{Continuous, Tables};
 pub use continuous::PushRows;
 use files::{FileUse, ServerFiles};
-use session::Transaction;
 pub use session::{Described, Session};
+use transaction::{Block, Transaction};
 
 /// Settings of a database, from the server's configuration.
 #[derive(Debug, Clone)]
@@ -275,6 +276,7 @@ impl Database {
             notices: vec![],
             cursors: BTreeMap::new(),
             transaction: Transaction::Idle,
+            block: Block::default(),
             user: None,
             deallocated: vec![],
             prepared: BTreeMap::new(),

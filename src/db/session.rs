@@ -17,6 +17,7 @@ use futures::StreamExt;
 use super::FileUse;
 use super::copy::CopyIn;
 use super::cursor::Cursor;
+use super::transaction::{Block, DEFAULT_ISOLATION, DEFAULT_READ_ONLY, Transaction, setting_bool};
 use super::{
     DESCRIBE_COLUMNS, Database, Output, SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, command,
     text_rows, text_schema,
@@ -27,7 +28,7 @@ use crate::catalog::{CatalogData, PUBLIC_SCHEMA, Principal, Privilege, Relation,
 use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::writer::PendingWrite;
-use crate::sql::parser::{CursorQuery, Declare, Fetch, SavepointOp};
+use crate::sql::parser::{CursorQuery, Declare, Fetch, Isolation, SavepointOp, TransactionModes};
 use crate::sql::{self, Statement};
 use crate::tables::stream_table::StatementSnapshot;
 
@@ -56,6 +57,8 @@ pub struct Session {
     /// Open cursors, by name; they end with the transaction block.
     pub(super) cursors: BTreeMap<String, Cursor>,
     pub(super) transaction: Transaction,
+    /// The open block's characteristics and savepoints.
+    pub(super) block: Block,
     /// Who logged in, as the client named itself at start-up.
     pub(super) user: Option<String>,
     /// Prepared statements `DEALLOCATE` named since the protocol layer last asked (`None`:
@@ -72,26 +75,14 @@ pub struct SqlPrepared {
     types: Vec<sqlparser::ast::DataType>,
 }
 
-/// Where the session is in a transaction block. Statements take effect as they run (there
-/// is nothing to roll back but cursors); a block bounds cursors, and `COMMIT` commits what
-/// subscription cursors have fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transaction {
-    Idle,
-    /// After `BEGIN`, or a `DECLARE` outside a block (which opens one).
-    Open,
-    /// A statement in the block failed: the rest is refused until `COMMIT` or `ROLLBACK`,
-    /// which both roll back.
-    Failed,
-}
-
 /// PostgreSQL settings clients ask for, with the values Runnel behaves by.
-const DEFAULT_VARS: [(&str, &str); 16] = [
+const DEFAULT_VARS: [(&str, &str); 18] = [
     ("application_name", ""),
     (AUTO_OFFSET_RESET, "latest"),
     ("client_encoding", "UTF8"),
     ("datestyle", "ISO, MDY"),
-    ("default_transaction_isolation", "read committed"),
+    (DEFAULT_ISOLATION, "read committed"),
+    (DEFAULT_READ_ONLY, "off"),
     ("extra_float_digits", "1"),
     ("integer_datetimes", "on"),
     ("intervalstyle", "postgres"),
@@ -103,6 +94,7 @@ const DEFAULT_VARS: [(&str, &str); 16] = [
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
     ("transaction_isolation", "read committed"),
+    ("transaction_read_only", "off"),
 ];
 
 /// Settings that describe the server, which PostgreSQL does not let a session change.
@@ -115,7 +107,7 @@ const FIXED_SETTINGS: [&str; 4] = [
 
 /// PostgreSQL settings that clients and tools set (pg_dump's output, drivers, ORMs) and
 /// that Runnel accepts and shows back without acting on them.
-const ACCEPTED_SETTINGS: [&str; 37] = [
+const ACCEPTED_SETTINGS: [&str; 35] = [
     "bytea_output",
     "check_function_bodies",
     "client_min_messages",
@@ -123,7 +115,6 @@ const ACCEPTED_SETTINGS: [&str; 37] = [
     "default_table_access_method",
     "default_tablespace",
     "default_transaction_deferrable",
-    "default_transaction_read_only",
     "default_with_oids",
     "enable_hashjoin",
     "enable_mergejoin",
@@ -149,7 +140,6 @@ const ACCEPTED_SETTINGS: [&str; 37] = [
     "synchronous_commit",
     "temp_buffers",
     "trace_sort",
-    "transaction",
     "transaction_timeout",
     "work_mem",
     "xmloption",
@@ -163,6 +153,9 @@ impl Session {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         settings.extend(self.vars.clone());
+        settings.insert("transaction_isolation".into(), self.isolation().into());
+        let read_only = if self.read_only() { "on" } else { "off" };
+        settings.insert("transaction_read_only".into(), read_only.into());
         settings
     }
 
@@ -240,7 +233,11 @@ impl Session {
     }
 
     async fn execute_statements(&mut self, sql: &str) -> Vec<Result<Output>> {
+        // The fast path of `INSERT … VALUES (literals)`; a failed or read-only block takes
+        // the general one, which refuses it.
         if self.copy.is_none()
+            && self.transaction != Transaction::Failed
+            && !self.read_only()
             && let Some((name, literals)) = sql::literal_insert::scan(sql)
             && let Ok(name) = sql::parser::relation_name_parts(&name)
             && let Some(output) = self.insert_literals(&name, &literals).await
@@ -418,9 +415,9 @@ impl Session {
         if self.transaction == Transaction::Failed
             && !matches!(
                 statement,
-                Statement::Commit
-                    | Statement::Rollback
-                    | Statement::Savepoint(SavepointOp::RollbackTo)
+                Statement::Commit { .. }
+                    | Statement::Rollback { .. }
+                    | Statement::Savepoint(SavepointOp::RollbackTo(_))
             )
         {
             return Err(Error::plan(
@@ -428,7 +425,10 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        let result = self.dispatch(statement, params).await;
+        let result = match self.check_writable(&statement) {
+            Ok(()) => self.dispatch(statement, params).await,
+            Err(e) => Err(e),
+        };
         if result.is_err() && self.transaction == Transaction::Open {
             self.transaction = Transaction::Failed;
         }
@@ -534,38 +534,11 @@ impl Session {
             }
             Statement::Set { name, value } => self.set(name, value),
             Statement::ShowVariable(name) => self.show(&name),
-            Statement::Begin => {
-                if self.transaction == Transaction::Idle {
-                    self.transaction = Transaction::Open;
-                } else {
-                    self.notices
-                        .push("there is already a transaction in progress".into());
-                }
-                Ok(Output::Begin)
-            }
-            Statement::Commit => self.commit().await,
-            Statement::Rollback => {
-                self.end_transaction();
-                Ok(Output::Rollback)
-            }
-            Statement::Savepoint(op) => {
-                if self.transaction == Transaction::Idle {
-                    return Err(Error::plan(
-                        "25P01",
-                        "savepoints can only be used in transaction blocks",
-                    ));
-                }
-                // Statements take effect as they run, so a savepoint has nothing to keep;
-                // rolling back to one ends a failure, as in PostgreSQL.
-                Ok(command(match op {
-                    SavepointOp::Set => "SAVEPOINT",
-                    SavepointOp::Release => "RELEASE",
-                    SavepointOp::RollbackTo => {
-                        self.transaction = Transaction::Open;
-                        "ROLLBACK"
-                    }
-                }))
-            }
+            Statement::Begin(modes) => self.begin(modes),
+            Statement::Commit { chain } => self.commit(chain).await,
+            Statement::Rollback { chain } => self.rollback(chain),
+            Statement::Savepoint(op) => self.savepoint(op),
+            Statement::SetTransaction { modes, session } => self.set_transaction(modes, session),
             Statement::Declare(d) => self.declare(d, params).await,
             Statement::Fetch(f) => self.fetch(f).await,
             Statement::Close(name) => {
@@ -924,43 +897,6 @@ impl Session {
 
     /// `COMMIT`: commits the offsets subscription cursors have fetched up to, then ends the
     /// block (a failed block is rolled back instead).
-    async fn commit(&mut self) -> Result<Output> {
-        match self.transaction {
-            Transaction::Idle => {
-                self.notices
-                    .push("there is no transaction in progress".into());
-                Ok(Output::Commit)
-            }
-            Transaction::Failed => {
-                self.end_transaction();
-                Ok(Output::Rollback)
-            }
-            Transaction::Open => {
-                let positions: Vec<_> = self
-                    .cursors
-                    .values()
-                    .filter_map(|c| c.group_position())
-                    .map(|(group, offsets)| (group.to_string(), offsets))
-                    .collect();
-                let mut result = Ok(Output::Commit);
-                for (group, offsets) in positions {
-                    if let Err(e) = self.db.tables.groups.commit(&group, offsets).await {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                self.end_transaction();
-                result
-            }
-        }
-    }
-
-    /// Closes every cursor and leaves the transaction block.
-    fn end_transaction(&mut self) {
-        self.cursors.clear();
-        self.transaction = Transaction::Idle;
-    }
-
     async fn declare(&mut self, d: Declare, params: Option<ParamValues>) -> Result<Output> {
         if self.cursors.contains_key(&d.name) {
             return Err(Error::plan(
@@ -1050,6 +986,44 @@ impl Session {
                 format!("unrecognized configuration parameter \"{name}\""),
             ));
         }
+        match (name.as_str(), value.as_deref()) {
+            // PostgreSQL's other spelling of SET TRANSACTION ISOLATION LEVEL / READ ONLY.
+            ("transaction_isolation", Some(v)) => {
+                let isolation = Some(isolation_named(DEFAULT_ISOLATION, v)?);
+                return self.set_transaction(
+                    TransactionModes {
+                        isolation,
+                        read_only: None,
+                    },
+                    false,
+                );
+            }
+            ("transaction_read_only", Some(v)) => {
+                let read_only = Some(bool_named(&name, v)?);
+                return self.set_transaction(
+                    TransactionModes {
+                        isolation: None,
+                        read_only,
+                    },
+                    false,
+                );
+            }
+            (DEFAULT_ISOLATION, Some(v)) => {
+                isolation_named(&name, v)?;
+            }
+            (DEFAULT_READ_ONLY, Some(v)) => {
+                bool_named(&name, v)?;
+            }
+            ("role" | "session_authorization", Some(v))
+                if v != "none" && Some(v) != self.user.as_deref() =>
+            {
+                return Err(Error::Unsupported(format!(
+                    "SET {name} to another user is not supported: a session acts as the user \
+                     who logged in"
+                )));
+            }
+            _ => {}
+        }
         if name == AUTO_OFFSET_RESET
             && let Some(v) = &value
             && v != "earliest"
@@ -1122,6 +1096,13 @@ impl Session {
             "transaction isolation level" => "transaction_isolation",
             other => other,
         };
+        match name {
+            "transaction_isolation" => return Some(self.isolation().into()),
+            "transaction_read_only" => {
+                return Some(if self.read_only() { "on" } else { "off" }.into());
+            }
+            _ => {}
+        }
         if let Some(v) = self.vars.get(name) {
             return Some(v.clone());
         }
@@ -1157,6 +1138,23 @@ impl Session {
         })?;
         text_rows(&[name], vec![vec![Some(value)]])
     }
+}
+
+/// The isolation level a setting names (22023 if none).
+fn isolation_named(setting: &str, value: &str) -> Result<Isolation> {
+    Isolation::named(value).ok_or_else(|| invalid_value(setting, value))
+}
+
+/// The boolean a setting's value is (22023 if none).
+fn bool_named(setting: &str, value: &str) -> Result<bool> {
+    setting_bool(value).ok_or_else(|| invalid_value(setting, value))
+}
+
+fn invalid_value(setting: &str, value: &str) -> Error {
+    Error::data(
+        "22023",
+        format!("invalid value for parameter \"{setting}\": \"{value}\""),
+    )
 }
 
 /// Splits and parses `sql`. Queries of the system catalogs (what psql's `\d`, pgjdbc's

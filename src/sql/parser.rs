@@ -1,10 +1,13 @@
 //! Parsing: Runnel's statements, and everything else handed to DataFusion's parser.
 //!
 //! A statement is one of ours if it starts with words only Runnel gives meaning to
-//! (`CREATE STREAM`, `SHOW TOPICS`, `COPY t FROM STDIN`, …); those are parsed here with
-//! sqlparser's PostgreSQL dialect. Everything else goes to DataFusion's parser, which knows
-//! `CREATE EXTERNAL TABLE` and `COPY (query) TO`. Both share one token stream, so a string
-//! with several statements mixes them freely.
+//! (`CREATE STREAM`, `SHOW TOPICS`, `COPY t FROM STDIN`, `SUBSCRIBE`, `… EMIT CHANGES`,
+//! cursors that may read them, `FETCH … WITH (timeout)`, `GRANT … ON STREAM`); those are
+//! parsed here with sqlparser's PostgreSQL dialect. PostgreSQL's session statements (`SET`,
+//! `SHOW`, transaction control, users) are read by sqlparser's own statement parser and
+//! taken in by [`super::standard`]. Everything else goes to DataFusion's parser, which
+//! knows `CREATE EXTERNAL TABLE` and `COPY (query) TO`. All share one token stream, so a
+//! string with several statements mixes them freely.
 
 use datafusion::sql::parser::{DFParser, DFParserBuilder, ParserInput, Statement as DfStatement};
 use sqlparser::ast::{
@@ -16,6 +19,8 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
+use super::standard;
+pub use super::standard::{Isolation, TransactionModes};
 use crate::catalog::{Emit, ObjectClass, Privilege, SqlType, StreamKind};
 use crate::error::{Error, Result};
 use crate::ingest::copy::{CopyFormat, CopyOptions};
@@ -45,12 +50,25 @@ pub enum Statement {
     },
     /// `SHOW name` / `SHOW ALL`.
     ShowVariable(String),
-    Begin,
-    Commit,
-    Rollback,
+    /// `BEGIN` / `START TRANSACTION` [modes].
+    Begin(TransactionModes),
+    /// `COMMIT` / `END` [`AND [NO] CHAIN`].
+    Commit {
+        chain: bool,
+    },
+    /// `ROLLBACK` / `ABORT` [`AND [NO] CHAIN`].
+    Rollback {
+        chain: bool,
+    },
     /// `SAVEPOINT`, `RELEASE [SAVEPOINT]`, `ROLLBACK TO [SAVEPOINT]`: accepted for clients
     /// that nest transactions (SQLAlchemy, psycopg's `transaction()`).
     Savepoint(SavepointOp),
+    /// `SET TRANSACTION modes`, or with `session` `SET SESSION CHARACTERISTICS AS
+    /// TRANSACTION modes` (the defaults of later transactions).
+    SetTransaction {
+        modes: TransactionModes,
+        session: bool,
+    },
     /// `CREATE MATERIALIZED VIEW name [WITH (…)] AS SELECT …`.
     CreateView(CreateView),
     /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: a persistent insert.
@@ -103,6 +121,53 @@ pub enum Statement {
     ShowViews,
     /// Planned by DataFusion: queries, INSERT, EXPLAIN, CREATE EXTERNAL TABLE, COPY … TO, …
     DataFusion(Box<DfStatement>),
+}
+
+impl Statement {
+    /// The command a statement that writes runs as (`INSERT`, `CREATE STREAM`, …), which a
+    /// read-only transaction refuses; `None` for one that only reads or sets the session.
+    pub fn writes(&self) -> Option<String> {
+        let command = match self {
+            Statement::LoadNexmark { .. } => "CALL",
+            Statement::CreateStream(c) if c.kind == StreamKind::Table => "CREATE TABLE",
+            Statement::CreateStream(_) => "CREATE STREAM",
+            Statement::CreateTopic(_) => "CREATE TOPIC",
+            Statement::CreateView(_) => "CREATE MATERIALIZED VIEW",
+            Statement::Drop(d) => return Some(format!("DROP {}", d.kind.name())),
+            Statement::CopyFrom(_) => "COPY FROM",
+            Statement::InsertContinuous(_) => "INSERT",
+            Statement::CreateSubscription(_) => "CREATE SUBSCRIPTION",
+            Statement::ResetSubscription { .. } => "ALTER SUBSCRIPTION",
+            Statement::User(UserStatement::Create { .. }) => "CREATE ROLE",
+            Statement::User(UserStatement::Alter { .. }) => "ALTER ROLE",
+            Statement::User(UserStatement::Drop { .. }) => "DROP ROLE",
+            Statement::Grant(GrantStatement::Owner { tag, .. }) => tag,
+            Statement::Grant(GrantStatement::Privileges { grant: true, .. })
+            | Statement::Grant(GrantStatement::Roles { grant: true, .. }) => "GRANT",
+            Statement::Grant(_) => "REVOKE",
+            Statement::Refresh(_) => "REFRESH MATERIALIZED VIEW",
+            Statement::DataFusion(statement) => match statement.as_ref() {
+                DfStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE",
+                DfStatement::CopyTo(_) => "COPY",
+                DfStatement::Statement(s) => match s.as_ref() {
+                    SqlStatement::Insert(_) => "INSERT",
+                    SqlStatement::Update(_) => "UPDATE",
+                    SqlStatement::Delete(_) => "DELETE",
+                    SqlStatement::Truncate(_) => "TRUNCATE TABLE",
+                    SqlStatement::CreateTable(_) => "CREATE TABLE",
+                    SqlStatement::CreateView(_) => "CREATE VIEW",
+                    SqlStatement::CreateSchema { .. } => "CREATE SCHEMA",
+                    SqlStatement::Drop { object_type, .. } => {
+                        return Some(format!("DROP {object_type}"));
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(command.to_string())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -231,11 +296,12 @@ impl std::fmt::Debug for UserStatement {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A savepoint statement, with the savepoint's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavepointOp {
-    Set,
-    Release,
-    RollbackTo,
+    Set(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 #[derive(Debug, Clone)]
@@ -391,7 +457,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     super::depth::check_tokens(sql)?;
     let dialect = PostgreSqlDialect {};
     let input = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
-        Ok(tokens) => ParserInput::Tokens(without_proctime(tokens)?),
+        Ok(tokens) => ParserInput::Tokens(without_deferrable(without_proctime(tokens)?)),
         // The parser reports it.
         Err(_) => ParserInput::Sql(sql),
     };
@@ -475,6 +541,55 @@ fn without_proctime(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
         .zip(dropped)
         .filter_map(|(token, dropped)| (!dropped).then_some(token))
         .collect())
+}
+
+/// `tokens` without `[NOT] DEFERRABLE` among the transaction modes of `BEGIN`, `START
+/// TRANSACTION` and `SET TRANSACTION | SESSION CHARACTERISTICS` (pg_dump's `SERIALIZABLE,
+/// READ ONLY, DEFERRABLE`), which sqlparser does not read. It asks a serializable read-only
+/// transaction to wait for a snapshot no other transaction can invalidate; Runnel's
+/// readers never wait, as each statement reads a snapshot of committed records.
+fn without_deferrable(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
+        .collect();
+    let keyword = |i: usize| match &tokens[i].token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
+    };
+    let mut dropped = vec![false; tokens.len()];
+    let mut in_transaction_statement = false;
+    let mut statement_start = true;
+    for (at, &i) in significant.iter().enumerate() {
+        if statement_start {
+            in_transaction_statement = matches!(
+                keyword(i),
+                Some(Keyword::BEGIN | Keyword::START | Keyword::SET)
+            );
+        }
+        statement_start = tokens[i].token == Token::SemiColon;
+        if !in_transaction_statement || keyword(i) != Some(Keyword::DEFERRABLE) {
+            continue;
+        }
+        dropped[i] = true;
+        let mut first = at;
+        if at > 0 && keyword(significant[at - 1]) == Some(Keyword::NOT) {
+            first -= 1;
+            dropped[significant[first]] = true;
+        }
+        // The comma that joined it to the other modes.
+        if first > 0 && tokens[significant[first - 1]].token == Token::Comma {
+            dropped[significant[first - 1]] = true;
+        } else if let Some(&next) = significant.get(at + 1)
+            && tokens[next].token == Token::Comma
+        {
+            dropped[next] = true;
+        }
+    }
+    tokens
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(token, dropped)| (!dropped).then_some(token))
+        .collect()
 }
 
 /// Refuses a statement whose expressions nest too deep (statements that carry a query as
@@ -613,16 +728,6 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if p.peek_keyword(Keyword::GRANT) || p.peek_keyword(Keyword::REVOKE) {
         return parse_grant(p).map(Statement::Grant);
     }
-    if p.parse_keywords(&[Keyword::DROP, Keyword::USER])
-        || p.parse_keywords(&[Keyword::DROP, Keyword::ROLE])
-    {
-        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        let mut names = vec![normalize(&p.parse_identifier().map_err(syntax)?)];
-        while p.consume_token(&Token::Comma) {
-            names.push(normalize(&p.parse_identifier().map_err(syntax)?));
-        }
-        return Ok(Statement::User(UserStatement::Drop { names, if_exists }));
-    }
     if p.parse_keyword(Keyword::DROP) {
         let kind = if p.parse_keyword(Keyword::STREAM) {
             Some(ObjectKind::Stream)
@@ -663,86 +768,21 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEWS]) {
             return Ok(Statement::ShowViews);
         }
-        if p.parse_keywords(&[Keyword::TIME, Keyword::ZONE]) {
-            return Ok(Statement::ShowVariable("timezone".into()));
-        }
-        // SHOW name, SHOW ALL, SHOW TRANSACTION ISOLATION LEVEL
-        let mut words = vec![parse_variable_name(p)?];
-        while let Token::Word(w) = &p.peek_token().token {
-            words.push(w.value.to_lowercase());
-            p.next_token();
-        }
-        return Ok(Statement::ShowVariable(words.join(" ")));
+        p.prev_token();
+        return match p.parse_statement().map_err(syntax)? {
+            show @ SqlStatement::ShowVariable { .. } => standard::session_statement(show),
+            // MySQL's SHOW TABLES, SHOW COLUMNS …, which DataFusion answers.
+            other => Ok(Statement::DataFusion(Box::new(DfStatement::Statement(
+                Box::new(other),
+            )))),
+        };
     }
     if p.parse_keyword(Keyword::DESCRIBE) || p.parse_keyword(Keyword::DESC) {
         let name = parse_relation_name(p)?;
         return Ok(Statement::Describe(name));
     }
-    if p.parse_keyword(Keyword::SET) {
-        if p.parse_keyword(Keyword::SESSION) || p.parse_keyword(Keyword::LOCAL) {
-            // SET SESSION / SET LOCAL: the same for us.
-        }
-        if p.peek_keyword(Keyword::TRANSACTION) || p.peek_keyword(Keyword::CHARACTERISTICS) {
-            while !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
-                p.next_token();
-            }
-            return Ok(Statement::Set {
-                name: "transaction".into(),
-                value: Some(String::new()),
-            });
-        }
-        // SET TIME ZONE value: PostgreSQL's spelling of SET timezone = value.
-        if p.parse_keywords(&[Keyword::TIME, Keyword::ZONE]) {
-            let value = if p.parse_keyword(Keyword::LOCAL) {
-                None
-            } else {
-                parse_set_value(p)?
-            };
-            return Ok(Statement::Set {
-                name: "timezone".into(),
-                value,
-            });
-        }
-        let name = parse_variable_name(p)?;
-        if !p.consume_token(&Token::Eq) && !p.parse_keyword(Keyword::TO) {
-            return Err(Error::Syntax(format!(
-                "syntax error at or near \"{}\"",
-                p.peek_token()
-            )));
-        }
-        let value = parse_set_value(p)?;
-        return Ok(Statement::Set { name, value });
-    }
-    if p.parse_keyword(Keyword::RESET) {
-        let name = parse_variable_name(p)?;
-        return Ok(Statement::Set { name, value: None });
-    }
-    if p.parse_keyword(Keyword::BEGIN) || p.parse_keywords(&[Keyword::START, Keyword::TRANSACTION])
-    {
-        skip_to_end(p);
-        return Ok(Statement::Begin);
-    }
-    if p.parse_keyword(Keyword::COMMIT) || p.parse_keyword(Keyword::END) {
-        skip_to_end(p);
-        return Ok(Statement::Commit);
-    }
-    if p.parse_keyword(Keyword::ROLLBACK) || p.parse_keyword(Keyword::ABORT) {
-        let _ = p.parse_keyword(Keyword::WORK) || p.parse_keyword(Keyword::TRANSACTION);
-        let to = p.parse_keyword(Keyword::TO);
-        skip_to_end(p);
-        return Ok(if to {
-            Statement::Savepoint(SavepointOp::RollbackTo)
-        } else {
-            Statement::Rollback
-        });
-    }
-    if p.parse_keyword(Keyword::SAVEPOINT) {
-        skip_to_end(p);
-        return Ok(Statement::Savepoint(SavepointOp::Set));
-    }
-    if p.parse_keyword(Keyword::RELEASE) {
-        skip_to_end(p);
-        return Ok(Statement::Savepoint(SavepointOp::Release));
+    if is_session_statement(p) {
+        return parse_session_statement(p);
     }
     if word_is(p, "SUBSCRIBE") {
         p.next_token();
@@ -754,24 +794,7 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if p.parse_keyword(Keyword::FETCH) {
         return parse_fetch(p).map(Statement::Fetch);
     }
-    if p.parse_keyword(Keyword::CLOSE) {
-        if p.parse_keyword(Keyword::ALL) {
-            return Ok(Statement::Close(None));
-        }
-        let name = normalize(&p.parse_identifier().map_err(syntax)?);
-        return Ok(Statement::Close(Some(name)));
-    }
     if p.parse_keyword(Keyword::CREATE) {
-        if p.parse_keyword(Keyword::USER) || p.parse_keyword(Keyword::ROLE) {
-            let if_not_exists = parse_if_not_exists(p);
-            let name = normalize(&p.parse_identifier().map_err(syntax)?);
-            let options = parse_user_options(p)?;
-            return Ok(Statement::User(UserStatement::Create {
-                name,
-                if_not_exists,
-                options,
-            }));
-        }
         if word_is(p, "SUBSCRIPTION") {
             p.next_token();
             return parse_create_subscription(p).map(Statement::CreateSubscription);
@@ -779,11 +802,6 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         p.prev_token();
     }
     if p.parse_keyword(Keyword::ALTER) {
-        if p.parse_keyword(Keyword::USER) || p.parse_keyword(Keyword::ROLE) {
-            let name = normalize(&p.parse_identifier().map_err(syntax)?);
-            let options = parse_user_options(p)?;
-            return Ok(Statement::User(UserStatement::Alter { name, options }));
-        }
         if word_is(p, "SUBSCRIPTION") {
             p.next_token();
             let name = normalize(&p.parse_identifier().map_err(syntax)?);
@@ -1171,10 +1189,50 @@ fn parse_watermark(text: &str) -> Result<(String, String)> {
     Ok((column, expr.to_string()))
 }
 
-fn skip_to_end(p: &mut Parser<'_>) {
-    while !matches!(p.peek_token().token, Token::EOF | Token::SemiColon) {
-        p.next_token();
-    }
+/// Whether the statement ahead is one of PostgreSQL's session statements — `SET`,
+/// `RESET`, transaction control, `CLOSE`, users — which sqlparser reads (see [`standard`]).
+fn is_session_statement(p: &Parser<'_>) -> bool {
+    const FIRST: [Keyword; 11] = [
+        Keyword::SET,
+        Keyword::RESET,
+        Keyword::BEGIN,
+        Keyword::START,
+        Keyword::COMMIT,
+        Keyword::END,
+        Keyword::ROLLBACK,
+        Keyword::ABORT,
+        Keyword::SAVEPOINT,
+        Keyword::RELEASE,
+        Keyword::CLOSE,
+    ];
+    let on_users = [Keyword::CREATE, Keyword::ALTER, Keyword::DROP]
+        .into_iter()
+        .any(|k| p.peek_keyword(k))
+        && matches!(&p.peek_nth_token(1).token,
+            Token::Word(w) if matches!(w.keyword, Keyword::USER | Keyword::ROLE));
+    on_users || FIRST.into_iter().any(|k| p.peek_keyword(k))
+}
+
+fn parse_session_statement(p: &mut Parser<'_>) -> Result<Statement> {
+    let statement = if p.parse_keyword(Keyword::ABORT) {
+        // PostgreSQL's other spelling of ROLLBACK, which sqlparser does not know.
+        match p.parse_rollback().map_err(syntax)? {
+            SqlStatement::Rollback {
+                savepoint: Some(_), ..
+            } => return Err(Error::Syntax("syntax error at or near \"TO\"".into())),
+            rollback => rollback,
+        }
+    } else if p.parse_keywords(&[Keyword::CREATE, Keyword::USER]) {
+        // sqlparser reads CREATE USER as Snowflake's; PostgreSQL's is CREATE ROLE.
+        p.parse_create_role()
+            .map(SqlStatement::CreateRole)
+            .map_err(syntax)?
+    } else if p.parse_keywords(&[Keyword::ALTER, Keyword::USER]) {
+        p.parse_alter_role().map_err(syntax)?
+    } else {
+        p.parse_statement().map_err(syntax)?
+    };
+    standard::session_statement(statement)
 }
 
 fn word_is(p: &Parser<'_>, word: &str) -> bool {
@@ -1330,7 +1388,7 @@ fn parse_fetch(p: &mut Parser<'_>) -> Result<Fetch> {
     let mut timeout = None;
     for (key, value) in parse_with_options(p)? {
         match key.as_str() {
-            "timeout" => timeout = Some(parse_duration(value.as_text())?),
+            "timeout" => timeout = Some(parse_timeout(value.as_text())?),
             other => {
                 return Err(Error::plan(
                     "22023",
@@ -1346,56 +1404,16 @@ fn parse_fetch(p: &mut Parser<'_>) -> Result<Fetch> {
     })
 }
 
-/// A duration such as `'1s'`, `'250ms'` or `'2 minutes'`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
-    let bad = || {
-        Error::data(
-            "22007",
-            format!("invalid duration \"{text}\": expected e.g. '1s', '250ms' or '2 minutes'"),
-        )
-    };
-    if let Ok(seconds) = text.trim().parse::<f64>() {
-        return std::time::Duration::try_from_secs_f64(seconds).map_err(|_| bad());
-    }
-    let interval = arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text)
-        .map_err(|_| bad())?;
-    if interval.months != 0 || interval.days < 0 || interval.nanoseconds < 0 {
-        return Err(bad());
-    }
-    let nanos = i128::from(interval.days) * 86_400_000_000_000 + i128::from(interval.nanoseconds);
-    Ok(std::time::Duration::from_nanos(
-        u64::try_from(nanos).map_err(|_| bad())?,
-    ))
-}
-
-/// `[WITH] PASSWORD 'secret'`.
-fn parse_user_options(p: &mut Parser<'_>) -> Result<UserOptions> {
-    let _ = p.parse_keyword(Keyword::WITH);
-    let mut options = UserOptions::default();
-    loop {
-        if p.parse_keyword(Keyword::PASSWORD) {
-            let token = p.next_token();
-            options.password = Some(match token.token {
-                Token::SingleQuotedString(s) => Some(s),
-                Token::Word(w) if w.keyword == Keyword::NULL => None,
-                _ => {
-                    return p
-                        .expected("a password in single quotes, or NULL", token)
-                        .map_err(syntax);
-                }
-            });
-        } else if word_is(p, "SUPERUSER") {
-            p.next_token();
-            options.superuser = Some(true);
-        } else if word_is(p, "NOSUPERUSER") {
-            p.next_token();
-            options.superuser = Some(false);
-        } else if word_is(p, "LOGIN") || word_is(p, "NOLOGIN") {
-            // Every user may log in; roles without login are not a Runnel concept.
-            p.next_token();
-        } else {
-            return Ok(options);
-        }
+/// FETCH's timeout: a duration, or a bare number of seconds.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) => std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+            Error::data(
+                "22007",
+                format!("invalid timeout \"{text}\": a number of seconds must not be negative"),
+            )
+        }),
+        Err(_) => super::duration::parse_duration(text),
     }
 }
 
@@ -1564,45 +1582,6 @@ fn parse_create_subscription(p: &mut Parser<'_>) -> Result<CreateSubscription> {
 fn parse_relation_name(p: &mut Parser<'_>) -> Result<String> {
     let name = p.parse_object_name(false).map_err(syntax)?;
     relation_name(&name)
-}
-
-fn parse_variable_name(p: &mut Parser<'_>) -> Result<String> {
-    let mut parts = vec![];
-    loop {
-        let token = p.next_token();
-        match token.token {
-            Token::Word(w) => parts.push(w.value.to_lowercase()),
-            _ => return p.expected("a setting name", token).map_err(syntax),
-        }
-        if !p.consume_token(&Token::Period) {
-            break;
-        }
-    }
-    Ok(parts.join("."))
-}
-
-/// The value of `SET name = …`: a word, string, number or comma-separated list of them.
-fn parse_set_value(p: &mut Parser<'_>) -> Result<Option<String>> {
-    let mut values = vec![];
-    loop {
-        let token = p.next_token();
-        let value = match token.token {
-            Token::Word(w) if w.keyword == Keyword::DEFAULT => return Ok(None),
-            Token::Word(w) => w.value,
-            Token::SingleQuotedString(s) => s,
-            Token::Number(n, _) => n,
-            Token::Minus => match p.next_token().token {
-                Token::Number(n, _) => format!("-{n}"),
-                _ => return p.expected("a number", token).map_err(syntax),
-            },
-            _ => return p.expected("a value", token).map_err(syntax),
-        };
-        values.push(value);
-        if !p.consume_token(&Token::Comma) {
-            break;
-        }
-    }
-    Ok(Some(values.join(", ")))
 }
 
 fn parse_if_not_exists(p: &mut Parser<'_>) -> bool {
@@ -2247,6 +2226,71 @@ mod tests {
             one("show transaction isolation level"),
             Statement::ShowVariable(_)
         ));
+    }
+
+    #[test]
+    fn session_statements_keep_what_they_say() {
+        let set = |sql: &str| match one(sql) {
+            Statement::Set { name, value } => (name, value),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(set("SET TimeZone TO DEFAULT"), ("timezone".into(), None));
+        assert_eq!(
+            set("SET search_path = \"$user\", Public"),
+            ("search_path".into(), Some("$user, public".into()))
+        );
+        assert_eq!(
+            set("SET LOCAL statement_timeout = '5s'"),
+            ("statement_timeout".into(), Some("5s".into()))
+        );
+        assert_eq!(set("RESET ALL"), ("all".into(), None));
+        assert_eq!(
+            set("SET TIME ZONE 'Europe/Paris'"),
+            ("timezone".into(), Some("Europe/Paris".into()))
+        );
+        let Statement::Begin(modes) =
+            one("BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE")
+        else {
+            panic!("BEGIN");
+        };
+        assert_eq!(modes.isolation, Some(Isolation::Serializable));
+        assert_eq!(modes.read_only, Some(true));
+        let Statement::SetTransaction { modes, session } =
+            one("SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE, READ WRITE")
+        else {
+            panic!("SET SESSION CHARACTERISTICS");
+        };
+        assert!(session);
+        assert_eq!(modes.read_only, Some(false));
+        assert!(matches!(
+            one("ROLLBACK TO SAVEPOINT \"Sp\""),
+            Statement::Savepoint(SavepointOp::RollbackTo(name)) if name == "Sp"
+        ));
+        assert!(matches!(
+            one("COMMIT AND CHAIN"),
+            Statement::Commit { chain: true }
+        ));
+        assert!(matches!(one("END"), Statement::Commit { chain: false }));
+        assert!(matches!(
+            one("ABORT WORK"),
+            Statement::Rollback { chain: false }
+        ));
+        assert!(matches!(one("CLOSE ALL"), Statement::Close(None)));
+        // DEFERRABLE elsewhere is left alone.
+        assert_eq!(
+            without_deferrable_text("SELECT 1; SET TRANSACTION DEFERRABLE"),
+            "SELECT 1; SET TRANSACTION "
+        );
+    }
+
+    fn without_deferrable_text(sql: &str) -> String {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .tokenize_with_location()
+            .unwrap();
+        without_deferrable(tokens)
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect()
     }
 
     #[test]
