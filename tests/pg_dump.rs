@@ -1,7 +1,8 @@
-//! pg_dump round trip: a database's streams, tables and materialized views dumped with
-//! pg_dump 16 (`--schema-only`, then `--data-only`) and restored with psql into an empty
-//! Runnel come back as they were — the same definitions, options and rows, and a dump of
-//! the copy identical to the dump of the original.
+//! pg_dump round trip: a database's streams (one with a late-data stream), tables,
+//! schemaless topics, materialized views and grants dumped with pg_dump 16
+//! (`--schema-only`, then `--data-only`) and restored with psql into an empty Runnel come
+//! back as they were — the same definitions, options, grants and rows, and a dump of the
+//! copy identical to the dump of the original.
 
 mod common;
 
@@ -81,6 +82,11 @@ DESCRIBE clicks;
 DESCRIBE users;
 DESCRIBE notes;
 DESCRIBE per_user;
+DESCRIBE raw;
+DESCRIBE orders;
+DESCRIBE z_orders_late;
+SELECT _key, _value FROM raw ORDER BY _value;
+SELECT * FROM z_orders_late;
 SELECT user_id, url, ts FROM clicks ORDER BY user_id, url;
 SELECT * FROM users ORDER BY id;
 SELECT * FROM notes ORDER BY body;
@@ -117,6 +123,14 @@ INSERT INTO clicks VALUES
 INSERT INTO users VALUES (1, 'ann', 'gold'), (2, 'bob', NULL);
 UPDATE users SET tier = 'basic' WHERE id = 2;
 INSERT INTO notes VALUES ('twice', 1), ('twice', 1), (NULL, NULL);
+CREATE TOPIC raw WITH (partitions = 2, retention = '1 day');
+INSERT INTO raw (_key, _value) VALUES ('k1', '\\x00ff'), (NULL, 'v2'), ('k3', NULL);
+-- Its late-data stream sorts after it: pg_depend has pg_dump create that one first.
+CREATE STREAM orders (id BIGINT, at TIMESTAMP, WATERMARK FOR at AS at)
+    WITH (late_data_topic = 'z_orders_late');
+INSERT INTO z_orders_late VALUES (9, '2026-01-01 09:00:00', 'q', 0, 4);
+CREATE USER ann;
+GRANT SELECT ON clicks TO ann;
 ",
     );
     assert!(ok, "{err}\n{out}");
@@ -132,6 +146,21 @@ INSERT INTO notes VALUES ('twice', 1), ('twice', 1), (NULL, NULL);
     );
     assert!(schema.contains("primary_key=id"), "{schema}");
     assert!(
+        schema.contains("CREATE TABLE public.raw (\n    _key bytea,\n    _value bytea\n)")
+            && schema.contains("topic='true'"),
+        "{schema}"
+    );
+    let late = schema
+        .find("CREATE TABLE public.z_orders_late")
+        .expect("late stream");
+    let orders = schema.find("CREATE TABLE public.orders").expect("orders");
+    assert!(late < orders, "{schema}");
+    assert!(schema.contains("late_data_topic=z_orders_late"), "{schema}");
+    assert!(
+        schema.contains("GRANT SELECT ON TABLE public.clicks TO ann;"),
+        "{schema}"
+    );
+    assert!(
         schema.contains("CREATE MATERIALIZED VIEW public.per_user AS"),
         "{schema}"
     );
@@ -145,6 +174,8 @@ INSERT INTO notes VALUES ('twice', 1), ('twice', 1), (NULL, NULL);
     assert!(!data.contains("COPY public.per_user"), "{data}");
 
     let copy = common::start(&dir.path().join("copy"));
+    // pg_dump leaves roles to pg_dumpall: the grantee is made first, as it would be.
+    restore(&copy, "CREATE USER ann;");
     restore(&copy, &schema);
     restore(&copy, &data);
     let before = contents(&original);

@@ -309,13 +309,22 @@ pub fn format_ms(ms: u64) -> String {
 }
 
 impl CatalogData {
-    /// What a stream or table is made with beyond its columns, as `CREATE TABLE … WITH
-    /// (…)` takes it (`pg_class.reloptions`, which pg_dump writes back): `stream=true` and
-    /// its `key` and `watermark` for a stream, a table's `primary_key`, then the options of
-    /// its topic. Empty for other relations.
+    /// What a stream, table or topic is made with beyond its columns, as `CREATE TABLE …
+    /// WITH (…)` takes it (`pg_class.reloptions`, which pg_dump writes back): `stream=true`
+    /// and its `key` and `watermark` for a stream, a table's `primary_key`, `topic=true` for
+    /// a schemaless topic, then the options of its topic. Empty for other relations.
     pub fn storage_parameters(&self, name: &str) -> Vec<(&'static str, String)> {
-        let Some(Relation::Stream(stream, topic)) = self.relation(name) else {
-            return vec![];
+        let (stream, topic) = match self.relation(name) {
+            Some(Relation::Stream(stream, topic)) => (stream, topic),
+            Some(Relation::Topic(topic)) => {
+                let mut out = vec![
+                    ("topic", "true".to_string()),
+                    ("partitions", topic.partitions.to_string()),
+                ];
+                topic_parameters(topic, &mut out);
+                return out;
+            }
+            _ => return vec![],
         };
         let mut out = vec![];
         let keys = stream.key_columns.join(",");
@@ -341,22 +350,31 @@ impl CatalogData {
         if let Some(ts) = &stream.timestamp_column {
             out.push(("timestamp", ts.clone()));
         }
-        out.push(("compression", topic.compression.name().to_string()));
-        if let Some(ms) = topic.retention_ms {
-            out.push(("retention", format_ms(ms)));
+        if let Some(late) = &stream.late_data_topic {
+            out.push(("late_data_topic", late.clone()));
         }
-        if let Some(b) = topic.retention_bytes {
-            out.push(("retention_bytes", b.to_string()));
-        }
-        out.push(("segment_bytes", topic.segment_bytes.to_string()));
-        out.push(("cleanup_policy", topic.cleanup_policy.name().to_string()));
-        if topic.cleanup_policy == CleanupPolicy::Compact {
-            let ms = topic
-                .delete_retention_ms
-                .unwrap_or(DEFAULT_DELETE_RETENTION_MS);
-            out.push(("delete_retention", format_ms(ms)));
-        }
+        topic_parameters(topic, &mut out);
         out
+    }
+}
+
+/// A topic's options after `partitions`, as `CREATE TOPIC … WITH (…)` and a stream's take
+/// them.
+fn topic_parameters(topic: &TopicDef, out: &mut Vec<(&'static str, String)>) {
+    out.push(("compression", topic.compression.name().to_string()));
+    if let Some(ms) = topic.retention_ms {
+        out.push(("retention", format_ms(ms)));
+    }
+    if let Some(b) = topic.retention_bytes {
+        out.push(("retention_bytes", b.to_string()));
+    }
+    out.push(("segment_bytes", topic.segment_bytes.to_string()));
+    out.push(("cleanup_policy", topic.cleanup_policy.name().to_string()));
+    if topic.cleanup_policy == CleanupPolicy::Compact {
+        let ms = topic
+            .delete_retention_ms
+            .unwrap_or(DEFAULT_DELETE_RETENTION_MS);
+        out.push(("delete_retention", format_ms(ms)));
     }
 }
 

@@ -251,14 +251,10 @@ impl Database {
                 "topic \"{topic_name}\" already exists"
             )));
         }
-        if let Some(late) = &late
-            && (data.relation(&late.name).is_some() || data.topics.contains_key(&late.name))
-        {
-            return Err(Error::AlreadyExists(format!(
-                "late_data_topic \"{}\" already exists; it is created with the stream",
-                late.name
-            )));
-        }
+        let adopted = match &late {
+            Some(late) => adopts_late_stream(&data, late, who)?,
+            None => false,
+        };
         let mut new = (*data).clone();
         let topic = options.topic_def(
             TopicId(new.next_topic_id),
@@ -269,7 +265,7 @@ impl Database {
         new.next_topic_id += 1;
         let mut topics = vec![topic.clone()];
         let late_data_topic = late.as_ref().map(|l| l.name.clone());
-        if let Some(mut late) = late {
+        if let Some(mut late) = late.filter(|_| !adopted) {
             let mut topic = options.topic_def(
                 TopicId(new.next_topic_id),
                 &late.name,
@@ -776,6 +772,9 @@ impl Database {
                 if let Some(ts) = &stream.timestamp_column {
                     options.push(("timestamp", ts.clone()));
                 }
+                if let Some(late) = &stream.late_data_topic {
+                    options.push(("late_data_topic", late.clone()));
+                }
             }
             options.push(("compression", topic.compression.name().to_string()));
             if topic.cleanup_policy == CleanupPolicy::Delete {
@@ -1019,6 +1018,40 @@ impl TopicOptions {
             access: Access::owned_by(owner),
         }
     }
+}
+
+/// Whether the late-data stream `late` exists already, as this stream would make it (a
+/// restore: pg_dump creates it first, as `pg_depend` orders them); then the new stream
+/// sends its late rows there. Its owner or a superuser may do that; anything else of that
+/// name is 42P07.
+fn adopts_late_stream(data: &CatalogData, late: &StreamDef, who: &Principal) -> Result<bool> {
+    let existing = match data.relation(&late.name) {
+        None if !data.topics.contains_key(&late.name) => return Ok(false),
+        Some(Relation::Stream(existing, _)) => Some(existing),
+        _ => None,
+    };
+    let fits = existing.is_some_and(|existing| {
+        existing.kind == late.kind
+            && existing.columns == late.columns
+            && existing.key_columns == late.key_columns
+            && existing.timestamp_column == late.timestamp_column
+            && existing.watermark.is_none()
+            && existing.late_data_topic.is_none()
+            && (who.superuser || existing.access.owner == who.name)
+            && data.query_maintaining(&late.name).is_none()
+            && !data
+                .streams
+                .values()
+                .any(|s| s.late_data_topic.as_deref() == Some(late.name.as_str()))
+    });
+    if !fits {
+        return Err(Error::AlreadyExists(format!(
+            "late_data_topic \"{}\" already exists; it is created with the stream (or, when \
+             restoring, must be a stream of the columns it would be given)",
+            late.name
+        )));
+    }
+    Ok(true)
 }
 
 /// The stream the late rows of `stream` go to: its columns, then `query` (the query that

@@ -939,14 +939,14 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
     if let DfStatement::Statement(s) = &statement
         && let SqlStatement::CreateTable(create) = s.as_ref()
     {
-        return create_table(create).map(Statement::CreateStream);
+        return create_table(create);
     }
     Ok(Statement::DataFusion(Box::new(statement)))
 }
 
 /// `CREATE TABLE` as sqlparser reads it, as Runnel keeps it: a stream of kind table whose
 /// KEY columns are the primary key's. What tables cannot have yet is refused by name.
-fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
+fn create_table(create: &sqlparser::ast::CreateTable) -> Result<Statement> {
     use sqlparser::ast::{ColumnOption, CreateTableOptions, SqlOption, TableConstraint};
     let name = relation_name(&create.name)?;
     let refuse = |what: &str| {
@@ -1038,6 +1038,18 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
             .collect::<Result<Vec<_>>>()?,
         other => return refuse(&format!("with options {other}")),
     };
+    // `topic` names a stream's or table's topic; `topic = true` alone makes a schemaless
+    // topic.
+    let topic_flag = options
+        .iter()
+        .position(|(key, value)| key == "topic" && flag(key, value).is_ok_and(|on| on));
+    let stream_flag = options.iter().any(|(key, _)| key == "stream");
+    if let Some(at) = topic_flag
+        && !stream_flag
+    {
+        options.remove(at);
+        return schemaless_topic(create, name, &columns, primary_key.is_some(), options);
+    }
     // The storage parameters pg_dump writes back (`pg_class.reloptions`): a stream's
     // `stream`, `key` and `watermark`, a table's `primary_key`.
     let mut take = |name: &str| {
@@ -1057,17 +1069,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
     }
     let stream = match take("stream") {
         None => false,
-        Some(v) if matches!(v.as_text().to_ascii_lowercase().as_str(), "true" | "on") => true,
-        Some(v) if matches!(v.as_text().to_ascii_lowercase().as_str(), "false" | "off") => false,
-        Some(v) => {
-            return Err(Error::data(
-                "22023",
-                format!(
-                    "option stream must be true or false, not \"{}\"",
-                    v.as_text()
-                ),
-            ));
-        }
+        Some(v) => flag("stream", &v)?,
     };
     let keys = take("key").map(names).unwrap_or_default();
     let watermark = take("watermark");
@@ -1081,7 +1083,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
         let watermark = watermark
             .map(|w| parse_watermark(w.as_text()))
             .transpose()?;
-        return Ok(CreateStream {
+        return Ok(Statement::CreateStream(CreateStream {
             kind: StreamKind::Stream,
             name,
             if_not_exists: create.if_not_exists,
@@ -1090,7 +1092,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
             options,
             query: None,
             emit: Emit::Changes,
-        });
+        }));
     }
     if !keys.is_empty() || watermark.is_some() {
         return refuse("WITH (key, watermark) without stream = true");
@@ -1101,7 +1103,7 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
         column.key = true;
         column.nullable = false;
     }
-    Ok(CreateStream {
+    Ok(Statement::CreateStream(CreateStream {
         kind: StreamKind::Table,
         name,
         if_not_exists: create.if_not_exists,
@@ -1110,7 +1112,51 @@ fn create_table(create: &sqlparser::ast::CreateTable) -> Result<CreateStream> {
         options,
         query: None,
         emit: Emit::Changes,
-    })
+    }))
+}
+
+/// A boolean option's value.
+fn flag(option: &str, value: &OptionValue) -> Result<bool> {
+    match value.as_text().to_ascii_lowercase().as_str() {
+        "true" | "on" => Ok(true),
+        "false" | "off" => Ok(false),
+        other => Err(Error::data(
+            "22023",
+            format!("option {option} must be true or false, not \"{other}\""),
+        )),
+    }
+}
+
+/// `CREATE TABLE name (_key bytea, _value bytea) WITH (topic = true, …)`: PostgreSQL's
+/// spelling of `CREATE TOPIC name WITH (…)`, as pg_dump writes a topic back.
+fn schemaless_topic(
+    create: &sqlparser::ast::CreateTable,
+    name: String,
+    columns: &[ColumnSpec],
+    primary_key: bool,
+    options: Vec<(String, OptionValue)>,
+) -> Result<Statement> {
+    let shape: Vec<(&str, &SqlType, bool)> = columns
+        .iter()
+        .map(|c| (c.name.as_str(), &c.sql_type, c.nullable))
+        .collect();
+    let expected = [
+        (crate::storage::KEY_COLUMN, &SqlType::Bytea, true),
+        (crate::catalog::VALUE_COLUMN, &SqlType::Bytea, true),
+    ];
+    if primary_key || shape != expected {
+        return Err(Error::Unsupported(format!(
+            "CREATE TABLE {name} WITH (topic = true) makes a schemaless topic, whose columns are \
+             ({} bytea, {} bytea)",
+            crate::storage::KEY_COLUMN,
+            crate::catalog::VALUE_COLUMN
+        )));
+    }
+    Ok(Statement::CreateTopic(CreateTopic {
+        name,
+        if_not_exists: create.if_not_exists,
+        options,
+    }))
 }
 
 /// `WITH [NO] DATA` after `REFRESH MATERIALIZED VIEW name`.

@@ -749,7 +749,7 @@ pub(super) struct OurColumns {
     /// Relations with hidden columns (`_partition`, `_offset`, …): numbered below zero, as
     /// PostgreSQL numbers system columns, so tools that list a table's columns
     /// (`attnum > 0`) leave them out as they leave out `ctid`.
-    with_hidden: BTreeSet<i64>,
+    with_hidden: HashMap<i64, &'static [&'static str]>,
     /// The (relation OID, column name) of each `NOT NULL` column.
     not_null: BTreeSet<(i64, String)>,
     /// The OIDs `pg_class` gives `pg_catalog`'s relations ([`catalog_relation_oid`]), by
@@ -774,9 +774,11 @@ impl PgAttribute {
             if !public.contains(&namespace) {
                 continue;
             }
+            if let Some(hidden) = self.catalog.hidden_columns(&name) {
+                ours.with_hidden.insert(oid, hidden);
+            }
             let fields: Vec<(String, Option<TextType>)> = match self.catalog.relation(&name) {
                 Some(Relation::Stream(stream, _)) => {
-                    ours.with_hidden.insert(oid);
                     for column in stream.columns.iter().filter(|c| !c.nullable) {
                         ours.not_null.insert((oid, column.name.clone()));
                     }
@@ -851,9 +853,8 @@ impl Fix for PgAttribute {
                 .map(|row| {
                     let hidden = key(row).and_then(|(relation, name)| {
                         ours.with_hidden
-                            .contains(&relation)
-                            .then(|| HIDDEN_COLUMNS.iter().position(|h| *h == name))
-                            .flatten()
+                            .get(&relation)
+                            .and_then(|hidden| hidden.iter().position(|h| *h == name))
                     });
                     // A catalog's `tableoid` is PostgreSQL's system column -6.
                     let system = key(row).is_some_and(|(relation, name)| {
@@ -901,7 +902,8 @@ impl Fix for PgAttribute {
 /// Catalogs with rows for Runnel's objects: `pg_rewrite` has a view's `_RETURN` rule per
 /// materialized view (and none of the built-in rows, whose views Runnel's `pg_catalog`
 /// does not have); `pg_depend` adds how each rule depends on the relations its view reads
-/// (so pg_dump creates a view after them), and makes the schema `sys` and its relations
+/// (so pg_dump creates a view after them) and how a stream depends on its late-data
+/// stream, and makes the schema `sys` and its relations
 /// members of the built-in extension `runnel` ([`RUNNEL_EXTENSION_OID`]), which
 /// `pg_extension` adds: pg_dump leaves an extension's members out, as it leaves out
 /// `pg_catalog`.
@@ -1000,6 +1002,25 @@ impl ObjectRows {
             }
         }
         if self.kind == ObjectRowsKind::Depend {
+            // A stream needs its late-data stream (pg_dump restores that first, and
+            // `CREATE STREAM … WITH (late_data_topic)` takes it as its own).
+            for stream in self.catalog.streams.values() {
+                let late = stream.late_data_topic.as_deref();
+                if let (Some(oid), Some(late)) = (
+                    ours(PUBLIC_SCHEMA, &stream.name),
+                    late.and_then(|late| ours(PUBLIC_SCHEMA, late)),
+                ) {
+                    rows.push(vec![
+                        ("classid", Int64(Some(PG_CLASS_OID))),
+                        ("objid", Int64(Some(oid))),
+                        ("objsubid", Int64(Some(0))),
+                        ("refclassid", Int64(Some(PG_CLASS_OID))),
+                        ("refobjid", Int64(Some(late))),
+                        ("refobjsubid", Int64(Some(0))),
+                        ("deptype", text("n")),
+                    ]);
+                }
+            }
             let member = |class: i64, oid: i64| {
                 vec![
                     ("classid", Int64(Some(class))),

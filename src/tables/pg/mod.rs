@@ -38,10 +38,9 @@ use sqlparser::ast::{
 
 use super::Tables;
 use crate::catalog::access::SUPERUSER;
-use crate::catalog::{
-    CATALOG_NAME, CatalogData, HIDDEN_COLUMNS, ObjectClass, PUBLIC_SCHEMA, Relation,
-};
+use crate::catalog::{CATALOG_NAME, CatalogData, ObjectClass, PUBLIC_SCHEMA, Relation};
 use crate::error::{Error, Result};
+use crate::sql::rewrite::HiddenColumns;
 use crate::sql::text_type::TextType;
 
 mod catalogs;
