@@ -398,6 +398,35 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
         functions.contains("List of functions") && functions.contains("(0 rows)"),
         "\\df:\n{functions}"
     );
+    // A built-in function's definition and signature, as PostgreSQL 16 prints them.
+    let now = describe("\\sf now");
+    assert_eq!(
+        now,
+        "CREATE OR REPLACE FUNCTION pg_catalog.now()\n RETURNS timestamp with time zone\n \
+         LANGUAGE internal\n STABLE PARALLEL SAFE STRICT\nAS $function$now$function$\n",
+        "\\sf now"
+    );
+    let length = describe("\\sf length(text)");
+    assert!(
+        length
+            .starts_with("CREATE OR REPLACE FUNCTION pg_catalog.length(text)\n RETURNS integer\n")
+            && length.contains("AS $function$textlen$function$"),
+        "\\sf length(text):\n{length}"
+    );
+    let series = describe("\\df+ generate_series");
+    assert!(
+        row(
+            &series,
+            &[
+                "pg_catalog",
+                "generate_series",
+                "SETOF integer",
+                "integer, integer",
+                "func"
+            ]
+        ),
+        "\\df+ generate_series:\n{series}"
+    );
     let types = describe("\\dT");
     assert!(
         types.contains("List of data types") && types.contains("(0 rows)"),

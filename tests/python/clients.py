@@ -151,6 +151,9 @@ functions = completer.dbmetadata["functions"]["pg_catalog"]
 num_nulls = functions.get('"num_nulls"')
 check(num_nulls and num_nulls[0].arg_types == ('"any"',), f"pgcli functions {num_nulls}")
 check(executor.get_timezone() == "UTC", "pgcli SHOW TIME ZONE")
+# Its casing file's query (`generate_casing_file`) reads pg_proc's argument names as an
+# array; the built-in functions have no SQL source, so no word has a casing.
+check(list(executor.casing()) == [], "pgcli casing")
 results = {sql: list(executor.run(sql, pgspecial=special)) for sql in ["\\dt", "\\d orders", "SELECT 1 AS one"]}
 dt = [tuple(r) for r in results["\\dt"][0][1]]
 check(dt == [("public", "orders", "table", "runnel"), ("public", "scores", "table", "runnel")], f"pgcli \\dt {dt}")

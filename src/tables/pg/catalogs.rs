@@ -129,6 +129,9 @@ impl PgCatalogSchema {
             Some(inner) if name.eq_ignore_ascii_case("pg_partitioned_table") => Ok(Some(Arc::new(
                 Fixed(NullArrays::new(inner, &[("partclass", oid_array())])),
             ))),
+            Some(inner) if name.eq_ignore_ascii_case("pg_proc") => {
+                Ok(Some(Arc::new(Fixed(PgProc::new(inner)))))
+            }
             Some(inner) if name.eq_ignore_ascii_case("pg_init_privs") => {
                 Ok(Some(Arc::new(Fixed(PgInitPrivs { inner }))))
             }
@@ -286,6 +289,114 @@ impl Fix for NullArrays {
     }
 }
 
+/// `pg_proc` with its array columns as arrays (datafusion-pg-catalog keeps them as text):
+/// argument names (`text[]`, which pgcli reads for its casing), modes (`"char"[]`), all
+/// arguments' types (`oid[]`) and privileges (`aclitem[]`, psql's `\df+`), whose grantor
+/// is the bootstrap superuser, as the functions' owner is.
+#[derive(Debug)]
+pub(super) struct PgProc {
+    inner: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+}
+
+impl PgProc {
+    const TEXT_ARRAYS: [&str; 3] = ["proargnames", "proargmodes", "proacl"];
+    const OID_ARRAYS: [&str; 1] = ["proallargtypes"];
+
+    fn new(inner: Arc<dyn TableProvider>) -> PgProc {
+        let columns: Vec<(&str, DataType)> = PgProc::TEXT_ARRAYS
+            .iter()
+            .map(|c| (*c, text_array()))
+            .chain(PgProc::OID_ARRAYS.iter().map(|c| (*c, oid_array())))
+            .collect();
+        PgProc {
+            schema: with_arrays(&inner.schema(), &columns),
+            inner,
+        }
+    }
+}
+
+/// The items of an array as datafusion-pg-catalog writes one into text: `['a', 'b']`,
+/// `[23, 26]` or `{a,b}`; `None` for none (NULL or empty text).
+fn listed_items(text: Option<&str>) -> Option<Vec<String>> {
+    let text = text?.trim();
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .or_else(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')))?;
+    Some(
+        inner
+            .split(',')
+            .map(|item| item.trim().trim_matches('\'').to_string())
+            .filter(|item| !item.is_empty())
+            .collect(),
+    )
+}
+
+/// Text columns of lists as `text[]`; in an ACL (`acl`), the built-in objects' grantor and
+/// owner under Runnel's name for the bootstrap superuser.
+fn text_lists(column: &arrow::array::ArrayRef, acl: bool) -> DfResult<arrow::array::ArrayRef> {
+    let column = cast(column, &DataType::Utf8)?;
+    let mut out = ListBuilder::new(StringBuilder::new());
+    for text in column.as_string::<i32>() {
+        match listed_items(text) {
+            Some(items) => {
+                for item in items {
+                    out.values().append_value(match acl {
+                        true => item.replace("postgres", SUPERUSER),
+                        false => item,
+                    });
+                }
+                out.append(true);
+            }
+            None => out.append_null(),
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+#[async_trait]
+impl Fix for PgProc {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
+        let index = |names: &[&str]| -> DfResult<Vec<usize>> {
+            names.iter().map(|n| Ok(self.schema.index_of(n)?)).collect()
+        };
+        let (texts, oids) = (index(&PgProc::TEXT_ARRAYS)?, index(&PgProc::OID_ARRAYS)?);
+        let acl = self.schema.index_of("proacl")?;
+        Ok(Box::new(move |batch| {
+            let mut columns = batch.columns().to_vec();
+            for &i in &texts {
+                columns[i] = text_lists(&columns[i], i == acl)?;
+            }
+            for &i in &oids {
+                let column = cast(&columns[i], &DataType::Utf8)?;
+                let mut out = ListBuilder::new(arrow::array::Int32Builder::new());
+                for text in column.as_string::<i32>() {
+                    match listed_items(text) {
+                        Some(items) => {
+                            for item in items {
+                                out.values().append_option(item.parse::<i32>().ok());
+                            }
+                            out.append(true);
+                        }
+                        None => out.append_null(),
+                    }
+                }
+                columns[i] = Arc::new(out.finish());
+            }
+            Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        }))
+    }
+}
+
 /// The privileges objects had when the database was made, which pg_dump writes back where
 /// they changed: the built-in rows of functions, types and languages, whose ACLs
 /// `pg_catalog` has from the same source, but none for relations and schemas, whose ACLs
@@ -301,9 +412,15 @@ impl Fix for PgInitPrivs {
         &self.inner
     }
 
+    fn schema(&self) -> SchemaRef {
+        with_arrays(&self.inner.schema(), &[("initprivs", text_array())])
+    }
+
     async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
         let schema = self.inner.schema();
         let class = schema.index_of("classoid")?;
+        let privileges = schema.index_of("initprivs")?;
+        let fixed = self.schema();
         Ok(Box::new(move |batch| {
             let classes = cast(batch.column(class), &DataType::Int64)?;
             let classes = classes.as_primitive::<Int64Type>();
@@ -311,7 +428,10 @@ impl Fix for PgInitPrivs {
                 .iter()
                 .map(|c| Some(!matches!(c, Some(PG_CLASS_OID | PG_NAMESPACE_OID))))
                 .collect();
-            Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+            let mut columns = batch.columns().to_vec();
+            columns[privileges] = text_lists(&columns[privileges], true)?;
+            Ok(RecordBatch::try_new(fixed.clone(), columns)?)
         }))
     }
 }

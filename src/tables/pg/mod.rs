@@ -4,7 +4,8 @@
 //! `pg_table_is_visible()`, …), and the rewrites that let DataFusion plan their catalog
 //! queries (`'x'::regclass`, `OPERATOR(pg_catalog.~)`, psql's `\d` sub-queries).
 //!
-//! [`catalogs`] has the tables, [`functions`] the functions, [`rewrites`] the rewrites; here
+//! [`catalogs`] has the tables, [`functions`] the functions ([`routines`] those that print
+//! the built-in functions' definitions), [`rewrites`] the rewrites; here
 //! are what they share: PostgreSQL's OIDs for the catalogs, the schemas and the roles.
 //! `information_schema` is Runnel's own (`tables::information_schema`).
 
@@ -46,6 +47,7 @@ use crate::sql::text_type::TextType;
 mod catalogs;
 mod functions;
 mod rewrites;
+mod routines;
 
 use catalogs::*;
 pub use catalogs::{PgCatalogSchema, SessionSettings, SettingRow};
@@ -62,6 +64,8 @@ pub struct PgTypes(
     /// The OID of each built-in function by name (the least, for overloaded names), for
     /// `regproc` columns, which hold names.
     HashMap<String, i32>,
+    /// Each built-in function, by OID, for the functions that print its definition.
+    Arc<HashMap<i32, routines::Routine>>,
 );
 
 impl PgTypes {
@@ -122,7 +126,21 @@ impl PgTypes {
                 }
             }
         }
-        Ok(PgTypes(oids, Arc::new(names_of), functions))
+        let batches = ctx
+            .sql(&format!(
+                "SELECT {} FROM pg_catalog.pg_proc",
+                routines::ROUTINE_COLUMNS
+            ))
+            .await?
+            .collect()
+            .await?;
+        let routines = routines::routines(&batches)?;
+        Ok(PgTypes(
+            oids,
+            Arc::new(names_of),
+            functions,
+            Arc::new(routines),
+        ))
     }
 }
 
@@ -172,16 +190,15 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
     ] {
         ctx.register_udf(Constant::udf(name, &[1], ScalarValue::Boolean(Some(true))));
     }
-    // Nothing has a comment (there is no COMMENT ON); functions are only the built-in ones,
-    // whose definitions are not SQL; the tablespaces are the built-in two, which have no
-    // location. Sizes Runnel does not report per relation or database are NULL, not 0.
+    // Nothing has a comment (there is no COMMENT ON); the tablespaces are the built-in two,
+    // which have no location. Sizes Runnel does not report per relation or database are
+    // NULL, not 0.
     for (name, arities) in [
         ("obj_description", &[1, 2][..]),
         ("col_description", &[2]),
         ("shobj_description", &[2]),
-        ("pg_get_function_arguments", &[1]),
-        ("pg_get_function_result", &[1]),
-        ("pg_get_function_identity_arguments", &[1]),
+        // No built-in function has an SQL-standard body (`BEGIN ATOMIC`).
+        ("pg_get_function_sqlbody", &[1]),
         // Runnel has no triggers and no indexes.
         ("pg_get_triggerdef", &[1, 2]),
         ("pg_get_indexdef", &[1, 3]),
@@ -204,6 +221,10 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
     ctx.register_udf(view_definition(tables.clone()));
     ctx.register_udf(empty_array_of());
     ctx.register_udf(regtype_names(types));
+    ctx.register_udf(routines::regprocedure_oid(types));
+    for udf in routines::routine_functions(types) {
+        ctx.register_udf(udf);
+    }
     Ok(ctx.state())
 }
 

@@ -271,7 +271,8 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
     thread_local! {
         static PARSER: PostgresCompatibilityParser = PostgresCompatibilityParser::new();
     }
-    let sql = regproc_literals_as_names(sql);
+    let sql = regprocedure_literals_resolved(sql);
+    let sql = regproc_literals_as_names(&sql);
     let sql = regclass_literals_qualified(&sql);
     let statements = PARSER.with(|p| p.parse(&sql)).ok()?;
     if statements.is_empty() || !statements.iter().all(|s| matches!(s, Statement::Query(_))) {
@@ -601,6 +602,35 @@ pub(super) fn visibility_by_search_path(mut statement: Statement) -> Statement {
         ControlFlow::<()>::Continue(())
     });
     statement
+}
+
+/// `'f(text)'::[pg_catalog.]regprocedure` as `regprocedure_oid('f(text)')` (see
+/// [`super::routines::regprocedure_oid`]).
+pub(super) fn regprocedure_literals_resolved(sql: &str) -> std::borrow::Cow<'_, str> {
+    const CASTS: [&str; 2] = ["'::pg_catalog.regprocedure", "'::regprocedure"];
+    if !CASTS.iter().any(|cast| sql.contains(cast)) {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some((end, cast)) = CASTS
+        .iter()
+        .filter_map(|cast| rest.find(cast).map(|at| (at, *cast)))
+        .min()
+    {
+        let Some(literal_start) = rest[..end].rfind('\'') else {
+            break;
+        };
+        out.push_str(&rest[..literal_start]);
+        out.push_str(&format!(
+            "{}({}')",
+            super::routines::REGPROCEDURE_OID,
+            &rest[literal_start..end]
+        ));
+        rest = &rest[end + cast.len()..];
+    }
+    out.push_str(rest);
+    out.into()
 }
 
 /// `'pg_catalog.f'::regproc` as `'f'`: `pg_type`'s `typinput` and friends hold function
