@@ -441,6 +441,10 @@ pub struct QueryDef {
     /// When it emits its rows.
     #[serde(default)]
     pub emit: Emit,
+    /// Whether its columns are named as PostgreSQL names them (`count`, not `count(*)`):
+    /// a query made before they were keeps DataFusion's names, which its output has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub postgres_names: bool,
 }
 
 /// When a continuous query emits rows.

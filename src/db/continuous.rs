@@ -183,6 +183,25 @@ fn inherited_watermark(
     })
 }
 
+/// 42701 if two of the columns a view's or a derived stream's query gives would share a
+/// name, as PostgreSQL refuses such a view (a query may return them; see
+/// [`sql::column_names::repeated_output_name`]).
+fn refuse_repeated_columns(query: &str) -> Result<()> {
+    let Some(sql::Statement::DataFusion(statement)) = sql::parse(query)?.pop() else {
+        return Ok(());
+    };
+    if let datafusion::sql::parser::Statement::Statement(statement) = statement.as_ref()
+        && let sqlparser::ast::Statement::Query(query) = statement.as_ref()
+        && let Some(name) = sql::column_names::repeated_output_name(query)
+    {
+        return Err(Error::plan(
+            "42701",
+            format!("column \"{name}\" specified more than once; give one of them an alias"),
+        ));
+    }
+    Ok(())
+}
+
 impl Database {
     pub(super) async fn create_stream_as(
         &self,
@@ -217,6 +236,7 @@ impl Database {
                 "topic \"{topic_name}\" already exists"
             )));
         }
+        refuse_repeated_columns(&query)?;
         let plan = self.engine.plan(&query, &data).await?;
         check_reads(&data, who, &plan)?;
         check_emit(&plan, c.emit)?;
@@ -318,6 +338,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: c.emit,
+            postgres_names: true,
         };
         let topics: Vec<TopicDef> = [Some(topic), state_topic]
             .into_iter()
@@ -361,6 +382,7 @@ impl Database {
         )? {
             return Ok(done);
         }
+        refuse_repeated_columns(&v.query)?;
         let plan = self.engine.plan(&v.query, &data).await?;
         check_reads(&data, who, &plan)?;
         check_emit(&plan, v.emit)?;
@@ -430,6 +452,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: v.emit,
+            postgres_names: true,
         };
         let topics = [Some(state_topic), closed_topic]
             .into_iter()
@@ -609,6 +632,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: i.emit,
+            postgres_names: true,
         };
         let topics = state_topic.into_iter().chain(inner_topics).collect();
         self.create_query(new, def, &plan, topics).await?;
@@ -1057,7 +1081,10 @@ impl Database {
         let def = data
             .query_maintaining(view)
             .ok_or_else(|| Error::UnknownRelation(format!("view \"{view}\" does not exist")))?;
-        let plan = self.engine.plan(&def.sql, data).await?;
+        let plan = self
+            .engine
+            .plan_as(&def.sql, data, def.postgres_names)
+            .await?;
         if !matches!(plan.kind, Kind::Stateless) {
             return Ok(None);
         }

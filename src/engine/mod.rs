@@ -523,9 +523,27 @@ impl Engine {
         holds
     }
 
-    /// Plans a continuous query's `SELECT`, refusing what cannot run incrementally.
+    /// Plans a new continuous query's `SELECT`, refusing what cannot run incrementally.
     pub async fn plan(&self, sql: &str, catalog: &CatalogData) -> Result<QueryPlan> {
-        QueryPlan::new(&self.base, catalog, self.tables.log.clone(), sql).await
+        self.plan_as(sql, catalog, true).await
+    }
+
+    /// Plans an existing query's `SELECT`, naming its columns as it was made to
+    /// ([`crate::catalog::QueryDef::postgres_names`]).
+    pub async fn plan_as(
+        &self,
+        sql: &str,
+        catalog: &CatalogData,
+        postgres_names: bool,
+    ) -> Result<QueryPlan> {
+        QueryPlan::new(
+            &self.base,
+            catalog,
+            self.tables.log.clone(),
+            sql,
+            postgres_names,
+        )
+        .await
     }
 
     /// The checkpoint a new query starts from, to commit with the catalog that names it.

@@ -542,8 +542,16 @@ impl QueryPlan {
         catalog: &CatalogData,
         log: Arc<Log>,
         sql: &str,
+        postgres_names: bool,
     ) -> Result<QueryPlan> {
         let mut statement = query_statement(sql)?;
+        // Its columns are named as PostgreSQL names a view's.
+        if postgres_names
+            && let DfStatement::Statement(s) = &mut statement
+            && let sqlparser::ast::Statement::Query(query) = s.as_mut()
+        {
+            sql::column_names::name_all_columns(query);
+        }
         // The first row of each partition (`ROW_NUMBER() … = 1`) is an aggregate.
         if let DfStatement::Statement(s) = &mut statement {
             sql::top_n::rewrite(s, catalog)?;

@@ -161,7 +161,8 @@ impl QueryTask {
         config: EngineConfig,
         shared: Arc<Shared>,
     ) -> Result<QueryTask> {
-        let plan = QueryPlan::new(base, data, tables.log.clone(), &def.sql).await?;
+        let plan =
+            QueryPlan::new(base, data, tables.log.clone(), &def.sql, def.postgres_names).await?;
         owner_may_run(&def, data, &plan, config.trusted_logins)?;
         let snapshot = tables.log.snapshot();
         let checkpoint = match snapshot.meta(def.id.0) {

@@ -33,6 +33,23 @@ pub fn postgresql_names(query: &Query) -> ColumnNames {
     ColumnNames { items }
 }
 
+/// The first name two of `query`'s output columns share, by their aliases and the names
+/// PostgreSQL gives the others, which a view (or a derived stream) cannot have: PostgreSQL
+/// refuses it with 42701.
+pub fn repeated_output_name(query: &Query) -> Option<String> {
+    let select = leftmost_select(&query.body)?;
+    let mut seen = std::collections::HashSet::new();
+    select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::UnnamedExpr(expr) => Some(expression_name(expr)),
+            SelectItem::ExprWithAlias { alias, .. } => Some(crate::catalog::normalize(alias)),
+            _ => None,
+        })
+        .find(|name| !seen.insert(name.clone()))
+}
+
 /// Gives the second and later of repeated unaliased select-list expressions
 /// (`SELECT count(*), count(*)`, `SELECT a, a`) an alias of their own, `name:2`, …:
 /// PostgreSQL returns such columns side by side, DataFusion refuses a projection with two
@@ -82,14 +99,27 @@ pub fn alias_repeated(query: &mut Query) {
 /// reference to either). The outermost select list keeps its names: the client is told
 /// PostgreSQL's ([`postgresql_names`]) without them.
 pub fn name_inner_columns(query: &mut Query) {
+    name_columns(query, false)
+}
+
+/// Names every unaliased expression of `query` as PostgreSQL does, its outermost select
+/// list's too: a materialized view's or a derived stream's columns are what its readers
+/// name (`SELECT count FROM per_url`), as PostgreSQL names a view's (its `pg_get_viewdef`
+/// shows `count(*) AS count`).
+pub fn name_all_columns(query: &mut Query) {
+    name_columns(query, true)
+}
+
+fn name_columns(query: &mut Query, outermost: bool) {
     struct Inner {
         depth: usize,
+        outermost: bool,
     }
     impl VisitorMut for Inner {
         type Break = ();
 
         fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-            if self.depth > 0 {
+            if self.depth > 0 || self.outermost {
                 name_selects(&mut query.body);
             }
             self.depth += 1;
@@ -156,7 +186,10 @@ pub fn name_inner_columns(query: &mut Query) {
             };
         }
     }
-    let _ = query.visit(&mut Inner { depth: 0 });
+    let _ = query.visit(&mut Inner {
+        depth: 0,
+        outermost,
+    });
 }
 
 /// `expr`'s text with its subqueries' text left out, as DataFusion's name of it leaves it.
