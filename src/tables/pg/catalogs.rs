@@ -129,6 +129,11 @@ impl PgCatalogSchema {
             Some(inner) if name.eq_ignore_ascii_case("pg_partitioned_table") => Ok(Some(Arc::new(
                 Fixed(NullArrays::new(inner, &[("partclass", oid_array())])),
             ))),
+            // PostgreSQL 15's column, which pg_dump's archive formats read (a database's
+            // collation version: none recorded).
+            Some(inner) if name.eq_ignore_ascii_case("pg_database") => Ok(Some(Arc::new(Fixed(
+                NullArrays::new(inner, &[("datcollversion", DataType::Utf8)]),
+            )))),
             Some(inner) if name.eq_ignore_ascii_case("pg_proc") => {
                 Ok(Some(Arc::new(Fixed(PgProc::new(inner)))))
             }
@@ -243,8 +248,8 @@ impl TableProvider for TableOid {
     }
 }
 
-/// A catalog table whose `columns` are NULL arrays of the types given, whatever type the
-/// inner table gives them.
+/// A catalog table whose `columns` are NULLs (mostly arrays) of the types given, whatever
+/// type the inner table gives them, or that it does not have.
 #[derive(Debug)]
 pub(super) struct NullArrays {
     inner: Arc<dyn TableProvider>,
@@ -253,8 +258,17 @@ pub(super) struct NullArrays {
 }
 
 impl NullArrays {
+    /// `columns` NULL, each of its type; those `inner` lacks are added after its own.
     fn new(inner: Arc<dyn TableProvider>, columns: &[(&str, DataType)]) -> NullArrays {
-        let schema = with_arrays(&inner.schema(), columns);
+        let mut schema = with_arrays(&inner.schema(), columns).as_ref().clone();
+        for (name, data_type) in columns {
+            if schema.index_of(name).is_err() {
+                let mut fields = schema.fields().to_vec();
+                fields.push(Arc::new(Field::new(*name, data_type.clone(), true)));
+                schema = Schema::new(fields);
+            }
+        }
+        let schema = Arc::new(schema);
         let columns = columns
             .iter()
             .filter_map(|(name, _)| schema.index_of(name).ok())
@@ -282,7 +296,11 @@ impl Fix for NullArrays {
             let mut columns = batch.columns().to_vec();
             for &i in &self.columns {
                 let array = self.schema.field(i).data_type();
-                columns[i] = arrow::array::new_null_array(array, batch.num_rows());
+                let nulls = arrow::array::new_null_array(array, batch.num_rows());
+                match columns.get_mut(i) {
+                    Some(column) => *column = nulls,
+                    None => columns.push(nulls),
+                }
             }
             Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
         }))
