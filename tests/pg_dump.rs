@@ -1,8 +1,9 @@
 //! pg_dump round trip: a database's streams (one with a late-data stream), tables,
 //! schemaless topics, materialized views and grants dumped with pg_dump 16
-//! (`--schema-only`, then `--data-only`) and restored with psql into an empty Runnel come
-//! back as they were — the same definitions, options, grants and rows, and a dump of the
-//! copy identical to the dump of the original.
+//! (`--schema-only`, then `--data-only`, restored with psql; and the custom format,
+//! restored with pg_restore) into an empty Runnel come back as they were — the same
+//! definitions, options, grants and rows, and a dump of the copy identical to the dump of
+//! the original.
 
 mod common;
 
@@ -59,6 +60,44 @@ fn dump(server: &Server, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("a dump is text")
+}
+
+/// pg_dump's custom format written to `file`, then read back into `into` by pg_restore.
+fn dump_and_restore_archive(from: &Server, into: &Server, file: &std::path::Path) {
+    let (binary, libraries) = pg_dump();
+    let connect = |server: &Server| {
+        [
+            "-h".to_string(),
+            server.addr.ip().to_string(),
+            "-p".to_string(),
+            server.addr.port().to_string(),
+            "-U".to_string(),
+            "runnel".to_string(),
+        ]
+    };
+    let file = file.to_str().expect("a UTF-8 path");
+    let out = Command::new(&binary)
+        .env("LD_LIBRARY_PATH", &libraries)
+        .args(connect(from))
+        .args(["-Fc", "-f", file, "runnel"])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "pg_dump -Fc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary.with_file_name("pg_restore"))
+        .env("LD_LIBRARY_PATH", &libraries)
+        .args(connect(into))
+        .args(["--exit-on-error", "-d", "runnel", file])
+        .output()
+        .expect("pg_restore runs");
+    assert!(
+        out.status.success(),
+        "pg_restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A dump without its comments (which carry versions and times).
@@ -193,4 +232,15 @@ GRANT SELECT ON clicks TO ann;
         lines
     };
     assert_eq!(sorted(&dump(&copy, &["--data-only"])), sorted(&data));
+
+    // The custom format, through pg_restore (which sends the dump's leading comments as a
+    // query of their own: an empty one).
+    let archived = common::start(&dir.path().join("archived"));
+    restore(&archived, "CREATE USER ann;");
+    dump_and_restore_archive(&original, &archived, &dir.path().join("runnel.dump"));
+    assert_eq!(contents(&archived), before);
+    assert_eq!(
+        statements(&dump(&archived, &["--schema-only"])),
+        statements(&schema)
+    );
 }

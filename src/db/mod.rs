@@ -141,6 +141,9 @@ pub enum Output {
     Begin,
     Commit,
     Rollback,
+    /// A query of no statement (only comments), which PostgreSQL answers with
+    /// EmptyQueryResponse (pg_restore sends its dump's leading comments as one).
+    Empty,
 }
 
 impl std::fmt::Debug for Output {
@@ -153,6 +156,7 @@ impl std::fmt::Debug for Output {
             Output::CopyOut { rows, .. } => write!(f, "CopyOut({:?})", rows.schema()),
             Output::Fetched { rows, .. } => write!(f, "Fetched({} batches)", rows.len()),
             Output::Declared => write!(f, "Declared"),
+            Output::Empty => write!(f, "Empty"),
             Output::Begin => write!(f, "Begin"),
             Output::Commit => write!(f, "Commit"),
             Output::Rollback => write!(f, "Rollback"),

@@ -245,6 +245,7 @@ impl Session {
             return vec![output];
         }
         let statements = match parse(sql) {
+            Ok(s) if s.is_empty() => return vec![Ok(Output::Empty)],
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
         };
@@ -307,6 +308,9 @@ impl Session {
 
     async fn execute_prepared(&mut self, sql: &str, params: ParamValues) -> Result<Output> {
         let mut statements = parse(sql)?;
+        if statements.is_empty() {
+            return Ok(Output::Empty);
+        }
         if statements.len() != 1 {
             return Err(Error::Syntax(
                 "cannot insert multiple commands into a prepared statement".into(),
@@ -323,6 +327,9 @@ impl Session {
 
     async fn describe_statement(&mut self, sql: &str) -> Result<Described> {
         let mut statements = parse(sql)?;
+        if statements.is_empty() {
+            return Ok(Described::default());
+        }
         if statements.len() != 1 {
             return Err(Error::Syntax(
                 "cannot insert multiple commands into a prepared statement".into(),

@@ -611,6 +611,7 @@ fn response(output: Output, format: &Format, options: &TextOptions) -> PgWireRes
                 .flatten();
             Response::Query(QueryResponse::new(fields, rows))
         }
+        Output::Empty => Response::EmptyQuery,
         Output::Command { tag, rows } => {
             let mut t = Tag::new(tag);
             if tag == "INSERT" {

@@ -126,14 +126,16 @@ impl PgCatalogSchema {
             Some(inner) if name.eq_ignore_ascii_case("pg_policy") => Ok(Some(Arc::new(Fixed(
                 NullArrays::new(inner, &[("polroles", oid_array())]),
             )))),
+            // Per-database and per-role settings (`ALTER DATABASE … SET`): none.
+            Some(inner) if name.eq_ignore_ascii_case("pg_db_role_setting") => Ok(Some(Arc::new(
+                Fixed(NullArrays::new(inner, &[("setconfig", text_array())])),
+            ))),
             Some(inner) if name.eq_ignore_ascii_case("pg_partitioned_table") => Ok(Some(Arc::new(
                 Fixed(NullArrays::new(inner, &[("partclass", oid_array())])),
             ))),
-            // PostgreSQL 15's column, which pg_dump's archive formats read (a database's
-            // collation version: none recorded).
-            Some(inner) if name.eq_ignore_ascii_case("pg_database") => Ok(Some(Arc::new(Fixed(
-                NullArrays::new(inner, &[("datcollversion", DataType::Utf8)]),
-            )))),
+            Some(inner) if name.eq_ignore_ascii_case("pg_database") => {
+                Ok(Some(Arc::new(Fixed(PgDatabase::new(inner)))))
+            }
             Some(inner) if name.eq_ignore_ascii_case("pg_proc") => {
                 Ok(Some(Arc::new(Fixed(PgProc::new(inner)))))
             }
@@ -248,8 +250,8 @@ impl TableProvider for TableOid {
     }
 }
 
-/// A catalog table whose `columns` are NULLs (mostly arrays) of the types given, whatever
-/// type the inner table gives them, or that it does not have.
+/// A catalog table whose `columns` are NULL arrays of the types given, whatever type the
+/// inner table gives them.
 #[derive(Debug)]
 pub(super) struct NullArrays {
     inner: Arc<dyn TableProvider>,
@@ -258,17 +260,8 @@ pub(super) struct NullArrays {
 }
 
 impl NullArrays {
-    /// `columns` NULL, each of its type; those `inner` lacks are added after its own.
     fn new(inner: Arc<dyn TableProvider>, columns: &[(&str, DataType)]) -> NullArrays {
-        let mut schema = with_arrays(&inner.schema(), columns).as_ref().clone();
-        for (name, data_type) in columns {
-            if schema.index_of(name).is_err() {
-                let mut fields = schema.fields().to_vec();
-                fields.push(Arc::new(Field::new(*name, data_type.clone(), true)));
-                schema = Schema::new(fields);
-            }
-        }
-        let schema = Arc::new(schema);
+        let schema = with_arrays(&inner.schema(), columns);
         let columns = columns
             .iter()
             .filter_map(|(name, _)| schema.index_of(name).ok())
@@ -296,11 +289,70 @@ impl Fix for NullArrays {
             let mut columns = batch.columns().to_vec();
             for &i in &self.columns {
                 let array = self.schema.field(i).data_type();
-                let nulls = arrow::array::new_null_array(array, batch.num_rows());
-                match columns.get_mut(i) {
-                    Some(column) => *column = nulls,
-                    None => columns.push(nulls),
-                }
+                columns[i] = arrow::array::new_null_array(array, batch.num_rows());
+            }
+            Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        }))
+    }
+}
+
+/// `pg_database` as pg_dump's archive formats read it: the locale provider as PostgreSQL's
+/// letter (`c`, libc; datafusion-pg-catalog writes the word), and PostgreSQL 15's
+/// `datcollversion` (none recorded: NULL).
+#[derive(Debug)]
+pub(super) struct PgDatabase {
+    inner: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+}
+
+impl PgDatabase {
+    fn new(inner: Arc<dyn TableProvider>) -> PgDatabase {
+        let mut fields = inner.schema().fields().to_vec();
+        if inner.schema().index_of("datcollversion").is_err() {
+            fields.push(Arc::new(Field::new("datcollversion", DataType::Utf8, true)));
+        }
+        PgDatabase {
+            schema: Arc::new(Schema::new(fields)),
+            inner,
+        }
+    }
+}
+
+#[async_trait]
+impl Fix for PgDatabase {
+    fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn fix(&self, _: &dyn Session) -> DfResult<BatchFix<'_>> {
+        let provider = self.inner.schema().index_of("datlocprovider").ok();
+        let added = self.inner.schema().fields().len() < self.schema.fields().len();
+        Ok(Box::new(move |batch| {
+            let mut columns = batch.columns().to_vec();
+            if let Some(i) = provider {
+                let words = cast(&columns[i], &DataType::Utf8)?;
+                let letters: StringArray = words
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|word| {
+                        word.map(|w| match w {
+                            "libc" => "c",
+                            "icu" => "i",
+                            other => other,
+                        })
+                    })
+                    .collect();
+                columns[i] = cast(&letters, self.schema.field(i).data_type())?;
+            }
+            if added {
+                columns.push(arrow::array::new_null_array(
+                    &DataType::Utf8,
+                    batch.num_rows(),
+                ));
             }
             Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
         }))

@@ -533,12 +533,15 @@ pub(super) fn absent_column_privileges_and_policies(mut statement: Statement) ->
 /// `(SELECT max(e) FROM … WHERE …)`: DataFusion plans a correlated one only if it is
 /// aggregated. The catalog rows these look up (a column's default, its collation, a type)
 /// are one at most, so the answer is the same. (SQLAlchemy's column reflection has three.)
-/// One that orders or limits its rows picks a row, which `max` would not: it stays.
+/// One that orders its rows, or limits them to more than one, picks rows, which `max`
+/// would not: it stays. A bare `LIMIT 1` (datafusion-pg-catalog adds one to every scalar
+/// sub-query; pg_dump's `(SELECT spcname FROM pg_tablespace t WHERE t.oid =
+/// dattablespace)`) picks any one row, as `max` does.
 pub(super) fn scalar_subqueries_aggregated(mut statement: Statement) -> Statement {
     let _ = visit_expressions_mut(&mut statement, |expr| {
         if let SqlExpr::Subquery(query) = expr
             && query.order_by.is_none()
-            && query.limit_clause.is_none()
+            && limits_to_any_one_row(query.limit_clause.as_ref())
             && let SetExpr::Select(select) = query.body.as_mut()
             && matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
             && let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
@@ -547,10 +550,24 @@ pub(super) fn scalar_subqueries_aggregated(mut statement: Statement) -> Statemen
             && let Some(aggregated) = parsed_expr(&format!("max({item})"))
         {
             *item = aggregated;
+            query.limit_clause = None;
         }
         ControlFlow::<()>::Continue(())
     });
     statement
+}
+
+/// No limit, or `LIMIT 1` alone.
+fn limits_to_any_one_row(limit: Option<&sqlparser::ast::LimitClause>) -> bool {
+    match limit {
+        None => true,
+        Some(sqlparser::ast::LimitClause::LimitOffset {
+            limit: Some(SqlExpr::Value(one)),
+            offset: None,
+            limit_by,
+        }) => limit_by.is_empty() && one.value == sqlparser::ast::Value::Number("1".into(), false),
+        Some(_) => false,
+    }
 }
 
 pub(super) fn is_aggregate(expr: &SqlExpr) -> bool {
@@ -774,6 +791,21 @@ mod tests {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    #[test]
+    fn a_scalar_subquery_limited_to_one_row_is_aggregated() {
+        let sql = rewritten(
+            "SELECT (SELECT spcname FROM pg_tablespace t WHERE t.oid = dattablespace) \
+             FROM pg_database",
+        );
+        assert!(sql.contains("SELECT max(spcname) FROM"), "{sql}");
+        assert!(!sql.contains("LIMIT"), "{sql}");
+        // One that orders its rows picks one: it stays.
+        let sql = rewritten(
+            "SELECT (SELECT spcname FROM pg_tablespace t ORDER BY oid LIMIT 1) FROM pg_database",
+        );
+        assert!(!sql.contains("max("), "{sql}");
     }
 
     #[test]
