@@ -37,9 +37,11 @@ fn pg_dump() -> (PathBuf, PathBuf) {
     (binary, libraries)
 }
 
-fn dump(server: &Server, args: &[&str]) -> String {
-    let (binary, libraries) = pg_dump();
-    let out = Command::new(binary)
+/// `tool` (`pg_dump`, `pg_restore`) of the pgserver install, connecting to `server`, run
+/// with `args`; its output, once it has succeeded.
+fn run_tool(tool: &str, server: &Server, args: &[&str]) -> Vec<u8> {
+    let (pg_dump, libraries) = pg_dump();
+    let out = Command::new(pg_dump.with_file_name(tool))
         .env("LD_LIBRARY_PATH", libraries)
         .env("PGCONNECT_TIMEOUT", "10")
         .args([
@@ -51,52 +53,29 @@ fn dump(server: &Server, args: &[&str]) -> String {
             "runnel",
         ])
         .args(args)
-        .arg("runnel")
         .output()
-        .expect("pg_dump runs");
+        .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
     assert!(
         out.status.success(),
-        "pg_dump {args:?} failed: {}",
+        "{tool} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("a dump is text")
+    out.stdout
+}
+
+fn dump(server: &Server, args: &[&str]) -> String {
+    let args: Vec<&str> = args.iter().copied().chain(["runnel"]).collect();
+    String::from_utf8(run_tool("pg_dump", server, &args)).expect("a dump is text")
 }
 
 /// pg_dump's custom format written to `file`, then read back into `into` by pg_restore.
 fn dump_and_restore_archive(from: &Server, into: &Server, file: &std::path::Path) {
-    let (binary, libraries) = pg_dump();
-    let connect = |server: &Server| {
-        [
-            "-h".to_string(),
-            server.addr.ip().to_string(),
-            "-p".to_string(),
-            server.addr.port().to_string(),
-            "-U".to_string(),
-            "runnel".to_string(),
-        ]
-    };
     let file = file.to_str().expect("a UTF-8 path");
-    let out = Command::new(&binary)
-        .env("LD_LIBRARY_PATH", &libraries)
-        .args(connect(from))
-        .args(["-Fc", "-f", file, "runnel"])
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        out.status.success(),
-        "pg_dump -Fc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(binary.with_file_name("pg_restore"))
-        .env("LD_LIBRARY_PATH", &libraries)
-        .args(connect(into))
-        .args(["--exit-on-error", "-d", "runnel", file])
-        .output()
-        .expect("pg_restore runs");
-    assert!(
-        out.status.success(),
-        "pg_restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_tool("pg_dump", from, &["-Fc", "-f", file, "runnel"]);
+    run_tool(
+        "pg_restore",
+        into,
+        &["--exit-on-error", "-d", "runnel", file],
     );
 }
 
