@@ -1008,6 +1008,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queries_made_before_postgresql_names_keep_their_own() {
+        let query = QueryDef {
+            id: QueryId(1),
+            name: "per_url".into(),
+            target: QueryTarget::View {
+                view: "per_url".into(),
+            },
+            sql: "SELECT url, count(*) FROM clicks GROUP BY url".into(),
+            inputs: vec!["clicks".into()],
+            start: StartPosition::Earliest,
+            state_topic: None,
+            closed_topic: None,
+            inner_state_topics: vec![],
+            created_at_ms: 0,
+            owner: "runnel".into(),
+            emit: Emit::Changes,
+            postgres_names: true,
+        };
+        let mut json = serde_json::to_value(&query).unwrap();
+        assert_eq!(json["postgres_names"], serde_json::Value::Bool(true));
+        // A catalog written before the field existed has no such key.
+        json.as_object_mut().unwrap().remove("postgres_names");
+        let old: QueryDef = serde_json::from_value(json).unwrap();
+        assert!(!old.postgres_names);
+    }
+
+    #[test]
     fn names_with_path_characters_are_refused() {
         for bad in ["../x", "a/b", "..", ".", "", "x y", "é"] {
             let e = validate_name("stream", bad).unwrap_err();

@@ -153,9 +153,9 @@ impl Session {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         settings.extend(self.vars.clone());
-        settings.insert("transaction_isolation".into(), self.isolation().into());
-        let read_only = if self.read_only() { "on" } else { "off" };
-        settings.insert("transaction_read_only".into(), read_only.into());
+        for (name, value) in self.transaction_settings() {
+            settings.insert(name.into(), value.into());
+        }
         settings
     }
 
@@ -996,7 +996,7 @@ impl Session {
         match (name.as_str(), value.as_deref()) {
             // PostgreSQL's other spelling of SET TRANSACTION ISOLATION LEVEL / READ ONLY.
             ("transaction_isolation", Some(v)) => {
-                let isolation = Some(isolation_named(DEFAULT_ISOLATION, v)?);
+                let isolation = Some(isolation_named(&name, v)?);
                 return self.set_transaction(
                     TransactionModes {
                         isolation,
@@ -1103,12 +1103,12 @@ impl Session {
             "transaction isolation level" => "transaction_isolation",
             other => other,
         };
-        match name {
-            "transaction_isolation" => return Some(self.isolation().into()),
-            "transaction_read_only" => {
-                return Some(if self.read_only() { "on" } else { "off" }.into());
-            }
-            _ => {}
+        if let Some((_, value)) = self
+            .transaction_settings()
+            .into_iter()
+            .find(|(setting, _)| *setting == name)
+        {
+            return Some(value.into());
         }
         if let Some(v) = self.vars.get(name) {
             return Some(v.clone());

@@ -80,14 +80,27 @@ impl Session {
         .name()
     }
 
+    /// The settings the block's characteristics are: `transaction_isolation` and
+    /// `transaction_read_only`, as they are now.
+    pub(super) fn transaction_settings(&self) -> [(&'static str, &'static str); 2] {
+        let read_only = if self.read_only() { "on" } else { "off" };
+        [
+            ("transaction_isolation", self.isolation()),
+            ("transaction_read_only", read_only),
+        ]
+    }
+
     /// 25006 for a statement that writes, in a read-only transaction.
     pub(super) fn check_writable(&self, statement: &Statement) -> Result<()> {
+        if !self.read_only() {
+            return Ok(());
+        }
         match statement.writes() {
-            Some(command) if self.read_only() => Err(Error::plan(
+            Some(command) => Err(Error::plan(
                 "25006",
                 format!("cannot execute {command} in a read-only transaction"),
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 

@@ -549,6 +549,11 @@ fn without_proctime(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
 /// transaction to wait for a snapshot no other transaction can invalidate; Runnel's
 /// readers never wait, as each statement reads a snapshot of committed records.
 fn without_deferrable(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let deferrable = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::DEFERRABLE);
+    // Nearly every statement has none: it goes through untouched.
+    if !tokens.iter().any(deferrable) {
+        return tokens;
+    }
     let significant: Vec<usize> = (0..tokens.len())
         .filter(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
         .collect();

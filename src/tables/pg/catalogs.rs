@@ -386,21 +386,19 @@ impl PgProc {
     }
 }
 
-/// The items of an array as datafusion-pg-catalog writes one into text: `['a', 'b']`,
-/// `[23, 26]` or `{a,b}`; `None` for none (NULL or empty text).
-fn listed_items(text: Option<&str>) -> Option<Vec<String>> {
-    let text = text?.trim();
-    let inner = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .or_else(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')))?;
-    Some(
-        inner
-            .split(',')
-            .map(|item| item.trim().trim_matches('\'').to_string())
-            .filter(|item| !item.is_empty())
-            .collect(),
-    )
+/// An `aclitem` (`grantee=privileges/grantor`) of a built-in object with PostgreSQL's
+/// bootstrap superuser, `postgres`, under Runnel's name for it.
+pub(super) fn with_superuser(item: &str) -> String {
+    let role = |name: &str| if name == "postgres" { SUPERUSER } else { name }.to_string();
+    let parts = item
+        .split_once('=')
+        .and_then(|(grantee, rest)| Some((grantee, rest.rsplit_once('/')?)));
+    match parts {
+        Some((grantee, (privileges, grantor))) => {
+            format!("{}={privileges}/{}", role(grantee), role(grantor))
+        }
+        None => item.to_string(),
+    }
 }
 
 /// Text columns of lists as `text[]`; in an ACL (`acl`), the built-in objects' grantor and
@@ -413,7 +411,7 @@ fn text_lists(column: &arrow::array::ArrayRef, acl: bool) -> DfResult<arrow::arr
             Some(items) => {
                 for item in items {
                     out.values().append_value(match acl {
-                        true => item.replace("postgres", SUPERUSER),
+                        true => with_superuser(&item),
                         false => item,
                     });
                 }

@@ -109,23 +109,6 @@ impl PgTypes {
                 }
             }
         }
-        let mut functions = HashMap::new();
-        let batches = ctx
-            .sql("SELECT proname, CAST(min(oid) AS INT) FROM pg_catalog.pg_proc GROUP BY proname")
-            .await?
-            .collect()
-            .await?;
-        for batch in &batches {
-            let names = cast(batch.column(0), &DataType::Utf8)
-                .map_err(|e| Error::Internal(format!("reading pg_proc: {e}")))?;
-            let names = names.as_string::<i32>();
-            let values = batch.column(1).as_primitive::<Int32Type>();
-            for row in 0..batch.num_rows() {
-                if names.is_valid(row) && values.is_valid(row) {
-                    functions.insert(names.value(row).to_string(), values.value(row));
-                }
-            }
-        }
         let batches = ctx
             .sql(&format!(
                 "SELECT {} FROM pg_catalog.pg_proc",
@@ -135,6 +118,12 @@ impl PgTypes {
             .collect()
             .await?;
         let routines = routines::routines(&batches)?;
+        // The least OID of each name, for `regproc` columns.
+        let mut functions: HashMap<String, i32> = HashMap::new();
+        for (oid, routine) in &routines {
+            let least = functions.entry(routine.name().to_string()).or_insert(*oid);
+            *least = (*least).min(*oid);
+        }
         Ok(PgTypes(
             oids,
             Arc::new(names_of),
@@ -142,6 +131,26 @@ impl PgTypes {
             Arc::new(routines),
         ))
     }
+}
+
+/// The items of an array as datafusion-pg-catalog writes one into text: `['a', '']`,
+/// `[23, 26]` or `{a,b}`, each in its place (an argument without a name is `''`); `None`
+/// for none (NULL, or text that is not a list).
+fn listed_items(text: Option<&str>) -> Option<Vec<String>> {
+    let text = text?.trim();
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .or_else(|| text.strip_prefix('{').and_then(|t| t.strip_suffix('}')))?;
+    if inner.trim().is_empty() {
+        return Some(vec![]);
+    }
+    Some(
+        inner
+            .split(',')
+            .map(|item| item.trim().trim_matches('\'').to_string())
+            .collect(),
+    )
 }
 
 /// Adds `pg_catalog` to the catalog `runnel` of `state`, and the PostgreSQL functions

@@ -271,8 +271,7 @@ pub fn parse_catalog_queries(sql: &str) -> Option<Vec<Statement>> {
     thread_local! {
         static PARSER: PostgresCompatibilityParser = PostgresCompatibilityParser::new();
     }
-    let sql = regprocedure_literals_resolved(sql);
-    let sql = regproc_literals_as_names(&sql);
+    let sql = regproc_literals_as_names(sql);
     let sql = regclass_literals_qualified(&sql);
     let statements = PARSER.with(|p| p.parse(&sql)).ok()?;
     if statements.is_empty() || !statements.iter().all(|s| matches!(s, Statement::Query(_))) {
@@ -621,35 +620,6 @@ pub(super) fn visibility_by_search_path(mut statement: Statement) -> Statement {
     statement
 }
 
-/// `'f(text)'::[pg_catalog.]regprocedure` as `regprocedure_oid('f(text)')` (see
-/// [`super::routines::regprocedure_oid`]).
-pub(super) fn regprocedure_literals_resolved(sql: &str) -> std::borrow::Cow<'_, str> {
-    const CASTS: [&str; 2] = ["'::pg_catalog.regprocedure", "'::regprocedure"];
-    if !CASTS.iter().any(|cast| sql.contains(cast)) {
-        return sql.into();
-    }
-    let mut out = String::with_capacity(sql.len());
-    let mut rest = sql;
-    while let Some((end, cast)) = CASTS
-        .iter()
-        .filter_map(|cast| rest.find(cast).map(|at| (at, *cast)))
-        .min()
-    {
-        let Some(literal_start) = rest[..end].rfind('\'') else {
-            break;
-        };
-        out.push_str(&rest[..literal_start]);
-        out.push_str(&format!(
-            "{}({}')",
-            super::routines::REGPROCEDURE_OID,
-            &rest[literal_start..end]
-        ));
-        rest = &rest[end + cast.len()..];
-    }
-    out.push_str(rest);
-    out.into()
-}
-
 /// `'pg_catalog.f'::regproc` as `'f'`: `pg_type`'s `typinput` and friends hold function
 /// names here, so a comparison with one (DBeaver's array-type probe) compares names.
 pub(super) fn regproc_literals_as_names(sql: &str) -> std::borrow::Cow<'_, str> {
@@ -696,9 +666,11 @@ pub(super) fn empty_catalogs_qualified(mut statement: Statement) -> Statement {
 /// `'pg_class'::regclass` as `'pg_catalog.pg_class'::regclass`: PostgreSQL looks for a
 /// relation in `pg_catalog` before the schemas of the search path (pg_dump names catalogs
 /// bare with an empty search path), where datafusion-pg-catalog looks in the current
-/// schema only.
+/// schema only. And `'f(text)'::regprocedure` as `regprocedure_oid('f(text)')` (psql's
+/// `\sf f(text)`; see [`super::routines::regprocedure_oid`]).
 pub(super) fn regclass_literals_qualified(sql: &str) -> std::borrow::Cow<'_, str> {
-    if !sql.to_ascii_lowercase().contains("regclass") {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("regclass") && !lower.contains("regprocedure") {
         return sql.into();
     }
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
@@ -722,6 +694,26 @@ pub(super) fn regclass_literals_qualified(sql: &str) -> std::borrow::Cow<'_, str
                 && is_catalog_table(name)
             {
                 *name = format!("{PG_CATALOG}.{name}");
+                qualified = true;
+            }
+            if let SqlExpr::Cast {
+                expr: literal,
+                data_type,
+                ..
+            } = expr
+                && matches!(
+                    data_type.to_string().to_ascii_lowercase().as_str(),
+                    "regprocedure" | "pg_catalog.regprocedure"
+                )
+                && let SqlExpr::Value(value) = literal.as_ref()
+                && let sqlparser::ast::Value::SingleQuotedString(signature) = &value.value
+                && let Some(call) = parsed_expr(&format!(
+                    "{}('{}')",
+                    super::routines::REGPROCEDURE_OID,
+                    signature.replace('\'', "''")
+                ))
+            {
+                *expr = call;
                 qualified = true;
             }
             ControlFlow::<()>::Continue(())

@@ -108,22 +108,14 @@ pub(super) fn routines(batches: &[RecordBatch]) -> Result<HashMap<i32, Routine>>
 
 /// OIDs written as an `oidvector` (`17 19`) or a list (`[23, 26]`).
 fn oid_list(text: &str) -> Vec<i32> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .filter(|n| !n.is_empty())
-        .filter_map(|n| n.parse().ok())
-        .collect()
+    let items = listed_items(Some(text))
+        .unwrap_or_else(|| text.split_whitespace().map(str::to_string).collect());
+    items.iter().filter_map(|n| n.parse().ok()).collect()
 }
 
-/// Words written as a list (`['i', 'o']`).
+/// Words written as a list (`['i', 'o']`), each in its place.
 fn text_list(text: &str) -> Vec<String> {
-    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
-    if inner.trim().is_empty() {
-        return vec![];
-    }
-    inner
-        .split(',')
-        .map(|item| item.trim().trim_matches('\'').trim_matches('"').to_string())
-        .collect()
+    listed_items(Some(text)).unwrap_or_default()
 }
 
 /// Which arguments a list of them shows.
@@ -136,6 +128,10 @@ enum Arguments {
 }
 
 impl Routine {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `(mode, name, type)` of every argument.
     fn arguments(&self) -> Vec<(&str, &str, i32)> {
         let types = if self.all.is_empty() {
@@ -636,10 +632,23 @@ mod tests {
     }
 
     #[test]
+    fn built_in_acls_name_runnels_superuser() {
+        use super::super::catalogs::with_superuser;
+        assert_eq!(with_superuser("postgres=X/postgres"), "runnel=X/runnel");
+        assert_eq!(with_superuser("=X/postgres"), "=X/runnel");
+        assert_eq!(
+            with_superuser("postgres_ro=r/postgres"),
+            "postgres_ro=r/runnel"
+        );
+    }
+
+    #[test]
     fn lists_read_as_pg_catalog_writes_them() {
         assert_eq!(oid_list("17 19"), vec![17, 19]);
         assert_eq!(oid_list("[23, 26]"), vec![23, 26]);
         assert_eq!(text_list("['i', 'o']"), vec!["i", "o"]);
         assert!(text_list("").is_empty());
+        // An argument without a name keeps its place.
+        assert_eq!(text_list("['', 'b']"), vec!["", "b"]);
     }
 }
