@@ -441,10 +441,30 @@ pub struct QueryDef {
     /// When it emits its rows.
     #[serde(default)]
     pub emit: Emit,
-    /// Whether its columns are named as PostgreSQL names them (`count`, not `count(*)`):
-    /// a query made before they were keeps DataFusion's names, which its output has.
+    /// How its SQL is planned: as when it was made, which its output's columns follow.
+    #[serde(flatten)]
+    pub dialect: Dialect,
+}
+
+/// What an earlier version of Runnel planned otherwise: a continuous query keeps planning
+/// its SQL as when it was made, so that its output keeps its columns' names and types
+/// (and its state its layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Dialect {
+    /// Its columns are named as PostgreSQL names them (`count`, not `count(*)`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub postgres_names: bool,
+    /// `avg` of integers is a `numeric`, as in PostgreSQL, not a `double precision`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub numeric_avg: bool,
+}
+
+impl Dialect {
+    /// How this version plans a new query.
+    pub const CURRENT: Dialect = Dialect {
+        postgres_names: true,
+        numeric_avg: true,
+    };
 }
 
 /// When a continuous query emits rows.
@@ -1024,14 +1044,25 @@ mod tests {
             created_at_ms: 0,
             owner: "runnel".into(),
             emit: Emit::Changes,
-            postgres_names: true,
+            dialect: Dialect::CURRENT,
         };
         let mut json = serde_json::to_value(&query).unwrap();
         assert_eq!(json["postgres_names"], serde_json::Value::Bool(true));
-        // A catalog written before the field existed has no such key.
+        assert_eq!(json["numeric_avg"], serde_json::Value::Bool(true));
+        assert_eq!(
+            serde_json::from_value::<QueryDef>(json.clone())
+                .unwrap()
+                .dialect,
+            Dialect::CURRENT
+        );
+        // A catalog written before `avg` was PostgreSQL's has no such key; one written
+        // before columns were named as PostgreSQL names them, neither.
+        json.as_object_mut().unwrap().remove("numeric_avg");
+        let old: QueryDef = serde_json::from_value(json.clone()).unwrap();
+        assert!(old.dialect.postgres_names && !old.dialect.numeric_avg);
         json.as_object_mut().unwrap().remove("postgres_names");
-        let old: QueryDef = serde_json::from_value(json).unwrap();
-        assert!(!old.postgres_names);
+        let older: QueryDef = serde_json::from_value(json).unwrap();
+        assert_eq!(older.dialect, Dialect::default());
     }
 
     #[test]

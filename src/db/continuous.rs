@@ -18,8 +18,8 @@ use super::ddl::{TopicOptions, kind_name};
 use super::{Database, Output, command};
 use crate::catalog::{Access, CleanupPolicy, HIDDEN_COLUMNS, Principal, Privilege};
 use crate::catalog::{
-    CatalogData, ColumnDef, Emit, Inherited, InternalTopic, QueryDef, QueryId, QueryTarget,
-    Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
+    CatalogData, ColumnDef, Dialect, Emit, Inherited, InternalTopic, QueryDef, QueryId,
+    QueryTarget, Relation, SqlType, StartPosition, StreamDef, TopicDef, ValueFormat, WatermarkDef,
     validate_name,
 };
 use crate::engine::plan::{Kind, QueryPlan};
@@ -338,7 +338,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: c.emit,
-            postgres_names: true,
+            dialect: Dialect::CURRENT,
         };
         let topics: Vec<TopicDef> = [Some(topic), state_topic]
             .into_iter()
@@ -452,7 +452,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: v.emit,
-            postgres_names: true,
+            dialect: Dialect::CURRENT,
         };
         let topics = [Some(state_topic), closed_topic]
             .into_iter()
@@ -632,7 +632,7 @@ impl Database {
             created_at_ms: now_ms(),
             owner: who.name.clone(),
             emit: i.emit,
-            postgres_names: true,
+            dialect: Dialect::CURRENT,
         };
         let topics = state_topic.into_iter().chain(inner_topics).collect();
         self.create_query(new, def, &plan, topics).await?;
@@ -1081,10 +1081,7 @@ impl Database {
         let def = data
             .query_maintaining(view)
             .ok_or_else(|| Error::UnknownRelation(format!("view \"{view}\" does not exist")))?;
-        let plan = self
-            .engine
-            .plan_as(&def.sql, data, def.postgres_names)
-            .await?;
+        let plan = self.engine.plan_as(&def.sql, data, def.dialect).await?;
         if !matches!(plan.kind, Kind::Stateless) {
             return Ok(None);
         }

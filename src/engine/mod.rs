@@ -35,7 +35,7 @@ use datafusion::physical_plan::union::UnionExec;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::catalog::{CatalogData, Emit, QueryDef, QueryId, QueryTarget, StartPosition};
+use crate::catalog::{CatalogData, Dialect, Emit, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
 use crate::storage::{Hold, MetaUpdate, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
@@ -525,25 +525,17 @@ impl Engine {
 
     /// Plans a new continuous query's `SELECT`, refusing what cannot run incrementally.
     pub async fn plan(&self, sql: &str, catalog: &CatalogData) -> Result<QueryPlan> {
-        self.plan_as(sql, catalog, true).await
+        self.plan_as(sql, catalog, Dialect::CURRENT).await
     }
 
-    /// Plans an existing query's `SELECT`, naming its columns as it was made to
-    /// ([`crate::catalog::QueryDef::postgres_names`]).
+    /// Plans an existing query's `SELECT` as it was made to ([`Dialect`]).
     pub async fn plan_as(
         &self,
         sql: &str,
         catalog: &CatalogData,
-        postgres_names: bool,
+        dialect: Dialect,
     ) -> Result<QueryPlan> {
-        QueryPlan::new(
-            &self.base,
-            catalog,
-            self.tables.log.clone(),
-            sql,
-            postgres_names,
-        )
-        .await
+        QueryPlan::new(&self.base, catalog, self.tables.log.clone(), sql, dialect).await
     }
 
     /// The checkpoint a new query starts from, to commit with the catalog that names it.

@@ -44,6 +44,7 @@
 //! Anything else (sorts, limits, other joins, window functions) cannot be run
 //! incrementally this way, and the query is refused when created, naming the part.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
@@ -77,7 +78,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::catalog::{CATALOG_NAME, PUBLIC_SCHEMA};
-use crate::catalog::{CatalogData, Inherited, Relation, TopicDef, WatermarkDef};
+use crate::catalog::{CatalogData, Dialect, Inherited, Relation, TopicDef, WatermarkDef};
 use crate::engine::checkpoint::{self, InputOffset};
 use crate::engine::collect::Collect;
 use crate::engine::lookup::{LookupTable, with_lookups};
@@ -534,6 +535,21 @@ struct Feed {
     schema: SchemaRef,
 }
 
+/// `base` as a query made in `dialect` was planned: one made before `avg` of integers was
+/// a `numeric` has DataFusion's, a `double precision`.
+fn planned_as(base: &SessionState, dialect: Dialect) -> Result<Cow<'_, SessionState>> {
+    if dialect.numeric_avg {
+        return Ok(Cow::Borrowed(base));
+    }
+    let mut state = base.clone();
+    datafusion::execution::FunctionRegistry::register_udaf(
+        &mut state,
+        datafusion::functions_aggregate::average::avg_udaf(),
+    )
+    .map_err(Error::from_datafusion)?;
+    Ok(Cow::Owned(state))
+}
+
 impl QueryPlan {
     /// Plans `sql` (a `SELECT`) for a continuous query; refuses, with SQLSTATE `0A000`,
     /// what cannot run incrementally.
@@ -542,11 +558,13 @@ impl QueryPlan {
         catalog: &CatalogData,
         log: Arc<Log>,
         sql: &str,
-        postgres_names: bool,
+        dialect: Dialect,
     ) -> Result<QueryPlan> {
+        let base = planned_as(base, dialect)?;
+        let base = base.as_ref();
         let mut statement = query_statement(sql)?;
         // Its columns are named as PostgreSQL names a view's.
-        if postgres_names
+        if dialect.postgres_names
             && let DfStatement::Statement(s) = &mut statement
             && let sqlparser::ast::Statement::Query(query) = s.as_mut()
         {
@@ -2241,4 +2259,32 @@ fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
 
 pub async fn run(plan: Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
     collect(plan, ctx).await.map_err(df)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use datafusion::prelude::SessionContext;
+
+    async fn avg_type(state: &SessionState) -> DataType {
+        let plan = state
+            .create_logical_plan("SELECT avg(x) FROM (VALUES (1), (2)) t(x)")
+            .await
+            .unwrap();
+        plan.schema().field(0).data_type().clone()
+    }
+
+    #[tokio::test]
+    async fn a_query_is_planned_as_it_was_made() {
+        let mut base = SessionContext::new().state();
+        for udaf in sql::functions::udafs() {
+            datafusion::execution::FunctionRegistry::register_udaf(&mut base, Arc::new(udaf))
+                .unwrap();
+        }
+        let current = planned_as(&base, Dialect::CURRENT).unwrap();
+        assert_eq!(avg_type(&current).await, DataType::Decimal128(38, 16));
+        let earlier = planned_as(&base, Dialect::default()).unwrap();
+        assert_eq!(avg_type(&earlier).await, DataType::Float64);
+    }
 }

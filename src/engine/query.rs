@@ -161,8 +161,7 @@ impl QueryTask {
         config: EngineConfig,
         shared: Arc<Shared>,
     ) -> Result<QueryTask> {
-        let plan =
-            QueryPlan::new(base, data, tables.log.clone(), &def.sql, def.postgres_names).await?;
+        let plan = QueryPlan::new(base, data, tables.log.clone(), &def.sql, def.dialect).await?;
         owner_may_run(&def, data, &plan, config.trusted_logins)?;
         let snapshot = tables.log.snapshot();
         let checkpoint = match snapshot.meta(def.id.0) {

@@ -11,7 +11,7 @@
 //! | `count(*)` | `sum(w)`                                                       | the sum |
 //! | `count(x)` | `n = sum(CASE WHEN x IS NULL THEN 0 ELSE w END)`               | `n` |
 //! | `sum(x)`   | `s = sum(CASE WHEN w > 0 THEN x ELSE -x END)`, `n`             | `s`, NULL when `n = 0` |
-//! | `avg(x)`   | `s`, `n`                                                       | `s / n` in `avg`'s type, NULL when `n = 0` |
+//! | `avg(x)`   | `s`, `n`                                                       | `s / n` as `avg` divides, NULL when `n = 0` |
 //!
 //! Each group also counts its rows (`__rows`): a group whose rows are all gone is not
 //! shown (a `HAVING` of its own) and leaves the state. A query without aggregates (the
@@ -38,11 +38,13 @@ use datafusion::common::{Column, DFSchema};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, Filter, LogicalPlan, Projection, cast, lit, when,
+    Aggregate, Distinct, Expr, ExprSchemable, Filter, LogicalPlan, Projection, ScalarUDF, cast,
+    lit, when,
 };
 
 use super::table_changes::WEIGHT_COLUMN;
 use crate::error::{Error, Result};
+use crate::sql::functions::avg;
 use crate::storage::KEY_COLUMN;
 
 /// The count of a group's rows, kept beside its aggregates' sums.
@@ -381,8 +383,11 @@ fn rewrite_aggregate(aggregate: Aggregate, over: Over) -> Result<LogicalPlan> {
                     .map_err(df)?;
                 let s = keep(signed, filter);
                 let n = keep(present(x)?, filter);
+                let integers = avg::is_integer(&x.get_type(aggregate.input.schema()).map_err(df)?);
                 let value = match name {
                     "sum" => cast(s, field.data_type().clone()),
+                    // As `avg` divides its integers' sum, so that the two agree.
+                    _ if integers => average_of().call(vec![s, n.clone()]),
                     _ => cast(
                         cast(s, field.data_type().clone())
                             / cast(n.clone(), field.data_type().clone()),
@@ -442,6 +447,11 @@ fn sum_of(value: Expr, filter: Option<Box<Expr>>) -> Expr {
         vec![],
         None,
     ))
+}
+
+/// The division of an integer `avg`, of a sum and a count.
+fn average_of() -> ScalarUDF {
+    ScalarUDF::from(avg::AverageOf::default())
 }
 
 /// A NULL of `data_type`.

@@ -2,6 +2,7 @@
 //! be had for much less work, or where PostgreSQL's answer differs — and the ones PostgreSQL
 //! has that DataFusion lacks; and `top_rows`, the aggregate a continuous Top-N keeps.
 
+pub mod avg;
 mod coalesced;
 pub mod json;
 mod regexp;
@@ -37,7 +38,10 @@ pub fn udfs() -> Vec<ScalarUDF> {
 
 /// The aggregate functions of this module.
 pub fn udafs() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(top_rows::TopRows::default())]
+    vec![
+        AggregateUDF::from(avg::Avg::default()),
+        AggregateUDF::from(top_rows::TopRows::default()),
+    ]
 }
 
 /// Rewrites of calls into cheaper calls with the same answer, applied before planning.
