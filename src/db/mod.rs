@@ -462,9 +462,10 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
         .position(|r| r.name() == "type_coercion")
         .unwrap_or(rules.len());
     // PostgreSQL's numeric types, in the order each needs the one before.
-    let numeric: [Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>; 3] = [
+    let numeric: [Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>; 4] = [
         Arc::new(sql::numeric::UnconstrainedNumeric),
         Arc::new(sql::numeric::IntegerLiterals),
+        Arc::new(sql::numeric::FloatsOverNumeric),
         Arc::new(sql::numeric::DivisionScale),
     ];
     rules.splice(coercion..coercion, numeric);

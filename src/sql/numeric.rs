@@ -248,6 +248,77 @@ fn narrowed(expr: Expr) -> (Expr, bool) {
     }
 }
 
+/// Runs before type coercion, so that a `double precision` and a `numeric` that must share
+/// a type share PostgreSQL's: in `CASE`, `coalesce`, `nullif`, `greatest`, `least` and
+/// `ARRAY[…]`, the `numeric`s become `double precision` (`coalesce(x, 0.0)` of a float
+/// `x` is a float), where DataFusion would make every value a decimal.
+#[derive(Debug, Default)]
+pub struct FloatsOverNumeric;
+
+impl AnalyzerRule for FloatsOverNumeric {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        crate::sql::rewrite_expressions(plan, floats_over_numeric)
+    }
+
+    fn name(&self) -> &str {
+        "floats_over_numeric"
+    }
+}
+
+/// The functions whose arguments PostgreSQL resolves to one type.
+const UNIFYING_FUNCTIONS: [&str; 5] = ["coalesce", "nullif", "greatest", "least", "make_array"];
+
+fn floats_over_numeric(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+    match expr {
+        Expr::Case(mut case) => {
+            let mut values: Vec<&mut Expr> = case
+                .when_then_expr
+                .iter_mut()
+                .map(|(_, then)| then.as_mut())
+                .collect();
+            values.extend(case.else_expr.as_deref_mut());
+            let changed = as_floats(values, schema)?;
+            Ok(Transformed::new_transformed(Expr::Case(case), changed))
+        }
+        Expr::ScalarFunction(mut f) if UNIFYING_FUNCTIONS.contains(&f.name()) => {
+            let changed = as_floats(f.args.iter_mut(), schema)?;
+            Ok(Transformed::new_transformed(
+                Expr::ScalarFunction(f),
+                changed,
+            ))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}
+
+/// Casts the decimals among `values` to `double precision` if there is a float among them;
+/// whether it did.
+fn as_floats<'a>(
+    values: impl IntoIterator<Item = &'a mut Expr>,
+    schema: &DFSchema,
+) -> Result<bool> {
+    let mut typed = vec![];
+    for value in values {
+        let data_type = value.get_type(schema)?;
+        typed.push((value, data_type));
+    }
+    if !typed.iter().any(|(_, t)| t.is_floating()) {
+        return Ok(false);
+    }
+    let mut changed = false;
+    for (value, data_type) in typed {
+        if matches!(
+            data_type,
+            DataType::Decimal128(..) | DataType::Decimal256(..)
+        ) {
+            let decimal = std::mem::replace(value, Expr::Literal(ScalarValue::Null, None));
+            *value = Expr::Cast(Cast::new(Box::new(decimal), DataType::Float64));
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
 /// Runs before type coercion, which then casts the divisor to the widened dividend's type.
 #[derive(Debug, Default)]
 pub struct DivisionScale;

@@ -534,12 +534,23 @@ impl ScalarUDFImpl for PgTypeof {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let field = &args.arg_fields[0];
-        let name = match SqlType::from_field(field) {
-            _ if field.data_type() == &DataType::Null => "unknown".to_string(),
-            Some(t) => t.regtype_name().to_string(),
-            None => field.data_type().to_string(),
-        };
+        let name = type_name(&args.arg_fields[0]);
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// The name `pg_typeof` gives a value of `field`'s type: PostgreSQL's (`integer[]` for an
+/// array, of any dimensions), or Arrow's for a type PostgreSQL has no name for.
+fn type_name(field: &Field) -> String {
+    match field.data_type() {
+        DataType::Null => "unknown".to_string(),
+        DataType::List(element) | DataType::LargeList(element) => match element.data_type() {
+            DataType::List(_) | DataType::LargeList(_) => type_name(element),
+            _ => format!("{}[]", type_name(element)),
+        },
+        data_type => match SqlType::from_field(field) {
+            Some(t) => t.regtype_name().to_string(),
+            None => data_type.to_string(),
+        },
     }
 }
