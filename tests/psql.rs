@@ -413,6 +413,25 @@ CREATE MATERIALIZED VIEW clicks_per_user AS SELECT user_id, count(*) AS n FROM c
             && length.contains("AS $function$textlen$function$"),
         "\\sf length(text):\n{length}"
     );
+    // Arguments with defaults show them, as PostgreSQL deparses them.
+    let interval = describe("\\sf make_interval");
+    assert!(
+        interval.starts_with(
+            "CREATE OR REPLACE FUNCTION pg_catalog.make_interval(years integer DEFAULT 0, \
+             months integer DEFAULT 0, weeks integer DEFAULT 0, days integer DEFAULT 0, \
+             hours integer DEFAULT 0, mins integer DEFAULT 0, secs double precision DEFAULT \
+             0.0)\n"
+        ),
+        "\\sf make_interval:\n{interval}"
+    );
+    let set = describe("\\df jsonb_set");
+    assert!(
+        set.contains(
+            "jsonb_in jsonb, path text[], replacement jsonb, create_if_missing boolean \
+             DEFAULT true"
+        ),
+        "\\df jsonb_set:\n{set}"
+    );
     let series = describe("\\df+ generate_series");
     assert!(
         row(

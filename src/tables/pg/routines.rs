@@ -29,6 +29,8 @@ pub struct Routine {
     all: Vec<i32>,
     modes: Vec<String>,
     names: Vec<String>,
+    /// The last input arguments' defaults, as SQL (`proargdefaults`, deparsed).
+    defaults: Vec<Option<String>>,
     source: String,
     binary: String,
 }
@@ -38,7 +40,7 @@ pub(super) const ROUTINE_COLUMNS: &str = "CAST(oid AS BIGINT), proname, prokind,
     CAST(prolang AS BIGINT), CAST(procost AS DOUBLE), CAST(prorows AS DOUBLE), prosupport, \
     prosecdef, proleakproof, proisstrict, proretset, provolatile, proparallel, \
     CAST(prorettype AS BIGINT), proargtypes, proallargtypes, proargmodes, proargnames, \
-    prosrc, probin";
+    prosrc, probin, proargdefaults";
 
 /// Every built-in function by OID, from batches of [`ROUTINE_COLUMNS`].
 pub(super) fn routines(batches: &[RecordBatch]) -> Result<HashMap<i32, Routine>> {
@@ -70,7 +72,7 @@ pub(super) fn routines(batches: &[RecordBatch]) -> Result<HashMap<i32, Routine>>
         let (definers, leakproofs, stricts, sets) = (flag(7), flag(8), flag(9), flag(10));
         let (volatilities, parallels, results) = (text(11)?, text(12)?, number(13)?);
         let (inputs, all, modes, arg_names) = (text(14)?, text(15)?, text(16)?, text(17)?);
-        let (sources, binaries) = (text(18)?, text(19)?);
+        let (sources, binaries, defaults) = (text(18)?, text(19)?, text(20)?);
         let value = |column: &StringArray, row: usize| {
             if column.is_valid(row) {
                 column.value(row).to_string()
@@ -97,6 +99,7 @@ pub(super) fn routines(batches: &[RecordBatch]) -> Result<HashMap<i32, Routine>>
                 all: oid_list(&value(&all, row)),
                 modes: text_list(&value(&modes, row)),
                 names: text_list(&value(&arg_names, row)),
+                defaults: argument_defaults(&value(&defaults, row)),
                 source: value(&sources, row),
                 binary: value(&binaries, row),
             };
@@ -116,6 +119,151 @@ fn oid_list(text: &str) -> Vec<i32> {
 /// Words written as a list (`['i', 'o']`), each in its place.
 fn text_list(text: &str) -> Vec<String> {
     listed_items(Some(text)).unwrap_or_default()
+}
+
+/// The expressions of a `pg_node_tree` list of argument defaults (`({CONST …} …)`), as
+/// PostgreSQL deparses them: `0`, `true`, `'NFC'::text`, `'{}'::jsonb`. The built-in
+/// functions' defaults are all constants of the types [`constant`] reads, some under an
+/// implicit cast (the tests check that every one is read); a node that is not read is
+/// `None`, and its argument shows no `DEFAULT`.
+fn argument_defaults(tree: &str) -> Vec<Option<String>> {
+    nodes(tree).into_iter().map(expression).collect()
+}
+
+/// The top-level nodes of a `pg_node_tree` list, each without its braces.
+fn nodes(list: &str) -> Vec<&str> {
+    let mut nodes = vec![];
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in list.char_indices() {
+        match c {
+            '{' if depth == 0 => (depth, start) = (1, i),
+            '{' => depth += 1,
+            '}' if depth == 1 => {
+                depth = 0;
+                nodes.push(&list[start + 1..i]);
+            }
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    nodes
+}
+
+/// A node as SQL: a constant, or an implicit cast of one, which PostgreSQL writes as the
+/// constant alone.
+fn expression(node: &str) -> Option<String> {
+    if let Some(constant_node) = node.strip_prefix("CONST") {
+        return constant(constant_node);
+    }
+    let call = node.strip_prefix("FUNCEXPR")?;
+    if !call.contains(":funcformat 2 ") {
+        return None;
+    }
+    match nodes(&call[call.find(":args (")?..]).as_slice() {
+        [only] => expression(only),
+        _ => None,
+    }
+}
+
+/// A `CONST` node's fields (`:consttype 23 … :constvalue 4 [ 0 0 0 0 … ]`) as SQL.
+fn constant(node: &str) -> Option<String> {
+    let field = |name: &str| {
+        let at = node.find(&format!(":{name} "))? + name.len() + 2;
+        node[at..].split_whitespace().next()
+    };
+    let type_oid: i32 = field("consttype")?.parse().ok()?;
+    if field("constisnull")? == "true" {
+        return Some(format!("NULL::{}", type_alias_of(type_oid)?));
+    }
+    let bytes: Vec<u8> = node[node.find('[')? + 1..node.find(']')?]
+        .split_whitespace()
+        .map(|b| b.parse::<i16>().ok().map(|b| b as u8))
+        .collect::<Option<_>>()?;
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    // A value of variable length: a 4-byte header, its length shifted left by two.
+    let varlena = || {
+        let length = (word(0)? >> 2) as usize;
+        bytes.get(4..length)
+    };
+    let quoted = |text: &str| {
+        format!(
+            "'{}'::{}",
+            text.replace('\'', "''"),
+            type_alias_of(type_oid).unwrap_or("text")
+        )
+    };
+    match type_oid {
+        16 => Some((bytes.first()? != &0).to_string()),
+        23 => match word(0)? as i32 {
+            n if n >= 0 => Some(n.to_string()),
+            n => Some(format!("'{n}'::integer")),
+        },
+        25 => Some(quoted(std::str::from_utf8(varlena()?).ok()?)),
+        1700 => numeric(varlena()?),
+        // An array: its dimensions first; only the empty one is a default.
+        1009 if word(4)? == 0 => Some(quoted("{}")),
+        // jsonb: a container header, its kind in the high bits and its size below.
+        3802 => match u32::from_le_bytes(varlena()?.get(..4)?.try_into().ok()?) {
+            0x2000_0000 => Some(quoted("{}")),
+            0x4000_0000 => Some(quoted("[]")),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The names [`constant`] casts its values to.
+fn type_alias_of(type_oid: i32) -> Option<&'static str> {
+    Some(match type_oid {
+        16 => "boolean",
+        23 => "integer",
+        25 => "text",
+        1009 => "text[]",
+        1700 => "numeric",
+        3802 => "jsonb",
+        _ => return None,
+    })
+}
+
+/// A `numeric` in PostgreSQL's short on-disk form (a header with its sign, display scale
+/// and weight, then base-10000 digits), written out as a number.
+fn numeric(value: &[u8]) -> Option<String> {
+    let header = u16::from_le_bytes(value.get(..2)?.try_into().ok()?);
+    if header & 0xC000 != 0x8000 {
+        return None;
+    }
+    let negative = header & 0x2000 != 0;
+    let scale = usize::from((header & 0x1F80) >> 7);
+    let weight = i32::from(header & 0x3F) - if header & 0x40 != 0 { 64 } else { 0 };
+    let digits: Vec<u16> = value[2..]
+        .chunks_exact(2)
+        .map(|d| u16::from_le_bytes([d[0], d[1]]))
+        .collect();
+    let digit = |i: i32| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut whole = String::new();
+    for i in 0..=weight {
+        whole.push_str(&format!("{:04}", digit(i)));
+    }
+    let whole = whole.trim_start_matches('0');
+    let mut fraction = String::new();
+    let mut i = weight + 1;
+    while fraction.len() < scale {
+        fraction.push_str(&format!("{:04}", digit(i)));
+        i += 1;
+    }
+    fraction.truncate(scale);
+    let sign = if negative { "-" } else { "" };
+    let whole = if whole.is_empty() { "0" } else { whole };
+    Some(match scale {
+        0 => format!("{sign}{whole}"),
+        _ => format!("{sign}{whole}.{fraction}"),
+    })
 }
 
 /// Which arguments a list of them shows.
@@ -151,6 +299,9 @@ impl Routine {
     }
 
     fn argument_list(&self, which: Arguments, types: &HashMap<i32, (String, i32)>) -> String {
+        // The last inputs have the defaults, which only the full list shows.
+        let inputs = self.inputs.len();
+        let mut input = 0;
         self.arguments()
             .into_iter()
             .filter(|(mode, _, _)| match which {
@@ -158,6 +309,17 @@ impl Routine {
                 Arguments::Identity => !matches!(*mode, "t" | "o"),
             })
             .map(|(mode, name, t)| {
+                let default = match mode {
+                    "i" | "b" | "v" => {
+                        input += 1;
+                        (input + self.defaults.len())
+                            .checked_sub(inputs + 1)
+                            .and_then(|d| self.defaults.get(d)?.as_ref())
+                            .filter(|_| which == Arguments::All)
+                    }
+                    _ => None,
+                };
+                let default = default.map_or(String::new(), |d| format!(" DEFAULT {d}"));
                 let mode = match mode {
                     "o" => "OUT ",
                     "b" => "INOUT ",
@@ -169,7 +331,7 @@ impl Routine {
                 } else {
                     format!("{} ", quote_identifier(name))
                 };
-                format!("{mode}{name}{}", regtype_name(types, t))
+                format!("{mode}{name}{}{default}", regtype_name(types, t))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -639,6 +801,42 @@ mod tests {
         assert_eq!(
             with_superuser("postgres_ro=r/postgres"),
             "postgres_ro=r/runnel"
+        );
+    }
+
+    #[test]
+    fn argument_defaults_deparse_as_postgres_deparses_them() {
+        let constant = |type_oid: i32, bytes: &str| {
+            format!(
+                "{{CONST :consttype {type_oid} :consttypmod -1 :constcollid 0 :constlen -1 \
+                 :constbyval false :constisnull false :location -1 :constvalue 8 [ {bytes} ]}}"
+            )
+        };
+        let tree = format!(
+            "({} {} {} {} {} {} {{FUNCEXPR :funcid 1746 :funcresulttype 701 :funcretset false \
+             :funcvariadic false :funcformat 2 :funccollid 0 :inputcollid 0 :args ({}) \
+             :location -1}} {{OPEXPR :opno 1}})",
+            constant(23, "60 0 0 0 0 0 0 0"),
+            constant(16, "1 0 0 0 0 0 0 0"),
+            constant(25, "28 0 0 0 78 70 67"),
+            constant(3802, "32 0 0 0 0 0 0 32"),
+            constant(1009, "64 0 0 0 0 0 0 0 0 0 0 0 25 0 0 0"),
+            constant(1700, "32 0 0 0 127 -126 -23 3"),
+            constant(1700, "24 0 0 0 -128 -128"),
+        );
+        let expected = [
+            Some("60"),
+            Some("true"),
+            Some("'NFC'::text"),
+            Some("'{}'::jsonb"),
+            Some("'{}'::text[]"),
+            Some("0.1001"),
+            Some("0.0"),
+            None,
+        ];
+        assert_eq!(
+            argument_defaults(&tree),
+            expected.map(|d| d.map(String::from)).to_vec()
         );
     }
 
