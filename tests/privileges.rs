@@ -386,3 +386,53 @@ async fn table_writes_need_their_own_privileges() {
     );
     server.stop();
 }
+
+/// A stream made with `late_data_topic` naming an existing stream takes that stream as its
+/// late-data stream (a restore) only for the stream's owner or a superuser: another user
+/// cannot have the late rows of a stream of hers written into someone else's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_owner_takes_an_existing_late_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with_env(
+        dir.path(),
+        &["--auth", "password"],
+        &[("RUNNEL_PASSWORD", ADMIN_PASSWORD)],
+    );
+    let admin = login(&server, "runnel", ADMIN_PASSWORD).await;
+    admin
+        .batch_execute(
+            "CREATE USER ann WITH PASSWORD 'ann-pw';
+             GRANT CREATE ON SCHEMA public TO ann;
+             CREATE STREAM clicks (url TEXT, at TIMESTAMP, WATERMARK FOR at AS at)
+                 WITH (late_data_topic = 'clicks_late');
+             DROP STREAM clicks",
+        )
+        .await
+        .unwrap();
+    let ann = login(&server, "ann", "ann-pw").await;
+    let create = "CREATE STREAM clicks (url TEXT, at TIMESTAMP, WATERMARK FOR at AS at) \
+                  WITH (late_data_topic = 'clicks_late')";
+    let (code, message) = refused(&ann, create).await;
+    assert_eq!(code, "42P07", "{message}");
+    assert!(
+        rows(
+            &admin,
+            "SELECT relname FROM pg_class WHERE relname = 'clicks'"
+        )
+        .await
+        .is_empty(),
+        "a refused stream is not made"
+    );
+    // The late stream's owner takes it.
+    admin.batch_execute(create).await.unwrap();
+    assert_eq!(
+        rows(
+            &admin,
+            "SELECT reloptions::text LIKE '%late_data_topic=clicks_late%' FROM pg_class \
+             WHERE relname = 'clicks'"
+        )
+        .await,
+        [vec![Some("t".to_string())]]
+    );
+    server.stop();
+}
