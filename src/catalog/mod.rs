@@ -344,8 +344,20 @@ impl CatalogData {
                 }
             }
         }
-        out.push(("topic", topic.name.clone()));
-        out.push(("partitions", topic.partitions.to_string()));
+        out.extend(topic_options(topic, Some(stream)));
+        out
+    }
+}
+
+/// The options of a stream's (or a view's) topic as `CREATE STREAM … WITH (…)` takes them,
+/// from `topic` on: its name and partitions, the stream's record format, timestamp and
+/// late-data stream, then the topic's own ([`topic_parameters`]).
+pub fn topic_options(topic: &TopicDef, stream: Option<&StreamDef>) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("topic", topic.name.clone()),
+        ("partitions", topic.partitions.to_string()),
+    ];
+    if let Some(stream) = stream {
         out.push(("value_format", stream.value_format.name().to_string()));
         if let Some(ts) = &stream.timestamp_column {
             out.push(("timestamp", ts.clone()));
@@ -353,13 +365,13 @@ impl CatalogData {
         if let Some(late) = &stream.late_data_topic {
             out.push(("late_data_topic", late.clone()));
         }
-        topic_parameters(topic, &mut out);
-        out
     }
+    topic_parameters(topic, &mut out);
+    out
 }
 
 /// A topic's options after `partitions`, as `CREATE TOPIC … WITH (…)` and a stream's take
-/// them.
+/// them: `retention` only if it has one.
 fn topic_parameters(topic: &TopicDef, out: &mut Vec<(&'static str, String)>) {
     out.push(("compression", topic.compression.name().to_string()));
     if let Some(ms) = topic.retention_ms {

@@ -9,9 +9,7 @@ use super::{
     DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, DESCRIBE_COLUMNS, Database, MAX_PARTITIONS, Output,
     SHOW_STREAMS_COLUMNS, SHOW_TOPICS_COLUMNS, TABLE_SEGMENT_BYTES, command, text_rows,
 };
-use crate::catalog::{
-    Access, CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, HIDDEN_COLUMNS, Principal,
-};
+use crate::catalog::{Access, CleanupPolicy, HIDDEN_COLUMNS, Principal, topic_options};
 use crate::catalog::{
     CatalogData, ColumnDef, ExternalTableDef, QueryId, QueryTarget, Relation, SqlType, StreamDef,
     StreamKind, TOMBSTONE_COLUMN, TopicDef, VALUE_COLUMN, ValueFormat, WatermarkDef, validate_name,
@@ -762,41 +760,14 @@ impl Database {
             }
         };
         if let Some(topic) = topic {
-            let stream = data.stream_of_topic(topic);
-            let mut options = vec![
-                ("topic", topic.name.clone()),
-                ("partitions", topic.partitions.to_string()),
-            ];
-            if let Some(stream) = stream {
-                options.push(("value_format", stream.value_format.name().to_string()));
-                if let Some(ts) = &stream.timestamp_column {
-                    options.push(("timestamp", ts.clone()));
-                }
-                if let Some(late) = &stream.late_data_topic {
-                    options.push(("late_data_topic", late.clone()));
-                }
-            }
-            options.push(("compression", topic.compression.name().to_string()));
-            if topic.cleanup_policy == CleanupPolicy::Delete {
-                options.push((
-                    "retention",
-                    topic.retention_ms.map_or("forever".to_string(), format_ms),
-                ));
-            }
-            if let Some(b) = topic.retention_bytes {
-                options.push(("retention_bytes", b.to_string()));
-            }
-            options.push(("segment_bytes", topic.segment_bytes.to_string()));
-            options.push(("cleanup_policy", topic.cleanup_policy.name().to_string()));
-            if topic.cleanup_policy == CleanupPolicy::Compact {
-                options.push((
-                    "delete_retention",
-                    format_ms(
-                        topic
-                            .delete_retention_ms
-                            .unwrap_or(DEFAULT_DELETE_RETENTION_MS),
-                    ),
-                ));
+            let mut options = topic_options(topic, data.stream_of_topic(topic));
+            if topic.retention_ms.is_none() && topic.cleanup_policy == CleanupPolicy::Delete {
+                // Said plainly here, where `WITH (…)` would leave it out.
+                let at = options
+                    .iter()
+                    .position(|(option, _)| *option == "compression")
+                    .map_or(options.len(), |i| i + 1);
+                options.insert(at, ("retention", "forever".to_string()));
             }
             for (k, v) in options {
                 lines.push((k.to_string(), v, "option".to_string()));
