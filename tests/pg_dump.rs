@@ -68,14 +68,27 @@ fn dump(server: &Server, args: &[&str]) -> String {
     String::from_utf8(run_tool("pg_dump", server, &args)).expect("a dump is text")
 }
 
-/// pg_dump's custom format written to `file`, then read back into `into` by pg_restore.
-fn dump_and_restore_archive(from: &Server, into: &Server, file: &std::path::Path) {
+/// An archive of pg_dump's (`format` and `jobs` as pg_dump's `-F` and `-j` take them)
+/// written to `file`, then read back into `into` by pg_restore with as many jobs.
+fn dump_and_restore_archive(
+    from: &Server,
+    into: &Server,
+    file: &std::path::Path,
+    format: &str,
+    jobs: &str,
+) {
     let file = file.to_str().expect("a UTF-8 path");
-    run_tool("pg_dump", from, &["-Fc", "-f", file, "runnel"]);
+    let (format, jobs) = (format!("-F{format}"), format!("-j{jobs}"));
+    let mut dump_args = vec![format.as_str(), "-f", file, "runnel"];
+    if jobs != "-j1" {
+        // Only the directory format dumps in parallel.
+        dump_args.insert(0, &jobs);
+    }
+    run_tool("pg_dump", from, &dump_args);
     run_tool(
         "pg_restore",
         into,
-        &["--exit-on-error", "-d", "runnel", file],
+        &["--exit-on-error", &jobs, "-d", "runnel", file],
     );
 }
 
@@ -100,6 +113,7 @@ DESCRIBE clicks;
 DESCRIBE users;
 DESCRIBE notes;
 DESCRIBE per_user;
+DESCRIBE cart_clicks;
 DESCRIBE raw;
 DESCRIBE orders;
 DESCRIBE z_orders_late;
@@ -109,6 +123,8 @@ SELECT user_id, url, ts FROM clicks ORDER BY user_id, url;
 SELECT * FROM users ORDER BY id;
 SELECT * FROM notes ORDER BY body;
 SELECT * FROM per_user ORDER BY user_id;
+SELECT * FROM cart_clicks ORDER BY user_id, ts;
+SELECT name, kind, state FROM sys.queries ORDER BY name;
 ";
     let (ok, out, err) = psql(server, &["-v", "ON_ERROR_STOP=1"], script);
     assert!(ok, "reading failed: {err}\n{out}");
@@ -133,6 +149,8 @@ CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL, tier TEXT) WITH (
 CREATE TABLE notes (body TEXT, stars INT);
 CREATE MATERIALIZED VIEW per_user AS
     SELECT user_id, count(*) AS clicks, max(ts) AS last_seen FROM clicks GROUP BY user_id;
+CREATE STREAM cart_clicks WITH (partitions = 2, retention = '2 days') AS
+    SELECT user_id, ts FROM clicks WHERE url = '/cart';
 INSERT INTO clicks VALUES
     (1, '/home', '2026-01-01 10:00:00'),
     (1, '/cart', '2026-01-01 10:00:05'),
@@ -182,6 +200,15 @@ GRANT SELECT ON clicks TO ann;
         schema.contains("CREATE MATERIALIZED VIEW public.per_user AS"),
         "{schema}"
     );
+    // A derived stream is a materialized view to pg_dump, its options as storage
+    // parameters, which make a derived stream again.
+    assert!(
+        schema.contains(
+            "CREATE MATERIALIZED VIEW public.cart_clicks\nWITH (stream='true', \
+             topic=cart_clicks, partitions='2'"
+        ) && schema.contains("retention='2 days'"),
+        "{schema}"
+    );
     // Runnel's own schema `sys` is part of its built-in extension, which pg_dump leaves out.
     assert!(!schema.contains("sys."), "{schema}");
     // The view's rows are its query's, not data to load.
@@ -190,6 +217,7 @@ GRANT SELECT ON clicks TO ann;
         "{data}"
     );
     assert!(!data.contains("COPY public.per_user"), "{data}");
+    assert!(!data.contains("COPY public.cart_clicks"), "{data}");
 
     let copy = common::start(&dir.path().join("copy"));
     // pg_dump leaves roles to pg_dumpall: the grantee is made first, as it would be.
@@ -198,6 +226,12 @@ GRANT SELECT ON clicks TO ann;
     restore(&copy, &data);
     let before = contents(&original);
     assert!(before.contains(" /cart "), "{before}");
+    // The derived stream's query runs again, and fills it as it filled the original.
+    assert!(
+        before.contains(" cart_clicks | stream | running")
+            && before.contains("       1 | 2026-01-01 10:00:05"),
+        "{before}"
+    );
     assert!(before.contains("it's \"quoted\""), "{before}");
     assert_eq!(contents(&copy), before);
     assert_eq!(
@@ -212,14 +246,20 @@ GRANT SELECT ON clicks TO ann;
     };
     assert_eq!(sorted(&dump(&copy, &["--data-only"])), sorted(&data));
 
-    // The custom format, through pg_restore (which sends the dump's leading comments as a
-    // query of their own: an empty one).
-    let archived = common::start(&dir.path().join("archived"));
-    restore(&archived, "CREATE USER ann;");
-    dump_and_restore_archive(&original, &archived, &dir.path().join("runnel.dump"));
-    assert_eq!(contents(&archived), before);
-    assert_eq!(
-        statements(&dump(&archived, &["--schema-only"])),
-        statements(&schema)
-    );
+    // The archive formats, through pg_restore (which sends the dump's leading comments as a
+    // query of their own: an empty one): custom, tar, and directory dumped and restored by
+    // two jobs each (pg_dump's workers import its snapshot, and pg_restore's truncate each
+    // table they made before loading it).
+    for (format, jobs) in [("c", "1"), ("t", "1"), ("d", "2")] {
+        let archived = common::start(&dir.path().join(format!("archived-{format}")));
+        restore(&archived, "CREATE USER ann;");
+        let file = dir.path().join(format!("runnel.{format}"));
+        dump_and_restore_archive(&original, &archived, &file, format, jobs);
+        assert_eq!(contents(&archived), before, "-F{format}");
+        assert_eq!(
+            statements(&dump(&archived, &["--schema-only"])),
+            statements(&schema),
+            "-F{format}"
+        );
+    }
 }

@@ -312,9 +312,21 @@ impl CatalogData {
     /// What a stream, table or topic is made with beyond its columns, as `CREATE TABLE …
     /// WITH (…)` takes it (`pg_class.reloptions`, which pg_dump writes back): `stream=true`
     /// and its `key` and `watermark` for a stream, a table's `primary_key`, `topic=true` for
-    /// a schemaless topic, then the options of its topic. Empty for other relations.
+    /// a schemaless topic, then the options of its topic; a derived stream's as `CREATE
+    /// STREAM … AS` takes them. Empty for other relations.
     pub fn storage_parameters(&self, name: &str) -> Vec<(&'static str, String)> {
         let (stream, topic) = match self.relation(name) {
+            // A derived stream: `CREATE MATERIALIZED VIEW … WITH (stream = true, …) AS`
+            // makes it again, with what `CREATE STREAM … AS` takes (its key and format
+            // come from its query).
+            Some(Relation::Stream(stream, topic)) if self.defining_query(name).is_some() => {
+                let mut out = vec![("stream", "true".to_string())];
+                out.extend(topic_options(topic, None));
+                if let Some(ts) = &stream.timestamp_column {
+                    out.push(("timestamp", ts.clone()));
+                }
+                return out;
+            }
             Some(Relation::Stream(stream, topic)) => (stream, topic),
             Some(Relation::Topic(topic)) => {
                 let mut out = vec![
@@ -799,6 +811,19 @@ impl CatalogData {
             QueryTarget::View { view, .. } => view == relation,
             QueryTarget::Insert { .. } => false,
         })
+    }
+
+    /// The query a relation is defined by: a materialized view's, or a derived stream's
+    /// (`CREATE STREAM … AS`). `pg_class` shows both as materialized views, their queries
+    /// as their definitions, which is how pg_dump writes them back.
+    pub fn defining_query(&self, relation: &str) -> Option<&QueryDef> {
+        match self.relation(relation)? {
+            Relation::View(view) => self.queries.get(&view.query),
+            Relation::Stream(..) => self
+                .query_maintaining(relation)
+                .filter(|q| matches!(q.target, QueryTarget::Stream { .. })),
+            _ => None,
+        }
     }
 
     /// Names of every relation, sorted.

@@ -457,8 +457,10 @@ impl Session {
             Statement::Flush => db.flush().await,
             Statement::Lock(lock) => self.lock(&lock).await,
             Statement::Refresh(name) => {
-                match db.tables.catalog.snapshot().relation(&name) {
-                    Some(crate::catalog::Relation::View(_)) => {}
+                let catalog = db.tables.catalog.snapshot();
+                match catalog.relation(&name) {
+                    // A view, or a derived stream (which pg_dump writes as one).
+                    Some(_) if catalog.defining_query(&name).is_some() => {}
                     Some(_) => {
                         return Err(Error::plan(
                             "42809",
@@ -546,6 +548,7 @@ impl Session {
             Statement::Rollback { chain } => self.rollback(chain),
             Statement::Savepoint(op) => self.savepoint(op),
             Statement::SetTransaction { modes, session } => self.set_transaction(modes, session),
+            Statement::ImportSnapshot(id) => self.import_snapshot(&id),
             Statement::Declare(d) => self.declare(d, params).await,
             Statement::Fetch(f) => self.fetch(f).await,
             Statement::Close(name) => {
@@ -678,6 +681,38 @@ impl Session {
         Ok(command("LOCK TABLE"))
     }
 
+    /// `TRUNCATE name`, of a relation that holds no records: nothing to do (pg_restore
+    /// truncates a table it has just made before loading it). A stream is append-only:
+    /// one that holds records is refused, and its retention drops them.
+    fn truncate(&self, name: &str, catalog: &CatalogData) -> Result<Output> {
+        let topic = match catalog.relation(name) {
+            Some(Relation::Stream(_, topic) | Relation::Topic(topic)) => topic,
+            Some(_) => {
+                return Err(Error::plan(
+                    "42809",
+                    format!("\"{name}\" is not a stream, table or topic"),
+                ));
+            }
+            None => {
+                return Err(Error::UnknownRelation(format!(
+                    "relation \"{name}\" does not exist"
+                )));
+            }
+        };
+        let log = &self.db.tables.log;
+        let ends = log.snapshot().high_watermarks(topic.id);
+        let holds_records = ends.iter().enumerate().any(|(partition, end)| {
+            *end > log.log_start(topic.id, crate::storage::PartitionId(partition as u32))
+        });
+        if holds_records {
+            return Err(Error::Unsupported(format!(
+                "TRUNCATE of \"{name}\", which holds records, is not supported: streams are \
+                 append-only (their retention drops old records; a table's rows go with DELETE)"
+            )));
+        }
+        Ok(command("TRUNCATE TABLE"))
+    }
+
     async fn run_datafusion(
         &mut self,
         statement: DfStatement,
@@ -710,6 +745,15 @@ impl Session {
         });
         for (name, value) in set_configs(&mut statement)? {
             self.set(name, Some(value))?;
+        }
+        // `TRUNCATE ONLY` (pg_restore's, before it loads a table it made): no relation has
+        // children to leave out.
+        if let DfStatement::Statement(s) = &mut statement
+            && let sqlparser::ast::Statement::Truncate(truncate) = s.as_mut()
+        {
+            for target in &mut truncate.table_names {
+                target.only = false;
+            }
         }
         let definition =
             matches!(statement, DfStatement::CreateExternalTable(_)).then(|| statement.to_string());
@@ -747,6 +791,9 @@ impl Session {
                 {
                     let target = WriteTarget::of(&catalog, &relation).expect("tables are writable");
                     return self.write_table(dml, state, stream, target).await;
+                }
+                if matches!(dml.op, WriteOp::Truncate) {
+                    return self.truncate(dml.table_name.table(), &catalog);
                 }
                 if !matches!(dml.op, WriteOp::Insert(_)) {
                     return Err(Error::Unsupported(format!(

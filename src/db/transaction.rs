@@ -250,6 +250,32 @@ impl Session {
         Ok(command("SET"))
     }
 
+    /// `SET TRANSACTION SNAPSHOT 'id'`, of an identifier `pg_export_snapshot()` gave, in a
+    /// `REPEATABLE READ` or `SERIALIZABLE` block, as PostgreSQL asks. Statements read their
+    /// own snapshots all the same (as they do at those levels): what pg_dump's parallel
+    /// workers read is as consistent as one pg_dump's, which `docs/sql.md` says is not.
+    pub(super) fn import_snapshot(&mut self, id: &str) -> Result<Output> {
+        if self.transaction == Transaction::Idle {
+            // PostgreSQL warns, then imports into the statement's own transaction.
+            self.notices
+                .push("SET TRANSACTION can only be used in transaction blocks".into());
+        }
+        if !matches!(self.isolation(), "repeatable read" | "serializable") {
+            return Err(Error::Unsupported(
+                "a snapshot-importing transaction must have isolation level SERIALIZABLE or \
+                 REPEATABLE READ"
+                    .into(),
+            ));
+        }
+        if !crate::tables::pg::snapshot_exported(id) {
+            return Err(Error::data(
+                "22023",
+                format!("invalid snapshot identifier: \"{id}\""),
+            ));
+        }
+        Ok(command("SET"))
+    }
+
     fn apply(&mut self, modes: TransactionModes) {
         self.block.isolation = modes.isolation.or(self.block.isolation);
         self.block.read_only = modes.read_only.or(self.block.read_only);

@@ -69,6 +69,9 @@ pub enum Statement {
         modes: TransactionModes,
         session: bool,
     },
+    /// `SET TRANSACTION SNAPSHOT 'id'`: a snapshot `pg_export_snapshot()` gave (pg_dump's
+    /// parallel workers import their leader's).
+    ImportSnapshot(String),
     /// `CREATE MATERIALIZED VIEW name [WITH (…)] AS SELECT …`.
     CreateView(CreateView),
     /// `INSERT INTO stream [(columns)] SELECT … EMIT CHANGES`: a persistent insert.
@@ -637,7 +640,7 @@ fn parse_statement(df: &mut DFParser<'_>) -> Result<Statement> {
         return parse_create_stream(p).map(Statement::CreateStream);
     }
     if p.parse_keywords(&[Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW]) {
-        return parse_create_view(p).map(Statement::CreateView);
+        return parse_create_view(p);
     }
     if p.peek_keyword(Keyword::CALL) {
         p.next_token();
@@ -1682,19 +1685,38 @@ fn parse_create_stream(p: &mut Parser<'_>) -> Result<CreateStream> {
     })
 }
 
-fn parse_create_view(p: &mut Parser<'_>) -> Result<CreateView> {
+/// `CREATE MATERIALIZED VIEW name [WITH (…)] AS SELECT …`; with `stream = true` among its
+/// options, a derived stream (`CREATE STREAM name WITH (…) AS SELECT …`), as pg_dump
+/// writes one back: `pg_class` shows a derived stream as a materialized view, whose
+/// definition is its query.
+fn parse_create_view(p: &mut Parser<'_>) -> Result<Statement> {
     let if_not_exists = parse_if_not_exists(p);
     let name = parse_relation_name(p)?;
-    let options = parse_with_options(p)?;
+    let mut options = parse_with_options(p)?;
     p.expect_keyword(Keyword::AS).map_err(syntax)?;
     let (query, emit) = parse_continuous_query(p)?;
-    Ok(CreateView {
+    if let Some(at) = options.iter().position(|(key, _)| key == "stream") {
+        let (key, value) = options.remove(at);
+        if flag(&key, &value)? {
+            return Ok(Statement::CreateStream(CreateStream {
+                kind: StreamKind::Stream,
+                name,
+                if_not_exists,
+                columns: vec![],
+                watermark: None,
+                options,
+                query: Some(query),
+                emit,
+            }));
+        }
+    }
+    Ok(Statement::CreateView(CreateView {
         name,
         if_not_exists,
         options,
         emit,
         query,
-    })
+    }))
 }
 
 /// `(events [, 'options'])` after `CALL nexmark`.

@@ -168,10 +168,15 @@ fn set_statement(set: Set) -> Result<Statement> {
             session,
         }),
         Set::SetTransaction {
-            snapshot: Some(_), ..
-        } => Err(Error::Unsupported(
-            "SET TRANSACTION SNAPSHOT is not supported: Runnel does not export snapshots".into(),
-        )),
+            modes,
+            snapshot: Some(snapshot),
+            session: false,
+        } if modes.is_empty() => match snapshot.value {
+            ast::Value::SingleQuotedString(id) => Ok(Statement::ImportSnapshot(id)),
+            other => Err(Error::Syntax(format!(
+                "SET TRANSACTION SNAPSHOT takes a quoted snapshot identifier, not {other}"
+            ))),
+        },
         Set::SetRole { role_name, .. } => Ok(Statement::Set {
             name: "role".into(),
             value: Some(role_name.as_ref().map_or("none".into(), normalize)),

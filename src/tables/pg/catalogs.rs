@@ -846,6 +846,11 @@ impl Fix for PgClass {
                     let k = kinds.is_valid(row).then(|| kinds.value(row));
                     match (k, ours(row)) {
                         (Some("v"), Some(Relation::View(_))) => Some("m"),
+                        (Some("r"), Some(Relation::Stream(stream, _)))
+                            if self.catalog.defining_query(&stream.name).is_some() =>
+                        {
+                            Some("m")
+                        }
                         (other, _) => other,
                     }
                 })
@@ -1088,7 +1093,7 @@ impl Fix for PgAttribute {
 }
 
 /// Catalogs with rows for Runnel's objects: `pg_rewrite` has a view's `_RETURN` rule per
-/// materialized view (and none of the built-in rows, whose views Runnel's `pg_catalog`
+/// materialized view and derived stream (and none of the built-in rows, whose views Runnel's `pg_catalog`
 /// does not have); `pg_depend` adds how each rule depends on the relations its view reads
 /// (so pg_dump creates a view after them) and how a stream depends on its late-data
 /// stream, and makes the schema `sys` and its relations
@@ -1146,9 +1151,10 @@ impl ObjectRows {
         };
         let mut rows = vec![];
         for name in self.catalog.relation_names() {
-            let (Some(Relation::View(view)), Some(oid)) =
-                (self.catalog.relation(&name), ours(PUBLIC_SCHEMA, &name))
-            else {
+            let (Some(query), Some(oid)) = (
+                self.catalog.defining_query(&name),
+                ours(PUBLIC_SCHEMA, &name),
+            ) else {
                 continue;
             };
             // The rule has its view's OID: OIDs are unique per catalog.
@@ -1165,12 +1171,7 @@ impl ObjectRows {
                 ]);
                 continue;
             }
-            let inputs = self
-                .catalog
-                .queries
-                .get(&view.query)
-                .map(|q| q.inputs.clone())
-                .unwrap_or_default();
+            let inputs = query.inputs.clone();
             let depends = |on: i64, deptype: &str| {
                 vec![
                     ("classid", Int64(Some(PG_REWRITE_OID))),

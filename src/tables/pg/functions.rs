@@ -1,6 +1,8 @@
 //! The PostgreSQL functions clients call on the catalog and the session (`version()`,
 //! `acldefault()`, `pg_get_userbyid()`, `current_setting()`, …).
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use super::*;
 
 /// `like_escape(pattern, escape)`: `pattern`, whose escape character is `escape`, as a
@@ -140,10 +142,7 @@ pub(super) fn view_definition(tables: Arc<Tables>) -> ScalarUDF {
         let definitions: StringArray = names
             .iter()
             .map(|name| {
-                let Some(Relation::View(view)) = catalog.relation(name?) else {
-                    return None;
-                };
-                let query = catalog.queries.get(&view.query)?;
+                let query = catalog.defining_query(name?)?;
                 let emit = match query.emit {
                     crate::catalog::Emit::Changes => "",
                     crate::catalog::Emit::OnWindowClose => " EMIT ON WINDOW CLOSE",
@@ -274,6 +273,36 @@ pub(super) fn version() -> ScalarUDF {
         Volatility::Immutable,
         Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
     )
+}
+
+/// How many snapshots `pg_export_snapshot()` has named since the server started.
+static EXPORTED_SNAPSHOTS: AtomicU32 = AtomicU32::new(0);
+
+/// `pg_export_snapshot()`: a new snapshot identifier, in PostgreSQL's form
+/// (`00000003-0000001B-1`), which `SET TRANSACTION SNAPSHOT` takes (pg_dump's parallel
+/// workers import their leader's). Each statement reads its own snapshot all the same.
+pub(super) fn export_snapshot() -> ScalarUDF {
+    create_udf(
+        "pg_export_snapshot",
+        vec![],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(|_| {
+            let n = EXPORTED_SNAPSHOTS.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format!("00000003-{n:08X}-1");
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(id))))
+        }),
+    )
+}
+
+/// Whether `id` is one `pg_export_snapshot()` gave.
+pub fn snapshot_exported(id: &str) -> bool {
+    let number = id
+        .strip_prefix("00000003-")
+        .and_then(|rest| rest.strip_suffix("-1"))
+        .filter(|n| n.len() == 8)
+        .and_then(|n| u32::from_str_radix(n, 16).ok());
+    number.is_some_and(|n| n >= 1 && n <= EXPORTED_SNAPSHOTS.load(Ordering::Relaxed))
 }
 
 /// `pg_get_userbyid(oid)`: the name of the role with that OID ([`role_oids`]), as

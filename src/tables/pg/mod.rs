@@ -52,7 +52,7 @@ mod routines;
 use catalogs::*;
 pub use catalogs::{PgCatalogSchema, SessionSettings, SettingRow};
 use functions::*;
-pub use functions::{constant_text, current_setting};
+pub use functions::{constant_text, current_setting, snapshot_exported};
 pub use rewrites::{parse_catalog_queries, reads_system_catalogs};
 
 /// What `pg_catalog`'s functions need to know before a database starts: the OID of every
@@ -177,6 +177,7 @@ pub fn install(state: SessionState, tables: Arc<Tables>, types: &PgTypes) -> Res
         )
         .map_err(|e| internal(Box::new(e)))?;
     ctx.register_udf(version());
+    ctx.register_udf(export_snapshot());
     ctx.register_udf(like_escape());
     // Runnel has no sequences (SQLAlchemy asks for each column it reflects), and the only
     // collations are pg_catalog's.
