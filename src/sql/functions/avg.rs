@@ -25,6 +25,8 @@ use datafusion::logical_expr::{
     TypeSignatureClass, Volatility,
 };
 
+use super::selected;
+
 /// Digits after the point of an integer average.
 pub const SCALE: i8 = 16;
 
@@ -177,10 +179,6 @@ fn integers(array: &ArrayRef) -> DfResult<Decimal128Array> {
     Ok(arrow::compute::cast(array, &SUM_TYPE)?
         .as_primitive::<Decimal128Type>()
         .clone())
-}
-
-fn selected(filter: Option<&BooleanArray>, i: usize) -> bool {
-    filter.is_none_or(|f| f.is_valid(i) && f.value(i))
 }
 
 /// Each group's count and sum of integers; as an [`Accumulator`], the one group 0.

@@ -19,6 +19,12 @@ pub use coalesced::Coalesced;
 pub use regexp::{RegexpMatch, RegexpMatchElement, RegexpSplitToArray, RegexpSubstr};
 pub use to_char::ToChar;
 
+/// Whether row `i` passes `filter` (an aggregate's `FILTER (WHERE …)`), if any.
+fn selected(filter: Option<&datafusion::arrow::array::BooleanArray>, i: usize) -> bool {
+    use datafusion::arrow::array::Array;
+    filter.is_none_or(|f| f.is_valid(i) && f.value(i))
+}
+
 /// The functions of this module, to register over DataFusion's defaults.
 pub fn udfs() -> Vec<ScalarUDF> {
     vec![

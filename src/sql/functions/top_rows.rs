@@ -15,7 +15,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryBuilder, ListArray, StructArray,
+    ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryBuilder, ListArray, StructArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::SortOptions;
@@ -28,6 +28,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
+
+use super::selected;
 
 /// The name of the rank field beside a row's values in the lists `top_rows` returns.
 pub const RANK_FIELD: &str = "rank";
@@ -124,11 +126,6 @@ fn entry(key: &[u8], values: &[u8]) -> Box<[u8]> {
     entry.extend_from_slice(key);
     entry.extend_from_slice(values);
     entry.into_boxed_slice()
-}
-
-/// Whether row `i` passes `filter` (an aggregate's `FILTER (WHERE …)`), if any.
-fn selected(filter: Option<&BooleanArray>, i: usize) -> bool {
-    filter.is_none_or(|f| f.is_valid(i) && f.value(i))
 }
 
 /// Whether `entry` is a kept row as [`entry`] makes them: a length, and that many bytes.
@@ -421,6 +418,8 @@ impl Accumulator for Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use arrow::array::Array;
 
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::Int64Type;
