@@ -419,9 +419,7 @@ impl Accumulator for Kept {
 mod tests {
     use super::*;
 
-    use arrow::array::Array;
-
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Array, Int64Array, StringArray};
     use arrow::datatypes::Int64Type;
 
     fn row_type() -> DataType {
