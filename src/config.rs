@@ -52,6 +52,15 @@ pub struct ServerConfig {
         global = true
     )]
     pub kafka_addr: String,
+    /// Address of the HTTP endpoint (`/health`, `/ready`, `/metrics`; `host:port`, port 0
+    /// picks a free port); `off` serves none.
+    #[arg(
+        long,
+        env = "RUNNEL_HTTP_ADDR",
+        default_value = "localhost:8080",
+        global = true
+    )]
+    pub http_addr: String,
     /// Where Kafka clients are told to connect (`host:port`), if not --kafka-addr's host and
     /// the port it listens on: the name clients outside this machine reach it by.
     #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED", global = true)]

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
-//!     │               codec, record batches, handlers, the group coordinator)
+//!     │    http       codec, record batches, handlers, the group coordinator); HTTP:
+//!     │               health, readiness, Prometheus metrics read from db
 //!     │               (server: wiring, admission, auth, tls, panics)
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY,
 //!     │               tables' UPDATE, DELETE and ON CONFLICT;
@@ -39,6 +40,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod groups;
+pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod memory;

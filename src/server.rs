@@ -29,7 +29,24 @@ pub async fn run(
         }
         _ => None,
     };
-    let db = Database::open(config.db_config()).await?;
+    // Served while the database recovers (alive, not ready), once its directory is ours.
+    let (closing, closed) = watch::channel(false);
+    let endpoint = Arc::new(crate::http::Endpoint::default());
+    let mut http = None;
+    let db = Database::open_then(config.db_config(), || {
+        if let Some(listener) = crate::http::listen(&config.http_addr)? {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("listening for HTTP on {addr}");
+            }
+            http = Some(crate::http::serve(
+                listener,
+                endpoint.clone(),
+                closed.clone(),
+            ));
+        }
+        Ok(())
+    })
+    .await?;
     if config.auth == AuthMode::Password {
         ensure_superuser(&db).await?;
     }
@@ -41,7 +58,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
     on_listening(addr);
-    let (closing, closed) = watch::channel(false);
+    endpoint.ready(db.clone());
     let kafka = listen_for_kafka(&config, &db, closed.clone()).await?;
     let manager = Arc::new(ConnectionManager::new());
     let slots = Slots::new(
@@ -109,6 +126,9 @@ pub async fn run(
     .await;
     if let Some(kafka) = kafka {
         let _ = kafka.await;
+    }
+    if let Some(http) = http {
+        let _ = http.await;
     }
     tracing::info!("shutting down: finishing queued writes");
     db.shutdown().await;

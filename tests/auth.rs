@@ -20,6 +20,7 @@ async fn scram_passwords_and_users() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--pg-addr", "127.0.0.1:0", "--kafka-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
         .args(PASSWORD)
         .env_remove("RUNNEL_PASSWORD")
         .output()

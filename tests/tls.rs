@@ -108,6 +108,7 @@ fn a_bad_certificate_stops_the_server_with_a_clear_error() {
         .args(["--data-dir"])
         .arg(certs.path().join("data"))
         .args(["--pg-addr", "127.0.0.1:0", "--kafka-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")

@@ -51,19 +51,21 @@ pub fn start_runnel(dir: &Path) -> Runnel {
     start_runnel_with(dir, &[])
 }
 
-/// [`start_runnel`] with extra flags (Kafka clients are served on a free port unless they
-/// name `--kafka-addr`).
+/// [`start_runnel`] with extra flags (Kafka clients and HTTP are served on free ports
+/// unless they name `--kafka-addr` or `--http-addr`).
 pub fn start_runnel_with(dir: &Path, flags: &[&str]) -> Runnel {
-    let kafka: &[&str] = if flags.contains(&"--kafka-addr") {
-        &[]
-    } else {
-        &["--kafka-addr", "127.0.0.1:0"]
-    };
+    let mut kafka: Vec<&str> = vec![];
+    if !flags.contains(&"--kafka-addr") {
+        kafka.extend(["--kafka-addr", "127.0.0.1:0"]);
+    }
+    if !flags.contains(&"--http-addr") {
+        kafka.extend(["--http-addr", "127.0.0.1:0"]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(dir)
         .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
-        .args(kafka)
+        .args(&kafka)
         .args(flags)
         .stderr(Stdio::piped())
         .spawn()

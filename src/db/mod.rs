@@ -171,12 +171,22 @@ fn command(tag: &'static str) -> Output {
 impl Database {
     /// Opens (creating if needed) the data directory, recovering the log to its last commit.
     pub async fn open(config: DbConfig) -> Result<Arc<Database>> {
+        Database::open_then(config, || Ok(())).await
+    }
+
+    /// Opens the database, calling `locked` once its directory is locked (this server's
+    /// own), before recovery: what listens while it recovers starts there.
+    pub async fn open_then(
+        config: DbConfig,
+        locked: impl FnOnce() -> Result<()>,
+    ) -> Result<Arc<Database>> {
         let mut log_config = LogConfig::new(&config.data_dir);
         log_config.retention_check_interval = config.retention_check_interval;
         log_config.max_hold_bytes = config.max_retention_hold_bytes;
         log_config.flush = config.flush;
         // Locked and read, nothing changed yet: the catalog says which topics to recover.
         let opening = Log::begin_open(log_config)?;
+        locked()?;
         let loaded = catalog::Loaded::read(&opening)?;
         let specs = loaded
             .data
@@ -265,6 +275,16 @@ impl Database {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.tables.catalog
+    }
+
+    /// The catalog, the log and what SQL reads of them.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    /// Every continuous query, as `sys.queries` shows it.
+    pub fn query_statuses(&self) -> Vec<crate::tables::QueryStatus> {
+        crate::tables::Continuous::statuses(self.engine.as_ref())
     }
 
     pub fn log(&self) -> &Arc<Log> {

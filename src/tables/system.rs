@@ -24,21 +24,21 @@ pub const TABLES: [&str; 5] = [
 ];
 
 /// One row per partition of every topic, as of now.
-struct PartitionRow {
-    topic: String,
-    stream: Option<String>,
-    partition: i32,
-    log_start_offset: i64,
-    high_watermark: i64,
-    bytes: i64,
-    segments: i32,
+pub struct PartitionRow {
+    pub topic: String,
+    pub stream: Option<String>,
+    pub partition: i32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub bytes: i64,
+    pub segments: i32,
     /// The first offset a reader still needs, and who (the furthest behind).
-    held_from: Option<i64>,
-    held_by: Option<String>,
+    pub held_from: Option<i64>,
+    pub held_by: Option<String>,
 }
 
 /// Each partition's row; with `holds`, who holds what of it (`sys.partitions`).
-fn partition_rows(tables: &Tables, holds: Option<&Holds>) -> Vec<PartitionRow> {
+pub fn partition_rows(tables: &Tables, holds: Option<&Holds>) -> Vec<PartitionRow> {
     let data = tables.catalog.snapshot();
     let snapshot = tables.log.snapshot();
     let mut rows = vec![];

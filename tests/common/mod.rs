@@ -123,14 +123,17 @@ fn start_wrapped(
     }
 }
 
-/// A free port for Kafka clients, unless `flags` choose one: tests run servers side by side,
-/// and the default (`localhost:9092`) is one port.
-fn kafka_port(flags: &[&str]) -> &'static [&'static str] {
-    if flags.contains(&"--kafka-addr") {
-        &[]
-    } else {
-        &["--kafka-addr", "127.0.0.1:0"]
+/// Free ports for Kafka clients and HTTP, unless `flags` choose them: tests run servers
+/// side by side, and the defaults (`localhost:9092`, `localhost:8080`) are one port each.
+fn kafka_port(flags: &[&str]) -> Vec<&'static str> {
+    let mut ports = vec![];
+    if !flags.contains(&"--kafka-addr") {
+        ports.extend(["--kafka-addr", "127.0.0.1:0"]);
     }
+    if !flags.contains(&"--http-addr") {
+        ports.extend(["--http-addr", "127.0.0.1:0"]);
+    }
+    ports
 }
 
 /// Starts `runnel` on `data_dir` expecting it to refuse: returns its exit status and what
@@ -246,6 +249,18 @@ impl Server {
         let log = self.log();
         let rest = log.split(marker).nth(1).expect("the advertised address");
         rest.split(')').next().unwrap().to_string()
+    }
+
+    /// Where the HTTP endpoint listens (`host:port`).
+    pub fn http_addr(&self) -> String {
+        let marker = "listening for HTTP on ";
+        self.wait_for_log(marker);
+        let log = self.log();
+        let rest = log.split(marker).nth(1).expect("the HTTP address");
+        rest.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// SIGKILL: the process gets no chance to flush or clean up.
