@@ -186,6 +186,34 @@ impl Collector for Scrape {
                 .iter()
                 .map(|q| (query(&q.name), q.state_bytes as i64)),
         )?;
+        let groups = crate::tables::system::group_rows(self.0.tables()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading consumer groups' offsets for /metrics");
+            vec![]
+        });
+        let committed = || {
+            groups.iter().filter_map(|g| {
+                let labels = vec![
+                    ("group", g.group.clone()),
+                    ("stream", g.stream.clone()),
+                    ("partition", g.partition.to_string()),
+                ];
+                Some((labels, g.committed?, g.lag()?))
+            })
+        };
+        gauges(
+            &mut encoder,
+            "consumer_group_committed_offset",
+            "The offset the group committed in the partition: the next it reads.",
+            None,
+            committed().map(|(labels, offset, _)| (labels, offset)),
+        )?;
+        gauges(
+            &mut encoder,
+            "consumer_group_lag_records",
+            "Records of the partition after the group's committed offset.",
+            None,
+            committed().map(|(labels, _, lag)| (labels, lag)),
+        )?;
         Ok(())
     }
 }

@@ -50,6 +50,7 @@ async fn health_readiness_and_metrics() {
              INSERT INTO clicks VALUES (1, '/a'), (1, '/b'), (1, '/c'), (2, '/d');
              CREATE MATERIALIZED VIEW per_user AS
                  SELECT user_id, count(*) AS n FROM clicks GROUP BY user_id;
+             CREATE SUBSCRIPTION billing FROM clicks WITH (start = 'earliest');
              FLUSH",
         )
         .await
@@ -82,5 +83,14 @@ async fn health_readiness_and_metrics() {
         sample(&metrics, "runnel_query_epoch{query=\"per_user\"}").is_some_and(|e| e >= 1.0),
         "{metrics}"
     );
+    // A subscription from the earliest records has all four to read.
+    let lag = |partition: u32| {
+        let series = format!(
+            "runnel_consumer_group_lag_records{{group=\"billing\",stream=\"clicks\",partition=\"{partition}\"}}"
+        );
+        sample(&metrics, &series)
+            .unwrap_or_else(|| panic!("billing's lag in partition {partition}: {metrics}"))
+    };
+    assert_eq!(lag(0) + lag(1), 4.0, "{metrics}");
     server.stop();
 }

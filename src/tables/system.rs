@@ -316,9 +316,78 @@ fn watermarks(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
 
 /// One row per partition of every subscription's stream: where the group is, where the
 /// stream ends, and the records between (its lag).
-fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
+/// A consumer group's position in one partition, as `sys.consumer_groups` shows it.
+pub struct GroupRow {
+    pub group: String,
+    pub stream: String,
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub high: i64,
+    /// Whether a subscription cursor reads it now.
+    pub reading: bool,
+    pub committed_at_ms: Option<i64>,
+}
+
+impl GroupRow {
+    /// Records after its committed offset, if it committed one.
+    pub fn lag(&self) -> Option<i64> {
+        self.committed.map(|c| (self.high - c).max(0))
+    }
+}
+
+/// Every subscription's partitions, then Kafka consumers' groups by what they committed.
+pub fn group_rows(tables: &Tables) -> crate::error::Result<Vec<GroupRow>> {
     let data = tables.catalog.snapshot();
     let snapshot = tables.log.snapshot();
+    let mut rows = vec![];
+    for sub in data.subscriptions.values() {
+        let Some(Relation::Stream(_, topic) | Relation::Topic(topic)) =
+            data.relation(&sub.relation)
+        else {
+            continue;
+        };
+        let offsets = Groups::committed_in(&snapshot, &sub.name)?;
+        for p in 0..topic.partitions {
+            let p = PartitionId(p);
+            rows.push(GroupRow {
+                group: sub.name.clone(),
+                stream: sub.relation.clone(),
+                partition: p.0 as i32,
+                committed: offsets
+                    .as_ref()
+                    .and_then(|o| o.offsets.get(&(topic.id, p)))
+                    .map(|o| o.0 as i64),
+                high: snapshot.high_watermark(topic.id, p).0 as i64,
+                reading: tables.groups.reader(&sub.name).is_some(),
+                committed_at_ms: offsets.as_ref().map(|o| o.committed_at_ms),
+            });
+        }
+    }
+    // Groups with no subscription: Kafka consumers' groups, by what they committed.
+    for offsets in tables.groups.all() {
+        if data.subscriptions.contains_key(&offsets.group) {
+            continue;
+        }
+        for (&(topic_id, p), offset) in &offsets.offsets {
+            let Some(topic) = data.topics.values().find(|t| t.id == topic_id) else {
+                continue;
+            };
+            rows.push(GroupRow {
+                group: offsets.group.clone(),
+                stream: topic.stream.clone().unwrap_or_else(|| topic.name.clone()),
+                partition: p.0 as i32,
+                committed: Some(offset.0 as i64),
+                high: snapshot.high_watermark(topic_id, p).0 as i64,
+                reading: false,
+                committed_at_ms: Some(offsets.committed_at_ms),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
+    let rows = group_rows(tables).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("group", DataType::Utf8, false),
         Field::new("stream", DataType::Utf8, false),
@@ -333,69 +402,23 @@ fn consumer_groups(tables: &Tables) -> DfResult<RecordBatch> {
             true,
         ),
     ]));
-    let mut group = vec![];
-    let mut stream = vec![];
-    let mut partition = vec![];
-    let mut committed = vec![];
-    let mut high = vec![];
-    let mut reading = vec![];
-    let mut committed_at = vec![];
-    for sub in data.subscriptions.values() {
-        let Some(Relation::Stream(_, topic) | Relation::Topic(topic)) =
-            data.relation(&sub.relation)
-        else {
-            continue;
-        };
-        let offsets = Groups::committed_in(&snapshot, &sub.name)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        for p in 0..topic.partitions {
-            let p = PartitionId(p);
-            group.push(sub.name.clone());
-            stream.push(sub.relation.clone());
-            partition.push(p.0 as i32);
-            committed.push(
-                offsets
-                    .as_ref()
-                    .and_then(|o| o.offsets.get(&(topic.id, p)))
-                    .map(|o| o.0 as i64),
-            );
-            high.push(snapshot.high_watermark(topic.id, p).0 as i64);
-            reading.push(tables.groups.reader(&sub.name).is_some());
-            committed_at.push(offsets.as_ref().map(|o| o.committed_at_ms * 1000));
-        }
-    }
-    // Groups with no subscription: Kafka consumers' groups, by what they committed.
-    for offsets in tables.groups.all() {
-        if data.subscriptions.contains_key(&offsets.group) {
-            continue;
-        }
-        for (&(topic_id, p), offset) in &offsets.offsets {
-            let Some(topic) = data.topics.values().find(|t| t.id == topic_id) else {
-                continue;
-            };
-            group.push(offsets.group.clone());
-            stream.push(topic.stream.clone().unwrap_or_else(|| topic.name.clone()));
-            partition.push(p.0 as i32);
-            committed.push(Some(offset.0 as i64));
-            high.push(snapshot.high_watermark(topic_id, p).0 as i64);
-            reading.push(false);
-            committed_at.push(Some(offsets.committed_at_ms * 1000));
-        }
-    }
-    let lag: Int64Array = committed
-        .iter()
-        .zip(&high)
-        .map(|(c, h)| c.map(|c| (h - c).max(0)))
-        .collect();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(group)),
-        Arc::new(StringArray::from_iter_values(stream)),
-        Arc::new(Int32Array::from_iter_values(partition)),
-        Arc::new(Int64Array::from(committed)),
-        Arc::new(Int64Array::from_iter_values(high)),
-        Arc::new(lag),
-        Arc::new(BooleanArray::from(reading)),
-        Arc::new(TimestampMicrosecondArray::from(committed_at)),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.group))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.stream),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|r| r.partition),
+        )),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.committed))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.high))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(GroupRow::lag))),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.reading)),
+        )),
+        Arc::new(TimestampMicrosecondArray::from_iter(
+            rows.iter().map(|r| r.committed_at_ms.map(|ms| ms * 1000)),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
