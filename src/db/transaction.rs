@@ -67,6 +67,10 @@ impl Session {
 
     /// The isolation level a block runs at now, as `SHOW transaction_isolation` names it.
     pub(super) fn isolation(&self) -> &'static str {
+        self.isolation_level().name()
+    }
+
+    fn isolation_level(&self) -> Isolation {
         let default = || {
             self.vars
                 .get(DEFAULT_ISOLATION)
@@ -77,7 +81,6 @@ impl Session {
             Transaction::Idle => default(),
             _ => self.block.isolation.unwrap_or_else(default),
         }
-        .name()
     }
 
     /// The settings the block's characteristics are: `transaction_isolation` and
@@ -260,7 +263,10 @@ impl Session {
             self.notices
                 .push("SET TRANSACTION can only be used in transaction blocks".into());
         }
-        if !matches!(self.isolation(), "repeatable read" | "serializable") {
+        if !matches!(
+            self.isolation_level(),
+            Isolation::RepeatableRead | Isolation::Serializable
+        ) {
             return Err(Error::Unsupported(
                 "a snapshot-importing transaction must have isolation level SERIALIZABLE or \
                  REPEATABLE READ"

@@ -29,8 +29,8 @@ pub struct Routine {
     all: Vec<i32>,
     modes: Vec<String>,
     names: Vec<String>,
-    /// The last input arguments' defaults, as SQL (`proargdefaults`, deparsed).
-    defaults: Vec<Option<String>>,
+    /// The last input arguments' defaults (`proargdefaults`, deparsed).
+    defaults: Vec<Option<Constant>>,
     source: String,
     binary: String,
 }
@@ -126,7 +126,7 @@ fn text_list(text: &str) -> Vec<String> {
 /// functions' defaults are all constants of the types [`constant`] reads, some under an
 /// implicit cast (the tests check that every one is read); a node that is not read is
 /// `None`, and its argument shows no `DEFAULT`.
-fn argument_defaults(tree: &str) -> Vec<Option<String>> {
+fn argument_defaults(tree: &str) -> Vec<Option<Constant>> {
     nodes(tree).into_iter().map(expression).collect()
 }
 
@@ -151,7 +151,7 @@ fn nodes(list: &str) -> Vec<&str> {
 
 /// A node as SQL: a constant, or an implicit cast of one, which PostgreSQL writes as the
 /// constant alone.
-fn expression(node: &str) -> Option<String> {
+fn expression(node: &str) -> Option<Constant> {
     if let Some(constant_node) = node.strip_prefix("CONST") {
         return constant(constant_node);
     }
@@ -165,15 +165,49 @@ fn expression(node: &str) -> Option<String> {
     }
 }
 
-/// A `CONST` node's fields (`:consttype 23 … :constvalue 4 [ 0 0 0 0 … ]`) as SQL.
-fn constant(node: &str) -> Option<String> {
+/// An argument's default as PostgreSQL deparses it: a literal as it is (`0`, `true`), or
+/// quoted and cast to its type (`'NFC'::text`, `NULL::text`), named by `pg_type`.
+#[derive(Debug, Clone, PartialEq)]
+struct Constant {
+    literal: String,
+    cast_to: Option<i32>,
+}
+
+impl Constant {
+    fn plain(literal: String) -> Constant {
+        Constant {
+            literal,
+            cast_to: None,
+        }
+    }
+
+    fn quoted(text: &str, type_oid: i32) -> Constant {
+        Constant {
+            literal: format!("'{}'", text.replace('\'', "''")),
+            cast_to: Some(type_oid),
+        }
+    }
+
+    fn sql(&self, types: &HashMap<i32, (String, i32)>) -> String {
+        match self.cast_to {
+            None => self.literal.clone(),
+            Some(oid) => format!("{}::{}", self.literal, regtype_name(types, oid)),
+        }
+    }
+}
+
+/// A `CONST` node's fields (`:consttype 23 … :constvalue 4 [ 0 0 0 0 … ]`) as a default.
+fn constant(node: &str) -> Option<Constant> {
     let field = |name: &str| {
         let at = node.find(&format!(":{name} "))? + name.len() + 2;
         node[at..].split_whitespace().next()
     };
     let type_oid: i32 = field("consttype")?.parse().ok()?;
     if field("constisnull")? == "true" {
-        return Some(format!("NULL::{}", type_alias_of(type_oid)?));
+        return Some(Constant {
+            literal: "NULL".into(),
+            cast_to: Some(type_oid),
+        });
     }
     let bytes: Vec<u8> = node[node.find('[')? + 1..node.find(']')?]
         .split_whitespace()
@@ -185,44 +219,25 @@ fn constant(node: &str) -> Option<String> {
         let length = (word(0)? >> 2) as usize;
         bytes.get(4..length)
     };
-    let quoted = |text: &str| {
-        format!(
-            "'{}'::{}",
-            text.replace('\'', "''"),
-            type_alias_of(type_oid).unwrap_or("text")
-        )
-    };
+    let quoted = |text: &str| Some(Constant::quoted(text, type_oid));
     match type_oid {
-        16 => Some((bytes.first()? != &0).to_string()),
+        16 => Some(Constant::plain((bytes.first()? != &0).to_string())),
         23 => match word(0)? as i32 {
-            n if n >= 0 => Some(n.to_string()),
-            n => Some(format!("'{n}'::integer")),
+            n if n >= 0 => Some(Constant::plain(n.to_string())),
+            n => quoted(&n.to_string()),
         },
-        25 => Some(quoted(std::str::from_utf8(varlena()?).ok()?)),
-        1700 => numeric(varlena()?),
+        25 => quoted(std::str::from_utf8(varlena()?).ok()?),
+        1700 => numeric(varlena()?).map(Constant::plain),
         // An array: its dimensions first; only the empty one is a default.
-        1009 if word(4)? == 0 => Some(quoted("{}")),
+        1009 if word(4)? == 0 => quoted("{}"),
         // jsonb: a container header, its kind in the high bits and its size below.
         3802 => match u32::from_le_bytes(varlena()?.get(..4)?.try_into().ok()?) {
-            0x2000_0000 => Some(quoted("{}")),
-            0x4000_0000 => Some(quoted("[]")),
+            0x2000_0000 => quoted("{}"),
+            0x4000_0000 => quoted("[]"),
             _ => None,
         },
         _ => None,
     }
-}
-
-/// The names [`constant`] casts its values to.
-fn type_alias_of(type_oid: i32) -> Option<&'static str> {
-    Some(match type_oid {
-        16 => "boolean",
-        23 => "integer",
-        25 => "text",
-        1009 => "text[]",
-        1700 => "numeric",
-        3802 => "jsonb",
-        _ => return None,
-    })
 }
 
 /// A `numeric` in PostgreSQL's short on-disk form (a header with its sign, display scale
@@ -316,6 +331,7 @@ impl Routine {
                             .checked_sub(inputs + 1)
                             .and_then(|d| self.defaults.get(d)?.as_ref())
                             .filter(|_| which == Arguments::All)
+                            .map(|d| d.sql(types))
                     }
                     _ => None,
                 };
@@ -834,10 +850,20 @@ mod tests {
             Some("0.0"),
             None,
         ];
-        assert_eq!(
-            argument_defaults(&tree),
-            expected.map(|d| d.map(String::from)).to_vec()
-        );
+        let types: HashMap<i32, (String, i32)> = [
+            (23, ("int4", 0)),
+            (25, ("text", 0)),
+            (1009, ("_text", 25)),
+            (3802, ("jsonb", 0)),
+        ]
+        .into_iter()
+        .map(|(oid, (name, element))| (oid, (name.to_string(), element)))
+        .collect();
+        let deparsed: Vec<Option<String>> = argument_defaults(&tree)
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.sql(&types)))
+            .collect();
+        assert_eq!(deparsed, expected.map(|d| d.map(String::from)).to_vec());
     }
 
     #[test]
