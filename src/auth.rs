@@ -194,6 +194,23 @@ impl Auth {
         })
     }
 
+    /// Whether `password` is `user`'s, checked against the SCRAM verifier the catalog keeps
+    /// (for clients that send a password itself, as the HTTP console's Basic
+    /// authentication does). A failure is logged and counted as a failed login is.
+    pub fn check_password(&self, user: &str, password: &str, peer: std::net::SocketAddr) -> bool {
+        let Ok(verifier) = self.verifier(user) else {
+            return false;
+        };
+        let offered = Verifier::new(password, verifier.salt.clone(), verifier.iterations);
+        let matches = equal_in_constant_time(&offered.stored_key, &verifier.stored_key);
+        if matches {
+            self.failures.succeeded(user);
+        } else {
+            self.failures.failed(user, peer);
+        }
+        matches
+    }
+
     /// The verifier of `name`, or, for a name that is not a user, one that no password
     /// matches, with a salt that is the same each time (as a real user's would be).
     fn verifier(&self, name: &str) -> Result<Verifier> {

@@ -3,10 +3,10 @@
 //! from the `prometheus-client` crate). It listens before the database opens, so that a
 //! recovering server is seen alive but not ready.
 //!
-//! Metrics are read when scraped, from the log and the engine as `sys.partitions` and
-//! `sys.queries` read them: a scrape costs a walk over partitions and queries, and nothing
-//! is counted on the paths that write and read records.
+//! Metrics are read when scraped (see [`crate::metrics`]). The web console is served at `/`
+//! (see [`crate::console`]).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -14,26 +14,40 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
+use crate::console::history::{self, History};
 use crate::db::Database;
 use crate::error::{Error, Result};
 
-/// What the endpoint serves from: the database, once it is open.
+/// What the endpoint serves from: the database and how clients log in, once it is open,
+/// and the console's history.
 #[derive(Default)]
 pub struct Endpoint {
     database: OnceLock<Arc<Database>>,
+    auth: OnceLock<Auth>,
+    history: History,
 }
 
 impl Endpoint {
-    /// From now on `/ready` says so and `/metrics` reads `database`.
-    pub fn ready(&self, database: Arc<Database>) {
+    /// From now on `/ready` says so, and `/metrics` and the console read `database`.
+    pub fn ready(&self, database: Arc<Database>, auth: Auth) {
+        let _ = self.auth.set(auth);
         let _ = self.database.set(database);
+    }
+
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        self.database.get()
+    }
+
+    pub fn auth(&self) -> Option<&Auth> {
+        self.auth.get()
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
     }
 }
 
@@ -49,7 +63,7 @@ pub fn listen(addr: &str) -> Result<Option<TcpListener>> {
     TcpListener::from_std(listener).map(Some).map_err(cannot)
 }
 
-/// Serves `listener` until `closed` turns true.
+/// Serves `listener` until `closed` turns true, and samples the console's history.
 pub fn serve(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
@@ -59,18 +73,40 @@ pub fn serve(
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(endpoint);
+        .merge(crate::console::routes())
+        .with_state(endpoint.clone());
     tokio::spawn(async move {
+        let sampling = tokio::spawn(sample(endpoint, closed.clone()));
         let shutdown = async move {
             let _ = closed.wait_for(|c| *c).await;
         };
-        if let Err(e) = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::warn!(error = %e, "the HTTP endpoint stopped");
         }
+        let _ = sampling.await;
     })
+}
+
+/// Samples the console's history every [`history::SAMPLE_EVERY`] once the database is
+/// open, until `closed`.
+async fn sample(endpoint: Arc<Endpoint>, mut closed: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(history::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = closed.wait_for(|c| *c) => return,
+        }
+        if let Some(db) = endpoint.database().cloned() {
+            let endpoint = endpoint.clone();
+            // A walk over every partition, query and group: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || endpoint.history().sample(&db)).await;
+        }
+    }
 }
 
 async fn ready(State(endpoint): State<Arc<Endpoint>>) -> Response {
@@ -84,11 +120,8 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
     let Some(database) = endpoint.database.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
     };
-    let mut registry = Registry::with_prefix("runnel");
-    registry.register_collector(Box::new(Scrape(database.clone())));
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => (
+    match crate::metrics::encode(database) {
+        Ok(text) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -97,123 +130,5 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
-}
-
-/// The metrics read at a scrape.
-struct Scrape(Arc<Database>);
-
-impl std::fmt::Debug for Scrape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scrape")
-    }
-}
-
-/// One gauge family: its name, help, unit, and each labelled value.
-fn gauges(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<Unit>,
-    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
-) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        unit.as_ref(),
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for Scrape {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let partitions = crate::tables::system::partition_rows(self.0.tables(), None);
-        let partition = |row: &crate::tables::system::PartitionRow| {
-            vec![
-                ("topic", row.topic.clone()),
-                ("partition", row.partition.to_string()),
-            ]
-        };
-        gauges(
-            &mut encoder,
-            "partition_high_watermark",
-            "The offset the next record appended to the partition gets.",
-            None,
-            partitions.iter().map(|r| (partition(r), r.high_watermark)),
-        )?;
-        gauges(
-            &mut encoder,
-            "partition_log_start_offset",
-            "The first offset the partition still holds.",
-            None,
-            partitions
-                .iter()
-                .map(|r| (partition(r), r.log_start_offset)),
-        )?;
-        gauges(
-            &mut encoder,
-            "partition_size",
-            "The bytes of the partition's segments on disk.",
-            Some(Unit::Bytes),
-            partitions.iter().map(|r| (partition(r), r.bytes)),
-        )?;
-        let queries = self.0.query_statuses();
-        let query = |name: &str| vec![("query", name.to_string())];
-        gauges(
-            &mut encoder,
-            "query_epoch",
-            "The continuous query's last committed epoch.",
-            None,
-            queries.iter().map(|q| (query(&q.name), q.epoch as i64)),
-        )?;
-        gauges(
-            &mut encoder,
-            "query_lag_records",
-            "Input records the continuous query has not processed yet.",
-            None,
-            queries.iter().map(|q| (query(&q.name), q.lag as i64)),
-        )?;
-        gauges(
-            &mut encoder,
-            "query_state",
-            "The continuous query's memory for its state.",
-            Some(Unit::Bytes),
-            queries
-                .iter()
-                .map(|q| (query(&q.name), q.state_bytes as i64)),
-        )?;
-        let groups = crate::tables::system::group_rows(self.0.tables()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading consumer groups' offsets for /metrics");
-            vec![]
-        });
-        let committed = || {
-            groups.iter().filter_map(|g| {
-                let labels = vec![
-                    ("group", g.group.clone()),
-                    ("stream", g.stream.clone()),
-                    ("partition", g.partition.to_string()),
-                ];
-                Some((labels, g.committed?, g.lag()?))
-            })
-        };
-        gauges(
-            &mut encoder,
-            "consumer_group_committed_offset",
-            "The offset the group committed in the partition: the next it reads.",
-            None,
-            committed().map(|(labels, offset, _)| (labels, offset)),
-        )?;
-        gauges(
-            &mut encoder,
-            "consumer_group_lag_records",
-            "Records of the partition after the group's committed offset.",
-            None,
-            committed().map(|(labels, _, lag)| (labels, lag)),
-        )?;
-        Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //! ```text
 //!  pgwire/  kafka/    Postgres wire protocol ⇄ sessions; Kafka protocol ⇄ topics (sans-IO
 //!     │    http       codec, record batches, handlers, the group coordinator); HTTP:
-//!     │               health, readiness, Prometheus metrics read from db
-//!     │               (server: wiring, admission, auth, tls, panics)
+//!     │    console/   health, readiness, Prometheus metrics read from db (metrics), the
+//!     │               web console (read-only SQL through db sessions, sampled history)
+//!     │               (server: wiring, admission, auth, tls, panics; progress: COPYs
+//!     │               running, start-up work's log lines)
 //!  db/                the one door in: sessions, DDL, statement dispatch, cursors, COPY,
 //!     │               tables' UPDATE, DELETE and ON CONFLICT;
 //!     │               every query runs in one runtime (memory: the limit's pool, spilling)
@@ -36,6 +38,7 @@ pub mod admission;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod engine;
 pub mod error;
@@ -44,9 +47,11 @@ pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod memory;
+pub mod metrics;
 pub mod panics;
 pub mod pgwire;
 pub mod producers;
+pub mod progress;
 pub mod server;
 pub mod sql;
 pub mod storage;

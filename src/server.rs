@@ -58,7 +58,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
     on_listening(addr);
-    endpoint.ready(db.clone());
+    endpoint.ready(db.clone(), auth.clone());
     let kafka = listen_for_kafka(&config, &db, closed.clone()).await?;
     let manager = Arc::new(ConnectionManager::new());
     let slots = Slots::new(
@@ -90,7 +90,9 @@ pub async fn run(
                 let connection = Connection::new(db.session(), manager.clone(), watch.clone(), &auth, ticket.clone());
                 let tls = tls.clone();
                 let mut closed = closed.clone();
+                let db = db.clone();
                 connections.spawn(async move {
+                    let _open = db.connections().open(crate::metrics::FrontEnd::Postgres);
                     tracing::debug!(%peer, "connection opened");
                     let served = crate::panics::contain(pgwire::tokio::process_socket(socket, tls.clone(), connection));
                     let late = async {

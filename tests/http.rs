@@ -3,28 +3,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
-/// `GET path`: the status code and the body.
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut socket = std::net::TcpStream::connect(addr).expect("connecting to the endpoint");
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("an HTTP response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::http(addr, "GET", path, &[], "")
 }
 
 /// The value of the sample `name{labels}` in a scrape.
@@ -92,5 +72,91 @@ async fn health_readiness_and_metrics() {
             .unwrap_or_else(|| panic!("billing's lag in partition {partition}: {metrics}"))
     };
     assert_eq!(lag(0) + lag(1), 4.0, "{metrics}");
+    // ... which retention keeps for it.
+    let held = |partition: u32| {
+        let series = format!(
+            "runnel_retention_held_records{{topic=\"clicks\",partition=\"{partition}\",holder=\"subscription billing\"}}"
+        );
+        sample(&metrics, &series).unwrap_or_else(|| panic!("{series}: {metrics}"))
+    };
+    assert_eq!(held(0) + held(1), 4.0, "{metrics}");
+
+    // Records in and out of the partitions: four appended, and read by the view's query.
+    let per_partition = |name: &str| {
+        (0..2)
+            .map(|p| {
+                let series = format!("{name}{{topic=\"clicks\",partition=\"{p}\"}}");
+                sample(&metrics, &series).unwrap_or_else(|| panic!("{series}: {metrics}"))
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(per_partition("runnel_partition_records_in_total"), 4.0);
+    assert!(per_partition("runnel_partition_in_bytes_total") > 0.0);
+    assert!(per_partition("runnel_partition_records_out_total") >= 4.0);
+    assert!(per_partition("runnel_partition_out_bytes_total") > 0.0);
+    assert!(
+        metrics.contains("# TYPE runnel_partition_records_in counter"),
+        "{metrics}"
+    );
+
+    // The log's fsyncs and group commits, as histograms.
+    for count in [
+        "runnel_log_fsync_seconds_count",
+        "runnel_log_group_commit_appends_count",
+        "runnel_log_group_commit_records_count",
+    ] {
+        assert!(
+            sample(&metrics, count).is_some_and(|n| n >= 1.0),
+            "{count}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE runnel_log_fsync_seconds histogram")
+            && metrics.contains("runnel_log_fsync_seconds_bucket{le=\"+Inf\"}"),
+        "{metrics}"
+    );
+
+    // The view's query: its input and output, epochs, state, nothing late, no failure.
+    let query = |name: &str| {
+        let series = format!("{name}{{query=\"per_user\"}}");
+        sample(&metrics, &series).unwrap_or_else(|| panic!("{series}: {metrics}"))
+    };
+    assert_eq!(query("runnel_query_rows_in_total"), 4.0);
+    assert!(query("runnel_query_rows_out_total") >= 2.0);
+    assert_eq!(query("runnel_query_lag_seconds"), 0.0);
+    assert!(query("runnel_query_epoch_duration_seconds_count") >= 1.0);
+    assert_eq!(query("runnel_query_state_rows"), 2.0);
+    assert!(query("runnel_query_state_bytes") > 0.0);
+    assert_eq!(query("runnel_query_late_rows_total"), 0.0);
+    assert_eq!(query("runnel_query_failures_total"), 0.0);
+
+    // This client's connection, and the memory pool.
+    assert_eq!(
+        sample(&metrics, "runnel_connections{front_end=\"postgres\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "runnel_connections_accepted_total{front_end=\"postgres\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "runnel_memory_pool_limit_bytes").is_some_and(|n| n > 0.0)
+            && sample(&metrics, "runnel_memory_pool_reserved_bytes").is_some(),
+        "{metrics}"
+    );
+
+    // Every sample line is a name, perhaps labels, and a number.
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "a sample with a number: {line}"
+        );
+    }
     server.stop();
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each benchmark uses a different part of this module
 
 pub mod clicks;
+pub mod load;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

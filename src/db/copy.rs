@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::ingest::WriteTarget;
 use crate::ingest::copy::{CopyColumn, CopyDecoder, RawRows};
 use crate::ingest::writer::{PendingWrite, RowWriter};
+use crate::progress::CopyProgress;
 use crate::sql::parser::CopyFrom;
 
 /// An in-progress `COPY … FROM STDIN`.
@@ -25,6 +26,8 @@ pub(super) struct CopyIn {
     pending: PendingWrite,
     input_since_commit: u64,
     committed_rows: u64,
+    /// What `sys.copies` shows of it.
+    progress: Arc<CopyProgress>,
 }
 
 const COPY_TYPING_AHEAD: usize = 2;
@@ -127,6 +130,11 @@ impl Session {
             pending: PendingWrite::default(),
             input_since_commit: 0,
             committed_rows: 0,
+            progress: self
+                .db
+                .tables
+                .copies
+                .start(self.number, &who.name, &c.target),
         });
         Ok(Output::CopyIn {
             columns: count,
@@ -152,9 +160,13 @@ impl Session {
             .copy
             .as_mut()
             .ok_or_else(|| Error::Protocol("COPY data without a COPY".into()))?;
+        CopyProgress::add(&copy.progress.bytes, data.len() as u64);
         for rows in copy.decoder.push(data)? {
             copy.type_rows(rows, &writer).await?;
         }
+        copy.progress
+            .rows
+            .store(copy.decoder.rows(), std::sync::atomic::Ordering::Relaxed);
         copy.input_since_commit += copy.decoder.take_input_bytes();
         if copy.input_since_commit > chunk {
             if let Some(rows) = copy.decoder.take_rows() {
@@ -162,6 +174,9 @@ impl Session {
             }
             copy.settle().await?;
             copy.committed_rows += writer.commit(std::mem::take(&mut copy.pending)).await?;
+            copy.progress
+                .committed
+                .store(copy.committed_rows, std::sync::atomic::Ordering::Relaxed);
             copy.input_since_commit = 0;
         }
         Ok(())

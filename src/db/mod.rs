@@ -109,6 +109,10 @@ pub struct Database {
     state: SessionState,
     config: DbConfig,
     engine: Arc<Engine>,
+    /// Sessions started so far (each is numbered, as a backend's pid).
+    sessions: std::sync::atomic::AtomicU32,
+    /// Clients connected now, per front end.
+    connections: crate::metrics::Connections,
 }
 
 /// What a statement produced.
@@ -204,6 +208,7 @@ impl Database {
             log,
             external: Default::default(),
             insert_chunk_bytes: config.copy_chunk_bytes as usize,
+            copies: Default::default(),
         });
         let pg_types = PgTypes::load().await?;
         let runtime = crate::memory::runtime(&config.data_dir, config.memory_limit)?;
@@ -232,6 +237,8 @@ impl Database {
             tables,
             config,
             engine,
+            sessions: Default::default(),
+            connections: Default::default(),
         });
         let weak = Arc::downgrade(&db);
         db.tables.log.set_hold_source(Arc::new(move || {
@@ -291,8 +298,23 @@ impl Database {
         &self.tables.log
     }
 
+    /// Clients connected now, per front end.
+    pub fn connections(&self) -> &crate::metrics::Connections {
+        &self.connections
+    }
+
+    /// The bytes queries hold now in the memory pool, and its limit.
+    pub fn memory_pool_use(&self) -> (usize, u64) {
+        let reserved = self.state.runtime_env().memory_pool.reserved();
+        (reserved, self.config.memory_limit)
+    }
+
     pub fn session(self: &Arc<Self>) -> Session {
+        let number = 1 + self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut session = Session {
+            number,
             db: self.clone(),
             state: self.state.clone(),
             vars: BTreeMap::new(),

@@ -61,6 +61,8 @@ pub struct Session {
     pub(super) block: Block,
     /// Who logged in, as the client named itself at start-up.
     pub(super) user: Option<String>,
+    /// The session's number in the server's life (as PostgreSQL's backend pid).
+    pub(super) number: u32,
     /// Prepared statements `DEALLOCATE` named since the protocol layer last asked (`None`:
     /// all of them); that layer keeps them.
     pub(super) deallocated: Vec<Option<String>>,

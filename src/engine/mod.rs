@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogData, Dialect, Emit, QueryDef, QueryId, QueryTarget, StartPosition};
 use crate::error::{Error, Result};
+use crate::metrics::Durations;
 use crate::storage::{Hold, MetaUpdate, PartitionId, Snapshot, TopicId};
 use crate::tables::scan::{ScanBounds, StreamScan, StreamScanExec, TableColumn, literal_of};
 use crate::tables::{Continuous, QueryStatus, Tables};
@@ -94,6 +95,10 @@ pub(crate) struct Shared {
     view: std::sync::OnceLock<Arc<ViewContents>>,
     /// Each committed epoch's changes to a grouped view, while someone subscribes.
     changes: broadcast::Sender<Arc<ViewChange>>,
+    /// How long its epochs take, from planning to commit.
+    epoch_seconds: Arc<Durations>,
+    /// How often it has failed since the server started.
+    failures: AtomicU64,
 }
 
 /// One committed epoch's changes to a grouped view's rows: the rows of its changed groups
@@ -155,6 +160,11 @@ struct Status {
     event_times: Vec<(PartitionId, i64, bool)>,
     /// `(when, rows_in)` after recent epochs, for the input rate.
     samples: VecDeque<(Instant, u64)>,
+    /// `(when, records not read yet)` after recent epochs, for the time to catch up.
+    backlog: VecDeque<(Instant, u64)>,
+    /// When the last epoch that read everything committed then started: the output
+    /// reflects the input as of that moment.
+    fresh_as_of: Instant,
 }
 
 /// The window the input rate is measured over.
@@ -175,6 +185,8 @@ impl Status {
             late_rows: 0,
             event_times: vec![],
             samples: [(Instant::now(), 0)].into(),
+            backlog: VecDeque::new(),
+            fresh_as_of: Instant::now(),
         }
     }
 
@@ -185,27 +197,67 @@ impl Status {
         self.rows_out += rows_out;
         self.last_checkpoint_ms = Some(at_ms);
         self.samples.push_back((now, self.rows_in));
-        // Keep one sample from before the window, as the base of the rate.
-        while self.samples.len() > 1 && now - self.samples[1].0 >= RATE_WINDOW {
-            self.samples.pop_front();
+        keep_window(&mut self.samples, now);
+    }
+
+    /// After an epoch that started at `started`: `lag` records are left to read, and
+    /// whether it read all that was committed when it started.
+    fn record_backlog(&mut self, started: Instant, read_all: bool, lag: u64) {
+        let now = Instant::now();
+        if read_all {
+            self.fresh_as_of = started;
         }
+        self.backlog.push_back((now, lag));
+        keep_window(&mut self.backlog, now);
+    }
+
+    /// How far behind its input the output is: 0 with nothing left to read, otherwise the
+    /// time since the output last reflected everything committed.
+    fn lag_secs(&self, lag: u64) -> f64 {
+        match lag {
+            0 => 0.0,
+            _ => self.fresh_as_of.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The time to read the `lag` records left at the pace the backlog has shrunk over
+    /// about the last [`RATE_WINDOW`]; `None` while it is not shrinking.
+    fn catch_up_secs(&self, lag: u64) -> Option<f64> {
+        if lag == 0 {
+            return Some(0.0);
+        }
+        let now = Instant::now();
+        let &(at, then) = window_base(&self.backlog, now)?;
+        let drained = then.checked_sub(lag).filter(|d| *d > 0)? as f64;
+        let per_sec = drained / (now - at).as_secs_f64().max(1.0);
+        Some((lag as f64 / per_sec * 10.0).round() / 10.0)
     }
 
     /// Input records per second over about the last [`RATE_WINDOW`].
     fn rate(&self) -> f64 {
         let now = Instant::now();
-        let base = self
-            .samples
-            .iter()
-            .rev()
-            .find(|(t, _)| now - *t >= RATE_WINDOW)
-            .or(self.samples.front());
-        let Some(&(at, rows)) = base else {
+        let Some(&(at, rows)) = window_base(&self.samples, now) else {
             return 0.0;
         };
         let rate = (self.rows_in - rows) as f64 / (now - at).as_secs_f64().max(1.0);
         (rate * 10.0).round() / 10.0
     }
+}
+
+/// Drops samples older than needed: one from before [`RATE_WINDOW`] is kept, as a base.
+fn keep_window(samples: &mut VecDeque<(Instant, u64)>, now: Instant) {
+    while samples.len() > 1 && now - samples[1].0 >= RATE_WINDOW {
+        samples.pop_front();
+    }
+}
+
+/// The sample a rate over about the last [`RATE_WINDOW`] is measured from.
+fn window_base(samples: &VecDeque<(Instant, u64)>, now: Instant) -> Option<&(Instant, u64)> {
+    samples
+        .iter()
+        .rev()
+        .find(|(t, _)| now - *t >= RATE_WINDOW)
+        .or(samples.front())
 }
 
 /// What a materialized view's `SELECT` reads.
@@ -589,6 +641,8 @@ impl Engine {
             progress,
             view: std::sync::OnceLock::new(),
             changes: broadcast::channel(self.config.subscriber_max_lag_epochs.max(1)).0,
+            epoch_seconds: Arc::new(Durations::new(0.001, 16)),
+            failures: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         let running = Arc::new(Running {
@@ -720,6 +774,13 @@ impl Continuous for Engine {
                     } else {
                         0.0
                     },
+                    lag_secs: status.lag_secs(lag),
+                    catch_up_secs: match status.state {
+                        State::Running => status.catch_up_secs(lag),
+                        _ => None,
+                    },
+                    epoch_seconds: r.shared.epoch_seconds.clone(),
+                    failures: r.shared.failures.load(Ordering::Relaxed),
                     last_checkpoint_ms: status.last_checkpoint_ms,
                     groups: status.groups,
                     state_bytes: status.state_bytes,
@@ -789,6 +850,7 @@ impl Shared {
 
     fn fail(&self, def: &QueryDef, e: &Error) {
         tracing::error!(query = %def.name, error = %e, sqlstate = e.sqlstate(), "continuous query failed");
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let message = e.to_string();
         {
             let mut status = self.status.lock().expect("status lock");

@@ -512,6 +512,11 @@ impl QueryTask {
         let closed = self.watermark();
         let (groups, aggregation, ctx) = (groups.clone(), aggregation.clone(), ctx.clone());
         let runtime = tokio::runtime::Handle::current();
+        let mut report = crate::progress::Reporter::new(
+            format!("query {}: replaying its state", self.def.name),
+            end.0.saturating_sub(from.0),
+            "records",
+        );
         tokio::task::spawn_blocking(move || -> Result<()> {
             let schema = groups.changelog.clone();
             let partition = log_topic.partition(PartitionId(0))?.clone();
@@ -525,6 +530,7 @@ impl QueryTask {
             };
             for read in partition.reader(from..end, options) {
                 let read = read?;
+                report.advance(read.batch.num_rows() as u64);
                 let columns = read.batch.columns();
                 let batch = RecordBatch::try_new(schema.clone(), columns[..values].to_vec())
                     .map_err(|e| Error::Internal(format!("reading aggregate state: {e}")))?;
@@ -619,8 +625,20 @@ impl QueryTask {
                     continue;
                 }
             }
-            last_start = Some(Instant::now());
+            let started = Instant::now();
+            last_start = Some(started);
+            let reads_all = !epoch.replay && checkpoint::lag(&epoch.ends(), &high) == 0;
             self.run_epoch(epoch).await?;
+            self.shared.epoch_seconds.observe(started.elapsed());
+            let left = checkpoint::lag(
+                &self.checkpoint.inputs,
+                &self.plan.high_watermarks(&self.tables.log.snapshot()),
+            );
+            self.shared
+                .status
+                .lock()
+                .expect("status lock")
+                .record_backlog(started, reads_all, left);
         }
     }
 

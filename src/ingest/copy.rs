@@ -208,6 +208,8 @@ pub struct CopyDecoder {
     binary_input: Vec<u8>,
     binary_header_read: bool,
     input_bytes: u64,
+    /// Rows parsed into batches already taken.
+    rows_taken: u64,
 }
 
 impl CopyDecoder {
@@ -254,7 +256,13 @@ impl CopyDecoder {
             binary_input: vec![],
             binary_header_read: false,
             input_bytes: 0,
+            rows_taken: 0,
         }
+    }
+
+    /// Rows parsed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows_taken + self.row_lines.len() as u64
     }
 
     /// Input bytes consumed since the last call.
@@ -304,6 +312,7 @@ impl CopyDecoder {
         if self.row_lines.is_empty() {
             return None;
         }
+        self.rows_taken += self.row_lines.len() as u64;
         // The next batch's builders get room for what this one held, so they do not grow by
         // reallocation (and fresh pages) on the way.
         let columns = self

@@ -29,6 +29,10 @@ const PRODUCES_IN_FLIGHT_MAX: usize = 32;
 const PRODUCE_BYTES_IN_FLIGHT_MAX: usize = 32 * 1024 * 1024;
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
+    let _open = handler
+        .db()
+        .connections()
+        .open(crate::metrics::FrontEnd::Kafka);
     tracing::debug!(%peer, "Kafka connection opened");
     match crate::panics::contain(serve(socket, peer, &handler)).await {
         Ok(Ok(())) => tracing::debug!(%peer, "Kafka connection closed by the client"),

@@ -105,6 +105,10 @@ pub struct Client<'a> {
 
 impl Handler {
     /// Needs a Tokio runtime: the group coordinator's deadlines run on it.
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
     pub fn new(db: Arc<Database>, settings: Settings) -> Handler {
         let coordinator = Coordinator::start({
             let db = db.clone();

@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use commit_log::{COMMIT_LOG_FILE, Identity, MetaUpdate, RECORD_LEN_MAX, VALUE_LEN_MAX};
@@ -437,6 +438,24 @@ struct Shared {
     commits: watch::Sender<u64>,
     failed: Mutex<Option<String>>,
     holds: RwLock<Option<HoldSource>>,
+    group_commits: GroupCommits,
+}
+
+/// The sizes of the log's group commits, for `/metrics`: how many appends and records each
+/// shared one commit (and, under the `always` policy, one fsync per partition).
+#[derive(Debug)]
+pub struct GroupCommits {
+    pub appends: Histogram,
+    pub records: Histogram,
+}
+
+impl Default for GroupCommits {
+    fn default() -> GroupCommits {
+        GroupCommits {
+            appends: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            records: Histogram::new(exponential_buckets(1.0, 4.0, 12)),
+        }
+    }
 }
 
 impl Shared {
@@ -567,6 +586,11 @@ impl Opening {
             ends: imbl::HashMap::new(),
             meta: replayed.meta.clone(),
         };
+        let mut report = crate::progress::Reporter::new(
+            "opening the log",
+            topics.iter().map(|t| t.partitions as u64).sum(),
+            "partitions",
+        );
         for spec in topics {
             let dir = topic_dir(&root, &spec);
             if !dir.is_dir() {
@@ -593,6 +617,7 @@ impl Opening {
                     end,
                 )?));
                 topic_ends.push(end);
+                report.advance(1);
             }
             snapshot.ends.insert(spec.id, Arc::new(topic_ends));
             let timestamp_column = timestamp_column(&spec.schema)?;
@@ -636,6 +661,7 @@ impl Opening {
             commits: watch::channel(0).0,
             failed: Mutex::new(None),
             holds: RwLock::new(None),
+            group_commits: GroupCommits::default(),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -720,6 +746,16 @@ impl Log {
     /// Which data directory this is.
     pub fn identity(&self) -> Identity {
         self.shared.identity
+    }
+
+    /// The sizes of the group commits so far.
+    pub fn group_commits(&self) -> &GroupCommits {
+        &self.shared.group_commits
+    }
+
+    /// The log's files, and how long their fsyncs take.
+    pub fn disk(&self) -> &Disk {
+        &self.shared.config.disk
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {

@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
@@ -27,6 +28,26 @@ pub struct Partition {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// The append side; locked only by the writer thread (and by recovery).
     writer: Mutex<PartitionWriter>,
+    /// Records and bytes written and read since the server started, for `/metrics`.
+    pub traffic: Arc<Traffic>,
+}
+
+/// What a partition has written and served since the server started: records and frame
+/// bytes appended (acknowledged or not: a failed group commit's too), and read by the
+/// readers that serve clients and queries (not by compaction).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub records_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    fn count(records: &AtomicU64, bytes: &AtomicU64, n: u64, size: u64) {
+        records.fetch_add(n, Ordering::Relaxed);
+        bytes.fetch_add(size, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -58,6 +79,7 @@ impl Partition {
                 active,
                 next_offset: Offset(0),
             }),
+            traffic: Arc::default(),
         })
     }
 
@@ -80,6 +102,7 @@ impl Partition {
             disk: disk.clone(),
             segments: RwLock::new(segments),
             writer: Mutex::new(writer),
+            traffic: Arc::default(),
         })
     }
 
@@ -213,6 +236,12 @@ impl Partition {
         let segment = self.active_segment();
         writer.active.append(&segment, &frame)?;
         writer.next_offset = frame.header.end_offset();
+        Traffic::count(
+            &self.traffic.records_in,
+            &self.traffic.bytes_in,
+            batch.num_rows() as u64,
+            frame.len() as u64,
+        );
         Ok(())
     }
 
@@ -366,10 +395,14 @@ impl Partition {
     /// such as a bounded scan, asks from the log start). Blocking: run it on a blocking
     /// thread.
     pub fn reader(self: &Arc<Self>, range: Range<Offset>, options: ReadOptions) -> PartitionReader {
-        self.reader_over(self.segments(), range, options)
+        PartitionReader {
+            traffic: Some(self.traffic.clone()),
+            ..self.reader_over(self.segments(), range, options)
+        }
     }
 
-    /// [`Partition::reader`] over `segments`, a list the partition had.
+    /// [`Partition::reader`] over `segments`, a list the partition had; what it reads is
+    /// not counted as served.
     pub fn reader_over(
         &self,
         segments: Vec<Arc<Segment>>,
@@ -391,6 +424,7 @@ impl Partition {
             end: range.end,
             options,
             removed,
+            traffic: None,
         }
     }
 }
@@ -620,6 +654,8 @@ pub struct PartitionReader {
     options: ReadOptions,
     /// What retention deleted of the range asked for: the first thing read.
     removed: Option<StorageError>,
+    /// Where what is read is counted.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl PartitionReader {
@@ -740,6 +776,14 @@ impl PartitionReader {
             let len = offsets.as_ref().map_or((to.0 - from.0) as usize, Vec::len);
             if len == 0 {
                 continue;
+            }
+            if let Some(traffic) = &self.traffic {
+                Traffic::count(
+                    &traffic.records_out,
+                    &traffic.bytes_out,
+                    len as u64,
+                    header.length as u64,
+                );
             }
             return Ok(Some(ReadBatch {
                 base_offset: offsets.as_ref().map_or(from, |o| Offset(o[0])),

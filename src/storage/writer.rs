@@ -429,6 +429,11 @@ impl Writer {
             commit_us = synced_at.elapsed().as_micros() as u64,
             "group committed"
         );
+        let group_commits = &self.shared.group_commits;
+        group_commits.appends.observe(accepted.len() as f64);
+        group_commits
+            .records
+            .observe(ranges.iter().flatten().map(|r| r.record_count).sum::<u64>() as f64);
         self.publish(&commit.ends, commit.meta);
         for (request, ranges) in accepted.into_iter().zip(ranges) {
             let _ = request.reply.send(Ok(ranges));

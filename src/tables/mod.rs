@@ -44,6 +44,8 @@ pub struct Tables {
     pub external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
     /// `INSERT … SELECT` commits in atomic chunks of about this many bytes.
     pub insert_chunk_bytes: usize,
+    /// The `COPY`s running now.
+    pub copies: crate::progress::Copies,
 }
 
 impl std::fmt::Debug for Tables {
@@ -84,6 +86,14 @@ pub struct QueryStatus {
     pub rows_in: u64,
     pub rows_out: u64,
     pub rows_per_sec: f64,
+    /// How far the output is behind the input (0 when it has read everything committed).
+    pub lag_secs: f64,
+    /// An estimate of the time to read the lag, while it shrinks.
+    pub catch_up_secs: Option<f64>,
+    /// How long its epochs have taken.
+    pub epoch_seconds: Arc<crate::metrics::Durations>,
+    /// Failures since the server started.
+    pub failures: u64,
     pub last_checkpoint_ms: Option<i64>,
     /// An aggregation's live groups.
     pub groups: Option<u64>,

@@ -1,5 +1,6 @@
 //! System tables (`sys.*`): the log's state as relations, built when a query names them.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 
 use arrow::array::{
@@ -13,19 +14,23 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use super::{Continuous, QueryStatus, Tables};
 use crate::catalog::Relation;
 use crate::groups::Groups;
-use crate::storage::{Holds, PartitionId};
+use crate::progress::CopyProgress;
+use crate::storage::partition::Traffic;
+use crate::storage::{Holds, PartitionId, TopicId};
 
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "topics",
     "partitions",
     "queries",
     "watermarks",
     "consumer_groups",
+    "copies",
 ];
 
 /// One row per partition of every topic, as of now.
 pub struct PartitionRow {
     pub topic: String,
+    pub topic_id: TopicId,
     pub stream: Option<String>,
     pub partition: i32,
     pub log_start_offset: i64,
@@ -35,6 +40,8 @@ pub struct PartitionRow {
     /// The first offset a reader still needs, and who (the furthest behind).
     pub held_from: Option<i64>,
     pub held_by: Option<String>,
+    /// Records and bytes in and out since the server started.
+    pub traffic: Arc<Traffic>,
 }
 
 /// Each partition's row; with `holds`, who holds what of it (`sys.partitions`).
@@ -53,6 +60,8 @@ pub fn partition_rows(tables: &Tables, holds: Option<&Holds>) -> Vec<PartitionRo
                 held_from: held.as_ref().map(|(offset, _)| offset.0 as i64),
                 held_by: held.map(|(_, holders)| holders.join(", ")),
                 topic: topic.name.clone(),
+                topic_id: topic.id,
+                traffic: partition.traffic.clone(),
                 stream: topic.stream.clone(),
                 partition: partition.id.0 as i32,
                 log_start_offset: stats.log_start_offset.0 as i64,
@@ -76,6 +85,7 @@ pub fn table(
         "queries" => queries(continuous)?,
         "watermarks" => watermarks(continuous)?,
         "consumer_groups" => consumer_groups(tables)?,
+        "copies" => copies(tables)?,
         _ => return Ok(None),
     };
     Ok(Some(Arc::new(MemTable::try_new(
@@ -185,6 +195,55 @@ fn topics(tables: &Tables) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// The `COPY … FROM STDIN`s running now, as PostgreSQL's `pg_stat_progress_copy` shows
+/// them (with `session` for its `pid`, and the rows committed so far by a large `COPY`'s
+/// chunks).
+fn copies(tables: &Tables) -> DfResult<RecordBatch> {
+    let copies = tables.copies.running();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("session", DataType::Int32, false),
+        Field::new("user_name", DataType::Utf8, false),
+        Field::new("relation", DataType::Utf8, false),
+        Field::new("command", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new(
+            "started",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("bytes_processed", DataType::Int64, false),
+        Field::new("tuples_processed", DataType::Int64, false),
+        Field::new("tuples_committed", DataType::Int64, false),
+    ]));
+    let count = |f: fn(&CopyProgress) -> &AtomicU64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            copies.iter().map(|c| CopyProgress::get(f(c)) as i64),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from_iter_values(
+            copies.iter().map(|c| c.session as i32),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            copies.iter().map(|c| &c.user),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            copies.iter().map(|c| &c.relation),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            copies.iter().map(|_| "COPY FROM"),
+        )),
+        Arc::new(StringArray::from_iter_values(copies.iter().map(|_| "PIPE"))),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(
+            copies.iter().map(|c| c.started_ms * 1000),
+        )),
+        count(|c| &c.bytes),
+        count(|c| &c.rows),
+        count(|c| &c.committed),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
 fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
     let queries = continuous
         .upgrade()
@@ -202,6 +261,8 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
         Field::new("rows_in", DataType::Int64, false),
         Field::new("rows_out", DataType::Int64, false),
         Field::new("rows_per_sec", DataType::Float64, false),
+        Field::new("lag_secs", DataType::Float64, false),
+        Field::new("catch_up_secs", DataType::Float64, true),
         Field::new(
             "last_checkpoint",
             DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -239,6 +300,14 @@ fn queries(continuous: &Weak<dyn Continuous>) -> DfResult<RecordBatch> {
         number(&|q| q.rows_out),
         Arc::new(Float64Array::from_iter_values(
             queries.iter().map(|q| q.rows_per_sec),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            queries
+                .iter()
+                .map(|q| (q.lag_secs * 1000.0).round() / 1000.0),
+        )),
+        Arc::new(Float64Array::from_iter(
+            queries.iter().map(|q| q.catch_up_secs),
         )),
         Arc::new(TimestampMicrosecondArray::from_iter(
             queries

@@ -356,9 +356,56 @@ pub fn output_with_input(command: &mut Command, input: &str, what: &str) -> std:
     child.wait_with_output().unwrap()
 }
 
+/// An HTTP/1.1 request as a scraper or a browser sends it: the status code and the body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).expect("connecting to the endpoint");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Runs psql with `input` on stdin; returns (exit success, stdout, stderr).
 pub fn psql(server: &Server, args: &[&str], input: &str) -> (bool, String, String) {
+    psql_as(server, args, input, None)
+}
+
+/// [`psql`] as `runnel` with `password` (`--auth password`), stopping at the first error.
+pub fn psql_with_password(server: &Server, password: &str, input: &str) -> (bool, String, String) {
+    psql_as(server, &["-v", "ON_ERROR_STOP=1"], input, Some(password))
+}
+
+fn psql_as(
+    server: &Server,
+    args: &[&str],
+    input: &str,
+    password: Option<&str>,
+) -> (bool, String, String) {
     let mut psql = Command::new("psql");
+    if let Some(password) = password {
+        psql.env("PGPASSWORD", password);
+    }
     psql.args([
         "-h",
         &server.addr.ip().to_string(),

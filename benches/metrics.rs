@@ -1,0 +1,210 @@
+//! The cost of metrics: the same ingest and catch-up with the HTTP endpoint on and scraped
+//! every second, and with it off, in one run.
+//!
+//! ```text
+//! cargo bench --bench metrics                  # 1,000,000 rows
+//! RUNNEL_BENCH_ROWS=200000 cargo bench --bench metrics
+//! ```
+//! Each round starts a fresh server twice, once per setting (the order alternating from
+//! round to round), and on each: `COPY`s the rows into a 4-partition stream, `INSERT`s them
+//! again from 4 connections in statements of 1,000 rows, then creates a materialized view
+//! over the stream (`count(*)`, `sum(amount)` per URL) and times its catch-up to `FLUSH`.
+//! With metrics on, a scraper reads `/metrics` every second all along, as Prometheus
+//! would (ten times more often than its default). Three rounds; the median is reported and
+//! every run printed.
+//!
+//! The counters on the write and read paths (per frame) and the histograms (per fsync,
+//! group commit and epoch) are counted in both settings: they are not optional. What "off"
+//! saves is the endpoint and its scrapes.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::load::{copy_into, csv_rows, insert_into, insert_statements, median};
+use common::start_runnel_with;
+
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Metrics {
+    On,
+    Off,
+}
+
+struct Run {
+    copy: Duration,
+    insert: Duration,
+    catch_up: Duration,
+    scrapes: u64,
+    scrape_max: Duration,
+}
+
+/// Scrapes `/metrics` at `addr` every second until `stop`; counts the scrapes and keeps
+/// the slowest.
+fn scrape_every_second(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    scrapes: Arc<AtomicU64>,
+    slowest_us: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let mut socket = std::net::TcpStream::connect(&addr).expect("the HTTP endpoint");
+            write!(
+                socket,
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            socket.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            slowest_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            scrapes.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
+fn run(dir: &std::path::Path, metrics: Metrics, rows: &[String], statements: &[String]) -> Run {
+    let http_port = common::free_port().to_string();
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let flags: Vec<&str> = match metrics {
+        Metrics::On => vec!["--http-addr", &http_addr],
+        Metrics::Off => vec!["--http-addr", "off"],
+    };
+    let server = start_runnel_with(dir, &flags);
+    let port = server.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let slowest_us = Arc::new(AtomicU64::new(0));
+    let scraper = (metrics == Metrics::On).then(|| {
+        scrape_every_second(
+            http_addr.clone(),
+            stop.clone(),
+            scrapes.clone(),
+            slowest_us.clone(),
+        )
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (copy, insert, catch_up) = runtime.block_on(async {
+        let client = common::connect(port, "runnel", "runnel").await;
+        client
+            .batch_execute(
+                "CREATE STREAM clicks (user_id BIGINT KEY, url TEXT, ts TIMESTAMP,
+                     amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4);
+                 CREATE STREAM inserted (user_id BIGINT KEY, url TEXT, ts TIMESTAMP,
+                     amount DOUBLE PRECISION, agent TEXT) WITH (partitions = 4)",
+            )
+            .await
+            .expect("create streams");
+        let copy = copy_into(&client, "clicks", rows).await;
+        let insert = insert_into(port, "runnel", "inserted", statements).await;
+        let started = Instant::now();
+        client
+            .batch_execute(
+                "CREATE MATERIALIZED VIEW per_url AS
+                     SELECT url, count(*) AS n, sum(amount) AS total FROM clicks GROUP BY url;
+                 FLUSH",
+            )
+            .await
+            .expect("catch up");
+        let catch_up = started.elapsed();
+        let counted = common::scalar(&client, "SELECT sum(n) FROM per_url").await;
+        assert_eq!(
+            counted,
+            rows.len().to_string(),
+            "the view counted every row"
+        );
+        (copy, insert, catch_up)
+    });
+    stop.store(true, Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        scraper.join().expect("the scraper");
+    }
+    drop(server);
+    Run {
+        copy,
+        insert,
+        catch_up,
+        scrapes: scrapes.load(Ordering::Relaxed),
+        scrape_max: Duration::from_micros(slowest_us.load(Ordering::Relaxed)),
+    }
+}
+
+fn main() {
+    let n = common::bench_rows(1_000_000) as usize;
+    let base = std::env::var("RUNNEL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let work = base.join(format!("runnel-bench-metrics-{}", std::process::id()));
+    let rows = csv_rows(n);
+    let statements = insert_statements(&rows);
+    let bytes: usize = rows.iter().map(String::len).sum();
+    println!(
+        "metrics on (scraped every second) vs off: {n} rows ({:.0} MB), {ROUNDS} rounds",
+        bytes as f64 / 1e6
+    );
+    let mut on = vec![];
+    let mut off = vec![];
+    for round in 0..ROUNDS {
+        let order = match round % 2 {
+            0 => [Metrics::On, Metrics::Off],
+            _ => [Metrics::Off, Metrics::On],
+        };
+        for metrics in order {
+            let dir = work.join(format!("round-{round}-{}", metrics as u8));
+            std::fs::create_dir_all(&dir).unwrap();
+            let figures = run(&dir, metrics, &rows, &statements);
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "  round {round} metrics {:<3}  COPY {:>7.3} s  INSERT x4 {:>7.3} s  catch-up {:>7.3} s{}",
+                if metrics == Metrics::On { "on" } else { "off" },
+                figures.copy.as_secs_f64(),
+                figures.insert.as_secs_f64(),
+                figures.catch_up.as_secs_f64(),
+                if metrics == Metrics::On {
+                    format!(
+                        "  ({} scrapes, slowest {:.1} ms)",
+                        figures.scrapes,
+                        figures.scrape_max.as_secs_f64() * 1e3
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            match metrics {
+                Metrics::On => on.push(figures),
+                Metrics::Off => off.push(figures),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!();
+    println!(
+        "{:<12} {:>16} {:>16} {:>10}",
+        "median", "metrics on", "metrics off", "on vs off"
+    );
+    let figure = |name: &str, of: fn(&Run) -> Duration| {
+        let on = median(on.iter().map(of).collect());
+        let off = median(off.iter().map(of).collect());
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "{name:<12} {:>10.0} rows/s {:>10.0} rows/s {:>+9.1}%",
+            rate(on),
+            rate(off),
+            (rate(on) / rate(off) - 1.0) * 100.0
+        );
+    };
+    figure("COPY", |r| r.copy);
+    figure("INSERT x4", |r| r.insert);
+    figure("catch-up", |r| r.catch_up);
+}
