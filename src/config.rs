@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Server,
+    /// Ask a running server's HTTP endpoint (`--http-addr`) whether it serves: exits with 0
+    /// if `/health` answers, 1 otherwise (a container's health check).
+    Health,
 }
 
 /// Everything `runnel server` takes.
@@ -211,6 +214,29 @@ pub struct ServerConfig {
     /// machine's (or the container's) memory.
     #[arg(long, env = "RUNNEL_MEMORY_LIMIT", value_parser = crate::memory::parse_size, global = true)]
     pub memory_limit: Option<u64>,
+    /// Tiered storage: an object store sealed segments are copied to, `file:///dir` or
+    /// `s3://bucket/prefix` (credentials, region and endpoint from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, …).
+    #[arg(long, env = "RUNNEL_OBJECT_STORE", global = true)]
+    pub object_store: Option<String>,
+    /// With `--object-store`: per partition, the bytes of sealed segments kept on local disk
+    /// once they are in the store (older ones are read from the store).
+    #[arg(
+        long,
+        env = "RUNNEL_LOCAL_RETENTION_BYTES",
+        value_parser = crate::memory::parse_size,
+        default_value = "1GiB",
+        global = true
+    )]
+    pub local_retention_bytes: u64,
+    /// With `--object-store`: how often sealed segments are looked for to copy.
+    #[arg(
+        long,
+        env = "RUNNEL_UPLOAD_INTERVAL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub upload_interval_ms: u64,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -244,6 +270,15 @@ impl ServerConfig {
         config.memory_limit = self
             .memory_limit
             .unwrap_or_else(crate::memory::default_memory_limit);
+        config.tier = self
+            .object_store
+            .clone()
+            .map(|url| crate::storage::tiered::TierConfig {
+                url,
+                local_retention_bytes: self.local_retention_bytes,
+                upload_interval: Duration::from_millis(self.upload_interval_ms.max(1)),
+                retired_grace: crate::storage::tiered::RETIRED_GRACE,
+            });
         config
     }
 

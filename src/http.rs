@@ -109,6 +109,42 @@ async fn sample(endpoint: Arc<Endpoint>, mut closed: watch::Receiver<bool>) {
     }
 }
 
+/// Asks the endpoint at `addr` (as `--http-addr` names it; an address it listens on for
+/// every interface is asked on loopback) for `/health`; why not, if it does not answer ok.
+pub fn check_health(addr: &str) -> std::result::Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(3);
+    let mut target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let fail = |e: std::io::Error| format!("{target}: {e}");
+    let mut socket = std::net::TcpStream::connect_timeout(&target, timeout).map_err(fail)?;
+    socket.set_read_timeout(Some(timeout)).map_err(fail)?;
+    write!(
+        socket,
+        "GET /health HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).map_err(fail)?;
+    match response.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!(
+            "{target}/health answered: {}",
+            response.lines().next().unwrap_or("nothing")
+        )),
+    }
+}
+
 async fn ready(State(endpoint): State<Arc<Endpoint>>) -> Response {
     match endpoint.database.get() {
         Some(_) => "ready\n".into_response(),

@@ -48,6 +48,9 @@ fn main() -> anyhow::Result<()> {
                 ))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        Command::Health => {
+            runnel::http::check_health(&config.http_addr).map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(())
 }

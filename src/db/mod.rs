@@ -72,6 +72,8 @@ pub struct DbConfig {
     pub file_root: Option<PathBuf>,
     /// Bytes queries may hold at once ([`crate::memory`]).
     pub memory_limit: u64,
+    /// Tiered storage (`--object-store`), if on.
+    pub tier: Option<crate::storage::tiered::TierConfig>,
 }
 
 impl DbConfig {
@@ -87,6 +89,7 @@ impl DbConfig {
             password_auth: false,
             file_root: None,
             memory_limit: crate::memory::default_memory_limit(),
+            tier: None,
         }
     }
 }
@@ -188,6 +191,10 @@ impl Database {
         log_config.retention_check_interval = config.retention_check_interval;
         log_config.max_hold_bytes = config.max_retention_hold_bytes;
         log_config.flush = config.flush;
+        log_config.tier = match &config.tier {
+            Some(tier) => Some(crate::storage::tiered::Tier::connect(tier.clone())?),
+            None => None,
+        };
         // Locked and read, nothing changed yet: the catalog says which topics to recover.
         let opening = Log::begin_open(log_config)?;
         locked()?;

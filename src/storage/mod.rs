@@ -30,7 +30,9 @@ pub mod index;
 pub mod lock;
 pub mod partition;
 pub mod segment;
+pub mod tiered;
 pub mod types;
+mod upload;
 mod writer;
 
 #[cfg(test)]
@@ -39,6 +41,8 @@ mod compaction_tests;
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tiered_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -309,6 +313,18 @@ pub struct LogConfig {
     pub compaction_map_keys: usize,
     /// When appended records reach stable storage.
     pub flush: FlushPolicy,
+    /// The object store sealed segments are copied to (`--object-store`), if any.
+    pub tier: Option<Arc<tiered::Tier>>,
+}
+
+impl LogConfig {
+    /// Where the data directory's files go in the object store, if tiered.
+    pub fn tiered(&self) -> Option<tiered::Tiered> {
+        self.tier.as_ref().map(|tier| tiered::Tiered {
+            tier: tier.clone(),
+            root: self.dir.clone(),
+        })
+    }
 }
 
 /// When appended records are fsynced (`--flush-policy`).
@@ -338,6 +354,7 @@ impl LogConfig {
             disk: Disk::default(),
             compaction_map_keys: 2 << 20,
             flush: FlushPolicy::Always,
+            tier: None,
         }
     }
 }
@@ -615,6 +632,7 @@ impl Opening {
                     PartitionId(p),
                     start,
                     end,
+                    config.tiered(),
                 )?));
                 topic_ends.push(end);
                 report.advance(1);
@@ -690,6 +708,16 @@ impl Opening {
             stops.push(tick("runnel-flush", every, &commands_tx, || {
                 Command::Flush { reply: None }
             })?);
+        }
+        if let Some(tiered) = config.tiered() {
+            tiered.tier.claim(&shared.identity.hex())?;
+            let (stop, stopped) = std::sync::mpsc::channel();
+            let uploader = upload::Uploader::new(shared.clone(), tiered);
+            std::thread::Builder::new()
+                .name("runnel-uploader".into())
+                .spawn(move || uploader.run(stopped))
+                .map_err(|e| StorageError::io(&root, e))?;
+            stops.push(stop);
         }
 
         Ok(Log {

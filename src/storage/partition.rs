@@ -18,6 +18,7 @@ use super::StorageError;
 use super::disk::Disk;
 use super::frame::{self, FrameHeader};
 use super::segment::{self, Segment, SegmentFile, SegmentWriter};
+use super::tiered::{Manifest, RemoteSegment, Tiered};
 use super::types::{Offset, PartitionId};
 
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Partition {
     writer: Mutex<PartitionWriter>,
     /// Records and bytes written and read since the server started, for `/metrics`.
     pub traffic: Arc<Traffic>,
+    /// The object store its sealed segments are copied to, if tiered.
+    tiered: Option<Tiered>,
 }
 
 /// What a partition has written and served since the server started: records and frame
@@ -63,11 +66,21 @@ pub struct PartitionStats {
     pub log_start_offset: Offset,
     pub size_bytes: u64,
     pub segments: usize,
+    /// Bytes of segments whose log is on local disk, and of those copied to the object
+    /// store (a segment may be both), and how many are in the store.
+    pub local_bytes: u64,
+    pub remote_bytes: u64,
+    pub remote_segments: usize,
 }
 
 impl Partition {
     /// Creates a new, empty partition directory with its first segment.
-    pub fn create(disk: &Disk, dir: &Path, id: PartitionId) -> Result<Partition, StorageError> {
+    pub fn create(
+        disk: &Disk,
+        dir: &Path,
+        id: PartitionId,
+        tiered: Option<Tiered>,
+    ) -> Result<Partition, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let (segment, active) = SegmentWriter::create(disk, dir, Offset(0))?;
         Ok(Partition {
@@ -80,6 +93,7 @@ impl Partition {
                 next_offset: Offset(0),
             }),
             traffic: Arc::default(),
+            tiered,
         })
     }
 
@@ -88,14 +102,17 @@ impl Partition {
     /// intact frames (otherwise the error names the corrupt file and position). Every
     /// record from `log_start` (where retention last committed the partition starts) to
     /// the committed end must be in a segment: a missing or short segment is an error.
+    /// Segments the partition's `remote.json` names are read from the object store when
+    /// their local log is gone.
     pub fn open(
         disk: &Disk,
         dir: &Path,
         id: PartitionId,
         log_start: Offset,
         committed_end: Offset,
+        tiered: Option<Tiered>,
     ) -> Result<Partition, StorageError> {
-        let (segments, writer) = recover(disk, dir, log_start, committed_end)?;
+        let (segments, writer) = recover(disk, dir, log_start, committed_end, tiered.as_ref())?;
         Ok(Partition {
             id,
             dir: dir.to_path_buf(),
@@ -103,7 +120,13 @@ impl Partition {
             segments: RwLock::new(segments),
             writer: Mutex::new(writer),
             traffic: Arc::default(),
+            tiered,
         })
+    }
+
+    /// The object store its sealed segments go to, if tiered.
+    pub fn tiered(&self) -> Option<&Tiered> {
+        self.tiered.as_ref()
     }
 
     /// Puts the partition back to `committed_end` after a failed group commit.
@@ -111,8 +134,13 @@ impl Partition {
         let mut writer = self.writer.lock().expect("partition writer lock");
         let mut segments = self.segments.write().expect("segments lock");
         let log_start = segments[0].base_offset;
-        let (recovered, recovered_writer) =
-            recover(&self.disk, &self.dir, log_start, committed_end)?;
+        let (recovered, recovered_writer) = recover(
+            &self.disk,
+            &self.dir,
+            log_start,
+            committed_end,
+            self.tiered.as_ref(),
+        )?;
         *segments = recovered;
         *writer = recovered_writer;
         Ok(())
@@ -128,10 +156,18 @@ impl Partition {
 
     pub fn stats(&self) -> PartitionStats {
         let segments = self.segments.read().expect("segments lock");
+        let remote = || segments.iter().filter(|s| s.remote().is_some());
         PartitionStats {
             log_start_offset: segments[0].base_offset,
             size_bytes: segments.iter().map(|s| s.size_bytes()).sum(),
             segments: segments.len(),
+            local_bytes: segments
+                .iter()
+                .filter(|s| s.is_local())
+                .map(|s| s.size_bytes())
+                .sum(),
+            remote_bytes: remote().map(|s| s.size_bytes()).sum(),
+            remote_segments: remote().count(),
         }
     }
 
@@ -464,8 +500,22 @@ fn recover(
     dir: &Path,
     log_start: Offset,
     committed_end: Offset,
+    tiered: Option<&Tiered>,
 ) -> Result<(Vec<Arc<Segment>>, PartitionWriter), StorageError> {
-    let found = segment::list_segments(dir)?;
+    let mut found = segment::list_segments(dir)?;
+    // Segments whose copies are in the object store, perhaps only there.
+    let manifest = Manifest::read(dir)?;
+    let remote = |file: SegmentFile| manifest.find(file).copied();
+    if let (None, Some(first)) = (tiered, manifest.segments.first()) {
+        return Err(StorageError::Failed(format!(
+            "{} names segments in an object store (from offset {}): start with the --object-store they were copied to",
+            dir.join(super::tiered::MANIFEST_FILE).display(),
+            first.base
+        )));
+    }
+    found.extend(manifest.segments.iter().map(RemoteSegment::file));
+    found.sort();
+    found.dedup();
     // Of the generations of one base, the newest is the segment: a compaction wrote it and
     // stopped before deleting the one it replaced.
     let mut files: Vec<SegmentFile> = Vec::with_capacity(found.len());
@@ -519,7 +569,13 @@ fn recover(
             ),
         ));
     }
-    let active = files.pop().expect("non-empty");
+    // The last segment is the active one, unless it is only in the store (a data directory
+    // restored from it): then a new one starts after it.
+    let last = *files.last().expect("non-empty");
+    let active = match remote(last).filter(|_| !last.log(dir).exists()) {
+        Some(_) => None,
+        None => files.pop(),
+    };
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(files.len() + 1);
     // The offset after the last sealed segment kept.
     let mut end: Option<Offset> = None;
@@ -547,12 +603,44 @@ fn recover(
             continue;
         }
         check_contiguous(segments.last(), end, file.base)?;
-        let segment = Segment::open_sealed(disk, dir, file)?;
-        end = Some(segment.end_offset()?);
+        let copy = remote(file).zip(tiered);
+        let segment = match copy {
+            Some((copy, tiered)) if !file.log(dir).exists() => {
+                let log = tiered.log(&file.log(dir), copy.size);
+                Segment::open_remote(disk, dir, file, log, |path| tiered.fetch(path))?
+            }
+            _ => {
+                let segment = Segment::open_sealed(disk, dir, file)?;
+                if let Some((copy, tiered)) = copy {
+                    segment.set_remote(tiered.log(&file.log(dir), copy.size));
+                }
+                segment
+            }
+        };
+        end = Some(match copy {
+            Some((copy, _)) => Offset(copy.end),
+            None => segment.end_offset()?,
+        });
         segments.push(Arc::new(segment));
     }
-    check_contiguous(segments.last(), end, active.base)?;
-    let (segment, writer) = SegmentWriter::recover(disk, dir, active.base, committed_end)?;
+    let active_base = match active {
+        Some(active) => active.base,
+        None => end.expect("a sealed segment"),
+    };
+    check_contiguous(segments.last(), end, active_base)?;
+    let (segment, writer) = match active {
+        Some(_) => SegmentWriter::recover(disk, dir, active_base, committed_end)?,
+        None if active_base == committed_end => SegmentWriter::create(disk, dir, active_base)?,
+        None => {
+            return Err(StorageError::corruption(
+                dir,
+                0,
+                format!(
+                    "offsets {active_base}..{committed_end} were committed, but the object store's segments end at {active_base}"
+                ),
+            ));
+        }
+    };
     segments.push(Arc::new(segment));
     Ok((
         segments,

@@ -11,8 +11,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use arrow::array::RecordBatch;
 use arrow::buffer::{Buffer, MutableBuffer};
@@ -22,6 +22,7 @@ use super::StorageError;
 use super::disk::Disk;
 use super::frame::{self, EncodedFrame, FRAME_HEADER_LEN, FrameError, FrameHeader, Layout};
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
+use super::tiered::RemoteLog;
 use super::types::Offset;
 
 /// Unwanted bytes between two wanted sections of a frame that are read rather than skipped
@@ -59,11 +60,11 @@ impl SegmentFile {
         self.path(dir, "log")
     }
 
-    fn offset_index(&self, dir: &Path) -> PathBuf {
+    pub fn offset_index(&self, dir: &Path) -> PathBuf {
         self.path(dir, "index")
     }
 
-    fn time_index(&self, dir: &Path) -> PathBuf {
+    pub fn time_index(&self, dir: &Path) -> PathBuf {
         self.path(dir, "timeindex")
     }
 
@@ -124,6 +125,10 @@ pub struct Segment {
     /// Set once the partition no longer lists it (retention or compaction replaced it): its
     /// files are deleted when the last reader holding it is done.
     retired: AtomicBool,
+    /// Its copy in the object store, once uploaded ([`super::tiered`]).
+    remote: OnceLock<Arc<RemoteLog>>,
+    /// Whether its log file is on local disk (cleared once the store's copy serves it).
+    local: AtomicBool,
 }
 
 impl Segment {
@@ -140,7 +145,58 @@ impl Segment {
                 size_bytes,
             }),
             retired: AtomicBool::new(false),
+            remote: OnceLock::new(),
+            local: AtomicBool::new(true),
         }
+    }
+
+    /// Its copy in the object store, if it has one.
+    pub fn remote(&self) -> Option<&Arc<RemoteLog>> {
+        self.remote.get()
+    }
+
+    /// Records that the store holds a copy of the sealed segment.
+    pub fn set_remote(&self, remote: Arc<RemoteLog>) {
+        let _ = self.remote.set(remote);
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local.load(Ordering::Acquire)
+    }
+
+    /// Removes the local log file of a segment the store holds a copy of (its indexes stay):
+    /// from now on it is read from the store. Readers reading the local file meanwhile go
+    /// to the store when they find it gone.
+    pub fn evict_local(&self) -> Result<(), StorageError> {
+        if self.remote.get().is_none() {
+            return Err(StorageError::Failed(format!(
+                "{} has no copy in the object store",
+                self.path.display()
+            )));
+        }
+        self.local.store(false, Ordering::Release);
+        self.disk.remove(&self.path)
+    }
+
+    /// `len` bytes at `position` (fewer at the end), from the local file or the store.
+    fn read(&self, len: usize, position: u64) -> Result<MutableBuffer, StorageError> {
+        if self.is_local() {
+            match self.disk.read_buffer(&self.path, len, position) {
+                Ok(buf) => return Ok(buf),
+                // Evicted after the check: the store has it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.is_local() => {}
+                Err(e) => return Err(StorageError::io(&self.path, e)),
+            }
+        }
+        let remote = self.remote.get().ok_or_else(|| {
+            StorageError::Failed(format!(
+                "{} is neither on disk nor in an object store",
+                self.path.display()
+            ))
+        })?;
+        remote
+            .read(position, len)
+            .map_err(|e| StorageError::io(&self.path, e))
     }
 
     /// Marks the segment as no longer the partition's: its files go when the last reader
@@ -155,10 +211,7 @@ impl Segment {
 
     /// Reads the frame header at `position`. `Ok(None)` at the end of the file.
     pub fn header_at(&self, position: u64) -> Result<Option<FrameHeader>, StorageError> {
-        let buf = self
-            .disk
-            .read_buffer(&self.path, FRAME_HEADER_LEN, position)
-            .map_err(|e| StorageError::io(&self.path, e))?;
+        let buf = self.read(FRAME_HEADER_LEN, position)?;
         if buf.is_empty() {
             return Ok(None);
         }
@@ -170,10 +223,7 @@ impl Segment {
     /// Reads the whole frame at `position` and verifies its checksum.
     pub fn frame_at(&self, position: u64, header: &FrameHeader) -> Result<Buffer, StorageError> {
         let len = header.length as usize;
-        let buf = self
-            .disk
-            .read_buffer(&self.path, len, position)
-            .map_err(|e| StorageError::io(&self.path, e))?;
+        let buf = self.read(len, position)?;
         let verified = frame::decode_frame(buf.as_slice())
             .map_err(|e| StorageError::corruption(&self.path, position, e))?;
         if verified != *header {
@@ -277,10 +327,7 @@ impl Segment {
 
     /// `len` bytes at `position`; fewer (the file ends early) is a damaged frame.
     fn read_exact(&self, position: u64, len: usize) -> Result<MutableBuffer, StorageError> {
-        let buf = self
-            .disk
-            .read_buffer(&self.path, len, position)
-            .map_err(|e| StorageError::io(&self.path, e))?;
+        let buf = self.read(len, position)?;
         if buf.len() < len {
             return Err(StorageError::corruption(
                 &self.path,
@@ -405,8 +452,38 @@ impl Segment {
         dir: &Path,
         file: SegmentFile,
     ) -> Result<Segment, StorageError> {
-        let base = file.base;
         let size_bytes = disk.len(&file.log(dir))?;
+        Segment::open_indexed(Segment::unindexed(disk, dir, file, size_bytes))
+    }
+
+    /// Opens a sealed segment whose log is only in the object store, as `remote`: its
+    /// indexes are loaded from local files, fetched from the store when there are none (a
+    /// data directory restored from the store), or rebuilt from the frames.
+    pub fn open_remote(
+        disk: &Disk,
+        dir: &Path,
+        file: SegmentFile,
+        remote: Arc<RemoteLog>,
+        fetch: impl Fn(&Path) -> Result<Option<bytes::Bytes>, StorageError>,
+    ) -> Result<Segment, StorageError> {
+        for index in [file.offset_index(dir), file.time_index(dir)] {
+            if !index.exists()
+                && let Some(bytes) = fetch(&index)?
+            {
+                disk.write_file(&index, &[&bytes])?;
+            }
+        }
+        let segment = Segment::unindexed(disk, dir, file, remote.size);
+        segment.local.store(false, Ordering::Release);
+        let _ = segment.remote.set(remote);
+        Segment::open_indexed(segment)
+    }
+
+    /// Loads an unindexed sealed segment's indexes, rebuilding them if need be.
+    fn open_indexed(segment: Segment) -> Result<Segment, StorageError> {
+        let (disk, dir, file) = (&segment.disk, &segment.dir, segment.file);
+        let base = file.base;
+        let size_bytes = segment.size_bytes();
         let offsets = fs::read(file.offset_index(dir))
             .ok()
             .and_then(|b| index::decode_offset_index(&b));
@@ -419,7 +496,6 @@ impl Segment {
                 && o.last().is_some_and(|e| (e.position as u64) < size_bytes)
                 && t.last().is_none_or(|e| (e.position as u64) < size_bytes)
         };
-        let segment = Segment::unindexed(disk, dir, file, size_bytes);
         match (offsets, times) {
             (Some(o), Some(t)) if plausible(&o, &t) => {
                 segment.state.write().expect("segment lock").index =

@@ -519,6 +519,7 @@ impl Writer {
                     disk,
                     &partition_dir(&dir, p),
                     PartitionId(p),
+                    self.shared.config.tiered(),
                 )?));
             }
             disk.sync_dir(&dir)?;

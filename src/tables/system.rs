@@ -37,6 +37,10 @@ pub struct PartitionRow {
     pub high_watermark: i64,
     pub bytes: i64,
     pub segments: i32,
+    /// Bytes on local disk and in the object store (tiered storage).
+    pub local_bytes: i64,
+    pub remote_bytes: i64,
+    pub remote_segments: i32,
     /// The first offset a reader still needs, and who (the furthest behind).
     pub held_from: Option<i64>,
     pub held_by: Option<String>,
@@ -68,6 +72,9 @@ pub fn partition_rows(tables: &Tables, holds: Option<&Holds>) -> Vec<PartitionRo
                 high_watermark: snapshot.high_watermark(topic.id, partition.id).0 as i64,
                 bytes: stats.size_bytes as i64,
                 segments: stats.segments as i32,
+                local_bytes: stats.local_bytes as i64,
+                remote_bytes: stats.remote_bytes as i64,
+                remote_segments: stats.remote_segments as i32,
             });
         }
     }
@@ -107,6 +114,9 @@ fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
         Field::new("segments", DataType::Int32, false),
         Field::new("held_from", DataType::Int64, true),
         Field::new("held_by", DataType::Utf8, true),
+        Field::new("local_bytes", DataType::Int64, false),
+        Field::new("remote_bytes", DataType::Int64, false),
+        Field::new("remote_segments", DataType::Int32, false),
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.topic))),
@@ -132,6 +142,15 @@ fn partitions(tables: &Tables) -> DfResult<RecordBatch> {
         Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.held_from))),
         Arc::new(StringArray::from_iter(
             rows.iter().map(|r| r.held_by.as_deref()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.local_bytes),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.remote_bytes),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|r| r.remote_segments),
         )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
