@@ -237,6 +237,16 @@ pub struct ServerConfig {
         global = true
     )]
     pub upload_interval_ms: u64,
+    /// With `--object-store`: how often the catalog, the committed offsets and the segments
+    /// holding every committed record are checkpointed there (also at shutdown); a new
+    /// machine with an empty disk starts from the last checkpoint.
+    #[arg(
+        long,
+        env = "RUNNEL_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub checkpoint_interval_ms: u64,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `runnel=debug`).
     #[arg(long, env = "RUNNEL_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -278,6 +288,7 @@ impl ServerConfig {
                 local_retention_bytes: self.local_retention_bytes,
                 upload_interval: Duration::from_millis(self.upload_interval_ms.max(1)),
                 retired_grace: crate::storage::tiered::RETIRED_GRACE,
+                checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             });
         config
     }

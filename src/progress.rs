@@ -154,6 +154,7 @@ mod tests {
         let running = copies.running();
         assert_eq!(running.len(), 1);
         assert_eq!(running[0].relation, "views");
+        drop(running);
         drop(second);
         assert!(copies.running().is_empty());
     }

@@ -661,12 +661,8 @@ impl CommitLog {
             .expect("the commit log lives in a directory")
             .to_path_buf();
         let tmp = dir.join(format!("{COMMIT_LOG_FILE}.new"));
-        let mut sequence = self.sequence + 1;
-        let mut records = vec![encode_header(sequence, &self.identity)];
-        for commit in snapshot_commits(ends, starts, meta) {
-            sequence += 1;
-            records.push(encode_commit(sequence, &commit, KIND_COMMIT));
-        }
+        let (records, sequence) =
+            snapshot_records(self.sequence + 1, &self.identity, ends, starts, meta);
         let parts: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         self.disk.write_file(&tmp, &parts)?;
         self.disk.rename(&tmp, &self.path)?;
@@ -676,6 +672,35 @@ impl CommitLog {
         self.rewritten_bytes = self.size_bytes;
         Ok(())
     }
+}
+
+/// A header and records holding the live state, numbered from `sequence`; and the last
+/// sequence number used.
+fn snapshot_records(
+    mut sequence: u64,
+    identity: &Identity,
+    ends: &CommittedEnds,
+    starts: &CommittedEnds,
+    meta: &[(u64, Arc<Vec<u8>>)],
+) -> (Vec<Vec<u8>>, u64) {
+    let mut records = vec![encode_header(sequence, identity)];
+    for commit in snapshot_commits(ends, starts, meta) {
+        sequence += 1;
+        records.push(encode_commit(sequence, &commit, KIND_COMMIT));
+    }
+    (records, sequence)
+}
+
+/// A whole commit log holding the live state (`ends`, `starts`, `meta`) of the data
+/// directory `identity`: what a rewrite would leave, as bytes (a checkpoint in the object
+/// store, from which a data directory is restored).
+pub fn snapshot_file(
+    identity: &Identity,
+    ends: &CommittedEnds,
+    starts: &CommittedEnds,
+    meta: &[(u64, Arc<Vec<u8>>)],
+) -> Vec<u8> {
+    snapshot_records(1, identity, ends, starts, meta).0.concat()
 }
 
 /// Why a commit failed.

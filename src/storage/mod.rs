@@ -444,6 +444,12 @@ enum Command {
     Flush {
         reply: Option<Reply<()>>,
     },
+    /// Seals every partition's active segment that holds records and answers with the
+    /// committed state and the sealed segments holding it (a checkpoint for the object
+    /// store).
+    Checkpoint {
+        reply: Reply<tiered::Checkpoint>,
+    },
 }
 
 struct Shared {
@@ -495,7 +501,12 @@ pub struct Log {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Stops the threads that send periodic commands (retention, flushes).
     tickers: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
+    /// Stops tiered storage's uploader, and says when its last checkpoint is done.
+    uploader: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
+
+/// How long a shutdown waits for the last checkpoint to the object store.
+const LAST_CHECKPOINT_WAIT: Duration = Duration::from_secs(120);
 
 fn topic_dir(root: &Path, spec: &TopicSpec) -> PathBuf {
     root.join("topics")
@@ -709,15 +720,17 @@ impl Opening {
                 Command::Flush { reply: None }
             })?);
         }
+        let mut uploader = None;
         if let Some(tiered) = config.tiered() {
             tiered.tier.claim(&shared.identity.hex())?;
             let (stop, stopped) = std::sync::mpsc::channel();
-            let uploader = upload::Uploader::new(shared.clone(), tiered);
+            let (done, finished) = std::sync::mpsc::channel();
+            let task = upload::Uploader::new(shared.clone(), tiered, commands_tx.clone());
             std::thread::Builder::new()
                 .name("runnel-uploader".into())
-                .spawn(move || uploader.run(stopped))
+                .spawn(move || task.run(stopped, done))
                 .map_err(|e| StorageError::io(&root, e))?;
-            stops.push(stop);
+            uploader = Some((stop, finished));
         }
 
         Ok(Log {
@@ -726,6 +739,7 @@ impl Opening {
             commands: Mutex::new(Some(commands_tx)),
             writer: Mutex::new(Some(handle)),
             tickers: Mutex::new(stops),
+            uploader: Mutex::new(uploader),
         })
     }
 }
@@ -738,6 +752,15 @@ impl Log {
         let root = config.dir.clone();
         std::fs::create_dir_all(&root).map_err(|e| StorageError::io(&root, e))?;
         let lock = lock::DataDirLock::acquire(&root)?;
+        // A data directory without a commit log, tiered: the store may have its checkpoint
+        // (a new machine taking over), or a restore was cut short.
+        if let Some(tier) = &config.tier
+            && matches!(commit_log::read(&root)?, OnDisk::Missing)
+            && (root.join(tiered::RESTORE_DIR).exists()
+                || data_without_commit_log(&root)?.is_none())
+        {
+            tiered::restore(tier, &root, &config.disk)?;
+        }
         let mut found = commit_log::read(&root)?;
         let unflushed = settle_unflushed(&config.disk, &root, &mut found)?;
         if matches!(found, OnDisk::Missing | OnDisk::Empty)
@@ -970,6 +993,13 @@ impl Log {
 
     /// Stops the writer after it has finished every append already queued.
     pub fn shutdown(&self) {
+        // The uploader checkpoints once more (through the writer, still running).
+        if let Some((stop, finished)) = self.uploader.lock().expect("lock").take() {
+            let _ = stop.send(());
+            if finished.recv_timeout(LAST_CHECKPOINT_WAIT).is_err() {
+                tracing::error!("the last checkpoint to the object store did not finish in time");
+            }
+        }
         for stop in self.tickers.lock().expect("lock").drain(..) {
             let _ = stop.send(());
         }

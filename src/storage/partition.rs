@@ -281,6 +281,15 @@ impl Partition {
         Ok(())
     }
 
+    /// Seals the active segment if it holds records (a new, empty one follows it).
+    pub fn seal_active(&self) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock().expect("partition writer lock");
+        if writer.next_offset > self.active_segment().base_offset {
+            self.roll(&mut writer)?;
+        }
+        Ok(())
+    }
+
     fn active_segment(&self) -> Arc<Segment> {
         self.segments
             .read()
@@ -529,6 +538,18 @@ fn recover(
         }
     }
     if files.is_empty() {
+        // Restored from the store with no sealed segment: a partition empty from its start.
+        let restored = dir.join(super::tiered::MANIFEST_FILE).exists() && tiered.is_some();
+        if restored && log_start == committed_end {
+            let (segment, active) = SegmentWriter::create(disk, dir, committed_end)?;
+            return Ok((
+                vec![Arc::new(segment)],
+                PartitionWriter {
+                    active,
+                    next_offset: committed_end,
+                },
+            ));
+        }
         if committed_end != Offset(0) || log_start != Offset(0) {
             return Err(StorageError::corruption(
                 dir,

@@ -39,6 +39,8 @@ use super::types::Offset;
 pub const MANIFEST_FILE: &str = "remote.json";
 /// The object naming the data directory that writes under a prefix.
 const IDENTITY_OBJECT: &str = "runnel.identity";
+/// The object naming the server process that writes under a prefix now.
+const LEASE_OBJECT: &str = "runnel.lease";
 /// Files up to this size are put whole; larger ones in parts of this size.
 const PART_BYTES: usize = 8 * 1024 * 1024;
 /// What one remote read fetches at least: the frame a reader asks for and those after it,
@@ -59,6 +61,8 @@ pub struct TierConfig {
     /// How long the copy of a segment the partition no longer has (retention, compaction)
     /// is kept for readers that may still be on it.
     pub retired_grace: Duration,
+    /// How often the committed state is checkpointed to the store (and at shutdown).
+    pub checkpoint_interval: Duration,
 }
 
 /// [`TierConfig::retired_grace`] unless configured.
@@ -213,6 +217,38 @@ impl Tier {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Takes the prefix for this process: whoever held it stops writing at its next look
+    /// ([`Tier::holds_lease`]). Returns the lease.
+    pub fn take_lease(&self, identity: &str) -> Result<String, StorageError> {
+        let lease = format!(
+            "{identity} pid {} on {} at {}",
+            std::process::id(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+            super::now_ms()
+        );
+        self.put(
+            &self.prefix.clone().join(LEASE_OBJECT),
+            lease.clone().into_bytes(),
+            false,
+        )?;
+        Ok(lease)
+    }
+
+    /// Whether `lease` is still the prefix's (no other server took it over since); the
+    /// holder's if not.
+    pub fn holds_lease(&self, lease: &str) -> Result<Result<(), String>, StorageError> {
+        let current = self.get(&self.prefix.clone().join(LEASE_OBJECT))?;
+        let current = current
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Ok(match current == lease {
+            true => Ok(()),
+            false => Err(current),
+        })
     }
 
     /// Copies the local file `path` to `key`.
@@ -424,6 +460,176 @@ impl RemoteLog {
     }
 }
 
+/// The committed state of a data directory at a moment, with the sealed segments holding
+/// every record of it: what a new machine restores from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The data directory's identity.
+    pub identity: String,
+    pub taken_at_ms: i64,
+    /// A commit log holding the state (its own object beside the checkpoint's).
+    #[serde(skip)]
+    pub commit_log: Vec<u8>,
+    pub partitions: Vec<PartitionCheckpoint>,
+}
+
+/// A partition's directory (relative to the data directory) and its sealed segments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    pub dir: String,
+    pub segments: Vec<RemoteSegment>,
+}
+
+/// Where checkpoints go: `checkpoints/<sequence>/{commit.log, checkpoint.json}`, the JSON
+/// written last (once every object it names is there).
+const CHECKPOINTS: &str = "checkpoints";
+const CHECKPOINT_OBJECT: &str = "checkpoint.json";
+/// Where a restore stages the data directory's files before moving them in place.
+pub const RESTORE_DIR: &str = ".restore";
+
+impl Tier {
+    /// Writes `bytes` to `key`; with `create`, only if there is no such object yet.
+    fn put(&self, key: &Key, bytes: Vec<u8>, create: bool) -> Result<(), StorageError> {
+        let mode = match create {
+            true => PutMode::Create,
+            false => PutMode::Overwrite,
+        };
+        self.block_on(self.store.put_opts(
+            key,
+            PutPayload::from(bytes),
+            PutOptions {
+                mode,
+                ..Default::default()
+            },
+        ))
+        .map(|_| ())
+        .map_err(|e| store_error(&format!("writing {key}"), e))
+    }
+
+    /// The sequence numbers of the checkpoints in the store, ascending (complete or not).
+    fn checkpoint_sequences(&self) -> Result<Vec<u64>, StorageError> {
+        let mut sequences: Vec<u64> = self
+            .list_dirs(Path::new(CHECKPOINTS))?
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect();
+        sequences.sort_unstable();
+        Ok(sequences)
+    }
+
+    fn checkpoint_dir(sequence: u64) -> PathBuf {
+        Path::new(CHECKPOINTS).join(format!("{sequence:020}"))
+    }
+
+    /// Stores `checkpoint` as the newest one and deletes those before it; its sequence.
+    pub fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<u64, StorageError> {
+        let earlier = self.checkpoint_sequences()?;
+        let sequence = earlier.last().map_or(1, |last| last + 1);
+        let dir = Tier::checkpoint_dir(sequence);
+        self.put(
+            &self.key(&dir.join(super::COMMIT_LOG_FILE)),
+            checkpoint.commit_log.clone(),
+            false,
+        )?;
+        let json = serde_json::to_vec(checkpoint)
+            .map_err(|e| StorageError::Failed(format!("encoding a checkpoint: {e}")))?;
+        self.put(&self.key(&dir.join(CHECKPOINT_OBJECT)), json, true)?;
+        for old in earlier {
+            for key in self.list(&Tier::checkpoint_dir(old))? {
+                self.delete(&key)?;
+            }
+        }
+        Ok(sequence)
+    }
+
+    /// The newest complete checkpoint, with its sequence, if there is one.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, Checkpoint)>, StorageError> {
+        for sequence in self.checkpoint_sequences()?.into_iter().rev() {
+            let dir = Tier::checkpoint_dir(sequence);
+            let Some(json) = self.get(&self.key(&dir.join(CHECKPOINT_OBJECT)))? else {
+                continue; // cut short while it was written
+            };
+            let mut checkpoint: Checkpoint = serde_json::from_slice(&json).map_err(|e| {
+                StorageError::Failed(format!("checkpoint {sequence} in the object store: {e}"))
+            })?;
+            checkpoint.commit_log = self
+                .get(&self.key(&dir.join(super::COMMIT_LOG_FILE)))?
+                .ok_or_else(|| {
+                    StorageError::Failed(format!(
+                        "checkpoint {sequence} in the object store has no commit log"
+                    ))
+                })?
+                .to_vec();
+            return Ok(Some((sequence, checkpoint)));
+        }
+        Ok(None)
+    }
+}
+
+/// Makes the empty data directory `root` the one the store's newest checkpoint describes:
+/// its commit log, and per partition a `remote.json` naming its segments (read from the
+/// store from then on). Staged in [`RESTORE_DIR`] and moved in place, the commit log last;
+/// a restore cut short is finished by the next start. False if the store has no checkpoint.
+pub fn restore(tier: &Tier, root: &Path, disk: &Disk) -> Result<bool, StorageError> {
+    let staging = root.join(RESTORE_DIR);
+    if !staging.join(super::COMMIT_LOG_FILE).exists() {
+        let Some((sequence, checkpoint)) = tier.latest_checkpoint()? else {
+            return Ok(false);
+        };
+        if staging.exists() {
+            disk.remove_dir_all(&staging)?;
+        }
+        let topics = staging.join("topics");
+        let mut segments = 0;
+        for partition in &checkpoint.partitions {
+            let dir = staging.join(&partition.dir);
+            if !dir.starts_with(&topics) || partition.dir.contains("..") {
+                return Err(StorageError::Failed(format!(
+                    "checkpoint {sequence} names a partition outside the topics: {}",
+                    partition.dir
+                )));
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+            Manifest {
+                segments: partition.segments.clone(),
+                retired: vec![],
+            }
+            .write(disk, &dir)?;
+            segments += partition.segments.len();
+        }
+        std::fs::create_dir_all(&topics).map_err(|e| StorageError::io(&topics, e))?;
+        for topic in std::fs::read_dir(&topics).map_err(|e| StorageError::io(&topics, e))? {
+            let topic = topic.map_err(|e| StorageError::io(&topics, e))?.path();
+            disk.sync_dir(&topic)?;
+        }
+        disk.sync_dir(&topics)?;
+        disk.write_file(
+            &staging.join(super::COMMIT_LOG_FILE),
+            &[&checkpoint.commit_log],
+        )?;
+        disk.sync_dir(&staging)?;
+        tracing::info!(
+            checkpoint = sequence,
+            taken_at_ms = checkpoint.taken_at_ms,
+            partitions = checkpoint.partitions.len(),
+            segments,
+            "restoring the data directory from the object store"
+        );
+    }
+    // Moved in place: the topics, then the commit log that names them.
+    let topics = staging.join("topics");
+    if topics.exists() {
+        disk.rename(&topics, &root.join("topics"))?;
+    }
+    disk.rename(
+        &staging.join(super::COMMIT_LOG_FILE),
+        &root.join(super::COMMIT_LOG_FILE),
+    )?;
+    disk.sync_dir(root)?;
+    disk.remove_dir_all(&staging)?;
+    Ok(true)
+}
+
 /// A data directory's tier: files under `root` are objects under the tier's prefix at the
 /// same relative path.
 #[derive(Debug, Clone)]
@@ -459,6 +665,7 @@ mod tests {
             local_retention_bytes: 0,
             upload_interval: Duration::from_millis(10),
             retired_grace: RETIRED_GRACE,
+            checkpoint_interval: Duration::from_secs(3600),
         })
         .unwrap()
     }

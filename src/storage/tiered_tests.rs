@@ -16,6 +16,7 @@ fn tier(store: &Path, local_retention_bytes: u64) -> Arc<Tier> {
         local_retention_bytes,
         upload_interval: Duration::from_secs(3600),
         retired_grace: Duration::ZERO,
+        checkpoint_interval: Duration::from_secs(3600),
     })
     .unwrap()
 }
@@ -32,12 +33,16 @@ fn open_tiered(
     Log::begin_open(config)?.open(specs, issued)
 }
 
+/// The uploader as its thread runs it (which, here, waits an hour before its first pass).
+fn uploader(log: &Log) -> upload::Uploader {
+    let tiered = log.shared.config.tiered().unwrap();
+    let commands = log.commands.lock().unwrap().clone().unwrap();
+    upload::Uploader::new(log.shared.clone(), tiered, commands)
+}
+
 /// One pass of the uploader, as its thread makes every interval.
 fn upload_pass(log: &Log) {
-    let tiered = log.shared.config.tiered().unwrap();
-    upload::Uploader::new(log.shared.clone(), tiered)
-        .pass()
-        .unwrap();
+    uploader(log).pass().unwrap();
 }
 
 fn local_logs(dir: &Path) -> Vec<String> {
@@ -162,12 +167,7 @@ async fn a_failed_upload_keeps_everything_local() {
     }
     std::fs::remove_dir_all(&blocked).unwrap();
     std::fs::write(&blocked, b"not a directory").unwrap();
-    let tiered = log.shared.config.tiered().unwrap();
-    assert!(
-        upload::Uploader::new(log.shared.clone(), tiered)
-            .pass()
-            .is_err()
-    );
+    assert!(uploader(&log).pass().is_err());
     let partition_dir = dir.path().join("topics/t1-1/0");
     assert!(Manifest::read(&partition_dir).unwrap().segments.is_empty());
     let segments = log.topic(s.id).unwrap().partitions[0].segments();
@@ -209,8 +209,11 @@ async fn retention_deletes_the_stores_copies_too() {
     let before = objects(store.path());
     assert!(log.enforce_retention().await.unwrap() > 0);
     // The partition no longer lists them: their copies are retired, then (no grace here)
-    // deleted by the next pass.
-    upload_pass(&log);
+    // deleted by a pass after the next checkpoint (which does not name them).
+    let mut uploader = uploader(&log);
+    uploader.pass().unwrap();
+    tokio::task::block_in_place(|| uploader.checkpoint()).unwrap();
+    uploader.pass().unwrap();
     let partition_dir = dir.path().join("topics/t1-1/0");
     let manifest = Manifest::read(&partition_dir).unwrap();
     let start = log.log_start(s.id, PartitionId(0));
@@ -222,4 +225,79 @@ async fn retention_deletes_the_stores_copies_too() {
     assert!(objects(store.path()) < before);
     let ids = read_ids(&log, &s, 0).unwrap();
     assert_eq!(ids, (start.0 as i64..10_000).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_machine_restores_from_the_last_checkpoint() {
+    let first = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 2);
+    s.segment_bytes_max = 16 * 1024;
+    let empty = spec(2, 1);
+    let identity;
+    {
+        let log = open_tiered(first.path(), vec![], Some(tier(store.path(), 1 << 30))).unwrap();
+        identity = log.identity();
+        log.create_topic(s.clone()).await.unwrap();
+        log.create_topic(empty.clone()).await.unwrap();
+        for i in 0..10 {
+            append(&log, &s, (i % 2) as u32, i * 500, (i + 1) * 500).await;
+        }
+        log.commit(vec![], vec![(7, Some(b"the catalog".to_vec()))])
+            .await
+            .unwrap();
+        // A clean stop checkpoints: active segments sealed, copied, the state stored.
+        log.shutdown();
+    }
+    std::fs::remove_dir_all(first.path()).unwrap();
+
+    let second = tempfile::tempdir().unwrap();
+    let specs = vec![s.clone(), empty.clone()];
+    {
+        let opening = {
+            let mut config = LogConfig::new(second.path());
+            config.tier = Some(tier(store.path(), 1 << 30));
+            Log::begin_open(config).unwrap()
+        };
+        assert!(!opening.is_new(), "restored, not new");
+        assert_eq!(
+            opening.meta(7).map(|v| v.as_slice().to_vec()),
+            Some(b"the catalog".to_vec())
+        );
+        let log = opening.open(specs.clone(), TopicId(3)).unwrap();
+        assert_eq!(log.identity(), identity, "the same data directory");
+        let ids = |p| read_ids(&log, &s, p).unwrap();
+        let mut all = [ids(0), ids(1)].concat();
+        all.sort();
+        assert_eq!(all, (0..5_000).collect::<Vec<_>>());
+        assert_eq!(read_ids(&log, &empty, 0).unwrap(), Vec::<i64>::new());
+        // It goes on: appends, and a restart of the restored directory.
+        append(&log, &s, 0, 5_000, 5_100).await;
+        log.shutdown();
+    }
+    let log = open_tiered(second.path(), specs, Some(tier(store.path(), 1 << 30))).unwrap();
+    let mut all = [
+        read_ids(&log, &s, 0).unwrap(),
+        read_ids(&log, &s, 1).unwrap(),
+    ]
+    .concat();
+    all.sort();
+    assert_eq!(all, (0..5_100).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_data_directory_cannot_take_a_prefix() {
+    let store = tempfile::tempdir().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let log = open_tiered(first.path(), vec![], Some(tier(store.path(), 0))).unwrap();
+    // (An empty directory would be restored from the store's checkpoint; one that is a data
+    // directory of its own is refused.)
+    drop(open_tiered(second.path(), vec![], None).unwrap());
+    let refused = open_tiered(second.path(), vec![], Some(tier(store.path(), 0))).unwrap_err();
+    assert!(
+        refused.to_string().contains("another data directory"),
+        "{refused}"
+    );
+    drop(log);
 }

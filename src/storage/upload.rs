@@ -16,7 +16,8 @@ use super::partition::Partition;
 use super::segment::Segment;
 use super::tiered::{Manifest, RemoteSegment, Retired, Tiered};
 use super::types::now_ms;
-use super::{Shared, StorageError, Topic};
+use super::{Command, Shared, StorageError, Topic};
+use tokio::sync::{mpsc, oneshot};
 
 /// How often the store is listed for topics that were dropped.
 const DROPPED_TOPICS_EVERY: Duration = Duration::from_secs(60);
@@ -26,43 +27,145 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub(super) struct Uploader {
     shared: Arc<Shared>,
     tiered: Tiered,
+    /// To the writer, for checkpoints (dropped when the uploader stops).
+    commands: mpsc::Sender<Command>,
     /// Each partition's manifest as last written, by directory.
     manifests: HashMap<PathBuf, Manifest>,
     last_dropped_check: Option<Instant>,
+    /// The last checkpoint stored: when it was taken, and the topic directories it names.
+    last_checkpoint: Option<(Instant, i64, HashSet<String>)>,
 }
 
 impl Uploader {
-    pub(super) fn new(shared: Arc<Shared>, tiered: Tiered) -> Uploader {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        tiered: Tiered,
+        commands: mpsc::Sender<Command>,
+    ) -> Uploader {
         Uploader {
             shared,
             tiered,
+            commands,
             manifests: HashMap::new(),
             last_dropped_check: None,
+            last_checkpoint: None,
         }
     }
 
-    /// Runs passes until `stop` says so (or its sender is gone).
-    pub(super) fn run(mut self, stop: Receiver<()>) {
-        let interval = self.tiered.tier.config.upload_interval;
+    /// Runs passes, and checkpoints when they are due, until `stop` says so; then takes a
+    /// last checkpoint (a server stopped cleanly can be restored whole) and says `done`.
+    pub(super) fn run(mut self, stop: Receiver<()>, done: std::sync::mpsc::Sender<()>) {
+        let config = self.tiered.tier.config.clone();
+        let lease = match self.tiered.tier.take_lease(&self.shared.identity.hex()) {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(error = %e, "tiered storage: could not take the object store's lease; will retry");
+                None
+            }
+        };
+        let mut lease = lease;
+        let started = Instant::now();
         let mut failures: u32 = 0;
-        loop {
-            let wait = match self.pass() {
+        let mut wait = config.upload_interval;
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+            // Another server restored this data directory and writes there now: this one
+            // stops writing (and deleting) anything in the store.
+            let held = match &lease {
+                Some(lease) => self.tiered.tier.holds_lease(lease),
+                None => self
+                    .tiered
+                    .tier
+                    .take_lease(&self.shared.identity.hex())
+                    .map(|taken| {
+                        lease = Some(taken);
+                        Ok(())
+                    }),
+            };
+            if let Ok(Err(holder)) = &held {
+                tracing::error!(holder = %holder, "another server took over this data directory's object store; this one no longer writes there (its local data stays)");
+                let _ = done.send(());
+                return;
+            }
+            let since = self
+                .last_checkpoint
+                .as_ref()
+                .map_or(started, |(at, ..)| *at);
+            let outcome = match held {
+                Err(e) => Err(e),
+                Ok(_) if since.elapsed() >= config.checkpoint_interval => self.checkpoint(),
+                Ok(_) => self.pass(),
+            };
+            wait = match outcome {
                 Ok(()) => {
                     failures = 0;
-                    interval
+                    config.upload_interval
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = (interval * 2u32.saturating_pow(failures.min(16))).min(BACKOFF_MAX);
+                    let wait = (config.upload_interval * 2u32.saturating_pow(failures.min(16)))
+                        .min(BACKOFF_MAX);
                     tracing::warn!(error = %e, failures, retry_in_s = wait.as_secs_f64(), "tiered storage: a pass failed; local data stays");
                     wait
                 }
             };
-            match stop.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+        }
+        let still_ours = lease
+            .as_deref()
+            .map(|lease| self.tiered.tier.holds_lease(lease));
+        if !matches!(still_ours, Some(Ok(Ok(())))) {
+            tracing::error!(
+                "not checkpointing to the object store at shutdown: this server does not hold its lease"
+            );
+            let _ = done.send(());
+            return;
+        }
+        match self.checkpoint() {
+            Ok(()) => tracing::info!("checkpointed to the object store at shutdown"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not checkpoint to the object store at shutdown; the last checkpoint stands")
             }
         }
+        let _ = done.send(());
+    }
+
+    /// Seals the active segments holding records, copies every sealed segment, and stores
+    /// the committed state as the newest checkpoint.
+    pub(super) fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .blocking_send(Command::Checkpoint { reply })
+            .map_err(|_| StorageError::ShutDown)?;
+        let checkpoint = answer
+            .blocking_recv()
+            .map_err(|_| StorageError::ShutDown)??;
+        self.pass()?;
+        let root = self.shared.config.dir.clone();
+        for partition in &checkpoint.partitions {
+            let manifest = self.manifest(&root.join(&partition.dir))?;
+            if let Some(missing) = partition
+                .segments
+                .iter()
+                .find(|s| manifest.find(s.file()).is_none())
+            {
+                return Err(StorageError::Failed(format!(
+                    "checkpoint: the segment of {} at offset {} is not in the object store yet",
+                    partition.dir, missing.base
+                )));
+            }
+        }
+        let sequence = self.tiered.tier.put_checkpoint(&checkpoint)?;
+        let topics = checkpoint
+            .partitions
+            .iter()
+            .filter_map(|p| p.dir.split('/').nth(1).map(str::to_string))
+            .collect();
+        self.last_checkpoint = Some((Instant::now(), checkpoint.taken_at_ms, topics));
+        tracing::debug!(
+            sequence,
+            partitions = checkpoint.partitions.len(),
+            "checkpointed to the object store"
+        );
+        Ok(())
     }
 
     /// One pass over every partition, then (now and then) over the store's topics.
@@ -145,6 +248,8 @@ impl Uploader {
         let listed: HashSet<_> = segments.iter().map(|s| s.file).collect();
         let now = now_ms();
         let grace_ms = tiered.tier.config.retired_grace.as_millis() as i64;
+        // The last checkpoint may name what was retired after it was taken.
+        let checkpointed_ms = self.last_checkpoint.as_ref().map_or(i64::MIN, |c| c.1);
         let (kept, gone): (Vec<RemoteSegment>, Vec<RemoteSegment>) = manifest
             .segments
             .iter()
@@ -162,7 +267,7 @@ impl Uploader {
         let (due, waiting): (Vec<Retired>, Vec<Retired>) = manifest
             .retired
             .iter()
-            .partition(|r| now - r.since_ms >= grace_ms);
+            .partition(|r| now - r.since_ms >= grace_ms && r.since_ms < checkpointed_ms);
         for retired in &due {
             let file = retired.segment.file();
             for path in [
@@ -203,13 +308,17 @@ impl Uploader {
 
     /// Deletes the objects of topics the log no longer has.
     fn delete_dropped_topics(&self, topics: &[Arc<Topic>]) -> Result<(), StorageError> {
+        // Not before a checkpoint, and not what the last one names.
+        let Some((_, _, checkpointed)) = &self.last_checkpoint else {
+            return Ok(());
+        };
         let root = &self.shared.config.dir;
         let live: HashSet<String> = topics
             .iter()
             .filter_map(|t| t.dir.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         for name in self.tiered.tier.list_dirs(&PathBuf::from("topics"))? {
-            if live.contains(&name) {
+            if live.contains(&name) || checkpointed.contains(&name) {
                 continue;
             }
             let relative = PathBuf::from("topics").join(&name);

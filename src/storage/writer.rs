@@ -172,6 +172,9 @@ impl Writer {
                     });
                 let _ = reply.send(result);
             }
+            Command::Checkpoint { reply } => {
+                let _ = reply.send(flushed.and_then(|()| self.checkpoint()));
+            }
             Command::Retention { reply } => {
                 let result = flushed.and_then(|()| self.enforce_retention());
                 if let Err(e) = &result {
@@ -500,6 +503,57 @@ impl Writer {
             "rewrote the commit log"
         );
         Ok(())
+    }
+
+    /// Seals the active segments holding records, so that every committed record is in a
+    /// sealed segment, and takes the committed state as a commit log of its own.
+    fn checkpoint(&mut self) -> Result<super::tiered::Checkpoint, StorageError> {
+        let topics = self.shared.topics.read().expect("topics lock").clone();
+        let root = &self.shared.config.dir;
+        let mut partitions = vec![];
+        for topic in topics.values() {
+            for partition in &topic.partitions {
+                partition.seal_active()?;
+                let segments = partition.segments();
+                let sealed = segments
+                    .windows(2)
+                    .map(|pair| super::tiered::RemoteSegment {
+                        base: pair[0].base_offset.0,
+                        generation: pair[0].file.generation,
+                        end: pair[1].base_offset.0,
+                        size: pair[0].size_bytes(),
+                    })
+                    .collect();
+                partitions.push(super::tiered::PartitionCheckpoint {
+                    dir: partition
+                        .dir
+                        .strip_prefix(root)
+                        .unwrap_or(&partition.dir)
+                        .to_string_lossy()
+                        .into_owned(),
+                    segments: sealed,
+                });
+            }
+        }
+        let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
+        let mut ends = CommittedEnds::new();
+        for (topic, topic_ends) in &snapshot.ends {
+            for (p, end) in topic_ends.iter().enumerate() {
+                ends.insert((*topic, PartitionId(p as u32)), *end);
+            }
+        }
+        let meta: Vec<_> = snapshot.meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+        Ok(super::tiered::Checkpoint {
+            identity: self.shared.identity.hex(),
+            taken_at_ms: now_ms(),
+            commit_log: super::commit_log::snapshot_file(
+                &self.shared.identity,
+                &ends,
+                &self.starts,
+                &meta,
+            ),
+            partitions,
+        })
     }
 
     fn create_topic(&mut self, spec: TopicSpec) -> Result<(), StorageError> {
