@@ -55,6 +55,11 @@ pub fn start_runnel(dir: &Path) -> Runnel {
 /// [`start_runnel`] with extra flags (Kafka clients and HTTP are served on free ports
 /// unless they name `--kafka-addr` or `--http-addr`).
 pub fn start_runnel_with(dir: &Path, flags: &[&str]) -> Runnel {
+    start_runnel_env(dir, flags, &[])
+}
+
+/// [`start_runnel_with`] with extra environment variables.
+pub fn start_runnel_env(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Runnel {
     let mut kafka: Vec<&str> = vec![];
     if !flags.contains(&"--kafka-addr") {
         kafka.extend(["--kafka-addr", "127.0.0.1:0"]);
@@ -68,6 +73,7 @@ pub fn start_runnel_with(dir: &Path, flags: &[&str]) -> Runnel {
         .args(["--pg-addr", "127.0.0.1:0", "--log", "warn,runnel=info"])
         .args(&kafka)
         .args(flags)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start runnel");
