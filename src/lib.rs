@@ -32,7 +32,7 @@
 //!  groups, producers, consumer groups' offsets; idempotent producers' sequences; streams,
 //!  catalog/           topics, views, queries, users: durable metadata only
 //!  storage/           the partitioned log: frames, segments, commit log, recovery,
-//!                     retention, compaction
+//!                     retention, compaction; tiering to an object store (tiered, upload)
 //! ```
 pub mod admission;
 pub mod auth;

@@ -18,6 +18,10 @@
 //!   its last committed end).
 //! - Only the writer thread writes files; readers use positioned reads on their own handles.
 //!
+//! With an object store ([`tiered`]), sealed segments are also copied there (and read from
+//! there once their local copy is gone), and checkpoints of the committed state let an
+//! empty data directory be restored.
+//!
 //! The storage layer knows Arrow (it is a columnar log) but nothing of SQL: a topic is a name,
 //! an id, a partition count, a storage schema (value columns plus [`TIMESTAMP_COLUMN`] and
 //! [`KEY_COLUMN`]) and options.

@@ -116,8 +116,16 @@ impl Tier {
                 (Arc::new(store), Key::default())
             }
             "s3" | "s3a" => {
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_url(config.url.as_str());
+                // A request gives up after half a minute of retries (the default is three
+                // minutes, which a start-up or a shutdown would wait out).
+                let retry = object_store::RetryConfig {
+                    max_retries: 5,
+                    retry_timeout: Duration::from_secs(30),
+                    ..Default::default()
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(config.url.as_str())
+                    .with_retry(retry);
                 // An endpoint on plain HTTP (a local S3-compatible server) is meant.
                 let plain = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
                     .iter()
