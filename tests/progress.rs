@@ -60,7 +60,7 @@ async fn a_running_copy_shows_its_progress() {
     let bytes = first.len() as i64;
     // More than a chunk: what was parsed is committed when the message has been taken.
     let row = copy_row(&watcher, "events", |r| {
-        r.get::<_, i64>(5) == bytes && r.get::<_, i64>(7) > 0
+        r.get::<_, i64>(5) == bytes && r.get::<_, i64>(6) == 40_000 && r.get::<_, i64>(7) > 0
     })
     .await;
     assert_eq!(row.get::<_, String>(1), "runnel");
@@ -76,8 +76,14 @@ async fn a_running_copy_shows_its_progress() {
     let second = chunk(40_000);
     sink.send(bytes::Bytes::from(second.clone())).await.unwrap();
     let total = bytes + second.len() as i64;
-    let row = copy_row(&watcher, "events", |r| r.get::<_, i64>(5) == total).await;
-    assert_eq!(row.get::<_, i64>(6), 80_000);
+    let row = copy_row(&watcher, "events", |r| {
+        r.get::<_, i64>(5) == total && r.get::<_, i64>(6) == 80_000
+    })
+    .await;
+    assert!(
+        row.get::<_, i64>(7) >= 40_000,
+        "the first message's rows committed"
+    );
     assert_eq!(sink.finish().await.unwrap(), 80_000);
 
     let running: i64 = watcher

@@ -117,6 +117,20 @@ async fn until(client: &tokio_postgres::Client, sql: &str, done: impl Fn(&str) -
     }
 }
 
+/// Fetches what the subscription `billing` has not read yet, and commits: how many rows.
+async fn fetch_billing(client: &tokio_postgres::Client) -> usize {
+    let fetched = client
+        .simple_query(
+            "BEGIN; DECLARE cur SUBSCRIPTION CURSOR FOR billing; FETCH ALL FROM cur; COMMIT",
+        )
+        .await
+        .unwrap();
+    fetched
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count()
+}
+
 /// Records of `topic` a kafka-python consumer reads from the earliest offset.
 fn kafka_count(server: &common::Server, topic: &str) -> i64 {
     let script = "import sys\n\
@@ -186,17 +200,11 @@ async fn records_live_in_the_bucket_and_a_new_machine_finds_everything() {
         one(&client, "SELECT n FROM late_view").await,
         ROWS.to_string()
     );
-    let fetched = client
-        .simple_query(
-            "BEGIN; DECLARE cur SUBSCRIPTION CURSOR FOR billing; FETCH ALL FROM cur; COMMIT",
-        )
-        .await
-        .unwrap();
-    let rows = fetched
-        .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-        .count();
-    assert_eq!(rows as i64, ROWS, "the subscription read every record");
+    assert_eq!(
+        fetch_billing(&client).await as i64,
+        ROWS,
+        "the subscription read every record"
+    );
     assert_eq!(kafka_count(&server, "clicks"), ROWS);
 
     // More records after the first checkpoint, then a clean stop: the last checkpoint.
@@ -233,17 +241,11 @@ async fn records_live_in_the_bucket_and_a_new_machine_finds_everything() {
         (ROWS + 1).to_string()
     );
     // The subscription's committed offsets came along: only the record after them is new.
-    let fetched = client
-        .simple_query(
-            "BEGIN; DECLARE cur SUBSCRIPTION CURSOR FOR billing; FETCH ALL FROM cur; COMMIT",
-        )
-        .await
-        .unwrap();
-    let rows = fetched
-        .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-        .count();
-    assert_eq!(rows, 1, "only the record after the committed offsets");
+    assert_eq!(
+        fetch_billing(&client).await,
+        1,
+        "only the record after the committed offsets"
+    );
     // And it goes on.
     client
         .batch_execute("INSERT INTO clicks VALUES (8, '/on'); FLUSH")

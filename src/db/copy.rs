@@ -160,13 +160,14 @@ impl Session {
             .copy
             .as_mut()
             .ok_or_else(|| Error::Protocol("COPY data without a COPY".into()))?;
-        CopyProgress::add(&copy.progress.bytes, data.len() as u64);
         for rows in copy.decoder.push(data)? {
             copy.type_rows(rows, &writer).await?;
         }
         copy.progress
             .rows
             .store(copy.decoder.rows(), std::sync::atomic::Ordering::Relaxed);
+        // Counted once its rows are: a reader that sees the bytes sees them parsed.
+        CopyProgress::add(&copy.progress.bytes, data.len() as u64);
         copy.input_since_commit += copy.decoder.take_input_bytes();
         if copy.input_since_commit > chunk {
             if let Some(rows) = copy.decoder.take_rows() {

@@ -486,6 +486,16 @@ impl Default for GroupCommits {
 }
 
 impl Shared {
+    /// The topics the log has now.
+    fn live_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The readers' holds now (none until a source is set).
     fn holds(&self) -> Holds {
         let source = self.holds.read().expect("holds lock").clone();

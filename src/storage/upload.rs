@@ -170,14 +170,7 @@ impl Uploader {
 
     /// One pass over every partition, then (now and then) over the store's topics.
     pub(super) fn pass(&mut self) -> Result<(), StorageError> {
-        let topics: Vec<Arc<Topic>> = self
-            .shared
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.shared.live_topics();
         let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
         let mut first_error = None;
         for topic in &topics {

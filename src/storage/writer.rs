@@ -71,6 +71,9 @@ impl AppendRequest {
     }
 }
 
+/// A metadata key and its committed value.
+type LiveMeta = (u64, Arc<Vec<u8>>);
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) commit_log: CommitLog,
@@ -484,9 +487,8 @@ impl Writer {
         self.shared.commits.send_modify(|n| *n += 1);
     }
 
-    fn rewrite_commit_log(&mut self) -> Result<(), StorageError> {
-        // The rewrite is fsynced: the records it names must be durable first.
-        self.flush()?;
+    /// The committed end offsets and metadata, as a rewrite or a checkpoint writes them.
+    fn live_state(&self) -> (CommittedEnds, Vec<LiveMeta>) {
         let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
         let mut ends = CommittedEnds::new();
         for (topic, topic_ends) in &snapshot.ends {
@@ -494,7 +496,14 @@ impl Writer {
                 ends.insert((*topic, PartitionId(p as u32)), *end);
             }
         }
-        let meta: Vec<_> = snapshot.meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let meta = snapshot.meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+        (ends, meta)
+    }
+
+    fn rewrite_commit_log(&mut self) -> Result<(), StorageError> {
+        // The rewrite is fsynced: the records it names must be durable first.
+        self.flush()?;
+        let (ends, meta) = self.live_state();
         let started = std::time::Instant::now();
         self.commit_log.rewrite(&ends, &self.starts, &meta)?;
         tracing::debug!(
@@ -535,14 +544,7 @@ impl Writer {
                 });
             }
         }
-        let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
-        let mut ends = CommittedEnds::new();
-        for (topic, topic_ends) in &snapshot.ends {
-            for (p, end) in topic_ends.iter().enumerate() {
-                ends.insert((*topic, PartitionId(p as u32)), *end);
-            }
-        }
-        let meta: Vec<_> = snapshot.meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let (ends, meta) = self.live_state();
         Ok(super::tiered::Checkpoint {
             identity: self.shared.identity.hex(),
             taken_at_ms: now_ms(),
@@ -654,14 +656,7 @@ impl Writer {
 
     fn enforce_retention(&mut self) -> Result<usize, StorageError> {
         let now_ms = now_ms();
-        let topics: Vec<Arc<Topic>> = self
-            .shared
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.shared.live_topics();
         let limited =
             |t: &Arc<Topic>| t.spec.retention_bytes.is_some() || t.spec.retention_ms.is_some();
         // Asked only when retention could delete something: reading every reader's
