@@ -156,7 +156,13 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
     let Some(database) = endpoint.database.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
     };
-    match crate::metrics::encode(database) {
+    // A walk over every partition, query and group: off the runtime's workers.
+    let database = database.clone();
+    let encoded = tokio::task::spawn_blocking(move || crate::metrics::encode(&database)).await;
+    match encoded
+        .map_err(|e| e.to_string())
+        .and_then(|e| e.map_err(|e| e.to_string()))
+    {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

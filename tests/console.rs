@@ -139,6 +139,9 @@ fn the_console_reads_only_and_as_the_caller() {
     // Only statements that read, one at a time, with bounded results.
     for (statement, code) in [
         ("INSERT INTO notes VALUES (8)", "25006"),
+        // EXPLAIN ANALYZE runs what it explains.
+        ("EXPLAIN ANALYZE INSERT INTO notes VALUES (8)", "25006"),
+        ("EXPLAIN INSERT INTO notes VALUES (8)", "25006"),
         ("DROP STREAM notes", "25006"),
         ("SET default_transaction_read_only = off", "25006"),
         ("SELECT 1; SELECT 2", "42601"),
@@ -160,6 +163,12 @@ fn the_console_reads_only_and_as_the_caller() {
     assert_eq!(status, 200);
     assert_eq!(body["rows"].as_array().map(Vec::len), Some(1000));
     assert_eq!(body["truncated"], serde_json::json!(true));
+    let (status, body) = sql(
+        &addr,
+        Some("runnel:admin-pw"),
+        "EXPLAIN ANALYZE SELECT count(*) FROM notes",
+    );
+    assert_eq!(status, 200, "a query may be explained: {body}");
     let (_, body) = sql(&addr, Some("runnel:admin-pw"), "SELECT count(*) FROM notes");
     assert_eq!(
         body["rows"],

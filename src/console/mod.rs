@@ -179,10 +179,9 @@ async fn history(
 }
 
 /// Whether the console runs `statement`: one that reads and ends (a query, `SHOW`,
-/// `EXPLAIN`, `DESCRIBE`), never one that writes, sets the session or keeps streaming.
+/// `EXPLAIN` of a query, `DESCRIBE`), never one that writes, sets the session or keeps
+/// streaming. (`EXPLAIN ANALYZE` runs what it explains: only a query may be explained.)
 fn reads_and_ends(statement: &Statement) -> bool {
-    use datafusion::sql::parser::Statement as Df;
-    use sqlparser::ast::Statement as Sql;
     match statement {
         Statement::ShowStreams
         | Statement::ShowTopics
@@ -190,11 +189,25 @@ fn reads_and_ends(statement: &Statement) -> bool {
         | Statement::ShowViews
         | Statement::Describe(_)
         | Statement::ShowVariable(_) => true,
-        Statement::DataFusion(df) => match df.as_ref() {
-            Df::Statement(s) => matches!(s.as_ref(), Sql::Query(_) | Sql::Explain { .. }),
-            Df::Explain(_) => true,
-            _ => false,
-        },
+        Statement::DataFusion(df) => datafusion_reads(df),
+        _ => false,
+    }
+}
+
+fn datafusion_reads(statement: &datafusion::sql::parser::Statement) -> bool {
+    use datafusion::sql::parser::Statement as Df;
+    match statement {
+        Df::Statement(s) => sql_reads(s),
+        Df::Explain(explain) => datafusion_reads(&explain.statement),
+        _ => false,
+    }
+}
+
+fn sql_reads(statement: &sqlparser::ast::Statement) -> bool {
+    use sqlparser::ast::Statement as Sql;
+    match statement {
+        Sql::Query(_) => true,
+        Sql::Explain { statement, .. } => sql_reads(statement),
         _ => false,
     }
 }
@@ -239,6 +252,14 @@ async fn run_sql(
     }
     let mut session = db.session();
     session.set_user(&user);
+    // Read-only beneath the check above too: a write refused with 25006 by the session.
+    if let Some(Err(e)) = session
+        .execute("SET default_transaction_read_only = on")
+        .await
+        .pop()
+    {
+        return Err(Refused::error(&e));
+    }
     let run = async {
         match session.execute(body).await.pop() {
             Some(Ok(Output::Rows(rows))) => rows_json(rows).await,

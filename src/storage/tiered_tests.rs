@@ -301,3 +301,49 @@ async fn a_second_data_directory_cannot_take_a_prefix() {
     );
     drop(log);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_lease_was_taken_writes_nothing_more_to_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut s = spec(1, 1);
+    s.segment_bytes_max = 16 * 1024;
+    let log = open_tiered(dir.path(), vec![], Some(tier(store.path(), 0))).unwrap();
+    log.create_topic(s.clone()).await.unwrap();
+    for i in 0..10 {
+        append(&log, &s, 0, i * 500, (i + 1) * 500).await;
+    }
+    let mut uploader = uploader(&log);
+    uploader.pass().unwrap();
+    let copied = Manifest::read(&dir.path().join("topics/t1-1/0")).unwrap();
+    assert!(!copied.segments.is_empty());
+
+    // Another server (this data directory restored elsewhere) takes the prefix over.
+    tier(store.path(), 0).take_lease("elsewhere").unwrap();
+    for i in 10..20 {
+        append(&log, &s, 0, i * 500, (i + 1) * 500).await;
+    }
+    let refused = uploader.pass().unwrap_err();
+    assert!(refused.to_string().contains("took over"), "{refused}");
+    assert!(uploader.pass().is_err(), "and stays refused");
+    let partition = log.topic(s.id).unwrap().partitions[0].clone();
+    let segments = partition.segments();
+    let new: Vec<_> = segments
+        .iter()
+        .filter(|seg| copied.find(seg.file).is_none())
+        .collect();
+    assert!(new.len() > 1, "segments sealed since");
+    assert!(
+        new.iter()
+            .all(|seg| seg.remote().is_none() && seg.is_local()),
+        "nothing more copied, nothing more removed locally"
+    );
+    assert_eq!(
+        Manifest::read(&dir.path().join("topics/t1-1/0")).unwrap(),
+        copied
+    );
+    assert_eq!(
+        read_ids(&log, &s, 0).unwrap(),
+        (0..10_000).collect::<Vec<_>>()
+    );
+}

@@ -34,6 +34,18 @@ pub(super) struct Uploader {
     last_dropped_check: Option<Instant>,
     /// The last checkpoint stored: when it was taken, and the topic directories it names.
     last_checkpoint: Option<(Instant, i64, HashSet<String>)>,
+    lease: Lease,
+}
+
+/// This server's hold on the store's prefix ([`Tier::take_lease`](super::tiered::Tier)).
+enum Lease {
+    /// Not taken yet: taken before the first write (when the store could not be reached as
+    /// the uploader started).
+    None,
+    /// Taken; whether it was found still ours since the current pass began.
+    Held { lease: String, checked: bool },
+    /// Another server took it: this one writes nothing more there.
+    Lost,
 }
 
 impl Uploader {
@@ -49,52 +61,74 @@ impl Uploader {
             manifests: HashMap::new(),
             last_dropped_check: None,
             last_checkpoint: None,
+            lease: Lease::None,
         }
+    }
+
+    /// Before a write to the store (a copy, a deletion, a checkpoint) or the removal of a
+    /// local copy: the lease is taken, or found still ours once per pass (a store that sees
+    /// no writes is not asked). An error once another server took it over.
+    fn guard(&mut self) -> Result<(), StorageError> {
+        let tier = &self.tiered.tier;
+        match &mut self.lease {
+            Lease::Lost => {}
+            Lease::None => {
+                let lease = tier.take_lease(&self.shared.identity.hex())?;
+                self.lease = Lease::Held {
+                    lease,
+                    checked: true,
+                };
+                return Ok(());
+            }
+            Lease::Held { checked: true, .. } => return Ok(()),
+            Lease::Held { lease, checked } => match tier.holds_lease(lease)? {
+                Ok(()) => {
+                    *checked = true;
+                    return Ok(());
+                }
+                Err(holder) => {
+                    tracing::error!(holder = %holder, "another server took over this data directory's object store; this one no longer writes there (its local data stays)");
+                    self.lease = Lease::Lost;
+                }
+            },
+        }
+        Err(StorageError::Refused(
+            "another server took over this data directory's object store".into(),
+        ))
     }
 
     /// Runs passes, and checkpoints when they are due, until `stop` says so; then takes a
     /// last checkpoint (a server stopped cleanly can be restored whole) and says `done`.
     pub(super) fn run(mut self, stop: Receiver<()>, done: std::sync::mpsc::Sender<()>) {
         let config = self.tiered.tier.config.clone();
-        let lease = match self.tiered.tier.take_lease(&self.shared.identity.hex()) {
-            Ok(lease) => Some(lease),
-            Err(e) => {
-                tracing::warn!(error = %e, "tiered storage: could not take the object store's lease; will retry");
-                None
+        // Taken at the start, not at the first write: the server started last holds it.
+        match self.tiered.tier.take_lease(&self.shared.identity.hex()) {
+            Ok(lease) => {
+                self.lease = Lease::Held {
+                    lease,
+                    checked: true,
+                }
             }
-        };
-        let mut lease = lease;
+            Err(e) => {
+                tracing::warn!(error = %e, "tiered storage: could not take the object store's lease; will retry")
+            }
+        }
         let started = Instant::now();
         let mut failures: u32 = 0;
         let mut wait = config.upload_interval;
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
-            // Another server restored this data directory and writes there now: this one
-            // stops writing (and deleting) anything in the store.
-            let held = match &lease {
-                Some(lease) => self.tiered.tier.holds_lease(lease),
-                None => self
-                    .tiered
-                    .tier
-                    .take_lease(&self.shared.identity.hex())
-                    .map(|taken| {
-                        lease = Some(taken);
-                        Ok(())
-                    }),
-            };
-            if let Ok(Err(holder)) = &held {
-                tracing::error!(holder = %holder, "another server took over this data directory's object store; this one no longer writes there (its local data stays)");
-                let _ = done.send(());
-                return;
-            }
             let since = self
                 .last_checkpoint
                 .as_ref()
                 .map_or(started, |(at, ..)| *at);
-            let outcome = match held {
-                Err(e) => Err(e),
-                Ok(_) if since.elapsed() >= config.checkpoint_interval => self.checkpoint(),
-                Ok(_) => self.pass(),
+            let outcome = match since.elapsed() >= config.checkpoint_interval {
+                true => self.checkpoint(),
+                false => self.pass(),
             };
+            if matches!(self.lease, Lease::Lost) {
+                let _ = done.send(());
+                return;
+            }
             wait = match outcome {
                 Ok(()) => {
                     failures = 0;
@@ -108,16 +142,6 @@ impl Uploader {
                     wait
                 }
             };
-        }
-        let still_ours = lease
-            .as_deref()
-            .map(|lease| self.tiered.tier.holds_lease(lease));
-        if !matches!(still_ours, Some(Ok(Ok(())))) {
-            tracing::error!(
-                "not checkpointing to the object store at shutdown: this server does not hold its lease"
-            );
-            let _ = done.send(());
-            return;
         }
         match self.checkpoint() {
             Ok(()) => tracing::info!("checkpointed to the object store at shutdown"),
@@ -153,6 +177,7 @@ impl Uploader {
                 )));
             }
         }
+        self.guard()?;
         let sequence = self.tiered.tier.put_checkpoint(&checkpoint)?;
         let topics = checkpoint
             .partitions
@@ -170,6 +195,9 @@ impl Uploader {
 
     /// One pass over every partition, then (now and then) over the store's topics.
     pub(super) fn pass(&mut self) -> Result<(), StorageError> {
+        if let Lease::Held { checked, .. } = &mut self.lease {
+            *checked = false;
+        }
         let topics = self.shared.live_topics();
         let snapshot = self.shared.snapshot.read().expect("snapshot lock").clone();
         let mut first_error = None;
@@ -208,7 +236,6 @@ impl Uploader {
         committed: super::Offset,
     ) -> Result<(), StorageError> {
         let segments = partition.segments();
-        let disk = self.shared.config.disk.clone();
         let dir = partition.dir.clone();
         let tiered = self.tiered.clone();
         let mut manifest = self.manifest(&dir)?.clone();
@@ -220,6 +247,7 @@ impl Uploader {
             if segment.remote().is_some() || next.base_offset > committed {
                 continue;
             }
+            self.guard()?;
             upload(&tiered, &dir, segment)?;
             let copy = RemoteSegment {
                 base: segment.base_offset.0,
@@ -231,7 +259,7 @@ impl Uploader {
             manifest.segments.push(copy);
             manifest.segments.sort_by_key(|s| (s.base, s.generation));
             // Recorded durably before anything may rely on it.
-            manifest.write(&disk, &dir)?;
+            self.record(&dir, &manifest)?;
             segment.set_remote(tiered.log(&segment.path, copy.size));
             tracing::debug!(segment = %segment.path.display(), "copied to the object store");
         }
@@ -261,6 +289,9 @@ impl Uploader {
             .retired
             .iter()
             .partition(|r| now - r.since_ms >= grace_ms && r.since_ms < checkpointed_ms);
+        if !due.is_empty() {
+            self.guard()?;
+        }
         for retired in &due {
             let file = retired.segment.file();
             for path in [
@@ -276,9 +307,8 @@ impl Uploader {
             changed = true;
         }
         if changed {
-            manifest.write(&disk, &dir)?;
+            self.record(&dir, &manifest)?;
         }
-        *self.manifest(&dir)? = manifest;
 
         // Local logs beyond the local retention, oldest first, of segments in the store.
         let limit = tiered.tier.config.local_retention_bytes;
@@ -292,6 +322,8 @@ impl Uploader {
             if local <= limit || segment.remote().is_none() {
                 break;
             }
+            // Not once another server may delete the copy this one would read.
+            self.guard()?;
             segment.evict_local()?;
             local -= segment.size_bytes();
             tracing::debug!(segment = %segment.path.display(), "local copy removed; read from the object store");
@@ -299,13 +331,20 @@ impl Uploader {
         Ok(())
     }
 
+    /// Writes a partition's manifest durably, and keeps it as the one last written.
+    fn record(&mut self, dir: &std::path::Path, manifest: &Manifest) -> Result<(), StorageError> {
+        manifest.write(&self.shared.config.disk, dir)?;
+        self.manifests.insert(dir.to_path_buf(), manifest.clone());
+        Ok(())
+    }
+
     /// Deletes the objects of topics the log no longer has.
-    fn delete_dropped_topics(&self, topics: &[Arc<Topic>]) -> Result<(), StorageError> {
+    fn delete_dropped_topics(&mut self, topics: &[Arc<Topic>]) -> Result<(), StorageError> {
         // Not before a checkpoint, and not what the last one names.
-        let Some((_, _, checkpointed)) = &self.last_checkpoint else {
+        let Some((_, _, checkpointed)) = self.last_checkpoint.clone() else {
             return Ok(());
         };
-        let root = &self.shared.config.dir;
+        let root = self.shared.config.dir.clone();
         let live: HashSet<String> = topics
             .iter()
             .filter_map(|t| t.dir.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -319,6 +358,7 @@ impl Uploader {
             if root.join(&relative).exists() {
                 continue;
             }
+            self.guard()?;
             for key in self.tiered.tier.list(&relative)? {
                 self.tiered.tier.delete(&key)?;
             }
