@@ -105,7 +105,12 @@ async fn run(port: u16, rows: &[String], tiered: bool) -> Figures {
                            WHERE topic = 'clicks'";
     let uploaded = match tiered {
         true => {
+            let deadline = Instant::now() + Duration::from_secs(600);
             while scalar(&client, sealed_in_store).await != "0" {
+                assert!(
+                    Instant::now() < deadline,
+                    "segments not copied in 10 minutes"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let uploaded = started.elapsed();
@@ -113,6 +118,10 @@ async fn run(port: u16, rows: &[String], tiered: bool) -> Figures {
             let evicted = "SELECT count(*) FROM sys.partitions WHERE topic = 'clicks'
                            AND local_bytes > bytes - remote_bytes";
             while scalar(&client, evicted).await != "0" {
+                assert!(
+                    Instant::now() < deadline,
+                    "local copies not removed in 10 minutes"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Some(uploaded)

@@ -347,3 +347,24 @@ async fn a_server_whose_lease_was_taken_writes_nothing_more_to_the_store() {
         (0..10_000).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_with_data_but_no_commit_log_is_refused_not_restored_over() {
+    let first = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let s = spec(1, 1);
+    {
+        let log = open_tiered(first.path(), vec![], Some(tier(store.path(), 0))).unwrap();
+        log.create_topic(s.clone()).await.unwrap();
+        append(&log, &s, 0, 0, 100).await;
+        log.shutdown(); // a checkpoint in the store
+    }
+    // Its commit log lost, its topics still there: restoring would write over them.
+    std::fs::remove_file(first.path().join(COMMIT_LOG_FILE)).unwrap();
+    let refused = open_tiered(first.path(), vec![s], Some(tier(store.path(), 0))).unwrap_err();
+    assert!(refused.to_string().contains("will not start"), "{refused}");
+    assert!(
+        first.path().join("topics/t1-1/0").is_dir(),
+        "nothing was touched"
+    );
+}
