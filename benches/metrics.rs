@@ -14,6 +14,11 @@
 //! would (fifteen times more often than its default). Five rounds (`RUNNEL_BENCH_ROUNDS`);
 //! the median is reported and every run printed.
 //!
+//! Each phase is measured twice: its wall time, and the CPU seconds the server spent on it
+//! (user and system, from `/proc`). The second is what metrics cost, and it stays steady
+//! where the first swings with the disk's fsync times; on a tmpfs
+//! (`RUNNEL_BENCH_DIR=/dev/shm`) the first steadies too.
+//!
 //! The counters on the write and read paths (per frame) and the histograms (per fsync,
 //! group commit and epoch) are counted in both settings: they are not optional. What "off"
 //! saves is the endpoint and its scrapes.
@@ -38,6 +43,8 @@ struct Run {
     copy: Duration,
     insert: Duration,
     catch_up: Duration,
+    /// The server's CPU seconds in each phase: COPY, INSERTs, catch-up.
+    cpu: [f64; 3],
     scrapes: u64,
     scrape_max: Duration,
 }
@@ -97,6 +104,8 @@ fn run(dir: &std::path::Path, metrics: Metrics, rows: &[String], statements: &[S
         .enable_all()
         .build()
         .unwrap();
+    let pid = server.pid();
+    let mut cpu = [0.0; 3];
     let (copy, insert, catch_up) = runtime.block_on(async {
         let client = common::connect(port, "runnel", "runnel").await;
         client
@@ -108,8 +117,11 @@ fn run(dir: &std::path::Path, metrics: Metrics, rows: &[String], statements: &[S
             )
             .await
             .expect("create streams");
+        let before = common::cpu_seconds(pid);
         let copy = copy_into(&client, "clicks", rows).await;
+        let after_copy = common::cpu_seconds(pid);
         let insert = insert_into(port, "runnel", "inserted", statements).await;
+        let after_insert = common::cpu_seconds(pid);
         let started = Instant::now();
         client
             .batch_execute(
@@ -121,6 +133,11 @@ fn run(dir: &std::path::Path, metrics: Metrics, rows: &[String], statements: &[S
             .await
             .expect("catch up");
         let catch_up = started.elapsed();
+        cpu = [
+            after_copy - before,
+            after_insert - after_copy,
+            common::cpu_seconds(pid) - after_insert,
+        ];
         for (sql, what) in [
             ("SELECT sum(n) FROM per_url", "the view counted every row"),
             (
@@ -145,6 +162,7 @@ fn run(dir: &std::path::Path, metrics: Metrics, rows: &[String], statements: &[S
         copy,
         insert,
         catch_up,
+        cpu,
         scrapes: scrapes.load(Ordering::Relaxed),
         scrape_max: Duration::from_micros(slowest_us.load(Ordering::Relaxed)),
     }
@@ -180,11 +198,14 @@ fn main() {
             let figures = run(&dir, metrics, &rows, &statements);
             let _ = std::fs::remove_dir_all(&dir);
             println!(
-                "  round {round} metrics {:<3}  COPY {:>7.3} s  INSERT x4 {:>7.3} s  catch-up {:>7.3} s{}",
+                "  round {round} metrics {:<3}  COPY {:>6.3} s ({:>5.2} s CPU)  INSERT x4 {:>6.3} s ({:>5.2} s CPU)  catch-up {:>6.3} s ({:>5.2} s CPU){}",
                 if metrics == Metrics::On { "on" } else { "off" },
                 figures.copy.as_secs_f64(),
+                figures.cpu[0],
                 figures.insert.as_secs_f64(),
+                figures.cpu[1],
                 figures.catch_up.as_secs_f64(),
+                figures.cpu[2],
                 if metrics == Metrics::On {
                     format!(
                         "  ({} scrapes, slowest {:.1} ms)",
@@ -204,21 +225,24 @@ fn main() {
     let _ = std::fs::remove_dir_all(&work);
     println!();
     println!(
-        "{:<12} {:>16} {:>16} {:>10}",
-        "median", "metrics on", "metrics off", "on vs off"
+        "{:<12} {:>16} {:>16} {:>10}   {:>12} {:>12} {:>10}",
+        "median", "metrics on", "metrics off", "on vs off", "CPU on", "CPU off", "on vs off"
     );
-    let figure = |name: &str, of: fn(&Run) -> Duration| {
-        let on = median(on.iter().map(of).collect());
-        let off = median(off.iter().map(of).collect());
+    let figure = |name: &str, phase: usize, of: fn(&Run) -> Duration| {
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let (on_rate, off_rate) = (
+            rate(median(on.iter().map(of).collect())),
+            rate(median(off.iter().map(of).collect())),
+        );
+        let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu[phase]).collect());
+        let (on_cpu, off_cpu) = (cpu(&on), cpu(&off));
         println!(
-            "{name:<12} {:>10.0} rows/s {:>10.0} rows/s {:>+9.1}%",
-            rate(on),
-            rate(off),
-            (rate(on) / rate(off) - 1.0) * 100.0
+            "{name:<12} {on_rate:>10.0} rows/s {off_rate:>10.0} rows/s {:>+9.1}%   {on_cpu:>10.2} s {off_cpu:>10.2} s {:>+9.1}%",
+            (on_rate / off_rate - 1.0) * 100.0,
+            (on_cpu / off_cpu - 1.0) * 100.0
         );
     };
-    figure("COPY", |r| r.copy);
-    figure("INSERT x4", |r| r.insert);
-    figure("catch-up", |r| r.catch_up);
+    figure("COPY", 0, |r| r.copy);
+    figure("INSERT x4", 1, |r| r.insert);
+    figure("catch-up", 2, |r| r.catch_up);
 }

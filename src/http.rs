@@ -3,6 +3,10 @@
 //! from the `prometheus-client` crate). It listens before the database opens, so that a
 //! recovering server is seen alive but not ready.
 //!
+//! Under `--auth password`, `/metrics` and the console ask for HTTP Basic credentials,
+//! checked against the same SCRAM verifiers as a Postgres login ([`Endpoint::caller`]);
+//! `/health` and `/ready` answer anyone, as a load balancer or orchestrator asks them.
+//!
 //! Metrics are read when scraped (see [`crate::metrics`]). The web console is served at `/`
 //! (see [`crate::console`]).
 
@@ -10,14 +14,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthMode, SUPERUSER};
 use crate::console::history::{self, History};
 use crate::db::Database;
 use crate::error::{Error, Result};
@@ -49,7 +55,48 @@ impl Endpoint {
     pub fn history(&self) -> &History {
         &self.history
     }
+
+    /// Who is asking: the user their HTTP Basic credentials name, once the database is
+    /// open. Under `--auth password` the password is checked as a Postgres login's is
+    /// (a failure is logged as one is); under `--auth trust` the name alone is taken, and
+    /// `runnel` without one.
+    pub fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Denied> {
+        let auth = self.auth().ok_or(Denied::Starting)?;
+        let credentials = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|v| BASE64.decode(v.trim()).ok())
+            .and_then(|v| String::from_utf8(v).ok());
+        let (user, password) = match credentials.as_deref().and_then(|c| c.split_once(':')) {
+            Some((user, password)) if !user.is_empty() => (user, password),
+            _ if auth.mode == AuthMode::Trust => return Ok(SUPERUSER.to_string()),
+            _ => {
+                return Err(Denied::Unauthorized(
+                    "this server asks for a user name and password".into(),
+                ));
+            }
+        };
+        if auth.mode == AuthMode::Trust || auth.check_password(user, password, peer) {
+            Ok(user.to_string())
+        } else {
+            Err(Denied::Unauthorized(format!(
+                "password authentication failed for user \"{user}\""
+            )))
+        }
+    }
 }
+
+/// Why the endpoint does not serve a caller yet.
+pub enum Denied {
+    /// The database is still opening.
+    Starting,
+    /// No credentials, or wrong ones: the answer is a `401` with [`CHALLENGE`].
+    Unauthorized(String),
+}
+
+/// The `WWW-Authenticate` header of a `401`: HTTP Basic, in UTF-8.
+pub const CHALLENGE: &str = "Basic realm=\"Runnel\", charset=\"UTF-8\"";
 
 /// Listens on `addr` (`host:port`), or nowhere for `off`. Called in the runtime.
 pub fn listen(addr: &str) -> Result<Option<TcpListener>> {
@@ -152,7 +199,25 @@ async fn ready(State(endpoint): State<Arc<Endpoint>>) -> Response {
     }
 }
 
-async fn metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
+async fn metrics(
+    State(endpoint): State<Arc<Endpoint>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match endpoint.caller(&headers, peer) {
+        Ok(_) => {}
+        Err(Denied::Starting) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+        }
+        Err(Denied::Unauthorized(message)) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, CHALLENGE)],
+                format!("{message}\n"),
+            )
+                .into_response();
+        }
+    }
     let Some(database) = endpoint.database.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
     };

@@ -57,9 +57,10 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::plan("58000", format!("cannot listen on {}: {e}", config.pg_addr)))?;
-    on_listening(addr);
-    endpoint.ready(db.clone(), auth.clone());
     let kafka = listen_for_kafka(&config, &db, closed.clone()).await?;
+    // Ready (as `/ready` says) before anyone is told where to connect.
+    endpoint.ready(db.clone(), auth.clone());
+    on_listening(addr);
     let manager = Arc::new(ConnectionManager::new());
     let slots = Slots::new(
         config.max_connections,

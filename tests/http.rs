@@ -160,3 +160,108 @@ async fn health_readiness_and_metrics() {
     }
     server.stop();
 }
+
+/// Under `--auth password` a scraper logs in as a Postgres client would (Prometheus'
+/// `basic_auth`); a load balancer's `/health` and `/ready` need no credentials.
+#[test]
+fn metrics_ask_for_a_login_under_password_auth() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with_env(
+        dir.path(),
+        &["--auth", "password"],
+        &[("RUNNEL_PASSWORD", "admin-pw")],
+    );
+    let (ok, _, stderr) = common::psql_with_password(
+        &server,
+        "admin-pw",
+        "CREATE USER prometheus WITH PASSWORD 'scrape-pw';
+         CREATE STREAM clicks (user_id BIGINT KEY, url TEXT);",
+    );
+    assert!(ok, "{stderr}");
+    let addr = server.http_addr();
+    assert_eq!(get(&addr, "/health"), (200, "ok\n".to_string()));
+    assert_eq!(get(&addr, "/ready"), (200, "ready\n".to_string()));
+
+    let scrape = |credentials: Option<&str>| {
+        let authorization = credentials.map(|c| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        });
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("Authorization", a.as_str()))
+            .collect();
+        common::http(&addr, "GET", "/metrics", &headers, "")
+    };
+    for credentials in [None, Some("prometheus:wrong"), Some("nobody:scrape-pw")] {
+        let (status, body) = scrape(credentials);
+        assert_eq!(status, 401, "{credentials:?}: {body}");
+        assert!(
+            !body.contains("clicks"),
+            "no stream's name without a login: {body}"
+        );
+    }
+    let (status, metrics) = scrape(Some("prometheus:scrape-pw"));
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("runnel_partition_high_watermark{topic=\"clicks\",partition=\"0\"}"),
+        "{metrics}"
+    );
+    server.stop();
+}
+
+/// A recovering server is alive but not ready: from the moment its HTTP endpoint listens,
+/// `/health` answers 200 and `/ready` 503, until the log is open and the continuous queries
+/// have restarted (here a view replays 200,000 groups), when `/ready` turns 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_recovering() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE STREAM events (id BIGINT KEY, n BIGINT) WITH (partitions = 2);
+             CREATE MATERIALIZED VIEW per_id AS
+                 SELECT id, count(*) AS c, sum(n) AS total FROM events GROUP BY id;
+             INSERT INTO events SELECT i AS id, i AS n FROM generate_series(1, 200000) AS t(i);
+             FLUSH",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    server.kill();
+
+    // While it starts: what the endpoint said when it first listened.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let watched = seen.clone();
+    let watch: common::Watch = Box::new(move |line: &str| {
+        if let Some(addr) = line.split("listening for HTTP on ").nth(1) {
+            let addr = addr.trim();
+            *watched.lock().unwrap() = Some((get(addr, "/health"), get(addr, "/ready")));
+        }
+    });
+    let server = common::start_watching(dir.path(), &[], watch);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        Some(((200, "ok\n".to_string()), (503, "starting\n".to_string()))),
+        "alive, not ready, while recovering; the log:\n{}",
+        server.log()
+    );
+    // Ready once it serves clients, with every group back.
+    assert_eq!(
+        get(&server.http_addr(), "/ready"),
+        (200, "ready\n".to_string())
+    );
+    let client = server.connect().await;
+    let groups: i64 = client
+        .query_one("SELECT count(*) FROM per_id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(groups, 200_000);
+    server.stop();
+}

@@ -38,8 +38,8 @@ pub fn csv_rows(n: usize) -> Vec<String> {
         .collect()
 }
 
-pub fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
+pub fn median<T: PartialOrd + Copy>(mut runs: Vec<T>) -> T {
+    runs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     runs[runs.len() / 2]
 }
 

@@ -8,9 +8,9 @@
 //!   this way, and so is its SQL box.
 //! - `GET /api/history`: the last hour of the plotted series ([`history`]).
 //!
-//! Under `--auth password` both ask for HTTP Basic credentials, checked against the same
-//! SCRAM verifiers as a Postgres login, and the SQL runs with that user's privileges;
-//! under `--auth trust` the name alone is taken (`runnel` without one), as pgwire takes it.
+//! Under `--auth password` both ask for HTTP Basic credentials (as `/metrics` does, see
+//! [`Endpoint::caller`]), and the SQL runs with that user's privileges; under `--auth
+//! trust` the name alone is taken (`runnel` without one), as pgwire takes it.
 
 pub mod history;
 
@@ -25,14 +25,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::auth::{AuthMode, SUPERUSER};
 use crate::db::Output;
-use crate::http::Endpoint;
+use crate::http::{CHALLENGE, Denied, Endpoint};
 use crate::sql::parser::Statement;
 
 /// Rows `/api/sql` returns at most (the rest are not read).
@@ -119,39 +116,23 @@ impl IntoResponse for Refused {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"Runnel\", charset=\"UTF-8\""),
+                header::HeaderValue::from_static(CHALLENGE),
             );
         }
         response
     }
 }
 
-/// Who is asking: the user their credentials name.
+/// Who is asking: the user their credentials name (see [`Endpoint::caller`]).
 fn caller(endpoint: &Endpoint, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Refused> {
-    let auth = endpoint.auth().ok_or_else(Refused::starting)?;
-    let credentials = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|v| BASE64.decode(v.trim()).ok())
-        .and_then(|v| String::from_utf8(v).ok());
-    let unauthorized = |message: String| Refused::new(StatusCode::UNAUTHORIZED, "28P01", message);
-    let (user, password) = match credentials.as_deref().and_then(|c| c.split_once(':')) {
-        Some((user, password)) if !user.is_empty() => (user.to_string(), password.to_string()),
-        _ if auth.mode == AuthMode::Trust => return Ok(SUPERUSER.to_string()),
-        _ => {
-            return Err(unauthorized(
-                "this server asks for a user name and password".into(),
-            ));
-        }
-    };
-    if auth.mode == AuthMode::Trust || auth.check_password(&user, &password, peer) {
-        Ok(user)
-    } else {
-        Err(unauthorized(format!(
-            "password authentication failed for user \"{user}\""
-        )))
-    }
+    endpoint
+        .caller(headers, peer)
+        .map_err(|denied| match denied {
+            Denied::Starting => Refused::starting(),
+            Denied::Unauthorized(message) => {
+                Refused::new(StatusCode::UNAUTHORIZED, "28P01", message)
+            }
+        })
 }
 
 /// The page, for a caller who may read the server (the browser asks for credentials

@@ -33,7 +33,18 @@ pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> 
 /// [`start_with_env`] with `cwd` as the server's working directory (where relative file
 /// paths in SQL point).
 pub fn start_in(data_dir: &Path, cwd: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
-    start_wrapped(&[], data_dir, cwd, flags, env)
+    start_wrapped(&[], data_dir, cwd, flags, env, None)
+}
+
+/// What a test does with each line the server logs, as it is logged (the server's next
+/// lines wait in the pipe meanwhile).
+pub type Watch = Box<dyn FnMut(&str) + Send>;
+
+/// [`start_with`], calling `watch` with each line the server logs, from its first, while it
+/// starts and after.
+pub fn start_watching(data_dir: &Path, flags: &[&str], watch: Watch) -> Server {
+    let cwd = Path::new(env!("CARGO_MANIFEST_DIR"));
+    start_wrapped(&[], data_dir, cwd, flags, &[], Some(watch))
 }
 
 /// Starts the server through `wrapper`, a command that ends by exec-ing its arguments (the
@@ -46,6 +57,7 @@ pub fn start_through(wrapper: &[&str], data_dir: &Path, flags: &[&str]) -> Serve
         Path::new(env!("CARGO_MANIFEST_DIR")),
         flags,
         &[],
+        None,
     )
 }
 
@@ -56,6 +68,7 @@ fn start_wrapped(
     cwd: &Path,
     flags: &[&str],
     env: &[(&str, &str)],
+    mut watch: Option<Watch>,
 ) -> Server {
     let runnel = env!("CARGO_BIN_EXE_runnel");
     let mut command = match wrapper {
@@ -93,6 +106,9 @@ fn start_wrapped(
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if let Some(watch) = watch.as_mut() {
+                watch(&line);
+            }
             if let Some(rest) = line.split("listening for Postgres clients on ").nth(1) {
                 let addr = rest
                     .split(',')
