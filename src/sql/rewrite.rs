@@ -12,6 +12,8 @@
 //! - Inserts: `INSERT INTO clicks` becomes `INSERT INTO __write.clicks`, the stream as an
 //!   insert target (declared columns only), so DataFusion types the inserted values against
 //!   the stream's columns.
+//!   An insert's query may repeat a select-list expression (`INSERT … SELECT a, a`), as in
+//!   PostgreSQL: its columns go in by position, so the repeats get aliases of their own.
 
 use std::ops::ControlFlow;
 
@@ -46,6 +48,11 @@ pub fn rewrite(statement: &mut Statement, catalog: &dyn HiddenColumns) -> Result
             ObjectNamePart::Identifier(Ident::with_quote('"', WRITE_SCHEMA)),
             ObjectNamePart::Identifier(Ident::with_quote('"', relation)),
         ]);
+    }
+    if let Statement::Insert(insert) = statement
+        && let Some(source) = insert.source.as_deref_mut()
+    {
+        super::column_names::alias_repeated(source);
     }
     let _ = statement.visit(&mut Wildcards { catalog });
     let _ = statement.visit(&mut UnnestColumns);
