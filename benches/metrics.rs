@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench metrics                  # 1,000,000 rows, 5 rounds
-//! RUNNEL_BENCH_ROWS=5000000 RUNNEL_BENCH_ROUNDS=7 cargo bench --bench metrics
+//! RUNNEL_BENCH_DIR=/dev/shm RUNNEL_BENCH_ROWS=5000000 RUNNEL_BENCH_ROUNDS=9 cargo bench --bench metrics
 //! ```
 //! Each round starts a fresh server twice, once per setting (the order alternating from
 //! round to round), and on each: `COPY`s the rows into a 4-partition stream, `INSERT`s them
