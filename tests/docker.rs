@@ -114,11 +114,19 @@ fn the_image_environment_starts_a_server_that_passes_its_health_check() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        log.contains("listening for Postgres clients on 0.0.0.0:"),
-        "{log}"
-    );
+    // Alive first (the health check passes while the log opens), then serving clients.
+    let serving = "listening for Postgres clients on 0.0.0.0:";
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains(serving)
+    {
+        assert!(
+            std::time::Instant::now() < deadline && server.try_wait().unwrap().is_none(),
+            "the server never served Postgres clients: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
