@@ -177,9 +177,14 @@ async fn listen_for_kafka(
             format!("Kafka clients cannot be told to connect to {at}: expected host:port"),
         )
     })?;
+    let bound: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
     tracing::info!(
         "listening for Kafka clients on {} (advertised as {}:{})",
-        config.kafka_addr,
+        bound.join(", "),
         advertised.host,
         advertised.port
     );

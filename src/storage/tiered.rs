@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arrow::buffer::MutableBuffer;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,10 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 /// What one remote read fetches at least: the frame a reader asks for and those after it,
 /// as readers go on to the next frame.
 const READ_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+/// Objects fetched side by side by [`Tier::get_all`].
+const FETCH_CONCURRENCY: usize = 16;
+/// Segment indexes a restore fetches in one [`Tier::get_all`].
+const RESTORE_INDEX_BATCH: usize = 256;
 
 /// Where and how segments are tiered.
 #[derive(Debug, Clone)]
@@ -309,13 +313,26 @@ impl Tier {
 
     /// The whole object `key`, or `None` if there is none.
     pub fn get(&self, key: &Key) -> Result<Option<Bytes>, StorageError> {
-        let got = self.block_on(async {
-            match self.store.get(key).await {
-                Ok(found) => found.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
+        self.block_on(self.get_object(key))
+    }
+
+    /// The objects `keys`, in order, fetched up to [`FETCH_CONCURRENCY`] at a time (a
+    /// store serves many requests side by side, each at its own latency).
+    pub fn get_all(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, StorageError> {
+        self.block_on(
+            futures::stream::iter(keys)
+                .map(|key| self.get_object(key))
+                .buffered(FETCH_CONCURRENCY)
+                .try_collect(),
+        )
+    }
+
+    async fn get_object(&self, key: &Key) -> Result<Option<Bytes>, StorageError> {
+        let got = match self.store.get(key).await {
+            Ok(found) => found.bytes().await.map(Some),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
         got.map_err(|e| store_error(&format!("reading {key}"), e))
     }
 
@@ -576,7 +593,7 @@ impl Tier {
 
 /// Makes the empty data directory `root` the one the store's newest checkpoint describes:
 /// its commit log, and per partition a `remote.json` naming its segments (read from the
-/// store from then on). Staged in [`RESTORE_DIR`] and moved in place, the commit log last;
+/// store from then on) and their indexes. Staged in [`RESTORE_DIR`] and moved in place, the commit log last;
 /// a restore cut short is finished by the next start. False if the store has no checkpoint.
 pub fn restore(tier: &Tier, root: &Path, disk: &Disk) -> Result<bool, StorageError> {
     let staging = root.join(RESTORE_DIR);
@@ -604,6 +621,29 @@ pub fn restore(tier: &Tier, root: &Path, disk: &Disk) -> Result<bool, StorageErr
             }
             .write(disk, &dir)?;
             segments += partition.segments.len();
+        }
+        // Each segment's indexes, fetched side by side now rather than one after another
+        // as the log opens (which rebuilds any the store lacks from the frames).
+        let indexes: Vec<PathBuf> = checkpoint
+            .partitions
+            .iter()
+            .flat_map(|partition| {
+                let dir = Path::new(&partition.dir);
+                partition.segments.iter().flat_map(move |segment| {
+                    [
+                        segment.file().offset_index(dir),
+                        segment.file().time_index(dir),
+                    ]
+                })
+            })
+            .collect();
+        for batch in indexes.chunks(RESTORE_INDEX_BATCH) {
+            let keys: Vec<Key> = batch.iter().map(|relative| tier.key(relative)).collect();
+            for (relative, bytes) in batch.iter().zip(tier.get_all(&keys)?) {
+                if let Some(bytes) = bytes {
+                    disk.write_file(&staging.join(relative), &[&bytes])?;
+                }
+            }
         }
         std::fs::create_dir_all(&topics).map_err(|e| StorageError::io(&topics, e))?;
         for topic in std::fs::read_dir(&topics).map_err(|e| StorageError::io(&topics, e))? {

@@ -260,6 +260,19 @@ async fn a_new_machine_restores_from_the_last_checkpoint() {
             Log::begin_open(config).unwrap()
         };
         assert!(!opening.is_new(), "restored, not new");
+        // Every segment's indexes came with the manifests (fetched side by side).
+        let mut segments = 0;
+        for topic in std::fs::read_dir(second.path().join("topics")).unwrap() {
+            for partition in std::fs::read_dir(topic.unwrap().path()).unwrap() {
+                let dir = partition.unwrap().path();
+                for segment in Manifest::read(&dir).unwrap().segments {
+                    let file = segment.file();
+                    assert!(file.offset_index(&dir).exists() && file.time_index(&dir).exists());
+                    segments += 1;
+                }
+            }
+        }
+        assert!(segments > 2, "{segments} segments restored");
         assert_eq!(
             opening.meta(7).map(|v| v.as_slice().to_vec()),
             Some(b"the catalog".to_vec())
