@@ -10,8 +10,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use base64::Engine as _;
-
 #[test]
 fn the_console_shows_a_stream_and_its_plot_moves_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,17 +74,7 @@ fn the_console_shows_a_stream_and_its_plot_moves_in_chromium() {
 
 /// `POST /api/sql` with `sql`, as `credentials` (`user:password`) if any.
 fn sql(addr: &str, credentials: Option<&str>, sql: &str) -> (u16, serde_json::Value) {
-    let authorization = credentials.map(|c| {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(c)
-        )
-    });
-    let headers: Vec<(&str, &str)> = authorization
-        .iter()
-        .map(|a| ("Authorization", a.as_str()))
-        .collect();
-    let (status, body) = common::http(addr, "POST", "/api/sql", &headers, sql);
+    let (status, body) = common::http_as(addr, "POST", "/api/sql", credentials, sql);
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     (status, json)
 }

@@ -165,7 +165,6 @@ async fn health_readiness_and_metrics() {
 /// `basic_auth`); a load balancer's `/health` and `/ready` need no credentials.
 #[test]
 fn metrics_ask_for_a_login_under_password_auth() {
-    use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let server = common::start_with_env(
         dir.path(),
@@ -183,19 +182,9 @@ fn metrics_ask_for_a_login_under_password_auth() {
     assert_eq!(get(&addr, "/health"), (200, "ok\n".to_string()));
     assert_eq!(get(&addr, "/ready"), (200, "ready\n".to_string()));
 
-    let scrape = |credentials: Option<&str>| {
-        let authorization = credentials.map(|c| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(c)
-            )
-        });
-        let headers: Vec<(&str, &str)> = authorization
-            .iter()
-            .map(|a| ("Authorization", a.as_str()))
-            .collect();
-        common::http(&addr, "GET", "/metrics", &headers, "")
-    };
+    let scrape =
+        |credentials: Option<&str>| common::http_as(&addr, "GET", "/metrics", credentials, "");
+
     for credentials in [None, Some("prometheus:wrong"), Some("nobody:scrape-pw")] {
         let (status, body) = scrape(credentials);
         assert_eq!(status, 401, "{credentials:?}: {body}");

@@ -372,6 +372,28 @@ pub fn output_with_input(command: &mut Command, input: &str, what: &str) -> std:
     child.wait_with_output().unwrap()
 }
 
+/// [`http`] with HTTP Basic `credentials` (`user:password`), if any.
+pub fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    credentials: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use base64::Engine as _;
+    let authorization = credentials.map(|c| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(c)
+        )
+    });
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|a| ("Authorization", a.as_str()))
+        .collect();
+    http(addr, method, path, &headers, body)
+}
+
 /// An HTTP/1.1 request as a scraper or a browser sends it: the status code and the body.
 pub fn http(
     addr: &str,
