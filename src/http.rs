@@ -30,11 +30,28 @@ use crate::error::{Error, Result};
 
 /// What the endpoint serves from: the database and how clients log in, once it is open,
 /// and the console's history.
-#[derive(Default)]
 pub struct Endpoint {
     database: OnceLock<Arc<Database>>,
     auth: OnceLock<Auth>,
     history: History,
+    /// Password checks run at once: each derives a key (PBKDF2, thousands of rounds), off
+    /// the runtime's workers, so that callers sending wrong passwords cannot take the CPU
+    /// from the clients already in.
+    password_checks: tokio::sync::Semaphore,
+}
+
+/// [`Endpoint::password_checks`].
+const PASSWORD_CHECKS: usize = 1;
+
+impl Default for Endpoint {
+    fn default() -> Endpoint {
+        Endpoint {
+            database: OnceLock::new(),
+            auth: OnceLock::new(),
+            history: History::default(),
+            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
+        }
+    }
 }
 
 impl Endpoint {
@@ -60,8 +77,8 @@ impl Endpoint {
     /// open. Under `--auth password` the password is checked as a Postgres login's is
     /// (a failure is logged as one is); under `--auth trust` the name alone is taken, and
     /// `runnel` without one.
-    pub fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Denied> {
-        let auth = self.auth().ok_or(Denied::Starting)?;
+    pub async fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Denied> {
+        let auth = self.auth().ok_or(Denied::Starting)?.clone();
         let credentials = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -77,7 +94,18 @@ impl Endpoint {
                 ));
             }
         };
-        if auth.mode == AuthMode::Trust || auth.check_password(user, password, peer) {
+        let matches = auth.mode == AuthMode::Trust || {
+            let _turn = self
+                .password_checks
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let (user, password) = (user.to_string(), password.to_string());
+            tokio::task::spawn_blocking(move || auth.check_password(&user, &password, peer))
+                .await
+                .unwrap_or(false)
+        };
+        if matches {
             Ok(user.to_string())
         } else {
             Err(Denied::Unauthorized(format!(
@@ -204,7 +232,7 @@ async fn metrics(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match endpoint.caller(&headers, peer) {
+    match endpoint.caller(&headers, peer).await {
         Ok(_) => {}
         Err(Denied::Starting) => {
             return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();

@@ -124,9 +124,14 @@ impl IntoResponse for Refused {
 }
 
 /// Who is asking: the user their credentials name (see [`Endpoint::caller`]).
-fn caller(endpoint: &Endpoint, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Refused> {
+async fn caller(
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<String, Refused> {
     endpoint
         .caller(headers, peer)
+        .await
         .map_err(|denied| match denied {
             Denied::Starting => Refused::starting(),
             Denied::Unauthorized(message) => {
@@ -142,7 +147,7 @@ async fn page(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match caller(&endpoint, &headers, peer) {
+    match caller(&endpoint, &headers, peer).await {
         Ok(_) => asset("text/html; charset=utf-8", PAGE),
         Err(refused) => refused.into_response(),
     }
@@ -153,7 +158,7 @@ async fn history(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = caller(&endpoint, &headers, peer) {
+    if let Err(refused) = caller(&endpoint, &headers, peer).await {
         return refused.into_response();
     }
     json_response(StatusCode::OK, endpoint.history().to_json())
@@ -211,7 +216,7 @@ async fn run_sql(
     peer: SocketAddr,
     body: &str,
 ) -> Result<Value, Refused> {
-    let user = caller(endpoint, headers, peer)?;
+    let user = caller(endpoint, headers, peer).await?;
     let db = endpoint.database().ok_or_else(Refused::starting)?;
     let statements = crate::sql::parser::parse(body).map_err(|e| Refused::error(&e))?;
     let refuse = |code: &str, message: &str| Refused::new(StatusCode::BAD_REQUEST, code, message);
