@@ -82,14 +82,8 @@ fn sql(addr: &str, credentials: Option<&str>, sql: &str) -> (u16, serde_json::Va
 #[test]
 fn the_console_reads_only_and_as_the_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start_with_env(
+    let server = common::start_with_password(
         dir.path(),
-        &["--auth", "password"],
-        &[("RUNNEL_PASSWORD", "admin-pw")],
-    );
-    let (ok, _, stderr) = common::psql_with_password(
-        &server,
-        "admin-pw",
         "CREATE USER ann WITH PASSWORD 'ann-pw';
          CREATE STREAM secrets (id BIGINT, body TEXT);
          INSERT INTO secrets VALUES (1, 'the plan');
@@ -97,7 +91,6 @@ fn the_console_reads_only_and_as_the_caller() {
          INSERT INTO notes VALUES (7);
          GRANT SELECT ON notes TO ann;",
     );
-    assert!(ok, "{stderr}");
     let addr = server.http_addr();
 
     // The page and its calls ask for credentials.

@@ -166,18 +166,11 @@ async fn health_readiness_and_metrics() {
 #[test]
 fn metrics_ask_for_a_login_under_password_auth() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start_with_env(
+    let server = common::start_with_password(
         dir.path(),
-        &["--auth", "password"],
-        &[("RUNNEL_PASSWORD", "admin-pw")],
-    );
-    let (ok, _, stderr) = common::psql_with_password(
-        &server,
-        "admin-pw",
         "CREATE USER prometheus WITH PASSWORD 'scrape-pw';
          CREATE STREAM clicks (user_id BIGINT KEY, url TEXT);",
     );
-    assert!(ok, "{stderr}");
     let addr = server.http_addr();
     assert_eq!(get(&addr, "/health"), (200, "ok\n".to_string()));
     assert_eq!(get(&addr, "/ready"), (200, "ready\n".to_string()));

@@ -30,6 +30,22 @@ pub fn start_with_env(data_dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> 
     start_in(data_dir, Path::new(env!("CARGO_MANIFEST_DIR")), flags, env)
 }
 
+/// The superuser's password on a server [`start_with_password`] starts.
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+
+/// A server with `--auth password` (the superuser `runnel` with [`ADMIN_PASSWORD`]), on
+/// which the superuser has run `setup` through psql.
+pub fn start_with_password(data_dir: &Path, setup: &str) -> Server {
+    let server = start_with_env(
+        data_dir,
+        &["--auth", "password"],
+        &[("RUNNEL_PASSWORD", ADMIN_PASSWORD)],
+    );
+    let (ok, _, stderr) = psql_with_password(&server, ADMIN_PASSWORD, setup);
+    assert!(ok, "{stderr}");
+    server
+}
+
 /// [`start_with_env`] with `cwd` as the server's working directory (where relative file
 /// paths in SQL point).
 pub fn start_in(data_dir: &Path, cwd: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
