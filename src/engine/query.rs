@@ -628,8 +628,7 @@ impl QueryTask {
             let started = Instant::now();
             last_start = Some(started);
             let reads_all = !epoch.replay && checkpoint::lag(&epoch.ends(), &high) == 0;
-            self.run_epoch(epoch).await?;
-            self.shared.epoch_seconds.observe(started.elapsed());
+            self.run_epoch(epoch, started).await?;
             let left = checkpoint::lag(
                 &self.checkpoint.inputs,
                 &self.plan.high_watermarks(&self.tables.log.snapshot()),
@@ -642,7 +641,8 @@ impl QueryTask {
         }
     }
 
-    async fn run_epoch(&mut self, epoch: checkpoint::EpochPlan) -> Result<()> {
+    /// Runs one epoch, begun at `started`, to its commit.
+    async fn run_epoch(&mut self, epoch: checkpoint::EpochPlan, started: Instant) -> Result<()> {
         let key = self.def.id.0;
         if !epoch.replay {
             owner_may_run(
@@ -934,6 +934,9 @@ impl QueryTask {
         if !input_times.is_empty() {
             self.plan.set_join_watermarks(&self.join_watermarks());
         }
+        // Counted before the progress below lets FLUSH return, so a scrape after it sees
+        // the epoch.
+        self.shared.epoch_seconds.observe(started.elapsed());
         {
             let mut status = self.shared.status.lock().expect("status lock");
             status.record_epoch(epoch.epoch, epoch.rows(), rows_out, now_ms());
