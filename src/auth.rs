@@ -131,12 +131,17 @@ pub fn user(name: &str, password: Option<&str>) -> Result<UserDef> {
     Ok(user)
 }
 
-/// Failed logins in a row, per user name.
+/// Failed logins in a row, per user. Names that are not users are logged, not counted: a
+/// client making names up must not grow the table.
 #[derive(Debug, Default)]
 struct Failures(Mutex<HashMap<String, u32>>);
 
 impl Failures {
-    fn failed(&self, user: &str, peer: std::net::SocketAddr) {
+    fn failed(&self, user: &str, is_user: bool, peer: std::net::SocketAddr) {
+        if !is_user {
+            tracing::warn!(user, %peer, "password authentication failed: no such user");
+            return;
+        }
         let mut counts = self.0.lock().expect("lock");
         let n = counts.entry(user.to_string()).or_default();
         *n += 1;
@@ -206,9 +211,15 @@ impl Auth {
         if matches {
             self.failures.succeeded(user);
         } else {
-            self.failures.failed(user, peer);
+            self.failed(user, peer);
         }
         matches
+    }
+
+    /// Logs a failed login, and counts it if `user` is one.
+    fn failed(&self, user: &str, peer: std::net::SocketAddr) {
+        let is_user = self.catalog.snapshot().users.contains_key(user);
+        self.failures.failed(user, is_user, peer);
     }
 
     /// The verifier of `name`, or, for a name that is not a user, one that no password
@@ -300,7 +311,7 @@ impl<H: StartupHandler> StartupHandler for Gate<H> {
             Ok(None) => return Ok(()),
             Err(e) => {
                 if matches!(&e, PgWireError::UserError(info) if info.code == "28P01") {
-                    self.auth.failures.failed(&user, client.socket_addr());
+                    self.auth.failed(&user, client.socket_addr());
                 }
                 return Err(e);
             }

@@ -61,6 +61,18 @@ async fn scram_passwords_and_users() {
             .replace("mallory", "?"),
         "an unknown user is answered as a wrong password"
     );
+    // The log tells them apart; a made-up name is not counted (a client sending names
+    // must not grow the server's table of failures).
+    server.wait_for_log("no such user");
+    assert!(
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("mallory"))
+            .all(|l| l.contains("no such user") && !l.contains("in_a_row")),
+        "{}",
+        server.log()
+    );
     let _ = login(&server, "runnel", "again-wrong")
         .await
         .expect_err("wrong");
