@@ -131,17 +131,12 @@ pub fn user(name: &str, password: Option<&str>) -> Result<UserDef> {
     Ok(user)
 }
 
-/// Failed logins in a row, per user. Names that are not users are logged, not counted: a
-/// client making names up must not grow the table.
+/// Failed logins in a row, per user (see [`Auth::failed`]).
 #[derive(Debug, Default)]
 struct Failures(Mutex<HashMap<String, u32>>);
 
 impl Failures {
-    fn failed(&self, user: &str, is_user: bool, peer: std::net::SocketAddr) {
-        if !is_user {
-            tracing::warn!(user, %peer, "password authentication failed: no such user");
-            return;
-        }
+    fn failed(&self, user: &str, peer: std::net::SocketAddr) {
         let mut counts = self.0.lock().expect("lock");
         let n = counts.entry(user.to_string()).or_default();
         *n += 1;
@@ -216,10 +211,14 @@ impl Auth {
         matches
     }
 
-    /// Logs a failed login, and counts it if `user` is one.
+    /// Logs a failed login, and counts it if `user` is one: a name that is not is not kept,
+    /// so a client making names up cannot grow the count.
     fn failed(&self, user: &str, peer: std::net::SocketAddr) {
-        let is_user = self.catalog.snapshot().users.contains_key(user);
-        self.failures.failed(user, is_user, peer);
+        if self.catalog.snapshot().users.contains_key(user) {
+            self.failures.failed(user, peer);
+        } else {
+            tracing::warn!(user, %peer, "password authentication failed: no such user");
+        }
     }
 
     /// The verifier of `name`, or, for a name that is not a user, one that no password

@@ -105,28 +105,26 @@ fn the_image_environment_starts_a_server_that_passes_its_health_check() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !health(&http).status.success() {
-        assert!(
-            std::time::Instant::now() < deadline && server.try_wait().unwrap().is_none(),
-            "the server never passed its health check: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     // Alive first (the health check passes while the log opens), then serving clients.
-    let serving = "listening for Postgres clients on 0.0.0.0:";
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains(serving)
-    {
-        assert!(
-            std::time::Instant::now() < deadline && server.try_wait().unwrap().is_none(),
-            "the server never served Postgres clients: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline && server.try_wait().unwrap().is_none(),
+                "the server never {what}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_until("passed its health check", &|| {
+        health(&http).status.success()
+    });
+    wait_until("served Postgres clients", &|| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("listening for Postgres clients on 0.0.0.0:")
+    });
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()

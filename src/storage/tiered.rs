@@ -593,8 +593,9 @@ impl Tier {
 
 /// Makes the empty data directory `root` the one the store's newest checkpoint describes:
 /// its commit log, and per partition a `remote.json` naming its segments (read from the
-/// store from then on) and their indexes. Staged in [`RESTORE_DIR`] and moved in place, the commit log last;
-/// a restore cut short is finished by the next start. False if the store has no checkpoint.
+/// store from then on) and their indexes. Staged in [`RESTORE_DIR`] and moved in place, the
+/// commit log last; a restore cut short is finished by the next start. False if the store
+/// has no checkpoint.
 pub fn restore(tier: &Tier, root: &Path, disk: &Disk) -> Result<bool, StorageError> {
     let staging = root.join(RESTORE_DIR);
     if !staging.join(super::COMMIT_LOG_FILE).exists() {
